@@ -1,0 +1,53 @@
+"""The `jaxcifar` command line: one sub-command per module in `jaxcifar.commands`.
+
+Each command module exposes `HELP` (one line), `add_arguments(parser)` and
+`run(args) -> int`. Modules import JAX and friends inside `run`, so `--help` is fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from jaxcifar import __version__
+from jaxcifar.errors import JaxcifarError
+
+COMMANDS = ("train", "evaluate", "predict", "data", "scratch", "bench")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full parser, every sub-command registered."""
+    parser = argparse.ArgumentParser(
+        prog="jaxcifar",
+        description="Train and benchmark image classifiers on CIFAR-10 and MNIST-style data "
+        "with jit-compiled JAX. Run `jaxcifar COMMAND --help` for a command's flags.",
+    )
+    parser.add_argument("--version", action="version", version=f"jaxcifar {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in COMMANDS:
+        module = importlib.import_module(f"jaxcifar.commands.{name}")
+        sub = commands.add_parser(
+            name,
+            help=module.HELP,
+            description=module.__doc__,
+            formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        )
+        module.add_arguments(sub)
+        sub.set_defaults(run=module.run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse `argv`, run the command, and turn project errors into one-line messages."""
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.run(args) or 0)
+    except JaxcifarError as error:
+        print(f"jaxcifar {args.command}: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Sub-commands of the `jaxcifar` command line (see `jaxcifar.cli`)."""

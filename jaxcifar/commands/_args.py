@@ -1,0 +1,57 @@
+"""Flag types and flag groups shared by several commands."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+DATASETS = ("cifar10", "mnist", "fashion_mnist")
+DATA_DIR_ENV = "JAXCIFAR_DATA_DIR"
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer > 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a finite float > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive finite number, got {text}")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    """argparse type: a finite float >= 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text}")
+    return value
+
+
+def add_data_arguments(parser: argparse.ArgumentParser, default_dataset: str = "cifar10") -> None:
+    """`--dataset` and `--data-dir` (default: $JAXCIFAR_DATA_DIR, else tensorflow-datasets)."""
+    parser.add_argument(
+        "--dataset", choices=DATASETS, default=default_dataset, help="which dataset to use"
+    )
+    parser.add_argument(
+        "--data-dir",
+        default=os.environ.get(DATA_DIR_ENV),
+        metavar="PATH",
+        help="local data: a folder (or archive) holding the canonical CIFAR-10 python or binary "
+        "release, MNIST-format IDX files, or an image-folder tree train/<class>/*, test/<class>/*. "
+        f"Defaults to ${DATA_DIR_ENV}; when neither is set, tensorflow-datasets downloads it.",
+    )

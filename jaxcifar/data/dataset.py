@@ -1,0 +1,79 @@
+"""The in-memory dataset every loader returns, and the class names of the known datasets."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from jaxcifar.errors import DataError
+
+CIFAR10_CLASSES = (
+    "airplane", "automobile", "bird", "cat", "deer",
+    "dog", "frog", "horse", "ship", "truck",
+)  # fmt: skip
+MNIST_CLASSES = tuple(str(digit) for digit in range(10))
+FASHION_MNIST_CLASSES = (
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+)  # fmt: skip
+CLASS_NAMES = {
+    "cifar10": CIFAR10_CLASSES,
+    "mnist": MNIST_CLASSES,
+    "fashion_mnist": FASHION_MNIST_CLASSES,
+}
+SPLITS = ("train", "test")
+
+
+@dataclasses.dataclass(frozen=True)
+class Dataset:
+    """One split of an image-classification dataset, held in host memory.
+
+    Attributes:
+      images: (N, H, W, C) uint8, C = 3 for CIFAR-10 and 1 for MNIST-style data.
+      labels: (N,) int32 in [0, len(class_names)).
+      class_names: the name of each label, in label order.
+      source: where the arrays came from (a path or "tfds:<name>"), for reports.
+    """
+
+    images: np.ndarray
+    labels: np.ndarray
+    class_names: tuple[str, ...]
+    source: str = ""
+
+    def __post_init__(self) -> None:
+        where = self.source or "dataset"
+        if self.images.dtype != np.uint8 or self.images.ndim != 4:
+            raise DataError(
+                f"{where}: expected images as (N, H, W, C) uint8, "
+                f"got {self.images.shape} {self.images.dtype}"
+            )
+        if self.labels.shape != (self.images.shape[0],):
+            raise DataError(
+                f"{where}: {self.images.shape[0]} images but labels of shape {self.labels.shape}"
+            )
+        if self.labels.dtype != np.int32:
+            raise DataError(f"{where}: expected int32 labels, got {self.labels.dtype}")
+        if self.labels.size and (self.labels.min() < 0 or self.labels.max() >= len(self.class_names)):
+            raise DataError(
+                f"{where}: labels must lie in 0..{len(self.class_names) - 1}, "
+                f"found {self.labels.min()}..{self.labels.max()}"
+            )
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def subset(self, n: int, seed: int = 0) -> Dataset:
+        """A random subset of `n` examples (all of them when n >= len), in a fixed order.
+
+        Loaders return class-sorted data (image folders are), so the first n would be one
+        class: a seeded permutation keeps every class in a small subset.
+        """
+        if n >= len(self):
+            return self
+        index = np.sort(np.random.default_rng(seed).permutation(len(self))[:n])
+        return dataclasses.replace(self, images=self.images[index], labels=self.labels[index])

@@ -1,0 +1,26 @@
+"""The project's exception types.
+
+Every error a user can act on (bad data, a bad flag, a foreign checkpoint) is a
+`JaxcifarError`; the command line prints its message as one line and exits 2,
+with no traceback. Messages name the file or flag and say what was expected.
+"""
+
+
+class JaxcifarError(Exception):
+    """Base of all errors whose message alone tells the user what to fix."""
+
+
+class DataError(JaxcifarError):
+    """A dataset file or folder is missing, malformed or inconsistent."""
+
+
+class ConfigError(JaxcifarError):
+    """A flag or configuration value is out of range or inconsistent."""
+
+
+class CheckpointError(JaxcifarError):
+    """A checkpoint is missing, truncated, foreign or incompatible with the run."""
+
+
+class TrainingDiverged(JaxcifarError):
+    """The loss became non-finite during training."""

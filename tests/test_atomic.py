@@ -1,0 +1,28 @@
+import pytest
+
+from jaxcifar.atomic import atomic_path, atomic_write_text
+
+
+def test_atomic_write_replaces_whole_file(tmp_path):
+    target = tmp_path / "out" / "metrics.json"
+    atomic_write_text(target, "old")
+    atomic_write_text(target, "new")
+    assert target.read_text() == "new"
+    assert [p.name for p in target.parent.iterdir()] == ["metrics.json"]
+
+
+def test_failed_write_leaves_old_file_and_no_temporaries(tmp_path):
+    target = tmp_path / "checkpoint.msgpack"
+    target.write_text("complete")
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("killed mid-write")
+    assert target.read_text() == "complete"
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.msgpack"]
+
+
+def test_temporary_keeps_suffix_for_format_sniffing_writers(tmp_path):
+    with atomic_path(tmp_path / "figure.png") as tmp:
+        assert tmp.suffix == ".png"
+        tmp.write_bytes(b"x")

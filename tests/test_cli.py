@@ -1,0 +1,30 @@
+import subprocess
+import sys
+
+import pytest
+
+from jaxcifar.cli import COMMANDS, main
+
+
+def test_help_lists_every_command(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    for name in COMMANDS:
+        assert name in out
+
+
+@pytest.mark.parametrize("name", COMMANDS)
+def test_each_command_has_help(name, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([name, "--help"])
+    assert exit_info.value.code == 0
+    assert f"jaxcifar {name}" in capsys.readouterr().out
+
+
+def test_console_entry_point_runs_as_module():
+    result = subprocess.run(
+        [sys.executable, "-m", "jaxcifar", "--version"], capture_output=True, text=True
+    )
+    assert result.returncode == 0 and result.stdout.startswith("jaxcifar ")

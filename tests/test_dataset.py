@@ -1,0 +1,40 @@
+import numpy as np
+import pytest
+
+from jaxcifar.data import Dataset, flatten, to_float
+from jaxcifar.errors import DataError
+
+
+def make(n=10, labels=None):
+    images = np.zeros((n, 4, 4, 3), np.uint8)
+    labels = np.arange(n, dtype=np.int32) % 10 if labels is None else labels
+    return Dataset(images, labels, tuple("abcdefghij"), source="test")
+
+
+def test_rejects_labels_out_of_range_naming_source():
+    with pytest.raises(DataError, match=r"test: labels must lie in 0\.\.9, found 0\.\.10"):
+        make(labels=np.arange(11, dtype=np.int32)[1:])
+
+
+def test_rejects_count_mismatch_and_wrong_dtypes():
+    with pytest.raises(DataError, match="10 images but labels of shape"):
+        make(labels=np.zeros(9, np.int32))
+    with pytest.raises(DataError, match="int32 labels"):
+        make(labels=np.zeros(10, np.int64))
+    with pytest.raises(DataError, match="uint8"):
+        Dataset(np.zeros((2, 4, 4, 3), np.float32), np.zeros(2, np.int32), ("a",))
+
+
+def test_subset_is_seeded_and_keeps_order():
+    data = make(n=10)
+    sub = data.subset(4, seed=1)
+    assert len(sub) == 4 and np.all(np.diff(sub.labels) > 0)
+    assert np.array_equal(sub.labels, data.subset(4, seed=1).labels)
+    assert data.subset(50) is data
+
+
+def test_to_float_maps_uint8_onto_minus_one_one():
+    out = to_float(np.array([0, 255, 51], np.uint8))
+    np.testing.assert_allclose(out, [-1.0, 1.0, -0.6], atol=1e-6)
+    assert out.dtype == np.float32
+    assert flatten(np.zeros((3, 2, 2, 1))).shape == (3, 4)
