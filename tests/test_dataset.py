@@ -12,7 +12,7 @@ def make(n=10, labels=None):
 
 
 def test_rejects_labels_out_of_range_naming_source():
-    with pytest.raises(DataError, match=r"test: labels must lie in 0\.\.9, found 0\.\.10"):
+    with pytest.raises(DataError, match=r"test: labels must lie in 0\.\.9, found 1\.\.10"):
         make(labels=np.arange(11, dtype=np.int32)[1:])
 
 
