@@ -25,6 +25,15 @@ CLASS_NAMES = {
 SPLITS = ("train", "test")
 
 
+def check_labels(labels: np.ndarray, num_classes: int, where: str) -> None:
+    """Raise a DataError naming `where` unless every label lies in [0, num_classes)."""
+    if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+        raise DataError(
+            f"{where}: labels must lie in 0..{num_classes - 1}, "
+            f"found {labels.min()}..{labels.max()}"
+        )
+
+
 @dataclasses.dataclass(frozen=True)
 class Dataset:
     """One split of an image-classification dataset, held in host memory.
@@ -54,11 +63,7 @@ class Dataset:
             )
         if self.labels.dtype != np.int32:
             raise DataError(f"{where}: expected int32 labels, got {self.labels.dtype}")
-        if self.labels.size and (self.labels.min() < 0 or self.labels.max() >= len(self.class_names)):
-            raise DataError(
-                f"{where}: labels must lie in 0..{len(self.class_names) - 1}, "
-                f"found {self.labels.min()}..{self.labels.max()}"
-            )
+        check_labels(self.labels, len(self.class_names), where)
 
     def __len__(self) -> int:
         return int(self.images.shape[0])

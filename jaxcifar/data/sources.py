@@ -1,10 +1,153 @@
-"""Placeholder: the dataset readers are being built."""
+"""Where `load` finds a dataset: a local folder or archive first, tensorflow-datasets second.
+
+A data dir (the `data_dir` argument, else $JAXCIFAR_DATA_DIR) may be an archive, a folder
+that holds a dataset's files, or a folder holding such a folder or archive named after the
+dataset (`fashion-mnist/`, `cifar10-jpeg.tar.gz`, `cifar-10-batches-py/`, ...). Whatever
+is found is decoded once and cached (`jaxcifar.data.cache`); later loads read the cache.
+"""
 
 from __future__ import annotations
 
-from jaxcifar.data.dataset import Dataset
-from jaxcifar.errors import DataError
+import dataclasses
+import functools
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+from jaxcifar.commands._args import DATA_DIR_ENV
+from jaxcifar.data import cache, idx, tree
+from jaxcifar.data.dataset import CLASS_NAMES, SPLITS, Dataset
+from jaxcifar.errors import ConfigError, DataError
+
+# The names a dataset's folder or archive may start with, e.g. `fashion-mnist/`.
+ALIASES = {
+    "cifar10": ("cifar10", "cifar-10"),
+    "mnist": ("mnist",),
+    "fashion_mnist": ("fashion_mnist", "fashion-mnist"),
+}
 
 
-def load(name: str, split: str, *, data_dir: str | None = None) -> Dataset:
-    raise DataError(f"cannot load {name}/{split} from {data_dir}: readers not implemented yet")
+@dataclasses.dataclass(frozen=True)
+class Format:
+    """One on-disk layout of a dataset.
+
+    Attributes:
+      layout: what a user should provide, for the message when nothing is found.
+      top_names: a folder (or archive) is in this layout when it has one of these entries.
+      read: decode every split of a `Tree` in this layout.
+    """
+
+    layout: str
+    top_names: frozenset[str]
+    read: Callable[[tree.Tree], dict[str, Dataset]]
+
+
+@dataclasses.dataclass(frozen=True)
+class LocalCopy:
+    """A dataset found on disk and not yet read: what to report, fingerprint and decode."""
+
+    path: Path
+    digest: Callable[[], str]
+    read: Callable[[], dict[str, Dataset]]
+
+
+def load(name: str, split: str, *, data_dir: str | os.PathLike[str] | None = None) -> Dataset:
+    """One split of a dataset, from `data_dir` (else $JAXCIFAR_DATA_DIR) or tensorflow-datasets.
+
+    Args:
+      name: "cifar10", "mnist" or "fashion_mnist".
+      split: "train" or "test".
+      data_dir: a folder or archive holding the dataset in one of the layouts in
+        `formats(name)`; None reads $JAXCIFAR_DATA_DIR and, when that is unset too,
+        downloads through tensorflow-datasets.
+    Returns:
+      A `Dataset`: images (N, H, W, C) uint8 (C = 3 for cifar10, 1 otherwise), labels (N,) int32.
+    Raises:
+      DataError: the data is missing or malformed; the message names the file.
+    """
+    if name not in CLASS_NAMES:
+        raise ConfigError(f"unknown dataset {name!r}; expected one of {', '.join(CLASS_NAMES)}")
+    if split not in SPLITS:
+        raise ConfigError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)}")
+    if data_dir is None:
+        data_dir = os.environ.get(DATA_DIR_ENV) or None
+    if data_dir is None:
+        raise DataError(
+            f"no local copy of {name} given: pass --data-dir or set ${DATA_DIR_ENV} to {describe(name)}"
+        )
+    copy = locate(name, Path(data_dir).expanduser())
+    entry = cache.entry_path(name, copy.digest())
+    dataset = cache.read_split(entry, split, source=str(copy.path))
+    if dataset is None:
+        splits = copy.read()
+        cache.write(entry, splits)
+        dataset = splits[split]
+    return dataset
+
+
+def formats(name: str) -> tuple[Format, ...]:
+    """The local layouts `name` may come in, in the order they are looked for."""
+    return (
+        Format(idx.LAYOUT, idx.NAMES, functools.partial(idx.read, class_names=CLASS_NAMES[name])),
+    )
+
+
+def describe(name: str) -> str:
+    """What a data dir for `name` may hold, for error messages."""
+    layouts = "; or ".join(fmt.layout for fmt in formats(name))
+    aliases = ", ".join(f"{alias}*" for alias in ALIASES[name])
+    return (
+        f"a folder or .tar/.tar.gz archive holding {layouts} "
+        f"(directly, or in a folder or archive named {aliases})"
+    )
+
+
+def locate(name: str, root: Path) -> LocalCopy:
+    """Find `name` in the data dir `root` without reading it.
+
+    Looked at, in order: `root` itself when it is an archive; entries of `root` named after
+    the dataset (folders holding a layout, or archives); `root` itself as a folder.
+    """
+    if root.is_file():
+        if tree.is_archive(root):
+            return _archive_copy(name, root)
+        raise DataError(f"data dir {root} is a file but not a .tar, .tar.gz or .tgz archive")
+    if not root.is_dir():
+        raise DataError(f"data dir {root} does not exist")
+    named = sorted(
+        entry for entry in root.iterdir() if entry.name.lower().startswith(ALIASES[name])
+    )
+    for entry in named:
+        if entry.is_dir() and (copy := _folder_copy(name, entry)):
+            return copy
+        if entry.is_file() and tree.is_archive(entry):
+            return _archive_copy(name, entry)
+    if copy := _folder_copy(name, root):
+        return copy
+    raise DataError(f"no {name} data in {root}: expected {describe(name)}")
+
+
+def _folder_copy(name: str, folder: Path) -> LocalCopy | None:
+    """`folder` as a copy of `name`, when its entries match one of the layouts."""
+    entries = {entry.name for entry in folder.iterdir()}
+    for fmt in formats(name):
+        if names := entries & fmt.top_names:
+            return LocalCopy(
+                folder,
+                digest=lambda: cache.folder_digest(folder, tree.walk(folder, names)[0]),
+                read=lambda: fmt.read(tree.read_folder(folder, names)),
+            )
+    return None
+
+
+def _archive_copy(name: str, archive: Path) -> LocalCopy:
+    """An archive as a copy of `name`; its layout is known only once it is read."""
+
+    def read() -> dict[str, Dataset]:
+        contents = tree.read_tar(archive)
+        for fmt in formats(name):
+            if contents.top_names() & fmt.top_names:
+                return fmt.read(contents)
+        raise DataError(f"{archive} holds no {name} data: expected {describe(name)}")
+
+    return LocalCopy(archive, digest=lambda: cache.file_digest(archive), read=read)

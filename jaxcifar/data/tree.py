@@ -1,0 +1,131 @@
+"""A dataset copy's files, read from a folder or a tar archive into one in-memory shape.
+
+Every reader (IDX, CIFAR-10 python/binary batches, image folders) takes a `Tree`, so
+each format is parsed by one function whether it arrived unpacked or as a tarball.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import posixpath
+import tarfile
+import zlib
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+from jaxcifar.data.dataset import SPLITS
+from jaxcifar.errors import DataError
+
+ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz")
+
+
+@dataclasses.dataclass(frozen=True)
+class Tree:
+    """Files under one root, by relative POSIX path ("train/cat/0001.jpg").
+
+    Attributes:
+      where: the folder or archive the files came from, for messages and `Dataset.source`.
+      files: relative path -> the file's bytes.
+      folders: relative paths of every folder, empty ones included (an empty class
+        folder is an error the image-folder reader must be able to see).
+      prefix: the single top-level folder stripped from an archive's member names.
+    """
+
+    where: str
+    files: dict[str, bytes]
+    folders: frozenset[str]
+    prefix: str = ""
+
+    def describe(self, path: str) -> str:
+        """Name `path` as the user sees it: the folder or archive, then the member."""
+        return f"{self.where}/{self.prefix}{path}"
+
+    def top_names(self) -> set[str]:
+        """The names of the entries directly under the root."""
+        return {path.split("/", 1)[0] for path in (*self.files, *self.folders)}
+
+
+def is_archive(path: Path) -> bool:
+    """Whether `path` is named like a tar archive we can read."""
+    return path.name.lower().endswith(ARCHIVE_SUFFIXES)
+
+
+def walk(root: Path, names: Iterable[str]) -> tuple[list[Path], list[Path]]:
+    """The files and the folders among `root`'s entries `names`, recursively, sorted."""
+    files: list[Path] = []
+    folders: list[Path] = []
+    for name in sorted(names):
+        path = root / name
+        if path.is_file():
+            files.append(path)
+        elif path.is_dir():
+            for folder, subfolders, folder_files in os.walk(path):
+                subfolders.sort()
+                folders.append(Path(folder))
+                files.extend(Path(folder) / file for file in sorted(folder_files))
+    return files, folders
+
+
+def read_folder(root: Path, names: Iterable[str]) -> Tree:
+    """Read the entries `names` of folder `root` (files, and folders recursively)."""
+    paths, folders = walk(root, names)
+    files: dict[str, bytes] = {}
+    for path in paths:
+        try:
+            files[path.relative_to(root).as_posix()] = path.read_bytes()
+        except OSError as error:
+            raise DataError(f"{path}: cannot read ({error.strerror})") from None
+    return Tree(str(root), files, frozenset(f.relative_to(root).as_posix() for f in folders))
+
+
+def read_tar(path: Path) -> Tree:
+    """Read every regular file of a (possibly gzipped) tar archive in one sequential pass.
+
+    Nothing is extracted to disk, so member names cannot escape anywhere. When all members
+    sit under one top-level folder (e.g. `cifar-10-batches-py/`), it is stripped, so
+    readers see the same layout as in an unpacked folder; a top-level `train/` or `test/`
+    is the layout itself and is kept.
+    """
+    files: dict[str, bytes] = {}
+    folders: set[str] = set()
+    try:
+        # "r|*": a stream, read front to back once, never seeking back into the gzip.
+        with tarfile.open(path, "r|*") as archive:
+            for member in archive:
+                name = _normalize(member.name)
+                if not name:
+                    continue
+                if member.isdir():
+                    folders.add(name)
+                elif member.isfile():
+                    extracted = archive.extractfile(member)
+                    assert extracted is not None  # a regular file always has data
+                    files[name] = extracted.read()
+    except (tarfile.TarError, EOFError, zlib.error, OSError) as error:
+        raise DataError(f"{path}: not a readable tar archive ({error})") from None
+    # Parents of files count as folders even when the archive lists no entry for them.
+    folders.update(parent for name in files for parent in _parents(name))
+    tops = {name.split("/", 1)[0] for name in (*files, *folders)}
+    if len(tops) == 1 and (top := tops.pop()) in folders and top not in SPLITS:
+        cut = len(top) + 1
+        return Tree(
+            str(path),
+            {name[cut:]: data for name, data in files.items()},
+            frozenset(name[cut:] for name in folders if name != top),
+            prefix=top + "/",
+        )
+    return Tree(str(path), files, frozenset(folders))
+
+
+def _normalize(name: str) -> str:
+    """A member name without "./" or slashes around it ("./train/" -> "train"); "" for the root."""
+    name = posixpath.normpath(name).strip("/")
+    return "" if name == "." else name
+
+
+def _parents(name: str) -> Iterator[str]:
+    """"a/b/c.jpg" -> "a", "a/b"."""
+    parts = name.split("/")
+    for end in range(1, len(parts)):
+        yield "/".join(parts[:end])

@@ -1,0 +1,105 @@
+import gzip
+import struct
+
+import numpy as np
+import pytest
+
+from jaxcifar.data import load
+from jaxcifar.data.dataset import FASHION_MNIST_CLASSES, MNIST_CLASSES
+from jaxcifar.data.idx import IMAGES_MAGIC, LABELS_MAGIC, parse
+from jaxcifar.errors import DataError
+
+
+def idx_bytes(array: np.ndarray, magic: int) -> bytes:
+    return struct.pack(">I", magic) + b"".join(struct.pack(">I", d) for d in array.shape) + array.tobytes()
+
+
+def write_idx_set(folder, n_train=6, n_test=4, gz=True, shape=(5, 3), seed=0):
+    """Write the four MNIST files; returns {split: (images, labels)} as written."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    written = {}
+    for split, prefix, n in (("train", "train", n_train), ("test", "t10k", n_test)):
+        images = rng.integers(0, 256, (n, *shape), dtype=np.uint8)
+        labels = rng.integers(0, 10, n, dtype=np.uint8)
+        for kind, array, magic in (("images-idx3", images, IMAGES_MAGIC), ("labels-idx1", labels, LABELS_MAGIC)):
+            data = idx_bytes(array, magic)
+            name = f"{prefix}-{kind}-ubyte"
+            if gz:
+                (folder / f"{name}.gz").write_bytes(gzip.compress(data))
+            else:
+                (folder / name).write_bytes(data)
+        written[split] = (images, labels)
+    return written
+
+
+@pytest.mark.parametrize("gz", [True, False])
+def test_reads_idx_files_gz_and_raw(tmp_path, fresh_cache, gz):
+    written = write_idx_set(tmp_path / "data", gz=gz)
+    for split in ("train", "test"):
+        data = load("mnist", split, data_dir=tmp_path / "data")
+        images, labels = written[split]
+        assert data.images.shape == (len(images), 5, 3, 1) and data.images.dtype == np.uint8
+        np.testing.assert_array_equal(data.images[..., 0], images)
+        np.testing.assert_array_equal(data.labels, labels.astype(np.int32))
+        assert data.labels.dtype == np.int32
+        assert data.class_names == MNIST_CLASSES
+        assert data.source == str(tmp_path / "data")
+
+
+def test_finds_files_in_a_subfolder_named_after_the_dataset(tmp_path, fresh_cache):
+    write_idx_set(tmp_path / "fashion-mnist", seed=1)
+    data = load("fashion_mnist", "train", data_dir=tmp_path)
+    assert data.class_names == FASHION_MNIST_CLASSES and len(data) == 6
+    # MNIST uses the same file names but must not pick up Fashion-MNIST's folder.
+    with pytest.raises(DataError, match=r"no mnist data in .*train-images-idx3-ubyte.*named mnist\*"):
+        load("mnist", "train", data_dir=tmp_path)
+
+
+def test_reads_data_dir_from_environment(tmp_path, fresh_cache, monkeypatch):
+    write_idx_set(tmp_path / "mnist")
+    monkeypatch.setenv("JAXCIFAR_DATA_DIR", str(tmp_path))
+    assert len(load("mnist", "test")) == 4
+
+
+def test_parse_rejects_wrong_magic_naming_file():
+    data = idx_bytes(np.zeros((2, 3, 3), np.uint8), IMAGES_MAGIC)
+    with pytest.raises(DataError, match=r"f\.idx: IDX magic number 0x00000803, expected 0x00000801"):
+        parse(data, LABELS_MAGIC, "f.idx")
+
+
+def test_parse_rejects_truncated_and_trailing_bytes():
+    data = idx_bytes(np.zeros((2, 3, 3), np.uint8), IMAGES_MAGIC)
+    with pytest.raises(DataError, match=r"f: truncated: dims \(2, 3, 3\) need 34 bytes, file has 33"):
+        parse(data[:-1], IMAGES_MAGIC, "f")
+    with pytest.raises(DataError, match="f: has trailing bytes"):
+        parse(data + b"\0", IMAGES_MAGIC, "f")
+    with pytest.raises(DataError, match=r"f: truncated IDX header \(10 of 16 bytes\)"):
+        parse(data[:10], IMAGES_MAGIC, "f")
+    with pytest.raises(DataError, match="too short for an IDX header"):
+        parse(b"\0\0", IMAGES_MAGIC, "f")
+    with pytest.raises(DataError, match=r"dims \(0, 3, 3\) hold no data"):
+        parse(idx_bytes(np.zeros((0, 3, 3), np.uint8), IMAGES_MAGIC), IMAGES_MAGIC, "f")
+
+
+def test_corrupt_files_in_a_folder_raise_data_error_naming_them(tmp_path, fresh_cache):
+    folder = tmp_path / "mnist"
+    write_idx_set(folder, gz=False)
+    labels = folder / "t10k-labels-idx1-ubyte"
+    labels.write_bytes(idx_bytes(np.array([1, 2, 12, 3], np.uint8), LABELS_MAGIC))
+    with pytest.raises(DataError, match=r"t10k-labels-idx1-ubyte: labels must lie in 0\.\.9, found 1\.\.12"):
+        load("mnist", "train", data_dir=tmp_path)
+    labels.write_bytes(idx_bytes(np.array([1, 2, 3], np.uint8), LABELS_MAGIC))
+    with pytest.raises(DataError, match=r"t10k-images-idx3-ubyte holds 4 images but .*t10k-labels-idx1-ubyte holds 3 labels"):
+        load("mnist", "train", data_dir=tmp_path)
+    labels.unlink()
+    with pytest.raises(DataError, match=r"mnist: missing t10k-labels-idx1-ubyte \(or t10k-labels-idx1-ubyte\.gz\)"):
+        load("mnist", "train", data_dir=tmp_path)
+
+
+def test_bad_gzip_names_file(tmp_path, fresh_cache):
+    write_idx_set(tmp_path)
+    images = tmp_path / "train-images-idx3-ubyte.gz"
+    images.write_bytes(images.read_bytes()[:-10])
+    with pytest.raises(DataError, match=r"train-images-idx3-ubyte\.gz: not a valid gzip file"):
+        load("mnist", "train", data_dir=tmp_path)
