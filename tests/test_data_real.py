@@ -3,7 +3,7 @@
 import numpy as np
 
 from jaxcifar.data import load
-from jaxcifar.data.dataset import FASHION_MNIST_CLASSES
+from jaxcifar.data.dataset import CIFAR10_CLASSES, FASHION_MNIST_CLASSES
 
 
 def test_fashion_mnist_idx(shared_data):
@@ -15,3 +15,14 @@ def test_fashion_mnist_idx(shared_data):
         assert np.array_equal(np.unique(split.labels), np.arange(10))
     # The published class balance: 6,000 / 1,000 of each class.
     assert np.all(np.bincount(train.labels) == 6000) and np.all(np.bincount(test.labels) == 1000)
+
+
+def test_cifar10_jpeg_tarball(shared_data):
+    train = load("cifar10", "train", data_dir=shared_data)
+    test = load("cifar10", "test", data_dir=shared_data / "cifar10-jpeg.tar.gz")
+    assert train.images.shape == (50000, 32, 32, 3) and test.images.shape == (10000, 32, 32, 3)
+    assert train.class_names == CIFAR10_CLASSES and test.class_names == CIFAR10_CLASSES
+    assert np.all(np.bincount(train.labels, minlength=10) == 5000)
+    assert np.all(np.bincount(test.labels, minlength=10) == 1000)
+    # Real photos, not a constant fill: pixel statistics near CIFAR-10's published ones.
+    assert 110 < train.images.mean() < 130 and train.images.std() > 50

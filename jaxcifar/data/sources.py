@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from jaxcifar.commands._args import DATA_DIR_ENV
-from jaxcifar.data import cache, idx, tree
+from jaxcifar.data import cache, cifar, idx, image_folder, tree
 from jaxcifar.data.dataset import CLASS_NAMES, SPLITS, Dataset
 from jaxcifar.errors import ConfigError, DataError
 
@@ -87,8 +87,19 @@ def load(name: str, split: str, *, data_dir: str | os.PathLike[str] | None = Non
 
 def formats(name: str) -> tuple[Format, ...]:
     """The local layouts `name` may come in, in the order they are looked for."""
+    mode = "RGB" if name == "cifar10" else "L"
+    image_folder_format = Format(
+        image_folder.LAYOUT, frozenset(SPLITS), functools.partial(image_folder.read, mode=mode)
+    )
+    if name == "cifar10":
+        return (
+            Format(cifar.PYTHON_LAYOUT, cifar.PYTHON_NAMES, cifar.read_python),
+            Format(cifar.BINARY_LAYOUT, cifar.BINARY_NAMES, cifar.read_binary),
+            image_folder_format,
+        )
     return (
         Format(idx.LAYOUT, idx.NAMES, functools.partial(idx.read, class_names=CLASS_NAMES[name])),
+        image_folder_format,
     )
 
 
