@@ -1,0 +1,65 @@
+"""The seed notebook's CNN as pure functions: `init(key) -> params`, `apply(params, x) -> logits`.
+
+Conv(3->32, 3x3, pad 1) -> ReLU -> MaxPool 2 -> Conv(32->16, 3x3, pad 1) -> ReLU -> MaxPool 2 ->
+Dropout(0.25) -> Flatten -> Linear 128 -> ReLU -> Linear 64 -> ReLU -> Linear 32 -> ReLU ->
+Linear 16 -> ReLU -> Linear 10. On CIFAR-10 (32x32x3) that is 147,754 parameters.
+Inputs are NHWC and the flatten is in NHWC order (so fc1's rows differ in order from PyTorch's
+NCHW flatten; the function computed is the same family).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from jaxcifar.models import layers
+
+CONV_CHANNELS = (32, 16)
+HIDDEN = (128, 64, 32, 16)
+DROPOUT_RATE = 0.25
+
+
+def init(
+    key: jax.Array, input_shape: tuple[int, int, int] = (32, 32, 3), num_classes: int = 10
+) -> dict:
+    """Parameters for inputs of `input_shape` (H, W, C), PyTorch-default initialised.
+
+    Returns {"conv1", "conv2": {"kernel": (3, 3, C_in, C_out) HWIO, "bias"}, "fc1".."fc5":
+    {"kernel": (n_in, n_out), "bias": (n_out,)}}, all float32. fc1's n_in is
+    (H // 4) * (W // 4) * 16: 1024 for 32x32 images, 784 for 28x28.
+    """
+    height, width, channels = input_shape
+    shapes = {}
+    c_in = channels
+    for i, c_out in enumerate(CONV_CHANNELS, start=1):
+        shapes[f"conv{i}"] = (3, 3, c_in, c_out)
+        c_in = c_out
+    n_in = (height // 4) * (width // 4) * c_in
+    for i, n_out in enumerate((*HIDDEN, num_classes), start=1):
+        shapes[f"fc{i}"] = (n_in, n_out)
+        n_in = n_out
+    return layers.init_layers(key, shapes)
+
+
+def apply(
+    params: dict,
+    x: jax.Array,
+    *,
+    train: bool = False,
+    rng: jax.Array | None = None,
+    dtype: jnp.dtype = jnp.float32,
+) -> jax.Array:
+    """Logits (N, num_classes) float32 for images `x` (N, H, W, C) float in [-1, 1].
+
+    `train=True` turns dropout on and then needs `rng`. `dtype` is the compute dtype
+    (e.g. bfloat16): parameters stay float32 and are cast at use; logits come back float32.
+    """
+    h = x
+    for i in range(1, len(CONV_CHANNELS) + 1):
+        h = layers.max_pool_2x2(jax.nn.relu(layers.conv_same(params[f"conv{i}"], h, dtype)))
+    h = layers.dropout(h, DROPOUT_RATE, train=train, rng=rng)
+    h = h.reshape(h.shape[0], -1)
+    num_dense = len(HIDDEN) + 1
+    for i in range(1, num_dense):
+        h = jax.nn.relu(layers.dense(params[f"fc{i}"], h, dtype))
+    return layers.dense(params[f"fc{num_dense}"], h, dtype).astype(jnp.float32)

@@ -1,0 +1,71 @@
+"""Layer building blocks shared by the models: PyTorch-style initialisers and pure apply functions.
+
+Parameters are plain dicts named like Flax's (`kernel`, `bias`), so a flax.linen model with the
+same layer names accepts the same pytree. Initialisation copies PyTorch's defaults, so results
+compare with the seed notebook: `nn.Linear`/`nn.Conv2d` use kaiming-uniform with a = sqrt(5),
+which works out to U(-1/sqrt(fan_in), +1/sqrt(fan_in)) for the weights, and the bias is drawn
+from the same interval.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+Params = dict[str, jax.Array]
+
+
+def init_layers(key: jax.Array, kernel_shapes: Mapping[str, tuple[int, ...]]) -> dict[str, Params]:
+    """{name: {"kernel": shape float32, "bias": (shape[-1],) float32}} for each layer, PyTorch-style.
+
+    A kernel's last axis is its output, the rest its fan-in: (n_in, n_out) for dense layers,
+    (H, W, C_in, C_out) HWIO for convolutions. Kernel and bias are U(+-1/sqrt(fan_in)).
+    All numbers come from one uniform draw, sliced per layer, because on CPU each separate
+    `jax.random` call costs ~1 s of XLA compile time and a model has a dozen of them.
+    """
+    sizes = [math.prod(shape) + shape[-1] for shape in kernel_shapes.values()]
+    numbers = jax.random.uniform(key, (sum(sizes),), jnp.float32, -1.0, 1.0)
+    params = {}
+    offset = 0
+    for (name, shape), size in zip(kernel_shapes.items(), sizes, strict=True):
+        chunk = numbers[offset : offset + size] / math.sqrt(math.prod(shape[:-1]))
+        params[name] = {"kernel": chunk[: -shape[-1]].reshape(shape), "bias": chunk[-shape[-1] :]}
+        offset += size
+    return params
+
+
+def dense(params: Params, x: jax.Array, dtype: jnp.dtype) -> jax.Array:
+    """(N, n_in) -> (N, n_out) in `dtype`; float32 params are cast at use (mixed precision)."""
+    return x.astype(dtype) @ params["kernel"].astype(dtype) + params["bias"].astype(dtype)
+
+
+def conv_same(params: Params, x: jax.Array, dtype: jnp.dtype) -> jax.Array:
+    """Stride-1 'same' convolution, (N, H, W, C_in) NHWC -> (N, H, W, C_out) in `dtype`."""
+    y = lax.conv_general_dilated(
+        x.astype(dtype),
+        params["kernel"].astype(dtype),
+        window_strides=(1, 1),
+        padding="SAME",
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+    )
+    return y + params["bias"].astype(dtype)
+
+
+def max_pool_2x2(x: jax.Array) -> jax.Array:
+    """(N, H, W, C) -> (N, H//2, W//2, C), max over non-overlapping 2x2 windows."""
+    return lax.reduce_window(x, -jnp.inf, lax.max, (1, 2, 2, 1), (1, 2, 2, 1), "VALID")
+
+
+def dropout(x: jax.Array, rate: float, *, train: bool, rng: jax.Array | None) -> jax.Array:
+    """Inverted dropout: identity unless `train`; then zero each unit with probability `rate`
+    and scale the survivors by 1/(1-rate), as torch.nn.Dropout does."""
+    if not train or rate == 0.0:
+        return x
+    if rng is None:
+        raise ValueError("dropout with train=True needs an rng key")
+    keep = jax.random.bernoulli(rng, 1.0 - rate, x.shape)
+    return jnp.where(keep, x / (1.0 - rate), jnp.zeros_like(x))

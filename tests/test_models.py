@@ -1,0 +1,120 @@
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxcifar import models
+from jaxcifar.models import cnn as cnn_module
+from jaxcifar.models import mlp as mlp_module
+
+
+class Jitted:
+    """A model module with `init` and `apply` jitted: eager op-by-op dispatch is slow on CPU."""
+
+    def __init__(self, module, static_apply=("train", "dtype")):
+        self.init = jax.jit(module.init, static_argnums=1)
+        self.apply = jax.jit(module.apply, static_argnames=static_apply)
+
+
+cnn = Jitted(cnn_module)
+mlp = Jitted(mlp_module, static_apply=("train", "dtype", "activation"))
+
+
+class FlaxCNN(nn.Module):
+    """The seed CNN written with flax.linen, layer names matching jaxcifar.models.cnn."""
+
+    @nn.compact
+    def __call__(self, x):
+        x = nn.max_pool(nn.relu(nn.Conv(32, (3, 3), padding=1, name="conv1")(x)), (2, 2), (2, 2))
+        x = nn.max_pool(nn.relu(nn.Conv(16, (3, 3), padding=1, name="conv2")(x)), (2, 2), (2, 2))
+        x = x.reshape(x.shape[0], -1)
+        for i, width in enumerate((128, 64, 32, 16), start=1):
+            x = nn.relu(nn.Dense(width, name=f"fc{i}")(x))
+        return nn.Dense(10, name="fc5")(x)
+
+
+@pytest.fixture(scope="module")
+def cnn_params():
+    return cnn.init(jax.random.key(0))
+
+
+def test_cnn_matches_flax_linen_with_the_same_params(cnn_params):
+    x = jax.random.uniform(jax.random.key(1), (3, 32, 32, 3), minval=-1, maxval=1)
+    ours = cnn.apply(cnn_params, x)
+    theirs = jax.jit(FlaxCNN().apply)({"params": cnn_params}, x)
+    # The pytree is the one flax.linen builds for the same layer names.
+    flax_shapes = jax.tree.map(
+        jnp.shape, jax.eval_shape(FlaxCNN().init, jax.random.key(0), x)["params"]
+    )
+    assert jax.tree.map(jnp.shape, cnn_params) == flax_shapes
+    np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-5)
+
+
+def test_cnn_parameter_count_and_shapes(cnn_params):
+    assert models.count_parameters(cnn_params) == 147_754
+    assert cnn_params["conv1"]["kernel"].shape == (3, 3, 3, 32)
+    assert cnn_params["fc1"]["kernel"].shape == (1024, 128)
+    assert cnn_params["fc5"]["kernel"].shape == (16, 10)
+    logits = cnn.apply(cnn_params, jnp.zeros((5, 32, 32, 3)))
+    assert logits.shape == (5, 10) and logits.dtype == jnp.float32
+
+
+def test_cnn_on_grayscale_28x28():
+    params = cnn.init(jax.random.key(0), (28, 28, 1))
+    assert params["fc1"]["kernel"].shape == (7 * 7 * 16, 128)
+    assert cnn.apply(params, jnp.zeros((2, 28, 28, 1))).shape == (2, 10)
+
+
+def test_init_is_pytorch_uniform_fan_in(cnn_params):
+    # fan_in of fc1 is 1024, of conv1 3*3*3 = 27: every value inside +-1/sqrt(fan_in), spread across it.
+    for name, fan_in in (("fc1", 1024), ("conv1", 27)):
+        bound = 1 / np.sqrt(fan_in)
+        kernel = np.asarray(cnn_params[name]["kernel"])
+        assert np.abs(kernel).max() <= bound
+        assert np.abs(kernel).max() > 0.95 * bound
+        assert np.abs(np.asarray(cnn_params[name]["bias"])).max() <= bound
+
+
+def test_dropout_only_in_training(cnn_params):
+    x = jax.random.uniform(jax.random.key(1), (4, 32, 32, 3), minval=-1, maxval=1)
+    eval_a = cnn.apply(cnn_params, x)
+    eval_b = cnn.apply(cnn_params, x, rng=jax.random.key(5))
+    np.testing.assert_array_equal(eval_a, eval_b)
+    train_a = cnn.apply(cnn_params, x, train=True, rng=jax.random.key(1))
+    train_a2 = cnn.apply(cnn_params, x, train=True, rng=jax.random.key(1))
+    train_b = cnn.apply(cnn_params, x, train=True, rng=jax.random.key(2))
+    np.testing.assert_array_equal(train_a, train_a2)
+    assert not np.allclose(train_a, train_b)
+    assert not np.allclose(train_a, eval_a)
+    with pytest.raises(ValueError, match="rng"):
+        cnn.apply(cnn_params, x, train=True)
+
+
+def test_bfloat16_compute_keeps_float32_logits(cnn_params):
+    x = jax.random.uniform(jax.random.key(1), (4, 32, 32, 3), minval=-1, maxval=1)
+    low = cnn.apply(cnn_params, x, dtype=jnp.bfloat16)
+    assert low.dtype == jnp.float32
+    np.testing.assert_allclose(low, cnn.apply(cnn_params, x), atol=0.05)
+
+
+def test_mlp_shapes_and_nhwc_flattening():
+    params = mlp.init(jax.random.key(0))
+    assert {k: v["kernel"].shape for k, v in params.items()} == {
+        "dense1": (784, 500), "dense2": (500, 50), "dense3": (50, 10),
+    }  # fmt: skip
+    images = jax.random.uniform(jax.random.key(1), (3, 28, 28, 1))
+    np.testing.assert_array_equal(
+        mlp.apply(params, images), mlp.apply(params, images.reshape(3, 784))
+    )
+    relu = mlp.apply(params, images, activation="relu")
+    assert relu.shape == (3, 10) and not np.allclose(relu, mlp.apply(params, images))
+
+
+def test_build_binds_input_shape_and_classes():
+    model = models.build("mlp", (32, 32, 3), 10, mlp_hidden=(64,), mlp_activation="relu")
+    params = model.init(jax.random.key(0))
+    assert params["dense1"]["kernel"].shape == (3072, 64)
+    assert model.apply(params, jnp.zeros((2, 32, 32, 3))).shape == (2, 10)
+    with pytest.raises(ValueError, match="unknown model 'vit'"):
+        models.build("vit", (32, 32, 3), 10)
