@@ -1,17 +1,130 @@
-"""Placeholder: `jaxcifar scratch` is being built."""
+"""Train the from-scratch NumPy network (sigmoid units, squared error, hand-written
+backpropagation, plain SGD) on MNIST-style data; print each epoch, write DIR/metrics.json
+and plots of the summed squared error and the accuracies per epoch."""
 
 from __future__ import annotations
 
 import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
 
-from jaxcifar.errors import ConfigError
+from jaxcifar.commands._args import add_data_arguments, positive_float, positive_int
 
-HELP = "(not yet available)"
+HELP = "train the from-scratch NumPy backprop network (sigmoid MLP, squared error, SGD)"
+
+# Measured on Fashion-MNIST with 784-500-50-10 (benchmarks/results/scratch-ablation.md):
+# sigmoid units with squared error learn slowly, so the rate is large.
+DEFAULT_EPOCHS = 20
+DEFAULT_BATCH_SIZE = 32
+DEFAULT_LR = 3.0
+DTYPES = ("float32", "float64")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    del parser
+    add_data_arguments(parser, default_dataset="fashion_mnist")
+    parser.add_argument("--epochs", type=positive_int, default=DEFAULT_EPOCHS, help="passes over the training set")
+    parser.add_argument("--batch-size", type=positive_int, default=DEFAULT_BATCH_SIZE, help="examples per SGD step")
+    parser.add_argument("--lr", type=positive_float, default=DEFAULT_LR, help="SGD learning rate")
+    parser.add_argument(
+        "--hidden", type=positive_int, nargs="+", default=[500, 50], metavar="WIDTH",
+        help="width of each hidden layer, input side first",
+    )  # fmt: skip
+    parser.add_argument("--seed", type=int, default=0, help="seeds the weights, the subsets and the shuffles")
+    parser.add_argument(
+        "--dtype", choices=DTYPES, default="float32",
+        help="float type of the arithmetic; float32 runs about twice as fast as float64",
+    )  # fmt: skip
+    parser.add_argument("--out", type=Path, default=Path("runs/scratch"), help="folder for metrics.json and plots")
+    parser.add_argument("--limit-train", type=positive_int, metavar="N", help="train on a random N examples")
+    parser.add_argument("--limit-test", type=positive_int, metavar="N", help="test on a random N examples")
+
+
+def load_inputs(
+    dataset: str,
+    data_dir: str | None,
+    *,
+    limit_train: int | None = None,
+    limit_test: int | None = None,
+    seed: int = 0,
+    dtype: str = "float32",
+) -> dict[str, Any]:
+    """Both splits as network inputs: `x_train` (N, H*W*C) in [0, 1] of `dtype`, `y_train` (N,)
+    int32, `x_test`, `y_test` likewise, plus `class_names` and `source`."""
+    from jaxcifar import scratch
+    from jaxcifar.data import load
+
+    splits = {}
+    for split, limit in (("train", limit_train), ("test", limit_test)):
+        data = load(dataset, split, data_dir=data_dir)
+        if limit is not None:
+            data = data.subset(limit, seed)
+        splits[f"x_{split}"] = scratch.scale_pixels(data.images, dtype)
+        splits[f"y_{split}"] = data.labels
+    return {**splits, "class_names": data.class_names, "source": data.source}
 
 
 def run(args: argparse.Namespace) -> int:
-    raise ConfigError("jaxcifar scratch is not implemented yet")
+    from jaxcifar import plots, scratch
+    from jaxcifar.atomic import atomic_write_text
+
+    data = load_inputs(
+        args.dataset, args.data_dir, limit_train=args.limit_train, limit_test=args.limit_test,
+        seed=args.seed, dtype=args.dtype,
+    )  # fmt: skip
+    layer_sizes = [data["x_train"].shape[1], *args.hidden, len(data["class_names"])]
+    config = {
+        "dataset": args.dataset,
+        "source": data["source"],
+        "train_examples": len(data["y_train"]),
+        "test_examples": len(data["y_test"]),
+        "layer_sizes": layer_sizes,
+        "epochs": args.epochs,
+        "batch_size": args.batch_size,
+        "lr": args.lr,
+        "seed": args.seed,
+        "dtype": args.dtype,
+    }
+    print(
+        f"{args.dataset}: {config['train_examples']} train, {config['test_examples']} test; "
+        f"network {'-'.join(map(str, layer_sizes))}, lr {args.lr}, batch {args.batch_size}",
+        flush=True,
+    )
+
+    def report(record: dict[str, Any]) -> None:
+        print(
+            f"epoch {record['epoch']:>3}/{args.epochs}  sum squared error {record['sum_squared_error']:.1f}  "
+            f"train acc {record['train_accuracy']:.4f}  test acc {record['test_accuracy']:.4f}  "
+            f"{record['seconds']:.1f}s",
+            flush=True,
+        )
+
+    start = time.perf_counter()
+    network = scratch.initialize_network(layer_sizes, seed=args.seed, dtype=args.dtype)
+    _, history = scratch.train(
+        network, data["x_train"], data["y_train"], l_rate=args.lr, n_epoch=args.epochs,
+        batch_size=args.batch_size, x_test=data["x_test"], y_test=data["y_test"],
+        seed=args.seed, on_epoch=report,
+    )  # fmt: skip
+    metrics = {
+        "config": config,
+        "epochs": history,
+        "test_accuracy": history[-1]["test_accuracy"],
+        "seconds": time.perf_counter() - start,
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(args.out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+    epochs = [record["epoch"] for record in history]
+    plots.plot_curves(
+        args.out / "error.png", epochs,
+        {"train": [record["sum_squared_error"] for record in history]},
+        ylabel="sum of squared errors", title="From-scratch network: training error",
+    )  # fmt: skip
+    plots.plot_curves(
+        args.out / "accuracy.png", epochs,
+        {split: [record[f"{split}_accuracy"] for record in history] for split in ("train", "test")},
+        ylabel="accuracy", title="From-scratch network: accuracy",
+    )  # fmt: skip
+    print(f"test accuracy {metrics['test_accuracy']:.4f}; wrote {args.out}/metrics.json, error.png, accuracy.png")
+    return 0

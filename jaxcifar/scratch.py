@@ -1,0 +1,283 @@
+"""A multilayer perceptron trained by backpropagation written by hand in NumPy.
+
+This is the classic from-scratch exercise (Jason Brownlee, "How to Code a Neural Network
+with Backpropagation In Python from scratch": initialize_network, activate, transfer,
+forward_propagate, backward_propagate_error, update_weights, train_network) with its
+names and its model kept -- sigmoid units everywhere, squared error on one-hot targets,
+plain SGD -- but vectorised over a batch: each layer is one matrix product, with no
+Python loop over neurons or samples.
+
+A network is a plain list with one dict per weight layer,
+`{"weights": (n_in, n_out), "bias": (n_out,)}`, all of one float dtype. Every function
+here is pure: training returns new networks and never mutates its inputs.
+
+Inputs are flattened pixels scaled to [0, 1] (`scale_pixels`): sigmoid units are centred
+on 0.5, and the exercise's own features are unscaled non-negative numbers. Keeping the
+inputs small and non-negative (rather than [-1, 1]) keeps a Glorot-initialised first layer
+away from saturation with 784 inputs, most of them zero (background pixels).
+
+NumPy only: importing this module does not import JAX.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+from numpy.typing import DTypeLike
+
+from jaxcifar.errors import TrainingDiverged
+
+Layer = dict[str, np.ndarray]
+Network = list[Layer]
+
+
+def initialize_network(
+    layer_sizes: Sequence[int] = (784, 500, 50, 10),
+    seed: int = 0,
+    dtype: DTypeLike = np.float64,
+) -> Network:
+    """Random weights for a fully connected sigmoid network.
+
+    Weights are Glorot/Xavier uniform, U(-r, r) with r = sqrt(6 / (n_in + n_out)), and
+    biases are zero. The exercise draws U[0, 1) instead: with 784 positive inputs that puts
+    every first-layer pre-activation in the hundreds, where the sigmoid is flat and its
+    derivative is 0, so nothing trains. Glorot keeps the pre-activation variance near the
+    input variance in both directions, so gradients reach the first layer.
+
+    Args:
+      layer_sizes: inputs, then the width of each hidden layer, then outputs (>= 2 entries).
+      seed: seed of the NumPy generator the weights are drawn from.
+      dtype: float dtype of every parameter (float64 by default; float32 is ~2x faster).
+    Returns:
+      One `{"weights": (n_in, n_out), "bias": (n_out,)}` dict of `dtype` per weight layer.
+    """
+    sizes = [int(size) for size in layer_sizes]
+    if len(sizes) < 2 or min(sizes) < 1:
+        raise ValueError(f"layer_sizes needs >= 2 positive sizes, got {tuple(layer_sizes)}")
+    rng = np.random.default_rng(seed)
+    network = []
+    for n_in, n_out in zip(sizes[:-1], sizes[1:]):
+        limit = np.sqrt(6.0 / (n_in + n_out))
+        network.append(
+            {
+                "weights": rng.uniform(-limit, limit, size=(n_in, n_out)).astype(dtype),
+                "bias": np.zeros(n_out, dtype=dtype),
+            }
+        )
+    return network
+
+
+def scale_pixels(images: np.ndarray, dtype: DTypeLike = np.float64) -> np.ndarray:
+    """(N, H, W, C) uint8 pixels -> (N, H*W*C) `dtype` in [0, 1], the network's input."""
+    return images.reshape(images.shape[0], -1).astype(dtype) / np.asarray(255, dtype)
+
+
+def one_hot(labels: np.ndarray, num_classes: int, dtype: DTypeLike = np.float64) -> np.ndarray:
+    """(B,) int labels -> (B, num_classes) `dtype` targets: 1 at the label, 0 elsewhere."""
+    return np.eye(num_classes, dtype=dtype)[labels]
+
+
+def pre_activation(weights: np.ndarray, bias: np.ndarray, inputs: np.ndarray) -> np.ndarray:
+    """The exercise's `activate`: z = inputs @ weights + bias.
+
+    Args:
+      weights: (n_in, n_out) float.  bias: (n_out,) float.  inputs: (B, n_in) float.
+    Returns:
+      (B, n_out), the dtype of the operands.
+    """
+    return inputs @ weights + bias
+
+
+def sigmoid_activation(z: np.ndarray) -> np.ndarray:
+    """The exercise's `transfer`: 1 / (1 + exp(-z)), elementwise, same shape and dtype.
+
+    exp is only ever taken of -|z| <= 0, so it cannot overflow (the textbook formula
+    overflows exp for z < -709 in float64, -88 in float32, and warns). For z < 0 the
+    result is rewritten as e / (1 + e) with e = exp(z), which keeps full relative precision
+    in the far negative tail, where 1 - (something near 1) would cancel to garbage.
+    """
+    e = np.exp(-np.abs(z))
+    out = 1.0 / (1.0 + e)
+    return np.where(z < 0, e * out, out)
+
+
+def sigmoid_derivative(out: np.ndarray) -> np.ndarray:
+    """The exercise's `transfer_derivative`: d sigmoid / dz written in terms of out = sigmoid(z)."""
+    return out * (1.0 - out)
+
+
+def forward_propagation(network: Network, x: np.ndarray) -> list[np.ndarray]:
+    """The exercise's `forward_propagate`, keeping every layer's output for backprop.
+
+    Args:
+      network: as from `initialize_network`.
+      x: (B, n_in) float inputs.
+    Returns:
+      [x, a_1, ..., a_L]: the input then the (B, n_l) sigmoid output of each weight layer.
+    """
+    activations = [x]
+    for layer in network:
+        z = pre_activation(layer["weights"], layer["bias"], activations[-1])
+        activations.append(sigmoid_activation(z))
+    return activations
+
+
+def backward_propagate_error(
+    network: Network, activations: Sequence[np.ndarray], y_onehot: np.ndarray
+) -> list[np.ndarray]:
+    """dLoss/dz of every weight layer, for `loss` (so averaged over the batch).
+
+    Output layer: (a_L - y) * a_L (1 - a_L) / B. Each layer below receives the error
+    through the weights above it: delta_l = (delta_{l+1} @ W_{l+1}^T) * a_l (1 - a_l).
+
+    Args:
+      network: the weights that produced `activations`.
+      activations: `forward_propagation(network, x)`.
+      y_onehot: (B, n_out) float targets.
+    Returns:
+      [delta_1, ..., delta_L], delta_l of shape (B, n_l), the activations' dtype.
+    """
+    output = activations[-1]
+    batch_size = output.shape[0]
+    delta = (output - y_onehot) * sigmoid_derivative(output) / np.asarray(batch_size, output.dtype)
+    deltas = [delta]
+    # Walk down from the top; no delta is needed for the input itself.
+    for layer, below in zip(network[:0:-1], activations[-2:0:-1]):
+        delta = (delta @ layer["weights"].T) * sigmoid_derivative(below)
+        deltas.append(delta)
+    return deltas[::-1]
+
+
+def _parameter_gradients(
+    activations: Sequence[np.ndarray], deltas: Sequence[np.ndarray]
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(dLoss/dweights, dLoss/dbias) of each layer: a_{l-1}^T @ delta_l and delta_l summed over B."""
+    return [(inputs.T @ delta, delta.sum(axis=0)) for inputs, delta in zip(activations, deltas)]
+
+
+def update_weights(
+    network: Network,
+    activations: Sequence[np.ndarray],
+    deltas: Sequence[np.ndarray],
+    l_rate: float,
+) -> Network:
+    """One SGD step: a new network with params - l_rate * dLoss/dparams; `network` is unchanged."""
+    return [
+        {"weights": layer["weights"] - l_rate * d_weights, "bias": layer["bias"] - l_rate * d_bias}
+        for layer, (d_weights, d_bias) in zip(network, _parameter_gradients(activations, deltas))
+    ]
+
+
+def loss(network: Network, x: np.ndarray, y_onehot: np.ndarray) -> float:
+    """0.5 * mean over the batch of sum over outputs of (sigmoid output - target)^2.
+
+    Args:
+      x: (B, n_in) float inputs.  y_onehot: (B, n_out) float targets.
+    """
+    output = forward_propagation(network, x)[-1]
+    return float(0.5 * np.mean(np.sum((output - y_onehot) ** 2, axis=1)))
+
+
+def gradients(network: Network, x: np.ndarray, y_onehot: np.ndarray) -> Network:
+    """dLoss/dparams of `loss`, by backpropagation, shaped like `network`."""
+    activations = forward_propagation(network, x)
+    deltas = backward_propagate_error(network, activations, y_onehot)
+    return [
+        {"weights": d_weights, "bias": d_bias}
+        for d_weights, d_bias in _parameter_gradients(activations, deltas)
+    ]
+
+
+def predict(network: Network, x: np.ndarray, batch_size: int = 10_000) -> np.ndarray:
+    """(B, n_in) float inputs -> (B,) int64 labels: the index of the largest output.
+
+    Evaluated `batch_size` rows at a time, to bound the memory of the activations.
+    """
+    labels = [
+        np.argmax(forward_propagation(network, x[start : start + batch_size])[-1], axis=1)
+        for start in range(0, x.shape[0], batch_size)
+    ]
+    return np.concatenate(labels) if labels else np.zeros(0, dtype=np.int64)
+
+
+def accuracy(network: Network, x: np.ndarray, labels: np.ndarray) -> float:
+    """Fraction of the (B, n_in) inputs whose predicted label equals `labels` (B,) int."""
+    return float(np.mean(predict(network, x) == labels))
+
+
+EpochCallback = Callable[[dict[str, Any]], None]
+
+
+def train(
+    network: Network,
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    l_rate: float,
+    n_epoch: int,
+    batch_size: int,
+    x_test: np.ndarray | None = None,
+    y_test: np.ndarray | None = None,
+    seed: int = 0,
+    on_epoch: EpochCallback | None = None,
+) -> tuple[Network, list[dict[str, Any]]]:
+    """The exercise's `train_network`: minibatch SGD on `loss`, reshuffled every epoch.
+
+    Args:
+      network: initial parameters (not mutated); its dtype sets the dtype of the arithmetic.
+      x: (N, n_in) float inputs, cast to the network's dtype.
+      y: (N,) int labels in [0, n_out).
+      l_rate: SGD step size.  n_epoch: passes over the data.
+      batch_size: examples per step; the last step of an epoch takes the remainder.
+      x_test, y_test: optional held-out (M, n_in) inputs and (M,) labels, scored per epoch.
+      seed: seeds the per-epoch shuffles.
+      on_epoch: called with each epoch's record as soon as the epoch ends.
+    Returns:
+      The trained network and one record per epoch: `epoch` (from 1), `sum_squared_error`
+      (the exercise's sum over the epoch of sum over outputs of (output - target)^2, each
+      output taken in the forward pass of its own step, before that step's update),
+      `train_accuracy` (of those same outputs, so it costs no extra pass), `test_accuracy`
+      (None without test data, else after the epoch) and `seconds` (of training and scoring).
+    """
+    dtype = network[0]["weights"].dtype
+    x = np.asarray(x, dtype=dtype)
+    y = np.asarray(y)
+    if x_test is not None:
+        x_test = np.asarray(x_test, dtype=dtype)
+    num_classes = network[-1]["weights"].shape[1]
+    rng = np.random.default_rng(seed)
+    history = []
+    for epoch in range(1, n_epoch + 1):
+        start_time = time.perf_counter()
+        order = rng.permutation(x.shape[0])
+        sum_squared_error = 0.0
+        correct = 0
+        for start in range(0, x.shape[0], batch_size):
+            index = order[start : start + batch_size]
+            labels = y[index]
+            y_onehot = one_hot(labels, num_classes, dtype)
+            activations = forward_propagation(network, x[index])
+            output = activations[-1]
+            sum_squared_error += float(np.sum((output - y_onehot) ** 2))
+            correct += int(np.sum(np.argmax(output, axis=1) == labels))
+            deltas = backward_propagate_error(network, activations, y_onehot)
+            network = update_weights(network, activations, deltas, l_rate)
+        if not np.isfinite(sum_squared_error):
+            raise TrainingDiverged(
+                f"epoch {epoch}: the summed squared error is not finite; lower the learning rate "
+                f"(l_rate {l_rate})"
+            )
+        record = {
+            "epoch": epoch,
+            "sum_squared_error": sum_squared_error,
+            "train_accuracy": correct / x.shape[0],
+            "test_accuracy": None if x_test is None else accuracy(network, x_test, y_test),
+            "seconds": time.perf_counter() - start_time,
+        }
+        history.append(record)
+        if on_epoch is not None:
+            on_epoch(record)
+    return network, history
