@@ -94,10 +94,10 @@ def pre_activation(weights: np.ndarray, bias: np.ndarray, inputs: np.ndarray) ->
 def sigmoid_activation(z: np.ndarray) -> np.ndarray:
     """The exercise's `transfer`: 1 / (1 + exp(-z)), elementwise, same shape and dtype.
 
-    exp is only ever taken of -|z| <= 0, so it cannot overflow (the textbook formula
-    overflows exp for z < -709 in float64, -88 in float32, and warns). For z < 0 the
-    result is rewritten as e / (1 + e) with e = exp(z), which keeps full relative precision
-    in the far negative tail, where 1 - (something near 1) would cancel to garbage.
+    The textbook formula overflows exp(-z) for z < -709 in float64 (-88 in float32) and
+    warns. Here exp is only taken of -|z| <= 0: for z < 0 the same value is written
+    e / (1 + e) with e = exp(z), exact to rounding over the whole range (unlike the
+    overflow-free (1 + tanh(z / 2)) / 2, which cancels to 0 in the negative tail).
     """
     e = np.exp(-np.abs(z))
     out = 1.0 / (1.0 + e)
