@@ -56,8 +56,14 @@ def conv_same(params: Params, x: jax.Array, dtype: jnp.dtype) -> jax.Array:
 
 
 def max_pool_2x2(x: jax.Array) -> jax.Array:
-    """(N, H, W, C) -> (N, H//2, W//2, C), max over non-overlapping 2x2 windows."""
-    return lax.reduce_window(x, -jnp.inf, lax.max, (1, 2, 2, 1), (1, 2, 2, 1), "VALID")
+    """(N, H, W, C) -> (N, H//2, W//2, C), max over non-overlapping 2x2 windows (H, W even).
+
+    A reshape + max rather than `lax.reduce_window`: same forward values, but its gradient
+    avoids select-and-scatter, which made a whole CNN training step ~2x slower on CPU
+    (measured: 6.2 vs 13.2 ms at batch 4, 468 vs 677 ms at batch 128, 2 loaded cores).
+    """
+    n, height, width, channels = x.shape
+    return x.reshape(n, height // 2, 2, width // 2, 2, channels).max(axis=(2, 4))
 
 
 def dropout(x: jax.Array, rate: float, *, train: bool, rng: jax.Array | None) -> jax.Array:

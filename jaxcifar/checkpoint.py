@@ -1,0 +1,110 @@
+"""Checkpoints: one msgpack file per run folder, rewritten atomically after every epoch.
+
+`DIR/checkpoint.msgpack` holds a format tag and version, the run's config, the input shape
+and class names (so `predict` needs no dataset), the epoch history so far, and the
+`TrainState` (params, optimizer state, step) as a flax state dict. The rng needs no storing:
+every key derives from config.seed and the epoch (see `jaxcifar.train`).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import jax
+import numpy as np
+from flax import serialization
+
+from jaxcifar.atomic import atomic_write_bytes
+from jaxcifar.config import RunConfig
+from jaxcifar.errors import CheckpointError, ConfigError
+
+FORMAT = "jaxcifar-checkpoint"
+VERSION = 1
+FILENAME = "checkpoint.msgpack"
+
+
+class Checkpoint(NamedTuple):
+    """A loaded checkpoint; `state` is the raw state dict, turned into arrays by `restore`."""
+
+    path: Path
+    config: RunConfig
+    input_shape: tuple[int, int, int]
+    class_names: tuple[str, ...]
+    history: list[dict[str, float]]
+    state: dict[str, Any]
+
+
+def resolve(path: str | os.PathLike[str]) -> Path:
+    """A checkpoint file, or a run folder holding one (DIR/checkpoint.msgpack)."""
+    path = Path(path)
+    return path / FILENAME if path.is_dir() else path
+
+
+def save(
+    directory: str | os.PathLike[str],
+    state: Any,
+    config: RunConfig,
+    *,
+    input_shape: tuple[int, ...],
+    class_names: tuple[str, ...],
+    history: list[dict[str, float]],
+) -> Path:
+    """Write DIR/checkpoint.msgpack atomically (a crash leaves the previous one intact)."""
+    payload = {
+        "format": FORMAT,
+        "version": VERSION,
+        "config": config.to_dict(),
+        "input_shape": list(input_shape),
+        "class_names": list(class_names),
+        "history": list(history),
+        "state": serialization.to_state_dict(jax.device_get(state)),
+    }
+    path = Path(directory) / FILENAME
+    atomic_write_bytes(path, serialization.msgpack_serialize(payload))
+    return path
+
+
+def load(path: str | os.PathLike[str]) -> Checkpoint:
+    """Read and check a checkpoint; CheckpointError names the file when it is missing,
+    truncated, not a jaxcifar checkpoint, or of another format version."""
+    path = resolve(path)
+    try:
+        payload = serialization.msgpack_restore(path.read_bytes())
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: no checkpoint there") from None
+    except Exception as error:  # msgpack raises several unrelated types on corrupt input
+        raise CheckpointError(f"{path}: not a readable checkpoint (truncated or corrupt: {error})") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not a jaxcifar checkpoint (no {FORMAT!r} format tag)")
+    if payload.get("version") != VERSION:
+        raise CheckpointError(
+            f"{path}: checkpoint format version {payload.get('version')}, this jaxcifar reads {VERSION}"
+        )
+    try:
+        config = RunConfig.from_dict(payload["config"])
+        return Checkpoint(
+            path=path,
+            config=config,
+            input_shape=tuple(payload["input_shape"]),
+            class_names=tuple(payload["class_names"]),
+            history=[dict(record) for record in payload["history"]],
+            state=payload["state"],
+        )
+    except (KeyError, TypeError, ConfigError) as error:
+        raise CheckpointError(f"{path}: malformed checkpoint ({error})") from None
+
+
+def restore(checkpoint: Checkpoint, template: Any) -> Any:
+    """The checkpoint's state as the pytree `template` (arrays or ShapeDtypeStructs of the
+    expected shapes); CheckpointError when the structure or a shape differs."""
+    try:
+        state = serialization.from_state_dict(template, checkpoint.state)
+    except (KeyError, ValueError, TypeError) as error:
+        raise CheckpointError(f"{checkpoint.path}: state does not fit this model ({error})") from None
+    expected = jax.tree.map(lambda leaf: (tuple(leaf.shape), np.dtype(leaf.dtype)), template)
+    found = jax.tree.map(lambda leaf: (tuple(np.shape(leaf)), np.asarray(leaf).dtype), state)
+    if expected != found:
+        raise CheckpointError(f"{checkpoint.path}: parameter shapes do not fit this model")
+    return jax.tree.map(jax.numpy.asarray, state)

@@ -1,0 +1,110 @@
+"""The run configuration: one frozen dataclass whose defaults are the seed notebook's recipe.
+
+A `RunConfig` is everything that decides a run's result (model, data, optimiser, schedule,
+seed); how the run executes (epoch mode, progress bar, output folder) is not in it. It travels
+into metrics.json and checkpoints as a plain dict (`to_dict` / `from_dict`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from jaxcifar.errors import ConfigError
+
+MODELS = ("cnn", "mlp")
+DATASETS = ("cifar10", "mnist", "fashion_mnist")
+OPTIMIZERS = ("sgd", "nesterov", "adam", "adamw")
+SCHEDULES = ("constant", "cosine", "onecycle")
+DTYPES = ("float32", "bfloat16")
+ACTIVATIONS = ("sigmoid", "relu")
+
+# Fields a resumed run must share with its checkpoint: they change the parameter or
+# optimizer-state pytree, or what one epoch means.
+RESUME_FIELDS = (
+    "model", "dataset", "batch_size", "optimizer", "mlp_hidden", "mlp_activation",
+    "limit_train", "seed",
+)  # fmt: skip
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    """One training run. Defaults reproduce the seed notebook: the CNN on CIFAR-10, 10 epochs
+    of batch 4, SGD lr 0.001 momentum 0.9, constant rate, no augmentation.
+
+    `limit_train` / `limit_test` (None = all) train and test on a seeded random subset.
+    `mlp_hidden` / `mlp_activation` apply to the MLP only.
+    """
+
+    model: str = "cnn"
+    dataset: str = "cifar10"
+    epochs: int = 10
+    batch_size: int = 4
+    optimizer: str = "sgd"
+    lr: float = 0.001
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    schedule: str = "constant"
+    augment: bool = False
+    dtype: str = "float32"
+    seed: int = 0
+    limit_train: int | None = None
+    limit_test: int | None = None
+    mlp_hidden: tuple[int, ...] = (500, 50)
+    mlp_activation: str = "sigmoid"
+
+    def __post_init__(self) -> None:
+        for name, allowed in (
+            ("model", MODELS), ("dataset", DATASETS), ("optimizer", OPTIMIZERS),
+            ("schedule", SCHEDULES), ("dtype", DTYPES), ("mlp_activation", ACTIVATIONS),
+        ):  # fmt: skip
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"{name} must be one of {', '.join(allowed)}; got {getattr(self, name)!r}")
+        for name in ("epochs", "batch_size", "limit_train", "limit_test"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value <= 0):
+                raise ConfigError(f"{name} must be a positive integer; got {value!r}")
+        if not self.lr > 0:
+            raise ConfigError(f"lr must be positive; got {self.lr}")
+        if not 0 <= self.momentum < 1 or self.weight_decay < 0:
+            raise ConfigError(
+                f"need 0 <= momentum < 1 and weight_decay >= 0; got {self.momentum}, {self.weight_decay}"
+            )
+        if not all(isinstance(n, int) and n > 0 for n in self.mlp_hidden):
+            raise ConfigError(f"mlp_hidden must be positive layer widths; got {self.mlp_hidden}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON- and msgpack-friendly dict (tuples become lists)."""
+        out = dataclasses.asdict(self)
+        out["mlp_hidden"] = list(self.mlp_hidden)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RunConfig:
+        """Inverse of `to_dict`; unknown keys raise ConfigError."""
+        known = {field.name for field in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"unknown configuration keys: {', '.join(unknown)}")
+        values = dict(data)
+        if "mlp_hidden" in values:
+            values["mlp_hidden"] = tuple(values["mlp_hidden"])
+        return cls(**values)
+
+    def resume_mismatches(self, saved: RunConfig) -> list[str]:
+        """'field: saved -> now' for each `RESUME_FIELDS` entry that differs from `saved`."""
+        return [
+            f"{name}: {getattr(saved, name)!r} -> {getattr(self, name)!r}"
+            for name in RESUME_FIELDS
+            if getattr(saved, name) != getattr(self, name)
+        ]
+
+
+# Named starting points for `jaxcifar train --recipe`; flags given explicitly override them.
+RECIPES = {
+    "seed": RunConfig(),
+    "fast": RunConfig(
+        batch_size=64, optimizer="nesterov", lr=0.05, momentum=0.9, weight_decay=5e-4,
+        schedule="onecycle", augment=True,
+    ),  # fmt: skip
+}

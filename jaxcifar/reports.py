@@ -1,0 +1,76 @@
+"""A run's reports in its output folder: metrics.json and the three figures.
+
+metrics.json holds `config`, `device`, `epochs` (one record per epoch), the final
+`test_accuracy`, `per_class_accuracy` (class name -> fraction), `confusion_matrix` (rows true
+class, columns predicted) and, when measured, `compile_seconds`. Accuracies are fractions.
+Figures: accuracy.png and loss.png (train and test per epoch), confusion_matrix.png.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from jaxcifar import metrics
+from jaxcifar.atomic import atomic_write_text
+
+METRICS_FILE = "metrics.json"
+FIGURES = ("accuracy.png", "loss.png", "confusion_matrix.png")
+
+
+def build_metrics(
+    *,
+    config: Mapping[str, Any],
+    device: Mapping[str, Any],
+    history: Sequence[Mapping[str, float]],
+    labels: np.ndarray,
+    predictions: np.ndarray,
+    class_names: Sequence[str],
+    compile_seconds: float | None = None,
+) -> dict[str, Any]:
+    """The metrics.json document for a run whose final test predictions are `predictions`."""
+    matrix = metrics.confusion_matrix(labels, predictions, len(class_names))
+    per_class = metrics.per_class_accuracy(matrix)
+    report = {
+        "config": dict(config),
+        "device": dict(device),
+        "epochs": [dict(record) for record in history],
+        "test_accuracy": metrics.accuracy(matrix),
+        # JSON has no NaN: a class absent from the test set gets null.
+        "per_class_accuracy": {
+            name: None if math.isnan(value) else float(value)
+            for name, value in zip(class_names, per_class, strict=True)
+        },
+        "confusion_matrix": matrix.tolist(),
+    }
+    if compile_seconds is not None:
+        report["compile_seconds"] = compile_seconds
+    return report
+
+
+def write_reports(out_dir: str | Path, report: Mapping[str, Any], class_names: Sequence[str]) -> None:
+    """Write `report` as out_dir/metrics.json and draw its three figures, all atomically."""
+    from jaxcifar.plots import plot_confusion_matrix, plot_curves
+
+    out = Path(out_dir)
+    atomic_write_text(out / METRICS_FILE, json.dumps(report, indent=2) + "\n")
+    history = report["epochs"]
+    if history:
+        epochs = [record["epoch"] for record in history]
+        for quantity, path in (("accuracy", FIGURES[0]), ("loss", FIGURES[1])):
+            plot_curves(
+                out / path,
+                epochs,
+                {split: [r[f"{split}_{quantity}"] for r in history] for split in ("train", "test")},
+                ylabel=quantity,
+                title=f"{report['config']['model']} on {report['config']['dataset']}: {quantity}",
+            )
+    plot_confusion_matrix(
+        out / FIGURES[2], np.asarray(report["confusion_matrix"]), class_names,
+        title=f"Confusion matrix (test accuracy {report['test_accuracy']:.1%})",
+    )  # fmt: skip
