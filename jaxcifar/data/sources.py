@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from jaxcifar.commands._args import DATA_DIR_ENV
-from jaxcifar.data import cache, cifar, idx, image_folder, tree
+from jaxcifar.data import cache, cifar, idx, image_folder, tfds_source, tree
 from jaxcifar.data.dataset import CLASS_NAMES, SPLITS, Dataset
 from jaxcifar.errors import ConfigError, DataError
 
@@ -43,10 +43,16 @@ class Format:
 
 
 @dataclasses.dataclass(frozen=True)
-class LocalCopy:
-    """A dataset found on disk and not yet read: what to report, fingerprint and decode."""
+class Copy:
+    """A dataset found and not yet read.
 
-    path: Path
+    Attributes:
+      source: where it is, as `Dataset.source` reports it (a path, or "tfds:<name>").
+      digest: fingerprint of its contents, the cache key.
+      read: decode the splits it holds.
+    """
+
+    source: str
     digest: Callable[[], str]
     read: Callable[[], dict[str, Dataset]]
 
@@ -72,12 +78,11 @@ def load(name: str, split: str, *, data_dir: str | os.PathLike[str] | None = Non
     if data_dir is None:
         data_dir = os.environ.get(DATA_DIR_ENV) or None
     if data_dir is None:
-        raise DataError(
-            f"no local copy of {name} given: pass --data-dir or set ${DATA_DIR_ENV} to {describe(name)}"
-        )
-    copy = locate(name, Path(data_dir).expanduser())
+        copy = _tfds_copy(name, split)
+    else:
+        copy = locate(name, Path(data_dir).expanduser())
     entry = cache.entry_path(name, copy.digest())
-    dataset = cache.read_split(entry, split, source=str(copy.path))
+    dataset = cache.read_split(entry, split, source=copy.source)
     if dataset is None:
         splits = copy.read()
         cache.write(entry, splits)
@@ -113,7 +118,7 @@ def describe(name: str) -> str:
     )
 
 
-def locate(name: str, root: Path) -> LocalCopy:
+def locate(name: str, root: Path) -> Copy:
     """Find `name` in the data dir `root` without reading it.
 
     Looked at, in order: `root` itself when it is an archive; entries of `root` named after
@@ -138,20 +143,20 @@ def locate(name: str, root: Path) -> LocalCopy:
     raise DataError(f"no {name} data in {root}: expected {describe(name)}")
 
 
-def _folder_copy(name: str, folder: Path) -> LocalCopy | None:
+def _folder_copy(name: str, folder: Path) -> Copy | None:
     """`folder` as a copy of `name`, when its entries match one of the layouts."""
     entries = {entry.name for entry in folder.iterdir()}
     for fmt in formats(name):
         if names := entries & fmt.top_names:
-            return LocalCopy(
-                folder,
+            return Copy(
+                str(folder),
                 digest=lambda: cache.folder_digest(folder, tree.walk(folder, names)[0]),
                 read=lambda: fmt.read(tree.read_folder(folder, names)),
             )
     return None
 
 
-def _archive_copy(name: str, archive: Path) -> LocalCopy:
+def _archive_copy(name: str, archive: Path) -> Copy:
     """An archive as a copy of `name`; its layout is known only once it is read."""
 
     def read() -> dict[str, Dataset]:
@@ -161,4 +166,17 @@ def _archive_copy(name: str, archive: Path) -> LocalCopy:
                 return fmt.read(contents)
         raise DataError(f"{archive} holds no {name} data: expected {describe(name)}")
 
-    return LocalCopy(archive, digest=lambda: cache.file_digest(archive), read=read)
+    return Copy(str(archive), digest=lambda: cache.file_digest(archive), read=read)
+
+
+def _tfds_copy(name: str, split: str) -> Copy:
+    """One split through tensorflow-datasets (downloaded on first use)."""
+    offline_help = f"pass --data-dir or set ${DATA_DIR_ENV} to {describe(name)}"
+    source = tfds_source.open_split(name, split, offline_help)
+    # tfds never changes a prepared version's data, so its folder (which names the
+    # version) and the split identify the contents without hashing them.
+    return Copy(
+        f"tfds:{name}",
+        digest=lambda: cache.text_digest(f"tfds {tfds_source.prepared_dir(source)} {split}"),
+        read=lambda: {split: tfds_source.read(source, name)},
+    )

@@ -1,0 +1,63 @@
+"""CIFAR-10, MNIST and Fashion-MNIST through tensorflow-datasets, without TensorFlow.
+
+`tfds.data_source` downloads and prepares a dataset once (into ~/tensorflow_datasets or
+$TFDS_DATA_DIR) and then reads its array_record files with plain NumPy. tensorflow-datasets
+takes about a second to import, so it is imported only when this path is taken.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from jaxcifar.data.dataset import CLASS_NAMES, Dataset
+from jaxcifar.errors import DataError
+
+
+def open_split(name: str, split: str, offline_help: str) -> Sequence[dict[str, Any]]:
+    """The tfds data source of one split, downloading and preparing it on first use.
+
+    Args:
+      name: the tfds name, "cifar10", "mnist" or "fashion_mnist" (the same as ours).
+      split: "train" or "test".
+      offline_help: what to do instead when the download fails, for the message.
+    Returns:
+      A sequence of {"image": (H, W, C) uint8, "label": int} examples.
+    Raises:
+      DataError: the dataset is not prepared and cannot be downloaded.
+    """
+    import tensorflow_datasets as tfds
+
+    try:
+        return tfds.data_source(name, split=split, download=True)
+    # Offline, tfds retries for minutes and then raises requests' ConnectionError; other
+    # failures (a full disk, a proxy's error page, a half-prepared folder) raise other types.
+    # Every one means "tfds could not provide it", and the local options are the remedy.
+    except Exception as error:
+        raise DataError(
+            f"could not get {name} from tensorflow-datasets ({type(error).__name__}: {error}). "
+            f"Without network access, {offline_help}"
+        ) from None
+
+
+def prepared_dir(source: Sequence[dict[str, Any]]) -> str:
+    """The folder tfds prepared the data in, with its version (part of the cache key)."""
+    return str(source.dataset_info.data_dir)  # type: ignore[attr-defined]
+
+
+def read(source: Sequence[dict[str, Any]], name: str) -> Dataset:
+    """Decode every example of a data source into arrays.
+
+    Returns:
+      images (N, H, W, C) uint8, labels (N,) int32, source "tfds:<name>".
+    """
+    where = f"tfds:{name}"
+    if not len(source):
+        raise DataError(f"{where}: the split in {prepared_dir(source)} holds no examples")
+    # One example at a time: the batched `__getitems__` is not mocked by tfds.testing.
+    examples = [source[i] for i in range(len(source))]
+    images = np.stack([np.asarray(example["image"], np.uint8) for example in examples])
+    labels = np.array([example["label"] for example in examples], np.int32)
+    return Dataset(images, labels, CLASS_NAMES[name], where)

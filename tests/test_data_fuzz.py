@@ -1,0 +1,61 @@
+"""Random and mutated files: every reader returns valid arrays or raises DataError, nothing else."""
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from jaxcifar.data.cifar import parse_binary_batch, parse_python_batch
+from jaxcifar.data.idx import IMAGES_MAGIC, LABELS_MAGIC, parse
+from jaxcifar.errors import DataError
+from test_data_cifar import binary_batch, python_batch
+from test_data_idx import idx_bytes
+
+FUZZ = settings(max_examples=150, deadline=2000)
+rng = np.random.default_rng(0)
+VALID = {
+    "idx_images": idx_bytes(rng.integers(0, 256, (3, 4, 5), dtype=np.uint8), IMAGES_MAGIC),
+    "idx_labels": idx_bytes(rng.integers(0, 10, 3, dtype=np.uint8), LABELS_MAGIC),
+    "binary": binary_batch(rng.integers(0, 256, (2, 32, 32, 3), dtype=np.uint8), np.array([3, 4])),
+    "python": python_batch(rng.integers(0, 256, (2, 32, 32, 3), dtype=np.uint8), [1, 9]),
+}
+
+
+@st.composite
+def mutated(draw, valid: bytes):
+    """`valid` with a few bytes overwritten, then maybe cut short or extended."""
+    data = bytearray(valid)
+    for _ in range(draw(st.integers(0, 4))):
+        data[draw(st.integers(0, len(data) - 1))] = draw(st.integers(0, 255))
+    cut = draw(st.integers(0, len(data) + 8))
+    return bytes(data[:cut]) + bytes(max(0, cut - len(data)))
+
+
+def check(read, data: bytes) -> None:
+    try:
+        result = read(data)
+    except DataError:
+        return
+    images, labels = result if isinstance(result, tuple) else (result, None)
+    assert images.dtype == np.uint8 and images.size > 0
+    if labels is not None:
+        assert labels.dtype == np.int32 and len(labels) == len(images)
+        assert labels.min() >= 0 and labels.max() <= 9
+
+
+@FUZZ
+@given(st.one_of(st.binary(max_size=200), mutated(VALID["idx_images"]), mutated(VALID["idx_labels"])))
+def test_idx_parse(data):
+    check(lambda d: parse(d, IMAGES_MAGIC, "f"), data)
+    check(lambda d: parse(d, LABELS_MAGIC, "f"), data)
+
+
+@FUZZ
+@given(st.one_of(st.binary(max_size=7000), mutated(VALID["binary"])))
+def test_cifar_binary_batch(data):
+    check(lambda d: parse_binary_batch(d, "f"), data)
+
+
+@FUZZ
+@given(st.one_of(st.binary(max_size=300), mutated(VALID["python"])))
+def test_cifar_python_batch(data):
+    check(lambda d: parse_python_batch(d, "f"), data)
