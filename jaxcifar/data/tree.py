@@ -7,6 +7,7 @@ each format is parsed by one function whether it arrived unpacked or as a tarbal
 from __future__ import annotations
 
 import dataclasses
+import gzip
 import os
 import posixpath
 import tarfile
@@ -18,6 +19,8 @@ from jaxcifar.data.dataset import SPLITS
 from jaxcifar.errors import DataError
 
 ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz")
+_GZIP_MAGIC = b"\x1f\x8b"
+_CHUNK = 1 << 20
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,18 +93,26 @@ def read_tar(path: Path) -> Tree:
     files: dict[str, bytes] = {}
     folders: set[str] = set()
     try:
-        # "r|*": a stream, read front to back once, never seeking back into the gzip.
-        with tarfile.open(path, "r|*") as archive:
-            for member in archive:
-                name = _normalize(member.name)
-                if not name:
-                    continue
-                if member.isdir():
-                    folders.add(name)
-                elif member.isfile():
-                    extracted = archive.extractfile(member)
-                    assert extracted is not None  # a regular file always has data
-                    files[name] = extracted.read()
+        with open(path, "rb") as raw:
+            gzipped = raw.read(2) == _GZIP_MAGIC
+            raw.seek(0)
+            stream = gzip.GzipFile(fileobj=raw) if gzipped else raw
+            # "r|": a stream, read front to back once, never seeking back into the gzip.
+            with tarfile.open(fileobj=stream, mode="r|") as archive:
+                for member in archive:
+                    name = _normalize(member.name)
+                    if not name:
+                        continue
+                    if member.isdir():
+                        folders.add(name)
+                    elif member.isfile():
+                        extracted = archive.extractfile(member)
+                        assert extracted is not None  # a regular file always has data
+                        files[name] = extracted.read()
+            # Read on to the end, so gzip checks its CRC and length trailer: tar stops at
+            # its end marker, and a download cut short just after it would pass unnoticed.
+            while stream.read(_CHUNK):
+                pass
     except (tarfile.TarError, EOFError, zlib.error, OSError) as error:
         raise DataError(f"{path}: not a readable tar archive ({error})") from None
     # Parents of files count as folders even when the archive lists no entry for them.
