@@ -1,17 +1,89 @@
-"""Placeholder: `jaxcifar data` is being built."""
+"""Inspect a dataset: `info` prints its source, split sizes, image shape and per-class counts;
+`show` writes a labelled grid of sample training images as a PNG."""
 
 from __future__ import annotations
 
 import argparse
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING
 
+from jaxcifar.commands._args import add_data_arguments, positive_int
 from jaxcifar.errors import ConfigError
 
-HELP = "(not yet available)"
+if TYPE_CHECKING:
+    from jaxcifar.data import Dataset
+
+HELP = "show a dataset's sizes and class counts, or a grid of sample images"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    del parser
+    actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
+    info = actions.add_parser(
+        "info",
+        help="source, split sizes, image shape and per-class counts",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    add_data_arguments(info)
+    show = actions.add_parser(
+        "show",
+        help="a labelled grid of sample training images, as a PNG",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    add_data_arguments(show)
+    show.add_argument("--count", type=positive_int, default=16, help="how many images")
+    show.add_argument("--seed", type=int, default=0, help="which images: the sample's seed")
+    show.add_argument("--out", type=Path, required=True, metavar="PNG", help="the image to write")
 
 
 def run(args: argparse.Namespace) -> int:
-    raise ConfigError("jaxcifar data is not implemented yet")
+    if args.action == "show" and args.out.suffix.lower() != ".png":
+        raise ConfigError(f"--out {args.out}: expected a file name ending in .png")
+    from jaxcifar.data import load
+
+    train = load(args.dataset, "train", data_dir=args.data_dir)
+    if args.action == "info":
+        print(format_info(train, load(args.dataset, "test", data_dir=args.data_dir)))
+    else:
+        write_grid(args.out, train.subset(args.count, seed=args.seed))
+        print(f"wrote {args.out}")
+    return 0
+
+
+def format_info(train: Dataset, test: Dataset) -> str:
+    """A small text table: source, image shape, per-class and total counts of both splits."""
+    import numpy as np
+
+    height, width, channels = train.images.shape[1:]
+    lines = [
+        f"source       {train.source}",
+        f"image shape  {height}x{width}x{channels} uint8",
+        f"{'class':<14}{'train':>8}{'test':>8}",
+    ]
+    counts = [np.bincount(split.labels, minlength=train.num_classes) for split in (train, test)]
+    for name, n_train, n_test in zip(train.class_names, *counts):
+        lines.append(f"{name:<14}{n_train:>8}{n_test:>8}")
+    lines.append(f"{'total':<14}{len(train):>8}{len(test):>8}")
+    return "\n".join(lines)
+
+
+def write_grid(path: Path, sample: Dataset) -> None:
+    """Draw `sample` as a near-square grid of its images, each titled with its class name."""
+    from matplotlib.figure import Figure
+
+    from jaxcifar.atomic import atomic_path
+
+    columns = math.ceil(math.sqrt(len(sample)))
+    rows = math.ceil(len(sample) / columns)
+    # A Figure without pyplot: rendered by Agg, no display and no global figure state.
+    figure = Figure(figsize=(1.3 * columns, 1.45 * rows))
+    for i, axes in enumerate(figure.subplots(rows, columns, squeeze=False).flat):
+        axes.set_axis_off()
+        if i < len(sample):
+            image = sample.images[i]
+            gray = image.shape[-1] == 1
+            axes.imshow(image[..., 0] if gray else image, cmap="gray" if gray else None, vmin=0, vmax=255)
+            axes.set_title(sample.class_names[sample.labels[i]], fontsize=8)
+    figure.tight_layout()
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, dpi=100, format="png")
