@@ -41,7 +41,7 @@ def test_folder_tree_sorted_classes_and_exact_pixels(tmp_path, fresh_cache):
     np.testing.assert_array_equal(data.images[1], written["train/airplane/1.png"])
 
 
-@pytest.mark.parametrize("arcname", ["", "cifar10-images"])
+@pytest.mark.parametrize("arcname", ["", ".", "cifar10-images", "./cifar10-images"])
 def test_tarball_with_or_without_top_folder(tmp_path, fresh_cache, arcname):
     written = write_tree(tmp_path / "tree")
     archive = tmp_path / "cifar10-small.tar.gz"

@@ -25,4 +25,5 @@ def test_cifar10_jpeg_tarball(shared_data):
     assert np.all(np.bincount(train.labels, minlength=10) == 5000)
     assert np.all(np.bincount(test.labels, minlength=10) == 1000)
     # Real photos, not a constant fill: pixel statistics near CIFAR-10's published ones.
-    assert 110 < train.images.mean() < 130 and train.images.std() > 50
+    pixels = train.images[::50]
+    assert 110 < pixels.mean() < 130 and pixels.std() > 50

@@ -69,7 +69,9 @@ def load(name: str, split: str, *, data_dir: str | os.PathLike[str] | None = Non
     Returns:
       A `Dataset`: images (N, H, W, C) uint8 (C = 3 for cifar10, 1 otherwise), labels (N,) int32.
     Raises:
-      DataError: the data is missing or malformed; the message names the file.
+      ConfigError: an unknown dataset or split name.
+      DataError: the data is missing or malformed (the message names the file), or
+        tensorflow-datasets cannot download it (the message names the local options).
     """
     if name not in CLASS_NAMES:
         raise ConfigError(f"unknown dataset {name!r}; expected one of {', '.join(CLASS_NAMES)}")
