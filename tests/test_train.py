@@ -1,0 +1,115 @@
+import dataclasses
+
+import jax
+import numpy as np
+import optax
+import pytest
+
+from jaxcifar import metrics, train
+from jaxcifar.config import OPTIMIZERS, RunConfig
+from jaxcifar.data.dataset import Dataset
+from jaxcifar.errors import ConfigError, TrainingDiverged
+from jaxcifar.optim import build_optimizer, build_schedule
+
+CLASSES = ("dark", "mid", "light")
+
+
+def tiny_dataset(n: int, seed: int = 0, size: int = 8) -> Dataset:
+    """Grayscale size x size images whose class is their brightness band: easy to learn."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 3, n).astype(np.int32)
+    base = np.array([40, 128, 215])[labels][:, None, None, None]
+    noise = rng.integers(-30, 31, (n, size, size, 1))
+    return Dataset((base + noise).astype(np.uint8), labels, CLASSES, source="synthetic")
+
+
+MLP = RunConfig(model="mlp", dataset="mnist", mlp_hidden=(16,), mlp_activation="relu",
+                optimizer="adam", lr=0.01, batch_size=16, epochs=3)  # fmt: skip
+CNN = RunConfig(dataset="mnist", batch_size=8, epochs=2, lr=0.01)
+
+
+def quiet_fit(config, train_set, test_set, **kwargs):
+    return train.fit(config, train_set, test_set, progress=False, log=lambda line: None, **kwargs)
+
+
+def test_training_reduces_loss_and_learns():
+    result = quiet_fit(MLP, tiny_dataset(256), tiny_dataset(60, seed=1))
+    losses = [record["train_loss"] for record in result.history]
+    assert [record["epoch"] for record in result.history] == [1, 2, 3]
+    assert losses[-1] < 0.5 * losses[0]
+    assert result.test.accuracy > 0.9
+    assert result.test.predictions.shape == (60,) and result.test.predictions.dtype == np.int32
+    assert result.compile_seconds > 0
+
+
+@pytest.mark.parametrize("optimizer", OPTIMIZERS)
+def test_each_optimizer_builds_and_steps(optimizer):
+    config = dataclasses.replace(MLP, optimizer=optimizer, weight_decay=1e-3, schedule="cosine")
+    data = tiny_dataset(32)
+    setup = train.build_setup(config, data)
+    state = train.init_state(config, setup)
+    step = train.make_train_step(setup)
+    new_state, out = step(state, (data.images[:16], data.labels[:16]), jax.random.key(0))
+    assert int(new_state.step) == 1 and np.isfinite(float(out["loss"]))
+    changed = jax.tree.map(lambda a, b: bool(np.any(a != b)), state.params, new_state.params)
+    assert all(jax.tree.leaves(changed))
+
+
+def test_schedules():
+    def rates(schedule):
+        fn = build_schedule(dataclasses.replace(MLP, lr=0.1, epochs=2, schedule=schedule), 50)
+        return np.array([float(fn(step)) for step in (0, 30, 50, 100)])
+
+    np.testing.assert_allclose(rates("constant"), [0.1] * 4)
+    np.testing.assert_allclose(rates("cosine"), [0.1, 0.1 * (1 + np.cos(np.pi * 0.3)) / 2, 0.05, 0.0], atol=1e-7)
+    onecycle = rates("onecycle")  # warm up to the peak at 30% of 100 steps, then anneal
+    assert onecycle[0] < 0.01 and onecycle[1] == pytest.approx(0.1) and onecycle[3] < 1e-4
+
+
+def test_sgd_matches_pytorch_momentum_rule():
+    # PyTorch: v = mu * v + g; p -= lr * v (no dampening). Two steps with constant gradient 1.
+    optimizer = build_optimizer(RunConfig(lr=0.1, momentum=0.9), 10)
+    params = {"w": np.zeros(1, np.float32)}
+    opt_state = optimizer.init(params)
+    for _ in range(2):
+        updates, opt_state = optimizer.update({"w": np.ones(1, np.float32)}, opt_state, params)
+        params = optax.apply_updates(params, updates)
+    np.testing.assert_allclose(params["w"], [-(0.1 * 1 + 0.1 * 1.9)], rtol=1e-6)
+
+
+def test_epoch_modes_agree(monkeypatch):
+    # 20 steps per epoch in scans of 8, 8 and 4 vs a loop of 20 jitted steps: dropout keys
+    # come from the same fold_in(step) chain in every mode, so only float rounding may differ.
+    monkeypatch.setattr(train, "CHUNK_STEPS", 8)
+    config = dataclasses.replace(CNN, epochs=1)
+    train_set, test_set = tiny_dataset(160), tiny_dataset(20, seed=1)
+    loop, chunk = (
+        quiet_fit(config, train_set, test_set, epoch_mode=mode) for mode in ("loop", "chunk")
+    )
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5),
+                 loop.state.params, chunk.state.params)  # fmt: skip
+    assert loop.history[0]["train_loss"] == pytest.approx(chunk.history[0]["train_loss"], rel=1e-4)
+
+
+def test_divergence_names_epoch_and_step():
+    config = dataclasses.replace(MLP, optimizer="sgd", lr=1e30, epochs=2)
+    saved = []
+    with pytest.raises(TrainingDiverged, match=r"loss became (nan|inf) at epoch 1 step \d+; lower --lr"):
+        quiet_fit(config, tiny_dataset(64), tiny_dataset(8), on_epoch_end=lambda *a: saved.append(a))
+    assert saved == []  # the diverged epoch is never checkpointed
+
+
+def test_batch_larger_than_training_set_is_refused():
+    with pytest.raises(ConfigError, match="--batch-size 16 is larger than the training set \\(10 examples\\)"):
+        train.build_setup(MLP, tiny_dataset(10))
+
+
+def test_confusion_matrix_and_accuracies():
+    labels = np.array([0, 0, 1, 1, 1, 2])
+    predictions = np.array([0, 1, 1, 1, 2, 2])
+    matrix = metrics.confusion_matrix(labels, predictions, 4)
+    np.testing.assert_array_equal(matrix, [[1, 1, 0, 0], [0, 2, 1, 0], [0, 0, 1, 0], [0, 0, 0, 0]])
+    assert metrics.accuracy(matrix) == pytest.approx(4 / 6)
+    per_class = metrics.per_class_accuracy(matrix)
+    np.testing.assert_allclose(per_class[:3], [0.5, 2 / 3, 1.0])
+    assert np.isnan(per_class[3])
