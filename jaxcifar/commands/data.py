@@ -81,8 +81,10 @@ def write_grid(path: Path, sample: Dataset) -> None:
         axes.set_axis_off()
         if i < len(sample):
             image = sample.images[i]
-            gray = image.shape[-1] == 1
-            axes.imshow(image[..., 0] if gray else image, cmap="gray" if gray else None, vmin=0, vmax=255)
+            if image.shape[-1] == 1:
+                axes.imshow(image[..., 0], cmap="gray", vmin=0, vmax=255)
+            else:
+                axes.imshow(image)
             axes.set_title(sample.class_names[sample.labels[i]], fontsize=8)
     figure.tight_layout()
     with atomic_path(path) as tmp:

@@ -53,7 +53,8 @@ def folder_digest(root: Path, files: Iterable[Path]) -> str:
     digest = hashlib.sha256(FORMAT)
     for path in files:
         stat = path.stat()
-        digest.update(f"{path.relative_to(root).as_posix()}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+        name = path.relative_to(root).as_posix()
+        digest.update(f"{name}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
     return digest.hexdigest()
 
 

@@ -22,11 +22,18 @@ from jaxcifar.errors import DataError
 IMAGE_BYTES = 3 * 32 * 32
 RECORD_BYTES = 1 + IMAGE_BYTES
 PYTHON_BATCHES = {"train": tuple(f"data_batch_{i}" for i in range(1, 6)), "test": ("test_batch",)}
-BINARY_BATCHES = {split: tuple(f"{b}.bin" for b in names) for split, names in PYTHON_BATCHES.items()}
+BINARY_BATCHES = {
+    split: tuple(f"{name}.bin" for name in names) for split, names in PYTHON_BATCHES.items()
+}
 PYTHON_NAMES = frozenset(name for names in PYTHON_BATCHES.values() for name in names)
 BINARY_NAMES = frozenset(name for names in BINARY_BATCHES.values() for name in names)
-PYTHON_LAYOUT = "the CIFAR-10 python release (data_batch_1..5 and test_batch, e.g. cifar-10-python.tar.gz)"
-BINARY_LAYOUT = "the CIFAR-10 binary release (data_batch_1..5.bin and test_batch.bin, e.g. cifar-10-binary.tar.gz)"
+PYTHON_LAYOUT = (
+    "the CIFAR-10 python release (data_batch_1..5 and test_batch, e.g. cifar-10-python.tar.gz)"
+)
+BINARY_LAYOUT = (
+    "the CIFAR-10 binary release "
+    "(data_batch_1..5.bin and test_batch.bin, e.g. cifar-10-binary.tar.gz)"
+)
 
 Batch = tuple[np.ndarray, np.ndarray]  # (N, 32, 32, 3) uint8 images, (N,) int32 labels
 
@@ -35,14 +42,20 @@ def parse_python_batch(data: bytes, where: str) -> Batch:
     """One pickled batch -> (N, 32, 32, 3) uint8 images, (N,) int32 labels; no pickle code runs."""
     batch = safe_pickle.loads(data, where)
     if not isinstance(batch, dict):
-        raise DataError(f"{where}: expected a pickled dict with data and labels, got {type(batch).__name__}")
+        raise DataError(
+            f"{where}: expected a pickled dict with data and labels, got {type(batch).__name__}"
+        )
     # Python 2 wrote the keys as `str`, which unpickle as bytes; accept Python 3 `str` keys too.
-    fields = {key.decode("latin-1") if isinstance(key, bytes) else key: value for key, value in batch.items()}
+    fields = {
+        key.decode("latin-1") if isinstance(key, bytes) else key: value
+        for key, value in batch.items()
+    }
     pixels, labels = fields.get("data"), fields.get("labels")
-    if not (isinstance(pixels, np.ndarray) and pixels.dtype == np.uint8 and pixels.ndim == 2
-            and pixels.shape[1] == IMAGE_BYTES and len(pixels)):  # fmt: skip
-        found = f"{pixels.shape} {pixels.dtype}" if isinstance(pixels, np.ndarray) else type(pixels).__name__
-        raise DataError(f"{where}: expected data as a (N, {IMAGE_BYTES}) uint8 array, found {found}")
+    expected = f"expected data as a (N, {IMAGE_BYTES}) uint8 array"
+    if not isinstance(pixels, np.ndarray):
+        raise DataError(f"{where}: {expected}, found {type(pixels).__name__}")
+    if pixels.dtype != np.uint8 or pixels.shape[1:] != (IMAGE_BYTES,) or not len(pixels):
+        raise DataError(f"{where}: {expected}, found {pixels.shape} {pixels.dtype}")
     try:
         labels = np.asarray(labels) if isinstance(labels, list | np.ndarray) else None
     except ValueError:  # a ragged list

@@ -100,5 +100,6 @@ def _decode(data: bytes, mode: str, where: str) -> np.ndarray:
     # Pillow's decoders raise many types on malformed input (OSError, SyntaxError,
     # struct.error, DecompressionBombError, ...); every one means "not a usable image".
     except Exception as error:
-        raise DataError(f"{where}: not a readable image ({type(error).__name__}: {error})") from None
+        problem = f"{type(error).__name__}: {error}"
+        raise DataError(f"{where}: not a readable image ({problem})") from None
     return pixels.reshape(*pixels.shape[:2], -1)
