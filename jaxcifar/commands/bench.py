@@ -1,17 +1,109 @@
-"""Placeholder: `jaxcifar bench` is being built."""
+"""Time the jitted training step of each model, batch size and compute dtype (compile time,
+median/p10/p90 step time, images/s, FLOPs from XLA's cost analysis), epochs as a Python loop
+and as one lax.scan, and the same steps in NumPy (scratch MLP) and PyTorch (seed CNN), all in
+one process on one machine. Writes <name>.json, <name>.md and <name>.png into --out."""
 
 from __future__ import annotations
 
 import argparse
+import datetime
+import sys
 
-from jaxcifar.errors import ConfigError
+from jaxcifar.bench.settings import Settings
+from jaxcifar.bench.timing import TimingBudget
+from jaxcifar.commands._args import non_negative_float, positive_int
+from jaxcifar.config import DTYPES, MODELS
 
-HELP = "(not yet available)"
+HELP = "benchmark training step times against NumPy and PyTorch"
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type: an integer >= 0."""
+    return 0 if text.strip() == "0" else positive_int(text)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    del parser
+    defaults, budget = Settings(), TimingBudget()
+    parser.add_argument(
+        "--models", nargs="+", choices=MODELS, default=list(defaults.models), help="models to time"
+    )
+    parser.add_argument(
+        "--batch-sizes", nargs="+", type=positive_int, default=list(defaults.batch_sizes),
+        help="batch sizes of the step cases",
+    )  # fmt: skip
+    parser.add_argument(
+        "--dtypes", nargs="+", choices=DTYPES, default=list(defaults.dtypes), help="compute dtypes"
+    )
+    parser.add_argument(
+        "--steps", type=positive_int, default=None,
+        help="time exactly this many steps per case (default: at least --min-steps and for at "
+        "least --seconds-per-case, so fast cases get many samples and slow ones few)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--min-steps", type=positive_int, default=budget.min_steps, help="timed steps per case"
+    )
+    parser.add_argument(
+        "--seconds-per-case", type=non_negative_float, default=budget.min_seconds,
+        help="time each case for at least this long",
+    )  # fmt: skip
+    parser.add_argument(
+        "--warmup", type=non_negative_int, default=budget.warmup,
+        help="untimed steps per case (for JAX, after the first run of the compiled step)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--no-reference", action="store_true", help="skip the NumPy and PyTorch references"
+    )
+    parser.add_argument(
+        "--torch-compile", action="store_true",
+        help="also time the PyTorch CNN under torch.compile (each batch size compiles for a "
+        "minute or more on a 2-core CPU)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--epoch-images", type=non_negative_int, default=defaults.epoch_images,
+        help="images in each timed epoch (synthetic data); 0 skips the epochs",
+    )  # fmt: skip
+    parser.add_argument(
+        "--epoch-batch-sizes", nargs="+", type=positive_int,
+        default=list(defaults.epoch_batch_sizes), help="batch sizes of the timed epochs",
+    )  # fmt: skip
+    parser.add_argument("--out", default="benchmarks/results", metavar="DIR", help="output folder")
+    parser.add_argument(
+        "--name", help="file name stem of the results (None: <platform>-<date>)"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
-    raise ConfigError("jaxcifar bench is not implemented yet")
+    """Run the benchmark: progress on stderr, the paths of the written files on stdout."""
+    from tqdm import tqdm
+
+    from jaxcifar.bench import output, suite
+
+    if args.steps is not None:
+        budget = TimingBudget.fixed(args.steps, warmup=args.warmup)
+    else:
+        budget = TimingBudget(args.warmup, args.min_steps, args.seconds_per_case)
+    settings = Settings(
+        models=tuple(args.models), batch_sizes=tuple(args.batch_sizes), dtypes=tuple(args.dtypes),
+        budget=budget, reference=not args.no_reference, torch_compile=args.torch_compile,
+        epoch_images=args.epoch_images, epoch_batch_sizes=tuple(args.epoch_batch_sizes),
+    )  # fmt: skip
+    cases, _ = suite.plan(settings)
+    bar = tqdm(total=len(cases), unit="case", desc="bench", file=sys.stderr)
+
+    def on_case(case: suite.Case, row, seconds: float) -> None:
+        if row is None:
+            line = f"{case.label}: skipped (see the results file)"
+        else:
+            line = (
+                f"{case.label}: median {row.median * 1e3:.3f} ms, "
+                f"{row.images_per_second:.0f} images/s [{seconds:.1f} s]"
+            )
+        tqdm.write(line, file=sys.stderr)
+        bar.update()
+
+    results = suite.run(settings, on_case=on_case)
+    bar.close()
+    stem = args.name or f"{results['environment']['platform']}-{datetime.date.today().isoformat()}"
+    for path in output.write_results(results, args.out, stem):
+        print(path)
+    return 0

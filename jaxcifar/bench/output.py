@@ -1,0 +1,139 @@
+"""A run's results as files: JSON (everything), a markdown table and a log-log plot.
+
+Each is written atomically (`jaxcifar.atomic`), so a reader never sees half a file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from jaxcifar.atomic import atomic_path, atomic_write_text
+
+STEP_CASES = ("train_step", "scratch_step")
+
+
+def write_results(
+    results: dict[str, Any], out_dir: str | os.PathLike[str], stem: str
+) -> list[Path]:
+    """Write `<stem>.json`, `<stem>.md` and `<stem>.png` into `out_dir`; return their paths."""
+    out = Path(out_dir)
+    paths = [out / f"{stem}.json", out / f"{stem}.md", out / f"{stem}.png"]
+    atomic_write_text(paths[0], json.dumps(results, indent=1) + "\n")
+    atomic_write_text(paths[1], render_markdown(results))
+    plot_step_times(paths[2], results["rows"], title=results["environment"]["device_kind"])
+    return paths
+
+
+def _number(value: float | None, scale: float = 1.0, digits: int = 3) -> str:
+    return "-" if value is None else f"{value * scale:.{digits}g}"
+
+
+def _ratio(row: dict[str, Any]) -> str:
+    """The row's one ratio, named: 'JAX 2.1x faster' reads the same way for every kind."""
+    if row["jax_speedup"] is not None:
+        return f"jax x{row['jax_speedup']:.2f}"
+    if row["speedup_vs_float32"] is not None:
+        return f"vs f32 x{row['speedup_vs_float32']:.2f}"
+    if row["speedup_vs_loop"] is not None:
+        return f"vs loop x{row['speedup_vs_loop']:.2f}"
+    return ""
+
+
+def render_markdown(results: dict[str, Any]) -> str:
+    """The results as markdown: the environment, a table of step rows, one of epoch rows,
+    and what was skipped."""
+    env = results["environment"]
+    versions = ", ".join(f"{k} {v}" for k, v in env["versions"].items() if v)
+    lines = [
+        f"# Step-time benchmark, {env['device_kind']} ({env['platform']}), {env['date']}",
+        "",
+        f"- {env['cpu_count']} CPUs; load average at start {env['load_average']}; "
+        f"XLA_FLAGS `{env['xla_flags'] or '(none)'}`",
+        f"- {versions}",
+        f"- peak device memory: {env['memory_stats']}",
+        f"- whole run: {results['total_seconds']:.0f} s",
+        "",
+        "Ratios: `jax xR` on a reference row = its median step / jitted JAX float32's on the "
+        "same model and batch (R > 1: JAX faster); `vs f32 xR` = float32 median / bfloat16 "
+        "median; `vs loop xR` = loop epoch / scan epoch.",
+        "",
+        "| framework | model | case | batch | dtype | compile s | median ms | p10 ms | p90 ms "
+        "| steps | images/s | GFLOP/step | GFLOP/s | ratio |",
+        "|---|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for row in results["rows"]:
+        if row["case"] not in STEP_CASES:
+            continue
+        steps = row["step_seconds"]
+        lines.append(
+            f"| {row['framework']} | {row['model']} | {row['case']} | {row['batch_size']} "
+            f"| {row['dtype']} | {_number(row['compile_seconds'])} "
+            f"| {_number(steps['median'], 1e3)} | {_number(steps['p10'], 1e3)} "
+            f"| {_number(steps['p90'], 1e3)} | {row['steps_timed']} "
+            f"| {row['images_per_second']:.0f} | {_number(row['flops_per_step'], 1e-9)} "
+            f"| {_number(row['flops_per_second'], 1e-9)} | {_ratio(row)} |"
+        )
+    epochs = [row for row in results["rows"] if row["case"] not in STEP_CASES]
+    if epochs:
+        lines += [
+            "",
+            "| model | epoch mode | batch | steps | compile s | epoch s | mean step ms "
+            "| images/s | ratio |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---|",
+        ]
+        for row in epochs:
+            lines.append(
+                f"| {row['model']} | {row['case'].removeprefix('epoch_')} | {row['batch_size']} "
+                f"| {row['steps_per_epoch']} | {_number(row['compile_seconds'])} "
+                f"| {_number(row['epoch_seconds'])} "
+                f"| {_number(row['step_seconds']['median'], 1e3)} "
+                f"| {row['images_per_second']:.0f} | {_ratio(row)} |"
+            )
+    if results["skipped"]:
+        lines += ["", "Skipped:", ""]
+        for entry in results["skipped"]:
+            lines.append(f"- {entry.get('case', entry['framework'])}: {entry['reason']}")
+    return "\n".join(lines) + "\n"
+
+
+def plot_step_times(
+    path: str | os.PathLike[str], rows: Sequence[dict[str, Any]], *, title: str
+) -> None:
+    """Log-log median step time (p10-p90 as error bars) against batch size: one panel per
+    model, one line per framework, case and dtype. Saved as PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [row for row in rows if row["case"] in STEP_CASES]
+    models = sorted({row["model"] for row in steps}) or ["(none)"]
+    fig, axes = plt.subplots(1, len(models), figsize=(5.5 * len(models), 4.2), squeeze=False)
+    for ax, model in zip(axes[0], models):
+        series: dict[str, list[dict[str, Any]]] = {}
+        for row in steps:
+            if row["model"] == model:
+                label = f"{row['framework']} {row['case']} {row['dtype']}"
+                series.setdefault(label, []).append(row)
+        for label, points in sorted(series.items()):
+            points.sort(key=lambda row: row["batch_size"])
+            x = [row["batch_size"] for row in points]
+            median = [row["step_seconds"]["median"] * 1e3 for row in points]
+            low = [m - row["step_seconds"]["p10"] * 1e3 for m, row in zip(median, points)]
+            high = [row["step_seconds"]["p90"] * 1e3 - m for m, row in zip(median, points)]
+            ax.errorbar(x, median, yerr=[low, high], marker="o", capsize=3, label=label)
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("batch size")
+        ax.set_ylabel("step time (ms, median; bars p10-p90)")
+        ax.set_title(f"{model} - {title}")
+        ax.grid(alpha=0.3, which="both")
+        if series:
+            ax.legend(fontsize=7)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
+    plt.close(fig)

@@ -1,0 +1,37 @@
+"""What a benchmark run measures. Light to import (no JAX), so the CLI takes its defaults."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from jaxcifar.bench.timing import TimingBudget
+from jaxcifar.config import DTYPES, MODELS
+
+DEFAULT_BATCH_SIZES = (4, 32, 128, 512, 2048)
+DEFAULT_EPOCH_BATCH_SIZES = (4, 512)
+DEFAULT_EPOCH_IMAGES = 5000
+EPOCH_MODES = ("loop", "scan")
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """What one run measures.
+
+    `reference` adds the NumPy scratch MLP (vs its jitted JAX twin) and the PyTorch seed CNN
+    (eager; also torch.compile'd with `torch_compile`, which compiles for minutes on a small
+    CPU). Epochs of `epoch_images` images run at each of `epoch_batch_sizes` in both modes
+    (0 images: none).
+    """
+
+    models: tuple[str, ...] = MODELS
+    batch_sizes: tuple[int, ...] = DEFAULT_BATCH_SIZES
+    dtypes: tuple[str, ...] = DTYPES
+    budget: TimingBudget = TimingBudget()
+    reference: bool = True
+    torch_compile: bool = False
+    epoch_images: int = DEFAULT_EPOCH_IMAGES
+    epoch_batch_sizes: tuple[int, ...] = DEFAULT_EPOCH_BATCH_SIZES
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)

@@ -1,0 +1,87 @@
+"""The PyTorch reference: the seed notebook's CNN and training step, eager and torch.compile.
+
+torch is an optional extra (`pip install jaxcifar[bench]`) imported only inside these
+functions; `torch_missing()` says why the reference cannot run when it is absent.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from jaxcifar.bench.rows import Row, step_row
+from jaxcifar.bench.timing import TimingBudget, time_steps
+from jaxcifar.models import cnn
+
+# The seed recipe, as jaxcifar.config.RunConfig's defaults: SGD lr 0.001, momentum 0.9.
+LEARNING_RATE = 0.001
+MOMENTUM = 0.9
+
+
+def torch_missing() -> str | None:
+    """None when torch imports, else the reason it does not (for the results file)."""
+    try:
+        import torch  # noqa: F401
+    except ImportError as error:
+        return f"torch is not installed ({error}); install the extra: pip install 'jaxcifar[bench]'"
+    return None
+
+
+def build_seed_cnn(input_shape: tuple[int, int, int] = (32, 32, 3), num_classes: int = 10):
+    """The seed CNN as a torch.nn.Sequential: the architecture of `jaxcifar.models.cnn`
+    (same layer sizes, ReLUs, 2x2 max-pools, dropout 0.25), in PyTorch's NCHW layout."""
+    import torch.nn as nn
+
+    height, width, channels = input_shape
+    c1, c2 = cnn.CONV_CHANNELS
+    widths = ((height // 4) * (width // 4) * c2, *cnn.HIDDEN)
+    dense = []
+    for n_in, n_out in zip(widths[:-1], widths[1:]):
+        dense += [nn.Linear(n_in, n_out), nn.ReLU()]
+    return nn.Sequential(
+        nn.Conv2d(channels, c1, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(c1, c2, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Dropout(cnn.DROPOUT_RATE), nn.Flatten(),
+        *dense, nn.Linear(widths[-1], num_classes),
+    )  # fmt: skip
+
+
+def measure_torch_cnn(
+    images: np.ndarray, labels: np.ndarray, budget: TimingBudget, *, compile: bool
+) -> Row:
+    """Time the seed notebook's step (zero_grad, forward, cross-entropy, backward, SGD
+    momentum step) in training mode (dropout on), eager or with the model torch.compile'd.
+
+    Args:
+      images: (B, H, W, C) uint8; normalised to [-1, 1] and made NCHW once, up front.
+      labels: (B,) int.
+    With `compile`, the first call (where torch.compile traces and builds its kernels) is
+    reported as `compile_seconds`; exceptions from torch.compile propagate to the caller.
+    """
+    import torch
+
+    torch.manual_seed(0)
+    x = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2))).float() / 127.5 - 1.0
+    y = torch.from_numpy(labels.astype(np.int64))
+    model = build_seed_cnn(images.shape[1:]).train()
+    forward = torch.compile(model, dynamic=False) if compile else model
+    optimizer = torch.optim.SGD(model.parameters(), lr=LEARNING_RATE, momentum=MOMENTUM)
+    loss_fn = torch.nn.CrossEntropyLoss()
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        loss_fn(forward(x), y).backward()
+        optimizer.step()
+
+    compile_seconds = None
+    if compile:
+        start = time.perf_counter()
+        step()
+        compile_seconds = time.perf_counter() - start
+    seconds = time_steps(step, budget)
+    return step_row(
+        "torch-compile" if compile else "torch", "cnn", "train_step", len(images), "float32",
+        images.shape[1:], seconds, compile_seconds=compile_seconds,
+        notes=f"{torch.get_num_threads()} intra-op threads",
+    )  # fmt: skip

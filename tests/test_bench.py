@@ -1,0 +1,122 @@
+"""The benchmark tool: timing statistics, XLA cost analysis, ratios, the PyTorch reference's
+architecture, and one tiny end-to-end run of `jaxcifar bench` (schema and files, no timings)."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxcifar import cli, models
+from jaxcifar.bench import jax_cases, suite, torch_reference
+from jaxcifar.bench.rows import Row, add_ratios
+from jaxcifar.bench.timing import TimingBudget, percentiles, time_steps
+from jaxcifar.bench.xla_cost import compile_timed, flops, peak_memory_bytes
+
+
+def test_percentiles_interpolate_linearly():
+    assert percentiles(np.array([5.0, 1.0, 3.0, 2.0, 4.0])) == {"median": 3.0, "p10": 1.4, "p90": 4.6}
+
+
+def test_fixed_budget_runs_warmup_then_exactly_n_timed_steps():
+    calls = []
+    seconds = time_steps(lambda: calls.append(1), TimingBudget.fixed(3, warmup=2))
+    assert len(calls) == 5 and seconds.shape == (3,) and (seconds >= 0).all()
+
+
+def test_time_boxed_budget_stops_at_min_steps_when_time_is_up_and_at_max_steps():
+    assert len(time_steps(lambda: None, TimingBudget(0, min_steps=2, min_seconds=0.0))) == 2
+    assert len(time_steps(lambda: None, TimingBudget(0, 2, min_seconds=60.0, max_steps=7))) == 7
+    with pytest.raises(ValueError, match="min_steps"):
+        TimingBudget(min_steps=0)
+
+
+def test_cost_analysis_counts_a_matmul_as_2mkn_flops():
+    a, b = jnp.ones((8, 16)), jnp.ones((16, 4))
+    compiled = compile_timed(jax.jit(jnp.dot), a, b)
+    assert flops(compiled.executable) == 2 * 8 * 16 * 4
+    assert compiled.lower_seconds > 0 and compiled.compile_seconds > 0
+    np.testing.assert_array_equal(compiled.executable(a, b), np.full((8, 4), 16.0))
+
+
+def test_cpu_backend_reports_no_peak_memory():
+    assert jax.devices()[0].platform == "cpu"
+    assert peak_memory_bytes() is None
+
+
+def _row(framework, case="train_step", dtype="float32", median=1.0, **fields):
+    steps = {"median": median, "p10": median, "p90": median}
+    return Row(framework, "cnn", case, 4, dtype, (32, 32, 3), steps, 1, **fields)
+
+
+def test_ratios_compare_with_the_jax_float32_row_of_the_same_case():
+    jax_f32, jax_bf16, torch = _row("jax", median=2.0), _row("jax", dtype="bfloat16", median=4.0), _row("torch", median=3.0)
+    loop = _row("jax", "epoch_loop", epoch_seconds=6.0)
+    scan = _row("jax", "epoch_scan", epoch_seconds=2.0)
+    add_ratios([jax_f32, jax_bf16, torch, loop, scan])
+    assert torch.jax_speedup == 1.5 and jax_bf16.speedup_vs_float32 == 0.5
+    assert scan.speedup_vs_loop == 3.0
+    assert jax_f32.jax_speedup is None and jax_f32.speedup_vs_float32 is None
+    assert torch.to_dict()["images_per_second"] == 4 / 3.0
+
+
+def test_torch_seed_cnn_has_the_jax_cnn_architecture():
+    reason = torch_reference.torch_missing()
+    if reason is not None:  # torch is an optional extra: then the tool says how to get it
+        assert "pip install 'jaxcifar[bench]'" in reason
+        return
+    torch_model = torch_reference.build_seed_cnn()
+    jax_params = models.cnn.init(jax.random.key(0))
+    assert sum(p.numel() for p in torch_model.parameters()) == models.count_parameters(jax_params) == 147_754
+    data = jax_cases.synthetic_dataset("cnn", 2)
+    row = torch_reference.measure_torch_cnn(data.images, data.labels, TimingBudget.fixed(1), compile=False)
+    assert (row.framework, row.model, row.batch_size, row.steps_timed) == ("torch", "cnn", 2, 1)
+
+
+def test_plan_records_why_the_torch_reference_was_skipped(monkeypatch):
+    monkeypatch.setattr(torch_reference, "torch_missing", lambda: "torch is not installed")
+    settings = suite.Settings(models=("cnn",), batch_sizes=(4,), dtypes=("float32",), epoch_images=0)
+    cases, skipped = suite.plan(settings)
+    assert [case.label for case in cases] == ["jax cnn train_step b4 float32"]
+    assert skipped == [{"framework": "torch", "reason": "torch is not installed"}]
+
+
+ROW_KEYS = {
+    "framework", "model", "case", "batch_size", "dtype", "input_shape", "compile_seconds",
+    "lower_seconds", "first_run_seconds", "step_seconds", "steps_timed", "images_per_second",
+    "flops_per_step", "flops_per_second", "peak_memory_bytes", "epoch_seconds", "steps_per_epoch",
+    "jax_speedup", "speedup_vs_float32", "speedup_vs_loop", "notes",
+}  # fmt: skip
+
+
+def test_bench_command_writes_json_markdown_and_plot(tmp_path, capsys):
+    argv = [
+        "bench", "--models", "mlp", "--batch-sizes", "4", "--dtypes", "float32", "--steps", "2",
+        "--epoch-images", "16", "--epoch-batch-sizes", "8", "--out", str(tmp_path), "--name", "run",
+    ]  # fmt: skip
+    assert cli.main(argv) == 0
+    assert capsys.readouterr().out.split() == [str(tmp_path / f"run.{ext}") for ext in ("json", "md", "png")]
+    results = json.loads((tmp_path / "run.json").read_text())
+    assert {"date", "device_kind", "cpu_count", "xla_flags", "versions"} <= results["environment"].keys()
+    assert {"jax", "jaxlib", "numpy", "torch"} <= results["environment"]["versions"].keys()
+    rows = results["rows"]
+    assert [(r["framework"], r["case"], r["batch_size"]) for r in rows] == [
+        ("jax", "train_step", 4), ("jax", "scratch_step", 4), ("numpy", "scratch_step", 4),
+        ("jax", "epoch_loop", 8), ("jax", "epoch_scan", 8),
+    ]  # fmt: skip
+    for row in rows:
+        assert row.keys() == ROW_KEYS
+        assert row["step_seconds"].keys() == {"median", "p10", "p90"}
+        assert row["images_per_second"] == pytest.approx(row["batch_size"] / row["step_seconds"]["median"])
+    train_step, jax_twin, numpy_step, _, scan = rows
+    assert train_step["steps_timed"] == 2 and train_step["input_shape"] == [28, 28, 1]
+    assert train_step["flops_per_step"] > 2 * 4 * (784 * 500 + 500 * 50 + 50 * 10)
+    assert numpy_step["jax_speedup"] == pytest.approx(
+        numpy_step["step_seconds"]["median"] / jax_twin["step_seconds"]["median"]
+    )
+    assert scan["steps_per_epoch"] == 2 and scan["speedup_vs_loop"] > 0
+    markdown = (tmp_path / "run.md").read_text()
+    assert "| numpy | mlp | scratch_step | 4 | float32 |" in markdown
+    assert "| mlp | scan | 8 | 2 |" in markdown
+    assert (tmp_path / "run.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
