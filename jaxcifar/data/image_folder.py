@@ -2,6 +2,11 @@
 
 Class folders give the labels: in CIFAR-10's canonical order when the folder names are
 CIFAR-10's classes, else sorted by name. Every image must decode to the same size.
+
+Images are decoded in this process, one after another (the 60,000 CIFAR-10 JPEGs take
+~13 s of one core, once per machine thanks to the cache). A process pool would need the
+spawn start method, since forking is unsafe once JAX has started its threads, and spawn
+re-imports the caller's `__main__`, which breaks scripts that call `load` at top level.
 """
 
 from __future__ import annotations
