@@ -1,0 +1,94 @@
+import dataclasses
+
+import jax
+import numpy as np
+import pytest
+
+from jaxcifar import checkpoint, train
+from jaxcifar.config import RunConfig
+from jaxcifar.errors import CheckpointError
+from tests.test_train import MLP, tiny_dataset
+
+CONFIG = dataclasses.replace(MLP, epochs=2)
+
+
+class Interrupted(Exception):
+    pass
+
+
+def fit(config, **kwargs):
+    return train.fit(config, tiny_dataset(96), tiny_dataset(12, seed=1), progress=False,
+                     log=lambda line: None, **kwargs)  # fmt: skip
+
+
+def save_and_stop(directory):
+    def on_epoch_end(state, history):
+        checkpoint.save(directory, state, CONFIG, input_shape=(8, 8, 1), class_names=("a", "b", "c"),
+                        history=history)  # fmt: skip
+        raise Interrupted
+
+    return on_epoch_end
+
+
+def test_resume_reproduces_an_uninterrupted_run_bit_for_bit(tmp_path):
+    whole = fit(CONFIG)
+    with pytest.raises(Interrupted):
+        fit(CONFIG, on_epoch_end=save_and_stop(tmp_path))
+    saved = checkpoint.load(tmp_path)
+    assert saved.config == CONFIG and len(saved.history) == 1
+    assert saved.input_shape == (8, 8, 1) and saved.class_names == ("a", "b", "c")
+    state = checkpoint.restore(saved, train.state_template(CONFIG, (8, 8, 1), 3))
+    resumed = fit(CONFIG, state=state, history=saved.history)
+    jax.tree.map(np.testing.assert_array_equal, whole.state, resumed.state)
+    assert [r["train_loss"] for r in resumed.history] == [r["train_loss"] for r in whole.history]
+
+
+@pytest.fixture
+def saved_file(tmp_path):
+    with pytest.raises(Interrupted):
+        fit(dataclasses.replace(CONFIG, epochs=1), on_epoch_end=save_and_stop(tmp_path))
+    return tmp_path / checkpoint.FILENAME
+
+
+def test_truncated_checkpoint_is_refused(saved_file):
+    saved_file.write_bytes(saved_file.read_bytes()[:200])
+    with pytest.raises(CheckpointError, match=f"{saved_file}: not a readable checkpoint"):
+        checkpoint.load(saved_file)
+
+
+def test_foreign_files_are_refused(tmp_path):
+    from flax import serialization
+
+    foreign = tmp_path / "foreign.msgpack"
+    foreign.write_bytes(serialization.msgpack_serialize({"params": {"w": np.zeros(3)}}))
+    with pytest.raises(CheckpointError, match="foreign.msgpack: not a jaxcifar checkpoint"):
+        checkpoint.load(foreign)
+    text = tmp_path / "notes.txt"
+    text.write_text("hello")
+    with pytest.raises(CheckpointError, match="notes.txt: not a"):
+        checkpoint.load(text)
+    with pytest.raises(CheckpointError, match="no checkpoint there"):
+        checkpoint.load(tmp_path / "missing")
+
+
+def test_other_version_and_other_model_are_refused(saved_file):
+    from flax import serialization
+
+    payload = serialization.msgpack_restore(saved_file.read_bytes())
+    payload["version"] = 99
+    saved_file.write_bytes(serialization.msgpack_serialize(payload))
+    with pytest.raises(CheckpointError, match="format version 99, this jaxcifar reads 1"):
+        checkpoint.load(saved_file)
+    payload["version"] = checkpoint.VERSION
+    saved_file.write_bytes(serialization.msgpack_serialize(payload))
+    wider = dataclasses.replace(CONFIG, mlp_hidden=(32,))
+    with pytest.raises(CheckpointError, match="parameter shapes do not fit this model"):
+        checkpoint.restore(checkpoint.load(saved_file), train.state_template(wider, (8, 8, 1), 3))
+    cnn = RunConfig(dataset="mnist")
+    with pytest.raises(CheckpointError, match="does not fit this model"):
+        checkpoint.restore(checkpoint.load(saved_file), train.state_template(cnn, (8, 8, 1), 3))
+
+
+def test_resume_mismatches_name_the_fields():
+    other = dataclasses.replace(CONFIG, batch_size=4, model="cnn", lr=0.5, epochs=9)
+    assert other.resume_mismatches(CONFIG) == ["model: 'mlp' -> 'cnn'", "batch_size: 16 -> 4"]
