@@ -1,26 +1,25 @@
-"""Report figures: per-epoch curves and the confusion matrix, saved atomically as PNG.
+"""Report figures, saved atomically as PNG.
 
-matplotlib is imported here with the Agg backend, so nothing needs a display.
+Figures are plain `matplotlib.figure.Figure`s rendered by Agg, never pyplot: no display is
+needed and no global figure state is kept between calls.
 """
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping, Sequence
 
-import matplotlib
+import numpy as np
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from jaxcifar.atomic import atomic_path  # noqa: E402
+from jaxcifar.atomic import atomic_path
 
 
-def _save(fig: plt.Figure, path: str | os.PathLike[str]) -> None:
+def save_figure(figure: Figure, path: str | os.PathLike[str], dpi: int = 120) -> None:
+    """Write `figure` to `path` as PNG, atomically."""
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=120, bbox_inches="tight", format="png")
-    plt.close(fig)
+        figure.savefig(tmp, dpi=dpi, bbox_inches="tight", format="png")
 
 
 def plot_curves(
@@ -32,7 +31,8 @@ def plot_curves(
     title: str,
 ) -> None:
     """One line per entry of `series` (label -> one value per epoch) against `epochs`."""
-    fig, ax = plt.subplots(figsize=(6, 4))
+    figure = Figure(figsize=(6, 4))
+    ax = figure.subplots()
     for label, values in series.items():
         ax.plot(epochs, values, marker="o", label=label)
     ax.set_xlabel("epoch")
@@ -40,7 +40,7 @@ def plot_curves(
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend()
-    _save(fig, path)
+    save_figure(figure, path)
 
 
 def plot_confusion_matrix(
@@ -53,9 +53,10 @@ def plot_confusion_matrix(
     """Heatmap of `matrix` (K, K) int counts, rows true class, columns predicted, counts written in."""
     matrix = np.asarray(matrix)
     k = len(class_names)
-    fig, ax = plt.subplots(figsize=(1.0 + 0.75 * k, 0.75 * k))
+    figure = Figure(figsize=(1.0 + 0.75 * k, 0.75 * k))
+    ax = figure.subplots()
     image = ax.imshow(matrix, cmap="Blues")
-    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+    figure.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
     ax.set_xticks(range(k), class_names, rotation=45, ha="right")
     ax.set_yticks(range(k), class_names)
     ax.set_xlabel("predicted")
@@ -68,4 +69,23 @@ def plot_confusion_matrix(
                 col, row, str(int(matrix[row, col])), ha="center", va="center", fontsize=7,
                 color="white" if matrix[row, col] > threshold else "black",
             )  # fmt: skip
-    _save(fig, path)
+    save_figure(figure, path)
+
+
+def plot_image_grid(
+    path: str | os.PathLike[str], images: np.ndarray, titles: Sequence[str]
+) -> None:
+    """A near-square grid of `images` (N, H, W, C) uint8, C = 1 or 3, each titled."""
+    columns = math.ceil(math.sqrt(len(images)))
+    rows = math.ceil(len(images) / columns)
+    figure = Figure(figsize=(1.3 * columns, 1.45 * rows))
+    for i, ax in enumerate(figure.subplots(rows, columns, squeeze=False).flat):
+        ax.set_axis_off()
+        if i < len(images):
+            if images[i].shape[-1] == 1:
+                ax.imshow(images[i][..., 0], cmap="gray", vmin=0, vmax=255)
+            else:
+                ax.imshow(images[i])
+            ax.set_title(titles[i], fontsize=8)
+    figure.tight_layout()
+    save_figure(figure, path, dpi=100)

@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import os
 
-DATASETS = ("cifar10", "mnist", "fashion_mnist")
-DATA_DIR_ENV = "JAXCIFAR_DATA_DIR"
+from jaxcifar.data.dataset import CLASS_NAMES
+from jaxcifar.data.sources import DATA_DIR_ENV
+
+DATASETS = tuple(CLASS_NAMES)
 
 
 def positive_int(text: str) -> int:

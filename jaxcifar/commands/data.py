@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import argparse
-import math
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -68,24 +67,7 @@ def format_info(train: Dataset, test: Dataset) -> str:
 
 
 def write_grid(path: Path, sample: Dataset) -> None:
-    """Draw `sample` as a near-square grid of its images, each titled with its class name."""
-    from matplotlib.figure import Figure
+    """Draw `sample` as a grid of its images, each titled with its class name."""
+    from jaxcifar.plots import plot_image_grid
 
-    from jaxcifar.atomic import atomic_path
-
-    columns = math.ceil(math.sqrt(len(sample)))
-    rows = math.ceil(len(sample) / columns)
-    # A Figure without pyplot: rendered by Agg, no display and no global figure state.
-    figure = Figure(figsize=(1.3 * columns, 1.45 * rows))
-    for i, axes in enumerate(figure.subplots(rows, columns, squeeze=False).flat):
-        axes.set_axis_off()
-        if i < len(sample):
-            image = sample.images[i]
-            if image.shape[-1] == 1:
-                axes.imshow(image[..., 0], cmap="gray", vmin=0, vmax=255)
-            else:
-                axes.imshow(image)
-            axes.set_title(sample.class_names[sample.labels[i]], fontsize=8)
-    figure.tight_layout()
-    with atomic_path(path) as tmp:
-        figure.savefig(tmp, dpi=100, format="png")
+    plot_image_grid(path, sample.images, [sample.class_names[label] for label in sample.labels])

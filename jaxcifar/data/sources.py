@@ -14,10 +14,11 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-from jaxcifar.commands._args import DATA_DIR_ENV
 from jaxcifar.data import cache, cifar, idx, image_folder, tfds_source, tree
 from jaxcifar.data.dataset import CLASS_NAMES, SPLITS, Dataset
 from jaxcifar.errors import ConfigError, DataError
+
+DATA_DIR_ENV = "JAXCIFAR_DATA_DIR"
 
 # The names a dataset's folder or archive may start with, e.g. `fashion-mnist/`.
 ALIASES = {
