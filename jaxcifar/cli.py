@@ -10,6 +10,7 @@ import argparse
 import importlib
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from jaxcifar import __version__
 from jaxcifar.errors import JaxcifarError
@@ -17,9 +18,16 @@ from jaxcifar.errors import JaxcifarError
 COMMANDS = ("train", "evaluate", "predict", "data", "scratch", "bench")
 
 
+class _OneLineErrorParser(argparse.ArgumentParser):
+    """Reports a bad flag as one line, `jaxcifar CMD: error: ...`, exit 2: no usage dump."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The full parser, every sub-command registered."""
-    parser = argparse.ArgumentParser(
+    parser = _OneLineErrorParser(
         prog="jaxcifar",
         description="Train and benchmark image classifiers on CIFAR-10 and MNIST-style data "
         "with jit-compiled JAX. Run `jaxcifar COMMAND --help` for a command's flags.",

@@ -26,3 +26,14 @@ def test_temporary_keeps_suffix_for_format_sniffing_writers(tmp_path):
     with atomic_path(tmp_path / "figure.png") as tmp:
         assert tmp.suffix == ".png"
         tmp.write_bytes(b"x")
+
+
+def test_written_file_gets_default_permissions_not_mkstemps_0600(tmp_path):
+    import os
+
+    umask = os.umask(0o022)
+    try:
+        atomic_write_text(tmp_path / "report.json", "{}")
+    finally:
+        os.umask(umask)
+    assert (tmp_path / "report.json").stat().st_mode & 0o777 == 0o644

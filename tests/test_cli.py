@@ -28,3 +28,12 @@ def test_console_entry_point_runs_as_module():
         [sys.executable, "-m", "jaxcifar", "--version"], capture_output=True, text=True
     )
     assert result.returncode == 0 and result.stdout.startswith("jaxcifar ")
+
+
+def test_bad_flag_is_one_line_naming_flag_and_command(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["data", "info", "--dataset", "imagenet"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert err.startswith("jaxcifar data info: error: argument --dataset: invalid choice: 'imagenet'")
