@@ -1,0 +1,112 @@
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from jaxcifar.cli import main
+from jaxcifar.data.dataset import CIFAR10_CLASSES
+
+FAST = ["--model", "mlp", "--mlp-hidden", "8", "--batch-size", "8", "--quiet"]
+
+
+@pytest.fixture
+def image_tree(tmp_path, fresh_cache):
+    """A CIFAR-10-shaped image-folder tree: 4 train and 2 test PNGs per class."""
+    rng = np.random.default_rng(0)
+    root = tmp_path / "data"
+    for split, count in (("train", 4), ("test", 2)):
+        for label, name in enumerate(CIFAR10_CLASSES):
+            folder = root / split / name
+            folder.mkdir(parents=True)
+            for i in range(count):
+                pixels = np.clip(label * 25 + rng.integers(0, 20, (32, 32, 3)), 0, 255).astype(np.uint8)
+                Image.fromarray(pixels).save(folder / f"{i}.png")
+    return root
+
+
+def test_train_evaluate_predict_end_to_end(image_tree, tmp_path, capsys):
+    out = tmp_path / "run"
+    args = ["train", "--data-dir", str(image_tree), "--epochs", "2", "--out", str(out), *FAST]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "devices: 1 x cpu" in printed and "epoch 2/2: train loss" in printed
+    report = json.loads((out / "metrics.json").read_text())
+    assert set(report) == {"config", "device", "epochs", "test_accuracy", "per_class_accuracy",
+                           "confusion_matrix", "compile_seconds"}  # fmt: skip
+    assert report["config"]["model"] == "mlp" and report["config"]["lr"] == 0.001
+    assert report["device"]["platform"] == "cpu"
+    assert [set(e) for e in report["epochs"]] == [
+        {"epoch", "train_loss", "train_accuracy", "test_loss", "test_accuracy", "seconds"}
+    ] * 2
+    assert list(report["per_class_accuracy"]) == list(CIFAR10_CLASSES)
+    matrix = np.array(report["confusion_matrix"])
+    assert matrix.shape == (10, 10) and matrix.sum() == 20 and (matrix.sum(axis=1) == 2).all()
+    assert report["test_accuracy"] == pytest.approx(np.trace(matrix) / 20)
+    assert report["test_accuracy"] == report["epochs"][-1]["test_accuracy"]
+    for name in ("accuracy.png", "loss.png", "confusion_matrix.png", "checkpoint.msgpack"):
+        assert (out / name).stat().st_size > 0
+
+    evaluated = tmp_path / "eval"
+    assert main(["evaluate", "--checkpoint", str(out), "--data-dir", str(image_tree), "--out", str(evaluated)]) == 0
+    assert json.loads((evaluated / "metrics.json").read_text())["confusion_matrix"] == report["confusion_matrix"]
+    assert "test loss" in capsys.readouterr().out
+
+    big_rgba = tmp_path / "big.png"
+    Image.fromarray(np.full((90, 70, 4), 200, np.uint8), "RGBA").save(big_rgba)
+    gray = tmp_path / "gray.jpg"
+    Image.fromarray(np.full((10, 10), 30, np.uint8), "L").save(gray)
+    empty = tmp_path / "empty.png"
+    empty.write_bytes(b"")
+    assert main(["predict", "--checkpoint", str(out), str(big_rgba), str(empty), str(gray)]) == 1
+    captured = capsys.readouterr()
+    lines = captured.out.splitlines()
+    assert [line.split(":")[0] for line in lines] == [str(big_rgba), str(gray)]
+    probabilities = [float(part.split()[-1]) for part in lines[0].split(": ", 1)[1].split(", ")]
+    assert len(probabilities) == 3 and probabilities == sorted(probabilities, reverse=True)
+    assert f"jaxcifar predict: error: {empty}: not a readable image" in captured.err
+
+    # Resuming with another batch size is refused, naming the field; more epochs continue.
+    resume = ["train", "--data-dir", str(image_tree), "--out", str(out), "--resume", *FAST]
+    assert main([*resume, "--epochs", "3", "--batch-size", "4"]) == 2
+    assert "batch_size: 8 -> 4" in capsys.readouterr().err
+    assert main([*resume, "--epochs", "3"]) == 0
+    assert len(json.loads((out / "metrics.json").read_text())["epochs"]) == 3
+    assert main(["train", "--data-dir", str(image_tree), "--out", str(out), *FAST]) == 2
+    assert "already holds a checkpoint; pass --resume" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--lr", "-1"], "argument --lr: expected a positive finite number, got -1"),
+        (["--optimizer", "rmsprop"], "argument --optimizer: invalid choice: 'rmsprop'"),
+        (["--batch-size", "500"], "--batch-size 500 is larger than the training set (40 examples)"),
+    ],
+)
+def test_bad_flags_give_one_line_errors(image_tree, tmp_path, capsys, flags, message):
+    args = ["train", "--data-dir", str(image_tree), "--out", str(tmp_path / "r"), *FAST, *flags]
+    try:
+        code = main(args)
+    except SystemExit as exit_info:  # argparse's own errors
+        code = exit_info.code
+    assert code == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert err.strip().splitlines()[-1].startswith("jaxcifar train: error:")
+
+
+def test_evaluate_refuses_a_foreign_checkpoint(tmp_path, capsys):
+    bogus = tmp_path / "checkpoint.msgpack"
+    bogus.write_bytes(b"\x00\x01garbage")
+    assert main(["evaluate", "--checkpoint", str(tmp_path)]) == 2
+    assert f"jaxcifar evaluate: error: {bogus}: not a" in capsys.readouterr().err
+
+
+def test_short_cnn_run_on_real_cifar10_beats_chance(shared_data, tmp_path, capsys):
+    out = tmp_path / "real"
+    args = ["train", "--data-dir", str(shared_data), "--limit-train", "2000", "--limit-test", "500",
+            "--epochs", "2", "--batch-size", "32", "--optimizer", "adam", "--lr", "0.003",
+            "--out", str(out), "--quiet"]  # fmt: skip
+    assert main(args) == 0
+    assert json.loads((out / "metrics.json").read_text())["test_accuracy"] > 0.2
