@@ -118,3 +118,27 @@ def test_build_binds_input_shape_and_classes():
     assert model.apply(params, jnp.zeros((2, 32, 32, 3))).shape == (2, 10)
     with pytest.raises(ValueError, match="unknown model 'vit'"):
         models.build("vit", (32, 32, 3), 10)
+
+
+def test_mlp_gradient_equals_numpy_scratch_backprop():
+    from jaxcifar import scratch
+
+    rng = np.random.default_rng(0)
+    network = scratch.initialize_network((20, 16, 8, 4), seed=3, dtype=np.float32)
+    x = rng.uniform(0, 1, (6, 20)).astype(np.float32)
+    y_onehot = scratch.one_hot(rng.integers(0, 4, 6), 4, dtype=np.float32)
+    params = {
+        f"dense{i}": {"kernel": layer["weights"], "bias": layer["bias"]}
+        for i, layer in enumerate(network, start=1)
+    }
+
+    def loss(params):
+        # The scratch network also squashes its output layer with the sigmoid.
+        output = jax.nn.sigmoid(mlp_module.apply(params, x, activation="sigmoid"))
+        return 0.5 * jnp.mean(jnp.sum((output - y_onehot) ** 2, axis=1))
+
+    ours = jax.jit(jax.grad(loss))(params)
+    assert float(jax.jit(loss)(params)) == pytest.approx(scratch.loss(network, x, y_onehot), rel=1e-5)
+    for i, expected in enumerate(scratch.gradients(network, x, y_onehot), start=1):
+        np.testing.assert_allclose(ours[f"dense{i}"]["kernel"], expected["weights"], rtol=1e-4, atol=1e-7)
+        np.testing.assert_allclose(ours[f"dense{i}"]["bias"], expected["bias"], rtol=1e-4, atol=1e-7)
