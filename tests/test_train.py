@@ -113,3 +113,22 @@ def test_confusion_matrix_and_accuracies():
     per_class = metrics.per_class_accuracy(matrix)
     np.testing.assert_allclose(per_class[:3], [0.5, 2 / 3, 1.0])
     assert np.isnan(per_class[3])
+
+
+def test_random_crop_flip_shifts_and_mirrors():
+    from jaxcifar.augment import random_crop_flip
+
+    images = np.arange(2 * 6 * 6 * 1, dtype=np.uint8).reshape(2, 6, 6, 1)
+    flipped_only = np.asarray(jax.jit(random_crop_flip, static_argnums=2)(jax.random.key(0), images, 0))
+    for image, out in zip(images, flipped_only, strict=True):
+        assert np.array_equal(out, image) or np.array_equal(out, image[:, ::-1])
+    shifted = np.asarray(jax.jit(random_crop_flip)(jax.random.key(1), np.repeat(images, 8, axis=0)))
+    assert shifted.shape == (16, 6, 6, 1) and shifted.dtype == np.uint8
+    assert not all(np.array_equal(s, i) or np.array_equal(s, i[:, ::-1])
+                   for s, i in zip(shifted, np.repeat(images, 8, axis=0)))  # fmt: skip
+
+
+def test_augmented_step_trains():
+    config = dataclasses.replace(MLP, augment=True, epochs=2)
+    result = quiet_fit(config, tiny_dataset(128), tiny_dataset(30, seed=1))
+    assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]
