@@ -15,7 +15,7 @@ from typing import NoReturn
 from jaxcifar import __version__
 from jaxcifar.errors import JaxcifarError
 
-COMMANDS = ("train", "evaluate", "predict", "data", "scratch", "bench")
+COMMANDS = ("train", "evaluate", "predict", "data", "scratch", "bench", "speedrun")
 
 
 class _OneLineErrorParser(argparse.ArgumentParser):

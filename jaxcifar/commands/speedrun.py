@@ -1,0 +1,76 @@
+"""Train the fast CIFAR-10 recipe (airbench94 in JAX) N times and report each run's warm
+training time (whitening + training + TTA test predictions, compilation timed apart) and TTA
+test accuracy. Writes OUT/speedrun.json ({"device", "runs": [{"system", "train_seconds",
+"cold_seconds", "tta_test_accuracy"}], ...}) and OUT/speedrun.md. Compiled programs persist
+in --compile-cache, so a second process starts warm."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from pathlib import Path
+
+from jaxcifar.commands._args import add_data_arguments, positive_float, positive_int
+from jaxcifar.config import DTYPES
+
+HELP = "time the fast CIFAR-10 recipe (airbench94 in JAX) over N runs"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from jaxcifar.speedrun.recipe import EPOCH_MODES, Recipe
+
+    recipe = Recipe()
+    add_data_arguments(parser)
+    parser.add_argument("--runs", type=positive_int, default=1, help="timed runs (seeds SEED, SEED+1, ...)")
+    parser.add_argument("--epochs", type=positive_float, default=recipe.epochs,
+                        help="epochs; a fraction runs part of the last one")  # fmt: skip
+    parser.add_argument("--batch-size", type=positive_int, default=recipe.batch_size,
+                        help="batch size (the lr and weight decay are given per 1024 examples)")  # fmt: skip
+    parser.add_argument("--limit-train", type=positive_int, metavar="N", help="train on a random N-image subset")
+    parser.add_argument("--limit-test", type=positive_int, metavar="N", help="test on a random N-image subset")
+    parser.add_argument("--widths", type=positive_int, nargs="+", default=list(recipe.widths),
+                        metavar="W", help="channels of the conv blocks")  # fmt: skip
+    parser.add_argument("--dtype", choices=DTYPES, default=recipe.dtype,
+                        help="compute dtype (parameters stay float32)")  # fmt: skip
+    parser.add_argument("--epoch-mode", choices=EPOCH_MODES, default="auto",
+                        help="scan: one lax.scan per epoch; loop: a jitted step per batch; "
+                        "auto: loop on CPU, scan on GPU/TPU")  # fmt: skip
+    parser.add_argument("--seed", type=int, default=0, help="seed of the first run and of the subsets")
+    parser.add_argument("--compile-cache", metavar="DIR",
+                        help="persistent XLA compilation cache (default: $JAXCIFAR_CACHE/xla, "
+                        "else ~/.cache/jaxcifar/xla); 'none' turns it off")  # fmt: skip
+    parser.add_argument("--out", default="runs/speedrun", metavar="DIR", help="output folder")
+
+
+def run(args: argparse.Namespace) -> int:
+    from jaxcifar.data import load
+    from jaxcifar.speedrun import measure, xla_cache
+    from jaxcifar.speedrun.recipe import Recipe
+
+    recipe = Recipe(
+        epochs=args.epochs, batch_size=args.batch_size, widths=tuple(args.widths), dtype=args.dtype
+    )
+    splits = {}
+    for split, limit in (("train", args.limit_train), ("test", args.limit_test)):
+        dataset = load(args.dataset, split, data_dir=args.data_dir)
+        splits[split] = dataset if limit is None else dataset.subset(limit, seed=args.seed)
+    cache = args.compile_cache or xla_cache.default_dir()
+    with xla_cache.compilation_cache(None if cache == "none" else cache):
+        device = measure.device_name()
+        print(f"device: {device}; data: {splits['train'].source}; compile cache: {cache}")
+        rows, details = measure.measure(
+            recipe, splits["train"], splits["test"], runs=args.runs, seed=args.seed,
+            epoch_mode=args.epoch_mode,
+        )  # fmt: skip
+    results = {
+        "device": device,
+        "runs": rows,
+        "recipe": dataclasses.asdict(recipe),
+        "dataset": args.dataset,
+        "train_images": len(splits["train"]),
+        "test_images": len(splits["test"]),
+        **details,
+    }
+    paths = measure.write_results(results, Path(args.out) / "speedrun.json")
+    print(" ".join(str(path) for path in paths))
+    return 0

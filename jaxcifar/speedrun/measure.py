@@ -1,0 +1,144 @@
+"""Timed speedrun runs and their results file: `{"device", "runs": [...]}` plus a markdown table.
+
+Each run row is `{"system", "train_seconds", "cold_seconds", "tta_test_accuracy"}`.
+`train_seconds` is warm: whitening, training and TTA test predictions with every program
+already compiled (what airbench's reported time covers). `cold_seconds` is set on a system's
+first row only: what that first run cost a fresh process, compilation included (for us,
+compile + first run; a persistent-cache hit makes it small); null on the other rows.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import statistics
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from jaxcifar.atomic import atomic_write_text
+from jaxcifar.data.dataset import Dataset
+from jaxcifar.speedrun.recipe import Recipe
+
+SYSTEM = "jaxcifar-fast"
+
+
+def device_name() -> str:
+    """The default device's kind, e.g. "NVIDIA H200" or "cpu"."""
+    import jax
+
+    return jax.devices()[0].device_kind
+
+
+def device_slug(name: str) -> str:
+    """A file-name-safe form of a device name: "NVIDIA H200" -> "nvidia-h200"."""
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or "device"
+
+
+def run_row(system: str, train_seconds: float, cold_seconds: float | None,
+            accuracy: float) -> dict[str, Any]:  # fmt: skip
+    return {
+        "system": system,
+        "train_seconds": train_seconds,
+        "cold_seconds": cold_seconds,
+        "tta_test_accuracy": accuracy,
+    }
+
+
+def measure(
+    recipe: Recipe,
+    train_set: Dataset,
+    test_set: Dataset,
+    *,
+    runs: int,
+    seed: int = 0,
+    epoch_mode: str = "auto",
+    log: Callable[[str], None] = print,
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Compile once, then `runs` runs from seeds seed, seed+1, ...: (run rows, details:
+    compile seconds, epoch mode, step counts, per-run epoch losses)."""
+    from jaxcifar.speedrun.train import Speedrun
+
+    speedrun = Speedrun(recipe, train_set, test_set, epoch_mode=epoch_mode)
+    plan = speedrun.plan
+    log(
+        f"{len(train_set)} training / {len(test_set)} test images; {plan.total_steps} steps "
+        f"({plan.steps_per_epoch} per epoch) of {recipe.batch_size}; epoch mode {speedrun.mode}; "
+        f"compiled in {speedrun.compile_seconds:.2f} s"
+    )
+    rows, losses = [], []
+    for i in range(runs):
+        result = speedrun.run(seed + i)
+        cold = speedrun.compile_seconds + result.seconds if i == 0 else None
+        rows.append(run_row(SYSTEM, result.seconds, cold, result.tta_accuracy))
+        losses.append(result.epoch_losses)
+        log(
+            f"run {i + 1}/{runs}: {result.seconds:.2f} s warm, TTA test accuracy "
+            f"{result.tta_accuracy:.4f}, epoch losses "
+            + " ".join(f"{loss:.3f}" for loss in result.epoch_losses)
+        )
+    details = {
+        "compile_seconds": speedrun.compile_seconds,
+        "epoch_mode": speedrun.mode,
+        "plan": plan._asdict(),
+        "epoch_losses": losses,
+    }
+    return rows, details
+
+
+def summary(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per system: run count, mean and standard deviation of train seconds and accuracy,
+    and the cold seconds of its first run."""
+    out = []
+    for system in dict.fromkeys(row["system"] for row in rows):
+        mine = [row for row in rows if row["system"] == system]
+        seconds = [row["train_seconds"] for row in mine]
+        accuracy = [row["tta_test_accuracy"] for row in mine]
+        out.append({
+            "system": system,
+            "runs": len(mine),
+            "train_seconds_mean": statistics.fmean(seconds),
+            "train_seconds_sd": statistics.stdev(seconds) if len(mine) > 1 else 0.0,
+            "tta_test_accuracy_mean": statistics.fmean(accuracy),
+            "tta_test_accuracy_sd": statistics.stdev(accuracy) if len(mine) > 1 else 0.0,
+            "cold_seconds": mine[0]["cold_seconds"],
+        })  # fmt: skip
+    return out
+
+
+def render_markdown(results: dict[str, Any]) -> str:
+    """The results as a markdown table per system, then every run."""
+    lines = [
+        f"# CIFAR-10 speedrun, {results['device']}",
+        "",
+        "train s: warm seconds per run (whitening + training + TTA predictions); cold s: the "
+        "first run of a fresh process, compilation included.",
+        "",
+        "| system | runs | train s (mean ± sd) | cold s | TTA test accuracy (mean ± sd) |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for s in summary(results["runs"]):
+        cold = "-" if s["cold_seconds"] is None else f"{s['cold_seconds']:.2f}"
+        lines.append(
+            f"| {s['system']} | {s['runs']} | {s['train_seconds_mean']:.3f} ± "
+            f"{s['train_seconds_sd']:.3f} | {cold} | {s['tta_test_accuracy_mean']:.4f} ± "
+            f"{s['tta_test_accuracy_sd']:.4f} |"
+        )
+    lines += ["", "| # | system | train s | cold s | TTA test accuracy |", "|---:|---|---:|---:|---:|"]
+    for i, row in enumerate(results["runs"], start=1):
+        cold = "-" if row["cold_seconds"] is None else f"{row['cold_seconds']:.2f}"
+        lines.append(
+            f"| {i} | {row['system']} | {row['train_seconds']:.3f} | {cold} "
+            f"| {row['tta_test_accuracy']:.4f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def write_results(results: dict[str, Any], json_path: str | os.PathLike[str]) -> list[Path]:
+    """Write `results` to `json_path` and its markdown table beside it (.md); return both paths."""
+    path = Path(json_path)
+    markdown = path.with_suffix(".md")
+    atomic_write_text(path, json.dumps(results, indent=1) + "\n")
+    atomic_write_text(markdown, render_markdown(results))
+    return [path, markdown]

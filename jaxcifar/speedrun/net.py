@@ -1,0 +1,144 @@
+"""The airbench94 network as pure functions over plain pytrees.
+
+`init(key) -> (params, batch_stats)`; `apply(params, batch_stats, images, train=...)` ->
+(logits, batch_stats). Parameters are float32 and cast to the compute dtype at use; batch
+norm statistics are computed in float32 whatever the compute dtype.
+
+Parameter tree: {"whiten": {"kernel" (2,2,C,2*4*C), "bias"}, "block{1,2,3}": {"conv1":
+{"kernel"}, "norm1": {"bias"}, "conv2": {"kernel"}, "norm2": {"bias"}}, "head": {"kernel"}}.
+The whitening kernel is zero from `init`: `whitening.whitening_kernel` computes it from
+training images, and the optimizer never changes it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from jaxcifar.models import layers
+
+Params = dict[str, Any]
+BatchStats = dict[str, Any]
+
+WHITEN_PATCH = 2
+BN_EPS = 1e-12
+
+
+def whiten_width(in_channels: int) -> int:
+    """Output channels of the whitening conv: every eigenvector of the patch second moments
+    (patch * patch * C of them) and its negative."""
+    return 2 * WHITEN_PATCH * WHITEN_PATCH * in_channels
+
+
+def init(
+    key: jax.Array,
+    *,
+    widths: tuple[int, ...],
+    in_channels: int = 3,
+    num_classes: int = 10,
+) -> tuple[Params, BatchStats]:
+    """Fresh (params, batch_stats), all float32, for conv blocks of `widths` channels.
+
+    Conv and linear kernels start PyTorch-style (U(+-1/sqrt(fan_in)), `layers.init_layers`);
+    each block conv's first min(C_in, C_out) filters are then set to the identity ("dirac"
+    init), an implicit residual connection. BN biases and running means start at 0, running variances
+    at 1, the whitening bias at 0 and its kernel at 0 (see the module docstring).
+    """
+    channels = (whiten_width(in_channels), *widths)
+    shapes = {}
+    for i, (c_in, c_out) in enumerate(zip(channels[:-1], channels[1:]), start=1):
+        shapes[f"block{i}.conv1"] = (3, 3, c_in, c_out)
+        shapes[f"block{i}.conv2"] = (3, 3, c_out, c_out)
+    shapes["head"] = (widths[-1], num_classes)
+    drawn = layers.init_layers(key, shapes)
+
+    params: Params = {
+        "whiten": {
+            "kernel": jnp.zeros((WHITEN_PATCH, WHITEN_PATCH, in_channels, channels[0]), jnp.float32),
+            "bias": jnp.zeros((channels[0],), jnp.float32),
+        }
+    }
+    batch_stats: BatchStats = {}
+    for i, width in enumerate(widths, start=1):
+        block, stats = {}, {}
+        for j in (1, 2):
+            block[f"conv{j}"] = {"kernel": _dirac(drawn[f"block{i}.conv{j}"]["kernel"])}
+            block[f"norm{j}"] = {"bias": jnp.zeros((width,), jnp.float32)}
+            stats[f"norm{j}"] = {"mean": jnp.zeros((width,), jnp.float32),
+                                 "var": jnp.ones((width,), jnp.float32)}  # fmt: skip
+        params[f"block{i}"], batch_stats[f"block{i}"] = block, stats
+    params["head"] = {"kernel": drawn["head"]["kernel"]}
+    return params, batch_stats
+
+
+def _dirac(kernel: jax.Array) -> jax.Array:
+    """(3, 3, C_in, C_out) HWIO with output channel c < min(C_in, C_out) replaced by the
+    filter that copies input channel c (centre tap 1, everything else 0), as torch's dirac_."""
+    _, _, c_in, c_out = kernel.shape
+    k = min(c_in, c_out)
+    identity = jnp.zeros(kernel.shape[:3] + (k,), kernel.dtype).at[1, 1].set(jnp.eye(c_in, k))
+    return kernel.at[..., :k].set(identity)
+
+
+def batch_norm(
+    params: Params,
+    stats: dict[str, jax.Array],
+    x: jax.Array,
+    *,
+    train: bool,
+    momentum: float,
+    eps: float = BN_EPS,
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """BatchNorm over (N, H, W) of NHWC `x`, with a bias and no scale; statistics in float32.
+    A running statistic keeps `momentum` of its value per training step.
+
+    Training normalises by the batch's mean and (biased) variance and moves the running
+    statistics toward them, the variance unbiased as torch does; evaluation uses the running
+    ones. Returns (x's dtype output, new statistics).
+    """
+    x32 = x.astype(jnp.float32)
+    if train:
+        mean, var = x32.mean(axis=(0, 1, 2)), x32.var(axis=(0, 1, 2))
+        count = x.size // x.shape[-1]
+        stats = {
+            "mean": momentum * stats["mean"] + (1 - momentum) * mean,
+            "var": momentum * stats["var"] + (1 - momentum) * var * (count / max(count - 1, 1)),
+        }
+    else:
+        mean, var = stats["mean"], stats["var"]
+    y = (x32 - mean) * jax.lax.rsqrt(var + eps) + params["bias"]
+    return y.astype(x.dtype), stats
+
+
+def _gelu(x: jax.Array) -> jax.Array:
+    return jax.nn.gelu(x, approximate=False)  # torch.nn.GELU's default, the exact erf form
+
+
+def apply(
+    params: Params,
+    batch_stats: BatchStats,
+    images: jax.Array,
+    *,
+    train: bool,
+    bn_momentum: float,
+    output_scale: float,
+    dtype: jnp.dtype = jnp.float32,
+) -> tuple[jax.Array, BatchStats]:
+    """Logits (N, num_classes) float32, times `output_scale`, and the updated batch
+    statistics (unchanged unless `train`) for float images (N, H, W, C), computed in `dtype`."""
+    x = _gelu(layers.conv(params["whiten"], images, dtype, padding="VALID"))
+    new_stats: BatchStats = {}
+    for i in range(1, len(batch_stats) + 1):
+        name = f"block{i}"
+        block, stats = params[name], batch_stats[name]
+        x = layers.max_pool_2x2(layers.conv(block["conv1"], x, dtype))
+        x, norm1 = batch_norm(block["norm1"], stats["norm1"], x, train=train, momentum=bn_momentum)
+        x = layers.conv(block["conv2"], _gelu(x), dtype)
+        x, norm2 = batch_norm(block["norm2"], stats["norm2"], x, train=train, momentum=bn_momentum)
+        x = _gelu(x)
+        new_stats[name] = {"norm1": norm1, "norm2": norm2}
+    features = x.max(axis=(1, 2))  # global max pool: torch's MaxPool2d(3) on the final 3x3
+    logits = features @ params["head"]["kernel"].astype(dtype)
+    return (logits * output_scale).astype(jnp.float32), new_stats

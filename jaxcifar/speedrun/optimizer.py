@@ -1,0 +1,65 @@
+"""The speedrun's optimizer, learning-rate schedule, loss and lookahead decay (JAX, optax)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from jaxcifar.speedrun.recipe import Plan, Recipe, sgd_rates
+
+
+def lr_multiplier(recipe: Recipe, total_steps: int) -> optax.Schedule:
+    """0-based step -> lr multiplier: linear from `lr_start` up to 1 at step
+    int(lr_peak * total_steps), then linear down to `lr_end` at `total_steps`."""
+    peak = max(int(recipe.lr_peak * total_steps), 1)
+    xp = jnp.array([0.0, peak, max(total_steps, peak + 1)])
+    fp = jnp.array([recipe.lr_start, 1.0, recipe.lr_end])
+    return lambda step: jnp.interp(step, xp, fp)
+
+
+def param_groups(params: Any) -> Any:
+    """The optimizer group of each leaf: "frozen" (the whitening kernel), "norm_bias"
+    (BatchNorm biases) or "other"."""
+
+    def group(path, _):
+        names = [getattr(key, "key", None) for key in path]
+        if names[:2] == ["whiten", "kernel"]:
+            return "frozen"
+        return "norm_bias" if any(str(n).startswith("norm") for n in names) else "other"
+
+    return jax.tree_util.tree_map_with_path(group, params)
+
+
+def build_optimizer(recipe: Recipe, total_steps: int) -> optax.GradientTransformation:
+    """Nesterov SGD with coupled L2, per group (torch.optim.SGD's update, which airbench
+    uses): g += (decay / lr_g) * w; v = mu * v + g; w -= lr_g * multiplier(step) * (g + mu * v).
+    The whitening kernel never moves."""
+    lr, lr_bias, decay = sgd_rates(recipe)
+    multiplier = lr_multiplier(recipe, total_steps)
+
+    def sgd(group_lr: float) -> optax.GradientTransformation:
+        return optax.chain(
+            optax.add_decayed_weights(decay / group_lr),
+            optax.sgd(lambda step: group_lr * multiplier(step), recipe.momentum, nesterov=True),
+        )
+
+    transforms = {"other": sgd(lr), "norm_bias": sgd(lr_bias), "frozen": optax.set_to_zero()}
+    return optax.multi_transform(transforms, param_groups)
+
+
+def loss(logits: jax.Array, labels: jax.Array, smoothing: float) -> jax.Array:
+    """Summed label-smoothed cross-entropy: (N, K) float32 logits, (N,) int labels -> scalar.
+    The sum, not the mean, is what `sgd_rates` is scaled for."""
+    targets = optax.smooth_labels(jax.nn.one_hot(labels, logits.shape[-1]), smoothing)
+    return optax.softmax_cross_entropy(logits, targets).sum()
+
+
+def lookahead_decay(recipe: Recipe, plan: Plan, step: jax.Array) -> jax.Array:
+    """The EMA decay at 1-based `step`: 0 at the first update (the EMA starts as a copy of the
+    weights), then lookahead_decay**every * (step / total_steps)**pow: weak early, strong late."""
+    base = recipe.lookahead_decay**recipe.lookahead_every
+    decay = base * (step / plan.total_steps) ** recipe.lookahead_decay_pow
+    return jnp.where(step == plan.lookahead_first, 0.0, decay)

@@ -1,0 +1,263 @@
+"""A speedrun: the whole training set on the device, every step's data work inside jit.
+
+Each step gathers its batch from the device-resident uint8 images by a per-epoch permutation,
+applies the alternating flip and a random translation, scales to [-1, 1], and takes an SGD
+step followed by the lookahead update, all in one compiled program. An epoch is either one
+`lax.scan` over its steps ("scan": one dispatch per epoch; what accelerators want) or a Python
+loop of jitted steps ("loop": what a 2-core CPU runs faster, see `jaxcifar.train.pick_epoch_mode`).
+Both run the same step function and give the same result.
+
+Randomness: a run's key splits into the init, whitening-sample, flip and data keys; epoch e's
+permutation and step i's translations come from `fold_in(data key, e)`, so a run is a function
+of its seed alone, whatever the epoch mode.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from jaxcifar import augment, metrics
+from jaxcifar.bench.xla_cost import compile_timed
+from jaxcifar.data.dataset import Dataset
+from jaxcifar.data.preprocess import to_float
+from jaxcifar.errors import ConfigError, TrainingDiverged
+from jaxcifar.speedrun import net, optimizer, tta, whitening
+from jaxcifar.speedrun import recipe as recipes
+from jaxcifar.speedrun.recipe import EPOCH_MODES, Plan, Recipe
+from jaxcifar.train import pick_epoch_mode
+
+EVAL_BATCH = 2000
+
+
+class TrainState(NamedTuple):
+    """Everything a run carries from step to step."""
+
+    params: net.Params  # float32 master weights
+    batch_stats: net.BatchStats  # BN running statistics, float32
+    opt_state: Any
+    lookahead: tuple[net.Params, net.BatchStats]  # the EMA of (params, batch_stats)
+    base_flip: jax.Array  # (N,) bool: image i is mirrored in even epochs iff True
+    key: jax.Array  # the run's data key (permutations, translations)
+    step: jax.Array  # int32 scalar, steps taken
+
+
+class DeviceData(NamedTuple):
+    images: jax.Array  # (N, H, W, C) uint8
+    labels: jax.Array  # (N,) int32
+
+
+def init_state(
+    recipe: Recipe, tx: optax.GradientTransformation, num_classes: int,
+    key: jax.Array, data: DeviceData,
+) -> TrainState:  # fmt: skip
+    """A fresh run from `key`: new weights, the whitening kernel from a random
+    `recipe.whiten_images` of the training images, and a random flip per image."""
+    init_key, whiten_key, flip_key, data_key = jax.random.split(key, 4)
+    n, _, _, channels = data.images.shape
+    params, batch_stats = net.init(
+        init_key, widths=recipe.widths, in_channels=channels, num_classes=num_classes
+    )
+    sample = jax.random.permutation(whiten_key, n)[: recipe.whiten_images]
+    kernel = whitening.whitening_kernel(to_float(data.images[sample]), net.WHITEN_PATCH)
+    params["whiten"]["kernel"] = kernel
+    return TrainState(
+        params=params,
+        batch_stats=batch_stats,
+        opt_state=tx.init(params),
+        lookahead=(params, batch_stats),
+        base_flip=jax.random.bernoulli(flip_key, 0.5, (n,)),
+        key=data_key,
+        step=jnp.zeros((), jnp.int32),
+    )
+
+
+def epoch_keys(state: TrainState, epoch: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(permutation key, translation key) of 0-based `epoch`."""
+    return tuple(jax.random.split(jax.random.fold_in(state.key, epoch)))
+
+
+def epoch_order(state: TrainState, epoch: jax.Array, size: int) -> jax.Array:
+    """(size,) int32: the order in which `epoch` visits the training images."""
+    return jax.random.permutation(epoch_keys(state, epoch)[0], size)
+
+
+def lookahead(
+    recipe: Recipe, plan: Plan, step: jax.Array, weights: Any, ema: Any
+) -> tuple[Any, Any]:
+    """(weights, ema) after 1-based `step`: from `plan.lookahead_first`, every
+    `lookahead_every` steps the EMA moves toward the weights and the weights are replaced by
+    it; at the end of every epoch once it has started, the weights are set to the EMA."""
+    started = step >= plan.lookahead_first
+    update = started & (step % recipe.lookahead_every == 0)
+    decay = optimizer.lookahead_decay(recipe, plan, step)
+    moved = jax.tree.map(lambda e, w: e + (1 - decay) * (w - e), ema, weights)
+    ema = jax.tree.map(functools.partial(jnp.where, update), moved, ema)
+    epoch_end = (step % plan.steps_per_epoch == 0) | (step == plan.total_steps)
+    weights = jax.tree.map(functools.partial(jnp.where, update | (started & epoch_end)), ema, weights)
+    return weights, ema
+
+
+def train_step(
+    recipe: Recipe, plan: Plan, tx: optax.GradientTransformation,
+    state: TrainState, data: DeviceData, order: jax.Array, epoch: jax.Array, index: jax.Array,
+) -> tuple[TrainState, jax.Array]:  # fmt: skip
+    """Step `index` of 0-based `epoch` whose image order is `order` (N,): returns the new
+    state and the batch's mean loss (float32 scalar, before the update)."""
+    batch = jax.lax.dynamic_slice(order, (index * recipe.batch_size,), (recipe.batch_size,))
+    images, labels = data.images[batch], data.labels[batch]
+    # Alternating flip: each image's own coin in even epochs, the opposite in odd ones.
+    images = augment.flip_where(state.base_flip[batch] ^ (epoch % 2 == 1), images)
+    if recipe.translate:
+        translate_key = jax.random.fold_in(epoch_keys(state, epoch)[1], index)
+        images = augment.random_translate(translate_key, images, recipe.translate)
+    inputs = to_float(images)
+
+    def loss_fn(params):
+        logits, batch_stats = net.apply(
+            params, state.batch_stats, inputs, train=True, dtype=jnp.dtype(recipe.dtype),
+            bn_momentum=recipe.bn_momentum, output_scale=recipe.output_scale,
+        )  # fmt: skip
+        return optimizer.loss(logits, labels, recipe.label_smoothing), batch_stats
+
+    (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    whiten_bias = jnp.where(state.step < plan.whiten_bias_steps, updates["whiten"]["bias"], 0.0)
+    updates = {**updates, "whiten": {**updates["whiten"], "bias": whiten_bias}}
+    step = state.step + 1
+    (params, batch_stats), ema = lookahead(
+        recipe, plan, step, (optax.apply_updates(state.params, updates), batch_stats), state.lookahead
+    )
+    new_state = state._replace(
+        params=params, batch_stats=batch_stats, opt_state=opt_state, lookahead=ema, step=step
+    )
+    return new_state, loss / recipe.batch_size
+
+
+def scan_epoch(
+    recipe: Recipe, plan: Plan, tx: optax.GradientTransformation, steps: int,
+    state: TrainState, data: DeviceData, epoch: jax.Array,
+) -> tuple[TrainState, jax.Array]:  # fmt: skip
+    """`steps` steps of `epoch` as one lax.scan: (new state, (steps,) float32 losses)."""
+    order = epoch_order(state, epoch, data.labels.shape[0])
+    step = functools.partial(train_step, recipe, plan, tx)
+    return jax.lax.scan(lambda s, i: step(s, data, order, epoch, i), state, jnp.arange(steps))
+
+
+def predict(recipe: Recipe, params: net.Params, batch_stats: net.BatchStats,
+            images: jax.Array) -> jax.Array:  # fmt: skip
+    """(B, M) int32 TTA predictions for uint8 images (B, M, H, W, C), one batch of M at a time."""
+
+    def logits(x: jax.Array) -> jax.Array:
+        out, _ = net.apply(
+            params, batch_stats, to_float(x), train=False, dtype=jnp.dtype(recipe.dtype),
+            bn_momentum=recipe.bn_momentum, output_scale=recipe.output_scale,
+        )  # fmt: skip
+        return out
+
+    def batch(x: jax.Array) -> jax.Array:
+        return jnp.argmax(tta.tta_logits(logits, x, recipe.tta_level), -1).astype(jnp.int32)
+
+    return jax.lax.map(batch, images)
+
+
+class RunResult(NamedTuple):
+    seconds: float  # whitening + training + TTA test predictions, as airbench counts
+    tta_accuracy: float
+    epoch_losses: list[float]  # mean training loss of each epoch
+    state: TrainState
+
+
+class Speedrun:
+    """A recipe compiled for one training and one test set; `run(seed)` trains and tests.
+
+    Everything is compiled ahead of time in the constructor (`compile_seconds`), so runs time
+    warm execution only. `epoch_mode`: "scan", "loop" or "auto" (loop on CPU, else scan).
+    """
+
+    def __init__(self, recipe: Recipe, train_set: Dataset, test_set: Dataset, *,
+                 epoch_mode: str = "auto"):  # fmt: skip
+        if epoch_mode not in EPOCH_MODES:
+            raise ConfigError(f"epoch mode must be one of {', '.join(EPOCH_MODES)}, got {epoch_mode!r}")
+        self.recipe = recipe
+        self.plan = recipes.plan(recipe, len(train_set))
+        self.mode = pick_epoch_mode(epoch_mode, train_set)
+        self.tx = optimizer.build_optimizer(recipe, self.plan.total_steps)
+        self.train_data = DeviceData(jax.device_put(train_set.images), jax.device_put(train_set.labels))
+        self.test_labels = test_set.labels
+        self.test_images = jax.device_put(_batched(test_set.images, EVAL_BATCH))
+        self.num_classes = train_set.num_classes
+        self.compile_seconds = self._compile()
+
+    def _compile(self) -> float:
+        """Lower and compile every program a run calls; returns the seconds it took."""
+        recipe, plan, tx = self.recipe, self.plan, self.tx
+        key, epoch = jax.random.key(0), jnp.zeros((), jnp.int32)
+        init = jax.jit(functools.partial(init_state, recipe, tx, self.num_classes))
+        compiled = {"init": compile_timed(init, key, self.train_data)}
+        state = jax.eval_shape(init, key, self.train_data)
+        if self.mode == "scan":
+            for steps in sorted({plan.epoch_steps(e) for e in range(plan.epochs)}):
+                epoch_fn = functools.partial(scan_epoch, recipe, plan, tx, steps)
+                compiled[f"epoch{steps}"] = compile_timed(
+                    jax.jit(epoch_fn, donate_argnums=0), state, self.train_data, epoch
+                )
+        else:
+            size = self.train_data.labels.shape[0]
+            compiled["order"] = compile_timed(jax.jit(functools.partial(epoch_order, size=size)), state, epoch)
+            step = jax.jit(functools.partial(train_step, recipe, plan, tx), donate_argnums=0)
+            order_shape = jax.ShapeDtypeStruct(self.train_data.labels.shape, jnp.int32)
+            compiled["step"] = compile_timed(step, state, self.train_data, order_shape, epoch, epoch)
+        compiled["predict"] = compile_timed(
+            jax.jit(functools.partial(predict, recipe)), state.params, state.batch_stats, self.test_images
+        )
+        self._executables = {name: c.executable for name, c in compiled.items()}
+        return sum(c.lower_seconds + c.compile_seconds for c in compiled.values())
+
+    def _train(self, state: TrainState) -> tuple[TrainState, list[jax.Array]]:
+        run, losses = self._executables, []
+        for e in range(self.plan.epochs):
+            epoch = jnp.asarray(e, jnp.int32)
+            steps = self.plan.epoch_steps(e)
+            if self.mode == "scan":
+                state, epoch_losses = run[f"epoch{steps}"](state, self.train_data, epoch)
+                losses.append(epoch_losses)
+            else:
+                order = run["order"](state, epoch)
+                for i in range(steps):
+                    state, loss = run["step"](state, self.train_data, order, epoch, jnp.asarray(i, jnp.int32))
+                    losses.append(loss)
+        return state, losses
+
+    def run(self, seed: int) -> RunResult:
+        """Train from `seed` and predict the test set with TTA. Raises TrainingDiverged when
+        the loss is not finite."""
+        start = time.perf_counter()
+        state = self._executables["init"](jax.random.key(seed), self.train_data)
+        state, losses = self._train(state)
+        predictions = self._executables["predict"](state.params, state.batch_stats, self.test_images)
+        predictions = np.asarray(predictions).reshape(-1)[: len(self.test_labels)]
+        seconds = time.perf_counter() - start
+        step_losses = np.concatenate([np.atleast_1d(np.asarray(x)) for x in losses])
+        if not np.all(np.isfinite(step_losses)):
+            bad = int(np.flatnonzero(~np.isfinite(step_losses))[0])
+            raise TrainingDiverged(f"speedrun seed {seed}: loss became {step_losses[bad]} at step {bad + 1}")
+        per_epoch = self.plan.steps_per_epoch
+        epoch_losses = [float(step_losses[i : i + per_epoch].mean()) for i in range(0, len(step_losses), per_epoch)]
+        matrix = metrics.confusion_matrix(self.test_labels, predictions, self.num_classes)
+        return RunResult(seconds, metrics.accuracy(matrix), epoch_losses, state)
+
+
+def _batched(images: np.ndarray, batch: int) -> np.ndarray:
+    """(N, ...) -> (ceil(N / b), b, ...) with b = min(batch, N), zero-padded at the end."""
+    size = min(batch, len(images))
+    count = -(-len(images) // size)
+    padded = np.zeros((count * size, *images.shape[1:]), images.dtype)
+    padded[: len(images)] = images
+    return padded.reshape(count, size, *images.shape[1:])

@@ -1,0 +1,46 @@
+"""JAX's persistent compilation cache, so a second process starts with compiled programs.
+
+Compiling the speedrun's programs takes seconds on a GPU and tens of seconds on a CPU; the
+cache stores each compiled executable on disk under a key of its program, compile options and
+backend, and a later process with the same programs loads them instead of compiling.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+from jaxcifar.data.cache import cache_dir
+
+
+def default_dir() -> Path:
+    """<dataset cache>/xla: $JAXCIFAR_CACHE/xla, else ~/.cache/jaxcifar/xla."""
+    return cache_dir() / "xla"
+
+
+@contextlib.contextmanager
+def compilation_cache(path: str | os.PathLike[str] | None) -> Iterator[None]:
+    """Inside the block, JAX reads and writes compiled programs under `path` (None: no
+    persistent cache), whatever their compile time; on exit the previous settings return,
+    so a long-lived process (a test session) is left as it was."""
+    import jax
+    from jax.experimental.compilation_cache import compilation_cache as cc
+
+    settings = {
+        "jax_compilation_cache_dir": None if path is None else str(path),
+        # JAX skips programs that compile in under 1 s by default; the speedrun's small
+        # programs (init, epoch order) are worth keeping too.
+        "jax_persistent_cache_min_compile_time_secs": 0.0,
+    }
+    previous = {name: getattr(jax.config, name) for name in settings}
+    cc.reset_cache()  # the cache object is built once per process, from the dir set then
+    for name, value in settings.items():
+        jax.config.update(name, value)
+    try:
+        yield
+    finally:
+        for name, value in previous.items():
+            jax.config.update(name, value)
+        cc.reset_cache()

@@ -1,0 +1,234 @@
+"""The fast CIFAR-10 recipe (jaxcifar.speedrun) and the `jaxcifar speedrun` command.
+
+One tiny real-data run (64 CIFAR-10 training images, batch 32, 4 epochs, float32, the
+recipe with narrow conv blocks so a 2-core CPU runs it in seconds) is compiled once per module into a module-wide persistent compilation cache; the command test trains the
+same shapes and so loads its programs from that cache instead of compiling again.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxcifar import augment, cli
+from jaxcifar.data import load
+from jaxcifar.errors import ConfigError
+from jaxcifar.models import layers
+from jaxcifar.speedrun import net, optimizer, tta, whitening, xla_cache
+from jaxcifar.speedrun.recipe import Plan, Recipe, plan, sgd_rates
+from jaxcifar.speedrun.train import Speedrun, lookahead
+
+TRAIN, TEST, BATCH, EPOCHS = 64, 50, 32, 4
+WIDTHS = (16, 32, 32)
+TINY = Recipe(epochs=EPOCHS, batch_size=BATCH, widths=WIDTHS, dtype="float32")
+
+
+def _init(widths=Recipe().widths):
+    return jax.jit(net.init, static_argnames="widths")(jax.random.key(0), widths=widths)
+
+
+def test_net_shapes_and_parameter_count():
+    params, batch_stats = jax.eval_shape(_init)
+    assert params["whiten"]["kernel"].shape == (2, 2, 3, 24)
+    assert [params[f"block{i}"]["conv2"]["kernel"].shape for i in (1, 2, 3)] == [
+        (3, 3, 64, 64), (3, 3, 256, 256), (3, 3, 256, 256)
+    ]  # fmt: skip
+    assert params["head"]["kernel"].shape == (256, 10)
+    sizes = [math.prod(leaf.shape) for leaf in jax.tree.leaves(params)]
+    # 288 + 24 whitening, 50,816 + 737,792 + 1,180,160 in the blocks (convs + BN biases), 2,560 head.
+    assert sum(sizes) == 1_971_640
+    assert jax.tree.structure(batch_stats) == jax.tree.structure(
+        {f"block{i}": {n: {"mean": 0, "var": 0} for n in ("norm1", "norm2")} for i in (1, 2, 3)}
+    )
+    images = jax.ShapeDtypeStruct((8, 32, 32, 3), jnp.float32)
+    for train in (True, False):
+        logits, stats = jax.eval_shape(
+            lambda p, s, x: net.apply(p, s, x, train=train, bn_momentum=0.6, output_scale=1 / 9,
+                                      dtype=jnp.bfloat16),  # fmt: skip
+            params, batch_stats, images,
+        )  # fmt: skip
+        assert (logits.shape, logits.dtype) == ((8, 10), jnp.float32)
+        assert jax.tree.structure(stats) == jax.tree.structure(batch_stats)
+
+
+def test_block_convs_start_as_identity_on_their_first_channels():
+    params, batch_stats = _init(widths=(8, 16, 16))
+    first = params["block1"]["conv1"]["kernel"]  # 24 -> 8: all 8 filters copy channels 0..7
+    np.testing.assert_array_equal(first[1, 1, :8, :8], np.eye(8))
+    np.testing.assert_array_equal(first[1, 1, 8:], 0)
+    second = params["block2"]["conv1"]["kernel"]  # 8 -> 16: the first 8 copy, the rest are random
+    np.testing.assert_array_equal(second[..., :8].sum(axis=(0, 1)), np.eye(8))
+    assert np.all(np.abs(second[..., 8:]) <= 1 / math.sqrt(9 * 8)) and np.any(second[..., 8:] != 0)
+    assert float(jnp.abs(batch_stats["block3"]["norm2"]["var"] - 1).max()) == 0
+
+
+def test_whitening_layer_whitens_patches():
+    rng = np.random.default_rng(0)
+    # Neighbouring pixels and channels strongly correlated, channels of different scales.
+    noise = rng.normal(size=(20, 17, 17, 3)).cumsum(axis=2) * np.array([1.0, 3.0, 0.3])
+    images = jnp.asarray(noise[:, :16, :16] + noise[:, 1:, 1:], jnp.float32)
+
+    @jax.jit
+    def whitened_moments(images):
+        kernel = whitening.whitening_kernel(images, eps=1e-9)
+        out = layers.conv({"kernel": kernel}, images, jnp.float32, padding="VALID").reshape(-1, 24)
+        rows = whitening.patches(images, 2)
+        return kernel, out.T @ out / out.shape[0], rows.T @ rows / rows.shape[0]
+
+    kernel, moments, raw = map(np.asarray, whitened_moments(images))
+    assert kernel.shape == (2, 2, 3, 24)
+    np.testing.assert_allclose(moments[:12, :12], np.eye(12), atol=2e-3)
+    np.testing.assert_allclose(kernel[..., 12:], -kernel[..., :12])
+    assert np.abs(raw - np.eye(12)).max() > 1  # the raw patches are far from white
+
+
+def test_shift_is_the_reflect_padded_crop():
+    images = jnp.arange(2 * 5 * 6 * 1).reshape(2, 5, 6, 1)
+    padded = np.pad(np.asarray(images), ((0, 0), (1, 1), (1, 1), (0, 0)), mode="reflect")
+    np.testing.assert_array_equal(augment.shift(images, -1, -1), padded[:, 0:5, 0:6])
+    np.testing.assert_array_equal(augment.shift(images, 1, 1), padded[:, 2:7, 2:8])
+    mask = jnp.array([True, False])
+    flipped = augment.flip_where(mask, images)
+    np.testing.assert_array_equal(flipped[0], images[0, :, ::-1])
+    np.testing.assert_array_equal(flipped[1], images[1])
+
+
+def test_tta_of_a_flip_invariant_model_is_its_plain_output():
+    images = jax.random.normal(jax.random.key(1), (4, 6, 6, 3))
+
+    def column_sums(x):  # the same for an image and its mirror
+        return x.sum(axis=(1, 2))
+
+    for level in (0, 1):
+        logits = jax.jit(tta.tta_logits, static_argnums=(0, 2))(column_sums, images, level)
+        np.testing.assert_allclose(logits, column_sums(images), rtol=1e-6)
+
+
+def test_tta_level_2_weights_six_views():
+    images = np.random.default_rng(2).normal(size=(3, 6, 6, 2)).astype(np.float32)
+
+    def top_left(x):
+        return x[:, 0, 0, :]
+
+    padded = np.pad(images, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="reflect")
+    up_left, down_right = padded[:, 0:6, 0:6], padded[:, 2:8, 2:8]
+    expected = sum(
+        weight * (top_left(view) + top_left(view[:, :, ::-1]))
+        for weight, view in ((1 / 4, images), (1 / 8, up_left), (1 / 8, down_right))
+    )
+    assert sum(w for w, _ in tta.views(jnp.asarray(images), 2)) == pytest.approx(1.0)
+    logits = jax.jit(tta.tta_logits, static_argnums=(0, 2))(top_left, jnp.asarray(images), 2)
+    np.testing.assert_allclose(logits, expected, atol=1e-6)
+
+
+def test_recipe_steps_rates_and_schedule_match_airbench94():
+    recipe = Recipe()
+    assert plan(recipe, 50_000) == Plan(48, 476, 10, 144, 145)
+    assert plan(recipe, 50_000).epoch_steps(9) == 44
+    lr, lr_bias, decay = sgd_rates(recipe)
+    kilostep = 1024 * (1 + 1 / 0.15)
+    assert lr == pytest.approx(11.5 / kilostep) and lr_bias == pytest.approx(64 * lr)
+    assert decay == pytest.approx(0.0153 * 1024 / kilostep)
+    multiplier = optimizer.lr_multiplier(recipe, 476)
+    values = [float(multiplier(s)) for s in (0, 109, 476)]
+    np.testing.assert_allclose(values, [0.2, 1.0, 0.07], rtol=1e-6)
+    with pytest.raises(ConfigError, match="batch size 1024 is larger than the training set"):
+        plan(recipe, 1000)
+    with pytest.raises(ConfigError, match="momentum must be in"):
+        Recipe(momentum=1.0)
+
+
+def test_optimizer_groups_freeze_the_whitening_kernel():
+    params, _ = jax.eval_shape(_init)
+    groups = optimizer.param_groups(params)
+    assert groups["whiten"] == {"kernel": "frozen", "bias": "other"}
+    assert groups["block2"]["norm1"]["bias"] == "norm_bias"
+    assert groups["block2"]["conv1"]["kernel"] == groups["head"]["kernel"] == "other"
+
+
+def test_lookahead_starts_as_a_copy_then_averages():
+    recipe = Recipe(lookahead_every=5)
+    steps = Plan(steps_per_epoch=6, total_steps=30, epochs=5, whiten_bias_steps=0, lookahead_first=10)
+    step = jax.jit(lambda s, w, e: lookahead(recipe, steps, s, {"w": w}, {"w": e}))
+
+    def after(s, w, e):
+        new_w, new_e = step(jnp.int32(s), jnp.float32(w), jnp.float32(e))
+        return float(new_w["w"]), float(new_e["w"])
+
+    assert after(6, 4.0, 0.0) == (4.0, 0.0)  # not started yet
+    assert after(10, 4.0, 0.0) == (4.0, 4.0)  # the first update copies the weights
+    moved = 4.0 + (1 - 0.95**5 * (15 / 30) ** 3) * (8.0 - 4.0)
+    assert after(15, 8.0, 4.0) == pytest.approx((moved, moved))
+    assert after(18, 9.0, moved) == pytest.approx((moved, moved))  # an epoch's end: back to the EMA
+    assert after(19, 9.0, moved) == pytest.approx((9.0, moved))  # neither
+
+
+@pytest.fixture(scope="module")
+def xla_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("xla")
+
+
+@pytest.fixture(scope="module")
+def tiny_run(shared_data, xla_dir):
+    """(Speedrun, two runs of seed 0) on 64 training / 50 test CIFAR-10 images."""
+    train = load("cifar10", "train", data_dir=shared_data).subset(TRAIN, seed=0)
+    test = load("cifar10", "test", data_dir=shared_data).subset(TEST, seed=0)
+    with xla_cache.compilation_cache(xla_dir):
+        speedrun = Speedrun(TINY, train, test, epoch_mode="loop")
+        return speedrun, speedrun.run(0), speedrun.run(0)
+
+
+def test_fast_recipe_trains_on_real_data(tiny_run):
+    speedrun, first, again = tiny_run
+    assert speedrun.plan == Plan(2, 8, 4, 6, 10)
+    assert first.state.params["block3"]["conv2"]["kernel"].shape == (3, 3, 32, 32)
+    losses = first.epoch_losses
+    assert len(losses) == EPOCHS and all(np.isfinite(losses))
+    assert losses == sorted(losses, reverse=True) and losses[-1] < losses[0] - 0.01, losses
+    assert first.epoch_losses == again.epoch_losses  # a run is a function of its seed
+    assert first.tta_accuracy == again.tta_accuracy and 0 <= first.tta_accuracy <= 1
+    assert int(first.state.step) == 8
+    np.testing.assert_array_equal(first.state.params["whiten"]["bias"] != 0, True)
+
+
+def test_speedrun_command_writes_its_json(shared_data, xla_dir, tmp_path, capsys, tiny_run):
+    out = tmp_path / "out"
+    code = cli.main([
+        "speedrun", "--data-dir", str(shared_data), "--limit-train", str(TRAIN),
+        "--limit-test", str(TEST), "--batch-size", str(BATCH), "--epochs", str(EPOCHS),
+        "--widths", *map(str, WIDTHS), "--dtype", "float32", "--epoch-mode", "loop", "--runs", "2",
+        "--compile-cache", str(xla_dir), "--out", str(out),
+    ])  # fmt: skip
+    assert code == 0
+    results = json.loads((out / "speedrun.json").read_text())
+    assert isinstance(results["device"], str) and results["device"]
+    assert [sorted(row) for row in results["runs"]] == [
+        ["cold_seconds", "system", "train_seconds", "tta_test_accuracy"]
+    ] * 2
+    first, second = results["runs"]
+    assert first["system"] == second["system"] == "jaxcifar-fast"
+    assert first["cold_seconds"] >= first["train_seconds"] > 0 and second["cold_seconds"] is None
+    # Same seed, same data, same programs: the command's first run is the fixture's.
+    assert first["tta_test_accuracy"] == tiny_run[1].tta_accuracy
+    assert results["train_images"] == TRAIN and results["plan"]["total_steps"] == 8
+    table = (out / "speedrun.md").read_text()
+    assert "| jaxcifar-fast | 2 |" in table
+    assert any(xla_dir.iterdir())  # compiled programs were stored
+    assert "run 2/2" in capsys.readouterr().out
+
+
+def test_speedrun_command_rejects_a_batch_larger_than_the_data(shared_data, tmp_path, capsys):
+    code = cli.main([
+        "speedrun", "--data-dir", str(shared_data), "--limit-train", "100", "--limit-test", "10",
+        "--compile-cache", "none", "--out", str(tmp_path),
+    ])  # fmt: skip
+    assert code == 2
+    assert capsys.readouterr().err.strip() == (
+        "jaxcifar speedrun: error: batch size 1024 is larger than the training set (100 images)"
+    )
+    assert not any(tmp_path.iterdir())
