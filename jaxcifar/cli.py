@@ -48,13 +48,26 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Parse `argv`, run the command, and turn project errors into one-line messages."""
+    """Parse `argv`, run the command, and turn project errors into one-line messages.
+
+    Exit status: 2 for a `JaxcifarError` (bad flag, data or checkpoint), 1 for an OSError
+    the command did not expect (disk full, permission denied, ...), 130 for Ctrl-C.
+    """
     args = build_parser().parse_args(argv)
+    prefix = f"jaxcifar {args.command}"
     try:
         return int(args.run(args) or 0)
     except JaxcifarError as error:
-        print(f"jaxcifar {args.command}: error: {error}", file=sys.stderr)
+        print(f"{prefix}: error: {error}", file=sys.stderr)
         return 2
+    except OSError as error:
+        # An I/O failure is the machine's, not a bug: the path and the reason say it all.
+        paths = [str(name) for name in (error.filename, error.filename2) if name is not None]
+        print(": ".join([f"{prefix}: error: {error.strerror or error}", *paths]), file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"{prefix}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

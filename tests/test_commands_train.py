@@ -82,9 +82,21 @@ def test_train_evaluate_predict_end_to_end(image_tree, tmp_path, capsys):
         (["--lr", "-1"], "argument --lr: expected a positive finite number, got -1"),
         (["--optimizer", "rmsprop"], "argument --optimizer: invalid choice: 'rmsprop'"),
         (["--batch-size", "500"], "--batch-size 500 is larger than the training set (40 examples)"),
+        (["--model", "resnet"], "argument --model: invalid choice: 'resnet'"),
+        (["--dataset", "imagenet"], "argument --dataset: invalid choice: 'imagenet'"),
+        (["--epochs", "0"], "argument --epochs: expected a positive integer, got 0"),
+        (["--batch-size", "-8"], "argument --batch-size: expected a positive integer, got -8"),
+        (["--lr", "0"], "argument --lr: expected a positive finite number, got 0"),
+        (["--data-dir", "{tmp}/nowhere"], "data dir {tmp}/nowhere does not exist"),
+        (["--out", "{tmp}/file"], "--out {tmp}/file is a file; expected a folder"),
+        # Root may write into any chmod'ed folder, so unwritable means under a file, or /proc.
+        (["--out", "{tmp}/file/run"], "--out {tmp}/file/run: cannot write there (Not a directory)"),
+        (["--out", "/proc/jaxcifar-run"], "--out /proc/jaxcifar-run: cannot write there (No such file"),
     ],
 )
 def test_bad_flags_give_one_line_errors(image_tree, tmp_path, capsys, flags, message):
+    (tmp_path / "file").write_text("")
+    flags, message = [flag.format(tmp=tmp_path) for flag in flags], message.format(tmp=tmp_path)
     args = ["train", "--data-dir", str(image_tree), "--out", str(tmp_path / "r"), *FAST, *flags]
     try:
         code = main(args)

@@ -1,17 +1,22 @@
 """Classify image files with a trained checkpoint: the top-3 classes and their probabilities.
 
-Each PNG/JPEG file (any size; grayscale, palette and RGBA are converted) is resized with
-Pillow to the model's input size. A file that cannot be read as an image gets an error line
-and the others are still classified; the exit status is then 1.
+Each PNG/JPEG file (grayscale, palette and RGBA are converted) is resized with Pillow to the
+model's input size. Any size up to Pillow's decompression-bomb limit (Image.MAX_IMAGE_PIXELS,
+about 89 megapixels, e.g. 8000x8000) is read; a larger one is refused rather than decoded,
+since one such file can take gigabytes. A file that cannot be read as an image gets an error
+line and the others are still classified; the exit status is then 1.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
+
+from jaxcifar.errors import DataError
 
 HELP = "classify image files with a trained checkpoint"
 TOP_K = 3
@@ -26,14 +31,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def read_image(path: Path, input_shape: tuple[int, int, int]) -> np.ndarray:
     """(H, W, C) uint8 pixels of `path`, converted to C channels and resized to H x W.
 
-    Raises OSError/ValueError (from Pillow) for a missing, empty or non-image file.
+    Raises DataError naming `path` for a missing, empty or non-image file, or one of more
+    than Image.MAX_IMAGE_PIXELS pixels.
     """
     from PIL import Image
 
     height, width, channels = input_shape
-    with Image.open(path) as image:
-        image = image.convert("L" if channels == 1 else "RGB").resize((width, height), Image.BILINEAR)
-        return np.asarray(image, dtype=np.uint8).reshape(height, width, channels)
+    mode = "L" if channels == 1 else "RGB"
+    try:
+        with warnings.catch_warnings():
+            # Pillow only warns between MAX_IMAGE_PIXELS and twice that, and raises above.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                image.draft(mode, (width, height))  # JPEG: decode at 1/2 to 1/8 scale if enough
+                image = image.convert(mode).resize((width, height), Image.BILINEAR)
+                return np.asarray(image, dtype=np.uint8).reshape(height, width, channels)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        raise DataError(f"{path}: refused, too large to decode safely ({error})") from None
+    # Pillow's decoders raise many types on malformed input (OSError, SyntaxError,
+    # struct.error, ...); every one means "not a usable image".
+    except Exception as error:
+        raise DataError(f"{path}: not a readable image ({type(error).__name__}: {error})") from None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -56,8 +74,8 @@ def run(args: argparse.Namespace) -> int:
     for name in args.images:
         try:
             pixels = read_image(Path(name), saved.input_shape)
-        except (OSError, ValueError) as error:
-            print(f"jaxcifar predict: error: {name}: not a readable image ({error})", file=sys.stderr)
+        except DataError as error:
+            print(f"jaxcifar predict: error: {error}", file=sys.stderr)
             failures += 1
             continue
         probs = np.asarray(probabilities(pixels[None]))[0]

@@ -1,0 +1,64 @@
+"""SIGINT and SIGTERM as an exception, so a long command can stop cleanly and say how to resume.
+
+Python turns SIGINT into KeyboardInterrupt and leaves SIGTERM to kill the process outright;
+inside `StopOnSignal` both raise `Interrupted` in the main thread instead, between two Python
+bytecodes (a running XLA computation finishes first). A block run under `hold()` (writing a
+checkpoint) is never cut short: a signal that arrives during it is raised when it ends.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+from collections.abc import Iterator
+from types import FrameType
+
+SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class Interrupted(Exception):
+    """A SIGINT or SIGTERM arrived. Not a JaxcifarError: it is no mistake to report, and the
+    exit status (`exit_code`, 128 + the signal number, as a shell reports a killed process)
+    differs from the usage-error status 2."""
+
+    def __init__(self, signum: int):
+        self.signum = signum
+        self.name = signal.Signals(signum).name
+        self.exit_code = 128 + signum
+        super().__init__(f"interrupted by {self.name}")
+
+
+class StopOnSignal:
+    """Context manager: within it, SIGINT and SIGTERM raise `Interrupted`; on exit the previous
+    handlers come back. Must be entered in the main thread (Python's rule for signal handlers)."""
+
+    def __init__(self) -> None:
+        self._holding = False
+        self._pending: int | None = None
+        self._previous: dict[int, object] = {}
+
+    def __enter__(self) -> StopOnSignal:
+        self._previous = {signum: signal.signal(signum, self._handle) for signum in SIGNALS}
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self._holding:
+            self._pending = self._pending or signum
+        else:
+            raise Interrupted(signum)
+
+    @contextlib.contextmanager
+    def hold(self) -> Iterator[None]:
+        """Run the block to its end even if a signal arrives; raise `Interrupted` after it."""
+        self._holding = True
+        try:
+            yield
+        finally:
+            self._holding = False
+        if self._pending is not None:
+            signum, self._pending = self._pending, None
+            raise Interrupted(signum)
