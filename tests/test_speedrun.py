@@ -1,8 +1,9 @@
 """The fast CIFAR-10 recipe (jaxcifar.speedrun) and the `jaxcifar speedrun` command.
 
 One tiny real-data run (64 CIFAR-10 training images, batch 32, 4 epochs, float32, the
-recipe with narrow conv blocks so a 2-core CPU runs it in seconds) is compiled once per module into a module-wide persistent compilation cache; the command test trains the
-same shapes and so loads its programs from that cache instead of compiling again.
+recipe with narrow conv blocks so a 2-core CPU runs it in seconds) is compiled once per
+module into a module-wide persistent compilation cache; the command test trains the same
+shapes and so loads its programs from that cache instead of compiling again.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ def test_net_shapes_and_parameter_count():
     ]  # fmt: skip
     assert params["head"]["kernel"].shape == (256, 10)
     sizes = [math.prod(leaf.shape) for leaf in jax.tree.leaves(params)]
-    # 288 + 24 whitening, 50,816 + 737,792 + 1,180,160 in the blocks (convs + BN biases), 2,560 head.
+    # 288 + 24 whitening; 50,816 + 737,792 + 1,180,160 in the blocks (convs, BN biases); 2,560 head
     assert sum(sizes) == 1_971_640
     assert jax.tree.structure(batch_stats) == jax.tree.structure(
         {f"block{i}": {n: {"mean": 0, "var": 0} for n in ("norm1", "norm2")} for i in (1, 2, 3)}
@@ -153,7 +154,8 @@ def test_optimizer_groups_freeze_the_whitening_kernel():
 
 def test_lookahead_starts_as_a_copy_then_averages():
     recipe = Recipe(lookahead_every=5)
-    steps = Plan(steps_per_epoch=6, total_steps=30, epochs=5, whiten_bias_steps=0, lookahead_first=10)
+    steps = Plan(steps_per_epoch=6, total_steps=30, epochs=5, whiten_bias_steps=0,
+                 lookahead_first=10)  # fmt: skip
     step = jax.jit(lambda s, w, e: lookahead(recipe, steps, s, {"w": w}, {"w": e}))
 
     def after(s, w, e):

@@ -21,13 +21,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     recipe = Recipe()
     add_data_arguments(parser)
-    parser.add_argument("--runs", type=positive_int, default=1, help="timed runs (seeds SEED, SEED+1, ...)")
+    parser.add_argument("--runs", type=positive_int, default=1,
+                        help="timed runs (seeds SEED, SEED+1, ...)")  # fmt: skip
     parser.add_argument("--epochs", type=positive_float, default=recipe.epochs,
                         help="epochs; a fraction runs part of the last one")  # fmt: skip
     parser.add_argument("--batch-size", type=positive_int, default=recipe.batch_size,
-                        help="batch size (the lr and weight decay are given per 1024 examples)")  # fmt: skip
-    parser.add_argument("--limit-train", type=positive_int, metavar="N", help="train on a random N-image subset")
-    parser.add_argument("--limit-test", type=positive_int, metavar="N", help="test on a random N-image subset")
+                        help="batch size (lr and weight decay are per 1024 images)")  # fmt: skip
+    for split in ("train", "test"):
+        parser.add_argument(f"--limit-{split}", type=positive_int, metavar="N",
+                            help=f"{split} on a random N-image subset")  # fmt: skip
     parser.add_argument("--widths", type=positive_int, nargs="+", default=list(recipe.widths),
                         metavar="W", help="channels of the conv blocks")  # fmt: skip
     parser.add_argument("--dtype", choices=DTYPES, default=recipe.dtype,
@@ -35,7 +37,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--epoch-mode", choices=EPOCH_MODES, default="auto",
                         help="scan: one lax.scan per epoch; loop: a jitted step per batch; "
                         "auto: loop on CPU, scan on GPU/TPU")  # fmt: skip
-    parser.add_argument("--seed", type=int, default=0, help="seed of the first run and of the subsets")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of the first run and of the subsets")  # fmt: skip
     parser.add_argument("--compile-cache", metavar="DIR",
                         help="persistent XLA compilation cache (default: $JAXCIFAR_CACHE/xla, "
                         "else ~/.cache/jaxcifar/xla); 'none' turns it off")  # fmt: skip

@@ -125,7 +125,11 @@ def render_markdown(results: dict[str, Any]) -> str:
             f"{s['train_seconds_sd']:.3f} | {cold} | {s['tta_test_accuracy_mean']:.4f} ± "
             f"{s['tta_test_accuracy_sd']:.4f} |"
         )
-    lines += ["", "| # | system | train s | cold s | TTA test accuracy |", "|---:|---|---:|---:|---:|"]
+    lines += [
+        "",
+        "| # | system | train s | cold s | TTA test accuracy |",
+        "|---:|---|---:|---:|---:|",
+    ]
     for i, row in enumerate(results["runs"], start=1):
         cold = "-" if row["cold_seconds"] is None else f"{row['cold_seconds']:.2f}"
         lines.append(

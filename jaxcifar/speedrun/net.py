@@ -43,8 +43,8 @@ def init(
 
     Conv and linear kernels start PyTorch-style (U(+-1/sqrt(fan_in)), `layers.init_layers`);
     each block conv's first min(C_in, C_out) filters are then set to the identity ("dirac"
-    init), an implicit residual connection. BN biases and running means start at 0, running variances
-    at 1, the whitening bias at 0 and its kernel at 0 (see the module docstring).
+    init), an implicit residual connection. BN biases and running means start at 0, running
+    variances at 1, the whitening bias at 0 and its kernel at 0 (see the module docstring).
     """
     channels = (whiten_width(in_channels), *widths)
     shapes = {}
@@ -54,9 +54,10 @@ def init(
     shapes["head"] = (widths[-1], num_classes)
     drawn = layers.init_layers(key, shapes)
 
+    whiten_shape = (WHITEN_PATCH, WHITEN_PATCH, in_channels, channels[0])
     params: Params = {
         "whiten": {
-            "kernel": jnp.zeros((WHITEN_PATCH, WHITEN_PATCH, in_channels, channels[0]), jnp.float32),
+            "kernel": jnp.zeros(whiten_shape, jnp.float32),
             "bias": jnp.zeros((channels[0],), jnp.float32),
         }
     }

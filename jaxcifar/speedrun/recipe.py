@@ -6,7 +6,8 @@ gain removed, `weight_decay` the fraction of each weight decayed per 1024 exampl
 the lr. With Nesterov momentum mu and constant gradients a step moves 1 + 1/(1 - mu) times
 the raw gradient, so on the *summed* batch loss plain Nesterov SGD gets
 
-    lr_sgd = lr / (1024 * (1 + 1/(1 - mu)))        decay_per_step = weight_decay * batch / (1024 * (1 + 1/(1 - mu)))
+    lr_sgd = lr / (1024 * (1 + 1/(1 - mu)))
+    decay_per_step = weight_decay * batch / (1024 * (1 + 1/(1 - mu)))
 
 and the decay is applied as coupled L2 with coefficient decay_per_step / lr_group, so that
 each group (BatchNorm biases at `bias_scaler` x lr, everything else at lr) decays equally.

@@ -100,7 +100,8 @@ def lookahead(
     moved = jax.tree.map(lambda e, w: e + (1 - decay) * (w - e), ema, weights)
     ema = jax.tree.map(functools.partial(jnp.where, update), moved, ema)
     epoch_end = (step % plan.steps_per_epoch == 0) | (step == plan.total_steps)
-    weights = jax.tree.map(functools.partial(jnp.where, update | (started & epoch_end)), ema, weights)
+    reset = update | (started & epoch_end)
+    weights = jax.tree.map(functools.partial(jnp.where, reset), ema, weights)
     return weights, ema
 
 
@@ -131,9 +132,9 @@ def train_step(
     whiten_bias = jnp.where(state.step < plan.whiten_bias_steps, updates["whiten"]["bias"], 0.0)
     updates = {**updates, "whiten": {**updates["whiten"], "bias": whiten_bias}}
     step = state.step + 1
-    (params, batch_stats), ema = lookahead(
-        recipe, plan, step, (optax.apply_updates(state.params, updates), batch_stats), state.lookahead
-    )
+    params = optax.apply_updates(state.params, updates)
+    weights = (params, batch_stats)
+    (params, batch_stats), ema = lookahead(recipe, plan, step, weights, state.lookahead)
     new_state = state._replace(
         params=params, batch_stats=batch_stats, opt_state=opt_state, lookahead=ema, step=step
     )
@@ -184,12 +185,14 @@ class Speedrun:
     def __init__(self, recipe: Recipe, train_set: Dataset, test_set: Dataset, *,
                  epoch_mode: str = "auto"):  # fmt: skip
         if epoch_mode not in EPOCH_MODES:
-            raise ConfigError(f"epoch mode must be one of {', '.join(EPOCH_MODES)}, got {epoch_mode!r}")
+            raise ConfigError(
+                f"epoch mode must be one of {', '.join(EPOCH_MODES)}, got {epoch_mode!r}"
+            )
         self.recipe = recipe
         self.plan = recipes.plan(recipe, len(train_set))
         self.mode = pick_epoch_mode(epoch_mode, train_set)
         self.tx = optimizer.build_optimizer(recipe, self.plan.total_steps)
-        self.train_data = DeviceData(jax.device_put(train_set.images), jax.device_put(train_set.labels))
+        self.train_data = DeviceData(*jax.device_put((train_set.images, train_set.labels)))
         self.test_labels = test_set.labels
         self.test_images = jax.device_put(_batched(test_set.images, EVAL_BATCH))
         self.num_classes = train_set.num_classes
@@ -210,12 +213,16 @@ class Speedrun:
                 )
         else:
             size = self.train_data.labels.shape[0]
-            compiled["order"] = compile_timed(jax.jit(functools.partial(epoch_order, size=size)), state, epoch)
+            order = jax.jit(functools.partial(epoch_order, size=size))
+            compiled["order"] = compile_timed(order, state, epoch)
             step = jax.jit(functools.partial(train_step, recipe, plan, tx), donate_argnums=0)
             order_shape = jax.ShapeDtypeStruct(self.train_data.labels.shape, jnp.int32)
-            compiled["step"] = compile_timed(step, state, self.train_data, order_shape, epoch, epoch)
+            index = epoch  # an int32 scalar like the epoch
+            args = (state, self.train_data, order_shape, epoch, index)
+            compiled["step"] = compile_timed(step, *args)
+        predict_fn = jax.jit(functools.partial(predict, recipe))
         compiled["predict"] = compile_timed(
-            jax.jit(functools.partial(predict, recipe)), state.params, state.batch_stats, self.test_images
+            predict_fn, state.params, state.batch_stats, self.test_images
         )
         self._executables = {name: c.executable for name, c in compiled.items()}
         return sum(c.lower_seconds + c.compile_seconds for c in compiled.values())
@@ -231,7 +238,8 @@ class Speedrun:
             else:
                 order = run["order"](state, epoch)
                 for i in range(steps):
-                    state, loss = run["step"](state, self.train_data, order, epoch, jnp.asarray(i, jnp.int32))
+                    index = jnp.asarray(i, jnp.int32)
+                    state, loss = run["step"](state, self.train_data, order, epoch, index)
                     losses.append(loss)
         return state, losses
 
@@ -241,15 +249,21 @@ class Speedrun:
         start = time.perf_counter()
         state = self._executables["init"](jax.random.key(seed), self.train_data)
         state, losses = self._train(state)
-        predictions = self._executables["predict"](state.params, state.batch_stats, self.test_images)
+        predict = self._executables["predict"]
+        predictions = predict(state.params, state.batch_stats, self.test_images)
         predictions = np.asarray(predictions).reshape(-1)[: len(self.test_labels)]
         seconds = time.perf_counter() - start
         step_losses = np.concatenate([np.atleast_1d(np.asarray(x)) for x in losses])
         if not np.all(np.isfinite(step_losses)):
             bad = int(np.flatnonzero(~np.isfinite(step_losses))[0])
-            raise TrainingDiverged(f"speedrun seed {seed}: loss became {step_losses[bad]} at step {bad + 1}")
+            raise TrainingDiverged(
+                f"speedrun seed {seed}: loss became {step_losses[bad]} at step {bad + 1}"
+            )
         per_epoch = self.plan.steps_per_epoch
-        epoch_losses = [float(step_losses[i : i + per_epoch].mean()) for i in range(0, len(step_losses), per_epoch)]
+        epoch_losses = [
+            float(step_losses[i : i + per_epoch].mean())
+            for i in range(0, len(step_losses), per_epoch)
+        ]
         matrix = metrics.confusion_matrix(self.test_labels, predictions, self.num_classes)
         return RunResult(seconds, metrics.accuracy(matrix), epoch_losses, state)
 

@@ -20,7 +20,9 @@ def patches(images: jax.Array, size: int) -> jax.Array:
     order: the order of an HWIO kernel's first three axes."""
     n, height, width, channels = images.shape
     rows, cols = height - size + 1, width - size + 1
-    shifted = [images[:, dy : dy + rows, dx : dx + cols] for dy in range(size) for dx in range(size)]
+    shifted = [
+        images[:, dy : dy + rows, dx : dx + cols] for dy in range(size) for dx in range(size)
+    ]
     stacked = jnp.stack(shifted, axis=3)  # (N, rows, cols, size * size, C)
     return stacked.reshape(-1, size * size * channels).astype(jnp.float32)
 

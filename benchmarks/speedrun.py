@@ -1,0 +1,151 @@
+"""Time N runs of jaxcifar's fast recipe (airbench94 in JAX) and, when the `airbench` package
+is importable and a CUDA GPU is present, N runs of airbench94 itself on the same data.
+
+Usage: python benchmarks/speedrun.py [--data-dir ../shared/data] [--runs 5]
+       [--limit-train N --limit-test N] [--epoch-mode auto] [--out benchmarks/results]
+
+Writes <out>/speedrun-<device>.json ({"device", "runs": [{"system": "jaxcifar-fast" |
+"airbench94", "train_seconds", "cold_seconds", "tta_test_accuracy"}], "skipped", ...}) and the
+same name .md. Both systems are timed the same way: training from scratch plus TTA test
+predictions, warm. Cold: ours is compile + first run (compiled programs persist in
+$JAXCIFAR_CACHE/xla, so a second invocation's cold time is smaller); airbench's is one extra
+warm-up run first (CUDA/cuDNN initialisation and autotuning), as airbench itself does.
+airbench reads cifar10/train.pt and test.pt relative to the working directory, and its
+train94 builds a loader from them when imported, so both are written from our loader into a
+temporary directory that is the working directory while it runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import contextlib
+import os
+import tempfile
+import time
+from pathlib import Path
+
+# JAX would otherwise reserve 75% of the GPU's memory, starving PyTorch in the same process.
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+
+from jaxcifar.data import load  # noqa: E402
+from jaxcifar.data.dataset import Dataset  # noqa: E402
+from jaxcifar.speedrun import measure, xla_cache  # noqa: E402
+from jaxcifar.speedrun.recipe import EPOCH_MODES, Recipe  # noqa: E402
+
+DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+AIRBENCH = "airbench94"
+
+
+def airbench_missing() -> str | None:
+    """Why airbench94 cannot run here, or None when it can."""
+    try:
+        import torch
+    except ImportError:
+        return "torch is not installed"
+    if not torch.cuda.is_available():
+        return "airbench needs a CUDA GPU (it loads its data onto cuda:0)"
+    try:
+        import importlib.util
+
+        if importlib.util.find_spec("airbench") is None:
+            return "the airbench package is not installed (pip install airbench)"
+    except ImportError as error:
+        return f"airbench cannot be found: {error}"
+    return None
+
+
+def write_airbench_data(root: Path, train_set: Dataset, test_set: Dataset) -> None:
+    """root/cifar10/{train,test}.pt as airbench's loader reads them: {"images" (N, 32, 32, 3)
+    uint8, "labels" (N,) int64, "classes" [str]}."""
+    import torch
+
+    (root / "cifar10").mkdir(parents=True, exist_ok=True)
+    for name, dataset in (("train", train_set), ("test", test_set)):
+        torch.save(
+            {
+                "images": torch.from_numpy(dataset.images.copy()),
+                "labels": torch.from_numpy(dataset.labels.astype("int64")),
+                "classes": list(dataset.class_names),
+            },
+            root / "cifar10" / f"{name}.pt",
+        )
+
+
+def run_airbench(train_set: Dataset, test_set: Dataset, runs: int) -> list[dict]:
+    """`runs` timed airbench94 runs (train94 + evaluate with TTA level 2) after one warm-up."""
+    import torch
+
+    with tempfile.TemporaryDirectory(prefix="jaxcifar-airbench-") as tmp:
+        write_airbench_data(Path(tmp), train_set, test_set)
+        with contextlib.chdir(tmp):
+            import airbench
+
+            loader = airbench.CifarLoader(
+                "cifar10", train=True, batch_size=1024, aug={"flip": True, "translate": 2},
+                altflip=True,
+            )  # fmt: skip
+            test_loader = airbench.CifarLoader("cifar10", train=False, batch_size=2000)
+
+            def timed_run() -> tuple[float, float]:
+                torch.cuda.synchronize()
+                start = time.perf_counter()
+                model = airbench.train94(loader, verbose=False)
+                accuracy = airbench.evaluate(model, test_loader, tta_level=2)
+                torch.cuda.synchronize()
+                return time.perf_counter() - start, accuracy
+
+            cold, _ = timed_run()
+            rows = []
+            for i in range(runs):
+                seconds, accuracy = timed_run()
+                rows.append(measure.run_row(AIRBENCH, seconds, cold if i == 0 else None, accuracy))
+                print(f"{AIRBENCH} run {i + 1}/{runs}: {seconds:.2f} s, TTA {accuracy:.4f}")
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--limit-train", type=int, help="train on a random N-image subset")
+    parser.add_argument("--limit-test", type=int, help="test on a random N-image subset")
+    parser.add_argument("--epochs", type=float, default=Recipe().epochs)
+    parser.add_argument("--dtype", default=Recipe().dtype)
+    parser.add_argument("--epoch-mode", choices=EPOCH_MODES, default="auto")
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    args = parser.parse_args()
+
+    splits = {}
+    for split, limit in (("train", args.limit_train), ("test", args.limit_test)):
+        dataset = load("cifar10", split, data_dir=args.data_dir)
+        splits[split] = dataset if limit is None else dataset.subset(limit, seed=0)
+    recipe = Recipe(epochs=args.epochs, dtype=args.dtype)
+    with xla_cache.compilation_cache(xla_cache.default_dir()):
+        rows, details = measure.measure(
+            recipe, splits["train"], splits["test"], runs=args.runs, epoch_mode=args.epoch_mode
+        )
+    skipped = []
+    reason = airbench_missing()
+    if reason is None:
+        rows += run_airbench(splits["train"], splits["test"], args.runs)
+    else:
+        skipped.append({"system": AIRBENCH, "reason": reason})
+        print(f"{AIRBENCH} skipped: {reason}")
+    device = measure.device_name()
+    results = {
+        "device": device,
+        "runs": rows,
+        "skipped": skipped,
+        "train_images": len(splits["train"]),
+        "test_images": len(splits["test"]),
+        "recipe": dataclasses.asdict(recipe),
+        **details,
+    }
+    stem = f"speedrun-{measure.device_slug(device)}"
+    paths = measure.write_results(results, args.out / f"{stem}.json")
+    print(" ".join(str(path) for path in paths))
+
+
+if __name__ == "__main__":
+    main()
