@@ -11,12 +11,14 @@ import pytest
 from jaxcifar import cli, models
 from jaxcifar.bench import jax_cases, suite, torch_reference
 from jaxcifar.bench.rows import Row, add_ratios
+from jaxcifar.bench.settings import Settings
 from jaxcifar.bench.timing import TimingBudget, percentiles, time_steps
 from jaxcifar.bench.xla_cost import compile_timed, flops, peak_memory_bytes
 
 
 def test_percentiles_interpolate_linearly():
-    assert percentiles(np.array([5.0, 1.0, 3.0, 2.0, 4.0])) == {"median": 3.0, "p10": 1.4, "p90": 4.6}
+    stats = percentiles(np.array([5.0, 1.0, 3.0, 2.0, 4.0]))
+    assert stats == {"median": 3.0, "p10": 1.4, "p90": 4.6}
 
 
 def test_fixed_budget_runs_warmup_then_exactly_n_timed_steps():
@@ -51,7 +53,8 @@ def _row(framework, case="train_step", dtype="float32", median=1.0, **fields):
 
 
 def test_ratios_compare_with_the_jax_float32_row_of_the_same_case():
-    jax_f32, jax_bf16, torch = _row("jax", median=2.0), _row("jax", dtype="bfloat16", median=4.0), _row("torch", median=3.0)
+    jax_f32, torch = _row("jax", median=2.0), _row("torch", median=3.0)
+    jax_bf16 = _row("jax", dtype="bfloat16", median=4.0)
     loop = _row("jax", "epoch_loop", epoch_seconds=6.0)
     scan = _row("jax", "epoch_scan", epoch_seconds=2.0)
     add_ratios([jax_f32, jax_bf16, torch, loop, scan])
@@ -68,15 +71,17 @@ def test_torch_seed_cnn_has_the_jax_cnn_architecture():
         return
     torch_model = torch_reference.build_seed_cnn()
     jax_params = models.cnn.init(jax.random.key(0))
-    assert sum(p.numel() for p in torch_model.parameters()) == models.count_parameters(jax_params) == 147_754
+    torch_count = sum(p.numel() for p in torch_model.parameters())
+    assert torch_count == models.count_parameters(jax_params) == 147_754
     data = jax_cases.synthetic_dataset("cnn", 2)
-    row = torch_reference.measure_torch_cnn(data.images, data.labels, TimingBudget.fixed(1), compile=False)
+    budget = TimingBudget.fixed(1)
+    row = torch_reference.measure_torch_cnn(data.images, data.labels, budget, compile=False)
     assert (row.framework, row.model, row.batch_size, row.steps_timed) == ("torch", "cnn", 2, 1)
 
 
 def test_plan_records_why_the_torch_reference_was_skipped(monkeypatch):
     monkeypatch.setattr(torch_reference, "torch_missing", lambda: "torch is not installed")
-    settings = suite.Settings(models=("cnn",), batch_sizes=(4,), dtypes=("float32",), epoch_images=0)
+    settings = Settings(models=("cnn",), batch_sizes=(4,), dtypes=("float32",), epoch_images=0)
     cases, skipped = suite.plan(settings)
     assert [case.label for case in cases] == ["jax cnn train_step b4 float32"]
     assert skipped == [{"framework": "torch", "reason": "torch is not installed"}]
@@ -96,9 +101,11 @@ def test_bench_command_writes_json_markdown_and_plot(tmp_path, capsys):
         "--epoch-images", "16", "--epoch-batch-sizes", "8", "--out", str(tmp_path), "--name", "run",
     ]  # fmt: skip
     assert cli.main(argv) == 0
-    assert capsys.readouterr().out.split() == [str(tmp_path / f"run.{ext}") for ext in ("json", "md", "png")]
+    written = [str(tmp_path / f"run.{ext}") for ext in ("json", "md", "png")]
+    assert capsys.readouterr().out.split() == written
     results = json.loads((tmp_path / "run.json").read_text())
-    assert {"date", "device_kind", "cpu_count", "xla_flags", "versions"} <= results["environment"].keys()
+    environment_keys = {"date", "device_kind", "cpu_count", "usable_cpus", "xla_flags", "versions"}
+    assert environment_keys <= results["environment"].keys()
     assert {"jax", "jaxlib", "numpy", "torch"} <= results["environment"]["versions"].keys()
     rows = results["rows"]
     assert [(r["framework"], r["case"], r["batch_size"]) for r in rows] == [
@@ -108,7 +115,8 @@ def test_bench_command_writes_json_markdown_and_plot(tmp_path, capsys):
     for row in rows:
         assert row.keys() == ROW_KEYS
         assert row["step_seconds"].keys() == {"median", "p10", "p90"}
-        assert row["images_per_second"] == pytest.approx(row["batch_size"] / row["step_seconds"]["median"])
+        median = row["step_seconds"]["median"]
+        assert row["images_per_second"] == pytest.approx(row["batch_size"] / median)
     train_step, jax_twin, numpy_step, _, scan = rows
     assert train_step["steps_timed"] == 2 and train_step["input_shape"] == [28, 28, 1]
     assert train_step["flops_per_step"] > 2 * 4 * (784 * 500 + 500 * 50 + 50 * 10)

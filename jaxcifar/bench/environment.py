@@ -9,6 +9,9 @@ import platform
 from typing import Any
 
 PACKAGES = ("jax", "jaxlib", "numpy", "optax", "torch")
+# Thread counts of NumPy's BLAS and torch's OpenMP: on a CPU shared with other busy processes
+# a multi-threaded library can run many times slower than a single-threaded one.
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
 
 def package_version(name: str) -> str | None:
@@ -20,7 +23,8 @@ def package_version(name: str) -> str | None:
 
 
 def describe_environment() -> dict[str, Any]:
-    """Device, versions, CPU count, XLA_FLAGS and the date, for the header of a results file.
+    """Device, versions, CPU count and load, XLA_FLAGS and thread variables, and the date,
+    for the header of a results file.
 
     Imports JAX (to ask for the device) but not torch: its version comes from metadata.
     """
@@ -33,9 +37,12 @@ def describe_environment() -> dict[str, Any]:
         "device_kind": device.device_kind,
         "device_count": jax.device_count(),
         "cpu_count": os.cpu_count(),
+        # Fewer than cpu_count when the process is pinned (taskset).
+        "usable_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
         "processor": platform.processor() or platform.machine(),
         "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        "thread_variables": {name: os.environ.get(name) for name in THREAD_VARIABLES},
         "versions": {
             "python": platform.python_version(),
             **{name: package_version(name) for name in PACKAGES},

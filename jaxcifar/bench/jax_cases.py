@@ -37,7 +37,8 @@ def synthetic_dataset(model: str, size: int, seed: int = 0) -> Dataset:
     return Dataset(images, labels, CLASS_NAMES[name], source=f"synthetic {name}")
 
 
-def _run_config(model: str, batch_size: int, dtype: str = "float32") -> RunConfig:
+def run_config(model: str, batch_size: int, dtype: str = "float32") -> RunConfig:
+    """`jaxcifar train`'s default recipe for `model` on its dataset at `batch_size`."""
     return RunConfig(model=model, dataset=MODEL_DATASETS[model], batch_size=batch_size, dtype=dtype)
 
 
@@ -50,7 +51,7 @@ def measure_train_step(model: str, batch_size: int, dtype: str, budget: TimingBu
     deriving a fresh key each step would add a second dispatch to the time.
     """
     dataset = synthetic_dataset(model, batch_size)
-    config = _run_config(model, batch_size, dtype)
+    config = run_config(model, batch_size, dtype)
     setup = train.build_setup(config, dataset)
     state = train.init_state(config, setup)
     batch = jax.device_put((dataset.images, dataset.labels))
@@ -113,7 +114,7 @@ def measure_epoch(model: str, batch_size: int, mode: str, num_images: int) -> Ro
     in `mode` ("loop": a Python loop of jitted steps fed from host memory; "scan": one
     compiled `lax.scan` over the epoch with the data on the device), compilation excluded."""
     dataset = synthetic_dataset(model, num_images)
-    config = _run_config(model, batch_size)
+    config = run_config(model, batch_size)
     setup = train.build_setup(config, dataset)
     state = train.init_state(config, setup)
     runner = train.EpochRunner(train.make_train_step(setup), dataset, config, mode)

@@ -51,8 +51,10 @@ def render_markdown(results: dict[str, Any]) -> str:
     lines = [
         f"# Step-time benchmark, {env['device_kind']} ({env['platform']}), {env['date']}",
         "",
-        f"- {env['cpu_count']} CPUs; load average at start {env['load_average']}; "
-        f"XLA_FLAGS `{env['xla_flags'] or '(none)'}`",
+        f"- {env['cpu_count']} CPUs ({env.get('usable_cpus')} usable); "
+        f"load average at start {env['load_average']}; "
+        f"XLA_FLAGS `{env['xla_flags'] or '(none)'}`; thread variables "
+        f"{ {k: v for k, v in env['thread_variables'].items() if v} or '(none set)'}",
         f"- {versions}",
         f"- peak device memory: {env['memory_stats']}",
         f"- whole run: {results['total_seconds']:.0f} s",

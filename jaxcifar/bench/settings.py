@@ -10,7 +10,7 @@ from jaxcifar.config import DTYPES, MODELS
 
 DEFAULT_BATCH_SIZES = (4, 32, 128, 512, 2048)
 DEFAULT_EPOCH_BATCH_SIZES = (4, 512)
-DEFAULT_EPOCH_IMAGES = 5000
+DEFAULT_EPOCH_IMAGES = 2048
 EPOCH_MODES = ("loop", "scan")
 
 
@@ -20,8 +20,8 @@ class Settings:
 
     `reference` adds the NumPy scratch MLP (vs its jitted JAX twin) and the PyTorch seed CNN
     (eager; also torch.compile'd with `torch_compile`, which compiles for minutes on a small
-    CPU). Epochs of `epoch_images` images run at each of `epoch_batch_sizes` in both modes
-    (0 images: none).
+    CPU) with `torch_threads` intra-op threads (None: torch's default). Epochs of
+    `epoch_images` images run at each of `epoch_batch_sizes` in both modes (0 images: none).
     """
 
     models: tuple[str, ...] = MODELS
@@ -30,6 +30,7 @@ class Settings:
     budget: TimingBudget = TimingBudget()
     reference: bool = True
     torch_compile: bool = False
+    torch_threads: int | None = None
     epoch_images: int = DEFAULT_EPOCH_IMAGES
     epoch_batch_sizes: tuple[int, ...] = DEFAULT_EPOCH_BATCH_SIZES
 

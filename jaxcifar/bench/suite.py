@@ -54,7 +54,7 @@ def plan(settings: Settings) -> tuple[list[Case], list[dict[str, str]]]:
                     cases.append(Case(
                         f"{framework} cnn train_step b{batch_size}",
                         lambda d=data, c=compiled: torch_reference.measure_torch_cnn(
-                            d.images, d.labels, budget, compile=c),
+                            d.images, d.labels, budget, compile=c, threads=settings.torch_threads),
                         tolerated=(Exception,) if compiled else (),
                     ))  # fmt: skip
     if settings.reference and "cnn" in settings.models:

@@ -25,7 +25,7 @@ class TimingBudget:
     """
 
     warmup: int = 1
-    min_steps: int = 5
+    min_steps: int = 3
     min_seconds: float = 1.0
     max_steps: int = 500
 

@@ -48,7 +48,12 @@ def build_seed_cnn(input_shape: tuple[int, int, int] = (32, 32, 3), num_classes:
 
 
 def measure_torch_cnn(
-    images: np.ndarray, labels: np.ndarray, budget: TimingBudget, *, compile: bool
+    images: np.ndarray,
+    labels: np.ndarray,
+    budget: TimingBudget,
+    *,
+    compile: bool,
+    threads: int | None = None,
 ) -> Row:
     """Time the seed notebook's step (zero_grad, forward, cross-entropy, backward, SGD
     momentum step) in training mode (dropout on), eager or with the model torch.compile'd.
@@ -56,11 +61,16 @@ def measure_torch_cnn(
     Args:
       images: (B, H, W, C) uint8; normalised to [-1, 1] and made NCHW once, up front.
       labels: (B,) int.
+      threads: torch's intra-op thread count for this and later calls (None: leave it).
+        On a CPU that other processes keep busy, OpenMP threads that wait for each other
+        spin and yield, and a 2-thread step can take 50x its 1-thread time.
     With `compile`, the first call (where torch.compile traces and builds its kernels) is
     reported as `compile_seconds`; exceptions from torch.compile propagate to the caller.
     """
     import torch
 
+    if threads is not None:
+        torch.set_num_threads(threads)
     torch.manual_seed(0)
     x = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2))).float() / 127.5 - 1.0
     y = torch.from_numpy(labels.astype(np.int64))

@@ -59,6 +59,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "minute or more on a 2-core CPU)",
     )  # fmt: skip
     parser.add_argument(
+        "--torch-threads", type=positive_int, default=None,
+        help="PyTorch intra-op threads (None: torch's default, one per core)",
+    )  # fmt: skip
+    parser.add_argument(
         "--epoch-images", type=non_negative_int, default=defaults.epoch_images,
         help="images in each timed epoch (synthetic data); 0 skips the epochs",
     )  # fmt: skip
@@ -85,6 +89,7 @@ def run(args: argparse.Namespace) -> int:
     settings = Settings(
         models=tuple(args.models), batch_sizes=tuple(args.batch_sizes), dtypes=tuple(args.dtypes),
         budget=budget, reference=not args.no_reference, torch_compile=args.torch_compile,
+        torch_threads=args.torch_threads,
         epoch_images=args.epoch_images, epoch_batch_sizes=tuple(args.epoch_batch_sizes),
     )  # fmt: skip
     cases, _ = suite.plan(settings)

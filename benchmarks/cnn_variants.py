@@ -1,0 +1,143 @@
+"""Where the seed CNN's jitted train step spends its time on CPU, and what makes it faster.
+
+Runs `jaxcifar.train.make_train_step` with the model's apply function rebuilt from
+alternative pieces (max-pool as reduce_window or reshape+max, convolution as NHWC or NCHW
+lax.conv or an im2col matmul, the dropout key as threefry or rbg) and times each variant with
+the benchmark library, all in one process so they share the machine's state. XLA flags and
+thread counts act per process: run the script once per setting, e.g.
+
+    python benchmarks/cnn_variants.py --batch-sizes 32 128
+    XLA_FLAGS=--xla_cpu_use_xnnpack=false python benchmarks/cnn_variants.py
+    taskset -c 0 python benchmarks/cnn_variants.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from jaxcifar import models, train
+from jaxcifar.bench import jax_cases
+from jaxcifar.bench.timing import TimingBudget, percentiles, time_steps
+from jaxcifar.bench.xla_cost import compile_timed
+from jaxcifar.models import cnn, layers
+
+
+def pool_reduce_window(x):
+    return layers.max_pool_2x2(x)
+
+
+def pool_reshape_max(x):
+    """Max over 2x2 windows as a reshape and a max: its gradient is a select, not XLA's
+    select-and-scatter."""
+    n, h, w, c = x.shape
+    return x.reshape(n, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
+
+
+def conv_nhwc(params, x, dtype):
+    return layers.conv_same(params, x, dtype)
+
+
+def conv_nchw(params, x, dtype):
+    """The same convolution computed in PyTorch's layout (transposes in and out)."""
+    y = lax.conv_general_dilated(
+        x.transpose(0, 3, 1, 2).astype(dtype), params["kernel"].astype(dtype).transpose(3, 2, 0, 1),
+        (1, 1), "SAME", dimension_numbers=("NCHW", "OIHW", "NCHW"),
+    )  # fmt: skip
+    return y.transpose(0, 2, 3, 1) + params["bias"].astype(dtype)
+
+
+def conv_im2col(params, x, dtype):
+    """3x3 'same' convolution as one matmul over the 9 shifted copies of the input."""
+    n, h, w, c = x.shape
+    padded = jnp.pad(x.astype(dtype), ((0, 0), (1, 1), (1, 1), (0, 0)))
+    patches = jnp.concatenate(
+        [padded[:, i : i + h, j : j + w, :] for i in range(3) for j in range(3)], axis=-1
+    )
+    kernel = params["kernel"].astype(dtype).reshape(9 * c, -1)  # HWIO rows match (i, j, c)
+    return patches @ kernel + params["bias"].astype(dtype)
+
+
+def make_apply(convs, pool):
+    """cnn.apply with its convolutions swapped for `convs` (one function for both layers, or
+    a tuple, one per layer) and its pooling for `pool`."""
+    if callable(convs):
+        convs = (convs,) * len(cnn.CONV_CHANNELS)
+
+    def apply(params, x, *, train=False, rng=None, dtype=jnp.float32):
+        h = x
+        for i, conv in enumerate(convs, start=1):
+            h = pool(jax.nn.relu(conv(params[f"conv{i}"], h, dtype)))
+        h = layers.dropout(h, cnn.DROPOUT_RATE, train=train, rng=rng)
+        h = h.reshape(h.shape[0], -1)
+        for i in range(1, len(cnn.HIDDEN) + 1):
+            h = jax.nn.relu(layers.dense(params[f"fc{i}"], h, dtype))
+        return layers.dense(params[f"fc{len(cnn.HIDDEN) + 1}"], h, dtype).astype(jnp.float32)
+
+    return apply
+
+
+VARIANTS = {
+    "model (reduce_window, NHWC conv)": (conv_nhwc, pool_reduce_window, "threefry2x32"),
+    "pool reshape+max": (conv_nhwc, pool_reshape_max, "threefry2x32"),
+    "NCHW conv": (conv_nchw, pool_reduce_window, "threefry2x32"),
+    "im2col conv": (conv_im2col, pool_reduce_window, "threefry2x32"),
+    "rbg dropout key": (conv_nhwc, pool_reduce_window, "rbg"),
+    "reshape+max, rbg": (conv_nhwc, pool_reshape_max, "rbg"),
+    "im2col, reshape+max, rbg": (conv_im2col, pool_reshape_max, "rbg"),
+    # conv1 has 3 input channels: XLA's kernel gradient for it is a badly shaped convolution,
+    # while as im2col it is one (N*H*W, 27)^T @ (N*H*W, 32) matmul.
+    "im2col conv1 only, rbg": ((conv_im2col, conv_nhwc), pool_reduce_window, "rbg"),
+    "im2col conv1 only, reshape+max, rbg": ((conv_im2col, conv_nhwc), pool_reshape_max, "rbg"),
+}
+
+
+def measure(name: str, batch_size: int, budget: TimingBudget, losses: dict) -> dict:
+    """Compile and time the train step of variant `name` at `batch_size` (float32).
+
+    The first step's loss must match that of the first variant measured with the same batch
+    size and key type (`losses` remembers them): every variant computes the same function.
+    """
+    conv, pool, key_impl = VARIANTS[name]
+    dataset = jax_cases.synthetic_dataset("cnn", batch_size)
+    config = jax_cases.run_config("cnn", batch_size)
+    base = train.build_setup(config, dataset)
+    setup = base._replace(model=models.Model(base.model.init, make_apply(conv, pool)))
+    state = train.init_state(config, setup)
+    batch = jax.device_put((dataset.images, dataset.labels))
+    key = jax.random.key(0, impl=key_impl)
+    compiled = compile_timed(train.make_train_step(setup), state, batch, key)
+    loss = float(compiled.executable(state, batch, key)[1]["loss"])
+    expected = losses.setdefault((batch_size, key_impl), loss)
+    assert abs(loss - expected) < 1e-4 * abs(expected), (name, loss, expected)
+
+    def step():
+        nonlocal state
+        state, _ = jax.block_until_ready(compiled.executable(state, batch, key))
+
+    return {"compile_s": compiled.compile_seconds, **percentiles(time_steps(step, budget))}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch-sizes", nargs="+", type=int, default=[32, 128])
+    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
+    parser.add_argument("--seconds", type=float, default=2.0, help="timing per case")
+    args = parser.parse_args()
+    budget = TimingBudget(warmup=1, min_steps=5, min_seconds=args.seconds)
+    print("| variant | batch | compile s | median ms | p10 ms | p90 ms |")
+    print("|---|---:|---:|---:|---:|---:|")
+    losses: dict = {}
+    for batch_size in args.batch_sizes:
+        for name in args.variants:
+            r = measure(name, batch_size, budget, losses)
+            print(
+                f"| {name} | {batch_size} | {r['compile_s']:.2f} | {r['median'] * 1e3:.2f} "
+                f"| {r['p10'] * 1e3:.2f} | {r['p90'] * 1e3:.2f} |", flush=True,
+            )  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
