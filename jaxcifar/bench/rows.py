@@ -14,24 +14,23 @@ import numpy as np
 
 from jaxcifar.bench.timing import percentiles
 
-FRAMEWORKS = ("jax", "numpy", "torch", "torch-compile")
-# train_step: the step `jaxcifar train` runs (cross-entropy, SGD momentum, dropout on).
-# scratch_step: jaxcifar.scratch's recipe (sigmoid outputs, squared error, plain SGD).
-# epoch_loop / epoch_scan: one epoch through jaxcifar.train's epoch runner in that mode.
-CASES = ("train_step", "scratch_step", "epoch_loop", "epoch_scan")
-
 
 @dataclasses.dataclass
 class Row:
     """One measured case.
 
+    `framework` is jax, numpy, torch or torch-compile. `case` is train_step (the step
+    `jaxcifar train` runs: cross-entropy, SGD momentum, dropout on), scratch_step
+    (jaxcifar.scratch's recipe: sigmoid outputs, squared error, plain SGD), or epoch_loop /
+    epoch_scan (one epoch through jaxcifar.train's epoch runner in that mode).
     `step_seconds` is {"median", "p10", "p90"} over `steps_timed` timed steps; epoch rows
     instead time one whole epoch (`epoch_seconds`, `steps_per_epoch`), and their
     `step_seconds` holds the epoch's mean step in all three fields.
-    `compile_seconds` is lowering + XLA compilation (JAX) or the first call (torch.compile),
-    `first_run_seconds` the first run of the compiled program. `jax_speedup` (reference rows)
-    is this row's median step over the matching jitted JAX float32 step: > 1 means JAX is
-    faster. `speedup_vs_float32` (JAX bfloat16 rows) and `speedup_vs_loop` (scan epochs) are
+    For JAX steps `compile_seconds` is lowering + XLA compilation, of which `lower_seconds`
+    the lowering, and `first_run_seconds` the compiled program's first run; for
+    torch.compile it is the first call, for epochs the runner's compile time.
+    `jax_speedup` (reference rows) is this row's median step over the matching jitted JAX
+    float32 step: > 1 means JAX is faster. `speedup_vs_float32` (JAX bfloat16 rows) and `speedup_vs_loop` (scan epochs) are
     the same kind of ratio against the float32 row and the loop epoch.
     """
 

@@ -7,6 +7,7 @@ from typing import Any
 
 from jaxcifar.bench.timing import TimingBudget
 from jaxcifar.config import DTYPES, MODELS
+from jaxcifar.errors import ConfigError
 
 DEFAULT_BATCH_SIZES = (4, 32, 128, 512, 2048)
 DEFAULT_EPOCH_BATCH_SIZES = (4, 512)
@@ -33,6 +34,15 @@ class Settings:
     torch_threads: int | None = None
     epoch_images: int = DEFAULT_EPOCH_IMAGES
     epoch_batch_sizes: tuple[int, ...] = DEFAULT_EPOCH_BATCH_SIZES
+
+    def __post_init__(self) -> None:
+        images = self.epoch_images
+        too_large = [size for size in self.epoch_batch_sizes if images and size > images]
+        if too_large:
+            raise ConfigError(
+                f"--epoch-images {self.epoch_images} is smaller than --epoch-batch-sizes "
+                f"{', '.join(map(str, too_large))}: an epoch needs at least one full batch"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

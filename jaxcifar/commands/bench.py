@@ -85,7 +85,8 @@ def run(args: argparse.Namespace) -> int:
     if args.steps is not None:
         budget = TimingBudget.fixed(args.steps, warmup=args.warmup)
     else:
-        budget = TimingBudget(args.warmup, args.min_steps, args.seconds_per_case)
+        max_steps = max(args.min_steps, TimingBudget.max_steps)
+        budget = TimingBudget(args.warmup, args.min_steps, args.seconds_per_case, max_steps)
     settings = Settings(
         models=tuple(args.models), batch_sizes=tuple(args.batch_sizes), dtypes=tuple(args.dtypes),
         budget=budget, reference=not args.no_reference, torch_compile=args.torch_compile,
