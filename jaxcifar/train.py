@@ -8,6 +8,10 @@ its start), and resuming at an epoch boundary reproduces an uninterrupted run bi
 The last partial batch of an epoch is dropped (steps = N // batch_size), unlike PyTorch's
 DataLoader default: every step then has one shape and one compiled program, and the seed
 recipe (50,000 / 4) has no partial batch anyway. Evaluation covers every test example.
+
+Every step runs data parallel over a mesh of devices (`jaxcifar.parallel`; default: all of
+them, in every process): the batch is sharded, state and keys replicated, and the compiler
+averages the gradients. A mesh of one device is the same code.
 """
 
 from __future__ import annotations
@@ -22,8 +26,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.sharding import Mesh
 
-from jaxcifar import metrics, models
+from jaxcifar import metrics, models, parallel
 from jaxcifar.augment import random_crop_flip
 from jaxcifar.config import RunConfig
 from jaxcifar.data.dataset import Dataset
@@ -80,9 +85,17 @@ def build_setup(config: RunConfig, train_set: Dataset) -> Setup:
     return Setup(model, build_optimizer(config, steps), steps)
 
 
-def init_state(config: RunConfig, setup: Setup) -> TrainState:
-    """Fresh parameters from `config.seed` and a zeroed optimizer state, at step 0."""
-    return jax.jit(functools.partial(_new_state, setup))(init_key(config.seed))
+def init_state(config: RunConfig, setup: Setup, mesh: Mesh | None = None) -> TrainState:
+    """Fresh parameters from `config.seed` and a zeroed optimizer state, at step 0,
+    replicated over `mesh` (default: every device)."""
+    mesh = parallel.data_mesh() if mesh is None else mesh
+
+    def new_state(seed: jax.Array) -> TrainState:
+        return _new_state(setup, init_key(seed))
+
+    # Made inside jit straight onto the mesh: every process computes the same state, and
+    # no process could place an array it made eagerly onto another process's devices.
+    return jax.jit(new_state, out_shardings=parallel.replicated(mesh))(np.int32(config.seed))
 
 
 def state_template(config: RunConfig, input_shape: Sequence[int], num_classes: int) -> TrainState:
@@ -98,11 +111,11 @@ def _new_state(setup: Setup, key: jax.Array) -> TrainState:
     return TrainState(params, setup.optimizer.init(params), jnp.zeros((), jnp.int32))
 
 
-def init_key(seed: int) -> jax.Array:
+def init_key(seed: int | jax.Array) -> jax.Array:
     return jax.random.fold_in(jax.random.key(seed), 0)
 
 
-def epoch_keys(seed: int, epoch: int) -> tuple[jax.Array, jax.Array]:
+def epoch_keys(seed: int | jax.Array, epoch: int | jax.Array) -> tuple[jax.Array, jax.Array]:
     """(permutation key, per-step key) of `epoch` (1-based): a function of seed and epoch only."""
     data_key = jax.random.fold_in(jax.random.key(seed), 1)
     return tuple(jax.random.split(jax.random.fold_in(data_key, epoch)))
@@ -114,13 +127,20 @@ def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
 
 
 def make_train_step(
-    setup: Setup, *, dtype: str = "float32", augment: bool = False
+    setup: Setup, *, dtype: str = "float32", augment: bool = False, mesh: Mesh | None = None
 ) -> Callable[[TrainState, Batch, jax.Array], tuple[TrainState, dict[str, jax.Array]]]:
     """The jitted pure step `(state, (images, labels), rng) -> (state, {"loss", "correct"})`.
 
     images are (B, H, W, C) uint8, normalised to [-1, 1] on the device so the host ships
     bytes; labels (B,) int32. `rng` drives augmentation (if on) and dropout. "loss" is the
-    batch's mean cross-entropy before the update, "correct" its count of right predictions.
+    batch's mean cross-entropy before the update (float32), "correct" its count of right
+    predictions. With `dtype="bfloat16"` the model computes in bfloat16 while parameters,
+    gradients, optimizer state and loss stay float32.
+
+    Data parallel over `mesh` (default: every device): the batch is split along it (B must
+    divide by its size), state, rng and outputs are replicated. The loss is a mean over the
+    global batch, so XLA all-reduces the gradients; random draws are partitionable
+    (`jax_threefry_partitionable`), so any device count draws the same masks and crops.
     """
     compute_dtype = jnp.dtype(dtype)
 
@@ -140,23 +160,31 @@ def make_train_step(
         correct = jnp.sum(jnp.argmax(logits, -1) == labels)
         return TrainState(params, opt_state, state.step + 1), {"loss": loss, "correct": correct}
 
-    return jax.jit(train_step)
+    mesh = parallel.data_mesh() if mesh is None else mesh
+    replicated, sharded = parallel.replicated(mesh), parallel.batch_sharding(mesh)
+    return jax.jit(
+        train_step,
+        in_shardings=(replicated, (sharded, sharded), replicated),
+        out_shardings=(replicated, replicated),
+    )
 
 
 def make_eval_step(
-    setup: Setup, *, dtype: str = "float32"
-) -> Callable[[Any, Batch], tuple[jax.Array, jax.Array, jax.Array]]:
-    """The jitted `(params, (images uint8, labels)) -> (sum of losses, correct count,
-    predictions (B,) int32)`, dropout off."""
+    setup: Setup, *, dtype: str = "float32", mesh: Mesh | None = None
+) -> Callable[[Any, Batch], tuple[jax.Array, jax.Array]]:
+    """The jitted `(params, (images uint8, labels)) -> (losses (B,) float32, predictions (B,)
+    int32)`, dropout off; data parallel over `mesh` like `make_train_step`, with both outputs
+    replicated so every process can read them (B floats and ints: a negligible gather)."""
     compute_dtype = jnp.dtype(dtype)
 
     def eval_step(params, batch: Batch):
         images, labels = batch
         logits = setup.model.apply(params, to_float(images), dtype=compute_dtype)
-        predictions = jnp.argmax(logits, -1).astype(jnp.int32)
-        return cross_entropy(logits, labels).sum(), jnp.sum(predictions == labels), predictions
+        return cross_entropy(logits, labels), jnp.argmax(logits, -1).astype(jnp.int32)
 
-    return jax.jit(eval_step)
+    mesh = parallel.data_mesh() if mesh is None else mesh
+    replicated, sharded = parallel.replicated(mesh), parallel.batch_sharding(mesh)
+    return jax.jit(eval_step, in_shardings=(replicated, (sharded, sharded)), out_shardings=replicated)
 
 
 class Evaluation(NamedTuple):
@@ -165,17 +193,39 @@ class Evaluation(NamedTuple):
     predictions: np.ndarray  # (N,) int32
 
 
-def evaluate(eval_step: Callable, params: Any, dataset: Dataset) -> Evaluation:
-    """Mean loss, accuracy and every prediction over `dataset`, in batches of EVAL_BATCH."""
-    total_loss, total_correct, predictions = 0.0, 0, []
-    for start in range(0, len(dataset), EVAL_BATCH):
-        batch = (dataset.images[start : start + EVAL_BATCH], dataset.labels[start : start + EVAL_BATCH])
-        loss, correct, predicted = eval_step(params, batch)
-        total_loss += float(loss)
-        total_correct += int(correct)
-        predictions.append(np.asarray(predicted))
-    n = max(len(dataset), 1)
-    return Evaluation(total_loss / n, total_correct / n, np.concatenate(predictions))
+def evaluate(eval_step: Callable, params: Any, dataset: Dataset, mesh: Mesh | None = None) -> Evaluation:
+    """Mean loss, accuracy and every prediction over `dataset`, with `eval_step` made for
+    `mesh` (default: every device).
+
+    Batches hold EVAL_BATCH examples (fewer for a smaller set) rounded up to a multiple of
+    the device count; the last is padded with zero images to that size, so there is one
+    compiled shape, and the padding's outputs are dropped: each example counts once.
+    """
+    mesh = parallel.data_mesh() if mesh is None else mesh
+    size = -(-min(EVAL_BATCH, len(dataset)) // mesh.size) * mesh.size
+    rows = parallel.process_rows(mesh, size)
+    losses, predictions = [], []
+    for start in range(0, len(dataset), size):
+        count = min(size, len(dataset) - start)
+        local = tuple(
+            _pad_rows(array[start : start + count], size)[rows]
+            for array in (dataset.images, dataset.labels)
+        )
+        loss, predicted = jax.device_get(eval_step(params, parallel.shard_batch(local, mesh, size)))
+        losses.append(loss[:count])
+        predictions.append(predicted[:count])
+    predictions = np.concatenate(predictions)
+    return Evaluation(
+        float(np.concatenate(losses).sum(dtype=np.float64) / len(dataset)),
+        float(np.mean(predictions == dataset.labels)),
+        predictions,
+    )
+
+
+def _pad_rows(array: np.ndarray, size: int) -> np.ndarray:
+    """`array` with zero rows appended up to `size` rows."""
+    padding = np.zeros((size - len(array), *array.shape[1:]), array.dtype)
+    return np.concatenate([array, padding]) if len(padding) else array
 
 
 def pick_epoch_mode(mode: str, dataset: Dataset) -> str:
@@ -204,12 +254,22 @@ def pick_epoch_mode(mode: str, dataset: Dataset) -> str:
 class EpochRunner:
     """Runs training epochs over one dataset in a given mode, timing compiles separately.
 
-    loop: a Python loop of jitted `train_step`s fed from host memory (streaming).
+    loop: a Python loop of jitted `train_step`s fed from host memory (streaming); each
+      process ships only its own rows of every batch.
     chunk: the dataset on the device, CHUNK_STEPS steps per jitted `lax.scan`.
     scan: the dataset on the device, one jitted `lax.scan` per epoch.
+
+    `train_step` must be made for the same `mesh` (default: every device); in chunk and scan
+    modes every device holds the whole dataset and gathers its own rows of each batch.
+    Raises ConfigError when the batch size does not divide by the mesh's device count.
     """
 
-    def __init__(self, train_step: Callable, dataset: Dataset, config: RunConfig, mode: str):
+    def __init__(
+        self, train_step: Callable, dataset: Dataset, config: RunConfig, mode: str,
+        mesh: Mesh | None = None,
+    ):  # fmt: skip
+        self.mesh = parallel.data_mesh() if mesh is None else mesh
+        parallel.check_batch_size(config.batch_size, self.mesh.size)
         self.train_step = train_step
         self.dataset = dataset
         self.config = config
@@ -217,18 +277,28 @@ class EpochRunner:
         self.steps = len(dataset) // config.batch_size
         self.compile_seconds = 0.0
         self._compiled: dict[int, Callable] = {}
+        replicated = parallel.replicated(self.mesh)
+        # Under jit so that every process draws the same permutation straight onto the mesh.
+        self._epoch_order = jax.jit(
+            functools.partial(_epoch_order, len(dataset)), out_shardings=(replicated, replicated)
+        )
         if mode in ("chunk", "scan"):
-            self.device_images = jax.device_put(dataset.images)
-            self.device_labels = jax.device_put(dataset.labels)
+            self.device_images, self.device_labels = parallel.replicate(
+                (dataset.images, dataset.labels), self.mesh
+            )
 
     def _chunk_fn(self, state: TrainState, perm: jax.Array, first: int, step_key: jax.Array, size: int):
         """Compile (once per chunk size, timed) and return the `size`-step scan."""
         if size not in self._compiled:
             batch_size = self.config.batch_size
+            rows_sharding = parallel.batch_sharding(self.mesh)
 
             def run(state, images, labels, perm, first, step_key):
                 def body(state, step):
                     index = jax.lax.dynamic_slice(perm, (step * batch_size,), (batch_size,))
+                    # Sharded indices into the replicated dataset: each device gathers
+                    # only its own rows of the batch.
+                    index = jax.lax.with_sharding_constraint(index, rows_sharding)
                     batch = (images[index], labels[index])
                     state, out = self.train_step(state, batch, jax.random.fold_in(step_key, step))
                     return state, (out["loss"], out["correct"])
@@ -246,14 +316,13 @@ class EpochRunner:
     ) -> TrainState:
         """One epoch (1-based `epoch`). After each group of steps, calls
         `report(first_step, losses, corrects)` with host arrays, which may raise to stop."""
-        perm_key, step_key = epoch_keys(self.config.seed, epoch)
-        perm = jax.random.permutation(perm_key, len(self.dataset))
+        perm, step_key = self._epoch_order(np.int32(self.config.seed), np.int32(epoch))
         if self.mode == "loop":
             return self._run_loop(state, np.asarray(perm), step_key, report)
         size = self.steps if self.mode == "scan" else min(CHUNK_STEPS, self.steps)
         for first in range(0, self.steps, size):
             n = min(size, self.steps - first)
-            first_arr = jnp.asarray(first, jnp.int32)
+            first_arr = np.int32(first)
             state, (losses, corrects) = self._chunk_fn(state, perm, first_arr, step_key, n)(
                 state, self.device_images, self.device_labels, perm, first_arr, step_key
             )
@@ -261,10 +330,14 @@ class EpochRunner:
         return state
 
     def _run_loop(self, state, perm: np.ndarray, step_key, report) -> TrainState:
+        batch_size = self.config.batch_size
+        rows = parallel.process_rows(self.mesh, batch_size)
         pending: list[dict[str, jax.Array]] = []
         for step in range(self.steps):
-            index = perm[step * self.config.batch_size : (step + 1) * self.config.batch_size]
-            batch = (self.dataset.images[index], self.dataset.labels[index])
+            index = perm[step * batch_size : (step + 1) * batch_size][rows]
+            batch = parallel.shard_batch(
+                (self.dataset.images[index], self.dataset.labels[index]), self.mesh, batch_size
+            )
             start = time.perf_counter()
             state, out = self.train_step(state, batch, jax.random.fold_in(step_key, step))
             if not self._compiled:
@@ -279,6 +352,12 @@ class EpochRunner:
                 report(step + 1 - len(pending), losses, np.array([o["correct"] for o in fetched]))
                 pending = []
         return state
+
+
+def _epoch_order(size: int, seed: jax.Array, epoch: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(permutation of range(size), per-step key) of `epoch`."""
+    perm_key, step_key = epoch_keys(seed, epoch)
+    return jax.random.permutation(perm_key, size), step_key
 
 
 class EpochRecord(NamedTuple):
@@ -300,12 +379,14 @@ class FitResult(NamedTuple):
 
 
 def describe_devices() -> dict[str, Any]:
-    """{"platform", "device_kind", "device_count"} of the default backend."""
+    """{"platform", "device_kind", "device_count" (all processes'), "process_count"} of the
+    default backend: what `fit` trains on by default."""
     devices = jax.devices()
     return {
         "platform": devices[0].platform,
         "device_kind": devices[0].device_kind,
         "device_count": len(devices),
+        "process_count": jax.process_count(),
     }
 
 
@@ -320,20 +401,25 @@ def fit(
     on_epoch_end: Callable[[TrainState, list[dict[str, float]]], None] | None = None,
     progress: bool = True,
     log: Callable[[str], None] = print,
+    mesh: Mesh | None = None,
 ) -> FitResult:
     """Train `config.epochs` epochs (continuing after `history`'s epochs when resuming with
     its `state`), evaluating on `test_set` after each, and return the final state and reports.
 
-    `on_epoch_end(state, history)` runs after each epoch (checkpointing). A non-finite loss
-    raises TrainingDiverged naming the epoch and step, before that epoch's `on_epoch_end`.
+    Runs data parallel over `mesh` (default: every device of every process); the batch size
+    must divide by its device count (ConfigError otherwise). `on_epoch_end(state, history)`
+    runs after each epoch (checkpointing), on process 0 only: the state is replicated, so
+    process 0 holds all of it. A non-finite loss raises TrainingDiverged naming the epoch
+    and step, before that epoch's `on_epoch_end`.
     """
+    mesh = parallel.data_mesh() if mesh is None else mesh
     setup = build_setup(config, train_set)
-    state = init_state(config, setup) if state is None else state
+    state = init_state(config, setup, mesh) if state is None else parallel.replicate(state, mesh)
     history = list(history)
     mode = pick_epoch_mode(epoch_mode, train_set)
-    train_step = make_train_step(setup, dtype=config.dtype, augment=config.augment)
-    eval_step = make_eval_step(setup, dtype=config.dtype)
-    runner = EpochRunner(train_step, train_set, config, mode)
+    train_step = make_train_step(setup, dtype=config.dtype, augment=config.augment, mesh=mesh)
+    eval_step = make_eval_step(setup, dtype=config.dtype, mesh=mesh)
+    runner = EpochRunner(train_step, train_set, config, mode, mesh)
     log(f"epoch mode: {mode}, {runner.steps} steps of {config.batch_size} per epoch")
     test = None
     for epoch in range(len(history) + 1, config.epochs + 1):
@@ -364,7 +450,7 @@ def fit(
 
         state = runner.run(state, epoch, report)
         bar.close()
-        test = evaluate(eval_step, state.params, test_set)
+        test = evaluate(eval_step, state.params, test_set, mesh)
         record = EpochRecord(
             epoch=epoch,
             train_loss=totals["loss"] / totals["steps"],
@@ -379,10 +465,10 @@ def fit(
             f"acc {record.train_accuracy:.4f} | test loss {record.test_loss:.4f} "
             f"acc {record.test_accuracy:.4f} | {record.seconds:.1f}s"
         )
-        if on_epoch_end is not None:
+        if on_epoch_end is not None and parallel.is_main_process():
             on_epoch_end(state, history)
     if test is None:  # resumed with every epoch already done
-        test = evaluate(eval_step, state.params, test_set)
+        test = evaluate(eval_step, state.params, test_set, mesh)
     return FitResult(state, history, test, runner.compile_seconds)
 
 

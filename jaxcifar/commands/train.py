@@ -20,6 +20,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from jaxcifar import parallel
 from jaxcifar.commands._args import add_data_arguments, non_negative_float, positive_float, positive_int
 from jaxcifar.config import (
     ACTIVATIONS, DTYPES, MODELS, OPTIMIZERS, RECIPES, SCHEDULES, RunConfig,
@@ -79,6 +80,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="loop: jitted step per batch; chunk/scan: lax.scan over 100 steps / "
                         "a whole epoch on the device; auto: loop on CPU, scan on GPU/TPU")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")  # fmt: skip
+    parallel.add_distributed_arguments(parser)
 
 
 def config_from_args(args: argparse.Namespace) -> RunConfig:
@@ -125,6 +127,7 @@ def check_writable_folder(folder: Path) -> None:
 def run(args: argparse.Namespace) -> int:
     from jaxcifar import checkpoint
 
+    parallel.initialize_from_args(args)  # first: before anything touches a device
     config = config_from_args(args)
     out = Path(args.out)
     check_writable_folder(out)

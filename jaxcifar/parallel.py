@@ -1,0 +1,177 @@
+"""Data parallelism over every device of every process, with `jax.sharding`.
+
+One 1-D mesh (axis "data") spans all devices, ordered by process. A batch is sharded along
+it, so each device holds `batch_size / device_count` rows; parameters, optimizer state and
+rng keys are replicated. The training step is one jitted program over the global arrays:
+its loss is a mean over the global batch, so XLA inserts the gradient all-reduce itself. One
+device is the same code with a mesh of size 1.
+
+Several processes (hosts) join through `jax.distributed.initialize` before JAX touches a
+device. Each process then holds the whole dataset on its host, draws the same permutation
+from the run's seed, and feeds only its own rows of each global batch
+(`process_rows`, `shard_batch`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from typing import TYPE_CHECKING, Any
+
+from jaxcifar.errors import ConfigError
+
+# JAX is imported inside the functions: the train command's parser adds this module's
+# flags, and `jaxcifar --help` must not pay for importing JAX.
+if TYPE_CHECKING:
+    import jax
+    import numpy as np
+    from jax.sharding import Mesh, NamedSharding
+
+DATA_AXIS = "data"
+COORDINATOR_ENV = "JAXCIFAR_COORDINATOR"
+NUM_PROCESSES_ENV = "JAXCIFAR_NUM_PROCESSES"
+PROCESS_ID_ENV = "JAXCIFAR_PROCESS_ID"
+
+
+def data_mesh(devices: list[jax.Device] | None = None) -> Mesh:
+    """A 1-D ("data",) mesh over `devices` (default: every device of every process).
+
+    Devices are sorted by (process, id) so each process's devices are neighbours on the
+    mesh and a process owns one contiguous block of rows of every batch.
+    """
+    import jax
+    import numpy as np
+    from jax.sharding import Mesh
+
+    devices = jax.devices() if devices is None else devices
+    ordered = sorted(devices, key=lambda device: (device.process_index, device.id))
+    return Mesh(np.array(ordered), (DATA_AXIS,))
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+    """Leading (batch) axis split over the mesh, other axes whole."""
+    from jax.sharding import NamedSharding, PartitionSpec
+
+    return NamedSharding(mesh, PartitionSpec(DATA_AXIS))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    """A full copy on every device of the mesh."""
+    from jax.sharding import NamedSharding, PartitionSpec
+
+    return NamedSharding(mesh, PartitionSpec())
+
+
+def check_batch_size(batch_size: int, device_count: int) -> None:
+    """Raise ConfigError unless the global batch splits evenly over `device_count` devices."""
+    if batch_size % device_count:
+        raise ConfigError(
+            f"--batch-size {batch_size} does not split evenly over {device_count} devices; "
+            f"use a multiple of {device_count}"
+        )
+
+
+def replicate(tree: Any, mesh: Mesh) -> Any:
+    """`tree` (host or device arrays, the same on every process) copied to every device.
+
+    Goes through host memory, as a process can only place host data onto devices that other
+    processes own; and through `make_array_from_process_local_data`, not `device_put`, which
+    in a multi-process run would all-gather every array to check it is the same everywhere.
+    """
+    import jax
+
+    sharding = replicated(mesh)
+    return jax.tree.map(
+        lambda leaf: jax.make_array_from_process_local_data(sharding, leaf), jax.device_get(tree)
+    )
+
+
+def process_rows(mesh: Mesh, global_size: int) -> slice:
+    """The rows of a `global_size`-row batch that this process's devices hold."""
+    indices = batch_sharding(mesh).addressable_devices_indices_map((global_size,)).values()
+    starts = [index[0].start or 0 for index in indices]
+    stops = [global_size if index[0].stop is None else index[0].stop for index in indices]
+    return slice(min(starts), max(stops))
+
+
+def shard_batch(local: tuple[np.ndarray, ...], mesh: Mesh, global_size: int) -> tuple[jax.Array, ...]:
+    """Global batch arrays of `global_size` rows from this process's rows `local`
+    (each array's rows are `process_rows(mesh, global_size)` of the global batch)."""
+    import jax
+
+    sharding = batch_sharding(mesh)
+    return tuple(
+        jax.make_array_from_process_local_data(sharding, array, (global_size, *array.shape[1:]))
+        for array in local
+    )
+
+
+def is_main_process() -> bool:
+    """True on process 0, the one that writes reports and checkpoints."""
+    import jax
+
+    return jax.process_index() == 0
+
+
+def add_distributed_arguments(parser: argparse.ArgumentParser) -> None:
+    """--coordinator HOST:PORT, --num-processes N, --process-id I, each defaulting to its
+    JAXCIFAR_* environment variable (parsed like the flag, so a bad value is a flag error)."""
+    from jaxcifar.commands._args import positive_int
+
+    group = parser.add_argument_group(
+        "multi-process (multi-host) training",
+        "give all three, or none: then JAX detects a Cloud TPU pod, SLURM or Open MPI job "
+        "itself, else the run is one process",
+    )
+    group.add_argument("--coordinator", metavar="HOST:PORT", default=os.environ.get(COORDINATOR_ENV),
+                       help=f"address of process 0; defaults to ${COORDINATOR_ENV}")  # fmt: skip
+    group.add_argument("--num-processes", type=positive_int, metavar="N",
+                       default=os.environ.get(NUM_PROCESSES_ENV),
+                       help=f"number of processes; defaults to ${NUM_PROCESSES_ENV}")  # fmt: skip
+    group.add_argument("--process-id", type=int, metavar="I", default=os.environ.get(PROCESS_ID_ENV),
+                       help=f"this process, 0..N-1; defaults to ${PROCESS_ID_ENV}")  # fmt: skip
+
+
+def initialize_from_args(args: argparse.Namespace) -> bool:
+    """`initialize` with the flags of `add_distributed_arguments`."""
+    return initialize(args.coordinator, args.num_processes, args.process_id)
+
+
+def initialize(coordinator: str | None, num_processes: int | None, process_id: int | None) -> bool:
+    """Join a multi-process run through `jax.distributed.initialize`; True if one was joined.
+
+    With all three given, connects to `coordinator`; with none, lets JAX detect a cluster
+    (Cloud TPU pod, SLURM, Open MPI) and stays single-process if there is none. Must run
+    before anything touches a device. Raises ConfigError for a partial or invalid set.
+    """
+    import jax
+
+    given = {"--coordinator": coordinator, "--num-processes": num_processes, "--process-id": process_id}
+    if all(value is None for value in given.values()):
+        if not _cluster_detected():
+            return False
+        jax.distributed.initialize()
+        return True
+    missing = [flag for flag, value in given.items() if value is None]
+    if missing:
+        raise ConfigError(
+            f"multi-process training needs --coordinator, --num-processes and --process-id "
+            f"together; missing {', '.join(missing)}"
+        )
+    if ":" not in coordinator:
+        raise ConfigError(f"--coordinator must be HOST:PORT; got {coordinator!r}")
+    if not 0 <= process_id < num_processes:
+        raise ConfigError(f"--process-id must be in 0..{num_processes - 1}; got {process_id}")
+    jax.distributed.initialize(coordinator, num_processes, process_id)
+    return True
+
+
+def _cluster_detected() -> bool:
+    # The same detection `jax.distributed.initialize()` runs with no arguments; asked first
+    # because with no cluster that call raises rather than staying single-process. JAX has no
+    # public API for it.
+    from jax._src.clusters import ClusterEnv
+
+    return any(
+        not env.opt_in_only_method and env.is_env_present() for env in ClusterEnv._cluster_types
+    )

@@ -1,0 +1,245 @@
+"""Data parallelism: 8 virtual CPU devices train like 1, two processes train like one.
+
+The device count of a JAX process is fixed when it first touches a backend, so the
+multi-device runs happen in subprocesses (`WORKER`), started together by one module
+fixture: one process with 8 virtual devices, and a two-process run of 2 devices each that
+joins through `jax.distributed` on a localhost coordinator (CPU collectives: gloo).
+"""
+
+import argparse
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from jaxcifar import parallel, train
+from jaxcifar.commands.train import add_arguments
+from jaxcifar.config import RunConfig
+from jaxcifar.data.dataset import Dataset
+from jaxcifar.errors import ConfigError
+
+# Runs in a subprocess: `python -c WORKER ROLE [PROCESS_ID]`; prints one JSON line of results.
+WORKER = r"""
+import json, os, sys
+import numpy as np
+
+role = sys.argv[1]
+devices = 8 if role == "eight" else 2
+os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+
+import argparse
+import jax
+from jaxcifar import checkpoint, parallel, train
+from jaxcifar.config import RunConfig
+from jaxcifar.data.dataset import Dataset
+from jaxcifar.errors import ConfigError
+
+if role == "process":  # the coordinator and count come from flags, the id from its variable
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--out")
+    parallel.add_distributed_arguments(parser)
+    args = parser.parse_args(sys.argv[2:])
+    assert parallel.initialize_from_args(args)
+
+
+def tiny_dataset(n, seed):
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 3, n).astype(np.int32)
+    base = np.array([40, 128, 215])[labels][:, None, None, None]
+    images = (base + rng.integers(-30, 31, (n, 8, 8, 1))).astype(np.uint8)
+    return Dataset(images, labels, ("dark", "mid", "light"), source="synthetic")
+
+
+# Augmented (random crops and flips): the draws must not depend on how the batch is split.
+# 10 steps of 16 per epoch; 37 test examples pad the last eval batch on any device count.
+# The MLP, as the CNN triples the compile time of this file.
+config = RunConfig(model="mlp", dataset="mnist", mlp_hidden=(16,), mlp_activation="relu",
+                   batch_size=16, epochs=2, lr=0.05, augment=True)
+train_set, test_set = tiny_dataset(160, 0), tiny_dataset(37, 1)
+
+
+# One initial state for every run (fit replicates it onto each mesh): saves compiles.
+state = train.init_state(config, train.build_setup(config, train_set))
+
+
+def run(mesh, mode, **kwargs):
+    result = train.fit(config, train_set, test_set, state=state, epoch_mode=mode, progress=False,
+                       log=lambda line: None, mesh=mesh, **kwargs)
+    return {
+        "train_loss": [record["train_loss"] for record in result.history],
+        "test_loss": result.test.loss,
+        "predictions": result.test.predictions.tolist(),
+        "params": jax.tree.map(lambda leaf: np.asarray(leaf).ravel()[:50].tolist(), result.state.params),
+        "shardings": sorted({str(leaf.sharding.spec) for leaf in jax.tree.leaves(result.state)}),
+        "mesh_size": mesh.size,
+    }
+
+
+out = {"devices": train.describe_devices()}
+if role == "eight":
+    out["one"] = run(parallel.data_mesh(jax.devices()[:1]), "loop")
+    out["eight"] = run(parallel.data_mesh(), "loop")
+    out["eight_chunk"] = run(parallel.data_mesh(), "chunk")
+    try:
+        train.EpochRunner(None, train_set, RunConfig(batch_size=12), "loop")
+    except ConfigError as error:
+        out["error"] = str(error)
+else:
+    saves = []
+
+    def on_epoch_end(state, history):
+        saves.append(len(history))
+        checkpoint.save(args.out, state, config, input_shape=(8, 8, 1),
+                        class_names=train_set.class_names, history=history)
+
+    out["two_processes"] = run(parallel.data_mesh(), "loop", on_epoch_end=on_epoch_end)
+    out["saves"] = saves
+    out["rows"] = [parallel.process_rows(parallel.data_mesh(), 16).start,
+                   parallel.process_rows(parallel.data_mesh(), 16).stop]
+print(json.dumps(out))
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("localhost", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """Results of the 8-device process and of both processes of the two-process run."""
+    env = {key: value for key, value in os.environ.items() if key != "XLA_FLAGS"}
+    coordinator = f"localhost:{_free_port()}"
+    folders = [tmp_path_factory.mktemp(f"process{i}") for i in range(2)]
+    commands = {"eight": ([sys.executable, "-c", WORKER, "eight"], env)}
+    for i, folder in enumerate(folders):
+        argv = ["process", "--coordinator", coordinator, "--num-processes", "2", "--out", str(folder)]
+        commands[i] = ([sys.executable, "-c", WORKER, *argv], {**env, "JAXCIFAR_PROCESS_ID": str(i)})
+    started = {
+        name: subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for name, (argv, env) in commands.items()
+    }
+    results = {}
+    for name, process in started.items():
+        stdout, stderr = process.communicate(timeout=300)
+        assert process.returncode == 0, f"worker {name} failed:\n{stderr[-3000:]}"
+        results[name] = json.loads(stdout.strip().splitlines()[-1])
+    results["folders"] = folders
+    return results
+
+
+def assert_same_run(got, want):
+    """Same loss curve, test loss, predictions and parameters, up to float summation order."""
+    np.testing.assert_allclose(got["train_loss"], want["train_loss"], rtol=1e-5)
+    assert got["test_loss"] == pytest.approx(want["test_loss"], rel=1e-5)
+    assert got["predictions"] == want["predictions"]
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
+                 got["params"], want["params"])  # fmt: skip
+
+
+def test_eight_devices_train_like_one(runs):
+    one, eight = runs["eight"]["one"], runs["eight"]["eight"]
+    assert (one["mesh_size"], eight["mesh_size"]) == (1, 8)
+    assert runs["eight"]["devices"] == {"platform": "cpu", "device_kind": "cpu", "device_count": 8,
+                                        "process_count": 1}  # fmt: skip
+    assert eight["shardings"] == ["P()"]  # state stays replicated
+    assert one["train_loss"][1] < one["train_loss"][0]  # it trains: the curve means something
+    assert len(eight["predictions"]) == 37  # every test example once, despite padding to 40
+    assert_same_run(eight, one)
+    assert_same_run(runs["eight"]["eight_chunk"], one)  # dataset on the devices, lax.scan
+
+
+def test_batch_size_must_split_over_the_devices(runs):
+    assert runs["eight"]["error"] == "--batch-size 12 does not split evenly over 8 devices; use a multiple of 8"
+    with pytest.raises(ConfigError, match=r"^--batch-size 6 does not split evenly over 4 devices"):
+        parallel.check_batch_size(6, 4)
+    parallel.check_batch_size(8, 4)
+
+
+def test_two_processes_train_like_one(runs):
+    first, second = runs[0], runs[1]
+    assert first["devices"]["process_count"] == 2 and first["devices"]["device_count"] == 4
+    assert (first["rows"], second["rows"]) == ([0, 8], [8, 16])  # each feeds its own half
+    assert_same_run(first["two_processes"], runs["eight"]["one"])
+    assert second["two_processes"] == first["two_processes"]
+    # Only process 0 checkpoints, and what it wrote is the whole replicated state.
+    assert (first["saves"], second["saves"]) == ([1, 2], [])
+    assert (runs["folders"][0] / "checkpoint.msgpack").is_file()
+    assert not (runs["folders"][1] / "checkpoint.msgpack").exists()
+
+
+def test_bfloat16_step_computes_in_bfloat16_but_keeps_float32_state_and_loss():
+    config = RunConfig(model="mlp", dataset="mnist", mlp_hidden=(16,), batch_size=4,
+                       dtype="bfloat16", optimizer="adam", lr=0.01)  # fmt: skip
+    images = np.random.default_rng(0).integers(0, 256, (8, 8, 8, 1), dtype=np.uint8)
+    labels = np.arange(8, dtype=np.int32) % 3
+    setup = train.build_setup(config, Dataset(images, labels, ("a", "b", "c"), source="synthetic"))
+    state = train.init_state(config, setup)
+    step = train.make_train_step(setup, dtype="bfloat16")
+    args = (state, (images[:4], labels[:4]), jax.random.key(0))
+    assert "bf16[4,16]" in str(jax.make_jaxpr(step)(*args))  # the hidden layer's activations
+    new_state, out = step(*args)
+    leaves = jax.tree.leaves((new_state.params, new_state.opt_state))
+    assert {leaf.dtype for leaf in leaves if leaf.ndim} == {np.dtype(np.float32)}
+    assert out["loss"].dtype == np.float32 and np.isfinite(float(out["loss"]))
+    changed = jax.tree.map(lambda a, b: bool(np.any(a != b)), state.params, new_state.params)
+    assert all(jax.tree.leaves(changed))
+
+
+def parse(argv):
+    """`argv` parsed by `jaxcifar train`'s parser (flag defaults read the environment)."""
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    return parser.parse_args(argv)
+
+
+def test_distributed_flags_and_variables_reach_jax(monkeypatch):
+    calls = []
+    monkeypatch.setattr(jax.distributed, "initialize", lambda *args: calls.append(args))
+    args = parse(["--coordinator", "10.0.0.1:1234", "--num-processes", "4", "--process-id", "3"])
+    assert parallel.initialize_from_args(args) is True
+    for name, value in (("COORDINATOR", "host:99"), ("NUM_PROCESSES", "2"), ("PROCESS_ID", "1")):
+        monkeypatch.setenv(f"JAXCIFAR_{name}", value)
+    assert parallel.initialize_from_args(parse([])) is True
+    assert calls == [("10.0.0.1:1234", 4, 3), ("host:99", 2, 1)]
+
+
+def test_no_distributed_flags_and_no_cluster_stays_one_process(monkeypatch):
+    for name in ("JAXCIFAR_COORDINATOR", "JAXCIFAR_NUM_PROCESSES", "JAXCIFAR_PROCESS_ID",
+                 "SLURM_JOB_ID", "OMPI_MCA_orte_hnp_uri"):  # fmt: skip
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(jax.distributed, "initialize", lambda *args: pytest.fail("initialized"))
+    assert parallel.initialize_from_args(parse([])) is False
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--coordinator", "h:1"], "multi-process training needs --coordinator, --num-processes and --process-id together; "
+                                   "missing --num-processes, --process-id"),
+        (["--coordinator", "h", "--num-processes", "2", "--process-id", "0"],
+         "--coordinator must be HOST:PORT; got 'h'"),
+        (["--coordinator", "h:1", "--num-processes", "2", "--process-id", "2"],
+         "--process-id must be in 0..1; got 2"),
+    ],
+)  # fmt: skip
+def test_bad_distributed_flags_are_config_errors(monkeypatch, argv, message):
+    monkeypatch.setattr(jax.distributed, "initialize", lambda *args: pytest.fail("initialized"))
+    with pytest.raises(ConfigError) as error:
+        parallel.initialize_from_args(parse(argv))
+    assert str(error.value) == message
+
+
+def test_process_rows_cover_the_batch_on_one_process():
+    mesh = parallel.data_mesh()
+    assert parallel.process_rows(mesh, 8) == slice(0, 8)
+    images = np.arange(8 * 2, dtype=np.uint8).reshape(8, 2)
+    (placed,) = parallel.shard_batch((images,), mesh, 8)
+    assert placed.sharding == parallel.batch_sharding(mesh)
+    np.testing.assert_array_equal(np.asarray(placed), images)
