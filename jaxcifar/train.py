@@ -277,11 +277,7 @@ class EpochRunner:
         self.steps = len(dataset) // config.batch_size
         self.compile_seconds = 0.0
         self._compiled: dict[int, Callable] = {}
-        replicated = parallel.replicated(self.mesh)
-        # Under jit so that every process draws the same permutation straight onto the mesh.
-        self._epoch_order = jax.jit(
-            functools.partial(_epoch_order, len(dataset)), out_shardings=(replicated, replicated)
-        )
+        self._epoch_order = _epoch_order_fn(self.mesh, len(dataset))
         if mode in ("chunk", "scan"):
             self.device_images, self.device_labels = parallel.replicate(
                 (dataset.images, dataset.labels), self.mesh
@@ -354,10 +350,18 @@ class EpochRunner:
         return state
 
 
-def _epoch_order(size: int, seed: jax.Array, epoch: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """(permutation of range(size), per-step key) of `epoch`."""
-    perm_key, step_key = epoch_keys(seed, epoch)
-    return jax.random.permutation(perm_key, size), step_key
+@functools.cache
+def _epoch_order_fn(mesh: Mesh, size: int) -> Callable[[np.int32, np.int32], tuple[jax.Array, jax.Array]]:
+    """Jitted `(seed, epoch) -> (permutation of range(size), per-step key)`, replicated over
+    `mesh`. Under jit so every process draws the same values straight onto the mesh; cached
+    so runs in one process compile it once per (mesh, size), as the eager draw it replaced."""
+
+    def draw(seed: jax.Array, epoch: jax.Array) -> tuple[jax.Array, jax.Array]:
+        perm_key, step_key = epoch_keys(seed, epoch)
+        return jax.random.permutation(perm_key, size), step_key
+
+    replicated = parallel.replicated(mesh)
+    return jax.jit(draw, out_shardings=(replicated, replicated))
 
 
 class EpochRecord(NamedTuple):
