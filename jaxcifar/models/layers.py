@@ -81,5 +81,10 @@ def dropout(x: jax.Array, rate: float, *, train: bool, rng: jax.Array | None) ->
         return x
     if rng is None:
         raise ValueError("dropout with train=True needs an rng key")
-    keep = jax.random.bernoulli(rng, 1.0 - rate, x.shape)
+    # Draw the mask from XLA's RngBitGenerator, seeded by four words of `rng`: on CPU the
+    # default threefry mask of the seed CNN's (128, 8, 8, 16) activations took 21.7 s to
+    # compile against 1.2 s this way (benchmarks/README.md), at the same step time.
+    seed_words = jax.random.bits(rng, (4,), jnp.uint32)
+    mask_key = jax.random.wrap_key_data(seed_words, impl="rbg")
+    keep = jax.random.bernoulli(mask_key, 1.0 - rate, x.shape)
     return jnp.where(keep, x / (1.0 - rate), jnp.zeros_like(x))
