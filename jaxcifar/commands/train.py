@@ -207,6 +207,8 @@ def _train(
         labels=test_set.labels, predictions=result.test.predictions,
         class_names=test_set.class_names, compile_seconds=result.compile_seconds,
     )  # fmt: skip
-    write_reports(out, report, test_set.class_names)
-    print(f"test accuracy {report['test_accuracy']:.4f}; reports in {out}", file=sys.stdout)
+    # Every process holds the same metrics; only process 0 writes them, as it does checkpoints.
+    if parallel.is_main_process():
+        write_reports(out, report, test_set.class_names)
+        print(f"test accuracy {report['test_accuracy']:.4f}; reports in {out}", file=sys.stdout)
     return 0
