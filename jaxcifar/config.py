@@ -10,10 +10,11 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from jaxcifar.data.dataset import CLASS_NAMES
 from jaxcifar.errors import ConfigError
 
 MODELS = ("cnn", "mlp")
-DATASETS = ("cifar10", "mnist", "fashion_mnist")
+DATASETS = tuple(CLASS_NAMES)
 OPTIMIZERS = ("sgd", "nesterov", "adam", "adamw")
 SCHEDULES = ("constant", "cosine", "onecycle")
 DTYPES = ("float32", "bfloat16")

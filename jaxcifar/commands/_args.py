@@ -11,15 +11,26 @@ from jaxcifar.data.sources import DATA_DIR_ENV
 DATASETS = tuple(CLASS_NAMES)
 
 
-def positive_int(text: str) -> int:
-    """argparse type: an integer > 0."""
+def _whole_number(text: str, *, allow_zero: bool) -> int:
+    """argparse type body: an integer > 0 (>= 0 with `allow_zero`)."""
+    expected = "an integer >= 0" if allow_zero else "a positive integer"
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+    if value < 0 or (value == 0 and not allow_zero):
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {value}")
     return value
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer > 0."""
+    return _whole_number(text, allow_zero=False)
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type: an integer >= 0."""
+    return _whole_number(text, allow_zero=True)
 
 
 def _finite_float(text: str, *, allow_zero: bool) -> float:

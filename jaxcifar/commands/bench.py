@@ -11,15 +11,10 @@ import sys
 
 from jaxcifar.bench.settings import Settings
 from jaxcifar.bench.timing import TimingBudget
-from jaxcifar.commands._args import non_negative_float, positive_int
+from jaxcifar.commands._args import non_negative_float, non_negative_int, positive_int
 from jaxcifar.config import DTYPES, MODELS
 
 HELP = "benchmark training step times against NumPy and PyTorch"
-
-
-def non_negative_int(text: str) -> int:
-    """argparse type: an integer >= 0."""
-    return 0 if text.strip() == "0" else positive_int(text)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
