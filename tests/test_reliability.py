@@ -22,9 +22,9 @@ from jaxcifar.cli import main
 from jaxcifar.data import load
 from jaxcifar.data.idx import IMAGES_MAGIC, LABELS_MAGIC
 from jaxcifar.interrupt import Interrupted, StopOnSignal
-from tests.test_data_cifar import RunsCode, make_batches, py2_dumps, python_batch, write_release
-from tests.test_data_idx import idx_bytes, write_idx_set
-from tests.test_data_image_folder import write_tree
+from test_data_cifar import RunsCode, make_batches, py2_dumps, python_batch, write_release
+from test_data_idx import idx_bytes, write_idx_set
+from test_data_image_folder import write_tree
 
 # A tiny MLP on 8x8 MNIST-format images: seconds per run, one compile.
 TINY = ["--dataset", "mnist", "--model", "mlp", "--mlp-hidden", "8", "--mlp-activation", "relu", "--batch-size", "4", "--quiet"]
