@@ -234,10 +234,11 @@ def pick_epoch_mode(mode: str, dataset: Dataset) -> str:
     Measured on this project's 2-core CPU (seed CNN, batch 4, 4,000 synthetic images, cores
     shared with other jobs): a Python loop of jitted steps 11.2 ms/step, lax.scan over chunks
     of 100 steps 38.1 ms/step, one scan per epoch 36.0 ms/step: the loop wins by ~3x (not
-    profiled; presumably XLA:CPU optimises a while-loop body less well than top-level code). On an H100 the scan is ~136 us/step against ~2 ms/step
-    for the loop, which is bound by Python dispatch. So: loop on CPU; scan on accelerators
-    when the uint8 dataset fits in a quarter of device memory, else loop (which streams
-    batches from host memory).
+    profiled; presumably XLA:CPU optimises a while-loop body less well than top-level code;
+    at batch 512 the gap is 30x, benchmarks/README.md). On an H100 the scan is ~136 us/step
+    against ~2 ms/step for the loop, which is bound by Python dispatch. So: loop on CPU; scan
+    on accelerators when the uint8 dataset fits in a quarter of device memory, else loop
+    (which streams batches from host memory).
     """
     if mode != "auto":
         return mode
