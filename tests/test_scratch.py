@@ -240,3 +240,23 @@ def test_scratch_missing_data_dir_is_one_line_error(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("jaxcifar scratch: error: ") and err.count("\n") == 1
     assert "nowhere" in err
+
+
+def test_linear_decay_steps_with_a_falling_rate():
+    """With decay, epoch e of n steps at l_rate * (n - e + 1) / n: three one-batch epochs at
+    0.6 equal plain gradient steps at 0.6, 0.4 and 0.2."""
+    rng = np.random.default_rng(3)
+    x, y = rng.normal(size=(5, 3)), rng.integers(0, 2, size=5)
+    network = scratch.initialize_network((3, 4, 2), seed=1)
+    decayed, _ = scratch.train(network, x, y, l_rate=0.6, n_epoch=3, batch_size=5, decay=True)
+    manual = network
+    for rate in (0.6, 0.4, 0.2):
+        onehot = np.eye(2)[y]
+        grads = scratch.gradients(manual, x, onehot)
+        manual = [
+            {name: layer[name] - rate * grad[name] for name in ("weights", "bias")}
+            for layer, grad in zip(manual, grads)
+        ]
+    for got, want in zip(decayed, manual):
+        np.testing.assert_allclose(got["weights"], want["weights"], rtol=1e-12)
+        np.testing.assert_allclose(got["bias"], want["bias"], rtol=1e-12)

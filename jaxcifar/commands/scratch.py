@@ -32,6 +32,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=positive_int, default=DEFAULT_BATCH_SIZE, help="examples per SGD step")
     parser.add_argument("--lr", type=positive_float, default=DEFAULT_LR, help="SGD learning rate")
     parser.add_argument(
+        "--lr-decay", choices=("linear", "constant"), default="linear",
+        help="linear: lower the rate per epoch from --lr towards 0, so the final epoch does not "
+        "land on a random point of the constant-rate wobble; constant: the exercise's fixed rate",
+    )  # fmt: skip
+    parser.add_argument(
         "--hidden", type=positive_int, nargs="+", default=[500, 50], metavar="WIDTH",
         help="width of each hidden layer, input side first",
     )  # fmt: skip
@@ -89,6 +94,7 @@ def run(args: argparse.Namespace) -> int:
         "epochs": args.epochs,
         "batch_size": args.batch_size,
         "lr": args.lr,
+        "lr_decay": args.lr_decay,
         "seed": args.seed,
         "dtype": args.dtype,
     }
@@ -111,7 +117,7 @@ def run(args: argparse.Namespace) -> int:
     _, history = scratch.train(
         network, data["x_train"], data["y_train"], l_rate=args.lr, n_epoch=args.epochs,
         batch_size=args.batch_size, x_test=data["x_test"], y_test=data["y_test"],
-        seed=args.seed, on_epoch=report,
+        seed=args.seed, on_epoch=report, decay=args.lr_decay == "linear",
     )  # fmt: skip
     metrics = {
         "config": config,
