@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from jaxcifar.atomic import atomic_path, atomic_write_text
+from jaxcifar.atomic import atomic_write_text
 
 STEP_CASES = ("train_step", "scratch_step")
 
@@ -107,14 +107,14 @@ def plot_step_times(
 ) -> None:
     """Log-log median step time (p10-p90 as error bars) against batch size: one panel per
     model, one line per framework, case and dtype. Saved as PNG."""
-    import matplotlib
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from jaxcifar.plots import save_figure
 
     steps = [row for row in rows if row["case"] in STEP_CASES]
     models = sorted({row["model"] for row in steps}) or ["(none)"]
-    fig, axes = plt.subplots(1, len(models), figsize=(5.5 * len(models), 4.2), squeeze=False)
+    fig = Figure(figsize=(5.5 * len(models), 4.2))
+    axes = fig.subplots(1, len(models), squeeze=False)
     for ax, model in zip(axes[0], models):
         series: dict[str, list[dict[str, Any]]] = {}
         for row in steps:
@@ -136,6 +136,4 @@ def plot_step_times(
         ax.grid(alpha=0.3, which="both")
         if series:
             ax.legend(fontsize=7)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
-    plt.close(fig)
+    save_figure(fig, path, dpi=110)

@@ -55,11 +55,8 @@ def non_negative_float(text: str) -> float:
     return _finite_float(text, allow_zero=True)
 
 
-def add_data_arguments(parser: argparse.ArgumentParser, default_dataset: str = "cifar10") -> None:
-    """`--dataset` and `--data-dir` (default: $JAXCIFAR_DATA_DIR, else tensorflow-datasets)."""
-    parser.add_argument(
-        "--dataset", choices=DATASETS, default=default_dataset, help="which dataset to use"
-    )
+def add_data_dir_argument(parser: argparse.ArgumentParser) -> None:
+    """`--data-dir` (default: $JAXCIFAR_DATA_DIR, else tensorflow-datasets)."""
     parser.add_argument(
         "--data-dir",
         default=os.environ.get(DATA_DIR_ENV),
@@ -68,3 +65,11 @@ def add_data_arguments(parser: argparse.ArgumentParser, default_dataset: str = "
         "release, MNIST-format IDX files, or an image-folder tree train/<class>/*, test/<class>/*. "
         f"Defaults to ${DATA_DIR_ENV}; when neither is set, tensorflow-datasets downloads it.",
     )
+
+
+def add_data_arguments(parser: argparse.ArgumentParser, default_dataset: str = "cifar10") -> None:
+    """`--dataset` and `--data-dir`."""
+    parser.add_argument(
+        "--dataset", choices=DATASETS, default=default_dataset, help="which dataset to use"
+    )
+    add_data_dir_argument(parser)

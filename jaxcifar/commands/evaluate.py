@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from jaxcifar.commands._args import DATA_DIR_ENV, positive_int
+from jaxcifar.commands._args import add_data_dir_argument, positive_int
 from jaxcifar.config import RunConfig
 from jaxcifar.data.dataset import Dataset
 
@@ -16,12 +16,9 @@ HELP = "evaluate a checkpoint on the test split and write its reports"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    import os
-
     parser.add_argument("--checkpoint", required=True, metavar="C",
                         help="a checkpoint file, or a training output folder holding checkpoint.msgpack")
-    parser.add_argument("--data-dir", default=os.environ.get(DATA_DIR_ENV), metavar="PATH",
-                        help=f"local data, as for train (default ${DATA_DIR_ENV})")
+    add_data_dir_argument(parser)
     parser.add_argument("--limit-test", type=positive_int, metavar="N", default=None,
                         help="evaluate on a random N-example subset (default: the checkpoint's setting)")
     parser.add_argument("--out", metavar="DIR", help="write metrics.json and figures here")  # fmt: skip
