@@ -1,19 +1,20 @@
 """Where the seed CNN's jitted train step spends its time on CPU, and what makes it faster.
 
 Runs `jaxcifar.train.make_train_step` with the model's apply function rebuilt from
-alternative pieces (max-pool as reduce_window or reshape+max, convolution as NHWC or NCHW
-lax.conv or an im2col matmul, the dropout key as threefry or rbg) and times each variant with
-the benchmark library, all in one process so they share the machine's state. XLA flags and
+alternative pieces (convolution as lax.conv in NHWC or NCHW or as an im2col matmul, per
+layer; max-pool as reshape+max or lax.reduce_window) and times each variant with the
+benchmark library, all in one process so they share the machine's state. XLA flags and
 thread counts act per process: run the script once per setting, e.g.
 
     python benchmarks/cnn_variants.py --batch-sizes 32 128
-    XLA_FLAGS=--xla_cpu_use_xnnpack=false python benchmarks/cnn_variants.py
+    XLA_FLAGS=--xla_cpu_use_xnnpack=true python benchmarks/cnn_variants.py
     taskset -c 0 python benchmarks/cnn_variants.py
 """
 
 from __future__ import annotations
 
 import argparse
+
 import jax
 import jax.numpy as jnp
 from jax import lax
@@ -26,18 +27,12 @@ from jaxcifar.models import cnn, layers
 
 
 def pool_reduce_window(x):
-    return layers.max_pool_2x2(x)
+    """Max over 2x2 windows with lax.reduce_window: its gradient is XLA's select-and-scatter."""
+    return lax.reduce_window(x, -jnp.inf, lax.max, (1, 2, 2, 1), (1, 2, 2, 1), "VALID")
 
 
-def pool_reshape_max(x):
-    """Max over 2x2 windows as a reshape and a max: its gradient is a select, not XLA's
-    select-and-scatter."""
-    n, h, w, c = x.shape
-    return x.reshape(n, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
-
-
-def conv_nhwc(params, x, dtype):
-    return layers.conv_same(params, x, dtype)
+def conv_lax(params, x, dtype):
+    return layers.conv(params, x, dtype)
 
 
 def conv_nchw(params, x, dtype):
@@ -47,17 +42,6 @@ def conv_nchw(params, x, dtype):
         (1, 1), "SAME", dimension_numbers=("NCHW", "OIHW", "NCHW"),
     )  # fmt: skip
     return y.transpose(0, 2, 3, 1) + params["bias"].astype(dtype)
-
-
-def conv_im2col(params, x, dtype):
-    """3x3 'same' convolution as one matmul over the 9 shifted copies of the input."""
-    n, h, w, c = x.shape
-    padded = jnp.pad(x.astype(dtype), ((0, 0), (1, 1), (1, 1), (0, 0)))
-    patches = jnp.concatenate(
-        [padded[:, i : i + h, j : j + w, :] for i in range(3) for j in range(3)], axis=-1
-    )
-    kernel = params["kernel"].astype(dtype).reshape(9 * c, -1)  # HWIO rows match (i, j, c)
-    return patches @ kernel + params["bias"].astype(dtype)
 
 
 def make_apply(convs, pool):
@@ -80,17 +64,12 @@ def make_apply(convs, pool):
 
 
 VARIANTS = {
-    "model (reduce_window, NHWC conv)": (conv_nhwc, pool_reduce_window, "threefry2x32"),
-    "pool reshape+max": (conv_nhwc, pool_reshape_max, "threefry2x32"),
-    "NCHW conv": (conv_nchw, pool_reduce_window, "threefry2x32"),
-    "im2col conv": (conv_im2col, pool_reduce_window, "threefry2x32"),
-    "rbg dropout key": (conv_nhwc, pool_reduce_window, "rbg"),
-    "reshape+max, rbg": (conv_nhwc, pool_reshape_max, "rbg"),
-    "im2col, reshape+max, rbg": (conv_im2col, pool_reshape_max, "rbg"),
-    # conv1 has 3 input channels: XLA's kernel gradient for it is a badly shaped convolution,
-    # while as im2col it is one (N*H*W, 27)^T @ (N*H*W, 32) matmul.
-    "im2col conv1 only, rbg": ((conv_im2col, conv_nhwc), pool_reduce_window, "rbg"),
-    "im2col conv1 only, reshape+max, rbg": ((conv_im2col, conv_nhwc), pool_reshape_max, "rbg"),
+    # The model as it is: im2col for conv1 (3 input channels), lax.conv for conv2, reshape+max.
+    "model": (layers.conv_same, layers.max_pool_2x2),
+    "lax conv both": (conv_lax, layers.max_pool_2x2),
+    "im2col both": (layers.im2col_same, layers.max_pool_2x2),
+    "NCHW conv both": (conv_nchw, layers.max_pool_2x2),
+    "reduce_window pool": (layers.conv_same, pool_reduce_window),
 }
 
 
@@ -98,19 +77,19 @@ def measure(name: str, batch_size: int, budget: TimingBudget, losses: dict) -> d
     """Compile and time the train step of variant `name` at `batch_size` (float32).
 
     The first step's loss must match that of the first variant measured with the same batch
-    size and key type (`losses` remembers them): every variant computes the same function.
+    size (`losses` remembers them): every variant computes the same function.
     """
-    conv, pool, key_impl = VARIANTS[name]
+    conv, pool = VARIANTS[name]
     dataset = jax_cases.synthetic_dataset("cnn", batch_size)
     config = jax_cases.run_config("cnn", batch_size)
     base = train.build_setup(config, dataset)
     setup = base._replace(model=models.Model(base.model.init, make_apply(conv, pool)))
     state = train.init_state(config, setup)
     batch = jax.device_put((dataset.images, dataset.labels))
-    key = jax.random.key(0, impl=key_impl)
+    key = jax.random.key(0)
     compiled = compile_timed(train.make_train_step(setup), state, batch, key)
     loss = float(compiled.executable(state, batch, key)[1]["loss"])
-    expected = losses.setdefault((batch_size, key_impl), loss)
+    expected = losses.setdefault(batch_size, loss)
     assert abs(loss - expected) < 1e-4 * abs(expected), (name, loss, expected)
 
     def step():

@@ -83,7 +83,9 @@ def test_plan_records_why_the_torch_reference_was_skipped(monkeypatch):
     monkeypatch.setattr(torch_reference, "torch_missing", lambda: "torch is not installed")
     settings = Settings(models=("cnn",), batch_sizes=(4,), dtypes=("float32",), epoch_images=0)
     cases, skipped = suite.plan(settings)
-    assert [case.label for case in cases] == ["jax cnn train_step b4 float32"]
+    assert [case.label for case in cases] == [
+        "jax matmul_peak", "numpy matmul_peak", "jax cnn train_step b4 float32"
+    ]
     assert skipped == [{"framework": "torch", "reason": "torch is not installed"}]
 
 
@@ -100,7 +102,7 @@ ROW_KEYS = {
     "framework", "model", "case", "batch_size", "dtype", "input_shape", "compile_seconds",
     "lower_seconds", "first_run_seconds", "step_seconds", "steps_timed", "images_per_second",
     "flops_per_step", "flops_per_second", "peak_memory_bytes", "epoch_seconds", "steps_per_epoch",
-    "jax_speedup", "speedup_vs_float32", "speedup_vs_loop", "notes",
+    "jax_speedup", "speedup_vs_float32", "speedup_vs_loop", "speedup_bound", "notes",
 }  # fmt: skip
 
 
@@ -118,6 +120,7 @@ def test_bench_command_writes_json_markdown_and_plot(tmp_path, capsys):
     assert {"jax", "jaxlib", "numpy", "torch"} <= results["environment"]["versions"].keys()
     rows = results["rows"]
     assert [(r["framework"], r["case"], r["batch_size"]) for r in rows] == [
+        ("jax", "matmul_peak", 1024), ("numpy", "matmul_peak", 1024),
         ("jax", "train_step", 4), ("jax", "scratch_step", 4), ("numpy", "scratch_step", 4),
         ("jax", "epoch_loop", 8), ("jax", "epoch_scan", 8),
     ]  # fmt: skip
@@ -126,7 +129,14 @@ def test_bench_command_writes_json_markdown_and_plot(tmp_path, capsys):
         assert row["step_seconds"].keys() == {"median", "p10", "p90"}
         median = row["step_seconds"]["median"]
         assert row["images_per_second"] == pytest.approx(row["batch_size"] / median)
-    train_step, jax_twin, numpy_step, _, scan = rows
+    jax_roof, numpy_roof, train_step, jax_twin, numpy_step, _, scan = rows
+    assert jax_roof["flops_per_step"] == numpy_roof["flops_per_step"] == 2 * 1024**3
+    roof = max(jax_roof["flops_per_second"], numpy_roof["flops_per_second"])
+    for step in (train_step, jax_twin, numpy_step):
+        assert step["speedup_bound"] == pytest.approx(roof / step["flops_per_second"])
+    assert jax_roof["speedup_bound"] is None and scan["speedup_bound"] is None
+    # NumPy's count leaves out the activations' elementwise work that XLA's count includes.
+    assert numpy_step["flops_per_step"] == pytest.approx(jax_twin["flops_per_step"], rel=0.01)
     assert train_step["steps_timed"] == 2 and train_step["input_shape"] == [28, 28, 1]
     assert train_step["flops_per_step"] > 2 * 4 * (784 * 500 + 500 * 50 + 50 * 10)
     assert numpy_step["jax_speedup"] == pytest.approx(
@@ -136,4 +146,5 @@ def test_bench_command_writes_json_markdown_and_plot(tmp_path, capsys):
     markdown = (tmp_path / "run.md").read_text()
     assert "| numpy | mlp | scratch_step | 4 | float32 |" in markdown
     assert "| mlp | scan | 8 | 2 |" in markdown
+    assert "Matmul roof (1024x1024 float32 GEMM): jax " in markdown
     assert (tmp_path / "run.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -51,6 +51,27 @@ def test_cnn_matches_flax_linen_with_the_same_params(cnn_params):
     np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("kernel_size, c_in", [(3, 3), (3, 1), (5, 2)])
+def test_im2col_convolution_equals_lax_convolution_and_its_gradients(kernel_size, c_in):
+    from jaxcifar.models import layers
+
+    k1, k2, k3 = jax.random.split(jax.random.key(2), 3)
+    params = {
+        "kernel": jax.random.normal(k1, (kernel_size, kernel_size, c_in, 8)),
+        "bias": jax.random.normal(k2, (8,)),
+    }
+    x = jax.random.normal(k3, (2, 9, 7, c_in))  # odd, non-square: the padding must be exact
+
+    def loss(conv, params, x):
+        return jnp.sum(jnp.sin(conv(params, x, jnp.float32)))
+
+    lax_value, lax_grads = jax.value_and_grad(lambda p, x: loss(layers.conv, p, x), (0, 1))(params, x)
+    value, grads = jax.value_and_grad(lambda p, x: loss(layers.im2col_same, p, x), (0, 1))(params, x)
+    np.testing.assert_allclose(value, lax_value, rtol=1e-5)
+    for ours, theirs in zip(jax.tree.leaves(grads), jax.tree.leaves(lax_grads), strict=True):
+        np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-4)
+
+
 def test_cnn_parameter_count_and_shapes(cnn_params):
     assert models.count_parameters(cnn_params) == 147_754
     assert cnn_params["conv1"]["kernel"].shape == (3, 3, 3, 32)

@@ -12,8 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from jaxcifar.atomic import atomic_write_text
-
-STEP_CASES = ("train_step", "scratch_step")
+from jaxcifar.bench.rows import STEP_CASES
 
 
 def write_results(
@@ -35,12 +34,26 @@ def _number(value: float | None, scale: float = 1.0, digits: int = 3) -> str:
 def _ratio(row: dict[str, Any]) -> str:
     """The row's one ratio, named: 'JAX 2.1x faster' reads the same way for every kind."""
     if row["jax_speedup"] is not None:
-        return f"jax x{row['jax_speedup']:.2f}"
+        bound = row["speedup_bound"]
+        return f"jax x{row['jax_speedup']:.2f}" + ("" if bound is None else f", roof x{bound:.1f}")
     if row["speedup_vs_float32"] is not None:
         return f"vs f32 x{row['speedup_vs_float32']:.2f}"
     if row["speedup_vs_loop"] is not None:
         return f"vs loop x{row['speedup_vs_loop']:.2f}"
     return ""
+
+
+def _roof_lines(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """One line naming the matmul roof of each framework measured, then a blank line."""
+    roofs = [
+        f"{row['framework']} {row['flops_per_second'] * 1e-9:.0f} GFLOP/s"
+        for row in rows
+        if row["case"] == "matmul_peak"
+    ]
+    if not roofs:
+        return []
+    size = rows[[row["case"] for row in rows].index("matmul_peak")]["batch_size"]
+    return [f"Matmul roof ({size}x{size} float32 GEMM): {', '.join(roofs)}.", ""]
 
 
 def render_markdown(results: dict[str, Any]) -> str:
@@ -61,8 +74,10 @@ def render_markdown(results: dict[str, Any]) -> str:
         "",
         "Ratios: `jax xR` on a reference row = its median step / jitted JAX float32's on the "
         "same model and batch (R > 1: JAX faster); `vs f32 xR` = float32 median / bfloat16 "
-        "median; `vs loop xR` = loop epoch / scan epoch.",
+        "median; `vs loop xR` = loop epoch / scan epoch; `roof xB` = the most any "
+        "implementation could gain on that step: the matmul roof's FLOP/s / the step's.",
         "",
+        *_roof_lines(results["rows"]),
         "| framework | model | case | batch | dtype | compile s | median ms | p10 ms | p90 ms "
         "| steps | images/s | GFLOP/step | GFLOP/s | ratio |",
         "|---|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
@@ -79,7 +94,7 @@ def render_markdown(results: dict[str, Any]) -> str:
             f"| {row['images_per_second']:.0f} | {_number(row['flops_per_step'], 1e-9)} "
             f"| {_number(row['flops_per_second'], 1e-9)} | {_ratio(row)} |"
         )
-    epochs = [row for row in results["rows"] if row["case"] not in STEP_CASES]
+    epochs = [row for row in results["rows"] if row["case"].startswith("epoch_")]
     if epochs:
         lines += [
             "",

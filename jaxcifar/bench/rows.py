@@ -14,6 +14,9 @@ import numpy as np
 
 from jaxcifar.bench.timing import percentiles
 
+# Cases timed as repeated steps of a model (the epoch cases time whole epochs).
+STEP_CASES = ("train_step", "scratch_step")
+
 
 @dataclasses.dataclass
 class Row:
@@ -29,8 +32,12 @@ class Row:
     For JAX steps `compile_seconds` is lowering + XLA compilation, of which `lower_seconds`
     the lowering, and `first_run_seconds` the compiled program's first run; for
     torch.compile it is the first call, for epochs the runner's compile time.
+    `case` matmul_peak (model "gemm", batch_size n) is the machine's roof, an (n, n) float32
+    matmul (`jaxcifar.bench.peak`).
     `jax_speedup` (reference rows) is this row's median step over the matching jitted JAX
-    float32 step: > 1 means JAX is faster. `speedup_vs_float32` (JAX bfloat16 rows) and `speedup_vs_loop` (scan epochs) are
+    float32 step: > 1 means JAX is faster. `speedup_bound` (step rows with FLOPs, when the
+    run measured a roof) is the roof's best FLOP/s over this row's: no implementation of the
+    step can be faster than that. `speedup_vs_float32` (JAX bfloat16 rows) and `speedup_vs_loop` (scan epochs) are
     the same kind of ratio against the float32 row and the loop epoch.
     """
 
@@ -52,6 +59,7 @@ class Row:
     jax_speedup: float | None = None
     speedup_vs_float32: float | None = None
     speedup_vs_loop: float | None = None
+    speedup_bound: float | None = None
     notes: str = ""
 
     @property
@@ -83,8 +91,10 @@ def step_row(framework: str, model: str, case: str, batch_size: int, dtype: str,
 
 
 def add_ratios(rows: Sequence[Row]) -> None:
-    """Fill in `jax_speedup`, `speedup_vs_float32` and `speedup_vs_loop` in place, for every
-    row whose counterpart was measured in the same run."""
+    """Fill in `jax_speedup`, `speedup_vs_float32`, `speedup_vs_loop` and `speedup_bound` in
+    place, for every row whose counterpart was measured in the same run."""
+    roofs = [r.flops_per_second for r in rows if r.case == "matmul_peak"]
+    roof = max(roofs, default=None)
     jax_float32 = {
         (r.model, r.case, r.batch_size): r
         for r in rows
@@ -100,3 +110,5 @@ def add_ratios(rows: Sequence[Row]) -> None:
         loop = loop_epochs.get((row.model, row.batch_size))
         if row.case == "epoch_scan" and loop is not None:
             row.speedup_vs_loop = loop.epoch_seconds / row.epoch_seconds
+        if roof is not None and row.case in STEP_CASES and row.flops_per_second:
+            row.speedup_bound = roof / row.flops_per_second

@@ -19,7 +19,8 @@ EPOCH_MODES = ("loop", "scan")
 class Settings:
     """What one run measures.
 
-    `reference` adds the NumPy scratch MLP (vs its jitted JAX twin) and the PyTorch seed CNN
+    `reference` adds the machine's matmul roof (XLA and NumPy), the NumPy scratch MLP (vs its
+    jitted JAX twin) and the PyTorch seed CNN
     (eager; also torch.compile'd with `torch_compile`, which compiles for minutes on a small
     CPU) with `torch_threads` intra-op threads (None: torch's default). Epochs of
     `epoch_images` images run at each of `epoch_batch_sizes` in both modes (0 images: none).

@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from jaxcifar.bench import jax_cases, numpy_reference, torch_reference
+from jaxcifar.bench import jax_cases, numpy_reference, peak, torch_reference
 from jaxcifar.bench.environment import describe_environment
 from jaxcifar.bench.rows import Row, add_ratios
 from jaxcifar.bench.settings import EPOCH_MODES, Settings
@@ -28,6 +28,11 @@ def plan(settings: Settings) -> tuple[list[Case], list[dict[str, str]]]:
     cases, skipped = [], []
     budget = settings.budget
     torch_reason = torch_reference.torch_missing() if settings.reference else None
+    if settings.reference:
+        # The roof first, before the steps have warmed (or heated) the machine.
+        for framework, measure in (("jax", peak.measure_jax_matmul),
+                                   ("numpy", peak.measure_numpy_matmul)):  # fmt: skip
+            cases.append(Case(f"{framework} matmul_peak", lambda m=measure: m(budget)))
     for model in settings.models:
         for batch_size in settings.batch_sizes:
             for dtype in settings.dtypes:

@@ -46,7 +46,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="untimed steps per case (for JAX, after the first run of the compiled step)",
     )  # fmt: skip
     parser.add_argument(
-        "--no-reference", action="store_true", help="skip the NumPy and PyTorch references"
+        "--no-reference", action="store_true", help="skip the matmul roof and the NumPy and PyTorch references"
     )
     parser.add_argument(
         "--torch-compile", action="store_true",
