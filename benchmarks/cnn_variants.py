@@ -55,10 +55,7 @@ def make_apply(convs, pool):
         for i, conv in enumerate(convs, start=1):
             h = pool(jax.nn.relu(conv(params[f"conv{i}"], h, dtype)))
         h = layers.dropout(h, cnn.DROPOUT_RATE, train=train, rng=rng)
-        h = h.reshape(h.shape[0], -1)
-        for i in range(1, len(cnn.HIDDEN) + 1):
-            h = jax.nn.relu(layers.dense(params[f"fc{i}"], h, dtype))
-        return layers.dense(params[f"fc{len(cnn.HIDDEN) + 1}"], h, dtype).astype(jnp.float32)
+        return cnn.head(params, h.reshape(h.shape[0], -1), dtype=dtype)
 
     return apply
 

@@ -357,12 +357,16 @@ def _epoch_order_fn(mesh: Mesh, size: int) -> Callable[[np.int32, np.int32], tup
     `mesh`. Under jit so every process draws the same values straight onto the mesh; cached
     so runs in one process compile it once per (mesh, size), as the eager draw it replaced."""
 
-    def draw(seed: jax.Array, epoch: jax.Array) -> tuple[jax.Array, jax.Array]:
-        perm_key, step_key = epoch_keys(seed, epoch)
-        return jax.random.permutation(perm_key, size), step_key
-
     replicated = parallel.replicated(mesh)
+    draw = functools.partial(epoch_order, size=size)
     return jax.jit(draw, out_shardings=(replicated, replicated))
+
+
+def epoch_order(seed: jax.Array, epoch: jax.Array, size: int) -> tuple[jax.Array, jax.Array]:
+    """(order in which `epoch` visits the `size` training examples: a permutation (size,)
+    int32, the key from which step s's key is `fold_in(step_key, s)`)."""
+    perm_key, step_key = epoch_keys(seed, epoch)
+    return jax.random.permutation(perm_key, size), step_key
 
 
 class EpochRecord(NamedTuple):

@@ -13,7 +13,7 @@ from jaxcifar.bench import jax_cases, suite, torch_reference
 from jaxcifar.bench.rows import Row, add_ratios
 from jaxcifar.bench.settings import Settings
 from jaxcifar.bench.timing import TimingBudget, percentiles, time_steps
-from jaxcifar.bench.xla_cost import compile_timed, flops, peak_memory_bytes
+from jaxcifar.bench.xla_cost import compile_timed, flops, kernel_counts, peak_memory_bytes
 
 
 def test_percentiles_interpolate_linearly():
@@ -148,3 +148,21 @@ def test_bench_command_writes_json_markdown_and_plot(tmp_path, capsys):
     assert "| mlp | scan | 8 | 2 |" in markdown
     assert "Matmul roof (1024x1024 float32 GEMM): jax " in markdown
     assert (tmp_path / "run.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_kernel_counts_read_a_step_and_the_body_of_its_scan():
+    def step(carry, _):
+        return jnp.sin(carry) @ carry, None
+
+    def epoch(x):
+        # A small loop first: the counted body must be the largest one, not the first.
+        x = jax.lax.fori_loop(0, 2, lambda i, x: x + 1.0, x)
+        return jax.lax.scan(step, x, None, length=3)[0]
+
+    x = jnp.ones((4, 4))
+    body = kernel_counts(jax.jit(epoch).lower(x).compile().as_text(), loop_body=True)
+    assert body["dot"] == 1 and "while" not in body
+    entry = kernel_counts(jax.jit(lambda x: step(x, None)[0]).lower(x).compile().as_text())
+    assert entry["dot"] == 1 and "parameter" not in entry and "while" not in entry
+    with pytest.raises(ValueError, match="no while loop"):
+        kernel_counts(jax.jit(jnp.sin).lower(x).compile().as_text(), loop_body=True)

@@ -1,8 +1,12 @@
-"""What XLA says about a compiled step: how long it took to build, its FLOPs, device memory."""
+"""What XLA says about a compiled step: how long it took to build, its FLOPs, device memory,
+and how many kernels one call launches."""
 
 from __future__ import annotations
 
+import collections
+import re
 import time
+from collections.abc import Iterator
 from typing import Any, NamedTuple
 
 import jax
@@ -46,3 +50,71 @@ def peak_memory_bytes(device: jax.Device | None = None) -> int | None:
         return None
     value = stats.get("peak_bytes_in_use")
     return None if value is None else int(value)
+
+
+# Instructions that only name, pick or reinterpret values: no device kernel runs for them.
+_BOOKKEEPING = {"parameter", "constant", "get-tuple-element", "tuple", "bitcast"}
+_COMPUTATION = re.compile(r"^(?:ENTRY )?%([\w.\-]+) .*\{$")
+_INSTRUCTION = re.compile(r"^\s+(?:ROOT )?%[\w.\-]+ = (.*)$")
+
+
+def hlo_computations(hlo_text: str) -> tuple[str, dict[str, list[str]]]:
+    """(name of the entry computation, {computation name: its instruction lines}) of an
+    optimised HLO module's text (`compiled.as_text()`)."""
+    computations: dict[str, list[str]] = {}
+    entry, current = "", None
+    for line in hlo_text.splitlines():
+        header = _COMPUTATION.match(line)
+        if header:
+            current = computations.setdefault(header.group(1), [])
+            entry = header.group(1) if line.startswith("ENTRY ") else entry
+        elif line == "}":
+            current = None
+        elif current is not None and _INSTRUCTION.match(line):
+            current.append(line)
+    return entry, computations
+
+
+def _opcode(instruction: str) -> str:
+    """The opcode of one instruction line: the word before "(" after its (maybe tuple) shape."""
+    rest = _INSTRUCTION.match(instruction).group(1)
+    if rest.startswith("("):  # a tuple shape holds spaces: skip to its closing parenthesis
+        depth = 0
+        for i, char in enumerate(rest):
+            depth += {"(": 1, ")": -1}.get(char, 0)
+            if depth == 0:
+                rest = rest[i + 1 :]
+                break
+    else:
+        rest = rest.split(" ", 1)[1]
+    return rest.strip().split("(", 1)[0]
+
+
+def kernel_counts(hlo_text: str, *, loop_body: bool = False) -> collections.Counter:
+    """How many instructions of each opcode that launch work (fusion, dot, convolution,
+    custom-call, copy, ...; not parameters, constants or tuple plumbing) one call runs: those
+    of the entry computation, or with `loop_body` those of the body of the largest while
+    loop the entry runs (a `lax.scan` over training steps: its step; the entry's other loops
+    are small ones such as XLA:CPU's rolled random-number rounds). On a GPU each counted
+    instruction is about one kernel launch; a fused computation counts as its one `fusion`
+    call, and a loop or call nested in the counted computation as one `while` or `call`."""
+    entry, computations = hlo_computations(hlo_text)
+    name = entry
+    if loop_body:
+        bodies = list(_loop_bodies(computations, entry))
+        if not bodies:
+            raise ValueError("the program runs no while loop")
+        name = max(bodies, key=lambda body: len(computations[body]))
+    opcodes = (_opcode(line) for line in computations[name])
+    return collections.Counter(op for op in opcodes if op not in _BOOKKEEPING)
+
+
+def _loop_bodies(computations: dict[str, list[str]], name: str) -> Iterator[str]:
+    """The bodies of the while loops computation `name` runs, looking inside the
+    computations it calls (XLA:CPU wraps loops in `call`s) but not inside the loops."""
+    for line in computations[name]:
+        opcode = _opcode(line)
+        if opcode == "while":
+            yield re.search(r"body=%([\w.\-]+)", line).group(1)
+        elif opcode == "call":
+            yield from _loop_bodies(computations, re.search(r"to_apply=%([\w.\-]+)", line).group(1))

@@ -17,6 +17,9 @@ from jaxcifar.models import layers
 CONV_CHANNELS = (32, 16)
 HIDDEN = (128, 64, 32, 16)
 DROPOUT_RATE = 0.25
+# Parameter names of the convolutional part and of the fully connected head, in order.
+CONV_LAYERS = tuple(f"conv{i}" for i in range(1, len(CONV_CHANNELS) + 1))
+DENSE_LAYERS = tuple(f"fc{i}" for i in range(1, len(HIDDEN) + 2))
 
 
 def init(
@@ -54,12 +57,31 @@ def apply(
     `train=True` turns dropout on and then needs `rng`. `dtype` is the compute dtype
     (e.g. bfloat16): parameters stay float32 and are cast at use; logits come back float32.
     """
+    return head(params, features(params, x, train=train, rng=rng, dtype=dtype), dtype=dtype)
+
+
+def features(
+    params: dict,
+    x: jax.Array,
+    *,
+    train: bool = False,
+    rng: jax.Array | None = None,
+    dtype: jnp.dtype = jnp.float32,
+) -> jax.Array:
+    """The convolutional part: images (N, H, W, C) -> (N, (H//4)*(W//4)*16) in `dtype`, the
+    flattened (NHWC order) and, with `train`, dropped-out input of the fully connected head."""
     h = x
-    for i in range(1, len(CONV_CHANNELS) + 1):
-        h = layers.max_pool_2x2(jax.nn.relu(layers.conv_same(params[f"conv{i}"], h, dtype)))
+    for name in CONV_LAYERS:
+        h = layers.max_pool_2x2(jax.nn.relu(layers.conv_same(params[name], h, dtype)))
     h = layers.dropout(h, DROPOUT_RATE, train=train, rng=rng)
-    h = h.reshape(h.shape[0], -1)
-    num_dense = len(HIDDEN) + 1
-    for i in range(1, num_dense):
-        h = jax.nn.relu(layers.dense(params[f"fc{i}"], h, dtype))
-    return layers.dense(params[f"fc{num_dense}"], h, dtype).astype(jnp.float32)
+    return h.reshape(h.shape[0], -1)
+
+
+def head(params: dict, flat: jax.Array, *, dtype: jnp.dtype = jnp.float32) -> jax.Array:
+    """The fully connected part: `features`' (N, n_in) output -> logits (N, num_classes)
+    float32. Reads only params "fc1".."fc5"."""
+    h = flat
+    *hidden, last = DENSE_LAYERS
+    for name in hidden:
+        h = jax.nn.relu(layers.dense(params[name], h, dtype))
+    return layers.dense(params[last], h, dtype).astype(jnp.float32)

@@ -1,0 +1,54 @@
+"""Time the seed recipe (batch 4, SGD 0.001/0.9, 10 epochs) along each training path, side by
+side in one process, and write benchmarks/results/seed-recipe-<device>.json and .md.
+
+Usage: python benchmarks/seed_recipe.py [--data-dir ../shared/data] [--paths loop scan ...]
+       [--epochs 10] [--limit-train N --limit-test N] [--unroll 1] [--out benchmarks/results]
+
+Paths (jaxcifar.fused.measure): loop and scan are `jaxcifar train`'s epoch modes; fused-xla
+and fused-pallas are the fused path with the dense head in plain JAX or in one Pallas kernel
+(interpret mode on a CPU, where it only shows that the path runs: its time means nothing
+there). Every path trains the same recipe from the same initial parameters; `--limit-train`
+makes a CPU run short enough to finish.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from jaxcifar.config import RunConfig
+from jaxcifar.data import load
+from jaxcifar.fused.measure import PATHS, measure_path, write_results
+from jaxcifar.speedrun.measure import device_name, device_slug
+
+DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--paths", nargs="+", choices=PATHS, default=list(PATHS))
+    parser.add_argument("--epochs", type=int, default=RunConfig().epochs)
+    parser.add_argument("--limit-train", type=int, help="train on a random N-image subset")
+    parser.add_argument("--limit-test", type=int, help="test on a random N-image subset")
+    parser.add_argument("--unroll", type=int, default=1, help="steps per loop iteration (fused)")
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    parser.add_argument("--name", help="file stem (default: seed-recipe-<device>)")
+    args = parser.parse_args()
+
+    splits = {}
+    for split, limit in (("train", args.limit_train), ("test", args.limit_test)):
+        dataset = load("cifar10", split, data_dir=args.data_dir)
+        splits[split] = dataset if limit is None else dataset.subset(limit, seed=0)
+    config = RunConfig(epochs=args.epochs)
+    rows = [
+        measure_path(path, config, splits["train"], splits["test"], unroll=args.unroll)
+        for path in args.paths
+    ]
+    stem = args.name or f"seed-recipe-{device_slug(device_name())}"
+    paths = write_results(rows, args.out / f"{stem}.json")
+    print(" ".join(str(path) for path in paths))
+
+
+if __name__ == "__main__":
+    main()

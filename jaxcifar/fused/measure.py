@@ -1,0 +1,145 @@
+"""Timed seed-recipe runs by path, and their results file (a JSON list plus a markdown table).
+
+A path is how the same training runs: "loop" and "scan" are `jaxcifar.train`'s epoch modes
+(a Python loop of jitted steps; one `lax.scan` per epoch), "fused-xla" and "fused-pallas"
+the fused path (`FusedRunner`) with the head step in plain JAX or as one Pallas kernel.
+Each row is `{"device", "epochs", "batch_size", "wall_seconds" (compilation included),
+"compile_seconds", "test_accuracy", "path"}` plus what explains it: the training and test
+set sizes, the kernels one step launches (from the compiled HLO), the final epoch's mean
+training loss, and whether Pallas ran in interpret mode.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxcifar import train
+from jaxcifar.atomic import atomic_write_text
+from jaxcifar.bench.xla_cost import kernel_counts
+from jaxcifar.config import RunConfig
+from jaxcifar.data.dataset import Dataset
+from jaxcifar.fused import step
+from jaxcifar.fused.epoch import FusedRunner
+from jaxcifar.speedrun.measure import device_name
+
+PATHS = ("loop", "scan", "fused-xla", "fused-pallas")
+
+
+def measure_path(
+    path: str, config: RunConfig, train_set: Dataset, test_set: Dataset, *, unroll: int = 1,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:  # fmt: skip
+    """Train `config` from scratch along `path` (one of PATHS) and return its results row.
+
+    The wall time runs from building the first program to the last epoch's state being
+    ready: compilation and training, not the test evaluation after it.
+    """
+    setup = train.build_setup(config, train_set)
+    state = train.init_state(config, setup)
+    jax.block_until_ready(state)
+    losses: list[np.ndarray] = []
+    start = time.perf_counter()
+    if path in ("loop", "scan"):
+        train_step = train.make_train_step(setup)
+        runner = train.EpochRunner(train_step, train_set, config, path)
+        for epoch in range(1, config.epochs + 1):
+            epoch_losses: list[np.ndarray] = []
+            state = runner.run(state, epoch, lambda first, loss, correct: epoch_losses.append(loss))
+            losses.append(np.concatenate(epoch_losses))
+        params = jax.block_until_ready(state.params)
+    elif path in ("fused-xla", "fused-pallas"):
+        runner = FusedRunner(config, train_set, head=path.removeprefix("fused-"), unroll=unroll)
+        # A copy: the runner donates its state, and `state` is still read below.
+        fused = step.init_state(jax.tree.map(jnp.copy, state.params))
+        for epoch in range(1, config.epochs + 1):
+            fused, epoch_losses, _ = runner.run(fused, epoch)
+            losses.append(epoch_losses)
+        params = jax.block_until_ready(fused.params)
+    else:
+        raise ValueError(f"unknown path {path!r}; expected one of {', '.join(PATHS)}")
+    wall = time.perf_counter() - start
+    test = train.evaluate(train.make_eval_step(setup), params, test_set)
+    kernels = _step_kernels(path, runner, setup, state, train_set)
+    row = {
+        "device": device_name(),
+        "epochs": config.epochs,
+        "batch_size": config.batch_size,
+        "wall_seconds": wall,
+        "compile_seconds": runner.compile_seconds,
+        "test_accuracy": test.accuracy,
+        "path": path,
+        "unroll": unroll if path.startswith("fused") else None,
+        "train_images": len(train_set),
+        "test_images": len(test_set),
+        "steps": runner.steps * config.epochs,
+        "kernels_per_step": None if kernels is None else sum(kernels.values()),
+        "kernel_counts": kernels,
+        "last_epoch_train_loss": float(losses[-1].mean()),
+        "pallas_interpret": path == "fused-pallas" and jax.default_backend() == "cpu",
+    }
+    log(
+        f"{path}: {wall:.2f} s wall ({runner.compile_seconds:.2f} s compiling), "
+        f"{row['steps']} steps, test accuracy {test.accuracy:.4f}, "
+        f"{row['kernels_per_step']} kernels per step"
+    )
+    return row
+
+
+def _step_kernels(path: str, runner: Any, setup: train.Setup, state: train.TrainState,
+                  dataset: Dataset) -> dict[str, int] | None:  # fmt: skip
+    """Opcode -> count of the kernels one training step launches on this backend: the
+    jitted step's program for the loop path, the loop body of the epoch program for the
+    fused paths (which holds one step and its batch gather; with unroll u, u steps, so the
+    counts are divided by u). None for the plain scan, whose program is internal to
+    `train.EpochRunner`; its body is the loop path's step plus the batch gather."""
+    if path == "scan":
+        return None
+    if path == "loop":
+        batch = (dataset.images[: runner.config.batch_size], dataset.labels[: runner.config.batch_size])
+        compiled = train.make_train_step(setup).lower(state, batch, jax.random.key(0)).compile()
+        return dict(kernel_counts(compiled.as_text()))
+    counts = kernel_counts(runner.compile(step.init_state(state.params)).as_text(), loop_body=True)
+    return {op: count / runner.unroll for op, count in counts.items()}
+
+
+def render_markdown(rows: Sequence[dict[str, Any]]) -> str:
+    """The rows as one markdown table."""
+    lines = [
+        f"# Seed recipe by path, {rows[0]['device'] if rows else '(no rows)'}",
+        "",
+        "wall s: compilation + training (test evaluation excluded); kernels: instructions that "
+        "launch work in one step's compiled program (fusions, library calls, copies).",
+        "",
+        "| path | unroll | train images | epochs | steps | wall s | compile s | ms/step (warm) "
+        "| kernels/step | last-epoch loss | test accuracy |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for row in rows:
+        warm = (row["wall_seconds"] - row["compile_seconds"]) / row["steps"] * 1e3
+        kernels = "-" if row["kernels_per_step"] is None else f"{row['kernels_per_step']:.0f}"
+        path = row["path"] + (" (interpret)" if row["pallas_interpret"] else "")
+        lines.append(
+            f"| {path} | {row['unroll'] or '-'} | {row['train_images']} | {row['epochs']} "
+            f"| {row['steps']} | {row['wall_seconds']:.2f} | {row['compile_seconds']:.2f} "
+            f"| {warm:.3f} | {kernels} | {row['last_epoch_train_loss']:.4f} "
+            f"| {row['test_accuracy']:.4f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def write_results(rows: Sequence[dict[str, Any]], json_path: str | os.PathLike[str]) -> list[Path]:
+    """Write `rows` to `json_path` as a JSON list and the markdown table beside it (.md)."""
+    path = Path(json_path)
+    markdown = path.with_suffix(".md")
+    atomic_write_text(path, json.dumps(list(rows), indent=1) + "\n")
+    atomic_write_text(markdown, render_markdown(rows))
+    return [path, markdown]

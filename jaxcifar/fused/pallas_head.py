@@ -1,0 +1,314 @@
+"""The seed CNN's dense head trained in one Pallas kernel: `head_train_step`.
+
+One launch does the head's whole training step: the forward pass fc1 -> ReLU -> ... -> fc5,
+the mean softmax cross-entropy and the accuracy count, the backward pass, the SGD-with-momentum
+update of all five layers (PyTorch-style, as `optax.sgd(lr, momentum=m)`: v <- m*v + g,
+p <- p - lr*v), and the gradient with respect to the head's input, so the convolutional part
+(plain XLA, outside the kernel) can backpropagate through the head.
+
+Why: at batch 4 on a GPU the seed recipe's training step is bound by kernel launches (about 70
+fusions per step), not by FLOPs; the head's share of them (about 30: five dense layers forward
+and backward, the loss, and the optimizer updates) becomes a single launch here.
+
+The kernel keeps to what Pallas' GPU (Triton) backend lowers: one program, whole-array 2-D
+blocks whose sizes are powers of two, `jnp.dot`, elementwise ops, single-axis reductions and
+static slices of refs; no reshapes, gathers or dynamic indexing. The wrapper pads (and
+un-pads) outside the kernel so every `jnp.dot` operand dimension is at least 16.
+On CPU, where Pallas does not compile, the kernel runs in interpret mode.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import triton as pltriton
+
+from jaxcifar.models import cnn
+
+LAYER_NAMES = cnn.DENSE_LAYERS
+
+# Triton's tl.dot needs every operand dimension >= 16, and Triton tensors must have
+# power-of-two sizes: the batch and every layer width are padded up to such a size.
+_MIN_DOT_DIM = 16
+# fc1's kernel is (1024, 128) float32, 512 KiB: as one Triton tensor it could not be staged
+# through shared memory for a dot (228 KiB per SM on an H100, less on older GPUs), so fc1 is
+# read, multiplied and updated in static tiles of this many rows (64 KiB each).
+_INPUT_TILE_ROWS = 128
+# The logit of a padded class: softmax gives it probability exactly 0, yet it stays finite
+# after the max is subtracted (-inf risks NaN, e.g. -inf - -inf or 0 * -inf).
+_MASKED_LOGIT = -1e30
+
+
+def head_train_step(
+    head_params: dict,
+    head_velocity: dict,
+    flat: jax.Array,
+    labels: jax.Array,
+    learning_rate: float | jax.Array,
+    momentum: float,
+    *,
+    interpret: bool | None = None,
+) -> tuple[dict, dict, jax.Array, jax.Array, jax.Array]:
+    """One SGD-with-momentum step of the dense head, in one Pallas kernel launch.
+
+    `head_params` and `head_velocity` are {"fc1".."fc5": {"kernel": (n_in, n_out) float32,
+    "bias": (n_out,) float32}} (the velocity is optax.sgd's momentum trace, same structure),
+    `flat` is the head's input (B, n_in of fc1) float, `labels` (B,) integers in
+    [0, num_classes). `learning_rate` is a scalar and may be traced (a schedule); `momentum` is
+    a Python float, baked into the kernel. `interpret=None` runs in Pallas' interpret mode when
+    `jax.default_backend()` is "cpu", compiled (Triton) otherwise.
+
+    Returns (new_params, new_velocity, d_flat, loss, correct): the updated params and velocity
+    (same structure as the inputs), d_flat (B, n_in) float32 = dLoss/dflat at the old params,
+    loss a float32 scalar (the mean cross-entropy before the update) and correct an int32
+    scalar (rows whose argmax logit is the label, before the update).
+    Params and velocity are updated in place when the caller donates them (jit's
+    donate_argnums); otherwise XLA copies them first. Raises ValueError when the shapes,
+    dtypes or layer names do not fit together.
+    """
+    layer_shapes = _check_layers(head_params, "head_params")
+    velocity_shapes = _check_layers(head_velocity, "head_velocity")
+    if velocity_shapes != layer_shapes:
+        raise ValueError(
+            f"head_velocity must have the shapes of head_params {layer_shapes}; "
+            f"got {velocity_shapes}"
+        )
+    batch = _check_batch(flat, labels, layer_shapes)
+    if jnp.ndim(learning_rate) != 0:
+        raise ValueError(f"learning_rate must be a scalar; got shape {jnp.shape(learning_rate)}")
+    if interpret is None:
+        interpret = jax.default_backend() == "cpu"
+
+    padded_params = _pad_layers(head_params)
+    padded_velocity = _pad_layers(head_velocity)
+    padded_batch = _padded_size(batch)
+    padded_flat = _pad_to(flat.astype(jnp.float32), (padded_batch, _padded_size(flat.shape[1])))
+    # Labels as a (rows, 1) column and the rate as a (1, 1) block, like the (1, n) bias rows:
+    # Triton needs power-of-two sizes everywhere but >= 16 only in dots, which these skip.
+    padded_labels = _pad_to(labels.astype(jnp.int32)[:, None], (padded_batch, 1))
+    learning_rate_block = jnp.full((1, 1), learning_rate, jnp.float32)
+
+    num_classes = layer_shapes[LAYER_NAMES[-1]][1]
+    kernel = functools.partial(
+        _train_step_kernel, batch=batch, num_classes=num_classes, momentum=float(momentum)
+    )
+    layer_structs = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), padded_params)
+    num_layer_arrays = len(jax.tree.leaves(padded_params))
+    new_params, new_velocity, d_flat, loss, correct = pl.pallas_call(
+        kernel,
+        out_shape=(
+            layer_structs,
+            layer_structs,
+            jax.ShapeDtypeStruct(padded_flat.shape, jnp.float32),
+            jax.ShapeDtypeStruct((1, 1), jnp.float32),
+            jax.ShapeDtypeStruct((1, 1), jnp.int32),
+        ),
+        # Params then velocity are the first inputs and the first outputs, leaf for leaf,
+        # so each is updated in place rather than copied.
+        input_output_aliases={i: i for i in range(2 * num_layer_arrays)},
+        interpret=interpret,
+        # Selects the Triton backend: on GPU this jax version otherwise lowers pallas_call
+        # with Mosaic GPU.
+        compiler_params=pltriton.CompilerParams(),
+        name="head_train_step",
+    )(padded_params, padded_velocity, padded_flat, padded_labels, learning_rate_block)
+    return (
+        _unpad_layers(new_params, layer_shapes),
+        _unpad_layers(new_velocity, layer_shapes),
+        d_flat[:batch, : flat.shape[1]],
+        loss[0, 0],
+        correct[0, 0],
+    )
+
+
+def _check_layers(layers: dict, what: str) -> dict[str, tuple[int, int]]:
+    """{name: (n_in, n_out)} of a head's layers; ValueError unless they are fc1..fc5 with
+    float32 (n_in, n_out) kernels and (n_out,) biases, each layer's n_in the previous n_out."""
+    if sorted(layers) != list(LAYER_NAMES):
+        raise ValueError(f"{what} must have the layers {LAYER_NAMES}; got {sorted(layers)}")
+    shapes = {}
+    for name in LAYER_NAMES:
+        kernel, bias = layers[name]["kernel"], layers[name]["bias"]
+        if kernel.ndim != 2 or bias.shape != kernel.shape[1:]:
+            raise ValueError(
+                f"{what}[{name!r}] must be a (n_in, n_out) kernel and a (n_out,) bias; "
+                f"got {kernel.shape} and {bias.shape}"
+            )
+        if kernel.dtype != jnp.float32 or bias.dtype != jnp.float32:
+            raise ValueError(
+                f"{what}[{name!r}] must be float32; got {kernel.dtype} and {bias.dtype}"
+            )
+        shapes[name] = kernel.shape
+    for previous, name in zip(LAYER_NAMES, LAYER_NAMES[1:]):
+        if shapes[name][0] != shapes[previous][1]:
+            raise ValueError(
+                f"{what}[{name!r}] must take the {shapes[previous][1]} outputs of {previous}; "
+                f"its kernel is {shapes[name]}"
+            )
+    return shapes
+
+
+def _check_batch(flat: jax.Array, labels: jax.Array, layer_shapes: dict) -> int:
+    """The batch size B; ValueError unless `flat` is (B, n_in of fc1) float and `labels` (B,)
+    integers with B >= 1."""
+    first_shape = layer_shapes[LAYER_NAMES[0]]
+    if flat.ndim != 2 or flat.shape[1] != first_shape[0] or flat.shape[0] < 1:
+        raise ValueError(
+            f"flat must be (batch, {first_shape[0]}) to feed {LAYER_NAMES[0]}'s "
+            f"{first_shape} kernel; got {flat.shape}"
+        )
+    if not jnp.issubdtype(flat.dtype, jnp.floating):
+        raise ValueError(f"flat must be floating point; got {flat.dtype}")
+    if labels.shape != flat.shape[:1] or not jnp.issubdtype(labels.dtype, jnp.integer):
+        raise ValueError(
+            f"labels must be ({flat.shape[0]},) integers, one per row of flat; "
+            f"got {labels.shape} {labels.dtype}"
+        )
+    return flat.shape[0]
+
+
+def _padded_size(n: int) -> int:
+    """The smallest power of two >= max(n, 16): a size every Triton dot operand accepts."""
+    return max(_MIN_DOT_DIM, 1 << (n - 1).bit_length())
+
+
+def _pad_to(x: jax.Array, shape: tuple[int, int]) -> jax.Array:
+    """2-D `x` padded with zeros at the end of each axis up to `shape`."""
+    return jnp.pad(x, [(0, size - current) for size, current in zip(shape, x.shape)])
+
+
+def _pad_layers(layers: dict) -> dict:
+    """{name: {"kernel": (n_in, n_out), "bias": (n_out,)}} -> the same with zero-padded
+    (padded n_in, padded n_out) kernels and (1, padded n_out) bias rows, float32."""
+    padded = {}
+    for name, layer in layers.items():
+        n_in, n_out = layer["kernel"].shape
+        padded[name] = {
+            "kernel": _pad_to(layer["kernel"], (_padded_size(n_in), _padded_size(n_out))),
+            "bias": _pad_to(layer["bias"][None, :], (1, _padded_size(n_out))),
+        }
+    return padded
+
+
+def _unpad_layers(padded: dict, layer_shapes: dict[str, tuple[int, int]]) -> dict:
+    """The inverse of `_pad_layers`: kernels back to `layer_shapes`, biases to (n_out,)."""
+    return {
+        name: {
+            "kernel": padded[name]["kernel"][:n_in, :n_out],
+            "bias": padded[name]["bias"][0, :n_out],
+        }
+        for name, (n_in, n_out) in layer_shapes.items()
+    }
+
+
+def _train_step_kernel(
+    params,
+    velocity,
+    flat_ref,
+    labels_ref,
+    learning_rate_ref,
+    new_params,
+    new_velocity,
+    d_flat_ref,
+    loss_ref,
+    correct_ref,
+    *,
+    batch: int,
+    num_classes: int,
+    momentum: float,
+) -> None:
+    """The Pallas kernel; refs are the padded arrays (P = padded batch, all float32 unless said).
+
+    params, velocity, new_params, new_velocity: {name: {"kernel": (n_in, n_out), "bias":
+    (1, n_out)}}, the new ones aliasing the old; flat_ref (P, n_in of fc1); labels_ref (P, 1)
+    int32; learning_rate_ref (1, 1); d_flat_ref (P, n_in of fc1); loss_ref (1, 1);
+    correct_ref (1, 1) int32. Rows >= `batch` and logit columns >= `num_classes` are padding.
+    With the outputs aliasing the inputs, every layer's old kernel is read before it is written.
+    """
+    first, *deeper = LAYER_NAMES
+    # (param, velocity, new param, new velocity) refs of each array, in params' structure.
+    update_refs = jax.tree.map(lambda *refs: refs, params, velocity, new_params, new_velocity)
+    learning_rate = learning_rate_ref[...]
+    input_tiles = [
+        slice(start, start + min(_INPUT_TILE_ROWS, flat_ref.shape[1]))
+        for start in range(0, flat_ref.shape[1], _INPUT_TILE_ROWS)
+    ]
+
+    pre_activation = params[first]["bias"][...]
+    for tile in input_tiles:
+        pre_activation = pre_activation + _dot(flat_ref[:, tile], params[first]["kernel"][tile, :])
+    layer_inputs = {}
+    for name in deeper:
+        layer_inputs[name] = jnp.maximum(pre_activation, 0.0)
+        pre_activation = (
+            _dot(layer_inputs[name], params[name]["kernel"][...]) + params[name]["bias"][...]
+        )
+    column = lax.broadcasted_iota(jnp.int32, pre_activation.shape, 1)
+    logits = jnp.where(column < num_classes, pre_activation, _MASKED_LOGIT)
+    d_pre_activation, loss, correct = _softmax_cross_entropy(logits, labels_ref[...], batch)
+    loss_ref[...] = loss
+    correct_ref[...] = correct
+
+    for name in reversed(deeper):
+        layer_input = layer_inputs[name]
+        d_layer_input = _dot(d_pre_activation, params[name]["kernel"][...].T)
+        grad_kernel = _dot(layer_input.T, d_pre_activation)
+        grad_bias = jnp.sum(d_pre_activation, axis=0, keepdims=True)
+        _sgd_momentum_update(update_refs[name]["kernel"], grad_kernel, learning_rate, momentum)
+        _sgd_momentum_update(update_refs[name]["bias"], grad_bias, learning_rate, momentum)
+        # ReLU's gradient, 0 at 0 as jax.nn.relu's.
+        d_pre_activation = jnp.where(layer_input > 0.0, d_layer_input, 0.0)
+    for tile in input_tiles:
+        d_flat_ref[:, tile] = _dot(d_pre_activation, params[first]["kernel"][tile, :].T)
+        grad_kernel_tile = _dot(flat_ref[:, tile].T, d_pre_activation)
+        _sgd_momentum_update(
+            update_refs[first]["kernel"], grad_kernel_tile, learning_rate, momentum, rows=tile
+        )
+    grad_bias = jnp.sum(d_pre_activation, axis=0, keepdims=True)
+    _sgd_momentum_update(update_refs[first]["bias"], grad_bias, learning_rate, momentum)
+
+
+def _sgd_momentum_update(
+    refs: tuple,
+    grad: jax.Array,
+    learning_rate: jax.Array,
+    momentum: float,
+    *,
+    rows: slice = slice(None),
+) -> None:
+    """optax.sgd's momentum step on rows `rows` of one parameter array: refs are (param,
+    velocity, new param, new velocity), all (n, m) float32; grad is (rows, m) float32 and
+    learning_rate (1, 1). Stores v' = g + momentum * v and p' = p - learning_rate * v'."""
+    param_ref, velocity_ref, new_param_ref, new_velocity_ref = refs
+    new_velocity = grad + momentum * velocity_ref[rows, :]
+    new_param_ref[rows, :] = param_ref[rows, :] - learning_rate * new_velocity
+    new_velocity_ref[rows, :] = new_velocity
+
+
+def _dot(a: jax.Array, b: jax.Array) -> jax.Array:
+    """a @ b in full float32: on Triton the default precision would round inputs to TF32."""
+    return jnp.dot(a, b, precision=lax.Precision.HIGHEST)
+
+
+def _softmax_cross_entropy(
+    logits: jax.Array, labels: jax.Array, batch: int
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """(dLoss/dlogits (P, C), loss (1, 1), correct (1, 1) int32) for logits (P, C) and
+    labels (P, 1) int32, where loss is the mean cross-entropy over the first `batch` rows;
+    the other rows are padding and contribute nothing."""
+    real_row = lax.broadcasted_iota(jnp.int32, labels.shape, 0) < batch
+    one_hot = lax.broadcasted_iota(jnp.int32, logits.shape, 1) == labels
+    shifted = logits - jnp.max(logits, axis=1, keepdims=True)
+    exp_shifted = jnp.exp(shifted)
+    sum_exp = jnp.sum(exp_shifted, axis=1, keepdims=True)
+    label_logit = jnp.sum(jnp.where(one_hot, shifted, 0.0), axis=1, keepdims=True)
+    row_loss = jnp.where(real_row, jnp.log(sum_exp) - label_logit, 0.0)
+    loss = jnp.sum(row_loss, axis=0, keepdims=True) / batch
+    d_logits = jnp.where(real_row, exp_shifted / sum_exp - jnp.where(one_hot, 1.0, 0.0), 0.0)
+    right = real_row & (jnp.argmax(logits, axis=1, keepdims=True) == labels)
+    correct = jnp.sum(jnp.where(right, 1, 0), axis=0, keepdims=True)
+    return d_logits / batch, loss, correct

@@ -1,0 +1,108 @@
+"""One training step of the seed recipe, split where a fused kernel can take over.
+
+The step is `cnn.features` (convolutions, pooling, dropout; XLA ops, differentiated with
+`jax.vjp`) followed by a *head step*: the fully connected layers' forward pass, the mean
+cross-entropy, the backward pass, the SGD-with-momentum update of fc1..fc5, and the gradient
+with respect to the head's input, which flows back into the convolutions. A head step is
+either `xla_head_train_step` (plain JAX) or `pallas_head.head_train_step` (one kernel); both
+take and return the same things, so the rest of the step does not know which runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from jaxcifar.data.preprocess import to_float
+from jaxcifar.models import cnn
+from jaxcifar.train import cross_entropy
+
+Params = dict[str, dict[str, jax.Array]]
+# (head params, head velocity, flat (B, n) float32, labels (B,) int32, learning rate, momentum)
+# -> (new head params, new head velocity, d loss / d flat (B, n), loss scalar, correct scalar)
+HeadStep = Callable[..., tuple[Params, Params, jax.Array, jax.Array, jax.Array]]
+
+
+class FusedState(NamedTuple):
+    """Parameters, their SGD momentum buffers (`velocity`, same pytree), global step (int32)."""
+
+    params: Params
+    velocity: Params
+    step: jax.Array
+
+
+def init_state(params: Params) -> FusedState:
+    """Start from `params` with zero velocity at step 0, as `optax.sgd`'s state starts."""
+    velocity = jax.tree.map(jnp.zeros_like, params)
+    return FusedState(params, velocity, jnp.zeros((), jnp.int32))
+
+
+def sgd_momentum(params: Any, velocity: Any, grads: Any, learning_rate: jax.Array,
+                 momentum: float) -> tuple[Any, Any]:  # fmt: skip
+    """PyTorch's SGD with momentum, as `optax.sgd(lr, momentum)` computes it: v <- m*v + g,
+    p <- p - lr*v (no dampening, no Nesterov). Returns (params, velocity), same pytrees."""
+    velocity = jax.tree.map(lambda v, g: momentum * v + g, velocity, grads)
+    params = jax.tree.map(lambda p, v: p - learning_rate * v, params, velocity)
+    return params, velocity
+
+
+def xla_head_train_step(
+    head_params: Params, head_velocity: Params, flat: jax.Array, labels: jax.Array,
+    learning_rate: jax.Array, momentum: float,
+) -> tuple[Params, Params, jax.Array, jax.Array, jax.Array]:  # fmt: skip
+    """The head step in plain JAX: `cnn.head` on `flat` (B, n) float32, mean cross-entropy
+    against `labels` (B,) int32, its gradients, one momentum update. Returns (head params,
+    head velocity, d loss / d flat (B, n) float32 at the old params, loss float32, number
+    of correct predictions int32)."""
+
+    def loss_fn(head_params, flat):
+        logits = cnn.head(head_params, flat)
+        loss = jnp.mean(cross_entropy(logits, labels))
+        return loss, jnp.sum(jnp.argmax(logits, -1) == labels)
+
+    (loss, correct), (grads, d_flat) = jax.value_and_grad(loss_fn, (0, 1), has_aux=True)(
+        head_params, flat
+    )
+    params, velocity = sgd_momentum(head_params, head_velocity, grads, learning_rate, momentum)
+    return params, velocity, d_flat, loss, correct
+
+
+def make_train_step(
+    head_step: HeadStep, schedule: Callable[[jax.Array], jax.Array], momentum: float
+) -> Callable[[FusedState, tuple[jax.Array, jax.Array], jax.Array], tuple[FusedState, dict]]:
+    """`(state, (images (B, H, W, C) uint8, labels (B,) int32), rng) -> (state, {"loss",
+    "correct"})`, the seed CNN's training step with the head computed by `head_step`.
+
+    Same function as `jaxcifar.train.make_train_step` with `optax.sgd(schedule, momentum)`:
+    the same dropout mask for the same `rng`, the loss before the update. Not jitted: it is
+    the body of `fused.epoch`'s scan.
+    """
+
+    def train_step(state: FusedState, batch: tuple[jax.Array, jax.Array], rng: jax.Array):
+        images, labels = batch
+        x = to_float(images)
+        conv_params = {name: state.params[name] for name in cnn.CONV_LAYERS}
+        head_params = {name: state.params[name] for name in cnn.DENSE_LAYERS}
+        head_velocity = {name: state.velocity[name] for name in cnn.DENSE_LAYERS}
+        # Only the convolutions' parameters need gradients: the images are data.
+        flat, features_vjp = jax.vjp(
+            lambda p: cnn.features(p, x, train=True, rng=rng), conv_params
+        )
+        learning_rate = schedule(state.step)
+        head_params, head_velocity, d_flat, loss, correct = head_step(
+            head_params, head_velocity, flat, labels, learning_rate, momentum
+        )
+        (conv_grads,) = features_vjp(d_flat)
+        conv_velocity = {name: state.velocity[name] for name in cnn.CONV_LAYERS}
+        conv_params, conv_velocity = sgd_momentum(
+            conv_params, conv_velocity, conv_grads, learning_rate, momentum
+        )
+        state = FusedState(
+            {**conv_params, **head_params}, {**conv_velocity, **head_velocity}, state.step + 1
+        )
+        return state, {"loss": loss, "correct": correct}
+
+    return train_step

@@ -1,0 +1,108 @@
+"""The fused fast path trains exactly as the reference path: same parameters after 100 steps."""
+
+import dataclasses
+import json
+
+import jax
+import numpy as np
+import pytest
+
+from jaxcifar import train
+from jaxcifar.config import RunConfig
+from jaxcifar.data.dataset import CLASS_NAMES, Dataset
+from jaxcifar.errors import ConfigError
+from jaxcifar.fused import epoch, step
+
+# 2 epochs of 50 steps: 100 steps that cross an epoch boundary (a new order and new keys).
+CONFIG = RunConfig(epochs=2, batch_size=4, lr=0.01, seed=3)
+
+
+@pytest.fixture(scope="module")
+def dataset() -> Dataset:
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (202, 32, 32, 3), dtype=np.uint8)  # 2 left over per epoch
+    labels = rng.integers(0, 10, 202).astype(np.int32)
+    return Dataset(images, labels, CLASS_NAMES["cifar10"], source="synthetic")
+
+
+@pytest.fixture(scope="module")
+def reference(dataset):
+    """The reference path: `jaxcifar.train`'s jitted step in a Python loop, 2 epochs."""
+    setup = train.build_setup(CONFIG, dataset)
+    state = train.init_state(CONFIG, setup)
+    initial = jax.device_get(state.params)
+    runner = train.EpochRunner(train.make_train_step(setup), dataset, CONFIG, "loop")
+    losses = []
+    for e in (1, 2):
+        state = runner.run(state, e, lambda first, loss, correct: losses.append(loss))
+    return initial, jax.device_get(state.params), np.concatenate(losses)
+
+
+def run_fused(dataset, initial, head, unroll=1):
+    runner = epoch.FusedRunner(CONFIG, dataset, head=head, unroll=unroll)
+    state = step.init_state(jax.device_put(initial))
+    losses = []
+    for e in (1, 2):
+        state, loss, _ = runner.run(state, e)
+        losses.append(loss)
+    assert int(state.step) == 100
+    return jax.device_get(state.params), np.concatenate(losses)
+
+
+@pytest.mark.parametrize("head, unroll", [("xla", 1), ("xla", 3), ("pallas", 1)])
+def test_fused_path_gives_the_reference_parameters_after_100_steps(dataset, reference, head, unroll):
+    initial, expected, expected_losses = reference
+    params, losses = run_fused(dataset, initial, head, unroll)
+    np.testing.assert_allclose(losses, expected_losses, rtol=1e-4, atol=1e-5)
+    for name in expected:
+        for kind in ("kernel", "bias"):
+            moved = np.abs(expected[name][kind] - initial[name][kind]).max()
+            assert moved > 1e-3, (name, kind)  # the comparison below is not trivially met
+            np.testing.assert_allclose(params[name][kind], expected[name][kind], atol=2e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "change, named",
+    [
+        ({"optimizer": "adam"}, "optimizer 'adam'"),
+        ({"weight_decay": 5e-4}, "weight_decay 0.0005"),
+        ({"augment": True}, "augment True"),
+        ({"model": "mlp", "dtype": "bfloat16"}, "model 'mlp' (needs 'cnn'), dtype 'bfloat16'"),
+    ],
+)
+def test_fused_path_refuses_recipes_it_does_not_compute(dataset, change, named):
+    with pytest.raises(ConfigError, match="fused path runs the seed recipe's kind only") as info:
+        epoch.FusedRunner(dataclasses.replace(CONFIG, **change), dataset)
+    assert named in str(info.value)
+
+
+def test_fused_path_refuses_an_unknown_head_or_unroll(dataset):
+    with pytest.raises(ConfigError, match="head must be one of xla, pallas; got 'cuda'"):
+        epoch.FusedRunner(CONFIG, dataset, head="cuda")
+    with pytest.raises(ConfigError, match="unroll must be a positive integer; got 0"):
+        epoch.FusedRunner(CONFIG, dataset, unroll=0)
+
+
+def test_measured_paths_write_the_seed_recipe_results_schema(dataset, tmp_path):
+    from jaxcifar.fused import measure
+
+    config = RunConfig(epochs=1, batch_size=4)
+    train_set, test_set = dataset.subset(40), dataset.subset(20, seed=1)
+    rows = [
+        measure.measure_path(path, config, train_set, test_set, unroll=2, log=lambda _: None)
+        for path in ("loop", "fused-xla")
+    ]
+    json_path, markdown_path = measure.write_results(rows, tmp_path / "seed-recipe-cpu.json")
+    written = json.loads(json_path.read_text())
+    assert written == rows
+    for row, path in zip(written, ("loop", "fused-xla")):
+        assert {"device": str, "epochs": int, "batch_size": int, "wall_seconds": float,
+                "compile_seconds": float, "test_accuracy": float, "path": str}.items() <= {
+            key: type(row[key]) for key in row}.items()  # fmt: skip
+        assert (row["path"], row["epochs"], row["batch_size"], row["steps"]) == (path, 1, 4, 10)
+        assert 0 < row["compile_seconds"] < row["wall_seconds"]
+        assert row["kernels_per_step"] == sum(row["kernel_counts"].values()) > 10
+    # Same order, masks and updates: the two paths end at the same loss and accuracy.
+    assert written[0]["last_epoch_train_loss"] == pytest.approx(written[1]["last_epoch_train_loss"], rel=1e-5)
+    assert written[0]["test_accuracy"] == written[1]["test_accuracy"]
+    assert "| fused-xla | 2 | 40 | 1 | 10 |" in markdown_path.read_text()

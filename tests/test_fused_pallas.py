@@ -1,0 +1,175 @@
+"""The fused Pallas head step against plain JAX: jax.value_and_grad of the head + optax.sgd.
+
+On CPU the kernel runs in Pallas' interpret mode; the last test checks it also lowers to
+Triton IR for a GPU, which needs no GPU.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from jax import lax
+
+from jaxcifar.fused.pallas_head import LAYER_NAMES, head_train_step
+from jaxcifar.models import cnn
+
+MOMENTUM = 0.9
+NUM_CLASSES = 10
+
+fused_step = jax.jit(head_train_step, static_argnames=("momentum", "interpret"))
+
+
+def head_loss(head_params: dict, flat: jax.Array, labels: jax.Array):
+    logits = cnn.head(head_params, flat)  # the seed CNN's head in plain JAX
+    return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean(), logits
+
+
+@functools.partial(jax.jit, static_argnames="momentum")
+def reference_step(head_params, head_velocity, flat, labels, learning_rate, momentum):
+    """head_train_step's contract, from jax.value_and_grad and optax.sgd(lr, momentum)."""
+    (loss, logits), (grads, d_flat) = jax.value_and_grad(head_loss, (0, 1), has_aux=True)(
+        head_params, flat, labels
+    )
+    optimizer = optax.sgd(learning_rate, momentum=momentum)
+    trace_state, *other_states = optimizer.init(head_params)
+    state = (trace_state._replace(trace=head_velocity), *other_states)
+    updates, (new_trace_state, *_) = optimizer.update(grads, state, head_params)
+    correct = jnp.sum(jnp.argmax(logits, axis=-1) == labels)
+    return optax.apply_updates(head_params, updates), new_trace_state.trace, d_flat, loss, correct
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def run_steps(step, head_params, head_velocity, flat, labels, learning_rates):
+    """len(learning_rates) steps of `step` on one batch in a lax.scan -> (params, losses)."""
+
+    def body(carry, learning_rate):
+        params, velocity = carry
+        params, velocity, _, loss, _ = step(params, velocity, flat, labels, learning_rate, MOMENTUM)
+        return (params, velocity), loss
+
+    (params, _), losses = lax.scan(body, (head_params, head_velocity), learning_rates)
+    return params, losses
+
+
+@jax.jit
+def init_head(key: jax.Array, scale: jax.Array) -> dict:
+    """The seed CNN's fc1..fc5 params as `cnn.init` draws them, times `scale`."""
+    params = cnn.init(key)
+    return jax.tree.map(lambda x: scale * x, {name: params[name] for name in LAYER_NAMES})
+
+
+@pytest.fixture(scope="module")
+def head_params():
+    return init_head(jax.random.key(0), 1.0)
+
+
+@pytest.fixture(scope="module")
+def head_velocity():
+    """A non-zero momentum buffer, so the step's use of the old velocity is checked too."""
+    return init_head(jax.random.key(1), 0.1)
+
+
+def assert_trees_close(got, want, **tolerances):
+    assert jax.tree.structure(got) == jax.tree.structure(want)
+    for got_leaf, want_leaf in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+        assert got_leaf.shape == want_leaf.shape and got_leaf.dtype == want_leaf.dtype
+        np.testing.assert_allclose(got_leaf, want_leaf, **tolerances)
+
+
+@pytest.mark.parametrize("batch", [4, 7])
+def test_one_step_matches_value_and_grad_and_optax_sgd(head_params, head_velocity, batch):
+    flat = jax.random.normal(jax.random.key(2), (batch, 1024))
+    random_labels = jax.random.randint(jax.random.key(3), (batch,), 0, NUM_CLASSES)
+    # Every other row labelled with its current prediction, so `correct` is not trivially 0.
+    predicted = jnp.argmax(jax.jit(cnn.head)(head_params, flat), axis=-1)
+    labels = jnp.where(jnp.arange(batch) % 2 == 0, predicted, random_labels)
+
+    got = fused_step(head_params, head_velocity, flat, labels, 0.05, momentum=MOMENTUM)
+    want = reference_step(head_params, head_velocity, flat, labels, 0.05, MOMENTUM)
+
+    new_params, new_velocity, d_flat, loss, correct = got
+    want_params, want_velocity, want_d_flat, want_loss, want_correct = want
+    assert_trees_close(new_params, want_params, rtol=1e-5, atol=1e-6)
+    assert_trees_close(new_velocity, want_velocity, rtol=1e-5, atol=1e-6)
+    assert d_flat.shape == (batch, 1024) and d_flat.dtype == jnp.float32
+    np.testing.assert_allclose(d_flat, want_d_flat, rtol=1e-5, atol=1e-7)
+    assert loss.shape == () and loss.dtype == jnp.float32
+    np.testing.assert_allclose(loss, want_loss, rtol=1e-5)
+    assert correct.shape == () and correct.dtype == jnp.int32
+    assert int(correct) == int(want_correct) >= (batch + 1) // 2
+
+
+def test_hundred_scanned_steps_track_optax_and_learn(head_params):
+    """A scheduled (traced) rate; 8 random inputs with random labels are memorisable."""
+    batch = 8
+    flat = jax.random.normal(jax.random.key(4), (batch, 1024))
+    labels = jax.random.randint(jax.random.key(5), (batch,), 0, NUM_CLASSES)
+    learning_rates = jnp.linspace(0.05, 0.005, 100)
+    zero_velocity = jax.tree.map(jnp.zeros_like, head_params)
+
+    params, losses = run_steps(
+        head_train_step, head_params, zero_velocity, flat, labels, learning_rates
+    )
+    want_params, want_losses = run_steps(
+        reference_step, head_params, zero_velocity, flat, labels, learning_rates
+    )
+
+    assert_trees_close(params, want_params, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(losses, want_losses, rtol=1e-4, atol=1e-5)
+    assert losses[-1] < 0.1 * losses[0]
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"flat": jnp.zeros((4, 1000))}, r"flat must be \(batch, 1024\).*got \(4, 1000\)"),
+        ({"labels": jnp.zeros((5,), jnp.int32)}, r"labels must be \(4,\) integers.*got \(5,\)"),
+        ({"labels": jnp.zeros((4,))}, r"labels must be \(4,\) integers.*float32"),
+        (
+            {"head_velocity": {name: {} for name in ("fc1", "fc2")}},
+            r"head_velocity must have the layers \('fc1', 'fc2', 'fc3', 'fc4', 'fc5'\)",
+        ),
+    ],
+)
+def test_bad_input_raises_a_value_error_saying_what_was_expected(head_params, change, message):
+    arguments = {
+        "head_params": head_params,
+        "head_velocity": head_params,
+        "flat": jnp.zeros((4, 1024)),
+        "labels": jnp.zeros((4,), jnp.int32),
+        "learning_rate": 0.05,
+        "momentum": MOMENTUM,
+    }
+    with pytest.raises(ValueError, match=message):
+        head_train_step(**{**arguments, **change})
+
+
+def test_velocity_of_other_shapes_is_refused(head_params):
+    velocity = {**head_params, "fc5": {"kernel": jnp.zeros((16, 12)), "bias": jnp.zeros(12)}}
+    with pytest.raises(ValueError, match="head_velocity must have the shapes of head_params"):
+        head_train_step(head_params, velocity, jnp.zeros((4, 1024)), jnp.zeros(4, int), 0.05, 0.9)
+
+
+def test_lowers_to_one_triton_kernel_updating_in_place(head_params):
+    """Lowering for a CUDA GPU needs no GPU: the kernel keeps to what Pallas' Triton backend
+    lowers, and all 20 params and velocity arrays alias outputs of the one custom call."""
+    step = functools.partial(head_train_step, momentum=MOMENTUM, interpret=False)
+    lowered = (
+        jax.jit(step)
+        .trace(
+            head_params,
+            head_params,
+            jax.ShapeDtypeStruct((4, 1024), jnp.float32),
+            jax.ShapeDtypeStruct((4,), jnp.int32),
+            jax.ShapeDtypeStruct((), jnp.float32),
+        )
+        .lower(lowering_platforms=("cuda",))
+        .as_text()
+    )
+    assert lowered.count("custom_call @__gpu$xla.gpu.triton") == 1
+    assert lowered.count("stablehlo.output_operand_alias<") == 2 * 2 * len(LAYER_NAMES)
