@@ -4,11 +4,12 @@ side in one process, and write benchmarks/results/seed-recipe-<device>.json and 
 Usage: python benchmarks/seed_recipe.py [--data-dir ../shared/data] [--paths loop scan ...]
        [--epochs 10] [--limit-train N --limit-test N] [--unroll 1] [--out benchmarks/results]
 
-Paths (jaxcifar.fused.measure): loop and scan are `jaxcifar train`'s epoch modes; fused-xla
-and fused-pallas are the fused path with the dense head in plain JAX or in one Pallas kernel
-(interpret mode on a CPU, where it only shows that the path runs: its time means nothing
+Paths are `jaxcifar train --epoch-mode` values (jaxcifar.fused.measure): loop, scan, and the
+fused path with the dense head in plain JAX (fused) or in one Pallas kernel (fused-pallas;
+interpret mode on a CPU, where it only shows that the path runs: its time means nothing
 there). Every path trains the same recipe from the same initial parameters; `--limit-train`
-makes a CPU run short enough to finish.
+makes a CPU run short enough to finish. A path that fails (say, a Pallas kernel the GPU's
+compiler rejects) is reported with its error and the others still run.
 """
 
 from __future__ import annotations
@@ -41,12 +42,17 @@ def main() -> None:
         dataset = load("cifar10", split, data_dir=args.data_dir)
         splits[split] = dataset if limit is None else dataset.subset(limit, seed=0)
     config = RunConfig(epochs=args.epochs)
-    rows = [
-        measure_path(path, config, splits["train"], splits["test"], unroll=args.unroll)
-        for path in args.paths
-    ]
+    rows, failures = [], []
+    for path in args.paths:
+        try:
+            rows.append(
+                measure_path(path, config, splits["train"], splits["test"], unroll=args.unroll)
+            )
+        except Exception as error:  # one path failing is a result too; measure the rest
+            failures.append(f"{path}: {type(error).__name__}: {error}")
+            print(f"{path} failed: {failures[-1]}")
     stem = args.name or f"seed-recipe-{device_slug(device_name())}"
-    paths = write_results(rows, args.out / f"{stem}.json")
+    paths = write_results(rows, args.out / f"{stem}.json", failures=failures)
     print(" ".join(str(path) for path in paths))
 
 

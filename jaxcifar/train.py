@@ -36,7 +36,9 @@ from jaxcifar.data.preprocess import to_float
 from jaxcifar.errors import ConfigError, TrainingDiverged
 from jaxcifar.optim import build_optimizer
 
-EPOCH_MODES = ("auto", "loop", "chunk", "scan")
+EPOCH_MODES = ("auto", "loop", "chunk", "scan", "fused", "fused-pallas")
+# The fused path's modes and the head step each runs (jaxcifar.fused).
+FUSED_HEADS = {"fused": "xla", "fused-pallas": "pallas"}
 CHUNK_STEPS = 100
 # Loop mode fetches losses from the device every this many steps (to update the progress bar
 # and catch a NaN) rather than every step, so dispatch of later steps overlaps compute.
@@ -351,6 +353,21 @@ class EpochRunner:
         return state
 
 
+def make_epoch_runner(mode: str, config: RunConfig, setup: Setup, train_set: Dataset,
+                      mesh: Mesh | None = None) -> Any:  # fmt: skip
+    """The runner of `mode` (not "auto"; see `pick_epoch_mode`): an `EpochRunner` over
+    `make_train_step`'s step, or for "fused" / "fused-pallas" a `jaxcifar.fused.epoch.
+    FusedRunner` (one device, seed-recipe kinds only; ConfigError otherwise). Both have
+    `steps`, `compile_seconds` and `run(state, epoch, report) -> state`."""
+    if mode in FUSED_HEADS:
+        # Imported here: the fused path builds on this module (its reference and its state).
+        from jaxcifar.fused.epoch import FusedRunner
+
+        return FusedRunner(config, train_set, head=FUSED_HEADS[mode], mesh=mesh)
+    train_step = make_train_step(setup, dtype=config.dtype, augment=config.augment, mesh=mesh)
+    return EpochRunner(train_step, train_set, config, mode, mesh)
+
+
 @functools.cache
 def _epoch_order_fn(mesh: Mesh, size: int) -> Callable[[np.int32, np.int32], tuple[jax.Array, jax.Array]]:
     """Jitted `(seed, epoch) -> (permutation of range(size), per-step key)`, replicated over
@@ -416,7 +433,9 @@ def fit(
     its `state`), evaluating on `test_set` after each, and return the final state and reports.
 
     Runs data parallel over `mesh` (default: every device of every process); the batch size
-    must divide by its device count (ConfigError otherwise). `on_epoch_end(state, history)`
+    must divide by its device count (ConfigError otherwise). `epoch_mode` is one of
+    EPOCH_MODES: "auto" picks loop or scan (`pick_epoch_mode`); "fused" and "fused-pallas"
+    train on one device along the fast path of `jaxcifar.fused`. `on_epoch_end(state, history)`
     runs after each epoch (checkpointing), on process 0 only: the state is replicated, so
     process 0 holds all of it. A non-finite loss raises TrainingDiverged naming the epoch
     and step, before that epoch's `on_epoch_end`.
@@ -426,9 +445,8 @@ def fit(
     state = init_state(config, setup, mesh) if state is None else parallel.replicate(state, mesh)
     history = list(history)
     mode = pick_epoch_mode(epoch_mode, train_set)
-    train_step = make_train_step(setup, dtype=config.dtype, augment=config.augment, mesh=mesh)
     eval_step = make_eval_step(setup, dtype=config.dtype, mesh=mesh)
-    runner = EpochRunner(train_step, train_set, config, mode, mesh)
+    runner = make_epoch_runner(mode, config, setup, train_set, mesh)
     log(f"epoch mode: {mode}, {runner.steps} steps of {config.batch_size} per epoch")
     test = None
     for epoch in range(len(history) + 1, config.epochs + 1):

@@ -26,6 +26,10 @@ from jaxcifar.config import (
     ACTIVATIONS, DTYPES, MODELS, OPTIMIZERS, RECIPES, SCHEDULES, RunConfig,
 )  # fmt: skip
 from jaxcifar.errors import CheckpointError, ConfigError, TrainingDiverged
+
+# train.EPOCH_MODES, spelled out so that building the parser does not import JAX
+# (tests/test_fused.py checks that the two agree).
+EPOCH_MODES = ("auto", "loop", "chunk", "scan", "fused", "fused-pallas")
 from jaxcifar.interrupt import Interrupted, StopOnSignal
 
 HELP = "train a model; write metrics.json, figures and a checkpoint"
@@ -76,9 +80,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.msgpack")
     parser.add_argument("--override-config", action="store_true",
                         help="with --resume: accept a configuration that differs from the checkpoint's")
-    parser.add_argument("--epoch-mode", choices=("auto", "loop", "chunk", "scan"), default="auto",
+    parser.add_argument("--epoch-mode", choices=EPOCH_MODES, default="auto",
                         help="loop: jitted step per batch; chunk/scan: lax.scan over 100 steps / "
-                        "a whole epoch on the device; auto: loop on CPU, scan on GPU/TPU")
+                        "a whole epoch on the device; fused/fused-pallas: the seed recipe's fast "
+                        "path on one device, its dense head in XLA / in one Pallas kernel; "
+                        "auto: loop on CPU, scan on GPU/TPU")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")  # fmt: skip
     parallel.add_distributed_arguments(parser)
 
@@ -165,6 +171,10 @@ def _train(
     from jaxcifar.commands.evaluate import load_split
     from jaxcifar.reports import build_metrics, write_reports
 
+    if args.epoch_mode in train.FUSED_HEADS:  # refuse before minutes of data loading
+        from jaxcifar.fused.epoch import check_config
+
+        check_config(config)
     state, history = None, []
     if args.resume:
         saved = checkpoint.load(out)

@@ -3,7 +3,9 @@
 The epoch's order (permutation and step keys, `jaxcifar.train.epoch_order`) is drawn inside
 the same program, so an epoch is one dispatch: the host sends the epoch number and gets back
 the state and the per-step losses. `unroll` > 1 puts that many steps in each iteration of
-the compiled loop, trading program size for loop overhead.
+the compiled loop, trading program size for loop overhead. `FusedRunner` has
+`train.EpochRunner`'s interface and takes and returns its `TrainState` (optax's SGD state
+holds the same momentum buffers), so `train.fit`, checkpoints and resuming work unchanged.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
+from jax.sharding import Mesh
 
 from jaxcifar import train
 from jaxcifar.config import RunConfig
@@ -30,8 +34,9 @@ HEADS: dict[str, step.HeadStep] = {
 
 def check_config(config: RunConfig) -> None:
     """Raise ConfigError unless `config` is a recipe the fused step computes: the CNN, plain
-    SGD (any momentum and schedule), no weight decay, no augmentation, float32."""
-    wrong = [
+    SGD with momentum (any schedule), no weight decay, no augmentation, float32."""
+    wrong = [f"momentum {config.momentum} (needs > 0)"] if config.momentum == 0 else []
+    wrong += [
         f"{name} {value!r} (needs {needed!r})"
         for name, value, needed in (
             ("model", config.model, "cnn"),
@@ -43,23 +48,52 @@ def check_config(config: RunConfig) -> None:
         if value != needed
     ]
     if wrong:
-        raise ConfigError(f"the fused path runs the seed recipe's kind only; got {', '.join(wrong)}")
+        raise ConfigError(
+            "the fused path (--epoch-mode fused, fused-pallas) runs the seed recipe's kind "
+            f"only; got {', '.join(wrong)}"
+        )
+
+
+def to_fused_state(state: train.TrainState) -> step.FusedState:
+    """The fused path's view of a `train.TrainState` trained with `optax.sgd(schedule,
+    momentum)`, whose optimizer state is (TraceState(trace=velocity), ScaleByScheduleState)."""
+    trace_state, _ = state.opt_state
+    return step.FusedState(state.params, trace_state.trace, state.step)
+
+
+def to_train_state(state: step.FusedState) -> train.TrainState:
+    """The inverse of `to_fused_state`: optax's schedule count is the number of updates."""
+    opt_state = (
+        optax.TraceState(trace=state.velocity), optax.ScaleByScheduleState(count=state.step)
+    )
+    return train.TrainState(state.params, opt_state, state.step)
 
 
 class FusedRunner:
     """Trains epochs of `dataset` (uint8 images, on the default device) with the fused step
     and head `head` ("xla" or "pallas"), `unroll` steps per loop iteration.
 
-    Drops the last partial batch and draws the same order and dropout masks as
-    `train.EpochRunner` for the same config, so both paths train the same way.
+    Same interface as `train.EpochRunner` (`steps`, `compile_seconds`, `run`). Drops the last
+    partial batch and draws the same order and dropout masks as `train.EpochRunner` for the
+    same config, so both train the same way. Raises ConfigError for a recipe the fused step
+    does not compute, or for a mesh of more than one device.
     """
 
-    def __init__(self, config: RunConfig, dataset: Dataset, head: str = "xla", unroll: int = 1):
+    def __init__(
+        self, config: RunConfig, dataset: Dataset, head: str = "xla", unroll: int = 1,
+        mesh: Mesh | None = None,
+    ):  # fmt: skip
         check_config(config)
         if head not in HEADS:
             raise ConfigError(f"head must be one of {', '.join(HEADS)}; got {head!r}")
         if unroll < 1:
             raise ConfigError(f"unroll must be a positive integer; got {unroll}")
+        if mesh is not None and mesh.size > 1:
+            raise ConfigError(
+                f"the fused path trains on one device; this run has {mesh.size} "
+                "(use --epoch-mode scan or loop to train data parallel)"
+            )
+        self.config = config
         self.unroll = unroll
         self.steps = len(dataset) // config.batch_size
         if self.steps == 0:
@@ -88,19 +122,25 @@ class FusedRunner:
         self._compiled: Callable | None = None
         self.compile_seconds = 0.0
 
-    def compile(self, state: step.FusedState) -> Callable:
-        """The epoch program for `state`'s shapes, compiled once (timed in compile_seconds)."""
+    def compile(self, state: train.TrainState) -> Callable:
+        """The epoch program `(FusedState, images, labels, epoch) -> (FusedState, (losses,
+        corrects))` for `state`'s shapes, compiled once (timed in compile_seconds)."""
         if self._compiled is None:
             start = time.perf_counter()
-            args = (state, self.images, self.labels, np.int32(1))
+            args = (to_fused_state(state), self.images, self.labels, np.int32(1))
             self._compiled = self._run_epoch.lower(*args).compile()
             self.compile_seconds += time.perf_counter() - start
         return self._compiled
 
-    def run(self, state: step.FusedState, epoch: int) -> tuple[step.FusedState, np.ndarray, np.ndarray]:
-        """Epoch `epoch` (1-based): (state, per-step losses (steps,) float32, per-step correct
-        counts (steps,) int32). `state` is donated: do not use it afterwards."""
-        state, (losses, corrects) = self.compile(state)(
-            state, self.images, self.labels, np.int32(epoch)
+    def run(
+        self, state: train.TrainState, epoch: int,
+        report: Callable[[int, np.ndarray, np.ndarray], None],
+    ) -> train.TrainState:  # fmt: skip
+        """Epoch `epoch` (1-based) from `state`, which is donated (do not use it afterwards);
+        then `report(0, losses (steps,) float32, corrects (steps,) int32)`, which may raise
+        to stop, as `train.EpochRunner.run` does."""
+        fused, (losses, corrects) = self.compile(state)(
+            to_fused_state(state), self.images, self.labels, np.int32(epoch)
         )
-        return state, np.asarray(losses), np.asarray(corrects)
+        report(0, np.asarray(losses), np.asarray(corrects))
+        return to_train_state(fused)

@@ -1,8 +1,8 @@
 """Timed seed-recipe runs by path, and their results file (a JSON list plus a markdown table).
 
-A path is how the same training runs: "loop" and "scan" are `jaxcifar.train`'s epoch modes
-(a Python loop of jitted steps; one `lax.scan` per epoch), "fused-xla" and "fused-pallas"
-the fused path (`FusedRunner`) with the head step in plain JAX or as one Pallas kernel.
+A path is one of `jaxcifar.train`'s epoch modes: "loop" (a Python loop of jitted steps),
+"scan" (one `lax.scan` per epoch), "fused" and "fused-pallas" (the fused path,
+`FusedRunner`, with the head step in plain JAX or as one Pallas kernel).
 Each row is `{"device", "epochs", "batch_size", "wall_seconds" (compilation included),
 "compile_seconds", "test_accuracy", "path"}` plus what explains it: the training and test
 set sizes, the kernels one step launches (from the compiled HLO), the final epoch's mean
@@ -27,11 +27,10 @@ from jaxcifar.atomic import atomic_write_text
 from jaxcifar.bench.xla_cost import kernel_counts
 from jaxcifar.config import RunConfig
 from jaxcifar.data.dataset import Dataset
-from jaxcifar.fused import step
 from jaxcifar.fused.epoch import FusedRunner
 from jaxcifar.speedrun.measure import device_name
 
-PATHS = ("loop", "scan", "fused-xla", "fused-pallas")
+PATHS = ("loop", "scan", "fused", "fused-pallas")
 
 
 def measure_path(
@@ -43,32 +42,25 @@ def measure_path(
     The wall time runs from building the first program to the last epoch's state being
     ready: compilation and training, not the test evaluation after it.
     """
+    if path not in PATHS:
+        raise ValueError(f"unknown path {path!r}; expected one of {', '.join(PATHS)}")
     setup = train.build_setup(config, train_set)
     state = train.init_state(config, setup)
-    jax.block_until_ready(state)
+    initial_params = jax.tree.map(jnp.copy, jax.block_until_ready(state.params))
     losses: list[np.ndarray] = []
     start = time.perf_counter()
-    if path in ("loop", "scan"):
-        train_step = train.make_train_step(setup)
-        runner = train.EpochRunner(train_step, train_set, config, path)
-        for epoch in range(1, config.epochs + 1):
-            epoch_losses: list[np.ndarray] = []
-            state = runner.run(state, epoch, lambda first, loss, correct: epoch_losses.append(loss))
-            losses.append(np.concatenate(epoch_losses))
-        params = jax.block_until_ready(state.params)
-    elif path in ("fused-xla", "fused-pallas"):
-        runner = FusedRunner(config, train_set, head=path.removeprefix("fused-"), unroll=unroll)
-        # A copy: the runner donates its state, and `state` is still read below.
-        fused = step.init_state(jax.tree.map(jnp.copy, state.params))
-        for epoch in range(1, config.epochs + 1):
-            fused, epoch_losses, _ = runner.run(fused, epoch)
-            losses.append(epoch_losses)
-        params = jax.block_until_ready(fused.params)
+    if path in train.FUSED_HEADS:
+        runner = FusedRunner(config, train_set, head=train.FUSED_HEADS[path], unroll=unroll)
     else:
-        raise ValueError(f"unknown path {path!r}; expected one of {', '.join(PATHS)}")
+        runner = train.make_epoch_runner(path, config, setup, train_set)
+    for epoch in range(1, config.epochs + 1):
+        epoch_losses: list[np.ndarray] = []
+        state = runner.run(state, epoch, lambda first, loss, correct: epoch_losses.append(loss))
+        losses.append(np.concatenate(epoch_losses))
+    params = jax.block_until_ready(state.params)
     wall = time.perf_counter() - start
     test = train.evaluate(train.make_eval_step(setup), params, test_set)
-    kernels = _step_kernels(path, runner, setup, state, train_set)
+    kernels = _step_kernels(path, runner, setup, initial_params, train_set)
     row = {
         "device": device_name(),
         "epochs": config.epochs,
@@ -77,7 +69,7 @@ def measure_path(
         "compile_seconds": runner.compile_seconds,
         "test_accuracy": test.accuracy,
         "path": path,
-        "unroll": unroll if path.startswith("fused") else None,
+        "unroll": unroll if path in train.FUSED_HEADS else None,
         "train_images": len(train_set),
         "test_images": len(test_set),
         "steps": runner.steps * config.epochs,
@@ -94,8 +86,8 @@ def measure_path(
     return row
 
 
-def _step_kernels(path: str, runner: Any, setup: train.Setup, state: train.TrainState,
-                  dataset: Dataset) -> dict[str, int] | None:  # fmt: skip
+def _step_kernels(path: str, runner: Any, setup: train.Setup, params: Any,
+                  dataset: Dataset) -> dict[str, float] | None:  # fmt: skip
     """Opcode -> count of the kernels one training step launches on this backend: the
     jitted step's program for the loop path, the loop body of the epoch program for the
     fused paths (which holds one step and its batch gather; with unroll u, u steps, so the
@@ -103,16 +95,18 @@ def _step_kernels(path: str, runner: Any, setup: train.Setup, state: train.Train
     `train.EpochRunner`; its body is the loop path's step plus the batch gather."""
     if path == "scan":
         return None
+    state = train.TrainState(params, setup.optimizer.init(params), jnp.zeros((), jnp.int32))
     if path == "loop":
-        batch = (dataset.images[: runner.config.batch_size], dataset.labels[: runner.config.batch_size])
+        size = runner.config.batch_size
+        batch = (dataset.images[:size], dataset.labels[:size])
         compiled = train.make_train_step(setup).lower(state, batch, jax.random.key(0)).compile()
         return dict(kernel_counts(compiled.as_text()))
-    counts = kernel_counts(runner.compile(step.init_state(state.params)).as_text(), loop_body=True)
+    counts = kernel_counts(runner.compile(state).as_text(), loop_body=True)
     return {op: count / runner.unroll for op, count in counts.items()}
 
 
-def render_markdown(rows: Sequence[dict[str, Any]]) -> str:
-    """The rows as one markdown table."""
+def render_markdown(rows: Sequence[dict[str, Any]], failures: Sequence[str] = ()) -> str:
+    """The rows as one markdown table, then the paths that failed and why."""
     lines = [
         f"# Seed recipe by path, {rows[0]['device'] if rows else '(no rows)'}",
         "",
@@ -133,13 +127,18 @@ def render_markdown(rows: Sequence[dict[str, Any]]) -> str:
             f"| {warm:.3f} | {kernels} | {row['last_epoch_train_loss']:.4f} "
             f"| {row['test_accuracy']:.4f} |"
         )
+    if failures:
+        lines += ["", "Failed:", "", *(f"- {failure}" for failure in failures)]
     return "\n".join(lines) + "\n"
 
 
-def write_results(rows: Sequence[dict[str, Any]], json_path: str | os.PathLike[str]) -> list[Path]:
-    """Write `rows` to `json_path` as a JSON list and the markdown table beside it (.md)."""
+def write_results(
+    rows: Sequence[dict[str, Any]], json_path: str | os.PathLike[str], failures: Sequence[str] = ()
+) -> list[Path]:
+    """Write `rows` to `json_path` as a JSON list and the markdown table, with `failures`
+    ("path: error" lines), beside it (.md)."""
     path = Path(json_path)
     markdown = path.with_suffix(".md")
     atomic_write_text(path, json.dumps(list(rows), indent=1) + "\n")
-    atomic_write_text(markdown, render_markdown(rows))
+    atomic_write_text(markdown, render_markdown(rows, failures))
     return [path, markdown]
