@@ -20,7 +20,7 @@ from pathlib import Path
 from jaxcifar.config import RunConfig
 from jaxcifar.data import load
 from jaxcifar.fused.measure import PATHS, measure_path, write_results
-from jaxcifar.speedrun.measure import device_name, device_slug
+from jaxcifar.bench.environment import device_name, device_slug
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 

@@ -29,6 +29,7 @@ from pathlib import Path
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
 from jaxcifar.data import load  # noqa: E402
+from jaxcifar.bench import environment  # noqa: E402
 from jaxcifar.data.dataset import Dataset  # noqa: E402
 from jaxcifar.speedrun import measure, xla_cache  # noqa: E402
 from jaxcifar.speedrun.recipe import EPOCH_MODES, Recipe  # noqa: E402
@@ -132,7 +133,7 @@ def main() -> None:
     else:
         skipped.append({"system": AIRBENCH, "reason": reason})
         print(f"{AIRBENCH} skipped: {reason}")
-    device = measure.device_name()
+    device = environment.device_name()
     results = {
         "device": device,
         "runs": rows,
@@ -142,7 +143,7 @@ def main() -> None:
         "recipe": dataclasses.asdict(recipe),
         **details,
     }
-    stem = f"speedrun-{measure.device_slug(device)}"
+    stem = f"speedrun-{environment.device_slug(device)}"
     paths = measure.write_results(results, args.out / f"{stem}.json")
     print(" ".join(str(path) for path in paths))
 

@@ -146,7 +146,7 @@ def test_bench_command_writes_json_markdown_and_plot(tmp_path, capsys):
     markdown = (tmp_path / "run.md").read_text()
     assert "| numpy | mlp | scratch_step | 4 | float32 |" in markdown
     assert "| mlp | scan | 8 | 2 |" in markdown
-    assert "Matmul roof (1024x1024 float32 GEMM): jax " in markdown
+    assert "Matmul roof (float32 GEMM): jax " in markdown and "GFLOP/s (1024x1024)" in markdown
     assert (tmp_path / "run.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

@@ -6,6 +6,7 @@ import datetime
 import importlib.metadata
 import os
 import platform
+import re
 from typing import Any
 
 PACKAGES = ("jax", "jaxlib", "numpy", "optax", "torch")
@@ -53,3 +54,15 @@ def describe_environment() -> dict[str, Any]:
             else f"not reported by the {device.platform} backend"
         ),
     }
+
+
+def device_name() -> str:
+    """The default device's kind, e.g. "NVIDIA H200" or "cpu"."""
+    import jax
+
+    return jax.devices()[0].device_kind
+
+
+def device_slug(name: str) -> str:
+    """A file-name-safe form of a device name: "NVIDIA H200" -> "nvidia-h200"."""
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or "device"

@@ -44,16 +44,14 @@ def _ratio(row: dict[str, Any]) -> str:
 
 
 def _roof_lines(rows: Sequence[dict[str, Any]]) -> list[str]:
-    """One line naming the matmul roof of each framework measured, then a blank line."""
+    """One line naming the matmul roof measured by each framework, then a blank line."""
     roofs = [
-        f"{row['framework']} {row['flops_per_second'] * 1e-9:.0f} GFLOP/s"
+        f"{row['framework']} {row['flops_per_second'] * 1e-9:.0f} GFLOP/s "
+        f"({row['batch_size']}x{row['batch_size']})"
         for row in rows
         if row["case"] == "matmul_peak"
     ]
-    if not roofs:
-        return []
-    size = rows[[row["case"] for row in rows].index("matmul_peak")]["batch_size"]
-    return [f"Matmul roof ({size}x{size} float32 GEMM): {', '.join(roofs)}.", ""]
+    return [f"Matmul roof (float32 GEMM): {', '.join(roofs)}.", ""] if roofs else []
 
 
 def render_markdown(results: dict[str, Any]) -> str:

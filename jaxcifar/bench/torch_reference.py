@@ -20,12 +20,26 @@ MOMENTUM = 0.9
 
 
 def torch_missing() -> str | None:
-    """None when torch imports, else the reason it does not (for the results file)."""
+    """None when the reference can run on the kind of device JAX runs on, else why not (for
+    the results file): torch does not import, or JAX is on a GPU and torch has no CUDA."""
     try:
-        import torch  # noqa: F401
+        import torch
     except ImportError as error:
         return f"torch is not installed ({error}); install the extra: pip install 'jaxcifar[bench]'"
+    if _jax_on_gpu() and not torch.cuda.is_available():
+        return "JAX runs on a GPU but this torch build has no CUDA: the reference would run elsewhere"
     return None
+
+
+def _jax_on_gpu() -> bool:
+    import jax
+
+    return jax.default_backend() == "gpu"
+
+
+def torch_device() -> str:
+    """The torch device of the reference: "cuda" where JAX runs on a GPU, else "cpu"."""
+    return "cuda" if _jax_on_gpu() else "cpu"
 
 
 def build_seed_cnn(input_shape: tuple[int, int, int] = (32, 32, 3), num_classes: int = 10):
@@ -56,7 +70,9 @@ def measure_torch_cnn(
     threads: int | None = None,
 ) -> Row:
     """Time the seed notebook's step (zero_grad, forward, cross-entropy, backward, SGD
-    momentum step) in training mode (dropout on), eager or with the model torch.compile'd.
+    momentum step) in training mode (dropout on), eager or with the model torch.compile'd,
+    on `torch_device()`; on CUDA each timed step ends with a synchronize, as JAX's steps end
+    with block_until_ready.
 
     Args:
       images: (B, H, W, C) uint8; normalised to [-1, 1] and made NCHW once, up front.
@@ -72,9 +88,11 @@ def measure_torch_cnn(
     if threads is not None:
         torch.set_num_threads(threads)
     torch.manual_seed(0)
-    x = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2))).float() / 127.5 - 1.0
-    y = torch.from_numpy(labels.astype(np.int64))
-    model = build_seed_cnn(images.shape[1:]).train()
+    device = torch_device()
+    x = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2))).to(device)
+    x = x.float() / 127.5 - 1.0
+    y = torch.from_numpy(labels.astype(np.int64)).to(device)
+    model = build_seed_cnn(images.shape[1:]).train().to(device)
     forward = torch.compile(model, dynamic=False) if compile else model
     optimizer = torch.optim.SGD(model.parameters(), lr=LEARNING_RATE, momentum=MOMENTUM)
     loss_fn = torch.nn.CrossEntropyLoss()
@@ -83,6 +101,8 @@ def measure_torch_cnn(
         optimizer.zero_grad(set_to_none=True)
         loss_fn(forward(x), y).backward()
         optimizer.step()
+        if device == "cuda":
+            torch.cuda.synchronize()
 
     compile_seconds = None
     if compile:
@@ -93,5 +113,5 @@ def measure_torch_cnn(
     return step_row(
         "torch-compile" if compile else "torch", "cnn", "train_step", len(images), "float32",
         images.shape[1:], seconds, compile_seconds=compile_seconds,
-        notes=f"{torch.get_num_threads()} intra-op threads",
+        notes=f"{device}, {torch.get_num_threads()} intra-op threads",
     )  # fmt: skip

@@ -67,7 +67,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     parser.add_argument("--out", default="benchmarks/results", metavar="DIR", help="output folder")
     parser.add_argument(
-        "--name", help="file name stem of the results (None: <platform>-<date>)"
+        "--name", help="file name stem of the results (None: <device kind>-<date>, e.g. "
+        "cpu-2026-11-29 or nvidia-h200-2026-11-29)"
     )
 
 
@@ -75,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
     """Run the benchmark: progress on stderr, the paths of the written files on stdout."""
     from tqdm import tqdm
 
-    from jaxcifar.bench import output, suite
+    from jaxcifar.bench import environment, output, suite
 
     if args.steps is not None:
         budget = TimingBudget.fixed(args.steps, warmup=args.warmup)
@@ -104,7 +105,8 @@ def run(args: argparse.Namespace) -> int:
 
     results = suite.run(settings, on_case=on_case)
     bar.close()
-    stem = args.name or f"{results['environment']['platform']}-{datetime.date.today().isoformat()}"
+    device = environment.device_slug(results["environment"]["device_kind"])
+    stem = args.name or f"{device}-{datetime.date.today().isoformat()}"
     for path in output.write_results(results, args.out, stem):
         print(path)
     return 0

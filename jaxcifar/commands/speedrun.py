@@ -47,6 +47,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from jaxcifar.data import load
+    from jaxcifar.bench import environment
     from jaxcifar.speedrun import measure, xla_cache
     from jaxcifar.speedrun.recipe import Recipe
 
@@ -59,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
         splits[split] = dataset if limit is None else dataset.subset(limit, seed=args.seed)
     cache = args.compile_cache or xla_cache.default_dir()
     with xla_cache.compilation_cache(None if cache == "none" else cache):
-        device = measure.device_name()
+        device = environment.device_name()
         print(f"device: {device}; data: {splits['train'].source}; compile cache: {cache}")
         rows, details = measure.measure(
             recipe, splits["train"], splits["test"], runs=args.runs, seed=args.seed,

@@ -28,7 +28,7 @@ from jaxcifar.bench.xla_cost import kernel_counts
 from jaxcifar.config import RunConfig
 from jaxcifar.data.dataset import Dataset
 from jaxcifar.fused.epoch import FusedRunner
-from jaxcifar.speedrun.measure import device_name
+from jaxcifar.bench.environment import device_name
 
 PATHS = ("loop", "scan", "fused", "fused-pallas")
 

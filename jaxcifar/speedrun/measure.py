@@ -11,29 +11,17 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import statistics
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from jaxcifar.atomic import atomic_write_text
+from jaxcifar.bench.environment import device_name
 from jaxcifar.data.dataset import Dataset
 from jaxcifar.speedrun.recipe import Recipe
 
 SYSTEM = "jaxcifar-fast"
-
-
-def device_name() -> str:
-    """The default device's kind, e.g. "NVIDIA H200" or "cpu"."""
-    import jax
-
-    return jax.devices()[0].device_kind
-
-
-def device_slug(name: str) -> str:
-    """A file-name-safe form of a device name: "NVIDIA H200" -> "nvidia-h200"."""
-    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or "device"
 
 
 def run_row(system: str, train_seconds: float, cold_seconds: float | None,

@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Every GPU measurement the open issues ask for, in one device call: the seed recipe by path
+# (#9 A), the fast recipe against airbench94 (#9 B) and the step-time benchmark's GPU rows
+# (#5). About 8 minutes on an H100/H200 after the machine starts; each part has its own
+# timeout, so one that hangs does not cost the others.
+#
+# Prepare on the CPU machine, once, from the repository root (both folders are git-ignored):
+#   mkdir -p .data .whl && cp ../shared/data/cifar10-jpeg.tar.gz .data/
+#   python3 -m pip download --no-deps airbench==0.1.8 -d .whl
+# then run through the device tool: command "bash scripts/gpu_checks.sh", carry [".data", ".whl"].
+# Results land in $OUT (the device tool's output folder; benchmarks/results without it).
+# QUICK=1 shrinks every part to a smoke test (minutes on a CPU), to check the script itself.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+out=${OUT:-benchmarks/results}
+mkdir -p "$out"
+quick=${QUICK:-0}
+
+python3 -m pip install -q --no-deps -e . || exit 1
+# airbench94 is a pure-Python sdist; torch and numpy are already on the GPU machine.
+ls .whl/airbench-*.tar.gz >/dev/null 2>&1 && python3 -m pip install -q --no-deps --no-index .whl/airbench-*.tar.gz
+export JAXCIFAR_CACHE=${JAXCIFAR_CACHE:-/tmp/jaxcifar-cache}
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null
+python3 -c "import jax; print('jax', jax.__version__, jax.devices())"
+
+# Decode the JPEGs once (the cache makes every later load ~0.4 s).
+timeout 120 python3 -c "from jaxcifar.data import load; [load('cifar10', s, data_dir='.data') for s in ('train', 'test')]"
+
+if [ "$quick" = 1 ]; then
+  seed_args=(--epochs 1 --limit-train 400 --limit-test 500)
+  speedrun_args=(--runs 1 --epochs 0.2 --limit-train 2000 --limit-test 1000)
+  bench_args=(--models cnn --batch-sizes 4 --dtypes float32 --steps 2 --epoch-images 16 --epoch-batch-sizes 8)
+else
+  seed_args=()
+  speedrun_args=(--runs 5)
+  bench_args=()
+fi
+echo "== seed recipe by path (#9 A)"
+timeout 240 python3 benchmarks/seed_recipe.py --data-dir .data --paths scan fused fused-pallas \
+  --out "$out" "${seed_args[@]}"
+echo "== fast recipe vs airbench94 (#9 B)"
+timeout 150 python3 benchmarks/speedrun.py --data-dir .data --out "$out" "${speedrun_args[@]}"
+echo "== step-time benchmark (#5)"
+timeout 200 jaxcifar bench --out "$out" "${bench_args[@]}"
+ls -l "$out"
