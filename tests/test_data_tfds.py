@@ -1,5 +1,7 @@
 import subprocess
 import sys
+import urllib.error
+import urllib.request
 
 import numpy as np
 import pytest
@@ -17,6 +19,7 @@ def no_data_dir(monkeypatch, fresh_cache):
 
 
 def test_tfds_mock_data_loads_without_tensorflow_and_is_cached(no_data_dir, monkeypatch):
+    monkeypatch.setattr(tfds_source, "check_reachable", lambda *args: None)  # "online"
     with tfds.testing.mock_data(num_examples=7):
         data = load("cifar10", "test")
         assert data.images.shape == (7, 32, 32, 3) and data.images.dtype == np.uint8
@@ -35,6 +38,7 @@ def test_offline_download_failure_names_local_options(no_data_dir, monkeypatch):
     def offline(*args, **kwargs):
         raise requests.exceptions.ConnectionError("Failed to resolve 'storage.googleapis.com'")
 
+    monkeypatch.setattr(tfds_source, "check_reachable", lambda *args: None)  # host "answers"
     monkeypatch.setattr(tfds, "data_source", offline)
     with pytest.raises(DataError) as error:
         load("fashion_mnist", "train")
@@ -48,3 +52,32 @@ def test_importing_the_package_does_not_import_tfds():
     code = "import sys, jaxcifar.data, jaxcifar.cli; print('tensorflow_datasets' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("name", ["cifar10", "fashion_mnist"])
+def test_an_unreachable_download_host_fails_at_once_naming_it(no_data_dir, monkeypatch, name):
+    monkeypatch.setenv("TFDS_DATA_DIR", "/nonexistent/tfds")  # nothing prepared there
+    url = tfds_source.DOWNLOAD_HOSTS[name]
+
+    def unreachable(request, timeout):
+        assert (request.full_url, request.get_method(), timeout) == (url, "HEAD", 10.0)
+        raise urllib.error.URLError("[Errno -2] Name or service not known")
+
+    monkeypatch.setattr(urllib.request, "urlopen", unreachable)
+    monkeypatch.setattr(tfds, "data_source", lambda *a, **k: pytest.fail("tfds was asked"))
+    with pytest.raises(DataError) as error:
+        load(name, "train")
+    message = str(error.value)
+    assert message.startswith(
+        f"could not get {name} from tensorflow-datasets: its download host {url} is "
+        "unreachable ([Errno -2] Name or service not known). Without network access,"
+    )
+    assert "--data-dir" in message
+
+
+def test_a_host_that_answers_with_an_error_status_is_reachable(monkeypatch):
+    def forbidden(request, timeout):
+        raise urllib.error.HTTPError(request.full_url, 403, "Forbidden", {}, None)
+
+    monkeypatch.setattr(urllib.request, "urlopen", forbidden)
+    tfds_source.check_reachable("mnist", "use --data-dir")  # no error: the host is there
