@@ -163,3 +163,35 @@ def test_mlp_gradient_equals_numpy_scratch_backprop():
     for i, expected in enumerate(scratch.gradients(network, x, y_onehot), start=1):
         np.testing.assert_allclose(ours[f"dense{i}"]["kernel"], expected["weights"], rtol=1e-4, atol=1e-7)
         np.testing.assert_allclose(ours[f"dense{i}"]["bias"], expected["bias"], rtol=1e-4, atol=1e-7)
+
+
+def test_max_pool_gradient_goes_to_the_first_maximum_of_each_window():
+    from jaxcifar.models import layers
+
+    # One 5x4 channel (an odd height: its last row is dropped). Window (0, 0) ties at 3 in
+    # its first and last positions, window (0, 1) has one maximum, window (1, 0) ties
+    # everywhere at 0 (a ReLU's flat region), window (1, 1) ties at 2 in its second and
+    # third positions.
+    x = jnp.array([
+        [3.0, 1.0, 0.0, 2.0],
+        [0.0, 3.0, -1.0, 5.0],
+        [0.0, 0.0, 1.0, 2.0],
+        [0.0, 0.0, 2.0, -4.0],
+        [9.0, 9.0, 9.0, 9.0],
+    ])[None, :, :, None]  # fmt: skip
+    g = jnp.array([[10.0, 20.0], [30.0, 40.0]])[None, :, :, None]
+    y, pool_vjp = jax.vjp(layers.max_pool_2x2, x)
+    np.testing.assert_array_equal(y[0, :, :, 0], [[3.0, 5.0], [0.0, 2.0]])
+    expected = np.zeros((5, 4))
+    expected[0, 0], expected[1, 3], expected[2, 0], expected[2, 3] = 10.0, 20.0, 30.0, 40.0
+    np.testing.assert_array_equal(pool_vjp(g)[0][0, :, :, 0], expected)
+
+
+def test_max_pool_gradient_equals_autodiff_where_there_are_no_ties():
+    from jaxcifar.models import layers
+
+    x = jax.random.normal(jax.random.key(0), (2, 6, 7, 3))  # odd width: a dropped column
+    g = jax.random.normal(jax.random.key(1), (2, 3, 3, 3))
+    ours = jax.vjp(layers.max_pool_2x2, x)[1](g)[0]
+    autodiff = jax.vjp(layers._max_pool_2x2, x)[1](g)[0]
+    np.testing.assert_array_equal(ours, autodiff)
