@@ -34,12 +34,6 @@ class FusedState(NamedTuple):
     step: jax.Array
 
 
-def init_state(params: Params) -> FusedState:
-    """Start from `params` with zero velocity at step 0, as `optax.sgd`'s state starts."""
-    velocity = jax.tree.map(jnp.zeros_like, params)
-    return FusedState(params, velocity, jnp.zeros((), jnp.int32))
-
-
 def sgd_momentum(params: Any, velocity: Any, grads: Any, learning_rate: jax.Array,
                  momentum: float) -> tuple[Any, Any]:  # fmt: skip
     """PyTorch's SGD with momentum, as `optax.sgd(lr, momentum)` computes it: v <- m*v + g,
