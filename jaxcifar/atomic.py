@@ -1,9 +1,16 @@
-"""Atomic file writes: a reader sees the old file or the new one, never half of one."""
+"""Atomic file writes: a reader sees the old file or the new one, never half of one.
+
+The temporary file is named `.<name>.<host>-<pid>.<random>.tmp<suffix>` beside the target.
+A writer killed with SIGKILL cannot remove its own; the next write to the same target on the
+same host removes those whose process is gone, so a crash leaves litter at most until then.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
+import socket
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,8 +26,10 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
+    owner = f".{target.name}.{socket.gethostname()}-"
+    remove_dead_temporaries(target, owner)
     fd, tmp_name = tempfile.mkstemp(
-        dir=target.parent, prefix=f".{target.name}.", suffix=f".tmp{target.suffix}"
+        dir=target.parent, prefix=f"{owner}{os.getpid()}.", suffix=f".tmp{target.suffix}"
     )
     os.close(fd)
     tmp = Path(tmp_name)
@@ -35,6 +44,29 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def remove_dead_temporaries(target: Path, owner: str) -> None:
+    """Delete the temporaries of `target` named `<owner><pid>.*` whose process has exited.
+
+    Only this host's (`owner` holds the host name): a process id means nothing on another
+    machine sharing the folder. A live process, or one of another user, keeps its file.
+    """
+    suffix = f".tmp{target.suffix}"
+    for candidate in target.parent.glob(f"{glob.escape(owner)}*{glob.escape(suffix)}"):
+        pid_text = candidate.name[len(owner) :].partition(".")[0]
+        if pid_text.isdigit() and not _process_exists(int(pid_text)):
+            candidate.unlink(missing_ok=True)
+
+
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:

@@ -37,3 +37,27 @@ def test_written_file_gets_default_permissions_not_mkstemps_0600(tmp_path):
     finally:
         os.umask(umask)
     assert (tmp_path / "report.json").stat().st_mode & 0o777 == 0o644
+
+
+def test_a_write_removes_temporaries_left_by_dead_writers_on_this_host_only(tmp_path):
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    dead_pid = int(dead.stdout)
+    host = socket.gethostname()
+    left = {
+        "dead": tmp_path / f".checkpoint.msgpack.{host}-{dead_pid}.ab12cd34.tmp.msgpack",
+        "alive": tmp_path / f".checkpoint.msgpack.{host}-{os.getpid()}.ef56gh78.tmp.msgpack",
+        "other host": tmp_path / f".checkpoint.msgpack.elsewhere-{dead_pid}.ij90kl12.tmp.msgpack",
+        "other file": tmp_path / f".metrics.json.{host}-{dead_pid}.mn34op56.tmp.json",
+    }
+    for path in left.values():
+        path.write_bytes(b"half a checkpoint")
+    atomic_write_text(tmp_path / "checkpoint.msgpack", "new")
+    assert not left["dead"].exists()
+    assert all(left[name].exists() for name in ("alive", "other host", "other file"))
+    assert (tmp_path / "checkpoint.msgpack").read_text() == "new"
