@@ -37,8 +37,9 @@ class Row:
     `jax_speedup` (reference rows) is this row's median step over the matching jitted JAX
     float32 step: > 1 means JAX is faster. `speedup_bound` (step rows with FLOPs, when the
     run measured a roof) is the roof's best FLOP/s over this row's: no implementation of the
-    step can be faster than that. `speedup_vs_float32` (JAX bfloat16 rows) and `speedup_vs_loop` (scan epochs) are
-    the same kind of ratio against the float32 row and the loop epoch.
+    step can be faster than that. `speedup_vs_float32` (JAX bfloat16 rows) and
+    `speedup_vs_loop` (scan epochs) are the same kind of ratio against the float32 row and
+    the loop epoch.
     """
 
     framework: str

@@ -26,11 +26,11 @@ from jaxcifar.config import (
     ACTIVATIONS, DTYPES, MODELS, OPTIMIZERS, RECIPES, SCHEDULES, RunConfig,
 )  # fmt: skip
 from jaxcifar.errors import CheckpointError, ConfigError, TrainingDiverged
+from jaxcifar.interrupt import Interrupted, StopOnSignal
 
 # train.EPOCH_MODES, spelled out so that building the parser does not import JAX
 # (tests/test_fused.py checks that the two agree).
 EPOCH_MODES = ("auto", "loop", "chunk", "scan", "fused", "fused-pallas")
-from jaxcifar.interrupt import Interrupted, StopOnSignal
 
 HELP = "train a model; write metrics.json, figures and a checkpoint"
 
