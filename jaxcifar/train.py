@@ -435,12 +435,16 @@ def fit(
     Runs data parallel over `mesh` (default: every device of every process); the batch size
     must divide by its device count (ConfigError otherwise). `epoch_mode` is one of
     EPOCH_MODES: "auto" picks loop or scan (`pick_epoch_mode`); "fused" and "fused-pallas"
-    train on one device along the fast path of `jaxcifar.fused`. `on_epoch_end(state, history)`
+    train along the fast path of `jaxcifar.fused`, on one device (by default this process's
+    first) in a one-process run. `on_epoch_end(state, history)`
     runs after each epoch (checkpointing), on process 0 only: the state is replicated, so
     process 0 holds all of it. A non-finite loss raises TrainingDiverged naming the epoch
     and step, before that epoch's `on_epoch_end`.
     """
-    mesh = parallel.data_mesh() if mesh is None else mesh
+    if mesh is None:
+        # The fused path trains on one device: this process's first.
+        one_device = epoch_mode in FUSED_HEADS
+        mesh = parallel.data_mesh(jax.local_devices()[:1] if one_device else None)
     setup = build_setup(config, train_set)
     state = init_state(config, setup, mesh) if state is None else parallel.replicate(state, mesh)
     history = list(history)

@@ -90,7 +90,7 @@ def test_fused_path_refuses_an_unknown_head_unroll_or_several_devices(dataset):
         epoch.FusedRunner(CONFIG, dataset, head="cuda")
     with pytest.raises(ConfigError, match="unroll must be a positive integer; got 0"):
         epoch.FusedRunner(CONFIG, dataset, unroll=0)
-    with pytest.raises(ConfigError, match="trains on one device; this run has 8"):
+    with pytest.raises(ConfigError, match=r"one device in one process; this run has 8 device\(s\)"):
         epoch.FusedRunner(CONFIG, dataset, mesh=types.SimpleNamespace(size=8))
     with pytest.raises(ConfigError, match=r"momentum 0.0 \(needs > 0\)"):
         epoch.FusedRunner(dataclasses.replace(CONFIG, momentum=0.0), dataset)

@@ -89,7 +89,18 @@ if role == "eight":
         train.EpochRunner(None, train_set, RunConfig(batch_size=12), "loop")
     except ConfigError as error:
         out["error"] = str(error)
+    # The fused path takes one of the 8 devices by itself.
+    fused = train.fit(RunConfig(dataset="mnist", epochs=1), tiny_dataset(40, 2), test_set,
+                      epoch_mode="fused", progress=False, log=lambda line: None)
+    out["fused_devices"] = sorted({len(leaf.devices()) for leaf in jax.tree.leaves(fused.state)})
+    out["fused_loss_finite"] = bool(np.isfinite(fused.history[0]["train_loss"]))
 else:
+    from jaxcifar.fused.epoch import FusedRunner
+
+    try:
+        FusedRunner(RunConfig(dataset="mnist"), train_set)
+    except ConfigError as error:
+        out["fused_error"] = str(error)
     saves = []
 
     def on_epoch_end(state, history):
@@ -160,6 +171,15 @@ def test_batch_size_must_split_over_the_devices(runs):
     with pytest.raises(ConfigError, match=r"^--batch-size 6 does not split evenly over 4 devices"):
         parallel.check_batch_size(6, 4)
     parallel.check_batch_size(8, 4)
+
+
+def test_the_fused_path_takes_one_device_and_refuses_several_processes(runs):
+    assert runs["eight"]["fused_devices"] == [1] and runs["eight"]["fused_loss_finite"]
+    for process in (0, 1):
+        assert runs[process]["fused_error"].startswith(
+            "the fused path trains on one device in one process; this run has 1 device(s) "
+            "in 2 process(es)"
+        )
 
 
 def test_two_processes_train_like_one(runs):

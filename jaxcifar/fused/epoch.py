@@ -76,7 +76,7 @@ class FusedRunner:
     Same interface as `train.EpochRunner` (`steps`, `compile_seconds`, `run`). Drops the last
     partial batch and draws the same order and dropout masks as `train.EpochRunner` for the
     same config, so both train the same way. Raises ConfigError for a recipe the fused step
-    does not compute, or for a mesh of more than one device.
+    does not compute, for a mesh of more than one device, or in a multi-process run.
     """
 
     def __init__(
@@ -88,10 +88,11 @@ class FusedRunner:
             raise ConfigError(f"head must be one of {', '.join(HEADS)}; got {head!r}")
         if unroll < 1:
             raise ConfigError(f"unroll must be a positive integer; got {unroll}")
-        if mesh is not None and mesh.size > 1:
+        if mesh is not None and mesh.size > 1 or jax.process_count() > 1:
             raise ConfigError(
-                f"the fused path trains on one device; this run has {mesh.size} "
-                "(use --epoch-mode scan or loop to train data parallel)"
+                "the fused path trains on one device in one process; this run has "
+                f"{mesh.size if mesh is not None else 1} device(s) in {jax.process_count()} "
+                "process(es) (use --epoch-mode scan or loop to train data parallel)"
             )
         self.config = config
         self.unroll = unroll
