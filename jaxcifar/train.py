@@ -404,10 +404,11 @@ class FitResult(NamedTuple):
     compile_seconds: float
 
 
-def describe_devices() -> dict[str, Any]:
+def describe_devices(epoch_mode: str = "auto") -> dict[str, Any]:
     """{"platform", "device_kind", "device_count" (all processes'), "process_count"} of the
-    default backend: what `fit` trains on by default."""
-    devices = jax.devices()
+    devices `fit` trains on by default in `epoch_mode`: every device of the default backend,
+    or for the fused modes this process's first."""
+    devices = jax.local_devices()[:1] if epoch_mode in FUSED_HEADS else jax.devices()
     return {
         "platform": devices[0].platform,
         "device_kind": devices[0].device_kind,

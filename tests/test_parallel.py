@@ -93,6 +93,7 @@ if role == "eight":
     fused = train.fit(RunConfig(dataset="mnist", epochs=1), tiny_dataset(40, 2), test_set,
                       epoch_mode="fused", progress=False, log=lambda line: None)
     out["fused_devices"] = sorted({len(leaf.devices()) for leaf in jax.tree.leaves(fused.state)})
+    out["fused_described"] = train.describe_devices("fused")["device_count"]
     out["fused_loss_finite"] = bool(np.isfinite(fused.history[0]["train_loss"]))
 else:
     from jaxcifar.fused.epoch import FusedRunner
@@ -175,6 +176,7 @@ def test_batch_size_must_split_over_the_devices(runs):
 
 def test_the_fused_path_takes_one_device_and_refuses_several_processes(runs):
     assert runs["eight"]["fused_devices"] == [1] and runs["eight"]["fused_loss_finite"]
+    assert runs["eight"]["fused_described"] == 1  # what metrics.json records
     for process in (0, 1):
         assert runs[process]["fused_error"].startswith(
             "the fused path trains on one device in one process; this run has 1 device(s) "

@@ -198,7 +198,7 @@ def _train(
         template = train.state_template(config, input_shape, train_set.num_classes)
         state = checkpoint.restore(saved, template)
 
-    device = train.describe_devices()
+    device = train.describe_devices(args.epoch_mode)
     print(f"devices: {device['device_count']} x {device['platform']} ({device['device_kind']})")
     print(f"data: {len(train_set)} train / {len(test_set)} test examples from {train_set.source}")
 
