@@ -139,3 +139,17 @@ def test_measured_paths_write_the_seed_recipe_results_schema(dataset, tmp_path):
     markdown = markdown_path.read_text()
     assert "| fused | 2 | 40 | 1 | 10 |" in markdown
     assert markdown.endswith("Failed:\n\n- fused-pallas: RuntimeError: the GPU compiler said no\n")
+
+
+def test_train_command_refuses_a_fused_run_of_another_recipe_before_loading_data(tmp_path, capsys):
+    from jaxcifar import cli
+
+    argv = ["train", "--epoch-mode", "fused", "--recipe", "fast", "--data-dir",
+            str(tmp_path / "no-such-data"), "--out", str(tmp_path / "run")]  # fmt: skip
+    assert cli.main(argv) == 2
+    assert capsys.readouterr().err.strip() == (
+        "jaxcifar train: error: the fused path (--epoch-mode fused, fused-pallas) runs the seed "
+        "recipe's kind only; got optimizer 'nesterov' (needs 'sgd'), weight_decay 0.0005 "
+        "(needs 0.0)"
+    )
+    assert not (tmp_path / "run").exists()

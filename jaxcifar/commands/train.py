@@ -135,6 +135,10 @@ def run(args: argparse.Namespace) -> int:
 
     parallel.initialize_from_args(args)  # first: before anything touches a device
     config = config_from_args(args)
+    if args.epoch_mode.startswith("fused"):  # refuse before touching --out or loading data
+        from jaxcifar.fused.epoch import check_config
+
+        check_config(config)
     out = Path(args.out)
     check_writable_folder(out)
     # Stopping drops the epoch in progress and keeps the last epoch-boundary checkpoint.
@@ -171,10 +175,6 @@ def _train(
     from jaxcifar.commands.evaluate import load_split
     from jaxcifar.reports import build_metrics, write_reports
 
-    if args.epoch_mode in train.FUSED_HEADS:  # refuse before minutes of data loading
-        from jaxcifar.fused.epoch import check_config
-
-        check_config(config)
     state, history = None, []
     if args.resume:
         saved = checkpoint.load(out)
