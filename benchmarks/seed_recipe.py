@@ -17,10 +17,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from jaxcifar.config import RunConfig
-from jaxcifar.data import load
-from jaxcifar.fused.measure import PATHS, measure_path, write_results
 from jaxcifar.bench.environment import device_name, device_slug
+from jaxcifar.commands.evaluate import load_split
+from jaxcifar.config import RunConfig
+from jaxcifar.fused.measure import PATHS, measure_path, write_results
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -37,11 +37,11 @@ def main() -> None:
     parser.add_argument("--name", help="file stem (default: seed-recipe-<device>)")
     args = parser.parse_args()
 
-    splits = {}
-    for split, limit in (("train", args.limit_train), ("test", args.limit_test)):
-        dataset = load("cifar10", split, data_dir=args.data_dir)
-        splits[split] = dataset if limit is None else dataset.subset(limit, seed=0)
     config = RunConfig(epochs=args.epochs)
+    splits = {
+        split: load_split(config, split, args.data_dir, limit)
+        for split, limit in (("train", args.limit_train), ("test", args.limit_test))
+    }
     rows, failures = [], []
     for path in args.paths:
         try:

@@ -404,11 +404,16 @@ class FitResult(NamedTuple):
     compile_seconds: float
 
 
+def training_devices(epoch_mode: str = "auto") -> list[jax.Device]:
+    """The devices `fit` trains on by default in `epoch_mode`: every device of the default
+    backend, in every process; the fused modes train on one device, this process's first."""
+    return jax.local_devices()[:1] if epoch_mode in FUSED_HEADS else jax.devices()
+
+
 def describe_devices(epoch_mode: str = "auto") -> dict[str, Any]:
     """{"platform", "device_kind", "device_count" (all processes'), "process_count"} of the
-    devices `fit` trains on by default in `epoch_mode`: every device of the default backend,
-    or for the fused modes this process's first."""
-    devices = jax.local_devices()[:1] if epoch_mode in FUSED_HEADS else jax.devices()
+    devices `fit` trains on by default in `epoch_mode` (`training_devices`)."""
+    devices = training_devices(epoch_mode)
     return {
         "platform": devices[0].platform,
         "device_kind": devices[0].device_kind,
@@ -442,10 +447,7 @@ def fit(
     process 0 holds all of it. A non-finite loss raises TrainingDiverged naming the epoch
     and step, before that epoch's `on_epoch_end`.
     """
-    if mesh is None:
-        # The fused path trains on one device: this process's first.
-        one_device = epoch_mode in FUSED_HEADS
-        mesh = parallel.data_mesh(jax.local_devices()[:1] if one_device else None)
+    mesh = parallel.data_mesh(training_devices(epoch_mode)) if mesh is None else mesh
     setup = build_setup(config, train_set)
     state = init_state(config, setup, mesh) if state is None else parallel.replicate(state, mesh)
     history = list(history)
