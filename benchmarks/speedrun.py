@@ -58,16 +58,24 @@ def airbench_missing() -> str | None:
 
 def write_airbench_data(root: Path, train_set: Dataset, test_set: Dataset) -> None:
     """root/cifar10/{train,test}.pt as airbench's loader reads them: {"images" (N, 32, 32, 3)
-    uint8, "labels" (N,) int64, "classes" [str]}."""
+    uint8, "labels" (N,) int64, "classes" [str]}. The training images go in a seeded random
+    order, as in CIFAR-10's own files: airbench sets its whitening layer from the first 5,000,
+    and the image-folder loader returns them sorted by class (5,000 airplanes)."""
+    import numpy as np
     import torch
 
+    order = np.random.default_rng(0).permutation(len(train_set))
+    splits = {
+        "train": (train_set.images[order], train_set.labels[order]),
+        "test": (test_set.images, test_set.labels),
+    }
     (root / "cifar10").mkdir(parents=True, exist_ok=True)
-    for name, dataset in (("train", train_set), ("test", test_set)):
+    for name, (images, labels) in splits.items():
         torch.save(
             {
-                "images": torch.from_numpy(dataset.images.copy()),
-                "labels": torch.from_numpy(dataset.labels.astype("int64")),
-                "classes": list(dataset.class_names),
+                "images": torch.from_numpy(np.ascontiguousarray(images)),
+                "labels": torch.from_numpy(labels.astype("int64")),
+                "classes": list(train_set.class_names),
             },
             root / "cifar10" / f"{name}.pt",
         )

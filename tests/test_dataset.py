@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 
 from jaxcifar.data import Dataset, flatten, to_float
+from jaxcifar.data.preprocess import channel_stats, standardize
 from jaxcifar.errors import DataError
 
 
@@ -38,3 +39,18 @@ def test_to_float_maps_uint8_onto_minus_one_one():
     np.testing.assert_allclose(out, [-1.0, 1.0, -0.6], atol=1e-6)
     assert out.dtype == np.float32
     assert flatten(np.zeros((3, 2, 2, 1))).shape == (3, 4)
+
+
+def test_channel_stats_are_exact_and_standardize_uses_them():
+    images = np.random.default_rng(0).integers(0, 256, (7, 5, 3, 2), dtype=np.uint8)
+    mean, std = channel_stats(images)
+    pixels = images.reshape(-1, 2).astype(np.float64) / 255
+    np.testing.assert_allclose(mean, pixels.mean(0), rtol=1e-6)
+    np.testing.assert_allclose(std, pixels.std(0), rtol=1e-6)
+    assert mean.dtype == std.dtype == np.float32 and mean.shape == (2,)
+    out = standardize(images, mean, std)
+    assert out.dtype == np.float32 and out.shape == images.shape
+    np.testing.assert_allclose(out.reshape(-1, 2).mean(0), 0, atol=1e-5)
+    np.testing.assert_allclose(out.reshape(-1, 2).std(0), 1, atol=1e-5)
+    with pytest.raises(TypeError, match="uint8"):
+        channel_stats(pixels)

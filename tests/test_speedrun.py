@@ -129,7 +129,7 @@ def test_tta_level_2_weights_six_views():
 
 def test_recipe_steps_rates_and_schedule_match_airbench94():
     recipe = Recipe()
-    assert plan(recipe, 50_000) == Plan(48, 476, 10, 144, 145)
+    assert plan(recipe, 50_000) == Plan(48, 476, 10, 144)
     assert plan(recipe, 50_000).epoch_steps(9) == 44
     lr, lr_bias, decay = sgd_rates(recipe)
     kilostep = 1024 * (1 + 1 / 0.15)
@@ -152,22 +152,22 @@ def test_optimizer_groups_freeze_the_whitening_kernel():
     assert groups["block2"]["conv1"]["kernel"] == groups["head"]["kernel"] == "other"
 
 
-def test_lookahead_starts_as_a_copy_then_averages():
+def test_lookahead_averages_every_fifth_step_and_ends_on_the_average():
     recipe = Recipe(lookahead_every=5)
-    steps = Plan(steps_per_epoch=6, total_steps=30, epochs=5, whiten_bias_steps=0,
-                 lookahead_first=10)  # fmt: skip
+    steps = Plan(steps_per_epoch=6, total_steps=32, epochs=6, whiten_bias_steps=0)
     step = jax.jit(lambda s, w, e: lookahead(recipe, steps, s, {"w": w}, {"w": e}))
 
     def after(s, w, e):
         new_w, new_e = step(jnp.int32(s), jnp.float32(w), jnp.float32(e))
         return float(new_w["w"]), float(new_e["w"])
 
-    assert after(6, 4.0, 0.0) == (4.0, 0.0)  # not started yet
-    assert after(10, 4.0, 0.0) == (4.0, 4.0)  # the first update copies the weights
-    moved = 4.0 + (1 - 0.95**5 * (15 / 30) ** 3) * (8.0 - 4.0)
-    assert after(15, 8.0, 4.0) == pytest.approx((moved, moved))
-    assert after(18, 9.0, moved) == pytest.approx((moved, moved))  # an epoch's end: back to the EMA
-    assert after(19, 9.0, moved) == pytest.approx((9.0, moved))  # neither
+    assert after(4, 4.0, 1.0) == (4.0, 1.0)  # not a lookahead step
+    early = 1.0 + (1 - 0.95**5 * (5 / 32) ** 3) * (4.0 - 1.0)  # decay ~0.003: nearly a copy
+    assert after(5, 4.0, 1.0) == pytest.approx((early, early))
+    moved = 4.0 + (1 - 0.95**5 * (30 / 32) ** 3) * (8.0 - 4.0)
+    assert after(30, 8.0, 4.0) == pytest.approx((moved, moved))
+    assert after(31, 9.0, moved) == pytest.approx((9.0, moved))  # neither
+    assert after(32, 9.0, moved) == pytest.approx((moved, moved))  # the last step: the EMA
 
 
 @pytest.fixture(scope="module")
@@ -187,7 +187,7 @@ def tiny_run(shared_data, xla_dir):
 
 def test_fast_recipe_trains_on_real_data(tiny_run):
     speedrun, first, again = tiny_run
-    assert speedrun.plan == Plan(2, 8, 4, 6, 10)
+    assert speedrun.plan == Plan(2, 8, 4, 6)
     assert first.state.params["block3"]["conv2"]["kernel"].shape == (3, 3, 32, 32)
     losses = first.epoch_losses
     assert len(losses) == EPOCHS and all(np.isfinite(losses))

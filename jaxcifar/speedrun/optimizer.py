@@ -58,8 +58,7 @@ def loss(logits: jax.Array, labels: jax.Array, smoothing: float) -> jax.Array:
 
 
 def lookahead_decay(recipe: Recipe, plan: Plan, step: jax.Array) -> jax.Array:
-    """The EMA decay at 1-based `step`: 0 at the first update (the EMA starts as a copy of the
-    weights), then lookahead_decay**every * (step / total_steps)**pow: weak early, strong late."""
+    """The EMA decay at 1-based `step`, lookahead_decay**every * (step / total_steps)**pow:
+    near 0 early (the EMA follows the weights), strong late (it averages them)."""
     base = recipe.lookahead_decay**recipe.lookahead_every
-    decay = base * (step / plan.total_steps) ** recipe.lookahead_decay_pow
-    return jnp.where(step == plan.lookahead_first, 0.0, decay)
+    return base * (step / plan.total_steps) ** recipe.lookahead_decay_pow

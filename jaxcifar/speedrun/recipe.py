@@ -45,7 +45,6 @@ class Recipe:
     lr_end: float = 0.07
     whiten_bias_epochs: int = 3  # the whitening bias trains in epochs [0, this)
     whiten_images: int = 5000  # training images whose patches set the whitening layer
-    lookahead_start_epoch: int = 3  # 0-based epoch from which lookahead runs
     lookahead_every: int = 5  # steps between lookahead updates
     lookahead_decay: float = 0.95  # per step; decay_pow shapes its warm-up over training
     lookahead_decay_pow: float = 3.0
@@ -85,7 +84,6 @@ class Plan(NamedTuple):
     total_steps: int  # ceil(steps_per_epoch * epochs)
     epochs: int  # epochs begun: ceil(epochs); the last may be short
     whiten_bias_steps: int  # the whitening bias trains while step < this (0-based)
-    lookahead_first: int  # the 1-based step of the first lookahead update (starts the EMA)
 
     def epoch_steps(self, epoch: int) -> int:
         """Steps in 0-based `epoch`."""
@@ -100,14 +98,11 @@ def plan(recipe: Recipe, train_size: int) -> Plan:
         )
     per_epoch = train_size // recipe.batch_size
     total = math.ceil(per_epoch * recipe.epochs)
-    start = recipe.lookahead_start_epoch * per_epoch + 1
-    every = recipe.lookahead_every
     return Plan(
         steps_per_epoch=per_epoch,
         total_steps=total,
         epochs=math.ceil(total / per_epoch),
         whiten_bias_steps=recipe.whiten_bias_epochs * per_epoch,
-        lookahead_first=-(-start // every) * every,
     )
 
 

@@ -1,7 +1,8 @@
 """A speedrun: the whole training set on the device, every step's data work inside jit.
 
 Each step gathers its batch from the device-resident uint8 images by a per-epoch permutation,
-applies the alternating flip and a random translation, scales to [-1, 1], and takes an SGD
+applies the alternating flip and a random translation, standardises each channel by the
+training set's mean and standard deviation (as airbench does with CIFAR-10's), and takes an SGD
 step followed by the lookahead update, all in one compiled program. An epoch is either one
 `lax.scan` over its steps ("scan": one dispatch per epoch; what accelerators want) or a Python
 loop of jitted steps ("loop": what a 2-core CPU runs faster, see `jaxcifar.train.pick_epoch_mode`).
@@ -26,7 +27,7 @@ import optax
 from jaxcifar import augment, metrics
 from jaxcifar.bench.xla_cost import compile_timed
 from jaxcifar.data.dataset import Dataset
-from jaxcifar.data.preprocess import to_float
+from jaxcifar.data.preprocess import channel_stats, standardize
 from jaxcifar.errors import ConfigError, TrainingDiverged
 from jaxcifar.speedrun import net, optimizer, tta, whitening
 from jaxcifar.speedrun import recipe as recipes
@@ -51,6 +52,8 @@ class TrainState(NamedTuple):
 class DeviceData(NamedTuple):
     images: jax.Array  # (N, H, W, C) uint8
     labels: jax.Array  # (N,) int32
+    mean: jax.Array  # (C,) float32: the training images' channel means, [0, 1] units
+    std: jax.Array  # (C,) float32: their standard deviations
 
 
 def init_state(
@@ -65,7 +68,8 @@ def init_state(
         init_key, widths=recipe.widths, in_channels=channels, num_classes=num_classes
     )
     sample = jax.random.permutation(whiten_key, n)[: recipe.whiten_images]
-    kernel = whitening.whitening_kernel(to_float(data.images[sample]), net.WHITEN_PATCH)
+    sample_images = standardize(data.images[sample], data.mean, data.std)
+    kernel = whitening.whitening_kernel(sample_images, net.WHITEN_PATCH)
     params["whiten"]["kernel"] = kernel
     return TrainState(
         params=params,
@@ -91,18 +95,30 @@ def epoch_order(state: TrainState, epoch: jax.Array, size: int) -> jax.Array:
 def lookahead(
     recipe: Recipe, plan: Plan, step: jax.Array, weights: Any, ema: Any
 ) -> tuple[Any, Any]:
-    """(weights, ema) after 1-based `step`: from `plan.lookahead_first`, every
-    `lookahead_every` steps the EMA moves toward the weights and the weights are replaced by
-    it; at the end of every epoch once it has started, the weights are set to the EMA."""
-    started = step >= plan.lookahead_first
-    update = started & (step % recipe.lookahead_every == 0)
+    """(weights, ema) after 1-based `step`. Every `lookahead_every` steps the EMA (which
+    starts as the initial weights) moves toward the weights and the weights are replaced by
+    it; after the last step the weights are set to the EMA, which drops the steps taken
+    since its last update, as airbench does."""
+    update = step % recipe.lookahead_every == 0
     decay = optimizer.lookahead_decay(recipe, plan, step)
     moved = jax.tree.map(lambda e, w: e + (1 - decay) * (w - e), ema, weights)
     ema = jax.tree.map(functools.partial(jnp.where, update), moved, ema)
-    epoch_end = (step % plan.steps_per_epoch == 0) | (step == plan.total_steps)
-    reset = update | (started & epoch_end)
+    reset = update | (step == plan.total_steps)
     weights = jax.tree.map(functools.partial(jnp.where, reset), ema, weights)
     return weights, ema
+
+
+def batch_loss(
+    recipe: Recipe, params: net.Params, batch_stats: net.BatchStats,
+    inputs: jax.Array, labels: jax.Array,
+) -> tuple[jax.Array, net.BatchStats]:  # fmt: skip
+    """(summed smoothed cross-entropy, float32 scalar; updated BN statistics) of a
+    training-mode forward pass over standardised inputs (B, H, W, C) with labels (B,)."""
+    logits, batch_stats = net.apply(
+        params, batch_stats, inputs, train=True, dtype=jnp.dtype(recipe.dtype),
+        bn_momentum=recipe.bn_momentum, output_scale=recipe.output_scale,
+    )  # fmt: skip
+    return optimizer.loss(logits, labels, recipe.label_smoothing), batch_stats
 
 
 def train_step(
@@ -118,16 +134,9 @@ def train_step(
     if recipe.translate:
         translate_key = jax.random.fold_in(epoch_keys(state, epoch)[1], index)
         images = augment.random_translate(translate_key, images, recipe.translate)
-    inputs = to_float(images)
-
-    def loss_fn(params):
-        logits, batch_stats = net.apply(
-            params, state.batch_stats, inputs, train=True, dtype=jnp.dtype(recipe.dtype),
-            bn_momentum=recipe.bn_momentum, output_scale=recipe.output_scale,
-        )  # fmt: skip
-        return optimizer.loss(logits, labels, recipe.label_smoothing), batch_stats
-
-    (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    inputs = standardize(images, data.mean, data.std)
+    grad_fn = jax.value_and_grad(batch_loss, argnums=1, has_aux=True)
+    (loss, batch_stats), grads = grad_fn(recipe, state.params, state.batch_stats, inputs, labels)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     whiten_bias = jnp.where(state.step < plan.whiten_bias_steps, updates["whiten"]["bias"], 0.0)
     updates = {**updates, "whiten": {**updates["whiten"], "bias": whiten_bias}}
@@ -151,19 +160,28 @@ def scan_epoch(
     return jax.lax.scan(lambda s, i: step(s, data, order, epoch, i), state, jnp.arange(steps))
 
 
-def predict(recipe: Recipe, params: net.Params, batch_stats: net.BatchStats,
-            images: jax.Array) -> jax.Array:  # fmt: skip
-    """(B, M) int32 TTA predictions for uint8 images (B, M, H, W, C), one batch of M at a time."""
+def tta_logits(recipe: Recipe, params: net.Params, batch_stats: net.BatchStats,
+               data: DeviceData, images: jax.Array) -> jax.Array:  # fmt: skip
+    """(M, K) float32 test-time-augmented logits of uint8 images (M, H, W, C), standardised
+    by `data`'s channel statistics."""
 
     def logits(x: jax.Array) -> jax.Array:
         out, _ = net.apply(
-            params, batch_stats, to_float(x), train=False, dtype=jnp.dtype(recipe.dtype),
+            params, batch_stats, x, train=False, dtype=jnp.dtype(recipe.dtype),
             bn_momentum=recipe.bn_momentum, output_scale=recipe.output_scale,
         )  # fmt: skip
         return out
 
+    return tta.tta_logits(logits, standardize(images, data.mean, data.std), recipe.tta_level)
+
+
+def predict(recipe: Recipe, params: net.Params, batch_stats: net.BatchStats,
+            data: DeviceData, images: jax.Array) -> jax.Array:  # fmt: skip
+    """(B, M) int32 TTA predictions for uint8 images (B, M, H, W, C), one batch of M at a time."""
+
     def batch(x: jax.Array) -> jax.Array:
-        return jnp.argmax(tta.tta_logits(logits, x, recipe.tta_level), -1).astype(jnp.int32)
+        logits = tta_logits(recipe, params, batch_stats, data, x)
+        return jnp.argmax(logits, -1).astype(jnp.int32)
 
     return jax.lax.map(batch, images)
 
@@ -192,7 +210,11 @@ class Speedrun:
         self.plan = recipes.plan(recipe, len(train_set))
         self.mode = pick_epoch_mode(epoch_mode, train_set)
         self.tx = optimizer.build_optimizer(recipe, self.plan.total_steps)
-        self.train_data = DeviceData(*jax.device_put((train_set.images, train_set.labels)))
+        # The channel statistics are the dataset's, like airbench's CIFAR-10 constants: not timed.
+        mean, std = channel_stats(train_set.images)
+        self.train_data = DeviceData(
+            *jax.device_put((train_set.images, train_set.labels, mean, std))
+        )
         self.test_labels = test_set.labels
         self.test_images = jax.device_put(_batched(test_set.images, EVAL_BATCH))
         self.num_classes = train_set.num_classes
@@ -222,7 +244,7 @@ class Speedrun:
             compiled["step"] = compile_timed(step, *args)
         predict_fn = jax.jit(functools.partial(predict, recipe))
         compiled["predict"] = compile_timed(
-            predict_fn, state.params, state.batch_stats, self.test_images
+            predict_fn, state.params, state.batch_stats, self.train_data, self.test_images
         )
         self._executables = {name: c.executable for name, c in compiled.items()}
         return sum(c.lower_seconds + c.compile_seconds for c in compiled.values())
@@ -250,7 +272,7 @@ class Speedrun:
         state = self._executables["init"](jax.random.key(seed), self.train_data)
         state, losses = self._train(state)
         predict = self._executables["predict"]
-        predictions = predict(state.params, state.batch_stats, self.test_images)
+        predictions = predict(state.params, state.batch_stats, self.train_data, self.test_images)
         predictions = np.asarray(predictions).reshape(-1)[: len(self.test_labels)]
         seconds = time.perf_counter() - start
         step_losses = np.concatenate([np.atleast_1d(np.asarray(x)) for x in losses])

@@ -36,7 +36,9 @@ def whitening_kernel(images: jax.Array, size: int = 2, eps: float = EPS) -> jax.
     k + size*size*C is its negative.
     """
     rows = patches(images, size)
-    second_moments = rows.T @ rows / rows.shape[0]
+    # Full float32: a GPU's default TF32 dot (10-bit mantissa) would perturb the matrix by
+    # ~1e-3 of its largest eigenvalue, far more than its smallest (~1e-5 of the largest).
+    second_moments = jnp.matmul(rows.T, rows, precision=jax.lax.Precision.HIGHEST) / rows.shape[0]
     eigenvalues, eigenvectors = jnp.linalg.eigh(second_moments)  # ascending
     scaled = eigenvectors[:, ::-1] / jnp.sqrt(eigenvalues[::-1] + eps)
     kernel = jnp.concatenate([scaled, -scaled], axis=1)
