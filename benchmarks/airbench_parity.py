@@ -32,7 +32,6 @@ import argparse
 import contextlib
 import functools
 import json
-import math
 import sys
 import types
 from pathlib import Path
@@ -43,6 +42,7 @@ import jax.numpy as jnp
 import numpy as np
 import torch
 
+from bench_paths import RESULTS, SHARED_DATA
 from jaxcifar.atomic import atomic_write_text
 from jaxcifar.data import load
 from jaxcifar.data.preprocess import channel_stats, standardize
@@ -51,7 +51,6 @@ from jaxcifar.speedrun import recipe as recipes
 from jaxcifar.speedrun import train as speedrun
 
 jax.config.update("jax_default_matmul_precision", "highest")  # float32 convs, as torch's on a CPU
-DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 # A check passes when our float32 result is within SLACK times airbench's own float32
 # difference from its float64 result, plus FLOOR: float32 rounding, and which of two tied
 # maxima a pool picks, move both alike.
@@ -306,13 +305,13 @@ def our_side(recipe, plan, tx, initial, data, loader, test_set) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--data-dir", type=Path, default=SHARED_DATA)
     parser.add_argument("--images", type=int, default=640, help="training images")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--epochs", type=float, default=2.7)
     parser.add_argument("--lr", type=float, default=recipes.Recipe().lr)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     utils, lib94 = import_airbench()
     torch.manual_seed(args.seed)

@@ -13,15 +13,15 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench_paths import SHARED_DATA
 from jaxcifar.data import load
 from jaxcifar.data.cache import CACHE_ENV
 
-DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--data-dir", type=Path, default=SHARED_DATA)
     parser.add_argument("--repeats", type=int, default=3, help="cached loads to time")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="jaxcifar-bench-cache-") as cache:

@@ -17,23 +17,23 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from bench_paths import RESULTS, SHARED_DATA
 from jaxcifar.bench.environment import device_name, device_slug
 from jaxcifar.commands.evaluate import load_split
 from jaxcifar.config import RunConfig
 from jaxcifar.fused.measure import PATHS, measure_path, write_results
 
-DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--data-dir", type=Path, default=SHARED_DATA)
     parser.add_argument("--paths", nargs="+", choices=PATHS, default=list(PATHS))
     parser.add_argument("--epochs", type=int, default=RunConfig().epochs)
     parser.add_argument("--limit-train", type=int, help="train on a random N-image subset")
     parser.add_argument("--limit-test", type=int, help="test on a random N-image subset")
     parser.add_argument("--unroll", type=int, default=1, help="steps per loop iteration (fused)")
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--name", help="file stem (default: seed-recipe-<device>)")
     args = parser.parse_args()
 

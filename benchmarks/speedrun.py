@@ -28,13 +28,13 @@ from pathlib import Path
 # JAX would otherwise reserve 75% of the GPU's memory, starving PyTorch in the same process.
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
+from bench_paths import RESULTS, SHARED_DATA  # noqa: E402
 from jaxcifar.data import load  # noqa: E402
 from jaxcifar.bench import environment  # noqa: E402
 from jaxcifar.data.dataset import Dataset  # noqa: E402
 from jaxcifar.speedrun import measure, xla_cache  # noqa: E402
 from jaxcifar.speedrun.recipe import EPOCH_MODES, Recipe  # noqa: E402
 
-DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 AIRBENCH = "airbench94"
 
 
@@ -115,14 +115,14 @@ def run_airbench(train_set: Dataset, test_set: Dataset, runs: int) -> list[dict]
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--data-dir", type=Path, default=SHARED_DATA)
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--limit-train", type=int, help="train on a random N-image subset")
     parser.add_argument("--limit-test", type=int, help="test on a random N-image subset")
     parser.add_argument("--epochs", type=float, default=Recipe().epochs)
     parser.add_argument("--dtype", default=Recipe().dtype)
     parser.add_argument("--epoch-mode", choices=EPOCH_MODES, default="auto")
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
 
     splits = {}

@@ -28,7 +28,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh
 
-from jaxcifar import metrics, models, parallel
+from jaxcifar import models, parallel
 from jaxcifar.augment import random_crop_flip
 from jaxcifar.config import RunConfig
 from jaxcifar.data.dataset import Dataset

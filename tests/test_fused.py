@@ -12,7 +12,7 @@ from jaxcifar import train
 from jaxcifar.config import RunConfig
 from jaxcifar.data.dataset import CLASS_NAMES, Dataset
 from jaxcifar.errors import ConfigError
-from jaxcifar.fused import epoch, step
+from jaxcifar.fused import epoch
 
 # 2 epochs of 50 steps: 100 steps that cross an epoch boundary (a new order and new keys).
 CONFIG = RunConfig(epochs=2, batch_size=4, lr=0.01, seed=3)

@@ -57,6 +57,18 @@ def test_net_shapes_and_parameter_count():
         assert jax.tree.structure(stats) == jax.tree.structure(batch_stats)
 
 
+def test_global_max_pool_sends_the_gradient_to_the_first_of_tied_maxima():
+    x = jnp.array([[1.0, 3.0, 3.0], [0.0, 3.0, 2.0]]).reshape(1, 2, 3, 1)  # three tied maxima
+    x = jnp.concatenate([x, -x], axis=-1)  # a second channel, whose maximum is 0 at (1, 0)
+    pooled, vjp = jax.vjp(net._global_max_pool, x)
+    np.testing.assert_array_equal(pooled, [[3.0, 0.0]])
+    (grad,) = vjp(jnp.array([[2.0, 5.0]]))
+    expected = np.zeros((1, 2, 3, 2))
+    expected[0, 0, 1, 0] = 2.0  # row-major first of the three 3s (torch's MaxPool2d picks it too)
+    expected[0, 1, 0, 1] = 5.0
+    np.testing.assert_array_equal(grad, expected)
+
+
 def test_block_convs_start_as_identity_on_their_first_channels():
     params, batch_stats = _init(widths=(8, 16, 16))
     first = params["block1"]["conv1"]["kernel"]  # 24 -> 8: all 8 filters copy channels 0..7

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 from jaxcifar.atomic import atomic_write_text
-from jaxcifar.bench.environment import device_name
 from jaxcifar.data.dataset import Dataset
 from jaxcifar.speedrun.recipe import Recipe
 
