@@ -29,6 +29,12 @@ WIDTHS = (16, 32, 32)
 TINY = Recipe(epochs=EPOCHS, batch_size=BATCH, widths=WIDTHS, dtype="float32")
 
 
+# Standardised-looking inputs: smooth images (neighbouring pixels correlate, as in photos).
+IMAGES = jax.image.resize(
+    jax.random.normal(jax.random.key(1), (16, 8, 8, 3)), (16, 32, 32, 3), "linear"
+)
+
+
 def _init(widths=Recipe().widths):
     return jax.jit(net.init, static_argnames="widths")(jax.random.key(0), widths=widths)
 
@@ -67,6 +73,19 @@ def test_global_max_pool_sends_the_gradient_to_the_first_of_tied_maxima():
     expected[0, 0, 1, 0] = 2.0  # row-major first of the three 3s (torch's MaxPool2d picks it too)
     expected[0, 1, 0, 1] = 5.0
     np.testing.assert_array_equal(grad, expected)
+
+
+@pytest.mark.parametrize("dtype, tolerance", [("bfloat16", 0.03), ("float16", 0.005)])
+def test_low_precision_logits_follow_float32(dtype, tolerance):
+    params, batch_stats = _init(widths=(8, 16, 16))
+    params["whiten"]["kernel"] = whitening.whitening_kernel(IMAGES)
+    apply = jax.jit(net.apply, static_argnames=("train", "bn_momentum", "output_scale", "dtype"))
+    kwargs = dict(train=True, bn_momentum=0.6, output_scale=1.0)
+    exact, _ = apply(params, batch_stats, IMAGES, dtype=jnp.float32, **kwargs)
+    low, _ = apply(params, batch_stats, IMAGES, dtype=jnp.dtype(dtype), **kwargs)
+    assert low.dtype == jnp.float32
+    error = float(jnp.abs(low - exact).max() / jnp.abs(exact).max())
+    assert 0 < error < tolerance, error  # rounded, and not by much
 
 
 def test_block_convs_start_as_identity_on_their_first_channels():

@@ -11,13 +11,13 @@ import dataclasses
 from pathlib import Path
 
 from jaxcifar.commands._args import add_data_arguments, positive_float, positive_int
-from jaxcifar.config import DTYPES
+
 
 HELP = "time the fast CIFAR-10 recipe (airbench94 in JAX) over N runs"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from jaxcifar.speedrun.recipe import EPOCH_MODES, Recipe
+    from jaxcifar.speedrun.recipe import DTYPES, EPOCH_MODES, Recipe
 
     recipe = Recipe()
     add_data_arguments(parser)
