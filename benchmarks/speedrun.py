@@ -2,17 +2,19 @@
 is importable and a CUDA GPU is present, N runs of airbench94 itself on the same data.
 
 Usage: python benchmarks/speedrun.py [--data-dir ../shared/data] [--runs 5]
-       [--limit-train N --limit-test N] [--epoch-mode auto] [--out benchmarks/results]
+       [--dtypes bfloat16 float16] [--limit-train N --limit-test N] [--epoch-mode auto]
+       [--out benchmarks/results]
 
 Writes <out>/speedrun-<device>.json ({"device", "runs": [{"system": "jaxcifar-fast" |
-"airbench94", "train_seconds", "cold_seconds", "tta_test_accuracy"}], "skipped", ...}) and the
-same name .md. Both systems are timed the same way: training from scratch plus TTA test
-predictions, warm. Cold: ours is compile + first run (compiled programs persist in
-$JAXCIFAR_CACHE/xla, so a second invocation's cold time is smaller); airbench's is one extra
-warm-up run first (CUDA/cuDNN initialisation and autotuning), as airbench itself does.
-airbench reads cifar10/train.pt and test.pt relative to the working directory, and its
-train94 builds a loader from them when imported, so both are written from our loader into a
-temporary directory that is the working directory while it runs.
+"airbench94", "dtype", "train_seconds", "cold_seconds", "tta_test_accuracy"}], "skipped",
+"jaxcifar": {dtype: compile seconds, epoch mode, step counts, losses}, ...}) and the same
+name .md. Ours runs once per --dtypes entry; airbench94 computes in float16. Both systems are
+timed the same way: training from scratch plus TTA test predictions, warm. Cold: ours is
+compile + first run (compiled programs persist in $JAXCIFAR_CACHE/xla, so a second invocation's
+cold time is smaller); airbench's is one extra warm-up run first (CUDA/cuDNN initialisation and
+autotuning), as airbench itself does. airbench reads cifar10/train.pt and test.pt relative to
+the working directory, and its train94 builds a loader from them when imported, so both are
+written from our loader into a temporary directory that is the working directory while it runs.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from jaxcifar.data import load  # noqa: E402
 from jaxcifar.bench import environment  # noqa: E402
 from jaxcifar.data.dataset import Dataset  # noqa: E402
 from jaxcifar.speedrun import measure, xla_cache  # noqa: E402
-from jaxcifar.speedrun.recipe import EPOCH_MODES, Recipe  # noqa: E402
+from jaxcifar.speedrun.recipe import DTYPES, EPOCH_MODES, Recipe  # noqa: E402
 
 AIRBENCH = "airbench94"
 
@@ -108,7 +110,8 @@ def run_airbench(train_set: Dataset, test_set: Dataset, runs: int) -> list[dict]
             rows = []
             for i in range(runs):
                 seconds, accuracy = timed_run()
-                rows.append(measure.run_row(AIRBENCH, seconds, cold if i == 0 else None, accuracy))
+                cold_seconds = cold if i == 0 else None
+                rows.append(measure.run_row(AIRBENCH, "float16", seconds, cold_seconds, accuracy))
                 print(f"{AIRBENCH} run {i + 1}/{runs}: {seconds:.2f} s, TTA {accuracy:.4f}")
     return rows
 
@@ -120,7 +123,7 @@ def main() -> None:
     parser.add_argument("--limit-train", type=int, help="train on a random N-image subset")
     parser.add_argument("--limit-test", type=int, help="test on a random N-image subset")
     parser.add_argument("--epochs", type=float, default=Recipe().epochs)
-    parser.add_argument("--dtype", default=Recipe().dtype)
+    parser.add_argument("--dtypes", nargs="+", choices=DTYPES, default=[Recipe().dtype])
     parser.add_argument("--epoch-mode", choices=EPOCH_MODES, default="auto")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
@@ -129,11 +132,15 @@ def main() -> None:
     for split, limit in (("train", args.limit_train), ("test", args.limit_test)):
         dataset = load("cifar10", split, data_dir=args.data_dir)
         splits[split] = dataset if limit is None else dataset.subset(limit, seed=0)
-    recipe = Recipe(epochs=args.epochs, dtype=args.dtype)
+    rows, details = [], {}
     with xla_cache.compilation_cache(xla_cache.default_dir()):
-        rows, details = measure.measure(
-            recipe, splits["train"], splits["test"], runs=args.runs, epoch_mode=args.epoch_mode
-        )
+        for dtype in args.dtypes:
+            recipe = Recipe(epochs=args.epochs, dtype=dtype)
+            dtype_rows, details[dtype] = measure.measure(
+                recipe, splits["train"], splits["test"], runs=args.runs,
+                epoch_mode=args.epoch_mode,
+            )  # fmt: skip
+            rows += dtype_rows
     skipped = []
     reason = airbench_missing()
     if reason is None:
@@ -148,8 +155,8 @@ def main() -> None:
         "skipped": skipped,
         "train_images": len(splits["train"]),
         "test_images": len(splits["test"]),
-        "recipe": dataclasses.asdict(recipe),
-        **details,
+        "recipe": dataclasses.asdict(Recipe(epochs=args.epochs)),
+        "jaxcifar": details,
     }
     stem = f"speedrun-{environment.device_slug(device)}"
     paths = measure.write_results(results, args.out / f"{stem}.json")

@@ -2,7 +2,7 @@
 # Every GPU measurement the open issues ask for, in one device call: the seed recipe by path
 # (#9 A), the fast recipe against airbench94 (#9 B) and the step-time benchmark's GPU rows
 # (#5). Expected 5-6 minutes on an H100/H200 once the machine has started; each part has
-# its own timeout (together 580 s, under the device tool's 600 s a call), so one that hangs
+# its own timeout (together 570 s, under the device tool's 600 s a call), so one that hangs
 # does not cost the others, and each writes its results into $OUT as soon as it ends.
 #
 # Prepare on the CPU machine, once, from the repository root (both folders are git-ignored):
@@ -25,7 +25,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>
 python3 -c "import jax; print('jax', jax.__version__, jax.devices())"
 
 # Decode the JPEGs once (the cache makes every later load ~0.4 s).
-timeout 90 python3 -c "from jaxcifar.data import load; [load('cifar10', s, data_dir='.data') for s in ('train', 'test')]"
+timeout 60 python3 -c "from jaxcifar.data import load; [load('cifar10', s, data_dir='.data') for s in ('train', 'test')]"
 
 if [ "$quick" = 1 ]; then
   seed_args=(--epochs 1 --limit-train 400 --limit-test 500)
@@ -33,14 +33,14 @@ if [ "$quick" = 1 ]; then
   bench_args=(--models cnn --batch-sizes 4 --dtypes float32 --steps 2 --epoch-images 16 --epoch-batch-sizes 8)
 else
   seed_args=()
-  speedrun_args=(--runs 5)
+  speedrun_args=(--runs 5 --dtypes bfloat16 float16)
   bench_args=()
 fi
 echo "== seed recipe by path (#9 A)"
-timeout 200 python3 benchmarks/seed_recipe.py --data-dir .data --paths scan fused fused-pallas \
+timeout 160 python3 benchmarks/seed_recipe.py --data-dir .data --paths scan fused fused-pallas \
   --out "$out" "${seed_args[@]}"
 echo "== fast recipe vs airbench94 (#9 B)"
-timeout 150 python3 benchmarks/speedrun.py --data-dir .data --out "$out" "${speedrun_args[@]}"
+timeout 200 python3 benchmarks/speedrun.py --data-dir .data --out "$out" "${speedrun_args[@]}"
 echo "== step-time benchmark (#5)"
 timeout 140 jaxcifar bench --out "$out" "${bench_args[@]}"
 ls -l "$out"

@@ -241,16 +241,17 @@ def test_speedrun_command_writes_its_json(shared_data, xla_dir, tmp_path, capsys
     results = json.loads((out / "speedrun.json").read_text())
     assert isinstance(results["device"], str) and results["device"]
     assert [sorted(row) for row in results["runs"]] == [
-        ["cold_seconds", "system", "train_seconds", "tta_test_accuracy"]
+        ["cold_seconds", "dtype", "system", "train_seconds", "tta_test_accuracy"]
     ] * 2
     first, second = results["runs"]
     assert first["system"] == second["system"] == "jaxcifar-fast"
+    assert first["dtype"] == second["dtype"] == "float32"
     assert first["cold_seconds"] >= first["train_seconds"] > 0 and second["cold_seconds"] is None
     # Same seed, same data, same programs: the command's first run is the fixture's.
     assert first["tta_test_accuracy"] == tiny_run[1].tta_accuracy
     assert results["train_images"] == TRAIN and results["plan"]["total_steps"] == 8
     table = (out / "speedrun.md").read_text()
-    assert "| jaxcifar-fast | 2 |" in table
+    assert "| jaxcifar-fast | float32 | 2 |" in table
     assert any(xla_dir.iterdir())  # compiled programs were stored
     assert "run 2/2" in capsys.readouterr().out
 

@@ -1,6 +1,7 @@
 """Timed speedrun runs and their results file: `{"device", "runs": [...]}` plus a markdown table.
 
-Each run row is `{"system", "train_seconds", "cold_seconds", "tta_test_accuracy"}`.
+Each run row is `{"system", "dtype", "train_seconds", "cold_seconds", "tta_test_accuracy"}`
+(dtype: the compute dtype; airbench94's is float16).
 `train_seconds` is warm: whitening, training and TTA test predictions with every program
 already compiled (what airbench's reported time covers). `cold_seconds` is set on a system's
 first row only: what that first run cost a fresh process, compilation included (for us,
@@ -23,10 +24,11 @@ from jaxcifar.speedrun.recipe import Recipe
 SYSTEM = "jaxcifar-fast"
 
 
-def run_row(system: str, train_seconds: float, cold_seconds: float | None,
+def run_row(system: str, dtype: str, train_seconds: float, cold_seconds: float | None,
             accuracy: float) -> dict[str, Any]:  # fmt: skip
     return {
         "system": system,
+        "dtype": dtype,
         "train_seconds": train_seconds,
         "cold_seconds": cold_seconds,
         "tta_test_accuracy": accuracy,
@@ -58,7 +60,7 @@ def measure(
     for i in range(runs):
         result = speedrun.run(seed + i)
         cold = speedrun.compile_seconds + result.seconds if i == 0 else None
-        rows.append(run_row(SYSTEM, result.seconds, cold, result.tta_accuracy))
+        rows.append(run_row(SYSTEM, recipe.dtype, result.seconds, cold, result.tta_accuracy))
         losses.append(result.epoch_losses)
         log(
             f"run {i + 1}/{runs}: {result.seconds:.2f} s warm, TTA test accuracy "
@@ -75,15 +77,16 @@ def measure(
 
 
 def summary(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per system: run count, mean and standard deviation of train seconds and accuracy,
-    and the cold seconds of its first run."""
+    """Per system and dtype: run count, mean and standard deviation of train seconds and
+    accuracy, and the cold seconds of its first run."""
     out = []
-    for system in dict.fromkeys(row["system"] for row in rows):
-        mine = [row for row in rows if row["system"] == system]
+    for system, dtype in dict.fromkeys((row["system"], row["dtype"]) for row in rows):
+        mine = [row for row in rows if (row["system"], row["dtype"]) == (system, dtype)]
         seconds = [row["train_seconds"] for row in mine]
         accuracy = [row["tta_test_accuracy"] for row in mine]
         out.append({
             "system": system,
+            "dtype": dtype,
             "runs": len(mine),
             "train_seconds_mean": statistics.fmean(seconds),
             "train_seconds_sd": statistics.stdev(seconds) if len(mine) > 1 else 0.0,
@@ -102,25 +105,25 @@ def render_markdown(results: dict[str, Any]) -> str:
         "train s: warm seconds per run (whitening + training + TTA predictions); cold s: the "
         "first run of a fresh process, compilation included.",
         "",
-        "| system | runs | train s (mean ± sd) | cold s | TTA test accuracy (mean ± sd) |",
-        "|---|---:|---:|---:|---:|",
+        "| system | dtype | runs | train s (mean ± sd) | cold s | TTA test accuracy (mean ± sd) |",
+        "|---|---|---:|---:|---:|---:|",
     ]
     for s in summary(results["runs"]):
         cold = "-" if s["cold_seconds"] is None else f"{s['cold_seconds']:.2f}"
         lines.append(
-            f"| {s['system']} | {s['runs']} | {s['train_seconds_mean']:.3f} ± "
+            f"| {s['system']} | {s['dtype']} | {s['runs']} | {s['train_seconds_mean']:.3f} ± "
             f"{s['train_seconds_sd']:.3f} | {cold} | {s['tta_test_accuracy_mean']:.4f} ± "
             f"{s['tta_test_accuracy_sd']:.4f} |"
         )
     lines += [
         "",
-        "| # | system | train s | cold s | TTA test accuracy |",
-        "|---:|---|---:|---:|---:|",
+        "| # | system | dtype | train s | cold s | TTA test accuracy |",
+        "|---:|---|---|---:|---:|---:|",
     ]
     for i, row in enumerate(results["runs"], start=1):
         cold = "-" if row["cold_seconds"] is None else f"{row['cold_seconds']:.2f}"
         lines.append(
-            f"| {i} | {row['system']} | {row['train_seconds']:.3f} | {cold} "
+            f"| {i} | {row['system']} | {row['dtype']} | {row['train_seconds']:.3f} | {cold} "
             f"| {row['tta_test_accuracy']:.4f} |"
         )
     return "\n".join(lines) + "\n"
