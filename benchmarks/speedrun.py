@@ -34,7 +34,8 @@ from bench_paths import RESULTS, SHARED_DATA  # noqa: E402
 from jaxcifar.data import load  # noqa: E402
 from jaxcifar.bench import environment  # noqa: E402
 from jaxcifar.data.dataset import Dataset  # noqa: E402
-from jaxcifar.speedrun import measure, xla_cache  # noqa: E402
+from jaxcifar import xla_cache  # noqa: E402
+from jaxcifar.speedrun import measure  # noqa: E402
 from jaxcifar.speedrun.recipe import DTYPES, EPOCH_MODES, Recipe  # noqa: E402
 
 AIRBENCH = "airbench94"

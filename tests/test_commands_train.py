@@ -1,9 +1,11 @@
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from jaxcifar import xla_cache
 from jaxcifar.cli import main
 from jaxcifar.data.dataset import CIFAR10_CLASSES
 
@@ -46,6 +48,7 @@ def test_train_evaluate_predict_end_to_end(image_tree, tmp_path, capsys):
     assert report["test_accuracy"] == report["epochs"][-1]["test_accuracy"]
     for name in ("accuracy.png", "loss.png", "confusion_matrix.png", "checkpoint.msgpack"):
         assert (out / name).stat().st_size > 0
+    assert any((tmp_path / "cache" / "xla").iterdir())  # compiled programs, for the next run
 
     evaluated = tmp_path / "eval"
     assert main(["evaluate", "--checkpoint", str(out), "--data-dir", str(image_tree), "--out", str(evaluated)]) == 0
@@ -74,6 +77,12 @@ def test_train_evaluate_predict_end_to_end(image_tree, tmp_path, capsys):
     assert len(json.loads((out / "metrics.json").read_text())["epochs"]) == 3
     assert main(["train", "--data-dir", str(image_tree), "--out", str(out), *FAST]) == 2
     assert "already holds a checkpoint; pass --resume" in capsys.readouterr().err
+
+
+def test_compile_cache_flag_names_a_folder_or_turns_it_off(fresh_cache):
+    assert xla_cache.resolve(None) == fresh_cache / "xla"
+    assert xla_cache.resolve("none") is None
+    assert xla_cache.resolve("elsewhere") == Path("elsewhere")
 
 
 @pytest.mark.parametrize(

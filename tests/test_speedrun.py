@@ -20,7 +20,8 @@ from jaxcifar import augment, cli
 from jaxcifar.data import load
 from jaxcifar.errors import ConfigError
 from jaxcifar.models import layers
-from jaxcifar.speedrun import net, optimizer, tta, whitening, xla_cache
+from jaxcifar import xla_cache
+from jaxcifar.speedrun import net, optimizer, tta, whitening
 from jaxcifar.speedrun.recipe import Plan, Recipe, plan, sgd_rates
 from jaxcifar.speedrun.train import Speedrun, lookahead
 

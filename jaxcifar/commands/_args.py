@@ -73,3 +73,12 @@ def add_data_arguments(parser: argparse.ArgumentParser, default_dataset: str = "
         "--dataset", choices=DATASETS, default=default_dataset, help="which dataset to use"
     )
     add_data_dir_argument(parser)
+
+
+def add_compile_cache_argument(parser: argparse.ArgumentParser) -> None:
+    """`--compile-cache DIR` (see `jaxcifar.xla_cache.resolve`)."""
+    parser.add_argument(
+        "--compile-cache", metavar="DIR",
+        help="persistent XLA compilation cache, so a second run starts with compiled programs "
+        "(default: $JAXCIFAR_CACHE/xla, else ~/.cache/jaxcifar/xla); 'none' turns it off",
+    )  # fmt: skip

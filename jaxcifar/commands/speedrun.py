@@ -10,7 +10,9 @@ import argparse
 import dataclasses
 from pathlib import Path
 
-from jaxcifar.commands._args import add_data_arguments, positive_float, positive_int
+from jaxcifar.commands._args import (
+    add_compile_cache_argument, add_data_arguments, positive_float, positive_int,
+)
 
 
 HELP = "time the fast CIFAR-10 recipe (airbench94 in JAX) over N runs"
@@ -39,16 +41,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "auto: loop on CPU, scan on GPU/TPU")  # fmt: skip
     parser.add_argument("--seed", type=int, default=0,
                         help="seed of the first run and of the subsets")  # fmt: skip
-    parser.add_argument("--compile-cache", metavar="DIR",
-                        help="persistent XLA compilation cache (default: $JAXCIFAR_CACHE/xla, "
-                        "else ~/.cache/jaxcifar/xla); 'none' turns it off")  # fmt: skip
+    add_compile_cache_argument(parser)
     parser.add_argument("--out", default="runs/speedrun", metavar="DIR", help="output folder")
 
 
 def run(args: argparse.Namespace) -> int:
     from jaxcifar.data import load
     from jaxcifar.bench import environment
-    from jaxcifar.speedrun import measure, xla_cache
+    from jaxcifar import xla_cache
+    from jaxcifar.speedrun import measure
     from jaxcifar.speedrun.recipe import Recipe
 
     recipe = Recipe(
@@ -58,10 +59,10 @@ def run(args: argparse.Namespace) -> int:
     for split, limit in (("train", args.limit_train), ("test", args.limit_test)):
         dataset = load(args.dataset, split, data_dir=args.data_dir)
         splits[split] = dataset if limit is None else dataset.subset(limit, seed=args.seed)
-    cache = args.compile_cache or xla_cache.default_dir()
-    with xla_cache.compilation_cache(None if cache == "none" else cache):
+    cache = xla_cache.resolve(args.compile_cache)
+    with xla_cache.compilation_cache(cache):
         device = environment.device_name()
-        print(f"device: {device}; data: {splits['train'].source}; compile cache: {cache}")
+        print(f"device: {device}; data: {splits['train'].source}; compile cache: {cache or 'off'}")
         rows, details = measure.measure(
             recipe, splits["train"], splits["test"], runs=args.runs, seed=args.seed,
             epoch_mode=args.epoch_mode,

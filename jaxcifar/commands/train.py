@@ -21,7 +21,9 @@ import tempfile
 from pathlib import Path
 
 from jaxcifar import parallel
-from jaxcifar.commands._args import add_data_arguments, non_negative_float, positive_float, positive_int
+from jaxcifar.commands._args import (
+    add_compile_cache_argument, add_data_arguments, non_negative_float, positive_float, positive_int,
+)
 from jaxcifar.config import (
     ACTIVATIONS, DTYPES, MODELS, OPTIMIZERS, RECIPES, SCHEDULES, RunConfig,
 )  # fmt: skip
@@ -86,6 +88,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "path on one device, its dense head in XLA / in one Pallas kernel; "
                         "auto: loop on CPU, scan on GPU/TPU")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")  # fmt: skip
+    add_compile_cache_argument(parser)
     parallel.add_distributed_arguments(parser)
 
 
@@ -114,6 +117,8 @@ def resume_command(args: argparse.Namespace) -> str:
         words += ["--epoch-mode", args.epoch_mode]
     if args.quiet:
         words.append("--quiet")
+    if args.compile_cache is not None:
+        words += ["--compile-cache", args.compile_cache]
     return shlex.join([*words, "--resume", "--out", str(args.out)])
 
 
@@ -131,7 +136,7 @@ def check_writable_folder(folder: Path) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from jaxcifar import checkpoint
+    from jaxcifar import checkpoint, xla_cache
 
     parallel.initialize_from_args(args)  # first: before anything touches a device
     config = config_from_args(args)
@@ -141,6 +146,7 @@ def run(args: argparse.Namespace) -> int:
         check_config(config)
     out = Path(args.out)
     check_writable_folder(out)
+    cache = xla_cache.resolve(args.compile_cache)
     # Stopping drops the epoch in progress and keeps the last epoch-boundary checkpoint.
     # Resuming mid-epoch would need the step index, the partial loss sums and a runner that
     # starts at any step in every epoch mode; dropping keeps the resume contract trivially
@@ -148,7 +154,7 @@ def run(args: argparse.Namespace) -> int:
     # at most one epoch.
     saved_epochs: list[int] = []  # how many epochs the checkpoint in OUT holds, once there is one
     try:
-        with StopOnSignal() as signals:
+        with StopOnSignal() as signals, xla_cache.compilation_cache(cache):
             return _train(args, config, out, signals, saved_epochs)
     except Interrupted as stop:
         if saved_epochs:

@@ -2,8 +2,8 @@
 
 Modules: `net` (the network), `whitening` (its fixed first layer), `recipe` (hyperparameters,
 optimizer, schedules, loss), `train` (the run: on-device data, augmentation, lookahead),
-`tta` (test-time augmentation), `xla_cache` (the persistent compilation cache) and `measure`
-(timed runs and their results file).
+`tta` (test-time augmentation) and `measure` (timed runs and their results file); runs use
+`jaxcifar.xla_cache`, the persistent compilation cache.
 
 What comes from where. From the paper and its reference code (airbench94.py, the `airbench`
 package's lib_airbench94.py and utils.py), checked against their text:

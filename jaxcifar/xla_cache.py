@@ -1,8 +1,11 @@
 """JAX's persistent compilation cache, so a second process starts with compiled programs.
 
-Compiling the speedrun's programs takes seconds on a GPU and tens of seconds on a CPU; the
-cache stores each compiled executable on disk under a key of its program, compile options and
-backend, and a later process with the same programs loads them instead of compiling.
+Compiling a training run's programs takes seconds (the seed CNN's step on a CPU) to tens of
+seconds (the speedrun's epochs); the cache stores each compiled executable on disk under a key
+of its program, compile options and backend, and a later process with the same programs loads
+them instead of compiling. `jaxcifar train` and `jaxcifar speedrun` use it (--compile-cache).
+It is not size-bounded (JAX's bound needs the `filelock` package and cannot evict entries
+written without it): the folder is safe to delete at any time.
 """
 
 from __future__ import annotations
@@ -14,10 +17,20 @@ from pathlib import Path
 
 from jaxcifar.data.cache import cache_dir
 
+OFF = "none"  # the --compile-cache value that turns the cache off
+
 
 def default_dir() -> Path:
     """<dataset cache>/xla: $JAXCIFAR_CACHE/xla, else ~/.cache/jaxcifar/xla."""
     return cache_dir() / "xla"
+
+
+def resolve(flag: str | None) -> Path | None:
+    """The cache folder a --compile-cache value names: `default_dir()` when not given, None
+    (no cache) for "none"."""
+    if flag is None:
+        return default_dir()
+    return None if flag == OFF else Path(flag)
 
 
 @contextlib.contextmanager
