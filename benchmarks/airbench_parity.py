@@ -19,17 +19,13 @@ the CPU:
 - test-time-augmented logits (level 2) of the trained weights.
 Writes <out>/airbench-parity.{json,md}; exits 1 if a check is outside its tolerance.
 
-Needs torch and airbench (`pip install --no-deps airbench`). airbench builds its network in
-float16 on cuda:0; here `Module.half` and `Module.cuda` are no-ops while it is built, and its
-GPU timers are stubbed. torchvision, which airbench imports for downloading CIFAR-10 and for
-`Normalize`, is replaced by a stub when it does not import (a CPU-only torch often lacks a
-matching torchvision).
+Needs torch and airbench (`pip install --no-deps airbench`), run on the CPU by
+`airbench_cpu.py`.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import functools
 import json
 import sys
@@ -42,6 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 import torch
 
+from airbench_cpu import airbench_on_cpu, import_airbench
 from bench_paths import RESULTS, SHARED_DATA
 from jaxcifar.atomic import atomic_write_text
 from jaxcifar.data import load
@@ -50,57 +47,10 @@ from jaxcifar.speedrun import net, optimizer, whitening
 from jaxcifar.speedrun import recipe as recipes
 from jaxcifar.speedrun import train as speedrun
 
-jax.config.update("jax_default_matmul_precision", "highest")  # float32 convs, as torch's on a CPU
 # A check passes when our float32 result is within SLACK times airbench's own float32
 # difference from its float64 result, plus FLOOR: float32 rounding, and which of two tied
 # maxima a pool picks, move both alike.
 SLACK, FLOOR = 2.0, 1e-5
-
-
-def import_airbench() -> tuple[types.ModuleType, types.ModuleType]:
-    """(airbench.utils, airbench.lib_airbench94), with torchvision stubbed if it fails."""
-    try:
-        import torchvision  # noqa: F401
-    except Exception:  # an ABI mismatch raises RuntimeError, not ImportError
-        for name in [m for m in sys.modules if m.startswith("torchvision")]:
-            del sys.modules[name]
-        stub, transforms = types.ModuleType("torchvision"), types.ModuleType("transforms")
-
-        def normalize(mean, std):
-            mean, std = torch.as_tensor(mean), torch.as_tensor(std)
-            return lambda x: (x - mean.view(-1, 1, 1)) / std.view(-1, 1, 1)
-
-        transforms.Normalize = normalize
-        stub.transforms = transforms
-        sys.modules.update({"torchvision": stub, "torchvision.transforms": transforms})
-    from airbench import lib_airbench94, utils
-
-    return utils, lib_airbench94
-
-
-@contextlib.contextmanager
-def airbench_on_cpu(utils: types.ModuleType):
-    """airbench's model building and `train` on the CPU in float32: no half(), no cuda(), no
-    CUDA timers, no test loader (its `train` builds one from cifar10/test.pt; unused when
-    not verbose)."""
-
-    class Timer:
-        def __init__(self, **_):
-            pass
-
-        def record(self):
-            pass
-
-        def elapsed_time(self, _):
-            return 0.0
-
-    with contextlib.ExitStack() as stack:
-        stack.enter_context(mock.patch.object(torch.nn.Module, "half", lambda self: self))
-        stack.enter_context(mock.patch.object(torch.nn.Module, "cuda", lambda self, *a: self))
-        stack.enter_context(mock.patch.object(torch.cuda, "Event", Timer))
-        stack.enter_context(mock.patch.object(torch.cuda, "synchronize", lambda: None))
-        stack.enter_context(mock.patch.object(utils, "CifarLoader", lambda *a, **k: None))
-        yield
 
 
 def nchw(x: np.ndarray | jax.Array) -> torch.Tensor:
