@@ -29,7 +29,8 @@ package's lib_airbench94.py and utils.py), checked against their text:
 Ours, not theirs: the whitening statistics use a seeded random 5,000 training images instead
 of the first 5,000 (this project's image-folder loader returns the images sorted by class),
 per-step random translations replace per-epoch ones (the same distribution: each image is
-seen once per epoch), the master weights stay float32, and compute is bfloat16, not float16.
+seen once per epoch), the master weights stay float32, and compute defaults to bfloat16
+(`dtype="float16"` is airbench's).
 `benchmarks/airbench_parity.py` runs airbench's own training loop and ours on the same
 batches and compares the results.
 """
