@@ -17,9 +17,15 @@ out=${OUT:-benchmarks/results}
 mkdir -p "$out"
 quick=${QUICK:-0}
 
-python3 -m pip install -q --no-deps -e . || exit 1
-# airbench94 is a pure-Python sdist; torch and numpy are already on the GPU machine.
-ls .whl/airbench-*.tar.gz >/dev/null 2>&1 && python3 -m pip install -q --no-deps --no-index .whl/airbench-*.tar.gz
+# No pip install: the GPU machine reaches no package index, and building even a pure-Python
+# sdist wants setuptools from one. The project runs from this checkout, and airbench94 (pure
+# Python; torch and numpy are already there) from its unpacked sdist.
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+if ls .whl/airbench-*.tar.gz >/dev/null 2>&1; then
+  airbench_src=$(mktemp -d)
+  tar xzf .whl/airbench-*.tar.gz -C "$airbench_src"
+  export PYTHONPATH="$PYTHONPATH:$(ls -d "$airbench_src"/airbench-*)"
+fi
 export JAXCIFAR_CACHE=${JAXCIFAR_CACHE:-/tmp/jaxcifar-cache}
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null
 python3 -c "import jax; print('jax', jax.__version__, jax.devices())"
@@ -29,7 +35,7 @@ timeout 60 python3 -c "from jaxcifar.data import load; [load('cifar10', s, data_
 
 if [ "$quick" = 1 ]; then
   seed_args=(--epochs 1 --limit-train 400 --limit-test 500)
-  speedrun_args=(--runs 1 --epochs 0.2 --limit-train 2000 --limit-test 1000)
+  speedrun_args=(--runs 1 --epochs 0.2 --limit-train 2048 --limit-test 500 --widths 16 32 32)
   bench_args=(--models cnn --batch-sizes 4 --dtypes float32 --steps 2 --epoch-images 16 --epoch-batch-sizes 8)
 else
   seed_args=()
@@ -42,5 +48,5 @@ timeout 160 python3 benchmarks/seed_recipe.py --data-dir .data --paths scan fuse
 echo "== fast recipe vs airbench94 (#9 B)"
 timeout 200 python3 benchmarks/speedrun.py --data-dir .data --out "$out" "${speedrun_args[@]}"
 echo "== step-time benchmark (#5)"
-timeout 140 jaxcifar bench --out "$out" "${bench_args[@]}"
+timeout 140 python3 -m jaxcifar bench --out "$out" "${bench_args[@]}"
 ls -l "$out"
