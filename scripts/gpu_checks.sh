@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Every GPU measurement the open issues ask for, in one device call: the seed recipe by path
 # (#9 A), the fast recipe against airbench94 (#9 B) and the step-time benchmark's GPU rows
-# (#5). Expected 5-6 minutes on an H100/H200 once the machine has started; each part has
-# its own timeout (together 570 s, under the device tool's 600 s a call), so one that hangs
-# does not cost the others, and each writes its results into $OUT as soon as it ends.
+# (#5). Expected 6-7 minutes on an H100/H200 once the machine has started (a session's device
+# time is 15 minutes, start-up included: run it once, with timeout_s 600); each part has its
+# own timeout (together 570 s, under the device tool's 600 s a call), so one that hangs does
+# not cost the others, and each writes its results into $OUT as soon as it ends.
 #
 # Prepare on the CPU machine, once, from the repository root (both folders are git-ignored):
 #   mkdir -p .data .whl && cp ../shared/data/cifar10-jpeg.tar.gz .data/
