@@ -40,6 +40,11 @@ def import_airbench() -> tuple[types.ModuleType, types.ModuleType]:
     return utils, lib_airbench94
 
 
+def net_widths(widths: tuple[int, ...]) -> dict[str, int]:
+    """Our three conv-block widths in make_net94's form: {"block1": w1, ...}."""
+    return dict(zip(("block1", "block2", "block3"), widths, strict=True))
+
+
 @contextlib.contextmanager
 def airbench_on_cpu(utils: types.ModuleType) -> Iterator[None]:
     """airbench's model building and `train` on the CPU in float32: no half(), no cuda(), no

@@ -38,7 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 import torch
 
-from airbench_cpu import airbench_on_cpu, import_airbench
+from airbench_cpu import airbench_on_cpu, import_airbench, net_widths
 from bench_paths import RESULTS, SHARED_DATA
 from jaxcifar.atomic import atomic_write_text
 from jaxcifar.data import load
@@ -198,8 +198,9 @@ def airbench_side(utils, lib94, recipe, initial, loader, test_set, dtype) -> dic
 
     def make_net() -> torch.nn.Sequential:
         with airbench_on_cpu(utils):
-            widths = dict(zip(("block1", "block2", "block3"), recipe.widths))
-            model = lib94.make_net94(widths=widths, batchnorm_momentum=recipe.bn_momentum)
+            model = lib94.make_net94(
+                widths=net_widths(recipe.widths), batchnorm_momentum=recipe.bn_momentum
+            )
         load_weights(model, initial.params, initial.batch_stats)
         return model.to(dtype)
 
@@ -343,7 +344,8 @@ def write(results: dict, args: argparse.Namespace, recipe, plan) -> None:
         f"+ {FLOOR:g}. Recipe fields unlike airbench94's hyp: "
         f"{', '.join(results['recipe_fields_unlike_airbench94']) or 'none'}.",
         "",
-        "| compared | ours, float32 | airbench, float32 | ours vs airbench float32 | worst leaf (ours) | pass |",
+        "| compared | ours, float32 | airbench, float32 | ours vs airbench float32 "
+        "| worst leaf (ours) | pass |",
         "|---|---:|---:|---:|---|---|",
     ]
     for key, row in rows.items():

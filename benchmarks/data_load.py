@@ -18,7 +18,6 @@ from jaxcifar.data import load
 from jaxcifar.data.cache import CACHE_ENV
 
 
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", type=Path, default=SHARED_DATA)

@@ -24,7 +24,6 @@ from jaxcifar.config import RunConfig
 from jaxcifar.fused.measure import PATHS, measure_path, write_results
 
 
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", type=Path, default=SHARED_DATA)

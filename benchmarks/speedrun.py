@@ -84,13 +84,11 @@ def run_airbench(train_set: Dataset, test_set: Dataset, runs: int,
     on the GPU in float16 as airbench is written, or without one on the CPU in float32."""
     import torch
 
-    from airbench_cpu import airbench_on_cpu, import_airbench
+    from airbench_cpu import airbench_on_cpu, import_airbench, net_widths
 
     on_gpu = torch.cuda.is_available()
     utils, lib94 = import_airbench()
-    make_net = functools.partial(
-        lib94.make_net94, widths=dict(zip(("block1", "block2", "block3"), widths))
-    )
+    make_net = functools.partial(lib94.make_net94, widths=net_widths(widths))
     with tempfile.TemporaryDirectory(prefix="jaxcifar-airbench-") as tmp:
         write_airbench_data(Path(tmp), train_set, test_set)
         with contextlib.chdir(tmp):
@@ -101,7 +99,8 @@ def run_airbench(train_set: Dataset, test_set: Dataset, runs: int,
             )  # fmt: skip
             test_loader = utils.CifarLoader("cifar10", train=False, batch_size=2000, gpu=device)
             if not on_gpu:  # float16 convolutions on a CPU are missing or slow
-                loader.images, test_loader.images = loader.images.float(), test_loader.images.float()
+                for cpu_loader in (loader, test_loader):
+                    cpu_loader.images = cpu_loader.images.float()
 
             def timed_run() -> tuple[float, float]:
                 torch.cuda.synchronize()
@@ -165,7 +164,8 @@ def main() -> None:
     measure.write_results(results, path)
     reason = airbench_missing()
     if reason is None:
-        rows += run_airbench(splits["train"], splits["test"], args.runs, tuple(args.widths))
+        widths = tuple(args.widths)
+        results["runs"] += run_airbench(splits["train"], splits["test"], args.runs, widths)
     else:
         results["skipped"].append({"system": AIRBENCH, "reason": reason})
         print(f"{AIRBENCH} skipped: {reason}")

@@ -67,7 +67,7 @@ def test_net_shapes_and_parameter_count():
 def test_global_max_pool_sends_the_gradient_to_the_first_of_tied_maxima():
     x = jnp.array([[1.0, 3.0, 3.0], [0.0, 3.0, 2.0]]).reshape(1, 2, 3, 1)  # three tied maxima
     x = jnp.concatenate([x, -x], axis=-1)  # a second channel, whose maximum is 0 at (1, 0)
-    pooled, vjp = jax.vjp(net._global_max_pool, x)
+    pooled, vjp = jax.vjp(layers.global_max_pool, x)
     np.testing.assert_array_equal(pooled, [[3.0, 0.0]])
     (grad,) = vjp(jnp.array([[2.0, 5.0]]))
     expected = np.zeros((1, 2, 3, 2))

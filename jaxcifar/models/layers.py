@@ -142,6 +142,16 @@ def _max_pool_2x2_backward(
 max_pool_2x2.defvjp(_max_pool_2x2_forward, _max_pool_2x2_backward)
 
 
+def global_max_pool(x: jax.Array) -> jax.Array:
+    """(N, H, W, C) -> (N, C): the maximum over H and W. Its gradient goes to the first
+    maximum in row-major order, as with `max_pool_2x2` and torch; JAX's own `max` splits it
+    among ties."""
+    n, height, width, channels = x.shape
+    flat = x.reshape(n, height * width, channels)
+    first = jnp.argmax(flat, axis=1, keepdims=True)  # argmax takes the first of ties
+    return jnp.take_along_axis(flat, first, axis=1)[:, 0]
+
+
 def dropout(x: jax.Array, rate: float, *, train: bool, rng: jax.Array | None) -> jax.Array:
     """Inverted dropout: identity unless `train`; then zero each unit with probability `rate`
     and scale the survivors by 1/(1-rate), as torch.nn.Dropout does."""

@@ -117,18 +117,6 @@ def _gelu(x: jax.Array) -> jax.Array:
     return jax.nn.gelu(x, approximate=False)  # torch.nn.GELU's default, the exact erf form
 
 
-def _global_max_pool(x: jax.Array) -> jax.Array:
-    """(N, H, W, C) -> (N, C): the maximum over H and W (torch's MaxPool2d(3) on the final
-    3x3), its gradient routed to the first maximum in row-major order, as torch's is. JAX's
-    own `max` splits it among ties, and ties are common here: the identity-initialised convs
-    copy a flat image region's equal values through every block (measured against airbench:
-    up to 7% different conv-kernel gradients from that alone, benchmarks/airbench_parity.py)."""
-    n, height, width, channels = x.shape
-    flat = x.reshape(n, height * width, channels)
-    first = jnp.argmax(flat, axis=1, keepdims=True)  # argmax takes the first of ties
-    return jnp.take_along_axis(flat, first, axis=1)[:, 0]
-
-
 def apply(
     params: Params,
     batch_stats: BatchStats,
@@ -152,6 +140,10 @@ def apply(
         x, norm2 = batch_norm(block["norm2"], stats["norm2"], x, train=train, momentum=bn_momentum)
         x = _gelu(x)
         new_stats[name] = {"norm1": norm1, "norm2": norm2}
-    features = _global_max_pool(x)
+    # torch's MaxPool2d(3) on the final 3x3, gradient to the first of tied maxima as there:
+    # the identity-initialised convs copy a flat image region's equal values through every
+    # block, and splitting among ties changed conv-kernel gradients by up to 7% against
+    # airbench (benchmarks/airbench_parity.py).
+    features = layers.global_max_pool(x)
     logits = features @ params["head"]["kernel"].astype(dtype)
     return (logits * output_scale).astype(jnp.float32), new_stats
