@@ -66,10 +66,11 @@ def _lax_conv(x: jax.Array, kernel: jax.Array, padding: str) -> jax.Array:
 
 # XLA:CPU computes a convolution's kernel gradient as a convolution that contracts over the
 # batch and the whole image, and it slows sharply once the input outgrows the caches: 33 ms
-# for 128 images of 16x16x32 (4 MiB), 270 ms for 512 (16 MiB); for the fast recipe's first
-# block conv (1024 images, 31x31x16) 2.3 s, 2.9 s of a 5.0 s training step. One matmul per
-# kernel tap, batched over groups of images (`kernel_gradient_by_taps`), took 185 ms and
-# 0.68 s there, but 50 ms for the 4 MiB input and more than XLA at 7x7 (benchmarks/README.md).
+# for 128 images of 16x16x32 (4 MiB), 270 ms for 512 (16 MiB), 2.3 s for 1024 of 31x31x16;
+# in the fast recipe's step (narrow widths) the first block conv's took 2.9 s of 5.0 s. One
+# matmul per kernel tap, batched over groups of images (`kernel_gradient_by_taps`), took
+# 185 ms and 0.68 s for the large inputs, but 50 ms for the 4 MiB one and more than XLA's
+# at 7x7 (benchmarks/README.md, finding 4).
 TAPS_MIN_POSITIONS = 15 * 15
 TAPS_MIN_INPUT_BYTES = 6 * 2**20
 # Rows (image positions) per batched-matmul group in `kernel_gradient_by_taps`: fastest or
