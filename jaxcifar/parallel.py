@@ -48,11 +48,11 @@ def data_mesh(devices: list[jax.Device] | None = None) -> Mesh:
     return Mesh(np.array(ordered), (DATA_AXIS,))
 
 
-def batch_sharding(mesh: Mesh) -> NamedSharding:
-    """Leading (batch) axis split over the mesh, other axes whole."""
+def batch_sharding(mesh: Mesh, batch_axis: int = 0) -> NamedSharding:
+    """Axis `batch_axis` (the batch) split over the mesh, other axes whole."""
     from jax.sharding import NamedSharding, PartitionSpec
 
-    return NamedSharding(mesh, PartitionSpec(DATA_AXIS))
+    return NamedSharding(mesh, PartitionSpec(*[None] * batch_axis, DATA_AXIS))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
@@ -94,14 +94,21 @@ def process_rows(mesh: Mesh, global_size: int) -> slice:
     return slice(min(starts), max(stops))
 
 
-def shard_batch(local: tuple[np.ndarray, ...], mesh: Mesh, global_size: int) -> tuple[jax.Array, ...]:
-    """Global batch arrays of `global_size` rows from this process's rows `local`
-    (each array's rows are `process_rows(mesh, global_size)` of the global batch)."""
+def shard_batch(
+    local: tuple[np.ndarray, ...], mesh: Mesh, global_size: int, *, batch_axis: int = 0
+) -> tuple[jax.Array, ...]:
+    """Global batch arrays of `global_size` rows along `batch_axis` from this process's rows
+    `local` (each array's rows are `process_rows(mesh, global_size)` of the global batch;
+    with `batch_axis=1`, a stack of batches (steps, rows, ...))."""
     import jax
 
-    sharding = batch_sharding(mesh)
+    sharding = batch_sharding(mesh, batch_axis)
+
+    def global_shape(array: np.ndarray) -> tuple[int, ...]:
+        return (*array.shape[:batch_axis], global_size, *array.shape[batch_axis + 1 :])
+
     return tuple(
-        jax.make_array_from_process_local_data(sharding, array, (global_size, *array.shape[1:]))
+        jax.make_array_from_process_local_data(sharding, array, global_shape(array))
         for array in local
     )
 

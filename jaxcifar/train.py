@@ -41,7 +41,8 @@ EPOCH_MODES = ("auto", "loop", "chunk", "scan", "fused", "fused-pallas")
 FUSED_HEADS = {"fused": "xla", "fused-pallas": "pallas"}
 CHUNK_STEPS = 100
 # Loop mode fetches losses from the device every this many steps (to update the progress bar
-# and catch a NaN) rather than every step, so dispatch of later steps overlaps compute.
+# and catch a NaN) rather than every step, so dispatch of later steps overlaps compute; and
+# it ships the batches of as many steps to the device in one transfer (see `_run_loop`).
 SYNC_EVERY = 100
 EVAL_BATCH = 1000
 
@@ -257,8 +258,9 @@ def pick_epoch_mode(mode: str, dataset: Dataset) -> str:
 class EpochRunner:
     """Runs training epochs over one dataset in a given mode, timing compiles separately.
 
-    loop: a Python loop of jitted `train_step`s fed from host memory (streaming); each
-      process ships only its own rows of every batch.
+    loop: a Python loop of jitted `train_step`s fed from host memory (streaming): the
+      batches of up to SYNC_EVERY steps go to the device at a time, each process shipping
+      only its own rows of every batch.
     chunk: the dataset on the device, CHUNK_STEPS steps per jitted `lax.scan`.
     scan: the dataset on the device, one jitted `lax.scan` per epoch.
 
@@ -279,7 +281,7 @@ class EpochRunner:
         self.mode = mode
         self.steps = len(dataset) // config.batch_size
         self.compile_seconds = 0.0
-        self._compiled: dict[int, Callable] = {}
+        self._compiled: dict[int | str, Callable] = {}
         self._epoch_order = _epoch_order_fn(self.mesh, len(dataset))
         if mode in ("chunk", "scan"):
             self.device_images, self.device_labels = parallel.replicate(
@@ -331,26 +333,47 @@ class EpochRunner:
     def _run_loop(self, state, perm: np.ndarray, step_key, report) -> TrainState:
         batch_size = self.config.batch_size
         rows = parallel.process_rows(self.mesh, batch_size)
-        pending: list[dict[str, jax.Array]] = []
-        for step in range(self.steps):
-            index = perm[step * batch_size : (step + 1) * batch_size][rows]
-            batch = parallel.shard_batch(
-                (self.dataset.images[index], self.dataset.labels[index]), self.mesh, batch_size
-            )
-            start = time.perf_counter()
-            state, out = self.train_step(state, batch, jax.random.fold_in(step_key, step))
-            if not self._compiled:
-                # The first call compiles; block so its time is not smeared over later steps.
-                jax.block_until_ready(state)
-                self.compile_seconds += time.perf_counter() - start
-                self._compiled[1] = self.train_step
-            pending.append(out)
-            if len(pending) == SYNC_EVERY or step == self.steps - 1:
-                fetched = jax.device_get(pending)
-                losses = np.array([o["loss"] for o in fetched])
-                report(step + 1 - len(pending), losses, np.array([o["correct"] for o in fetched]))
-                pending = []
+        block_steps = min(SYNC_EVERY, self.steps)
+        for first in range(0, self.steps, block_steps):
+            count = min(block_steps, self.steps - first)
+            index = perm[first * batch_size : (first + count) * batch_size]
+            # The epoch's last block is padded with repeated rows to the others' shape, so
+            # the step compiles once; the padding is never trained on.
+            index = np.resize(index, block_steps * batch_size).reshape(block_steps, batch_size)
+            block = parallel.shard_batch(
+                (self.dataset.images[index[:, rows]], self.dataset.labels[index[:, rows]]),
+                self.mesh, batch_size, batch_axis=1,
+            )  # fmt: skip
+            step_fn = self._block_step_fn(state, block, step_key)
+            outs = []
+            for i in range(count):
+                state, out = step_fn(state, block, step_key, np.int32(first + i), np.int32(i))
+                outs.append(out)
+            fetched = jax.device_get(outs)
+            losses = np.array([o["loss"] for o in fetched])
+            report(first, losses, np.array([o["correct"] for o in fetched]))
         return state
+
+    def _block_step_fn(self, state: TrainState, block: Batch, step_key: jax.Array) -> Callable:
+        """Compile (once, timed) and return the loop's step: `train_step` on batch `i` of a
+        block of batches (steps, B, ...) already on the device, with step `step`'s key.
+
+        Measured against a step fed one batch and one eager `fold_in` per Python call (seed
+        CNN, batch 4, 2-core CPU): 3.5-3.9 vs 4.3-4.9 ms per step; the per-call transfer and
+        key derivation cost the Python thread ~0.8 ms, taken from the cores XLA computes on.
+        """
+        if "loop" not in self._compiled:
+
+            def run(state, block, step_key, step, i):
+                images, labels = block
+                key = jax.random.fold_in(step_key, step)
+                return self.train_step(state, (images[i], labels[i]), key)
+
+            start = time.perf_counter()
+            args = (state, block, step_key, np.int32(0), np.int32(0))
+            self._compiled["loop"] = jax.jit(run, donate_argnums=0).lower(*args).compile()
+            self.compile_seconds += time.perf_counter() - start
+        return self._compiled["loop"]
 
 
 def make_epoch_runner(mode: str, config: RunConfig, setup: Setup, train_set: Dataset,

@@ -78,9 +78,11 @@ def test_sgd_matches_pytorch_momentum_rule():
 
 
 def test_epoch_modes_agree(monkeypatch):
-    # 20 steps per epoch in scans of 8, 8 and 4 vs a loop of 20 jitted steps: dropout keys
-    # come from the same fold_in(step) chain in every mode, so only float rounding may differ.
+    # 20 steps per epoch in scans of 8, 8 and 4 vs a loop of 20 jitted steps fed in blocks
+    # of 8, 8 and 4 batches (the last padded to 8): dropout keys come from the same
+    # fold_in(step) chain in every mode, so only float rounding may differ.
     monkeypatch.setattr(train, "CHUNK_STEPS", 8)
+    monkeypatch.setattr(train, "SYNC_EVERY", 8)
     config = dataclasses.replace(CNN, epochs=1)
     train_set, test_set = tiny_dataset(160), tiny_dataset(20, seed=1)
     loop, chunk = (
