@@ -77,6 +77,7 @@ def test_im2col_convolution_equals_lax_convolution_and_its_gradients(kernel_size
     [
         ((6, 9, 7, 3), (3, 3, 3, 5), "SAME", 100),  # groups of 1 image: 6 groups
         ((6, 9, 7, 3), (3, 3, 3, 5), "SAME", 130),  # 2 images fit, 6 = 3 groups of 2
+        ((5, 9, 7, 3), (3, 3, 3, 5), "SAME", 200),  # 3 fit, but 5 splits only into 5 of 1
         ((5, 8, 8, 4), (5, 5, 4, 2), "SAME", 10**6),  # one group of all 5
         ((4, 8, 6, 2), (2, 2, 2, 3), "SAME", 100),  # even kernel: padding (0, 1)
         ((4, 8, 8, 3), (2, 2, 3, 24), "VALID", 100),  # the whitening conv's shape
@@ -89,10 +90,14 @@ def test_kernel_gradient_by_taps_equals_xlas(monkeypatch, x_shape, kernel_shape,
     k1, k2, k3 = jax.random.split(jax.random.key(3), 3)
     x = jax.random.normal(k1, x_shape)
     kernel = jax.random.normal(k2, kernel_shape)
-    y, conv_vjp = jax.vjp(lambda k: layers._lax_conv(x, k, padding), kernel)
-    g = jax.random.normal(k3, y.shape)
-    (expected,) = conv_vjp(g)
-    ours = layers.kernel_gradient_by_taps(x, g, kernel_shape, padding)
+
+    @jax.jit  # one compile each, rather than one per eager op
+    def both(x, kernel, g):
+        _, conv_vjp = jax.vjp(lambda k: layers._lax_conv(x, k, padding), kernel)
+        return conv_vjp(g)[0], layers.kernel_gradient_by_taps(x, g, kernel_shape, padding)
+
+    out_shape = jax.eval_shape(lambda x, k: layers._lax_conv(x, k, padding), x, kernel).shape
+    expected, ours = both(x, kernel, jax.random.normal(k3, out_shape))
     assert ours.dtype == jnp.float32 and ours.shape == kernel_shape
     np.testing.assert_allclose(ours, expected, rtol=1e-5, atol=1e-5)
 
@@ -116,7 +121,9 @@ def test_conv_with_the_taps_kernel_gradient_equals_lax_convolution(monkeypatch, 
         return layers._lax_conv(x, params["kernel"], padding) + params["bias"]
 
     value, grads = jax.jit(jax.value_and_grad(lambda p, x: loss(layers.conv, p, x), (0, 1)))(params, x)
-    lax_value, lax_grads = jax.value_and_grad(lambda p, x: loss(lax_conv, p, x), (0, 1))(params, x)
+    lax_value, lax_grads = jax.jit(jax.value_and_grad(lambda p, x: loss(lax_conv, p, x), (0, 1)))(
+        params, x
+    )
     np.testing.assert_allclose(value, lax_value, rtol=1e-6)
     for ours, theirs in zip(jax.tree.leaves(grads), jax.tree.leaves(lax_grads), strict=True):
         np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-5)
@@ -126,9 +133,9 @@ def test_conv_with_the_taps_kernel_gradient_equals_lax_convolution(monkeypatch, 
         assert y.dtype == jnp.bfloat16
         return jnp.sum(jnp.sin(y.astype(jnp.float32)))
 
-    low_grad = jax.grad(low_loss)(params["kernel"])
+    low_grad = jax.jit(jax.grad(low_loss))(params["kernel"])
     monkeypatch.setattr(layers, "TAPS_MIN_INPUT_BYTES", 2**62)  # back to XLA's gradient
-    lax_low_grad = jax.grad(low_loss)(params["kernel"])
+    lax_low_grad = jax.jit(jax.grad(low_loss))(params["kernel"])
     assert low_grad.dtype == jnp.float32
     np.testing.assert_allclose(low_grad, lax_low_grad, rtol=0.02, atol=0.02)
 
