@@ -74,7 +74,7 @@ def _lax_conv(x: jax.Array, kernel: jax.Array, padding: str) -> jax.Array:
 TAPS_MIN_POSITIONS = 15 * 15
 TAPS_MIN_INPUT_BYTES = 6 * 2**20
 # Rows (image positions) per batched-matmul group in `kernel_gradient_by_taps`: fastest or
-# within 5% of it at every shape measured on the 2-core CPU (1,024 to 65,536 tried).
+# within 10% of it at every shape measured on the 2-core CPU (1,024 to 65,536 tried).
 TAPS_GROUP_ROWS = 16_384
 
 
