@@ -124,8 +124,6 @@ def kernel_gradient_by_taps(
     """
     kh, kw, c_in, c_out = kernel_shape
     n, out_h, out_w, _ = g.shape
-    pads = lax.padtype_to_pads(x.shape[1:3], (kh, kw), (1, 1), padding)
-    padded = jnp.pad(x, ((0, 0), *pads, (0, 0)))
     images_per_group = max(1, min(n, TAPS_GROUP_ROWS // (out_h * out_w)))
     while n % images_per_group:
         images_per_group -= 1
@@ -136,14 +134,24 @@ def kernel_gradient_by_taps(
     taps = [
         jnp.einsum(
             "gkc,gkd->gcd",
-            padded[:, i : i + out_h, j : j + out_w].reshape(groups, -1, c_in),
+            window.reshape(groups, -1, c_in),
             g_rows,
             preferred_element_type=jnp.float32,
         ).sum(axis=0)
-        for i in range(kh)
-        for j in range(kw)
+        for window in _tap_windows(x, (kh, kw), padding)
     ]
     return jnp.stack(taps).reshape(kh, kw, c_in, c_out)
+
+
+def _tap_windows(x: jax.Array, kernel_hw: tuple[int, int], padding: str) -> list[jax.Array]:
+    """The KH*KW shifted views of NHWC `x`, zero-padded for a stride-1 convolution with
+    `padding`, that the kernel's taps multiply, in row-major (i, j) order: each (N, H', W',
+    C), window (i, j) holding x_padded[n, h+i, w+j, :]."""
+    kh, kw = kernel_hw
+    pads = lax.padtype_to_pads(x.shape[1:3], kernel_hw, (1, 1), padding)
+    padded = jnp.pad(x, ((0, 0), *pads, (0, 0)))
+    out_h, out_w = padded.shape[1] - kh + 1, padded.shape[2] - kw + 1
+    return [padded[:, i : i + out_h, j : j + out_w] for i in range(kh) for j in range(kw)]
 
 
 # Up to this many input channels a 3x3 'same' convolution runs as one matmul (im2col). The
@@ -168,13 +176,9 @@ def im2col_same(params: Params, x: jax.Array, dtype: jnp.dtype) -> jax.Array:
     """The same function as `conv(params, x, dtype)` with 'same' padding, as one matmul:
     (N, H, W, KH*KW*C_in) patches, the KH*KW shifted copies of the zero-padded input laid
     side by side, times the HWIO kernel flattened to (KH*KW*C_in, C_out), whose rows are in
-    the same (i, j, c) order. Odd kernel sizes only (symmetric padding)."""
+    the same (i, j, c) order."""
     kh, kw, _, c_out = params["kernel"].shape
-    n, height, width, _ = x.shape
-    padded = jnp.pad(x.astype(dtype), ((0, 0), (kh // 2, kh // 2), (kw // 2, kw // 2), (0, 0)))
-    patches = jnp.concatenate(
-        [padded[:, i : i + height, j : j + width] for i in range(kh) for j in range(kw)], axis=-1
-    )
+    patches = jnp.concatenate(_tap_windows(x.astype(dtype), (kh, kw), "SAME"), axis=-1)
     y = patches @ params["kernel"].astype(dtype).reshape(-1, c_out)
     return y + params["bias"].astype(dtype)
 
