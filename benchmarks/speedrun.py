@@ -110,13 +110,13 @@ def run_airbench(train_set: Dataset, test_set: Dataset, runs: int,
                 torch.cuda.synchronize()
                 return time.perf_counter() - start, accuracy
 
+            dtype = "float16" if on_gpu else "float32"
             with contextlib.nullcontext() if on_gpu else airbench_on_cpu(utils):
                 cold, _ = timed_run()
                 rows = []
                 for i in range(runs):
                     seconds, accuracy = timed_run()
                     cold_seconds = cold if i == 0 else None
-                    dtype = "float16" if on_gpu else "float32"
                     rows.append(measure.run_row(AIRBENCH, dtype, seconds, cold_seconds, accuracy))
                     print(f"{AIRBENCH} run {i + 1}/{runs}: {seconds:.2f} s, TTA {accuracy:.4f}")
     return rows
@@ -140,10 +140,11 @@ def main() -> None:
     for split, limit in (("train", args.limit_train), ("test", args.limit_test)):
         dataset = load("cifar10", split, data_dir=args.data_dir)
         splits[split] = dataset if limit is None else dataset.subset(limit, seed=0)
+    widths = tuple(args.widths)
     rows, details = [], {}
     with xla_cache.compilation_cache(xla_cache.default_dir()):
         for dtype in args.dtypes:
-            recipe = Recipe(epochs=args.epochs, dtype=dtype, widths=tuple(args.widths))
+            recipe = Recipe(epochs=args.epochs, dtype=dtype, widths=widths)
             dtype_rows, details[dtype] = measure.measure(
                 recipe, splits["train"], splits["test"], runs=args.runs,
                 epoch_mode=args.epoch_mode,
@@ -156,7 +157,7 @@ def main() -> None:
         "skipped": [],
         "train_images": len(splits["train"]),
         "test_images": len(splits["test"]),
-        "recipe": dataclasses.asdict(Recipe(epochs=args.epochs, widths=tuple(args.widths))),
+        "recipe": dataclasses.asdict(Recipe(epochs=args.epochs, widths=widths)),
         "jaxcifar": details,
     }
     path = args.out / f"speedrun-{environment.device_slug(device)}.json"
@@ -164,12 +165,12 @@ def main() -> None:
     measure.write_results(results, path)
     reason = airbench_missing()
     if reason is None:
-        widths = tuple(args.widths)
         results["runs"] += run_airbench(splits["train"], splits["test"], args.runs, widths)
     else:
         results["skipped"].append({"system": AIRBENCH, "reason": reason})
         print(f"{AIRBENCH} skipped: {reason}")
     print(" ".join(str(p) for p in measure.write_results(results, path)))
+
 
 if __name__ == "__main__":
     main()

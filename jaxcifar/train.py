@@ -340,8 +340,9 @@ class EpochRunner:
             # The epoch's last block is padded with repeated rows to the others' shape, so
             # the step compiles once; the padding is never trained on.
             index = np.resize(index, block_steps * batch_size).reshape(block_steps, batch_size)
+            local = index[:, rows]  # this process's rows of each batch
             block = parallel.shard_batch(
-                (self.dataset.images[index[:, rows]], self.dataset.labels[index[:, rows]]),
+                (self.dataset.images[local], self.dataset.labels[local]),
                 self.mesh, batch_size, batch_axis=1,
             )  # fmt: skip
             step_fn = self._block_step_fn(state, block, step_key)
