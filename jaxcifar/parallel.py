@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import warnings
 from typing import TYPE_CHECKING, Any
 
 from jaxcifar.errors import ConfigError
@@ -176,9 +177,21 @@ def initialize(coordinator: str | None, num_processes: int | None, process_id: i
 def _cluster_detected() -> bool:
     # The same detection `jax.distributed.initialize()` runs with no arguments; asked first
     # because with no cluster that call raises rather than staying single-process. JAX has no
-    # public API for it.
-    from jax._src.clusters import ClusterEnv
+    # public API for it. Should a JAX release move it, the run warns and stays one process:
+    # failing there would stop every single-process run, by far the common case.
+    try:
+        from jax._src.clusters import ClusterEnv
 
-    return any(
-        not env.opt_in_only_method and env.is_env_present() for env in ClusterEnv._cluster_types
-    )
+        return any(
+            not env.opt_in_only_method and env.is_env_present() for env in ClusterEnv._cluster_types
+        )
+    except (ImportError, AttributeError) as error:
+        import jax
+
+        warnings.warn(
+            f"cluster detection is off: this JAX ({jax.__version__}) moved the private API it "
+            f"reads ({error}); the run is one process unless --coordinator, --num-processes "
+            "and --process-id are given",
+            stacklevel=2,
+        )
+        return False

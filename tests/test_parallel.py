@@ -240,6 +240,15 @@ def test_no_distributed_flags_and_no_cluster_stays_one_process(monkeypatch):
     assert parallel.initialize_from_args(parse([])) is False
 
 
+def test_cluster_detection_missing_from_jax_warns_and_stays_one_process(monkeypatch):
+    for name in ("JAXCIFAR_COORDINATOR", "JAXCIFAR_NUM_PROCESSES", "JAXCIFAR_PROCESS_ID"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setitem(sys.modules, "jax._src.clusters", None)  # the import now fails
+    monkeypatch.setattr(jax.distributed, "initialize", lambda *args: pytest.fail("initialized"))
+    with pytest.warns(UserWarning, match="cluster detection is off: this JAX"):
+        assert parallel.initialize_from_args(parse([])) is False
+
+
 @pytest.mark.parametrize(
     "argv, message",
     [
