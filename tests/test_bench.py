@@ -166,3 +166,50 @@ def test_kernel_counts_read_a_step_and_the_body_of_its_scan():
     assert entry["dot"] == 1 and "parameter" not in entry and "while" not in entry
     with pytest.raises(ValueError, match="no while loop"):
         kernel_counts(jax.jit(jnp.sin).lower(x).compile().as_text(), loop_body=True)
+
+
+# The shape of a GPU program whose loop body XLA put into a command buffer (a `call` of a
+# computation that CUDA-graphs its kernels): the kernels inside still each launch.
+COMMAND_BUFFER_HLO = """\
+HloModule epoch
+
+%fused_sin (p: f32[4]) -> f32[4] {
+  %p = f32[4]{0} parameter(0)
+  ROOT %sine = f32[4]{0} sine(%p)
+}
+
+%command_buffer (a: f32[4]) -> f32[4] {
+  %a = f32[4]{0} parameter(0)
+  %fusion = f32[4]{0} fusion(%a), kind=kLoop, calls=%fused_sin
+  ROOT %fusion.1 = f32[4]{0} fusion(%fusion), kind=kLoop, calls=%fused_sin
+}
+
+%body (t: (s32[], f32[4])) -> (s32[], f32[4]) {
+  %t = (s32[], f32[4]{0}) parameter(0)
+  %x = f32[4]{0} get-tuple-element(%t), index=1
+  %call = f32[4]{0} call(%x), to_apply=%command_buffer
+  %i = s32[] get-tuple-element(%t), index=0
+  %copy = s32[] copy(%i)
+  ROOT %tuple = (s32[], f32[4]{0}) tuple(%copy, %call)
+}
+
+%cond (t.1: (s32[], f32[4])) -> pred[] {
+  %t.1 = (s32[], f32[4]{0}) parameter(0)
+  ROOT %c = pred[] constant(true)
+}
+
+%outer_command_buffer (b: (s32[], f32[4])) -> (s32[], f32[4]) {
+  %b = (s32[], f32[4]{0}) parameter(0)
+  ROOT %while = (s32[], f32[4]{0}) while(%b), condition=%cond, body=%body
+}
+
+ENTRY %main (y: (s32[], f32[4])) -> (s32[], f32[4]) {
+  %y = (s32[], f32[4]{0}) parameter(0)
+  ROOT %call.1 = (s32[], f32[4]{0}) call(%y), to_apply=%outer_command_buffer
+}
+"""
+
+
+def test_kernel_counts_see_through_command_buffer_calls():
+    assert kernel_counts(COMMAND_BUFFER_HLO, loop_body=True) == {"fusion": 2, "copy": 1}
+    assert kernel_counts(COMMAND_BUFFER_HLO) == {"while": 1}

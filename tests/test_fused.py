@@ -141,6 +141,23 @@ def test_measured_paths_write_the_seed_recipe_results_schema(dataset, tmp_path):
     assert markdown.endswith("Failed:\n\n- fused-pallas: RuntimeError: the GPU compiler said no\n")
 
 
+def test_a_program_whose_kernels_cannot_be_counted_keeps_its_timed_row(dataset, monkeypatch):
+    from jaxcifar.fused import measure
+
+    def unreadable(hlo_text, **kwargs):
+        raise ValueError("the program runs no while loop")
+
+    monkeypatch.setattr(measure, "kernel_counts", unreadable)
+    logged = []
+    config = RunConfig(epochs=1, batch_size=4)
+    row = measure.measure_path("fused", config, dataset.subset(16), dataset.subset(8, seed=1),
+                               log=logged.append)  # fmt: skip
+    assert row["kernels_per_step"] is None and row["kernel_counts"] is None
+    assert row["steps"] == 4 and 0 < row["compile_seconds"] < row["wall_seconds"]
+    assert "fused: kernels per step not counted (the program runs no while loop)" in logged
+    assert "| fused | 1 | 16 | 1 | 4 |" in measure.render_markdown([row])
+
+
 def test_train_command_refuses_a_fused_run_of_another_recipe_before_loading_data(tmp_path, capsys):
     from jaxcifar import cli
 

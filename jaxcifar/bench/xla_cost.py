@@ -97,7 +97,10 @@ def kernel_counts(hlo_text: str, *, loop_body: bool = False) -> collections.Coun
     loop the entry runs (a `lax.scan` over training steps: its step; the entry's other loops
     are small ones such as XLA:CPU's rolled random-number rounds). On a GPU each counted
     instruction is about one kernel launch; a fused computation counts as its one `fusion`
-    call, and a loop or call nested in the counted computation as one `while` or `call`."""
+    call, a loop nested in the counted computation as one `while`. A `call` counts as what
+    its computation runs: XLA wraps instructions in calls that launch nothing themselves
+    (XLA:CPU's outlined parts, and on GPUs the command buffers that replay a sequence of
+    kernels as one CUDA graph, whose kernels still each run)."""
     entry, computations = hlo_computations(hlo_text)
     name = entry
     if loop_body:
@@ -105,16 +108,33 @@ def kernel_counts(hlo_text: str, *, loop_body: bool = False) -> collections.Coun
         if not bodies:
             raise ValueError("the program runs no while loop")
         name = max(bodies, key=lambda body: len(computations[body]))
-    opcodes = (_opcode(line) for line in computations[name])
-    return collections.Counter(op for op in opcodes if op not in _BOOKKEEPING)
+    return _count_opcodes(computations, name)
+
+
+def _count_opcodes(computations: dict[str, list[str]], name: str) -> collections.Counter:
+    counts: collections.Counter = collections.Counter()
+    for line in computations[name]:
+        opcode, called = _opcode(line), _called_computation(line)
+        if opcode == "call" and called in computations:
+            counts += _count_opcodes(computations, called)
+        elif opcode not in _BOOKKEEPING:
+            counts[opcode] += 1
+    return counts
+
+
+def _called_computation(instruction: str) -> str | None:
+    """The computation a `call` instruction runs (its `to_apply`), else None."""
+    match = re.search(r"to_apply=%([\w.\-]+)", instruction)
+    return match.group(1) if match else None
 
 
 def _loop_bodies(computations: dict[str, list[str]], name: str) -> Iterator[str]:
     """The bodies of the while loops computation `name` runs, looking inside the
-    computations it calls (XLA:CPU wraps loops in `call`s) but not inside the loops."""
+    computations it calls (XLA:CPU and GPU command buffers wrap loops in `call`s) but not
+    inside the loops."""
     for line in computations[name]:
         opcode = _opcode(line)
         if opcode == "while":
             yield re.search(r"body=%([\w.\-]+)", line).group(1)
-        elif opcode == "call":
-            yield from _loop_bodies(computations, re.search(r"to_apply=%([\w.\-]+)", line).group(1))
+        elif opcode == "call" and _called_computation(line) in computations:
+            yield from _loop_bodies(computations, _called_computation(line))

@@ -60,7 +60,11 @@ def measure_path(
     params = jax.block_until_ready(state.params)
     wall = time.perf_counter() - start
     test = train.evaluate(train.make_eval_step(setup), params, test_set)
-    kernels = _step_kernels(path, runner, setup, initial_params, train_set)
+    try:
+        kernels = _step_kernels(path, runner, setup, initial_params, train_set)
+    except ValueError as error:  # counting reads HLO text, whose shape a backend may change:
+        log(f"{path}: kernels per step not counted ({error})")  # the timing stands anyway
+        kernels = None
     row = {
         "device": device_name(),
         "epochs": config.epochs,
