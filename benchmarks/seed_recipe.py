@@ -41,6 +41,7 @@ def main() -> None:
         split: load_split(config, split, args.data_dir, limit)
         for split, limit in (("train", args.limit_train), ("test", args.limit_test))
     }
+    stem = args.name or f"seed-recipe-{device_slug(device_name())}"
     rows, failures = [], []
     for path in args.paths:
         try:
@@ -50,9 +51,9 @@ def main() -> None:
         except Exception as error:  # one path failing is a result too; measure the rest
             failures.append(f"{path}: {type(error).__name__}: {error}")
             print(f"{path} failed: {failures[-1]}")
-    stem = args.name or f"seed-recipe-{device_slug(device_name())}"
-    paths = write_results(rows, args.out / f"{stem}.json", failures=failures)
-    print(" ".join(str(path) for path in paths))
+        # Rewritten after every path: a run cut short by a timeout keeps what it measured.
+        written = write_results(rows, args.out / f"{stem}.json", failures=failures)
+    print(" ".join(str(path) for path in written))
 
 
 if __name__ == "__main__":

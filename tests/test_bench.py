@@ -98,6 +98,20 @@ def test_bench_command_rejects_an_epoch_smaller_than_its_batch(capsys):
     )
 
 
+def test_bench_command_saves_the_rows_so_far_after_every_case(tmp_path, monkeypatch, capsys):
+    def stopped():
+        raise KeyboardInterrupt  # Ctrl-C, or a time limit, during the second case
+
+    cases = [suite.Case("jax cnn train_step b4 float32", lambda: _row("jax", median=0.002)),
+             suite.Case("torch cnn train_step b4 float32", stopped)]  # fmt: skip
+    monkeypatch.setattr(suite, "plan", lambda settings: (cases, []))
+    assert cli.main(["bench", "--out", str(tmp_path), "--name", "partial"]) == 130
+    saved = json.loads((tmp_path / "partial.json").read_text())
+    assert [(row["framework"], row["step_seconds"]["median"]) for row in saved["rows"]] == [("jax", 0.002)]
+    assert "| jax | cnn | train_step | 4 |" in (tmp_path / "partial.md").read_text()
+    assert not (tmp_path / "partial.png").exists()  # the plot waits for the whole run
+
+
 ROW_KEYS = {
     "framework", "model", "case", "batch_size", "dtype", "input_shape", "compile_seconds",
     "lower_seconds", "first_run_seconds", "step_seconds", "steps_timed", "images_per_second",

@@ -257,6 +257,32 @@ def test_speedrun_command_writes_its_json(shared_data, xla_dir, tmp_path, capsys
     assert "run 2/2" in capsys.readouterr().out
 
 
+def test_speedrun_command_saves_each_run_as_it_ends(shared_data, xla_dir, tmp_path, monkeypatch):
+    from jaxcifar.speedrun import train as speedrun_train
+
+    finish = speedrun_train.Speedrun.run
+    calls = []
+
+    def stopped_in_the_second_run(self, seed):
+        calls.append(seed)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # Ctrl-C, or a time limit
+        return finish(self, seed)
+
+    monkeypatch.setattr(speedrun_train.Speedrun, "run", stopped_in_the_second_run)
+    out = tmp_path / "out"
+    code = cli.main([
+        "speedrun", "--data-dir", str(shared_data), "--limit-train", str(TRAIN),
+        "--limit-test", str(TEST), "--batch-size", str(BATCH), "--epochs", str(EPOCHS),
+        "--widths", *map(str, WIDTHS), "--dtype", "float32", "--epoch-mode", "loop", "--runs", "3",
+        "--compile-cache", str(xla_dir), "--out", str(out),
+    ])  # fmt: skip
+    assert code == 130 and calls == [0, 1]
+    runs = json.loads((out / "speedrun.json").read_text())["runs"]
+    assert [(run["system"], run["dtype"]) for run in runs] == [("jaxcifar-fast", "float32")]
+    assert "| jaxcifar-fast | float32 | 1 |" in (out / "speedrun.md").read_text()
+
+
 def test_speedrun_command_rejects_a_batch_larger_than_the_data(shared_data, tmp_path, capsys):
     code = cli.main([
         "speedrun", "--data-dir", str(shared_data), "--limit-train", "100", "--limit-test", "10",

@@ -93,6 +93,34 @@ def test_epoch_modes_agree(monkeypatch):
     assert loop.history[0]["train_loss"] == pytest.approx(chunk.history[0]["train_loss"], rel=1e-4)
 
 
+@pytest.mark.parametrize("mode", ["loop", "scan"])
+def test_an_epoch_compiles_only_its_timed_step(mode):
+    # The epoch's step (or scan) compiles on the first epoch, timed in `compile_seconds`;
+    # anything else compiled there (the epoch-order draw once was) would go unseen into the
+    # epoch's time. 72 images: a dataset size no other test uses, so no jit cache hides it.
+    compiles = []
+
+    def listen(event, seconds, **kwargs):
+        if event == "/jax/core/compile/backend_compile_duration":
+            compiles.append(seconds)
+
+    config = dataclasses.replace(CNN, epochs=1)
+    train_set = tiny_dataset(72)
+    setup = train.build_setup(config, train_set)
+    state = train.init_state(config, setup)
+    runner = train.EpochRunner(train.make_train_step(setup), train_set, config, mode)
+    jax.monitoring.register_event_duration_secs_listener(listen)
+    try:
+        per_epoch = []
+        for epoch in (1, 2):
+            before, timed = len(compiles), runner.compile_seconds
+            state = runner.run(state, epoch, lambda *_: None)
+            per_epoch.append((len(compiles) - before, runner.compile_seconds > timed))
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listen)
+    assert per_epoch == [(1, True), (0, False)]
+
+
 def test_divergence_names_epoch_and_step():
     config = dataclasses.replace(MLP, optimizer="sgd", lr=1e30, epochs=2)
     saved = []

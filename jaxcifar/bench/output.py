@@ -16,14 +16,17 @@ from jaxcifar.bench.rows import STEP_CASES
 
 
 def write_results(
-    results: dict[str, Any], out_dir: str | os.PathLike[str], stem: str
+    results: dict[str, Any], out_dir: str | os.PathLike[str], stem: str, *, plot: bool = True
 ) -> list[Path]:
-    """Write `<stem>.json`, `<stem>.md` and `<stem>.png` into `out_dir`; return their paths."""
+    """Write `<stem>.json`, `<stem>.md` and, with `plot`, `<stem>.png` into `out_dir`;
+    return their paths."""
     out = Path(out_dir)
-    paths = [out / f"{stem}.json", out / f"{stem}.md", out / f"{stem}.png"]
+    paths = [out / f"{stem}.json", out / f"{stem}.md"]
     atomic_write_text(paths[0], json.dumps(results, indent=1) + "\n")
     atomic_write_text(paths[1], render_markdown(results))
-    plot_step_times(paths[2], results["rows"], title=results["environment"]["device_kind"])
+    if plot:
+        paths.append(out / f"{stem}.png")
+        plot_step_times(paths[2], results["rows"], title=results["environment"]["device_kind"])
     return paths
 
 

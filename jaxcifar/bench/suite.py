@@ -81,16 +81,30 @@ def plan(settings: Settings) -> tuple[list[Case], list[dict[str, str]]]:
 
 
 def run(
-    settings: Settings, *, on_case: Callable[[Case, Row | None, float], None] | None = None
+    settings: Settings,
+    *,
+    on_case: Callable[[Case, Row | None, float, dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     """Measure every planned case and return the results document (see `output.write_json`).
 
-    `on_case(case, row or None if skipped, seconds)` is called after each case, for progress.
+    `on_case(case, row or None if skipped, seconds, results so far)` is called after each
+    case: for progress, and to save the partial results before a time limit can strike.
     """
     environment = describe_environment()
     cases, skipped = plan(settings)
     rows: list[Row] = []
     started = time.perf_counter()
+
+    def document() -> dict[str, Any]:
+        add_ratios(rows)
+        return {
+            "environment": environment,
+            "settings": settings.to_dict(),
+            "total_seconds": time.perf_counter() - started,
+            "skipped": skipped,
+            "rows": [row.to_dict() for row in rows],
+        }
+
     for case in cases:
         case_start = time.perf_counter()
         try:
@@ -103,13 +117,5 @@ def run(
         else:
             rows.append(row)
         if on_case is not None:
-            on_case(case, row, time.perf_counter() - case_start)
-    add_ratios(rows)
-    return {
-        "environment": environment,
-        "settings": settings.to_dict(),
-        "total_seconds": time.perf_counter() - started,
-        "skipped": skipped,
-        "rows": [row.to_dict() for row in rows],
-    }
-
+            on_case(case, row, time.perf_counter() - case_start, document())
+    return document()

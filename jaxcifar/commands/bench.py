@@ -91,8 +91,12 @@ def run(args: argparse.Namespace) -> int:
     )  # fmt: skip
     cases, _ = suite.plan(settings)
     bar = tqdm(total=len(cases), unit="case", desc="bench", file=sys.stderr)
+    device = environment.device_slug(environment.device_name())
+    stem = args.name or f"{device}-{datetime.date.today().isoformat()}"
 
-    def on_case(case: suite.Case, row, seconds: float) -> None:
+    def on_case(case: suite.Case, row, seconds: float, results_so_far: dict) -> None:
+        # The table so far, rewritten after every case: a run stopped early keeps its rows.
+        output.write_results(results_so_far, args.out, stem, plot=False)
         if row is None:
             line = f"{case.label}: skipped (see the results file)"
         else:
@@ -105,8 +109,6 @@ def run(args: argparse.Namespace) -> int:
 
     results = suite.run(settings, on_case=on_case)
     bar.close()
-    device = environment.device_slug(results["environment"]["device_kind"])
-    stem = args.name or f"{device}-{datetime.date.today().isoformat()}"
     for path in output.write_results(results, args.out, stem):
         print(path)
     return 0

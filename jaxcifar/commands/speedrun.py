@@ -60,22 +60,28 @@ def run(args: argparse.Namespace) -> int:
         dataset = load(args.dataset, split, data_dir=args.data_dir)
         splits[split] = dataset if limit is None else dataset.subset(limit, seed=args.seed)
     cache = xla_cache.resolve(args.compile_cache)
+    path = Path(args.out) / "speedrun.json"
     with xla_cache.compilation_cache(cache):
         device = environment.device_name()
         print(f"device: {device}; data: {splits['train'].source}; compile cache: {cache or 'off'}")
-        rows, details = measure.measure(
+        results = {
+            "device": device,
+            "runs": [],
+            "recipe": dataclasses.asdict(recipe),
+            "dataset": args.dataset,
+            "train_images": len(splits["train"]),
+            "test_images": len(splits["test"]),
+        }
+
+        def add_row(row: dict) -> None:
+            # Saved after every run: a command stopped early keeps the runs before it.
+            results["runs"].append(row)
+            measure.write_results(results, path)
+
+        _, details = measure.measure(
             recipe, splits["train"], splits["test"], runs=args.runs, seed=args.seed,
-            epoch_mode=args.epoch_mode,
+            epoch_mode=args.epoch_mode, on_row=add_row,
         )  # fmt: skip
-    results = {
-        "device": device,
-        "runs": rows,
-        "recipe": dataclasses.asdict(recipe),
-        "dataset": args.dataset,
-        "train_images": len(splits["train"]),
-        "test_images": len(splits["test"]),
-        **details,
-    }
-    paths = measure.write_results(results, Path(args.out) / "speedrun.json")
-    print(" ".join(str(path) for path in paths))
+    results.update(details)
+    print(" ".join(str(written) for written in measure.write_results(results, path)))
     return 0

@@ -44,9 +44,11 @@ def measure(
     seed: int = 0,
     epoch_mode: str = "auto",
     log: Callable[[str], None] = print,
+    on_row: Callable[[dict[str, Any]], None] = lambda row: None,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Compile once, then `runs` runs from seeds seed, seed+1, ...: (run rows, details:
-    compile seconds, epoch mode, step counts, per-run epoch losses)."""
+    compile seconds, epoch mode, step counts, per-run epoch losses). `on_row` gets each
+    row as soon as its run ends (to save it before a time limit can strike)."""
     from jaxcifar.speedrun.train import Speedrun
 
     speedrun = Speedrun(recipe, train_set, test_set, epoch_mode=epoch_mode)
@@ -61,6 +63,7 @@ def measure(
         result = speedrun.run(seed + i)
         cold = speedrun.compile_seconds + result.seconds if i == 0 else None
         rows.append(run_row(SYSTEM, recipe.dtype, result.seconds, cold, result.tta_accuracy))
+        on_row(rows[-1])
         losses.append(result.epoch_losses)
         log(
             f"run {i + 1}/{runs}: {result.seconds:.2f} s warm, TTA test accuracy "
