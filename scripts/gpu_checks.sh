@@ -4,7 +4,8 @@
 # (#5). Expected 6-7 minutes on an H100/H200 once the machine has started (a session's device
 # time is 15 minutes, start-up included: run it once, with timeout_s 600); each part has its
 # own timeout (together 570 s, under the device tool's 600 s a call), so one that hangs does
-# not cost the others, and each writes its results into $OUT as soon as it ends.
+# not cost the others, and each saves its results into $OUT as it goes (after every path,
+# run or case), so a part stopped by its time limit keeps what it measured.
 #
 # Prepare on the CPU machine, once, from the repository root (both folders are git-ignored):
 #   mkdir -p .data .whl && cp ../shared/data/cifar10-jpeg.tar.gz .data/
@@ -41,7 +42,9 @@ if [ "$quick" = 1 ]; then
 else
   seed_args=()
   speedrun_args=(--runs 5 --dtypes bfloat16 float16)
-  bench_args=()
+  # 45 cases, ~35 of them compiling: half a second of timing each keeps them inside 140 s
+  # (GPU steps take microseconds to milliseconds: still hundreds of timed steps per case).
+  bench_args=(--seconds-per-case 0.5)
 fi
 echo "== seed recipe by path (#9 A)"
 timeout 160 python3 benchmarks/seed_recipe.py --data-dir .data --paths scan fused fused-pallas \
