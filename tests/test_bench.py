@@ -2,13 +2,15 @@
 architecture, and one tiny end-to-end run of `jaxcifar bench` (schema and files, no timings)."""
 
 import json
+import time
+import types
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxcifar import cli, models
+from jaxcifar import cli, models, train
 from jaxcifar.bench import jax_cases, suite, torch_reference
 from jaxcifar.bench.rows import Row, add_ratios
 from jaxcifar.bench.settings import Settings
@@ -162,6 +164,25 @@ def test_bench_command_writes_json_markdown_and_plot(tmp_path, capsys):
     assert "| mlp | scan | 8 | 2 |" in markdown
     assert "Matmul roof (float32 GEMM): jax " in markdown and "GFLOP/s (1024x1024)" in markdown
     assert (tmp_path / "run.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_epoch_time_leaves_out_only_the_compiles_inside_the_epoch(monkeypatch):
+    # The runner compiles its epoch order when built, before the epoch's clock starts: made
+    # slow here (1 s), it must not be taken off the epoch's time as well.
+    real_order_fn = train._epoch_order_fn
+
+    class SlowToCompile:
+        def __init__(self, jitted):
+            self.jitted = jitted
+
+        def lower(self, *args):
+            lowered = self.jitted.lower(*args)
+            return types.SimpleNamespace(compile=lambda: time.sleep(1.0) or lowered.compile())
+
+    monkeypatch.setattr(train, "_epoch_order_fn", lambda mesh, size: SlowToCompile(real_order_fn(mesh, size)))
+    row = jax_cases.measure_epoch("mlp", 4, "loop", 16)
+    assert row.compile_seconds > 1.0 and row.steps_per_epoch == 4
+    assert 0 < row.epoch_seconds < 1.0
 
 
 def test_kernel_counts_read_a_step_and_the_body_of_its_scan():

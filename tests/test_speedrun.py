@@ -230,15 +230,19 @@ def test_fast_recipe_trains_on_real_data(tiny_run):
     np.testing.assert_array_equal(first.state.params["whiten"]["bias"] != 0, True)
 
 
-def test_speedrun_command_writes_its_json(shared_data, xla_dir, tmp_path, capsys, tiny_run):
-    out = tmp_path / "out"
-    code = cli.main([
+def tiny_speedrun_command(shared_data, xla_dir, out, runs: int) -> int:
+    """`jaxcifar speedrun` of the tiny recipe (the `tiny_run` fixture's), float32, loop epochs."""
+    return cli.main([
         "speedrun", "--data-dir", str(shared_data), "--limit-train", str(TRAIN),
         "--limit-test", str(TEST), "--batch-size", str(BATCH), "--epochs", str(EPOCHS),
-        "--widths", *map(str, WIDTHS), "--dtype", "float32", "--epoch-mode", "loop", "--runs", "2",
-        "--compile-cache", str(xla_dir), "--out", str(out),
+        "--widths", *map(str, WIDTHS), "--dtype", "float32", "--epoch-mode", "loop",
+        "--runs", str(runs), "--compile-cache", str(xla_dir), "--out", str(out),
     ])  # fmt: skip
-    assert code == 0
+
+
+def test_speedrun_command_writes_its_json(shared_data, xla_dir, tmp_path, capsys, tiny_run):
+    out = tmp_path / "out"
+    assert tiny_speedrun_command(shared_data, xla_dir, out, runs=2) == 0
     results = json.loads((out / "speedrun.json").read_text())
     assert isinstance(results["device"], str) and results["device"]
     assert [sorted(row) for row in results["runs"]] == [
@@ -271,13 +275,7 @@ def test_speedrun_command_saves_each_run_as_it_ends(shared_data, xla_dir, tmp_pa
 
     monkeypatch.setattr(speedrun_train.Speedrun, "run", stopped_in_the_second_run)
     out = tmp_path / "out"
-    code = cli.main([
-        "speedrun", "--data-dir", str(shared_data), "--limit-train", str(TRAIN),
-        "--limit-test", str(TEST), "--batch-size", str(BATCH), "--epochs", str(EPOCHS),
-        "--widths", *map(str, WIDTHS), "--dtype", "float32", "--epoch-mode", "loop", "--runs", "3",
-        "--compile-cache", str(xla_dir), "--out", str(out),
-    ])  # fmt: skip
-    assert code == 130 and calls == [0, 1]
+    assert tiny_speedrun_command(shared_data, xla_dir, out, runs=3) == 130 and calls == [0, 1]
     runs = json.loads((out / "speedrun.json").read_text())["runs"]
     assert [(run["system"], run["dtype"]) for run in runs] == [("jaxcifar-fast", "float32")]
     assert "| jaxcifar-fast | float32 | 1 |" in (out / "speedrun.md").read_text()
