@@ -142,8 +142,9 @@ def run(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     if args.epoch_mode.startswith("fused"):  # refuse before touching --out or loading data
         from jaxcifar.fused.epoch import check_config
+        from jaxcifar.train import FUSED_HEADS
 
-        check_config(config)
+        check_config(config, FUSED_HEADS[args.epoch_mode])
     out = Path(args.out)
     check_writable_folder(out)
     cache = xla_cache.resolve(args.compile_cache)

@@ -32,9 +32,23 @@ HEADS: dict[str, step.HeadStep] = {
 }
 
 
-def check_config(config: RunConfig) -> None:
-    """Raise ConfigError unless `config` is a recipe the fused step computes: the CNN, plain
-    SGD with momentum (any schedule), no weight decay, no augmentation, float32."""
+# Where the Pallas head runs: compiled through Triton on GPUs, interpreted (slowly: for tests)
+# on CPUs. TPUs compile Pallas with Mosaic, which this kernel is not written for.
+PALLAS_BACKENDS = ("gpu", "cpu")
+
+
+def check_config(config: RunConfig, head: str = "xla") -> None:
+    """Raise ConfigError unless `config` is a recipe the fused step computes (the CNN, plain
+    SGD with momentum (any schedule), no weight decay, no augmentation, float32) and `head`
+    is one of HEADS that this machine's backend runs."""
+    if head not in HEADS:
+        raise ConfigError(f"head must be one of {', '.join(HEADS)}; got {head!r}")
+    if head == "pallas" and jax.default_backend() not in PALLAS_BACKENDS:
+        raise ConfigError(
+            "--epoch-mode fused-pallas runs its Pallas kernel through Triton, on a GPU (or "
+            f"interpreted on a CPU); this machine's backend is {jax.default_backend()}: use "
+            "--epoch-mode fused, the same path with the head in plain XLA"
+        )
     wrong = [f"momentum {config.momentum} (needs > 0)"] if config.momentum == 0 else []
     wrong += [
         f"{name} {value!r} (needs {needed!r})"
@@ -83,9 +97,7 @@ class FusedRunner:
         self, config: RunConfig, dataset: Dataset, head: str = "xla", unroll: int = 1,
         mesh: Mesh | None = None,
     ):  # fmt: skip
-        check_config(config)
-        if head not in HEADS:
-            raise ConfigError(f"head must be one of {', '.join(HEADS)}; got {head!r}")
+        check_config(config, head)
         if unroll < 1:
             raise ConfigError(f"unroll must be a positive integer; got {unroll}")
         if mesh is not None and mesh.size > 1 or jax.process_count() > 1:
