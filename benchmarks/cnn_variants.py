@@ -35,6 +35,15 @@ def conv_lax(params, x, dtype):
     return layers.conv(params, x, dtype)
 
 
+def conv_plain(params, x, dtype):
+    """`lax.conv_general_dilated` in NHWC and nothing else: XLA's own gradients throughout."""
+    y = lax.conv_general_dilated(
+        x.astype(dtype), params["kernel"].astype(dtype), (1, 1), "SAME",
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+    )  # fmt: skip
+    return y + params["bias"].astype(dtype)
+
+
 def conv_nchw(params, x, dtype):
     """The same convolution computed in PyTorch's layout (transposes in and out)."""
     y = lax.conv_general_dilated(
@@ -67,6 +76,10 @@ VARIANTS = {
     "im2col both": (layers.im2col_same, layers.max_pool_2x2),
     "NCHW conv both": (conv_nchw, layers.max_pool_2x2),
     "reduce_window pool": (layers.conv_same, pool_reduce_window),
+    # The plain step `../shared/MEASURED.md` timed (lax.conv, reduce_window pooling), with this
+    # project's dropout mask: same values as the model, so the losses still agree; finding 2
+    # measured the threefry mask it replaced at the same step time.
+    "plain": (conv_plain, pool_reduce_window),
 }
 
 
