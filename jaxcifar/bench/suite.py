@@ -85,7 +85,8 @@ def run(
     *,
     on_case: Callable[[Case, Row | None, float, dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
-    """Measure every planned case and return the results document (see `output.write_json`).
+    """Measure every planned case and return the results document (which
+    `output.write_results` writes).
 
     `on_case(case, row or None if skipped, seconds, results so far)` is called after each
     case: for progress, and to save the partial results before a time limit can strike.
