@@ -78,11 +78,13 @@ def test_sgd_matches_pytorch_momentum_rule():
 
 
 def test_epoch_modes_agree(monkeypatch):
-    # 20 steps per epoch in scans of 8, 8 and 4 vs a loop of 20 jitted steps fed in blocks
-    # of 8, 8 and 4 batches (the last padded to 8): dropout keys come from the same
-    # fold_in(step) chain in every mode, so only float rounding may differ.
+    # 20 steps per epoch in scans of 8, 8 and 4 vs a loop fed in blocks of 8, 8 and 4
+    # batches (the last padded to 8), run 3 steps per call and the rest one by one (3+3+1+1,
+    # 3+3+1+1, 3+1): dropout keys come from the same fold_in(step) chain in every mode, so
+    # only float rounding may differ.
     monkeypatch.setattr(train, "CHUNK_STEPS", 8)
     monkeypatch.setattr(train, "SYNC_EVERY", 8)
+    monkeypatch.setattr(train, "LOOP_UNROLL", 3)
     config = dataclasses.replace(CNN, epochs=1)
     train_set, test_set = tiny_dataset(160), tiny_dataset(20, seed=1)
     loop, chunk = (
@@ -97,7 +99,8 @@ def test_epoch_modes_agree(monkeypatch):
 def test_an_epoch_compiles_only_its_timed_step(mode):
     # The epoch's step (or scan) compiles on the first epoch, timed in `compile_seconds`;
     # anything else compiled there (the epoch-order draw once was) would go unseen into the
-    # epoch's time. 72 images: a dataset size no other test uses, so no jit cache hides it.
+    # epoch's time. 192 images: a dataset size no other test uses, so no jit cache hides
+    # it, and 24 steps, which the loop runs LOOP_UNROLL at a time (one program).
     compiles = []
 
     def listen(event, seconds, **kwargs):
@@ -105,7 +108,7 @@ def test_an_epoch_compiles_only_its_timed_step(mode):
             compiles.append(seconds)
 
     config = dataclasses.replace(CNN, epochs=1)
-    train_set = tiny_dataset(72)
+    train_set = tiny_dataset(192)
     setup = train.build_setup(config, train_set)
     state = train.init_state(config, setup)
     runner = train.EpochRunner(train.make_train_step(setup), train_set, config, mode)
