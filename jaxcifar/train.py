@@ -264,9 +264,9 @@ def pick_epoch_mode(mode: str, dataset: Dataset) -> str:
 class EpochRunner:
     """Runs training epochs over one dataset in a given mode, timing compiles separately.
 
-    loop: a Python loop of jitted `train_step`s fed from host memory (streaming): the
-      batches of up to SYNC_EVERY steps go to the device at a time, each process shipping
-      only its own rows of every batch.
+    loop: a Python loop of jitted calls of LOOP_UNROLL `train_step`s each, fed from host
+      memory (streaming): the batches of up to SYNC_EVERY steps go to the device at a time,
+      each process shipping only its own rows of every batch.
     chunk: the dataset on the device, CHUNK_STEPS steps per jitted `lax.scan`.
     scan: the dataset on the device, one jitted `lax.scan` per epoch.
 
