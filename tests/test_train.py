@@ -85,6 +85,7 @@ def test_epoch_modes_agree(monkeypatch):
     monkeypatch.setattr(train, "CHUNK_STEPS", 8)
     monkeypatch.setattr(train, "SYNC_EVERY", 8)
     monkeypatch.setattr(train, "LOOP_UNROLL", 3)
+    monkeypatch.setattr(train, "LOOP_UNROLL_MIN_STEPS", 20)
     config = dataclasses.replace(CNN, epochs=1)
     train_set, test_set = tiny_dataset(160), tiny_dataset(20, seed=1)
     loop, chunk = (
@@ -95,20 +96,30 @@ def test_epoch_modes_agree(monkeypatch):
     assert loop.history[0]["train_loss"] == pytest.approx(chunk.history[0]["train_loss"], rel=1e-4)
 
 
-@pytest.mark.parametrize("mode", ["loop", "scan"])
-def test_an_epoch_compiles_only_its_timed_step(mode):
-    # The epoch's step (or scan) compiles on the first epoch, timed in `compile_seconds`;
-    # anything else compiled there (the epoch-order draw once was) would go unseen into the
-    # epoch's time. 192 images: a dataset size no other test uses, so no jit cache hides
-    # it, and 24 steps, which the loop runs LOOP_UNROLL at a time (one program).
+@pytest.mark.parametrize(
+    "mode, images, unroll_min_steps",
+    [
+        ("loop", 192, 24),  # 24 steps, at least the minimum: LOOP_UNROLL per call
+        ("loop", 200, None),  # 25 steps, under the default minimum: one per call
+        ("scan", 192, None),
+    ],
+)
+def test_an_epoch_compiles_only_its_timed_step(mode, images, unroll_min_steps, monkeypatch):
+    # The epoch's one program (its step, steps or scan) compiles on the first epoch, timed in
+    # `compile_seconds`; anything else compiled there (the epoch-order draw once was) would go
+    # unseen into the epoch's time, and a short loop epoch compiling a 4-step program as
+    # well as a 1-step one for its leftover would pay two compiles. Dataset sizes no other
+    # test uses, so no jit cache hides a compile.
     compiles = []
 
     def listen(event, seconds, **kwargs):
         if event == "/jax/core/compile/backend_compile_duration":
             compiles.append(seconds)
 
+    if unroll_min_steps is not None:
+        monkeypatch.setattr(train, "LOOP_UNROLL_MIN_STEPS", unroll_min_steps)
     config = dataclasses.replace(CNN, epochs=1)
-    train_set = tiny_dataset(192)
+    train_set = tiny_dataset(images)
     setup = train.build_setup(config, train_set)
     state = train.init_state(config, setup)
     runner = train.EpochRunner(train.make_train_step(setup), train_set, config, mode)
