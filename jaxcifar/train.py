@@ -268,8 +268,9 @@ class EpochRunner:
     """Runs training epochs over one dataset in a given mode, timing compiles separately.
 
     loop: a Python loop of jitted calls of LOOP_UNROLL `train_step`s each (one in epochs of
-      under LOOP_UNROLL_MIN_STEPS), fed from host memory (streaming): the batches of up to SYNC_EVERY steps go to the device at a time,
-      each process shipping only its own rows of every batch.
+      under LOOP_UNROLL_MIN_STEPS), fed from host memory (streaming): the batches of up to
+      SYNC_EVERY steps go to the device at a time, each process shipping only its own rows
+      of every batch.
     chunk: the dataset on the device, CHUNK_STEPS steps per jitted `lax.scan`.
     scan: the dataset on the device, one jitted `lax.scan` per epoch.
 
