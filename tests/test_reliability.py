@@ -83,6 +83,21 @@ sys.exit(cli.main(sys.argv[1:]))
 """
 
 
+# Waits at the start of epoch 2, after the first checkpoint, for the test's signal: without
+# the pause a tiny run could finish all its epochs before the signal lands.
+PAUSE_IN_SECOND_EPOCH = """
+import sys, time
+from jaxcifar import cli, train
+run_epoch = train.EpochRunner.run
+def run(self, state, epoch, report):
+    if epoch == 2:
+        time.sleep(120)
+    return run_epoch(self, state, epoch, report)
+train.EpochRunner.run = run
+sys.exit(cli.main(sys.argv[1:]))
+"""
+
+
 def start_train(args, out, code=None) -> subprocess.Popen:
     launcher = ["-c", code] if code else ["-m", "jaxcifar"]
     command = [sys.executable, *launcher, "train", *args, "--out", str(out)]
@@ -103,8 +118,12 @@ def test_interrupt_kill_and_resume_reproduce_an_uninterrupted_run(tmp_path, fres
     load("mnist", "train", data_dir=tmp_path / "data")  # fill the cache before the processes race to
     args = [*TINY, "--data-dir", str(tmp_path / "data"), "--epochs", "4"]
     runs = {name: tmp_path / name for name in ("whole", "sigint", "sigterm", "sigkill")}
-    processes = {name: start_train(args, out) for name, out in runs.items() if name != "sigkill"}
-    processes["sigkill"] = start_train(args, runs["sigkill"], KILL_AT_SECOND_CHECKPOINT)
+    processes = {
+        "whole": start_train(args, runs["whole"]),
+        "sigint": start_train(args, runs["sigint"], PAUSE_IN_SECOND_EPOCH),
+        "sigterm": start_train(args, runs["sigterm"], PAUSE_IN_SECOND_EPOCH),
+        "sigkill": start_train(args, runs["sigkill"], KILL_AT_SECOND_CHECKPOINT),
+    }
     for name, signum in (("sigint", signal.SIGINT), ("sigterm", signal.SIGTERM)):
         wait_for_checkpoint(processes[name], runs[name])
         processes[name].send_signal(signum)
@@ -124,7 +143,7 @@ def test_interrupt_kill_and_resume_reproduce_an_uninterrupted_run(tmp_path, fres
         code, _, err = results[name]
         assert code == status, err
         kept = len(checkpoint.load(runs[name]).history)
-        assert 1 <= kept < 4
+        assert kept == 1  # stopped in the pause at the start of epoch 2
         line = err.strip().splitlines()[-1]
         assert line.startswith(f"jaxcifar train: interrupted by {signame} before epoch {kept + 1} finished; "
                                f"that epoch is dropped; {runs[name] / checkpoint.FILENAME} keeps epoch {kept}/4; "
