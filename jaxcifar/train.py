@@ -30,6 +30,7 @@ from jax.sharding import Mesh
 
 from jaxcifar import models, parallel
 from jaxcifar.augment import random_crop_flip
+from jaxcifar.bench.xla_cost import compile_timed
 from jaxcifar.config import RunConfig
 from jaxcifar.data.dataset import Dataset
 from jaxcifar.data.preprocess import to_float
@@ -291,16 +292,21 @@ class EpochRunner:
         self.mode = mode
         self.steps = len(dataset) // config.batch_size
         self._compiled: dict[int | tuple[str, int], Callable] = {}
+        self.compile_seconds = 0.0
         # Compiled now and timed with the steps: left to its first call, it went unseen into
         # the first epoch's time (0.7 s of a 2-step loop epoch on the 2-core CPU).
-        start = time.perf_counter()
         order_fn = _epoch_order_fn(self.mesh, len(dataset))
-        self._epoch_order = order_fn.lower(np.int32(0), np.int32(0)).compile()
-        self.compile_seconds = time.perf_counter() - start
+        self._epoch_order = self._timed_compile(order_fn, np.int32(0), np.int32(0))
         if mode in ("chunk", "scan"):
             self.device_images, self.device_labels = parallel.replicate(
                 (dataset.images, dataset.labels), self.mesh
             )
+
+    def _timed_compile(self, jitted: Callable, *args: Any) -> Callable:
+        """`jitted` lowered and compiled for `args`, its time added to `compile_seconds`."""
+        compiled = compile_timed(jitted, *args)
+        self.compile_seconds += compiled.compile_seconds
+        return compiled.executable
 
     def _chunk_fn(self, state: TrainState, perm: jax.Array, first: int, step_key: jax.Array, size: int):
         """Compile (once per chunk size, timed) and return the `size`-step scan."""
@@ -320,10 +326,8 @@ class EpochRunner:
 
                 return jax.lax.scan(body, state, first + jnp.arange(size))
 
-            start = time.perf_counter()
             args = (state, self.device_images, self.device_labels, perm, first, step_key)
-            self._compiled[size] = jax.jit(run, donate_argnums=0).lower(*args).compile()
-            self.compile_seconds += time.perf_counter() - start
+            self._compiled[size] = self._timed_compile(jax.jit(run, donate_argnums=0), *args)
         return self._compiled[size]
 
     def run(
@@ -395,10 +399,9 @@ class EpochRunner:
                     outs.append(out)
                 return state, jax.tree.map(lambda *values: jnp.stack(values), *outs)
 
-            start = time.perf_counter()
             args = (state, block, step_key, np.int32(0), np.int32(0))
-            self._compiled["loop", unroll] = jax.jit(run, donate_argnums=0).lower(*args).compile()
-            self.compile_seconds += time.perf_counter() - start
+            jitted = jax.jit(run, donate_argnums=0)
+            self._compiled["loop", unroll] = self._timed_compile(jitted, *args)
         return self._compiled["loop", unroll]
 
 
