@@ -158,30 +158,25 @@ def test_a_program_whose_kernels_cannot_be_counted_keeps_its_timed_row(dataset, 
     assert "| fused | 1 | 16 | 1 | 4 |" in measure.render_markdown([row])
 
 
-def test_train_command_refuses_the_pallas_head_on_a_tpu_before_loading_data(tmp_path, capsys, monkeypatch):
+@pytest.mark.parametrize(
+    "flags, backend, message",
+    [
+        (["--epoch-mode", "fused", "--recipe", "fast"], "cpu",
+         "the fused path (--epoch-mode fused, fused-pallas) runs the seed recipe's kind only; "
+         "got optimizer 'nesterov' (needs 'sgd'), weight_decay 0.0005 (needs 0.0)"),
+        (["--epoch-mode", "fused-pallas"], "tpu",
+         "--epoch-mode fused-pallas runs its Pallas kernel through Triton, on a GPU (or "
+         "interpreted on a CPU); this machine's backend is tpu: use --epoch-mode fused, the "
+         "same path with the head in plain XLA"),
+    ],
+)  # fmt: skip
+def test_train_command_refuses_a_fused_run_it_cannot_make_before_loading_data(
+    flags, backend, message, tmp_path, capsys, monkeypatch
+):
     from jaxcifar import cli
 
-    monkeypatch.setattr(jax, "default_backend", lambda: "tpu")
-    argv = ["train", "--epoch-mode", "fused-pallas", "--data-dir", str(tmp_path / "no-such-data"),
-            "--out", str(tmp_path / "run")]  # fmt: skip
+    monkeypatch.setattr(jax, "default_backend", lambda: backend)
+    argv = ["train", *flags, "--data-dir", str(tmp_path / "no-such-data"), "--out", str(tmp_path / "run")]
     assert cli.main(argv) == 2
-    assert capsys.readouterr().err.strip() == (
-        "jaxcifar train: error: --epoch-mode fused-pallas runs its Pallas kernel through "
-        "Triton, on a GPU (or interpreted on a CPU); this machine's backend is tpu: use "
-        "--epoch-mode fused, the same path with the head in plain XLA"
-    )
-    assert not (tmp_path / "run").exists()
-
-
-def test_train_command_refuses_a_fused_run_of_another_recipe_before_loading_data(tmp_path, capsys):
-    from jaxcifar import cli
-
-    argv = ["train", "--epoch-mode", "fused", "--recipe", "fast", "--data-dir",
-            str(tmp_path / "no-such-data"), "--out", str(tmp_path / "run")]  # fmt: skip
-    assert cli.main(argv) == 2
-    assert capsys.readouterr().err.strip() == (
-        "jaxcifar train: error: the fused path (--epoch-mode fused, fused-pallas) runs the seed "
-        "recipe's kind only; got optimizer 'nesterov' (needs 'sgd'), weight_decay 0.0005 "
-        "(needs 0.0)"
-    )
+    assert capsys.readouterr().err.strip() == f"jaxcifar train: error: {message}"
     assert not (tmp_path / "run").exists()
