@@ -28,7 +28,8 @@ if ls .whl/airbench-*.tar.gz >/dev/null 2>&1; then
   tar xzf .whl/airbench-*.tar.gz -C "$airbench_src"
   export PYTHONPATH="$PYTHONPATH:$(ls -d "$airbench_src"/airbench-*)"
 fi
-export JAXCIFAR_CACHE=${JAXCIFAR_CACHE:-/tmp/jaxcifar-cache}
+# Decoded data and compiled programs in the checkout (git-ignored), not a machine path.
+export JAXCIFAR_CACHE=${JAXCIFAR_CACHE:-$PWD/.cache}
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null
 python3 -c "import jax; print('jax', jax.__version__, jax.devices())"
 
