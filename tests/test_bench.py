@@ -177,7 +177,10 @@ def test_epoch_time_leaves_out_only_the_compiles_inside_the_epoch(monkeypatch):
 
         def lower(self, *args):
             lowered = self.jitted.lower(*args)
-            return types.SimpleNamespace(compile=lambda: time.sleep(1.0) or lowered.compile())
+            return types.SimpleNamespace(
+                as_text=lowered.as_text,
+                compile=lambda **options: time.sleep(1.0) or lowered.compile(**options),
+            )
 
     monkeypatch.setattr(train, "_epoch_order_fn", lambda mesh, size: SlowToCompile(real_order_fn(mesh, size)))
     row = jax_cases.measure_epoch("mlp", 4, "loop", 16)

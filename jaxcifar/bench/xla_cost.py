@@ -11,6 +11,8 @@ from typing import Any, NamedTuple
 
 import jax
 
+from jaxcifar import cpu_fusions
+
 
 class Compiled(NamedTuple):
     """A jitted function lowered and compiled for one set of argument shapes."""
@@ -20,12 +22,14 @@ class Compiled(NamedTuple):
     compile_seconds: float  # lowering + XLA compilation
 
 
-def compile_timed(jitted: Any, *args: Any) -> Compiled:
-    """`jitted.lower(*args).compile()`, timing the lowering and the whole."""
+def compile_timed(jitted: Any, *args: Any, fit_fusions_to_size: bool = True) -> Compiled:
+    """`jitted.lower(*args).compile()`, timing the lowering and the whole. With
+    `fit_fusions_to_size`, compiled by `cpu_fusions.compile_for_size` (on a CPU, library
+    fusions off for programs of large arrays); else with XLA's defaults."""
     start = time.perf_counter()
     lowered = jitted.lower(*args)
     lowered_at = time.perf_counter()
-    executable = lowered.compile()
+    executable = cpu_fusions.compile_for_size(lowered) if fit_fusions_to_size else lowered.compile()
     return Compiled(executable, lowered_at - start, time.perf_counter() - start)
 
 
