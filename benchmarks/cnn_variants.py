@@ -1,10 +1,10 @@
 """Where the seed CNN's jitted train step spends its time on CPU, and what makes it faster.
 
 Runs `jaxcifar.train.make_train_step` with the model's apply function rebuilt from
-alternative pieces (convolution in NHWC or NCHW, per layer; max-pool as reshape+max or
-lax.reduce_window) and times each variant with the benchmark library, all in one process so
-they share the machine's state. XLA flags and thread counts act per process: run the script
-once per setting, e.g.
+alternative pieces (convolution as lax.conv in NHWC or NCHW or as an im2col matmul, per
+layer; max-pool as reshape+max or lax.reduce_window) and times each variant with the
+benchmark library, all in one process so they share the machine's state. XLA flags and
+thread counts act per process: run the script once per setting, e.g.
 
     python benchmarks/cnn_variants.py --batch-sizes 32 128
     XLA_FLAGS=--xla_cpu_use_xnnpack=true python benchmarks/cnn_variants.py
@@ -29,6 +29,19 @@ from jaxcifar.models import cnn, layers
 def pool_reduce_window(x):
     """Max over 2x2 windows with lax.reduce_window: its gradient is XLA's select-and-scatter."""
     return lax.reduce_window(x, -jnp.inf, lax.max, (1, 2, 2, 1), (1, 2, 2, 1), "VALID")
+
+
+def conv_lax(params, x, dtype):
+    return layers.conv(params, x, dtype)
+
+
+def conv_plain(params, x, dtype):
+    """`lax.conv_general_dilated` in NHWC and nothing else: XLA's own gradients throughout."""
+    y = lax.conv_general_dilated(
+        x.astype(dtype), params["kernel"].astype(dtype), (1, 1), "SAME",
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+    )  # fmt: skip
+    return y + params["bias"].astype(dtype)
 
 
 def conv_nchw(params, x, dtype):
@@ -57,13 +70,16 @@ def make_apply(convs, pool):
 
 
 VARIANTS = {
-    # The model as it is: lax.conv in NHWC, reshape+max pooling with a first-maximum gradient.
-    "model": (layers.conv, layers.max_pool_2x2),
+    # The model as it is: im2col for conv1 (3 input channels), lax.conv for conv2, reshape+max.
+    "model": (layers.conv_same, layers.max_pool_2x2),
+    "lax conv both": (conv_lax, layers.max_pool_2x2),
+    "im2col both": (layers.im2col_same, layers.max_pool_2x2),
     "NCHW conv both": (conv_nchw, layers.max_pool_2x2),
+    "reduce_window pool": (layers.conv_same, pool_reduce_window),
     # The plain step `../shared/MEASURED.md` timed (lax.conv, reduce_window pooling), with this
     # project's dropout mask: same values as the model, so the losses still agree; finding 2
     # measured the threefry mask it replaced at the same step time.
-    "plain": (layers.conv, pool_reduce_window),
+    "plain": (conv_plain, pool_reduce_window),
 }
 
 

@@ -51,6 +51,107 @@ def test_cnn_matches_flax_linen_with_the_same_params(cnn_params):
     np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("kernel_size, c_in", [(3, 3), (3, 1), (5, 2)])
+def test_im2col_convolution_equals_lax_convolution_and_its_gradients(kernel_size, c_in):
+    from jaxcifar.models import layers
+
+    k1, k2, k3 = jax.random.split(jax.random.key(2), 3)
+    params = {
+        "kernel": jax.random.normal(k1, (kernel_size, kernel_size, c_in, 8)),
+        "bias": jax.random.normal(k2, (8,)),
+    }
+    x = jax.random.normal(k3, (2, 9, 7, c_in))  # odd, non-square: the padding must be exact
+
+    def loss(conv, params, x):
+        return jnp.sum(jnp.sin(conv(params, x, jnp.float32)))
+
+    lax_value, lax_grads = jax.value_and_grad(lambda p, x: loss(layers.conv, p, x), (0, 1))(params, x)
+    value, grads = jax.value_and_grad(lambda p, x: loss(layers.im2col_same, p, x), (0, 1))(params, x)
+    np.testing.assert_allclose(value, lax_value, rtol=1e-5)
+    for ours, theirs in zip(jax.tree.leaves(grads), jax.tree.leaves(lax_grads), strict=True):
+        np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "x_shape, kernel_shape, padding, group_rows",
+    [
+        ((6, 9, 7, 3), (3, 3, 3, 5), "SAME", 100),  # groups of 1 image: 6 groups
+        ((6, 9, 7, 3), (3, 3, 3, 5), "SAME", 130),  # 2 images fit, 6 = 3 groups of 2
+        ((5, 9, 7, 3), (3, 3, 3, 5), "SAME", 200),  # 3 fit, but 5 splits only into 5 of 1
+        ((5, 8, 8, 4), (5, 5, 4, 2), "SAME", 10**6),  # one group of all 5
+        ((4, 8, 6, 2), (2, 2, 2, 3), "SAME", 100),  # even kernel: padding (0, 1)
+        ((4, 8, 8, 3), (2, 2, 3, 24), "VALID", 100),  # the whitening conv's shape
+    ],
+)
+def test_kernel_gradient_by_taps_equals_xlas(monkeypatch, x_shape, kernel_shape, padding, group_rows):
+    from jaxcifar.models import layers
+
+    monkeypatch.setattr(layers, "TAPS_GROUP_ROWS", group_rows)
+    k1, k2, k3 = jax.random.split(jax.random.key(3), 3)
+    x = jax.random.normal(k1, x_shape)
+    kernel = jax.random.normal(k2, kernel_shape)
+
+    @jax.jit  # one compile each, rather than one per eager op
+    def both(x, kernel, g):
+        _, conv_vjp = jax.vjp(lambda k: layers._lax_conv(x, k, padding), kernel)
+        return conv_vjp(g)[0], layers.kernel_gradient_by_taps(x, g, kernel_shape, padding)
+
+    out_shape = jax.eval_shape(lambda x, k: layers._lax_conv(x, k, padding), x, kernel).shape
+    expected, ours = both(x, kernel, jax.random.normal(k3, out_shape))
+    assert ours.dtype == jnp.float32 and ours.shape == kernel_shape
+    np.testing.assert_allclose(ours, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("padding", ["SAME", "VALID"])
+def test_conv_with_the_taps_kernel_gradient_equals_lax_convolution(monkeypatch, padding):
+    """The path `conv` takes for large inputs on CPU: same values, same gradients."""
+    from jaxcifar.models import layers
+
+    k1, k2, k3 = jax.random.split(jax.random.key(4), 3)
+    params = {"kernel": jax.random.normal(k1, (3, 3, 4, 6)), "bias": jax.random.normal(k2, (6,))}
+    x = jax.random.normal(k3, (3, 16, 15, 4))
+    assert not layers.taps_kernel_gradient_pays(x)  # 11 KiB: XLA's path by default
+    monkeypatch.setattr(layers, "TAPS_MIN_INPUT_BYTES", 0)
+    assert layers.taps_kernel_gradient_pays(x)
+
+    def loss(conv, params, x):
+        return jnp.sum(jnp.sin(conv(params, x, jnp.float32, padding=padding)))
+
+    def lax_conv(params, x, dtype, padding):
+        return layers._lax_conv(x, params["kernel"], padding) + params["bias"]
+
+    value, grads = jax.jit(jax.value_and_grad(lambda p, x: loss(layers.conv, p, x), (0, 1)))(params, x)
+    lax_value, lax_grads = jax.jit(jax.value_and_grad(lambda p, x: loss(lax_conv, p, x), (0, 1)))(
+        params, x
+    )
+    np.testing.assert_allclose(value, lax_value, rtol=1e-6)
+    for ours, theirs in zip(jax.tree.leaves(grads), jax.tree.leaves(lax_grads), strict=True):
+        np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-5)
+
+    def low_loss(kernel):  # bfloat16 compute, float32 parameters
+        y = layers.conv({**params, "kernel": kernel}, x, jnp.bfloat16, padding=padding)
+        assert y.dtype == jnp.bfloat16
+        return jnp.sum(jnp.sin(y.astype(jnp.float32)))
+
+    low_grad = jax.jit(jax.grad(low_loss))(params["kernel"])
+    monkeypatch.setattr(layers, "TAPS_MIN_INPUT_BYTES", 2**62)  # back to XLA's gradient
+    lax_low_grad = jax.jit(jax.grad(low_loss))(params["kernel"])
+    assert low_grad.dtype == jnp.float32
+    np.testing.assert_allclose(low_grad, lax_low_grad, rtol=0.02, atol=0.02)
+
+
+def test_taps_kernel_gradient_is_for_large_inputs_only():
+    from jaxcifar.models import layers
+
+    def pays(shape):
+        return layers.taps_kernel_gradient_pays(jax.ShapeDtypeStruct(shape, jnp.float32))
+
+    assert pays((1024, 31, 31, 16))  # the fast recipe's first block conv: 60 MiB
+    assert pays((512, 16, 16, 32))  # the seed CNN's conv2 at batch 512: 16 MiB
+    assert not pays((128, 16, 16, 32))  # 4 MiB: XLA's kernel gradient is faster
+    assert not pays((1024, 7, 7, 256))  # 49 MiB, but 7x7: XLA's is faster
+
+
 def test_cnn_parameter_count_and_shapes(cnn_params):
     assert models.count_parameters(cnn_params) == 147_754
     assert cnn_params["conv1"]["kernel"].shape == (3, 3, 3, 32)

@@ -72,7 +72,7 @@ def features(
     flattened (NHWC order) and, with `train`, dropped-out input of the fully connected head."""
     h = x
     for name in CONV_LAYERS:
-        h = layers.max_pool_2x2(jax.nn.relu(layers.conv(params[name], h, dtype)))
+        h = layers.max_pool_2x2(jax.nn.relu(layers.conv_same(params[name], h, dtype)))
     h = layers.dropout(h, DROPOUT_RATE, train=train, rng=rng)
     return h.reshape(h.shape[0], -1)
 
