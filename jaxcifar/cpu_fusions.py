@@ -3,20 +3,13 @@
 XLA:CPU hands convolutions, dots, reductions and elementwise chains to YNNPACK ("library
 fusions", the debug option `xla_cpu_experimental_ynn_fusion_type`). They pay while a
 program's arrays are small and cost once they outgrow the caches. Measured on the 2-core CPU,
-with and without them, alternated in one process (ms per call; the program's largest
-floating-point array in brackets):
-
-| program | with | without |
-|---|---:|---:|
-| seed CNN training step, batch 8 (1 MiB) | 5.0 | 5.8 |
-| the same, batch 16 (2 MiB) | 8.6-8.8 | 9.4-10.1 |
-| the same, batch 32 (4 MiB) | 20.7 | 17.4-19.2 |
-| the same, batch 64 / 256 / 1,024 (8 / 32 / 128 MiB) | 45 / 260 / 1,053 | 35 / 233 / 943 |
-| seed CNN evaluation, batch 1,000 (125 MiB) | 363 | 237 |
-| speedrun step, batch 1,024, widths 64/256/256 | 19,800-22,200 | 10,200-10,700 |
+with and without them alternated in one process (benchmarks/README.md, finding 7): the seed
+CNN's training step 8.6 vs 9.4 ms at batch 16 (largest float array 2 MiB) but 20.7 vs 17.4
+ms at batch 32 (4 MiB) and 1,053 vs 943 ms at 1,024; its evaluation of 1,000 images 363 vs
+237 ms; the fast recipe's step at full width 20 vs 10 s.
 
 So a program whose largest floating-point array exceeds LIBRARY_FUSIONS_MAX_BYTES compiles
-without them (`compile_for_size`). Integer arrays do not count: a whole uint8 dataset handed to a
+without them (`compile_for_size`). Integer arrays do not count: a uint8 dataset handed to a
 program is read a batch at a time. Other backends keep XLA's defaults.
 """
 

@@ -140,8 +140,9 @@ def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
 
 
 def make_train_step(
-    setup: Setup, *, dtype: str = "float32", augment: bool = False, mesh: Mesh | None = None
-) -> Callable[[TrainState, Batch, jax.Array], tuple[TrainState, dict[str, jax.Array]]]:
+    setup: Setup, *, dtype: str = "float32", augment: bool = False, mesh: Mesh | None = None,
+    in_loop: bool = False,
+) -> Callable[[TrainState, Batch, jax.Array], tuple[TrainState, dict[str, jax.Array]]]:  # fmt: skip
     """The jitted pure step `(state, (images, labels), rng) -> (state, {"loss", "correct"})`.
 
     images are (B, H, W, C) uint8, normalised to [-1, 1] on the device so the host ships
@@ -154,11 +155,15 @@ def make_train_step(
     divide by its size), state, rng and outputs are replicated. The loss is a mean over the
     global batch, so XLA all-reduces the gradients; random draws are partitionable
     (`jax_threefry_partitionable`), so any device count draws the same masks and crops.
+    `in_loop`: the step will be traced inside a compiled loop (scan and chunk epochs), which
+    picks the model's loop-body forms of its convolution gradients (`layers.conv`).
     """
     compute_dtype = jnp.dtype(dtype)
 
     def loss_fn(params, images, labels, rng):
-        logits = setup.model.apply(params, images, train=True, rng=rng, dtype=compute_dtype)
+        logits = setup.model.apply(
+            params, images, train=True, rng=rng, dtype=compute_dtype, in_loop=in_loop
+        )
         return cross_entropy(logits, labels).mean(), logits
 
     def train_step(state: TrainState, batch: Batch, rng: jax.Array):
@@ -278,8 +283,9 @@ class EpochRunner:
     chunk: the dataset on the device, CHUNK_STEPS steps per jitted `lax.scan`.
     scan: the dataset on the device, one jitted `lax.scan` per epoch.
 
-    `train_step` must be made for the same `mesh` (default: every device); in chunk and scan
-    modes every device holds the whole dataset and gathers its own rows of each batch.
+    `train_step` must be made for the same `mesh` (default: every device), and for chunk and
+    scan modes with `make_train_step(..., in_loop=True)` (`make_epoch_runner` does both); in
+    those modes every device holds the whole dataset and gathers its own rows of each batch.
     Raises ConfigError when the batch size does not divide by the mesh's device count.
     """
 
@@ -419,7 +425,9 @@ def make_epoch_runner(mode: str, config: RunConfig, setup: Setup, train_set: Dat
         from jaxcifar.fused.epoch import FusedRunner
 
         return FusedRunner(config, train_set, head=FUSED_HEADS[mode], mesh=mesh)
-    train_step = make_train_step(setup, dtype=config.dtype, augment=config.augment, mesh=mesh)
+    train_step = make_train_step(
+        setup, dtype=config.dtype, augment=config.augment, mesh=mesh, in_loop=mode != "loop"
+    )
     return EpochRunner(train_step, train_set, config, mode, mesh)
 
 

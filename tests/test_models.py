@@ -117,10 +117,14 @@ def test_conv_with_the_taps_kernel_gradient_equals_lax_convolution(monkeypatch, 
     def loss(conv, params, x):
         return jnp.sum(jnp.sin(conv(params, x, jnp.float32, padding=padding)))
 
+    def in_loop_conv(params, x, dtype, padding):
+        return layers.conv(params, x, dtype, padding=padding, in_loop=True)
+
     def lax_conv(params, x, dtype, padding):
         return layers._lax_conv(x, params["kernel"], padding) + params["bias"]
 
-    value, grads = jax.jit(jax.value_and_grad(lambda p, x: loss(layers.conv, p, x), (0, 1)))(params, x)
+    value_and_grad = jax.value_and_grad(lambda p, x: loss(in_loop_conv, p, x), (0, 1))
+    value, grads = jax.jit(value_and_grad)(params, x)
     lax_value, lax_grads = jax.jit(jax.value_and_grad(lambda p, x: loss(lax_conv, p, x), (0, 1)))(
         params, x
     )
@@ -129,7 +133,7 @@ def test_conv_with_the_taps_kernel_gradient_equals_lax_convolution(monkeypatch, 
         np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-5)
 
     def low_loss(kernel):  # bfloat16 compute, float32 parameters
-        y = layers.conv({**params, "kernel": kernel}, x, jnp.bfloat16, padding=padding)
+        y = in_loop_conv({**params, "kernel": kernel}, x, jnp.bfloat16, padding)
         assert y.dtype == jnp.bfloat16
         return jnp.sum(jnp.sin(y.astype(jnp.float32)))
 
@@ -138,6 +142,27 @@ def test_conv_with_the_taps_kernel_gradient_equals_lax_convolution(monkeypatch, 
     lax_low_grad = jax.jit(jax.grad(low_loss))(params["kernel"])
     assert low_grad.dtype == jnp.float32
     np.testing.assert_allclose(low_grad, lax_low_grad, rtol=0.02, atol=0.02)
+
+
+def test_matmul_forms_of_the_convolution_gradients_are_for_loop_bodies_only(monkeypatch):
+    from jaxcifar.models import layers
+
+    params = {"kernel": jnp.ones((3, 3, 3, 8)), "bias": jnp.zeros(8)}
+    x = jnp.ones((2, 8, 8, 3))
+    monkeypatch.setattr(layers, "TAPS_MIN_INPUT_BYTES", 0)
+
+    def primitives(conv, x, **kwargs):
+        jaxpr = jax.make_jaxpr(lambda x: conv(params, x, jnp.float32, **kwargs))(x)
+        return {equation.primitive.name for equation in jaxpr.eqns}
+
+    # conv1's im2col (3 input channels) in a loop body, XLA's convolution elsewhere.
+    assert "conv_general_dilated" not in primitives(layers.conv_same, x, in_loop=True)
+    assert "conv_general_dilated" in primitives(layers.conv_same, x)
+    # The taps kernel gradient (a custom VJP) in a loop body only.
+    wide = jnp.ones((2, 16, 16, 8))
+    params = {"kernel": jnp.ones((3, 3, 8, 8)), "bias": jnp.zeros(8)}
+    assert "custom_vjp_call" in primitives(layers.conv, wide, in_loop=True)
+    assert "custom_vjp_call" not in primitives(layers.conv, wide)
 
 
 def test_taps_kernel_gradient_is_for_large_inputs_only():

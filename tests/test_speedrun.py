@@ -8,6 +8,7 @@ shapes and so loads its programs from that cache instead of compiling again.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 
@@ -291,3 +292,34 @@ def test_speedrun_command_rejects_a_batch_larger_than_the_data(shared_data, tmp_
         "jaxcifar speedrun: error: batch size 1024 is larger than the training set (100 images)"
     )
     assert not any(tmp_path.iterdir())
+
+
+def test_only_the_scanned_step_takes_the_loop_body_convolution_gradients(monkeypatch):
+    # Inside a compiled loop XLA:CPU's kernel gradients are slow, outside they are the
+    # faster ones (layers.conv): the scan epoch's step must ask for the taps, the loop's not.
+    from jaxcifar.speedrun import train as speedrun_train
+
+    monkeypatch.setattr(layers, "TAPS_MIN_INPUT_BYTES", 0)
+    data = speedrun_train.DeviceData(
+        jax.ShapeDtypeStruct((TRAIN, 32, 32, 3), jnp.uint8),
+        jax.ShapeDtypeStruct((TRAIN,), jnp.int32),
+        jax.ShapeDtypeStruct((3,), jnp.float32),
+        jax.ShapeDtypeStruct((3,), jnp.float32),
+    )
+    run_plan = plan(TINY, TRAIN)
+    tx = optimizer.build_optimizer(TINY, run_plan.total_steps)
+    state = jax.eval_shape(
+        lambda key, data: speedrun_train.init_state(TINY, tx, 10, key, data), jax.random.key(0), data
+    )
+    epoch = jax.ShapeDtypeStruct((), jnp.int32)
+    order = jax.ShapeDtypeStruct((TRAIN,), jnp.int32)
+
+    def convolutions(fn, *args):
+        return str(jax.make_jaxpr(fn)(*args)).count("conv_general_dilated[")
+
+    step = functools.partial(speedrun_train.train_step, TINY, run_plan, tx)
+    scan = functools.partial(speedrun_train.scan_epoch, TINY, run_plan, tx, 2)
+    # By taps, the kernel gradients of the three convolutions over >= 15x15 positions (the
+    # whitening layer's and block 1's) are matmuls, not convolutions.
+    loop_convolutions = convolutions(step, state, data, order, epoch, epoch)
+    assert convolutions(scan, state, data, epoch) == loop_convolutions - 3

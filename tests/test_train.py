@@ -176,3 +176,21 @@ def test_augmented_step_trains():
     config = dataclasses.replace(MLP, augment=True, epochs=2)
     result = quiet_fit(config, tiny_dataset(128), tiny_dataset(30, seed=1))
     assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]
+
+
+@pytest.mark.parametrize("mode, in_loop", [("loop", False), ("chunk", True), ("scan", True)])
+def test_scan_and_chunk_epochs_trace_their_step_as_a_loop_body(mode, in_loop, monkeypatch):
+    # Where XLA:CPU's convolution gradients are slow (inside compiled loops) the model must
+    # take its matmul forms, and only there (layers.conv).
+    made = []
+    make_train_step = train.make_train_step
+
+    def recording(*args, **kwargs):
+        made.append(kwargs.get("in_loop", False))
+        return make_train_step(*args, **kwargs)
+
+    monkeypatch.setattr(train, "make_train_step", recording)
+    config = dataclasses.replace(CNN, epochs=1)
+    train_set = tiny_dataset(40)
+    train.make_epoch_runner(mode, config, train.build_setup(config, train_set), train_set)
+    assert made == [in_loop]

@@ -44,14 +44,23 @@ def dense(params: Params, x: jax.Array, dtype: jnp.dtype) -> jax.Array:
     return x.astype(dtype) @ params["kernel"].astype(dtype) + params["bias"].astype(dtype)
 
 
-def conv(params: Params, x: jax.Array, dtype: jnp.dtype, *, padding: str = "SAME") -> jax.Array:
+# Why conv1's im2col and the taps kernel gradient apply only in compiled loops: XLA:CPU's
+# own convolution gradients run 17-30x slower inside a while loop than outside it (the seed
+# CNN's scan epoch at batch 512: 59-62 s without either, 2.1 s with both), whereas outside,
+# with library fusions off for large programs (`jaxcifar.cpu_fusions`), XLA's are the faster
+# ones (whole step without vs with: 74-79 vs 94 ms at batch 128, 304-340 vs 357-385 ms at 512
+# for im2col, 361-367 vs 445-449 ms at 512 for taps; benchmarks/README.md, finding 7).
+def conv(
+    params: Params, x: jax.Array, dtype: jnp.dtype, *, padding: str = "SAME", in_loop: bool = False
+) -> jax.Array:
     """Stride-1 convolution, (N, H, W, C_in) NHWC -> (N, H', W', C_out) in `dtype`: H' = H
     with "SAME" padding, H - kernel + 1 with "VALID". Adds `params["bias"]` when the layer has one.
 
-    On CPU, for large inputs (`taps_kernel_gradient_pays`), the kernel gradient is
+    `in_loop`: the caller traces this inside a compiled loop (`lax.scan`, a while loop). There,
+    on CPU, for large inputs (`taps_kernel_gradient_pays`), the kernel gradient is
     `kernel_gradient_by_taps` instead of XLA's; the values are the same."""
     x, kernel = x.astype(dtype), params["kernel"].astype(dtype)
-    if taps_kernel_gradient_pays(x):
+    if in_loop and taps_kernel_gradient_pays(x):
         y = _conv_with_taps_kernel_gradient(x, kernel, padding)
     else:
         y = _lax_conv(x, kernel, padding)
@@ -163,13 +172,16 @@ def _tap_windows(x: jax.Array, kernel_hw: tuple[int, int], padding: str) -> list
 IM2COL_MAX_CHANNELS = 4
 
 
-def conv_same(params: Params, x: jax.Array, dtype: jnp.dtype) -> jax.Array:
+def conv_same(
+    params: Params, x: jax.Array, dtype: jnp.dtype, *, in_loop: bool = False
+) -> jax.Array:
     """Stride-1 'same' convolution with bias, (N, H, W, C_in) NHWC -> (N, H, W, C_out) in
-    `dtype`, for any odd kernel size; as one matmul over shifted input copies (`im2col_same`)
-    when C_in <= IM2COL_MAX_CHANNELS, else as `lax.conv_general_dilated`."""
-    if x.shape[-1] <= IM2COL_MAX_CHANNELS:
+    `dtype`, for any odd kernel size. Inside a compiled loop (`in_loop`) and for C_in <=
+    IM2COL_MAX_CHANNELS, as one matmul over shifted input copies (`im2col_same`); else as
+    `conv` (`lax.conv_general_dilated`)."""
+    if in_loop and x.shape[-1] <= IM2COL_MAX_CHANNELS:
         return im2col_same(params, x, dtype)
-    return conv(params, x, dtype)
+    return conv(params, x, dtype, in_loop=in_loop)
 
 
 def im2col_same(params: Params, x: jax.Array, dtype: jnp.dtype) -> jax.Array:

@@ -110,13 +110,14 @@ def lookahead(
 
 def batch_loss(
     recipe: Recipe, params: net.Params, batch_stats: net.BatchStats,
-    inputs: jax.Array, labels: jax.Array,
+    inputs: jax.Array, labels: jax.Array, in_loop: bool = False,
 ) -> tuple[jax.Array, net.BatchStats]:  # fmt: skip
     """(summed smoothed cross-entropy, float32 scalar; updated BN statistics) of a
-    training-mode forward pass over standardised inputs (B, H, W, C) with labels (B,)."""
+    training-mode forward pass over standardised inputs (B, H, W, C) with labels (B,).
+    `in_loop`: traced inside a compiled loop (`net.apply`)."""
     logits, batch_stats = net.apply(
         params, batch_stats, inputs, train=True, dtype=jnp.dtype(recipe.dtype),
-        bn_momentum=recipe.bn_momentum, output_scale=recipe.output_scale,
+        bn_momentum=recipe.bn_momentum, output_scale=recipe.output_scale, in_loop=in_loop,
     )  # fmt: skip
     return optimizer.loss(logits, labels, recipe.label_smoothing), batch_stats
 
@@ -124,9 +125,11 @@ def batch_loss(
 def train_step(
     recipe: Recipe, plan: Plan, tx: optax.GradientTransformation,
     state: TrainState, data: DeviceData, order: jax.Array, epoch: jax.Array, index: jax.Array,
+    in_loop: bool = False,
 ) -> tuple[TrainState, jax.Array]:  # fmt: skip
     """Step `index` of 0-based `epoch` whose image order is `order` (N,): returns the new
-    state and the batch's mean loss (float32 scalar, before the update)."""
+    state and the batch's mean loss (float32 scalar, before the update). `in_loop`: the
+    step is traced inside a compiled loop (`scan_epoch`)."""
     batch = jax.lax.dynamic_slice(order, (index * recipe.batch_size,), (recipe.batch_size,))
     images, labels = data.images[batch], data.labels[batch]
     # Alternating flip: each image's own coin in even epochs, the opposite in odd ones.
@@ -136,7 +139,9 @@ def train_step(
         images = augment.random_translate(translate_key, images, recipe.translate)
     inputs = standardize(images, data.mean, data.std)
     grad_fn = jax.value_and_grad(batch_loss, argnums=1, has_aux=True)
-    (loss, batch_stats), grads = grad_fn(recipe, state.params, state.batch_stats, inputs, labels)
+    (loss, batch_stats), grads = grad_fn(
+        recipe, state.params, state.batch_stats, inputs, labels, in_loop
+    )
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     whiten_bias = jnp.where(state.step < plan.whiten_bias_steps, updates["whiten"]["bias"], 0.0)
     updates = {**updates, "whiten": {**updates["whiten"], "bias": whiten_bias}}
@@ -156,7 +161,7 @@ def scan_epoch(
 ) -> tuple[TrainState, jax.Array]:  # fmt: skip
     """`steps` steps of `epoch` as one lax.scan: (new state, (steps,) float32 losses)."""
     order = epoch_order(state, epoch, data.labels.shape[0])
-    step = functools.partial(train_step, recipe, plan, tx)
+    step = functools.partial(train_step, recipe, plan, tx, in_loop=True)
     return jax.lax.scan(lambda s, i: step(s, data, order, epoch, i), state, jnp.arange(steps))
 
 
