@@ -59,7 +59,8 @@ def make_apply(convs, pool):
     if callable(convs):
         convs = (convs,) * len(cnn.CONV_CHANNELS)
 
-    def apply(params, x, *, train=False, rng=None, dtype=jnp.float32):
+    def apply(params, x, *, train=False, rng=None, dtype=jnp.float32, in_loop=False):
+        del in_loop  # a single step is timed: no loop body to trace for
         h = x
         for i, conv in enumerate(convs, start=1):
             h = pool(jax.nn.relu(conv(params[f"conv{i}"], h, dtype)))
@@ -76,9 +77,10 @@ VARIANTS = {
     "im2col both": (layers.im2col_same, layers.max_pool_2x2),
     "NCHW conv both": (conv_nchw, layers.max_pool_2x2),
     "reduce_window pool": (layers.conv_same, pool_reduce_window),
-    # The plain step `../shared/MEASURED.md` timed (lax.conv, reduce_window pooling), with this
-    # project's dropout mask: same values as the model, so the losses still agree; finding 2
-    # measured the threefry mask it replaced at the same step time.
+    # The plain step `../shared/MEASURED.md` timed (lax.conv, reduce_window pooling, compiled
+    # with XLA's default fusions), with this project's dropout mask: same values as the model,
+    # so the losses still agree; finding 2 measured the threefry mask it replaced at the same
+    # step time.
     "plain": (conv_plain, pool_reduce_window),
 }
 
@@ -97,7 +99,8 @@ def measure(name: str, batch_size: int, budget: TimingBudget, losses: dict) -> d
     state = train.init_state(config, setup)
     batch = jax.device_put((dataset.images, dataset.labels))
     key = jax.random.key(0)
-    compiled = compile_timed(train.make_train_step(setup), state, batch, key)
+    step = train.make_train_step(setup)
+    compiled = compile_timed(step, state, batch, key, fit_fusions_to_size=name != "plain")
     loss = float(compiled.executable(state, batch, key)[1]["loss"])
     expected = losses.setdefault(batch_size, loss)
     assert abs(loss - expected) < 1e-4 * abs(expected), (name, loss, expected)
