@@ -79,7 +79,8 @@ def _lax_conv(x: jax.Array, kernel: jax.Array, padding: str) -> jax.Array:
 # in the fast recipe's step (narrow widths) the first block conv's took 2.9 s of 5.0 s. One
 # matmul per kernel tap, batched over groups of images (`kernel_gradient_by_taps`), took
 # 185 ms and 0.68 s for the large inputs, but 50 ms for the 4 MiB one and more than XLA's
-# at 7x7 (benchmarks/README.md, finding 4).
+# at 7x7 (benchmarks/README.md, finding 4; measured with XLA's default library fusions,
+# before taps were kept to compiled loops: see the note above `conv`).
 TAPS_MIN_POSITIONS = 15 * 15
 TAPS_MIN_INPUT_BYTES = 6 * 2**20
 # Rows (image positions) per batched-matmul group in `kernel_gradient_by_taps`: fastest or
@@ -169,6 +170,8 @@ def _tap_windows(x: jax.Array, kernel_hw: tuple[int, int], padding: str) -> list
 # im2col it is one (N*H*W, 27)^T @ (N*H*W, 32) matmul. Measured on the 2-core CPU, whole
 # train step, quiet machine (benchmarks/cnn_variants.py): 124 vs 160 ms at batch 128, 553 vs
 # 638 ms at 512, even at 4 and 32. For conv2 (32 channels) im2col is slower (162 vs 152 ms).
+# (Measured with XLA's default library fusions; it now applies in compiled loops only: see
+# the note above `conv`.)
 IM2COL_MAX_CHANNELS = 4
 
 
