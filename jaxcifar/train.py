@@ -204,7 +204,9 @@ def make_eval_step(
 
     mesh = parallel.data_mesh() if mesh is None else mesh
     replicated, sharded = parallel.replicated(mesh), parallel.batch_sharding(mesh)
-    jitted = jax.jit(eval_step, in_shardings=(replicated, (sharded, sharded)), out_shardings=replicated)
+    jitted = jax.jit(
+        eval_step, in_shardings=(replicated, (sharded, sharded)), out_shardings=replicated
+    )
     return cpu_fusions.compiled_per_shape(jitted)
 
 

@@ -176,7 +176,8 @@ def test_train_command_refuses_a_fused_run_it_cannot_make_before_loading_data(
     from jaxcifar import cli
 
     monkeypatch.setattr(jax, "default_backend", lambda: backend)
-    argv = ["train", *flags, "--data-dir", str(tmp_path / "no-such-data"), "--out", str(tmp_path / "run")]
+    data_dir, out = str(tmp_path / "no-such-data"), str(tmp_path / "run")
+    argv = ["train", *flags, "--data-dir", data_dir, "--out", out]
     assert cli.main(argv) == 2
     assert capsys.readouterr().err.strip() == f"jaxcifar train: error: {message}"
     assert not (tmp_path / "run").exists()

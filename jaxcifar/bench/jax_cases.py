@@ -111,8 +111,9 @@ def measure_scratch_twin(images: np.ndarray, labels: np.ndarray, budget: TimingB
 
 def measure_epoch(model: str, batch_size: int, mode: str, num_images: int) -> Row:
     """Time one float32 epoch of `num_images` synthetic images through `jaxcifar train`'s
-    epoch runner in `mode` ("loop": a Python loop of jitted steps fed from host memory; "scan": one
-    compiled `lax.scan` over the epoch with the data on the device), compilation excluded."""
+    epoch runner in `mode` ("loop": a Python loop of jitted steps fed from host memory;
+    "scan": one compiled `lax.scan` over the epoch with the data on the device), compilation
+    excluded."""
     dataset = synthetic_dataset(model, num_images)
     config = run_config(model, batch_size)
     setup = train.build_setup(config, dataset)

@@ -84,10 +84,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="with --resume: accept a configuration that differs from the checkpoint's")
     parser.add_argument("--epoch-mode", choices=EPOCH_MODES, default="auto",
                         help="loop: jitted calls of 4 steps, batches from the host; chunk/scan: "
-                        "lax.scan over 100 steps / a whole epoch on the device; fused/fused-pallas: "
-                        "the seed recipe's fast path on one device, its dense head in XLA / in "
-                        "one Pallas kernel; "
-                        "auto: loop on CPU, scan on GPU/TPU")
+                        "lax.scan over 100 steps / a whole epoch on the device; "
+                        "fused/fused-pallas: the seed recipe's fast path on one device, its dense "
+                        "head in XLA / in one Pallas kernel; auto: loop on CPU, scan on GPU/TPU")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")  # fmt: skip
     add_compile_cache_argument(parser)
     parallel.add_distributed_arguments(parser)
