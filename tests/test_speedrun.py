@@ -77,6 +77,23 @@ def test_global_max_pool_sends_the_gradient_to_the_first_of_tied_maxima():
     np.testing.assert_array_equal(grad, expected)
 
 
+def test_gelu_is_the_exact_form_in_value_and_gradient_and_keeps_low_precision_tails():
+    x = jnp.linspace(-8.0, 8.0, 2001)
+    reference = functools.partial(jax.nn.gelu, approximate=False)
+    # Absolute 1e-6: below x = -5, 1 + erf(x) cancels to 0 in float32 where erfc does not.
+    close = functools.partial(np.testing.assert_allclose, rtol=1e-6, atol=1e-6)
+    close(net.gelu(x), reference(x))
+    close(jax.vmap(jax.grad(net.gelu))(x), jax.vmap(jax.grad(reference))(x))
+    for dtype in (jnp.bfloat16, jnp.float16):
+        low = x.astype(dtype)
+        y = net.gelu(low)
+        assert y.dtype == dtype
+        # One rounding from the float32 value, also near x = -3 where a half-precision
+        # 1 + erf(x) would keep no correct digit.
+        y32, exact = y.astype(jnp.float32), reference(low.astype(jnp.float32))
+        close(y32, exact, rtol=float(jnp.finfo(dtype).eps))
+
+
 @pytest.mark.parametrize("dtype, tolerance", [("bfloat16", 0.03), ("float16", 0.005)])
 def test_low_precision_logits_follow_float32(dtype, tolerance):
     params, batch_stats = _init(widths=(8, 16, 16))

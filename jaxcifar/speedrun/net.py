@@ -17,6 +17,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+from jax.scipy.special import erf
 
 from jaxcifar.models import layers
 
@@ -25,6 +26,7 @@ BatchStats = dict[str, Any]
 
 WHITEN_PATCH = 2
 BN_EPS = 1e-12
+_SQRT_HALF = 0.5**0.5
 
 
 def whiten_width(in_channels: int) -> int:
@@ -114,8 +116,18 @@ def batch_norm(
     return y.astype(x.dtype), stats
 
 
-def _gelu(x: jax.Array) -> jax.Array:
-    return jax.nn.gelu(x, approximate=False)  # torch.nn.GELU's default, the exact erf form
+def gelu(x: jax.Array) -> jax.Array:
+    """torch.nn.GELU's default, the exact x * Phi(x), for any float `x`; same shape and dtype.
+
+    Written with erf, as torch does, rather than `jax.nn.gelu(approximate=False)`'s erfc:
+    XLA:CPU computes the value and gradient in 3 full-size passes with erf, 5 with erfc, and
+    at (1024, 31, 31, 24) they took 157 ms against 323 on the 2-core CPU (the same numbers to
+    5e-7): 10% of the fast recipe's CPU step (1.29 against 1.44 s, widths 16/32/32).
+    Computed in float32 (torch's "opmath" for half types): in bfloat16, 1 + erf(x) keeps no
+    correct digit below about x = -3.
+    """
+    x32 = x.astype(jnp.float32)
+    return (x32 * 0.5 * (1.0 + erf(x32 * _SQRT_HALF))).astype(x.dtype)
 
 
 def apply(
@@ -133,16 +145,16 @@ def apply(
     statistics (unchanged unless `train`) for float images (N, H, W, C), computed in `dtype`.
     `in_loop`: traced inside a compiled loop (`layers.conv`); the values are the same."""
     conv = functools.partial(layers.conv, in_loop=in_loop)
-    x = _gelu(conv(params["whiten"], images, dtype, padding="VALID"))
+    x = gelu(conv(params["whiten"], images, dtype, padding="VALID"))
     new_stats: BatchStats = {}
     for i in range(1, len(batch_stats) + 1):
         name = f"block{i}"
         block, stats = params[name], batch_stats[name]
         x = layers.max_pool_2x2(conv(block["conv1"], x, dtype))
         x, norm1 = batch_norm(block["norm1"], stats["norm1"], x, train=train, momentum=bn_momentum)
-        x = conv(block["conv2"], _gelu(x), dtype)
+        x = conv(block["conv2"], gelu(x), dtype)
         x, norm2 = batch_norm(block["norm2"], stats["norm2"], x, train=train, momentum=bn_momentum)
-        x = _gelu(x)
+        x = gelu(x)
         new_stats[name] = {"norm1": norm1, "norm2": norm2}
     # torch's MaxPool2d(3) on the final 3x3, gradient to the first of tied maxima as there:
     # the identity-initialised convs copy a flat image region's equal values through every
