@@ -2,6 +2,8 @@
 
 import dataclasses
 import json
+import subprocess
+import sys
 import types
 
 import jax
@@ -181,3 +183,40 @@ def test_train_command_refuses_a_fused_run_it_cannot_make_before_loading_data(
     assert cli.main(argv) == 2
     assert capsys.readouterr().err.strip() == f"jaxcifar train: error: {message}"
     assert not (tmp_path / "run").exists()
+
+
+def test_only_the_pallas_head_imports_pallas():
+    # Pallas is experimental and its Triton backend deprecated from JAX 0.11: the scan, loop
+    # and fused paths (and their benchmark) must not need it to import.
+    code = (
+        "import sys; import jaxcifar.fused.measure, jaxcifar.fused.epoch as e; "
+        "assert not [m for m in sys.modules if 'pallas' in m], 'imported early'; "
+        "e.head_step('pallas'); assert 'jax.experimental.pallas' in sys.modules"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_a_jax_without_pallas_triton_gets_a_clear_error_naming_the_other_fused_path(
+    tmp_path, capsys, monkeypatch
+):
+    from jaxcifar import cli
+
+    from jax.experimental import pallas
+
+    from jaxcifar import fused
+
+    # The kernel's module imported afresh, and its `from jax.experimental.pallas import
+    # triton` failing as on a JAX that dropped it (a None entry in sys.modules makes it raise).
+    monkeypatch.delattr(fused, "pallas_head", raising=False)
+    monkeypatch.delitem(sys.modules, "jaxcifar.fused.pallas_head", raising=False)
+    monkeypatch.delattr(pallas, "triton", raising=False)
+    monkeypatch.setitem(sys.modules, "jax.experimental.pallas.triton", None)
+    argv = ["train", "--epoch-mode", "fused-pallas", "--data-dir", str(tmp_path), "--out",
+            str(tmp_path / "run")]  # fmt: skip
+    assert cli.main(argv) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith(
+        "jaxcifar train: error: --epoch-mode fused-pallas needs Pallas' Triton backend, which "
+        f"this JAX ({jax.__version__}) does not import ("
+    )
+    assert error.endswith("use --epoch-mode fused, the same path with the head in plain XLA")

@@ -23,13 +23,30 @@ from jaxcifar.bench.xla_cost import compile_timed
 from jaxcifar.config import RunConfig
 from jaxcifar.data.dataset import Dataset
 from jaxcifar.errors import ConfigError
-from jaxcifar.fused import pallas_head, step
+from jaxcifar.fused import step
 from jaxcifar.optim import build_schedule
 
-HEADS: dict[str, step.HeadStep] = {
-    "xla": step.xla_head_train_step,
-    "pallas": pallas_head.head_train_step,
-}
+HEADS = ("xla", "pallas")
+
+
+def head_step(head: str) -> step.HeadStep:
+    """The dense head's training step for `head`, one of HEADS.
+
+    The Pallas kernel's module is imported only when asked for: Pallas is experimental and
+    its Triton backend, which the kernel is written for, is deprecated from JAX 0.11 on; the
+    XLA head and every other path must keep working on a JAX that changes or drops it.
+    Raises ConfigError when this JAX cannot import it."""
+    if head == "pallas":
+        try:
+            from jaxcifar.fused import pallas_head
+        except ImportError as error:
+            raise ConfigError(
+                f"--epoch-mode fused-pallas needs Pallas' Triton backend, which this JAX "
+                f"({jax.__version__}) does not import ({error}): use --epoch-mode fused, the "
+                "same path with the head in plain XLA"
+            ) from None
+        return pallas_head.head_train_step
+    return step.xla_head_train_step
 
 
 # Where the Pallas head runs: compiled through Triton on GPUs, interpreted (slowly: for tests)
@@ -49,6 +66,7 @@ def check_config(config: RunConfig, head: str = "xla") -> None:
             f"interpreted on a CPU); this machine's backend is {jax.default_backend()}: use "
             "--epoch-mode fused, the same path with the head in plain XLA"
         )
+    head_step(head)
     wrong = [f"momentum {config.momentum} (needs > 0)"] if config.momentum == 0 else []
     wrong += [
         f"{name} {value!r} (needs {needed!r})"
@@ -114,7 +132,7 @@ class FusedRunner:
                 f"--batch-size {config.batch_size} is larger than the training set ({len(dataset)})"
             )
         train_step = step.make_train_step(
-            HEADS[head], build_schedule(config, self.steps), config.momentum
+            head_step(head), build_schedule(config, self.steps), config.momentum
         )
         batch_size, size, seed, steps = config.batch_size, len(dataset), config.seed, self.steps
 
