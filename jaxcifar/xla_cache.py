@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -39,7 +40,6 @@ def compilation_cache(path: str | os.PathLike[str] | None) -> Iterator[None]:
     persistent cache), whatever their compile time; on exit the previous settings return,
     so a long-lived process (a test session) is left as it was."""
     import jax
-    from jax.experimental.compilation_cache import compilation_cache as cc
 
     settings = {
         "jax_compilation_cache_dir": None if path is None else str(path),
@@ -48,7 +48,7 @@ def compilation_cache(path: str | os.PathLike[str] | None) -> Iterator[None]:
         "jax_persistent_cache_min_compile_time_secs": 0.0,
     }
     previous = {name: getattr(jax.config, name) for name in settings}
-    cc.reset_cache()  # the cache object is built once per process, from the dir set then
+    _reset_cache()
     for name, value in settings.items():
         jax.config.update(name, value)
     try:
@@ -56,4 +56,22 @@ def compilation_cache(path: str | os.PathLike[str] | None) -> Iterator[None]:
     finally:
         for name, value in previous.items():
             jax.config.update(name, value)
-        cc.reset_cache()
+        _reset_cache()
+
+
+def _reset_cache() -> None:
+    """Make JAX build its cache object again, from the folder set at the next compile: it
+    builds it once per process otherwise. The call is in `jax.experimental`, which a JAX
+    release may move; without it the run goes on (the cache only saves time) and warns."""
+    import jax
+
+    try:
+        from jax.experimental.compilation_cache.compilation_cache import reset_cache
+    except ImportError as error:
+        warnings.warn(
+            f"this JAX ({jax.__version__}) moved the call that points its compilation cache "
+            f"at a new folder ({error}); compiled programs may not be saved there",
+            stacklevel=2,
+        )
+        return
+    reset_cache()

@@ -1,6 +1,9 @@
 import json
+import sys
 from pathlib import Path
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from PIL import Image
@@ -83,6 +86,22 @@ def test_compile_cache_flag_names_a_folder_or_turns_it_off(fresh_cache):
     assert xla_cache.resolve(None) == fresh_cache / "xla"
     assert xla_cache.resolve("none") is None
     assert xla_cache.resolve("elsewhere") == Path("elsewhere")
+
+
+def test_compile_cache_saves_programs_in_its_folder_and_runs_on_if_jax_moves_its_reset(
+    tmp_path, monkeypatch
+):
+    def scaled(x):  # a program no other test compiles, so it is compiled here
+        return x * 7.0 + 1.0
+
+    with xla_cache.compilation_cache(tmp_path / "cache"):
+        jax.jit(scaled).lower(jnp.ones(5)).compile()
+    assert any((tmp_path / "cache").iterdir())
+    # A JAX that moved its experimental reset call: the run warns and goes on.
+    monkeypatch.setitem(sys.modules, "jax.experimental.compilation_cache.compilation_cache", None)
+    with pytest.warns(UserWarning, match="moved the call that points its compilation cache"):
+        with xla_cache.compilation_cache(tmp_path / "other"):
+            assert jax.jit(scaled)(jnp.ones(2)).tolist() == [8.0, 8.0]
 
 
 @pytest.mark.parametrize(
