@@ -13,6 +13,9 @@
 # then run through the device tool: command "bash scripts/gpu_checks.sh", carry [".data", ".whl"].
 # Results land in $OUT (the device tool's output folder; benchmarks/results without it).
 # QUICK=1 shrinks every part to a smoke test (minutes on a CPU), to check the script itself.
+# The GPU machine's JAX is newer than this project's CPU one (0.11.2 there in 2026-11, 0.10.2
+# here, untestable here): Pallas' Triton backend is deprecated from 0.11, so fused-pallas may
+# end as a failure row; the other paths import no Pallas and run regardless.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${OUT:-benchmarks/results}
