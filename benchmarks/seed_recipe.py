@@ -2,14 +2,16 @@
 side in one process, and write benchmarks/results/seed-recipe-<device>.json and .md.
 
 Usage: python benchmarks/seed_recipe.py [--data-dir ../shared/data] [--paths loop scan ...]
-       [--epochs 10] [--limit-train N --limit-test N] [--unroll 1] [--out benchmarks/results]
+       [--epochs 10] [--limit-train N --limit-test N] [--unroll 1 ...] [--out benchmarks/results]
 
 Paths are `jaxcifar train --epoch-mode` values (jaxcifar.fused.measure): loop, scan, and the
 fused path with the dense head in plain JAX (fused) or in one Pallas kernel (fused-pallas;
 interpret mode on a CPU, where it only shows that the path runs: its time means nothing
 there). Every path trains the same recipe from the same initial parameters; `--limit-train`
 makes a CPU run short enough to finish. A path that fails (say, a Pallas kernel the GPU's
-compiler rejects) is reported with its error and the others still run.
+compiler rejects) is reported with its error and the others still run. Several `--unroll`
+values (steps per loop iteration of the fused paths) measure every path at the first value,
+then the fused paths again at each further one.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from jaxcifar.bench.environment import device_name, device_slug
 from jaxcifar.commands.evaluate import load_split
 from jaxcifar.config import RunConfig
 from jaxcifar.fused.measure import PATHS, measure_path, write_results
+from jaxcifar.train import FUSED_HEADS
 
 
 def main() -> None:
@@ -31,7 +34,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=RunConfig().epochs)
     parser.add_argument("--limit-train", type=int, help="train on a random N-image subset")
     parser.add_argument("--limit-test", type=int, help="test on a random N-image subset")
-    parser.add_argument("--unroll", type=int, default=1, help="steps per loop iteration (fused)")
+    parser.add_argument("--unroll", type=int, nargs="+", default=[1],
+                        help="steps per loop iteration of the fused paths; one run per value")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--name", help="file stem (default: seed-recipe-<device>)")
     args = parser.parse_args()
@@ -42,15 +46,20 @@ def main() -> None:
         for split, limit in (("train", args.limit_train), ("test", args.limit_test))
     }
     stem = args.name or f"seed-recipe-{device_slug(device_name())}"
+    runs = [
+        (path, unroll)
+        for i, unroll in enumerate(args.unroll)
+        for path in args.paths
+        if i == 0 or path in FUSED_HEADS
+    ]
     rows, failures = [], []
-    for path in args.paths:
+    for path, unroll in runs:
         try:
-            rows.append(
-                measure_path(path, config, splits["train"], splits["test"], unroll=args.unroll)
-            )
+            rows.append(measure_path(path, config, splits["train"], splits["test"], unroll=unroll))
         except Exception as error:  # one path failing is a result too; measure the rest
-            failures.append(f"{path}: {type(error).__name__}: {error}")
-            print(f"{path} failed: {failures[-1]}")
+            label = f"{path} (unroll {unroll})" if path in FUSED_HEADS else path
+            failures.append(f"{label}: {type(error).__name__}: {error}")
+            print(f"failed: {failures[-1]}")
         # Rewritten after every path: a run cut short by a timeout keeps what it measured.
         written = write_results(rows, args.out / f"{stem}.json", failures=failures)
     print(" ".join(str(path) for path in written))

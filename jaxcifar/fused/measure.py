@@ -82,8 +82,9 @@ def measure_path(
         "last_epoch_train_loss": float(losses[-1].mean()),
         "pallas_interpret": path == "fused-pallas" and jax.default_backend() == "cpu",
     }
+    label = f"{path} (unroll {unroll})" if path in train.FUSED_HEADS else path
     log(
-        f"{path}: {wall:.2f} s wall ({runner.compile_seconds:.2f} s compiling), "
+        f"{label}: {wall:.2f} s wall ({runner.compile_seconds:.2f} s compiling), "
         f"{row['steps']} steps, test accuracy {test.accuracy:.4f}, "
         f"{row['kernels_per_step']} kernels per step"
     )
