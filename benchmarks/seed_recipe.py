@@ -23,7 +23,7 @@ from bench_paths import RESULTS, SHARED_DATA
 from jaxcifar.bench.environment import device_name, device_slug
 from jaxcifar.commands.evaluate import load_split
 from jaxcifar.config import RunConfig
-from jaxcifar.fused.measure import PATHS, measure_path, write_results
+from jaxcifar.fused.measure import PATHS, measure_path, run_label, write_results
 from jaxcifar.train import FUSED_HEADS
 
 
@@ -57,8 +57,7 @@ def main() -> None:
         try:
             rows.append(measure_path(path, config, splits["train"], splits["test"], unroll=unroll))
         except Exception as error:  # one path failing is a result too; measure the rest
-            label = f"{path} (unroll {unroll})" if path in FUSED_HEADS else path
-            failures.append(f"{label}: {type(error).__name__}: {error}")
+            failures.append(f"{run_label(path, unroll)}: {type(error).__name__}: {error}")
             print(f"failed: {failures[-1]}")
         # Rewritten after every path: a run cut short by a timeout keeps what it measured.
         written = write_results(rows, args.out / f"{stem}.json", failures=failures)

@@ -199,11 +199,9 @@ def test_only_the_pallas_head_imports_pallas():
 def test_a_jax_without_pallas_triton_gets_a_clear_error_naming_the_other_fused_path(
     tmp_path, capsys, monkeypatch
 ):
-    from jaxcifar import cli
-
     from jax.experimental import pallas
 
-    from jaxcifar import fused
+    from jaxcifar import cli, fused
 
     # The kernel's module imported afresh, and its `from jax.experimental.pallas import
     # triton` failing as on a JAX that dropped it (a None entry in sys.modules makes it raise).

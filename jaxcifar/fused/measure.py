@@ -82,13 +82,17 @@ def measure_path(
         "last_epoch_train_loss": float(losses[-1].mean()),
         "pallas_interpret": path == "fused-pallas" and jax.default_backend() == "cpu",
     }
-    label = f"{path} (unroll {unroll})" if path in train.FUSED_HEADS else path
     log(
-        f"{label}: {wall:.2f} s wall ({runner.compile_seconds:.2f} s compiling), "
+        f"{run_label(path, unroll)}: {wall:.2f} s wall ({runner.compile_seconds:.2f} s compiling), "
         f"{row['steps']} steps, test accuracy {test.accuracy:.4f}, "
         f"{row['kernels_per_step']} kernels per step"
     )
     return row
+
+
+def run_label(path: str, unroll: int) -> str:
+    """A run's name in logs and failure lines: its path, with the unroll for a fused path."""
+    return f"{path} (unroll {unroll})" if path in train.FUSED_HEADS else path
 
 
 def _step_kernels(path: str, runner: Any, setup: train.Setup, params: Any,
