@@ -12,7 +12,10 @@
 #   python3 -m pip download --no-deps airbench==0.1.8 -d .whl
 # then run through the device tool: command "bash scripts/gpu_checks.sh", carry [".data", ".whl"].
 # Results land in $OUT (the device tool's output folder; benchmarks/results without it).
-# QUICK=1 shrinks every part to a smoke test (minutes on a CPU), to check the script itself.
+# QUICK=1 shrinks every part to a smoke test (a minute or two on a CPU), to check the script
+# itself: the test suite runs it so (tests/test_gpu_checks.py), with PYTHON (the interpreter
+# that has jaxcifar's dependencies; default python3) and DATA_DIR (default .data) set.
+# Exits 1 if any part failed or ran out of time, after running them all.
 # The GPU machine's JAX is newer than this project's CPU one (0.11.2 there in 2026-11, 0.10.2
 # here, untestable here): Pallas' Triton backend is deprecated from 0.11, so fused-pallas may
 # end as a failure row; the other paths import no Pallas and run regardless.
@@ -21,6 +24,18 @@ cd "$(dirname "$0")/.."
 out=${OUT:-benchmarks/results}
 mkdir -p "$out"
 quick=${QUICK:-0}
+python=${PYTHON:-python3}
+data=${DATA_DIR:-.data}
+failed=()
+
+# run_part NAME SECONDS COMMAND...: the command under its own time limit; a failure is
+# noted and the next part runs.
+run_part() {
+  local name=$1 limit=$2
+  shift 2
+  echo "== $name"
+  timeout "$limit" "$@" || failed+=("$name (exit $?)")
+}
 
 # No pip install: the GPU machine reaches no package index, and building even a pure-Python
 # sdist wants setuptools from one. The project runs from this checkout, and airbench94 (pure
@@ -34,10 +49,12 @@ fi
 # Decoded data and compiled programs in the checkout (git-ignored), not a machine path.
 export JAXCIFAR_CACHE=${JAXCIFAR_CACHE:-$PWD/.cache}
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null
-python3 -c "import jax; print('jax', jax.__version__, jax.devices())"
+"$python" -c "import jax; print('jax', jax.__version__, jax.devices())"
 
-# Decode the JPEGs once (the cache makes every later load ~0.4 s).
-timeout 60 python3 -c "from jaxcifar.data import load; [load('cifar10', s, data_dir='.data') for s in ('train', 'test')]"
+# Decode the JPEGs once (the cache makes every later load ~0.4 s; a part that finds no cache
+# decodes them itself).
+timeout 60 "$python" -c "from jaxcifar.data import load; import sys
+[load('cifar10', s, data_dir=sys.argv[1]) for s in ('train', 'test')]" "$data"
 
 if [ "$quick" = 1 ]; then
   seed_args=(--epochs 1 --limit-train 400 --limit-test 500)
@@ -54,11 +71,13 @@ else
   # (GPU steps take microseconds to milliseconds: still hundreds of timed steps per case).
   bench_args=(--seconds-per-case 0.5)
 fi
-echo "== seed recipe by path (#9 A)"
-timeout 160 python3 benchmarks/seed_recipe.py --data-dir .data --paths scan fused fused-pallas \
-  --out "$out" "${seed_args[@]}"
-echo "== fast recipe vs airbench94 (#9 B)"
-timeout 200 python3 benchmarks/speedrun.py --data-dir .data --out "$out" "${speedrun_args[@]}"
-echo "== step-time benchmark (#5)"
-timeout 140 python3 -m jaxcifar bench --out "$out" "${bench_args[@]}"
+run_part "seed recipe by path (#9 A)" 160 "$python" benchmarks/seed_recipe.py --data-dir "$data" \
+  --paths scan fused fused-pallas --out "$out" "${seed_args[@]}"
+run_part "fast recipe vs airbench94 (#9 B)" 200 "$python" benchmarks/speedrun.py \
+  --data-dir "$data" --out "$out" "${speedrun_args[@]}"
+run_part "step-time benchmark (#5)" 140 "$python" -m jaxcifar bench --out "$out" "${bench_args[@]}"
 ls -l "$out"
+if [ ${#failed[@]} -gt 0 ]; then
+  printf 'failed: %s\n' "${failed[@]}"
+  exit 1
+fi

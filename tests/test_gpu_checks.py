@@ -1,0 +1,54 @@
+"""scripts/gpu_checks.sh, the one device call that measures every GPU figure, in its QUICK mode.
+
+A GPU is lent to few sessions and for minutes: a script broken by a change to the benchmark
+scripts or the package would waste that call. QUICK=1 runs the same three parts (the seed
+recipe by path, the fast recipe against airbench94 where airbench is installed, the
+step-time benchmark) at smoke-test sizes on this CPU, on the real data, writing to a
+temporary folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from jaxcifar.data.cache import cache_dir
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_quick_mode_runs_every_part_and_writes_each_results_file(shared_data, tmp_path):
+    env = {
+        **os.environ,
+        "QUICK": "1",
+        "OUT": str(tmp_path),
+        "PYTHON": sys.executable,
+        "DATA_DIR": str(shared_data),
+        "JAXCIFAR_CACHE": str(cache_dir()),  # the suite's decoded datasets, not the checkout
+    }
+    result = subprocess.run(
+        ["bash", str(REPO / "scripts" / "gpu_checks.sh")],
+        env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+
+    seed = json.loads((tmp_path / "seed-recipe-cpu.json").read_text())
+    assert [row["path"] for row in seed] == ["scan", "fused", "fused-pallas"]
+    losses = [row["last_epoch_train_loss"] for row in seed]
+    assert max(losses) - min(losses) < 1e-4 * max(losses), losses  # one recipe, three paths
+    assert "Failed" not in (tmp_path / "seed-recipe-cpu.md").read_text()
+
+    speedrun = json.loads((tmp_path / "speedrun-cpu.json").read_text())
+    ours = [run for run in speedrun["runs"] if run["system"] == "jaxcifar-fast"]
+    assert len(ours) == 1 and 0.0 <= ours[0]["tta_test_accuracy"] <= 1.0
+    assert ours[0]["train_seconds"] > 0 and ours[0]["cold_seconds"] >= ours[0]["train_seconds"]
+    others = {run["system"] for run in speedrun["runs"]} - {"jaxcifar-fast"}
+    skipped = {entry["system"] for entry in speedrun["skipped"]}
+    assert others | skipped == {"airbench94"}  # measured beside ours, or said why not
+
+    (bench,) = tmp_path.glob("cpu-*.json")
+    rows = json.loads(bench.read_text())["rows"]
+    assert any(row["framework"] == "jax" and row["model"] == "cnn" for row in rows)
