@@ -249,7 +249,7 @@ def our_side(recipe, plan, tx, initial, data, loader, test_set) -> dict:
             state, _ = step(state, data, order, jnp.int32(epoch), jnp.int32(index))
     results["run_parameters"], results["run_bn_statistics"] = state.params, state.batch_stats
     results["tta_logits"] = speedrun.tta_logits(
-        recipe, state.params, state.batch_stats, data, jnp.asarray(test_set.images)
+        recipe, state.params, state.batch_stats, data.mean, data.std, jnp.asarray(test_set.images)
     )
     return results
 

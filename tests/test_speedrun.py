@@ -16,13 +16,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import serialization
+from PIL import Image
 
 from jaxcifar import augment, cli
 from jaxcifar.data import load
-from jaxcifar.errors import ConfigError
+from jaxcifar.data.dataset import CIFAR10_CLASSES
+from jaxcifar.errors import CheckpointError, ConfigError
 from jaxcifar.models import layers
 from jaxcifar import xla_cache
-from jaxcifar.speedrun import net, optimizer, tta, whitening
+from jaxcifar.speedrun import model_file, net, optimizer, tta, whitening
 from jaxcifar.speedrun.recipe import Plan, Recipe, plan, sgd_rates
 from jaxcifar.speedrun.train import Speedrun, lookahead
 
@@ -258,7 +261,9 @@ def tiny_speedrun_command(shared_data, xla_dir, out, runs: int) -> int:
     ])  # fmt: skip
 
 
-def test_speedrun_command_writes_its_json(shared_data, xla_dir, tmp_path, capsys, tiny_run):
+def test_speedrun_command_writes_its_json_and_a_model_evaluate_and_predict_read(
+    shared_data, xla_dir, tmp_path, capsys, tiny_run
+):
     out = tmp_path / "out"
     assert tiny_speedrun_command(shared_data, xla_dir, out, runs=2) == 0
     results = json.loads((out / "speedrun.json").read_text())
@@ -277,6 +282,39 @@ def test_speedrun_command_writes_its_json(shared_data, xla_dir, tmp_path, capsys
     assert "| jaxcifar-fast | float32 | 2 |" in table
     assert any(xla_dir.iterdir())  # compiled programs were stored
     assert "run 2/2" in capsys.readouterr().out
+
+    # The last run's model: evaluate gives its TTA accuracy again, predict ranks classes.
+    data = ["--data-dir", str(shared_data)]
+    evaluate = ["evaluate", "--checkpoint", str(out), *data, "--limit-test", str(TEST)]
+    assert cli.main([*evaluate, "--out", str(tmp_path / "eval")]) == 0
+    assert f"TTA accuracy {second['tta_test_accuracy']:.4f} on {TEST} examples" in (
+        capsys.readouterr().out
+    )
+    report = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert report["test_accuracy"] == second["tta_test_accuracy"]
+    assert report["config"]["model"] == "speedrun" and report["config"]["widths"] == list(WIDTHS)
+    image = tmp_path / "image.png"
+    Image.fromarray(np.asarray(load("cifar10", "test", data_dir=shared_data).images[0])).save(image)
+    assert cli.main(["predict", "--checkpoint", str(out / "model.msgpack"), str(image)]) == 0
+    ranked = capsys.readouterr().out.split(": ", 1)[1].split(", ")
+    assert len(ranked) == 3 and all(name.split()[0] in CIFAR10_CLASSES for name in ranked)
+
+
+def test_a_speedrun_model_of_another_version_or_shape_is_refused_naming_the_file(tmp_path):
+    params, batch_stats = _init(widths=(8, 16, 16))
+    save = functools.partial(
+        model_file.save, tmp_path, params=params, batch_stats=batch_stats, mean=jnp.zeros(3),
+        std=jnp.ones(3), dataset="cifar10", class_names=CIFAR10_CLASSES, input_shape=(32, 32, 3),
+    )  # fmt: skip
+    path = save(recipe=Recipe(widths=(8, 16, 16)))
+    assert model_file.load(path).recipe.widths == (8, 16, 16)
+    path = save(recipe=Recipe(widths=(8, 16, 32)))
+    with pytest.raises(CheckpointError, match="malformed speedrun model .*parameter shapes"):
+        model_file.load(path)
+    payload = serialization.msgpack_restore(path.read_bytes())
+    path.write_bytes(serialization.msgpack_serialize({**payload, "version": 2}))
+    with pytest.raises(CheckpointError, match=f"{path}: speedrun model format version 2"):
+        model_file.load(path)
 
 
 def test_speedrun_command_saves_each_run_as_it_ends(shared_data, xla_dir, tmp_path, monkeypatch):

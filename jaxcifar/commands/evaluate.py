@@ -1,12 +1,18 @@
 """Evaluate a checkpoint on its dataset's test split: accuracy, per-class accuracy, confusion matrix.
 
 Prints the summary; with --out, writes metrics.json and the figures there (the training
-curves come from the checkpoint's history).
+curves come from the checkpoint's history). A speedrun model (`jaxcifar speedrun`'s
+model.msgpack) is evaluated with its test-time augmentation, as its run measured it.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
 
 from jaxcifar.commands._args import add_data_dir_argument, positive_int
 from jaxcifar.config import RunConfig
@@ -17,7 +23,8 @@ HELP = "evaluate a checkpoint on the test split and write its reports"
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", required=True, metavar="C",
-                        help="a checkpoint file, or a training output folder holding checkpoint.msgpack")
+                        help="a checkpoint file, or a training output folder holding "
+                        "checkpoint.msgpack; or a speedrun's model.msgpack or output folder")
     add_data_dir_argument(parser)
     parser.add_argument("--limit-test", type=positive_int, metavar="N", default=None,
                         help="evaluate on a random N-example subset (default: the checkpoint's setting)")
@@ -32,9 +39,17 @@ def load_split(config: RunConfig, split: str, data_dir: str | None, limit: int |
     return dataset if limit is None else dataset.subset(limit, seed=config.seed)
 
 
-def run(args: argparse.Namespace) -> int:
+class Evaluation(NamedTuple):
+    path: Path  # the file evaluated
+    config: dict[str, Any]  # what metrics.json records as the run's configuration
+    test_set: Dataset
+    predictions: np.ndarray  # (N,) int
+    history: list[dict[str, float]]  # the training epochs' records, if saved
+    loss: float | None  # mean test cross-entropy; None for a speedrun model (TTA predictions)
+
+
+def evaluate_checkpoint(args: argparse.Namespace) -> Evaluation:
     from jaxcifar import checkpoint, train
-    from jaxcifar.reports import build_metrics, write_reports
 
     saved = checkpoint.load(args.checkpoint)
     config = saved.config
@@ -42,14 +57,39 @@ def run(args: argparse.Namespace) -> int:
     template = train.state_template(config, saved.input_shape, len(saved.class_names))
     params = checkpoint.restore(saved, template).params
     model = train.build_model(config, saved.input_shape, len(saved.class_names))
-    setup = train.Setup(model, None, 0)
-    result = train.evaluate(train.make_eval_step(setup, dtype=config.dtype), params, test_set)
+    step = train.make_eval_step(train.Setup(model, None, 0), dtype=config.dtype)
+    result = train.evaluate(step, params, test_set)
+    return Evaluation(saved.path, config.to_dict(), test_set, result.predictions,
+                      saved.history, result.loss)  # fmt: skip
+
+
+def evaluate_speedrun_model(path: Path, args: argparse.Namespace) -> Evaluation:
+    from jaxcifar.speedrun import model_file
+
+    saved = model_file.load(path)
+    config = {"model": "speedrun", "dataset": saved.dataset, **dataclasses.asdict(saved.recipe)}
+    test_set = load_split(RunConfig(dataset=saved.dataset), "test", args.data_dir, args.limit_test)
+    predictions = model_file.predictions(saved, test_set.images)
+    return Evaluation(saved.path, config, test_set, predictions, [], None)
+
+
+def run(args: argparse.Namespace) -> int:
+    from jaxcifar import train
+    from jaxcifar.reports import build_metrics, write_reports
+    from jaxcifar.speedrun import model_file
+
+    speedrun_model = model_file.find(args.checkpoint)
+    if speedrun_model is None:
+        result = evaluate_checkpoint(args)
+    else:
+        result = evaluate_speedrun_model(speedrun_model, args)
+    test_set = result.test_set
     report = build_metrics(
-        config=config.to_dict(), device=train.describe_devices(), history=saved.history,
+        config=result.config, device=train.describe_devices(), history=result.history,
         labels=test_set.labels, predictions=result.predictions, class_names=test_set.class_names,
     )  # fmt: skip
-    print(f"{saved.path}: test loss {result.loss:.4f}, accuracy {report['test_accuracy']:.4f} "
-          f"on {len(test_set)} examples")  # fmt: skip
+    measured = "TTA accuracy" if result.loss is None else f"test loss {result.loss:.4f}, accuracy"
+    print(f"{result.path}: {measured} {report['test_accuracy']:.4f} on {len(test_set)} examples")
     for name, value in report["per_class_accuracy"].items():
         print(f"  {name:>12}: {'-' if value is None else f'{value:.4f}'}")
     if args.out:

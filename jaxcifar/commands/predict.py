@@ -4,12 +4,14 @@ Each PNG/JPEG file (grayscale, palette and RGBA are converted) is resized with P
 model's input size. Any size up to Pillow's decompression-bomb limit (Image.MAX_IMAGE_PIXELS,
 about 89 megapixels, e.g. 8000x8000) is read; a larger one is refused rather than decoded,
 since one such file can take gigabytes. A file that cannot be read as an image gets an error
-line and the others are still classified; the exit status is then 1.
+line and the others are still classified; the exit status is then 1. A speedrun model
+(`jaxcifar speedrun`'s model.msgpack) classifies with its test-time augmentation.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 import warnings
 from pathlib import Path
@@ -24,7 +26,8 @@ TOP_K = 3
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", required=True, metavar="C",
-                        help="a checkpoint file, or a training output folder holding checkpoint.msgpack")
+                        help="a checkpoint file, or a training output folder holding "
+                        "checkpoint.msgpack; or a speedrun's model.msgpack or output folder")
     parser.add_argument("images", nargs="+", metavar="IMAGE", help="PNG or JPEG files")  # fmt: skip
 
 
@@ -59,16 +62,25 @@ def run(args: argparse.Namespace) -> int:
 
     from jaxcifar import checkpoint, train
     from jaxcifar.data.preprocess import to_float
+    from jaxcifar.speedrun import model_file
 
-    saved = checkpoint.load(args.checkpoint)
-    config = saved.config
-    num_classes = len(saved.class_names)
-    params = checkpoint.restore(saved, train.state_template(config, saved.input_shape, num_classes)).params
-    model = train.build_model(config, saved.input_shape, num_classes)
+    speedrun_model = model_file.find(args.checkpoint)
+    if speedrun_model is not None:
+        saved = model_file.load(speedrun_model)
+        logits = functools.partial(model_file.logits, saved)  # with its test-time augmentation
+    else:
+        saved = checkpoint.load(args.checkpoint)
+        num_classes = len(saved.class_names)
+        template = train.state_template(saved.config, saved.input_shape, num_classes)
+        params = checkpoint.restore(saved, template).params
+        model = train.build_model(saved.config, saved.input_shape, num_classes)
+
+        def logits(images):
+            return model.apply(params, to_float(images))
 
     @jax.jit
     def probabilities(images):
-        return jax.nn.softmax(model.apply(params, to_float(images)))
+        return jax.nn.softmax(logits(images))
 
     failures = 0
     for name in args.images:

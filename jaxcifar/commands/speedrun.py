@@ -1,8 +1,9 @@
 """Train the fast CIFAR-10 recipe (airbench94 in JAX) N times and report each run's warm
 training time (whitening + training + TTA test predictions, compilation timed apart) and TTA
 test accuracy. Writes OUT/speedrun.json ({"device", "runs": [{"system", "train_seconds",
-"cold_seconds", "tta_test_accuracy"}], ...}) and OUT/speedrun.md. Compiled programs persist
-in --compile-cache, so a second process starts warm."""
+"cold_seconds", "tta_test_accuracy"}], ...}), OUT/speedrun.md, and OUT/model.msgpack, the
+last run's trained model (`jaxcifar evaluate` and `predict` read it). Compiled programs
+persist in --compile-cache, so a second process starts warm."""
 
 from __future__ import annotations
 
@@ -49,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
     from jaxcifar.data import load
     from jaxcifar.bench import environment
     from jaxcifar import xla_cache
-    from jaxcifar.speedrun import measure
+    from jaxcifar.speedrun import measure, model_file
     from jaxcifar.speedrun.recipe import Recipe
 
     recipe = Recipe(
@@ -78,9 +79,17 @@ def run(args: argparse.Namespace) -> int:
             results["runs"].append(row)
             measure.write_results(results, path)
 
+        def save_model(speedrun, result) -> None:
+            train_set = splits["train"]
+            model_file.save(
+                args.out, recipe, result.state.params, result.state.batch_stats,
+                speedrun.train_data.mean, speedrun.train_data.std, dataset=args.dataset,
+                class_names=train_set.class_names, input_shape=train_set.images.shape[1:],
+            )  # fmt: skip
+
         _, details = measure.measure(
             recipe, splits["train"], splits["test"], runs=args.runs, seed=args.seed,
-            epoch_mode=args.epoch_mode, on_row=add_row,
+            epoch_mode=args.epoch_mode, on_row=add_row, on_result=save_model,
         )  # fmt: skip
     results.update(details)
     print(" ".join(str(written) for written in measure.write_results(results, path)))

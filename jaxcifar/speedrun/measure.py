@@ -20,6 +20,7 @@ from typing import Any
 from jaxcifar.atomic import atomic_write_text
 from jaxcifar.data.dataset import Dataset
 from jaxcifar.speedrun.recipe import Recipe
+from jaxcifar.speedrun.train import RunResult, Speedrun
 
 SYSTEM = "jaxcifar-fast"
 
@@ -45,12 +46,12 @@ def measure(
     epoch_mode: str = "auto",
     log: Callable[[str], None] = print,
     on_row: Callable[[dict[str, Any]], None] = lambda row: None,
+    on_result: Callable[[Speedrun, RunResult], None] = lambda speedrun, result: None,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Compile once, then `runs` runs from seeds seed, seed+1, ...: (run rows, details:
     compile seconds, epoch mode, step counts, per-run epoch losses). `on_row` gets each
-    row as soon as its run ends (to save it before a time limit can strike)."""
-    from jaxcifar.speedrun.train import Speedrun
-
+    row as soon as its run ends (to save it before a time limit can strike), `on_result`
+    the run itself (its trained state), after its time is taken."""
     speedrun = Speedrun(recipe, train_set, test_set, epoch_mode=epoch_mode)
     plan = speedrun.plan
     log(
@@ -64,6 +65,7 @@ def measure(
         cold = speedrun.compile_seconds + result.seconds if i == 0 else None
         rows.append(run_row(SYSTEM, recipe.dtype, result.seconds, cold, result.tta_accuracy))
         on_row(rows[-1])
+        on_result(speedrun, result)
         losses.append(result.epoch_losses)
         log(
             f"run {i + 1}/{runs}: {result.seconds:.2f} s warm, TTA test accuracy "

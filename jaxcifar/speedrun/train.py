@@ -166,9 +166,9 @@ def scan_epoch(
 
 
 def tta_logits(recipe: Recipe, params: net.Params, batch_stats: net.BatchStats,
-               data: DeviceData, images: jax.Array) -> jax.Array:  # fmt: skip
+               mean: jax.Array, std: jax.Array, images: jax.Array) -> jax.Array:  # fmt: skip
     """(M, K) float32 test-time-augmented logits of uint8 images (M, H, W, C), standardised
-    by `data`'s channel statistics."""
+    by the training set's channel `mean` and `std` ((C,) float32, [0, 1] units)."""
 
     def logits(x: jax.Array) -> jax.Array:
         out, _ = net.apply(
@@ -177,15 +177,16 @@ def tta_logits(recipe: Recipe, params: net.Params, batch_stats: net.BatchStats,
         )  # fmt: skip
         return out
 
-    return tta.tta_logits(logits, standardize(images, data.mean, data.std), recipe.tta_level)
+    return tta.tta_logits(logits, standardize(images, mean, std), recipe.tta_level)
 
 
 def predict(recipe: Recipe, params: net.Params, batch_stats: net.BatchStats,
-            data: DeviceData, images: jax.Array) -> jax.Array:  # fmt: skip
-    """(B, M) int32 TTA predictions for uint8 images (B, M, H, W, C), one batch of M at a time."""
+            mean: jax.Array, std: jax.Array, images: jax.Array) -> jax.Array:  # fmt: skip
+    """(B, M) int32 TTA predictions for uint8 images (B, M, H, W, C), one batch of M at a time
+    (`tta_logits`' standardisation)."""
 
     def batch(x: jax.Array) -> jax.Array:
-        logits = tta_logits(recipe, params, batch_stats, data, x)
+        logits = tta_logits(recipe, params, batch_stats, mean, std, x)
         return jnp.argmax(logits, -1).astype(jnp.int32)
 
     return jax.lax.map(batch, images)
@@ -221,7 +222,7 @@ class Speedrun:
             *jax.device_put((train_set.images, train_set.labels, mean, std))
         )
         self.test_labels = test_set.labels
-        self.test_images = jax.device_put(_batched(test_set.images, EVAL_BATCH))
+        self.test_images = jax.device_put(batched(test_set.images, EVAL_BATCH))
         self.num_classes = train_set.num_classes
         self.compile_seconds = self._compile()
 
@@ -248,8 +249,9 @@ class Speedrun:
             args = (state, self.train_data, order_shape, epoch, index)
             compiled["step"] = compile_timed(step, *args)
         predict_fn = jax.jit(functools.partial(predict, recipe))
+        data = self.train_data
         compiled["predict"] = compile_timed(
-            predict_fn, state.params, state.batch_stats, self.train_data, self.test_images
+            predict_fn, state.params, state.batch_stats, data.mean, data.std, self.test_images
         )
         self._executables = {name: c.executable for name, c in compiled.items()}
         return sum(c.lower_seconds + c.compile_seconds for c in compiled.values())
@@ -277,7 +279,10 @@ class Speedrun:
         state = self._executables["init"](jax.random.key(seed), self.train_data)
         state, losses = self._train(state)
         predict = self._executables["predict"]
-        predictions = predict(state.params, state.batch_stats, self.train_data, self.test_images)
+        data = self.train_data
+        predictions = predict(
+            state.params, state.batch_stats, data.mean, data.std, self.test_images
+        )
         predictions = np.asarray(predictions).reshape(-1)[: len(self.test_labels)]
         seconds = time.perf_counter() - start
         step_losses = np.concatenate([np.atleast_1d(np.asarray(x)) for x in losses])
@@ -295,8 +300,9 @@ class Speedrun:
         return RunResult(seconds, metrics.accuracy(matrix), epoch_losses, state)
 
 
-def _batched(images: np.ndarray, batch: int) -> np.ndarray:
-    """(N, ...) -> (ceil(N / b), b, ...) with b = min(batch, N), zero-padded at the end."""
+def batched(images: np.ndarray, batch: int) -> np.ndarray:
+    """(N, ...) -> (ceil(N / b), b, ...) with b = min(batch, N), zero-padded at the end
+    (what `predict` takes)."""
     size = min(batch, len(images))
     count = -(-len(images) // size)
     padded = np.zeros((count * size, *images.shape[1:]), images.dtype)

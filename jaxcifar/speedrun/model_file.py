@@ -1,0 +1,137 @@
+"""A trained speedrun model on disk, so `jaxcifar evaluate` and `predict` can use it.
+
+`jaxcifar speedrun` writes OUT/model.msgpack after its last run: a format tag and version,
+the recipe, the dataset's name, class names and image shape, the training set's channel
+statistics (inputs are standardised by them), and the weights the run ended with (the
+lookahead average its TTA accuracy was measured with) with their batch-norm statistics.
+Written atomically: a crash leaves the previous file intact.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+from pathlib import Path
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import serialization
+
+from jaxcifar.atomic import atomic_write_bytes
+from jaxcifar.errors import CheckpointError
+from jaxcifar.speedrun import net
+from jaxcifar.speedrun.recipe import Recipe
+from jaxcifar.speedrun.train import EVAL_BATCH, batched, predict, tta_logits
+
+FORMAT = "jaxcifar-speedrun-model"
+VERSION = 1
+FILENAME = "model.msgpack"
+
+
+class SavedModel(NamedTuple):
+    path: Path
+    recipe: Recipe
+    dataset: str
+    class_names: tuple[str, ...]
+    input_shape: tuple[int, int, int]  # (H, W, C)
+    mean: jax.Array  # (C,) float32, [0, 1] units
+    std: jax.Array  # (C,) float32
+    params: net.Params
+    batch_stats: net.BatchStats
+
+
+def save(
+    directory: str | os.PathLike[str], recipe: Recipe, params: net.Params,
+    batch_stats: net.BatchStats, mean: jax.Array, std: jax.Array, *, dataset: str,
+    class_names: tuple[str, ...], input_shape: tuple[int, int, int],
+) -> Path:  # fmt: skip
+    """Write DIR/model.msgpack atomically; returns its path."""
+    payload = {
+        "format": FORMAT,
+        "version": VERSION,
+        # msgpack has lists, not tuples (the widths).
+        "recipe": {
+            name: list(value) if isinstance(value, tuple) else value
+            for name, value in dataclasses.asdict(recipe).items()
+        },
+        "dataset": dataset,
+        "class_names": list(class_names),
+        "input_shape": list(input_shape),
+        "mean": np.asarray(mean),
+        "std": np.asarray(std),
+        "params": serialization.to_state_dict(jax.device_get(params)),
+        "batch_stats": serialization.to_state_dict(jax.device_get(batch_stats)),
+    }
+    path = Path(directory) / FILENAME
+    atomic_write_bytes(path, serialization.msgpack_serialize(payload))
+    return path
+
+
+def find(path: str | os.PathLike[str]) -> Path | None:
+    """The speedrun model `path` names (the file, or a folder holding model.msgpack), or None
+    when it names none (a training checkpoint, say)."""
+    path = Path(path)
+    candidate = path / FILENAME if path.is_dir() else path
+    try:
+        payload = serialization.msgpack_restore(candidate.read_bytes())
+    except Exception:  # missing, unreadable or not msgpack: not a speedrun model
+        return None
+    return candidate if isinstance(payload, dict) and payload.get("format") == FORMAT else None
+
+
+def load(path: str | os.PathLike[str]) -> SavedModel:
+    """Read a speedrun model; CheckpointError names the file when it is not one, is of
+    another format version, or its weights do not fit its recipe's network."""
+    path = Path(path)
+    try:
+        payload = serialization.msgpack_restore(path.read_bytes())
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: no speedrun model there") from None
+    except Exception as error:  # msgpack raises several unrelated types on corrupt input
+        raise CheckpointError(f"{path}: not a readable model (truncated or corrupt: {error})") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not a jaxcifar speedrun model (no {FORMAT!r} format tag)")
+    if payload.get("version") != VERSION:
+        raise CheckpointError(
+            f"{path}: speedrun model format version {payload.get('version')}, this jaxcifar "
+            f"reads {VERSION}"
+        )
+    try:
+        recipe = Recipe(**{**payload["recipe"], "widths": tuple(payload["recipe"]["widths"])})
+        class_names = tuple(payload["class_names"])
+        height, width, channels = payload["input_shape"]
+        template = jax.eval_shape(functools.partial(
+            net.init, widths=recipe.widths, in_channels=channels, num_classes=len(class_names)
+        ), jax.random.key(0))  # fmt: skip
+        params = serialization.from_state_dict(template[0], payload["params"])
+        batch_stats = serialization.from_state_dict(template[1], payload["batch_stats"])
+        shapes = jax.tree.map(np.shape, (params, batch_stats))
+        if shapes != jax.tree.map(lambda leaf: leaf.shape, template):
+            raise ValueError("parameter shapes do not fit its recipe's network")
+        return SavedModel(
+            path=path, recipe=recipe, dataset=payload["dataset"], class_names=class_names,
+            input_shape=(height, width, channels), mean=jnp.asarray(payload["mean"]),
+            std=jnp.asarray(payload["std"]), params=jax.tree.map(jnp.asarray, params),
+            batch_stats=jax.tree.map(jnp.asarray, batch_stats),
+        )  # fmt: skip
+    except (KeyError, TypeError, ValueError) as error:
+        raise CheckpointError(f"{path}: malformed speedrun model ({error})") from None
+
+
+def logits(model: SavedModel, images: jax.Array) -> jax.Array:
+    """(N, num_classes) float32 test-time-augmented logits of uint8 images (N, H, W, C)."""
+    return tta_logits(
+        model.recipe, model.params, model.batch_stats, model.mean, model.std, images
+    )
+
+
+def predictions(model: SavedModel, images: np.ndarray) -> np.ndarray:
+    """(N,) int32 TTA predictions of uint8 images (N, H, W, C), EVAL_BATCH at a time."""
+    predict_batches = jax.jit(functools.partial(predict, model.recipe))
+    out = predict_batches(
+        model.params, model.batch_stats, model.mean, model.std, batched(images, EVAL_BATCH)
+    )
+    return np.asarray(out).reshape(-1)[: len(images)]
