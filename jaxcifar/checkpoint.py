@@ -66,22 +66,34 @@ def save(
     return path
 
 
+def read_tagged(path: Path, format_tag: str, version: int, what: str) -> dict[str, Any]:
+    """The msgpack document at `path`, checked to carry `format_tag` and `version`.
+
+    CheckpointError names the file when it is missing, truncated or corrupt, not tagged
+    `format_tag`, or of another version; `what` ("checkpoint") names the kind in the message.
+    """
+    try:
+        payload = serialization.msgpack_restore(path.read_bytes())
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: no {what} there") from None
+    except Exception as error:  # msgpack raises several unrelated types on corrupt input
+        raise CheckpointError(
+            f"{path}: not a readable {what} (truncated or corrupt: {error})"
+        ) from None
+    if not isinstance(payload, dict) or payload.get("format") != format_tag:
+        raise CheckpointError(f"{path}: not a jaxcifar {what} (no {format_tag!r} format tag)")
+    if payload.get("version") != version:
+        raise CheckpointError(
+            f"{path}: {what} format version {payload.get('version')}, this jaxcifar reads {version}"
+        )
+    return payload
+
+
 def load(path: str | os.PathLike[str]) -> Checkpoint:
     """Read and check a checkpoint; CheckpointError names the file when it is missing,
     truncated, not a jaxcifar checkpoint, or of another format version."""
     path = resolve(path)
-    try:
-        payload = serialization.msgpack_restore(path.read_bytes())
-    except FileNotFoundError:
-        raise CheckpointError(f"{path}: no checkpoint there") from None
-    except Exception as error:  # msgpack raises several unrelated types on corrupt input
-        raise CheckpointError(f"{path}: not a readable checkpoint (truncated or corrupt: {error})") from None
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise CheckpointError(f"{path}: not a jaxcifar checkpoint (no {FORMAT!r} format tag)")
-    if payload.get("version") != VERSION:
-        raise CheckpointError(
-            f"{path}: checkpoint format version {payload.get('version')}, this jaxcifar reads {VERSION}"
-        )
+    payload = read_tagged(path, FORMAT, VERSION, "checkpoint")
     try:
         config = RunConfig.from_dict(payload["config"])
         return Checkpoint(

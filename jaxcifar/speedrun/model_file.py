@@ -21,6 +21,7 @@ import numpy as np
 from flax import serialization
 
 from jaxcifar.atomic import atomic_write_bytes
+from jaxcifar.checkpoint import read_tagged
 from jaxcifar.errors import CheckpointError
 from jaxcifar.speedrun import net
 from jaxcifar.speedrun.recipe import Recipe
@@ -86,19 +87,7 @@ def load(path: str | os.PathLike[str]) -> SavedModel:
     """Read a speedrun model; CheckpointError names the file when it is not one, is of
     another format version, or its weights do not fit its recipe's network."""
     path = Path(path)
-    try:
-        payload = serialization.msgpack_restore(path.read_bytes())
-    except FileNotFoundError:
-        raise CheckpointError(f"{path}: no speedrun model there") from None
-    except Exception as error:  # msgpack raises several unrelated types on corrupt input
-        raise CheckpointError(f"{path}: not a readable model (truncated or corrupt: {error})") from None
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise CheckpointError(f"{path}: not a jaxcifar speedrun model (no {FORMAT!r} format tag)")
-    if payload.get("version") != VERSION:
-        raise CheckpointError(
-            f"{path}: speedrun model format version {payload.get('version')}, this jaxcifar "
-            f"reads {VERSION}"
-        )
+    payload = read_tagged(path, FORMAT, VERSION, "speedrun model")
     try:
         recipe = Recipe(**{**payload["recipe"], "widths": tuple(payload["recipe"]["widths"])})
         class_names = tuple(payload["class_names"])
