@@ -39,7 +39,9 @@ def load_split(config: RunConfig, split: str, data_dir: str | None, limit: int |
     return dataset if limit is None else dataset.subset(limit, seed=config.seed)
 
 
-class Evaluation(NamedTuple):
+class SavedModelTest(NamedTuple):
+    """A saved model's test predictions and what its report needs besides them."""
+
     path: Path  # the file evaluated
     config: dict[str, Any]  # what metrics.json records as the run's configuration
     test_set: Dataset
@@ -48,7 +50,7 @@ class Evaluation(NamedTuple):
     loss: float | None  # mean test cross-entropy; None for a speedrun model (TTA predictions)
 
 
-def evaluate_checkpoint(args: argparse.Namespace) -> Evaluation:
+def evaluate_checkpoint(args: argparse.Namespace) -> SavedModelTest:
     from jaxcifar import checkpoint, train
 
     saved = checkpoint.load(args.checkpoint)
@@ -59,18 +61,19 @@ def evaluate_checkpoint(args: argparse.Namespace) -> Evaluation:
     model = train.build_model(config, saved.input_shape, len(saved.class_names))
     step = train.make_eval_step(train.Setup(model, None, 0), dtype=config.dtype)
     result = train.evaluate(step, params, test_set)
-    return Evaluation(saved.path, config.to_dict(), test_set, result.predictions,
-                      saved.history, result.loss)  # fmt: skip
+    return SavedModelTest(
+        saved.path, config.to_dict(), test_set, result.predictions, saved.history, result.loss
+    )
 
 
-def evaluate_speedrun_model(path: Path, args: argparse.Namespace) -> Evaluation:
+def evaluate_speedrun_model(path: Path, args: argparse.Namespace) -> SavedModelTest:
     from jaxcifar.speedrun import model_file
 
     saved = model_file.load(path)
     config = {"model": "speedrun", "dataset": saved.dataset, **dataclasses.asdict(saved.recipe)}
     test_set = load_split(RunConfig(dataset=saved.dataset), "test", args.data_dir, args.limit_test)
     predictions = model_file.predictions(saved, test_set.images)
-    return Evaluation(saved.path, config, test_set, predictions, [], None)
+    return SavedModelTest(saved.path, config, test_set, predictions, [], None)
 
 
 def run(args: argparse.Namespace) -> int:
