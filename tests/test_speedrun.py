@@ -251,6 +251,23 @@ def test_fast_recipe_trains_on_real_data(tiny_run):
     np.testing.assert_array_equal(first.state.params["whiten"]["bias"] != 0, True)
 
 
+def test_scan_epochs_train_as_the_loop_does_with_a_partial_last_epoch(shared_data, xla_dir):
+    # Scan epochs are what a GPU runs (`epoch_mode="auto"` there); the CPU suite otherwise
+    # trains only the loop. 1.5 epochs of 2 steps: a 2-step scan program, then a 1-step one.
+    recipe = Recipe(epochs=1.5, batch_size=BATCH, widths=WIDTHS, dtype="float32")
+    train = load("cifar10", "train", data_dir=shared_data).subset(TRAIN, seed=0)
+    test = load("cifar10", "test", data_dir=shared_data).subset(TEST, seed=0)
+    with xla_cache.compilation_cache(xla_dir):
+        loop, scan = (Speedrun(recipe, train, test, epoch_mode=m).run(1) for m in ("loop", "scan"))
+    assert int(scan.state.step) == 3
+    assert scan.epoch_losses == pytest.approx(loop.epoch_losses, rel=1e-6)
+    assert scan.tta_accuracy == loop.tta_accuracy
+    # The scanned step fuses differently: the same sums in another order (~1e-6 apart).
+    for got, want in zip(jax.tree.leaves(scan.state), jax.tree.leaves(loop.state), strict=True):
+        if jnp.issubdtype(got.dtype, jnp.floating):
+            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
 def tiny_speedrun_command(shared_data, xla_dir, out, runs: int) -> int:
     """`jaxcifar speedrun` of the tiny recipe (the `tiny_run` fixture's), float32, loop epochs."""
     return cli.main([
