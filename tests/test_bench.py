@@ -49,6 +49,14 @@ def test_cpu_backend_reports_no_peak_memory():
     assert peak_memory_bytes() is None
 
 
+def test_peak_memory_is_read_from_a_device_that_reports_it():
+    # What a GPU's or TPU's `memory_stats()` returns (the CPU test above sees only None).
+    gpu = types.SimpleNamespace(memory_stats=lambda: {"bytes_in_use": 5, "peak_bytes_in_use": 7})
+    assert peak_memory_bytes(gpu) == 7
+    no_peak = types.SimpleNamespace(memory_stats=lambda: {"bytes_in_use": 5})
+    assert peak_memory_bytes(no_peak) is None
+
+
 def _row(framework, case="train_step", dtype="float32", median=1.0, **fields):
     steps = {"median": median, "p10": median, "p90": median}
     return Row(framework, "cnn", case, 4, dtype, (32, 32, 3), steps, 1, **fields)

@@ -1,4 +1,5 @@
 import dataclasses
+import types
 
 import jax
 import numpy as np
@@ -30,6 +31,23 @@ CNN = RunConfig(dataset="mnist", batch_size=8, epochs=2, lr=0.01)
 
 def quiet_fit(config, train_set, test_set, **kwargs):
     return train.fit(config, train_set, test_set, progress=False, log=lambda line: None, **kwargs)
+
+
+def test_auto_epoch_mode_is_the_loop_on_cpu_and_a_scan_where_the_data_fits_an_accelerator(
+    monkeypatch,
+):
+    data = tiny_dataset(64)  # 4,096 bytes of images
+    assert train.pick_epoch_mode("auto", data) == "loop"  # this CPU
+    assert train.pick_epoch_mode("chunk", data) == "chunk"
+
+    def on(platform, stats):
+        device = types.SimpleNamespace(platform=platform, memory_stats=lambda: stats)
+        monkeypatch.setattr(jax, "devices", lambda: [device])
+        return train.pick_epoch_mode("auto", data)
+
+    assert on("gpu", {"bytes_limit": 4 * 4096}) == "scan"  # a quarter of memory holds it
+    assert on("gpu", {"bytes_limit": 4 * 4096 - 4}) == "loop"  # streamed from host memory
+    assert on("tpu", None) == "scan"  # a backend that reports no memory limit
 
 
 def test_training_reduces_loss_and_learns():
