@@ -141,7 +141,6 @@ def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
 
 def make_train_step(
     setup: Setup, *, dtype: str = "float32", augment: bool = False, mesh: Mesh | None = None,
-    in_loop: bool = False,
 ) -> Callable[[TrainState, Batch, jax.Array], tuple[TrainState, dict[str, jax.Array]]]:  # fmt: skip
     """The jitted pure step `(state, (images, labels), rng) -> (state, {"loss", "correct"})`.
 
@@ -155,15 +154,11 @@ def make_train_step(
     divide by its size), state, rng and outputs are replicated. The loss is a mean over the
     global batch, so XLA all-reduces the gradients; random draws are partitionable
     (`jax_threefry_partitionable`), so any device count draws the same masks and crops.
-    `in_loop`: the step will be traced inside a compiled loop (scan and chunk epochs), which
-    picks the model's loop-body forms of its convolution gradients (`layers.conv`).
     """
     compute_dtype = jnp.dtype(dtype)
 
     def loss_fn(params, images, labels, rng):
-        logits = setup.model.apply(
-            params, images, train=True, rng=rng, dtype=compute_dtype, in_loop=in_loop
-        )
+        logits = setup.model.apply(params, images, train=True, rng=rng, dtype=compute_dtype)
         return cross_entropy(logits, labels).mean(), logits
 
     def train_step(state: TrainState, batch: Batch, rng: jax.Array):
@@ -252,23 +247,20 @@ def _pad_rows(array: np.ndarray, size: int) -> np.ndarray:
 
 
 def pick_epoch_mode(mode: str, dataset: Dataset) -> str:
-    """Resolve "auto" for the default backend.
+    """Resolve "auto" for the default backend: "scan" when the uint8 dataset fits in a
+    quarter of device memory (or the device reports no limit, as a CPU does), else "loop",
+    which streams batches from host memory.
 
-    Measured on this project's 2-core CPU (seed CNN, batch 4, 4,000 synthetic images, cores
-    shared with other jobs): a Python loop of jitted steps 11.2 ms/step, lax.scan over chunks
-    of 100 steps 38.1 ms/step, one scan per epoch 36.0 ms/step: the loop wins by ~3x (not
-    profiled; presumably XLA:CPU optimises a while-loop body less well than top-level code;
-    at batch 512 the gap is 30x, benchmarks/README.md). On an H100 the scan is ~136 us/step
-    against ~2 ms/step for the loop, which is bound by Python dispatch. So: loop on CPU; scan
-    on accelerators when the uint8 dataset fits in a quarter of device memory, else loop
-    (which streams batches from host memory).
+    A scan has no per-step dispatch: on an H100, ~136 us/step against ~2 ms for the loop
+    (`../shared/MEASURED.md`). On the 2-core CPU, seed recipe, 2 epochs of 4,000 images
+    (`benchmarks/seed_recipe.py`): 1.84 ms/step against 2.59 for the loop (4 steps per call),
+    compiled in 2.2 s against 5.9; the fast recipe and the MLP are faster in scans too. (The
+    loop won on CPUs until the model's convolution gradients took XLA:CPU's library form inside
+    loops: `layers.conv`, benchmarks/README.md, finding 8.)
     """
     if mode != "auto":
         return mode
-    device = jax.devices()[0]
-    if device.platform == "cpu":
-        return "loop"
-    stats = device.memory_stats() or {}
+    stats = jax.devices()[0].memory_stats() or {}
     limit = stats.get("bytes_limit")
     if limit is not None and dataset.images.nbytes > limit // 4:
         return "loop"
@@ -285,9 +277,8 @@ class EpochRunner:
     chunk: the dataset on the device, CHUNK_STEPS steps per jitted `lax.scan`.
     scan: the dataset on the device, one jitted `lax.scan` per epoch.
 
-    `train_step` must be made for the same `mesh` (default: every device), and for chunk and
-    scan modes with `make_train_step(..., in_loop=True)` (`make_epoch_runner` does both); in
-    those modes every device holds the whole dataset and gathers its own rows of each batch.
+    `train_step` must be made for the same `mesh` (default: every device); in chunk and
+    scan modes every device holds the whole dataset and gathers its own rows of each batch.
     Raises ConfigError when the batch size does not divide by the mesh's device count.
     """
 
@@ -427,9 +418,7 @@ def make_epoch_runner(mode: str, config: RunConfig, setup: Setup, train_set: Dat
         from jaxcifar.fused.epoch import FusedRunner
 
         return FusedRunner(config, train_set, head=FUSED_HEADS[mode], mesh=mesh)
-    train_step = make_train_step(
-        setup, dtype=config.dtype, augment=config.augment, mesh=mesh, in_loop=mode != "loop"
-    )
+    train_step = make_train_step(setup, dtype=config.dtype, augment=config.augment, mesh=mesh)
     return EpochRunner(train_step, train_set, config, mode, mesh)
 
 

@@ -1,3 +1,5 @@
+import re
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -51,130 +53,80 @@ def test_cnn_matches_flax_linen_with_the_same_params(cnn_params):
     np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("kernel_size, c_in", [(3, 3), (3, 1), (5, 2)])
-def test_im2col_convolution_equals_lax_convolution_and_its_gradients(kernel_size, c_in):
+@pytest.mark.parametrize(
+    "x_shape, kernel_shape, padding",
+    [
+        ((2, 9, 7, 3), (3, 3, 3, 8), "SAME"),  # odd, non-square: the padding must be exact
+        ((2, 8, 8, 2), (5, 5, 2, 4), "SAME"),
+        ((3, 8, 6, 2), (2, 2, 2, 3), "SAME"),  # even kernel: padding (0, 1)
+        ((4, 8, 8, 3), (2, 2, 3, 24), "VALID"),  # the fast recipe's whitening conv
+        ((2, 9, 9, 4), (3, 3, 4, 5), "VALID"),
+    ],
+)
+def test_conv_and_its_gradients_equal_xlas_own(x_shape, kernel_shape, padding):
     from jaxcifar.models import layers
 
     k1, k2, k3 = jax.random.split(jax.random.key(2), 3)
     params = {
-        "kernel": jax.random.normal(k1, (kernel_size, kernel_size, c_in, 8)),
-        "bias": jax.random.normal(k2, (8,)),
+        "kernel": jax.random.normal(k1, kernel_shape),
+        "bias": jax.random.normal(k2, kernel_shape[-1:]),
     }
-    x = jax.random.normal(k3, (2, 9, 7, c_in))  # odd, non-square: the padding must be exact
+    x = jax.random.normal(k3, x_shape)
 
-    def loss(conv, params, x):
-        return jnp.sum(jnp.sin(conv(params, x, jnp.float32)))
+    def ours(params, x, dtype):
+        return layers.conv(params, x, dtype, padding=padding)
 
-    lax_value, lax_grads = jax.value_and_grad(lambda p, x: loss(layers.conv, p, x), (0, 1))(params, x)
-    value, grads = jax.value_and_grad(lambda p, x: loss(layers.im2col_same, p, x), (0, 1))(params, x)
-    np.testing.assert_allclose(value, lax_value, rtol=1e-5)
-    for ours, theirs in zip(jax.tree.leaves(grads), jax.tree.leaves(lax_grads), strict=True):
-        np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-4)
+    def xlas(params, x, dtype):
+        y = jax.lax.conv_general_dilated(
+            x.astype(dtype), params["kernel"].astype(dtype), (1, 1), padding,
+            dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        )  # fmt: skip
+        return y + params["bias"].astype(dtype)
+
+    @jax.jit
+    def value_and_grads(params, x):
+        def loss(conv, dtype):
+            return lambda p, x: jnp.sum(jnp.sin(conv(p, x, dtype).astype(jnp.float32)))
+
+        return {
+            (conv.__name__, dtype.__name__): jax.value_and_grad(loss(conv, dtype), (0, 1))(params, x)
+            for conv in (ours, xlas)
+            for dtype in (jnp.float32, jnp.bfloat16)
+        }
+
+    results = value_and_grads(params, x)
+    for dtype, tolerance in (("float32", 1e-5), ("bfloat16", 0.02)):
+        (value, grads), (xla_value, xla_grads) = results["ours", dtype], results["xlas", dtype]
+        np.testing.assert_allclose(value, xla_value, rtol=tolerance)
+        for got, want in zip(jax.tree.leaves(grads), jax.tree.leaves(xla_grads), strict=True):
+            assert got.dtype == jnp.float32  # float32 parameters and inputs get float32 grads
+            np.testing.assert_allclose(got, want, rtol=tolerance, atol=tolerance)
 
 
-@pytest.mark.parametrize(
-    "x_shape, kernel_shape, padding, group_rows",
-    [
-        ((6, 9, 7, 3), (3, 3, 3, 5), "SAME", 100),  # groups of 1 image: 6 groups
-        ((6, 9, 7, 3), (3, 3, 3, 5), "SAME", 130),  # 2 images fit, 6 = 3 groups of 2
-        ((5, 9, 7, 3), (3, 3, 3, 5), "SAME", 200),  # 3 fit, but 5 splits only into 5 of 1
-        ((5, 8, 8, 4), (5, 5, 4, 2), "SAME", 10**6),  # one group of all 5
-        ((4, 8, 6, 2), (2, 2, 2, 3), "SAME", 100),  # even kernel: padding (0, 1)
-        ((4, 8, 8, 3), (2, 2, 3, 24), "VALID", 100),  # the whitening conv's shape
-    ],
-)
-def test_kernel_gradient_by_taps_equals_xlas(monkeypatch, x_shape, kernel_shape, padding, group_rows):
+def convolution_dim_labels(compiled_text: str) -> list[str]:
+    """The dim_labels of every convolution in a compiled program's HLO text."""
+    return re.findall(r"convolution\(.*?dim_labels=([\w>-]+)", compiled_text)
+
+
+def test_conv_gradients_inside_a_loop_compile_to_library_convolutions():
+    # XLA:CPU rewrites a convolution into the form its library kernels take only in a
+    # program's entry computation (layers.conv): in a scan body JAX's own gradient
+    # convolutions would compile to naive loops. Every convolution of a scanned training
+    # step, forward and backward, must already be in that form, NHWC x HWIO -> NHWC.
     from jaxcifar.models import layers
 
-    monkeypatch.setattr(layers, "TAPS_GROUP_ROWS", group_rows)
-    k1, k2, k3 = jax.random.split(jax.random.key(3), 3)
-    x = jax.random.normal(k1, x_shape)
-    kernel = jax.random.normal(k2, kernel_shape)
+    params = {"kernel": jnp.ones((3, 3, 32, 16)), "bias": jnp.zeros(16)}
+    x = jnp.ones((4, 16, 16, 32))  # carried, so its gradient is live as well
 
-    @jax.jit  # one compile each, rather than one per eager op
-    def both(x, kernel, g):
-        _, conv_vjp = jax.vjp(lambda k: layers._lax_conv(x, k, padding), kernel)
-        return conv_vjp(g)[0], layers.kernel_gradient_by_taps(x, g, kernel_shape, padding)
+    def step(carry, _):
+        loss = lambda p, x: jnp.sum(layers.conv(p, x, jnp.float32) ** 2)  # noqa: E731
+        grads = jax.grad(loss, (0, 1))(*carry)
+        return jax.tree.map(lambda v, g: v - 0.1 * g, carry, grads), None
 
-    out_shape = jax.eval_shape(lambda x, k: layers._lax_conv(x, k, padding), x, kernel).shape
-    expected, ours = both(x, kernel, jax.random.normal(k3, out_shape))
-    assert ours.dtype == jnp.float32 and ours.shape == kernel_shape
-    np.testing.assert_allclose(ours, expected, rtol=1e-5, atol=1e-5)
-
-
-@pytest.mark.parametrize("padding", ["SAME", "VALID"])
-def test_conv_with_the_taps_kernel_gradient_equals_lax_convolution(monkeypatch, padding):
-    """The path `conv` takes for large inputs on CPU: same values, same gradients."""
-    from jaxcifar.models import layers
-
-    k1, k2, k3 = jax.random.split(jax.random.key(4), 3)
-    params = {"kernel": jax.random.normal(k1, (3, 3, 4, 6)), "bias": jax.random.normal(k2, (6,))}
-    x = jax.random.normal(k3, (3, 16, 15, 4))
-    assert not layers.taps_kernel_gradient_pays(x)  # 11 KiB: XLA's path by default
-    monkeypatch.setattr(layers, "TAPS_MIN_INPUT_BYTES", 0)
-    assert layers.taps_kernel_gradient_pays(x)
-
-    def loss(conv, params, x):
-        return jnp.sum(jnp.sin(conv(params, x, jnp.float32, padding=padding)))
-
-    def in_loop_conv(params, x, dtype, padding):
-        return layers.conv(params, x, dtype, padding=padding, in_loop=True)
-
-    def lax_conv(params, x, dtype, padding):
-        return layers._lax_conv(x, params["kernel"], padding) + params["bias"]
-
-    value_and_grad = jax.value_and_grad(lambda p, x: loss(in_loop_conv, p, x), (0, 1))
-    value, grads = jax.jit(value_and_grad)(params, x)
-    lax_value, lax_grads = jax.jit(jax.value_and_grad(lambda p, x: loss(lax_conv, p, x), (0, 1)))(
-        params, x
-    )
-    np.testing.assert_allclose(value, lax_value, rtol=1e-6)
-    for ours, theirs in zip(jax.tree.leaves(grads), jax.tree.leaves(lax_grads), strict=True):
-        np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-5)
-
-    def low_loss(kernel):  # bfloat16 compute, float32 parameters
-        y = in_loop_conv({**params, "kernel": kernel}, x, jnp.bfloat16, padding)
-        assert y.dtype == jnp.bfloat16
-        return jnp.sum(jnp.sin(y.astype(jnp.float32)))
-
-    low_grad = jax.jit(jax.grad(low_loss))(params["kernel"])
-    monkeypatch.setattr(layers, "TAPS_MIN_INPUT_BYTES", 2**62)  # back to XLA's gradient
-    lax_low_grad = jax.jit(jax.grad(low_loss))(params["kernel"])
-    assert low_grad.dtype == jnp.float32
-    np.testing.assert_allclose(low_grad, lax_low_grad, rtol=0.02, atol=0.02)
-
-
-def test_matmul_forms_of_the_convolution_gradients_are_for_loop_bodies_only(monkeypatch):
-    from jaxcifar.models import layers
-
-    params = {"kernel": jnp.ones((3, 3, 3, 8)), "bias": jnp.zeros(8)}
-    x = jnp.ones((2, 8, 8, 3))
-    monkeypatch.setattr(layers, "TAPS_MIN_INPUT_BYTES", 0)
-
-    def primitives(conv, x, **kwargs):
-        jaxpr = jax.make_jaxpr(lambda x: conv(params, x, jnp.float32, **kwargs))(x)
-        return {equation.primitive.name for equation in jaxpr.eqns}
-
-    # conv1's im2col (3 input channels) in a loop body, XLA's convolution elsewhere.
-    assert "conv_general_dilated" not in primitives(layers.conv_same, x, in_loop=True)
-    assert "conv_general_dilated" in primitives(layers.conv_same, x)
-    # The taps kernel gradient (a custom VJP) in a loop body only.
-    wide = jnp.ones((2, 16, 16, 8))
-    params = {"kernel": jnp.ones((3, 3, 8, 8)), "bias": jnp.zeros(8)}
-    assert "custom_vjp_call" in primitives(layers.conv, wide, in_loop=True)
-    assert "custom_vjp_call" not in primitives(layers.conv, wide)
-
-
-def test_taps_kernel_gradient_is_for_large_inputs_only():
-    from jaxcifar.models import layers
-
-    def pays(shape):
-        return layers.taps_kernel_gradient_pays(jax.ShapeDtypeStruct(shape, jnp.float32))
-
-    assert pays((1024, 31, 31, 16))  # the fast recipe's first block conv: 60 MiB
-    assert pays((512, 16, 16, 32))  # the seed CNN's conv2 at batch 512: 16 MiB
-    assert not pays((128, 16, 16, 32))  # 4 MiB: XLA's kernel gradient is faster
-    assert not pays((1024, 7, 7, 256))  # 49 MiB, but 7x7: XLA's is faster
+    scanned = jax.jit(lambda carry: jax.lax.scan(step, carry, length=3)[0])
+    labels = convolution_dim_labels(scanned.lower((params, x)).compile().as_text())
+    assert len(labels) == 3, labels  # forward, input gradient, kernel gradient
+    assert set(labels) == {"b01f_01io->b01f"}, labels
 
 
 def test_cnn_parameter_count_and_shapes(cnn_params):

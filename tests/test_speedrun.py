@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+import re
 
 import jax
 import jax.numpy as jnp
@@ -258,8 +259,18 @@ def test_scan_epochs_train_as_the_loop_does_with_a_partial_last_epoch(shared_dat
     train = load("cifar10", "train", data_dir=shared_data).subset(TRAIN, seed=0)
     test = load("cifar10", "test", data_dir=shared_data).subset(TEST, seed=0)
     with xla_cache.compilation_cache(xla_dir):
-        loop, scan = (Speedrun(recipe, train, test, epoch_mode=m).run(1) for m in ("loop", "scan"))
+        loop = Speedrun(recipe, train, test, epoch_mode="loop").run(1)
+        speedrun = Speedrun(recipe, train, test, epoch_mode="scan")
+        scan = speedrun.run(1)
     assert int(scan.state.step) == 3
+    # Every convolution of the scan body in the form XLA:CPU runs on its library kernels.
+    programs = speedrun._executables
+    assert sorted(programs) == ["epoch1", "epoch2", "init", "predict"]
+    for name in ("epoch1", "epoch2"):
+        labels = re.findall(r"convolution\(.*?dim_labels=([\w>-]+)", programs[name].as_text())
+        # 7 convolutions, 3 each (forward, input and kernel gradients), less the whitening
+        # layer's two: its input is data, its kernel frozen.
+        assert len(labels) == 19 and set(labels) == {"b01f_01io->b01f"}, labels
     assert scan.epoch_losses == pytest.approx(loop.epoch_losses, rel=1e-6)
     assert scan.tta_accuracy == loop.tta_accuracy
     # The scanned step fuses differently: the same sums in another order (~1e-6 apart).
@@ -364,33 +375,3 @@ def test_speedrun_command_rejects_a_batch_larger_than_the_data(shared_data, tmp_
         "jaxcifar speedrun: error: batch size 1024 is larger than the training set (100 images)"
     )
     assert not any(tmp_path.iterdir())
-
-
-def test_only_the_scanned_step_takes_the_loop_body_convolution_gradients(monkeypatch):
-    # Inside a compiled loop XLA:CPU's kernel gradients are slow, outside they are the
-    # faster ones (layers.conv): the scan epoch's step must ask for the taps, the loop's not.
-    from jaxcifar.speedrun import train as speedrun_train
-
-    monkeypatch.setattr(layers, "TAPS_MIN_INPUT_BYTES", 0)
-    data = speedrun_train.DeviceData(
-        jax.ShapeDtypeStruct((TRAIN, 32, 32, 3), jnp.uint8),
-        jax.ShapeDtypeStruct((TRAIN,), jnp.int32),
-        jax.ShapeDtypeStruct((3,), jnp.float32),
-        jax.ShapeDtypeStruct((3,), jnp.float32),
-    )
-    run_plan = plan(TINY, TRAIN)
-    tx = optimizer.build_optimizer(TINY, run_plan.total_steps)
-    init = functools.partial(speedrun_train.init_state, TINY, tx, 10)
-    state = jax.eval_shape(init, jax.random.key(0), data)
-    epoch = jax.ShapeDtypeStruct((), jnp.int32)
-    order = jax.ShapeDtypeStruct((TRAIN,), jnp.int32)
-
-    def convolutions(fn, *args):
-        return str(jax.make_jaxpr(fn)(*args)).count("conv_general_dilated[")
-
-    step = functools.partial(speedrun_train.train_step, TINY, run_plan, tx)
-    scan = functools.partial(speedrun_train.scan_epoch, TINY, run_plan, tx, 2)
-    # By taps, the kernel gradients of the three convolutions over >= 15x15 positions (the
-    # whitening layer's and block 1's) are matmuls, not convolutions.
-    loop_convolutions = convolutions(step, state, data, order, epoch, epoch)
-    assert convolutions(scan, state, data, epoch) == loop_convolutions - 3

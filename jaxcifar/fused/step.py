@@ -83,7 +83,7 @@ def make_train_step(
         head_velocity = {name: state.velocity[name] for name in cnn.DENSE_LAYERS}
         # Only the convolutions' parameters need gradients: the images are data.
         flat, features_vjp = jax.vjp(
-            lambda p: cnn.features(p, x, train=True, rng=rng, in_loop=True), conv_params
+            lambda p: cnn.features(p, x, train=True, rng=rng), conv_params
         )
         learning_rate = schedule(state.step)
         head_params, head_velocity, d_flat, loss, correct = head_step(

@@ -1,8 +1,7 @@
 """Models as pure functions over parameter pytrees.
 
 `cnn` and `mlp` each expose `init(key, ...) -> params` and
-`apply(params, x, *, train=False, rng=None, dtype=float32, in_loop=False) -> logits`
-(`in_loop`: traced inside a compiled loop; see `layers.conv`). `build` binds a model's
+`apply(params, x, *, train=False, rng=None, dtype=float32) -> logits`. `build` binds a model's
 shape options so training code sees one `Model(init(key), apply(params, x, ...))` interface.
 """
 

@@ -51,16 +51,13 @@ def apply(
     train: bool = False,
     rng: jax.Array | None = None,
     dtype: jnp.dtype = jnp.float32,
-    in_loop: bool = False,
 ) -> jax.Array:
     """Logits (N, num_classes) float32 for images `x` (N, H, W, C) float in [-1, 1].
 
     `train=True` turns dropout on and then needs `rng`. `dtype` is the compute dtype
     (e.g. bfloat16): parameters stay float32 and are cast at use; logits come back float32.
-    `in_loop`: traced inside a compiled loop, where the convolutions' gradients take the
-    forms that are faster there on CPU (`layers.conv`); the values are the same.
     """
-    flat = features(params, x, train=train, rng=rng, dtype=dtype, in_loop=in_loop)
+    flat = features(params, x, train=train, rng=rng, dtype=dtype)
     return head(params, flat, dtype=dtype)
 
 
@@ -71,13 +68,12 @@ def features(
     train: bool = False,
     rng: jax.Array | None = None,
     dtype: jnp.dtype = jnp.float32,
-    in_loop: bool = False,
 ) -> jax.Array:
     """The convolutional part: images (N, H, W, C) -> (N, (H//4)*(W//4)*16) in `dtype`, the
     flattened (NHWC order) and, with `train`, dropped-out input of the fully connected head."""
     h = x
     for name in CONV_LAYERS:
-        h = layers.conv_same(params[name], h, dtype, in_loop=in_loop)
+        h = layers.conv(params[name], h, dtype)
         h = layers.max_pool_2x2(jax.nn.relu(h))
     h = layers.dropout(h, DROPOUT_RATE, train=train, rng=rng)
     return h.reshape(h.shape[0], -1)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -44,158 +44,64 @@ def dense(params: Params, x: jax.Array, dtype: jnp.dtype) -> jax.Array:
     return x.astype(dtype) @ params["kernel"].astype(dtype) + params["bias"].astype(dtype)
 
 
-# Why conv1's im2col and the taps kernel gradient apply only in compiled loops: XLA:CPU's
-# own convolution gradients run 17-30x slower inside a while loop than outside it (the seed
-# CNN's scan epoch at batch 512: 59-62 s without either, 2.1 s with both), whereas outside,
-# with library fusions off for large programs (`jaxcifar.cpu_fusions`), XLA's are the faster
-# ones (whole step without vs with: 74-79 vs 94 ms at batch 128, 304-340 vs 357-385 ms at 512
-# for im2col, 361-367 vs 445-449 ms at 512 for taps; benchmarks/README.md, finding 7).
-def conv(
-    params: Params, x: jax.Array, dtype: jnp.dtype, *, padding: str = "SAME", in_loop: bool = False
-) -> jax.Array:
+def conv(params: Params, x: jax.Array, dtype: jnp.dtype, *, padding: str = "SAME") -> jax.Array:
     """Stride-1 convolution, (N, H, W, C_in) NHWC -> (N, H', W', C_out) in `dtype`: H' = H
-    with "SAME" padding, H - kernel + 1 with "VALID". Adds `params["bias"]` when the layer has one.
-
-    `in_loop`: the caller traces this inside a compiled loop (`lax.scan`, a while loop). There,
-    on CPU, for large inputs (`taps_kernel_gradient_pays`), the kernel gradient is
-    `kernel_gradient_by_taps` instead of XLA's; the values are the same."""
+    with "SAME" padding, H - kernel + 1 with "VALID". Adds `params["bias"]` when the layer
+    has one. On a CPU its gradients are `_conv_with_canonical_gradients`'; the values are
+    XLA's own."""
     x, kernel = x.astype(dtype), params["kernel"].astype(dtype)
-    if in_loop and taps_kernel_gradient_pays(x):
-        y = _conv_with_taps_kernel_gradient(x, kernel, padding)
+    if jax.default_backend() == "cpu":
+        y = _conv_with_canonical_gradients(x, kernel, padding)
     else:
-        y = _lax_conv(x, kernel, padding)
+        y = _lax_conv(x, kernel, _pads(x, kernel, padding))
     return y + params["bias"].astype(dtype) if "bias" in params else y
 
 
-def _lax_conv(x: jax.Array, kernel: jax.Array, padding: str) -> jax.Array:
+def _lax_conv(x: jax.Array, kernel: jax.Array, pads: Sequence[tuple[int, int]]) -> jax.Array:
+    """The stride-1 NHWC x HWIO -> NHWC convolution with explicit (low, high) spatial pads."""
     return lax.conv_general_dilated(
-        x, kernel, window_strides=(1, 1), padding=padding, dimension_numbers=("NHWC", "HWIO", "NHWC")
+        x, kernel, window_strides=(1, 1), padding=pads, dimension_numbers=("NHWC", "HWIO", "NHWC")
     )
 
 
-# XLA:CPU computes a convolution's kernel gradient as a convolution that contracts over the
-# batch and the whole image, and it slows sharply once the input outgrows the caches: 33 ms
-# for 128 images of 16x16x32 (4 MiB), 270 ms for 512 (16 MiB), 2.3 s for 1024 of 31x31x16;
-# in the fast recipe's step (narrow widths) the first block conv's took 2.9 s of 5.0 s. One
-# matmul per kernel tap, batched over groups of images (`kernel_gradient_by_taps`), took
-# 185 ms and 0.68 s for the large inputs, but 50 ms for the 4 MiB one and more than XLA's
-# at 7x7 (benchmarks/README.md, finding 4; measured with XLA's default library fusions,
-# before taps were kept to compiled loops: see the note above `conv`).
-TAPS_MIN_POSITIONS = 15 * 15
-TAPS_MIN_INPUT_BYTES = 6 * 2**20
-# Rows (image positions) per batched-matmul group in `kernel_gradient_by_taps`: fastest or
-# within 10% of it at every shape measured on the 2-core CPU (1,024 to 65,536 tried).
-TAPS_GROUP_ROWS = 16_384
+def _pads(x: jax.Array, kernel: jax.Array, padding: str) -> list[tuple[int, int]]:
+    return lax.padtype_to_pads(x.shape[1:3], kernel.shape[:2], (1, 1), padding)
 
 
-def taps_kernel_gradient_pays(x: jax.Array) -> bool:
-    """Whether `conv` of NHWC `x` computes its kernel gradient by taps: on CPU, for inputs
-    of at least TAPS_MIN_POSITIONS positions per image and TAPS_MIN_INPUT_BYTES in all.
-    Elsewhere XLA's own (cuDNN's on a GPU) is kept."""
-    height, width = x.shape[1:3]
-    return (
-        jax.default_backend() == "cpu"
-        and height * width >= TAPS_MIN_POSITIONS
-        and x.size * x.dtype.itemsize >= TAPS_MIN_INPUT_BYTES
-    )
-
-
+# Why a CPU gets its own gradient convolutions: XLA:CPU runs a convolution on its library
+# kernels (Eigen, YNNPACK) only in the canonical NHWC x HWIO -> NHWC form. JAX's gradient
+# convolutions are not in it (the kernel gradient contracts over the batch, the input gradient
+# reads the kernel flipped, O and I swapped), and XLA:CPU's pass that rewrites them with
+# transposes (ConvCanonicalization) visits only a program's entry computation: inside the body
+# of a while loop (lax.scan, lax.fori_loop) they compile to a naive elemental loop nest. The
+# seed CNN's step in a scan took 8.1-8.9 ms against 2.2-2.5 with the gradients written here
+# (batch 4), 830-850 against 54-56 ms (batch 128), 530-600 against 230-250 ms (512); outside
+# loops both forms ran alike, being the same convolutions (benchmarks/README.md, finding 8).
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def _conv_with_taps_kernel_gradient(x: jax.Array, kernel: jax.Array, padding: str) -> jax.Array:
-    return _lax_conv(x, kernel, padding)
+def _conv_with_canonical_gradients(x: jax.Array, kernel: jax.Array, padding: str) -> jax.Array:
+    return _lax_conv(x, kernel, _pads(x, kernel, padding))
 
 
 def _conv_forward(x, kernel, padding):
-    return _lax_conv(x, kernel, padding), (x, kernel)
+    return _conv_with_canonical_gradients(x, kernel, padding), (x, kernel)
 
 
 def _conv_backward(padding, residuals, g):
+    """(dx, dkernel) for g = dLoss/doutput (N, H', W', C_out), each one canonical convolution:
+    dx is g correlated with the spatially flipped kernel, its I and O swapped, padded to
+    give back H x W; dkernel[i, j, c, d] = sum over n, h, w of x_padded[n, h+i, w+j, c] *
+    g[n, h, w, d], a convolution of x's channels (as the batch) over the images (as the
+    features) with g as its H' x W' window."""
     x, kernel = residuals
-    # The convolution is linear in x: XLA's transpose of it is the input gradient.
-    transpose = jax.linear_transpose(lambda x: _lax_conv(x, kernel, padding), x)
-    (dx,) = transpose(g)
-    return dx, kernel_gradient_by_taps(x, g, kernel.shape, padding).astype(kernel.dtype)
+    pads = _pads(x, kernel, padding)
+    flipped = jnp.flip(kernel, (0, 1)).transpose(0, 1, 3, 2)
+    full = [(k - 1 - low, k - 1 - high) for k, (low, high) in zip(kernel.shape[:2], pads)]
+    dx = _lax_conv(g, flipped, full)
+    dkernel = _lax_conv(x.transpose(3, 1, 2, 0), g.transpose(1, 2, 0, 3), pads)
+    return dx, dkernel.transpose(1, 2, 0, 3)
 
 
-_conv_with_taps_kernel_gradient.defvjp(_conv_forward, _conv_backward)
-
-
-def kernel_gradient_by_taps(
-    x: jax.Array, g: jax.Array, kernel_shape: tuple[int, ...], padding: str
-) -> jax.Array:
-    """The gradient with respect to the (KH, KW, C_in, C_out) HWIO kernel of a stride-1 NHWC
-    convolution of `x` (N, H, W, C_in) with `padding`, given g = dLoss/doutput (N, H', W',
-    C_out): float32 (KH, KW, C_in, C_out).
-
-    Tap (i, j)'s gradient is sum over n, h, w of x_padded[n, h+i, w+j, :]^T g[n, h, w, :], a
-    matmul contracting over all N*H'*W' positions; it is computed per group of whole images
-    (about `TAPS_GROUP_ROWS` positions each) as one batched matmul, then summed over groups,
-    with float32 accumulation.
-    """
-    kh, kw, c_in, c_out = kernel_shape
-    n, out_h, out_w, _ = g.shape
-    images_per_group = max(1, min(n, TAPS_GROUP_ROWS // (out_h * out_w)))
-    while n % images_per_group:
-        images_per_group -= 1
-    groups = n // images_per_group
-    g_rows = g.reshape(groups, -1, c_out)
-    # Summing the groups' products after the batched matmul, not inside it as one
-    # contraction: XLA:CPU ran the latter 2x slower (598 vs 291 ms, 256 images 31x31 24 -> 16).
-    taps = [
-        jnp.einsum(
-            "gkc,gkd->gcd",
-            window.reshape(groups, -1, c_in),
-            g_rows,
-            preferred_element_type=jnp.float32,
-        ).sum(axis=0)
-        for window in _tap_windows(x, (kh, kw), padding)
-    ]
-    return jnp.stack(taps).reshape(kh, kw, c_in, c_out)
-
-
-def _tap_windows(x: jax.Array, kernel_hw: tuple[int, int], padding: str) -> list[jax.Array]:
-    """The KH*KW shifted views of NHWC `x`, zero-padded for a stride-1 convolution with
-    `padding`, that the kernel's taps multiply, in row-major (i, j) order: each (N, H', W',
-    C), window (i, j) holding x_padded[n, h+i, w+j, :]."""
-    kh, kw = kernel_hw
-    pads = lax.padtype_to_pads(x.shape[1:3], kernel_hw, (1, 1), padding)
-    padded = jnp.pad(x, ((0, 0), *pads, (0, 0)))
-    out_h, out_w = padded.shape[1] - kh + 1, padded.shape[2] - kw + 1
-    return [padded[:, i : i + out_h, j : j + out_w] for i in range(kh) for j in range(kw)]
-
-
-# Up to this many input channels a 3x3 'same' convolution runs as one matmul (im2col). The
-# seed CNN's conv1 reads 3 channels: XLA:CPU computes its kernel gradient as a convolution
-# that contracts over the batch, a shape its convolution kernels handle badly, whereas as
-# im2col it is one (N*H*W, 27)^T @ (N*H*W, 32) matmul. Measured on the 2-core CPU, whole
-# train step, quiet machine (benchmarks/cnn_variants.py): 124 vs 160 ms at batch 128, 553 vs
-# 638 ms at 512, even at 4 and 32. For conv2 (32 channels) im2col is slower (162 vs 152 ms).
-# (Measured with XLA's default library fusions; it now applies in compiled loops only: see
-# the note above `conv`.)
-IM2COL_MAX_CHANNELS = 4
-
-
-def conv_same(
-    params: Params, x: jax.Array, dtype: jnp.dtype, *, in_loop: bool = False
-) -> jax.Array:
-    """Stride-1 'same' convolution with bias, (N, H, W, C_in) NHWC -> (N, H, W, C_out) in
-    `dtype`, for any odd kernel size. Inside a compiled loop (`in_loop`) and for C_in <=
-    IM2COL_MAX_CHANNELS, as one matmul over shifted input copies (`im2col_same`); else as
-    `conv` (`lax.conv_general_dilated`)."""
-    if in_loop and x.shape[-1] <= IM2COL_MAX_CHANNELS:
-        return im2col_same(params, x, dtype)
-    return conv(params, x, dtype, in_loop=in_loop)
-
-
-def im2col_same(params: Params, x: jax.Array, dtype: jnp.dtype) -> jax.Array:
-    """The same function as `conv(params, x, dtype)` with 'same' padding, as one matmul:
-    (N, H, W, KH*KW*C_in) patches, the KH*KW shifted copies of the zero-padded input laid
-    side by side, times the HWIO kernel flattened to (KH*KW*C_in, C_out), whose rows are in
-    the same (i, j, c) order."""
-    kh, kw, _, c_out = params["kernel"].shape
-    patches = jnp.concatenate(_tap_windows(x.astype(dtype), (kh, kw), "SAME"), axis=-1)
-    y = patches @ params["kernel"].astype(dtype).reshape(-1, c_out)
-    return y + params["bias"].astype(dtype)
+_conv_with_canonical_gradients.defvjp(_conv_forward, _conv_backward)
 
 
 @jax.custom_vjp

@@ -34,15 +34,13 @@ def apply(
     rng: jax.Array | None = None,
     dtype: jnp.dtype = jnp.float32,
     activation: str = "sigmoid",
-    in_loop: bool = False,
 ) -> jax.Array:
     """Logits (N, n_out) float32 (no activation on the last layer) for `x` (N, n_in) or (N, H, W, C).
 
-    The MLP has no dropout and no convolutions, so `train`, `rng` and `in_loop` are accepted
-    for a uniform model interface and ignored. `dtype` is the compute dtype; parameters are
-    cast at use.
+    The MLP has no dropout, so `train` and `rng` are accepted for a uniform model interface
+    and ignored. `dtype` is the compute dtype; parameters are cast at use.
     """
-    del train, rng, in_loop
+    del train, rng
     act = ACTIVATIONS[activation]
     h = flatten(x) if x.ndim > 2 else x
     num_layers = len(params)

@@ -12,7 +12,6 @@ training images, and the optimizer never changes it.
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 import jax
@@ -139,20 +138,17 @@ def apply(
     bn_momentum: float,
     output_scale: float,
     dtype: jnp.dtype = jnp.float32,
-    in_loop: bool = False,
 ) -> tuple[jax.Array, BatchStats]:
     """Logits (N, num_classes) float32, times `output_scale`, and the updated batch
-    statistics (unchanged unless `train`) for float images (N, H, W, C), computed in `dtype`.
-    `in_loop`: traced inside a compiled loop (`layers.conv`); the values are the same."""
-    conv = functools.partial(layers.conv, in_loop=in_loop)
-    x = gelu(conv(params["whiten"], images, dtype, padding="VALID"))
+    statistics (unchanged unless `train`) for float images (N, H, W, C), computed in `dtype`."""
+    x = gelu(layers.conv(params["whiten"], images, dtype, padding="VALID"))
     new_stats: BatchStats = {}
     for i in range(1, len(batch_stats) + 1):
         name = f"block{i}"
         block, stats = params[name], batch_stats[name]
-        x = layers.max_pool_2x2(conv(block["conv1"], x, dtype))
+        x = layers.max_pool_2x2(layers.conv(block["conv1"], x, dtype))
         x, norm1 = batch_norm(block["norm1"], stats["norm1"], x, train=train, momentum=bn_momentum)
-        x = conv(block["conv2"], gelu(x), dtype)
+        x = layers.conv(block["conv2"], gelu(x), dtype)
         x, norm2 = batch_norm(block["norm2"], stats["norm2"], x, train=train, momentum=bn_momentum)
         x = gelu(x)
         new_stats[name] = {"norm1": norm1, "norm2": norm2}

@@ -4,9 +4,8 @@ Each step gathers its batch from the device-resident uint8 images by a per-epoch
 applies the alternating flip and a random translation, standardises each channel by the
 training set's mean and standard deviation (as airbench does with CIFAR-10's), and takes an SGD
 step followed by the lookahead update, all in one compiled program. An epoch is either one
-`lax.scan` over its steps ("scan": one dispatch per epoch; what accelerators want) or a Python
-loop of jitted steps ("loop": what a 2-core CPU runs faster, see `jaxcifar.train.pick_epoch_mode`).
-Both run the same step function and give the same result.
+`lax.scan` over its steps ("scan": one dispatch per epoch, the default) or a Python loop of
+jitted steps ("loop"). Both run the same step function and give the same result.
 
 Randomness: a run's key splits into the init, whitening-sample, flip and data keys; epoch e's
 permutation and step i's translations come from `fold_in(data key, e)`, so a run is a function
@@ -110,14 +109,13 @@ def lookahead(
 
 def batch_loss(
     recipe: Recipe, params: net.Params, batch_stats: net.BatchStats,
-    inputs: jax.Array, labels: jax.Array, in_loop: bool = False,
+    inputs: jax.Array, labels: jax.Array,
 ) -> tuple[jax.Array, net.BatchStats]:  # fmt: skip
     """(summed smoothed cross-entropy, float32 scalar; updated BN statistics) of a
-    training-mode forward pass over standardised inputs (B, H, W, C) with labels (B,).
-    `in_loop`: traced inside a compiled loop (`net.apply`)."""
+    training-mode forward pass over standardised inputs (B, H, W, C) with labels (B,)."""
     logits, batch_stats = net.apply(
         params, batch_stats, inputs, train=True, dtype=jnp.dtype(recipe.dtype),
-        bn_momentum=recipe.bn_momentum, output_scale=recipe.output_scale, in_loop=in_loop,
+        bn_momentum=recipe.bn_momentum, output_scale=recipe.output_scale,
     )  # fmt: skip
     return optimizer.loss(logits, labels, recipe.label_smoothing), batch_stats
 
@@ -125,11 +123,9 @@ def batch_loss(
 def train_step(
     recipe: Recipe, plan: Plan, tx: optax.GradientTransformation,
     state: TrainState, data: DeviceData, order: jax.Array, epoch: jax.Array, index: jax.Array,
-    in_loop: bool = False,
 ) -> tuple[TrainState, jax.Array]:  # fmt: skip
     """Step `index` of 0-based `epoch` whose image order is `order` (N,): returns the new
-    state and the batch's mean loss (float32 scalar, before the update). `in_loop`: the
-    step is traced inside a compiled loop (`scan_epoch`)."""
+    state and the batch's mean loss (float32 scalar, before the update)."""
     batch = jax.lax.dynamic_slice(order, (index * recipe.batch_size,), (recipe.batch_size,))
     images, labels = data.images[batch], data.labels[batch]
     # Alternating flip: each image's own coin in even epochs, the opposite in odd ones.
@@ -140,7 +136,7 @@ def train_step(
     inputs = standardize(images, data.mean, data.std)
     grad_fn = jax.value_and_grad(batch_loss, argnums=1, has_aux=True)
     (loss, batch_stats), grads = grad_fn(
-        recipe, state.params, state.batch_stats, inputs, labels, in_loop
+        recipe, state.params, state.batch_stats, inputs, labels
     )
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     whiten_bias = jnp.where(state.step < plan.whiten_bias_steps, updates["whiten"]["bias"], 0.0)
@@ -161,7 +157,7 @@ def scan_epoch(
 ) -> tuple[TrainState, jax.Array]:  # fmt: skip
     """`steps` steps of `epoch` as one lax.scan: (new state, (steps,) float32 losses)."""
     order = epoch_order(state, epoch, data.labels.shape[0])
-    step = functools.partial(train_step, recipe, plan, tx, in_loop=True)
+    step = functools.partial(train_step, recipe, plan, tx)
     return jax.lax.scan(lambda s, i: step(s, data, order, epoch, i), state, jnp.arange(steps))
 
 
@@ -203,7 +199,7 @@ class Speedrun:
     """A recipe compiled for one training and one test set; `run(seed)` trains and tests.
 
     Everything is compiled ahead of time in the constructor (`compile_seconds`), so runs time
-    warm execution only. `epoch_mode`: "scan", "loop" or "auto" (loop on CPU, else scan).
+    warm execution only. `epoch_mode`: "scan", "loop" or "auto" (`pick_epoch_mode`).
     """
 
     def __init__(self, recipe: Recipe, train_set: Dataset, test_set: Dataset, *,
