@@ -247,24 +247,26 @@ def _pad_rows(array: np.ndarray, size: int) -> np.ndarray:
 
 
 def pick_epoch_mode(mode: str, dataset: Dataset) -> str:
-    """Resolve "auto" for the default backend: "scan" when the uint8 dataset fits in a
-    quarter of device memory (or the device reports no limit, as a CPU does), else "loop",
-    which streams batches from host memory.
+    """Resolve "auto" for the default backend: the dataset on the device, run by compiled
+    scans ("chunk" on a CPU, "scan" elsewhere), unless its uint8 images fill more than a
+    quarter of the device memory, where "loop" streams batches from host memory.
 
-    A scan has no per-step dispatch: on an H100, ~136 us/step against ~2 ms for the loop
-    (`../shared/MEASURED.md`). On the 2-core CPU, seed recipe, 2 epochs of 4,000 images
-    (`benchmarks/seed_recipe.py`): 1.84 ms/step against 2.59 for the loop (4 steps per call),
-    compiled in 2.2 s against 5.9; the fast recipe and the MLP are faster in scans too. (The
-    loop won on CPUs until the model's convolution gradients took XLA:CPU's library form inside
-    loops: `layers.conv`, benchmarks/README.md, finding 8.)
+    Scans spare every step its dispatch: on an H100, ~136 us/step against ~2 ms for the loop
+    (`../shared/MEASURED.md`); on the 2-core CPU (seed recipe, 2 epochs of 4,000 images,
+    `benchmarks/seed_recipe.py`) 1.84 ms/step against 2.59 for the loop's 4 steps per call,
+    compiled in 2.2 s against 5.9 (the loop won on CPUs until the model's convolution
+    gradients took XLA:CPU's library form inside loops: `layers.conv`, benchmarks/README.md,
+    finding 8). A CPU gets scans of CHUNK_STEPS steps rather than whole epochs: as fast (2,500
+    seed-recipe steps in 5.7 / 6.2 s against 6.3 / 6.5), and its progress bar and Ctrl-C act
+    every 100 steps instead of once per epoch (25 s for the seed recipe on that CPU).
     """
     if mode != "auto":
         return mode
-    stats = jax.devices()[0].memory_stats() or {}
-    limit = stats.get("bytes_limit")
+    device = jax.devices()[0]
+    limit = (device.memory_stats() or {}).get("bytes_limit")
     if limit is not None and dataset.images.nbytes > limit // 4:
         return "loop"
-    return "scan"
+    return "chunk" if device.platform == "cpu" else "scan"
 
 
 class EpochRunner:

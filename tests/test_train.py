@@ -33,19 +33,19 @@ def quiet_fit(config, train_set, test_set, **kwargs):
     return train.fit(config, train_set, test_set, progress=False, log=lambda line: None, **kwargs)
 
 
-def test_auto_epoch_mode_is_a_scan_where_the_data_fits_the_device(monkeypatch):
+def test_auto_epoch_mode_scans_where_the_data_fits_the_device(monkeypatch):
     data = tiny_dataset(64)  # 4,096 bytes of images
-    assert train.pick_epoch_mode("auto", data) == "scan"  # this CPU: no memory limit reported
-    assert train.pick_epoch_mode("chunk", data) == "chunk"
+    assert train.pick_epoch_mode("auto", data) == "chunk"  # this CPU: scans of 100 steps
+    assert train.pick_epoch_mode("loop", data) == "loop"
 
-    def on(stats):
-        device = types.SimpleNamespace(memory_stats=lambda: stats)
+    def on(platform, stats):
+        device = types.SimpleNamespace(platform=platform, memory_stats=lambda: stats)
         monkeypatch.setattr(jax, "devices", lambda: [device])
         return train.pick_epoch_mode("auto", data)
 
-    assert on({"bytes_limit": 4 * 4096}) == "scan"  # a quarter of memory holds it
-    assert on({"bytes_limit": 4 * 4096 - 4}) == "loop"  # streamed from host memory
-    assert on({"bytes_in_use": 0}) == "scan"  # a backend that reports no limit
+    assert on("gpu", {"bytes_limit": 4 * 4096}) == "scan"  # a quarter of memory holds it
+    assert on("gpu", {"bytes_limit": 4 * 4096 - 4}) == "loop"  # streamed from host memory
+    assert on("tpu", None) == "scan"  # a backend that reports no memory statistics
 
 
 def test_training_reduces_loss_and_learns():

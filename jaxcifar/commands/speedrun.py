@@ -39,8 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="compute dtype (parameters stay float32)")  # fmt: skip
     parser.add_argument("--epoch-mode", choices=EPOCH_MODES, default="auto",
                         help="scan: one lax.scan per epoch; loop: a jitted step per batch; "
-                        "auto: scan unless the images fill over a quarter of device "
-                        "memory")  # fmt: skip
+                        "auto: scan")  # fmt: skip
     parser.add_argument("--seed", type=int, default=0,
                         help="seed of the first run and of the subsets")  # fmt: skip
     add_compile_cache_argument(parser)

@@ -86,8 +86,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="loop: jitted calls of 4 steps, batches from the host; chunk/scan: "
                         "lax.scan over 100 steps / a whole epoch on the device; "
                         "fused/fused-pallas: the seed recipe's fast path on one device, its dense "
-                        "head in XLA / in one Pallas kernel; auto: scan, or loop when the images "
-                        "fill over a quarter of device memory")
+                        "head in XLA / in one Pallas kernel; auto: chunk on CPU, scan "
+                        "elsewhere, loop if the images fill over a quarter of device memory")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")  # fmt: skip
     add_compile_cache_argument(parser)
     parallel.add_distributed_arguments(parser)

@@ -31,7 +31,6 @@ from jaxcifar.errors import ConfigError, TrainingDiverged
 from jaxcifar.speedrun import net, optimizer, tta, whitening
 from jaxcifar.speedrun import recipe as recipes
 from jaxcifar.speedrun.recipe import EPOCH_MODES, Plan, Recipe
-from jaxcifar.train import pick_epoch_mode
 
 EVAL_BATCH = 2000
 
@@ -199,7 +198,8 @@ class Speedrun:
     """A recipe compiled for one training and one test set; `run(seed)` trains and tests.
 
     Everything is compiled ahead of time in the constructor (`compile_seconds`), so runs time
-    warm execution only. `epoch_mode`: "scan", "loop" or "auto" (`pick_epoch_mode`).
+    warm execution only. `epoch_mode`: "scan" (or "auto"), or "loop". The training set lives
+    on the device in both.
     """
 
     def __init__(self, recipe: Recipe, train_set: Dataset, test_set: Dataset, *,
@@ -210,7 +210,7 @@ class Speedrun:
             )
         self.recipe = recipe
         self.plan = recipes.plan(recipe, len(train_set))
-        self.mode = pick_epoch_mode(epoch_mode, train_set)
+        self.mode = "scan" if epoch_mode == "auto" else epoch_mode
         self.tx = optimizer.build_optimizer(recipe, self.plan.total_steps)
         # The channel statistics are the dataset's, like airbench's CIFAR-10 constants: not timed.
         mean, std = channel_stats(train_set.images)
