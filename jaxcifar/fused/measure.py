@@ -1,7 +1,8 @@
 """Timed seed-recipe runs by path, and their results file (a JSON list plus a markdown table).
 
 A path is one of `jaxcifar.train`'s epoch modes: "loop" (a Python loop of jitted steps),
-"scan" (one `lax.scan` per epoch), "fused" and "fused-pallas" (the fused path,
+"chunk" (`lax.scan`s of 100 steps; the default on a CPU), "scan" (one `lax.scan` per epoch;
+the default elsewhere), "fused" and "fused-pallas" (the fused path,
 `FusedRunner`, with the head step in plain JAX or as one Pallas kernel).
 Each row is `{"device", "epochs", "batch_size", "wall_seconds" (compilation included),
 "compile_seconds", "test_accuracy", "path"}` plus what explains it: the training and test
@@ -30,7 +31,7 @@ from jaxcifar.data.dataset import Dataset
 from jaxcifar.fused.epoch import FusedRunner
 from jaxcifar.bench.environment import device_name
 
-PATHS = ("loop", "scan", "fused", "fused-pallas")
+PATHS = ("loop", "chunk", "scan", "fused", "fused-pallas")
 
 
 def measure_path(
@@ -100,9 +101,9 @@ def _step_kernels(path: str, runner: Any, setup: train.Setup, params: Any,
     """Opcode -> count of the kernels one training step launches on this backend: the
     jitted step's program for the loop path, the loop body of the epoch program for the
     fused paths (which holds one step and its batch gather; with unroll u, u steps, so the
-    counts are divided by u). None for the plain scan, whose program is internal to
-    `train.EpochRunner`; its body is the loop path's step plus the batch gather."""
-    if path == "scan":
+    counts are divided by u). None for chunk and scan, whose programs are internal to
+    `train.EpochRunner`; their body is the loop path's step plus the batch gather."""
+    if path in ("chunk", "scan"):
         return None
     state = train.TrainState(params, setup.optimizer.init(params), jnp.zeros((), jnp.int32))
     if path == "loop":
