@@ -256,9 +256,11 @@ def pick_epoch_mode(mode: str, dataset: Dataset) -> str:
     `benchmarks/seed_recipe.py`) 1.84 ms/step against 2.59 for the loop's 4 steps per call,
     compiled in 2.2 s against 5.9 (the loop won on CPUs until the model's convolution
     gradients took XLA:CPU's library form inside loops: `layers.conv`, benchmarks/README.md,
-    finding 8). A CPU gets scans of CHUNK_STEPS steps rather than whole epochs: as fast (2,500
-    seed-recipe steps in 5.7 / 6.2 s against 6.3 / 6.5), and its progress bar and Ctrl-C act
-    every 100 steps instead of once per epoch (25 s for the seed recipe on that CPU).
+    finding 8). A CPU gets scans of CHUNK_STEPS steps rather than whole epochs: as fast (a
+    50,000-image seed-recipe epoch 25.9 / 24.2 s against 26.6 / 24.3, alternated), and its
+    progress bar and Ctrl-C act every 100 steps instead of once per epoch. Where the loop
+    still wins on that CPU: batch 16 (the fast recipe: 7.0-7.7 against 7.7-9.0 ms/step), whose
+    steps XLA overlaps within the loop's 4-step calls; at 4, 32 and 512 the scans do.
     """
     if mode != "auto":
         return mode
