@@ -75,8 +75,11 @@ def _pads(x: jax.Array, kernel: jax.Array, padding: str) -> list[tuple[int, int]
 # transposes (ConvCanonicalization) visits only a program's entry computation: inside the body
 # of a while loop (lax.scan, lax.fori_loop) they compile to a naive elemental loop nest. The
 # seed CNN's step in a scan took 8.1-8.9 ms against 2.2-2.5 with the gradients written here
-# (batch 4), 830-850 against 54-56 ms (batch 128), 530-600 against 230-250 ms (512); outside
-# loops both forms ran alike, being the same convolutions (benchmarks/README.md, finding 8).
+# (batch 4), 830-850 against 54-56 ms (batch 128), 530-600 against 230-250 ms (512), the
+# "before" with the workarounds this replaced (conv1 as an im2col matmul, large kernel
+# gradients by taps); outside loops both forms ran alike, being the same convolutions
+# (benchmarks/README.md, finding 8). GPUs keep JAX's own: XLA:GPU maps gradient convolutions
+# to cuDNN's backward kernels wherever they are, and transposes would only add kernels.
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
 def _conv_with_canonical_gradients(x: jax.Array, kernel: jax.Array, padding: str) -> jax.Array:
     return _lax_conv(x, kernel, _pads(x, kernel, padding))
