@@ -1,5 +1,7 @@
 """Fixtures shared by the test suite."""
 
+import re
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -17,6 +19,13 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"real data not found at {SHARED_DATA}")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def convolution_dim_labels() -> Callable[[str], list[str]]:
+    """A function: the dim_labels of every convolution in a compiled program's HLO text
+    (`compiled.as_text()`), e.g. "b01f_01io->b01f", the form XLA:CPU's library kernels take."""
+    return lambda hlo_text: re.findall(r"convolution\(.*?dim_labels=([\w>-]+)", hlo_text)
 
 
 @pytest.fixture

@@ -1,5 +1,3 @@
-import re
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -103,12 +101,7 @@ def test_conv_and_its_gradients_equal_xlas_own(x_shape, kernel_shape, padding):
             np.testing.assert_allclose(got, want, rtol=tolerance, atol=tolerance)
 
 
-def convolution_dim_labels(compiled_text: str) -> list[str]:
-    """The dim_labels of every convolution in a compiled program's HLO text."""
-    return re.findall(r"convolution\(.*?dim_labels=([\w>-]+)", compiled_text)
-
-
-def test_conv_gradients_inside_a_loop_compile_to_library_convolutions():
+def test_conv_gradients_inside_a_loop_compile_to_library_convolutions(convolution_dim_labels):
     # XLA:CPU rewrites a convolution into the form its library kernels take only in a
     # program's entry computation (layers.conv): in a scan body JAX's own gradient
     # convolutions would compile to naive loops. Every convolution of a scanned training

@@ -11,7 +11,6 @@ from __future__ import annotations
 import functools
 import json
 import math
-import re
 
 import jax
 import jax.numpy as jnp
@@ -252,7 +251,9 @@ def test_fast_recipe_trains_on_real_data(tiny_run):
     np.testing.assert_array_equal(first.state.params["whiten"]["bias"] != 0, True)
 
 
-def test_scan_epochs_train_as_the_loop_does_with_a_partial_last_epoch(shared_data, xla_dir):
+def test_scan_epochs_train_as_the_loop_does_with_a_partial_last_epoch(
+    shared_data, xla_dir, convolution_dim_labels
+):
     # Scan epochs are what a GPU runs (`epoch_mode="auto"` there); the CPU suite otherwise
     # trains only the loop. 1.5 epochs of 2 steps: a 2-step scan program, then a 1-step one.
     recipe = Recipe(epochs=1.5, batch_size=BATCH, widths=WIDTHS, dtype="float32")
@@ -267,7 +268,7 @@ def test_scan_epochs_train_as_the_loop_does_with_a_partial_last_epoch(shared_dat
     programs = speedrun._executables
     assert sorted(programs) == ["epoch1", "epoch2", "init", "predict"]
     for name in ("epoch1", "epoch2"):
-        labels = re.findall(r"convolution\(.*?dim_labels=([\w>-]+)", programs[name].as_text())
+        labels = convolution_dim_labels(programs[name].as_text())
         # 7 convolutions, 3 each (forward, input and kernel gradients), less the whitening
         # layer's two: its input is data, its kernel frozen.
         assert len(labels) == 19 and set(labels) == {"b01f_01io->b01f"}, labels
