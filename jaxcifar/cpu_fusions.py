@@ -1,16 +1,24 @@
-"""XLA:CPU's library fusions, kept for programs of small arrays and turned off for large ones.
+"""Which of XLA:CPU's library fusions a program compiles with: none for convolutions, the
+rest for programs of small and middling arrays.
 
-XLA:CPU hands convolutions, dots, reductions and elementwise chains to YNNPACK ("library
-fusions", the debug option `xla_cpu_experimental_ynn_fusion_type`). They pay while a
-program's arrays are small and cost once they outgrow the caches. Measured on the 2-core CPU,
-with and without them alternated in one process (benchmarks/README.md, finding 7): the seed
-CNN's training step 8.6 vs 9.4 ms at batch 16 (largest float array 2 MiB) but 20.7 vs 17.4
-ms at batch 32 (4 MiB) and 1,053 vs 943 ms at 1,024; its evaluation of 1,000 images 363 vs
-237 ms; the fast recipe's step at full width 20 vs 10 s.
+XLA:CPU hands parts of a program to YNNPACK ("library fusions", the debug option
+`xla_cpu_experimental_ynn_fusion_type`, a list of fusion types; this jaxlib's default is
+REDUCE, INDIVIDUAL_DOT and INDIVIDUAL_CONVOLUTION). Measured on the 2-core CPU, alternated in
+one process (benchmarks/README.md, finding 9):
+- YNNPACK's convolutions are the slower ones at every size tried, Eigen's (what XLA uses
+  without them) the faster: the seed CNN's conv1 kernel gradient took 2.4 ms against 0.38
+  at batch 16, and the fast recipe's training step 8.1 ms against 4.8 without them.
+- Its reductions pay for the CNNs: XLA's own reduction of conv1's bias gradient took 2.3 ms
+  of a 6.5 ms step at batch 16; the seed CNN's step with them and the dot fusions, against
+  none at all, 11.4 vs 14.5 ms at batch 32, 208 vs 225 at 512 (largest float array 64 MiB),
+  its evaluation of 1,000 images 155 vs 242 ms. But the fast recipe of `jaxcifar speedrun`
+  at batch 1,024 (widths 16/32/32, float32, 90 MiB) steps 12% slower with them: a YNNPACK
+  reduction takes in GELU's gradient, with two constants broadcast to 94 MB arrays.
 
-So a program whose largest floating-point array exceeds LIBRARY_FUSIONS_MAX_BYTES compiles
-without them (`compile_for_size`). Integer arrays do not count: a uint8 dataset handed to a
-program is read a batch at a time. Other backends keep XLA's defaults.
+So every program compiles without YNNPACK's convolutions, and one whose largest
+floating-point array exceeds LIBRARY_FUSIONS_MAX_BYTES without any library fusion
+(`compile_for_size`). Integer arrays do not count: a uint8 dataset handed to a program is
+read a batch at a time. Other backends keep XLA's defaults.
 """
 
 from __future__ import annotations
@@ -22,11 +30,13 @@ from typing import Any
 
 import jax
 
-# Between the largest array measured faster with library fusions (2 MiB) and the smallest
-# measured faster without (4 MiB).
-LIBRARY_FUSIONS_MAX_BYTES = 3 * 2**20
-# Its value "" lists no fusion types: every op compiles to XLA's own kernels.
+# The largest array measured faster with library fusions (the seed CNN's step at batch 512);
+# the smallest measured slower is the speedrun's step, at 90 MiB.
+LIBRARY_FUSIONS_MAX_BYTES = 64 * 2**20
 _OPTION = "xla_cpu_experimental_ynn_fusion_type"
+# Fusion types for programs up to LIBRARY_FUSIONS_MAX_BYTES: this jaxlib's defaults but
+# convolutions. Named rather than left to XLA, whose defaults change between releases.
+_SMALL_PROGRAM_FUSIONS = "LIBRARY_FUSION_TYPE_REDUCE,LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"
 # StableHLO array types: tensor<4x32x32x3xf32>. Scalars (tensor<f32>) are too small to count.
 _FLOAT_ARRAY = re.compile(r"tensor<((?:\d+x)+)(f64|f32|bf16|f16)>")
 _FLOAT_BYTES = {"f64": 8, "f32": 4, "bf16": 2, "f16": 2}
@@ -44,25 +54,27 @@ def largest_float_array_bytes(lowered: jax.stages.Lowered) -> int:
 
 
 def compiler_options(lowered: jax.stages.Lowered) -> dict[str, str] | None:
-    """{option: value} for `lowered.compile`: library fusions off on a CPU when the
-    program's largest floating-point array exceeds LIBRARY_FUSIONS_MAX_BYTES; else None."""
+    """{option: value} for `lowered.compile` on a CPU: library fusions but convolutions for a
+    program whose largest floating-point array is up to LIBRARY_FUSIONS_MAX_BYTES, none
+    above; None (XLA's defaults) on other backends."""
     if jax.default_backend() != "cpu":
         return None
     if largest_float_array_bytes(lowered) <= LIBRARY_FUSIONS_MAX_BYTES:
-        return None
+        return {_OPTION: _SMALL_PROGRAM_FUSIONS}
     return {_OPTION: ""}
 
 
 def compile_for_size(lowered: jax.stages.Lowered) -> jax.stages.Compiled:
     """`lowered.compile()` with `compiler_options(lowered)`. A jaxlib that predates the
-    option (it appeared with YNNPACK) compiles with its defaults."""
+    option, or the fusion types it names, compiles with its defaults."""
     options = compiler_options(lowered)
     if options is None:
         return lowered.compile()
     try:
         return lowered.compile(compiler_options=options)
     except jax.errors.JaxRuntimeError as error:
-        if f"No such compile option: '{_OPTION}'" not in str(error):
+        unknown = (f"No such compile option: '{_OPTION}'", f"While setting option {_OPTION},")
+        if not any(message in str(error) for message in unknown):
             raise
         return lowered.compile()
 

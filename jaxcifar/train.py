@@ -54,7 +54,11 @@ LOOP_UNROLL = 4
 # Epochs shorter than this run one step per call: the 4-step program's extra compile (~3 s
 # cold) would cost more than its ~0.3 ms per step saves over a 10-epoch run.
 LOOP_UNROLL_MIN_STEPS = 1_000
-EVAL_BATCH = 1000
+# Evaluation batch: the seed CNN's evaluation on the 2-core CPU, per image, 91 us at 250
+# against 111 at 100, 149 at 500 and 237 at 1,000 (whose program, over 64 MiB, also compiles
+# without library fusions: `cpu_fusions`); on a GPU the test set is a few dozen small calls
+# either way.
+EVAL_BATCH = 250
 
 Batch = tuple[jax.Array, jax.Array]
 
@@ -188,8 +192,7 @@ def make_eval_step(
     """The jitted `(params, (images uint8, labels)) -> (losses (B,) float32, predictions (B,)
     int32)`, dropout off; data parallel over `mesh` like `make_train_step`, with both outputs
     replicated so every process can read them (B floats and ints: a negligible gather).
-    Compiled once per batch shape by `cpu_fusions.compile_for_size` (on a CPU, a batch of
-    1,000 CIFAR-10 images evaluates a third faster without library fusions)."""
+    Compiled once per batch shape by `cpu_fusions.compile_for_size`."""
     compute_dtype = jnp.dtype(dtype)
 
     def eval_step(params, batch: Batch):
@@ -258,9 +261,9 @@ def pick_epoch_mode(mode: str, dataset: Dataset) -> str:
     gradients took XLA:CPU's library form inside loops: `layers.conv`, benchmarks/README.md,
     finding 8). A CPU gets scans of CHUNK_STEPS steps rather than whole epochs: as fast (a
     50,000-image seed-recipe epoch 25.9 / 24.2 s against 26.6 / 24.3, alternated), and its
-    progress bar and Ctrl-C act every 100 steps instead of once per epoch. Where the loop
-    still wins on that CPU: batch 16 (the fast recipe: 7.0-7.7 against 7.7-9.0 ms/step), whose
-    steps XLA overlaps within the loop's 4-step calls; at 4, 32 and 512 the scans do.
+    progress bar and Ctrl-C act every 100 steps instead of once per epoch. At batch 16 (the
+    fast recipe, 24,000 images) 5.3 against 5.7 ms/step; the loop won there, 6.7 against 7.4,
+    until convolutions left YNNPACK (`cpu_fusions`, benchmarks/README.md, finding 9).
     """
     if mode != "auto":
         return mode

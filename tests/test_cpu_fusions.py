@@ -4,13 +4,16 @@ import numpy as np
 
 from jaxcifar import cpu_fusions
 from jaxcifar.cpu_fusions import LIBRARY_FUSIONS_MAX_BYTES
+from jaxcifar.models import layers
 
-OFF = {"xla_cpu_experimental_ynn_fusion_type": ""}
+OPTION = "xla_cpu_experimental_ynn_fusion_type"
+OFF = {OPTION: ""}
 
 
 def _lowered_with_float_rows(rows: int) -> jax.stages.Lowered:
-    """A program whose largest float array is (rows, 1024) float32, beside a larger uint8 one."""
-    images = jax.ShapeDtypeStruct((4096, 1024), jnp.uint8)
+    """A program whose largest float array is (rows, 1024) float32, beside a uint8 one of
+    twice as many rows."""
+    images = jax.ShapeDtypeStruct((2 * rows, 1024), jnp.uint8)
     return jax.jit(lambda x: x[:rows].astype(jnp.float32).sum()).lower(images)
 
 
@@ -22,9 +25,11 @@ def test_largest_float_array_counts_floats_only_in_bytes():
     assert cpu_fusions.largest_float_array_bytes(integers) == 0
 
 
-def test_library_fusions_turn_off_just_above_the_threshold():
+def test_library_fusions_but_convolutions_up_to_the_threshold_none_above():
     rows_at_threshold = LIBRARY_FUSIONS_MAX_BYTES // (1024 * 4)
-    assert cpu_fusions.compiler_options(_lowered_with_float_rows(rows_at_threshold)) is None
+    at_threshold = cpu_fusions.compiler_options(_lowered_with_float_rows(rows_at_threshold))
+    assert at_threshold is not None and at_threshold[OPTION]
+    assert "CONVOLUTION" not in at_threshold[OPTION]
     assert cpu_fusions.compiler_options(_lowered_with_float_rows(rows_at_threshold + 1)) == OFF
 
 
@@ -33,34 +38,48 @@ def test_other_backends_keep_xla_defaults(monkeypatch):
     assert cpu_fusions.compiler_options(_lowered_with_float_rows(4096)) is None
 
 
-def _conv_gelu_sum(batch: int) -> jax.stages.Lowered:
-    """A 3x3 convolution of (batch, 32, 32, 16) float32 images, exact GELU and a sum: XLA:CPU
-    hands the convolution and the GELU-and-sum to YNNPACK by default."""
+def _entry_convolution_count(compiled: jax.stages.Compiled) -> int:
+    """Convolutions at the top level of `compiled`'s program: Eigen's, not in a fusion."""
+    text = compiled.as_text()
+    entry = text[text.index("\nENTRY ") :]
+    return entry[: entry.index("\n}")].count(" convolution(")
 
+
+def test_convolutions_compile_without_ynnpack_to_the_same_gradient():
     def loss(kernel, x):
-        dims = ("NHWC", "HWIO", "NHWC")
-        y = jax.lax.conv_general_dilated(x, kernel, (1, 1), "SAME", dimension_numbers=dims)
-        return jax.nn.gelu(y, approximate=False).sum()
+        return jax.nn.relu(layers.conv({"kernel": kernel}, x, jnp.float32)).sum()
 
-    kernel = jax.ShapeDtypeStruct((3, 3, 16, 16), jnp.float32)
-    return jax.jit(loss).lower(kernel, jax.ShapeDtypeStruct((batch, 32, 32, 16), jnp.float32))
+    kernel = jax.random.normal(jax.random.key(0), (3, 3, 3, 32))  # the seed CNN's conv1
+    x = jax.random.normal(jax.random.key(1), (2, 32, 32, 3))
+    lowered = jax.jit(jax.grad(loss)).lower(kernel, x)
+    assert _entry_convolution_count(lowered.compile()) == 0  # XLA's default: in YNNPACK
+    ours = cpu_fusions.compile_for_size(lowered)
+    assert _entry_convolution_count(ours) == 2  # the value's and the kernel gradient's
+    # Sums of 2,048 products, added in another order: float32 rounding apart.
+    expected = lowered.compile()(kernel, x)
+    np.testing.assert_allclose(ours(kernel, x), expected, rtol=1e-4, atol=1e-4)
 
 
 def test_a_large_program_compiles_without_library_fusions_and_computes_the_same():
-    small, large = _conv_gelu_sum(2), _conv_gelu_sum(64)  # 128 KiB and 4 MiB of images
-    assert "ynn_fusion" in cpu_fusions.compile_for_size(small).as_text()
+    rows_above = LIBRARY_FUSIONS_MAX_BYTES // (1024 * 4) + 1
+    small, large = _lowered_with_float_rows(64), _lowered_with_float_rows(rows_above)
+    assert "ynn_fusion" in cpu_fusions.compile_for_size(small).as_text()  # the sum's
     assert "ynn_fusion" in large.compile().as_text()  # XLA's default
     compiled = cpu_fusions.compile_for_size(large)
     assert "ynn_fusion" not in compiled.as_text()
-    kernel = jax.random.normal(jax.random.key(0), (3, 3, 16, 16))
-    x = jax.random.normal(jax.random.key(1), (64, 32, 32, 16))
-    np.testing.assert_allclose(compiled(kernel, x), large.compile()(kernel, x), rtol=1e-4)
+    images = jnp.ones((2 * rows_above, 1024), jnp.uint8)
+    np.testing.assert_allclose(compiled(images), large.compile()(images), rtol=1e-6)
+    np.testing.assert_allclose(compiled(images), rows_above * 1024, rtol=1e-6)
 
 
-def test_a_jaxlib_without_the_option_compiles_with_its_defaults(monkeypatch):
+def test_a_jaxlib_without_the_option_or_fusion_type_compiles_with_its_defaults(monkeypatch):
+    lowered = _lowered_with_float_rows(4096)
+    monkeypatch.setattr(cpu_fusions, "_SMALL_PROGRAM_FUSIONS", "LIBRARY_FUSION_TYPE_NO_SUCH")
+    compiled = cpu_fusions.compile_for_size(lowered)
+    assert float(compiled(jnp.ones((8192, 1024), jnp.uint8))) == 4096 * 1024
     monkeypatch.setattr(cpu_fusions, "_OPTION", "xla_cpu_no_such_option_in_any_jaxlib")
-    compiled = cpu_fusions.compile_for_size(_lowered_with_float_rows(4096))
-    assert float(compiled(jnp.ones((4096, 1024), jnp.uint8))) == 4096 * 1024
+    compiled = cpu_fusions.compile_for_size(lowered)
+    assert float(compiled(jnp.ones((8192, 1024), jnp.uint8))) == 4096 * 1024
 
 
 def test_compiled_per_shape_compiles_once_per_shape_and_matches_jit(monkeypatch):
