@@ -3,7 +3,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxcifar import cpu_fusions
-from jaxcifar.cpu_fusions import LIBRARY_FUSIONS_MAX_BYTES
+from jaxcifar.cpu_fusions import LIBRARY_FUSIONS_MAX_BYTES, XLA_DEFAULTS_MAX_BYTES
 from jaxcifar.models import layers
 
 OPTION = "xla_cpu_experimental_ynn_fusion_type"
@@ -25,12 +25,15 @@ def test_largest_float_array_counts_floats_only_in_bytes():
     assert cpu_fusions.largest_float_array_bytes(integers) == 0
 
 
-def test_library_fusions_but_convolutions_up_to_the_threshold_none_above():
-    rows_at_threshold = LIBRARY_FUSIONS_MAX_BYTES // (1024 * 4)
-    at_threshold = cpu_fusions.compiler_options(_lowered_with_float_rows(rows_at_threshold))
-    assert at_threshold is not None and at_threshold[OPTION]
-    assert "CONVOLUTION" not in at_threshold[OPTION]
-    assert cpu_fusions.compiler_options(_lowered_with_float_rows(rows_at_threshold + 1)) == OFF
+def test_defaults_then_library_fusions_but_convolutions_then_none_as_programs_grow():
+    def options(float_bytes: int) -> dict[str, str] | None:
+        return cpu_fusions.compiler_options(_lowered_with_float_rows(float_bytes // (1024 * 4)))
+
+    assert options(XLA_DEFAULTS_MAX_BYTES) is None
+    middling = options(XLA_DEFAULTS_MAX_BYTES + 4096)
+    assert middling is not None and middling[OPTION] and "CONVOLUTION" not in middling[OPTION]
+    assert options(LIBRARY_FUSIONS_MAX_BYTES) == middling
+    assert options(LIBRARY_FUSIONS_MAX_BYTES + 4096) == OFF
 
 
 def test_other_backends_keep_xla_defaults(monkeypatch):
@@ -50,12 +53,12 @@ def test_convolutions_compile_without_ynnpack_to_the_same_gradient():
         return jax.nn.relu(layers.conv({"kernel": kernel}, x, jnp.float32)).sum()
 
     kernel = jax.random.normal(jax.random.key(0), (3, 3, 3, 32))  # the seed CNN's conv1
-    x = jax.random.normal(jax.random.key(1), (2, 32, 32, 3))
+    x = jax.random.normal(jax.random.key(1), (8, 32, 32, 3))  # 1 MiB of activations
     lowered = jax.jit(jax.grad(loss)).lower(kernel, x)
     assert _entry_convolution_count(lowered.compile()) == 0  # XLA's default: in YNNPACK
     ours = cpu_fusions.compile_for_size(lowered)
     assert _entry_convolution_count(ours) == 2  # the value's and the kernel gradient's
-    # Sums of 2,048 products, added in another order: float32 rounding apart.
+    # Sums of 8,192 products, added in another order: float32 rounding apart.
     expected = lowered.compile()(kernel, x)
     np.testing.assert_allclose(ours(kernel, x), expected, rtol=1e-4, atol=1e-4)
 
@@ -74,7 +77,7 @@ def test_a_large_program_compiles_without_library_fusions_and_computes_the_same(
 
 def test_a_jaxlib_without_the_option_or_fusion_type_compiles_with_its_defaults(monkeypatch):
     lowered = _lowered_with_float_rows(4096)
-    monkeypatch.setattr(cpu_fusions, "_SMALL_PROGRAM_FUSIONS", "LIBRARY_FUSION_TYPE_NO_SUCH")
+    monkeypatch.setattr(cpu_fusions, "_MIDDLING_PROGRAM_FUSIONS", "LIBRARY_FUSION_TYPE_NO_SUCH")
     compiled = cpu_fusions.compile_for_size(lowered)
     assert float(compiled(jnp.ones((8192, 1024), jnp.uint8))) == 4096 * 1024
     monkeypatch.setattr(cpu_fusions, "_OPTION", "xla_cpu_no_such_option_in_any_jaxlib")
