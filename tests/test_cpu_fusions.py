@@ -3,6 +3,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxcifar import cpu_fusions
+from jaxcifar.bench.xla_cost import kernel_counts
 from jaxcifar.cpu_fusions import LIBRARY_FUSIONS_MAX_BYTES, XLA_DEFAULTS_MAX_BYTES
 from jaxcifar.models import layers
 
@@ -42,10 +43,9 @@ def test_other_backends_keep_xla_defaults(monkeypatch):
 
 
 def _entry_convolution_count(compiled: jax.stages.Compiled) -> int:
-    """Convolutions at the top level of `compiled`'s program: Eigen's, not in a fusion."""
-    text = compiled.as_text()
-    entry = text[text.index("\nENTRY ") :]
-    return entry[: entry.index("\n}")].count(" convolution(")
+    """Convolutions the program runs as instructions of their own (Eigen's), not inside a
+    library fusion."""
+    return kernel_counts(compiled.as_text())["convolution"]
 
 
 def test_convolutions_compile_without_ynnpack_to_the_same_gradient():
