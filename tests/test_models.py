@@ -6,6 +6,7 @@ import pytest
 
 from jaxcifar import models
 from jaxcifar.models import cnn as cnn_module
+from jaxcifar.models import layers
 from jaxcifar.models import mlp as mlp_module
 
 
@@ -62,8 +63,6 @@ def test_cnn_matches_flax_linen_with_the_same_params(cnn_params):
     ],
 )
 def test_conv_and_its_gradients_equal_xlas_own(x_shape, kernel_shape, padding):
-    from jaxcifar.models import layers
-
     k1, k2, k3 = jax.random.split(jax.random.key(2), 3)
     params = {
         "kernel": jax.random.normal(k1, kernel_shape),
@@ -106,7 +105,6 @@ def test_conv_gradients_inside_a_loop_compile_to_library_convolutions(convolutio
     # program's entry computation (layers.conv): in a scan body JAX's own gradient
     # convolutions would compile to naive loops. Every convolution of a scanned training
     # step, forward and backward, must already be in that form, NHWC x HWIO -> NHWC.
-    from jaxcifar.models import layers
 
     params = {"kernel": jnp.ones((3, 3, 32, 16)), "bias": jnp.zeros(16)}
     x = jnp.ones((4, 16, 16, 32))  # carried, so its gradient is live as well
@@ -160,6 +158,22 @@ def test_dropout_only_in_training(cnn_params):
     assert not np.allclose(train_a, eval_a)
     with pytest.raises(ValueError, match="rng"):
         cnn.apply(cnn_params, x, train=True)
+
+
+def test_dropout_zeroes_rate_of_units_independently_and_rescales_the_rest():
+    x = jnp.full((64, 1024), 2.0)
+    a = np.asarray(layers.dropout(x, 0.25, train=True, rng=jax.random.key(3))) != 0
+    out_b = np.asarray(layers.dropout(x, 0.25, train=True, rng=jax.random.key(4)))
+    b = out_b != 0
+    # 65,536 Bernoulli(0.75) draws: the kept fraction near 0.75, in every row of 1,024 too,
+    # and two keys' masks agree on 0.75^2 + 0.25^2 of the units; each bound ~6 standard
+    # deviations (0.0017, 0.0135, 0.0019): a biased, repeating or shared mask fails.
+    assert abs(a.mean() - 0.75) < 0.011
+    assert np.all(np.abs(a.mean(axis=1) - 0.75) < 0.081)
+    assert abs((a == b).mean() - 0.625) < 0.012
+    np.testing.assert_array_equal(out_b[b], np.float32(2.0 / 0.75))
+    bf16 = layers.dropout(x.astype(jnp.bfloat16), 0.25, train=True, rng=jax.random.key(3))
+    assert bf16.dtype == jnp.bfloat16
 
 
 def test_bfloat16_compute_keeps_float32_logits(cnn_params):
@@ -216,8 +230,6 @@ def test_mlp_gradient_equals_numpy_scratch_backprop():
 
 
 def test_max_pool_gradient_goes_to_the_first_maximum_of_each_window():
-    from jaxcifar.models import layers
-
     # One 5x4 channel (an odd height: its last row is dropped). Window (0, 0) ties at 3 in
     # its first and last positions, window (0, 1) has one maximum, window (1, 0) ties
     # everywhere at 0 (a ReLU's flat region), window (1, 1) ties at 2 in its second and
@@ -238,8 +250,6 @@ def test_max_pool_gradient_goes_to_the_first_maximum_of_each_window():
 
 
 def test_max_pool_gradient_equals_autodiff_where_there_are_no_ties():
-    from jaxcifar.models import layers
-
     x = jax.random.normal(jax.random.key(0), (2, 6, 7, 3))  # odd width: a dropped column
     g = jax.random.normal(jax.random.key(1), (2, 3, 3, 3))
     ours = jax.vjp(layers.max_pool_2x2, x)[1](g)[0]
