@@ -105,7 +105,8 @@ class RunConfig:
 RECIPES = {
     "seed": RunConfig(),
     # Measured on the CIFAR-10 JPEG copy, 10 epochs each (benchmarks/results/fast-recipe-cpu/):
-    # this one 71.25% (71.09%, 72.33% and 72.28% in earlier states of the CPU code: rounding);
+    # this one 72.62% (71.25%, 71.09%, 72.33% and 72.28% in earlier states of the code: other
+    # rounding, other dropout masks);
     # the same with a one-cycle warm-up 71.60%; Adam lr 0.003 batch 32 one-cycle 71.27%; batch
     # 64 with crop+flip augmentation was at 58.5% after 5 of 10 epochs
     # (this small CNN underfits: augmentation needs more epochs than the budget). Batch 16
