@@ -1,8 +1,9 @@
-"""The training loop as a library: state, jitted steps, epochs and `fit`.
+"""The training loop as a library: state, jitted steps, evaluation and `fit` (how an epoch's
+steps run, on the host or in compiled scans: `jaxcifar.epochs`).
 
 Everything random derives from `config.seed`: the parameter init key, and per epoch a
-permutation key and a dropout/augmentation key, made with `jax.random.fold_in(key, epoch)`
-and then `fold_in(step_key, step)`. So an epoch's work depends only on (seed, epoch, state at
+permutation key and a dropout/augmentation key (`epochs.epoch_keys`), made with
+`jax.random.fold_in(key, epoch)` and then `fold_in(step_key, step)`. So an epoch's work depends only on (seed, epoch, state at
 its start), and resuming at an epoch boundary reproduces an uninterrupted run bit for bit.
 
 The last partial batch of an epoch is dropped (steps = N // batch_size), unlike PyTorch's
@@ -28,9 +29,8 @@ import numpy as np
 import optax
 from jax.sharding import Mesh
 
-from jaxcifar import cpu_fusions, models, parallel
+from jaxcifar import cpu_fusions, epochs, models, parallel
 from jaxcifar.augment import random_crop_flip
-from jaxcifar.bench.xla_cost import compile_timed
 from jaxcifar.config import RunConfig
 from jaxcifar.data.dataset import Dataset
 from jaxcifar.data.preprocess import to_float
@@ -40,20 +40,6 @@ from jaxcifar.optim import build_optimizer
 EPOCH_MODES = ("auto", "loop", "chunk", "scan", "fused", "fused-pallas")
 # The fused path's modes and the head step each runs (jaxcifar.fused).
 FUSED_HEADS = {"fused": "xla", "fused-pallas": "pallas"}
-CHUNK_STEPS = 100
-# Loop mode fetches losses from the device every this many steps (to update the progress bar
-# and catch a NaN) rather than every step, so dispatch of later steps overlaps compute; and
-# it ships the batches of as many steps to the device in one transfer (see `_run_loop`).
-SYNC_EVERY = 100
-# Loop mode runs this many consecutive steps per jitted call, unrolled (no while loop, which
-# XLA:CPU runs slowly): seed recipe on the 2-core CPU, 6 x 1,000 steps each, 2.71 vs 3.02 ms
-# per step (median), for one more compile (5.0 vs 2.2 s, once per machine with the cache).
-# Dispatch alone is ~0.1 ms a call; the rest is XLA overlapping one step's tail (the dense
-# layers' updates) with the next step's start. An epoch's leftover steps run one per call.
-LOOP_UNROLL = 4
-# Epochs shorter than this run one step per call: the 4-step program's extra compile (~3 s
-# cold) would cost more than its ~0.3 ms per step saves over a 10-epoch run.
-LOOP_UNROLL_MIN_STEPS = 1_000
 # Evaluation batch: the seed CNN's evaluation on the 2-core CPU, per image, 91 us at 250
 # against 111 at 100, 149 at 500 and 237 at 1,000 (whose program, over 64 MiB, also compiles
 # without library fusions: `cpu_fusions`); on a GPU the test set is a few dozen small calls
@@ -129,13 +115,8 @@ def _new_state(setup: Setup, key: jax.Array) -> TrainState:
 
 
 def init_key(seed: int | jax.Array) -> jax.Array:
+    """The parameter init key: fold_in 0 of the seed's key (the data keys fold in 1)."""
     return jax.random.fold_in(jax.random.key(seed), 0)
-
-
-def epoch_keys(seed: int | jax.Array, epoch: int | jax.Array) -> tuple[jax.Array, jax.Array]:
-    """(permutation key, per-step key) of `epoch` (1-based): a function of seed and epoch only."""
-    data_key = jax.random.fold_in(jax.random.key(seed), 1)
-    return tuple(jax.random.split(jax.random.fold_in(data_key, epoch)))
 
 
 def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
@@ -249,174 +230,9 @@ def _pad_rows(array: np.ndarray, size: int) -> np.ndarray:
     return np.concatenate([array, padding]) if len(padding) else array
 
 
-def pick_epoch_mode(mode: str, dataset: Dataset) -> str:
-    """Resolve "auto" for the default backend: the dataset on the device, run by compiled
-    scans ("chunk" on a CPU, "scan" elsewhere), unless its uint8 images fill more than a
-    quarter of the device memory, where "loop" streams batches from host memory.
-
-    Scans spare every step its dispatch: on an H100, ~136 us/step against ~2 ms for the loop
-    (`../shared/MEASURED.md`); on the 2-core CPU (seed recipe, 2 epochs of 4,000 images,
-    `benchmarks/seed_recipe.py`) 1.84 ms/step against 2.59 for the loop's 4 steps per call,
-    compiled in 2.2 s against 5.9 (the loop won on CPUs until the model's convolution
-    gradients took XLA:CPU's library form inside loops: `layers.conv`, benchmarks/README.md,
-    finding 8). A CPU gets scans of CHUNK_STEPS steps rather than whole epochs: as fast (a
-    50,000-image seed-recipe epoch 25.9 / 24.2 s against 26.6 / 24.3, alternated), and its
-    progress bar and Ctrl-C act every 100 steps instead of once per epoch. At batch 16 (the
-    fast recipe, 24,000 images) 5.3 against 5.7 ms/step; the loop won there, 6.7 against 7.4,
-    until convolutions left YNNPACK (`cpu_fusions`, benchmarks/README.md, finding 9).
-    """
-    if mode != "auto":
-        return mode
-    device = jax.devices()[0]
-    limit = (device.memory_stats() or {}).get("bytes_limit")
-    if limit is not None and dataset.images.nbytes > limit // 4:
-        return "loop"
-    return "chunk" if device.platform == "cpu" else "scan"
-
-
-class EpochRunner:
-    """Runs training epochs over one dataset in a given mode, timing compiles separately.
-
-    loop: a Python loop of jitted calls of LOOP_UNROLL `train_step`s each (one in epochs of
-      under LOOP_UNROLL_MIN_STEPS), fed from host memory (streaming): the batches of up to
-      SYNC_EVERY steps go to the device at a time, each process shipping only its own rows
-      of every batch.
-    chunk: the dataset on the device, CHUNK_STEPS steps per jitted `lax.scan`.
-    scan: the dataset on the device, one jitted `lax.scan` per epoch.
-
-    `train_step` must be made for the same `mesh` (default: every device); in chunk and
-    scan modes every device holds the whole dataset and gathers its own rows of each batch.
-    Raises ConfigError when the batch size does not divide by the mesh's device count.
-    """
-
-    def __init__(
-        self, train_step: Callable, dataset: Dataset, config: RunConfig, mode: str,
-        mesh: Mesh | None = None,
-    ):  # fmt: skip
-        self.mesh = parallel.data_mesh() if mesh is None else mesh
-        parallel.check_batch_size(config.batch_size, self.mesh.size)
-        self.train_step = train_step
-        self.dataset = dataset
-        self.config = config
-        self.mode = mode
-        self.steps = len(dataset) // config.batch_size
-        self._compiled: dict[int | tuple[str, int], Callable] = {}
-        self.compile_seconds = 0.0
-        # Compiled now and timed with the steps: left to its first call, it went unseen into
-        # the first epoch's time (0.7 s of a 2-step loop epoch on the 2-core CPU).
-        order_fn = _epoch_order_fn(self.mesh, len(dataset))
-        self._epoch_order = self._timed_compile(order_fn, np.int32(0), np.int32(0))
-        if mode in ("chunk", "scan"):
-            self.device_images, self.device_labels = parallel.replicate(
-                (dataset.images, dataset.labels), self.mesh
-            )
-
-    def _timed_compile(self, jitted: Callable, *args: Any) -> Callable:
-        """`jitted` lowered and compiled for `args`, its time added to `compile_seconds`."""
-        compiled = compile_timed(jitted, *args)
-        self.compile_seconds += compiled.compile_seconds
-        return compiled.executable
-
-    def _chunk_fn(self, state: TrainState, perm: jax.Array, first: int, step_key: jax.Array, size: int):
-        """Compile (once per chunk size, timed) and return the `size`-step scan."""
-        if size not in self._compiled:
-            batch_size = self.config.batch_size
-            rows_sharding = parallel.batch_sharding(self.mesh)
-
-            def run(state, images, labels, perm, first, step_key):
-                def body(state, step):
-                    index = jax.lax.dynamic_slice(perm, (step * batch_size,), (batch_size,))
-                    # Sharded indices into the replicated dataset: each device gathers
-                    # only its own rows of the batch.
-                    index = jax.lax.with_sharding_constraint(index, rows_sharding)
-                    batch = (images[index], labels[index])
-                    state, out = self.train_step(state, batch, jax.random.fold_in(step_key, step))
-                    return state, (out["loss"], out["correct"])
-
-                return jax.lax.scan(body, state, first + jnp.arange(size))
-
-            args = (state, self.device_images, self.device_labels, perm, first, step_key)
-            self._compiled[size] = self._timed_compile(jax.jit(run, donate_argnums=0), *args)
-        return self._compiled[size]
-
-    def run(
-        self, state: TrainState, epoch: int, report: Callable[[int, np.ndarray, np.ndarray], None]
-    ) -> TrainState:
-        """One epoch (1-based `epoch`). After each group of steps, calls
-        `report(first_step, losses, corrects)` with host arrays, which may raise to stop."""
-        perm, step_key = self._epoch_order(np.int32(self.config.seed), np.int32(epoch))
-        if self.mode == "loop":
-            return self._run_loop(state, np.asarray(perm), step_key, report)
-        size = self.steps if self.mode == "scan" else min(CHUNK_STEPS, self.steps)
-        for first in range(0, self.steps, size):
-            n = min(size, self.steps - first)
-            first_arr = np.int32(first)
-            state, (losses, corrects) = self._chunk_fn(state, perm, first_arr, step_key, n)(
-                state, self.device_images, self.device_labels, perm, first_arr, step_key
-            )
-            report(first, np.asarray(losses), np.asarray(corrects))
-        return state
-
-    def _run_loop(self, state, perm: np.ndarray, step_key, report) -> TrainState:
-        batch_size = self.config.batch_size
-        rows = parallel.process_rows(self.mesh, batch_size)
-        block_steps = min(SYNC_EVERY, self.steps)
-        per_call = LOOP_UNROLL if self.steps >= LOOP_UNROLL_MIN_STEPS else 1
-        for first in range(0, self.steps, block_steps):
-            count = min(block_steps, self.steps - first)
-            index = perm[first * batch_size : (first + count) * batch_size]
-            # The epoch's last block is padded with repeated rows to the others' shape, so
-            # the steps compile once; the padding is never trained on.
-            index = np.resize(index, block_steps * batch_size).reshape(block_steps, batch_size)
-            local = index[:, rows]  # this process's rows of each batch
-            block = parallel.shard_batch(
-                (self.dataset.images[local], self.dataset.labels[local]),
-                self.mesh, batch_size, batch_axis=1,
-            )  # fmt: skip
-            outs = []
-            i = 0
-            while i < count:
-                unroll = per_call if count - i >= per_call else 1
-                steps_fn = self._block_steps_fn(state, block, step_key, unroll)
-                state, out = steps_fn(state, block, step_key, np.int32(first + i), np.int32(i))
-                outs.append(out)
-                i += unroll
-            fetched = jax.device_get(outs)
-            losses = np.concatenate([o["loss"] for o in fetched])
-            report(first, losses, np.concatenate([o["correct"] for o in fetched]))
-        return state
-
-    def _block_steps_fn(
-        self, state: TrainState, block: Batch, step_key: jax.Array, unroll: int
-    ) -> Callable:
-        """Compile (once per `unroll`, timed) and return the loop's call: `unroll` consecutive
-        `train_step`s on batches i, i+1, ... of a block of batches (steps, B, ...) already on
-        the device, step s with key fold_in(step_key, s); outputs stacked, (unroll,) each.
-
-        Measured against a step fed one batch and one eager `fold_in` per Python call (seed
-        CNN, batch 4, 2-core CPU): 3.5-3.9 vs 4.3-4.9 ms per step; the per-call transfer and
-        key derivation cost the Python thread ~0.8 ms, taken from the cores XLA computes on.
-        """
-        if ("loop", unroll) not in self._compiled:
-
-            def run(state, block, step_key, step, i):
-                images, labels = block
-                outs = []
-                for j in range(unroll):
-                    key = jax.random.fold_in(step_key, step + j)
-                    state, out = self.train_step(state, (images[i + j], labels[i + j]), key)
-                    outs.append(out)
-                return state, jax.tree.map(lambda *values: jnp.stack(values), *outs)
-
-            args = (state, block, step_key, np.int32(0), np.int32(0))
-            jitted = jax.jit(run, donate_argnums=0)
-            self._compiled["loop", unroll] = self._timed_compile(jitted, *args)
-        return self._compiled["loop", unroll]
-
-
 def make_epoch_runner(mode: str, config: RunConfig, setup: Setup, train_set: Dataset,
                       mesh: Mesh | None = None) -> Any:  # fmt: skip
-    """The runner of `mode` (not "auto"; see `pick_epoch_mode`): an `EpochRunner` over
+    """The runner of `mode` (not "auto"; see `epochs.pick_epoch_mode`): an `EpochRunner` over
     `make_train_step`'s step, or for "fused" / "fused-pallas" a `jaxcifar.fused.epoch.
     FusedRunner` (one device, seed-recipe kinds only; ConfigError otherwise). Both have
     `steps`, `compile_seconds` and `run(state, epoch, report) -> state`."""
@@ -426,25 +242,7 @@ def make_epoch_runner(mode: str, config: RunConfig, setup: Setup, train_set: Dat
 
         return FusedRunner(config, train_set, head=FUSED_HEADS[mode], mesh=mesh)
     train_step = make_train_step(setup, dtype=config.dtype, augment=config.augment, mesh=mesh)
-    return EpochRunner(train_step, train_set, config, mode, mesh)
-
-
-@functools.cache
-def _epoch_order_fn(mesh: Mesh, size: int) -> Callable[[np.int32, np.int32], tuple[jax.Array, jax.Array]]:
-    """Jitted `(seed, epoch) -> (permutation of range(size), per-step key)`, replicated over
-    `mesh`. Under jit so every process draws the same values straight onto the mesh; cached
-    so runs in one process compile it once per (mesh, size), as the eager draw it replaced."""
-
-    replicated = parallel.replicated(mesh)
-    draw = functools.partial(epoch_order, size=size)
-    return jax.jit(draw, out_shardings=(replicated, replicated))
-
-
-def epoch_order(seed: jax.Array, epoch: jax.Array, size: int) -> tuple[jax.Array, jax.Array]:
-    """(order in which `epoch` visits the `size` training examples: a permutation (size,)
-    int32, the key from which step s's key is `fold_in(step_key, s)`)."""
-    perm_key, step_key = epoch_keys(seed, epoch)
-    return jax.random.permutation(perm_key, size), step_key
+    return epochs.EpochRunner(train_step, train_set, config, mode, mesh)
 
 
 class EpochRecord(NamedTuple):
@@ -501,7 +299,7 @@ def fit(
 
     Runs data parallel over `mesh` (default: every device of every process); the batch size
     must divide by its device count (ConfigError otherwise). `epoch_mode` is one of
-    EPOCH_MODES: "auto" picks loop or scan (`pick_epoch_mode`); "fused" and "fused-pallas"
+    EPOCH_MODES: "auto" picks loop or scan (`epochs.pick_epoch_mode`); "fused" and "fused-pallas"
     train along the fast path of `jaxcifar.fused`, on one device (by default this process's
     first) in a one-process run. `on_epoch_end(state, history)`
     runs after each epoch (checkpointing), on process 0 only: the state is replicated, so
@@ -512,7 +310,7 @@ def fit(
     setup = build_setup(config, train_set)
     state = init_state(config, setup, mesh) if state is None else parallel.replicate(state, mesh)
     history = list(history)
-    mode = pick_epoch_mode(epoch_mode, train_set)
+    mode = epochs.pick_epoch_mode(epoch_mode, train_set)
     eval_step = make_eval_step(setup, dtype=config.dtype, mesh=mesh)
     runner = make_epoch_runner(mode, config, setup, train_set, mesh)
     log(f"epoch mode: {mode}, {runner.steps} steps of {config.batch_size} per epoch")
@@ -567,10 +365,10 @@ def fit(
     return FitResult(state, history, test, runner.compile_seconds)
 
 
-def _progress_bar(total: int, epoch: int, epochs: int, *, enabled: bool):
+def _progress_bar(total: int, epoch: int, epoch_count: int, *, enabled: bool):
     from tqdm import tqdm
 
     return tqdm(
-        total=total, desc=f"epoch {epoch}/{epochs}", unit="step", leave=False,
+        total=total, desc=f"epoch {epoch}/{epoch_count}", unit="step", leave=False,
         disable=not enabled or not sys.stderr.isatty(), file=sys.stderr,
     )  # fmt: skip

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxcifar import cli, models, train
+from jaxcifar import cli, epochs, models
 from jaxcifar.bench import jax_cases, suite, torch_reference
 from jaxcifar.bench.rows import Row, add_ratios
 from jaxcifar.bench.settings import Settings
@@ -177,7 +177,7 @@ def test_bench_command_writes_json_markdown_and_plot(tmp_path, capsys):
 def test_epoch_time_leaves_out_only_the_compiles_inside_the_epoch(monkeypatch):
     # The runner compiles its epoch order when built, before the epoch's clock starts: made
     # slow here (1 s), it must not be taken off the epoch's time as well.
-    real_order_fn = train._epoch_order_fn
+    real_order_fn = epochs._epoch_order_fn
 
     class SlowToCompile:
         def __init__(self, jitted):
@@ -190,7 +190,7 @@ def test_epoch_time_leaves_out_only_the_compiles_inside_the_epoch(monkeypatch):
                 compile=lambda **options: time.sleep(1.0) or lowered.compile(**options),
             )
 
-    monkeypatch.setattr(train, "_epoch_order_fn", lambda mesh, size: SlowToCompile(real_order_fn(mesh, size)))
+    monkeypatch.setattr(epochs, "_epoch_order_fn", lambda mesh, size: SlowToCompile(real_order_fn(mesh, size)))
     row = jax_cases.measure_epoch("mlp", 4, "loop", 16)
     assert row.compile_seconds > 1.0 and row.steps_per_epoch == 4
     assert 0 < row.epoch_seconds < 1.0

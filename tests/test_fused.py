@@ -10,7 +10,7 @@ import jax
 import numpy as np
 import pytest
 
-from jaxcifar import train
+from jaxcifar import epochs, train
 from jaxcifar.config import RunConfig
 from jaxcifar.data.dataset import CLASS_NAMES, Dataset
 from jaxcifar.errors import ConfigError
@@ -34,7 +34,7 @@ def reference(dataset):
     setup = train.build_setup(CONFIG, dataset)
     state = train.init_state(CONFIG, setup)
     initial = jax.device_get(state.params)
-    runner = train.EpochRunner(train.make_train_step(setup), dataset, CONFIG, "loop")
+    runner = epochs.EpochRunner(train.make_train_step(setup), dataset, CONFIG, "loop")
     losses = []
     for e in (1, 2):
         state = runner.run(state, e, lambda first, loss, correct: losses.append(loss))

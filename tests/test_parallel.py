@@ -34,7 +34,7 @@ os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
 
 import argparse
 import jax
-from jaxcifar import checkpoint, parallel, train
+from jaxcifar import checkpoint, epochs, parallel, train
 from jaxcifar.config import RunConfig
 from jaxcifar.data.dataset import Dataset
 from jaxcifar.errors import ConfigError
@@ -86,7 +86,7 @@ if role == "eight":
     out["eight"] = run(parallel.data_mesh(), "loop")
     out["eight_chunk"] = run(parallel.data_mesh(), "chunk")
     try:
-        train.EpochRunner(None, train_set, RunConfig(batch_size=12), "loop")
+        epochs.EpochRunner(None, train_set, RunConfig(batch_size=12), "loop")
     except ConfigError as error:
         out["error"] = str(error)
     # The fused path takes one of the 8 devices by itself.

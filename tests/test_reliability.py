@@ -87,13 +87,13 @@ sys.exit(cli.main(sys.argv[1:]))
 # the pause a tiny run could finish all its epochs before the signal lands.
 PAUSE_IN_SECOND_EPOCH = """
 import sys, time
-from jaxcifar import cli, train
-run_epoch = train.EpochRunner.run
+from jaxcifar import cli, epochs
+run_epoch = epochs.EpochRunner.run
 def run(self, state, epoch, report):
     if epoch == 2:
         time.sleep(120)
     return run_epoch(self, state, epoch, report)
-train.EpochRunner.run = run
+epochs.EpochRunner.run = run
 sys.exit(cli.main(sys.argv[1:]))
 """
 

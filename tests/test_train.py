@@ -6,7 +6,7 @@ import numpy as np
 import optax
 import pytest
 
-from jaxcifar import metrics, train
+from jaxcifar import epochs, metrics, train
 from jaxcifar.config import OPTIMIZERS, RunConfig
 from jaxcifar.data.dataset import Dataset
 from jaxcifar.errors import ConfigError, TrainingDiverged
@@ -35,13 +35,13 @@ def quiet_fit(config, train_set, test_set, **kwargs):
 
 def test_auto_epoch_mode_scans_where_the_data_fits_the_device(monkeypatch):
     data = tiny_dataset(64)  # 4,096 bytes of images
-    assert train.pick_epoch_mode("auto", data) == "chunk"  # this CPU: scans of 100 steps
-    assert train.pick_epoch_mode("loop", data) == "loop"
+    assert epochs.pick_epoch_mode("auto", data) == "chunk"  # this CPU: scans of 100 steps
+    assert epochs.pick_epoch_mode("loop", data) == "loop"
 
     def on(platform, stats):
         device = types.SimpleNamespace(platform=platform, memory_stats=lambda: stats)
         monkeypatch.setattr(jax, "devices", lambda: [device])
-        return train.pick_epoch_mode("auto", data)
+        return epochs.pick_epoch_mode("auto", data)
 
     assert on("gpu", {"bytes_limit": 4 * 4096}) == "scan"  # a quarter of memory holds it
     assert on("gpu", {"bytes_limit": 4 * 4096 - 4}) == "loop"  # streamed from host memory
@@ -98,10 +98,10 @@ def test_epoch_modes_agree(monkeypatch):
     # batches (the last padded to 8), run 3 steps per call and the rest one by one (3+3+1+1,
     # 3+3+1+1, 3+1): dropout keys come from the same fold_in(step) chain in every mode, so
     # only float rounding may differ.
-    monkeypatch.setattr(train, "CHUNK_STEPS", 8)
-    monkeypatch.setattr(train, "SYNC_EVERY", 8)
-    monkeypatch.setattr(train, "LOOP_UNROLL", 3)
-    monkeypatch.setattr(train, "LOOP_UNROLL_MIN_STEPS", 20)
+    monkeypatch.setattr(epochs, "CHUNK_STEPS", 8)
+    monkeypatch.setattr(epochs, "SYNC_EVERY", 8)
+    monkeypatch.setattr(epochs, "LOOP_UNROLL", 3)
+    monkeypatch.setattr(epochs, "LOOP_UNROLL_MIN_STEPS", 20)
     config = dataclasses.replace(CNN, epochs=1)
     train_set, test_set = tiny_dataset(160), tiny_dataset(20, seed=1)
     loop, chunk = (
@@ -133,12 +133,12 @@ def test_an_epoch_compiles_only_its_timed_step(mode, images, unroll_min_steps, m
             compiles.append(seconds)
 
     if unroll_min_steps is not None:
-        monkeypatch.setattr(train, "LOOP_UNROLL_MIN_STEPS", unroll_min_steps)
+        monkeypatch.setattr(epochs, "LOOP_UNROLL_MIN_STEPS", unroll_min_steps)
     config = dataclasses.replace(CNN, epochs=1)
     train_set = tiny_dataset(images)
     setup = train.build_setup(config, train_set)
     state = train.init_state(config, setup)
-    runner = train.EpochRunner(train.make_train_step(setup), train_set, config, mode)
+    runner = epochs.EpochRunner(train.make_train_step(setup), train_set, config, mode)
     jax.monitoring.register_event_duration_secs_listener(listen)
     try:
         per_epoch = []

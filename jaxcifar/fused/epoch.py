@@ -1,10 +1,10 @@
 """Whole epochs of the fused step: one compiled `lax.scan` per epoch, on one device.
 
-The epoch's order (permutation and step keys, `jaxcifar.train.epoch_order`) is drawn inside
+The epoch's order (permutation and step keys, `jaxcifar.epochs.epoch_order`) is drawn inside
 the same program, so an epoch is one dispatch: the host sends the epoch number and gets back
 the state and the per-step losses. `unroll` > 1 puts that many steps in each iteration of
 the compiled loop, trading program size for loop overhead. `FusedRunner` has
-`train.EpochRunner`'s interface and takes and returns its `TrainState` (optax's SGD state
+`epochs.EpochRunner`'s interface and takes and returns its `TrainState` (optax's SGD state
 holds the same momentum buffers), so `train.fit`, checkpoints and resuming work unchanged.
 """
 
@@ -18,7 +18,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh
 
-from jaxcifar import train
+from jaxcifar import epochs, train
 from jaxcifar.bench.xla_cost import compile_timed
 from jaxcifar.config import RunConfig
 from jaxcifar.data.dataset import Dataset
@@ -105,8 +105,8 @@ class FusedRunner:
     """Trains epochs of `dataset` (uint8 images, on the default device) with the fused step
     and head `head` ("xla" or "pallas"), `unroll` steps per loop iteration.
 
-    Same interface as `train.EpochRunner` (`steps`, `compile_seconds`, `run`). Drops the last
-    partial batch and draws the same order and dropout masks as `train.EpochRunner` for the
+    Same interface as `epochs.EpochRunner` (`steps`, `compile_seconds`, `run`). Drops the last
+    partial batch and draws the same order and dropout masks as `epochs.EpochRunner` for the
     same config, so both train the same way. Raises ConfigError for a recipe the fused step
     does not compute, for a mesh of more than one device, or in a multi-process run.
     """
@@ -138,7 +138,7 @@ class FusedRunner:
 
         def run_epoch(state: step.FusedState, images: jax.Array, labels: jax.Array,
                       epoch: jax.Array):  # fmt: skip
-            perm, step_key = train.epoch_order(seed, epoch, size)
+            perm, step_key = epochs.epoch_order(seed, epoch, size)
 
             def body(state, index):
                 rows = jax.lax.dynamic_slice(perm, (index * batch_size,), (batch_size,))
@@ -169,7 +169,7 @@ class FusedRunner:
     ) -> train.TrainState:  # fmt: skip
         """Epoch `epoch` (1-based) from `state`, which is donated (do not use it afterwards);
         then `report(0, losses (steps,) float32, corrects (steps,) int32)`, which may raise
-        to stop, as `train.EpochRunner.run` does."""
+        to stop, as `epochs.EpochRunner.run` does."""
         fused, (losses, corrects) = self.compile(state)(
             to_fused_state(state), self.images, self.labels, np.int32(epoch)
         )

@@ -102,7 +102,7 @@ def _step_kernels(path: str, runner: Any, setup: train.Setup, params: Any,
     jitted step's program for the loop path, the loop body of the epoch program for the
     fused paths (which holds one step and its batch gather; with unroll u, u steps, so the
     counts are divided by u). None for chunk and scan, whose programs are internal to
-    `train.EpochRunner`; their body is the loop path's step plus the batch gather."""
+    `epochs.EpochRunner`; their body is the loop path's step plus the batch gather."""
     if path in ("chunk", "scan"):
         return None
     state = train.TrainState(params, setup.optimizer.init(params), jnp.zeros((), jnp.int32))
