@@ -110,7 +110,9 @@ class EpochRunner:
         self.compile_seconds += compiled.compile_seconds
         return compiled.executable
 
-    def _chunk_fn(self, state: TrainState, perm: jax.Array, first: int, step_key: jax.Array, size: int):
+    def _chunk_fn(
+        self, state: TrainState, perm: jax.Array, first: int, step_key: jax.Array, size: int
+    ) -> Callable:
         """Compile (once per chunk size, timed) and return the `size`-step scan."""
         if size not in self._compiled:
             batch_size = self.config.batch_size
@@ -208,7 +210,9 @@ class EpochRunner:
 
 
 @functools.cache
-def _epoch_order_fn(mesh: Mesh, size: int) -> Callable[[np.int32, np.int32], tuple[jax.Array, jax.Array]]:
+def _epoch_order_fn(
+    mesh: Mesh, size: int
+) -> Callable[[np.int32, np.int32], tuple[jax.Array, jax.Array]]:
     """Jitted `(seed, epoch) -> (permutation of range(size), per-step key)`, replicated over
     `mesh`. Under jit so every process draws the same values straight onto the mesh; cached
     so runs in one process compile it once per (mesh, size), as the eager draw it replaced."""

@@ -3,8 +3,9 @@ steps run, on the host or in compiled scans: `jaxcifar.epochs`).
 
 Everything random derives from `config.seed`: the parameter init key, and per epoch a
 permutation key and a dropout/augmentation key (`epochs.epoch_keys`), made with
-`jax.random.fold_in(key, epoch)` and then `fold_in(step_key, step)`. So an epoch's work depends only on (seed, epoch, state at
-its start), and resuming at an epoch boundary reproduces an uninterrupted run bit for bit.
+`jax.random.fold_in(key, epoch)` and then `fold_in(step_key, step)`. So an epoch's work
+depends only on (seed, epoch, state at its start), and resuming at an epoch boundary
+reproduces an uninterrupted run bit for bit.
 
 The last partial batch of an epoch is dropped (steps = N // batch_size), unlike PyTorch's
 DataLoader default: every step then has one shape and one compiled program, and the seed
