@@ -300,10 +300,10 @@ def fit(
 
     Runs data parallel over `mesh` (default: every device of every process); the batch size
     must divide by its device count (ConfigError otherwise). `epoch_mode` is one of
-    EPOCH_MODES: "auto" picks loop or scan (`epochs.pick_epoch_mode`); "fused" and "fused-pallas"
-    train along the fast path of `jaxcifar.fused`, on one device (by default this process's
-    first) in a one-process run. `on_epoch_end(state, history)`
-    runs after each epoch (checkpointing), on process 0 only: the state is replicated, so
+    EPOCH_MODES: "auto" picks chunk, scan or loop (`epochs.pick_epoch_mode`); "fused" and
+    "fused-pallas" train along the fast path of `jaxcifar.fused`, on one device (by default
+    this process's first) in a one-process run. `on_epoch_end(state, history)` runs after
+    each epoch (checkpointing), on process 0 only: the state is replicated, so
     process 0 holds all of it. A non-finite loss raises TrainingDiverged naming the epoch
     and step, before that epoch's `on_epoch_end`.
     """

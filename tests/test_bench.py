@@ -190,7 +190,9 @@ def test_epoch_time_leaves_out_only_the_compiles_inside_the_epoch(monkeypatch):
                 compile=lambda **options: time.sleep(1.0) or lowered.compile(**options),
             )
 
-    monkeypatch.setattr(epochs, "_epoch_order_fn", lambda mesh, size: SlowToCompile(real_order_fn(mesh, size)))
+    monkeypatch.setattr(
+        epochs, "_epoch_order_fn", lambda mesh, size: SlowToCompile(real_order_fn(mesh, size))
+    )
     row = jax_cases.measure_epoch("mlp", 4, "loop", 16)
     assert row.compile_seconds > 1.0 and row.steps_per_epoch == 4
     assert 0 < row.epoch_seconds < 1.0
