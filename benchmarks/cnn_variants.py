@@ -106,7 +106,7 @@ def measure(name: str, batch_size: int, budget: TimingBudget, losses: dict) -> d
     batch = jax.device_put((dataset.images, dataset.labels))
     key = jax.random.key(0)
     step = train.make_train_step(setup)
-    compiled = compile_timed(step, state, batch, key, fit_fusions_to_size=name != "plain")
+    compiled = compile_timed(step, state, batch, key, xla_defaults=name == "plain")
     loss = float(compiled.executable(state, batch, key)[1]["loss"])
     expected = losses.setdefault(batch_size, loss)
     assert abs(loss - expected) < 1e-4 * abs(expected), (name, loss, expected)

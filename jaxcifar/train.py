@@ -41,10 +41,9 @@ from jaxcifar.optim import build_optimizer
 EPOCH_MODES = ("auto", "loop", "chunk", "scan", "fused", "fused-pallas")
 # The fused path's modes and the head step each runs (jaxcifar.fused).
 FUSED_HEADS = {"fused": "xla", "fused-pallas": "pallas"}
-# Evaluation batch: the seed CNN's evaluation on the 2-core CPU, per image, 91 us at 250
-# against 111 at 100, 149 at 500 and 237 at 1,000 (whose program, over 64 MiB, also compiles
-# without library fusions: `cpu_fusions`); on a GPU the test set is a few dozen small calls
-# either way.
+# Evaluation batch: the seed CNN's evaluation on the 2-core AVX2 CPU, per image, 91 us at 250
+# against 111 at 100, 149 at 500 and 155-237 at 1,000 (benchmarks/README.md, finding 9); on a
+# GPU the test set is a few dozen small calls either way.
 EVAL_BATCH = 250
 
 Batch = tuple[jax.Array, jax.Array]
@@ -174,7 +173,7 @@ def make_eval_step(
     """The jitted `(params, (images uint8, labels)) -> (losses (B,) float32, predictions (B,)
     int32)`, dropout off; data parallel over `mesh` like `make_train_step`, with both outputs
     replicated so every process can read them (B floats and ints: a negligible gather).
-    Compiled once per batch shape by `cpu_fusions.compile_for_size`."""
+    Compiled once per batch shape by `cpu_fusions.compile_program`."""
     compute_dtype = jnp.dtype(dtype)
 
     def eval_step(params, batch: Batch):

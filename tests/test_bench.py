@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from jaxcifar import cli, epochs, models
-from jaxcifar.bench import jax_cases, suite, torch_reference
+from jaxcifar.bench import environment, jax_cases, suite, torch_reference
 from jaxcifar.bench.rows import Row, add_ratios
 from jaxcifar.bench.settings import Settings
 from jaxcifar.bench.timing import TimingBudget, percentiles, time_steps
@@ -139,7 +139,10 @@ def test_bench_command_writes_json_markdown_and_plot(tmp_path, capsys):
     written = [str(tmp_path / f"run.{ext}") for ext in ("json", "md", "png")]
     assert capsys.readouterr().out.split() == written
     results = json.loads((tmp_path / "run.json").read_text())
-    environment_keys = {"date", "device_kind", "cpu_count", "usable_cpus", "xla_flags", "versions"}
+    environment_keys = {
+        "date", "device_kind", "cpu_count", "usable_cpus", "cpu_flags", "xla_flags",
+        "glibc_tunables", "versions",
+    }  # fmt: skip
     assert environment_keys <= results["environment"].keys()
     assert {"jax", "jaxlib", "numpy", "torch"} <= results["environment"]["versions"].keys()
     rows = results["rows"]
@@ -261,3 +264,16 @@ ENTRY %main (y: (s32[], f32[4])) -> (s32[], f32[4]) {
 def test_kernel_counts_see_through_command_buffer_calls():
     assert kernel_counts(COMMAND_BUFFER_HLO, loop_body=True) == {"fusion": 2, "copy": 1}
     assert kernel_counts(COMMAND_BUFFER_HLO) == {"while": 1}
+
+
+def test_cpu_flags_lists_the_vector_extensions_of_a_linux_cpuinfo(tmp_path):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(
+        "processor\t: 0\nmodel name\t: AMD EPYC\n"
+        "flags\t\t: fpu sse2 avx avx2 fma avx512f avx512dq avx512_bf16 avx512_vnni\n\n"
+        "processor\t: 1\nflags\t\t: fpu sse2 avx avx2 fma avx512f avx512dq avx512_bf16\n"
+    )
+    assert environment.cpu_flags(str(cpuinfo)) == ["avx2", "avx512f", "avx512_bf16"]
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx avx2\n")
+    assert environment.cpu_flags(str(cpuinfo)) == ["avx2"]
+    assert environment.cpu_flags(str(tmp_path / "missing")) is None

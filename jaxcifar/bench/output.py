@@ -65,9 +65,11 @@ def render_markdown(results: dict[str, Any]) -> str:
     lines = [
         f"# Step-time benchmark, {env['device_kind']} ({env['platform']}), {env['date']}",
         "",
-        f"- {env['cpu_count']} CPUs ({env.get('usable_cpus')} usable); "
+        f"- {env['cpu_count']} CPUs ({env.get('usable_cpus')} usable; "
+        f"{' '.join(env.get('cpu_flags') or []) or 'no listed vector extensions'}); "
         f"load average at start {env['load_average']}; "
-        f"XLA_FLAGS `{env['xla_flags'] or '(none)'}`; thread variables "
+        f"XLA_FLAGS `{env['xla_flags'] or '(none)'}`; "
+        f"GLIBC_TUNABLES `{env.get('glibc_tunables') or '(none)'}`; thread variables "
         f"{ {k: v for k, v in env['thread_variables'].items() if v} or '(none set)'}",
         f"- {versions}",
         f"- peak device memory: {env['memory_stats']}",

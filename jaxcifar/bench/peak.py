@@ -36,7 +36,7 @@ def measure_jax_matmul(budget: TimingBudget) -> Row:
     size = CPU_MATMUL_SIZE if jax.default_backend() == "cpu" else GPU_MATMUL_SIZE
     a = jax.random.normal(jax.random.key(0), (size, size), jnp.float32)
     # XLA's default fusions: the roof is what the matmul library itself reaches.
-    compiled = compile_timed(jax.jit(jnp.matmul), a, a, fit_fusions_to_size=False)
+    compiled = compile_timed(jax.jit(jnp.matmul), a, a, xla_defaults=True)
 
     def step() -> None:
         jax.block_until_ready(compiled.executable(a, a))

@@ -22,14 +22,14 @@ class Compiled(NamedTuple):
     compile_seconds: float  # lowering + XLA compilation
 
 
-def compile_timed(jitted: Any, *args: Any, fit_fusions_to_size: bool = True) -> Compiled:
-    """`jitted.lower(*args).compile()`, timing the lowering and the whole. With
-    `fit_fusions_to_size`, compiled by `cpu_fusions.compile_for_size` (on a CPU, library
-    fusions off for programs of large arrays); else with XLA's defaults."""
+def compile_timed(jitted: Any, *args: Any, xla_defaults: bool = False) -> Compiled:
+    """`jitted.lower(*args)` compiled by `cpu_fusions.compile_program` (on a CPU, without
+    YNNPACK's convolutions), or with XLA's defaults if `xla_defaults`, timing the lowering
+    and the whole."""
     start = time.perf_counter()
     lowered = jitted.lower(*args)
     lowered_at = time.perf_counter()
-    executable = cpu_fusions.compile_for_size(lowered) if fit_fusions_to_size else lowered.compile()
+    executable = lowered.compile() if xla_defaults else cpu_fusions.compile_program(lowered)
     return Compiled(executable, lowered_at - start, time.perf_counter() - start)
 
 
