@@ -16,16 +16,18 @@ BATCHES = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
 
 
 class Py2Pickler(pickle._Pickler):
-    """Writes bytes as Python 2 `str` (SHORT_BINSTRING / BINSTRING) like the real CIFAR-10 files."""
+    """Writes bytes and str as Python 2's `str` (SHORT_BINSTRING / BINSTRING), like the real
+    CIFAR-10 files: their keys, their arrays' bytes and numpy's dtype spec ("u1") alike."""
 
     def save_bytes(self, obj):
-        if len(obj) < 256:
-            self.write(pickle.SHORT_BINSTRING + bytes([len(obj)]) + obj)
+        data = obj.encode("latin-1") if isinstance(obj, str) else obj
+        if len(data) < 256:
+            self.write(pickle.SHORT_BINSTRING + bytes([len(data)]) + data)
         else:
-            self.write(pickle.BINSTRING + struct.pack("<i", len(obj)) + obj)
+            self.write(pickle.BINSTRING + struct.pack("<i", len(data)) + data)
         self.memoize(obj)
 
-    dispatch = {**pickle._Pickler.dispatch, bytes: save_bytes}
+    dispatch = {**pickle._Pickler.dispatch, bytes: save_bytes, str: save_bytes}
 
 
 def py2_dumps(obj) -> bytes:

@@ -24,7 +24,8 @@ class _Dtype:
     """Stands in for `numpy.dtype(spec, align, copy)`; only "u1" (uint8) becomes an array."""
 
     def __init__(self, spec: object = None, *args: object) -> None:
-        self.spec = spec
+        # Python 2 wrote the spec as a byte string, which `encoding="bytes"` keeps as bytes.
+        self.spec = spec.decode("latin-1") if isinstance(spec, bytes) else spec
 
     def __setstate__(self, state: object) -> None:
         """Byte order and flags: irrelevant to one-byte elements, so ignored."""
