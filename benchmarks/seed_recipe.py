@@ -21,8 +21,8 @@ from pathlib import Path
 
 from bench_paths import RESULTS, SHARED_DATA
 from jaxcifar.bench.environment import device_name, device_slug
-from jaxcifar.commands.evaluate import load_split
 from jaxcifar.config import RunConfig
+from jaxcifar.data import load_split
 from jaxcifar.fused.measure import PATHS, measure_path, run_label, write_results
 from jaxcifar.train import FUSED_HEADS
 
@@ -42,7 +42,9 @@ def main() -> None:
 
     config = RunConfig(epochs=args.epochs)
     splits = {
-        split: load_split(config, split, args.data_dir, limit)
+        split: load_split(
+            config.dataset, split, data_dir=args.data_dir, limit=limit, seed=config.seed
+        )
         for split, limit in (("train", args.limit_train), ("test", args.limit_test))
     }
     stem = args.name or f"seed-recipe-{device_slug(device_name())}"

@@ -9,13 +9,14 @@ Usage: python benchmarks/speedrun.py [--data-dir ../shared/data] [--runs 5]
 Writes <out>/speedrun-<device>.json ({"device", "runs": [{"system": "jaxcifar-fast" |
 "airbench94", "dtype", "train_seconds", "cold_seconds", "tta_test_accuracy"}], "skipped",
 "jaxcifar": {dtype: compile seconds, epoch mode, step counts, losses}, ...}) and the same
-name .md. Ours runs once per --dtypes entry; airbench94 computes in float16. Both systems are
-timed the same way: training from scratch plus TTA test predictions, warm. Cold: ours is
-compile + first run (compiled programs persist in $JAXCIFAR_CACHE/xla, so a second invocation's
-cold time is smaller); airbench's is one extra warm-up run first (CUDA/cuDNN initialisation and
-autotuning), as airbench itself does. airbench reads cifar10/train.pt and test.pt relative to
-the working directory, and its train94 builds a loader from them when imported, so both are
-written from our loader into a temporary directory that is the working directory while it runs.
+name .md. Ours runs once per --dtypes entry; airbench94 computes in float16. Both systems train
+--epochs epochs (default 9.9, airbench94's own) and are timed the same way: training from
+scratch plus TTA test predictions, warm. Cold: ours is compile + first run (compiled programs
+persist in $JAXCIFAR_CACHE/xla, so a second invocation's cold time is smaller); airbench's is
+one extra warm-up run first (CUDA/cuDNN initialisation and autotuning), as airbench itself
+does. airbench reads cifar10/train.pt and test.pt relative to the working directory, and its
+train94 builds a loader from them when imported, so both are written from our loader into a
+temporary directory that is the working directory while it runs.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from pathlib import Path
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
 from bench_paths import RESULTS, SHARED_DATA  # noqa: E402
-from jaxcifar.data import load  # noqa: E402
+from jaxcifar.data import load_split  # noqa: E402
 from jaxcifar.bench import environment  # noqa: E402
 from jaxcifar.data.dataset import Dataset  # noqa: E402
 from jaxcifar import xla_cache  # noqa: E402
@@ -80,10 +81,10 @@ def write_airbench_data(root: Path, train_set: Dataset, test_set: Dataset) -> No
 
 
 def run_airbench(train_set: Dataset, test_set: Dataset, runs: int, widths: tuple[int, ...],
-                 on_row: Callable[[dict], None]) -> None:  # fmt: skip
-    """`runs` timed airbench94 runs (train94 + evaluate with TTA level 2) after one warm-up,
-    on the GPU in float16 as airbench is written, or without one on the CPU in float32;
-    `on_row` gets each run's row as soon as it ends."""
+                 epochs: float, on_row: Callable[[dict], None]) -> None:  # fmt: skip
+    """`runs` timed airbench94 runs (train94 for `epochs` + evaluate with TTA level 2) after one
+    warm-up, on the GPU in float16 as airbench is written, or without one on the CPU in
+    float32; `on_row` gets each run's row as soon as it ends."""
     import torch
 
     from airbench_cpu import airbench_on_cpu, import_airbench, net_widths
@@ -107,7 +108,7 @@ def run_airbench(train_set: Dataset, test_set: Dataset, runs: int, widths: tuple
             def timed_run() -> tuple[float, float]:
                 torch.cuda.synchronize()
                 start = time.perf_counter()
-                model = lib94.train94(loader, make_net=make_net, verbose=False)
+                model = lib94.train94(loader, epochs=epochs, make_net=make_net, verbose=False)
                 accuracy = utils.evaluate(model, test_loader, tta_level=2)
                 torch.cuda.synchronize()
                 return time.perf_counter() - start, accuracy
@@ -136,10 +137,10 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
 
-    splits = {}
-    for split, limit in (("train", args.limit_train), ("test", args.limit_test)):
-        dataset = load("cifar10", split, data_dir=args.data_dir)
-        splits[split] = dataset if limit is None else dataset.subset(limit, seed=0)
+    splits = {
+        split: load_split("cifar10", split, data_dir=args.data_dir, limit=limit)
+        for split, limit in (("train", args.limit_train), ("test", args.limit_test))
+    }
     widths = tuple(args.widths)
     device = environment.device_name()
     results = {
@@ -172,7 +173,7 @@ def main() -> None:
         run_ours(args.dtypes[0])
         reason = airbench_missing()
         if reason is None:
-            run_airbench(splits["train"], splits["test"], args.runs, widths, add_row)
+            run_airbench(splits["train"], splits["test"], args.runs, widths, args.epochs, add_row)
         else:
             results["skipped"].append({"system": AIRBENCH, "reason": reason})
             print(f"{AIRBENCH} skipped: {reason}")

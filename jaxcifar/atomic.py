@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import json
 import os
 import socket
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 
 @contextlib.contextmanager
@@ -78,3 +80,13 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
     """Write `text` (UTF-8) to `path` atomically."""
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def write_json_and_markdown(path: str | os.PathLike[str], data: Any, markdown: str) -> list[Path]:
+    """Write `data` as JSON to `path` and `markdown` beside it (the same name, .md), each
+    atomically; return both paths. The results files of the benchmarks and measured runs."""
+    json_path = Path(path)
+    markdown_path = json_path.with_suffix(".md")
+    atomic_write_text(json_path, json.dumps(data, indent=1) + "\n")
+    atomic_write_text(markdown_path, markdown)
+    return [json_path, markdown_path]

@@ -69,13 +69,18 @@ def save(
 def read_tagged(path: Path, format_tag: str, version: int, what: str) -> dict[str, Any]:
     """The msgpack document at `path`, checked to carry `format_tag` and `version`.
 
-    CheckpointError names the file when it is missing, truncated or corrupt, not tagged
-    `format_tag`, or of another version; `what` ("checkpoint") names the kind in the message.
+    CheckpointError names the file when it is missing or unreadable, truncated or corrupt,
+    not tagged `format_tag`, or of another version; `what` ("checkpoint") names the kind in
+    the message.
     """
     try:
-        payload = serialization.msgpack_restore(path.read_bytes())
+        data = path.read_bytes()
     except FileNotFoundError:
         raise CheckpointError(f"{path}: no {what} there") from None
+    except OSError as error:  # a folder, no permission, a disk error: not a corrupt file
+        raise CheckpointError(f"{path}: cannot read ({error.strerror or error})") from None
+    try:
+        payload = serialization.msgpack_restore(data)
     except Exception as error:  # msgpack raises several unrelated types on corrupt input
         raise CheckpointError(
             f"{path}: not a readable {what} (truncated or corrupt: {error})"
@@ -91,15 +96,24 @@ def read_tagged(path: Path, format_tag: str, version: int, what: str) -> dict[st
 
 def load(path: str | os.PathLike[str]) -> Checkpoint:
     """Read and check a checkpoint; CheckpointError names the file when it is missing,
-    truncated, not a jaxcifar checkpoint, or of another format version."""
+    unreadable, truncated, not a jaxcifar checkpoint, of another format version, or holds
+    malformed fields (an input shape other than three positive integers, ...)."""
     path = resolve(path)
     payload = read_tagged(path, FORMAT, VERSION, "checkpoint")
     try:
         config = RunConfig.from_dict(payload["config"])
+        input_shape = tuple(payload["input_shape"])
+        if len(input_shape) != 3 or not all(
+            type(size) is int and size > 0 for size in input_shape  # bool is an int subclass
+        ):
+            raise CheckpointError(
+                f"{path}: malformed checkpoint (input_shape {payload['input_shape']!r}; "
+                "expected three positive integers, (H, W, C))"
+            )
         return Checkpoint(
             path=path,
             config=config,
-            input_shape=tuple(payload["input_shape"]),
+            input_shape=input_shape,
             class_names=tuple(payload["class_names"]),
             history=[dict(record) for record in payload["history"]],
             state=payload["state"],
@@ -110,7 +124,8 @@ def load(path: str | os.PathLike[str]) -> Checkpoint:
 
 def restore(checkpoint: Checkpoint, template: Any) -> Any:
     """The checkpoint's state as the pytree `template` (arrays or ShapeDtypeStructs of the
-    expected shapes); CheckpointError when the structure or a shape differs."""
+    expected shapes and dtypes); CheckpointError when the structure, a shape or a dtype of
+    any state array (parameters, optimizer state, step) differs."""
     try:
         state = serialization.from_state_dict(template, checkpoint.state)
     except (KeyError, ValueError, TypeError) as error:
@@ -118,5 +133,7 @@ def restore(checkpoint: Checkpoint, template: Any) -> Any:
     expected = jax.tree.map(lambda leaf: (tuple(leaf.shape), np.dtype(leaf.dtype)), template)
     found = jax.tree.map(lambda leaf: (tuple(np.shape(leaf)), np.asarray(leaf).dtype), state)
     if expected != found:
-        raise CheckpointError(f"{checkpoint.path}: parameter shapes do not fit this model")
+        raise CheckpointError(
+            f"{checkpoint.path}: state array shapes or dtypes do not fit this model"
+        )
     return jax.tree.map(jax.numpy.asarray, state)

@@ -18,13 +18,19 @@ DATASETS = tuple(CLASS_NAMES)
 OPTIMIZERS = ("sgd", "nesterov", "adam", "adamw")
 SCHEDULES = ("constant", "cosine", "onecycle")
 DTYPES = ("float32", "bfloat16")
-ACTIVATIONS = ("sigmoid", "relu")
+ACTIVATIONS = ("sigmoid", "relu")  # jax.nn's functions of these names (`models.mlp`)
+# The MLP's default layers, inputs to classes: the scratch notebook's MNIST network, shared
+# by `jaxcifar.scratch` (NumPy) and `jaxcifar.models.mlp` (JAX).
+MLP_LAYER_SIZES = (784, 500, 50, 10)
+SEED_MAX = 2**31 - 1  # seeds travel as int32 into jitted code
 
 # Fields a resumed run must share with its checkpoint: they change the parameter or
-# optimizer-state pytree, or what one epoch means.
+# optimizer-state pytree (momentum 0 keeps no buffer; weight decay adds a stage to the
+# optimizer), or what one epoch means. `epochs` joins them under a decaying schedule
+# (`resume_mismatches`).
 RESUME_FIELDS = (
-    "model", "dataset", "batch_size", "optimizer", "mlp_hidden", "mlp_activation",
-    "limit_train", "seed",
+    "model", "dataset", "batch_size", "optimizer", "momentum", "weight_decay", "mlp_hidden",
+    "mlp_activation", "limit_train", "seed",
 )  # fmt: skip
 
 
@@ -51,7 +57,7 @@ class RunConfig:
     seed: int = 0
     limit_train: int | None = None
     limit_test: int | None = None
-    mlp_hidden: tuple[int, ...] = (500, 50)
+    mlp_hidden: tuple[int, ...] = MLP_LAYER_SIZES[1:-1]
     mlp_activation: str = "sigmoid"
 
     def __post_init__(self) -> None:
@@ -71,6 +77,10 @@ class RunConfig:
             raise ConfigError(
                 f"need 0 <= momentum < 1 and weight_decay >= 0; got {self.momentum}, {self.weight_decay}"
             )
+        if self.optimizer == "nesterov" and self.momentum == 0:
+            raise ConfigError("optimizer nesterov needs momentum > 0; at 0 it is plain sgd")
+        if not isinstance(self.seed, int) or not 0 <= self.seed <= SEED_MAX:
+            raise ConfigError(f"seed must be an integer in 0..{SEED_MAX}; got {self.seed!r}")
         if not all(isinstance(n, int) and n > 0 for n in self.mlp_hidden):
             raise ConfigError(f"mlp_hidden must be positive layer widths; got {self.mlp_hidden}")
 
@@ -93,12 +103,21 @@ class RunConfig:
         return cls(**values)
 
     def resume_mismatches(self, saved: RunConfig) -> list[str]:
-        """'field: saved -> now' for each `RESUME_FIELDS` entry that differs from `saved`."""
-        return [
+        """'field: saved -> now' for each `RESUME_FIELDS` entry that differs from `saved`, and
+        for `epochs` unless the schedule is constant: a cosine or one-cycle schedule spans the
+        whole run, so another epoch count would move the rate off the saved run's curve (up,
+        when raised) at the step the run resumes from."""
+        mismatches = [
             f"{name}: {getattr(saved, name)!r} -> {getattr(self, name)!r}"
             for name in RESUME_FIELDS
             if getattr(saved, name) != getattr(self, name)
         ]
+        if self.schedule != "constant" and saved.epochs != self.epochs:
+            mismatches.append(
+                f"epochs: {saved.epochs} -> {self.epochs} (sets the length of the "
+                f"{self.schedule} schedule; only a constant schedule can be extended)"
+            )
+        return mismatches
 
 
 # Named starting points for `jaxcifar train --recipe`; flags given explicitly override them.

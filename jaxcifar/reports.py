@@ -3,7 +3,8 @@
 metrics.json holds `config`, `device`, `epochs` (one record per epoch), the final
 `test_accuracy`, `per_class_accuracy` (class name -> fraction), `confusion_matrix` (rows true
 class, columns predicted) and, when measured, `compile_seconds`. Accuracies are fractions.
-Figures: accuracy.png and loss.png (train and test per epoch), confusion_matrix.png.
+Figures: accuracy.png and loss.png (train and test per epoch; only for a run with epoch
+records, a speedrun model has none), confusion_matrix.png.
 """
 
 from __future__ import annotations
@@ -54,7 +55,10 @@ def build_metrics(
 
 
 def write_reports(out_dir: str | Path, report: Mapping[str, Any], class_names: Sequence[str]) -> None:
-    """Write `report` as out_dir/metrics.json and draw its three figures, all atomically."""
+    """Write `report` as out_dir/metrics.json and draw its figures, all atomically: the
+    confusion matrix, and the accuracy and loss curves when `report["epochs"]` holds records.
+    Without records, curves an earlier run left in `out_dir` are removed, so that every
+    figure there belongs to this metrics.json."""
     from jaxcifar.plots import plot_confusion_matrix, plot_curves
 
     out = Path(out_dir)
@@ -70,6 +74,9 @@ def write_reports(out_dir: str | Path, report: Mapping[str, Any], class_names: S
                 ylabel=quantity,
                 title=f"{report['config']['model']} on {report['config']['dataset']}: {quantity}",
             )
+    else:
+        for path in FIGURES[:2]:
+            (out / path).unlink(missing_ok=True)
     plot_confusion_matrix(
         out / FIGURES[2], np.asarray(report["confusion_matrix"]), class_names,
         title=f"Confusion matrix (test accuracy {report['test_accuracy']:.1%})",

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import DTypeLike
 
+from jaxcifar.config import MLP_LAYER_SIZES
 from jaxcifar.errors import TrainingDiverged
 
 Layer = dict[str, np.ndarray]
@@ -35,7 +36,7 @@ Network = list[Layer]
 
 
 def initialize_network(
-    layer_sizes: Sequence[int] = (784, 500, 50, 10),
+    layer_sizes: Sequence[int] = MLP_LAYER_SIZES,
     seed: int = 0,
     dtype: DTypeLike = np.float64,
 ) -> Network:
@@ -233,7 +234,8 @@ def train(
       y: (N,) int labels in [0, n_out).
       l_rate: SGD step size.  n_epoch: passes over the data.
       batch_size: examples per step; the last step of an epoch takes the remainder.
-      x_test, y_test: optional held-out (M, n_in) inputs and (M,) labels, scored per epoch.
+      x_test, y_test: optional held-out (M, n_in) inputs and (M,) labels, scored per epoch;
+        both or neither (ValueError otherwise).
       seed: seeds the per-epoch shuffles.
       on_epoch: called with each epoch's record as soon as the epoch ends.
       decay: lower the step size linearly per epoch, `l_rate * (n_epoch - epoch + 1) /
@@ -246,6 +248,8 @@ def train(
       `train_accuracy` (of those same outputs, so it costs no extra pass), `test_accuracy`
       (None without test data, else after the epoch) and `seconds` (of training and scoring).
     """
+    if (x_test is None) != (y_test is None):
+        raise ValueError("x_test and y_test go together: pass both or neither")
     dtype = network[0]["weights"].dtype
     x = np.asarray(x, dtype=dtype)
     y = np.asarray(y)

@@ -35,14 +35,14 @@ from jaxcifar.augment import random_crop_flip
 from jaxcifar.config import RunConfig
 from jaxcifar.data.dataset import Dataset
 from jaxcifar.data.preprocess import to_float
-from jaxcifar.errors import ConfigError, TrainingDiverged
+from jaxcifar.errors import ConfigError, DataError, TrainingDiverged
 from jaxcifar.optim import build_optimizer
 
 EPOCH_MODES = ("auto", "loop", "chunk", "scan", "fused", "fused-pallas")
 # The fused path's modes and the head step each runs (jaxcifar.fused).
 FUSED_HEADS = {"fused": "xla", "fused-pallas": "pallas"}
 # Evaluation batch: the seed CNN's evaluation on the 2-core AVX2 CPU, per image, 91 us at 250
-# against 111 at 100, 149 at 500 and 155-237 at 1,000 (benchmarks/README.md, finding 9); on a
+# against 111 at 100, 149 at 500 and 155 at 1,000 (benchmarks/README.md, finding 9); on a
 # GPU the test set is a few dozen small calls either way.
 EVAL_BATCH = 250
 
@@ -137,8 +137,11 @@ def make_train_step(
 
     Data parallel over `mesh` (default: every device): the batch is split along it (B must
     divide by its size), state, rng and outputs are replicated. The loss is a mean over the
-    global batch, so XLA all-reduces the gradients; random draws are partitionable
-    (`jax_threefry_partitionable`), so any device count draws the same masks and crops.
+    global batch, so XLA all-reduces the gradients. The crops come from jax.random, whose
+    threefry is partitionable (`jax_threefry_partitionable`): any device count draws the same
+    (tests/test_parallel.py, test_eight_devices_train_like_one). The dropout mask comes from
+    XLA's RngBitGenerator (`layers.dropout`), which that flag does not cover; its bits on one
+    and on eight devices are compared in tests/test_models.py.
     """
     compute_dtype = jnp.dtype(dtype)
 
@@ -202,7 +205,10 @@ def evaluate(eval_step: Callable, params: Any, dataset: Dataset, mesh: Mesh | No
     Batches hold EVAL_BATCH examples (fewer for a smaller set) rounded up to a multiple of
     the device count; the last is padded with zero images to that size, so there is one
     compiled shape, and the padding's outputs are dropped: each example counts once.
+    Raises DataError on an empty `dataset`.
     """
+    if not len(dataset):
+        raise DataError(f"{dataset.source or 'dataset'}: the evaluation set is empty")
     mesh = parallel.data_mesh() if mesh is None else mesh
     size = -(-min(EVAL_BATCH, len(dataset)) // mesh.size) * mesh.size
     rows = parallel.process_rows(mesh, size)
@@ -260,6 +266,8 @@ class FitResult(NamedTuple):
     state: TrainState
     history: list[dict[str, float]]
     test: Evaluation
+    # Compiling (and first running) the init, the evaluation step and the epochs' programs:
+    # time that no epoch's `seconds` includes.
     compile_seconds: float
 
 
@@ -306,13 +314,23 @@ def fit(
     process 0 holds all of it. A non-finite loss raises TrainingDiverged naming the epoch
     and step, before that epoch's `on_epoch_end`.
     """
+    if epoch_mode not in EPOCH_MODES:
+        raise ConfigError(
+            f"--epoch-mode must be one of {', '.join(EPOCH_MODES)}; got {epoch_mode!r}"
+        )
     mesh = parallel.data_mesh(training_devices(epoch_mode)) if mesh is None else mesh
     setup = build_setup(config, train_set)
-    state = init_state(config, setup, mesh) if state is None else parallel.replicate(state, mesh)
-    history = list(history)
     mode = epochs.pick_epoch_mode(epoch_mode, train_set)
-    eval_step = make_eval_step(setup, dtype=config.dtype, mesh=mesh)
     runner = make_epoch_runner(mode, config, setup, train_set, mesh)
+    # The init and the evaluation step compile here, timed with the epochs' programs: left to
+    # the first `evaluate`, the evaluation's compile went unseen into epoch 1's seconds. It
+    # compiles on its first call (`compiled_per_shape`), so it evaluates one test batch.
+    warm_up_start = time.perf_counter()
+    state = init_state(config, setup, mesh) if state is None else parallel.replicate(state, mesh)
+    eval_step = make_eval_step(setup, dtype=config.dtype, mesh=mesh)
+    evaluate(eval_step, state.params, test_set.subset(EVAL_BATCH), mesh)
+    warm_up_seconds = time.perf_counter() - warm_up_start
+    history = list(history)
     log(f"epoch mode: {mode}, {runner.steps} steps of {config.batch_size} per epoch")
     test = None
     for epoch in range(len(history) + 1, config.epochs + 1):
@@ -362,7 +380,7 @@ def fit(
             on_epoch_end(state, history)
     if test is None:  # resumed with every epoch already done
         test = evaluate(eval_step, state.params, test_set, mesh)
-    return FitResult(state, history, test, runner.compile_seconds)
+    return FitResult(state, history, test, warm_up_seconds + runner.compile_seconds)
 
 
 def _progress_bar(total: int, epoch: int, epoch_count: int, *, enabled: bool):

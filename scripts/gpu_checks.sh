@@ -2,10 +2,11 @@
 # Every GPU measurement the open issues ask for, in one device call: the seed recipe by path
 # (#9 A), the fast recipe against airbench94 (#9 B) and the step-time benchmark's GPU rows
 # (#5). Expected 6-7 minutes on an H100/H200 once the machine has started (a session's device
-# time is 15 minutes, start-up included: run it once, with timeout_s 600); each part has its
-# own timeout (together 570 s, under the device tool's 600 s a call), so one that hangs does
-# not cost the others, and each saves its results into $OUT as it goes (after every path,
-# run or case), so a part stopped by its time limit keeps what it measured.
+# time is 15 minutes, start-up included: run it once, with timeout_s 600); each step has its
+# own timeout (together 580 s: 10 + 30 to name the GPU, 40 + 160 + 200 + 140 for the data and
+# the three parts; under the device tool's 600 s a call), so one that hangs does not cost the
+# others, and each part saves its results into $OUT as it goes (after every path, run or
+# case), so a part stopped by its time limit keeps what it measured.
 #
 # Prepare on the CPU machine, once, from the repository root (both folders are git-ignored):
 #   mkdir -p .data .whl && cp ../shared/data/cifar10-jpeg.tar.gz .data/
@@ -48,12 +49,16 @@ if ls .whl/airbench-*.tar.gz >/dev/null 2>&1; then
 fi
 # Decoded data and compiled programs in the checkout (git-ignored), not a machine path.
 export JAXCIFAR_CACHE=${JAXCIFAR_CACHE:-$PWD/.cache}
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null
-"$python" -c "import jax; print('jax', jax.__version__, jax.devices())"
+# The GPU as the driver and JAX see it, each under a time limit: a GPU initialisation that
+# hangs must not take the parts' time. No nvidia-smi (a CPU machine) is not a failure; its
+# timing out is.
+timeout 10 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null
+[ $? -ne 124 ] || failed+=("nvidia-smi (timed out)")
+run_part "devices" 30 "$python" -c "import jax; print('jax', jax.__version__, jax.devices())"
 
 # Decode the JPEGs once (the cache makes every later load ~0.4 s; a part that finds no cache
 # decodes them itself).
-timeout 60 "$python" -c "from jaxcifar.data import load; import sys
+timeout 40 "$python" -c "from jaxcifar.data import load; import sys
 [load('cifar10', s, data_dir=sys.argv[1]) for s in ('train', 'test')]" "$data"
 
 if [ "$quick" = 1 ]; then

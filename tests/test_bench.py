@@ -15,7 +15,7 @@ from jaxcifar.bench import environment, jax_cases, suite, torch_reference
 from jaxcifar.bench.rows import Row, add_ratios
 from jaxcifar.bench.settings import Settings
 from jaxcifar.bench.timing import TimingBudget, percentiles, time_steps
-from jaxcifar.bench.xla_cost import compile_timed, flops, kernel_counts, peak_memory_bytes
+from jaxcifar.bench.xla_cost import compile_timed, flops, kernel_counts, program_memory_bytes
 
 
 def test_percentiles_interpolate_linearly():
@@ -44,17 +44,18 @@ def test_cost_analysis_counts_a_matmul_as_2mkn_flops():
     np.testing.assert_array_equal(compiled.executable(a, b), np.full((8, 4), 16.0))
 
 
-def test_cpu_backend_reports_no_peak_memory():
-    assert jax.devices()[0].platform == "cpu"
-    assert peak_memory_bytes() is None
-
-
-def test_peak_memory_is_read_from_a_device_that_reports_it():
-    # What a GPU's or TPU's `memory_stats()` returns (the CPU test above sees only None).
-    gpu = types.SimpleNamespace(memory_stats=lambda: {"bytes_in_use": 5, "peak_bytes_in_use": 7})
-    assert peak_memory_bytes(gpu) == 7
-    no_peak = types.SimpleNamespace(memory_stats=lambda: {"bytes_in_use": 5})
-    assert peak_memory_bytes(no_peak) is None
+def test_program_memory_is_the_compiled_programs_own_and_counts_a_donated_buffer_once():
+    # Per program, so a large case run earlier in the process does not show in a small one
+    # (the device's peak_bytes_in_use never goes down); the CPU backend reports it too.
+    big = jnp.ones((1024, 1024))
+    compile_timed(jax.jit(jnp.matmul), big, big).executable(big, big).block_until_ready()
+    x = jnp.ones((64, 32))  # 8 KiB
+    double = compile_timed(jax.jit(lambda x: 2 * x), x).executable
+    assert program_memory_bytes(double) == 2 * x.nbytes
+    donated = compile_timed(jax.jit(lambda x: 2 * x, donate_argnums=0), x).executable
+    assert program_memory_bytes(donated) == x.nbytes
+    no_analysis = types.SimpleNamespace(memory_analysis=lambda: None)
+    assert program_memory_bytes(no_analysis) is None
 
 
 def _row(framework, case="train_step", dtype="float32", median=1.0, **fields):
@@ -170,6 +171,10 @@ def test_bench_command_writes_json_markdown_and_plot(tmp_path, capsys):
         numpy_step["step_seconds"]["median"] / jax_twin["step_seconds"]["median"]
     )
     assert scan["steps_per_epoch"] == 2 and scan["speedup_vs_loop"] > 0
+    # Two (1024, 1024) float32 operands and the product; each compiled step its own size.
+    assert jax_roof["peak_memory_bytes"] >= 3 * 1024**2 * 4
+    assert 0 < jax_twin["peak_memory_bytes"] < train_step["peak_memory_bytes"] < 3 * 1024**2 * 4
+    assert numpy_step["peak_memory_bytes"] is None
     markdown = (tmp_path / "run.md").read_text()
     assert "| numpy | mlp | scratch_step | 4 | float32 |" in markdown
     assert "| mlp | scan | 8 | 2 |" in markdown

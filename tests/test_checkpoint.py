@@ -82,11 +82,44 @@ def test_other_version_and_other_model_are_refused(saved_file):
     payload["version"] = checkpoint.VERSION
     saved_file.write_bytes(serialization.msgpack_serialize(payload))
     wider = dataclasses.replace(CONFIG, mlp_hidden=(32,))
-    with pytest.raises(CheckpointError, match="parameter shapes do not fit this model"):
+    with pytest.raises(CheckpointError, match="state array shapes or dtypes do not fit this model"):
         checkpoint.restore(checkpoint.load(saved_file), train.state_template(wider, (8, 8, 1), 3))
     cnn = RunConfig(dataset="mnist")
     with pytest.raises(CheckpointError, match="does not fit this model"):
         checkpoint.restore(checkpoint.load(saved_file), train.state_template(cnn, (8, 8, 1), 3))
+
+
+def test_a_checkpoint_dtype_other_than_the_models_is_refused(saved_file):
+    from flax import serialization
+
+    payload = serialization.msgpack_restore(saved_file.read_bytes())
+    params = payload["state"]["params"]
+    name = next(iter(params))
+    params[name] = jax.tree.map(lambda leaf: np.asarray(leaf, np.float16), params[name])
+    saved_file.write_bytes(serialization.msgpack_serialize(payload))
+    with pytest.raises(CheckpointError, match="state array shapes or dtypes do not fit this model"):
+        checkpoint.restore(checkpoint.load(saved_file), train.state_template(CONFIG, (8, 8, 1), 3))
+
+
+def test_unreadable_checkpoint_is_not_called_corrupt(tmp_path):
+    (tmp_path / checkpoint.FILENAME).mkdir()  # a folder where the file should be
+    message = f"{tmp_path / checkpoint.FILENAME}: cannot read \\(Is a directory\\)"
+    with pytest.raises(CheckpointError, match=message):
+        checkpoint.load(tmp_path)
+
+
+@pytest.mark.parametrize(
+    "shape", [[8, 8], [8, 0, 1], [8, 8, -1], [8, 8, 1, 1], [8.0, 8, 1], [8, True, 1], "881"]
+)
+def test_input_shape_must_be_three_positive_ints(saved_file, shape):
+    from flax import serialization
+
+    payload = serialization.msgpack_restore(saved_file.read_bytes())
+    payload["input_shape"] = shape
+    saved_file.write_bytes(serialization.msgpack_serialize(payload))
+    message = r"malformed checkpoint \(input_shape .*expected three positive integers"
+    with pytest.raises(CheckpointError, match=message):
+        checkpoint.load(saved_file)
 
 
 def test_resume_mismatches_name_the_fields():

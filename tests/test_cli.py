@@ -37,3 +37,12 @@ def test_bad_flag_is_one_line_naming_flag_and_command(capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1
     assert err.startswith("jaxcifar data info: error: argument --dataset: invalid choice: 'imagenet'")
+
+
+@pytest.mark.parametrize("name", ["train", "scratch", "speedrun"])
+def test_unwritable_out_fails_before_the_data_is_read(name, tmp_path, capsys):
+    (tmp_path / "file").write_text("")
+    out, nowhere = tmp_path / "file" / "run", tmp_path / "nowhere"
+    assert main([name, "--data-dir", str(nowhere), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err == f"jaxcifar {name}: error: --out {out}: cannot write there (Not a directory)\n"

@@ -150,3 +150,18 @@ def test_short_cnn_run_on_real_cifar10_beats_chance(shared_data, tmp_path, capsy
             "--out", str(out), "--quiet"]  # fmt: skip
     assert main(args) == 0
     assert json.loads((out / "metrics.json").read_text())["test_accuracy"] > 0.2
+
+
+@pytest.mark.parametrize(
+    ("schedule", "advice"),
+    [("constant", "raise --epochs to continue"), ("cosine", "its cosine schedule ends there")],
+)
+def test_resuming_a_finished_run_says_how_to_train_longer(
+    image_tree, tmp_path, capsys, schedule, advice
+):
+    args = ["train", "--data-dir", str(image_tree), "--epochs", "1", "--schedule", schedule,
+            "--out", str(tmp_path / "run"), *FAST]  # fmt: skip
+    assert main(args) == 0
+    capsys.readouterr()
+    assert main([*args, "--resume"]) == 0
+    assert f"already trained 1 epochs; {advice}" in capsys.readouterr().out

@@ -4,7 +4,7 @@ import struct
 import numpy as np
 import pytest
 
-from jaxcifar.data import load
+from jaxcifar.data import load, load_split
 from jaxcifar.data.dataset import FASHION_MNIST_CLASSES, MNIST_CLASSES
 from jaxcifar.data.idx import IMAGES_MAGIC, LABELS_MAGIC, parse
 from jaxcifar.errors import DataError
@@ -31,6 +31,17 @@ def write_idx_set(folder, n_train=6, n_test=4, gz=True, shape=(5, 3), seed=0):
                 (folder / name).write_bytes(data)
         written[split] = (images, labels)
     return written
+
+
+def test_load_split_cuts_to_the_seeded_subset_of_load(tmp_path, fresh_cache):
+    write_idx_set(tmp_path, n_train=30)
+    whole = load("mnist", "train", data_dir=tmp_path)
+    for limit, seed in ((None, 0), (7, 0), (7, 5), (99, 0)):
+        cut = load_split("mnist", "train", data_dir=tmp_path, limit=limit, seed=seed)
+        expected = whole if limit is None else whole.subset(limit, seed=seed)
+        np.testing.assert_array_equal(cut.images, expected.images)
+        np.testing.assert_array_equal(cut.labels, expected.labels)
+        assert len(cut) == min(limit or 30, 30)
 
 
 @pytest.mark.parametrize("gz", [True, False])

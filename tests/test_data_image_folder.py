@@ -1,4 +1,6 @@
+import os
 import tarfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -98,6 +100,47 @@ def test_undecodable_image_and_missing_split(tmp_path, fresh_cache):
     for path in sorted((tmp_path / "test").rglob("*"), reverse=True):
         path.unlink() if path.is_file() else path.rmdir()
     with pytest.raises(DataError, match=r"test/: no class folders with images"):
+        load("cifar10", "train", data_dir=tmp_path)
+
+
+def test_symlinked_class_folder_is_followed(tmp_path, fresh_cache):
+    written = write_tree(tmp_path / "data")
+    cat = tmp_path / "data" / "train" / "cat"
+    cat.rename(tmp_path / "cats-kept-elsewhere")
+    cat.symlink_to(tmp_path / "cats-kept-elsewhere", target_is_directory=True)
+    data = load("cifar10", "train", data_dir=tmp_path / "data")
+    np.testing.assert_array_equal(data.labels, [0, 0, 1, 1])
+    np.testing.assert_array_equal(data.images[2], written["train/cat/0.png"])
+
+
+def test_symlink_loop_is_refused_not_walked_forever(tmp_path, fresh_cache):
+    write_tree(tmp_path)
+    loop = tmp_path / "train" / "cat" / "again"
+    loop.symlink_to(tmp_path / "train" / "cat", target_is_directory=True)
+    with pytest.raises(DataError, match=r"train/cat/again: .*cat reached twice"):
+        load("cifar10", "train", data_dir=tmp_path)
+
+
+def test_unlistable_class_folder_is_named_not_skipped(tmp_path, fresh_cache, monkeypatch):
+    write_tree(tmp_path)
+    blocked, real_scandir = tmp_path / "train" / "cat", os.scandir
+
+    def scandir(path="."):  # root can list a chmod 000 folder, so refuse it here instead
+        if Path(path) == blocked:
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    with pytest.raises(DataError, match=rf"{blocked}: cannot read \(Permission denied\)"):
+        load("cifar10", "train", data_dir=tmp_path)
+
+
+def test_decompression_bomb_in_a_tree_is_refused_not_decoded(tmp_path, fresh_cache, monkeypatch):
+    write_tree(tmp_path)
+    # Pillow warns between MAX_IMAGE_PIXELS and twice that; lowered, a small image will do.
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    Image.new("RGB", (40, 40)).save(tmp_path / "train" / "airplane" / "0.png")
+    with pytest.raises(DataError, match=r"airplane/0\.png: refused, too large to decode safely"):
         load("cifar10", "train", data_dir=tmp_path)
 
 

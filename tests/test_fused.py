@@ -10,7 +10,8 @@ import jax
 import numpy as np
 import pytest
 
-from jaxcifar import epochs, train
+from jaxcifar import cpu_fusions, epochs, train
+from jaxcifar.bench.xla_cost import kernel_counts
 from jaxcifar.config import RunConfig
 from jaxcifar.data.dataset import CLASS_NAMES, Dataset
 from jaxcifar.errors import ConfigError
@@ -141,6 +142,20 @@ def test_measured_paths_write_the_seed_recipe_results_schema(dataset, tmp_path):
     markdown = markdown_path.read_text()
     assert "| fused | 2 | 40 | 1 | 10 |" in markdown
     assert markdown.endswith("Failed:\n\n- fused-pallas: RuntimeError: the GPU compiler said no\n")
+
+
+def test_loop_step_kernels_are_counted_on_the_program_the_loop_path_trains(dataset):
+    # On a CPU, XLA's defaults hand convolutions to YNNPACK: other fusions, other counts.
+    from jaxcifar.fused import measure
+
+    config = RunConfig(epochs=1, batch_size=4)
+    setup = train.build_setup(config, dataset)
+    state = train.init_state(config, setup)
+    runner = types.SimpleNamespace(config=config)
+    counted = measure._step_kernels("loop", runner, setup, state.params, dataset)
+    batch = (dataset.images[:4], dataset.labels[:4])
+    lowered = train.make_train_step(setup).lower(state, batch, jax.random.key(0))
+    assert counted == dict(kernel_counts(cpu_fusions.compile_program(lowered).as_text()))
 
 
 def test_a_program_whose_kernels_cannot_be_counted_keeps_its_timed_row(dataset, monkeypatch):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +19,17 @@ from pathlib import Path
 from jaxcifar.data.cache import cache_dir
 
 REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO / "scripts" / "gpu_checks.sh"
+
+
+def test_every_step_has_a_time_limit_and_together_they_fit_one_device_call():
+    # A hang anywhere, GPU initialisation included, must leave the other steps their time.
+    text = SCRIPT.read_text()
+    limits = [int(n) for n in re.findall(r'(?:timeout|run_part "[^"]*") (\d+) ', text)]
+    assert sum(limits) <= 580  # the device tool stops a call at 600 s; leave it some slack
+    assert f"together {sum(limits)} s" in text  # what the header says
+    unlimited = re.findall(r'^(?:nvidia-smi|"\$python") .*', text, re.MULTILINE)
+    assert not unlimited, unlimited
 
 
 def test_quick_mode_runs_every_part_and_writes_each_results_file(shared_data, tmp_path):
@@ -30,7 +42,7 @@ def test_quick_mode_runs_every_part_and_writes_each_results_file(shared_data, tm
         "JAXCIFAR_CACHE": str(cache_dir()),  # the suite's decoded datasets, not the checkout
     }
     result = subprocess.run(
-        ["bash", str(REPO / "scripts" / "gpu_checks.sh")],
+        ["bash", str(SCRIPT)],
         env=env, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]

@@ -1,3 +1,7 @@
+import os
+import subprocess
+import sys
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -174,6 +178,37 @@ def test_dropout_zeroes_rate_of_units_independently_and_rescales_the_rest():
     np.testing.assert_array_equal(out_b[b], np.float32(2.0 / 0.75))
     bf16 = layers.dropout(x.astype(jnp.bfloat16), 0.25, train=True, rng=jax.random.key(3))
     assert bf16.dtype == jnp.bfloat16
+
+
+DROPOUT_ON_EIGHT_DEVICES = """
+import os
+os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
+import jax, jax.numpy as jnp, numpy as np
+from jaxcifar import parallel
+from jaxcifar.models import layers
+
+def dropout(x, key):
+    return layers.dropout(x, 0.25, train=True, rng=key)
+
+x = jax.random.normal(jax.random.key(0), (16, 8, 8, 16))  # the seed CNN's, at batch 16
+key = jax.random.key(3)
+one = jax.jit(dropout)(x, key)
+mesh = parallel.data_mesh()
+sharded, replicated = parallel.batch_sharding(mesh), parallel.replicated(mesh)
+eight = jax.jit(dropout, in_shardings=(sharded, replicated), out_shardings=sharded)(x, key)
+assert mesh.size == 8 and len(eight.sharding.device_set) == 8
+np.testing.assert_array_equal(np.asarray(eight), np.asarray(one))
+"""
+
+
+def test_dropout_mask_does_not_depend_on_the_device_count():
+    # The mask's bits come from XLA's RngBitGenerator, which `jax_threefry_partitionable`
+    # does not cover: a batch split over 8 devices must still draw the 1-device mask, or
+    # data-parallel training would depend on the device count (`train.make_train_step`).
+    env = {key: value for key, value in os.environ.items() if key != "XLA_FLAGS"}
+    result = subprocess.run([sys.executable, "-c", DROPOUT_ON_EIGHT_DEVICES], env=env,
+                            capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
 
 
 def test_bfloat16_compute_keeps_float32_logits(cnn_params):

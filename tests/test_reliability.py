@@ -224,7 +224,7 @@ def test_divergence_stops_and_keeps_the_last_good_checkpoint(trained, tmp_path, 
         (["--model", "cnn"], "model: 'mlp' -> 'cnn'"),
         (["--dataset", "fashion_mnist"], "dataset: 'mnist' -> 'fashion_mnist'"),
         (["--batch-size", "8"], "batch_size: 4 -> 8"),
-        (["--mlp-hidden", "16", "--override-config"], "parameter shapes do not fit this model"),
+        (["--mlp-hidden", "16", "--override-config"], "state array shapes or dtypes do not fit"),
     ],
 )
 def test_resume_with_another_config_is_refused(trained, fresh_cache, capsys, flags, message):
@@ -273,6 +273,84 @@ def test_predict_reads_huge_images_and_refuses_bombs_and_non_images(trained, tmp
         assert line.startswith(f"jaxcifar predict: error: {name}: refused, too large to decode safely (Image size (")
     assert errors[2].startswith(f"jaxcifar predict: error: {text}: not a readable image (UnidentifiedImageError")
     assert errors[3].startswith(f"jaxcifar predict: error: {tmp_path}: not a readable image (IsADirectoryError")
+
+
+def test_predict_computes_in_the_checkpoints_dtype(trained, tmp_path, monkeypatch, capsys):
+    from flax import serialization
+
+    from jaxcifar import train
+
+    _, run, _ = trained
+    payload = serialization.msgpack_restore((run / checkpoint.FILENAME).read_bytes())
+    payload["config"]["dtype"] = "bfloat16"
+    (tmp_path / checkpoint.FILENAME).write_bytes(serialization.msgpack_serialize(payload))
+    dtypes, build_model = [], train.build_model
+
+    class Recorded:  # the model, noting the dtype each apply computes in
+        def __init__(self, model):
+            self.model = model
+
+        def __getattr__(self, name):
+            return getattr(self.model, name)
+
+        def apply(self, *args, **kwargs):
+            dtypes.append(kwargs.get("dtype"))
+            return self.model.apply(*args, **kwargs)
+
+    monkeypatch.setattr(train, "build_model", lambda *args: Recorded(build_model(*args)))
+    image = tmp_path / "digit.png"
+    Image.new("L", (8, 8), 90).save(image)
+    assert main(["predict", "--checkpoint", str(tmp_path), str(image)]) == 0
+    assert capsys.readouterr().out.startswith(f"{image}: ")
+    assert dtypes == [jax.numpy.bfloat16]
+
+
+def mnist_folder_tree(root, class_names, size=8):
+    """train/<class>/0.png and test/<class>/0.png, gray `size` x `size`, for each class."""
+    for split in ("train", "test"):
+        for name in class_names:
+            (root / split / name).mkdir(parents=True)
+            Image.new("L", (size, size), 40).save(root / split / name / "0.png")
+
+
+@pytest.mark.parametrize(
+    "make_data, message",
+    [
+        (lambda root: write_idx_set(root, n_train=8, n_test=4, shape=(6, 6)),
+         "has image shape (H, W, C) (6, 6, 1), but {ckpt} was trained on (8, 8, 1)"),
+        (lambda root: mnist_folder_tree(root, [f"class{i:02}" for i in range(12)]),
+         "has classes ('class00', 'class01', "),  # more classes than the model's 10
+        (lambda root: mnist_folder_tree(root, "abcdefghij"),
+         "has classes ('a', 'b', 'c', 'd', 'e', 'f', 'g', 'h', 'i', 'j'), but {ckpt} was trained "
+         "on ('0', '1', "),  # as many, other names: the labels would be silently wrong
+    ],
+)
+def test_evaluate_refuses_test_data_unlike_the_checkpoints(
+    trained, tmp_path, fresh_cache, capsys, make_data, message
+):
+    _, run, _ = trained
+    make_data(tmp_path / "other")
+    capsys.readouterr()
+    assert main(["evaluate", "--checkpoint", str(run), "--data-dir", str(tmp_path / "other")]) == 2
+    line = one_line_error(capsys, "evaluate")
+    assert f"the test set in {tmp_path / 'other'} (--data-dir) " in line
+    assert message.format(ckpt=run / checkpoint.FILENAME) in line
+
+
+def test_reports_without_epochs_remove_an_earlier_runs_curves(tmp_path):
+    from jaxcifar.reports import FIGURES, build_metrics, write_reports
+
+    for name in FIGURES:
+        (tmp_path / name).write_bytes(b"an earlier run's figure")
+    report = build_metrics(
+        config={"model": "speedrun", "dataset": "cifar10"}, device={}, history=[],
+        labels=np.array([0, 1]), predictions=np.array([0, 0]), class_names=("a", "b"),
+    )  # fmt: skip
+    write_reports(tmp_path, report, ("a", "b"))
+    assert json.loads((tmp_path / "metrics.json").read_text())["epochs"] == []
+    written = sorted(path.name for path in tmp_path.iterdir())
+    assert written == ["confusion_matrix.png", "metrics.json"]
+    assert (tmp_path / "confusion_matrix.png").read_bytes().startswith(b"\x89PNG")
 
 
 def test_truncated_checkpoint_through_the_command_line(trained, tmp_path, capsys):

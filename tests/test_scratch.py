@@ -176,6 +176,15 @@ def test_train_reports_divergence():
         scratch.train(network, x, np.zeros(8, dtype=int), l_rate=0.5, n_epoch=1, batch_size=4)
 
 
+def test_train_refuses_test_inputs_without_test_labels_and_the_reverse():
+    # Inputs alone once scored every epoch 0.0 (predictions compared with None).
+    network, x, _ = random_problem((6, 5, 3), batch_size=8, seed=2)
+    labels = np.zeros(8, dtype=int)
+    for held_out in ({"x_test": x}, {"y_test": labels}):
+        with pytest.raises(ValueError, match="x_test and y_test go together"):
+            scratch.train(network, x, labels, l_rate=0.5, n_epoch=1, batch_size=4, **held_out)
+
+
 def test_load_inputs_scales_fashion_mnist_to_unit_range(shared_data):
     from jaxcifar.commands.scratch import load_inputs
 

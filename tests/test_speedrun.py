@@ -19,7 +19,8 @@ import pytest
 from flax import serialization
 from PIL import Image
 
-from jaxcifar import augment, cli
+from jaxcifar import augment, cli, cpu_fusions
+from jaxcifar.bench.xla_cost import compile_timed
 from jaxcifar.data import load
 from jaxcifar.data.dataset import CIFAR10_CLASSES
 from jaxcifar.errors import CheckpointError, ConfigError
@@ -278,6 +279,55 @@ def test_scan_epochs_train_as_the_loop_does_with_a_partial_last_epoch(
     for got, want in zip(jax.tree.leaves(scan.state), jax.tree.leaves(loop.state), strict=True):
         if jnp.issubdtype(got.dtype, jnp.floating):
             np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_compile_seconds_count_each_program_once_and_a_run_compiles_nothing(
+    shared_data, xla_dir, monkeypatch, caplog
+):
+    from jaxcifar.speedrun import train as speedrun_train
+
+    timed = []
+
+    def recorded(*args, **options):
+        timed.append(compile_timed(*args, **options))
+        return timed[-1]
+
+    monkeypatch.setattr(speedrun_train, "compile_timed", recorded)
+    train = load("cifar10", "train", data_dir=shared_data).subset(TRAIN, seed=0)
+    test = load("cifar10", "test", data_dir=shared_data).subset(TEST, seed=0)
+    jax.clear_caches()  # a fresh process's first run: nothing compiled by earlier tests
+    with xla_cache.compilation_cache(xla_dir):
+        speedrun = Speedrun(TINY, train, test, epoch_mode="loop")
+        # A Compiled's compile_seconds already holds its lowering.
+        assert speedrun.compile_seconds == sum(c.compile_seconds for c in timed)
+        assert speedrun.compile_seconds < sum(c.lower_seconds + c.compile_seconds for c in timed)
+        with jax.log_compiles(True), caplog.at_level("WARNING", logger="jax"):
+            speedrun.run(1)  # its time is warm: every program it calls compiled already
+    assert not [r.getMessage() for r in caplog.records if "Compiling" in r.getMessage()]
+
+
+def test_saved_model_predictions_compile_as_training_does(
+    tmp_path, monkeypatch, convolution_dim_labels
+):
+    params, batch_stats = _init(widths=(8, 16, 16))
+    recipe = Recipe(widths=(8, 16, 16), dtype="float32")
+    path = model_file.save(
+        tmp_path, recipe, params, batch_stats, jnp.zeros(3), jnp.ones(3), dataset="cifar10",
+        class_names=CIFAR10_CLASSES, input_shape=(32, 32, 3),
+    )  # fmt: skip
+    compiled = []
+    compile_program = cpu_fusions.compile_program
+
+    def recorded(lowered):
+        compiled.append(compile_program(lowered))
+        return compiled[-1]
+
+    monkeypatch.setattr(cpu_fusions, "compile_program", recorded)
+    images = np.asarray(IMAGES[:3] * 40 + 128, np.uint8)
+    predicted = model_file.predictions(model_file.load(path), images)
+    assert predicted.shape == (3,) and len(compiled) == 1
+    labels = convolution_dim_labels(compiled[0].as_text())
+    assert labels and set(labels) == {"b01f_01io->b01f"}, labels
 
 
 def tiny_speedrun_command(shared_data, xla_dir, out, runs: int) -> int:

@@ -10,7 +10,7 @@ from jaxcifar import epochs, metrics, train
 from jaxcifar.config import OPTIMIZERS, RECIPES, RunConfig
 from jaxcifar.data import load
 from jaxcifar.data.dataset import Dataset
-from jaxcifar.errors import ConfigError, TrainingDiverged
+from jaxcifar.errors import ConfigError, DataError, TrainingDiverged
 from jaxcifar.optim import build_optimizer, build_schedule
 
 CLASSES = ("dark", "mid", "light")
@@ -150,6 +150,60 @@ def test_an_epoch_compiles_only_its_timed_step(mode, images, unroll_min_steps, m
     finally:
         jax.monitoring.unregister_event_duration_listener(listen)
     assert per_epoch == [(1, True), (0, False)]
+
+
+def test_every_compile_of_fit_is_timed_outside_the_epochs(monkeypatch):
+    # The init and the evaluation step compile before the first epoch, timed in
+    # compile_seconds with the runner's programs: the evaluation step once compiled on the
+    # first `evaluate`, inside epoch 1's seconds, and neither's time was reported. Dataset
+    # sizes no other test uses, so no jit cache hides a compile.
+    compiles = []  # (seconds, compiled by the runner, after the first epoch started)
+    phase = {"runner": False, "epochs": False}
+    runners = []
+
+    def listen(event, seconds, **kwargs):
+        if event == "/jax/core/compile/backend_compile_duration":
+            compiles.append((seconds, phase["runner"], phase["epochs"]))
+
+    def runner_compile(*args, **kwargs):
+        phase["runner"] = True
+        try:
+            return compile_timed(*args, **kwargs)
+        finally:
+            phase["runner"] = False
+
+    def capture_runner(*args):
+        runners.append(make_runner(*args))
+        return runners[-1]
+
+    def log(line):  # fit's last line before the epochs
+        phase["epochs"] = line.startswith("epoch mode")
+
+    compile_timed, make_runner = epochs.compile_timed, train.make_epoch_runner
+    monkeypatch.setattr(epochs, "compile_timed", runner_compile)
+    monkeypatch.setattr(train, "make_epoch_runner", capture_runner)
+    config, train_set = dataclasses.replace(MLP, epochs=1), tiny_dataset(208)
+    jax.monitoring.register_event_duration_secs_listener(listen)
+    try:
+        result = train.fit(config, train_set, tiny_dataset(23, seed=1), progress=False, log=log)
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listen)
+    others = [seconds for seconds, by_runner, _ in compiles if not by_runner]
+    assert len(others) >= 2  # the init and the evaluation step
+    assert not any(in_epochs for _, by_runner, in_epochs in compiles if not by_runner)
+    assert result.compile_seconds - runners[0].compile_seconds >= sum(others)
+
+
+def test_unknown_epoch_mode_is_refused():
+    with pytest.raises(ConfigError, match=r"--epoch-mode must be one of auto, .*; got 'chunks'"):
+        quiet_fit(MLP, tiny_dataset(32), tiny_dataset(8), epoch_mode="chunks")
+
+
+def test_evaluating_an_empty_set_is_refused():
+    empty = dataclasses.replace(tiny_dataset(1), images=np.zeros((0, 8, 8, 1), np.uint8),
+                                labels=np.zeros(0, np.int32))  # fmt: skip
+    with pytest.raises(DataError, match="synthetic: the evaluation set is empty"):
+        train.evaluate(lambda params, batch: None, None, empty)
 
 
 def test_divergence_names_epoch_and_step():

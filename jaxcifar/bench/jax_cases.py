@@ -18,7 +18,7 @@ from jaxcifar import models, train
 from jaxcifar.bench import numpy_reference
 from jaxcifar.bench.rows import Row, step_row
 from jaxcifar.bench.timing import TimingBudget, time_steps
-from jaxcifar.bench.xla_cost import compile_timed, flops, peak_memory_bytes
+from jaxcifar.bench.xla_cost import compile_timed, flops, program_memory_bytes
 from jaxcifar.config import RunConfig
 from jaxcifar.data.dataset import CLASS_NAMES, Dataset
 
@@ -70,7 +70,7 @@ def measure_train_step(model: str, batch_size: int, dtype: str, budget: TimingBu
         "jax", model, "train_step", batch_size, dtype, dataset.images.shape[1:], seconds,
         compile_seconds=compiled.compile_seconds, lower_seconds=compiled.lower_seconds,
         first_run_seconds=first_run_seconds, flops_per_step=flops(compiled.executable),
-        peak_memory_bytes=peak_memory_bytes(),
+        peak_memory_bytes=program_memory_bytes(compiled.executable),
     )  # fmt: skip
 
 
@@ -106,6 +106,7 @@ def measure_scratch_twin(images: np.ndarray, labels: np.ndarray, budget: TimingB
         "jax", "mlp", "scratch_step", len(images), "float32", images.shape[1:], seconds,
         compile_seconds=compiled.compile_seconds, lower_seconds=compiled.lower_seconds,
         flops_per_step=flops(compiled.executable),
+        peak_memory_bytes=program_memory_bytes(compiled.executable),
     )  # fmt: skip
 
 

@@ -7,10 +7,11 @@ import numpy as np
 from jaxcifar import scratch
 from jaxcifar.bench.rows import Row, step_row
 from jaxcifar.bench.timing import TimingBudget, time_steps
+from jaxcifar.config import MLP_LAYER_SIZES
 
 # The scratch network is the 784-500-50-10 sigmoid MLP; its twin in JAX is
 # jax_cases.measure_scratch_twin. Both run in float32 (scratch's own default is float64).
-LAYER_SIZES = (784, 500, 50, 10)
+LAYER_SIZES = MLP_LAYER_SIZES
 LEARNING_RATE = 0.1
 
 

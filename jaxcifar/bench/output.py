@@ -5,13 +5,12 @@ Each is written atomically (`jaxcifar.atomic`), so a reader never sees half a fi
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from jaxcifar.atomic import atomic_write_text
+from jaxcifar.atomic import write_json_and_markdown
 from jaxcifar.bench.rows import STEP_CASES
 
 
@@ -21,9 +20,7 @@ def write_results(
     """Write `<stem>.json`, `<stem>.md` and, with `plot`, `<stem>.png` into `out_dir`;
     return their paths."""
     out = Path(out_dir)
-    paths = [out / f"{stem}.json", out / f"{stem}.md"]
-    atomic_write_text(paths[0], json.dumps(results, indent=1) + "\n")
-    atomic_write_text(paths[1], render_markdown(results))
+    paths = write_json_and_markdown(out / f"{stem}.json", results, render_markdown(results))
     if plot:
         paths.append(out / f"{stem}.png")
         plot_step_times(paths[2], results["rows"], title=results["environment"]["device_kind"])

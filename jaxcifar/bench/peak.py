@@ -15,7 +15,7 @@ import numpy as np
 
 from jaxcifar.bench.rows import Row, step_row
 from jaxcifar.bench.timing import TimingBudget, time_steps
-from jaxcifar.bench.xla_cost import compile_timed
+from jaxcifar.bench.xla_cost import compile_timed, program_memory_bytes
 
 # Large enough that a GEMM runs at its asymptotic rate (on a CPU 1024: 4 MiB per operand; a
 # GPU needs thousands of rows to fill its cores), small enough to take milliseconds.
@@ -42,7 +42,8 @@ def measure_jax_matmul(budget: TimingBudget) -> Row:
         jax.block_until_ready(compiled.executable(a, a))
 
     return _matmul_row("jax", size, time_steps(step, budget),
-                       compile_seconds=compiled.compile_seconds)  # fmt: skip
+                       compile_seconds=compiled.compile_seconds,
+                       peak_memory_bytes=program_memory_bytes(compiled.executable))  # fmt: skip
 
 
 def measure_numpy_matmul(budget: TimingBudget) -> Row:

@@ -1,8 +1,8 @@
 """One benchmark row per measured case, and the ratios that put rows side by side.
 
 Rows are plain dataclasses so they go to JSON with `dataclasses.asdict`. Every time is in
-seconds; a field that does not apply to a row (compile time of an eager framework, peak
-memory on a backend that does not report it) is None, never 0.
+seconds; a field that does not apply to a row (compile time or memory of an eager framework's
+step) is None, never 0.
 """
 
 from __future__ import annotations
@@ -32,6 +32,9 @@ class Row:
     For JAX steps `compile_seconds` is lowering + XLA compilation, of which `lower_seconds`
     the lowering, and `first_run_seconds` the compiled program's first run; for
     torch.compile it is the first call, for epochs the runner's compile time.
+    `peak_memory_bytes` (jitted JAX steps and the JAX roof) is the device memory one call of
+    the compiled program takes by XLA's buffer assignment: arguments, outputs and temporaries
+    (`xla_cost.program_memory_bytes`; None where the backend gives no analysis).
     `case` matmul_peak (model "gemm", batch_size n) is the machine's roof, an (n, n) float32
     matmul (`jaxcifar.bench.peak`).
     `jax_speedup` (reference rows) is this row's median step over the matching jitted JAX

@@ -54,13 +54,6 @@ def time_steps(step: Callable[[], object], budget: TimingBudget) -> np.ndarray:
     return np.asarray(seconds)
 
 
-def timed_call(fn: Callable[[], object]) -> tuple[object, float]:
-    """(fn(), seconds it took)."""
-    start = time.perf_counter()
-    result = fn()
-    return result, time.perf_counter() - start
-
-
 def percentiles(seconds: np.ndarray) -> dict[str, float]:
     """{"median", "p10", "p90"} of `seconds` (n,) float, n >= 1 (linear interpolation)."""
     p10, median, p90 = np.percentile(np.asarray(seconds, np.float64), [10, 50, 90])

@@ -12,11 +12,8 @@ import numpy as np
 
 from jaxcifar.bench.rows import Row, step_row
 from jaxcifar.bench.timing import TimingBudget, time_steps
+from jaxcifar.config import RECIPES
 from jaxcifar.models import cnn
-
-# The seed recipe, as jaxcifar.config.RunConfig's defaults: SGD lr 0.001, momentum 0.9.
-LEARNING_RATE = 0.001
-MOMENTUM = 0.9
 
 
 def torch_missing() -> str | None:
@@ -94,7 +91,10 @@ def measure_torch_cnn(
     y = torch.from_numpy(labels.astype(np.int64)).to(device)
     model = build_seed_cnn(images.shape[1:]).train().to(device)
     forward = torch.compile(model, dynamic=False) if compile else model
-    optimizer = torch.optim.SGD(model.parameters(), lr=LEARNING_RATE, momentum=MOMENTUM)
+    seed_recipe = RECIPES["seed"]  # SGD with momentum, no weight decay
+    optimizer = torch.optim.SGD(
+        model.parameters(), lr=seed_recipe.lr, momentum=seed_recipe.momentum
+    )
     loss_fn = torch.nn.CrossEntropyLoss()
 
     def step() -> None:

@@ -1,5 +1,5 @@
-"""What XLA says about a compiled step: how long it took to build, its FLOPs, device memory,
-and how many kernels one call launches."""
+"""What XLA says about a compiled step: how long it took to build, its FLOPs, the device memory
+one call takes, and how many kernels one call launches."""
 
 from __future__ import annotations
 
@@ -8,8 +8,6 @@ import re
 import time
 from collections.abc import Iterator
 from typing import Any, NamedTuple
-
-import jax
 
 from jaxcifar import cpu_fusions
 
@@ -46,14 +44,19 @@ def flops(executable: Any) -> float | None:
     return None if value is None or value < 0 else float(value)
 
 
-def peak_memory_bytes(device: jax.Device | None = None) -> int | None:
-    """The device's peak allocated bytes since start, or None: the CPU backend reports no
-    memory statistics (`memory_stats()` is None there), GPUs and TPUs do."""
-    stats = (device or jax.devices()[0]).memory_stats()
-    if not stats:
+def program_memory_bytes(executable: Any) -> int | None:
+    """Bytes of device memory one call of a compiled program takes by XLA's buffer
+    assignment (`memory_analysis()`): its arguments, outputs and temporaries, an output
+    that reuses a donated argument's buffer counted once; None where the backend gives no
+    analysis. A property of the program, unlike the device's `peak_bytes_in_use`, which
+    never goes down in a process: after a large case every later case would read as large."""
+    stats = executable.memory_analysis()
+    names = ("argument", "output", "alias", "temp")
+    sizes = [getattr(stats, f"{name}_size_in_bytes", None) for name in names]
+    if None in sizes:  # no analysis (None), or one of another shape: the analysis is unstable API
         return None
-    value = stats.get("peak_bytes_in_use")
-    return None if value is None else int(value)
+    argument, output, alias, temp = sizes
+    return int(argument + output - alias + temp)
 
 
 # Instructions that only name, pick or reinterpret values: no device kernel runs for them.

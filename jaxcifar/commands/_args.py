@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import argparse
 import os
+import tempfile
+from pathlib import Path
 
 from jaxcifar.data.dataset import CLASS_NAMES
 from jaxcifar.data.sources import DATA_DIR_ENV
+from jaxcifar.errors import ConfigError
 
 DATASETS = tuple(CLASS_NAMES)
 
@@ -68,7 +71,8 @@ def add_data_dir_argument(parser: argparse.ArgumentParser) -> None:
 
 
 def add_data_arguments(parser: argparse.ArgumentParser, default_dataset: str = "cifar10") -> None:
-    """`--dataset` and `--data-dir`."""
+    """`--dataset` and `--data-dir`; `default_dataset=argparse.SUPPRESS` leaves `dataset` out of
+    the parsed namespace unless the flag is given."""
     parser.add_argument(
         "--dataset", choices=DATASETS, default=default_dataset, help="which dataset to use"
     )
@@ -82,3 +86,17 @@ def add_compile_cache_argument(parser: argparse.ArgumentParser) -> None:
         help="persistent XLA compilation cache, so a second run starts with compiled programs "
         "(default: $JAXCIFAR_CACHE/xla, else ~/.cache/jaxcifar/xla); 'none' turns it off",
     )  # fmt: skip
+
+
+def check_writable_folder(folder: Path) -> None:
+    """Create `folder` and write a probe file in it, so a bad --out fails before training
+    rather than after it. (Probing beats os.access, which says yes to root.)"""
+    if folder.exists() and not folder.is_dir():
+        raise ConfigError(f"--out {folder} is a file; expected a folder (or a path to create one)")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as error:
+        reason = error.strerror or error
+        raise ConfigError(f"--out {folder}: cannot write there ({reason})") from None

@@ -15,8 +15,8 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from jaxcifar.commands._args import add_data_dir_argument, positive_int
-from jaxcifar.config import RunConfig
-from jaxcifar.data.dataset import Dataset
+from jaxcifar.data import Dataset, load_split
+from jaxcifar.errors import DataError
 
 HELP = "evaluate a checkpoint on the test split and write its reports"
 
@@ -31,12 +31,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", metavar="DIR", help="write metrics.json and figures here")  # fmt: skip
 
 
-def load_split(config: RunConfig, split: str, data_dir: str | None, limit: int | None) -> Dataset:
-    """`config.dataset`'s `split`, cut to a seeded random `limit` examples when given."""
-    from jaxcifar.data import load
-
-    dataset = load(config.dataset, split, data_dir=data_dir)
-    return dataset if limit is None else dataset.subset(limit, seed=config.seed)
+def check_test_set(
+    test_set: Dataset, saved: Path, input_shape: tuple[int, ...], class_names: tuple[str, ...]
+) -> None:
+    """DataError unless `test_set`'s images have the (H, W, C) `input_shape` and its classes
+    are `class_names`, in order: those of the data the model in file `saved` was trained on.
+    (Otherwise another size fails deep in JAX, and other names silently mislabel classes.)"""
+    for what, found, expected in (
+        ("image shape (H, W, C)", tuple(test_set.images.shape[1:]), tuple(input_shape)),
+        ("classes", tuple(test_set.class_names), tuple(class_names)),
+    ):
+        if found != expected:
+            raise DataError(
+                f"the test set in {test_set.source} (--data-dir) has {what} {found}, but {saved} "
+                f"was trained on {expected}; pass the --data-dir of the data it was trained on"
+            )
 
 
 class SavedModelTest(NamedTuple):
@@ -55,7 +64,11 @@ def evaluate_checkpoint(args: argparse.Namespace) -> SavedModelTest:
 
     saved = checkpoint.load(args.checkpoint)
     config = saved.config
-    test_set = load_split(config, "test", args.data_dir, args.limit_test or config.limit_test)
+    test_set = load_split(
+        config.dataset, "test", data_dir=args.data_dir,
+        limit=args.limit_test or config.limit_test, seed=config.seed,
+    )  # fmt: skip
+    check_test_set(test_set, saved.path, saved.input_shape, saved.class_names)
     template = train.state_template(config, saved.input_shape, len(saved.class_names))
     params = checkpoint.restore(saved, template).params
     model = train.build_model(config, saved.input_shape, len(saved.class_names))
@@ -71,7 +84,8 @@ def evaluate_speedrun_model(path: Path, args: argparse.Namespace) -> SavedModelT
 
     saved = model_file.load(path)
     config = {"model": "speedrun", "dataset": saved.dataset, **dataclasses.asdict(saved.recipe)}
-    test_set = load_split(RunConfig(dataset=saved.dataset), "test", args.data_dir, args.limit_test)
+    test_set = load_split(saved.dataset, "test", data_dir=args.data_dir, limit=args.limit_test)
+    check_test_set(test_set, saved.path, saved.input_shape, saved.class_names)
     predictions = model_file.predictions(saved, test_set.images)
     return SavedModelTest(saved.path, config, test_set, predictions, [], None)
 

@@ -13,11 +13,11 @@ from __future__ import annotations
 import argparse
 import functools
 import sys
-import warnings
 from pathlib import Path
 
 import numpy as np
 
+from jaxcifar.data.image_file import decode
 from jaxcifar.errors import DataError
 
 HELP = "classify image files with a trained checkpoint"
@@ -35,30 +35,15 @@ def read_image(path: Path, input_shape: tuple[int, int, int]) -> np.ndarray:
     """(H, W, C) uint8 pixels of `path`, converted to C channels and resized to H x W.
 
     Raises DataError naming `path` for a missing, empty or non-image file, or one of more
-    than Image.MAX_IMAGE_PIXELS pixels.
+    than Image.MAX_IMAGE_PIXELS pixels (see `jaxcifar.data.image_file.decode`).
     """
-    from PIL import Image
-
     height, width, channels = input_shape
-    mode = "L" if channels == 1 else "RGB"
-    try:
-        with warnings.catch_warnings():
-            # Pillow only warns between MAX_IMAGE_PIXELS and twice that, and raises above.
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as image:
-                image.draft(mode, (width, height))  # JPEG: decode at 1/2 to 1/8 scale if enough
-                image = image.convert(mode).resize((width, height), Image.BILINEAR)
-                return np.asarray(image, dtype=np.uint8).reshape(height, width, channels)
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
-        raise DataError(f"{path}: refused, too large to decode safely ({error})") from None
-    # Pillow's decoders raise many types on malformed input (OSError, SyntaxError,
-    # struct.error, ...); every one means "not a usable image".
-    except Exception as error:
-        raise DataError(f"{path}: not a readable image ({type(error).__name__}: {error})") from None
+    return decode(path, "L" if channels == 1 else "RGB", str(path), size=(width, height))
 
 
 def run(args: argparse.Namespace) -> int:
     import jax
+    import jax.numpy as jnp
 
     from jaxcifar import checkpoint, train
     from jaxcifar.data.preprocess import to_float
@@ -74,9 +59,10 @@ def run(args: argparse.Namespace) -> int:
         template = train.state_template(saved.config, saved.input_shape, num_classes)
         params = checkpoint.restore(saved, template).params
         model = train.build_model(saved.config, saved.input_shape, num_classes)
+        compute_dtype = jnp.dtype(saved.config.dtype)  # as it trained and `evaluate` measures
 
         def logits(images):
-            return model.apply(params, to_float(images))
+            return model.apply(params, to_float(images), dtype=compute_dtype)
 
     @jax.jit
     def probabilities(images):

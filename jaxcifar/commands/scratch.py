@@ -12,7 +12,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from jaxcifar.commands._args import add_data_arguments, positive_float, positive_int
+from jaxcifar.commands._args import (
+    add_data_arguments, check_writable_folder, positive_float, positive_int,
+)
 
 HELP = "train the from-scratch NumPy backprop network (sigmoid MLP, squared error, SGD)"
 
@@ -64,13 +66,11 @@ def load_inputs(
     """Both splits as network inputs: `x_train` (N, H*W*C) in [0, 1] of `dtype`, `y_train` (N,)
     int32, `x_test`, `y_test` likewise, plus `class_names` and `source`."""
     from jaxcifar import scratch
-    from jaxcifar.data import load
+    from jaxcifar.data import load_split
 
     splits = {}
     for split, limit in (("train", limit_train), ("test", limit_test)):
-        data = load(dataset, split, data_dir=data_dir)
-        if limit is not None:
-            data = data.subset(limit, seed)
+        data = load_split(dataset, split, data_dir=data_dir, limit=limit, seed=seed)
         splits[f"x_{split}"] = scratch.scale_pixels(data.images, dtype)
         splits[f"y_{split}"] = data.labels
     return {**splits, "class_names": data.class_names, "source": data.source}
@@ -80,6 +80,7 @@ def run(args: argparse.Namespace) -> int:
     from jaxcifar import plots, scratch
     from jaxcifar.atomic import atomic_write_text
 
+    check_writable_folder(args.out)  # before the data and the training, not after
     data = load_inputs(
         args.dataset, args.data_dir, limit_train=args.limit_train, limit_test=args.limit_test,
         seed=args.seed, dtype=args.dtype,
@@ -125,7 +126,6 @@ def run(args: argparse.Namespace) -> int:
         "test_accuracy": history[-1]["test_accuracy"],
         "seconds": time.perf_counter() - start,
     }
-    args.out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(args.out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     epochs = [record["epoch"] for record in history]
     plots.plot_curves(

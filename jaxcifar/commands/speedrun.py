@@ -12,7 +12,8 @@ import dataclasses
 from pathlib import Path
 
 from jaxcifar.commands._args import (
-    add_compile_cache_argument, add_data_arguments, positive_float, positive_int,
+    add_compile_cache_argument, add_data_arguments, check_writable_folder, positive_float,
+    positive_int,
 )
 
 
@@ -47,7 +48,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from jaxcifar.data import load
+    from jaxcifar.data import load_split
     from jaxcifar.bench import environment
     from jaxcifar import xla_cache
     from jaxcifar.speedrun import measure, model_file
@@ -56,10 +57,11 @@ def run(args: argparse.Namespace) -> int:
     recipe = Recipe(
         epochs=args.epochs, batch_size=args.batch_size, widths=tuple(args.widths), dtype=args.dtype
     )
-    splits = {}
-    for split, limit in (("train", args.limit_train), ("test", args.limit_test)):
-        dataset = load(args.dataset, split, data_dir=args.data_dir)
-        splits[split] = dataset if limit is None else dataset.subset(limit, seed=args.seed)
+    check_writable_folder(Path(args.out))  # before the data and the runs, not after
+    splits = {
+        split: load_split(args.dataset, split, data_dir=args.data_dir, limit=limit, seed=args.seed)
+        for split, limit in (("train", args.limit_train), ("test", args.limit_test))
+    }
     cache = xla_cache.resolve(args.compile_cache)
     path = Path(args.out) / "speedrun.json"
     with xla_cache.compilation_cache(cache):

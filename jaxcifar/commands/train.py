@@ -17,12 +17,12 @@ import argparse
 import dataclasses
 import shlex
 import sys
-import tempfile
 from pathlib import Path
 
 from jaxcifar import parallel
 from jaxcifar.commands._args import (
-    add_compile_cache_argument, add_data_arguments, non_negative_float, positive_float, positive_int,
+    add_compile_cache_argument, add_data_arguments, check_writable_folder, non_negative_float,
+    positive_float, positive_int,
 )
 from jaxcifar.config import (
     ACTIVATIONS, DTYPES, MODELS, OPTIMIZERS, RECIPES, SCHEDULES, RunConfig,
@@ -49,10 +49,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     seed = RECIPES["seed"]
     parser.add_argument("--recipe", choices=sorted(RECIPES), default="seed",
                         help="starting configuration; explicit flags override it")  # fmt: skip
-    add_data_arguments(parser)
-    for action in parser._actions:  # --dataset too comes from the recipe unless given
-        if action.dest == "dataset":
-            action.default = argparse.SUPPRESS
+    add_data_arguments(parser, default_dataset=argparse.SUPPRESS)  # the recipe's unless given
     group = parser.add_argument_group("run configuration (defaults: the chosen recipe's)")
     flags = (
         ("--model", dict(choices=MODELS)),
@@ -123,19 +120,6 @@ def resume_command(args: argparse.Namespace) -> str:
     return shlex.join([*words, "--resume", "--out", str(args.out)])
 
 
-def check_writable_folder(folder: Path) -> None:
-    """Create `folder` and write a probe file in it, so a bad --out fails before training
-    rather than at the first checkpoint. (Probing beats os.access, which says yes to root.)"""
-    if folder.exists() and not folder.is_dir():
-        raise ConfigError(f"--out {folder} is a file; expected a folder (or a path to create one)")
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=folder):
-            pass
-    except OSError as error:
-        raise ConfigError(f"--out {folder}: cannot write there ({error.strerror or error})") from None
-
-
 def run(args: argparse.Namespace) -> int:
     from jaxcifar import checkpoint, xla_cache
 
@@ -180,7 +164,7 @@ def _train(
     args: argparse.Namespace, config: RunConfig, out: Path, signals: StopOnSignal, saved_epochs: list[int]
 ) -> int:
     from jaxcifar import checkpoint, train
-    from jaxcifar.commands.evaluate import load_split
+    from jaxcifar.data import load_split
     from jaxcifar.reports import build_metrics, write_reports
 
     state, history = None, []
@@ -195,12 +179,18 @@ def _train(
         history = saved.history
         saved_epochs.append(len(history))
         if len(history) >= config.epochs:
-            print(f"{saved.path}: already trained {len(history)} epochs; raise --epochs to continue")
+            more = (
+                "raise --epochs to continue" if config.schedule == "constant"
+                else f"its {config.schedule} schedule ends there (train longer in a new run)"
+            )
+            print(f"{saved.path}: already trained {len(history)} epochs; {more}")
     elif (out / checkpoint.FILENAME).exists():
         raise ConfigError(f"{out} already holds a checkpoint; pass --resume or another --out")
 
-    train_set = load_split(config, "train", args.data_dir, config.limit_train)
-    test_set = load_split(config, "test", args.data_dir, config.limit_test)
+    train_set, test_set = (
+        load_split(config.dataset, split, data_dir=args.data_dir, limit=limit, seed=config.seed)
+        for split, limit in (("train", config.limit_train), ("test", config.limit_test))
+    )
     input_shape = train_set.images.shape[1:]
     if args.resume:
         template = train.state_template(config, input_shape, train_set.num_classes)

@@ -1,8 +1,9 @@
 """The decoded-array cache: one uncompressed `.npz` per dataset copy, holding every split.
 
-Decoding 60,000 JPEGs takes tens of seconds; reading the same arrays back from an
-uncompressed `.npz` takes a fraction of one. The file name carries a digest of the
-source, so a changed source gets a new entry and a stale one is never read.
+Decoding the 60,000 CIFAR-10 JPEGs takes seconds to tens of seconds (5 s on one machine,
+23-39 s on an older one); reading the same arrays back from an uncompressed `.npz` takes a
+fraction of one. The file name carries a digest of the source, so a changed source gets a
+new entry and a stale one is never read.
 """
 
 from __future__ import annotations

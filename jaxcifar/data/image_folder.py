@@ -3,20 +3,19 @@
 Class folders give the labels: in CIFAR-10's canonical order when the folder names are
 CIFAR-10's classes, else sorted by name. Every image must decode to the same size.
 
-Images are decoded in this process, one after another (the 60,000 CIFAR-10 JPEGs take
-~13 s of one core, once per machine thanks to the cache). A process pool would need the
-spawn start method, since forking is unsafe once JAX has started its threads, and spawn
-re-imports the caller's `__main__`, which breaks scripts that call `load` at top level.
+Images are decoded in this process, one after another (a first load of the 60,000 CIFAR-10
+JPEGs, decoded and cached, took 5 s on one machine and 23-39 s on an older one; once per
+machine thanks to the cache). A process pool would need the spawn start method, since
+forking is unsafe once JAX has started its threads, and spawn re-imports the caller's
+`__main__`, which breaks scripts that call `load` at top level.
 """
 
 from __future__ import annotations
 
-import io
-
 import numpy as np
-from PIL import Image
 
 from jaxcifar.data.dataset import CIFAR10_CLASSES, SPLITS, Dataset
+from jaxcifar.data.image_file import decode
 from jaxcifar.data.tree import Tree
 from jaxcifar.errors import DataError
 
@@ -59,12 +58,12 @@ def read(tree: Tree, mode: str) -> dict[str, Dataset]:
         for split in SPLITS
     }
     first = tree.describe(paths["train"][0])
-    shape = _decode(tree.files[paths["train"][0]], mode, first).shape
+    shape = decode(tree.files[paths["train"][0]], mode, first).shape
     splits = {}
     for split in SPLITS:
         images = np.empty((len(paths[split]), *shape), np.uint8)
         for i, path in enumerate(paths[split]):
-            image = _decode(tree.files[path], mode, tree.describe(path))
+            image = decode(tree.files[path], mode, tree.describe(path))
             if image.shape != shape:
                 raise DataError(
                     f"{tree.describe(path)}: image of {image.shape[1]}x{image.shape[0]} pixels, "
@@ -96,15 +95,3 @@ def _class_members(tree: Tree, split: str) -> dict[str, list[str]]:
             )
     return classes
 
-
-def _decode(data: bytes, mode: str, where: str) -> np.ndarray:
-    """One image file's bytes -> (H, W, C) uint8 in `mode` ("RGB": C=3, "L": C=1)."""
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            pixels = np.asarray(image if image.mode == mode else image.convert(mode))
-    # Pillow's decoders raise many types on malformed input (OSError, SyntaxError,
-    # struct.error, DecompressionBombError, ...); every one means "not a usable image".
-    except Exception as error:
-        problem = f"{type(error).__name__}: {error}"
-        raise DataError(f"{where}: not a readable image ({problem})") from None
-    return pixels.reshape(*pixels.shape[:2], -1)

@@ -93,6 +93,23 @@ def load(name: str, split: str, *, data_dir: str | os.PathLike[str] | None = Non
     return dataset
 
 
+def load_split(
+    name: str,
+    split: str,
+    *,
+    data_dir: str | os.PathLike[str] | None = None,
+    limit: int | None = None,
+    seed: int = 0,
+) -> Dataset:
+    """`load(name, split, data_dir=data_dir)`, cut to a random `limit` examples when given.
+
+    Returns a `Dataset` like `load`'s with min(limit, N) examples, kept in their order;
+    they are `Dataset.subset(limit, seed)`'s, so the same `seed` picks the same examples.
+    """
+    dataset = load(name, split, data_dir=data_dir)
+    return dataset if limit is None else dataset.subset(limit, seed=seed)
+
+
 def formats(name: str) -> tuple[Format, ...]:
     """The local layouts `name` may come in, in the order they are looked for."""
     mode = "RGB" if name == "cifar10" else "L"

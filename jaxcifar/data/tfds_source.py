@@ -19,8 +19,8 @@ from jaxcifar.data.dataset import CLASS_NAMES, Dataset
 from jaxcifar.errors import DataError
 
 # Where tensorflow-datasets downloads each dataset from (its builders' URLs). Offline, tfds
-# retries for about 3.5 minutes before it gives up; one request with a short timeout to the
-# same host says so in well under a second.
+# retries for about 3.5 minutes before it gives up; one request to the same host says so at
+# once when DNS fails or the connection is refused, within REACH_TIMEOUT_SECONDS otherwise.
 DOWNLOAD_HOSTS = {
     "cifar10": "https://www.cs.toronto.edu/",
     "mnist": "https://storage.googleapis.com/",

@@ -55,7 +55,12 @@ def is_archive(path: Path) -> bool:
 
 
 def walk(root: Path, names: Iterable[str]) -> tuple[list[Path], list[Path]]:
-    """The files and the folders among `root`'s entries `names`, recursively, sorted."""
+    """The files and the folders among `root`'s entries `names`, recursively, sorted.
+
+    Symlinked folders are followed (a class folder may link to images kept elsewhere);
+    a folder that cannot be listed, or a link back to a folder being walked, raises
+    DataError rather than being skipped or walked forever.
+    """
     files: list[Path] = []
     folders: list[Path] = []
     for name in sorted(names):
@@ -63,11 +68,26 @@ def walk(root: Path, names: Iterable[str]) -> tuple[list[Path], list[Path]]:
         if path.is_file():
             files.append(path)
         elif path.is_dir():
-            for folder, subfolders, folder_files in os.walk(path):
+            seen: set[str] = set()
+            for folder, subfolders, folder_files in os.walk(
+                path, onerror=_unreadable_folder, followlinks=True
+            ):
+                real = os.path.realpath(folder)
+                if real in seen:
+                    raise DataError(
+                        f"{folder}: {real} reached twice (a symbolic link loop, or two links "
+                        "to one folder)"
+                    )
+                seen.add(real)
                 subfolders.sort()
                 folders.append(Path(folder))
                 files.extend(Path(folder) / file for file in sorted(folder_files))
     return files, folders
+
+
+def _unreadable_folder(error: OSError) -> None:
+    """os.walk's onerror: by default it skips a folder it cannot list, losing a class."""
+    raise DataError(f"{error.filename}: cannot read ({error.strerror})") from None
 
 
 def read_folder(root: Path, names: Iterable[str]) -> Tree:

@@ -14,9 +14,8 @@ from typing import NamedTuple
 
 import jax
 
+from jaxcifar.config import MLP_LAYER_SIZES, MODELS
 from jaxcifar.models import cnn, mlp
-
-MODEL_NAMES = ("cnn", "mlp")
 
 
 class Model(NamedTuple):
@@ -31,10 +30,10 @@ def build(
     input_shape: tuple[int, int, int],
     num_classes: int,
     *,
-    mlp_hidden: Sequence[int] = mlp.DEFAULT_LAYER_SIZES[1:-1],
+    mlp_hidden: Sequence[int] = MLP_LAYER_SIZES[1:-1],
     mlp_activation: str = "sigmoid",
 ) -> Model:
-    """The model `name` ("cnn" or "mlp") for (H, W, C) uint8-derived inputs and `num_classes`."""
+    """The model `name` (`config.MODELS`) for (H, W, C) uint8-derived inputs and `num_classes`."""
     if name == "cnn":
         return Model(
             functools.partial(cnn.init, input_shape=tuple(input_shape), num_classes=num_classes),
@@ -46,7 +45,7 @@ def build(
             functools.partial(mlp.init, layer_sizes=sizes),
             functools.partial(mlp.apply, activation=mlp_activation),
         )
-    raise ValueError(f"unknown model {name!r}; expected one of {MODEL_NAMES}")
+    raise ValueError(f"unknown model {name!r}; expected one of {MODELS}")
 
 
 def count_parameters(params: dict) -> int:
@@ -54,4 +53,4 @@ def count_parameters(params: dict) -> int:
     return sum(leaf.size for leaf in jax.tree_util.tree_leaves(params))
 
 
-__all__ = ["MODEL_NAMES", "Model", "build", "cnn", "count_parameters", "mlp"]
+__all__ = ["Model", "build", "cnn", "count_parameters", "mlp"]

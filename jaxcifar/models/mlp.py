@@ -12,14 +12,14 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 
+from jaxcifar import config
 from jaxcifar.data.preprocess import flatten
 from jaxcifar.models import layers
 
-DEFAULT_LAYER_SIZES = (784, 500, 50, 10)
-ACTIVATIONS = {"sigmoid": jax.nn.sigmoid, "relu": jax.nn.relu}
+ACTIVATIONS = {name: getattr(jax.nn, name) for name in config.ACTIVATIONS}
 
 
-def init(key: jax.Array, layer_sizes: Sequence[int] = DEFAULT_LAYER_SIZES) -> dict:
+def init(key: jax.Array, layer_sizes: Sequence[int] = config.MLP_LAYER_SIZES) -> dict:
     """{"dense1": {"kernel": (sizes[0], sizes[1]), "bias": (sizes[1],)}, "dense2": ..., ...}
     float32, PyTorch-default initialised (U(+-1/sqrt(fan_in)) for kernel and bias)."""
     pairs = zip(layer_sizes[:-1], layer_sizes[1:], strict=True)

@@ -1,9 +1,11 @@
 """The fast CIFAR-10 recipe: airbench94 (Keller Jordan, arXiv 2404.00498) written in JAX.
 
 Modules: `net` (the network), `whitening` (its fixed first layer), `recipe` (hyperparameters,
-optimizer, schedules, loss), `train` (the run: on-device data, augmentation, lookahead),
-`tta` (test-time augmentation) and `measure` (timed runs and their results file); runs use
-`jaxcifar.xla_cache`, the persistent compilation cache.
+the step counts they give, SGD rates), `optimizer` (optimizer, learning-rate schedule, loss,
+lookahead decay), `train` (the run: on-device data, augmentation, lookahead), `tta`
+(test-time augmentation), `measure` (timed runs and their results file) and `model_file` (a
+trained model on disk, for `jaxcifar evaluate` and `predict`); runs use `jaxcifar.xla_cache`,
+the persistent compilation cache.
 
 What comes from where. From the paper and its reference code (airbench94.py, the `airbench`
 package's lib_airbench94.py and utils.py), checked against their text:

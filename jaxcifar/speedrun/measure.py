@@ -10,14 +10,13 @@ compile + first run; a persistent-cache hit makes it small); null on the other r
 
 from __future__ import annotations
 
-import json
 import os
 import statistics
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from jaxcifar.atomic import atomic_write_text
+from jaxcifar.atomic import write_json_and_markdown
 from jaxcifar.data.dataset import Dataset
 from jaxcifar.speedrun.recipe import Recipe
 from jaxcifar.speedrun.train import RunResult, Speedrun
@@ -136,8 +135,4 @@ def render_markdown(results: dict[str, Any]) -> str:
 
 def write_results(results: dict[str, Any], json_path: str | os.PathLike[str]) -> list[Path]:
     """Write `results` to `json_path` and its markdown table beside it (.md); return both paths."""
-    path = Path(json_path)
-    markdown = path.with_suffix(".md")
-    atomic_write_text(path, json.dumps(results, indent=1) + "\n")
-    atomic_write_text(markdown, render_markdown(results))
-    return [path, markdown]
+    return write_json_and_markdown(json_path, results, render_markdown(results))

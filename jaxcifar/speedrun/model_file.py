@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import serialization
 
+from jaxcifar import cpu_fusions
 from jaxcifar.atomic import atomic_write_bytes
 from jaxcifar.checkpoint import read_tagged
 from jaxcifar.errors import CheckpointError
@@ -119,7 +120,10 @@ def logits(model: SavedModel, images: jax.Array) -> jax.Array:
 
 def predictions(model: SavedModel, images: np.ndarray) -> np.ndarray:
     """(N,) int32 TTA predictions of uint8 images (N, H, W, C), EVAL_BATCH at a time."""
-    predict_batches = jax.jit(functools.partial(predict, model.recipe))
+    # Compiled as the training run compiled it (on a CPU: convolutions not on YNNPACK's kernels).
+    predict_batches = cpu_fusions.compiled_per_shape(
+        jax.jit(functools.partial(predict, model.recipe))
+    )
     out = predict_batches(
         model.params, model.batch_stats, model.mean, model.std, batched(images, EVAL_BATCH)
     )

@@ -1,0 +1,53 @@
+"""Decoding one PNG/JPEG file with Pillow, for the image-folder reader and `predict`.
+
+Any size up to Pillow's decompression-bomb limit (Image.MAX_IMAGE_PIXELS, about 89
+megapixels, e.g. 8000x8000) is decoded; a larger one is refused rather than decoded, since
+one such file can take gigabytes.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from jaxcifar.errors import DataError
+
+
+def decode(
+    source: bytes | Path, mode: str, where: str, size: tuple[int, int] | None = None
+) -> np.ndarray:
+    """One image file -> (H, W, C) uint8 pixels converted to Pillow `mode` ("RGB": C = 3,
+    "L": C = 1).
+
+    Args:
+      source: the file's bytes, or its path.
+      mode: "RGB" or "L"; grayscale, palette and RGBA images are converted.
+      where: names the file in messages.
+      size: (width, height) to resize to, bilinearly; None keeps the file's own size.
+    Raises:
+      DataError naming `where`: a missing, empty or non-image file, or one of more than
+        Image.MAX_IMAGE_PIXELS pixels.
+    """
+    try:
+        with warnings.catch_warnings():
+            # Pillow only warns between MAX_IMAGE_PIXELS and twice that, and raises above.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as image:
+                if size is not None:
+                    image.draft(mode, size)  # JPEG: decode at 1/2 to 1/8 scale if enough
+                    image = image.convert(mode).resize(size, Image.BILINEAR)
+                elif image.mode != mode:
+                    image = image.convert(mode)
+                pixels = np.asarray(image, dtype=np.uint8)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        raise DataError(f"{where}: refused, too large to decode safely ({error})") from None
+    # Pillow's decoders raise many types on malformed input (OSError, SyntaxError,
+    # struct.error, ...); every one means "not a usable image".
+    except Exception as error:
+        problem = f"{type(error).__name__}: {error}"
+        raise DataError(f"{where}: not a readable image ({problem})") from None
+    return pixels.reshape(*pixels.shape[:2], -1)

@@ -1,0 +1,58 @@
+"""RunConfig: validation of single values and combinations, and what a resume must keep."""
+
+import dataclasses
+
+import jax
+import pytest
+
+from jaxcifar.config import RunConfig
+from jaxcifar.errors import ConfigError
+from jaxcifar.optim import build_optimizer
+
+
+@pytest.mark.parametrize("seed", [-1, 2**31, 1.5])
+def test_seed_outside_int32_is_refused(seed):
+    # Seeds travel as np.int32 into jitted code: 2**31 once ended in an OverflowError there.
+    with pytest.raises(ConfigError, match=rf"seed must be an integer in 0..2147483647; got {seed}"):
+        RunConfig(seed=seed)
+
+
+def test_largest_int32_seed_is_accepted():
+    assert RunConfig(seed=2**31 - 1).seed == 2**31 - 1
+
+
+def test_nesterov_without_momentum_is_refused():
+    # With momentum 0 optax's nesterov is plain SGD: the flag would do nothing, silently.
+    with pytest.raises(ConfigError, match="optimizer nesterov needs momentum > 0"):
+        RunConfig(optimizer="nesterov", momentum=0.0)
+    RunConfig(optimizer="sgd", momentum=0.0)
+
+
+@pytest.mark.parametrize(
+    "change, mismatch",
+    [
+        ({"momentum": 0.0}, "momentum: 0.9 -> 0.0"),
+        ({"weight_decay": 5e-4}, "weight_decay: 0.0 -> 0.0005"),
+    ],
+)
+def test_resume_refuses_what_changes_the_optimizer_state(change, mismatch):
+    saved = RunConfig()
+    now = dataclasses.replace(saved, **change)
+    assert now.resume_mismatches(saved) == [mismatch]
+    # Why: the optimizer state the checkpoint holds would not fit the resumed run's.
+    states = [build_optimizer(config, 1).init({"w": 0.0}) for config in (saved, now)]
+    assert jax.tree.structure(states[0]) != jax.tree.structure(states[1])
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "onecycle"])
+def test_resume_refuses_more_epochs_under_a_schedule_the_run_length_sets(schedule):
+    saved = RunConfig(schedule=schedule, epochs=10)
+    assert dataclasses.replace(saved, epochs=20).resume_mismatches(saved) == [
+        f"epochs: 10 -> 20 (sets the length of the {schedule} schedule; only a constant "
+        "schedule can be extended)"
+    ]
+
+
+def test_resume_lets_a_constant_rate_run_grow():
+    saved = RunConfig(epochs=10)
+    assert dataclasses.replace(saved, epochs=20).resume_mismatches(saved) == []
