@@ -22,7 +22,7 @@ from jax import lax
 from jaxcifar import models, train
 from jaxcifar.bench import jax_cases
 from jaxcifar.bench.timing import TimingBudget, percentiles, time_steps
-from jaxcifar.bench.xla_cost import compile_timed
+from jaxcifar.cpu_fusions import compile_timed
 from jaxcifar.models import cnn, layers
 
 

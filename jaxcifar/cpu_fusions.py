@@ -21,8 +21,9 @@ Other backends keep XLA's defaults.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 
@@ -67,3 +68,22 @@ def compiled_per_shape(jitted: Callable) -> Callable:
         return executables[key](*args)
 
     return call
+
+
+class Compiled(NamedTuple):
+    """A jitted function lowered and compiled for one set of argument shapes."""
+
+    executable: Any  # jax.stages.Compiled: call it with the same kinds of arguments
+    lower_seconds: float  # tracing and lowering to StableHLO
+    compile_seconds: float  # lowering + XLA compilation
+
+
+def compile_timed(jitted: Any, *args: Any, xla_defaults: bool = False) -> Compiled:
+    """`jitted.lower(*args)` compiled by `compile_program` (on a CPU, without YNNPACK's
+    convolutions), or with XLA's defaults if `xla_defaults`, timing the lowering and the
+    whole: how the epoch runners, the speedrun and the benchmarks compile ahead of time."""
+    start = time.perf_counter()
+    lowered = jitted.lower(*args)
+    lowered_at = time.perf_counter()
+    executable = lowered.compile() if xla_defaults else compile_program(lowered)
+    return Compiled(executable, lowered_at - start, time.perf_counter() - start)

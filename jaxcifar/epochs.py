@@ -18,7 +18,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from jaxcifar import parallel
-from jaxcifar.bench.xla_cost import compile_timed
+from jaxcifar.cpu_fusions import compile_timed
 from jaxcifar.config import RunConfig
 from jaxcifar.data.dataset import Dataset
 

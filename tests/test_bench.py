@@ -15,7 +15,8 @@ from jaxcifar.bench import environment, jax_cases, suite, torch_reference
 from jaxcifar.bench.rows import Row, add_ratios
 from jaxcifar.bench.settings import Settings
 from jaxcifar.bench.timing import TimingBudget, percentiles, time_steps
-from jaxcifar.bench.xla_cost import compile_timed, flops, kernel_counts, program_memory_bytes
+from jaxcifar.bench.xla_cost import flops, kernel_counts, program_memory_bytes
+from jaxcifar.cpu_fusions import compile_timed
 
 
 def test_percentiles_interpolate_linearly():

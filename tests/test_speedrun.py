@@ -20,7 +20,7 @@ from flax import serialization
 from PIL import Image
 
 from jaxcifar import augment, cli, cpu_fusions
-from jaxcifar.bench.xla_cost import compile_timed
+from jaxcifar.cpu_fusions import compile_timed
 from jaxcifar.data import load
 from jaxcifar.data.dataset import CIFAR10_CLASSES
 from jaxcifar.errors import CheckpointError, ConfigError

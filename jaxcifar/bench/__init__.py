@@ -1,7 +1,7 @@
 """Step-time benchmarks of the training step, side by side with NumPy and PyTorch.
 
 One concern per module: `settings` (what a run measures; no JAX, so the CLI imports it),
-`timing` (timed loops, percentiles), `xla_cost` (compile time, FLOPs, a program's device
+`timing` (timed loops, percentiles), `xla_cost` (FLOPs, a program's device
 memory, kernel counts), `rows` (one row per case, ratios between rows), `environment`
 (machine and versions), `peak` (the machine's matmul roof), `jax_cases` / `numpy_reference` /
 `torch_reference` (what is measured), `suite` (a whole run) and `output` (JSON, markdown,

@@ -18,8 +18,9 @@ from jaxcifar import models, train
 from jaxcifar.bench import numpy_reference
 from jaxcifar.bench.rows import Row, step_row
 from jaxcifar.bench.timing import TimingBudget, time_steps
-from jaxcifar.bench.xla_cost import compile_timed, flops, program_memory_bytes
+from jaxcifar.bench.xla_cost import flops, program_memory_bytes
 from jaxcifar.config import RunConfig
+from jaxcifar.cpu_fusions import compile_timed
 from jaxcifar.data.dataset import CLASS_NAMES, Dataset
 
 # Each model runs on the data it is built for: the seed CNN on CIFAR-10 images, the

@@ -1,34 +1,12 @@
-"""What XLA says about a compiled step: how long it took to build, its FLOPs, the device memory
-one call takes, and how many kernels one call launches."""
+"""What XLA says about a compiled step: its FLOPs, the device memory one call takes, and how
+many kernels one call launches. (Compiling it, timed: `cpu_fusions.compile_timed`.)"""
 
 from __future__ import annotations
 
 import collections
 import re
-import time
 from collections.abc import Iterator
-from typing import Any, NamedTuple
-
-from jaxcifar import cpu_fusions
-
-
-class Compiled(NamedTuple):
-    """A jitted function lowered and compiled for one set of argument shapes."""
-
-    executable: Any  # jax.stages.Compiled: call it with the same kinds of arguments
-    lower_seconds: float  # tracing and lowering to StableHLO
-    compile_seconds: float  # lowering + XLA compilation
-
-
-def compile_timed(jitted: Any, *args: Any, xla_defaults: bool = False) -> Compiled:
-    """`jitted.lower(*args)` compiled by `cpu_fusions.compile_program` (on a CPU, without
-    YNNPACK's convolutions), or with XLA's defaults if `xla_defaults`, timing the lowering
-    and the whole."""
-    start = time.perf_counter()
-    lowered = jitted.lower(*args)
-    lowered_at = time.perf_counter()
-    executable = lowered.compile() if xla_defaults else cpu_fusions.compile_program(lowered)
-    return Compiled(executable, lowered_at - start, time.perf_counter() - start)
+from typing import Any
 
 
 def flops(executable: Any) -> float | None:
