@@ -58,11 +58,10 @@ class TrainState(NamedTuple):
 
 
 class Setup(NamedTuple):
-    """The model and optimizer of a run, and the steps in one of its epochs."""
+    """The model and optimizer of a run."""
 
     model: models.Model
     optimizer: optax.GradientTransformation
-    steps_per_epoch: int
 
 
 def build_model(config: RunConfig, input_shape: Sequence[int], num_classes: int) -> models.Model:
@@ -85,7 +84,7 @@ def build_setup(config: RunConfig, train_set: Dataset) -> Setup:
         )
     model = build_model(config, train_set.images.shape[1:], train_set.num_classes)
     steps = len(train_set) // config.batch_size
-    return Setup(model, build_optimizer(config, steps), steps)
+    return Setup(model, build_optimizer(config, steps))
 
 
 def init_state(config: RunConfig, setup: Setup, mesh: Mesh | None = None) -> TrainState:
@@ -105,7 +104,7 @@ def state_template(config: RunConfig, input_shape: Sequence[int], num_classes: i
     """The shapes and dtypes of a run's TrainState (ShapeDtypeStructs; nothing is computed),
     the target structure for restoring a checkpoint."""
     # The optimizer state's structure does not depend on the schedule's length.
-    setup = Setup(build_model(config, input_shape, num_classes), build_optimizer(config, 1), 1)
+    setup = Setup(build_model(config, input_shape, num_classes), build_optimizer(config, 1))
     return jax.eval_shape(functools.partial(_new_state, setup), init_key(config.seed))
 
 
@@ -171,17 +170,17 @@ def make_train_step(
 
 
 def make_eval_step(
-    setup: Setup, *, dtype: str = "float32", mesh: Mesh | None = None
+    model: models.Model, *, dtype: str = "float32", mesh: Mesh | None = None
 ) -> Callable[[Any, Batch], tuple[jax.Array, jax.Array]]:
-    """The jitted `(params, (images uint8, labels)) -> (losses (B,) float32, predictions (B,)
-    int32)`, dropout off; data parallel over `mesh` like `make_train_step`, with both outputs
+    """`model`'s jitted `(params, (images uint8, labels)) -> (losses (B,) float32,
+    predictions (B,) int32)`, dropout off; data parallel over `mesh` like `make_train_step`, with both outputs
     replicated so every process can read them (B floats and ints: a negligible gather).
     Compiled once per batch shape by `cpu_fusions.compile_program`."""
     compute_dtype = jnp.dtype(dtype)
 
     def eval_step(params, batch: Batch):
         images, labels = batch
-        logits = setup.model.apply(params, to_float(images), dtype=compute_dtype)
+        logits = model.apply(params, to_float(images), dtype=compute_dtype)
         return cross_entropy(logits, labels), jnp.argmax(logits, -1).astype(jnp.int32)
 
     mesh = parallel.data_mesh() if mesh is None else mesh
@@ -327,7 +326,7 @@ def fit(
     # compiles on its first call (`compiled_per_shape`), so it evaluates one test batch.
     warm_up_start = time.perf_counter()
     state = init_state(config, setup, mesh) if state is None else parallel.replicate(state, mesh)
-    eval_step = make_eval_step(setup, dtype=config.dtype, mesh=mesh)
+    eval_step = make_eval_step(setup.model, dtype=config.dtype, mesh=mesh)
     evaluate(eval_step, state.params, test_set.subset(EVAL_BATCH), mesh)
     warm_up_seconds = time.perf_counter() - warm_up_start
     history = list(history)

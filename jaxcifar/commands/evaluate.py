@@ -72,7 +72,7 @@ def evaluate_checkpoint(args: argparse.Namespace) -> SavedModelTest:
     template = train.state_template(config, saved.input_shape, len(saved.class_names))
     params = checkpoint.restore(saved, template).params
     model = train.build_model(config, saved.input_shape, len(saved.class_names))
-    step = train.make_eval_step(train.Setup(model, None, 0), dtype=config.dtype)
+    step = train.make_eval_step(model, dtype=config.dtype)
     result = train.evaluate(step, params, test_set)
     return SavedModelTest(
         saved.path, config.to_dict(), test_set, result.predictions, saved.history, result.loss

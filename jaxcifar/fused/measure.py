@@ -59,7 +59,7 @@ def measure_path(
         losses.append(np.concatenate(epoch_losses))
     params = jax.block_until_ready(state.params)
     wall = time.perf_counter() - start
-    test = train.evaluate(train.make_eval_step(setup), params, test_set)
+    test = train.evaluate(train.make_eval_step(setup.model), params, test_set)
     try:
         kernels = _step_kernels(path, runner, setup, initial_params, train_set)
     except ValueError as error:  # counting reads HLO text, whose shape a backend may change:
