@@ -27,7 +27,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "checkpoint.msgpack; or a speedrun's model.msgpack or output folder")
     add_data_dir_argument(parser)
     parser.add_argument("--limit-test", type=positive_int, metavar="N", default=None,
-                        help="evaluate on a random N-example subset (default: the checkpoint's setting)")
+                        help="evaluate on a random N-example subset (default: a checkpoint's own "
+                        "setting; a speedrun model keeps none, so all of the test split)")
     parser.add_argument("--out", metavar="DIR", help="write metrics.json and figures here")  # fmt: skip
 
 
