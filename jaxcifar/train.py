@@ -173,9 +173,9 @@ def make_eval_step(
     model: models.Model, *, dtype: str = "float32", mesh: Mesh | None = None
 ) -> Callable[[Any, Batch], tuple[jax.Array, jax.Array]]:
     """`model`'s jitted `(params, (images uint8, labels)) -> (losses (B,) float32,
-    predictions (B,) int32)`, dropout off; data parallel over `mesh` like `make_train_step`, with both outputs
-    replicated so every process can read them (B floats and ints: a negligible gather).
-    Compiled once per batch shape by `cpu_fusions.compile_program`."""
+    predictions (B,) int32)`, dropout off; data parallel over `mesh` like `make_train_step`,
+    with both outputs replicated so every process can read them (B floats and ints: a
+    negligible gather). Compiled once per batch shape by `cpu_fusions.compile_program`."""
     compute_dtype = jnp.dtype(dtype)
 
     def eval_step(params, batch: Batch):
