@@ -67,11 +67,6 @@ def describe_environment() -> dict[str, Any]:
             "python": platform.python_version(),
             **{name: package_version(name) for name in PACKAGES},
         },
-        "memory_stats": (
-            "reported"
-            if device.memory_stats()
-            else f"not reported by the {device.platform} backend"
-        ),
     }
 
 

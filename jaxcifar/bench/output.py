@@ -69,7 +69,6 @@ def render_markdown(results: dict[str, Any]) -> str:
         f"GLIBC_TUNABLES `{env.get('glibc_tunables') or '(none)'}`; thread variables "
         f"{ {k: v for k, v in env['thread_variables'].items() if v} or '(none set)'}",
         f"- {versions}",
-        f"- peak device memory: {env['memory_stats']}",
         f"- whole run: {results['total_seconds']:.0f} s",
         "",
         "Ratios: `jax xR` on a reference row = its median step / jitted JAX float32's on the "

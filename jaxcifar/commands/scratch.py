@@ -15,6 +15,7 @@ from typing import Any
 from jaxcifar.commands._args import (
     add_data_arguments, check_writable_folder, positive_float, positive_int,
 )
+from jaxcifar.config import MLP_LAYER_SIZES
 
 HELP = "train the from-scratch NumPy backprop network (sigmoid MLP, squared error, SGD)"
 
@@ -39,8 +40,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "land on a random point of the constant-rate wobble; constant: the exercise's fixed rate",
     )  # fmt: skip
     parser.add_argument(
-        "--hidden", type=positive_int, nargs="+", default=[500, 50], metavar="WIDTH",
-        help="width of each hidden layer, input side first",
+        "--hidden", type=positive_int, nargs="+", default=list(MLP_LAYER_SIZES[1:-1]),
+        metavar="WIDTH", help="width of each hidden layer, input side first",
     )  # fmt: skip
     parser.add_argument("--seed", type=int, default=0, help="seeds the weights, the subsets and the shuffles")
     parser.add_argument(
