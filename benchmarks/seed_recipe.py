@@ -4,15 +4,14 @@ side in one process, and write benchmarks/results/seed-recipe-<device>.json and 
 Usage: python benchmarks/seed_recipe.py [--data-dir ../shared/data] [--paths loop scan ...]
        [--epochs 10] [--limit-train N --limit-test N] [--unroll 1 ...] [--out benchmarks/results]
 
-Paths are `jaxcifar train --epoch-mode` values (jaxcifar.fused.measure): loop, scan, and the
-fused path with the dense head in plain JAX (fused) or in one Pallas kernel (fused-pallas;
-interpret mode on a CPU, where it only shows that the path runs: its time means nothing
-there). Every path trains the same recipe from the same initial parameters; `--limit-train`
-makes a CPU run short enough to finish. A path that fails (say, a Pallas kernel the GPU's
-compiler rejects) is reported with its error and the others still run. Several `--unroll`
-values (steps per loop iteration of the fused paths) measure every path at the first value,
-then the fused paths again at each further one.
-"""
+Paths are `jaxcifar train --epoch-mode` values (jaxcifar.fused.measure): loop, chunk, scan, and
+the fused path with the dense head in plain JAX (fused) or in one Pallas kernel (fused-pallas;
+interpret mode on a CPU, where it only shows that the path runs: its time means nothing there).
+Every path trains the same recipe from the same initial parameters; `--limit-train` makes a CPU
+run short enough to finish. A path that fails (say, a Pallas kernel the GPU's compiler rejects)
+is reported with its error and the others still run. Several `--unroll` values (steps per loop
+iteration of the fused paths) measure every path at the first value, then the fused paths again
+at each further one."""
 
 from __future__ import annotations
 

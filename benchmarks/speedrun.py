@@ -4,19 +4,19 @@ without one on the CPU in float32, through `airbench_cpu.py`).
 
 Usage: python benchmarks/speedrun.py [--data-dir ../shared/data] [--runs 5]
        [--dtypes bfloat16 float16] [--limit-train N --limit-test N] [--epoch-mode auto]
-       [--out benchmarks/results]
+       [--out benchmarks/results] [--name STEM]
 
-Writes <out>/speedrun-<device>.json ({"device", "runs": [{"system": "jaxcifar-fast" |
-"airbench94", "dtype", "train_seconds", "cold_seconds", "tta_test_accuracy"}], "skipped",
-"jaxcifar": {dtype: compile seconds, epoch mode, step counts, losses}, ...}) and the same
-name .md. Ours runs once per --dtypes entry; airbench94 computes in float16. Both systems train
---epochs epochs (default 9.9, airbench94's own) and are timed the same way: training from
-scratch plus TTA test predictions, warm. Cold: ours is compile + first run (compiled programs
-persist in $JAXCIFAR_CACHE/xla, so a second invocation's cold time is smaller); airbench's is
-one extra warm-up run first (CUDA/cuDNN initialisation and autotuning), as airbench itself
-does. airbench reads cifar10/train.pt and test.pt relative to the working directory, and its
-train94 builds a loader from them when imported, so both are written from our loader into a
-temporary directory that is the working directory while it runs.
+Writes <out>/<STEM>.json, STEM speedrun-<device> unless --name gives one ({"device", "runs":
+[{"system": "jaxcifar-fast" | "airbench94", "dtype", "train_seconds", "cold_seconds",
+"tta_test_accuracy"}], "skipped", "jaxcifar": {dtype: compile seconds, epoch mode, step counts,
+losses}, ...}) and the same name .md. Ours runs once per --dtypes entry; airbench94 computes in
+float16. Both systems train --epochs epochs (default 9.9, airbench94's own) and are timed the
+same way: training from scratch plus TTA test predictions, warm. Cold: ours is compile + first
+run (compiled programs persist in $JAXCIFAR_CACHE/xla, so a second invocation's cold time is
+smaller); airbench's is one extra warm-up run first (CUDA/cuDNN initialisation and autotuning),
+as airbench itself does. airbench reads cifar10/train.pt and test.pt relative to the working
+directory, and its train94 builds a loader from them when imported, so both are written from
+our loader into a temporary directory that is the working directory while it runs.
 """
 
 from __future__ import annotations
@@ -135,6 +135,7 @@ def main() -> None:
                         help="channels of the three conv blocks, both systems")  # fmt: skip
     parser.add_argument("--epoch-mode", choices=EPOCH_MODES, default="auto")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--name", help="file stem (default: speedrun-<device>)")
     args = parser.parse_args()
 
     splits = {
@@ -152,7 +153,7 @@ def main() -> None:
         "recipe": dataclasses.asdict(Recipe(epochs=args.epochs, widths=widths)),
         "jaxcifar": {},
     }
-    path = args.out / f"speedrun-{environment.device_slug(device)}.json"
+    path = args.out / f"{args.name or 'speedrun-' + environment.device_slug(device)}.json"
 
     def add_row(row: dict) -> None:
         # Saved after every run, so a time limit striking later keeps all that was measured.

@@ -1,5 +1,6 @@
-"""XLA:CPU's library fusions without YNNPACK's convolutions: how every training and
-evaluation program of this project compiles on a CPU.
+"""XLA:CPU's library fusions without YNNPACK's convolutions: how every training, evaluation
+and prediction program of this project compiles on a CPU, timed where it compiles ahead of
+time (`compile_timed`).
 
 XLA:CPU hands parts of a program to YNNPACK ("library fusions", the debug option
 `xla_cpu_experimental_ynn_fusion_type`, a list of fusion types; this jaxlib's default is

@@ -1,11 +1,12 @@
 """A multilayer perceptron trained by backpropagation written by hand in NumPy.
 
 This is the classic from-scratch exercise (Jason Brownlee, "How to Code a Neural Network
-with Backpropagation In Python from scratch": initialize_network, activate, transfer,
-forward_propagate, backward_propagate_error, update_weights, train_network) with its
-names and its model kept -- sigmoid units everywhere, squared error on one-hot targets,
-plain SGD -- but vectorised over a batch: each layer is one matrix product, with no
-Python loop over neurons or samples.
+with Backpropagation In Python from scratch") with its model kept -- sigmoid units
+everywhere, squared error on one-hot targets, plain SGD -- and its steps named as the
+notebook names them: initialize_network, pre_activation (the exercise's activate),
+sigmoid_activation (transfer), forward_propagation (forward_propagate),
+backward_propagate_error, update_weights and train (train_network); but vectorised over a
+batch: each layer is one matrix product, with no Python loop over neurons or samples.
 
 A network is a plain list with one dict per weight layer,
 `{"weights": (n_in, n_out), "bias": (n_out,)}`, all of one float dtype. Every function
