@@ -2,7 +2,7 @@
 architecture, and one tiny end-to-end run of `jaxcifar bench` (schema and files, no timings)."""
 
 import json
-import time
+import sys
 import types
 
 import jax
@@ -10,8 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxcifar import cli, epochs, models
-from jaxcifar.bench import environment, jax_cases, suite, torch_reference
+from jaxcifar import cli, cpu_fusions, epochs, models, parallel
+from jaxcifar.bench import environment, jax_cases, suite, timing, torch_reference
 from jaxcifar.bench.rows import Row, add_ratios
 from jaxcifar.bench.settings import Settings
 from jaxcifar.bench.timing import TimingBudget, percentiles, time_steps
@@ -24,10 +24,27 @@ def test_percentiles_interpolate_linearly():
     assert stats == {"median": 3.0, "p10": 1.4, "p90": 4.6}
 
 
-def test_fixed_budget_runs_warmup_then_exactly_n_timed_steps():
+def _fake_clock(monkeypatch, *modules) -> list[float]:
+    """A clock that stands still unless the test moves it (`now[0] += s`), read as
+    `time.perf_counter` by `modules` only; returns `now`."""
+    now = [0.0]
+    clock = types.SimpleNamespace(perf_counter=lambda: now[0])
+    for module in modules:
+        monkeypatch.setattr(module, "time", clock)
+    return now
+
+
+def test_fixed_budget_runs_warmup_then_exactly_n_timed_steps(monkeypatch):
+    now = _fake_clock(monkeypatch, timing)
     calls = []
-    seconds = time_steps(lambda: calls.append(1), TimingBudget.fixed(3, warmup=2))
-    assert len(calls) == 5 and seconds.shape == (3,) and (seconds >= 0).all()
+
+    def step():  # call k takes k seconds
+        calls.append(1)
+        now[0] += len(calls)
+
+    seconds = time_steps(step, TimingBudget.fixed(3, warmup=2))
+    assert len(calls) == 5
+    np.testing.assert_array_equal(seconds, [3.0, 4.0, 5.0])  # the two warm-up calls untimed
 
 
 def test_time_boxed_budget_stops_at_min_steps_when_time_is_up_and_at_max_steps():
@@ -76,19 +93,53 @@ def test_ratios_compare_with_the_jax_float32_row_of_the_same_case():
     assert torch.to_dict()["images_per_second"] == 4 / 3.0
 
 
-def test_torch_seed_cnn_has_the_jax_cnn_architecture():
+def _fake_torch(monkeypatch, cuda: bool) -> None:
+    """A stand-in torch in sys.modules (torch is an optional extra, absent in CI): its
+    `torch.nn` layers are tuples (name, args, kwargs), its Sequential a list of them."""
+    torch, nn = types.ModuleType("torch"), types.ModuleType("torch.nn")
+    for name in ("Conv2d", "ReLU", "MaxPool2d", "Dropout", "Flatten", "Linear"):
+        setattr(nn, name, lambda *args, _name=name, **kwargs: (_name, args, kwargs))
+    nn.Sequential = lambda *layers: list(layers)
+    torch.nn = nn
+    torch.cuda = types.SimpleNamespace(is_available=lambda: cuda)
+    monkeypatch.setitem(sys.modules, "torch", torch)
+    monkeypatch.setitem(sys.modules, "torch.nn", nn)
+
+
+def test_torch_missing_says_how_to_install_it_or_why_it_cannot_run(monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch", None)  # `import torch` raises ImportError
     reason = torch_reference.torch_missing()
-    if reason is not None:  # torch is an optional extra: then the tool says how to get it
-        assert "pip install 'jaxcifar[bench]'" in reason
-        return
-    torch_model = torch_reference.build_seed_cnn()
+    assert reason.startswith("torch is not installed (") and reason.endswith(
+        "install the extra: pip install 'jaxcifar[bench]'"
+    )
+    _fake_torch(monkeypatch, cuda=False)
+    monkeypatch.setattr(torch_reference, "_jax_on_gpu", lambda: False)
+    assert torch_reference.torch_missing() is None
+    monkeypatch.setattr(torch_reference, "_jax_on_gpu", lambda: True)
+    assert torch_reference.torch_missing() == (
+        "JAX runs on a GPU but this torch build has no CUDA: the reference would run elsewhere"
+    )
+
+
+def test_torch_seed_cnn_has_the_layers_and_parameter_count_of_the_jax_cnn(monkeypatch):
+    _fake_torch(monkeypatch, cuda=False)
+    layers = torch_reference.build_seed_cnn()
+    assert [name for name, _, _ in layers] == [
+        "Conv2d", "ReLU", "MaxPool2d", "Conv2d", "ReLU", "MaxPool2d", "Dropout", "Flatten",
+        *["Linear", "ReLU"] * len(models.cnn.HIDDEN), "Linear",
+    ]  # fmt: skip
+    assert layers[6][1] == (models.cnn.DROPOUT_RATE,)
+    count = 0  # torch's Conv2d (in, out, k) and Linear (in, out) have biases by default
+    for name, args, kwargs in layers:
+        if name == "Conv2d":
+            (n_in, n_out, k), padding = args, kwargs["padding"]
+            assert padding == 1  # "same" 3x3 convolutions, as the JAX model's
+            count += n_out * n_in * k * k + n_out
+        elif name == "Linear":
+            n_in, n_out = args
+            count += n_in * n_out + n_out
     jax_params = models.cnn.init(jax.random.key(0))
-    torch_count = sum(p.numel() for p in torch_model.parameters())
-    assert torch_count == models.count_parameters(jax_params) == 147_754
-    data = jax_cases.synthetic_dataset("cnn", 2)
-    budget = TimingBudget.fixed(1)
-    row = torch_reference.measure_torch_cnn(data.images, data.labels, budget, compile=False)
-    assert (row.framework, row.model, row.batch_size, row.steps_timed) == ("torch", "cnn", 2, 1)
+    assert count == models.count_parameters(jax_params) == 147_754
 
 
 def test_plan_records_why_the_torch_reference_was_skipped(monkeypatch):
@@ -158,7 +209,7 @@ def test_bench_command_writes_json_markdown_and_plot(tmp_path, capsys):
         assert row["step_seconds"].keys() == {"median", "p10", "p90"}
         median = row["step_seconds"]["median"]
         assert row["images_per_second"] == pytest.approx(row["batch_size"] / median)
-    jax_roof, numpy_roof, train_step, jax_twin, numpy_step, _, scan = rows
+    jax_roof, numpy_roof, train_step, jax_twin, numpy_step, loop, scan = rows
     assert jax_roof["flops_per_step"] == numpy_roof["flops_per_step"] == 2 * 1024**3
     roof = max(jax_roof["flops_per_second"], numpy_roof["flops_per_second"])
     for step in (train_step, jax_twin, numpy_step):
@@ -171,7 +222,8 @@ def test_bench_command_writes_json_markdown_and_plot(tmp_path, capsys):
     assert numpy_step["jax_speedup"] == pytest.approx(
         numpy_step["step_seconds"]["median"] / jax_twin["step_seconds"]["median"]
     )
-    assert scan["steps_per_epoch"] == 2 and scan["speedup_vs_loop"] > 0
+    assert scan["steps_per_epoch"] == 2
+    assert scan["speedup_vs_loop"] == pytest.approx(loop["epoch_seconds"] / scan["epoch_seconds"])
     # Two (1024, 1024) float32 operands and the product; each compiled step its own size.
     assert jax_roof["peak_memory_bytes"] >= 3 * 1024**2 * 4
     assert 0 < jax_twin["peak_memory_bytes"] < train_step["peak_memory_bytes"] < 3 * 1024**2 * 4
@@ -184,8 +236,23 @@ def test_bench_command_writes_json_markdown_and_plot(tmp_path, capsys):
 
 
 def test_epoch_time_leaves_out_only_the_compiles_inside_the_epoch(monkeypatch):
-    # The runner compiles its epoch order when built, before the epoch's clock starts: made
-    # slow here (1 s), it must not be taken off the epoch's time as well.
+    # On a fake clock: every compile takes 0.5 s, and the epoch's own work (moving its one
+    # block of 4 batches to the device) 0.25 s. The runner compiles its epoch order when
+    # built, before the epoch's clock starts: made 1 s slower, it must not be taken off the
+    # epoch's time as well; the loop's step, compiled inside the epoch, must be.
+    now = _fake_clock(monkeypatch, cpu_fusions, jax_cases)
+
+    def advance(seconds, then):
+        now[0] += seconds
+        return then()
+
+    compile_program, shard_batch = cpu_fusions.compile_program, parallel.shard_batch
+    monkeypatch.setattr(
+        cpu_fusions, "compile_program", lambda low: advance(0.5, lambda: compile_program(low))
+    )
+    monkeypatch.setattr(
+        parallel, "shard_batch", lambda *a, **k: advance(0.25, lambda: shard_batch(*a, **k))
+    )
     real_order_fn = epochs._epoch_order_fn
 
     class SlowToCompile:
@@ -196,15 +263,17 @@ def test_epoch_time_leaves_out_only_the_compiles_inside_the_epoch(monkeypatch):
             lowered = self.jitted.lower(*args)
             return types.SimpleNamespace(
                 as_text=lowered.as_text,
-                compile=lambda **options: time.sleep(1.0) or lowered.compile(**options),
+                compile=lambda **options: advance(1.0, lambda: lowered.compile(**options)),
             )
 
     monkeypatch.setattr(
         epochs, "_epoch_order_fn", lambda mesh, size: SlowToCompile(real_order_fn(mesh, size))
     )
     row = jax_cases.measure_epoch("mlp", 4, "loop", 16)
-    assert row.compile_seconds > 1.0 and row.steps_per_epoch == 4
-    assert 0 < row.epoch_seconds < 1.0
+    assert row.steps_per_epoch == 4
+    assert row.compile_seconds == 1.5 + 0.5  # the epoch order's and the loop step's
+    assert row.epoch_seconds == 0.25
+    assert row.step_seconds == {"median": 0.0625, "p10": 0.0625, "p90": 0.0625}
 
 
 def test_kernel_counts_read_a_step_and_the_body_of_its_scan():

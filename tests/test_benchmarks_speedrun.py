@@ -17,20 +17,26 @@ from jaxcifar.data import Dataset
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
-def _import_without_torch(monkeypatch, name: str) -> types.ModuleType:
-    """Benchmark module `name`, imported afresh against the mock torch in sys.modules; it and
-    the mock leave sys.modules when the test ends."""
-    monkeypatch.delitem(sys.modules, name, raising=False)
-    module = importlib.import_module(name)
-    monkeypatch.setitem(sys.modules, name, module)
-    return module
+def _import_without_torch(request, name: str) -> types.ModuleType:
+    """Benchmark module `name`, imported afresh against the mock torch in sys.modules; when
+    the test ends it leaves sys.modules (the mock torch leaves with monkeypatch), and any
+    module of that name there before comes back."""
+    previous = sys.modules.pop(name, None)
+
+    def restore() -> None:
+        sys.modules.pop(name, None)
+        if previous is not None:
+            sys.modules[name] = previous
+
+    request.addfinalizer(restore)
+    return importlib.import_module(name)
 
 
-def test_airbench_trains_the_epochs_asked_for(monkeypatch):
+def test_airbench_trains_the_epochs_asked_for(monkeypatch, request):
     monkeypatch.setitem(sys.modules, "torch", mock.MagicMock(name="torch"))
     monkeypatch.syspath_prepend(str(BENCHMARKS))  # as `python benchmarks/speedrun.py` has it
-    airbench_cpu = _import_without_torch(monkeypatch, "airbench_cpu")
-    speedrun_benchmark = _import_without_torch(monkeypatch, "speedrun")
+    airbench_cpu = _import_without_torch(request, "airbench_cpu")
+    speedrun_benchmark = _import_without_torch(request, "speedrun")
     sys.modules["torch"].cuda.is_available.return_value = False
     calls = []
 

@@ -1,3 +1,4 @@
+import re
 import subprocess
 import sys
 
@@ -11,8 +12,13 @@ def test_help_lists_every_command(capsys):
         main(["--help"])
     assert exit_info.value.code == 0
     out = capsys.readouterr().out
-    for name in COMMANDS:
-        assert name in out
+    # The subcommand list: "  COMMAND", then one "    NAME  help..." line (wrapped help goes on
+    # lines indented further) per command, up to the blank line before the options.
+    listing = out.split("\n  COMMAND\n", 1)[1].split("\n\n", 1)[0]
+    names = re.findall(r"^ {4}(\S+)", listing, flags=re.MULTILINE)
+    assert names == list(COMMANDS) == [
+        "train", "evaluate", "predict", "data", "scratch", "bench", "speedrun"
+    ]
 
 
 @pytest.mark.parametrize("name", COMMANDS)

@@ -99,9 +99,17 @@ def test_compile_cache_saves_programs_in_its_folder_and_runs_on_if_jax_moves_its
     assert any((tmp_path / "cache").iterdir())
     # A JAX that moved its experimental reset call: the run warns and goes on.
     monkeypatch.setitem(sys.modules, "jax.experimental.compilation_cache.compilation_cache", None)
-    with pytest.warns(UserWarning, match="moved the call that points its compilation cache"):
-        with xla_cache.compilation_cache(tmp_path / "other"):
-            assert jax.jit(scaled)(jnp.ones(2)).tolist() == [8.0, 8.0]
+    try:
+        with pytest.warns(UserWarning, match="moved the call that points its compilation cache"):
+            with xla_cache.compilation_cache(tmp_path / "other"):
+                assert jax.jit(scaled)(jnp.ones(2)).tolist() == [8.0, 8.0]
+    finally:
+        # The blocked reset left JAX's cache object on "other": unblock it and do that reset,
+        # so later tests do not write their compiled programs into this test's folder.
+        monkeypatch.undo()
+        from jax.experimental.compilation_cache.compilation_cache import reset_cache
+
+        reset_cache()
 
 
 @pytest.mark.parametrize(
@@ -147,7 +155,7 @@ def test_short_cnn_run_on_real_cifar10_beats_chance(shared_data, tmp_path, capsy
     out = tmp_path / "real"
     args = ["train", "--data-dir", str(shared_data), "--limit-train", "2000", "--limit-test", "500",
             "--epochs", "2", "--batch-size", "32", "--optimizer", "adam", "--lr", "0.003",
-            "--out", str(out), "--quiet"]  # fmt: skip
+            "--out", str(out), "--compile-cache", str(tmp_path / "xla"), "--quiet"]  # fmt: skip
     assert main(args) == 0
     assert json.loads((out / "metrics.json").read_text())["test_accuracy"] > 0.2
 

@@ -76,8 +76,12 @@ def test_an_unreachable_download_host_fails_at_once_naming_it(no_data_dir, monke
 
 
 def test_a_host_that_answers_with_an_error_status_is_reachable(monkeypatch):
+    requests = []
+
     def forbidden(request, timeout):
+        requests.append((request.full_url, request.get_method(), timeout))
         raise urllib.error.HTTPError(request.full_url, 403, "Forbidden", {}, None)
 
     monkeypatch.setattr(urllib.request, "urlopen", forbidden)
     tfds_source.check_reachable("mnist", "use --data-dir")  # no error: the host is there
+    assert requests == [(tfds_source.DOWNLOAD_HOSTS["mnist"], "HEAD", 10.0)]

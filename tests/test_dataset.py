@@ -27,10 +27,17 @@ def test_rejects_count_mismatch_and_wrong_dtypes():
 
 
 def test_subset_is_seeded_and_keeps_order():
-    data = make(n=10)
+    labels = np.arange(10, dtype=np.int32)
+    images = np.broadcast_to(labels.astype(np.uint8)[:, None, None, None], (10, 4, 4, 3))
+    data = Dataset(images, labels, tuple("abcdefghij"))  # image i is all i
     sub = data.subset(4, seed=1)
     assert len(sub) == 4 and np.all(np.diff(sub.labels) > 0)
+    assert np.array_equal(sub.images, data.images[sub.labels])  # images go with their labels
     assert np.array_equal(sub.labels, data.subset(4, seed=1).labels)
+    other = data.subset(4, seed=2)
+    assert not np.array_equal(other.labels, sub.labels)  # the seed picks the examples
+    assert not np.array_equal(sub.labels, np.arange(4))  # not just the first n
+    assert not np.array_equal(other.labels, np.arange(4))
     assert data.subset(50) is data
 
 

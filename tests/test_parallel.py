@@ -133,15 +133,26 @@ def runs(tmp_path_factory):
     for i, folder in enumerate(folders):
         argv = ["process", "--coordinator", coordinator, "--num-processes", "2", "--out", str(folder)]
         commands[i] = ([sys.executable, "-c", WORKER, *argv], {**env, "JAXCIFAR_PROCESS_ID": str(i)})
-    started = {
-        name: subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        for name, (argv, env) in commands.items()
-    }
+    started = {}
     results = {}
-    for name, process in started.items():
-        stdout, stderr = process.communicate(timeout=300)
-        assert process.returncode == 0, f"worker {name} failed:\n{stderr[-3000:]}"
-        results[name] = json.loads(stdout.strip().splitlines()[-1])
+    try:
+        for name, (argv, env) in commands.items():
+            started[name] = subprocess.Popen(
+                argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+            )
+        for name, process in started.items():
+            stdout, stderr = process.communicate(timeout=300)
+            assert process.returncode == 0, f"worker {name} failed:\n{stderr[-3000:]}"
+            results[name] = json.loads(stdout.strip().splitlines()[-1])
+    finally:
+        # A worker that failed or timed out leaves the others running (its partner may wait
+        # for it forever at the coordinator): kill and reap every one still running.
+        for process in started.values():
+            if process.poll() is None:
+                process.kill()
+            process.wait()
+            for stream in (process.stdout, process.stderr):
+                stream.close()
     results["folders"] = folders
     return results
 

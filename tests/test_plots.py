@@ -1,16 +1,53 @@
 import numpy as np
+from matplotlib.colors import to_rgba
+from matplotlib.figure import Figure
 
 from jaxcifar.plots import plot_confusion_matrix, plot_curves
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-def test_curves_and_confusion_matrix_write_png(tmp_path):
+def test_curves_and_confusion_matrix_write_png(tmp_path, monkeypatch):
+    figures = []  # each figure as it is saved, to read what it shows
+    savefig = Figure.savefig
+
+    def capture(figure, *args, **kwargs):
+        figures.append(figure)
+        return savefig(figure, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", capture)
     plot_curves(
         tmp_path / "acc.png", [1, 2, 3], {"train": [0.1, 0.5, 0.7], "test": [0.1, 0.4, 0.6]},
         ylabel="accuracy", title="Accuracy",
     )  # fmt: skip
-    plot_confusion_matrix(tmp_path / "cm.png", np.eye(3, dtype=int) * 5, ["a", "b", "c"])
+    # Not symmetric, so a transposed matrix shows; rows are the true classes.
+    matrix = np.array([[5, 1, 0], [2, 3, 4], [0, 0, 6]])
+    plot_confusion_matrix(tmp_path / "cm.png", matrix, ["a", "b", "c"])
     for name in ("acc.png", "cm.png"):
         assert (tmp_path / name).read_bytes()[:8] == PNG_MAGIC
     assert sorted(p.name for p in tmp_path.iterdir()) == ["acc.png", "cm.png"]
+    assert len(figures) == 2
+
+    curves = figures[0].axes[0]
+    lines = [(line.get_label(), list(line.get_xdata()), list(line.get_ydata()))
+             for line in curves.get_lines()]  # fmt: skip
+    assert lines == [("train", [1, 2, 3], [0.1, 0.5, 0.7]), ("test", [1, 2, 3], [0.1, 0.4, 0.6])]
+    assert (curves.get_xlabel(), curves.get_ylabel(), curves.get_title()) == (
+        "epoch", "accuracy", "Accuracy"
+    )  # fmt: skip
+    assert [text.get_text() for text in curves.get_legend().get_texts()] == ["train", "test"]
+
+    heatmap = figures[1].axes[0]  # axes[1] is its colorbar
+    np.testing.assert_array_equal(heatmap.images[0].get_array(), matrix)
+    assert (heatmap.get_xlabel(), heatmap.get_ylabel(), heatmap.get_title()) == (
+        "predicted", "true", "Confusion matrix"
+    )  # fmt: skip
+    assert [label.get_text() for label in heatmap.get_xticklabels()] == ["a", "b", "c"]
+    assert [label.get_text() for label in heatmap.get_yticklabels()] == ["a", "b", "c"]
+    # Each count written in its cell, (x, y) = (predicted, true); white on the darker half.
+    cells = {text.get_position(): (text.get_text(), text.get_color()) for text in heatmap.texts}
+    assert len(heatmap.texts) == matrix.size
+    for (row, col), count in np.ndenumerate(matrix):
+        label, color = cells[col, row]
+        assert label == str(count)
+        assert to_rgba(color) == to_rgba("white" if count > 3 else "black")

@@ -104,6 +104,17 @@ def start_train(args, out, code=None) -> subprocess.Popen:
     return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
+def stop_all(processes) -> None:
+    """Kill and reap every process still running, and close their pipes: a test that fails
+    midway leaves no training process behind."""
+    for process in processes:
+        if process.poll() is None:
+            process.kill()
+        process.wait()
+        for stream in (process.stdout, process.stderr):
+            stream.close()
+
+
 def wait_for_checkpoint(process: subprocess.Popen, out) -> None:
     deadline = time.monotonic() + 240
     while not (out / checkpoint.FILENAME).exists():
@@ -118,16 +129,18 @@ def test_interrupt_kill_and_resume_reproduce_an_uninterrupted_run(tmp_path, fres
     load("mnist", "train", data_dir=tmp_path / "data")  # fill the cache before the processes race to
     args = [*TINY, "--data-dir", str(tmp_path / "data"), "--epochs", "4"]
     runs = {name: tmp_path / name for name in ("whole", "sigint", "sigterm", "sigkill")}
-    processes = {
-        "whole": start_train(args, runs["whole"]),
-        "sigint": start_train(args, runs["sigint"], PAUSE_IN_SECOND_EPOCH),
-        "sigterm": start_train(args, runs["sigterm"], PAUSE_IN_SECOND_EPOCH),
-        "sigkill": start_train(args, runs["sigkill"], KILL_AT_SECOND_CHECKPOINT),
-    }
-    for name, signum in (("sigint", signal.SIGINT), ("sigterm", signal.SIGTERM)):
-        wait_for_checkpoint(processes[name], runs[name])
-        processes[name].send_signal(signum)
-    results = {name: (p.wait(timeout=300), *p.communicate()) for name, p in processes.items()}
+    codes = {"whole": None, "sigint": PAUSE_IN_SECOND_EPOCH,
+             "sigterm": PAUSE_IN_SECOND_EPOCH, "sigkill": KILL_AT_SECOND_CHECKPOINT}  # fmt: skip
+    processes = {}
+    try:
+        for name, code in codes.items():
+            processes[name] = start_train(args, runs[name], code)
+        for name, signum in (("sigint", signal.SIGINT), ("sigterm", signal.SIGTERM)):
+            wait_for_checkpoint(processes[name], runs[name])
+            processes[name].send_signal(signum)
+        results = {name: (p.wait(timeout=300), *p.communicate()) for name, p in processes.items()}
+    finally:
+        stop_all(processes.values())
     assert results["whole"][0] == 0, results["whole"]
 
     # kill -9 between writing the new checkpoint and renaming it: the old one is intact.
