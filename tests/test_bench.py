@@ -230,6 +230,10 @@ def test_bench_command_writes_json_markdown_and_plot(tmp_path, capsys):
     assert numpy_step["peak_memory_bytes"] is None
     markdown = (tmp_path / "run.md").read_text()
     assert "| numpy | mlp | scratch_step | 4 | float32 |" in markdown
+    twin_line = next(
+        line for line in markdown.splitlines() if "| jax | mlp | scratch_step |" in line
+    )
+    assert f"| {jax_twin['peak_memory_bytes'] / 2**20:.3g} |" in twin_line  # the MiB column
     assert "| mlp | scan | 8 | 2 |" in markdown
     assert "Matmul roof (float32 GEMM): jax " in markdown and "GFLOP/s (1024x1024)" in markdown
     assert (tmp_path / "run.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -74,12 +74,14 @@ def render_markdown(results: dict[str, Any]) -> str:
         "Ratios: `jax xR` on a reference row = its median step / jitted JAX float32's on the "
         "same model and batch (R > 1: JAX faster); `vs f32 xR` = float32 median / bfloat16 "
         "median; `vs loop xR` = loop epoch / scan epoch; `roof xB` = the most any "
-        "implementation could gain on that step: the matmul roof's FLOP/s / the step's.",
+        "implementation could gain on that step: the matmul roof's FLOP/s / the step's. "
+        "MiB: the device memory one call of the compiled JAX program takes (arguments, "
+        "outputs, temporaries).",
         "",
         *_roof_lines(results["rows"]),
         "| framework | model | case | batch | dtype | compile s | median ms | p10 ms | p90 ms "
-        "| steps | images/s | GFLOP/step | GFLOP/s | ratio |",
-        "|---|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| steps | images/s | GFLOP/step | GFLOP/s | MiB | ratio |",
+        "|---|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for row in results["rows"]:
         if row["case"] not in STEP_CASES:
@@ -91,7 +93,8 @@ def render_markdown(results: dict[str, Any]) -> str:
             f"| {_number(steps['median'], 1e3)} | {_number(steps['p10'], 1e3)} "
             f"| {_number(steps['p90'], 1e3)} | {row['steps_timed']} "
             f"| {row['images_per_second']:.0f} | {_number(row['flops_per_step'], 1e-9)} "
-            f"| {_number(row['flops_per_second'], 1e-9)} | {_ratio(row)} |"
+            f"| {_number(row['flops_per_second'], 1e-9)} "
+            f"| {_number(row['peak_memory_bytes'], 2**-20)} | {_ratio(row)} |"
         )
     epochs = [row for row in results["rows"] if row["case"].startswith("epoch_")]
     if epochs:
