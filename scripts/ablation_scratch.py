@@ -8,7 +8,7 @@ scratch-ablation.png (test accuracy per epoch). The rate stays constant unless -
 (`jaxcifar scratch` decays it linearly by default): the committed results are constant-rate.
 
     python scripts/ablation_scratch.py [--data-dir ../shared/data] [--epochs 10]
-        [--lr-decay {constant,linear}]
+        [--lr-decay {linear,constant}]
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--limit-train", type=positive_int, help="train on a random N images (smoke runs)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
-        "--lr-decay", choices=("constant", "linear"), default="constant",
+        "--lr-decay", choices=scratch_command.LR_DECAYS, default="constant",
         help="the rate per epoch: constant (the committed results), or decaying linearly "
         "towards 0 as `jaxcifar scratch` does by default",
     )  # fmt: skip

@@ -25,6 +25,8 @@ HELP = "train the from-scratch NumPy backprop network (sigmoid MLP, squared erro
 # A wide last hidden layer needs a smaller rate (see scripts/ablation_scratch.py).
 DEFAULT_EPOCHS = 30
 DEFAULT_BATCH_SIZE = 32
+# --lr-decay's choices: `scratch.train(decay=...)` is True for "linear".
+LR_DECAYS = ("linear", "constant")
 DEFAULT_LR = 3.0
 DTYPES = ("float32", "float64")
 
@@ -35,7 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=positive_int, default=DEFAULT_BATCH_SIZE, help="examples per SGD step")
     parser.add_argument("--lr", type=positive_float, default=DEFAULT_LR, help="SGD learning rate")
     parser.add_argument(
-        "--lr-decay", choices=("linear", "constant"), default="linear",
+        "--lr-decay", choices=LR_DECAYS, default="linear",
         help="linear: lower the rate per epoch from --lr towards 0, so the final epoch does not "
         "land on a random point of the constant-rate wobble; constant: the exercise's fixed rate",
     )  # fmt: skip
