@@ -30,7 +30,11 @@ def import_airbench() -> tuple[types.ModuleType, types.ModuleType]:
 
         def normalize(mean, std):
             mean, std = torch.as_tensor(mean), torch.as_tensor(std)
-            return lambda x: (x - mean.view(-1, 1, 1)) / std.view(-1, 1, 1)
+            def apply(x):  # on the images' device and dtype (CUDA float16 on a GPU)
+                shape = (-1, 1, 1)
+                return (x - mean.to(x).view(shape)) / std.to(x).view(shape)
+
+            return apply
 
         transforms.Normalize = normalize
         stub.transforms = transforms

@@ -16,18 +16,37 @@
 # QUICK=1 shrinks every part to a smoke test (a minute or two on a CPU), to check the script
 # itself: the test suite runs it so (tests/test_gpu_checks.py), with PYTHON (the interpreter
 # that has jaxcifar's dependencies; default python3) and DATA_DIR (default .data) set.
+# PARTS (default "seed speedrun bench", always run in that order) names the parts to run: a
+# rerun of one part fits the device time a full call leaves. Everything printed is also saved as
+# $OUT/gpu_checks.log (the device tool returns only the output's last 12,000 characters).
 # Exits 1 if any part failed or ran out of time, after running them all.
 # The GPU machine's JAX is newer than this project's CPU one (0.11.2 there in 2026-11, 0.10.2
 # here, untestable here): Pallas' Triton backend is deprecated from 0.11, so fused-pallas may
 # end as a failure row; the other paths import no Pallas and run regardless.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-out=${OUT:-benchmarks/results}
+# Absolute: benchmarks/speedrun.py works in a temporary folder while airbench runs.
+out=$(realpath -m "${OUT:-benchmarks/results}")
 mkdir -p "$out"
 quick=${QUICK:-0}
 python=${PYTHON:-python3}
 data=${DATA_DIR:-.data}
+parts=" ${PARTS:-seed speedrun bench} "
 failed=()
+# Unbuffered, so a part stopped by its time limit keeps its printed lines in the log.
+export PYTHONUNBUFFERED=1
+exec > >(tee "$out/gpu_checks.log") 2>&1
+tee_pid=$!
+trap 'exec >&- 2>&-; wait "$tee_pid"' EXIT
+
+# wanted PART: whether PARTS names it.
+wanted() { [[ $parts == *" $1 "* ]]; }
+for part in $parts; do
+  case $part in
+    seed | speedrun | bench) ;;
+    *) echo "PARTS: unknown part '$part' (expected some of: seed speedrun bench)"; exit 2 ;;
+  esac
+done
 
 # run_part NAME SECONDS COMMAND...: the command under its own time limit; a failure is
 # noted and the next part runs.
@@ -66,21 +85,28 @@ if [ "$quick" = 1 ]; then
   speedrun_args=(--runs 1 --epochs 0.2 --limit-train 2048 --limit-test 500 --widths 16 32 32)
   bench_args=(--models cnn --batch-sizes 4 --dtypes float32 --steps 2 --epoch-images 16 --epoch-batch-sizes 8)
 else
-  # Then the fused paths again at 4 steps per loop iteration: what one iteration of XLA's
-  # while loop costs on the GPU besides the step (a host round-trip for its condition,
-  # unless it runs from a known trip count) is what unrolling divides. Last, so a part cut
-  # short by its timeout loses only these rows.
+  # The fused paths again at 4 steps per loop iteration: what one iteration of XLA's while
+  # loop costs on the GPU besides the step (a host round-trip for its condition, unless it
+  # runs from a known trip count) is what unrolling divides. The script runs scan, fused,
+  # fused at 4, then both fused-pallas runs (Triton's kernel is the least proven code).
   seed_args=(--unroll 1 4)
   speedrun_args=(--runs 5 --dtypes bfloat16 float16)
   # 45 cases, ~35 of them compiling: half a second of timing each keeps them inside 140 s
   # (GPU steps take microseconds to milliseconds: still hundreds of timed steps per case).
   bench_args=(--seconds-per-case 0.5)
 fi
-run_part "seed recipe by path (#9 A)" 160 "$python" benchmarks/seed_recipe.py --data-dir "$data" \
-  --paths scan fused fused-pallas --out "$out" "${seed_args[@]}"
-run_part "fast recipe vs airbench94 (#9 B)" 200 "$python" benchmarks/speedrun.py \
-  --data-dir "$data" --out "$out" "${speedrun_args[@]}"
-run_part "step-time benchmark (#5)" 140 "$python" -m jaxcifar bench --out "$out" "${bench_args[@]}"
+if wanted seed; then
+  run_part "seed recipe by path (#9 A)" 160 "$python" benchmarks/seed_recipe.py \
+    --data-dir "$data" --paths scan fused fused-pallas --out "$out" "${seed_args[@]}"
+fi
+if wanted speedrun; then
+  run_part "fast recipe vs airbench94 (#9 B)" 200 "$python" benchmarks/speedrun.py \
+    --data-dir "$data" --out "$out" "${speedrun_args[@]}"
+fi
+if wanted bench; then
+  run_part "step-time benchmark (#5)" 140 "$python" -m jaxcifar bench --out "$out" \
+    "${bench_args[@]}"
+fi
 ls -l "$out"
 if [ ${#failed[@]} -gt 0 ]; then
   printf 'failed: %s\n' "${failed[@]}"

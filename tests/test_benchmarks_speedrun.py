@@ -5,6 +5,7 @@ plumbing of the benchmark's flags into airbench's calls, not PyTorch.
 """
 
 import importlib
+import json
 import sys
 import types
 from pathlib import Path
@@ -55,3 +56,40 @@ def test_airbench_trains_the_epochs_asked_for(monkeypatch, request):
     speedrun_benchmark.run_airbench(data, data, 2, (8, 16, 16), 3.5, rows.append)
     assert [call["epochs"] for call in calls] == [3.5] * 3  # the warm-up and two timed runs
     assert [row["tta_test_accuracy"] for row in rows] == [0.5, 0.5]
+
+
+def test_an_airbench_failure_is_recorded_and_the_other_dtypes_still_run(
+    monkeypatch, request, tmp_path
+):
+    # On the GPU machine airbench runs between ours in bfloat16 and in float16: its failure
+    # must not cost the float16 runs, and must say why in the results and the exit status.
+    monkeypatch.setitem(sys.modules, "torch", mock.MagicMock(name="torch"))
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    speedrun_benchmark = _import_without_torch(request, "speedrun")
+    data = Dataset(np.zeros((4, 4, 4, 3), np.uint8), np.arange(4, dtype=np.int32) % 2, ("a", "b"))
+    monkeypatch.setattr(speedrun_benchmark, "load_split", lambda *args, **kwargs: data)
+    monkeypatch.setattr(speedrun_benchmark, "airbench_missing", lambda: None)
+
+    def measure(recipe, train_set, test_set, *, runs, epoch_mode, on_row):
+        on_row(speedrun_benchmark.measure.run_row("jaxcifar-fast", recipe.dtype, 1.0, 2.0, 0.5))
+        return [], {}
+
+    def run_airbench(*args):
+        raise RuntimeError("CUDA error: an illegal memory access")
+
+    monkeypatch.setattr(speedrun_benchmark.measure, "measure", measure)
+    monkeypatch.setattr(speedrun_benchmark, "run_airbench", run_airbench)
+    argv = ["speedrun.py", "--dtypes", "bfloat16", "float16", "--out", str(tmp_path)]
+    monkeypatch.setattr(sys, "argv", argv)
+    try:
+        speedrun_benchmark.main()
+    except SystemExit as stop:
+        assert stop.code == 1
+    else:
+        raise AssertionError("an airbench failure must end with exit status 1")
+    (results_file,) = tmp_path.glob("speedrun-*.json")
+    results = json.loads(results_file.read_text())
+    assert [run["dtype"] for run in results["runs"]] == ["bfloat16", "float16"]
+    reason = "failed: RuntimeError: CUDA error: an illegal memory access"
+    assert results["skipped"] == [{"system": "airbench94", "reason": reason}]
+    assert f"- airbench94: {reason}" in results_file.with_suffix(".md").read_text()

@@ -65,3 +65,29 @@ def test_quick_mode_runs_every_part_and_writes_each_results_file(shared_data, tm
     (bench,) = tmp_path.glob("cpu-*.json")
     rows = json.loads(bench.read_text())["rows"]
     assert any(row["framework"] == "jax" and row["model"] == "cnn" for row in rows)
+
+    # The device tool brings back at most 8 files from its output folder.
+    assert len(list(tmp_path.iterdir())) <= 8, sorted(path.name for path in tmp_path.iterdir())
+    assert "== step-time benchmark (#5)" in (tmp_path / "gpu_checks.log").read_text()
+
+
+def _run_with_stub_python(tmp_path, parts: str) -> subprocess.CompletedProcess:
+    """The script with `true` as its interpreter (every step succeeds at once), PARTS set."""
+    env = {**os.environ, "PARTS": parts, "OUT": str(tmp_path), "PYTHON": "true"}
+    return subprocess.run(["bash", str(SCRIPT)], env=env, capture_output=True, text=True,
+                          timeout=60)  # fmt: skip
+
+
+def test_parts_runs_only_the_parts_it_names_and_logs_what_it_prints(tmp_path):
+    result = _run_with_stub_python(tmp_path, "speedrun")
+    assert result.returncode == 0, result.stdout + result.stderr
+    parts = re.findall(r"^== (.*)$", result.stdout, re.MULTILINE)
+    assert parts == ["devices", "fast recipe vs airbench94 (#9 B)"]
+    assert (tmp_path / "gpu_checks.log").read_text() == result.stdout
+
+
+def test_an_unknown_part_is_refused_before_anything_runs(tmp_path):
+    result = _run_with_stub_python(tmp_path, "seed speedruns")
+    assert result.returncode == 2
+    assert "PARTS: unknown part 'speedruns' (expected some of: seed speedrun bench)" in result.stdout
+    assert "== " not in result.stdout

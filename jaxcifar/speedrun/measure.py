@@ -130,6 +130,9 @@ def render_markdown(results: dict[str, Any]) -> str:
             f"| {i} | {row['system']} | {row['dtype']} | {row['train_seconds']:.3f} | {cold} "
             f"| {row['tta_test_accuracy']:.4f} |"
         )
+    skipped = [f"- {entry['system']}: {entry['reason']}" for entry in results.get("skipped", ())]
+    if skipped:
+        lines += ["", "Not measured:", "", *skipped]
     return "\n".join(lines) + "\n"
 
 
