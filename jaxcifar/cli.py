@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
+import signal
 import sys
-from collections.abc import Sequence
-from typing import NoReturn
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any, NoReturn
 
 from jaxcifar import __version__
 from jaxcifar.errors import JaxcifarError
@@ -51,10 +54,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Parse `argv`, run the command, and turn project errors into one-line messages.
 
     Exit status: 2 for a `JaxcifarError` (bad flag, data or checkpoint), 1 for an OSError
-    the command did not expect (disk full, permission denied, ...), 130 for Ctrl-C.
+    the command did not expect (disk full, permission denied, ...) or too little memory,
+    130 for Ctrl-C.
     """
     args = build_parser().parse_args(argv)
-    prefix = f"jaxcifar {args.command}"
+    prefix = " ".join(["jaxcifar", args.command, *filter(None, [getattr(args, "action", None)])])
+    previous_hook = sys.unraisablehook
+    sys.unraisablehook = _redelivering_interrupts(previous_hook)
     try:
         return int(args.run(args) or 0)
     except JaxcifarError as error:
@@ -65,10 +71,47 @@ def main(argv: Sequence[str] | None = None) -> int:
         paths = [str(name) for name in (error.filename, error.filename2) if name is not None]
         print(": ".join([f"{prefix}: error: {error.strerror or error}", *paths]), file=sys.stderr)
         return 1
+    except (MemoryError, jax_runtime_error()) as error:
+        # NumPy's MemoryError or XLA's RESOURCE_EXHAUSTED: the sizes asked for do not fit;
+        # any other runtime error is a bug and keeps its traceback.
+        if isinstance(error, MemoryError) or "RESOURCE_EXHAUSTED" in str(error):
+            reason = str(error).strip().splitlines()[0] if str(error).strip() else "MemoryError"
+            print(f"{prefix}: error: out of memory ({reason}); try smaller sizes "
+                  "(--batch-size, layer widths, --limit-train)", file=sys.stderr)  # fmt: skip
+            return 1
+        raise
     except KeyboardInterrupt:
         print(f"{prefix}: interrupted", file=sys.stderr)
         return 130
+    finally:
+        sys.unraisablehook = previous_hook
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+def jax_runtime_error() -> type[Exception]:
+    """JAX's runtime error class when JAX is already imported (a command that ran out of
+    device memory imported it), else a class nothing raises: --help never imports JAX."""
+    jax_errors = sys.modules.get("jax.errors")
+    return getattr(jax_errors, "JaxRuntimeError", _NeverRaised)
+
+
+class _NeverRaised(Exception):
+    """Stands in for an exception class whose module was never imported."""
+
+
+def _redelivering_interrupts(hook: Callable[[Any], None]) -> Callable[[Any], None]:
+    """A `sys.unraisablehook` around `hook`. A Ctrl-C that lands while Python runs a
+    garbage-collector callback (JAX registers one) or a finaliser is raised inside it, where
+    Python can only print and drop it, and the command would run on: this sends SIGINT again
+    instead. Anything else goes to `hook`."""
+
+    def redeliver(unraisable: Any) -> None:
+        if not issubclass(unraisable.exc_type, KeyboardInterrupt):
+            hook(unraisable)
+            return
+        # From another thread, a moment later: sent from here, the handler would run (and
+        # its KeyboardInterrupt be dropped) inside this hook, still within the collection.
+        resend = threading.Timer(0.01, os.kill, (os.getpid(), signal.SIGINT))
+        resend.daemon = True
+        resend.start()
+
+    return redeliver

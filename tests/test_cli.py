@@ -1,6 +1,8 @@
+import gc
 import re
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -52,3 +54,59 @@ def test_unwritable_out_fails_before_the_data_is_read(name, tmp_path, capsys):
     assert main([name, "--data-dir", str(nowhere), "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert err == f"jaxcifar {name}: error: --out {out}: cannot write there (Not a directory)\n"
+
+
+def _interrupted_in_a_gc_callback(args):
+    """A command whose Ctrl-C arrives while the garbage collector runs a callback, as JAX's
+    `_xla_gc_callback` can receive it; then it runs on for a while."""
+
+    def callback(phase, info):
+        gc.callbacks.remove(callback)
+        raise KeyboardInterrupt
+
+    gc.callbacks.append(callback)
+    gc.collect()
+    time.sleep(5)  # where the redelivered SIGINT lands
+    return 0
+
+
+def test_ctrl_c_inside_a_garbage_collector_callback_still_interrupts(monkeypatch, capsys):
+    # Python drops an exception raised in a gc callback ("Exception ignored in ..."): without
+    # its redelivery, `evaluate` ran on to the end after Ctrl-C and exited 0.
+    monkeypatch.setattr("jaxcifar.commands.data.run", _interrupted_in_a_gc_callback)
+    assert main(["data", "info"]) == 130
+    err = capsys.readouterr().err
+    assert err == "jaxcifar data info: interrupted\n"
+    assert sys.unraisablehook is not None and "redeliver" not in repr(sys.unraisablehook)
+
+
+def test_running_out_of_memory_is_one_line(monkeypatch, capsys):
+    def too_big(args):
+        import numpy as np
+
+        return np.zeros((2**22, 2**22))  # 128 TiB: NumPy raises its MemoryError before allocating
+
+    monkeypatch.setattr("jaxcifar.commands.scratch.run", too_big)
+    assert main(["scratch"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("jaxcifar scratch: error: out of memory (Unable to allocate ")
+    assert err.endswith("try smaller sizes (--batch-size, layer widths, --limit-train)\n")
+    assert err.count("\n") == 1
+
+
+def test_running_out_of_device_memory_is_one_line(monkeypatch, capsys):
+    import jax
+    import jax.numpy as jnp
+
+    def too_big(args):
+        return jnp.zeros((2**40,), jnp.float32).block_until_ready()
+
+    monkeypatch.setattr("jaxcifar.commands.scratch.run", too_big)
+    try:
+        code = main(["scratch"])
+    except jax.errors.JaxRuntimeError as error:  # pragma: no cover - the failure's message
+        raise AssertionError(f"traceback instead of one line: {error}") from None
+    assert code == 1
+    err = capsys.readouterr().err
+    assert err.startswith("jaxcifar scratch: error: out of memory (RESOURCE_EXHAUSTED")
+    assert err.count("\n") == 1
