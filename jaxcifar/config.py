@@ -24,16 +24,6 @@ ACTIVATIONS = ("sigmoid", "relu")  # jax.nn's functions of these names (`models.
 MLP_LAYER_SIZES = (784, 500, 50, 10)
 SEED_MAX = 2**31 - 1  # seeds travel as int32 into jitted code
 
-# Fields a resumed run must share with its checkpoint: they change the parameter or
-# optimizer-state pytree (momentum 0 keeps no buffer; weight decay adds a stage to the
-# optimizer), or what one epoch means. `epochs` joins them under a decaying schedule
-# (`resume_mismatches`).
-RESUME_FIELDS = (
-    "model", "dataset", "batch_size", "optimizer", "momentum", "weight_decay", "mlp_hidden",
-    "mlp_activation", "limit_train", "seed",
-)  # fmt: skip
-
-
 @dataclasses.dataclass(frozen=True)
 class RunConfig:
     """One training run. Defaults reproduce the seed notebook: the CNN on CIFAR-10, 10 epochs
@@ -73,10 +63,10 @@ class RunConfig:
                 raise ConfigError(f"{name} must be a positive integer; got {value!r}")
         if not self.lr > 0:
             raise ConfigError(f"lr must be positive; got {self.lr}")
-        if not 0 <= self.momentum < 1 or self.weight_decay < 0:
-            raise ConfigError(
-                f"need 0 <= momentum < 1 and weight_decay >= 0; got {self.momentum}, {self.weight_decay}"
-            )
+        if not 0 <= self.momentum < 1:
+            raise ConfigError(f"momentum must be in [0, 1); got {self.momentum}")
+        if not self.weight_decay >= 0:
+            raise ConfigError(f"weight_decay must be >= 0; got {self.weight_decay}")
         if self.optimizer == "nesterov" and self.momentum == 0:
             raise ConfigError("optimizer nesterov needs momentum > 0; at 0 it is plain sgd")
         if not isinstance(self.seed, int) or not 0 <= self.seed <= SEED_MAX:
@@ -102,22 +92,29 @@ class RunConfig:
             values["mlp_hidden"] = tuple(values["mlp_hidden"])
         return cls(**values)
 
-    def resume_mismatches(self, saved: RunConfig) -> list[str]:
-        """'field: saved -> now' for each `RESUME_FIELDS` entry that differs from `saved`, and
-        for `epochs` unless the schedule is constant: a cosine or one-cycle schedule spans the
-        whole run, so another epoch count would move the rate off the saved run's curve (up,
-        when raised) at the step the run resumes from."""
-        mismatches = [
-            f"{name}: {getattr(saved, name)!r} -> {getattr(self, name)!r}"
-            for name in RESUME_FIELDS
-            if getattr(saved, name) != getattr(self, name)
-        ]
-        if self.schedule != "constant" and saved.epochs != self.epochs:
-            mismatches.append(
-                f"epochs: {saved.epochs} -> {self.epochs} (sets the length of the "
-                f"{self.schedule} schedule; only a constant schedule can be extended)"
-            )
-        return mismatches
+    def resume_changes(self, saved: RunConfig) -> list[str]:
+        """'field: saved -> now' for each field in which this configuration differs from
+        `saved`, the one a checkpoint was made with, that a resumed run must keep.
+
+        That is every field (another value would train the remaining epochs as another run
+        than the one the checkpoint's epochs and metrics.json describe) but `limit_test`, which
+        picks the evaluation subset only, and `epochs` under a constant schedule: raising it is
+        how a run is extended. A cosine or one-cycle schedule spans the whole run, so another
+        epoch count would move the rate off the saved run's curve (up, when raised) at the
+        step the run resumes from."""
+        changes = []
+        for name in (field.name for field in dataclasses.fields(self)):
+            before, now = getattr(saved, name), getattr(self, name)
+            if before == now or name == "limit_test":
+                continue
+            if name != "epochs":
+                changes.append(f"{name}: {before!r} -> {now!r}")
+            elif self.schedule != "constant":
+                changes.append(
+                    f"epochs: {before} -> {now} (sets the length of the {self.schedule} "
+                    "schedule; only a constant schedule can be extended)"
+                )
+        return changes
 
 
 # Named starting points for `jaxcifar train --recipe`; flags given explicitly override them.

@@ -123,7 +123,8 @@ def is_main_process() -> bool:
 
 def add_distributed_arguments(parser: argparse.ArgumentParser) -> None:
     """--coordinator HOST:PORT, --num-processes N, --process-id I, each defaulting to its
-    JAXCIFAR_* environment variable (parsed like the flag, so a bad value is a flag error)."""
+    JAXCIFAR_* environment variable (parsed like the flag, so a bad value is a flag error;
+    an empty one counts as unset)."""
     from jaxcifar.commands._args import positive_int
 
     group = parser.add_argument_group(
@@ -131,13 +132,15 @@ def add_distributed_arguments(parser: argparse.ArgumentParser) -> None:
         "give all three, or none: then JAX detects a Cloud TPU pod, SLURM or Open MPI job "
         "itself, else the run is one process",
     )
-    group.add_argument("--coordinator", metavar="HOST:PORT", default=os.environ.get(COORDINATOR_ENV),
-                       help=f"address of process 0; defaults to ${COORDINATOR_ENV}")  # fmt: skip
+    group.add_argument("--coordinator", metavar="HOST:PORT",
+                       default=os.environ.get(COORDINATOR_ENV) or None,
+                       help=f"address of process 0; when not given, ${COORDINATOR_ENV}")
     group.add_argument("--num-processes", type=positive_int, metavar="N",
-                       default=os.environ.get(NUM_PROCESSES_ENV),
-                       help=f"number of processes; defaults to ${NUM_PROCESSES_ENV}")  # fmt: skip
-    group.add_argument("--process-id", type=int, metavar="I", default=os.environ.get(PROCESS_ID_ENV),
-                       help=f"this process, 0..N-1; defaults to ${PROCESS_ID_ENV}")  # fmt: skip
+                       default=os.environ.get(NUM_PROCESSES_ENV) or None,
+                       help=f"number of processes; when not given, ${NUM_PROCESSES_ENV}")
+    group.add_argument("--process-id", type=int, metavar="I",
+                       default=os.environ.get(PROCESS_ID_ENV) or None,
+                       help=f"this process, 0..N-1; when not given, ${PROCESS_ID_ENV}")
 
 
 def initialize_from_args(args: argparse.Namespace) -> bool:
@@ -154,22 +157,25 @@ def initialize(coordinator: str | None, num_processes: int | None, process_id: i
     """
     import jax
 
-    given = {"--coordinator": coordinator, "--num-processes": num_processes, "--process-id": process_id}
+    # Each value comes from its flag or its variable (`add_distributed_arguments`): name both.
+    names = (f"--coordinator/${COORDINATOR_ENV}", f"--num-processes/${NUM_PROCESSES_ENV}",
+             f"--process-id/${PROCESS_ID_ENV}")  # fmt: skip
+    given = dict(zip(names, (coordinator, num_processes, process_id)))
     if all(value is None for value in given.values()):
         if not _cluster_detected():
             return False
         jax.distributed.initialize()
         return True
-    missing = [flag for flag, value in given.items() if value is None]
+    missing = [name for name, value in given.items() if value is None]
     if missing:
         raise ConfigError(
-            f"multi-process training needs --coordinator, --num-processes and --process-id "
-            f"together; missing {', '.join(missing)}"
+            f"multi-process training needs {names[0]}, {names[1]} and {names[2]} together; "
+            f"missing {', '.join(missing)}"
         )
     if ":" not in coordinator:
-        raise ConfigError(f"--coordinator must be HOST:PORT; got {coordinator!r}")
+        raise ConfigError(f"{names[0]} must be HOST:PORT; got {coordinator!r}")
     if not 0 <= process_id < num_processes:
-        raise ConfigError(f"--process-id must be in 0..{num_processes - 1}; got {process_id}")
+        raise ConfigError(f"{names[2]} must be in 0..{num_processes - 1}; got {process_id}")
     jax.distributed.initialize(coordinator, num_processes, process_id)
     return True
 

@@ -1,6 +1,7 @@
 """The benchmark tool: timing statistics, XLA cost analysis, ratios, the PyTorch reference's
 architecture, and one tiny end-to-end run of `jaxcifar bench` (schema and files, no timings)."""
 
+import io
 import json
 import sys
 import types
@@ -11,7 +12,7 @@ import numpy as np
 import pytest
 
 from jaxcifar import cli, cpu_fusions, epochs, models, parallel
-from jaxcifar.bench import environment, jax_cases, suite, timing, torch_reference
+from jaxcifar.bench import environment, jax_cases, output, suite, timing, torch_reference
 from jaxcifar.bench.rows import Row, add_ratios
 from jaxcifar.bench.settings import Settings
 from jaxcifar.bench.timing import TimingBudget, percentiles, time_steps
@@ -159,6 +160,60 @@ def test_bench_command_rejects_an_epoch_smaller_than_its_batch(capsys):
         "jaxcifar bench: error: --epoch-images 100 is smaller than --epoch-batch-sizes 512: "
         "an epoch needs at least one full batch"
     )
+
+
+def test_bench_command_refuses_torch_compile_without_the_references(monkeypatch, capsys):
+    monkeypatch.setattr(suite, "plan", lambda settings: pytest.fail("planned"))
+    assert cli.main(["bench", "--torch-compile", "--no-reference"]) == 2
+    assert capsys.readouterr().err == (
+        "jaxcifar bench: error: --torch-compile times a PyTorch reference, which --no-reference "
+        "turns off; drop one of them\n"
+    )
+
+
+@pytest.mark.parametrize("name", ["../../escape", "", ".hidden"])
+def test_bench_command_takes_a_plain_file_stem_as_its_name(name, tmp_path, capsys):
+    # Before: --out /tmp/b --name ../../escape wrote /tmp/escape.json.
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["bench", "--out", str(tmp_path / "b"), "--name", name])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.startswith(
+        f"jaxcifar bench: error: argument --name: expected a plain file name stem (not empty, "
+        f"no '/', not starting with '.'), got {name!r}"
+    )
+    assert not any(tmp_path.iterdir())
+
+
+def test_bench_command_checks_its_out_folder_before_any_case(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(suite, "plan", lambda settings: pytest.fail("planned"))
+    (tmp_path / "file").write_text("")
+    out = tmp_path / "file" / "bench"
+    assert cli.main(["bench", "--out", str(out)]) == 2
+    assert capsys.readouterr().err == (
+        f"jaxcifar bench: error: --out {out}: cannot write there (Not a directory)\n"
+    )
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.mark.parametrize(
+    "terminal, flags, bar", [(False, [], False), (True, [], True), (True, ["--quiet"], False)]
+)
+def test_bench_progress_bar_only_on_a_terminal_and_without_quiet(
+    terminal, flags, bar, tmp_path, monkeypatch
+):
+    cases = [suite.Case("jax cnn train_step b4 float32", lambda: _row("jax", median=0.002))]
+    monkeypatch.setattr(suite, "plan", lambda settings: (cases, []))
+    monkeypatch.setattr(output, "plot_step_times", lambda *args, **kwargs: None)
+    stderr = _Terminal() if terminal else io.StringIO()
+    monkeypatch.setattr(sys, "stderr", stderr)
+    assert cli.main(["bench", "--out", str(tmp_path), "--name", "run", *flags]) == 0
+    lines = stderr.getvalue()
+    assert "jax cnn train_step b4 float32: median 2.000 ms" in lines  # the case lines stay
+    assert ("bench: 100%" in lines) == bar
 
 
 def test_bench_command_saves_the_rows_so_far_after_every_case(tmp_path, monkeypatch, capsys):

@@ -122,6 +122,9 @@ def test_input_shape_must_be_three_positive_ints(saved_file, shape):
         checkpoint.load(saved_file)
 
 
-def test_resume_mismatches_name_the_fields():
+def test_resume_changes_name_the_fields():
+    # Constant schedule: more epochs extend the run, so only the other three are changes.
     other = dataclasses.replace(CONFIG, batch_size=4, model="cnn", lr=0.5, epochs=9)
-    assert other.resume_mismatches(CONFIG) == ["model: 'mlp' -> 'cnn'", "batch_size: 16 -> 4"]
+    assert other.resume_changes(CONFIG) == [
+        "model: 'mlp' -> 'cnn'", "batch_size: 16 -> 4", "lr: 0.01 -> 0.5"
+    ]

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from jaxcifar import xla_cache
+from jaxcifar import checkpoint, xla_cache
 from jaxcifar.cli import main
 from jaxcifar.data.dataset import CIFAR10_CLASSES
 
@@ -128,6 +128,7 @@ def test_compile_cache_saves_programs_in_its_folder_and_runs_on_if_jax_moves_its
         # Root may write into any chmod'ed folder, so unwritable means under a file, or /proc.
         (["--out", "{tmp}/file/run"], "--out {tmp}/file/run: cannot write there (Not a directory)"),
         (["--out", "/proc/jaxcifar-run"], "--out /proc/jaxcifar-run: cannot write there (No such file"),
+        (["--override-config"], "--override-config applies only with --resume"),
     ],
 )
 def test_bad_flags_give_one_line_errors(image_tree, tmp_path, capsys, flags, message):
@@ -171,5 +172,81 @@ def test_resuming_a_finished_run_says_how_to_train_longer(
             "--out", str(tmp_path / "run"), *FAST]  # fmt: skip
     assert main(args) == 0
     capsys.readouterr()
+    files = {path: path.read_bytes() for path in (tmp_path / "run").iterdir()}
     assert main([*args, "--resume"]) == 0
     assert f"already trained 1 epochs; {advice}" in capsys.readouterr().out
+    # Nothing is trained, so nothing is evaluated or rewritten, even for changed flags.
+    assert main([*args, "--resume", "--lr", "0.5", "--dtype", "bfloat16", "--override-config"]) == 0
+    printed = capsys.readouterr().out.splitlines()  # the one line, no "test accuracy" after it
+    assert len(printed) == 1
+    saved = tmp_path / "run" / checkpoint.FILENAME
+    assert printed[0].startswith(f"{saved}: already trained 1 epochs; {advice}")
+    assert {path: path.read_bytes() for path in (tmp_path / "run").iterdir()} == files
+
+
+def test_a_bare_resume_continues_the_run_as_saved(image_tree, tmp_path):
+    # Its lr, augmentation and dtype, not the defaults of the flags left out, to the same
+    # parameters as an uninterrupted run; metrics.json then describes the run it made.
+    flags = ["--data-dir", str(image_tree), *FAST, "--lr", "0.02", "--augment", "--dtype",
+             "bfloat16"]  # fmt: skip
+    assert main(["train", *flags, "--epochs", "2", "--out", str(tmp_path / "whole")]) == 0
+    assert main(["train", *flags, "--epochs", "1", "--out", str(tmp_path / "run")]) == 0
+    bare = ["train", "--data-dir", str(image_tree), "--quiet", "--epochs", "2", "--resume"]
+    assert main([*bare, "--out", str(tmp_path / "run")]) == 0
+    whole, resumed = (checkpoint.load(tmp_path / name) for name in ("whole", "run"))
+    assert resumed.config == whole.config and whole.config.lr == 0.02
+    jax.tree.map(np.testing.assert_array_equal, whole.state, resumed.state)
+    reports = [json.loads((tmp_path / n / "metrics.json").read_text()) for n in ("whole", "run")]
+    assert reports[1]["config"] == reports[0]["config"]
+    assert reports[1]["confusion_matrix"] == reports[0]["confusion_matrix"]
+
+
+def test_resume_refuses_changed_flags_unless_told_to_override_them(image_tree, tmp_path, capsys):
+    out = tmp_path / "run"
+    common = ["train", "--data-dir", str(image_tree), "--out", str(out), *FAST]
+    assert main([*common, "--epochs", "1", "--lr", "0.02", "--augment"]) == 0
+    before = (out / checkpoint.FILENAME).read_bytes()
+    capsys.readouterr()
+    changed = [*common, "--epochs", "2", "--lr", "0.001", "--no-augment", "--dtype", "bfloat16",
+               "--resume"]  # fmt: skip
+    assert main(changed) == 2
+    assert capsys.readouterr().err == (
+        f"jaxcifar train: error: {out / checkpoint.FILENAME} was made with another configuration "
+        "(lr: 0.02 -> 0.001; augment: True -> False; dtype: 'float32' -> 'bfloat16'); drop those "
+        "flags to continue the run as saved, or add --override-config to change them\n"
+    )
+    assert (out / checkpoint.FILENAME).read_bytes() == before
+    assert main([*changed, "--override-config"]) == 0
+    config = json.loads((out / "metrics.json").read_text())["config"]
+    changed_fields = [config[name] for name in ("epochs", "lr", "augment", "dtype")]
+    assert changed_fields == [2, 0.001, False, "bfloat16"]
+    # A test subset of another size changes the evaluation only: no override needed.
+    assert main([*common, "--epochs", "3", "--limit-test", "10", "--resume"]) == 0
+    assert np.sum(json.loads((out / "metrics.json").read_text())["confusion_matrix"]) == 10
+
+
+def test_resume_from_a_missing_folder_leaves_none_behind(tmp_path, capsys):
+    out = tmp_path / "mistyped"
+    assert main(["train", "--resume", "--out", str(out)]) == 2
+    assert capsys.readouterr().err == (
+        f"jaxcifar train: error: {out / checkpoint.FILENAME}: no checkpoint there\n"
+    )
+    assert not out.exists()
+
+
+def test_resume_from_a_speedrun_folder_says_what_it_holds(tmp_path, capsys):
+    from jaxcifar.speedrun import model_file, net
+    from jaxcifar.speedrun.recipe import Recipe
+
+    widths = (8, 16, 16)
+    params, batch_stats = net.init(jax.random.key(0), widths=widths)
+    path = model_file.save(
+        tmp_path, Recipe(widths=widths), params, batch_stats, jnp.zeros(3), jnp.ones(3),
+        dataset="cifar10", class_names=CIFAR10_CLASSES, input_shape=(32, 32, 3),
+    )  # fmt: skip
+    assert main(["train", "--resume", "--out", str(tmp_path)]) == 2
+    assert capsys.readouterr().err == (
+        f"jaxcifar train: error: {tmp_path / checkpoint.FILENAME}: no checkpoint there; {path} is "
+        "a speedrun model (written by `jaxcifar speedrun`), which `jaxcifar evaluate` and "
+        "`predict` read but `train --resume` cannot continue\n"
+    )

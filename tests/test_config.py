@@ -21,6 +21,19 @@ def test_largest_int32_seed_is_accepted():
     assert RunConfig(seed=2**31 - 1).seed == 2**31 - 1
 
 
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("momentum", 1.0, r"momentum must be in \[0, 1\); got 1.0"),
+        ("momentum", -0.1, r"momentum must be in \[0, 1\); got -0.1"),
+        ("weight_decay", -1.0, r"weight_decay must be >= 0; got -1.0"),
+    ],
+)
+def test_momentum_and_weight_decay_out_of_range_are_named_one_at_a_time(field, value, message):
+    with pytest.raises(ConfigError, match=f"^{message}$"):
+        RunConfig(**{field: value})
+
+
 def test_nesterov_without_momentum_is_refused():
     # With momentum 0 optax's nesterov is plain SGD: the flag would do nothing, silently.
     with pytest.raises(ConfigError, match="optimizer nesterov needs momentum > 0"):
@@ -38,7 +51,7 @@ def test_nesterov_without_momentum_is_refused():
 def test_resume_refuses_what_changes_the_optimizer_state(change, mismatch):
     saved = RunConfig()
     now = dataclasses.replace(saved, **change)
-    assert now.resume_mismatches(saved) == [mismatch]
+    assert now.resume_changes(saved) == [mismatch]
     # Why: the optimizer state the checkpoint holds would not fit the resumed run's.
     states = [build_optimizer(config, 1).init({"w": 0.0}) for config in (saved, now)]
     assert jax.tree.structure(states[0]) != jax.tree.structure(states[1])
@@ -47,7 +60,7 @@ def test_resume_refuses_what_changes_the_optimizer_state(change, mismatch):
 @pytest.mark.parametrize("schedule", ["cosine", "onecycle"])
 def test_resume_refuses_more_epochs_under_a_schedule_the_run_length_sets(schedule):
     saved = RunConfig(schedule=schedule, epochs=10)
-    assert dataclasses.replace(saved, epochs=20).resume_mismatches(saved) == [
+    assert dataclasses.replace(saved, epochs=20).resume_changes(saved) == [
         f"epochs: 10 -> 20 (sets the length of the {schedule} schedule; only a constant "
         "schedule can be extended)"
     ]
@@ -55,4 +68,23 @@ def test_resume_refuses_more_epochs_under_a_schedule_the_run_length_sets(schedul
 
 def test_resume_lets_a_constant_rate_run_grow():
     saved = RunConfig(epochs=10)
-    assert dataclasses.replace(saved, epochs=20).resume_mismatches(saved) == []
+    assert dataclasses.replace(saved, epochs=20).resume_changes(saved) == []
+
+
+def test_resume_refuses_any_change_that_trains_another_run():
+    # lr, augmentation, dtype and schedule leave the state's structure alone, but resuming
+    # with them changed would train the remaining epochs as another run than the saved one.
+    saved = RunConfig(lr=0.02, augment=True, dtype="bfloat16")
+    now = dataclasses.replace(saved, lr=0.001, augment=False, dtype="float32", schedule="cosine")
+    assert now.resume_changes(saved) == [
+        "lr: 0.02 -> 0.001", "schedule: 'constant' -> 'cosine'", "augment: True -> False",
+        "dtype: 'bfloat16' -> 'float32'",
+    ]  # fmt: skip
+
+
+def test_resume_may_evaluate_on_another_test_subset():
+    saved = RunConfig(limit_test=100)
+    assert dataclasses.replace(saved, limit_test=None).resume_changes(saved) == []
+    assert dataclasses.replace(saved, limit_train=100).resume_changes(saved) == [
+        "limit_train: None -> 100"
+    ]

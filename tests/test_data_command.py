@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 from PIL import Image
 
 from jaxcifar.cli import main
@@ -23,7 +24,7 @@ def test_show_writes_a_png_grid(tmp_path, fresh_cache, capsys):
     out = tmp_path / "figs" / "grid.png"
     argv = ["data", "show", "--dataset", "mnist", "--data-dir", str(tmp_path), "--count", "5", "--out", str(out)]
     assert main(argv) == 0
-    assert capsys.readouterr().out.strip() == f"wrote {out}"
+    assert capsys.readouterr().out.strip() == f"wrote {out}: 5 of 6 training images"
     with Image.open(out) as image:
         assert image.format == "PNG" and image.width > 100 and image.height > 100
     assert sorted(p.name for p in out.parent.iterdir()) == ["grid.png"]
@@ -31,6 +32,36 @@ def test_show_writes_a_png_grid(tmp_path, fresh_cache, capsys):
 
 def test_errors_are_one_line_with_exit_2(tmp_path, fresh_cache, capsys):
     assert main(["data", "show", "--data-dir", str(tmp_path), "--out", "grid.jpg"]) == 2
-    assert capsys.readouterr().err.strip() == "jaxcifar data: error: --out grid.jpg: expected a file name ending in .png"
+    assert capsys.readouterr().err.strip() == (
+        "jaxcifar data show: error: --out grid.jpg: expected a file name ending in .png"
+    )
     assert main(["data", "info", "--dataset", "mnist", "--data-dir", str(tmp_path)]) == 2
-    assert capsys.readouterr().err.startswith(f"jaxcifar data: error: no mnist data in {tmp_path}: expected")
+    assert capsys.readouterr().err.startswith(
+        f"jaxcifar data info: error: no mnist data in {tmp_path}: expected"
+    )
+
+
+def test_show_draws_at_most_400_images_and_says_when_the_split_has_fewer(
+    tmp_path, fresh_cache, capsys
+):
+    # Before: --count 100000 ran for 10 minutes and grew to 18 GB drawing its figure.
+    argv = ["data", "show", "--dataset", "mnist", "--data-dir", str(tmp_path)]
+    with pytest.raises(SystemExit) as exit_info:
+        main([*argv, "--count", "401", "--out", str(tmp_path / "g.png")])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.startswith(
+        "jaxcifar data show: error: argument --count: expected an integer in 1..400, got 401"
+    )
+    write_idx_set(tmp_path / "mnist", n_train=6, n_test=2)
+    assert main([*argv, "--count", "400", "--out", str(tmp_path / "g.png")]) == 0
+    assert capsys.readouterr().out == f"wrote {tmp_path / 'g.png'}: 6 of 6 training images\n"
+
+
+def test_show_checks_its_out_folder_before_reading_the_data(tmp_path, capsys):
+    (tmp_path / "afile").write_text("")
+    out = tmp_path / "afile" / "g.png"
+    # No data at all: --out is refused first (before: "File exists: afile", after the data).
+    assert main(["data", "show", "--data-dir", str(tmp_path / "nowhere"), "--out", str(out)]) == 2
+    assert capsys.readouterr().err == (
+        f"jaxcifar data show: error: --out {out}: {tmp_path / 'afile'} is a file, not a folder\n"
+    )

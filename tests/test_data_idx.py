@@ -1,5 +1,6 @@
 import gzip
 import struct
+import tarfile
 
 import numpy as np
 import pytest
@@ -7,7 +8,8 @@ import pytest
 from jaxcifar.data import load, load_split
 from jaxcifar.data.dataset import FASHION_MNIST_CLASSES, MNIST_CLASSES
 from jaxcifar.data.idx import IMAGES_MAGIC, LABELS_MAGIC, parse
-from jaxcifar.errors import DataError
+from jaxcifar.data.sources import ALIASES
+from jaxcifar.errors import ConfigError, DataError
 
 
 def idx_bytes(array: np.ndarray, magic: int) -> bytes:
@@ -44,6 +46,16 @@ def test_load_split_cuts_to_the_seeded_subset_of_load(tmp_path, fresh_cache):
         assert len(cut) == min(limit or 30, 30)
 
 
+@pytest.mark.parametrize("limit", [0, -5, 2.5])
+def test_load_split_refuses_a_limit_that_is_not_positive_before_reading(
+    tmp_path, fresh_cache, limit
+):
+    write_idx_set(tmp_path, n_train=30)
+    with pytest.raises(ConfigError, match=rf"^limit must be a positive integer; got {limit}$"):
+        load_split("mnist", "train", data_dir=tmp_path, limit=limit)
+    assert not fresh_cache.exists()  # refused before the data was read and cached
+
+
 @pytest.mark.parametrize("gz", [True, False])
 def test_reads_idx_files_gz_and_raw(tmp_path, fresh_cache, gz):
     written = write_idx_set(tmp_path / "data", gz=gz)
@@ -65,6 +77,31 @@ def test_finds_files_in_a_subfolder_named_after_the_dataset(tmp_path, fresh_cach
     # MNIST uses the same file names but must not pick up Fashion-MNIST's folder.
     with pytest.raises(DataError, match=r"no mnist data in .*train-images-idx3-ubyte.*named mnist\*"):
         load("mnist", "train", data_dir=tmp_path)
+
+
+def test_a_data_dir_named_after_another_dataset_is_refused(tmp_path, fresh_cache, monkeypatch):
+    # IDX files do not say which dataset they hold: only the data dir's name can.
+    write_idx_set(tmp_path / "fashion-mnist")
+    named = r"^data dir \S*/fashion-mnist is named after fashion_mnist, not mnist: load fashion_"
+    with pytest.raises(DataError, match=named):
+        load("mnist", "train", data_dir=tmp_path / "fashion-mnist")
+    write_idx_set(tmp_path / "MNIST-digits")
+    monkeypatch.chdir(tmp_path / "MNIST-digits")  # "." is named after the folder it is
+    with pytest.raises(DataError, match=r"^data dir \. is named after mnist, not fashion_mnist"):
+        load("fashion_mnist", "train", data_dir=".")
+    assert not fresh_cache.exists()
+    archive = tmp_path / "cifar10-images.tar"
+    with tarfile.open(archive, "w") as tar:
+        tar.add(tmp_path / "MNIST-digits", arcname="")
+    with pytest.raises(DataError, match=r"cifar10-images\.tar is named after cifar10, not mnist"):
+        load("mnist", "train", data_dir=archive)
+    # A data dir named after another dataset may still hold this one's folder.
+    write_idx_set(tmp_path / "cifar-10-work" / "mnist")
+    assert load("mnist", "train", data_dir=tmp_path / "cifar-10-work").class_names == MNIST_CLASSES
+    # A name names one dataset at most: no alias starts with another dataset's.
+    for name, aliases in ALIASES.items():
+        for other, other_aliases in ALIASES.items():
+            assert other == name or not any(a.startswith(other_aliases) for a in aliases)
 
 
 def test_reads_data_dir_from_environment(tmp_path, fresh_cache, monkeypatch):

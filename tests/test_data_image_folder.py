@@ -7,6 +7,7 @@ import pytest
 from PIL import Image
 
 from jaxcifar.data import load
+from jaxcifar.data.dataset import CIFAR10_CLASSES
 from jaxcifar.errors import DataError
 
 CLASSES = ("cat", "airplane")  # not CIFAR-10's full set, so sorted: airplane, cat
@@ -65,9 +66,90 @@ def test_cifar10_class_names_keep_canonical_order(tmp_path, fresh_cache):
 
 
 def test_mnist_style_trees_decode_to_one_channel(tmp_path, fresh_cache):
-    write_tree(tmp_path / "mnist")
+    written = write_tree(tmp_path / "mnist", size=(28, 28))  # RGB files: converted to luma
     data = load("mnist", "train", data_dir=tmp_path)
-    assert data.images.shape == (4, 3, 4, 1)
+    assert data.images.shape == (4, 28, 28, 1)
+    luma = np.asarray(Image.fromarray(written["train/airplane/0.png"]).convert("L"))
+    np.testing.assert_array_equal(data.images[0, ..., 0], luma)
+
+
+def test_greyscale_trees_decode_to_three_equal_channels_for_cifar10(tmp_path, fresh_cache):
+    for split in ("train", "test"):
+        (tmp_path / split / "cat").mkdir(parents=True)
+        Image.new("L", (32, 32), 77).save(tmp_path / split / "cat" / "0.png")
+    assert np.all(load("cifar10", "test", data_dir=tmp_path).images == 77)
+
+
+@pytest.mark.parametrize(
+    "dataset, size, message",
+    [
+        ("fashion_mnist", (32, 32), "expected 28x28 for fashion_mnist; 32x32 is the size of cifar"),
+        ("mnist", (32, 32), "expected 28x28 for mnist; 32x32 is the size of cifar10 images"),
+        ("cifar10", (28, 28), "expected 32x32 for cifar10; 28x28 is the size of mnist or fashion"),
+    ],
+)
+def test_a_tree_of_another_datasets_image_size_is_refused_before_caching(
+    tmp_path, fresh_cache, dataset, size, message
+):
+    write_tree(tmp_path / "data", size=size)
+    archive = tmp_path / "images.tar.gz"
+    tar_folder(tmp_path / "data", archive, "")
+    for data_dir, where in ((tmp_path / "data", "data"), (archive, r"images\.tar\.gz")):
+        first = rf"{where}/train/airplane/0\.png: image of {size[0]}x{size[1]} pixels, "
+        with pytest.raises(DataError, match=first + message):
+            load(dataset, "train", data_dir=data_dir)
+    assert not fresh_cache.exists() or not any(fresh_cache.iterdir())
+
+
+def test_a_tree_of_another_datasets_class_folders_is_refused_before_caching(tmp_path, fresh_cache):
+    for split in ("train", "test"):
+        for name in CIFAR10_CLASSES:
+            (tmp_path / "data" / split / name).mkdir(parents=True)
+            Image.new("L", (28, 28)).save(tmp_path / "data" / split / name / "0.png")
+    cifar10 = r"data/train/: class folders airplane\.\.truck are cifar10's classes, not fashion_"
+    with pytest.raises(DataError, match=cifar10):
+        load("fashion_mnist", "train", data_dir=tmp_path / "data")
+    assert not fresh_cache.exists() or not any(fresh_cache.iterdir())
+    # Fashion-MNIST's classes as folders can be (no "/" in a folder name): matched loosely.
+    fashion = ("t-shirt_top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
+               "Bag", "ankle_boot")  # fmt: skip
+    for split in ("train", "test"):
+        for name in fashion:
+            (tmp_path / "fashion" / split / name).mkdir(parents=True)
+            Image.new("L", (28, 28)).save(tmp_path / "fashion" / split / name / "0.png")
+    named = r"class folders T-shirt/top\.\.Ankle boot are fashion_mnist's classes, not mnist's"
+    with pytest.raises(DataError, match=named):
+        load("mnist", "train", data_dir=tmp_path / "fashion")
+    assert len(load("fashion_mnist", "train", data_dir=tmp_path / "fashion")) == 10
+    # Digits are label numbers any dataset's tree may use: they prove nothing.
+    digits = tmp_path / "digits"
+    for split in ("train", "test"):
+        (digits / split / "0").mkdir(parents=True)
+        Image.new("L", (28, 28)).save(digits / split / "0" / "0.png")
+    assert len(load("fashion_mnist", "train", data_dir=digits)) == 1
+
+
+@pytest.mark.parametrize("packed", [False, True])
+def test_hidden_files_and_folders_are_ignored(tmp_path, fresh_cache, packed):
+    written = write_tree(tmp_path / "data")
+    hidden_folder = tmp_path / "data" / "train" / ".ipynb_checkpoints"
+    hidden_folder.mkdir()
+    Image.new("RGB", (4, 3)).save(hidden_folder / "0.png")  # would be a class of its own
+    (tmp_path / "data" / "test" / ".empty").mkdir()  # would be an empty class folder
+    (tmp_path / "data" / "train" / "cat" / ".DS_Store").write_bytes(b"\0Bud1")
+    (tmp_path / "data" / "train" / "cat" / "._0.png").write_bytes(b"\0\5\26\7 macOS metadata")
+    data_dir = tmp_path / "data"
+    if packed:
+        data_dir = tmp_path / "images.tar.gz"
+        tar_folder(tmp_path / "data", data_dir, "top")
+    data = load("cifar10", "train", data_dir=data_dir)
+    assert data.class_names == ("airplane", "cat")
+    np.testing.assert_array_equal(data.labels, [0, 0, 1, 1])
+    np.testing.assert_array_equal(data.images[2], written["train/cat/0.png"])
+    if not packed:  # nor part of the folder's fingerprint: changing them keeps the cache entry
+        (hidden_folder / "1.png").write_bytes(b"notebook noise")
+        load("cifar10", "train", data_dir=data_dir)
+        assert len(list(fresh_cache.iterdir())) == 1
 
 
 def test_image_of_another_size_is_named(tmp_path, fresh_cache):
@@ -90,6 +172,24 @@ def test_empty_class_folder_inside_tarball_is_named(tmp_path, fresh_cache):
     tar_folder(tmp_path / "tree", tmp_path / "t.tar", "top")
     with pytest.raises(DataError, match=r"t\.tar/top/train/dog/: empty class folder"):
         load("cifar10", "train", data_dir=tmp_path / "t.tar")
+
+
+@pytest.mark.parametrize("packed", [False, True])
+def test_corrupt_jpeg_is_named_without_pillows_name_for_the_bytes(tmp_path, fresh_cache, packed):
+    write_tree(tmp_path / "data")
+    jpeg = tmp_path / "data" / "train" / "cat" / "2.jpg"
+    Image.new("RGB", (4, 3)).save(jpeg)
+    jpeg.write_bytes(jpeg.read_bytes()[:20] + b"x" * 50)  # its header's markers overwritten
+    data_dir = tmp_path / "data"
+    if packed:
+        data_dir = tmp_path / "images.tar.gz"
+        tar_folder(tmp_path / "data", data_dir, "top")
+    with pytest.raises(DataError) as error:
+        load("cifar10", "train", data_dir=data_dir)
+    assert str(error.value) == (
+        f"{data_dir}/{'top/' if packed else ''}train/cat/2.jpg: not a readable image "
+        "(UnidentifiedImageError: not PNG, JPEG or another format Pillow reads)"
+    )
 
 
 def test_undecodable_image_and_missing_split(tmp_path, fresh_cache):

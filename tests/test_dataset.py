@@ -3,7 +3,7 @@ import pytest
 
 from jaxcifar.data import Dataset, flatten, to_float
 from jaxcifar.data.preprocess import channel_stats, standardize
-from jaxcifar.errors import DataError
+from jaxcifar.errors import ConfigError, DataError
 
 
 def make(n=10, labels=None):
@@ -39,6 +39,13 @@ def test_subset_is_seeded_and_keeps_order():
     assert not np.array_equal(sub.labels, np.arange(4))  # not just the first n
     assert not np.array_equal(other.labels, np.arange(4))
     assert data.subset(50) is data
+
+
+@pytest.mark.parametrize("n", [0, -3, np.int64(-1)])
+def test_subset_refuses_a_size_that_is_not_positive(n):
+    # As a slice bound, -3 would keep all but three examples and 0 none.
+    with pytest.raises(ConfigError, match=r"^subset size n must be a positive integer; got "):
+        make().subset(n)
 
 
 def test_to_float_maps_uint8_onto_minus_one_one():

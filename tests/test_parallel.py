@@ -260,18 +260,33 @@ def test_cluster_detection_missing_from_jax_warns_and_stays_one_process(monkeypa
         assert parallel.initialize_from_args(parse([])) is False
 
 
+NEEDS_ALL = (
+    "multi-process training needs --coordinator/$JAXCIFAR_COORDINATOR, "
+    "--num-processes/$JAXCIFAR_NUM_PROCESSES and --process-id/$JAXCIFAR_PROCESS_ID together; "
+)
+
+
 @pytest.mark.parametrize(
-    "argv, message",
+    "argv, environment, message",
     [
-        (["--coordinator", "h:1"], "multi-process training needs --coordinator, --num-processes and --process-id together; "
-                                   "missing --num-processes, --process-id"),
-        (["--coordinator", "h", "--num-processes", "2", "--process-id", "0"],
-         "--coordinator must be HOST:PORT; got 'h'"),
-        (["--coordinator", "h:1", "--num-processes", "2", "--process-id", "2"],
-         "--process-id must be in 0..1; got 2"),
+        (["--coordinator", "h:1"], {},
+         NEEDS_ALL + "missing --num-processes/$JAXCIFAR_NUM_PROCESSES, "
+         "--process-id/$JAXCIFAR_PROCESS_ID"),
+        # Only a variable set: the message names it, not just flags the user never typed.
+        ([], {"JAXCIFAR_COORDINATOR": "h:1", "JAXCIFAR_PROCESS_ID": ""},
+         NEEDS_ALL + "missing --num-processes/$JAXCIFAR_NUM_PROCESSES, "
+         "--process-id/$JAXCIFAR_PROCESS_ID"),
+        (["--coordinator", "h", "--num-processes", "2", "--process-id", "0"], {},
+         "--coordinator/$JAXCIFAR_COORDINATOR must be HOST:PORT; got 'h'"),
+        (["--coordinator", "h:1", "--num-processes", "2", "--process-id", "2"], {},
+         "--process-id/$JAXCIFAR_PROCESS_ID must be in 0..1; got 2"),
     ],
 )  # fmt: skip
-def test_bad_distributed_flags_are_config_errors(monkeypatch, argv, message):
+def test_bad_distributed_flags_are_config_errors(monkeypatch, argv, environment, message):
+    for name in ("JAXCIFAR_COORDINATOR", "JAXCIFAR_NUM_PROCESSES", "JAXCIFAR_PROCESS_ID"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in environment.items():  # an empty variable counts as unset
+        monkeypatch.setenv(name, value)
     monkeypatch.setattr(jax.distributed, "initialize", lambda *args: pytest.fail("initialized"))
     with pytest.raises(ConfigError) as error:
         parallel.initialize_from_args(parse(argv))

@@ -158,10 +158,14 @@ def test_interrupt_kill_and_resume_reproduce_an_uninterrupted_run(tmp_path, fres
         kept = len(checkpoint.load(runs[name]).history)
         assert kept == 1  # stopped in the pause at the start of epoch 2
         line = err.strip().splitlines()[-1]
-        assert line.startswith(f"jaxcifar train: interrupted by {signame} before epoch {kept + 1} finished; "
-                               f"that epoch is dropped; {runs[name] / checkpoint.FILENAME} keeps epoch {kept}/4; "
-                               "resume with: jaxcifar train --recipe seed ")  # fmt: skip
-        assert line.endswith(f" --resume --out {runs[name]}")
+        # The checkpoint holds the configuration: the line repeats only how the run executes.
+        resume = ["jaxcifar", "train", "--resume", "--out", str(runs[name]),
+                  "--data-dir", str(tmp_path / "data"), "--quiet"]  # fmt: skip
+        assert line == (
+            f"jaxcifar train: interrupted by {signame} before epoch {kept + 1} finished; that "
+            f"epoch is dropped; {runs[name] / checkpoint.FILENAME} keeps epoch {kept}/4; "
+            f"resume with: {shlex.join(resume)}"
+        )
         resume_lines[name] = line.split("resume with: ")[1]
         assert not (runs[name] / "metrics.json").exists()
 
@@ -208,6 +212,37 @@ def test_interrupt_before_the_first_epoch_says_nothing_is_saved(trained, tmp_pat
     assert not (tmp_path / "run" / checkpoint.FILENAME).exists()
 
 
+@pytest.mark.parametrize("saves_an_epoch", [False, True])
+def test_an_interrupted_resume_repeats_the_flags_its_checkpoint_does_not_hold_yet(
+    trained, tmp_path, fresh_cache, monkeypatch, capsys, saves_an_epoch
+):
+    from jaxcifar import train
+
+    def interrupted_fit(config, train_set, test_set, *, state, history, on_epoch_end, **kwargs):
+        if saves_an_epoch:
+            on_epoch_end(state, [*history, {"epoch": 2}])
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(5)  # interrupted within the sleep
+
+    monkeypatch.setattr(train, "fit", interrupted_fit)
+    data, run, _ = trained
+    out = tmp_path / "run"
+    shutil.copytree(run, out)
+    changes = ["--epochs", "3", "--lr", "0.01", "--override-config"]
+    execution = ["--data-dir", str(data), "--quiet"]
+    assert main(["train", "--resume", "--out", str(out), *changes, *execution]) == 130
+    # Until an epoch of the resumed run is saved, the checkpoint holds the old lr and epochs.
+    kept = checkpoint.load(out)
+    assert (len(kept.history), kept.config.lr) == ((2, 0.01) if saves_an_epoch else (1, 0.001))
+    resume = ["jaxcifar", "train", "--resume", "--out", str(out),
+              *([] if saves_an_epoch else changes), *execution]  # fmt: skip
+    assert capsys.readouterr().err == (
+        f"jaxcifar train: interrupted by SIGINT before epoch {len(kept.history) + 1} finished; "
+        f"that epoch is dropped; {out / checkpoint.FILENAME} keeps epoch {len(kept.history)}/3; "
+        f"resume with: {shlex.join(resume)}\n"
+    )
+
+
 def test_same_seed_gives_the_same_metrics_and_parameters(trained, tmp_path, fresh_cache):
     _, run, args = trained
     assert main(["train", *args, "--out", str(tmp_path / "again")]) == 0
@@ -223,7 +258,8 @@ def test_divergence_stops_and_keeps_the_last_good_checkpoint(trained, tmp_path, 
     shutil.copytree(run, out)
     before = (out / checkpoint.FILENAME).read_bytes()
     capsys.readouterr()
-    assert main(["train", *args, "--epochs", "2", "--lr", "1e30", "--resume", "--out", str(out)]) == 2
+    resume = ["--epochs", "2", "--lr", "1e30", "--override-config", "--resume", "--out", str(out)]
+    assert main(["train", *args, *resume]) == 2
     line = one_line_error(capsys, "train")
     assert "loss became nan at epoch 2 step " in line or "loss became inf at epoch 2 step " in line
     assert line.endswith(f"lower --lr (now 1e+30); {out / checkpoint.FILENAME} keeps the last good state (epoch 1)")
@@ -380,8 +416,10 @@ def test_unwritable_evaluate_output_is_one_line_naming_the_path(trained, tmp_pat
     blocker = tmp_path / "file"
     blocker.write_text("")
     capsys.readouterr()
-    assert main(["evaluate", "--checkpoint", str(run), "--data-dir", str(data), "--out", str(blocker / "reports")]) == 1
-    assert one_line_error(capsys, "evaluate") == f"jaxcifar evaluate: error: Not a directory: {blocker / 'reports'}"
+    out = blocker / "reports"
+    assert main(["evaluate", "--checkpoint", str(run), "--data-dir", str(data), "--out", str(out)]) == 2
+    expected = f"jaxcifar evaluate: error: --out {out}: cannot write there (Not a directory)"
+    assert one_line_error(capsys, "evaluate") == expected
 
 
 def test_os_errors_and_ctrl_c_in_any_command_are_one_line(monkeypatch, capsys):
@@ -392,14 +430,15 @@ def test_os_errors_and_ctrl_c_in_any_command_are_one_line(monkeypatch, capsys):
 
     monkeypatch.setattr(data, "run", disk_full)
     assert main(["data", "info"]) == 1
-    assert one_line_error(capsys, "data") == "jaxcifar data: error: No space left on device: /runs/x/metrics.json"
+    line = one_line_error(capsys, "data info")
+    assert line == "jaxcifar data info: error: No space left on device: /runs/x/metrics.json"
 
     def ctrl_c(args):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(data, "run", ctrl_c)
     assert main(["data", "info"]) == 130
-    assert capsys.readouterr().err == "jaxcifar data: interrupted\n"
+    assert capsys.readouterr().err == "jaxcifar data info: interrupted\n"
 
 
 # --- Corrupt data through the command line ------------------------------------------------

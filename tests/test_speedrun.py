@@ -26,7 +26,7 @@ from jaxcifar.data.dataset import CIFAR10_CLASSES
 from jaxcifar.errors import CheckpointError, ConfigError
 from jaxcifar.models import layers
 from jaxcifar import xla_cache
-from jaxcifar.speedrun import model_file, net, optimizer, tta, whitening
+from jaxcifar.speedrun import measure, model_file, net, optimizer, tta, whitening
 from jaxcifar.speedrun.recipe import Plan, Recipe, plan, sgd_rates
 from jaxcifar.speedrun.train import Speedrun, lookahead
 
@@ -427,3 +427,63 @@ def test_speedrun_command_rejects_a_batch_larger_than_the_data(shared_data, tmp_
         "jaxcifar speedrun: error: batch size 1024 is larger than the training set (100 images)"
     )
     assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("size", [28, 32])
+def test_max_blocks_is_exactly_what_the_network_can_pool(size):
+    # airbench's 3 blocks fit both sizes, a 4th leaves one pixel, a 5th none.
+    fit = net.max_blocks(size, size)
+    assert fit == 4
+
+    def logits(blocks):
+        params, batch_stats = net.init(jax.random.key(0), widths=(4,) * blocks, in_channels=1)
+        return jax.eval_shape(functools.partial(
+            net.apply, train=False, bn_momentum=0.6, output_scale=1.0
+        ), params, batch_stats, jnp.zeros((2, size, size, 1)))  # fmt: skip
+
+    assert logits(fit)[0].shape == (2, 10)
+    with pytest.raises(ValueError, match="empty"):
+        logits(fit + 1)
+
+
+def test_speedrun_refuses_more_blocks_than_the_images_take(shared_data, tmp_path, capsys):
+    # Before: "ValueError: attempt to get argmax of an empty sequence" from deep in tracing.
+    code = cli.main([
+        "speedrun", "--data-dir", str(shared_data), "--limit-train", "64", "--limit-test", "10",
+        "--batch-size", "32", "--widths", "4", "4", "4", "4", "4", "--compile-cache", "none",
+        "--out", str(tmp_path),
+    ])  # fmt: skip
+    assert code == 2
+    assert capsys.readouterr().err == (
+        "jaxcifar speedrun: error: --widths: 5 conv blocks do not fit 32x32 images; each block "
+        "halves the image, so at most 4 fit: give at most 4 widths\n"
+    )
+
+
+def test_results_title_names_the_dataset_and_old_results_still_render():
+    row = measure.run_row(measure.SYSTEM, "float32", 1.0, 2.0, 0.9)
+    results = {"device": "cpu", "runs": [row], "dataset": "fashion_mnist"}
+    assert measure.render_markdown(results).startswith("# Fashion-MNIST speedrun, cpu\n")
+    del results["dataset"]  # written before results named their dataset
+    assert measure.render_markdown(results).startswith("# CIFAR-10 speedrun, cpu\n")
+
+
+def test_a_folder_with_a_speedrun_model_and_a_checkpoint_is_ambiguous(tmp_path, capsys):
+    params, batch_stats = _init(widths=(8, 16, 16))
+    model_file.save(
+        tmp_path, Recipe(widths=(8, 16, 16)), params, batch_stats, jnp.zeros(3), jnp.ones(3),
+        dataset="cifar10", class_names=CIFAR10_CLASSES, input_shape=(32, 32, 3),
+    )  # fmt: skip
+    assert model_file.find(tmp_path) == tmp_path / model_file.FILENAME
+    (tmp_path / "checkpoint.msgpack").write_bytes(b"")  # a training run's output, too
+    message = (
+        f"--checkpoint {tmp_path} holds both a speedrun model (model.msgpack) and a training "
+        f"checkpoint (checkpoint.msgpack); name the file: --checkpoint "
+        f"{tmp_path / 'model.msgpack'} or {tmp_path / 'checkpoint.msgpack'}"
+    )
+    for argv in (["evaluate", "--checkpoint", str(tmp_path)],
+                 ["predict", "--checkpoint", str(tmp_path), "image.png"]):  # fmt: skip
+        assert cli.main(argv) == 2
+        assert capsys.readouterr().err == f"jaxcifar {argv[0]}: error: {message}\n"
+    # Naming the file is not ambiguous.
+    assert model_file.find(tmp_path / model_file.FILENAME) == tmp_path / model_file.FILENAME

@@ -3,37 +3,54 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
+from jaxcifar.config import SEED_MAX
 from jaxcifar.data.dataset import CLASS_NAMES
 from jaxcifar.data.sources import DATA_DIR_ENV
 from jaxcifar.errors import ConfigError
+from jaxcifar.xla_cache import OFF as COMPILE_CACHE_OFF
 
 DATASETS = tuple(CLASS_NAMES)
 
 
-def _whole_number(text: str, *, allow_zero: bool) -> int:
-    """argparse type body: an integer > 0 (>= 0 with `allow_zero`)."""
-    expected = "an integer >= 0" if allow_zero else "a positive integer"
+def _integer(text: str, expected: str, low: int, high: float = math.inf) -> int:
+    """argparse type body: an integer in low..high, else "expected EXPECTED, got ..."."""
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
-    if value < 0 or (value == 0 and not allow_zero):
+    if not low <= value <= high:
         raise argparse.ArgumentTypeError(f"expected {expected}, got {value}")
     return value
 
 
 def positive_int(text: str) -> int:
     """argparse type: an integer > 0."""
-    return _whole_number(text, allow_zero=False)
+    return _integer(text, "a positive integer", 1)
 
 
 def non_negative_int(text: str) -> int:
     """argparse type: an integer >= 0."""
-    return _whole_number(text, allow_zero=True)
+    return _integer(text, "an integer >= 0", 0)
+
+
+def int_in_range(low: int, high: int) -> Callable[[str], int]:
+    """argparse type: an integer in low..high."""
+
+    def in_range(text: str) -> int:
+        return _integer(text, f"an integer in {low}..{high}", low, high)
+
+    return in_range
+
+
+# Every command's --seed: `RunConfig`'s range, so no command accepts a seed `train` refuses
+# (and NumPy's generators, which take no negative seed, never see one).
+seed_int = int_in_range(0, SEED_MAX)
 
 
 def _finite_float(text: str, *, allow_zero: bool) -> float:
@@ -58,16 +75,26 @@ def non_negative_float(text: str) -> float:
     return _finite_float(text, allow_zero=True)
 
 
+def data_dir(text: str) -> str:
+    """argparse type: a --data-dir path, not empty (Path("") is the current folder, which
+    would be searched instead)."""
+    if not text:
+        raise argparse.ArgumentTypeError("expected a folder or archive path, got ''")
+    return text
+
+
 def add_data_dir_argument(parser: argparse.ArgumentParser) -> None:
-    """`--data-dir` (default: $JAXCIFAR_DATA_DIR, else tensorflow-datasets)."""
+    """`--data-dir`; when not given, $JAXCIFAR_DATA_DIR, else tensorflow-datasets."""
     parser.add_argument(
-        "--data-dir",
-        default=os.environ.get(DATA_DIR_ENV),
+        "--data-dir", type=data_dir,
+        # An empty variable counts as unset, as `jaxcifar.data.load` reads it.
+        default=os.environ.get(DATA_DIR_ENV) or None,
         metavar="PATH",
         help="local data: a folder (or archive) holding the canonical CIFAR-10 python or binary "
         "release, MNIST-format IDX files, or an image-folder tree train/<class>/*, test/<class>/*. "
-        f"Defaults to ${DATA_DIR_ENV}; when neither is set, tensorflow-datasets downloads it.",
-    )
+        f"When not given, ${DATA_DIR_ENV}; when that is unset too, tensorflow-datasets "
+        "downloads it.",
+    )  # fmt: skip
 
 
 def add_data_arguments(parser: argparse.ArgumentParser, default_dataset: str = "cifar10") -> None:
@@ -79,24 +106,69 @@ def add_data_arguments(parser: argparse.ArgumentParser, default_dataset: str = "
     add_data_dir_argument(parser)
 
 
+def compile_cache(text: str) -> str:
+    """argparse type: a --compile-cache folder (existing or not), or "none". An empty value
+    would put JAX's cache files in the current folder, a file would only bring JAX warnings."""
+    if not text:
+        raise argparse.ArgumentTypeError(
+            f"expected a folder, or '{COMPILE_CACHE_OFF}' to turn the cache off; got ''"
+        )
+    if text != COMPILE_CACHE_OFF and Path(text).exists() and not Path(text).is_dir():
+        raise argparse.ArgumentTypeError(
+            f"{text} is a file; expected a folder, or '{COMPILE_CACHE_OFF}' to turn the cache off"
+        )
+    return text
+
+
 def add_compile_cache_argument(parser: argparse.ArgumentParser) -> None:
     """`--compile-cache DIR` (see `jaxcifar.xla_cache.resolve`)."""
     parser.add_argument(
-        "--compile-cache", metavar="DIR",
-        help="persistent XLA compilation cache, so a second run starts with compiled programs "
-        "(default: $JAXCIFAR_CACHE/xla, else ~/.cache/jaxcifar/xla); 'none' turns it off",
+        "--compile-cache", type=compile_cache, metavar="DIR",
+        help="persistent XLA compilation cache, so a second run starts with compiled programs; "
+        f"when not given, $JAXCIFAR_CACHE/xla, else ~/.cache/jaxcifar/xla; '{COMPILE_CACHE_OFF}' "
+        "turns it off",
     )  # fmt: skip
 
 
-def check_writable_folder(folder: Path) -> None:
-    """Create `folder` and write a probe file in it, so a bad --out fails before training
-    rather than after it. (Probing beats os.access, which says yes to root.)"""
-    if folder.exists() and not folder.is_dir():
-        raise ConfigError(f"--out {folder} is a file; expected a folder (or a path to create one)")
+def file_stem(text: str) -> str:
+    """argparse type: a plain file name stem, so output files stay inside their folder."""
+    separators = [sep for sep in ("/", os.sep, os.altsep) if sep]
+    if not text or text.startswith(".") or any(sep in text for sep in separators):
+        raise argparse.ArgumentTypeError(
+            f"expected a plain file name stem (not empty, no '/', not starting with '.'), "
+            f"got {text!r}"
+        )
+    return text
+
+
+def _probe(folder: Path) -> str | None:
+    """Create `folder` and write a probe file in it; the OS's reason when that fails, else
+    None. (Probing beats os.access, which says yes to root.)"""
     try:
         folder.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=folder):
             pass
     except OSError as error:
-        reason = error.strerror or error
-        raise ConfigError(f"--out {folder}: cannot write there ({reason})") from None
+        return str(error.strerror or error)
+    return None
+
+
+def check_writable_folder(folder: Path) -> None:
+    """Create output folder `folder` (--out) and check it can be written, so a bad --out
+    fails before the work rather than after it."""
+    if folder.exists() and not folder.is_dir():
+        raise ConfigError(f"--out {folder} is a file; expected a folder (or a path to create one)")
+    if reason := _probe(folder):
+        raise ConfigError(f"--out {folder}: cannot write there ({reason})")
+
+
+def check_writable_file(path: Path) -> None:
+    """Check output file `path` (--out) can be written: not a folder, its folder created and
+    writable, so a bad --out fails before the work rather than after it."""
+    folder = path.parent
+    if path.is_dir():
+        raise ConfigError(f"--out {path} is a folder; expected a file name")
+    if folder.exists() and not folder.is_dir():
+        raise ConfigError(f"--out {path}: {folder} is a file, not a folder")
+    if reason := _probe(folder):
+        raise ConfigError(f"--out {path}: cannot write in {folder} ({reason})")

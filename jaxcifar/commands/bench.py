@@ -8,10 +8,13 @@ from __future__ import annotations
 import argparse
 import datetime
 import sys
+from pathlib import Path
 
 from jaxcifar.bench.settings import Settings
 from jaxcifar.bench.timing import TimingBudget
-from jaxcifar.commands._args import non_negative_float, non_negative_int, positive_int
+from jaxcifar.commands._args import (
+    check_writable_folder, file_stem, non_negative_float, non_negative_int, positive_int,
+)
 from jaxcifar.config import DTYPES, MODELS
 
 HELP = "benchmark training step times against NumPy and PyTorch"
@@ -31,8 +34,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--steps", type=positive_int, default=None,
-        help="time exactly this many steps per case (default: at least --min-steps and for at "
-        "least --seconds-per-case, so fast cases get many samples and slow ones few)",
+        help="time exactly this many steps per case; when not given, at least --min-steps and "
+        "for at least --seconds-per-case, so fast cases get many samples and slow ones few",
     )  # fmt: skip
     parser.add_argument(
         "--min-steps", type=positive_int, default=budget.min_steps, help="timed steps per case"
@@ -51,7 +54,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--torch-compile", action="store_true",
         help="also time the PyTorch CNN under torch.compile (each batch size compiles for a "
-        "minute or more on a 2-core CPU)",
+        "minute or more on a 2-core CPU); not with --no-reference",
     )  # fmt: skip
     parser.add_argument(
         "--torch-threads", type=positive_int, default=None,
@@ -67,9 +70,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     parser.add_argument("--out", default="benchmarks/results", metavar="DIR", help="output folder")
     parser.add_argument(
-        "--name", help="file name stem of the results (None: <device kind>-<date>, e.g. "
-        "cpu-2026-11-29 or nvidia-h200-2026-11-29)"
-    )
+        "--name", type=file_stem,
+        help="file name stem of the results (None: <device kind>-<date>, e.g. "
+        "cpu-2026-11-29 or nvidia-h200-2026-11-29)",
+    )  # fmt: skip
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -89,8 +94,12 @@ def run(args: argparse.Namespace) -> int:
         torch_threads=args.torch_threads,
         epoch_images=args.epoch_images, epoch_batch_sizes=tuple(args.epoch_batch_sizes),
     )  # fmt: skip
+    check_writable_folder(Path(args.out))  # before the cases run, not after the first
     cases, _ = suite.plan(settings)
-    bar = tqdm(total=len(cases), unit="case", desc="bench", file=sys.stderr)
+    bar = tqdm(
+        total=len(cases), unit="case", desc="bench", file=sys.stderr,
+        disable=args.quiet or not sys.stderr.isatty(),  # a log file gets the case lines only
+    )  # fmt: skip
     device = environment.device_slug(environment.device_name())
     stem = args.name or f"{device}-{datetime.date.today().isoformat()}"
 

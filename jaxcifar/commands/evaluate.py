@@ -14,7 +14,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from jaxcifar.commands._args import add_data_dir_argument, positive_int
+from jaxcifar.commands._args import add_data_dir_argument, check_writable_folder, positive_int
 from jaxcifar.data import Dataset, load_split
 from jaxcifar.errors import DataError
 
@@ -27,8 +27,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "checkpoint.msgpack; or a speedrun's model.msgpack or output folder")
     add_data_dir_argument(parser)
     parser.add_argument("--limit-test", type=positive_int, metavar="N", default=None,
-                        help="evaluate on a random N-example subset (default: a checkpoint's own "
-                        "setting; a speedrun model keeps none, so all of the test split)")
+                        help="evaluate on a random N-example subset; when not given, a "
+                        "checkpoint's own setting (a speedrun model keeps none: the whole "
+                        "test split)")
     parser.add_argument("--out", metavar="DIR", help="write metrics.json and figures here")  # fmt: skip
 
 
@@ -96,6 +97,8 @@ def run(args: argparse.Namespace) -> int:
     from jaxcifar.reports import build_metrics, write_reports
     from jaxcifar.speedrun import model_file
 
+    if args.out:
+        check_writable_folder(Path(args.out))  # before the evaluation, not after
     speedrun_model = model_file.find(args.checkpoint)
     if speedrun_model is None:
         result = evaluate_checkpoint(args)

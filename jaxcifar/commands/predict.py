@@ -1,11 +1,12 @@
 """Classify image files with a trained checkpoint: the top-3 classes and their probabilities.
 
-Each PNG/JPEG file (grayscale, palette and RGBA are converted) is resized with Pillow to the
-model's input size. Any size up to Pillow's decompression-bomb limit (Image.MAX_IMAGE_PIXELS,
-about 89 megapixels, e.g. 8000x8000) is read; a larger one is refused rather than decoded,
-since one such file can take gigabytes. A file that cannot be read as an image gets an error
-line and the others are still classified; the exit status is then 1. A speedrun model
-(`jaxcifar speedrun`'s model.msgpack) classifies with its test-time augmentation.
+Each image file Pillow reads (PNG, JPEG, GIF, WebP, BMP, TIFF, ...; grayscale, palette and
+RGBA are converted) is resized with Pillow to the model's input size. Any size up to Pillow's
+decompression-bomb limit (Image.MAX_IMAGE_PIXELS, about 89 megapixels, e.g. 8000x8000) is
+read; a larger one is refused rather than decoded, since one such file can take gigabytes. A
+file that cannot be read as an image gets an error line and the others are still classified;
+the exit status is then 1. A speedrun model (`jaxcifar speedrun`'s model.msgpack) classifies
+with its test-time augmentation.
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", required=True, metavar="C",
                         help="a checkpoint file, or a training output folder holding "
                         "checkpoint.msgpack; or a speedrun's model.msgpack or output folder")
-    parser.add_argument("images", nargs="+", metavar="IMAGE", help="PNG or JPEG files")  # fmt: skip
+    parser.add_argument("images", nargs="+", metavar="IMAGE",
+                        help="image files Pillow reads: PNG, JPEG, GIF, WebP, BMP, TIFF, ...")
 
 
 def read_image(path: Path, input_shape: tuple[int, int, int]) -> np.ndarray:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from jaxcifar.commands._args import (
-    add_data_arguments, check_writable_folder, positive_float, positive_int,
+    add_data_arguments, check_writable_folder, positive_float, positive_int, seed_int,
 )
 from jaxcifar.config import MLP_LAYER_SIZES
 
@@ -45,7 +45,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--hidden", type=positive_int, nargs="+", default=list(MLP_LAYER_SIZES[1:-1]),
         metavar="WIDTH", help="width of each hidden layer, input side first",
     )  # fmt: skip
-    parser.add_argument("--seed", type=int, default=0, help="seeds the weights, the subsets and the shuffles")
+    parser.add_argument("--seed", type=seed_int, default=0,
+                        help="seeds the weights, the subsets and the shuffles")  # fmt: skip
     parser.add_argument(
         "--dtype", choices=DTYPES, default="float32",
         help="float type of the arithmetic; float32 runs about twice as fast as float64",

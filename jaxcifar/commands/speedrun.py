@@ -13,7 +13,7 @@ from pathlib import Path
 
 from jaxcifar.commands._args import (
     add_compile_cache_argument, add_data_arguments, check_writable_folder, positive_float,
-    positive_int,
+    positive_int, seed_int,
 )
 
 
@@ -41,7 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--epoch-mode", choices=EPOCH_MODES, default="auto",
                         help="scan: one lax.scan per epoch; loop: a jitted step per batch; "
                         "auto: scan")  # fmt: skip
-    parser.add_argument("--seed", type=int, default=0,
+    parser.add_argument("--seed", type=seed_int, default=0,
                         help="seed of the first run and of the subsets")  # fmt: skip
     add_compile_cache_argument(parser)
     parser.add_argument("--out", default="runs/speedrun", metavar="DIR", help="output folder")

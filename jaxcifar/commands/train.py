@@ -3,8 +3,12 @@
 Defaults reproduce the seed notebook (the CNN on CIFAR-10, 10 epochs, batch 4, SGD lr 0.001
 momentum 0.9). `--recipe fast` starts from a faster recipe instead; any flag given
 explicitly overrides the recipe. OUT receives metrics.json, accuracy.png, loss.png,
-confusion_matrix.png and checkpoint.msgpack (rewritten atomically after every epoch;
-`--resume` continues from it).
+confusion_matrix.png and checkpoint.msgpack (rewritten atomically after every epoch).
+
+`--resume` continues the run in OUT as its checkpoint saved it: the configuration is the
+checkpoint's, with only the flags given explicitly applied (`--recipe` gives all its fields).
+A flag that changes it is refused unless `--override-config` is given, except `--epochs` under
+a constant schedule (how a run is extended) and `--limit-test` (evaluation only).
 
 Ctrl-C (SIGINT) or SIGTERM stops the run: the epoch in progress is dropped, the checkpoint of
 the last finished epoch stays, and the command prints the line that resumes the run, exiting
@@ -18,17 +22,21 @@ import dataclasses
 import shlex
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from jaxcifar import parallel
 from jaxcifar.commands._args import (
     add_compile_cache_argument, add_data_arguments, check_writable_folder, non_negative_float,
-    positive_float, positive_int,
+    positive_float, positive_int, seed_int,
 )
 from jaxcifar.config import (
     ACTIVATIONS, DTYPES, MODELS, OPTIMIZERS, RECIPES, SCHEDULES, RunConfig,
 )  # fmt: skip
 from jaxcifar.errors import CheckpointError, ConfigError, TrainingDiverged
 from jaxcifar.interrupt import Interrupted, StopOnSignal
+
+if TYPE_CHECKING:  # for annotations only: importing it imports JAX, which --help does not need
+    from jaxcifar.checkpoint import Checkpoint
 
 # train.EPOCH_MODES, spelled out so that building the parser does not import JAX
 # (tests/test_fused.py checks that the two agree).
@@ -37,7 +45,7 @@ EPOCH_MODES = ("auto", "loop", "chunk", "scan", "fused", "fused-pallas")
 HELP = "train a model; write metrics.json, figures and a checkpoint"
 
 # Flags that set a RunConfig field of the same name; absent unless given (SUPPRESS), so the
-# recipe supplies the rest.
+# recipe (or a resumed checkpoint) supplies the rest.
 CONFIG_FLAGS = (
     "model", "dataset", "epochs", "batch_size", "optimizer", "lr", "momentum", "weight_decay",
     "schedule", "augment", "dtype", "seed", "limit_train", "limit_test", "mlp_hidden",
@@ -47,8 +55,10 @@ CONFIG_FLAGS = (
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     seed = RECIPES["seed"]
-    parser.add_argument("--recipe", choices=sorted(RECIPES), default="seed",
-                        help="starting configuration; explicit flags override it")  # fmt: skip
+    # Absent unless given, like the flags below: on --resume an explicit recipe is a change.
+    parser.add_argument("--recipe", choices=sorted(RECIPES), default=argparse.SUPPRESS,
+                        help="starting configuration (default: seed; with --resume: the "
+                        "checkpoint's); explicit flags override it")  # fmt: skip
     add_data_arguments(parser, default_dataset=argparse.SUPPRESS)  # the recipe's unless given
     group = parser.add_argument_group("run configuration (defaults: the chosen recipe's)")
     flags = (
@@ -63,7 +73,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         ("--augment", dict(action=argparse.BooleanOptionalAction,
                            help="random crop (4 px) + horizontal flip on the device")),
         ("--dtype", dict(choices=DTYPES, help="compute dtype (parameters stay float32)")),
-        ("--seed", dict(type=int)),
+        ("--seed", dict(type=seed_int)),
         ("--limit-train", dict(type=positive_int, metavar="N", help="train on a random N-example subset")),
         ("--limit-test", dict(type=positive_int, metavar="N", help="test on a random N-example subset")),
         ("--mlp-hidden", dict(type=positive_int, nargs="+", metavar="WIDTH", help="MLP hidden layer widths")),
@@ -76,9 +86,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         options["help"] += f" (seed recipe: {default})"
         group.add_argument(flag, default=argparse.SUPPRESS, **options)
     parser.add_argument("--out", default="runs/train", metavar="DIR", help="output folder")
-    parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.msgpack")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue from OUT/checkpoint.msgpack, with its configuration")
     parser.add_argument("--override-config", action="store_true",
-                        help="with --resume: accept a configuration that differs from the checkpoint's")
+                        help="with --resume: accept flags that change the checkpoint's "
+                        "configuration")
     parser.add_argument("--epoch-mode", choices=EPOCH_MODES, default="auto",
                         help="loop: jitted calls of 4 steps, batches from the host; chunk/scan: "
                         "lax.scan over 100 steps / a whole epoch on the device; "
@@ -90,25 +102,36 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parallel.add_distributed_arguments(parser)
 
 
-def config_from_args(args: argparse.Namespace) -> RunConfig:
-    """The recipe named by --recipe with every explicitly given flag applied."""
+def config_from_args(args: argparse.Namespace, saved: RunConfig | None = None) -> RunConfig:
+    """The recipe named by --recipe if given, else `saved` (a resumed checkpoint's
+    configuration), else the seed recipe; with every explicitly given flag applied."""
+    base = RECIPES[args.recipe] if hasattr(args, "recipe") else saved or RECIPES["seed"]
     overrides = {name: getattr(args, name) for name in CONFIG_FLAGS if hasattr(args, name)}
     if "mlp_hidden" in overrides:
         overrides["mlp_hidden"] = tuple(overrides["mlp_hidden"])
-    return dataclasses.replace(RECIPES[args.recipe], **overrides)
+    return dataclasses.replace(base, **overrides)
 
 
-def resume_command(args: argparse.Namespace) -> str:
-    """The `jaxcifar train ... --resume --out DIR` line that continues this run."""
-    words = ["jaxcifar", "train", "--recipe", args.recipe]
-    for name in CONFIG_FLAGS:
-        if not hasattr(args, name):  # not given: the recipe's value
-            continue
-        flag, value = "--" + name.replace("_", "-"), getattr(args, name)
-        if isinstance(value, bool):
-            words.append(flag if value else f"--no-{flag[2:]}")
-        else:
-            words += [flag, *map(str, value if isinstance(value, list) else [value])]
+def resume_command(args: argparse.Namespace, *, with_config: bool) -> str:
+    """The `jaxcifar train --resume --out DIR` line that continues this run, with the execution
+    flags given (--data-dir, --epoch-mode, --quiet, --compile-cache); the checkpoint supplies
+    the configuration. `with_config` adds the configuration flags given (--recipe, each of
+    CONFIG_FLAGS, --override-config), for a checkpoint that does not hold this run's
+    configuration yet: a resume that changed it, stopped before its first epoch ended."""
+    words = ["jaxcifar", "train", "--resume", "--out", str(args.out)]
+    if with_config:
+        if hasattr(args, "recipe"):
+            words += ["--recipe", args.recipe]
+        for name in CONFIG_FLAGS:
+            if not hasattr(args, name):  # not given: the checkpoint's value
+                continue
+            flag, value = "--" + name.replace("_", "-"), getattr(args, name)
+            if isinstance(value, bool):
+                words.append(flag if value else f"--no-{flag[2:]}")
+            else:
+                words += [flag, *map(str, value if isinstance(value, list) else [value])]
+        if args.override_config:
+            words.append("--override-config")
     if args.data_dir is not None:
         words += ["--data-dir", str(args.data_dir)]
     if args.epoch_mode != "auto":
@@ -117,84 +140,112 @@ def resume_command(args: argparse.Namespace) -> str:
         words.append("--quiet")
     if args.compile_cache is not None:
         words += ["--compile-cache", args.compile_cache]
-    return shlex.join([*words, "--resume", "--out", str(args.out)])
+    return shlex.join(words)
 
 
 def run(args: argparse.Namespace) -> int:
     from jaxcifar import checkpoint, xla_cache
 
-    parallel.initialize_from_args(args)  # first: before anything touches a device
-    config = config_from_args(args)
+    if args.override_config and not args.resume:
+        raise ConfigError("--override-config applies only with --resume")
+    parallel.initialize_from_args(args)  # before anything touches a device
+    out = Path(args.out)
+    # Read before --out is checked for writing, which creates it: a mistyped --out on
+    # --resume must not leave an empty folder behind.
+    saved = _resumed_checkpoint(out) if args.resume else None
+    config = config_from_args(args, saved.config if saved is not None else None)
+    if saved is not None:
+        changes = config.resume_changes(saved.config)
+        if changes and not args.override_config:
+            raise CheckpointError(
+                f"{saved.path} was made with another configuration ({'; '.join(changes)}); "
+                "drop those flags to continue the run as saved, or add --override-config to "
+                "change them"
+            )
+        if len(saved.history) >= config.epochs:
+            more = (
+                "raise --epochs to continue" if config.schedule == "constant"
+                else f"its {config.schedule} schedule ends there (train longer in a new run)"
+            )
+            print(f"{saved.path}: already trained {len(saved.history)} epochs; {more}")
+            return 0  # nothing trained, so the reports of the run stay as they are
     if args.epoch_mode.startswith("fused"):  # refuse before touching --out or loading data
         from jaxcifar.fused.epoch import check_config
         from jaxcifar.train import FUSED_HEADS
 
         check_config(config, FUSED_HEADS[args.epoch_mode])
-    out = Path(args.out)
     check_writable_folder(out)
+    if saved is None and (out / checkpoint.FILENAME).exists():
+        raise ConfigError(f"{out} already holds a checkpoint; pass --resume or another --out")
     cache = xla_cache.resolve(args.compile_cache)
     # Stopping drops the epoch in progress and keeps the last epoch-boundary checkpoint.
     # Resuming mid-epoch would need the step index, the partial loss sums and a runner that
     # starts at any step in every epoch mode; dropping keeps the resume contract trivially
     # bit-exact (an epoch depends only on seed, epoch and the state at its start) and loses
-    # at most one epoch.
-    saved_epochs: list[int] = []  # how many epochs the checkpoint in OUT holds, once there is one
+    # at most one epoch. `in_checkpoint`: (epochs, config) of the checkpoint in OUT, latest
+    # last, once there is one.
+    in_checkpoint = [(len(saved.history), saved.config)] if saved is not None else []
     try:
         with StopOnSignal() as signals, xla_cache.compilation_cache(cache):
-            return _train(args, config, out, signals, saved_epochs)
+            return _train(args, config, saved, out, signals, in_checkpoint)
     except Interrupted as stop:
-        if saved_epochs:
-            kept = f"{out / checkpoint.FILENAME} keeps epoch {saved_epochs[-1]}/{config.epochs}"
-            how = f"resume with: {resume_command(args)}"
+        if in_checkpoint:
+            epochs, held = in_checkpoint[-1]
+            kept = f"{out / checkpoint.FILENAME} keeps epoch {epochs}/{config.epochs}"
+            # Until this run saves an epoch, a resume that changed the configuration leaves
+            # the old one in the checkpoint: the line must repeat the flags that changed it.
+            how = f"resume with: {resume_command(args, with_config=held != config)}"
         else:
+            epochs = 0
             kept, how = "no epoch finished, so nothing is saved", "start again with the same command"
-        epoch = (saved_epochs or [0])[-1] + 1
-        print(f"jaxcifar train: {stop} before epoch {epoch} finished; that epoch is dropped; "
-              f"{kept}; {how}", file=sys.stderr)  # fmt: skip
+        print(f"jaxcifar train: {stop} before epoch {epochs + 1} finished; that epoch is "
+              f"dropped; {kept}; {how}", file=sys.stderr)  # fmt: skip
         return stop.exit_code
     except TrainingDiverged as error:
-        if not saved_epochs:
+        if not in_checkpoint:
             raise
         raise TrainingDiverged(
-            f"{error}; {out / checkpoint.FILENAME} keeps the last good state (epoch {saved_epochs[-1]})"
+            f"{error}; {out / checkpoint.FILENAME} keeps the last good state "
+            f"(epoch {in_checkpoint[-1][0]})"
         ) from None
 
 
+def _resumed_checkpoint(out: Path) -> Checkpoint:
+    """OUT/checkpoint.msgpack, loaded for --resume. CheckpointError when it is missing (saying
+    so when OUT holds a speedrun model instead) or unusable, as `checkpoint.load` says."""
+    from jaxcifar import checkpoint
+
+    path = out / checkpoint.FILENAME
+    if not path.exists():
+        from jaxcifar.speedrun import model_file
+
+        found = model_file.find(out)
+        if found is not None:
+            raise CheckpointError(
+                f"{path}: no checkpoint there; {found} is a speedrun model (written by "
+                "`jaxcifar speedrun`), which `jaxcifar evaluate` and `predict` read but "
+                "`train --resume` cannot continue"
+            )
+    return checkpoint.load(path)
+
+
 def _train(
-    args: argparse.Namespace, config: RunConfig, out: Path, signals: StopOnSignal, saved_epochs: list[int]
-) -> int:
+    args: argparse.Namespace, config: RunConfig, saved: Checkpoint | None, out: Path,
+    signals: StopOnSignal, in_checkpoint: list[tuple[int, RunConfig]],
+) -> int:  # fmt: skip
     from jaxcifar import checkpoint, train
     from jaxcifar.data import load_split
     from jaxcifar.reports import build_metrics, write_reports
 
     state, history = None, []
-    if args.resume:
-        saved = checkpoint.load(out)
-        mismatches = config.resume_mismatches(saved.config)
-        if mismatches and not args.override_config:
-            raise CheckpointError(
-                f"{saved.path} was made with another configuration ({'; '.join(mismatches)}); "
-                "pass the same flags, or --override-config to resume anyway"
-            )
-        history = saved.history
-        saved_epochs.append(len(history))
-        if len(history) >= config.epochs:
-            more = (
-                "raise --epochs to continue" if config.schedule == "constant"
-                else f"its {config.schedule} schedule ends there (train longer in a new run)"
-            )
-            print(f"{saved.path}: already trained {len(history)} epochs; {more}")
-    elif (out / checkpoint.FILENAME).exists():
-        raise ConfigError(f"{out} already holds a checkpoint; pass --resume or another --out")
-
     train_set, test_set = (
         load_split(config.dataset, split, data_dir=args.data_dir, limit=limit, seed=config.seed)
         for split, limit in (("train", config.limit_train), ("test", config.limit_test))
     )
     input_shape = train_set.images.shape[1:]
-    if args.resume:
+    if saved is not None:
         template = train.state_template(config, input_shape, train_set.num_classes)
-        state = checkpoint.restore(saved, template)
+        state, history = checkpoint.restore(saved, template), saved.history
 
     device = train.describe_devices(args.epoch_mode)
     print(f"devices: {device['device_count']} x {device['platform']} ({device['device_kind']})")
@@ -204,7 +255,7 @@ def _train(
         with signals.hold():  # a signal now would lose the finished epoch
             checkpoint.save(out, state, config, input_shape=input_shape,
                             class_names=train_set.class_names, history=history)  # fmt: skip
-            saved_epochs.append(len(history))
+            in_checkpoint.append((len(history), config))
 
     result = train.fit(
         config, train_set, test_set, state=state, history=history, epoch_mode=args.epoch_mode,

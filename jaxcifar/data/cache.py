@@ -23,7 +23,10 @@ from jaxcifar.errors import DataError
 
 CACHE_ENV = "JAXCIFAR_CACHE"
 # Part of every digest: bump it when a reader's output changes, and old entries go unused.
-FORMAT = b"jaxcifar-cache-1"
+# 2: sources that look like another dataset than the one asked for are refused (see
+# sources.locate, image_folder.read); entries decoded from them under the wrong name
+# (CIFAR-10 as fashion_mnist, Fashion-MNIST as mnist) must not be served.
+FORMAT = b"jaxcifar-cache-2"
 _CHUNK = 1 << 20
 
 

@@ -6,7 +6,7 @@ import dataclasses
 
 import numpy as np
 
-from jaxcifar.errors import DataError
+from jaxcifar.errors import ConfigError, DataError
 
 CIFAR10_CLASSES = (
     "airplane", "automobile", "bird", "cat", "deer",
@@ -22,7 +22,16 @@ CLASS_NAMES = {
     "mnist": MNIST_CLASSES,
     "fashion_mnist": FASHION_MNIST_CLASSES,
 }
+# (H, W, C) of every image of each dataset's canonical release.
+IMAGE_SHAPES = {"cifar10": (32, 32, 3), "mnist": (28, 28, 1), "fashion_mnist": (28, 28, 1)}
 SPLITS = ("train", "test")
+
+
+def check_count(n: int, name: str) -> None:
+    """Raise a ConfigError naming `name` unless `n` is a positive integer: as a slice bound,
+    0 would keep no example and -5 all but five."""
+    if not isinstance(n, int | np.integer) or n <= 0:
+        raise ConfigError(f"{name} must be a positive integer; got {n!r}")
 
 
 def check_labels(labels: np.ndarray, num_classes: int, where: str) -> None:
@@ -73,11 +82,15 @@ class Dataset:
         return len(self.class_names)
 
     def subset(self, n: int, seed: int = 0) -> Dataset:
-        """A random subset of `n` examples (all of them when n >= len), in a fixed order.
+        """A random subset of `n` > 0 examples (all of them when n >= len), in a fixed order.
 
         Loaders return class-sorted data (image folders are), so the first n would be one
         class: a seeded permutation keeps every class in a small subset.
+
+        Raises:
+          ConfigError: `n` is not a positive integer.
         """
+        check_count(n, "subset size n")
         if n >= len(self):
             return self
         index = np.sort(np.random.default_rng(seed).permutation(len(self))[:n])

@@ -29,8 +29,8 @@ def decode(
       where: names the file in messages.
       size: (width, height) to resize to, bilinearly; None keeps the file's own size.
     Raises:
-      DataError naming `where`: a missing, empty or non-image file, or one of more than
-        Image.MAX_IMAGE_PIXELS pixels.
+      DataError naming `where` (never Pillow's name for the bytes it read): a missing, empty
+        or non-image file, or one of more than Image.MAX_IMAGE_PIXELS pixels.
     """
     try:
         with warnings.catch_warnings():
@@ -45,6 +45,11 @@ def decode(
                 pixels = np.asarray(image, dtype=np.uint8)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
         raise DataError(f"{where}: refused, too large to decode safely ({error})") from None
+    # Pillow's message names what it read: `<_io.BytesIO object at 0x...>` when given bytes,
+    # as every image of a tree is; `where` names the file instead.
+    except Image.UnidentifiedImageError:
+        problem = "UnidentifiedImageError: not PNG, JPEG or another format Pillow reads"
+        raise DataError(f"{where}: not a readable image ({problem})") from None
     # Pillow's decoders raise many types on malformed input (OSError, SyntaxError,
     # struct.error, ...); every one means "not a usable image".
     except Exception as error:

@@ -1,7 +1,9 @@
 """Image-folder trees: `train/<class>/*.png|jpg|jpeg` and `test/<class>/*`, as files or a tarball.
 
 Class folders give the labels: in CIFAR-10's canonical order when the folder names are
-CIFAR-10's classes, else sorted by name. Every image must decode to the same size.
+CIFAR-10's classes, else sorted by name. Every image must decode to the same size. Nothing
+in a tree says which dataset it holds, so one that looks like another known dataset than
+the one asked for (its class names, its image size) is refused: see `read`.
 
 Images are decoded in this process, one after another (a first load of the 60,000 CIFAR-10
 JPEGs, decoded and cached, took 5 s on one machine and 23-39 s on an older one; once per
@@ -12,9 +14,12 @@ forking is unsafe once JAX has started its threads, and spawn re-imports the cal
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterable
+
 import numpy as np
 
-from jaxcifar.data.dataset import CIFAR10_CLASSES, SPLITS, Dataset
+from jaxcifar.data.dataset import CIFAR10_CLASSES, CLASS_NAMES, IMAGE_SHAPES, SPLITS, Dataset
 from jaxcifar.data.image_file import decode
 from jaxcifar.data.tree import Tree
 from jaxcifar.errors import DataError
@@ -23,19 +28,27 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 LAYOUT = "an image-folder tree train/<class>/*.png|jpg|jpeg and test/<class>/*"
 
 
-def read(tree: Tree, mode: str) -> dict[str, Dataset]:
-    """Both splits of an image-folder tree, decoded with Pillow.
+def read(tree: Tree, name: str) -> dict[str, Dataset]:
+    """Both splits of an image-folder tree of dataset `name`, decoded with Pillow.
+
+    Refused before any image but the first is decoded (so before anything is cached): class
+    folders that are another dataset's classes (CIFAR-10's read as fashion_mnist), and images
+    of another known dataset's size that is not `name`'s (32x32 read as mnist, 28x28 as
+    cifar10; sizes in `IMAGE_SHAPES`). Other class names and sizes are the user's own data.
+    Colour is converted, not checked: every image becomes RGB for cifar10 and greyscale
+    (Pillow's "L", ITU-R 601-2 luma) for mnist and fashion_mnist, so an RGB export of MNIST
+    loads as MNIST; a CIFAR-10 tree read as mnist is caught by its size.
 
     Args:
-      tree: holds `train/<class>/<image>` and `test/<class>/<image>`; other files
-        (a README, `.DS_Store`) are ignored.
-      mode: the Pillow mode every image is converted to, "RGB" or "L".
+      tree: holds `train/<class>/<image>` and `test/<class>/<image>`; other files (a README)
+        are ignored, and hidden ones (`.DS_Store`, `.ipynb_checkpoints/`) are not in a `Tree`.
+      name: the dataset asked for, a key of `IMAGE_SHAPES`.
     Returns:
-      {"train": ..., "test": ...}: images (N, H, W, 3 or 1) uint8 sorted by class then
-      file name, labels (N,) int32.
+      {"train": ..., "test": ...}: images (N, H, W, 3 for cifar10 or 1) uint8 sorted by class
+      then file name, labels (N,) int32.
     Raises:
-      DataError: a split or class folder missing or empty, an undecodable image, or an
-        image whose size differs from the others.
+      DataError: a split or class folder missing or empty, an undecodable image, an image
+        whose size differs from the others, or a tree that looks like another dataset.
     """
     members = {split: _class_members(tree, split) for split in SPLITS}
     train_classes, test_classes = (set(members[split]) for split in SPLITS)
@@ -45,6 +58,7 @@ def read(tree: Tree, mode: str) -> dict[str, Dataset]:
             f"only in train/: {sorted(train_classes - test_classes)}, "
             f"only in test/: {sorted(test_classes - train_classes)}"
         )
+    _check_classes(tree, name, train_classes)
     if train_classes == set(CIFAR10_CLASSES):
         class_names = CIFAR10_CLASSES
     else:
@@ -57,8 +71,10 @@ def read(tree: Tree, mode: str) -> dict[str, Dataset]:
         )
         for split in SPLITS
     }
+    mode = "RGB" if IMAGE_SHAPES[name][2] == 3 else "L"
     first = tree.describe(paths["train"][0])
     shape = decode(tree.files[paths["train"][0]], mode, first).shape
+    _check_size(first, name, shape)  # every other image must have the first one's size
     splits = {}
     for split in SPLITS:
         images = np.empty((len(paths[split]), *shape), np.uint8)
@@ -72,6 +88,44 @@ def read(tree: Tree, mode: str) -> dict[str, Dataset]:
             images[i] = image
         splits[split] = Dataset(images, labels[split], class_names, tree.where)
     return splits
+
+
+def _check_classes(tree: Tree, name: str, classes: set[str]) -> None:
+    """Raise DataError when the class folders are another dataset's classes than `name`'s.
+
+    Names are compared in lower case without punctuation or spaces, since no folder can be
+    called "T-shirt/top". MNIST's classes, the digits, prove nothing: a tree of any dataset
+    may name its class folders by label number.
+    """
+    folded = _folded(classes)
+    for other, names in CLASS_NAMES.items():
+        if other != name and not all(n.isdigit() for n in names) and folded == _folded(names):
+            raise DataError(
+                f"{tree.describe('train')}/: class folders {names[0]}..{names[-1]} are "
+                f"{other}'s classes, not {name}'s: is this {other} data?"
+            )
+
+
+def _folded(names: Iterable[str]) -> set[str]:
+    """{"T-shirt/top", "Ankle boot"} -> {"tshirttop", "ankleboot"}."""
+    return {re.sub(r"[^0-9a-z]", "", n.lower()) for n in names}
+
+
+def _check_size(where: str, name: str, shape: tuple[int, ...]) -> None:
+    """Raise DataError when an (H, W, C) image `shape` is another known dataset's size
+    and not `name`'s."""
+    height, width = shape[:2]
+    expected_height, expected_width = IMAGE_SHAPES[name][:2]
+    if (height, width) == (expected_height, expected_width):
+        return
+    others = [other for other, known in IMAGE_SHAPES.items() if known[:2] == (height, width)]
+    if others:
+        owners = " or ".join(others)
+        raise DataError(
+            f"{where}: image of {width}x{height} pixels, expected {expected_width}x"
+            f"{expected_height} for {name}; {width}x{height} is the size of {owners} images: "
+            f"is this {owners} data?"
+        )
 
 
 def _class_members(tree: Tree, split: str) -> dict[str, list[str]]:

@@ -15,12 +15,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 from jaxcifar.data import cache, cifar, idx, image_folder, tfds_source, tree
-from jaxcifar.data.dataset import CLASS_NAMES, SPLITS, Dataset
+from jaxcifar.data.dataset import CLASS_NAMES, SPLITS, Dataset, check_count
 from jaxcifar.errors import ConfigError, DataError
 
 DATA_DIR_ENV = "JAXCIFAR_DATA_DIR"
 
-# The names a dataset's folder or archive may start with, e.g. `fashion-mnist/`.
+# The names a dataset's folder or archive may start with, e.g. `fashion-mnist/`. No alias
+# starts with another dataset's ("fashion_mnist" does not start with "mnist"), so a name
+# names at most one dataset.
 ALIASES = {
     "cifar10": ("cifar10", "cifar-10"),
     "mnist": ("mnist",),
@@ -71,8 +73,10 @@ def load(name: str, split: str, *, data_dir: str | os.PathLike[str] | None = Non
       A `Dataset`: images (N, H, W, C) uint8 (C = 3 for cifar10, 1 otherwise), labels (N,) int32.
     Raises:
       ConfigError: an unknown dataset or split name.
-      DataError: the data is missing or malformed (the message names the file), or
-        tensorflow-datasets cannot download it (the message names the local options).
+      DataError: the data is missing or malformed (the message names the file), looks like
+        another dataset (a data dir named after one, an image-folder tree of its classes or
+        image size), or tensorflow-datasets cannot download it (the message names the local
+        options).
     """
     if name not in CLASS_NAMES:
         raise ConfigError(f"unknown dataset {name!r}; expected one of {', '.join(CLASS_NAMES)}")
@@ -105,16 +109,19 @@ def load_split(
 
     Returns a `Dataset` like `load`'s with min(limit, N) examples, kept in their order;
     they are `Dataset.subset(limit, seed)`'s, so the same `seed` picks the same examples.
+    Raises `load`'s errors, and ConfigError when `limit` is not a positive integer (checked
+    before anything is read).
     """
+    if limit is not None:
+        check_count(limit, "limit")
     dataset = load(name, split, data_dir=data_dir)
     return dataset if limit is None else dataset.subset(limit, seed=seed)
 
 
 def formats(name: str) -> tuple[Format, ...]:
     """The local layouts `name` may come in, in the order they are looked for."""
-    mode = "RGB" if name == "cifar10" else "L"
     image_folder_format = Format(
-        image_folder.LAYOUT, frozenset(SPLITS), functools.partial(image_folder.read, mode=mode)
+        image_folder.LAYOUT, frozenset(SPLITS), functools.partial(image_folder.read, name=name)
     )
     if name == "cifar10":
         return (
@@ -143,9 +150,12 @@ def locate(name: str, root: Path) -> Copy:
 
     Looked at, in order: `root` itself when it is an archive; entries of `root` named after
     the dataset (folders holding a layout, or archives); `root` itself as a folder.
+    `root` itself is refused as the copy when it is named after another dataset: IDX files
+    do not say which dataset they hold, so Fashion-MNIST's would pass for MNIST's.
     """
     if root.is_file():
         if tree.is_archive(root):
+            _check_not_named_after_another(name, root)
             return _archive_copy(name, root)
         raise DataError(f"data dir {root} is a file but not a .tar, .tar.gz or .tgz archive")
     if not root.is_dir():
@@ -159,8 +169,23 @@ def locate(name: str, root: Path) -> Copy:
         if entry.is_file() and tree.is_archive(entry):
             return _archive_copy(name, entry)
     if copy := _folder_copy(name, root):
+        _check_not_named_after_another(name, root)
         return copy
     raise DataError(f"no {name} data in {root}: expected {describe(name)}")
+
+
+def _check_not_named_after_another(name: str, root: Path) -> None:
+    """Raise DataError when `root`'s name starts with another dataset's alias (and not `name`'s)."""
+    # abspath names "." and "x/.." by the folder they are, without following symbolic links.
+    lower = Path(os.path.abspath(root)).name.lower()
+    if lower.startswith(ALIASES[name]):
+        return
+    for other, aliases in ALIASES.items():
+        if lower.startswith(aliases):
+            raise DataError(
+                f"data dir {root} is named after {other}, not {name}: load {other} "
+                f"(--dataset {other}), or rename the data dir if it holds {name}"
+            )
 
 
 def _folder_copy(name: str, folder: Path) -> Copy | None:

@@ -2,6 +2,9 @@
 
 Every reader (IDX, CIFAR-10 python/binary batches, image folders) takes a `Tree`, so
 each format is parsed by one function whether it arrived unpacked or as a tarball.
+Hidden files and folders (names starting with ".") are left out of every `Tree` and every
+folder's fingerprint: tools leave them beside data (`.DS_Store`, `.ipynb_checkpoints/`,
+macOS tar's `._*` copies of each file's metadata), and no dataset file is named so.
 """
 
 from __future__ import annotations
@@ -29,9 +32,9 @@ class Tree:
 
     Attributes:
       where: the folder or archive the files came from, for messages and `Dataset.source`.
-      files: relative path -> the file's bytes.
+      files: relative path -> the file's bytes; none hidden (see `is_hidden`).
       folders: relative paths of every folder, empty ones included (an empty class
-        folder is an error the image-folder reader must be able to see).
+        folder is an error the image-folder reader must be able to see); none hidden.
       prefix: the single top-level folder stripped from an archive's member names.
     """
 
@@ -54,8 +57,14 @@ def is_archive(path: Path) -> bool:
     return path.name.lower().endswith(ARCHIVE_SUFFIXES)
 
 
+def is_hidden(path: str) -> bool:
+    """Whether any part of a relative POSIX path starts with "." ("train/.ipynb_checkpoints")."""
+    return any(part.startswith(".") for part in path.split("/"))
+
+
 def walk(root: Path, names: Iterable[str]) -> tuple[list[Path], list[Path]]:
-    """The files and the folders among `root`'s entries `names`, recursively, sorted.
+    """The files and the folders among `root`'s entries `names`, recursively, sorted;
+    hidden files and folders below them (and all a hidden folder holds) are left out.
 
     Symlinked folders are followed (a class folder may link to images kept elsewhere);
     a folder that cannot be listed, or a link back to a folder being walked, raises
@@ -79,9 +88,12 @@ def walk(root: Path, names: Iterable[str]) -> tuple[list[Path], list[Path]]:
                         "to one folder)"
                     )
                 seen.add(real)
-                subfolders.sort()
+                # Pruned in place, so os.walk never enters a hidden folder.
+                subfolders[:] = sorted(sub for sub in subfolders if not is_hidden(sub))
                 folders.append(Path(folder))
-                files.extend(Path(folder) / file for file in sorted(folder_files))
+                files.extend(
+                    Path(folder) / file for file in sorted(folder_files) if not is_hidden(file)
+                )
     return files, folders
 
 
@@ -103,7 +115,8 @@ def read_folder(root: Path, names: Iterable[str]) -> Tree:
 
 
 def read_tar(path: Path) -> Tree:
-    """Read every regular file of a (possibly gzipped) tar archive in one sequential pass.
+    """Read every regular file of a (possibly gzipped) tar archive, but hidden ones, in one
+    sequential pass.
 
     Nothing is extracted to disk, so member names cannot escape anywhere. When all members
     sit under one top-level folder (e.g. `cifar-10-batches-py/`), it is stripped, so
@@ -121,7 +134,7 @@ def read_tar(path: Path) -> Tree:
             with tarfile.open(fileobj=stream, mode="r|") as archive:
                 for member in archive:
                     name = _normalize(member.name)
-                    if not name:
+                    if not name or is_hidden(name):
                         continue
                     if member.isdir():
                         folders.add(name)

@@ -20,10 +20,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import serialization
 
-from jaxcifar import cpu_fusions
+from jaxcifar import checkpoint, cpu_fusions
 from jaxcifar.atomic import atomic_write_bytes
 from jaxcifar.checkpoint import read_tagged
-from jaxcifar.errors import CheckpointError
+from jaxcifar.errors import CheckpointError, ConfigError
 from jaxcifar.speedrun import net
 from jaxcifar.speedrun.recipe import Recipe
 from jaxcifar.speedrun.train import EVAL_BATCH, batched, predict, tta_logits
@@ -74,14 +74,23 @@ def save(
 
 def find(path: str | os.PathLike[str]) -> Path | None:
     """The speedrun model `path` names (the file, or a folder holding model.msgpack), or None
-    when it names none (a training checkpoint, say)."""
+    when it names none (a training checkpoint, say). ConfigError for a folder that holds a
+    training checkpoint too: which one --checkpoint means is for the user to say."""
     path = Path(path)
     candidate = path / FILENAME if path.is_dir() else path
     try:
         payload = serialization.msgpack_restore(candidate.read_bytes())
     except Exception:  # missing, unreadable or not msgpack: not a speedrun model
         return None
-    return candidate if isinstance(payload, dict) and payload.get("format") == FORMAT else None
+    if not (isinstance(payload, dict) and payload.get("format") == FORMAT):
+        return None
+    if path.is_dir() and (path / checkpoint.FILENAME).exists():
+        raise ConfigError(
+            f"--checkpoint {path} holds both a speedrun model ({FILENAME}) and a training "
+            f"checkpoint ({checkpoint.FILENAME}); name the file: --checkpoint "
+            f"{path / FILENAME} or {path / checkpoint.FILENAME}"
+        )
+    return candidate
 
 
 def load(path: str | os.PathLike[str]) -> SavedModel:

@@ -34,6 +34,16 @@ def whiten_width(in_channels: int) -> int:
     return 2 * WHITEN_PATCH * WHITEN_PATCH * in_channels
 
 
+def max_blocks(height: int, width: int) -> int:
+    """How many conv blocks a `height` x `width` image can pass through: the whitening conv
+    takes WHITEN_PATCH - 1 pixels off each side length, each block's pooling halves what is
+    left (rounding down), and the global max pool needs a pixel at the end."""
+    side, blocks = min(height, width) - WHITEN_PATCH + 1, 0
+    while side >= 2:
+        side, blocks = side // 2, blocks + 1
+    return blocks
+
+
 def init(
     key: jax.Array,
     *,

@@ -210,6 +210,13 @@ class Speedrun:
             )
         self.recipe = recipe
         self.plan = recipes.plan(recipe, len(train_set))
+        height, width = train_set.images.shape[1:3]
+        if len(recipe.widths) > (fit := net.max_blocks(height, width)):
+            # More blocks pool the image away; tracing would fail on an argmax over no pixels.
+            raise ConfigError(
+                f"--widths: {len(recipe.widths)} conv blocks do not fit {height}x{width} images; "
+                f"each block halves the image, so at most {fit} fit: give at most {fit} widths"
+            )
         self.mode = "scan" if epoch_mode == "auto" else epoch_mode
         self.tx = optimizer.build_optimizer(recipe, self.plan.total_steps)
         # The channel statistics are the dataset's, like airbench's CIFAR-10 constants: not timed.

@@ -1,0 +1,130 @@
+"""Flags shared by several commands (`jaxcifar.commands._args`): each bad value is refused
+as one line naming the flag, before any data is read or any work done."""
+
+import argparse
+import re
+
+import pytest
+
+from jaxcifar.cli import build_parser, main
+from jaxcifar.commands import _args
+from jaxcifar.config import SEED_MAX
+from jaxcifar.errors import ConfigError
+
+
+def refused(argv, capsys) -> str:
+    """The one-line error `argv` exits 2 with at parse time."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    return err
+
+
+@pytest.mark.parametrize("command", [["train"], ["scratch"], ["speedrun"], ["data", "show"]])
+@pytest.mark.parametrize("seed", [-1, SEED_MAX + 1, 99999999999])
+def test_every_commands_seed_takes_trains_range(command, seed, tmp_path, capsys):
+    # Before: NumPy's "expected non-negative integer" traceback, or a seed train refuses.
+    argv = [*command, "--data-dir", str(tmp_path), "--out", str(tmp_path / "x.png")]
+    err = refused([*argv, "--seed", str(seed)], capsys)
+    assert err.startswith(
+        f"jaxcifar {' '.join(command)}: error: argument --seed: expected an integer in "
+        f"0..{SEED_MAX}, got {seed}"
+    )
+
+
+def test_seed_range_ends_are_accepted():
+    assert [_args.seed_int(text) for text in ("0", str(SEED_MAX))] == [0, SEED_MAX]
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["train"], ["scratch"], ["speedrun"], ["data", "info"], ["evaluate", "--checkpoint", "c"]],
+)
+def test_an_empty_data_dir_is_refused_not_read_as_the_current_folder(command, capsys):
+    err = refused([*command, "--data-dir", ""], capsys)
+    assert "error: argument --data-dir: expected a folder or archive path, got ''" in err
+
+
+def test_an_empty_data_dir_variable_counts_as_unset(monkeypatch):
+    # As `jaxcifar.data.load` reads it: tensorflow-datasets, not the current folder.
+    monkeypatch.setenv("JAXCIFAR_DATA_DIR", "")
+    assert build_parser().parse_args(["data", "info"]).data_dir is None
+    monkeypatch.setenv("JAXCIFAR_DATA_DIR", "/some/data")
+    assert build_parser().parse_args(["data", "info"]).data_dir == "/some/data"
+
+
+@pytest.mark.parametrize("command", ["train", "speedrun"])
+def test_compile_cache_must_be_a_folder_or_none(command, tmp_path, capsys):
+    err = refused([command, "--compile-cache", ""], capsys)
+    assert "error: argument --compile-cache: expected a folder, or 'none' to turn the cache " in err
+    assert "off; got ''" in err
+    (tmp_path / "file").write_text("")
+    err = refused([command, "--compile-cache", str(tmp_path / "file")], capsys)
+    assert f"argument --compile-cache: {tmp_path / 'file'} is a file; expected a folder" in err
+    for value in ("none", str(tmp_path / "new"), str(tmp_path)):
+        assert build_parser().parse_args([command, "--compile-cache", value]).compile_cache == value
+
+
+@pytest.mark.parametrize("name", ["", ".hidden", "../../escape", "sub/name"])
+def test_file_stem_refuses_paths_and_hidden_names(name):
+    with pytest.raises(argparse.ArgumentTypeError, match="expected a plain file name stem"):
+        _args.file_stem(name)
+    assert _args.file_stem("cpu-2026-11-29.v2") == "cpu-2026-11-29.v2"
+
+
+def test_writable_file_checks_name_the_file_and_its_folder(tmp_path):
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    for path, message in [
+        (afile / "g.png", f"--out {afile / 'g.png'}: {afile} is a file, not a folder"),
+        (afile / "sub" / "g.png", f"--out {afile / 'sub' / 'g.png'}: cannot write in "
+                                  f"{afile / 'sub'} (Not a directory)"),
+        (tmp_path, f"--out {tmp_path} is a folder; expected a file name"),
+    ]:  # fmt: skip
+        with pytest.raises(ConfigError, match=f"^{re.escape(message)}$"):
+            _args.check_writable_file(path)
+    _args.check_writable_file(tmp_path / "new" / "g.png")
+    assert (tmp_path / "new").is_dir()
+
+
+def test_evaluate_checks_out_before_evaluating(tmp_path, capsys):
+    # Before: the whole evaluation ran, then "File exists". Here the checkpoint does not even
+    # exist: --out is refused first.
+    (tmp_path / "afile").write_text("")
+    argv = ["evaluate", "--checkpoint", str(tmp_path / "none"), "--out", str(tmp_path / "afile")]
+    assert main(argv) == 2
+    assert capsys.readouterr().err == (
+        f"jaxcifar evaluate: error: --out {tmp_path / 'afile'} is a file; expected a folder "
+        "(or a path to create one)\n"
+    )
+
+
+def _subparsers(parser):
+    """Every (sub-)command parser under `parser`, by name."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield name, sub
+                yield from ((f"{name} {inner}", p) for inner, p in _subparsers(sub))
+
+
+def test_help_strings_leave_defaults_to_the_formatter():
+    # The parsers append "(default: ...)" themselves (ArgumentDefaultsHelpFormatter) unless the
+    # default is SUPPRESS: a help string that states one too shows two.
+    twice = []
+    for name, sub in _subparsers(build_parser()):
+        formatter = sub._get_formatter()
+        for action in sub._actions:
+            appended = formatter._get_help_string(action) != action.help
+            if appended and re.search(r"\(default|defaults? to", action.help or ""):
+                twice.append(f"{name} {'/'.join(action.option_strings)}: {action.help}")
+    assert twice == []
+
+
+def test_predict_help_names_the_formats_pillow_reads(capsys):
+    with pytest.raises(SystemExit):
+        main(["predict", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "image files Pillow reads: PNG, JPEG, GIF, WebP, BMP, TIFF" in out
