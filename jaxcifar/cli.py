@@ -8,14 +8,11 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import os
-import signal
 import sys
-import threading
-from collections.abc import Callable, Sequence
-from typing import Any, NoReturn
+from collections.abc import Sequence
+from typing import NoReturn
 
-from jaxcifar import __version__
+from jaxcifar import __version__, interrupt
 from jaxcifar.errors import JaxcifarError
 
 COMMANDS = ("train", "evaluate", "predict", "data", "scratch", "bench", "speedrun")
@@ -59,10 +56,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     args = build_parser().parse_args(argv)
     prefix = " ".join(["jaxcifar", args.command, *filter(None, [getattr(args, "action", None)])])
-    previous_hook = sys.unraisablehook
-    sys.unraisablehook = _redelivering_interrupts(previous_hook)
     try:
-        return int(args.run(args) or 0)
+        with interrupt.resend_dropped_signals():
+            return int(args.run(args) or 0)
     except JaxcifarError as error:
         print(f"{prefix}: error: {error}", file=sys.stderr)
         return 2
@@ -76,15 +72,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         # any other runtime error is a bug and keeps its traceback.
         if isinstance(error, MemoryError) or "RESOURCE_EXHAUSTED" in str(error):
             reason = str(error).strip().splitlines()[0] if str(error).strip() else "MemoryError"
-            print(f"{prefix}: error: out of memory ({reason}); try smaller sizes "
-                  "(--batch-size, layer widths, --limit-train)", file=sys.stderr)  # fmt: skip
+            print(f"{prefix}: error: out of memory ({reason}); try a smaller batch, smaller "
+                  "layers or fewer images", file=sys.stderr)  # fmt: skip
             return 1
         raise
     except KeyboardInterrupt:
         print(f"{prefix}: interrupted", file=sys.stderr)
         return 130
-    finally:
-        sys.unraisablehook = previous_hook
 
 
 def jax_runtime_error() -> type[Exception]:
@@ -98,20 +92,5 @@ class _NeverRaised(Exception):
     """Stands in for an exception class whose module was never imported."""
 
 
-def _redelivering_interrupts(hook: Callable[[Any], None]) -> Callable[[Any], None]:
-    """A `sys.unraisablehook` around `hook`. A Ctrl-C that lands while Python runs a
-    garbage-collector callback (JAX registers one) or a finaliser is raised inside it, where
-    Python can only print and drop it, and the command would run on: this sends SIGINT again
-    instead. Anything else goes to `hook`."""
-
-    def redeliver(unraisable: Any) -> None:
-        if not issubclass(unraisable.exc_type, KeyboardInterrupt):
-            hook(unraisable)
-            return
-        # From another thread, a moment later: sent from here, the handler would run (and
-        # its KeyboardInterrupt be dropped) inside this hook, still within the collection.
-        resend = threading.Timer(0.01, os.kill, (os.getpid(), signal.SIGINT))
-        resend.daemon = True
-        resend.start()
-
-    return redeliver
+if __name__ == "__main__":
+    sys.exit(main())

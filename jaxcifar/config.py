@@ -24,6 +24,7 @@ ACTIVATIONS = ("sigmoid", "relu")  # jax.nn's functions of these names (`models.
 MLP_LAYER_SIZES = (784, 500, 50, 10)
 SEED_MAX = 2**31 - 1  # seeds travel as int32 into jitted code
 
+
 @dataclasses.dataclass(frozen=True)
 class RunConfig:
     """One training run. Defaults reproduce the seed notebook: the CNN on CIFAR-10, 10 epochs

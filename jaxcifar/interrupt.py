@@ -9,9 +9,13 @@ checkpoint) is never cut short: a signal that arrives during it is raised when i
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
+import sys
+import threading
 from collections.abc import Iterator
 from types import FrameType
+from typing import Any
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -62,3 +66,52 @@ class StopOnSignal:
         if self._pending is not None:
             signum, self._pending = self._pending, None
             raise Interrupted(signum)
+
+
+@contextlib.contextmanager
+def resend_dropped_signals() -> Iterator[None]:
+    """Within it, a SIGINT or SIGTERM whose exception Python dropped is sent again.
+
+    A signal handler's exception (KeyboardInterrupt, `Interrupted`) raised while Python runs a
+    garbage-collector callback (JAX registers one) or a finaliser cannot propagate: Python
+    prints "Exception ignored" and the command runs on to its end. Such a signal is sent
+    again 10 ms later from another thread, when the main thread is back in ordinary code; one
+    still waiting when the block ends is sent at once, so the block's caller gets it.
+    """
+    previous = sys.unraisablehook
+    waiting: dict[threading.Thread, int] = {}  # timer -> signal number
+
+    def resend(signum: int) -> None:
+        waiting.pop(threading.current_thread(), None)
+        os.kill(os.getpid(), signum)
+
+    def hook(unraisable: Any) -> None:
+        signum = _signal_of(unraisable.exc_value)
+        if signum is None:
+            previous(unraisable)
+            return
+        timer = threading.Timer(0.01, resend, (signum,))
+        timer.daemon = True
+        waiting[timer] = signum
+        timer.start()
+
+    sys.unraisablehook = hook
+    try:
+        yield
+    finally:
+        sys.unraisablehook = previous
+        for timer in list(waiting):
+            timer.cancel()  # type: ignore[attr-defined]
+        late, _ = set(waiting.values()), waiting.clear()
+        for signum in late:  # its handler runs here, on an ordinary line
+            os.kill(os.getpid(), signum)
+
+
+def _signal_of(error: BaseException | None) -> int | None:
+    """The signal number a handler's exception stands for, else None."""
+    if isinstance(error, KeyboardInterrupt):
+        return signal.SIGINT
+    if isinstance(error, Interrupted):
+        return error.signum
+    return None
+

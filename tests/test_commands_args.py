@@ -85,8 +85,8 @@ def test_writable_file_checks_name_the_file_and_its_folder(tmp_path):
     ]:  # fmt: skip
         with pytest.raises(ConfigError, match=f"^{re.escape(message)}$"):
             _args.check_writable_file(path)
-    _args.check_writable_file(tmp_path / "new" / "g.png")
-    assert (tmp_path / "new").is_dir()
+    _args.check_writable_file(tmp_path / "new" / "g.png")  # can be made: no error
+    assert not (tmp_path / "new").exists()  # made by the write, not by the check
 
 
 def test_evaluate_checks_out_before_evaluating(tmp_path, capsys):
@@ -128,3 +128,17 @@ def test_predict_help_names_the_formats_pillow_reads(capsys):
         main(["predict", "--help"])
     out = " ".join(capsys.readouterr().out.split())
     assert "image files Pillow reads: PNG, JPEG, GIF, WebP, BMP, TIFF" in out
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["evaluate", "--checkpoint", "{tmp}/no-checkpoint", "--out", "{tmp}/new/reports"],
+        ["data", "show", "--data-dir", "{tmp}/no-data", "--out", "{tmp}/new/deep/grid.png"],
+        ["scratch", "--data-dir", "{tmp}/no-data", "--out", "{tmp}/new/scratch"],
+    ],
+)
+def test_a_command_failing_on_another_input_leaves_no_empty_out_folder(command, tmp_path):
+    # --out is checked before the work, in the folder it would be made in: not made early.
+    assert main([part.format(tmp=tmp_path) for part in command]) == 2
+    assert not (tmp_path / "new").exists()

@@ -174,14 +174,31 @@ def test_resuming_a_finished_run_says_how_to_train_longer(
     capsys.readouterr()
     files = {path: path.read_bytes() for path in (tmp_path / "run").iterdir()}
     assert main([*args, "--resume"]) == 0
-    assert f"already trained 1 epochs; {advice}" in capsys.readouterr().out
+    assert f"already trained 1 epoch; {advice}" in capsys.readouterr().out
     # Nothing is trained, so nothing is evaluated or rewritten, even for changed flags.
     assert main([*args, "--resume", "--lr", "0.5", "--dtype", "bfloat16", "--override-config"]) == 0
     printed = capsys.readouterr().out.splitlines()  # the one line, no "test accuracy" after it
     assert len(printed) == 1
     saved = tmp_path / "run" / checkpoint.FILENAME
-    assert printed[0].startswith(f"{saved}: already trained 1 epochs; {advice}")
+    assert printed[0].startswith(f"{saved}: already trained 1 epoch; {advice}")
     assert {path: path.read_bytes() for path in (tmp_path / "run").iterdir()} == files
+
+
+@pytest.mark.parametrize("lost", ["metrics.json", "confusion_matrix.png"])
+def test_resuming_a_run_stopped_before_its_reports_writes_them(image_tree, tmp_path, lost):
+    # A signal (or kill -9) after the last epoch's checkpoint but before the reports: the
+    # printed resume line must write them, not say "already trained".
+    out = tmp_path / "run"
+    args = ["train", "--data-dir", str(image_tree), "--epochs", "1", "--out", str(out), *FAST]
+    assert main(args) == 0
+    written = {path.name: path.read_bytes() for path in out.iterdir()}
+    (out / lost).unlink()
+    assert main(["train", "--data-dir", str(image_tree), "--resume", "--out", str(out)]) == 0
+    assert (out / lost).exists()
+    again = json.loads((out / "metrics.json").read_text())
+    first = json.loads(written["metrics.json"])
+    assert again["epochs"] == first["epochs"] and again["config"] == first["config"]
+    assert again["confusion_matrix"] == first["confusion_matrix"]
 
 
 def test_a_bare_resume_continues_the_run_as_saved(image_tree, tmp_path):

@@ -152,6 +152,19 @@ def test_hidden_files_and_folders_are_ignored(tmp_path, fresh_cache, packed):
         assert len(list(fresh_cache.iterdir())) == 1
 
 
+@pytest.mark.parametrize("arcname", [".mydata", "."])
+def test_a_tarball_of_a_hidden_folder_is_read_and_hidden_members_beside_its_splits_are_not(
+    tmp_path, fresh_cache, arcname
+):
+    # `tar czf data.tgz .mydata`: one hidden top folder, stripped like any other. With "."
+    # as the top, macOS's `._train` sits beside train/ and test/ and must not count.
+    written = write_tree(tmp_path / "data")
+    (tmp_path / "data" / "._train").write_bytes(b"\0\5\26\7 macOS metadata")
+    tar_folder(tmp_path / "data", tmp_path / "images.tar.gz", arcname)
+    data = load("cifar10", "train", data_dir=tmp_path / "images.tar.gz")
+    np.testing.assert_array_equal(data.images[2], written["train/cat/0.png"])
+
+
 def test_image_of_another_size_is_named(tmp_path, fresh_cache):
     write_tree(tmp_path)
     Image.new("RGB", (5, 3)).save(tmp_path / "test" / "cat" / "1.png")

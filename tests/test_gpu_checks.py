@@ -89,5 +89,6 @@ def test_parts_runs_only_the_parts_it_names_and_logs_what_it_prints(tmp_path):
 def test_an_unknown_part_is_refused_before_anything_runs(tmp_path):
     result = _run_with_stub_python(tmp_path, "seed speedruns")
     assert result.returncode == 2
-    assert "PARTS: unknown part 'speedruns' (expected some of: seed speedrun bench)" in result.stdout
+    expected = "PARTS: unknown part 'speedruns' (expected some of: seed speedrun bench)"
+    assert expected in result.stdout
     assert "== " not in result.stdout

@@ -1,6 +1,7 @@
 """Failure modes end to end: signals and kill -9 during `jaxcifar train`, divergence, bad data
 and odd images through the command line. docs/failure-modes.md maps each case to its test."""
 
+import gc
 import json
 import os
 import shlex
@@ -21,7 +22,7 @@ from jaxcifar import checkpoint
 from jaxcifar.cli import main
 from jaxcifar.data import load
 from jaxcifar.data.idx import IMAGES_MAGIC, LABELS_MAGIC
-from jaxcifar.interrupt import Interrupted, StopOnSignal
+from jaxcifar.interrupt import Interrupted, StopOnSignal, resend_dropped_signals
 from test_data_cifar import RunsCode, make_batches, py2_dumps, python_batch, write_release
 from test_data_idx import idx_bytes, write_idx_set
 from test_data_image_folder import write_tree
@@ -417,7 +418,8 @@ def test_unwritable_evaluate_output_is_one_line_naming_the_path(trained, tmp_pat
     blocker.write_text("")
     capsys.readouterr()
     out = blocker / "reports"
-    assert main(["evaluate", "--checkpoint", str(run), "--data-dir", str(data), "--out", str(out)]) == 2
+    argv = ["evaluate", "--checkpoint", str(run), "--data-dir", str(data), "--out", str(out)]
+    assert main(argv) == 2
     expected = f"jaxcifar evaluate: error: --out {out}: cannot write there (Not a directory)"
     assert one_line_error(capsys, "evaluate") == expected
 
@@ -491,3 +493,30 @@ def test_corrupt_data_is_one_line_naming_the_file(tmp_path, fresh_cache, capsys,
     assert main([*args, "--dataset", dataset]) == 2
     assert message in one_line_error(capsys, "train")
     assert not (tmp_path / "pwned").exists()  # the malicious pickle never ran
+
+
+def _drop_in_gc_callback(error: BaseException) -> None:
+    """Raise `error` where Python can only print and drop it: in a garbage-collector callback,
+    as a signal landing in JAX's `_xla_gc_callback` does."""
+
+    def callback(phase, info):
+        gc.callbacks.remove(callback)
+        raise error
+
+    gc.callbacks.append(callback)
+    gc.collect()
+
+
+@pytest.mark.parametrize("when", ["during the block", "as the block ends"])
+def test_a_signal_dropped_in_a_gc_callback_is_sent_again(when):
+    previous_hook = sys.unraisablehook
+    # train's handler raises Interrupted, not KeyboardInterrupt: SIGTERM there, so its own
+    # handler (not Python's default, which would end this process) gets the resent signal.
+    with pytest.raises(Interrupted) as stop:
+        with StopOnSignal(), resend_dropped_signals():
+            _drop_in_gc_callback(Interrupted(signal.SIGTERM))
+            if when == "during the block":
+                time.sleep(5)  # the resent signal interrupts this
+                raise AssertionError("the dropped signal was not sent again")
+    assert stop.value.signum == signal.SIGTERM
+    assert sys.unraisablehook is previous_hook

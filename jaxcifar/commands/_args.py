@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import math
 import os
 import tempfile
@@ -142,11 +143,18 @@ def file_stem(text: str) -> str:
 
 
 def _probe(folder: Path) -> str | None:
-    """Create `folder` and write a probe file in it; the OS's reason when that fails, else
-    None. (Probing beats os.access, which says yes to root.)"""
+    """The OS's reason why `folder` cannot be written in, else None: a probe file is written in
+    it or, while it does not exist, in its nearest existing parent, where it would be made.
+    It is not made here: a command that then fails on another input leaves no empty folder
+    behind (files are written through `jaxcifar.atomic`, which makes their folders).
+    (Probing beats os.access, which says yes to root.)"""
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        return os.strerror(errno.ENOTDIR)
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=folder):
+        with tempfile.TemporaryFile(dir=existing):
             pass
     except OSError as error:
         return str(error.strerror or error)
@@ -154,7 +162,7 @@ def _probe(folder: Path) -> str | None:
 
 
 def check_writable_folder(folder: Path) -> None:
-    """Create output folder `folder` (--out) and check it can be written, so a bad --out
+    """Check that output folder `folder` (--out) can be made and written in, so a bad --out
     fails before the work rather than after it."""
     if folder.exists() and not folder.is_dir():
         raise ConfigError(f"--out {folder} is a file; expected a folder (or a path to create one)")
@@ -163,8 +171,8 @@ def check_writable_folder(folder: Path) -> None:
 
 
 def check_writable_file(path: Path) -> None:
-    """Check output file `path` (--out) can be written: not a folder, its folder created and
-    writable, so a bad --out fails before the work rather than after it."""
+    """Check that output file `path` (--out) can be written: not a folder, its folder one that
+    can be made and written in, so a bad --out fails before the work rather than after it."""
     folder = path.parent
     if path.is_dir():
         raise ConfigError(f"--out {path} is a folder; expected a file name")

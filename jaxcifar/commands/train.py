@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import shlex
 import sys
 from pathlib import Path
@@ -150,8 +151,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("--override-config applies only with --resume")
     parallel.initialize_from_args(args)  # before anything touches a device
     out = Path(args.out)
-    # Read before --out is checked for writing, which creates it: a mistyped --out on
-    # --resume must not leave an empty folder behind.
+    # The checkpoint gives the configuration, which every later check reads.
     saved = _resumed_checkpoint(out) if args.resume else None
     config = config_from_args(args, saved.config if saved is not None else None)
     if saved is not None:
@@ -162,13 +162,16 @@ def run(args: argparse.Namespace) -> int:
                 "drop those flags to continue the run as saved, or add --override-config to "
                 "change them"
             )
-        if len(saved.history) >= config.epochs:
+        if len(saved.history) >= config.epochs and _reports_cover(out, len(saved.history)):
             more = (
                 "raise --epochs to continue" if config.schedule == "constant"
                 else f"its {config.schedule} schedule ends there (train longer in a new run)"
             )
-            print(f"{saved.path}: already trained {len(saved.history)} epochs; {more}")
+            done = len(saved.history)
+            print(f"{saved.path}: already trained {done} epoch{'s' * (done != 1)}; {more}")
             return 0  # nothing trained, so the reports of the run stay as they are
+        # A run stopped after its last epoch but before its reports: `fit` trains nothing
+        # and evaluates, and the reports are written.
     if args.epoch_mode.startswith("fused"):  # refuse before touching --out or loading data
         from jaxcifar.fused.epoch import check_config
         from jaxcifar.train import FUSED_HEADS
@@ -198,8 +201,12 @@ def run(args: argparse.Namespace) -> int:
         else:
             epochs = 0
             kept, how = "no epoch finished, so nothing is saved", "start again with the same command"
-        print(f"jaxcifar train: {stop} before epoch {epochs + 1} finished; that epoch is "
-              f"dropped; {kept}; {how}", file=sys.stderr)  # fmt: skip
+        when = (
+            "after the last epoch, before the reports were written (resuming writes them)"
+            if epochs >= config.epochs
+            else f"before epoch {epochs + 1} finished; that epoch is dropped"
+        )
+        print(f"jaxcifar train: {stop} {when}; {kept}; {how}", file=sys.stderr)
         return stop.exit_code
     except TrainingDiverged as error:
         if not in_checkpoint:
@@ -208,6 +215,18 @@ def run(args: argparse.Namespace) -> int:
             f"{error}; {out / checkpoint.FILENAME} keeps the last good state "
             f"(epoch {in_checkpoint[-1][0]})"
         ) from None
+
+
+def _reports_cover(out: Path, epochs: int) -> bool:
+    """Whether OUT holds the reports of a run of `epochs` epochs: its metrics.json lists that
+    many, and every figure is there (they are written after it)."""
+    from jaxcifar.reports import FIGURES, METRICS_FILE
+
+    try:
+        written = json.loads((out / METRICS_FILE).read_text())["epochs"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    return len(written) == epochs and all((out / name).exists() for name in FIGURES)
 
 
 def _resumed_checkpoint(out: Path) -> Checkpoint:

@@ -134,7 +134,9 @@ def read_tar(path: Path) -> Tree:
             with tarfile.open(fileobj=stream, mode="r|") as archive:
                 for member in archive:
                     name = _normalize(member.name)
-                    if not name or is_hidden(name):
+                    # Hidden below the top only, for now: the top folder may be hidden and
+                    # stripped (`tar czf data.tgz .mydata`); what is left is filtered below.
+                    if not name or is_hidden(name.partition("/")[2]):
                         continue
                     if member.isdir():
                         folders.add(name)
@@ -151,15 +153,17 @@ def read_tar(path: Path) -> Tree:
     # Parents of files count as folders even when the archive lists no entry for them.
     folders.update(parent for name in files for parent in _parents(name))
     tops = {name.split("/", 1)[0] for name in (*files, *folders)}
+    prefix = ""
     if len(tops) == 1 and (top := tops.pop()) in folders and top not in SPLITS:
-        cut = len(top) + 1
-        return Tree(
-            str(path),
-            {name[cut:]: data for name, data in files.items()},
-            frozenset(name[cut:] for name in folders if name != top),
-            prefix=top + "/",
-        )
-    return Tree(str(path), files, frozenset(folders))
+        prefix = top + "/"
+        files = {name[len(prefix) :]: data for name, data in files.items()}
+        folders = {name[len(prefix) :] for name in folders if name != top}
+    return Tree(
+        str(path),
+        {name: data for name, data in files.items() if not is_hidden(name)},
+        frozenset(name for name in folders if not is_hidden(name)),
+        prefix=prefix,
+    )
 
 
 def _normalize(name: str) -> str:
