@@ -10,9 +10,17 @@ def confusion_matrix(labels: np.ndarray, predictions: np.ndarray, num_classes: i
 
     Args:
       labels, predictions: (N,) integer arrays in [0, num_classes).
+    Raises:
+      ValueError: `labels` or `predictions` is not (N,) integers in [0, num_classes), or
+        their lengths differ. Counted as they were, a (1,) or (N, 1) array would broadcast,
+        and a prediction of num_classes would count as the next row's class 0.
     """
-    labels = np.asarray(labels, dtype=np.int64)
-    predictions = np.asarray(predictions, dtype=np.int64)
+    labels = _class_indices(labels, "labels", num_classes)
+    predictions = _class_indices(predictions, "predictions", num_classes)
+    if labels.shape != predictions.shape:
+        raise ValueError(
+            f"confusion_matrix: {labels.shape[0]} labels but {predictions.shape[0]} predictions"
+        )
     flat = np.bincount(labels * num_classes + predictions, minlength=num_classes * num_classes)
     return flat.reshape(num_classes, num_classes)
 
@@ -28,3 +36,20 @@ def per_class_accuracy(matrix: np.ndarray) -> np.ndarray:
     support = matrix.sum(axis=1)
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.diag(matrix) / support
+
+
+def _class_indices(values: np.ndarray, name: str, num_classes: int) -> np.ndarray:
+    """`values` as (N,) int64, raising ValueError unless they are integers in [0, num_classes)."""
+    array = np.asarray(values)
+    if array.ndim != 1 or (array.size and not np.issubdtype(array.dtype, np.integer)):
+        hint = ": the argmax of logits" if array.ndim == 2 and name == "predictions" else ""
+        raise ValueError(
+            f"confusion_matrix: {name} {array.shape} {array.dtype}; expected (N,) integer "
+            f"class indices{hint}"
+        )
+    if array.size and (array.min() < 0 or array.max() >= num_classes):
+        raise ValueError(
+            f"confusion_matrix: {name} must lie in 0..{num_classes - 1}; "
+            f"found {array.min()}..{array.max()}"
+        )
+    return array.astype(np.int64)

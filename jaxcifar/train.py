@@ -123,6 +123,29 @@ def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
     return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
 
 
+def _check_batch(images: jax.Array, labels: jax.Array, where: str) -> None:
+    """Raise unless `images` are integer pixels (B, ...) and `labels` (B,) integer classes,
+    the batch the jitted steps take. Reads shapes and dtypes only: free once traced.
+
+    Raises:
+      TypeError: float images (already through `to_float`: the step would scale them
+        again, to about -1 everywhere, and train on that) or non-integer labels.
+      ValueError: labels not of shape (B,), e.g. (B, 1) or one-hot (B, K).
+    """
+    if not jnp.issubdtype(images.dtype, jnp.integer):
+        raise TypeError(
+            f"{where}: images are {images.dtype}; expected uint8 pixels (B, H, W, C), which "
+            "the step scales to [-1, 1] itself: pass them as loaded, not through to_float"
+        )
+    if labels.shape != images.shape[:1]:
+        raise ValueError(
+            f"{where}: labels {labels.shape} for {images.shape[0]} images; expected "
+            f"({images.shape[0]},) class indices (not one-hot, no trailing axis)"
+        )
+    if not jnp.issubdtype(labels.dtype, jnp.integer):
+        raise TypeError(f"{where}: labels are {labels.dtype}; expected integer class indices")
+
+
 def make_train_step(
     setup: Setup, *, dtype: str = "float32", augment: bool = False, mesh: Mesh | None = None,
 ) -> Callable[[TrainState, Batch, jax.Array], tuple[TrainState, dict[str, jax.Array]]]:  # fmt: skip
@@ -141,6 +164,9 @@ def make_train_step(
     (tests/test_parallel.py, test_eight_devices_train_like_one). The dropout mask comes from
     XLA's RngBitGenerator (`layers.dropout`), which that flag does not cover; its bits on one
     and on eight devices are compared in tests/test_models.py.
+
+    Raises (when first called for a batch shape): TypeError / ValueError from `_check_batch`
+    for float images or labels not (B,) integers; the model's own (`models.checks`).
     """
     compute_dtype = jnp.dtype(dtype)
 
@@ -150,6 +176,7 @@ def make_train_step(
 
     def train_step(state: TrainState, batch: Batch, rng: jax.Array):
         images, labels = batch
+        _check_batch(images, labels, "train step")
         if augment:
             augment_key, rng = jax.random.split(rng)
             images = random_crop_flip(augment_key, images)
@@ -175,11 +202,14 @@ def make_eval_step(
     """`model`'s jitted `(params, (images uint8, labels)) -> (losses (B,) float32,
     predictions (B,) int32)`, dropout off; data parallel over `mesh` like `make_train_step`,
     with both outputs replicated so every process can read them (B floats and ints: a
-    negligible gather). Compiled once per batch shape by `cpu_fusions.compile_program`."""
+    negligible gather). Compiled once per batch shape by `cpu_fusions.compile_program`.
+    Raises as `make_train_step`'s step does for a batch that is not uint8 images and (B,)
+    integer labels."""
     compute_dtype = jnp.dtype(dtype)
 
     def eval_step(params, batch: Batch):
         images, labels = batch
+        _check_batch(images, labels, "eval step")
         logits = model.apply(params, to_float(images), dtype=compute_dtype)
         return cross_entropy(logits, labels), jnp.argmax(logits, -1).astype(jnp.int32)
 
@@ -312,11 +342,16 @@ def fit(
     each epoch (checkpointing), on process 0 only: the state is replicated, so
     process 0 holds all of it. A non-finite loss raises TrainingDiverged naming the epoch
     and step, before that epoch's `on_epoch_end`.
+
+    Raises DataError when `test_set`'s image shape or class names differ from `train_set`'s
+    (the model is built for the training set: other images fail deep in the model, more
+    classes score as NaN losses, a mixed-up dataset as chance accuracy).
     """
     if epoch_mode not in EPOCH_MODES:
         raise ConfigError(
             f"--epoch-mode must be one of {', '.join(EPOCH_MODES)}; got {epoch_mode!r}"
         )
+    _check_same_kind(train_set, test_set)
     mesh = parallel.data_mesh(training_devices(epoch_mode)) if mesh is None else mesh
     setup = build_setup(config, train_set)
     mode = epochs.pick_epoch_mode(epoch_mode, train_set)
@@ -380,6 +415,24 @@ def fit(
     if test is None:  # resumed with every epoch already done
         test = evaluate(eval_step, state.params, test_set, mesh)
     return FitResult(state, history, test, warm_up_seconds + runner.compile_seconds)
+
+
+def _check_same_kind(train_set: Dataset, test_set: Dataset) -> None:
+    """Raise DataError unless both sets hold images of one shape and the same classes."""
+    test_name, train_name = (
+        name + (f" ({dataset.source})" if dataset.source else "")
+        for name, dataset in (("test_set", test_set), ("train_set", train_set))
+    )
+    if test_set.images.shape[1:] != train_set.images.shape[1:]:
+        raise DataError(
+            f"{test_name} holds images of shape {test_set.images.shape[1:]}, but {train_name} "
+            f"{train_set.images.shape[1:]}: the model is built for the training images"
+        )
+    if test_set.class_names != train_set.class_names:
+        raise DataError(
+            f"{test_name} has classes {test_set.class_names}, but {train_name} "
+            f"{train_set.class_names}: another dataset?"
+        )
 
 
 def _progress_bar(total: int, epoch: int, epoch_count: int, *, enabled: bool):

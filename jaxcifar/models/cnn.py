@@ -9,10 +9,12 @@ NCHW flatten; the function computed is the same family).
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 
-from jaxcifar.models import layers
+from jaxcifar.models import checks, layers
 
 CONV_CHANNELS = (32, 16)
 HIDDEN = (128, 64, 32, 16)
@@ -30,7 +32,16 @@ def init(
     Returns {"conv1", "conv2": {"kernel": (3, 3, C_in, C_out) HWIO, "bias"}, "fc1".."fc5":
     {"kernel": (n_in, n_out), "bias": (n_out,)}}, all float32. fc1's n_in is
     (H // 4) * (W // 4) * 16: 1024 for 32x32 images, 784 for 28x28.
+
+    Raises:
+      ValueError: `input_shape` is not three positive sizes with H, W >= 4 (two 2x2 poolings
+        would leave fc1 no inputs): PyTorch's (C, H, W) order, (3, 32, 32), is one such.
     """
+    if len(input_shape) != 3 or min(input_shape) < 1 or min(input_shape[:2]) < 4:
+        raise ValueError(
+            f"cnn.init: input_shape {tuple(input_shape)}: expected (H, W, C) with H, W >= 4, "
+            "e.g. (32, 32, 3) for CIFAR-10 or (28, 28, 1) for MNIST"
+        )
     height, width, channels = input_shape
     shapes = {}
     c_in = channels
@@ -56,7 +67,13 @@ def apply(
 
     `train=True` turns dropout on and then needs `rng`. `dtype` is the compute dtype
     (e.g. bfloat16): parameters stay float32 and are cast at use; logits come back float32.
+
+    Raises:
+      TypeError: `x` is not floating point (uint8 pixels: `jaxcifar.data.to_float` first).
+      ValueError: `params` are not this model's, or `x` is not a batch of NHWC images of the
+        channels and size (H // 4, W // 4) that `params` were made for.
     """
+    _check_inputs(params, x)
     flat = features(params, x, train=train, rng=rng, dtype=dtype)
     return head(params, flat, dtype=dtype)
 
@@ -76,7 +93,8 @@ def features(
         h = layers.conv(params[name], h, dtype)
         h = layers.max_pool_2x2(jax.nn.relu(h))
     h = layers.dropout(h, DROPOUT_RATE, train=train, rng=rng)
-    return h.reshape(h.shape[0], -1)
+    # The feature count spelt out: reshape's -1 cannot be inferred for an empty batch.
+    return h.reshape(h.shape[0], math.prod(h.shape[1:]))
 
 
 def head(params: dict, flat: jax.Array, *, dtype: jnp.dtype = jnp.float32) -> jax.Array:
@@ -87,3 +105,26 @@ def head(params: dict, flat: jax.Array, *, dtype: jnp.dtype = jnp.float32) -> ja
     for name in hidden:
         h = jax.nn.relu(layers.dense(params[name], h, dtype))
     return layers.dense(params[last], h, dtype).astype(jnp.float32)
+
+
+def _check_inputs(params: dict, x: jax.Array) -> None:
+    """`apply`'s checks of its arguments (see `models.checks`): shapes, dtypes, keys only."""
+    checks.check_layers(params, (*CONV_LAYERS, *DENSE_LAYERS), "cnn.apply")
+    checks.check_float(x, "cnn.apply")
+    shape = jnp.shape(x)
+    channels = params[CONV_LAYERS[0]]["kernel"].shape[2]
+    checks.check_not_nchw(shape, "cnn.apply", (channels,))
+    if len(shape) != 4 or shape[3] != channels:
+        one_image = " (one image: add the batch axis, x[None])" if len(shape) == 3 else ""
+        raise ValueError(
+            f"cnn.apply: x {shape}{one_image}: expected NHWC images (N, H, W, {channels}), "
+            f"the {channels} channels params' {CONV_LAYERS[0]} takes"
+        )
+    n_in = params[DENSE_LAYERS[0]]["kernel"].shape[0]
+    found = (shape[1] // 4) * (shape[2] // 4) * params[CONV_LAYERS[-1]]["kernel"].shape[3]
+    if found != n_in:
+        raise ValueError(
+            f"cnn.apply: x holds {shape[1]}x{shape[2]} images, which give {DENSE_LAYERS[0]} "
+            f"{found} inputs, but params' {DENSE_LAYERS[0]} takes {n_in}: params made by "
+            "cnn.init for another input_shape (32x32 images give 1024 inputs, 28x28 784)"
+        )

@@ -2,19 +2,19 @@
 
 Default 784-500-50-10 with sigmoid activations (the scratch notebook's MNIST network).
 `apply` takes (N, n_in) float inputs, or NHWC images (N, H, W, C) that it flattens row-major
-(`jaxcifar.data.preprocess.flatten`), so it trains on any dataset's images unchanged.
+(as `jaxcifar.data.preprocess.flatten` does), so it trains on any dataset's images unchanged.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
 
 from jaxcifar import config
-from jaxcifar.data.preprocess import flatten
-from jaxcifar.models import layers
+from jaxcifar.models import checks, layers
 
 ACTIVATIONS = {name: getattr(jax.nn, name) for name in config.ACTIVATIONS}
 
@@ -39,11 +39,40 @@ def apply(
 
     The MLP has no dropout, so `train` and `rng` are accepted for a uniform model interface
     and ignored. `dtype` is the compute dtype; parameters are cast at use.
+
+    Raises:
+      TypeError: `x` is not floating point (uint8 pixels: `jaxcifar.data.to_float` first).
+      ValueError: `params` are not an MLP's, `x` looks like NCHW images, or its examples do
+        not hold the n_in features params' dense1 takes.
     """
     del train, rng
+    _check_inputs(params, x)
     act = ACTIVATIONS[activation]
-    h = flatten(x) if x.ndim > 2 else x
+    # Row-major flatten, with the feature count spelt out: -1 fails on an empty batch.
+    h = x.reshape(x.shape[0], math.prod(x.shape[1:])) if x.ndim > 2 else x
     num_layers = len(params)
     for i in range(1, num_layers):
         h = act(layers.dense(params[f"dense{i}"], h, dtype))
     return layers.dense(params[f"dense{num_layers}"], h, dtype).astype(jnp.float32)
+
+
+def _check_inputs(params: dict, x: jax.Array) -> None:
+    """`apply`'s checks of its arguments (see `models.checks`): shapes, dtypes, keys only."""
+    count = len(params) if isinstance(params, Mapping) else 0
+    names = [f"dense{i}" for i in range(1, max(count, 1) + 1)]
+    checks.check_layers(params, names, "mlp.apply", "('dense1', 'dense2', ...)")
+    checks.check_float(x, "mlp.apply")
+    shape = jnp.shape(x)
+    # The MLP cannot know its images' layout: NCHW flattens to as many features as NHWC, in
+    # another order, so parameters trained on NHWC images would silently score noise.
+    checks.check_not_nchw(shape, "mlp.apply")
+    n_in = params["dense1"]["kernel"].shape[0]
+    # A 1-D x is one example, (n_in,) -> (n_out,), as a matrix product takes it.
+    features = math.prod(shape[1:]) if len(shape) > 1 else math.prod(shape)
+    if features != n_in:
+        one = math.prod(shape) == n_in
+        one_example = " (one example: add the batch axis, x[None])" if one else ""
+        raise ValueError(
+            f"mlp.apply: x {shape}{one_example}: expected (N, {n_in}) inputs or images of "
+            f"{n_in} values each, the features params' dense1 takes"
+        )
