@@ -264,6 +264,21 @@ def test_resume_from_a_speedrun_folder_says_what_it_holds(tmp_path, capsys):
     assert main(["train", "--resume", "--out", str(tmp_path)]) == 2
     assert capsys.readouterr().err == (
         f"jaxcifar train: error: {tmp_path / checkpoint.FILENAME}: no checkpoint there; {path} is "
-        "a speedrun model (written by `jaxcifar speedrun`), which `jaxcifar evaluate` and "
-        "`predict` read but `train --resume` cannot continue\n"
+        "a speedrun model (written by jaxcifar speedrun), which jaxcifar evaluate and "
+        "predict read but train --resume cannot continue\n"
     )
+
+
+def test_the_resume_line_keeps_a_multi_process_runs_place_in_its_job():
+    # Without them, the printed line would resume one process of a multi-host run alone.
+    from jaxcifar.cli import build_parser
+    from jaxcifar.commands.train import resume_command
+
+    argv = ["train", "--out", "runs/x", "--lr", "0.1", "--data-dir", "/data", "--coordinator",
+            "10.0.0.1:1234", "--num-processes", "2", "--process-id", "1"]  # fmt: skip
+    args = build_parser().parse_args(argv)
+    assert resume_command(args, with_config=False) == (
+        "jaxcifar train --resume --out runs/x --data-dir /data --coordinator 10.0.0.1:1234 "
+        "--num-processes 2 --process-id 1"
+    )
+    assert " --lr 0.1 " in resume_command(args, with_config=True)

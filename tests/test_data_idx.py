@@ -82,7 +82,7 @@ def test_finds_files_in_a_subfolder_named_after_the_dataset(tmp_path, fresh_cach
 def test_a_data_dir_named_after_another_dataset_is_refused(tmp_path, fresh_cache, monkeypatch):
     # IDX files do not say which dataset they hold: only the data dir's name can.
     write_idx_set(tmp_path / "fashion-mnist")
-    named = r"^data dir \S*/fashion-mnist is named after fashion_mnist, not mnist: load fashion_"
+    named = r"^data dir \S*/fashion-mnist is named after fashion_mnist, not mnist: point it at "
     with pytest.raises(DataError, match=named):
         load("mnist", "train", data_dir=tmp_path / "fashion-mnist")
     write_idx_set(tmp_path / "MNIST-digits")

@@ -36,10 +36,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     add_data_arguments(show)
-    show.add_argument("--count", type=int_in_range(1, MAX_COUNT), default=16,
-                      help="how many images; the whole split when it has fewer")  # fmt: skip
+    show.add_argument(
+        "--count", type=int_in_range(1, MAX_COUNT), default=16,
+        help=f"how many images, 1..{MAX_COUNT}; the whole split when it has fewer",
+    )  # fmt: skip
     show.add_argument("--seed", type=seed_int, default=0, help="which images: the sample's seed")
-    show.add_argument("--out", type=Path, required=True, metavar="PNG", help="the image to write")
+    show.add_argument(
+        "--out", type=Path, required=True, metavar="PNG", help="the image to write, a .png file"
+    )
 
 
 def run(args: argparse.Namespace) -> int:

@@ -115,7 +115,8 @@ def config_from_args(args: argparse.Namespace, saved: RunConfig | None = None) -
 
 def resume_command(args: argparse.Namespace, *, with_config: bool) -> str:
     """The `jaxcifar train --resume --out DIR` line that continues this run, with the execution
-    flags given (--data-dir, --epoch-mode, --quiet, --compile-cache); the checkpoint supplies
+    flags given (--data-dir, --epoch-mode, --quiet, --compile-cache, and a multi-process
+    run's --coordinator, --num-processes, --process-id); the checkpoint supplies
     the configuration. `with_config` adds the configuration flags given (--recipe, each of
     CONFIG_FLAGS, --override-config), for a checkpoint that does not hold this run's
     configuration yet: a resume that changed it, stopped before its first epoch ended."""
@@ -141,6 +142,9 @@ def resume_command(args: argparse.Namespace, *, with_config: bool) -> str:
         words.append("--quiet")
     if args.compile_cache is not None:
         words += ["--compile-cache", args.compile_cache]
+    for flag in ("coordinator", "num_processes", "process_id"):  # this process's place in a job
+        if getattr(args, flag) is not None:
+            words += ["--" + flag.replace("_", "-"), str(getattr(args, flag))]
     return shlex.join(words)
 
 
@@ -242,8 +246,8 @@ def _resumed_checkpoint(out: Path) -> Checkpoint:
         if found is not None:
             raise CheckpointError(
                 f"{path}: no checkpoint there; {found} is a speedrun model (written by "
-                "`jaxcifar speedrun`), which `jaxcifar evaluate` and `predict` read but "
-                "`train --resume` cannot continue"
+                "jaxcifar speedrun), which jaxcifar evaluate and predict read but "
+                "train --resume cannot continue"
             )
     return checkpoint.load(path)
 

@@ -183,8 +183,8 @@ def _check_not_named_after_another(name: str, root: Path) -> None:
     for other, aliases in ALIASES.items():
         if lower.startswith(aliases):
             raise DataError(
-                f"data dir {root} is named after {other}, not {name}: load {other} "
-                f"(--dataset {other}), or rename the data dir if it holds {name}"
+                f"data dir {root} is named after {other}, not {name}: point it at {name}'s "
+                f"data, or rename it if it holds {name}"
             )
 
 
