@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from jaxcifar.atomic import atomic_path
 
@@ -30,12 +31,14 @@ def plot_curves(
     ylabel: str,
     title: str,
 ) -> None:
-    """One line per entry of `series` (label -> one value per epoch) against `epochs`."""
+    """One line per entry of `series` (label -> one value per epoch) against `epochs`, which
+    get whole-number ticks (a 2-epoch run's axis would otherwise read 1.0, 1.2, ..., 2.0)."""
     figure = Figure(figsize=(6, 4))
     ax = figure.subplots()
     for label, values in series.items():
         ax.plot(epochs, values, marker="o", label=label)
     ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(alpha=0.3)

@@ -1,8 +1,11 @@
 """A run's reports in its output folder: metrics.json and the three figures.
 
-metrics.json holds `config`, `device`, `epochs` (one record per epoch), the final
-`test_accuracy`, `per_class_accuracy` (class name -> fraction), `confusion_matrix` (rows true
-class, columns predicted) and, when measured, `compile_seconds`. Accuracies are fractions.
+metrics.json holds `config`, `device`, `epochs` (one record per epoch, `train.EpochRecord`),
+the final `test_accuracy`, `per_class_accuracy` (class name -> fraction), `confusion_matrix`
+(rows true class, columns predicted) and, from a training run, `compile_seconds`,
+`epoch_mode` (the mode that ran, never "auto") and `data` (`source`, `train_examples`,
+`test_examples`: what the run read, after --limit-train / --limit-test). Accuracies are
+fractions.
 Figures: accuracy.png and loss.png (train and test per epoch; only for a run with epoch
 records, a speedrun model has none), confusion_matrix.png.
 """
@@ -33,8 +36,11 @@ def build_metrics(
     predictions: np.ndarray,
     class_names: Sequence[str],
     compile_seconds: float | None = None,
+    epoch_mode: str | None = None,
+    data: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The metrics.json document for a run whose final test predictions are `predictions`."""
+    """The metrics.json document for a run whose final test predictions are `predictions`;
+    the last three keys are left out when None (an evaluation measures none of them)."""
     matrix = metrics.confusion_matrix(labels, predictions, len(class_names))
     per_class = metrics.per_class_accuracy(matrix)
     report = {
@@ -49,8 +55,8 @@ def build_metrics(
         },
         "confusion_matrix": matrix.tolist(),
     }
-    if compile_seconds is not None:
-        report["compile_seconds"] = compile_seconds
+    run = {"compile_seconds": compile_seconds, "epoch_mode": epoch_mode, "data": data}
+    report.update({key: value for key, value in run.items() if value is not None})
     return report
 
 

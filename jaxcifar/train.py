@@ -281,7 +281,12 @@ def make_epoch_runner(mode: str, config: RunConfig, setup: Setup, train_set: Dat
 
 
 class EpochRecord(NamedTuple):
-    """One epoch's summary, as stored in metrics.json and checkpoints."""
+    """One epoch's summary, as stored in metrics.json and checkpoints.
+
+    train_loss / train_accuracy: means over the epoch's steps as each trained (dropout and
+    augmentation on, the loss before the step's update); test_*: every test example after
+    the epoch; seconds: its wall time, training and that evaluation, compiling excluded.
+    """
 
     epoch: int
     train_loss: float
@@ -370,7 +375,10 @@ def fit(
     for epoch in range(len(history) + 1, config.epochs + 1):
         start = time.perf_counter()
         compile_before = runner.compile_seconds
-        totals = {"loss": 0.0, "correct": 0, "steps": 0}
+        # The epoch's per-step losses as reported, reduced once (`mean_loss`): each mode
+        # reports its own grouping of steps, which must not change the recorded mean.
+        losses_so_far: list[np.ndarray] = []
+        totals = {"correct": 0, "steps": 0}
         bar = _progress_bar(runner.steps, epoch, config.epochs, enabled=progress)
 
         def report(first: int, losses: np.ndarray, corrects: np.ndarray) -> None:
@@ -381,13 +389,13 @@ def fit(
                     f"loss became {losses[bad[0]]} at epoch {epoch} step {first + bad[0] + 1}; "
                     f"lower --lr (now {config.lr})"
                 )
-            totals["loss"] += float(losses.sum())
+            losses_so_far.append(losses)
             totals["correct"] += int(corrects.sum())
             totals["steps"] += len(losses)
             seen = totals["steps"] * config.batch_size
             elapsed = time.perf_counter() - start - (runner.compile_seconds - compile_before)
             bar.set_postfix(
-                loss=f"{totals['loss'] / totals['steps']:.4f}",
+                loss=f"{mean_loss(losses_so_far):.4f}",
                 acc=f"{totals['correct'] / seen:.4f}",
                 img_s=f"{seen / max(elapsed, 1e-9):.0f}",
             )
@@ -398,7 +406,7 @@ def fit(
         test = evaluate(eval_step, state.params, test_set, mesh)
         record = EpochRecord(
             epoch=epoch,
-            train_loss=totals["loss"] / totals["steps"],
+            train_loss=mean_loss(losses_so_far),
             train_accuracy=totals["correct"] / (totals["steps"] * config.batch_size),
             test_loss=test.loss,
             test_accuracy=test.accuracy,
@@ -415,6 +423,15 @@ def fit(
     if test is None:  # resumed with every epoch already done
         test = evaluate(eval_step, state.params, test_set, mesh)
     return FitResult(state, history, test, warm_up_seconds + runner.compile_seconds)
+
+
+def mean_loss(losses: Sequence[np.ndarray]) -> float:
+    """The mean of per-step losses given as float32 arrays (steps,) in step order, grouped
+    any way: joined, then summed once in float64. Summing each group in float32 first made
+    the record depend on the grouping, which differs by epoch mode (100 steps per report in
+    chunk and loop, a whole epoch in scan and fused): 2.3117261352539065 against
+    2.31172607421875 for bit-identical steps. ~15 us for a 12,500-step epoch on the 2-core CPU."""
+    return float(np.concatenate(losses).sum(dtype=np.float64) / sum(map(len, losses)))
 
 
 def _check_same_kind(train_set: Dataset, test_set: Dataset) -> None:

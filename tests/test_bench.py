@@ -1,6 +1,7 @@
 """The benchmark tool: timing statistics, XLA cost analysis, ratios, the PyTorch reference's
 architecture, and one tiny end-to-end run of `jaxcifar bench` (schema and files, no timings)."""
 
+import datetime
 import io
 import json
 import sys
@@ -194,6 +195,13 @@ def test_bench_command_checks_its_out_folder_before_any_case(tmp_path, monkeypat
     )
 
 
+def _fake_run(monkeypatch) -> None:
+    """`jaxcifar bench` measures one fake case (a 2 ms step) and draws no plot."""
+    cases = [suite.Case("jax cnn train_step b4 float32", lambda: _row("jax", median=0.002))]
+    monkeypatch.setattr(suite, "plan", lambda settings: (cases, []))
+    monkeypatch.setattr(output, "plot_step_times", lambda *args, **kwargs: None)
+
+
 class _Terminal(io.StringIO):
     def isatty(self) -> bool:
         return True
@@ -205,9 +213,7 @@ class _Terminal(io.StringIO):
 def test_bench_progress_bar_only_on_a_terminal_and_without_quiet(
     terminal, flags, bar, tmp_path, monkeypatch
 ):
-    cases = [suite.Case("jax cnn train_step b4 float32", lambda: _row("jax", median=0.002))]
-    monkeypatch.setattr(suite, "plan", lambda settings: (cases, []))
-    monkeypatch.setattr(output, "plot_step_times", lambda *args, **kwargs: None)
+    _fake_run(monkeypatch)
     stderr = _Terminal() if terminal else io.StringIO()
     monkeypatch.setattr(sys, "stderr", stderr)
     assert cli.main(["bench", "--out", str(tmp_path), "--name", "run", *flags]) == 0
@@ -228,6 +234,50 @@ def test_bench_command_saves_the_rows_so_far_after_every_case(tmp_path, monkeypa
     assert [(row["framework"], row["step_seconds"]["median"]) for row in saved["rows"]] == [("jax", 0.002)]
     assert "| jax | cnn | train_step | 4 |" in (tmp_path / "partial.md").read_text()
     assert not (tmp_path / "partial.png").exists()  # the plot waits for the whole run
+
+
+def test_bench_without_a_name_never_overwrites_earlier_results(tmp_path, monkeypatch, capsys):
+    # Before: the default stem <device>-<date> was rewritten by the day's second run, and with
+    # the default --out from the repository root, committed results of the same name.
+    _fake_run(monkeypatch)
+    base = f"{environment.device_slug(environment.device_name())}-{datetime.date.today()}"
+    assert cli.main(["bench", "--out", str(tmp_path)]) == 0
+    first = capsys.readouterr()
+    assert first.out.split() == [str(tmp_path / f"{base}.{ext}") for ext in ("json", "md", "png")]
+    assert "already holds" not in first.err  # a fresh folder: the plain stem
+    earlier = (tmp_path / f"{base}.json").read_bytes()
+    for number in (2, 3):
+        assert cli.main(["bench", "--out", str(tmp_path)]) == 0
+        again = capsys.readouterr()
+        assert again.out.split()[0] == str(tmp_path / f"{base}-{number}.json")
+        assert f"{tmp_path} already holds {base}'s results; writing {base}-{number}.* " in again.err
+    assert (tmp_path / f"{base}.json").read_bytes() == earlier
+    # An explicit --name is the user's to overwrite.
+    assert cli.main(["bench", "--out", str(tmp_path), "--name", base]) == 0
+    assert capsys.readouterr().out.split()[0] == str(tmp_path / f"{base}.json")
+    assert (tmp_path / f"{base}.json").read_bytes() != earlier
+    assert not (tmp_path / f"{base}-4.json").exists()
+
+
+def test_free_stem_skips_a_stem_any_of_whose_files_exist(tmp_path):
+    assert output.free_stem(tmp_path / "new", "cpu-2026-11-30") == "cpu-2026-11-30"
+    (tmp_path / "cpu-2026-11-30.png").write_bytes(b"")  # one file of a run takes its stem
+    assert output.free_stem(tmp_path, "cpu-2026-11-30") == "cpu-2026-11-30-2"
+
+
+def test_case_lines_give_the_matmul_roof_in_gflops_and_steps_in_images_per_second():
+    # Before: "jax matmul_peak: ... 109554 images/s", a rate that means nothing for a GEMM.
+    roof = _row("jax", case="matmul_peak", median=0.01, flops_per_step=2e9)
+    assert output.case_line("jax matmul_peak", roof, 1.5) == (
+        "jax matmul_peak: median 10.000 ms, 200 GFLOP/s [1.5 s]"
+    )
+    step = _row("jax", median=0.002, flops_per_step=1e6)
+    assert output.case_line("jax cnn train_step b4 float32", step, 0.5) == (
+        "jax cnn train_step b4 float32: median 2.000 ms, 2000 images/s [0.5 s]"
+    )
+    assert output.case_line("torch-compile cnn train_step b4", None, 3.0) == (
+        "torch-compile cnn train_step b4: skipped (see the results file)"
+    )
 
 
 ROW_KEYS = {

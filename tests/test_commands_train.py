@@ -1,5 +1,6 @@
 import json
 import sys
+import types
 from pathlib import Path
 
 import jax
@@ -8,8 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from jaxcifar import checkpoint, xla_cache
+from jaxcifar import checkpoint, epochs, xla_cache
 from jaxcifar.cli import main
+from jaxcifar.commands.train import device_notes
 from jaxcifar.data.dataset import CIFAR10_CLASSES
 
 FAST = ["--model", "mlp", "--mlp-hidden", "8", "--batch-size", "8", "--quiet"]
@@ -38,8 +40,10 @@ def test_train_evaluate_predict_end_to_end(image_tree, tmp_path, capsys):
     assert "devices: 1 x cpu" in printed and "epoch 2/2: train loss" in printed
     report = json.loads((out / "metrics.json").read_text())
     assert set(report) == {"config", "device", "epochs", "test_accuracy", "per_class_accuracy",
-                           "confusion_matrix", "compile_seconds"}  # fmt: skip
+                           "confusion_matrix", "compile_seconds", "epoch_mode", "data"}  # fmt: skip
     assert report["config"]["model"] == "mlp" and report["config"]["lr"] == 0.001
+    assert report["epoch_mode"] == "chunk"  # what auto picked on this CPU, not "auto"
+    assert report["data"] == {"source": str(image_tree), "train_examples": 40, "test_examples": 20}
     assert report["device"]["platform"] == "cpu"
     assert [set(e) for e in report["epochs"]] == [
         {"epoch", "train_loss", "train_accuracy", "test_loss", "test_accuracy", "seconds"}
@@ -143,6 +147,54 @@ def test_bad_flags_give_one_line_errors(image_tree, tmp_path, capsys, flags, mes
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
     assert err.strip().splitlines()[-1].startswith("jaxcifar train: error:")
+
+
+def test_a_batch_that_does_not_split_over_the_devices_is_refused_before_the_data_is_read(
+    tmp_path, capsys, monkeypatch
+):
+    from jaxcifar import train
+
+    monkeypatch.setattr(train, "training_devices", lambda epoch_mode: jax.devices() * 8)
+    out = tmp_path / "run"
+    args = ["train", "--data-dir", str(tmp_path / "nowhere"), "--out", str(out), *FAST]
+    assert main([*args, "--batch-size", "4"]) == 2  # the data dir's error, were it read first
+    assert capsys.readouterr().err.strip() == (
+        "jaxcifar train: error: --batch-size 4 does not split evenly over 8 devices; "
+        "use a multiple of 8"
+    )
+    assert not out.exists()
+
+
+def test_device_notes_say_fused_takes_one_device_and_loop_may_hang_on_virtual_cpus():
+    cpu, gpu = types.SimpleNamespace(platform="cpu"), types.SimpleNamespace(platform="gpu")
+    assert device_notes("fused", [cpu] * 8, 2) == [
+        "note: --epoch-mode fused trains on one device of the 8 visible; chunk or scan trains "
+        "data parallel on all of them"
+    ]
+    assert device_notes("loop", [cpu] * 8, 2) == [
+        "warning: --epoch-mode loop on 8 CPU devices and 2 cores can hang in XLA:CPU's "
+        "all-reduce and abort after a minute; --epoch-mode chunk trains the same way "
+        "(docs/scaling.md)"
+    ]
+    quiet = [("fused-pallas", [gpu]), ("loop", [cpu] * 2), ("chunk", [cpu] * 8),
+             ("loop", [gpu] * 8), ("loop", [cpu] * 8, None)]  # fmt: skip
+    for mode, devices, *cores in quiet:
+        assert device_notes(mode, devices, *(cores or [2])) == [], (mode, len(devices))
+
+
+def test_train_help_states_the_loop_rule_and_what_seed_and_momentum_reach(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "1000")  # no wrapping: a flag name stays whole
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    help_text = capsys.readouterr().out
+    assert (
+        f"loop: jitted calls of {epochs.LOOP_UNROLL} steps (of 1 in epochs of under "
+        f"{epochs.LOOP_UNROLL_MIN_STEPS:,} steps, and for an epoch's last steps past a multiple "
+        f"of {epochs.LOOP_UNROLL}), batches shipped from the host {epochs.SYNC_EVERY} steps"
+    ) in help_text
+    assert f"lax.scan over {epochs.CHUNK_STEPS} steps" in help_text
+    assert "which examples --limit-train / --limit-test keep" in help_text
+    assert "sgd / nesterov only: adam and adamw ignore it" in help_text
 
 
 def test_evaluate_refuses_a_foreign_checkpoint(tmp_path, capsys):

@@ -51,3 +51,11 @@ def test_curves_and_confusion_matrix_write_png(tmp_path, monkeypatch):
         label, color = cells[col, row]
         assert label == str(count)
         assert to_rgba(color) == to_rgba("white" if count > 3 else "black")
+
+
+def test_curves_of_a_short_run_tick_whole_epochs_only(tmp_path, monkeypatch):
+    figures = []
+    monkeypatch.setattr(Figure, "savefig", lambda figure, *args, **kwargs: figures.append(figure))
+    plot_curves(tmp_path / "loss.png", [1, 2], {"train": [2.3, 2.1]}, ylabel="loss", title="Loss")
+    ticks = figures[0].axes[0].get_xticks()
+    assert len(ticks) >= 2 and all(tick == int(tick) for tick in ticks)  # not 1.0, 1.2, ...

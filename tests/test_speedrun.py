@@ -20,8 +20,9 @@ from flax import serialization
 from PIL import Image
 
 from jaxcifar import augment, cli, cpu_fusions
+from jaxcifar.commands.evaluate import EvalSubset, speedrun_test_subset
 from jaxcifar.cpu_fusions import compile_timed
-from jaxcifar.data import load
+from jaxcifar.data import load, load_split
 from jaxcifar.data.dataset import CIFAR10_CLASSES
 from jaxcifar.errors import CheckpointError, ConfigError
 from jaxcifar.models import layers
@@ -331,13 +332,14 @@ def test_saved_model_predictions_compile_as_training_does(
     assert labels and set(labels) == {"b01f_01io->b01f"}, labels
 
 
-def tiny_speedrun_command(shared_data, xla_dir, out, runs: int) -> int:
-    """`jaxcifar speedrun` of the tiny recipe (the `tiny_run` fixture's), float32, loop epochs."""
+def tiny_speedrun_command(shared_data, xla_dir, out, runs: int, *flags: str) -> int:
+    """`jaxcifar speedrun` of the tiny recipe (the `tiny_run` fixture's), float32, loop epochs,
+    with `flags` added."""
     return cli.main([
         "speedrun", "--data-dir", str(shared_data), "--limit-train", str(TRAIN),
         "--limit-test", str(TEST), "--batch-size", str(BATCH), "--epochs", str(EPOCHS),
         "--widths", *map(str, WIDTHS), "--dtype", "float32", "--epoch-mode", "loop",
-        "--runs", str(runs), "--compile-cache", str(xla_dir), "--out", str(out),
+        "--runs", str(runs), "--compile-cache", str(xla_dir), "--out", str(out), *flags,
     ])  # fmt: skip
 
 
@@ -349,7 +351,7 @@ def test_speedrun_command_writes_its_json_and_a_model_evaluate_and_predict_read(
     results = json.loads((out / "speedrun.json").read_text())
     assert isinstance(results["device"], str) and results["device"]
     assert [sorted(row) for row in results["runs"]] == [
-        ["cold_seconds", "dtype", "system", "train_seconds", "tta_test_accuracy"]
+        ["cold_seconds", "dtype", "seed", "system", "train_seconds", "tta_test_accuracy"]
     ] * 2
     first, second = results["runs"]
     assert first["system"] == second["system"] == "jaxcifar-fast"
@@ -380,6 +382,55 @@ def test_speedrun_command_writes_its_json_and_a_model_evaluate_and_predict_read(
     assert len(ranked) == 3 and all(name.split()[0] in CIFAR10_CLASSES for name in ranked)
 
 
+def test_evaluate_of_a_speedrun_model_reproduces_its_runs_number(
+    shared_data, xla_dir, tmp_path, capsys
+):
+    # Before: speedrun --seed 5 tested on seed 5's test subset, evaluate drew seed 0's, so the
+    # same --limit-test gave another number; nothing recorded the seed, or which of the runs
+    # model.msgpack holds.
+    out = tmp_path / "out"
+    assert tiny_speedrun_command(shared_data, xla_dir, out, 2, "--seed", "5") == 0
+    printed = capsys.readouterr().out
+    assert "run 2/2 (seed 6): " in printed
+    assert "model.msgpack: the model of run 2/2 (seed 6)\n" in printed
+    results = json.loads((out / "speedrun.json").read_text())
+    assert [row["seed"] for row in results["runs"]] == [5, 6]
+    assert results["model"] == {"file": "model.msgpack", "run": 2, "seed": 6}
+    table = (out / "speedrun.md").read_text()
+    assert "| 2 | jaxcifar-fast | 6 | float32 |" in table
+    assert "model.msgpack: the model of run 2 (seed 6)." in table
+    saved = model_file.load(out / model_file.FILENAME)
+    assert (saved.seed, saved.subsets) == (6, model_file.Subsets(5, TRAIN, TEST))
+
+    evaluate = ["evaluate", "--checkpoint", str(out), "--data-dir", str(shared_data)]
+    assert cli.main([*evaluate, "--limit-test", str(TEST), "--out", str(tmp_path / "eval")]) == 0
+    report = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert report["test_accuracy"] == results["runs"][1]["tta_test_accuracy"]
+    tested = load_split("cifar10", "test", data_dir=shared_data, limit=TEST, seed=5)
+    class_counts = np.bincount(tested.labels, minlength=10)
+    np.testing.assert_array_equal(np.sum(report["confusion_matrix"], axis=1), class_counts)
+    assert report["evaluated"] == {
+        "checkpoint": str(out / model_file.FILENAME), "test_data": tested.source,
+        "limit_test": TEST, "subset_seed": 5, "test_examples": TEST,
+    }  # fmt: skip
+    assert report["config"]["seed"] == 6
+    assert report["config"]["subsets"] == {"seed": 5, "limit_train": TRAIN, "limit_test": TEST}
+    # Without --limit-test, the run's own test subset too.
+    assert cli.main(evaluate) == 0
+    accuracy = results["runs"][1]["tta_test_accuracy"]
+    assert f"TTA accuracy {accuracy:.4f} on {TEST} examples" in capsys.readouterr().out
+
+
+def test_evaluate_draws_a_speedrun_models_test_subset_as_its_run_did():
+    recorded = model_file.Subsets(seed=5, limit_train=64, limit_test=50)
+    assert speedrun_test_subset(recorded, None) == EvalSubset(50, 5)
+    assert speedrun_test_subset(recorded, 20) == EvalSubset(20, 5)
+    assert speedrun_test_subset(recorded._replace(limit_test=None), None) == EvalSubset(None, 5)
+    # A model saved before models recorded their subsets: speedrun's default seed.
+    assert speedrun_test_subset(None, 20) == EvalSubset(20, 0)
+    assert speedrun_test_subset(None, None) == EvalSubset(None, 0)
+
+
 def test_a_speedrun_model_of_another_version_or_shape_is_refused_naming_the_file(tmp_path):
     params, batch_stats = _init(widths=(8, 16, 16))
     save = functools.partial(
@@ -388,6 +439,11 @@ def test_a_speedrun_model_of_another_version_or_shape_is_refused_naming_the_file
     )  # fmt: skip
     path = save(recipe=Recipe(widths=(8, 16, 16)))
     assert model_file.load(path).recipe.widths == (8, 16, 16)
+    # Files written before models recorded their run's seed and subsets load without them.
+    assert (model_file.load(path).seed, model_file.load(path).subsets) == (None, None)
+    subsets = model_file.Subsets(3, None, 100)
+    path = save(recipe=Recipe(widths=(8, 16, 16)), seed=4, subsets=subsets)
+    assert (model_file.load(path).seed, model_file.load(path).subsets) == (4, subsets)
     path = save(recipe=Recipe(widths=(8, 16, 32)))
     with pytest.raises(CheckpointError, match="malformed speedrun model .*parameter shapes"):
         model_file.load(path)
@@ -457,6 +513,21 @@ def test_speedrun_refuses_more_blocks_than_the_images_take(shared_data, tmp_path
     assert capsys.readouterr().err == (
         "jaxcifar speedrun: error: --widths: 5 conv blocks do not fit 32x32 images; each block "
         "halves the image, so at most 4 fit: give at most 4 widths\n"
+    )
+
+
+def test_results_table_shows_no_sd_of_one_run_and_each_runs_seed():
+    # Before: "1.000 ± 0.000" for a single run, as if its spread had been measured.
+    row = measure.run_row(measure.SYSTEM, "float32", 1.0, 2.0, 0.9, seed=7)
+    one = measure.render_markdown({"device": "cpu", "runs": [row]})
+    assert "| jaxcifar-fast | float32 | 1 | 1.000 ± - | 2.00 | 0.9000 ± - |" in one
+    assert "| 1 | jaxcifar-fast | 7 | float32 | 1.000 | 2.00 | 0.9000 |" in one
+    again = measure.run_row(measure.SYSTEM, "float32", 3.0, None, 0.7, seed=8)
+    two = measure.render_markdown({"device": "cpu", "runs": [row, again]})
+    assert "| 2 | 2.000 ± 1.414 | 2.00 | 0.8000 ± 0.1414 |" in two
+    del row["seed"]  # results written before rows recorded their seed
+    assert "| 1 | jaxcifar-fast | - | float32 |" in measure.render_markdown(
+        {"device": "cpu", "runs": [row]}
     )
 
 

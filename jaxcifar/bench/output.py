@@ -11,7 +11,31 @@ from pathlib import Path
 from typing import Any
 
 from jaxcifar.atomic import write_json_and_markdown
-from jaxcifar.bench.rows import STEP_CASES
+from jaxcifar.bench.rows import ROOF_CASE, STEP_CASES, Row
+
+SUFFIXES = (".json", ".md", ".png")  # the files a run writes, `<stem><suffix>` each
+
+
+def free_stem(out_dir: str | os.PathLike[str], base: str) -> str:
+    """`base`, or else the first of `base`-2, `base`-3, ... of which `out_dir` holds no
+    result file: a stem no earlier run's results use."""
+    out, stem, number = Path(out_dir), base, 1
+    while any((out / f"{stem}{suffix}").exists() for suffix in SUFFIXES):
+        number += 1
+        stem = f"{base}-{number}"
+    return stem
+
+
+def case_line(label: str, row: Row | None, seconds: float) -> str:
+    """The progress line of the case `label` that took `seconds`: its median step and its
+    rate, images/s (GFLOP/s for the matmul roof, which has no images); `row` None: skipped."""
+    if row is None:
+        return f"{label}: skipped (see the results file)"
+    if row.case == ROOF_CASE:
+        rate = f"{row.flops_per_second * 1e-9:.0f} GFLOP/s"
+    else:
+        rate = f"{row.images_per_second:.0f} images/s"
+    return f"{label}: median {row.median * 1e3:.3f} ms, {rate} [{seconds:.1f} s]"
 
 
 def write_results(
@@ -49,7 +73,7 @@ def _roof_lines(rows: Sequence[dict[str, Any]]) -> list[str]:
         f"{row['framework']} {row['flops_per_second'] * 1e-9:.0f} GFLOP/s "
         f"({row['batch_size']}x{row['batch_size']})"
         for row in rows
-        if row["case"] == "matmul_peak"
+        if row["case"] == ROOF_CASE
     ]
     return [f"Matmul roof (float32 GEMM): {', '.join(roofs)}.", ""] if roofs else []
 

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxcifar.bench.rows import Row, step_row
+from jaxcifar.bench.rows import ROOF_CASE, Row, step_row
 from jaxcifar.bench.timing import TimingBudget, time_steps
 from jaxcifar.bench.xla_cost import program_memory_bytes
 from jaxcifar.cpu_fusions import compile_timed
@@ -22,11 +22,10 @@ from jaxcifar.cpu_fusions import compile_timed
 # GPU needs thousands of rows to fill its cores), small enough to take milliseconds.
 CPU_MATMUL_SIZE = 1024
 GPU_MATMUL_SIZE = 8192
-CASE = "matmul_peak"
 
 
 def _matmul_row(framework: str, size: int, seconds: np.ndarray, **fields) -> Row:
-    return step_row(framework, "gemm", CASE, size, "float32", (size, size), seconds,
+    return step_row(framework, "gemm", ROOF_CASE, size, "float32", (size, size), seconds,
                     flops_per_step=2.0 * size**3, **fields)  # fmt: skip
 
 

@@ -16,6 +16,8 @@ from jaxcifar.bench.timing import percentiles
 
 # Cases timed as repeated steps of a model (the epoch cases time whole epochs).
 STEP_CASES = ("train_step", "scratch_step")
+# The machine's matmul roof (`jaxcifar.bench.peak`): a GEMM, so it has FLOP/s but no images.
+ROOF_CASE = "matmul_peak"
 
 
 @dataclasses.dataclass
@@ -97,7 +99,7 @@ def step_row(framework: str, model: str, case: str, batch_size: int, dtype: str,
 def add_ratios(rows: Sequence[Row]) -> None:
     """Fill in `jax_speedup`, `speedup_vs_float32`, `speedup_vs_loop` and `speedup_bound` in
     place, for every row whose counterpart was measured in the same run."""
-    roofs = [r.flops_per_second for r in rows if r.case == "matmul_peak"]
+    roofs = [r.flops_per_second for r in rows if r.case == ROOF_CASE]
     roof = max(roofs, default=None)
     jax_float32 = {
         (r.model, r.case, r.batch_size): r

@@ -1,7 +1,9 @@
 """Time the jitted training step of each model, batch size and compute dtype (compile time,
 median/p10/p90 step time, images/s, FLOPs from XLA's cost analysis), epochs as a Python loop
 and as one lax.scan, and the same steps in NumPy (scratch MLP) and PyTorch (seed CNN), all in
-one process on one machine. Writes <name>.json, <name>.md and <name>.png into --out."""
+one process on one machine. Writes <name>.json, <name>.md and <name>.png into --out: without
+--name, a stem no earlier run's files there use (<device>-<date>, else -2, -3, ...); an explicit
+--name overwrites."""
 
 from __future__ import annotations
 
@@ -71,17 +73,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="benchmarks/results", metavar="DIR", help="output folder")
     parser.add_argument(
         "--name", type=file_stem,
-        help="file name stem of the results (None: <device kind>-<date>, e.g. "
-        "cpu-2026-11-29 or nvidia-h200-2026-11-29)",
+        help="file name stem of the results; overwrites a run's of that name (None: "
+        "<device kind>-<date>, e.g. cpu-2026-11-29 or nvidia-h200-2026-11-29, with -2, -3, "
+        "... added when taken)",
     )  # fmt: skip
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def default_stem(out: str) -> str:
+    """<device slug>-<date>, or with -2, -3, ... when earlier results in `out` use it (the
+    same day's, or committed ones): a run without --name never overwrites another's."""
+    from jaxcifar.bench import environment, output
+
+    device = environment.device_slug(environment.device_name())
+    base = f"{device}-{datetime.date.today().isoformat()}"
+    stem = output.free_stem(out, base)
+    if stem != base:
+        print(f"bench: {out} already holds {base}'s results; writing {stem}.* instead "
+              f"(--name {base} would overwrite them)", file=sys.stderr)  # fmt: skip
+    return stem
 
 
 def run(args: argparse.Namespace) -> int:
     """Run the benchmark: progress on stderr, the paths of the written files on stdout."""
     from tqdm import tqdm
 
-    from jaxcifar.bench import environment, output, suite
+    from jaxcifar.bench import output, suite
 
     if args.steps is not None:
         budget = TimingBudget.fixed(args.steps, warmup=args.warmup)
@@ -96,24 +113,16 @@ def run(args: argparse.Namespace) -> int:
     )  # fmt: skip
     check_writable_folder(Path(args.out))  # before the cases run, not after the first
     cases, _ = suite.plan(settings)
+    stem = args.name or default_stem(args.out)  # before the bar, which its message would break
     bar = tqdm(
         total=len(cases), unit="case", desc="bench", file=sys.stderr,
         disable=args.quiet or not sys.stderr.isatty(),  # a log file gets the case lines only
     )  # fmt: skip
-    device = environment.device_slug(environment.device_name())
-    stem = args.name or f"{device}-{datetime.date.today().isoformat()}"
 
     def on_case(case: suite.Case, row, seconds: float, results_so_far: dict) -> None:
         # The table so far, rewritten after every case: a run stopped early keeps its rows.
         output.write_results(results_so_far, args.out, stem, plot=False)
-        if row is None:
-            line = f"{case.label}: skipped (see the results file)"
-        else:
-            line = (
-                f"{case.label}: median {row.median * 1e3:.3f} ms, "
-                f"{row.images_per_second:.0f} images/s [{seconds:.1f} s]"
-            )
-        tqdm.write(line, file=sys.stderr)
+        tqdm.write(output.case_line(case.label, row, seconds), file=sys.stderr)
         bar.update()
 
     results = suite.run(settings, on_case=on_case)

@@ -1,8 +1,12 @@
 """Evaluate a checkpoint on its dataset's test split: accuracy, per-class accuracy, confusion matrix.
 
 Prints the summary; with --out, writes metrics.json and the figures there (the training
-curves come from the checkpoint's history). A speedrun model (`jaxcifar speedrun`'s
+curves come from the checkpoint's history). metrics.json's `config` is the run that made the
+model; its `evaluated` record is this evaluation: the file, the test data, the test subset's
+limit and seed, and how many examples it held. A speedrun model (`jaxcifar speedrun`'s
 model.msgpack) is evaluated with its test-time augmentation, as its run measured it.
+A test subset is drawn with the seed the model's run drew its own with, so the same
+--limit-test tests the same examples and reproduces the run's number.
 """
 
 from __future__ import annotations
@@ -10,13 +14,16 @@ from __future__ import annotations
 import argparse
 import dataclasses
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
 from jaxcifar.commands._args import add_data_dir_argument, check_writable_folder, positive_int
 from jaxcifar.data import Dataset, load_split
 from jaxcifar.errors import DataError
+
+if TYPE_CHECKING:  # imported when used: the module loads JAX
+    from jaxcifar.speedrun.model_file import Subsets
 
 HELP = "evaluate a checkpoint on the test split and write its reports"
 
@@ -27,9 +34,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "checkpoint.msgpack; or a speedrun's model.msgpack or output folder")
     add_data_dir_argument(parser)
     parser.add_argument("--limit-test", type=positive_int, metavar="N", default=None,
-                        help="evaluate on a random N-example subset; when not given, a "
-                        "checkpoint's own setting (a speedrun model keeps none: the whole "
-                        "test split)")
+                        help="evaluate on a random N-example subset, drawn as the model's run "
+                        "drew its own; when not given, the run's own setting (a speedrun model "
+                        "saved before models recorded it: the whole test split)")
     parser.add_argument("--out", metavar="DIR", help="write metrics.json and figures here")  # fmt: skip
 
 
@@ -50,15 +57,30 @@ def check_test_set(
             )
 
 
+class EvalSubset(NamedTuple):
+    """The test examples an evaluation takes: `load_split`'s limit and seed."""
+
+    limit: int | None  # None: the whole test split
+    seed: int
+
+
 class SavedModelTest(NamedTuple):
     """A saved model's test predictions and what its report needs besides them."""
 
     path: Path  # the file evaluated
     config: dict[str, Any]  # what metrics.json records as the run's configuration
+    subset: EvalSubset  # what `test_set` was drawn as
     test_set: Dataset
     predictions: np.ndarray  # (N,) int
     history: list[dict[str, float]]  # the training epochs' records, if saved
     loss: float | None  # mean test cross-entropy; None for a speedrun model (TTA predictions)
+
+
+def load_test_set(dataset: str, args: argparse.Namespace, subset: EvalSubset) -> Dataset:
+    """The `subset` of `dataset`'s test split in --data-dir."""
+    return load_split(
+        dataset, "test", data_dir=args.data_dir, limit=subset.limit, seed=subset.seed
+    )
 
 
 def evaluate_checkpoint(args: argparse.Namespace) -> SavedModelTest:
@@ -66,10 +88,9 @@ def evaluate_checkpoint(args: argparse.Namespace) -> SavedModelTest:
 
     saved = checkpoint.load(args.checkpoint)
     config = saved.config
-    test_set = load_split(
-        config.dataset, "test", data_dir=args.data_dir,
-        limit=args.limit_test or config.limit_test, seed=config.seed,
-    )  # fmt: skip
+    # Training drew its test subset from the run's seed too.
+    subset = EvalSubset(args.limit_test or config.limit_test, config.seed)
+    test_set = load_test_set(config.dataset, args, subset)
     check_test_set(test_set, saved.path, saved.input_shape, saved.class_names)
     template = train.state_template(config, saved.input_shape, len(saved.class_names))
     params = checkpoint.restore(saved, template).params
@@ -77,19 +98,47 @@ def evaluate_checkpoint(args: argparse.Namespace) -> SavedModelTest:
     step = train.make_eval_step(model, dtype=config.dtype)
     result = train.evaluate(step, params, test_set)
     return SavedModelTest(
-        saved.path, config.to_dict(), test_set, result.predictions, saved.history, result.loss
-    )
+        saved.path, config.to_dict(), subset, test_set, result.predictions, saved.history,
+        result.loss,
+    )  # fmt: skip
+
+
+def speedrun_test_subset(subsets: Subsets | None, limit_test: int | None) -> EvalSubset:
+    """The test subset for a speedrun model whose file records `subsets` (None in files
+    saved before they were recorded): `limit_test` (else the run's own limit) drawn with the
+    run's subset seed, so the run's limit gives the run's test images. Without a record:
+    `limit_test` drawn with `speedrun`'s default seed, 0."""
+    if subsets is None:
+        return EvalSubset(limit_test, 0)
+    return EvalSubset(limit_test or subsets.limit_test, subsets.seed)
 
 
 def evaluate_speedrun_model(path: Path, args: argparse.Namespace) -> SavedModelTest:
     from jaxcifar.speedrun import model_file
 
     saved = model_file.load(path)
-    config = {"model": "speedrun", "dataset": saved.dataset, **dataclasses.asdict(saved.recipe)}
-    test_set = load_split(saved.dataset, "test", data_dir=args.data_dir, limit=args.limit_test)
+    recorded = None if saved.subsets is None else saved.subsets._asdict()
+    config = {
+        "model": "speedrun", "dataset": saved.dataset, **dataclasses.asdict(saved.recipe),
+        "seed": saved.seed, "subsets": recorded,
+    }  # fmt: skip
+    subset = speedrun_test_subset(saved.subsets, args.limit_test)
+    test_set = load_test_set(saved.dataset, args, subset)
     check_test_set(test_set, saved.path, saved.input_shape, saved.class_names)
     predictions = model_file.predictions(saved, test_set.images)
-    return SavedModelTest(saved.path, config, test_set, predictions, [], None)
+    return SavedModelTest(saved.path, config, subset, test_set, predictions, [], None)
+
+
+def evaluated_record(result: SavedModelTest) -> dict[str, Any]:
+    """metrics.json's `evaluated`: what this evaluation tested (`config` is the run's, whose
+    own test subset may have been another)."""
+    return {
+        "checkpoint": str(result.path),
+        "test_data": result.test_set.source,
+        "limit_test": result.subset.limit,
+        "subset_seed": result.subset.seed,
+        "test_examples": len(result.test_set),
+    }
 
 
 def run(args: argparse.Namespace) -> int:
@@ -109,6 +158,7 @@ def run(args: argparse.Namespace) -> int:
         config=result.config, device=train.describe_devices(), history=result.history,
         labels=test_set.labels, predictions=result.predictions, class_names=test_set.class_names,
     )  # fmt: skip
+    report["evaluated"] = evaluated_record(result)
     measured = "TTA accuracy" if result.loss is None else f"test loss {result.loss:.4f}, accuracy"
     print(f"{result.path}: {measured} {report['test_accuracy']:.4f} on {len(test_set)} examples")
     for name, value in report["per_class_accuracy"].items():

@@ -1,9 +1,10 @@
 """Train the fast CIFAR-10 recipe (airbench94 in JAX) N times and report each run's warm
 training time (whitening + training + TTA test predictions, compilation timed apart) and TTA
-test accuracy. Writes OUT/speedrun.json ({"device", "runs": [{"system", "train_seconds",
-"cold_seconds", "tta_test_accuracy"}], ...}), OUT/speedrun.md, and OUT/model.msgpack, the
-last run's trained model (`jaxcifar evaluate` and `predict` read it). Compiled programs
-persist in --compile-cache, so a second process starts warm."""
+test accuracy. Writes OUT/speedrun.json ({"device", "runs": [{"system", "seed",
+"train_seconds", "cold_seconds", "tta_test_accuracy"}], "model": {"file", "run", "seed"},
+...}), OUT/speedrun.md, and OUT/model.msgpack, the last run's trained model with its seed and
+data subsets (`jaxcifar evaluate` and `predict` read it; evaluate tests on the same subset).
+Compiled programs persist in --compile-cache, so a second process starts warm."""
 
 from __future__ import annotations
 
@@ -26,7 +27,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     recipe = Recipe()
     add_data_arguments(parser)
     parser.add_argument("--runs", type=positive_int, default=1,
-                        help="timed runs (seeds SEED, SEED+1, ...)")  # fmt: skip
+                        help="timed runs (seeds SEED, SEED+1, ...); model.msgpack keeps the "
+                        "last")  # fmt: skip
     parser.add_argument("--epochs", type=positive_float, default=recipe.epochs,
                         help="epochs; a fraction runs part of the last one")  # fmt: skip
     parser.add_argument("--batch-size", type=positive_int, default=recipe.batch_size,
@@ -83,16 +85,24 @@ def run(args: argparse.Namespace) -> int:
 
         def save_model(speedrun, result) -> None:
             train_set = splits["train"]
-            model_file.save(
+            saved = model_file.save(
                 args.out, recipe, result.state.params, result.state.batch_stats,
                 speedrun.train_data.mean, speedrun.train_data.std, dataset=args.dataset,
                 class_names=train_set.class_names, input_shape=train_set.images.shape[1:],
+                seed=result.seed,
+                subsets=model_file.Subsets(args.seed, args.limit_train, args.limit_test),
             )  # fmt: skip
+            # The row went first (add_row); now say which run the model file holds.
+            run_number = len(results["runs"])
+            results["model"] = {"file": saved.name, "run": run_number, "seed": result.seed}
+            measure.write_results(results, path)
 
         _, details = measure.measure(
             recipe, splits["train"], splits["test"], runs=args.runs, seed=args.seed,
             epoch_mode=args.epoch_mode, on_row=add_row, on_result=save_model,
         )  # fmt: skip
     results.update(details)
+    model = results["model"]
+    print(f"{model['file']}: the model of run {model['run']}/{args.runs} (seed {model['seed']})")
     print(" ".join(str(written) for written in measure.write_results(results, path)))
     return 0

@@ -20,10 +20,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import shlex
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from jaxcifar import parallel
 from jaxcifar.commands._args import (
@@ -68,13 +70,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         ("--batch-size", dict(type=positive_int)),
         ("--optimizer", dict(choices=OPTIMIZERS)),
         ("--lr", dict(type=positive_float, help="peak learning rate")),
-        ("--momentum", dict(type=non_negative_float)),
-        ("--weight-decay", dict(type=non_negative_float)),
+        ("--momentum", dict(type=non_negative_float, help="sgd / nesterov only: adam and "
+                            "adamw ignore it (optax's b1=0.9, b2=0.999)")),
+        ("--weight-decay", dict(type=non_negative_float, help="sgd, nesterov, adam: coupled "
+                                "L2 (wd * params added to the gradient); adamw: decoupled "
+                                "(lr * wd * params subtracted beside the Adam step)")),
         ("--schedule", dict(choices=SCHEDULES)),
         ("--augment", dict(action=argparse.BooleanOptionalAction,
                            help="random crop (4 px) + horizontal flip on the device")),
         ("--dtype", dict(choices=DTYPES, help="compute dtype (parameters stay float32)")),
-        ("--seed", dict(type=seed_int)),
+        ("--seed", dict(type=seed_int, help="init, data order, dropout, crops, and which "
+                        "examples --limit-train / --limit-test keep (another seed tests on "
+                        "another subset)")),
         ("--limit-train", dict(type=positive_int, metavar="N", help="train on a random N-example subset")),
         ("--limit-test", dict(type=positive_int, metavar="N", help="test on a random N-example subset")),
         ("--mlp-hidden", dict(type=positive_int, nargs="+", metavar="WIDTH", help="MLP hidden layer widths")),
@@ -93,11 +100,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="with --resume: accept flags that change the checkpoint's "
                         "configuration")
     parser.add_argument("--epoch-mode", choices=EPOCH_MODES, default="auto",
-                        help="loop: jitted calls of 4 steps, batches from the host; chunk/scan: "
+                        help="loop: jitted calls of 4 steps (of 1 in epochs of under 1,000 "
+                        "steps, and for an epoch's last steps past a multiple of 4), batches "
+                        "shipped from the host 100 steps at a time; chunk/scan: "
                         "lax.scan over 100 steps / a whole epoch on the device; "
                         "fused/fused-pallas: the seed recipe's fast path on one device, its dense "
                         "head in XLA / in one Pallas kernel; auto: chunk on CPU, scan "
-                        "elsewhere, loop if the images fill over a quarter of device memory")
+                        "elsewhere, loop if the images fill over a quarter of a GPU's or "
+                        "TPU's memory")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")  # fmt: skip
     add_compile_cache_argument(parser)
     parallel.add_distributed_arguments(parser)
@@ -176,11 +186,14 @@ def run(args: argparse.Namespace) -> int:
             return 0  # nothing trained, so the reports of the run stay as they are
         # A run stopped after its last epoch but before its reports: `fit` trains nothing
         # and evaluates, and the reports are written.
-    if args.epoch_mode.startswith("fused"):  # refuse before touching --out or loading data
-        from jaxcifar.fused.epoch import check_config
-        from jaxcifar.train import FUSED_HEADS
+    from jaxcifar import train
 
-        check_config(config, FUSED_HEADS[args.epoch_mode])
+    # Refused before touching --out or loading data; the device count is known already.
+    if args.epoch_mode in train.FUSED_HEADS:
+        from jaxcifar.fused.epoch import check_config
+
+        check_config(config, train.FUSED_HEADS[args.epoch_mode])
+    parallel.check_batch_size(config.batch_size, len(train.training_devices(args.epoch_mode)))
     check_writable_folder(out)
     if saved is None and (out / checkpoint.FILENAME).exists():
         raise ConfigError(f"{out} already holds a checkpoint; pass --resume or another --out")
@@ -221,6 +234,34 @@ def run(args: argparse.Namespace) -> int:
         ) from None
 
 
+def device_notes(epoch_mode: str, devices: Sequence[Any], cpu_count: int | None) -> list[str]:
+    """One-line notes for stderr on how `epoch_mode` (resolved, not "auto") uses this process's
+    `devices` (jax.Device objects) on a machine of `cpu_count` cores (`os.cpu_count()`; None:
+    unknown).
+
+    The fused path trains on the first device only. Loop mode on more virtual CPU devices
+    than cores hung in XLA:CPU's all-reduce and aborted a minute later (8 devices on 2 cores,
+    jax 0.10.2, 4 runs of 4; a plain sharded jit called often does too); 2 and 4 devices,
+    and chunk and scan on 8, ran (docs/scaling.md).
+    """
+    from jaxcifar.train import FUSED_HEADS
+
+    notes = []
+    if epoch_mode in FUSED_HEADS and len(devices) > 1:
+        notes.append(
+            f"note: --epoch-mode {epoch_mode} trains on one device of the {len(devices)} "
+            "visible; chunk or scan trains data parallel on all of them"
+        )
+    cores_exceeded = cpu_count is not None and len(devices) > cpu_count
+    if epoch_mode == "loop" and devices[0].platform == "cpu" and cores_exceeded:
+        notes.append(
+            f"warning: --epoch-mode loop on {len(devices)} CPU devices and {cpu_count} cores "
+            "can hang in XLA:CPU's all-reduce and abort after a minute; --epoch-mode chunk "
+            "trains the same way (docs/scaling.md)"
+        )
+    return notes
+
+
 def _reports_cover(out: Path, epochs: int) -> bool:
     """Whether OUT holds the reports of a run of `epochs` epochs: its metrics.json lists that
     many, and every figure is there (they are written after it)."""
@@ -256,7 +297,9 @@ def _train(
     args: argparse.Namespace, config: RunConfig, saved: Checkpoint | None, out: Path,
     signals: StopOnSignal, in_checkpoint: list[tuple[int, RunConfig]],
 ) -> int:  # fmt: skip
-    from jaxcifar import checkpoint, train
+    import jax
+
+    from jaxcifar import checkpoint, epochs, train
     from jaxcifar.data import load_split
     from jaxcifar.reports import build_metrics, write_reports
 
@@ -270,9 +313,12 @@ def _train(
         template = train.state_template(config, input_shape, train_set.num_classes)
         state, history = checkpoint.restore(saved, template), saved.history
 
-    device = train.describe_devices(args.epoch_mode)
+    mode = epochs.pick_epoch_mode(args.epoch_mode, train_set)  # what runs, for the reports
+    device = train.describe_devices(mode)
     print(f"devices: {device['device_count']} x {device['platform']} ({device['device_kind']})")
     print(f"data: {len(train_set)} train / {len(test_set)} test examples from {train_set.source}")
+    for note in device_notes(mode, jax.local_devices(), os.cpu_count()):
+        print(note, file=sys.stderr)
 
     def on_epoch_end(state, history):
         with signals.hold():  # a signal now would lose the finished epoch
@@ -281,13 +327,16 @@ def _train(
             in_checkpoint.append((len(history), config))
 
     result = train.fit(
-        config, train_set, test_set, state=state, history=history, epoch_mode=args.epoch_mode,
+        config, train_set, test_set, state=state, history=history, epoch_mode=mode,
         on_epoch_end=on_epoch_end, progress=not args.quiet,
     )  # fmt: skip
+    data = {"source": train_set.source, "train_examples": len(train_set),
+            "test_examples": len(test_set)}  # fmt: skip
     report = build_metrics(
         config=config.to_dict(), device=device, history=result.history,
         labels=test_set.labels, predictions=result.test.predictions,
         class_names=test_set.class_names, compile_seconds=result.compile_seconds,
+        epoch_mode=mode, data=data,
     )  # fmt: skip
     # Every process holds the same metrics; only process 0 writes them, as it does checkpoints.
     if parallel.is_main_process():

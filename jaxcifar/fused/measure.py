@@ -47,16 +47,14 @@ def measure_path(
     setup = train.build_setup(config, train_set)
     state = train.init_state(config, setup)
     initial_params = jax.tree.map(jnp.copy, jax.block_until_ready(state.params))
-    losses: list[np.ndarray] = []
     start = time.perf_counter()
     if path in train.FUSED_HEADS:
         runner = FusedRunner(config, train_set, head=train.FUSED_HEADS[path], unroll=unroll)
     else:
         runner = train.make_epoch_runner(path, config, setup, train_set)
     for epoch in range(1, config.epochs + 1):
-        epoch_losses: list[np.ndarray] = []
-        state = runner.run(state, epoch, lambda first, loss, correct: epoch_losses.append(loss))
-        losses.append(np.concatenate(epoch_losses))
+        losses: list[np.ndarray] = []  # this epoch's, as the runner reports them
+        state = runner.run(state, epoch, lambda first, loss, correct: losses.append(loss))
     params = jax.block_until_ready(state.params)
     wall = time.perf_counter() - start
     test = train.evaluate(train.make_eval_step(setup.model), params, test_set)
@@ -81,7 +79,7 @@ def measure_path(
         "steps": runner.steps * config.epochs,
         "kernels_per_step": None if kernels is None else sum(kernels.values()),
         "kernel_counts": kernels,
-        "last_epoch_train_loss": float(losses[-1].mean()),
+        "last_epoch_train_loss": train.mean_loss(losses),  # as `fit` records it
         "pallas_interpret": path == "fused-pallas" and jax.default_backend() == "cpu",
     }
     log(

@@ -1,7 +1,9 @@
 """Timed speedrun runs and their results file: `{"device", "runs": [...]}` plus a markdown table.
 
-Each run row is `{"system", "dtype", "train_seconds", "cold_seconds", "tta_test_accuracy"}`
-(dtype: the compute dtype; airbench94's is float16).
+Each run row is `{"system", "seed", "dtype", "train_seconds", "cold_seconds",
+"tta_test_accuracy"}` (seed: the run's, null where the system takes none of ours; dtype: the
+compute dtype, airbench94's is float16). `jaxcifar speedrun` adds `"model": {"file", "run",
+"seed"}`: which run's model its model.msgpack holds.
 `train_seconds` is warm: whitening, training and TTA test predictions with every program
 already compiled (what airbench's reported time covers). `cold_seconds` is set on a system's
 first row only: what that first run cost a fresh process, compilation included (for us,
@@ -28,9 +30,10 @@ DATASET_TITLES = {"cifar10": "CIFAR-10", "mnist": "MNIST", "fashion_mnist": "Fas
 
 
 def run_row(system: str, dtype: str, train_seconds: float, cold_seconds: float | None,
-            accuracy: float) -> dict[str, Any]:  # fmt: skip
+            accuracy: float, seed: int | None = None) -> dict[str, Any]:  # fmt: skip
     return {
         "system": system,
+        "seed": seed,
         "dtype": dtype,
         "train_seconds": train_seconds,
         "cold_seconds": cold_seconds,
@@ -65,13 +68,15 @@ def measure(
     for i in range(runs):
         result = speedrun.run(seed + i)
         cold = speedrun.compile_seconds + result.seconds if i == 0 else None
-        rows.append(run_row(SYSTEM, recipe.dtype, result.seconds, cold, result.tta_accuracy))
+        rows.append(
+            run_row(SYSTEM, recipe.dtype, result.seconds, cold, result.tta_accuracy, result.seed)
+        )
         on_row(rows[-1])
         on_result(speedrun, result)
         losses.append(result.epoch_losses)
         log(
-            f"run {i + 1}/{runs}: {result.seconds:.2f} s warm, TTA test accuracy "
-            f"{result.tta_accuracy:.4f}, epoch losses "
+            f"run {i + 1}/{runs} (seed {result.seed}): {result.seconds:.2f} s warm, TTA test "
+            f"accuracy {result.tta_accuracy:.4f}, epoch losses "
             + " ".join(f"{loss:.3f}" for loss in result.epoch_losses)
         )
     details = {
@@ -84,8 +89,8 @@ def measure(
 
 
 def summary(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per system and dtype: run count, mean and standard deviation of train seconds and
-    accuracy, and the cold seconds of its first run."""
+    """Per system and dtype: run count, mean and standard deviation (None for one run) of
+    train seconds and accuracy, and the cold seconds of its first run."""
     out = []
     for system, dtype in dict.fromkeys((row["system"], row["dtype"]) for row in rows):
         mine = [row for row in rows if (row["system"], row["dtype"]) == (system, dtype)]
@@ -96,16 +101,22 @@ def summary(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
             "dtype": dtype,
             "runs": len(mine),
             "train_seconds_mean": statistics.fmean(seconds),
-            "train_seconds_sd": statistics.stdev(seconds) if len(mine) > 1 else 0.0,
+            "train_seconds_sd": statistics.stdev(seconds) if len(mine) > 1 else None,
             "tta_test_accuracy_mean": statistics.fmean(accuracy),
-            "tta_test_accuracy_sd": statistics.stdev(accuracy) if len(mine) > 1 else 0.0,
+            "tta_test_accuracy_sd": statistics.stdev(accuracy) if len(mine) > 1 else None,
             "cold_seconds": mine[0]["cold_seconds"],
         })  # fmt: skip
     return out
 
 
+def _cell(value: float | None, spec: str) -> str:
+    """`value` formatted by `spec`, or "-" where there is none (e.g. the sd of one run)."""
+    return "-" if value is None else format(value, spec)
+
+
 def render_markdown(results: dict[str, Any]) -> str:
-    """The results as a markdown table per system, then every run."""
+    """The results as a markdown table per system, then every run, then which run's model
+    model.msgpack holds (when the results say)."""
     dataset = results.get("dataset", "cifar10")
     title = DATASET_TITLES.get(dataset, dataset)
     lines = [
@@ -118,23 +129,26 @@ def render_markdown(results: dict[str, Any]) -> str:
         "|---|---|---:|---:|---:|---:|",
     ]
     for s in summary(results["runs"]):
-        cold = "-" if s["cold_seconds"] is None else f"{s['cold_seconds']:.2f}"
         lines.append(
             f"| {s['system']} | {s['dtype']} | {s['runs']} | {s['train_seconds_mean']:.3f} ± "
-            f"{s['train_seconds_sd']:.3f} | {cold} | {s['tta_test_accuracy_mean']:.4f} ± "
-            f"{s['tta_test_accuracy_sd']:.4f} |"
+            f"{_cell(s['train_seconds_sd'], '.3f')} | {_cell(s['cold_seconds'], '.2f')} "
+            f"| {s['tta_test_accuracy_mean']:.4f} ± {_cell(s['tta_test_accuracy_sd'], '.4f')} |"
         )
     lines += [
         "",
-        "| # | system | dtype | train s | cold s | TTA test accuracy |",
-        "|---:|---|---|---:|---:|---:|",
+        "| # | system | seed | dtype | train s | cold s | TTA test accuracy |",
+        "|---:|---|---:|---|---:|---:|---:|",
     ]
     for i, row in enumerate(results["runs"], start=1):
-        cold = "-" if row["cold_seconds"] is None else f"{row['cold_seconds']:.2f}"
+        # Results written before rows recorded their seed have none.
         lines.append(
-            f"| {i} | {row['system']} | {row['dtype']} | {row['train_seconds']:.3f} | {cold} "
+            f"| {i} | {row['system']} | {_cell(row.get('seed'), 'd')} | {row['dtype']} "
+            f"| {row['train_seconds']:.3f} | {_cell(row['cold_seconds'], '.2f')} "
             f"| {row['tta_test_accuracy']:.4f} |"
         )
+    if "model" in results:
+        model = results["model"]
+        lines += ["", f"{model['file']}: the model of run {model['run']} (seed {model['seed']})."]
     skipped = [f"- {entry['system']}: {entry['reason']}" for entry in results.get("skipped", ())]
     if skipped:
         lines += ["", "Not measured:", "", *skipped]

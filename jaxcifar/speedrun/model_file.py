@@ -1,9 +1,13 @@
 """A trained speedrun model on disk, so `jaxcifar evaluate` and `predict` can use it.
 
-`jaxcifar speedrun` writes OUT/model.msgpack after its last run: a format tag and version,
-the recipe, the dataset's name, class names and image shape, the training set's channel
-statistics (inputs are standardised by them), and the weights the run ended with (the
-lookahead average its TTA accuracy was measured with) with their batch-norm statistics.
+`jaxcifar speedrun` writes OUT/model.msgpack after each run (so in the end the last run's): a
+format tag and version, the recipe, the dataset's name, class names and image shape, the
+training set's channel statistics (inputs are standardised by them), the weights the run ended
+with (the lookahead average its TTA accuracy was measured with) with their batch-norm
+statistics, and where the number came from: the run's seed and the random train and test
+subsets it used (`Subsets`), so `evaluate` can test on the same images. Files written before
+the seed and subsets were recorded lack them and still load (as None): the fields are
+optional, so the format version stays 1 (and older readers skip them).
 Written atomically: a crash leaves the previous file intact.
 """
 
@@ -33,6 +37,14 @@ VERSION = 1
 FILENAME = "model.msgpack"
 
 
+class Subsets(NamedTuple):
+    """The random subsets a speedrun trained and tested on: `load_split`'s limits and seed."""
+
+    seed: int
+    limit_train: int | None  # None: the whole split
+    limit_test: int | None
+
+
 class SavedModel(NamedTuple):
     path: Path
     recipe: Recipe
@@ -43,14 +55,19 @@ class SavedModel(NamedTuple):
     std: jax.Array  # (C,) float32
     params: net.Params
     batch_stats: net.BatchStats
+    seed: int | None = None  # the seed of the run that trained it; None: not recorded
+    subsets: Subsets | None = None  # None: not recorded
 
 
 def save(
     directory: str | os.PathLike[str], recipe: Recipe, params: net.Params,
     batch_stats: net.BatchStats, mean: jax.Array, std: jax.Array, *, dataset: str,
-    class_names: tuple[str, ...], input_shape: tuple[int, int, int],
+    class_names: tuple[str, ...], input_shape: tuple[int, int, int], seed: int | None = None,
+    subsets: Subsets | None = None,
 ) -> Path:  # fmt: skip
-    """Write DIR/model.msgpack atomically; returns its path."""
+    """Write DIR/model.msgpack atomically; returns its path. `seed` (the run's) and `subsets`
+    are written when given."""
+    provenance = {"seed": seed, "subsets": None if subsets is None else subsets._asdict()}
     payload = {
         "format": FORMAT,
         "version": VERSION,
@@ -66,6 +83,7 @@ def save(
         "std": np.asarray(std),
         "params": serialization.to_state_dict(jax.device_get(params)),
         "batch_stats": serialization.to_state_dict(jax.device_get(batch_stats)),
+        **{name: value for name, value in provenance.items() if value is not None},
     }
     path = Path(directory) / FILENAME
     atomic_write_bytes(path, serialization.msgpack_serialize(payload))
@@ -114,7 +132,8 @@ def load(path: str | os.PathLike[str]) -> SavedModel:
             path=path, recipe=recipe, dataset=payload["dataset"], class_names=class_names,
             input_shape=(height, width, channels), mean=jnp.asarray(payload["mean"]),
             std=jnp.asarray(payload["std"]), params=jax.tree.map(jnp.asarray, params),
-            batch_stats=jax.tree.map(jnp.asarray, batch_stats),
+            batch_stats=jax.tree.map(jnp.asarray, batch_stats), seed=payload.get("seed"),
+            subsets=Subsets(**payload["subsets"]) if "subsets" in payload else None,
         )  # fmt: skip
     except (KeyError, TypeError, ValueError) as error:
         raise CheckpointError(f"{path}: malformed speedrun model ({error})") from None

@@ -188,6 +188,7 @@ def predict(recipe: Recipe, params: net.Params, batch_stats: net.BatchStats,
 
 
 class RunResult(NamedTuple):
+    seed: int  # the run's: it is a function of this alone
     seconds: float  # whitening + training + TTA test predictions, as airbench counts
     tta_accuracy: float
     epoch_losses: list[float]  # mean training loss of each epoch
@@ -301,7 +302,7 @@ class Speedrun:
             for i in range(0, len(step_losses), per_epoch)
         ]
         matrix = metrics.confusion_matrix(self.test_labels, predictions, self.num_classes)
-        return RunResult(seconds, metrics.accuracy(matrix), epoch_losses, state)
+        return RunResult(seed, seconds, metrics.accuracy(matrix), epoch_losses, state)
 
 
 def batched(images: np.ndarray, batch: int) -> np.ndarray:
