@@ -101,31 +101,32 @@ def test_a_tree_of_another_datasets_image_size_is_refused_before_caching(
     assert not fresh_cache.exists() or not any(fresh_cache.iterdir())
 
 
-def test_a_tree_of_another_datasets_class_folders_is_refused_before_caching(tmp_path, fresh_cache):
+def _class_tree(root, class_names):
+    """root/{train,test}/<class>/0.png, one blank 28x28 greyscale image per class."""
     for split in ("train", "test"):
-        for name in CIFAR10_CLASSES:
-            (tmp_path / "data" / split / name).mkdir(parents=True)
-            Image.new("L", (28, 28)).save(tmp_path / "data" / split / name / "0.png")
+        for name in class_names:
+            (root / split / name).mkdir(parents=True)
+            Image.new("L", (28, 28)).save(root / split / name / "0.png")
+    return root
+
+
+def test_a_tree_of_another_datasets_class_folders_is_refused_before_caching(tmp_path, fresh_cache):
+    data = _class_tree(tmp_path / "data", CIFAR10_CLASSES)
     cifar10 = r"data/train/: class folders airplane\.\.truck are cifar10's classes, not fashion_"
     with pytest.raises(DataError, match=cifar10):
-        load("fashion_mnist", "train", data_dir=tmp_path / "data")
+        load("fashion_mnist", "train", data_dir=data)
     assert not fresh_cache.exists() or not any(fresh_cache.iterdir())
     # Fashion-MNIST's classes as folders can be (no "/" in a folder name): matched loosely.
-    fashion = ("t-shirt_top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
-               "Bag", "ankle_boot")  # fmt: skip
-    for split in ("train", "test"):
-        for name in fashion:
-            (tmp_path / "fashion" / split / name).mkdir(parents=True)
-            Image.new("L", (28, 28)).save(tmp_path / "fashion" / split / name / "0.png")
+    fashion = _class_tree(tmp_path / "fashion", (
+        "t-shirt_top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
+        "Bag", "ankle_boot",
+    ))  # fmt: skip
     named = r"class folders T-shirt/top\.\.Ankle boot are fashion_mnist's classes, not mnist's"
     with pytest.raises(DataError, match=named):
-        load("mnist", "train", data_dir=tmp_path / "fashion")
-    assert len(load("fashion_mnist", "train", data_dir=tmp_path / "fashion")) == 10
+        load("mnist", "train", data_dir=fashion)
+    assert len(load("fashion_mnist", "train", data_dir=fashion)) == 10
     # Digits are label numbers any dataset's tree may use: they prove nothing.
-    digits = tmp_path / "digits"
-    for split in ("train", "test"):
-        (digits / split / "0").mkdir(parents=True)
-        Image.new("L", (28, 28)).save(digits / split / "0" / "0.png")
+    digits = _class_tree(tmp_path / "digits", ("0",))
     assert len(load("fashion_mnist", "train", data_dir=digits)) == 1
 
 
