@@ -174,7 +174,7 @@ def test_bench_command_refuses_torch_compile_without_the_references(monkeypatch,
 
 @pytest.mark.parametrize("name", ["../../escape", "", ".hidden"])
 def test_bench_command_takes_a_plain_file_stem_as_its_name(name, tmp_path, capsys):
-    # Before: --out /tmp/b --name ../../escape wrote /tmp/escape.json.
+    # Before: --out a/b --name ../../escape wrote escape.json beside a/, outside --out.
     with pytest.raises(SystemExit) as exit_info:
         cli.main(["bench", "--out", str(tmp_path / "b"), "--name", name])
     assert exit_info.value.code == 2
