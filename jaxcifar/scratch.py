@@ -68,7 +68,7 @@ def initialize_network(
     sizes = [int(size) for size in layer_sizes]
     if len(sizes) < 2 or min(sizes) < 1:
         raise ValueError(f"layer_sizes needs >= 2 positive sizes, got {tuple(layer_sizes)}")
-    if not np.issubdtype(np.dtype(dtype), np.floating):
+    if not _is_float(np.dtype(dtype)):
         raise TypeError(f"dtype must be a float dtype; got {np.dtype(dtype)}")
     rng = np.random.default_rng(seed)
     network = []
@@ -343,12 +343,18 @@ def train(
     return network, history
 
 
+def _is_float(dtype: np.dtype) -> bool:
+    """Whether `dtype` is a float type: NumPy's, or ml_dtypes' bfloat16, which NumPy's type
+    tree does not count as floating."""
+    return np.issubdtype(dtype, np.floating) or dtype.name == "bfloat16"
+
+
 def _check_inputs(network: Network, x: np.ndarray, name: str) -> None:
     """Raise unless `x` is (B, n_in) float for the network's first layer. Integer pixels
     would enter unscaled (0..255 saturates every sigmoid: training goes badly, silently);
     unflattened images would fail in a matmul's gufunc signature."""
     x = np.asarray(x)
-    if not np.issubdtype(x.dtype, np.floating):
+    if not _is_float(x.dtype):
         raise TypeError(
             f"{name} is {x.dtype}; expected float inputs in [0, 1] "
             "(uint8 pixels: scratch.scale_pixels flattens and scales them)"

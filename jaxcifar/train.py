@@ -445,7 +445,7 @@ def _check_same_kind(train_set: Dataset, test_set: Dataset) -> None:
             f"{test_name} holds images of shape {test_set.images.shape[1:]}, but {train_name} "
             f"{train_set.images.shape[1:]}: the model is built for the training images"
         )
-    if test_set.class_names != train_set.class_names:
+    if tuple(test_set.class_names) != tuple(train_set.class_names):
         raise DataError(
             f"{test_name} has classes {test_set.class_names}, but {train_name} "
             f"{train_set.class_names}: another dataset?"

@@ -167,19 +167,19 @@ def test_a_batch_that_does_not_split_over_the_devices_is_refused_before_the_data
 
 def test_device_notes_say_fused_takes_one_device_and_loop_may_hang_on_virtual_cpus():
     cpu, gpu = types.SimpleNamespace(platform="cpu"), types.SimpleNamespace(platform="gpu")
-    assert device_notes("fused", [cpu] * 8, 2) == [
+    assert device_notes("fused", [cpu] * 8) == [
         "note: --epoch-mode fused trains on one device of the 8 visible; chunk or scan trains "
         "data parallel on all of them"
     ]
-    assert device_notes("loop", [cpu] * 8, 2) == [
-        "warning: --epoch-mode loop on 8 CPU devices and 2 cores can hang in XLA:CPU's "
-        "all-reduce and abort after a minute; --epoch-mode chunk trains the same way "
-        "(docs/scaling.md)"
-    ]
-    quiet = [("fused-pallas", [gpu]), ("loop", [cpu] * 2), ("chunk", [cpu] * 8),
-             ("loop", [gpu] * 8), ("loop", [cpu] * 8, None)]  # fmt: skip
-    for mode, devices, *cores in quiet:
-        assert device_notes(mode, devices, *(cores or [2])) == [], (mode, len(devices))
+    for count in (2, 8):  # 2 devices of 2 cores hung too
+        assert device_notes("loop", [cpu] * count) == [
+            f"warning: --epoch-mode loop on {count} CPU devices can hang in XLA:CPU's "
+            "all-reduce and abort after a minute; --epoch-mode chunk trains the same way "
+            "(docs/scaling.md)"
+        ]
+    quiet = [("fused-pallas", [gpu]), ("loop", [cpu]), ("chunk", [cpu] * 8), ("loop", [gpu] * 8)]
+    for mode, devices in quiet:
+        assert device_notes(mode, devices) == [], (mode, len(devices))
 
 
 def test_train_help_states_the_loop_rule_and_what_seed_and_momentum_reach(capsys, monkeypatch):

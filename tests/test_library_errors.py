@@ -153,6 +153,21 @@ def test_fit_refuses_a_test_set_unlike_the_training_set():
             train.fit(CONFIG, tiny(), test_set, progress=False, log=lambda line: None)
 
 
+def test_fit_takes_a_test_set_whose_class_names_are_a_list_of_the_same_names():
+    train_set = tiny()
+    test_set = dataclasses.replace(train_set, class_names=list(train_set.class_names))
+    result = train.fit(CONFIG, train_set, test_set, progress=False, log=lambda line: None)
+    assert len(result.history) == CONFIG.epochs
+
+
+def test_scratch_takes_bfloat16_which_numpy_does_not_count_as_floating():
+    import ml_dtypes
+
+    network = scratch.initialize_network((4, 3, 2), dtype=ml_dtypes.bfloat16)
+    outputs = scratch.forward_propagation(network, np.ones((5, 4), ml_dtypes.bfloat16))[-1]
+    assert outputs.shape == (5, 2)
+
+
 # --- metrics.confusion_matrix ----------------------------------------------------------------
 
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import shlex
 import sys
 from collections.abc import Sequence
@@ -234,15 +233,14 @@ def run(args: argparse.Namespace) -> int:
         ) from None
 
 
-def device_notes(epoch_mode: str, devices: Sequence[Any], cpu_count: int | None) -> list[str]:
+def device_notes(epoch_mode: str, devices: Sequence[Any]) -> list[str]:
     """One-line notes for stderr on how `epoch_mode` (resolved, not "auto") uses this process's
-    `devices` (jax.Device objects) on a machine of `cpu_count` cores (`os.cpu_count()`; None:
-    unknown).
+    `devices` (jax.Device objects).
 
-    The fused path trains on the first device only. Loop mode on more virtual CPU devices
-    than cores hung in XLA:CPU's all-reduce and aborted a minute later (8 devices on 2 cores,
-    jax 0.10.2, 4 runs of 4; a plain sharded jit called often does too); 2 and 4 devices,
-    and chunk and scan on 8, ran (docs/scaling.md).
+    The fused path trains on the first device only. Loop mode on several virtual CPU devices
+    hung in XLA:CPU's all-reduce and aborted a minute later (jax 0.10.2 on 2 cores: 8 devices
+    4 runs of 4, 2 devices 5 of 5 on 1,000 images; a plain sharded jit called often does
+    too); chunk and scan on 8 ran (docs/scaling.md).
     """
     from jaxcifar.train import FUSED_HEADS
 
@@ -252,12 +250,11 @@ def device_notes(epoch_mode: str, devices: Sequence[Any], cpu_count: int | None)
             f"note: --epoch-mode {epoch_mode} trains on one device of the {len(devices)} "
             "visible; chunk or scan trains data parallel on all of them"
         )
-    cores_exceeded = cpu_count is not None and len(devices) > cpu_count
-    if epoch_mode == "loop" and devices[0].platform == "cpu" and cores_exceeded:
+    if epoch_mode == "loop" and devices[0].platform == "cpu" and len(devices) > 1:
         notes.append(
-            f"warning: --epoch-mode loop on {len(devices)} CPU devices and {cpu_count} cores "
-            "can hang in XLA:CPU's all-reduce and abort after a minute; --epoch-mode chunk "
-            "trains the same way (docs/scaling.md)"
+            f"warning: --epoch-mode loop on {len(devices)} CPU devices can hang in XLA:CPU's "
+            "all-reduce and abort after a minute; --epoch-mode chunk trains the same way "
+            "(docs/scaling.md)"
         )
     return notes
 
@@ -317,7 +314,7 @@ def _train(
     device = train.describe_devices(mode)
     print(f"devices: {device['device_count']} x {device['platform']} ({device['device_kind']})")
     print(f"data: {len(train_set)} train / {len(test_set)} test examples from {train_set.source}")
-    for note in device_notes(mode, jax.local_devices(), os.cpu_count()):
+    for note in device_notes(mode, jax.local_devices()):
         print(note, file=sys.stderr)
 
     def on_epoch_end(state, history):
