@@ -79,7 +79,7 @@ def resend_dropped_signals() -> Iterator[None]:
     still waiting when the block ends is sent at once, so the block's caller gets it.
     """
     previous = sys.unraisablehook
-    waiting: dict[threading.Thread, int] = {}  # timer -> signal number
+    waiting: dict[threading.Thread, int] = {}  # timer (a Thread) -> signal number
 
     def resend(signum: int) -> None:
         waiting.pop(threading.current_thread(), None)
@@ -100,9 +100,10 @@ def resend_dropped_signals() -> Iterator[None]:
         yield
     finally:
         sys.unraisablehook = previous
+        late = set(waiting.values())
         for timer in list(waiting):
             timer.cancel()  # type: ignore[attr-defined]
-        late, _ = set(waiting.values()), waiting.clear()
+        waiting.clear()
         for signum in late:  # its handler runs here, on an ordinary line
             os.kill(os.getpid(), signum)
 
