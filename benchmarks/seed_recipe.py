@@ -5,8 +5,9 @@ Usage: python benchmarks/seed_recipe.py [--data-dir ../shared/data] [--paths loo
        [--epochs 10] [--limit-train N --limit-test N] [--unroll 1 ...] [--out benchmarks/results]
 
 Paths are `jaxcifar train --epoch-mode` values (jaxcifar.fused.measure): loop, chunk, scan, and
-the fused path with the dense head in plain JAX (fused) or in one Pallas kernel (fused-pallas;
-interpret mode on a CPU, where it only shows that the path runs: its time means nothing there).
+the fused path in plain JAX (fused), with its dense head in one Pallas kernel (fused-pallas) or
+its whole step in six (fused-pallas-all); Pallas runs in interpret mode on a CPU, where it only
+shows that the path runs: its time means nothing there.
 Every path trains the same recipe from the same initial parameters; `--limit-train` makes a CPU
 run short enough to finish. A path that fails (say, a Pallas kernel the GPU's compiler rejects)
 is reported with its error and the others still run. Several `--unroll` values (steps per loop
@@ -23,7 +24,8 @@ from jaxcifar.bench.environment import device_name, device_slug
 from jaxcifar.config import RunConfig
 from jaxcifar.data import load_split
 from jaxcifar.fused.measure import PATHS, measure_path, run_label, write_results
-from jaxcifar.train import FUSED_HEADS
+from jaxcifar.fused.epoch import PALLAS_PARTS
+from jaxcifar.train import FUSED_MODES
 
 
 def main() -> None:
@@ -51,11 +53,11 @@ def main() -> None:
         (path, unroll)
         for i, unroll in enumerate(args.unroll)
         for path in args.paths
-        if i == 0 or path in FUSED_HEADS
+        if i == 0 or path in FUSED_MODES
     ]
-    # Pallas runs last: its Triton kernel is the least proven code here, and a compile that
+    # Pallas runs last: its Triton kernels are the least proven code here, and a compile that
     # hangs or a fault that breaks the GPU context would cost every run after it.
-    runs.sort(key=lambda run: run[0] == "fused-pallas")
+    runs.sort(key=lambda run: bool(PALLAS_PARTS.get(run[0])))
     rows, failures = [], []
     for path, unroll in runs:
         try:

@@ -38,9 +38,9 @@ from jaxcifar.data.preprocess import to_float
 from jaxcifar.errors import ConfigError, DataError, TrainingDiverged
 from jaxcifar.optim import build_optimizer
 
-EPOCH_MODES = ("auto", "loop", "chunk", "scan", "fused", "fused-pallas")
-# The fused path's modes and the head step each runs (jaxcifar.fused).
-FUSED_HEADS = {"fused": "xla", "fused-pallas": "pallas"}
+# The fused path's modes (jaxcifar.fused.epoch.PALLAS_PARTS says what each runs in Pallas).
+FUSED_MODES = ("fused", "fused-pallas", "fused-pallas-all")
+EPOCH_MODES = ("auto", "loop", "chunk", "scan", *FUSED_MODES)
 # Evaluation batch: the seed CNN's evaluation on the 2-core AVX2 CPU, per image, 91 us at 250
 # against 111 at 100, 149 at 500 and 155 at 1,000 (benchmarks/README.md, finding 9); on a
 # GPU the test set is a few dozen small calls either way.
@@ -268,14 +268,14 @@ def _pad_rows(array: np.ndarray, size: int) -> np.ndarray:
 def make_epoch_runner(mode: str, config: RunConfig, setup: Setup, train_set: Dataset,
                       mesh: Mesh | None = None) -> Any:  # fmt: skip
     """The runner of `mode` (not "auto"; see `epochs.pick_epoch_mode`): an `EpochRunner` over
-    `make_train_step`'s step, or for "fused" / "fused-pallas" a `jaxcifar.fused.epoch.
+    `make_train_step`'s step, or for one of FUSED_MODES a `jaxcifar.fused.epoch.
     FusedRunner` (one device, seed-recipe kinds only; ConfigError otherwise). Both have
     `steps`, `compile_seconds` and `run(state, epoch, report) -> state`."""
-    if mode in FUSED_HEADS:
+    if mode in FUSED_MODES:
         # Imported here: the fused path builds on this module (its reference and its state).
         from jaxcifar.fused.epoch import FusedRunner
 
-        return FusedRunner(config, train_set, head=FUSED_HEADS[mode], mesh=mesh)
+        return FusedRunner(config, train_set, path=mode, mesh=mesh)
     train_step = make_train_step(setup, dtype=config.dtype, augment=config.augment, mesh=mesh)
     return epochs.EpochRunner(train_step, train_set, config, mode, mesh)
 
@@ -308,7 +308,7 @@ class FitResult(NamedTuple):
 def training_devices(epoch_mode: str = "auto") -> list[jax.Device]:
     """The devices `fit` trains on by default in `epoch_mode`: every device of the default
     backend, in every process; the fused modes train on one device, this process's first."""
-    return jax.local_devices()[:1] if epoch_mode in FUSED_HEADS else jax.devices()
+    return jax.local_devices()[:1] if epoch_mode in FUSED_MODES else jax.devices()
 
 
 def describe_devices(epoch_mode: str = "auto") -> dict[str, Any]:
@@ -341,8 +341,8 @@ def fit(
 
     Runs data parallel over `mesh` (default: every device of every process); the batch size
     must divide by its device count (ConfigError otherwise). `epoch_mode` is one of
-    EPOCH_MODES: "auto" picks chunk, scan or loop (`epochs.pick_epoch_mode`); "fused" and
-    "fused-pallas" train along the fast path of `jaxcifar.fused`, on one device (by default
+    EPOCH_MODES: "auto" picks chunk, scan or loop (`epochs.pick_epoch_mode`); FUSED_MODES
+    train along the fast path of `jaxcifar.fused`, on one device (by default
     this process's first) in a one-process run. `on_epoch_end(state, history)` runs after
     each epoch (checkpointing), on process 0 only: the state is replicated, so
     process 0 holds all of it. A non-finite loss raises TrainingDiverged naming the epoch

@@ -42,13 +42,13 @@ def reference(dataset):
     return initial, jax.device_get(state.params), np.concatenate(losses)
 
 
-def run_fused(dataset, initial, head, unroll=1):
+def run_fused(dataset, initial, path, unroll=1):
     """The fused path from the reference's initial parameters, 2 epochs, through the same
     `EpochRunner` interface (a `TrainState` in and out)."""
     setup = train.build_setup(CONFIG, dataset)
     params = jax.device_put(initial)
     state = train.TrainState(params, setup.optimizer.init(params), jax.numpy.zeros((), "int32"))
-    runner = epoch.FusedRunner(CONFIG, dataset, head=head, unroll=unroll)
+    runner = epoch.FusedRunner(CONFIG, dataset, path=path, unroll=unroll)
     losses = []
     for e in (1, 2):
         state = runner.run(state, e, lambda first, loss, correct: losses.append(loss))
@@ -56,12 +56,15 @@ def run_fused(dataset, initial, head, unroll=1):
     return jax.device_get(state.params), np.concatenate(losses)
 
 
-@pytest.mark.parametrize("head, unroll", [("xla", 1), ("xla", 3), ("pallas", 1)])
+@pytest.mark.parametrize(
+    "path, unroll",
+    [("fused", 1), ("fused", 3), ("fused-pallas", 1), ("fused-pallas-all", 1)],
+)
 def test_fused_path_gives_the_reference_parameters_after_100_steps(
-    dataset, reference, head, unroll
+    dataset, reference, path, unroll
 ):
     initial, expected, expected_losses = reference
-    params, losses = run_fused(dataset, initial, head, unroll)
+    params, losses = run_fused(dataset, initial, path, unroll)
     np.testing.assert_allclose(losses, expected_losses, rtol=1e-4, atol=1e-5)
     for name in expected:
         for kind in ("kernel", "bias"):
@@ -82,15 +85,19 @@ def test_fused_path_gives_the_reference_parameters_after_100_steps(
     ],
 )
 def test_fused_path_refuses_recipes_it_does_not_compute(dataset, change, named):
-    expected = r"fused path \(--epoch-mode fused, fused-pallas\) runs the seed recipe's kind only"
+    expected = (
+        r"fused path \(--epoch-mode fused, fused-pallas, fused-pallas-all\) runs the seed "
+        "recipe's kind only"
+    )
     with pytest.raises(ConfigError, match=expected) as info:
         epoch.FusedRunner(dataclasses.replace(CONFIG, **change), dataset)
     assert named in str(info.value)
 
 
-def test_fused_path_refuses_an_unknown_head_unroll_or_several_devices(dataset):
-    with pytest.raises(ConfigError, match="head must be one of xla, pallas; got 'cuda'"):
-        epoch.FusedRunner(CONFIG, dataset, head="cuda")
+def test_fused_path_refuses_an_unknown_path_unroll_or_several_devices(dataset):
+    expected = "path must be one of fused, fused-pallas, fused-pallas-all; got 'cuda'"
+    with pytest.raises(ConfigError, match=expected):
+        epoch.FusedRunner(CONFIG, dataset, path="cuda")
     with pytest.raises(ConfigError, match="unroll must be a positive integer; got 0"):
         epoch.FusedRunner(CONFIG, dataset, unroll=0)
     with pytest.raises(ConfigError, match=r"one device in one process; this run has 8 device\(s\)"):
@@ -184,12 +191,13 @@ def test_a_program_whose_kernels_cannot_be_counted_keeps_its_timed_row(dataset, 
     "flags, backend, message",
     [
         (["--epoch-mode", "fused", "--recipe", "fast"], "cpu",
-         "the fused path (--epoch-mode fused, fused-pallas) runs the seed recipe's kind only; "
+         "the fused path (--epoch-mode fused, fused-pallas, fused-pallas-all) runs the seed "
+         "recipe's kind only; "
          "got optimizer 'nesterov' (needs 'sgd'), weight_decay 0.0005 (needs 0.0)"),
-        (["--epoch-mode", "fused-pallas"], "tpu",
-         "--epoch-mode fused-pallas runs its Pallas kernel through Triton, on a GPU (or "
+        (["--epoch-mode", "fused-pallas-all"], "tpu",
+         "--epoch-mode fused-pallas-all runs its Pallas kernels through Triton, on a GPU (or "
          "interpreted on a CPU); this machine's backend is tpu: use --epoch-mode fused, the "
-         "same path with the head in plain XLA"),
+         "same path in plain XLA"),
     ],
 )  # fmt: skip
 def test_train_command_refuses_a_fused_run_it_cannot_make_before_loading_data(
@@ -205,36 +213,38 @@ def test_train_command_refuses_a_fused_run_it_cannot_make_before_loading_data(
     assert not (tmp_path / "run").exists()
 
 
-def test_only_the_pallas_head_imports_pallas():
+def test_only_the_pallas_paths_import_pallas():
     # Pallas is experimental and its Triton backend deprecated from JAX 0.11: the scan, loop
     # and fused paths (and their benchmark) must not need it to import.
     code = (
         "import sys; import jaxcifar.fused.measure, jaxcifar.fused.epoch as e; "
         "assert not [m for m in sys.modules if 'pallas' in m], 'imported early'; "
-        "e.head_step('pallas'); assert 'jax.experimental.pallas' in sys.modules"
+        "e.step_parts('fused-pallas-all'); assert 'jax.experimental.pallas' in sys.modules"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
+@pytest.mark.parametrize("path", ["fused-pallas", "fused-pallas-all"])
 def test_a_jax_without_pallas_triton_gets_a_clear_error_naming_the_other_fused_path(
-    tmp_path, capsys, monkeypatch
+    path, tmp_path, capsys, monkeypatch
 ):
     from jax.experimental import pallas
 
     from jaxcifar import cli, fused
 
-    # The kernel's module imported afresh, and its `from jax.experimental.pallas import
+    # The kernels' modules imported afresh, and their `from jax.experimental.pallas import
     # triton` failing as on a JAX that dropped it (a None entry in sys.modules makes it raise).
-    monkeypatch.delattr(fused, "pallas_head", raising=False)
-    monkeypatch.delitem(sys.modules, "jaxcifar.fused.pallas_head", raising=False)
+    for module in ("pallas_head", "pallas_convs"):
+        monkeypatch.delattr(fused, module, raising=False)
+        monkeypatch.delitem(sys.modules, f"jaxcifar.fused.{module}", raising=False)
     monkeypatch.delattr(pallas, "triton", raising=False)
     monkeypatch.setitem(sys.modules, "jax.experimental.pallas.triton", None)
-    argv = ["train", "--epoch-mode", "fused-pallas", "--data-dir", str(tmp_path), "--out",
+    argv = ["train", "--epoch-mode", path, "--data-dir", str(tmp_path), "--out",
             str(tmp_path / "run")]  # fmt: skip
     assert cli.main(argv) == 2
     error = capsys.readouterr().err.strip()
     assert error.startswith(
-        "jaxcifar train: error: --epoch-mode fused-pallas needs Pallas' Triton backend, which "
+        f"jaxcifar train: error: --epoch-mode {path} needs Pallas' Triton backend, which "
         f"this JAX ({jax.__version__}) does not import ("
     )
-    assert error.endswith("use --epoch-mode fused, the same path with the head in plain XLA")
+    assert error.endswith("use --epoch-mode fused, the same path in plain XLA")

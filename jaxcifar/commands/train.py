@@ -42,7 +42,7 @@ if TYPE_CHECKING:  # for annotations only: importing it imports JAX, which --hel
 
 # train.EPOCH_MODES, spelled out so that building the parser does not import JAX
 # (tests/test_fused.py checks that the two agree).
-EPOCH_MODES = ("auto", "loop", "chunk", "scan", "fused", "fused-pallas")
+EPOCH_MODES = ("auto", "loop", "chunk", "scan", "fused", "fused-pallas", "fused-pallas-all")
 
 HELP = "train a model; write metrics.json, figures and a checkpoint"
 
@@ -103,8 +103,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "steps, and for an epoch's last steps past a multiple of 4), batches "
                         "shipped from the host 100 steps at a time; chunk/scan: "
                         "lax.scan over 100 steps / a whole epoch on the device; "
-                        "fused/fused-pallas: the seed recipe's fast path on one device, its dense "
-                        "head in XLA / in one Pallas kernel; auto: chunk on CPU, scan "
+                        "fused/fused-pallas/fused-pallas-all: the seed recipe's fast path on "
+                        "one device, in XLA / its dense head in one Pallas kernel / the whole "
+                        "step in six Pallas kernels; auto: chunk on CPU, scan "
                         "elsewhere, loop if the images fill over a quarter of a GPU's or "
                         "TPU's memory")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")  # fmt: skip
@@ -188,10 +189,10 @@ def run(args: argparse.Namespace) -> int:
     from jaxcifar import train
 
     # Refused before touching --out or loading data; the device count is known already.
-    if args.epoch_mode in train.FUSED_HEADS:
+    if args.epoch_mode in train.FUSED_MODES:
         from jaxcifar.fused.epoch import check_config
 
-        check_config(config, train.FUSED_HEADS[args.epoch_mode])
+        check_config(config, args.epoch_mode)
     parallel.check_batch_size(config.batch_size, len(train.training_devices(args.epoch_mode)))
     check_writable_folder(out)
     if saved is None and (out / checkpoint.FILENAME).exists():
@@ -242,10 +243,10 @@ def device_notes(epoch_mode: str, devices: Sequence[Any]) -> list[str]:
     4 runs of 4, 2 devices 5 of 5 on 1,000 images; a plain sharded jit called often does
     too); chunk and scan on 8 ran (docs/scaling.md).
     """
-    from jaxcifar.train import FUSED_HEADS
+    from jaxcifar.train import FUSED_MODES
 
     notes = []
-    if epoch_mode in FUSED_HEADS and len(devices) > 1:
+    if epoch_mode in FUSED_MODES and len(devices) > 1:
         notes.append(
             f"note: --epoch-mode {epoch_mode} trains on one device of the {len(devices)} "
             "visible; chunk or scan trains data parallel on all of them"

@@ -26,47 +26,51 @@ from jaxcifar.errors import ConfigError
 from jaxcifar.fused import step
 from jaxcifar.optim import build_schedule
 
-HEADS = ("xla", "pallas")
+# The fused paths (`jaxcifar train --epoch-mode`) and what each computes in Pallas kernels:
+# nothing, the dense head, or the whole step (the head and the convolutional part).
+PALLAS_PARTS = {"fused": (), "fused-pallas": ("head",), "fused-pallas-all": ("head", "convs")}
 
 
-def head_step(head: str) -> step.HeadStep:
-    """The dense head's training step for `head`, one of HEADS.
+def step_parts(path: str) -> tuple[step.HeadStep, step.FeaturesStep]:
+    """The (head step, features step) of fused path `path`, a key of PALLAS_PARTS.
 
-    The Pallas kernel's module is imported only when asked for: Pallas is experimental and
-    its Triton backend, which the kernel is written for, is deprecated from JAX 0.11 on; the
-    XLA head and every other path must keep working on a JAX that changes or drops it.
-    Raises ConfigError when this JAX cannot import it."""
-    if head == "pallas":
-        try:
-            from jaxcifar.fused import pallas_head
-        except ImportError as error:
-            raise ConfigError(
-                f"--epoch-mode fused-pallas needs Pallas' Triton backend, which this JAX "
-                f"({jax.__version__}) does not import ({error}): use --epoch-mode fused, the "
-                "same path with the head in plain XLA"
-            ) from None
-        return pallas_head.head_train_step
-    return step.xla_head_train_step
+    The Pallas kernels' modules are imported only when asked for: Pallas is experimental and
+    its Triton backend, which the kernels are written for, is deprecated from JAX 0.11 on;
+    the XLA path and every other mode must keep working on a JAX that changes or drops it.
+    Raises ConfigError when this JAX cannot import them."""
+    parts = PALLAS_PARTS[path]
+    if not parts:
+        return step.xla_head_train_step, step.xla_features_step
+    try:
+        from jaxcifar.fused import pallas_convs, pallas_head
+    except ImportError as error:
+        raise ConfigError(
+            f"--epoch-mode {path} needs Pallas' Triton backend, which this JAX "
+            f"({jax.__version__}) does not import ({error}): use --epoch-mode fused, the "
+            "same path in plain XLA"
+        ) from None
+    features = pallas_convs.features_train_step if "convs" in parts else step.xla_features_step
+    return pallas_head.head_train_step, features
 
 
-# Where the Pallas head runs: compiled through Triton on GPUs, interpreted (slowly: for tests)
-# on CPUs. TPUs compile Pallas with Mosaic, which this kernel is not written for.
+# Where the Pallas kernels run: compiled through Triton on GPUs, interpreted (slowly: for
+# tests) on CPUs. TPUs compile Pallas with Mosaic, which these kernels are not written for.
 PALLAS_BACKENDS = ("gpu", "cpu")
 
 
-def check_config(config: RunConfig, head: str = "xla") -> None:
+def check_config(config: RunConfig, path: str = "fused") -> None:
     """Raise ConfigError unless `config` is a recipe the fused step computes (the CNN, plain
-    SGD with momentum (any schedule), no weight decay, no augmentation, float32) and `head`
-    is one of HEADS that this machine's backend runs."""
-    if head not in HEADS:
-        raise ConfigError(f"head must be one of {', '.join(HEADS)}; got {head!r}")
-    if head == "pallas" and jax.default_backend() not in PALLAS_BACKENDS:
+    SGD with momentum (any schedule), no weight decay, no augmentation, float32) and `path`
+    is one of PALLAS_PARTS that this machine's backend runs."""
+    if path not in PALLAS_PARTS:
+        raise ConfigError(f"path must be one of {', '.join(PALLAS_PARTS)}; got {path!r}")
+    if PALLAS_PARTS[path] and jax.default_backend() not in PALLAS_BACKENDS:
         raise ConfigError(
-            "--epoch-mode fused-pallas runs its Pallas kernel through Triton, on a GPU (or "
+            f"--epoch-mode {path} runs its Pallas kernels through Triton, on a GPU (or "
             f"interpreted on a CPU); this machine's backend is {jax.default_backend()}: use "
-            "--epoch-mode fused, the same path with the head in plain XLA"
+            "--epoch-mode fused, the same path in plain XLA"
         )
-    head_step(head)
+    step_parts(path)
     wrong = [f"momentum {config.momentum} (needs > 0)"] if config.momentum == 0 else []
     wrong += [
         f"{name} {value!r} (needs {needed!r})"
@@ -81,7 +85,7 @@ def check_config(config: RunConfig, head: str = "xla") -> None:
     ]
     if wrong:
         raise ConfigError(
-            "the fused path (--epoch-mode fused, fused-pallas) runs the seed recipe's kind "
+            f"the fused path (--epoch-mode {', '.join(PALLAS_PARTS)}) runs the seed recipe's kind "
             f"only; got {', '.join(wrong)}"
         )
 
@@ -102,8 +106,8 @@ def to_train_state(state: step.FusedState) -> train.TrainState:
 
 
 class FusedRunner:
-    """Trains epochs of `dataset` (uint8 images, on the default device) with the fused step
-    and head `head` ("xla" or "pallas"), `unroll` steps per loop iteration.
+    """Trains epochs of `dataset` (uint8 images, on the default device) along fused path
+    `path` (a key of PALLAS_PARTS), `unroll` steps per loop iteration.
 
     Same interface as `epochs.EpochRunner` (`steps`, `compile_seconds`, `run`). Drops the last
     partial batch and draws the same order and dropout masks as `epochs.EpochRunner` for the
@@ -112,10 +116,10 @@ class FusedRunner:
     """
 
     def __init__(
-        self, config: RunConfig, dataset: Dataset, head: str = "xla", unroll: int = 1,
+        self, config: RunConfig, dataset: Dataset, path: str = "fused", unroll: int = 1,
         mesh: Mesh | None = None,
     ):  # fmt: skip
-        check_config(config, head)
+        check_config(config, path)
         if unroll < 1:
             raise ConfigError(f"unroll must be a positive integer; got {unroll}")
         if mesh is not None and mesh.size > 1 or jax.process_count() > 1:
@@ -131,8 +135,9 @@ class FusedRunner:
             raise ConfigError(
                 f"--batch-size {config.batch_size} is larger than the training set ({len(dataset)})"
             )
+        head_step, features_step = step_parts(path)
         train_step = step.make_train_step(
-            head_step(head), build_schedule(config, self.steps), config.momentum
+            head_step, build_schedule(config, self.steps), config.momentum, features_step
         )
         batch_size, size, seed, steps = config.batch_size, len(dataset), config.seed, self.steps
 

@@ -2,8 +2,9 @@
 
 A path is one of `jaxcifar.train`'s epoch modes: "loop" (a Python loop of jitted steps),
 "chunk" (`lax.scan`s of 100 steps; the default on a CPU), "scan" (one `lax.scan` per epoch;
-the default elsewhere), "fused" and "fused-pallas" (the fused path,
-`FusedRunner`, with the head step in plain JAX or as one Pallas kernel).
+the default elsewhere), "fused", "fused-pallas" and "fused-pallas-all" (the fused path,
+`FusedRunner`, in plain JAX, with the head step as one Pallas kernel, or the whole step as
+six).
 Each row is `{"device", "epochs", "batch_size", "wall_seconds" (compilation included),
 "compile_seconds", "test_accuracy", "path"}` plus what explains it: the training and test
 set sizes, the kernels one step launches (from the compiled HLO), the final epoch's mean
@@ -27,10 +28,10 @@ from jaxcifar.atomic import write_json_and_markdown
 from jaxcifar.bench.xla_cost import kernel_counts
 from jaxcifar.config import RunConfig
 from jaxcifar.data.dataset import Dataset
-from jaxcifar.fused.epoch import FusedRunner
+from jaxcifar.fused.epoch import PALLAS_PARTS, FusedRunner
 from jaxcifar.bench.environment import device_name
 
-PATHS = ("loop", "chunk", "scan", "fused", "fused-pallas")
+PATHS = ("loop", "chunk", "scan", *train.FUSED_MODES)
 
 
 def measure_path(
@@ -48,8 +49,8 @@ def measure_path(
     state = train.init_state(config, setup)
     initial_params = jax.tree.map(jnp.copy, jax.block_until_ready(state.params))
     start = time.perf_counter()
-    if path in train.FUSED_HEADS:
-        runner = FusedRunner(config, train_set, head=train.FUSED_HEADS[path], unroll=unroll)
+    if path in train.FUSED_MODES:
+        runner = FusedRunner(config, train_set, path=path, unroll=unroll)
     else:
         runner = train.make_epoch_runner(path, config, setup, train_set)
     for epoch in range(1, config.epochs + 1):
@@ -73,14 +74,14 @@ def measure_path(
         "compile_seconds": runner.compile_seconds,
         "test_accuracy": test.accuracy,
         "path": path,
-        "unroll": unroll if path in train.FUSED_HEADS else None,
+        "unroll": unroll if path in train.FUSED_MODES else None,
         "train_images": len(train_set),
         "test_images": len(test_set),
         "steps": runner.steps * config.epochs,
         "kernels_per_step": None if kernels is None else sum(kernels.values()),
         "kernel_counts": kernels,
         "last_epoch_train_loss": train.mean_loss(losses),  # as `fit` records it
-        "pallas_interpret": path == "fused-pallas" and jax.default_backend() == "cpu",
+        "pallas_interpret": bool(PALLAS_PARTS.get(path)) and jax.default_backend() == "cpu",
     }
     log(
         f"{run_label(path, unroll)}: {wall:.2f} s wall ({runner.compile_seconds:.2f} s compiling), "
@@ -92,7 +93,7 @@ def measure_path(
 
 def run_label(path: str, unroll: int) -> str:
     """A run's name in logs and failure lines: its path, with the unroll for a fused path."""
-    return f"{path} (unroll {unroll})" if path in train.FUSED_HEADS else path
+    return f"{path} (unroll {unroll})" if path in train.FUSED_MODES else path
 
 
 def _step_kernels(path: str, runner: Any, setup: train.Setup, params: Any,

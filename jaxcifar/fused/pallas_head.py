@@ -85,8 +85,8 @@ def head_train_step(
 
     padded_params = _pad_layers(head_params)
     padded_velocity = _pad_layers(head_velocity)
-    padded_batch = _padded_size(batch)
-    padded_flat = _pad_to(flat.astype(jnp.float32), (padded_batch, _padded_size(flat.shape[1])))
+    padded_batch = dot_size(batch)
+    padded_flat = _pad_to(flat.astype(jnp.float32), (padded_batch, dot_size(flat.shape[1])))
     # Labels as a (rows, 1) column and the rate as a (1, 1) block, like the (1, n) bias rows:
     # Triton needs power-of-two sizes everywhere but >= 16 only in dots, which these skip.
     padded_labels = _pad_to(labels.astype(jnp.int32)[:, None], (padded_batch, 1))
@@ -171,7 +171,7 @@ def _check_batch(flat: jax.Array, labels: jax.Array, layer_shapes: dict) -> int:
     return flat.shape[0]
 
 
-def _padded_size(n: int) -> int:
+def dot_size(n: int) -> int:
     """The smallest power of two >= max(n, 16): a size every Triton dot operand accepts."""
     return max(_MIN_DOT_DIM, 1 << (n - 1).bit_length())
 
@@ -188,8 +188,8 @@ def _pad_layers(layers: dict) -> dict:
     for name, layer in layers.items():
         n_in, n_out = layer["kernel"].shape
         padded[name] = {
-            "kernel": _pad_to(layer["kernel"], (_padded_size(n_in), _padded_size(n_out))),
-            "bias": _pad_to(layer["bias"][None, :], (1, _padded_size(n_out))),
+            "kernel": _pad_to(layer["kernel"], (dot_size(n_in), dot_size(n_out))),
+            "bias": _pad_to(layer["bias"][None, :], (1, dot_size(n_out))),
         }
     return padded
 
@@ -240,12 +240,15 @@ def _train_step_kernel(
 
     pre_activation = params[first]["bias"][...]
     for tile in input_tiles:
-        pre_activation = pre_activation + _dot(flat_ref[:, tile], params[first]["kernel"][tile, :])
+        pre_activation = pre_activation + full_precision_dot(
+            flat_ref[:, tile], params[first]["kernel"][tile, :]
+        )
     layer_inputs = {}
     for name in deeper:
         layer_inputs[name] = jnp.maximum(pre_activation, 0.0)
         pre_activation = (
-            _dot(layer_inputs[name], params[name]["kernel"][...]) + params[name]["bias"][...]
+            full_precision_dot(layer_inputs[name], params[name]["kernel"][...])
+            + params[name]["bias"][...]
         )
     column = lax.broadcasted_iota(jnp.int32, pre_activation.shape, 1)
     logits = jnp.where(column < num_classes, pre_activation, _MASKED_LOGIT)
@@ -255,16 +258,18 @@ def _train_step_kernel(
 
     for name in reversed(deeper):
         layer_input = layer_inputs[name]
-        d_layer_input = _dot(d_pre_activation, params[name]["kernel"][...].T)
-        grad_kernel = _dot(layer_input.T, d_pre_activation)
+        d_layer_input = full_precision_dot(d_pre_activation, params[name]["kernel"][...].T)
+        grad_kernel = full_precision_dot(layer_input.T, d_pre_activation)
         grad_bias = jnp.sum(d_pre_activation, axis=0, keepdims=True)
         _sgd_momentum_update(update_refs[name]["kernel"], grad_kernel, learning_rate, momentum)
         _sgd_momentum_update(update_refs[name]["bias"], grad_bias, learning_rate, momentum)
         # ReLU's gradient, 0 at 0 as jax.nn.relu's.
         d_pre_activation = jnp.where(layer_input > 0.0, d_layer_input, 0.0)
     for tile in input_tiles:
-        d_flat_ref[:, tile] = _dot(d_pre_activation, params[first]["kernel"][tile, :].T)
-        grad_kernel_tile = _dot(flat_ref[:, tile].T, d_pre_activation)
+        d_flat_ref[:, tile] = full_precision_dot(
+            d_pre_activation, params[first]["kernel"][tile, :].T
+        )
+        grad_kernel_tile = full_precision_dot(flat_ref[:, tile].T, d_pre_activation)
         _sgd_momentum_update(
             update_refs[first]["kernel"], grad_kernel_tile, learning_rate, momentum, rows=tile
         )
@@ -289,7 +294,7 @@ def _sgd_momentum_update(
     new_velocity_ref[rows, :] = new_velocity
 
 
-def _dot(a: jax.Array, b: jax.Array) -> jax.Array:
+def full_precision_dot(a: jax.Array, b: jax.Array) -> jax.Array:
     """a @ b in full float32: on Triton the default precision would round inputs to TF32."""
     return jnp.dot(a, b, precision=lax.Precision.HIGHEST)
 

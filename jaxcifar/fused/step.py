@@ -1,11 +1,13 @@
-"""One training step of the seed recipe, split where a fused kernel can take over.
+"""One training step of the seed recipe, split where fused kernels can take over.
 
-The step is `cnn.features` (convolutions, pooling, dropout; XLA ops, differentiated with
-`jax.vjp`) followed by a *head step*: the fully connected layers' forward pass, the mean
-cross-entropy, the backward pass, the SGD-with-momentum update of fc1..fc5, and the gradient
-with respect to the head's input, which flows back into the convolutions. A head step is
-either `xla_head_train_step` (plain JAX) or `pallas_head.head_train_step` (one kernel); both
-take and return the same things, so the rest of the step does not know which runs.
+The step is a *features step* (the convolutions, pooling and dropout forward; later, given
+d loss / d flat, their backward pass and the momentum update of conv1 and conv2) around a
+*head step*: the fully connected layers' forward pass, the mean cross-entropy, the backward
+pass, the SGD-with-momentum update of fc1..fc5, and the gradient with respect to the head's
+input, which flows back into the convolutions. A head step is `xla_head_train_step` (plain
+JAX) or `pallas_head.head_train_step` (one kernel), a features step `xla_features_step` or
+`pallas_convs.features_train_step` (four kernels); each pair takes and returns the same
+things, so the rest of the step does not know which runs.
 """
 
 from __future__ import annotations
@@ -24,6 +26,10 @@ Params = dict[str, dict[str, jax.Array]]
 # (head params, head velocity, flat (B, n) float32, labels (B,) int32, learning rate, momentum)
 # -> (new head params, new head velocity, d loss / d flat (B, n), loss scalar, correct scalar)
 HeadStep = Callable[..., tuple[Params, Params, jax.Array, jax.Array, jax.Array]]
+# (conv velocity, d loss / d flat (B, n), learning rate, momentum) -> (conv params, velocity)
+FinishFeatures = Callable[[Params, jax.Array, jax.Array, float], tuple[Params, Params]]
+# (conv params, images (B, H, W, C) float32, dropout rng) -> (flat (B, n) float32, finish)
+FeaturesStep = Callable[[Params, jax.Array, jax.Array], tuple[jax.Array, FinishFeatures]]
 
 
 class FusedState(NamedTuple):
@@ -64,11 +70,29 @@ def xla_head_train_step(
     return params, velocity, d_flat, loss, correct
 
 
+def xla_features_step(conv_params: Params, x: jax.Array, rng: jax.Array
+                      ) -> tuple[jax.Array, FinishFeatures]:  # fmt: skip
+    """The features step in plain JAX: `cnn.features(conv_params, x, train=True, rng=rng)`
+    (B, n) float32, and its `finish`, which backpropagates d loss / d flat with `jax.vjp`
+    and makes one momentum update of conv1 and conv2."""
+    flat, features_vjp = jax.vjp(
+        lambda p: cnn.features(p, x, train=True, rng=rng), conv_params
+    )
+
+    def finish(conv_velocity, d_flat, learning_rate, momentum):
+        (conv_grads,) = features_vjp(d_flat)
+        return sgd_momentum(conv_params, conv_velocity, conv_grads, learning_rate, momentum)
+
+    return flat, finish
+
+
 def make_train_step(
-    head_step: HeadStep, schedule: Callable[[jax.Array], jax.Array], momentum: float
+    head_step: HeadStep, schedule: Callable[[jax.Array], jax.Array], momentum: float,
+    features_step: FeaturesStep = xla_features_step,
 ) -> Callable[[FusedState, tuple[jax.Array, jax.Array], jax.Array], tuple[FusedState, dict]]:
     """`(state, (images (B, H, W, C) uint8, labels (B,) int32), rng) -> (state, {"loss",
-    "correct"})`, the seed CNN's training step with the head computed by `head_step`.
+    "correct"})`, the seed CNN's training step with the head computed by `head_step` and the
+    convolutional part by `features_step`.
 
     Same function as `jaxcifar.train.make_train_step` with `optax.sgd(schedule, momentum)`:
     the same dropout mask for the same `rng`, the loss before the update. Not jitted: it is
@@ -81,18 +105,14 @@ def make_train_step(
         conv_params = {name: state.params[name] for name in cnn.CONV_LAYERS}
         head_params = {name: state.params[name] for name in cnn.DENSE_LAYERS}
         head_velocity = {name: state.velocity[name] for name in cnn.DENSE_LAYERS}
-        # Only the convolutions' parameters need gradients: the images are data.
-        flat, features_vjp = jax.vjp(
-            lambda p: cnn.features(p, x, train=True, rng=rng), conv_params
-        )
+        flat, finish_features = features_step(conv_params, x, rng)
         learning_rate = schedule(state.step)
         head_params, head_velocity, d_flat, loss, correct = head_step(
             head_params, head_velocity, flat, labels, learning_rate, momentum
         )
-        (conv_grads,) = features_vjp(d_flat)
         conv_velocity = {name: state.velocity[name] for name in cnn.CONV_LAYERS}
-        conv_params, conv_velocity = sgd_momentum(
-            conv_params, conv_velocity, conv_grads, learning_rate, momentum
+        conv_params, conv_velocity = finish_features(
+            conv_velocity, d_flat, learning_rate, momentum
         )
         state = FusedState(
             {**conv_params, **head_params}, {**conv_velocity, **head_velocity}, state.step + 1

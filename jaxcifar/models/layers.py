@@ -177,6 +177,12 @@ def dropout(x: jax.Array, rate: float, *, train: bool, rng: jax.Array | None) ->
         return x
     if rng is None:
         raise ValueError("dropout with train=True needs an rng key")
+    keep = dropout_keep(rng, x.shape, rate)
+    return jnp.where(keep, x / (1.0 - rate), jnp.zeros_like(x))
+
+
+def dropout_keep(rng: jax.Array, shape: tuple[int, ...], rate: float) -> jax.Array:
+    """`dropout`'s mask: a `shape` bool array, True (kept) with probability 1 - `rate`."""
     # The mask's bits come from XLA's RngBitGenerator, seeded by four words of `rng`: JAX's
     # own threefry over the seed CNN's (128, 8, 8, 16) activations took 21.7 s to compile on
     # CPU against 1.2 s this way (benchmarks/README.md, finding 2). Threefry rather than the
@@ -184,9 +190,8 @@ def dropout(x: jax.Array, rate: float, *, train: bool, rng: jax.Array | None) ->
     # 2.74 ms a step at batch 128, 26 against 95 us at batch 4 (finding 10).
     seed_words = jax.random.bits(rng, (4,), jnp.uint32)
     _, bits = lax.rng_bit_generator(
-        seed_words, x.shape, jnp.uint32, algorithm=lax.RandomAlgorithm.RNG_THREE_FRY
+        seed_words, shape, jnp.uint32, algorithm=lax.RandomAlgorithm.RNG_THREE_FRY
     )
     # Keep a unit when its 32 random bits fall below (1 - rate) * 2**32.
     threshold = min(round((1.0 - rate) * 2.0**32), 2**32 - 1)
-    keep = bits < jnp.uint32(threshold)
-    return jnp.where(keep, x / (1.0 - rate), jnp.zeros_like(x))
+    return bits < jnp.uint32(threshold)

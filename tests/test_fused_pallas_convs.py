@@ -1,0 +1,106 @@
+"""The seed CNN's convolutional part in Pallas kernels against plain JAX: `cnn.features` with
+dropout, `jax.vjp` of it, and optax.sgd's momentum update.
+
+On CPU the kernels run in Pallas' interpret mode; the last test checks they also lower to
+Triton IR for a GPU, which needs no GPU.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from jaxcifar.fused import pallas_convs
+from jaxcifar.models import cnn, layers
+
+MOMENTUM = 0.9
+LEARNING_RATE = 0.05
+
+
+def conv_part(input_shape):
+    """Conv params of the seed CNN for (H, W, C) images, and a velocity that is not zero."""
+    params = cnn.init(jax.random.key(0), input_shape)
+    conv_params = {name: params[name] for name in cnn.CONV_LAYERS}
+    return conv_params, jax.tree.map(lambda p: 0.1 * jnp.sin(7.0 * p), conv_params)
+
+
+def reference_step(conv_params, velocity, x, rng, d_flat):
+    """(flat, params, velocity) from cnn.features, jax.vjp and optax.sgd."""
+    flat, features_vjp = jax.vjp(lambda p: cnn.features(p, x, train=True, rng=rng), conv_params)
+    (grads,) = features_vjp(d_flat)
+    optimizer = optax.sgd(LEARNING_RATE, momentum=MOMENTUM)
+    trace_state, *other_states = optimizer.init(conv_params)
+    state = (trace_state._replace(trace=velocity), *other_states)
+    updates, (trace_state, *_) = optimizer.update(grads, state, conv_params)
+    return flat, optax.apply_updates(conv_params, updates), trace_state.trace
+
+
+# CIFAR-10's batch-4 step; a batch of 3 leaves the last block of pooled positions part
+# empty; 28x28 greyscale pools to 7x7, so pool2 drops an odd row and column.
+@pytest.mark.parametrize("batch, input_shape", [(4, (32, 32, 3)), (3, (28, 28, 1))])
+def test_one_step_equals_plain_jax(batch, input_shape):
+    conv_params, velocity = conv_part(input_shape)
+    x = jax.random.uniform(jax.random.key(1), (batch, *input_shape), minval=-1.0, maxval=1.0)
+    rng = jax.random.key(2)
+    flat_shape = jax.eval_shape(lambda: cnn.features(conv_params, x, train=True, rng=rng)).shape
+    d_flat = jax.random.normal(jax.random.key(3), flat_shape)
+    expected_flat, expected_params, expected_velocity = reference_step(
+        conv_params, velocity, x, rng, d_flat
+    )
+
+    flat, finish = pallas_convs.features_train_step(conv_params, x, rng)
+    params, new_velocity = finish(velocity, d_flat, jnp.float32(LEARNING_RATE), MOMENTUM)
+
+    np.testing.assert_allclose(flat, expected_flat, rtol=1e-5, atol=1e-6)
+    assert 0.1 < float(jnp.mean(flat == 0.0)) < 0.9  # ReLU and dropout both at work
+    for name in cnn.CONV_LAYERS:
+        for kind in ("kernel", "bias"):
+            scale = float(jnp.abs(expected_velocity[name][kind]).max())
+            np.testing.assert_allclose(
+                new_velocity[name][kind], expected_velocity[name][kind], atol=2e-6 * scale
+            )
+            np.testing.assert_allclose(
+                params[name][kind], expected_params[name][kind], atol=2e-6 * scale
+            )
+            moved = jnp.abs(params[name][kind] - conv_params[name][kind]).max()
+            assert moved > 1e-2, (name, kind)  # the update is not trivially equal
+
+
+def test_forward_drops_what_the_mask_drops_and_records_every_phase():
+    conv_params, _ = conv_part((32, 32, 3))
+    x = jax.random.uniform(jax.random.key(1), (2, 32, 32, 3), minval=-1.0, maxval=1.0)
+    keep = layers.dropout_keep(jax.random.key(5), (2, 8, 8, 16), cnn.DROPOUT_RATE)
+    flat, residuals = pallas_convs.features_forward(conv_params, x, keep)
+    all_kept, _ = pallas_convs.features_forward(conv_params, x, jnp.ones_like(keep))
+    np.testing.assert_array_equal(flat, jnp.where(keep.reshape(2, -1), all_kept, 0.0))
+    assert 0.1 < float(jnp.mean(keep)) < 0.9
+    # Pooling kept the first maximum of each window: every phase occurs.
+    assert set(np.unique(residuals.phase1)) == set(np.unique(residuals.phase2)) == {0, 1, 2, 3}
+
+
+def test_lowers_to_five_triton_kernels_updating_in_place():
+    """Lowering for a CUDA GPU needs no GPU: the kernels keep to what Pallas' Triton backend
+    lowers, and both update kernels alias their 4 params and velocity arrays."""
+    conv_params, velocity = conv_part((32, 32, 3))
+
+    def step(conv_params, velocity, x, rng, d_flat):
+        flat, finish = pallas_convs.features_train_step(conv_params, x, rng, interpret=False)
+        return flat, finish(velocity, d_flat, jnp.float32(LEARNING_RATE), MOMENTUM)
+
+    lowered = (
+        jax.jit(step)
+        .trace(
+            conv_params,
+            velocity,
+            jax.ShapeDtypeStruct((4, 32, 32, 3), jnp.float32),
+            jax.random.key(0),
+            jax.ShapeDtypeStruct((4, 1024), jnp.float32),
+        )
+        .lower(lowering_platforms=("cuda",))
+        .as_text()
+    )
+    assert lowered.count("custom_call @__gpu$xla.gpu.triton") == 5
+    assert lowered.count("stablehlo.output_operand_alias<") == 2 * 4
