@@ -21,9 +21,11 @@ the four positions of each 2x2 window (its "phases" 0..3, row-major) and keeps t
 maximum, as `layers.max_pool_2x2` does, and its phase, which the backward kernels read to
 route each pooled gradient back to its position.
 
-Written to the rules of Pallas' Triton backend: power-of-two blocks, every dot operand
-dimension >= 16 (conv1's 3 input channels are loaded as 16, the rest masked), no reshapes;
-gathers are index-array loads. On a CPU the kernels run in interpret mode.
+Dots take JAX's default float32 precision, as `pallas_head`'s do (TF32 on a recent NVIDIA
+GPU, like the XLA path's convolutions there). Written to the rules of Pallas' Triton backend:
+power-of-two blocks, every dot operand dimension >= 16 (conv1's 3 input channels are loaded
+as 16, the rest masked), no reshapes; gathers are index-array loads. On a CPU the kernels run
+in interpret mode.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as pltriton
 
-from jaxcifar.fused.pallas_head import dot_size, full_precision_dot
+from jaxcifar.fused.pallas_head import dot_size
 from jaxcifar.models import cnn, layers
 
 # The 2x2 window's positions in row-major order; a pooled value's phase is its index here.
@@ -212,8 +214,8 @@ def _forward_kernel(input_ref, kernel_ref, bias_ref, *refs, geometry: Geometry,
         z = bias_ref[...]
         for tap, (di, dj) in enumerate(_TAPS):
             tap_rows, inside = _tap_rows(n, h + di - 1, w + dj - 1, geometry)
-            z = z + full_precision_dot(_load_rows(input_ref, tap_rows, valid & inside,
-                                                  taps[tap].shape[0]), taps[tap])
+            inputs = _load_rows(input_ref, tap_rows, valid & inside, taps[tap].shape[0])
+            z = z + jnp.dot(inputs, taps[tap])
         activation = jnp.maximum(z, 0.0)
         if best is None:
             best, phase = activation, jnp.zeros(activation.shape, jnp.int32)
@@ -272,7 +274,7 @@ def _input_gradient_kernel(kernel_ref, pooled1_ref, phase_ref, *refs,
         ]
         d_output = jnp.where(at_max, _pooled_gradient(gradient_refs, pooled_rows, valid & inside),
                              0.0)  # fmt: skip
-        term = full_precision_dot(d_output, _load_tap(kernel_ref, tap).T)
+        term = jnp.dot(d_output, _load_tap(kernel_ref, tap).T)
         total = term if total is None else total + term
     pooled1 = _load_rows(pooled1_ref, q, valid)
     _store_rows(out_ref, q, valid, jnp.where(pooled1 > 0.0, total, 0.0))
@@ -334,7 +336,7 @@ def _update_kernel(
             d_output = jnp.where(phase == index, d_pooled, 0.0)
             input_rows, inside = _tap_rows(n, 2 * r + a + di - 1, 2 * v + b + dj - 1, geometry)
             inputs = _load_rows(input_ref, input_rows, valid & inside, c_in_padded)
-            grad_kernel = grad_kernel + full_precision_dot(inputs.T, d_output)
+            grad_kernel = grad_kernel + jnp.dot(inputs.T, d_output)
         return grad_kernel, grad_bias + jnp.sum(d_pooled, axis=0, keepdims=True)
 
     zeros = (jnp.zeros((c_in_padded, c_out), jnp.float32), jnp.zeros((1, c_out), jnp.float32))

@@ -10,6 +10,10 @@ Why: at batch 4 on a GPU the seed recipe's training step is bound by kernel laun
 fusions per step), not by FLOPs; the head's share of them (about 30: five dense layers forward
 and backward, the loss, and the optimizer updates) becomes a single launch here.
 
+Its dots take JAX's default float32 precision, as the XLA path's dots and convolutions do:
+TF32 on tensor cores on an NVIDIA GPU since Ampere (Triton's "tf32" input precision), full
+float32 on a CPU; `jax_default_matmul_precision="highest"` makes both paths full float32.
+
 The kernel keeps to what Pallas' GPU (Triton) backend lowers: one program, whole-array 2-D
 blocks whose sizes are powers of two, `jnp.dot`, elementwise ops, single-axis reductions and
 static slices of refs; no reshapes, gathers or dynamic indexing. The wrapper pads (and
@@ -240,14 +244,14 @@ def _train_step_kernel(
 
     pre_activation = params[first]["bias"][...]
     for tile in input_tiles:
-        pre_activation = pre_activation + full_precision_dot(
+        pre_activation = pre_activation + jnp.dot(
             flat_ref[:, tile], params[first]["kernel"][tile, :]
         )
     layer_inputs = {}
     for name in deeper:
         layer_inputs[name] = jnp.maximum(pre_activation, 0.0)
         pre_activation = (
-            full_precision_dot(layer_inputs[name], params[name]["kernel"][...])
+            jnp.dot(layer_inputs[name], params[name]["kernel"][...])
             + params[name]["bias"][...]
         )
     column = lax.broadcasted_iota(jnp.int32, pre_activation.shape, 1)
@@ -258,18 +262,18 @@ def _train_step_kernel(
 
     for name in reversed(deeper):
         layer_input = layer_inputs[name]
-        d_layer_input = full_precision_dot(d_pre_activation, params[name]["kernel"][...].T)
-        grad_kernel = full_precision_dot(layer_input.T, d_pre_activation)
+        d_layer_input = jnp.dot(d_pre_activation, params[name]["kernel"][...].T)
+        grad_kernel = jnp.dot(layer_input.T, d_pre_activation)
         grad_bias = jnp.sum(d_pre_activation, axis=0, keepdims=True)
         _sgd_momentum_update(update_refs[name]["kernel"], grad_kernel, learning_rate, momentum)
         _sgd_momentum_update(update_refs[name]["bias"], grad_bias, learning_rate, momentum)
         # ReLU's gradient, 0 at 0 as jax.nn.relu's.
         d_pre_activation = jnp.where(layer_input > 0.0, d_layer_input, 0.0)
     for tile in input_tiles:
-        d_flat_ref[:, tile] = full_precision_dot(
+        d_flat_ref[:, tile] = jnp.dot(
             d_pre_activation, params[first]["kernel"][tile, :].T
         )
-        grad_kernel_tile = full_precision_dot(flat_ref[:, tile].T, d_pre_activation)
+        grad_kernel_tile = jnp.dot(flat_ref[:, tile].T, d_pre_activation)
         _sgd_momentum_update(
             update_refs[first]["kernel"], grad_kernel_tile, learning_rate, momentum, rows=tile
         )
@@ -292,11 +296,6 @@ def _sgd_momentum_update(
     new_velocity = grad + momentum * velocity_ref[rows, :]
     new_param_ref[rows, :] = param_ref[rows, :] - learning_rate * new_velocity
     new_velocity_ref[rows, :] = new_velocity
-
-
-def full_precision_dot(a: jax.Array, b: jax.Array) -> jax.Array:
-    """a @ b in full float32: on Triton the default precision would round inputs to TF32."""
-    return jnp.dot(a, b, precision=lax.Precision.HIGHEST)
 
 
 def _softmax_cross_entropy(
