@@ -21,8 +21,9 @@
 # $OUT/gpu_checks.log (the device tool returns only the output's last 12,000 characters).
 # Exits 1 if any part failed or ran out of time, after running them all.
 # The GPU machine's JAX is newer than this project's CPU one (0.11.2 there in 2026-11, 0.10.2
-# here, untestable here): Pallas' Triton backend is deprecated from 0.11, so fused-pallas may
-# end as a failure row; the other paths import no Pallas and run regardless.
+# here, untestable here): Pallas' Triton backend is deprecated from 0.11, so the two Pallas
+# paths (fused-pallas, fused-pallas-all) may end as failure rows; the other paths import no
+# Pallas and run regardless.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 # Absolute: benchmarks/speedrun.py works in a temporary folder while airbench runs.
