@@ -3,6 +3,7 @@ side in one process, and write benchmarks/results/seed-recipe-<device>.json and 
 
 Usage: python benchmarks/seed_recipe.py [--data-dir ../shared/data] [--paths loop scan ...]
        [--epochs 10] [--limit-train N --limit-test N] [--unroll 1 ...] [--out benchmarks/results]
+       [--name STEM] [--append]
 
 Paths are `jaxcifar train --epoch-mode` values (jaxcifar.fused.measure): loop, chunk, scan, and
 the fused path in plain JAX (fused), with its dense head in one Pallas kernel (fused-pallas) or
@@ -10,9 +11,10 @@ its whole step in six (fused-pallas-all); Pallas runs in interpret mode on a CPU
 shows that the path runs: its time means nothing there.
 Every path trains the same recipe from the same initial parameters; `--limit-train` makes a CPU
 run short enough to finish. A path that fails (say, a Pallas kernel the GPU's compiler rejects)
-is reported with its error and the others still run. Several `--unroll` values (steps per loop
-iteration of the fused paths) measure every path at the first value, then the fused paths again
-at each further one."""
+is reported with its error and the others still run. `--append` adds the rows to the results
+file an earlier run wrote (from another process: a GPU fault in one cannot cost the other's
+rows). Several `--unroll` values (steps per loop iteration of the fused paths) measure every
+path at the first value, then the fused paths again at each further one."""
 
 from __future__ import annotations
 
@@ -23,7 +25,7 @@ from bench_paths import RESULTS, SHARED_DATA
 from jaxcifar.bench.environment import device_name, device_slug
 from jaxcifar.config import RunConfig
 from jaxcifar.data import load_split
-from jaxcifar.fused.measure import PATHS, measure_path, run_label, write_results
+from jaxcifar.fused.measure import PATHS, measure_path, read_results, run_label, write_results
 from jaxcifar.fused.epoch import PALLAS_PARTS
 from jaxcifar.train import FUSED_MODES
 
@@ -39,6 +41,8 @@ def main() -> None:
                         help="steps per loop iteration of the fused paths; one run per value")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--name", help="file stem (default: seed-recipe-<device>)")
+    parser.add_argument("--append", action="store_true",
+                        help="keep the rows and failures already in the results file")
     args = parser.parse_args()
 
     config = RunConfig(epochs=args.epochs)
@@ -58,7 +62,8 @@ def main() -> None:
     # Pallas runs last: its Triton kernels are the least proven code here, and a compile that
     # hangs or a fault that breaks the GPU context would cost every run after it.
     runs.sort(key=lambda run: bool(PALLAS_PARTS.get(run[0])))
-    rows, failures = [], []
+    json_path = args.out / f"{stem}.json"
+    rows, failures = read_results(json_path) if args.append else ([], [])
     for path, unroll in runs:
         try:
             rows.append(measure_path(path, config, splits["train"], splits["test"], unroll=unroll))
@@ -66,7 +71,7 @@ def main() -> None:
             failures.append(f"{run_label(path, unroll)}: {type(error).__name__}: {error}")
             print(f"failed: {failures[-1]}")
         # Rewritten after every path: a run cut short by a timeout keeps what it measured.
-        written = write_results(rows, args.out / f"{stem}.json", failures=failures)
+        written = write_results(rows, json_path, failures=failures)
     print(" ".join(str(path) for path in written))
 
 

@@ -3,10 +3,11 @@
 # (#9 A), the fast recipe against airbench94 (#9 B) and the step-time benchmark's GPU rows
 # (#5). Expected 6-7 minutes on an H100/H200 once the machine has started (a session's device
 # time is 15 minutes, start-up included: run it once, with timeout_s 600); each step has its
-# own timeout (together 580 s: 10 + 30 to name the GPU, 40 + 160 + 200 + 140 for the data and
-# the three parts; under the device tool's 600 s a call), so one that hangs does not cost the
-# others, and each part saves its results into $OUT as it goes (after every path, run or
-# case), so a part stopped by its time limit keeps what it measured.
+# own timeout (together 580 s: 10 + 30 to name the GPU, 40 for the data, 80 + 100 for the
+# seed recipe's XLA and Pallas paths, 200 + 120 for the other two parts; under the device
+# tool's 600 s a call), so one that hangs does not cost the others, and each part saves its
+# results into $OUT as it goes (after every path, run or case), so a part stopped by its time
+# limit keeps what it measured.
 #
 # Prepare on the CPU machine, once, from the repository root (both folders are git-ignored):
 #   mkdir -p .data .whl && cp ../shared/data/cifar10-jpeg.tar.gz .data/
@@ -88,18 +89,22 @@ if [ "$quick" = 1 ]; then
 else
   # The fused paths again at 4 steps per loop iteration: what one iteration of XLA's while
   # loop costs on the GPU besides the step (a host round-trip for its condition, unless it
-  # runs from a known trip count) is what unrolling divides. The script runs scan, fused,
-  # fused at 4, then the Pallas paths at 1, then at 4 (Triton's kernels are the least proven
-  # code; a run cut short by the part's timeout keeps the rows before it).
+  # runs from a known trip count) is what unrolling divides. The Pallas paths run in a
+  # process of their own, after the XLA ones and with their own time: Triton's kernels are
+  # the least proven code here, and a fault that broke the GPU context, or a slow compile,
+  # must not cost the other rows. fused-pallas-all, the candidate for #9 A, runs first.
   seed_args=(--unroll 1 4)
   speedrun_args=(--runs 5 --dtypes bfloat16 float16)
-  # 45 cases, ~35 of them compiling: half a second of timing each keeps them inside 140 s
-  # (GPU steps take microseconds to milliseconds: still hundreds of timed steps per case).
-  bench_args=(--seconds-per-case 0.5)
+  # 45 cases, ~35 of them compiling: 0.4 s of timing each keeps them near 120 s (GPU steps
+  # take microseconds to milliseconds: still hundreds of timed steps per case); a case cut
+  # short by the time limit leaves the cases before it saved.
+  bench_args=(--seconds-per-case 0.4)
 fi
 if wanted seed; then
-  run_part "seed recipe by path (#9 A)" 160 "$python" benchmarks/seed_recipe.py \
-    --data-dir "$data" --paths scan fused fused-pallas fused-pallas-all --out "$out" \
+  run_part "seed recipe by path, XLA (#9 A)" 80 "$python" benchmarks/seed_recipe.py \
+    --data-dir "$data" --paths scan fused --out "$out" "${seed_args[@]}"
+  run_part "seed recipe by path, Pallas (#9 A)" 100 "$python" benchmarks/seed_recipe.py \
+    --data-dir "$data" --paths fused-pallas-all fused-pallas --append --out "$out" \
     "${seed_args[@]}"
 fi
 if wanted speedrun; then
@@ -107,7 +112,7 @@ if wanted speedrun; then
     --data-dir "$data" --out "$out" "${speedrun_args[@]}"
 fi
 if wanted bench; then
-  run_part "step-time benchmark (#5)" 140 "$python" -m jaxcifar bench --out "$out" \
+  run_part "step-time benchmark (#5)" 120 "$python" -m jaxcifar bench --out "$out" \
     "${bench_args[@]}"
 fi
 ls -l "$out"

@@ -154,6 +154,9 @@ def test_measured_paths_write_the_seed_recipe_results_schema(dataset, tmp_path):
     markdown = markdown_path.read_text()
     assert "| fused | 2 | 40 | 1 | 10 |" in markdown
     assert markdown.endswith("Failed:\n\n- fused-pallas: RuntimeError: the GPU compiler said no\n")
+    # What a later process with --append starts from: the same rows and failures.
+    assert measure.read_results(json_path) == (rows, failures)
+    assert measure.read_results(tmp_path / "none.json") == ([], [])
 
 
 def test_loop_step_kernels_are_counted_on_the_program_the_loop_path_trains(dataset):

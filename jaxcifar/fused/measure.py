@@ -13,6 +13,7 @@ training loss, and whether Pallas ran in interpret mode.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -141,6 +142,19 @@ def render_markdown(rows: Sequence[dict[str, Any]], failures: Sequence[str] = ()
     if failures:
         lines += ["", "Failed:", "", *(f"- {failure}" for failure in failures)]
     return "\n".join(lines) + "\n"
+
+
+def read_results(json_path: str | os.PathLike[str]) -> tuple[list[dict[str, Any]], list[str]]:
+    """The rows and failures that `write_results` wrote to `json_path` (the failures from the
+    markdown beside it); ([], []) when there is no such file yet."""
+    json_path = Path(json_path)
+    if not json_path.exists():
+        return [], []
+    rows = json.loads(json_path.read_text())
+    markdown = json_path.with_suffix(".md")
+    lines = markdown.read_text().splitlines() if markdown.exists() else []
+    failed = lines[lines.index("Failed:") + 1 :] if "Failed:" in lines else []
+    return rows, [line[2:] for line in failed if line.startswith("- ")]
 
 
 def write_results(
