@@ -10,7 +10,9 @@ bias adds, ReLUs, poolings, dropout and their gradients, the momentum updates):
 4. conv2's and 5. conv1's kernel and bias gradients and their SGD-with-momentum updates, one
    program per kernel tap.
 With `pallas_head` that makes the whole training step six kernels of ours, where the launch
-count is what bounds the seed recipe's batch-4 step on a GPU (issue #9, part A).
+count is what bounds the seed recipe's batch-4 step on a GPU (issue #9, part A); XLA's own
+kernels remain for the batch gather, the dropout mask's random bits (`layers.dropout_keep`,
+so that both paths draw the same masks) and the head's padding.
 
 Layout: every activation is a 2-D (positions, channels) array, positions in NHWC row-major
 order (n, h, w), so (B, H, W, C) arrays are passed as their free reshape (B*H*W, C). A
@@ -52,8 +54,11 @@ _TAPS = tuple((di, dj) for di in range(3) for dj in range(3))
 # Triton's smallest dot operand.
 _BLOCK = 16
 # Pooled positions per loop iteration of the kernel-gradient kernels, which sum over all of
-# them in one program per tap: bigger blocks, fewer sequential iterations.
-_REDUCE_BLOCK = 128
+# them in one program per tap. Compiled for an H100 (benchmarks/triton_resources.py), Triton
+# pipelines the loop's gathers through shared memory: at 64, conv2's update takes 94 KiB of
+# the 227 KiB a block may have; at 128 (half the iterations) it took 184 KiB, and at 256
+# conv1's would not have fit.
+_REDUCE_BLOCK = 64
 
 
 class Geometry(NamedTuple):
@@ -151,13 +156,17 @@ def features_backward_update(
         conv_params["conv2"]["kernel"], residuals, conv2_gradient, interpret
     )
     new_params, new_velocity = {}, {}
-    for name, layer_input, geometry, gradient, phase in (
-        ("conv2", residuals.pooled1, residuals.geometry2, conv2_gradient, residuals.phase2),
-        ("conv1", residuals.x, residuals.geometry1, (d_pooled1,), residuals.phase1),
-    ):
+    # conv2's update overwrites the kernel that the input gradient above reads: it takes that
+    # gradient as an (unread) input too, which orders the two, so that XLA can update the
+    # kernel in place rather than copy it first for the reader it could not otherwise order.
+    for name, layer_input, geometry, gradient, phase, after in (
+        ("conv2", residuals.pooled1, residuals.geometry2, conv2_gradient, residuals.phase2,
+         (d_pooled1,)),
+        ("conv1", residuals.x, residuals.geometry1, (d_pooled1,), residuals.phase1, ()),
+    ):  # fmt: skip
         new_params[name], new_velocity[name] = _conv_update(
             conv_params[name], conv_velocity[name], layer_input, geometry, gradient, phase,
-            rate, momentum, interpret,
+            rate, momentum, interpret, after,
         )  # fmt: skip
     return new_params, new_velocity
 
@@ -166,14 +175,15 @@ def _interpret(interpret: bool | None) -> bool:
     return jax.default_backend() == "cpu" if interpret is None else interpret
 
 
-def _call(kernel: Callable, out_shape, grid: int, interpret: bool, name: str, **kwargs):
-    """`pl.pallas_call` on the Triton backend over a 1-D grid of `grid` programs, every ref the
-    whole array."""
+def _call(kernel: Callable, out_shape, grid: int, interpret: bool, name: str, warps: int = 4,
+          **kwargs):  # fmt: skip
+    """`pl.pallas_call` on the Triton backend over a 1-D grid of `grid` programs of `warps`
+    warps each, every ref the whole array."""
     return pl.pallas_call(
         kernel, out_shape=out_shape, grid=(grid,), interpret=interpret,
         # Selects the Triton backend: on GPU this jax version otherwise lowers pallas_call
         # with Mosaic GPU.
-        compiler_params=pltriton.CompilerParams(), name=name, **kwargs,
+        compiler_params=pltriton.CompilerParams(num_warps=warps), name=name, **kwargs,
     )  # fmt: skip
 
 
@@ -207,15 +217,20 @@ def _forward_kernel(input_ref, kernel_ref, bias_ref, *refs, geometry: Geometry,
     pooled (P, C_out) float32 and phase (P, C_out) int32."""
     *keep_ref, pooled_ref, phase_ref = refs
     rows, n, r, v, valid = _pooled_block(pl.program_id(0) * _BLOCK, _BLOCK, geometry)
-    taps = [_load_tap(kernel_ref, tap) for tap in range(len(_TAPS))]
+    c_in_padded = dot_size(kernel_ref.shape[1])
+    # A 2x2 window's 3x3 convolutions read a 4x4 patch of the input: its 16 rows are gathered
+    # once, not once per phase and tap (36 gathers; compiled for an H100, the live tiles
+    # spilled registers).
+    patch = {}
+    for i in range(4):
+        for j in range(4):
+            patch_rows, inside = _tap_rows(n, 2 * r + i - 1, 2 * v + j - 1, geometry)
+            patch[i, j] = _load_rows(input_ref, patch_rows, valid & inside, c_in_padded)
     best = phase = None
     for index, (a, b) in enumerate(_PHASES):
-        h, w = 2 * r + a, 2 * v + b
         z = bias_ref[...]
         for tap, (di, dj) in enumerate(_TAPS):
-            tap_rows, inside = _tap_rows(n, h + di - 1, w + dj - 1, geometry)
-            inputs = _load_rows(input_ref, tap_rows, valid & inside, taps[tap].shape[0])
-            z = z + jnp.dot(inputs, taps[tap])
+            z = z + jnp.dot(patch[a + di, b + dj], _load_tap(kernel_ref, tap))
         activation = jnp.maximum(z, 0.0)
         if best is None:
             best, phase = activation, jnp.zeros(activation.shape, jnp.int32)
@@ -283,12 +298,13 @@ def _input_gradient_kernel(kernel_ref, pooled1_ref, phase_ref, *refs,
 def _conv_update(
     layer: dict, velocity: dict, layer_input: jax.Array, geometry: Geometry,
     gradient: tuple[jax.Array, ...], phase: jax.Array, rate: jax.Array, momentum: float,
-    interpret: bool,
+    interpret: bool, after: tuple[jax.Array, ...] = (),
 ) -> tuple[dict, dict]:  # fmt: skip
     """(params, velocity) of one convolution layer after its momentum step: its kernel
     gradient is sum over output positions of input rows (B*H*W, C_in) at each tap times d
     output, its bias gradient the sum of d output; d output comes from the pooled gradient
-    (`_pooled_gradient` of `gradient`) routed through `phase` (P, C_out) int32."""
+    (`_pooled_gradient` of `gradient`) routed through `phase` (P, C_out) int32. `after`:
+    arrays the kernel takes but does not read, so that it runs after what computes them."""
     kernel = layer["kernel"]
     c_in, c_out = kernel.shape[2:]
     arrays = (
@@ -297,13 +313,18 @@ def _conv_update(
         layer["bias"].reshape(1, c_out),
         velocity["bias"].reshape(1, c_out),
     )
-    body = functools.partial(_update_kernel, geometry=geometry, momentum=float(momentum))
+    body = functools.partial(
+        _update_kernel, geometry=geometry, momentum=float(momentum), unread=len(after)
+    )
     new_kernel, new_kernel_velocity, new_bias, new_bias_velocity = _call(
         body, tuple(jax.ShapeDtypeStruct(a.shape, a.dtype) for a in arrays), len(_TAPS),
-        interpret, "conv_update",
+        # 8 warps: 9 programs in all, each summing every position; compiled for an H100 (by
+        # benchmarks/triton_resources.py), conv2's took 112 registers a thread against 239
+        # with 4 warps, conv1's 80 against 157, neither spilling.
+        interpret, "conv_update", warps=8,
         # The params and velocity are updated in place (each program writes its own tap).
         input_output_aliases={i: i for i in range(len(arrays))},
-    )(*arrays, rate, layer_input, phase, *gradient)  # fmt: skip
+    )(*arrays, rate, layer_input, phase, *after, *gradient)  # fmt: skip
     return (
         {"kernel": new_kernel.reshape(kernel.shape), "bias": new_bias.reshape(c_out)},
         {
@@ -315,13 +336,15 @@ def _conv_update(
 
 def _update_kernel(
     kernel_ref, kernel_velocity_ref, bias_ref, bias_velocity_ref, rate_ref, input_ref,
-    phase_ref, *refs, geometry: Geometry, momentum: float,
+    phase_ref, *refs, geometry: Geometry, momentum: float, unread: int,
 ) -> None:  # fmt: skip
     """Program `tap` (0..8): the kernel gradient of that tap, summed over every pooled
     position `_REDUCE_BLOCK` at a time and each window's four phases, and its momentum
-    update; program 0 also updates the bias. The last four refs are the outputs, aliasing
-    the first four."""
-    *gradient_refs, new_kernel_ref, new_kernel_velocity_ref, new_bias_ref, new_bias_velocity = refs
+    update; program 0 also updates the bias. `refs` are `unread` refs for ordering only,
+    the gradient refs, then the four outputs, aliasing the first four refs."""
+    *gradient_refs, new_kernel_ref, new_kernel_velocity_ref, new_bias_ref, new_bias_velocity = (
+        refs[unread:]
+    )
     tap = pl.program_id(0)
     di, dj = tap // 3, tap % 3
     c_in, c_out = kernel_ref.shape[1:]

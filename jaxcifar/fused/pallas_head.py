@@ -116,8 +116,10 @@ def head_train_step(
         input_output_aliases={i: i for i in range(2 * num_layer_arrays)},
         interpret=interpret,
         # Selects the Triton backend: on GPU this jax version otherwise lowers pallas_call
-        # with Mosaic GPU.
-        compiler_params=pltriton.CompilerParams(),
+        # with Mosaic GPU. 8 warps for the one program: compiled for an H100 with 4, its
+        # threads held 255 registers and spilled 1,728 bytes each; with 8, 152 bytes
+        # (benchmarks/triton_resources.py).
+        compiler_params=pltriton.CompilerParams(num_warps=8),
         name="head_train_step",
     )(padded_params, padded_velocity, padded_flat, padded_labels, learning_rate_block)
     return (
