@@ -104,6 +104,12 @@ def test_fused_path_refuses_an_unknown_path_unroll_or_several_devices(dataset):
         epoch.FusedRunner(CONFIG, dataset, mesh=types.SimpleNamespace(size=8))
     with pytest.raises(ConfigError, match=r"momentum 0.0 \(needs > 0\)"):
         epoch.FusedRunner(dataclasses.replace(CONFIG, momentum=0.0), dataset)
+    large = dataclasses.replace(CONFIG, batch_size=epoch.PALLAS_HEAD_MAX_BATCH + 1)
+    for path in ("fused-pallas", "fused-pallas-all"):
+        expected = r"--batch-size up to 128 .*; got 129: use --epoch-mode fused"
+        with pytest.raises(ConfigError, match=expected):
+            epoch.FusedRunner(large, dataset, path=path)
+    epoch.check_config(large, "fused")  # the XLA head takes any batch
 
 
 def test_every_epoch_mode_of_fit_records_the_same_epoch_and_the_cli_offers_every_mode(dataset):

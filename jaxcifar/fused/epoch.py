@@ -56,12 +56,18 @@ def step_parts(path: str) -> tuple[step.HeadStep, step.FeaturesStep]:
 # Where the Pallas kernels run: compiled through Triton on GPUs, interpreted (slowly: for
 # tests) on CPUs. TPUs compile Pallas with Mosaic, which these kernels are not written for.
 PALLAS_BACKENDS = ("gpu", "cpu")
+# The Pallas head is one program holding the whole (padded) batch: compiled for an H100
+# (benchmarks/triton_resources.py), batch 128 takes 128 KiB of shared memory and 129-256 (padded
+# to 256) 256 KiB, over the 227 KiB a block may have. Refused on every backend alike, so that a
+# run that works on a CPU works on a GPU.
+PALLAS_HEAD_MAX_BATCH = 128
 
 
 def check_config(config: RunConfig, path: str = "fused") -> None:
     """Raise ConfigError unless `config` is a recipe the fused step computes (the CNN, plain
     SGD with momentum (any schedule), no weight decay, no augmentation, float32) and `path`
-    is one of PALLAS_PARTS that this machine's backend runs."""
+    is one of PALLAS_PARTS that this machine's backend runs, at a batch size its kernels
+    take."""
     if path not in PALLAS_PARTS:
         raise ConfigError(f"path must be one of {', '.join(PALLAS_PARTS)}; got {path!r}")
     if PALLAS_PARTS[path] and jax.default_backend() not in PALLAS_BACKENDS:
@@ -71,6 +77,12 @@ def check_config(config: RunConfig, path: str = "fused") -> None:
             "--epoch-mode fused, the same path in plain XLA"
         )
     step_parts(path)
+    if "head" in PALLAS_PARTS[path] and config.batch_size > PALLAS_HEAD_MAX_BATCH:
+        raise ConfigError(
+            f"--epoch-mode {path} trains the dense head in one Triton program that holds the "
+            f"whole batch: --batch-size up to {PALLAS_HEAD_MAX_BATCH} (more needs more shared "
+            f"memory than an H100 block has); got {config.batch_size}: use --epoch-mode fused"
+        )
     wrong = [f"momentum {config.momentum} (needs > 0)"] if config.momentum == 0 else []
     wrong += [
         f"{name} {value!r} (needs {needed!r})"
