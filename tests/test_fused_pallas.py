@@ -56,10 +56,10 @@ def run_steps(step, head_params, head_velocity, flat, labels, learning_rates):
     return params, losses
 
 
-@jax.jit
-def init_head(key: jax.Array, scale: jax.Array) -> dict:
+@functools.partial(jax.jit, static_argnums=2)
+def init_head(key: jax.Array, scale: jax.Array, input_shape=(32, 32, 3)) -> dict:
     """The seed CNN's fc1..fc5 params as `cnn.init` draws them, times `scale`."""
-    params = cnn.init(key)
+    params = cnn.init(key, input_shape)
     return jax.tree.map(lambda x: scale * x, {name: params[name] for name in LAYER_NAMES})
 
 
@@ -81,9 +81,12 @@ def assert_trees_close(got, want, **tolerances):
         np.testing.assert_allclose(got_leaf, want_leaf, **tolerances)
 
 
-@pytest.mark.parametrize("batch", [4, 7])
-def test_one_step_matches_value_and_grad_and_optax_sgd(head_params, head_velocity, batch):
-    flat = jax.random.normal(jax.random.key(2), (batch, 1024))
+@pytest.mark.parametrize("batch, n_in", [(4, 1024), (7, 1024), (3, 784)])
+def test_one_step_matches_value_and_grad_and_optax_sgd(head_params, head_velocity, batch, n_in):
+    if n_in != 1024:  # 28x28 images: fc1 takes 784 inputs, which the kernel pads to 1024
+        head_params = init_head(jax.random.key(0), 1.0, (28, 28, 1))
+        head_velocity = init_head(jax.random.key(1), 0.1, (28, 28, 1))
+    flat = jax.random.normal(jax.random.key(2), (batch, n_in))
     random_labels = jax.random.randint(jax.random.key(3), (batch,), 0, NUM_CLASSES)
     # Every other row labelled with its current prediction, so `correct` is not trivially 0.
     predicted = jnp.argmax(jax.jit(cnn.head)(head_params, flat), axis=-1)
@@ -96,7 +99,7 @@ def test_one_step_matches_value_and_grad_and_optax_sgd(head_params, head_velocit
     want_params, want_velocity, want_d_flat, want_loss, want_correct = want
     assert_trees_close(new_params, want_params, rtol=1e-5, atol=1e-6)
     assert_trees_close(new_velocity, want_velocity, rtol=1e-5, atol=1e-6)
-    assert d_flat.shape == (batch, 1024) and d_flat.dtype == jnp.float32
+    assert d_flat.shape == (batch, n_in) and d_flat.dtype == jnp.float32
     np.testing.assert_allclose(d_flat, want_d_flat, rtol=1e-5, atol=1e-7)
     assert loss.shape == () and loss.dtype == jnp.float32
     np.testing.assert_allclose(loss, want_loss, rtol=1e-5)

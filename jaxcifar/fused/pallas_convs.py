@@ -11,8 +11,8 @@ bias adds, ReLUs, poolings, dropout and their gradients, the momentum updates):
    program per kernel tap.
 With `pallas_head` that makes the whole training step six kernels of ours, where the launch
 count is what bounds the seed recipe's batch-4 step on a GPU (issue #9, part A); XLA's own
-kernels remain for the batch gather, the dropout mask's random bits (`layers.dropout_keep`,
-so that both paths draw the same masks) and the head's padding.
+kernels remain for the batch gather and the dropout mask's random bits
+(`layers.dropout_keep`, so that both paths draw the same masks).
 
 Layout: every activation is a 2-D (positions, channels) array, positions in NHWC row-major
 order (n, h, w), so (B, H, W, C) arrays are passed as their free reshape (B*H*W, C). A

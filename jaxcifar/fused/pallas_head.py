@@ -14,10 +14,12 @@ Its dots take JAX's default float32 precision, as the XLA path's dots and convol
 TF32 on tensor cores on an NVIDIA GPU since Ampere (Triton's "tf32" input precision), full
 float32 on a CPU; `jax_default_matmul_precision="highest"` makes both paths full float32.
 
-The kernel keeps to what Pallas' GPU (Triton) backend lowers: one program, whole-array 2-D
-blocks whose sizes are powers of two, `jnp.dot`, elementwise ops, single-axis reductions and
-static slices of refs; no reshapes, gathers or dynamic indexing. The wrapper pads (and
-un-pads) outside the kernel so every `jnp.dot` operand dimension is at least 16.
+The kernel keeps to what Pallas' GPU (Triton) backend lowers: one program, 2-D blocks whose
+sizes are powers of two, `jnp.dot`, elementwise ops, single-axis reductions, static slices of
+refs and masked loads and stores; no reshapes or dynamic indexing. It reads and writes the
+arrays as the caller has them (a batch of 4, fc5's 10 classes), padding its blocks with
+zeros where every `jnp.dot` operand dimension must be at least 16, so the step needs no XLA
+kernels to pad and unpad them.
 On CPU, where Pallas does not compile, the kernel runs in interpret mode.
 """
 
@@ -87,27 +89,25 @@ def head_train_step(
     if interpret is None:
         interpret = jax.default_backend() == "cpu"
 
-    padded_params = _pad_layers(head_params)
-    padded_velocity = _pad_layers(head_velocity)
-    padded_batch = dot_size(batch)
-    padded_flat = _pad_to(flat.astype(jnp.float32), (padded_batch, dot_size(flat.shape[1])))
-    # Labels as a (rows, 1) column and the rate as a (1, 1) block, like the (1, n) bias rows:
-    # Triton needs power-of-two sizes everywhere but >= 16 only in dots, which these skip.
-    padded_labels = _pad_to(labels.astype(jnp.int32)[:, None], (padded_batch, 1))
+    # 2-D views, all free reshapes: biases as (1, n) rows, labels as a (B, 1) column, the rate
+    # as a (1, 1) block. The kernel reads and writes the arrays as they are, padding its blocks
+    # to Triton's sizes itself, so that no step spends XLA kernels padding and unpadding them.
+    params_2d, velocity_2d = _bias_rows(head_params), _bias_rows(head_velocity)
+    labels_2d = labels.astype(jnp.int32)[:, None]
     learning_rate_block = jnp.full((1, 1), learning_rate, jnp.float32)
 
     num_classes = layer_shapes[LAYER_NAMES[-1]][1]
     kernel = functools.partial(
         _train_step_kernel, batch=batch, num_classes=num_classes, momentum=float(momentum)
     )
-    layer_structs = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), padded_params)
-    num_layer_arrays = len(jax.tree.leaves(padded_params))
+    layer_structs = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), params_2d)
+    num_layer_arrays = len(jax.tree.leaves(params_2d))
     new_params, new_velocity, d_flat, loss, correct = pl.pallas_call(
         kernel,
         out_shape=(
             layer_structs,
             layer_structs,
-            jax.ShapeDtypeStruct(padded_flat.shape, jnp.float32),
+            jax.ShapeDtypeStruct(flat.shape, jnp.float32),
             jax.ShapeDtypeStruct((1, 1), jnp.float32),
             jax.ShapeDtypeStruct((1, 1), jnp.int32),
         ),
@@ -121,13 +121,13 @@ def head_train_step(
         # (benchmarks/triton_resources.py).
         compiler_params=pltriton.CompilerParams(num_warps=8),
         name="head_train_step",
-    )(padded_params, padded_velocity, padded_flat, padded_labels, learning_rate_block)
+    )(params_2d, velocity_2d, flat.astype(jnp.float32), labels_2d, learning_rate_block)
     return (
-        _unpad_layers(new_params, layer_shapes),
-        _unpad_layers(new_velocity, layer_shapes),
-        d_flat[:batch, : flat.shape[1]],
-        loss[0, 0],
-        correct[0, 0],
+        _bias_vectors(new_params),
+        _bias_vectors(new_velocity),
+        d_flat,
+        loss.reshape(()),
+        correct.reshape(()),
     )
 
 
@@ -182,33 +182,14 @@ def dot_size(n: int) -> int:
     return max(_MIN_DOT_DIM, 1 << (n - 1).bit_length())
 
 
-def _pad_to(x: jax.Array, shape: tuple[int, int]) -> jax.Array:
-    """2-D `x` padded with zeros at the end of each axis up to `shape`."""
-    return jnp.pad(x, [(0, size - current) for size, current in zip(shape, x.shape)])
+def _bias_rows(layers: dict) -> dict:
+    """{name: {"kernel": (n_in, n_out), "bias": (n_out,)}} with each bias as a (1, n_out) row."""
+    return {name: {**layer, "bias": layer["bias"][None, :]} for name, layer in layers.items()}
 
 
-def _pad_layers(layers: dict) -> dict:
-    """{name: {"kernel": (n_in, n_out), "bias": (n_out,)}} -> the same with zero-padded
-    (padded n_in, padded n_out) kernels and (1, padded n_out) bias rows, float32."""
-    padded = {}
-    for name, layer in layers.items():
-        n_in, n_out = layer["kernel"].shape
-        padded[name] = {
-            "kernel": _pad_to(layer["kernel"], (dot_size(n_in), dot_size(n_out))),
-            "bias": _pad_to(layer["bias"][None, :], (1, dot_size(n_out))),
-        }
-    return padded
-
-
-def _unpad_layers(padded: dict, layer_shapes: dict[str, tuple[int, int]]) -> dict:
-    """The inverse of `_pad_layers`: kernels back to `layer_shapes`, biases to (n_out,)."""
-    return {
-        name: {
-            "kernel": padded[name]["kernel"][:n_in, :n_out],
-            "bias": padded[name]["bias"][0, :n_out],
-        }
-        for name, (n_in, n_out) in layer_shapes.items()
-    }
+def _bias_vectors(layers: dict) -> dict:
+    """The inverse of `_bias_rows`."""
+    return {name: {**layer, "bias": layer["bias"][0]} for name, layer in layers.items()}
 
 
 def _train_step_kernel(
@@ -227,44 +208,59 @@ def _train_step_kernel(
     num_classes: int,
     momentum: float,
 ) -> None:
-    """The Pallas kernel; refs are the padded arrays (P = padded batch, all float32 unless said).
+    """The Pallas kernel; refs are float32 unless said, B = `batch`.
 
     params, velocity, new_params, new_velocity: {name: {"kernel": (n_in, n_out), "bias":
-    (1, n_out)}}, the new ones aliasing the old; flat_ref (P, n_in of fc1); labels_ref (P, 1)
-    int32; learning_rate_ref (1, 1); d_flat_ref (P, n_in of fc1); loss_ref (1, 1);
-    correct_ref (1, 1) int32. Rows >= `batch` and logit columns >= `num_classes` are padding.
-    With the outputs aliasing the inputs, every layer's old kernel is read before it is written.
+    (1, n_out)}}, the new ones aliasing the old; flat_ref (B, n_in of fc1); labels_ref (B, 1)
+    int32; learning_rate_ref (1, 1); d_flat_ref (B, n_in of fc1); loss_ref (1, 1);
+    correct_ref (1, 1) int32. Values are computed in blocks padded with zeros to `dot_size`s
+    (`_load_block`): P = dot_size(B) rows, of which rows >= B are padding, as are logit
+    columns >= `num_classes`. With the outputs aliasing the inputs, every layer's old kernel
+    is read before it is written.
     """
     first, *deeper = LAYER_NAMES
     # (param, velocity, new param, new velocity) refs of each array, in params' structure.
     update_refs = jax.tree.map(lambda *refs: refs, params, velocity, new_params, new_velocity)
     learning_rate = learning_rate_ref[...]
+    # fc1's input rows in tiles, over its padded size (784 inputs of 28x28 images read as 1024).
+    inputs = dot_size(flat_ref.shape[1])
     input_tiles = [
-        slice(start, start + min(_INPUT_TILE_ROWS, flat_ref.shape[1]))
-        for start in range(0, flat_ref.shape[1], _INPUT_TILE_ROWS)
+        slice(start, start + min(_INPUT_TILE_ROWS, inputs))
+        for start in range(0, inputs, _INPUT_TILE_ROWS)
     ]
 
-    pre_activation = params[first]["bias"][...]
+    rows = dot_size(batch)
+
+    def flat_tile(tile: slice) -> jax.Array:
+        return _load_block(flat_ref, (rows, tile.stop - tile.start), 0, tile.start)
+
+    def kernel_block(name: str, tile: slice | None = None) -> jax.Array:
+        ref = params[name]["kernel"]
+        if tile is None:
+            return _load_block(ref, (dot_size(ref.shape[0]), dot_size(ref.shape[1])))
+        return _load_block(ref, (tile.stop - tile.start, dot_size(ref.shape[1])), tile.start)
+
+    def bias_block(name: str) -> jax.Array:
+        ref = params[name]["bias"]
+        return _load_block(ref, (1, dot_size(ref.shape[1])))
+
+    pre_activation = bias_block(first)
     for tile in input_tiles:
-        pre_activation = pre_activation + jnp.dot(
-            flat_ref[:, tile], params[first]["kernel"][tile, :]
-        )
+        pre_activation = pre_activation + jnp.dot(flat_tile(tile), kernel_block(first, tile))
     layer_inputs = {}
     for name in deeper:
         layer_inputs[name] = jnp.maximum(pre_activation, 0.0)
-        pre_activation = (
-            jnp.dot(layer_inputs[name], params[name]["kernel"][...])
-            + params[name]["bias"][...]
-        )
+        pre_activation = jnp.dot(layer_inputs[name], kernel_block(name)) + bias_block(name)
     column = lax.broadcasted_iota(jnp.int32, pre_activation.shape, 1)
     logits = jnp.where(column < num_classes, pre_activation, _MASKED_LOGIT)
-    d_pre_activation, loss, correct = _softmax_cross_entropy(logits, labels_ref[...], batch)
+    labels = _load_block(labels_ref, (rows, 1))
+    d_pre_activation, loss, correct = _softmax_cross_entropy(logits, labels, batch)
     loss_ref[...] = loss
     correct_ref[...] = correct
 
     for name in reversed(deeper):
         layer_input = layer_inputs[name]
-        d_layer_input = jnp.dot(d_pre_activation, params[name]["kernel"][...].T)
+        d_layer_input = jnp.dot(d_pre_activation, kernel_block(name).T)
         grad_kernel = jnp.dot(layer_input.T, d_pre_activation)
         grad_bias = jnp.sum(d_pre_activation, axis=0, keepdims=True)
         _sgd_momentum_update(update_refs[name]["kernel"], grad_kernel, learning_rate, momentum)
@@ -272,10 +268,9 @@ def _train_step_kernel(
         # ReLU's gradient, 0 at 0 as jax.nn.relu's.
         d_pre_activation = jnp.where(layer_input > 0.0, d_layer_input, 0.0)
     for tile in input_tiles:
-        d_flat_ref[:, tile] = jnp.dot(
-            d_pre_activation, params[first]["kernel"][tile, :].T
-        )
-        grad_kernel_tile = jnp.dot(flat_ref[:, tile].T, d_pre_activation)
+        d_flat = jnp.dot(d_pre_activation, kernel_block(first, tile).T)
+        _store_block(d_flat_ref, d_flat, 0, tile.start)
+        grad_kernel_tile = jnp.dot(flat_tile(tile).T, d_pre_activation)
         _sgd_momentum_update(
             update_refs[first]["kernel"], grad_kernel_tile, learning_rate, momentum, rows=tile
         )
@@ -292,12 +287,49 @@ def _sgd_momentum_update(
     rows: slice = slice(None),
 ) -> None:
     """optax.sgd's momentum step on rows `rows` of one parameter array: refs are (param,
-    velocity, new param, new velocity), all (n, m) float32; grad is (rows, m) float32 and
-    learning_rate (1, 1). Stores v' = g + momentum * v and p' = p - learning_rate * v'."""
+    velocity, new param, new velocity), all (n, m) float32; grad is the rows' block, padded
+    as `_load_block` pads (its padding is not stored), float32, and learning_rate (1, 1).
+    Stores v' = g + momentum * v and p' = p - learning_rate * v'."""
     param_ref, velocity_ref, new_param_ref, new_velocity_ref = refs
-    new_velocity = grad + momentum * velocity_ref[rows, :]
-    new_param_ref[rows, :] = param_ref[rows, :] - learning_rate * new_velocity
-    new_velocity_ref[rows, :] = new_velocity
+    start = rows.start or 0
+    new_velocity = grad + momentum * _load_block(velocity_ref, grad.shape, start)
+    _store_block(
+        new_param_ref, _load_block(param_ref, grad.shape, start) - learning_rate * new_velocity,
+        start,
+    )  # fmt: skip
+    _store_block(new_velocity_ref, new_velocity, start)
+
+
+def _load_block(ref, shape: tuple[int, int], row: int = 0, column: int = 0) -> jax.Array:
+    """The `shape` block of 2-D `ref` starting at (row, column), static; elements past the
+    ref's end read 0 (a plain static slice when the block lies inside it)."""
+    if row + shape[0] <= ref.shape[0] and column + shape[1] <= ref.shape[1]:
+        return ref[row : row + shape[0], column : column + shape[1]]
+    rows, columns, inside = _block_indices(ref.shape, shape, row, column)
+    return pltriton.load(ref.at[rows, columns], mask=inside, other=0)
+
+
+def _store_block(ref, value: jax.Array, row: int = 0, column: int = 0) -> None:
+    """Store `value`'s elements that fall inside 2-D `ref`, the block starting at (row,
+    column); the inverse of `_load_block`."""
+    shape = value.shape
+    if row + shape[0] <= ref.shape[0] and column + shape[1] <= ref.shape[1]:
+        ref[row : row + shape[0], column : column + shape[1]] = value
+        return
+    rows, columns, inside = _block_indices(ref.shape, shape, row, column)
+    pltriton.store(ref.at[rows, columns], value, mask=inside)
+
+
+def _block_indices(ref_shape, shape, row: int, column: int):
+    """(rows (shape[0], 1), columns (1, shape[1]), inside shape): a block's element indices
+    into an array of `ref_shape`, and which lie inside it. An index past the array's end
+    stays past it (one past), not clamped onto a real element: the Triton load or store is
+    masked there, and interpret mode, which writes masked-off elements back with the values
+    it read, drops indices out of range rather than write a real element twice."""
+    rows = row + lax.broadcasted_iota(jnp.int32, (shape[0], 1), 0)
+    columns = column + lax.broadcasted_iota(jnp.int32, (1, shape[1]), 1)
+    inside = (rows < ref_shape[0]) & (columns < ref_shape[1])
+    return jnp.minimum(rows, ref_shape[0]), jnp.minimum(columns, ref_shape[1]), inside
 
 
 def _softmax_cross_entropy(
