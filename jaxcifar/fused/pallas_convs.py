@@ -1,15 +1,17 @@
 """The seed CNN's convolutional part trained in Pallas kernels: `features_forward`, then,
 once the head has given d loss / d flat, `features_backward_update`.
 
-Five launches a step do what XLA spreads over dozens of kernels (38 in XLA:CPU's program of
+Four launches a step do what XLA spreads over dozens of kernels (38 in XLA:CPU's program of
 `fused.step.xla_features_step`, counted from its HLO: two convolutions forward and backward,
 bias adds, ReLUs, poolings, dropout and their gradients, the momentum updates):
 1. conv1 -> ReLU -> 2x2 max pool, 16 pooled positions per program;
 2. conv2 -> ReLU -> 2x2 max pool -> dropout, giving the head's input;
-3. (after the head) d loss / d conv2's input, through conv2 transposed, pool1 and ReLU1;
-4. conv2's and 5. conv1's kernel and bias gradients and their SGD-with-momentum updates, one
-   program per kernel tap.
-With `pallas_head` that makes the whole training step six kernels of ours, where the launch
+3. (after the head) d loss / d conv2's input through conv2 transposed, pool2 and dropout,
+   then through pool1 and ReLU1 to conv1's kernel and bias gradients, as partial sums per
+   program of 16 of conv1's pooled positions;
+4. conv2's kernel and bias gradients (one program per tap, summing over every position) and
+   the sums of conv1's, then both layers' SGD-with-momentum updates.
+With `pallas_head` that makes the whole training step five kernels of ours, where the launch
 count is what bounds the seed recipe's batch-4 step on a GPU (issue #9, part A); XLA's own
 kernels remain for the batch gather and the dropout mask's random bits
 (`layers.dropout_keep`, so that both paths draw the same masks).
@@ -53,11 +55,11 @@ _TAPS = tuple((di, dj) for di in range(3) for dj in range(3))
 # Pooled positions per program of the forward and input-gradient kernels (the dots' rows):
 # Triton's smallest dot operand.
 _BLOCK = 16
-# Pooled positions per loop iteration of the kernel-gradient kernels, which sum over all of
-# them in one program per tap. Compiled for an H100 (benchmarks/triton_resources.py), Triton
-# pipelines the loop's gathers through shared memory: at 64, conv2's update takes 94 KiB of
-# the 227 KiB a block may have; at 128 (half the iterations) it took 184 KiB, and at 256
-# conv1's would not have fit.
+# Pooled positions per loop iteration where conv2's kernel gradient is summed over all of them
+# (one program per tap), and rows of conv1's partial sums per iteration where they are summed.
+# Compiled for an H100 (benchmarks/triton_resources.py), Triton pipelines the loop's gathers
+# through shared memory: at 64 the update kernel takes 94 KiB of the 227 KiB a block may
+# have; at 128 (half the iterations) conv2's took 184 KiB.
 _REDUCE_BLOCK = 64
 
 
@@ -144,31 +146,19 @@ def features_backward_update(
     learning_rate: jax.Array, momentum: float, *, interpret: bool | None = None,
 ) -> tuple[dict, dict]:  # fmt: skip
     """One SGD-with-momentum step of conv1 and conv2 (optax.sgd's: v <- m*v + g, p <- p -
-    lr*v) from `d_flat` (B, n) float32 = d loss / d `features_forward`'s flat, in three
+    lr*v) from `d_flat` (B, n) float32 = d loss / d `features_forward`'s flat, in two
     kernels. `conv_params` and `conv_velocity` as `features_forward` takes them (the velocity
     the same structure); `learning_rate` a float32 scalar, `momentum` a Python float.
     Returns (params, velocity), the same structures."""
     interpret = _interpret(interpret)
-    d_flat2d = d_flat.astype(jnp.float32).reshape(residuals.flat.shape)
-    rate = jnp.full((1, 1), learning_rate, jnp.float32)
-    conv2_gradient = (residuals.flat, residuals.keep, d_flat2d)
-    d_pooled1 = _conv2_input_gradient(
-        conv_params["conv2"]["kernel"], residuals, conv2_gradient, interpret
-    )
-    new_params, new_velocity = {}, {}
-    # conv2's update overwrites the kernel that the input gradient above reads: it takes that
-    # gradient as an (unread) input too, which orders the two, so that XLA can update the
-    # kernel in place rather than copy it first for the reader it could not otherwise order.
-    for name, layer_input, geometry, gradient, phase, after in (
-        ("conv2", residuals.pooled1, residuals.geometry2, conv2_gradient, residuals.phase2,
-         (d_pooled1,)),
-        ("conv1", residuals.x, residuals.geometry1, (d_pooled1,), residuals.phase1, ()),
-    ):  # fmt: skip
-        new_params[name], new_velocity[name] = _conv_update(
-            conv_params[name], conv_velocity[name], layer_input, geometry, gradient, phase,
-            rate, momentum, interpret, after,
-        )  # fmt: skip
-    return new_params, new_velocity
+    conv2_gradient = (
+        residuals.flat, residuals.keep, d_flat.astype(jnp.float32).reshape(residuals.flat.shape)
+    )  # fmt: skip
+    conv1_sums = _backward(conv_params, residuals, conv2_gradient, interpret)
+    return _updates(
+        conv_params, conv_velocity, residuals, conv2_gradient, conv1_sums,
+        jnp.full((1, 1), learning_rate, jnp.float32), momentum, interpret,
+    )  # fmt: skip
 
 
 def _interpret(interpret: bool | None) -> bool:
@@ -245,159 +235,240 @@ def _forward_kernel(input_ref, kernel_ref, bias_ref, *refs, geometry: Geometry,
     _store_rows(phase_ref, rows, valid, phase)
 
 
-def _conv2_input_gradient(
-    kernel: jax.Array, residuals: Residuals, gradient: tuple[jax.Array, ...], interpret: bool
-) -> jax.Array:
-    """d loss / d conv1's pooled output (B*H/2*W/2, C1) float32, zero where that output is 0
-    (so that routing it through pool1's phases gives d loss / d conv1's output): conv2's
-    transposed convolution of d loss / d conv2's output, which `gradient` (flat, keep,
-    d_flat) and phase2 give."""
-    geometry = residuals.geometry2
-    c_in, c_out = kernel.shape[2:]
-    positions = geometry.batch * geometry.height * geometry.width
-    body = functools.partial(_input_gradient_kernel, geometry=geometry)
-    call = _call(
-        body, jax.ShapeDtypeStruct((positions, c_in), jnp.float32), pl.cdiv(positions, _BLOCK),
-        interpret, "conv2_input_gradient",
+def _backward(
+    conv_params: dict, residuals: Residuals, conv2_gradient: tuple[jax.Array, ...],
+    interpret: bool,
+) -> tuple[jax.Array, jax.Array]:  # fmt: skip
+    """conv1's gradients in partial sums, one row per program of `_BLOCK` of conv1's pooled
+    positions: (kernel (programs, 9 * C0 * C1), bias (programs, C1)) float32, whose sums over
+    the rows are d loss / d conv1's kernel (flattened as its (9, C0, C1) taps) and bias.
+
+    Each program backpropagates d loss / d conv2's output (`conv2_gradient` (flat, keep,
+    d_flat) routed through phase2) through conv2 transposed to its block of conv1's pooled
+    output, and from there through pool1 and ReLU1 to conv1's kernel and bias. The sums
+    over programs are `_updates`': a kernel-gradient sum by one program per tap would be a
+    long serial loop, and d loss / d conv1's pooled output never leaves the program."""
+    conv1, conv2 = conv_params["conv1"]["kernel"], conv_params["conv2"]["kernel"]
+    c0, c1 = conv1.shape[2:]
+    programs = pl.cdiv(residuals.geometry1.pooled_positions, _BLOCK)
+    out_shape = (
+        jax.ShapeDtypeStruct((programs, len(_TAPS) * c0 * c1), jnp.float32),
+        jax.ShapeDtypeStruct((programs, c1), jnp.float32),
+    )
+    body = functools.partial(
+        _backward_kernel, geometry1=residuals.geometry1, geometry2=residuals.geometry2
+    )
+    return _call(body, out_shape, programs, interpret, "conv_backward")(
+        conv2.reshape(len(_TAPS), *conv2.shape[2:]), residuals.x, residuals.pooled1,
+        residuals.phase1, residuals.phase2, *conv2_gradient,
     )  # fmt: skip
-    return call(kernel.reshape(9, c_in, c_out), residuals.pooled1, residuals.phase2, *gradient)
 
 
-def _input_gradient_kernel(kernel_ref, pooled1_ref, phase_ref, *refs,
-                           geometry: Geometry) -> None:  # fmt: skip
-    """One program: `_BLOCK` positions (n, h, w) of conv2's input. d input[n, h, w] = sum
-    over taps (di, dj) of d output[n, h - di + 1, w - dj + 1] @ kernel[di, dj].T, where d
-    output at (h2, w2) is its pooled gradient if (h2, w2) is its window's first maximum (the
-    phase recorded) and 0 elsewhere, pooling's dropped odd row or column included."""
-    *gradient_refs, out_ref = refs
-    positions = geometry.batch * geometry.height * geometry.width
-    q = pl.program_id(0) * _BLOCK + lax.broadcasted_iota(jnp.int32, (_BLOCK,), 0)
-    valid = q < positions
-    q = jnp.minimum(q, positions - 1)
-    n = q // (geometry.height * geometry.width)
-    h, w = (q // geometry.width) % geometry.height, q % geometry.width
-    pooled_height, pooled_width = geometry.pooled
-    total = None
+def _backward_kernel(
+    kernel2_ref, x_ref, pooled1_ref, phase1_ref, phase2_ref, flat_ref, keep_ref, d_flat_ref,
+    kernel_sums_ref, bias_sums_ref, *, geometry1: Geometry, geometry2: Geometry,
+) -> None:  # fmt: skip
+    """One program: `_BLOCK` of conv1's pooled positions, which are conv2's input positions
+    (n, h, w). d pooled1[n, h, w] = sum over taps (di, dj) of d z2[n, h - di + 1, w - dj + 1]
+    @ kernel2[di, dj].T, where d z2 at (h2, w2) is its pooled gradient if (h2, w2) is its
+    window's first maximum (phase2) and 0 elsewhere, pool2's dropped odd row or column
+    included; zero where pooled1 is 0 (ReLU1). Routed through phase1 it is d z1 at the
+    block's windows, whose products with the 4x4 input patches they read are the block's
+    terms of conv1's kernel gradient; its column sums, of the bias gradient."""
+    program = pl.program_id(0)
+    rows, n, h, w, valid = _pooled_block(program * _BLOCK, _BLOCK, geometry1)
+    pooled_height, pooled_width = geometry2.pooled
+    d_pooled1 = None
     for tap, (di, dj) in enumerate(_TAPS):
         h2, w2 = h - di + 1, w - dj + 1
         inside = (h2 >= 0) & (h2 < 2 * pooled_height) & (w2 >= 0) & (w2 < 2 * pooled_width)
         h2 = jnp.clip(h2, 0, 2 * pooled_height - 1)
         w2 = jnp.clip(w2, 0, 2 * pooled_width - 1)
         pooled_rows = (n * pooled_height + h2 // 2) * pooled_width + w2 // 2
-        at_max = _load_rows(phase_ref, pooled_rows, valid & inside) == ((h2 % 2) * 2 + w2 % 2)[
-            :, None
-        ]
-        d_output = jnp.where(at_max, _pooled_gradient(gradient_refs, pooled_rows, valid & inside),
-                             0.0)  # fmt: skip
-        term = jnp.dot(d_output, _load_tap(kernel_ref, tap).T)
-        total = term if total is None else total + term
-    pooled1 = _load_rows(pooled1_ref, q, valid)
-    _store_rows(out_ref, q, valid, jnp.where(pooled1 > 0.0, total, 0.0))
+        at_max = _load_rows(phase2_ref, pooled_rows, valid & inside) == (
+            (h2 % 2) * 2 + w2 % 2
+        )[:, None]  # fmt: skip
+        d_pooled2 = _conv2_pooled_gradient(
+            flat_ref, keep_ref, d_flat_ref, pooled_rows, valid & inside
+        )
+        term = jnp.dot(jnp.where(at_max, d_pooled2, 0.0), _load_tap(kernel2_ref, tap).T)
+        d_pooled1 = term if d_pooled1 is None else d_pooled1 + term
+    d_pooled1 = jnp.where(_load_rows(pooled1_ref, rows, valid) > 0.0, d_pooled1, 0.0)
+
+    phase1 = _load_rows(phase1_ref, rows, valid)
+    d_z1 = [jnp.where(phase1 == index, d_pooled1, 0.0) for index in range(len(_PHASES))]
+    c0 = x_ref.shape[1]
+    patch = {}
+    for i in range(4):
+        for j in range(4):
+            patch_rows, inside = _tap_rows(n, 2 * h + i - 1, 2 * w + j - 1, geometry1)
+            patch[i, j] = _load_rows(x_ref, patch_rows, valid & inside, dot_size(c0))
+    c1 = d_pooled1.shape[1]
+    channel = lax.broadcasted_iota(jnp.int32, (dot_size(c0), 1), 0)
+    column = lax.broadcasted_iota(jnp.int32, (1, c1), 1)
+    for tap, (di, dj) in enumerate(_TAPS):
+        grad = sum(
+            jnp.dot(patch[a + di, b + dj].T, d_z1[index])
+            for index, (a, b) in enumerate(_PHASES)
+        )  # (dot_size(C0), C1); rows past C0 are padding, not stored
+        # Padding rows point one past the row's end (see `_update_tap`).
+        columns = jnp.where(channel < c0, (tap * c0 + channel) * c1 + column,
+                            kernel_sums_ref.shape[1])  # fmt: skip
+        pltriton.store(
+            kernel_sums_ref.at[program, columns], grad, mask=(channel < c0) & (column >= 0)
+        )
+    _store_rows(bias_sums_ref, program + lax.broadcasted_iota(jnp.int32, (1,), 0),
+                jnp.ones((1,), bool), jnp.sum(d_pooled1, axis=0, keepdims=True))  # fmt: skip
 
 
-def _conv_update(
-    layer: dict, velocity: dict, layer_input: jax.Array, geometry: Geometry,
-    gradient: tuple[jax.Array, ...], phase: jax.Array, rate: jax.Array, momentum: float,
-    interpret: bool, after: tuple[jax.Array, ...] = (),
+def _updates(
+    conv_params: dict, conv_velocity: dict, residuals: Residuals,
+    conv2_gradient: tuple[jax.Array, ...], conv1_sums: tuple[jax.Array, jax.Array],
+    rate: jax.Array, momentum: float, interpret: bool,
 ) -> tuple[dict, dict]:  # fmt: skip
-    """(params, velocity) of one convolution layer after its momentum step: its kernel
-    gradient is sum over output positions of input rows (B*H*W, C_in) at each tap times d
-    output, its bias gradient the sum of d output; d output comes from the pooled gradient
-    (`_pooled_gradient` of `gradient`) routed through `phase` (P, C_out) int32. `after`:
-    arrays the kernel takes but does not read, so that it runs after what computes them."""
-    kernel = layer["kernel"]
-    c_in, c_out = kernel.shape[2:]
-    arrays = (
-        kernel.reshape(9, c_in, c_out),
-        velocity["kernel"].reshape(9, c_in, c_out),
-        layer["bias"].reshape(1, c_out),
-        velocity["bias"].reshape(1, c_out),
-    )
+    """(params, velocity) of conv1 and conv2 after their momentum steps, in one launch of 18
+    programs: 9 sum conv2's kernel gradient, a tap each, over every conv2 output position
+    (its input rows times d output, which `conv2_gradient` and phase2 give); 9 sum the
+    partial sums of conv1's that `_backward` made. The first program of each layer also
+    updates its bias. `rate` is the learning rate as a (1, 1) block."""
+    taps = len(_TAPS)
+    # Per layer: kernel, its velocity, bias, its velocity. conv2's kernel as (9, C1, C2) tap
+    # matrices, conv1's as (9, C0 * C1) rows, the layout of `_backward`'s sums; biases as rows.
+    shapes = {"conv2": (taps, *conv_params["conv2"]["kernel"].shape[2:]), "conv1": (taps, -1)}
+    arrays = [
+        tree[name][kind].reshape(shapes[name] if kind == "kernel" else (1, -1))
+        for name in ("conv2", "conv1")
+        for kind in ("kernel", "bias")
+        for tree in (conv_params, conv_velocity)
+    ]
     body = functools.partial(
-        _update_kernel, geometry=geometry, momentum=float(momentum), unread=len(after)
+        _updates_kernel, geometry=residuals.geometry2, momentum=float(momentum)
     )
-    new_kernel, new_kernel_velocity, new_bias, new_bias_velocity = _call(
-        body, tuple(jax.ShapeDtypeStruct(a.shape, a.dtype) for a in arrays), len(_TAPS),
-        # 8 warps: 9 programs in all, each summing every position; compiled for an H100 (by
-        # benchmarks/triton_resources.py), conv2's took 112 registers a thread against 239
-        # with 4 warps, conv1's 80 against 157, neither spilling.
-        interpret, "conv_update", warps=8,
+    new = _call(
+        body, tuple(jax.ShapeDtypeStruct(a.shape, a.dtype) for a in arrays), 2 * taps,
+        # 8 warps: 18 programs in all; compiled for an H100 (benchmarks/triton_resources.py),
+        # conv2's update took 112 registers a thread against 239 with 4 warps, no spills.
+        interpret, "conv_updates", warps=8,
         # The params and velocity are updated in place (each program writes its own tap).
         input_output_aliases={i: i for i in range(len(arrays))},
-    )(*arrays, rate, layer_input, phase, *after, *gradient)  # fmt: skip
-    return (
-        {"kernel": new_kernel.reshape(kernel.shape), "bias": new_bias.reshape(c_out)},
-        {
-            "kernel": new_kernel_velocity.reshape(kernel.shape),
-            "bias": new_bias_velocity.reshape(c_out),
-        },
-    )
-
-
-def _update_kernel(
-    kernel_ref, kernel_velocity_ref, bias_ref, bias_velocity_ref, rate_ref, input_ref,
-    phase_ref, *refs, geometry: Geometry, momentum: float, unread: int,
-) -> None:  # fmt: skip
-    """Program `tap` (0..8): the kernel gradient of that tap, summed over every pooled
-    position `_REDUCE_BLOCK` at a time and each window's four phases, and its momentum
-    update; program 0 also updates the bias. `refs` are `unread` refs for ordering only,
-    the gradient refs, then the four outputs, aliasing the first four refs."""
-    *gradient_refs, new_kernel_ref, new_kernel_velocity_ref, new_bias_ref, new_bias_velocity = (
-        refs[unread:]
-    )
-    tap = pl.program_id(0)
-    di, dj = tap // 3, tap % 3
-    c_in, c_out = kernel_ref.shape[1:]
-    c_in_padded = dot_size(c_in)
-
-    def add_block(block, sums):
-        grad_kernel, grad_bias = sums
-        rows, n, r, v, valid = _pooled_block(block * _REDUCE_BLOCK, _REDUCE_BLOCK, geometry)
-        d_pooled = _pooled_gradient(gradient_refs, rows, valid)
-        phase = _load_rows(phase_ref, rows, valid)
-        for index, (a, b) in enumerate(_PHASES):
-            d_output = jnp.where(phase == index, d_pooled, 0.0)
-            input_rows, inside = _tap_rows(n, 2 * r + a + di - 1, 2 * v + b + dj - 1, geometry)
-            inputs = _load_rows(input_ref, input_rows, valid & inside, c_in_padded)
-            grad_kernel = grad_kernel + jnp.dot(inputs.T, d_output)
-        return grad_kernel, grad_bias + jnp.sum(d_pooled, axis=0, keepdims=True)
-
-    zeros = (jnp.zeros((c_in_padded, c_out), jnp.float32), jnp.zeros((1, c_out), jnp.float32))
-    blocks = pl.cdiv(geometry.pooled_positions, _REDUCE_BLOCK)
-    grad_kernel, grad_bias = lax.fori_loop(0, blocks, add_block, zeros)
+    )(*arrays, rate, residuals.pooled1, residuals.phase2, *conv2_gradient, *conv1_sums)  # fmt: skip
+    params, velocity = {}, {}
+    for layer, (kernel, kernel_velocity, bias, bias_velocity) in zip(
+        ("conv2", "conv1"), (new[:4], new[4:])
+    ):
+        shape = conv_params[layer]["kernel"].shape
+        params[layer] = {"kernel": kernel.reshape(shape), "bias": bias.reshape(-1)}
+        velocity[layer] = {
+            "kernel": kernel_velocity.reshape(shape), "bias": bias_velocity.reshape(-1)
+        }
+    return params, velocity
+def _updates_kernel(*refs, geometry: Geometry, momentum: float) -> None:
+    """Programs 0..8: conv2's tap `program`, 9..17: conv1's tap `program - 9` (see
+    `_updates`). Refs: conv2's kernel (9, C1, C2), kernel velocity, bias (1, C2), bias
+    velocity, conv1's the same with a (9, C0 * C1) kernel; the rate (1, 1); conv2's input
+    (pooled1), phase2, flat, keep, d_flat; conv1's kernel and bias sums; then the 8 outputs,
+    aliasing the first 8 refs."""
+    conv2, conv1 = refs[0:4], refs[4:8]
+    rate_ref, input_ref, phase_ref, flat_ref, keep_ref, d_flat_ref = refs[8:14]
+    kernel_sums_ref, bias_sums_ref = refs[14:16]
+    new_conv2, new_conv1 = refs[16:20], refs[20:24]
+    program = pl.program_id(0)
     rate = rate_ref[...]
-    rows = lax.broadcasted_iota(jnp.int32, (c_in_padded, 1), 0)
-    columns = lax.broadcasted_iota(jnp.int32, (1, c_out), 1)
-    mask = (rows < c_in) & (columns < c_out)
-    index = (tap, jnp.minimum(rows, c_in - 1), columns)
-    velocity = grad_kernel + momentum * pltriton.load(
-        kernel_velocity_ref.at[index], mask=mask, other=0.0
-    )
-    kernel = pltriton.load(kernel_ref.at[index], mask=mask, other=0.0) - rate * velocity
-    # Padding rows are stored to a row past the end, which the mask keeps from being written:
-    # interpret mode writes masked-off elements back with their old values, and a clamped
-    # index would write the last real row twice, the old value possibly last.
-    index = (tap, jnp.where(rows < c_in, rows, c_in), columns)
-    pltriton.store(new_kernel_ref.at[index], kernel, mask=mask)
-    pltriton.store(new_kernel_velocity_ref.at[index], velocity, mask=mask)
+    taps = len(_TAPS)
 
-    @pl.when(tap == 0)
-    def _update_bias():
-        bias_velocity = grad_bias + momentum * bias_velocity_ref[...]
-        new_bias_ref[...] = bias_ref[...] - rate * bias_velocity
-        new_bias_velocity[...] = bias_velocity
+    @pl.when(program < taps)
+    def _conv2():
+        tap = program
+        di, dj = tap // 3, tap % 3
+        c_in, c_out = conv2[0].shape[1:]
+
+        def add_block(block, sums):
+            grad_kernel, grad_bias = sums
+            rows, n, r, v, valid = _pooled_block(block * _REDUCE_BLOCK, _REDUCE_BLOCK, geometry)
+            d_pooled = _conv2_pooled_gradient(flat_ref, keep_ref, d_flat_ref, rows, valid)
+            phase = _load_rows(phase_ref, rows, valid)
+            for index, (a, b) in enumerate(_PHASES):
+                d_output = jnp.where(phase == index, d_pooled, 0.0)
+                input_rows, inside = _tap_rows(
+                    n, 2 * r + a + di - 1, 2 * v + b + dj - 1, geometry
+                )
+                inputs = _load_rows(input_ref, input_rows, valid & inside)
+                grad_kernel = grad_kernel + jnp.dot(inputs.T, d_output)
+            return grad_kernel, grad_bias + jnp.sum(d_pooled, axis=0, keepdims=True)
+
+        zeros = (jnp.zeros((c_in, c_out), jnp.float32), jnp.zeros((1, c_out), jnp.float32))
+        blocks = pl.cdiv(geometry.pooled_positions, _REDUCE_BLOCK)
+        grad_kernel, grad_bias = lax.fori_loop(0, blocks, add_block, zeros)
+        _update_row_block(conv2[0:2], new_conv2[0:2], tap, grad_kernel, rate, momentum)
+
+        @pl.when(tap == 0)
+        def _bias():
+            _update_row_block(conv2[2:4], new_conv2[2:4], 0, grad_bias, rate, momentum)
+
+    @pl.when(program >= taps)
+    def _conv1():
+        tap = program - taps
+        width = conv1[0].shape[1]
+        grad_kernel = _sum_rows(kernel_sums_ref, tap * width, width)
+        _update_row_block(conv1[0:2], new_conv1[0:2], tap, grad_kernel, rate, momentum)
+
+        @pl.when(tap == 0)
+        def _bias():
+            grad_bias = _sum_rows(bias_sums_ref, 0, bias_sums_ref.shape[1])
+            _update_row_block(conv1[2:4], new_conv1[2:4], 0, grad_bias, rate, momentum)
 
 
-def _pooled_gradient(gradient_refs: tuple, rows: jax.Array, valid: jax.Array) -> jax.Array:
-    """d loss / d a layer's pooled ReLU output at `rows` (M,) int32, (M, C) float32.
+def _sum_rows(ref, start, width: int) -> jax.Array:
+    """The sum over all rows of ref[:, start : start + width], as a (1, next power of two >=
+    width) row whose padding is 0; `_REDUCE_BLOCK` rows at a time."""
+    column = lax.broadcasted_iota(jnp.int32, (1, pl.next_power_of_2(width)), 1)
 
-    `gradient_refs` is (d pooled,) for conv1, read as it is, or (flat, keep, d flat) for
-    conv2, whose pooled output went through dropout: its gradient is d flat / (1 - rate)
-    where dropout kept a unit that was > 0 (ReLU's gradient, as the routing to the window's
-    maximum then needs it), else 0."""
-    if len(gradient_refs) == 1:
-        return _load_rows(gradient_refs[0], rows, valid)
-    flat_ref, keep_ref, d_flat_ref = gradient_refs
+    def add(block, total):
+        rows = block * _REDUCE_BLOCK + lax.broadcasted_iota(jnp.int32, (_REDUCE_BLOCK, 1), 0)
+        mask = (rows < ref.shape[0]) & (column < width)
+        index = (jnp.minimum(rows, ref.shape[0] - 1), start + jnp.minimum(column, width - 1))
+        values = pltriton.load(ref.at[index], mask=mask, other=0.0)
+        return total + jnp.sum(values, axis=0, keepdims=True)
+
+    total = jnp.zeros(column.shape, jnp.float32)
+    return lax.fori_loop(0, pl.cdiv(ref.shape[0], _REDUCE_BLOCK), add, total)
+
+
+def _update_row_block(refs, new_refs, row, grad: jax.Array, rate: jax.Array,
+                      momentum: float) -> None:  # fmt: skip
+    """optax.sgd's momentum step on entry `row` of a parameter: of a (rows, R, C) one its
+    (R, C) matrix, of a (rows, C) one its (C,) row. refs are (param, velocity), new_refs
+    (new param, new velocity) aliasing them; `grad` is the gradient padded to a power-of-two
+    block ((R', C') or (1, C')), whose padding is not stored. Stores v' = g + momentum * v
+    and p' = p - rate * v'."""
+    param_ref, velocity_ref = refs
+    matrix = len(param_ref.shape) == 3
+    height, width = param_ref.shape[1:] if matrix else (1, param_ref.shape[1])
+    rows = lax.broadcasted_iota(jnp.int32, (grad.shape[0], 1), 0)
+    columns = lax.broadcasted_iota(jnp.int32, (1, grad.shape[1]), 1)
+    mask = (rows < height) & (columns < width)
+    # Padding is stored one past the end, where the mask keeps it from being written:
+    # interpret mode writes masked-off elements back with the values it read, and a clamped
+    # index would write the last real element twice, the old value possibly last.
+    load_columns = jnp.minimum(columns, width - 1)
+    store_columns = jnp.where(columns < width, columns, width)
+    if matrix:
+        load = (row, jnp.minimum(rows, height - 1), load_columns)
+        store = (row, jnp.where(rows < height, rows, height), store_columns)
+    else:
+        load, store = (row, load_columns), (row, store_columns)
+    velocity = grad + momentum * pltriton.load(velocity_ref.at[load], mask=mask, other=0.0)
+    param = pltriton.load(param_ref.at[load], mask=mask, other=0.0) - rate * velocity
+    pltriton.store(new_refs[0].at[store], param, mask=mask)
+    pltriton.store(new_refs[1].at[store], velocity, mask=mask)
+
+
+def _conv2_pooled_gradient(flat_ref, keep_ref, d_flat_ref, rows: jax.Array,
+                           valid: jax.Array) -> jax.Array:  # fmt: skip
+    """d loss / d conv2's pooled ReLU output at `rows` (M,) int32, (M, C2) float32: its
+    output went through dropout, so it is d flat / (1 - rate) where dropout kept a unit that
+    was > 0 (ReLU's gradient, as the routing to the window's maximum then needs it), else 0;
+    0 where `valid` (M,) is False."""
     passes = (_load_rows(keep_ref, rows, valid) != 0) & (_load_rows(flat_ref, rows, valid) > 0.0)
     d_flat = _load_rows(d_flat_ref, rows, valid)
     return jnp.where(passes, d_flat / (1.0 - cnn.DROPOUT_RATE), 0.0)
