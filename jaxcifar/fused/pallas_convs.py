@@ -311,7 +311,7 @@ def _backward_kernel(
             jnp.dot(patch[a + di, b + dj].T, d_z1[index])
             for index, (a, b) in enumerate(_PHASES)
         )  # (dot_size(C0), C1); rows past C0 are padding, not stored
-        # Padding rows point one past the row's end (see `_update_tap`).
+        # Padding rows point one past the row's end (see `_update_row_block`).
         columns = jnp.where(channel < c0, (tap * c0 + channel) * c1 + column,
                             kernel_sums_ref.shape[1])  # fmt: skip
         pltriton.store(
@@ -509,7 +509,7 @@ def _load_rows(ref, rows: jax.Array, valid: jax.Array, columns: int | None = Non
 def _store_rows(ref, rows: jax.Array, valid: jax.Array, value: jax.Array) -> None:
     """ref[rows] = value (M, C) for rows (M,) int32 where `valid` (M,) is True."""
     column = lax.broadcasted_iota(jnp.int32, (1, value.shape[1]), 1)
-    # Rows not stored point past the end (see `_update_kernel`: not at a real, clamped row).
+    # Rows not stored point past the end (see `_update_row_block`), not at a clamped real row.
     rows = jnp.where(valid, rows, ref.shape[0])
     pltriton.store(ref.at[rows[:, None], column], value, mask=valid[:, None] & (column >= 0))
 
