@@ -58,7 +58,7 @@ _BLOCK = 16
 # Pooled positions per loop iteration where conv2's kernel gradient is summed over all of them
 # (one program per tap), and rows of conv1's partial sums per iteration where they are summed.
 # Compiled for an H100 (benchmarks/triton_resources.py), Triton pipelines the loop's gathers
-# through shared memory: at 64 the update kernel takes 94 KiB of the 227 KiB a block may
+# through shared memory: at 64 the update kernel takes 92 KiB of the 227 KiB a block may
 # have; at 128 (half the iterations) conv2's took 184 KiB.
 _REDUCE_BLOCK = 64
 
@@ -347,7 +347,7 @@ def _updates(
     new = _call(
         body, tuple(jax.ShapeDtypeStruct(a.shape, a.dtype) for a in arrays), 2 * taps,
         # 8 warps: 18 programs in all; compiled for an H100 (benchmarks/triton_resources.py),
-        # conv2's update took 112 registers a thread against 239 with 4 warps, no spills.
+        # 103 registers a thread, no spills (conv2's update alone took 192 with 4 warps).
         interpret, "conv_updates", warps=8,
         # The params and velocity are updated in place (each program writes its own tap).
         input_output_aliases={i: i for i in range(len(arrays))},

@@ -4,7 +4,7 @@ One launch does the head's whole training step: the forward pass fc1 -> ReLU -> 
 the mean softmax cross-entropy and the accuracy count, the backward pass, the SGD-with-momentum
 update of all five layers (PyTorch-style, as `optax.sgd(lr, momentum=m)`: v <- m*v + g,
 p <- p - lr*v), and the gradient with respect to the head's input, so the convolutional part
-(plain XLA, outside the kernel) can backpropagate through the head.
+(XLA's ops, or `pallas_convs`' kernels) can backpropagate through the head.
 
 Why: at batch 4 on a GPU the seed recipe's training step is bound by kernel launches (about 70
 fusions per step), not by FLOPs; the head's share of them (about 30: five dense layers forward
@@ -38,7 +38,7 @@ from jaxcifar.models import cnn
 LAYER_NAMES = cnn.DENSE_LAYERS
 
 # Triton's tl.dot needs every operand dimension >= 16, and Triton tensors must have
-# power-of-two sizes: the batch and every layer width are padded up to such a size.
+# power-of-two sizes: the kernel's blocks pad the batch and every layer width to such a size.
 _MIN_DOT_DIM = 16
 # fc1's kernel is (1024, 128) float32, 512 KiB: as one Triton tensor it could not be staged
 # through shared memory for a dot (228 KiB per SM on an H100, less on older GPUs), so fc1 is
@@ -117,8 +117,8 @@ def head_train_step(
         interpret=interpret,
         # Selects the Triton backend: on GPU this jax version otherwise lowers pallas_call
         # with Mosaic GPU. 8 warps for the one program: compiled for an H100 with 4, its
-        # threads held 255 registers and spilled 1,728 bytes each; with 8, 152 bytes
-        # (benchmarks/triton_resources.py).
+        # threads held 255 registers and spilled 1,728 bytes each at batch 4; with 8 (and the
+        # unpadded arrays read in masked blocks), 120 bytes (benchmarks/triton_resources.py).
         compiler_params=pltriton.CompilerParams(num_warps=8),
         name="head_train_step",
     )(params_2d, velocity_2d, flat.astype(jnp.float32), labels_2d, learning_rate_block)
