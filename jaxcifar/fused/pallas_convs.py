@@ -6,11 +6,11 @@ Four launches a step do what XLA spreads over dozens of kernels (38 in XLA:CPU's
 bias adds, ReLUs, poolings, dropout and their gradients, the momentum updates):
 1. conv1 -> ReLU -> 2x2 max pool, 16 pooled positions per program;
 2. conv2 -> ReLU -> 2x2 max pool -> dropout, giving the head's input;
-3. (after the head) d loss / d conv2's input through conv2 transposed, pool2 and dropout,
-   then through pool1 and ReLU1 to conv1's kernel and bias gradients, as partial sums per
-   program of 16 of conv1's pooled positions;
-4. conv2's kernel and bias gradients (one program per tap, summing over every position) and
-   the sums of conv1's, then both layers' SGD-with-momentum updates.
+3. (after the head) both layers' kernel and bias gradients, as partial sums per program of
+   16 of conv2's input positions: d loss / d conv2's output (pool2 and dropout routed) times
+   its input, then through conv2 transposed, pool1 and ReLU1 to conv1's output;
+4. the partial sums summed, one program per tap of each layer, and the SGD-with-momentum
+   updates, in place.
 With `pallas_head` that makes the whole training step five kernels of ours, where the launch
 count is what bounds the seed recipe's batch-4 step on a GPU (issue #9, part A); XLA's own
 kernels remain for the batch gather and the dropout mask's random bits
@@ -55,12 +55,8 @@ _TAPS = tuple((di, dj) for di in range(3) for dj in range(3))
 # Pooled positions per program of the forward and input-gradient kernels (the dots' rows):
 # Triton's smallest dot operand.
 _BLOCK = 16
-# Pooled positions per loop iteration where conv2's kernel gradient is summed over all of them
-# (one program per tap), and rows of conv1's partial sums per iteration where they are summed.
-# Compiled for an H100 (benchmarks/triton_resources.py), Triton pipelines the loop's gathers
-# through shared memory: at 64 the update kernel takes 92 KiB of the 227 KiB a block may
-# have; at 128 (half the iterations) conv2's took 184 KiB.
-_REDUCE_BLOCK = 64
+# Rows of partial sums per loop iteration where `_updates_kernel` sums them.
+_SUM_ROWS = 16
 
 
 class Geometry(NamedTuple):
@@ -154,11 +150,9 @@ def features_backward_update(
     conv2_gradient = (
         residuals.flat, residuals.keep, d_flat.astype(jnp.float32).reshape(residuals.flat.shape)
     )  # fmt: skip
-    conv1_sums = _backward(conv_params, residuals, conv2_gradient, interpret)
-    return _updates(
-        conv_params, conv_velocity, residuals, conv2_gradient, conv1_sums,
-        jnp.full((1, 1), learning_rate, jnp.float32), momentum, interpret,
-    )  # fmt: skip
+    sums = _backward(conv_params, residuals, conv2_gradient, interpret)
+    rate = jnp.full((1, 1), learning_rate, jnp.float32)
+    return _updates(conv_params, conv_velocity, sums, rate, momentum, interpret)
 
 
 def _interpret(interpret: bool | None) -> bool:
@@ -238,45 +232,53 @@ def _forward_kernel(input_ref, kernel_ref, bias_ref, *refs, geometry: Geometry,
 def _backward(
     conv_params: dict, residuals: Residuals, conv2_gradient: tuple[jax.Array, ...],
     interpret: bool,
-) -> tuple[jax.Array, jax.Array]:  # fmt: skip
-    """conv1's gradients in partial sums, one row per program of `_BLOCK` of conv1's pooled
-    positions: (kernel (programs, 9 * C0 * C1), bias (programs, C1)) float32, whose sums over
-    the rows are d loss / d conv1's kernel (flattened as its (9, C0, C1) taps) and bias.
+) -> tuple[jax.Array, ...]:  # fmt: skip
+    """Both layers' gradients in partial sums, one row per program of `_BLOCK` of conv1's
+    pooled positions: (conv2's kernel (programs, 9 * C1 * C2), conv2's bias (programs, C2),
+    conv1's kernel (programs, 9 * C0 * C1), conv1's bias (programs, C1)) float32, whose sums
+    over the rows are d loss / d each kernel (flattened as its (9, C_in, C_out) taps) and bias.
 
     Each program backpropagates d loss / d conv2's output (`conv2_gradient` (flat, keep,
-    d_flat) routed through phase2) through conv2 transposed to its block of conv1's pooled
-    output, and from there through pool1 and ReLU1 to conv1's kernel and bias. The sums
-    over programs are `_updates`': a kernel-gradient sum by one program per tap would be a
-    long serial loop, and d loss / d conv1's pooled output never leaves the program."""
+    d_flat) routed through phase2) to its block of conv2's input, conv1's pooled output, and
+    from there through pool1 and ReLU1 to conv1's output. Summing over positions in every
+    program at once, rather than in one program per tap, keeps the sums from being a serial
+    loop over every position, and the gradients at conv1's output never leave the program."""
     conv1, conv2 = conv_params["conv1"]["kernel"], conv_params["conv2"]["kernel"]
-    c0, c1 = conv1.shape[2:]
+    c0, c1, c2 = *conv1.shape[2:], conv2.shape[3]
     programs = pl.cdiv(residuals.geometry1.pooled_positions, _BLOCK)
-    out_shape = (
-        jax.ShapeDtypeStruct((programs, len(_TAPS) * c0 * c1), jnp.float32),
-        jax.ShapeDtypeStruct((programs, c1), jnp.float32),
+    out_shape = tuple(
+        jax.ShapeDtypeStruct((programs, width), jnp.float32)
+        for width in (len(_TAPS) * c1 * c2, c2, len(_TAPS) * c0 * c1, c1)
     )
     body = functools.partial(
         _backward_kernel, geometry1=residuals.geometry1, geometry2=residuals.geometry2
     )
     return _call(body, out_shape, programs, interpret, "conv_backward")(
-        conv2.reshape(len(_TAPS), *conv2.shape[2:]), residuals.x, residuals.pooled1,
-        residuals.phase1, residuals.phase2, *conv2_gradient,
+        conv2.reshape(len(_TAPS), c1, c2), residuals.x, residuals.pooled1, residuals.phase1,
+        residuals.phase2, *conv2_gradient,
     )  # fmt: skip
 
 
 def _backward_kernel(
     kernel2_ref, x_ref, pooled1_ref, phase1_ref, phase2_ref, flat_ref, keep_ref, d_flat_ref,
-    kernel_sums_ref, bias_sums_ref, *, geometry1: Geometry, geometry2: Geometry,
+    kernel2_sums_ref, bias2_sums_ref, kernel1_sums_ref, bias1_sums_ref, *,
+    geometry1: Geometry, geometry2: Geometry,
 ) -> None:  # fmt: skip
     """One program: `_BLOCK` of conv1's pooled positions, which are conv2's input positions
-    (n, h, w). d pooled1[n, h, w] = sum over taps (di, dj) of d z2[n, h - di + 1, w - dj + 1]
-    @ kernel2[di, dj].T, where d z2 at (h2, w2) is its pooled gradient if (h2, w2) is its
-    window's first maximum (phase2) and 0 elsewhere, pool2's dropped odd row or column
-    included; zero where pooled1 is 0 (ReLU1). Routed through phase1 it is d z1 at the
-    block's windows, whose products with the 4x4 input patches they read are the block's
-    terms of conv1's kernel gradient; its column sums, of the bias gradient."""
+    (n, h, w). Through tap (di, dj), input (h, w) meets conv2's output (h - di + 1, w - dj +
+    1), whose gradient d z2 is its pooled gradient if it is its window's first maximum
+    (phase2) and 0 elsewhere, pool2's dropped odd row or column included. So the block's
+    terms of conv2's kernel gradient at that tap are pooled1.T @ d z2 there, of its bias
+    gradient the sum of d z2 at the block's own positions (the centre tap), and d pooled1 =
+    sum over taps of d z2 @ kernel2[di, dj].T, zero where pooled1 is 0 (ReLU1). Routed
+    through phase1, that is d z1 at the block's windows, whose products with the 4x4 input
+    patches they read are the block's terms of conv1's kernel gradient; its column sums, of
+    the bias gradient."""
     program = pl.program_id(0)
     rows, n, h, w, valid = _pooled_block(program * _BLOCK, _BLOCK, geometry1)
+    # The program's own row of the bias sums, as the (1,) rows `_store_rows` takes.
+    this_row, always = program + lax.broadcasted_iota(jnp.int32, (1,), 0), jnp.ones((1,), bool)
+    pooled1 = _load_rows(pooled1_ref, rows, valid)
     pooled_height, pooled_width = geometry2.pooled
     d_pooled1 = None
     for tap, (di, dj) in enumerate(_TAPS):
@@ -291,9 +293,13 @@ def _backward_kernel(
         d_pooled2 = _conv2_pooled_gradient(
             flat_ref, keep_ref, d_flat_ref, pooled_rows, valid & inside
         )
-        term = jnp.dot(jnp.where(at_max, d_pooled2, 0.0), _load_tap(kernel2_ref, tap).T)
+        d_z2 = jnp.where(at_max, d_pooled2, 0.0)
+        _store_tap_sum(kernel2_sums_ref, program, tap, jnp.dot(pooled1.T, d_z2), pooled1.shape[1])
+        if (di, dj) == (1, 1):
+            _store_rows(bias2_sums_ref, this_row, always, jnp.sum(d_z2, axis=0, keepdims=True))
+        term = jnp.dot(d_z2, _load_tap(kernel2_ref, tap).T)
         d_pooled1 = term if d_pooled1 is None else d_pooled1 + term
-    d_pooled1 = jnp.where(_load_rows(pooled1_ref, rows, valid) > 0.0, d_pooled1, 0.0)
+    d_pooled1 = jnp.where(pooled1 > 0.0, d_pooled1, 0.0)
 
     phase1 = _load_rows(phase1_ref, rows, valid)
     d_z1 = [jnp.where(phase1 == index, d_pooled1, 0.0) for index in range(len(_PHASES))]
@@ -303,160 +309,118 @@ def _backward_kernel(
         for j in range(4):
             patch_rows, inside = _tap_rows(n, 2 * h + i - 1, 2 * w + j - 1, geometry1)
             patch[i, j] = _load_rows(x_ref, patch_rows, valid & inside, dot_size(c0))
-    c1 = d_pooled1.shape[1]
-    channel = lax.broadcasted_iota(jnp.int32, (dot_size(c0), 1), 0)
-    column = lax.broadcasted_iota(jnp.int32, (1, c1), 1)
     for tap, (di, dj) in enumerate(_TAPS):
         grad = sum(
             jnp.dot(patch[a + di, b + dj].T, d_z1[index])
             for index, (a, b) in enumerate(_PHASES)
-        )  # (dot_size(C0), C1); rows past C0 are padding, not stored
-        # Padding rows point one past the row's end (see `_update_row_block`).
-        columns = jnp.where(channel < c0, (tap * c0 + channel) * c1 + column,
-                            kernel_sums_ref.shape[1])  # fmt: skip
-        pltriton.store(
-            kernel_sums_ref.at[program, columns], grad, mask=(channel < c0) & (column >= 0)
         )
-    _store_rows(bias_sums_ref, program + lax.broadcasted_iota(jnp.int32, (1,), 0),
-                jnp.ones((1,), bool), jnp.sum(d_pooled1, axis=0, keepdims=True))  # fmt: skip
+        _store_tap_sum(kernel1_sums_ref, program, tap, grad, c0)
+    _store_rows(bias1_sums_ref, this_row, always, jnp.sum(d_pooled1, axis=0, keepdims=True))
+
+
+def _store_tap_sum(sums_ref, program, tap: int, grad: jax.Array, c_in: int) -> None:
+    """Row `program` of a (programs, 9 * C_in * C_out) sums ref, tap `tap`'s part: `grad`
+    (C_in', C_out), of which rows past `c_in` are padding, not stored (they point one past
+    the row's end, see `_update_row`)."""
+    c_out = grad.shape[1]
+    channel = lax.broadcasted_iota(jnp.int32, (grad.shape[0], 1), 0)
+    column = lax.broadcasted_iota(jnp.int32, (1, c_out), 1)
+    columns = jnp.where(channel < c_in, (tap * c_in + channel) * c_out + column,
+                        sums_ref.shape[1])  # fmt: skip
+    pltriton.store(sums_ref.at[program, columns], grad, mask=(channel < c_in) & (column >= 0))
 
 
 def _updates(
-    conv_params: dict, conv_velocity: dict, residuals: Residuals,
-    conv2_gradient: tuple[jax.Array, ...], conv1_sums: tuple[jax.Array, jax.Array],
-    rate: jax.Array, momentum: float, interpret: bool,
+    conv_params: dict, conv_velocity: dict, sums: tuple[jax.Array, ...], rate: jax.Array,
+    momentum: float, interpret: bool,
 ) -> tuple[dict, dict]:  # fmt: skip
     """(params, velocity) of conv1 and conv2 after their momentum steps, in one launch of 18
-    programs: 9 sum conv2's kernel gradient, a tap each, over every conv2 output position
-    (its input rows times d output, which `conv2_gradient` and phase2 give); 9 sum the
-    partial sums of conv1's that `_backward` made. The first program of each layer also
-    updates its bias. `rate` is the learning rate as a (1, 1) block."""
+    programs, a kernel tap each, 9 per layer: each sums its tap's partial sums (`_backward`'s
+    `sums`) and updates it in place; the first of each layer also its bias. `rate` is the
+    learning rate as a (1, 1) block."""
     taps = len(_TAPS)
-    # Per layer: kernel, its velocity, bias, its velocity. conv2's kernel as (9, C1, C2) tap
-    # matrices, conv1's as (9, C0 * C1) rows, the layout of `_backward`'s sums; biases as rows.
-    shapes = {"conv2": (taps, *conv_params["conv2"]["kernel"].shape[2:]), "conv1": (taps, -1)}
+    # Per layer: kernel, its velocity, bias, its velocity; kernels as (9, C_in * C_out) rows
+    # (the sums' layout), biases as (1, C_out) rows.
     arrays = [
-        tree[name][kind].reshape(shapes[name] if kind == "kernel" else (1, -1))
+        tree[name][kind].reshape((taps, -1) if kind == "kernel" else (1, -1))
         for name in ("conv2", "conv1")
         for kind in ("kernel", "bias")
         for tree in (conv_params, conv_velocity)
     ]
-    body = functools.partial(
-        _updates_kernel, geometry=residuals.geometry2, momentum=float(momentum)
-    )
     new = _call(
-        body, tuple(jax.ShapeDtypeStruct(a.shape, a.dtype) for a in arrays), 2 * taps,
-        # 8 warps: 18 programs in all; compiled for an H100 (benchmarks/triton_resources.py),
-        # 103 registers a thread, no spills (conv2's update alone took 192 with 4 warps).
-        interpret, "conv_updates", warps=8,
+        functools.partial(_updates_kernel, momentum=float(momentum)),
+        tuple(jax.ShapeDtypeStruct(a.shape, a.dtype) for a in arrays), 2 * taps,
+        interpret, "conv_updates",
         # The params and velocity are updated in place (each program writes its own tap).
         input_output_aliases={i: i for i in range(len(arrays))},
-    )(*arrays, rate, residuals.pooled1, residuals.phase2, *conv2_gradient, *conv1_sums)  # fmt: skip
+    )(*arrays, rate, *sums)  # fmt: skip
     params, velocity = {}, {}
-    for layer, (kernel, kernel_velocity, bias, bias_velocity) in zip(
+    for name, (kernel, kernel_velocity, bias, bias_velocity) in zip(
         ("conv2", "conv1"), (new[:4], new[4:])
     ):
-        shape = conv_params[layer]["kernel"].shape
-        params[layer] = {"kernel": kernel.reshape(shape), "bias": bias.reshape(-1)}
-        velocity[layer] = {
+        shape = conv_params[name]["kernel"].shape
+        params[name] = {"kernel": kernel.reshape(shape), "bias": bias.reshape(-1)}
+        velocity[name] = {
             "kernel": kernel_velocity.reshape(shape), "bias": bias_velocity.reshape(-1)
         }
     return params, velocity
-def _updates_kernel(*refs, geometry: Geometry, momentum: float) -> None:
-    """Programs 0..8: conv2's tap `program`, 9..17: conv1's tap `program - 9` (see
-    `_updates`). Refs: conv2's kernel (9, C1, C2), kernel velocity, bias (1, C2), bias
-    velocity, conv1's the same with a (9, C0 * C1) kernel; the rate (1, 1); conv2's input
-    (pooled1), phase2, flat, keep, d_flat; conv1's kernel and bias sums; then the 8 outputs,
-    aliasing the first 8 refs."""
-    conv2, conv1 = refs[0:4], refs[4:8]
-    rate_ref, input_ref, phase_ref, flat_ref, keep_ref, d_flat_ref = refs[8:14]
-    kernel_sums_ref, bias_sums_ref = refs[14:16]
-    new_conv2, new_conv1 = refs[16:20], refs[20:24]
+
+
+def _updates_kernel(*refs, momentum: float) -> None:
+    """Programs 0..8: conv2's tap `program`, 9..17: conv1's tap `program - 9`. Refs: conv2's
+    kernel (9, C1 * C2), kernel velocity, bias (1, C2), bias velocity, conv1's the same; the
+    rate (1, 1); `_backward`'s four sums; then the 8 outputs, aliasing the first 8 refs."""
+    rate = refs[8][...]
     program = pl.program_id(0)
-    rate = rate_ref[...]
     taps = len(_TAPS)
+    for layer in range(2):
+        params = refs[4 * layer : 4 * layer + 4]
+        new_params = refs[13 + 4 * layer : 13 + 4 * layer + 4]
+        kernel_sums_ref, bias_sums_ref = refs[9 + 2 * layer : 11 + 2 * layer]
 
-    @pl.when(program < taps)
-    def _conv2():
-        tap = program
-        di, dj = tap // 3, tap % 3
-        c_in, c_out = conv2[0].shape[1:]
+        @pl.when(program // taps == layer)
+        def _update_layer():
+            tap = program % taps
+            width = params[0].shape[1]
+            grad = _sum_rows(kernel_sums_ref, tap * width, width)
+            _update_row(params[0:2], new_params[0:2], tap, grad, rate, momentum)
 
-        def add_block(block, sums):
-            grad_kernel, grad_bias = sums
-            rows, n, r, v, valid = _pooled_block(block * _REDUCE_BLOCK, _REDUCE_BLOCK, geometry)
-            d_pooled = _conv2_pooled_gradient(flat_ref, keep_ref, d_flat_ref, rows, valid)
-            phase = _load_rows(phase_ref, rows, valid)
-            for index, (a, b) in enumerate(_PHASES):
-                d_output = jnp.where(phase == index, d_pooled, 0.0)
-                input_rows, inside = _tap_rows(
-                    n, 2 * r + a + di - 1, 2 * v + b + dj - 1, geometry
-                )
-                inputs = _load_rows(input_ref, input_rows, valid & inside)
-                grad_kernel = grad_kernel + jnp.dot(inputs.T, d_output)
-            return grad_kernel, grad_bias + jnp.sum(d_pooled, axis=0, keepdims=True)
-
-        zeros = (jnp.zeros((c_in, c_out), jnp.float32), jnp.zeros((1, c_out), jnp.float32))
-        blocks = pl.cdiv(geometry.pooled_positions, _REDUCE_BLOCK)
-        grad_kernel, grad_bias = lax.fori_loop(0, blocks, add_block, zeros)
-        _update_row_block(conv2[0:2], new_conv2[0:2], tap, grad_kernel, rate, momentum)
-
-        @pl.when(tap == 0)
-        def _bias():
-            _update_row_block(conv2[2:4], new_conv2[2:4], 0, grad_bias, rate, momentum)
-
-    @pl.when(program >= taps)
-    def _conv1():
-        tap = program - taps
-        width = conv1[0].shape[1]
-        grad_kernel = _sum_rows(kernel_sums_ref, tap * width, width)
-        _update_row_block(conv1[0:2], new_conv1[0:2], tap, grad_kernel, rate, momentum)
-
-        @pl.when(tap == 0)
-        def _bias():
-            grad_bias = _sum_rows(bias_sums_ref, 0, bias_sums_ref.shape[1])
-            _update_row_block(conv1[2:4], new_conv1[2:4], 0, grad_bias, rate, momentum)
+            @pl.when(tap == 0)
+            def _update_bias():
+                grad = _sum_rows(bias_sums_ref, 0, bias_sums_ref.shape[1])
+                _update_row(params[2:4], new_params[2:4], 0, grad, rate, momentum)
 
 
 def _sum_rows(ref, start, width: int) -> jax.Array:
     """The sum over all rows of ref[:, start : start + width], as a (1, next power of two >=
-    width) row whose padding is 0; `_REDUCE_BLOCK` rows at a time."""
+    width) row whose padding is 0; `_SUM_ROWS` rows at a time."""
     column = lax.broadcasted_iota(jnp.int32, (1, pl.next_power_of_2(width)), 1)
 
     def add(block, total):
-        rows = block * _REDUCE_BLOCK + lax.broadcasted_iota(jnp.int32, (_REDUCE_BLOCK, 1), 0)
+        rows = block * _SUM_ROWS + lax.broadcasted_iota(jnp.int32, (_SUM_ROWS, 1), 0)
         mask = (rows < ref.shape[0]) & (column < width)
         index = (jnp.minimum(rows, ref.shape[0] - 1), start + jnp.minimum(column, width - 1))
         values = pltriton.load(ref.at[index], mask=mask, other=0.0)
         return total + jnp.sum(values, axis=0, keepdims=True)
 
     total = jnp.zeros(column.shape, jnp.float32)
-    return lax.fori_loop(0, pl.cdiv(ref.shape[0], _REDUCE_BLOCK), add, total)
+    return lax.fori_loop(0, pl.cdiv(ref.shape[0], _SUM_ROWS), add, total)
 
 
-def _update_row_block(refs, new_refs, row, grad: jax.Array, rate: jax.Array,
-                      momentum: float) -> None:  # fmt: skip
-    """optax.sgd's momentum step on entry `row` of a parameter: of a (rows, R, C) one its
-    (R, C) matrix, of a (rows, C) one its (C,) row. refs are (param, velocity), new_refs
-    (new param, new velocity) aliasing them; `grad` is the gradient padded to a power-of-two
-    block ((R', C') or (1, C')), whose padding is not stored. Stores v' = g + momentum * v
+def _update_row(refs, new_refs, row, grad: jax.Array, rate: jax.Array, momentum: float) -> None:
+    """optax.sgd's momentum step on row `row` of a (rows, C) parameter: refs are (param,
+    velocity), new_refs (new param, new velocity) aliasing them; `grad` (1, C') is the row's
+    gradient padded to a power of two, the padding not stored. Stores v' = g + momentum * v
     and p' = p - rate * v'."""
     param_ref, velocity_ref = refs
-    matrix = len(param_ref.shape) == 3
-    height, width = param_ref.shape[1:] if matrix else (1, param_ref.shape[1])
-    rows = lax.broadcasted_iota(jnp.int32, (grad.shape[0], 1), 0)
+    width = param_ref.shape[1]
     columns = lax.broadcasted_iota(jnp.int32, (1, grad.shape[1]), 1)
-    mask = (rows < height) & (columns < width)
-    # Padding is stored one past the end, where the mask keeps it from being written:
+    mask = columns < width
+    load = (row, jnp.minimum(columns, width - 1))
+    # Padding is stored one past the row's end, where the mask keeps it from being written:
     # interpret mode writes masked-off elements back with the values it read, and a clamped
     # index would write the last real element twice, the old value possibly last.
-    load_columns = jnp.minimum(columns, width - 1)
-    store_columns = jnp.where(columns < width, columns, width)
-    if matrix:
-        load = (row, jnp.minimum(rows, height - 1), load_columns)
-        store = (row, jnp.where(rows < height, rows, height), store_columns)
-    else:
-        load, store = (row, load_columns), (row, store_columns)
+    store = (row, jnp.where(mask, columns, width))
     velocity = grad + momentum * pltriton.load(velocity_ref.at[load], mask=mask, other=0.0)
     param = pltriton.load(param_ref.at[load], mask=mask, other=0.0) - rate * velocity
     pltriton.store(new_refs[0].at[store], param, mask=mask)
@@ -509,7 +473,7 @@ def _load_rows(ref, rows: jax.Array, valid: jax.Array, columns: int | None = Non
 def _store_rows(ref, rows: jax.Array, valid: jax.Array, value: jax.Array) -> None:
     """ref[rows] = value (M, C) for rows (M,) int32 where `valid` (M,) is True."""
     column = lax.broadcasted_iota(jnp.int32, (1, value.shape[1]), 1)
-    # Rows not stored point past the end (see `_update_row_block`), not at a clamped real row.
+    # Rows not stored point past the end (see `_update_row`), not at a clamped real row.
     rows = jnp.where(valid, rows, ref.shape[0])
     pltriton.store(ref.at[rows[:, None], column], value, mask=valid[:, None] & (column >= 0))
 
