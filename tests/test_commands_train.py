@@ -177,6 +177,12 @@ def test_device_notes_say_fused_takes_one_device_and_loop_may_hang_on_virtual_cp
             "all-reduce and abort after a minute; --epoch-mode chunk trains the same way "
             "(docs/scaling.md)"
         ]
+    for mode in ("fused-pallas", "fused-pallas-all"):  # interpreted on a CPU: slow
+        assert device_notes(mode, [cpu]) == [
+            f"note: --epoch-mode {mode} interprets its Pallas kernels on a CPU, many times "
+            "slower than compiled: it is meant for GPUs; --epoch-mode chunk trains the same "
+            "way here"
+        ]
     quiet = [("fused-pallas", [gpu]), ("loop", [cpu]), ("chunk", [cpu] * 8), ("loop", [gpu] * 8)]
     for mode, devices in quiet:
         assert device_notes(mode, devices) == [], (mode, len(devices))

@@ -238,7 +238,9 @@ def device_notes(epoch_mode: str, devices: Sequence[Any]) -> list[str]:
     """One-line notes for stderr on how `epoch_mode` (resolved, not "auto") uses this process's
     `devices` (jax.Device objects).
 
-    The fused path trains on the first device only. Loop mode on several virtual CPU devices
+    The fused path trains on the first device only; its Pallas modes interpret their kernels
+    on a CPU (benchmarks/README.md: fused-pallas-all 5.6 ms a step against chunk's 0.5 on
+    the AVX-512 CPU), which is for tests, not training. Loop mode on several virtual CPU devices
     hung in XLA:CPU's all-reduce and aborted a minute later (jax 0.10.2 on 2 cores: 8 devices
     4 runs of 4, 2 devices 5 of 5 on 1,000 images; a plain sharded jit called often does
     too); chunk and scan on 8 ran (docs/scaling.md).
@@ -250,6 +252,12 @@ def device_notes(epoch_mode: str, devices: Sequence[Any]) -> list[str]:
         notes.append(
             f"note: --epoch-mode {epoch_mode} trains on one device of the {len(devices)} "
             "visible; chunk or scan trains data parallel on all of them"
+        )
+    if epoch_mode in ("fused-pallas", "fused-pallas-all") and devices[0].platform == "cpu":
+        notes.append(
+            f"note: --epoch-mode {epoch_mode} interprets its Pallas kernels on a CPU, many "
+            "times slower than compiled: it is meant for GPUs; --epoch-mode chunk trains the "
+            "same way here"
         )
     if epoch_mode == "loop" and devices[0].platform == "cpu" and len(devices) > 1:
         notes.append(
