@@ -44,7 +44,7 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as pltriton
 
-from jaxcifar.fused.pallas_head import dot_size
+from jaxcifar.fused.triton_blocks import dot_size, momentum_update, store_block
 from jaxcifar.models import cnn, layers
 
 # The 2x2 window's positions in row-major order; a pooled value's phase is its index here.
@@ -200,7 +200,8 @@ def _forward_kernel(input_ref, kernel_ref, bias_ref, *refs, geometry: Geometry,
     C_in), kernel (9, C_in, C_out), bias (1, C_out), [keep (P, C_out) int8,] then the outputs
     pooled (P, C_out) float32 and phase (P, C_out) int32."""
     *keep_ref, pooled_ref, phase_ref = refs
-    rows, n, r, v, valid = _pooled_block(pl.program_id(0) * _BLOCK, _BLOCK, geometry)
+    start = pl.program_id(0) * _BLOCK
+    rows, n, r, v, valid = _pooled_block(start, _BLOCK, geometry)
     c_in_padded = dot_size(kernel_ref.shape[1])
     # A 2x2 window's 3x3 convolutions read a 4x4 patch of the input: its 16 rows are gathered
     # once, not once per phase and tap (36 gathers; compiled for an H100, the live tiles
@@ -225,8 +226,8 @@ def _forward_kernel(input_ref, kernel_ref, bias_ref, *refs, geometry: Geometry,
     if dropout:
         kept = _load_rows(keep_ref[0], rows, valid) != 0
         best = jnp.where(kept, best / (1.0 - cnn.DROPOUT_RATE), 0.0)
-    _store_rows(pooled_ref, rows, valid, best)
-    _store_rows(phase_ref, rows, valid, phase)
+    store_block(pooled_ref, best, start)
+    store_block(phase_ref, phase, start)
 
 
 def _backward(
@@ -276,8 +277,6 @@ def _backward_kernel(
     the bias gradient."""
     program = pl.program_id(0)
     rows, n, h, w, valid = _pooled_block(program * _BLOCK, _BLOCK, geometry1)
-    # The program's own row of the bias sums, as the (1,) rows `_store_rows` takes.
-    this_row, always = program + lax.broadcasted_iota(jnp.int32, (1,), 0), jnp.ones((1,), bool)
     pooled1 = _load_rows(pooled1_ref, rows, valid)
     pooled_height, pooled_width = geometry2.pooled
     d_pooled1 = None
@@ -296,7 +295,7 @@ def _backward_kernel(
         d_z2 = jnp.where(at_max, d_pooled2, 0.0)
         _store_tap_sum(kernel2_sums_ref, program, tap, jnp.dot(pooled1.T, d_z2), pooled1.shape[1])
         if (di, dj) == (1, 1):
-            _store_rows(bias2_sums_ref, this_row, always, jnp.sum(d_z2, axis=0, keepdims=True))
+            store_block(bias2_sums_ref, jnp.sum(d_z2, axis=0, keepdims=True), program)
         term = jnp.dot(d_z2, _load_tap(kernel2_ref, tap).T)
         d_pooled1 = term if d_pooled1 is None else d_pooled1 + term
     d_pooled1 = jnp.where(pooled1 > 0.0, d_pooled1, 0.0)
@@ -315,13 +314,13 @@ def _backward_kernel(
             for index, (a, b) in enumerate(_PHASES)
         )
         _store_tap_sum(kernel1_sums_ref, program, tap, grad, c0)
-    _store_rows(bias1_sums_ref, this_row, always, jnp.sum(d_pooled1, axis=0, keepdims=True))
+    store_block(bias1_sums_ref, jnp.sum(d_pooled1, axis=0, keepdims=True), program)
 
 
 def _store_tap_sum(sums_ref, program, tap: int, grad: jax.Array, c_in: int) -> None:
     """Row `program` of a (programs, 9 * C_in * C_out) sums ref, tap `tap`'s part: `grad`
     (C_in', C_out), of which rows past `c_in` are padding, not stored (they point one past
-    the row's end, see `_update_row`)."""
+    the row's end, as `triton_blocks.store_block`'s do)."""
     c_out = grad.shape[1]
     channel = lax.broadcasted_iota(jnp.int32, (grad.shape[0], 1), 0)
     column = lax.broadcasted_iota(jnp.int32, (1, c_out), 1)
@@ -383,12 +382,12 @@ def _updates_kernel(*refs, momentum: float) -> None:
             tap = program % taps
             width = params[0].shape[1]
             grad = _sum_rows(kernel_sums_ref, tap * width, width)
-            _update_row(params[0:2], new_params[0:2], tap, grad, rate, momentum)
+            momentum_update((*params[0:2], *new_params[0:2]), grad, rate, momentum, tap)
 
             @pl.when(tap == 0)
             def _update_bias():
                 grad = _sum_rows(bias_sums_ref, 0, bias_sums_ref.shape[1])
-                _update_row(params[2:4], new_params[2:4], 0, grad, rate, momentum)
+                momentum_update((*params[2:4], *new_params[2:4]), grad, rate, momentum)
 
 
 def _sum_rows(ref, start, width: int) -> jax.Array:
@@ -406,25 +405,6 @@ def _sum_rows(ref, start, width: int) -> jax.Array:
     total = jnp.zeros(column.shape, jnp.float32)
     return lax.fori_loop(0, pl.cdiv(ref.shape[0], _SUM_ROWS), add, total)
 
-
-def _update_row(refs, new_refs, row, grad: jax.Array, rate: jax.Array, momentum: float) -> None:
-    """optax.sgd's momentum step on row `row` of a (rows, C) parameter: refs are (param,
-    velocity), new_refs (new param, new velocity) aliasing them; `grad` (1, C') is the row's
-    gradient padded to a power of two, the padding not stored. Stores v' = g + momentum * v
-    and p' = p - rate * v'."""
-    param_ref, velocity_ref = refs
-    width = param_ref.shape[1]
-    columns = lax.broadcasted_iota(jnp.int32, (1, grad.shape[1]), 1)
-    mask = columns < width
-    load = (row, jnp.minimum(columns, width - 1))
-    # Padding is stored one past the row's end, where the mask keeps it from being written:
-    # interpret mode writes masked-off elements back with the values it read, and a clamped
-    # index would write the last real element twice, the old value possibly last.
-    store = (row, jnp.where(mask, columns, width))
-    velocity = grad + momentum * pltriton.load(velocity_ref.at[load], mask=mask, other=0.0)
-    param = pltriton.load(param_ref.at[load], mask=mask, other=0.0) - rate * velocity
-    pltriton.store(new_refs[0].at[store], param, mask=mask)
-    pltriton.store(new_refs[1].at[store], velocity, mask=mask)
 
 
 def _conv2_pooled_gradient(flat_ref, keep_ref, d_flat_ref, rows: jax.Array,
@@ -468,14 +448,6 @@ def _load_rows(ref, rows: jax.Array, valid: jax.Array, columns: int | None = Non
     return pltriton.load(
         ref.at[rows[:, None], jnp.minimum(column, width - 1)], mask=mask, other=0
     )
-
-
-def _store_rows(ref, rows: jax.Array, valid: jax.Array, value: jax.Array) -> None:
-    """ref[rows] = value (M, C) for rows (M,) int32 where `valid` (M,) is True."""
-    column = lax.broadcasted_iota(jnp.int32, (1, value.shape[1]), 1)
-    # Rows not stored point past the end (see `_update_row`), not at a clamped real row.
-    rows = jnp.where(valid, rows, ref.shape[0])
-    pltriton.store(ref.at[rows[:, None], column], value, mask=valid[:, None] & (column >= 0))
 
 
 def _load_tap(kernel_ref, tap) -> jax.Array:

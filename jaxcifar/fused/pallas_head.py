@@ -33,13 +33,11 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as pltriton
 
+from jaxcifar.fused.triton_blocks import dot_size, load_block, momentum_update, store_block
 from jaxcifar.models import cnn
 
 LAYER_NAMES = cnn.DENSE_LAYERS
 
-# Triton's tl.dot needs every operand dimension >= 16, and Triton tensors must have
-# power-of-two sizes: the kernel's blocks pad the batch and every layer width to such a size.
-_MIN_DOT_DIM = 16
 # fc1's kernel is (1024, 128) float32, 512 KiB: as one Triton tensor it could not be staged
 # through shared memory for a dot (228 KiB per SM on an H100, less on older GPUs), so fc1 is
 # read, multiplied and updated in static tiles of this many rows (64 KiB each).
@@ -177,11 +175,6 @@ def _check_batch(flat: jax.Array, labels: jax.Array, layer_shapes: dict) -> int:
     return flat.shape[0]
 
 
-def dot_size(n: int) -> int:
-    """The smallest power of two >= max(n, 16): a size every Triton dot operand accepts."""
-    return max(_MIN_DOT_DIM, 1 << (n - 1).bit_length())
-
-
 def _bias_rows(layers: dict) -> dict:
     """{name: {"kernel": (n_in, n_out), "bias": (n_out,)}} with each bias as a (1, n_out) row."""
     return {name: {**layer, "bias": layer["bias"][None, :]} for name, layer in layers.items()}
@@ -214,7 +207,7 @@ def _train_step_kernel(
     (1, n_out)}}, the new ones aliasing the old; flat_ref (B, n_in of fc1); labels_ref (B, 1)
     int32; learning_rate_ref (1, 1); d_flat_ref (B, n_in of fc1); loss_ref (1, 1);
     correct_ref (1, 1) int32. Values are computed in blocks padded with zeros to `dot_size`s
-    (`_load_block`): P = dot_size(B) rows, of which rows >= B are padding, as are logit
+    (`load_block`): P = dot_size(B) rows, of which rows >= B are padding, as are logit
     columns >= `num_classes`. With the outputs aliasing the inputs, every layer's old kernel
     is read before it is written.
     """
@@ -232,17 +225,17 @@ def _train_step_kernel(
     rows = dot_size(batch)
 
     def flat_tile(tile: slice) -> jax.Array:
-        return _load_block(flat_ref, (rows, tile.stop - tile.start), 0, tile.start)
+        return load_block(flat_ref, (rows, tile.stop - tile.start), 0, tile.start)
 
     def kernel_block(name: str, tile: slice | None = None) -> jax.Array:
         ref = params[name]["kernel"]
         if tile is None:
-            return _load_block(ref, (dot_size(ref.shape[0]), dot_size(ref.shape[1])))
-        return _load_block(ref, (tile.stop - tile.start, dot_size(ref.shape[1])), tile.start)
+            return load_block(ref, (dot_size(ref.shape[0]), dot_size(ref.shape[1])))
+        return load_block(ref, (tile.stop - tile.start, dot_size(ref.shape[1])), tile.start)
 
     def bias_block(name: str) -> jax.Array:
         ref = params[name]["bias"]
-        return _load_block(ref, (1, dot_size(ref.shape[1])))
+        return load_block(ref, (1, dot_size(ref.shape[1])))
 
     pre_activation = bias_block(first)
     for tile in input_tiles:
@@ -253,7 +246,7 @@ def _train_step_kernel(
         pre_activation = jnp.dot(layer_inputs[name], kernel_block(name)) + bias_block(name)
     column = lax.broadcasted_iota(jnp.int32, pre_activation.shape, 1)
     logits = jnp.where(column < num_classes, pre_activation, _MASKED_LOGIT)
-    labels = _load_block(labels_ref, (rows, 1))
+    labels = load_block(labels_ref, (rows, 1))
     d_pre_activation, loss, correct = _softmax_cross_entropy(logits, labels, batch)
     loss_ref[...] = loss
     correct_ref[...] = correct
@@ -263,73 +256,19 @@ def _train_step_kernel(
         d_layer_input = jnp.dot(d_pre_activation, kernel_block(name).T)
         grad_kernel = jnp.dot(layer_input.T, d_pre_activation)
         grad_bias = jnp.sum(d_pre_activation, axis=0, keepdims=True)
-        _sgd_momentum_update(update_refs[name]["kernel"], grad_kernel, learning_rate, momentum)
-        _sgd_momentum_update(update_refs[name]["bias"], grad_bias, learning_rate, momentum)
+        momentum_update(update_refs[name]["kernel"], grad_kernel, learning_rate, momentum)
+        momentum_update(update_refs[name]["bias"], grad_bias, learning_rate, momentum)
         # ReLU's gradient, 0 at 0 as jax.nn.relu's.
         d_pre_activation = jnp.where(layer_input > 0.0, d_layer_input, 0.0)
     for tile in input_tiles:
         d_flat = jnp.dot(d_pre_activation, kernel_block(first, tile).T)
-        _store_block(d_flat_ref, d_flat, 0, tile.start)
+        store_block(d_flat_ref, d_flat, 0, tile.start)
         grad_kernel_tile = jnp.dot(flat_tile(tile).T, d_pre_activation)
-        _sgd_momentum_update(
-            update_refs[first]["kernel"], grad_kernel_tile, learning_rate, momentum, rows=tile
+        momentum_update(
+            update_refs[first]["kernel"], grad_kernel_tile, learning_rate, momentum, tile.start
         )
     grad_bias = jnp.sum(d_pre_activation, axis=0, keepdims=True)
-    _sgd_momentum_update(update_refs[first]["bias"], grad_bias, learning_rate, momentum)
-
-
-def _sgd_momentum_update(
-    refs: tuple,
-    grad: jax.Array,
-    learning_rate: jax.Array,
-    momentum: float,
-    *,
-    rows: slice = slice(None),
-) -> None:
-    """optax.sgd's momentum step on rows `rows` of one parameter array: refs are (param,
-    velocity, new param, new velocity), all (n, m) float32; grad is the rows' block, padded
-    as `_load_block` pads (its padding is not stored), float32, and learning_rate (1, 1).
-    Stores v' = g + momentum * v and p' = p - learning_rate * v'."""
-    param_ref, velocity_ref, new_param_ref, new_velocity_ref = refs
-    start = rows.start or 0
-    new_velocity = grad + momentum * _load_block(velocity_ref, grad.shape, start)
-    _store_block(
-        new_param_ref, _load_block(param_ref, grad.shape, start) - learning_rate * new_velocity,
-        start,
-    )  # fmt: skip
-    _store_block(new_velocity_ref, new_velocity, start)
-
-
-def _load_block(ref, shape: tuple[int, int], row: int = 0, column: int = 0) -> jax.Array:
-    """The `shape` block of 2-D `ref` starting at (row, column), static; elements past the
-    ref's end read 0 (a plain static slice when the block lies inside it)."""
-    if row + shape[0] <= ref.shape[0] and column + shape[1] <= ref.shape[1]:
-        return ref[row : row + shape[0], column : column + shape[1]]
-    rows, columns, inside = _block_indices(ref.shape, shape, row, column)
-    return pltriton.load(ref.at[rows, columns], mask=inside, other=0)
-
-
-def _store_block(ref, value: jax.Array, row: int = 0, column: int = 0) -> None:
-    """Store `value`'s elements that fall inside 2-D `ref`, the block starting at (row,
-    column); the inverse of `_load_block`."""
-    shape = value.shape
-    if row + shape[0] <= ref.shape[0] and column + shape[1] <= ref.shape[1]:
-        ref[row : row + shape[0], column : column + shape[1]] = value
-        return
-    rows, columns, inside = _block_indices(ref.shape, shape, row, column)
-    pltriton.store(ref.at[rows, columns], value, mask=inside)
-
-
-def _block_indices(ref_shape, shape, row: int, column: int):
-    """(rows (shape[0], 1), columns (1, shape[1]), inside shape): a block's element indices
-    into an array of `ref_shape`, and which lie inside it. An index past the array's end
-    stays past it (one past), not clamped onto a real element: the Triton load or store is
-    masked there, and interpret mode, which writes masked-off elements back with the values
-    it read, drops indices out of range rather than write a real element twice."""
-    rows = row + lax.broadcasted_iota(jnp.int32, (shape[0], 1), 0)
-    columns = column + lax.broadcasted_iota(jnp.int32, (1, shape[1]), 1)
-    inside = (rows < ref_shape[0]) & (columns < ref_shape[1])
-    return jnp.minimum(rows, ref_shape[0]), jnp.minimum(columns, ref_shape[1]), inside
+    momentum_update(update_refs[first]["bias"], grad_bias, learning_rate, momentum)
 
 
 def _softmax_cross_entropy(

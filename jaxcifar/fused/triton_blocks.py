@@ -1,0 +1,74 @@
+"""2-D blocks of refs inside Pallas kernels written for Triton, shared by `pallas_head` and
+`pallas_convs`: Triton tensors have power-of-two sizes and its dots take operands of at least
+16 a side, while the arrays hold a batch of 4, 10 classes or 3 input channels. A kernel loads
+such an array as a padded block (`load_block`, zeros past the array's end), computes on it,
+and stores back only the elements inside the array (`store_block`).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.experimental.pallas import triton as pltriton
+
+# Triton's tl.dot needs every operand dimension >= 16.
+_MIN_DOT_DIM = 16
+
+
+def dot_size(n: int) -> int:
+    """The smallest power of two >= max(n, 16): a size every Triton dot operand accepts."""
+    return max(_MIN_DOT_DIM, 1 << (n - 1).bit_length())
+
+
+def load_block(ref, shape: tuple[int, int], row=0, column: int = 0) -> jax.Array:
+    """The `shape` block of 2-D `ref` starting at (row, column); elements past the ref's end
+    read 0. A plain static slice when the block lies inside the ref; `row` may be a traced
+    int32 scalar (a program id), read through masked index arrays."""
+    if _inside(ref.shape, shape, row, column):
+        return ref[row : row + shape[0], column : column + shape[1]]
+    rows, columns, inside = _block_indices(ref.shape, shape, row, column)
+    return pltriton.load(ref.at[rows, columns], mask=inside, other=0)
+
+
+def store_block(ref, value: jax.Array, row=0, column: int = 0) -> None:
+    """Store `value`'s elements that fall inside 2-D `ref`, the block starting at (row,
+    column); the inverse of `load_block`."""
+    if _inside(ref.shape, value.shape, row, column):
+        ref[row : row + value.shape[0], column : column + value.shape[1]] = value
+        return
+    rows, columns, inside = _block_indices(ref.shape, value.shape, row, column)
+    pltriton.store(ref.at[rows, columns], value, mask=inside)
+
+
+def momentum_update(refs: tuple, grad: jax.Array, learning_rate: jax.Array, momentum: float,
+                    row=0) -> None:  # fmt: skip
+    """optax.sgd's momentum step on the block of rows from `row` of one parameter array:
+    refs are (param, velocity, new param, new velocity), all (n, m) float32; grad is that
+    block padded as `load_block` pads (its padding is not stored), float32, and learning_rate
+    (1, 1). Stores v' = g + momentum * v and p' = p - learning_rate * v'."""
+    param_ref, velocity_ref, new_param_ref, new_velocity_ref = refs
+    new_velocity = grad + momentum * load_block(velocity_ref, grad.shape, row)
+    new_param = load_block(param_ref, grad.shape, row) - learning_rate * new_velocity
+    store_block(new_param_ref, new_param, row)
+    store_block(new_velocity_ref, new_velocity, row)
+
+
+def _inside(ref_shape, shape, row, column: int) -> bool:
+    """Whether the block is known, statically, to lie inside the ref."""
+    return (
+        isinstance(row, int) and row + shape[0] <= ref_shape[0]
+        and column + shape[1] <= ref_shape[1]
+    )  # fmt: skip
+
+
+def _block_indices(ref_shape, shape, row, column: int):
+    """(rows (shape[0], 1), columns (1, shape[1]), inside shape): a block's element indices
+    into an array of `ref_shape`, and which lie inside it. An index past the array's end
+    stays past it (one past), not clamped onto a real element: the Triton load or store is
+    masked there, and interpret mode, which writes masked-off elements back with the values
+    it read, drops indices out of range rather than write a real element twice."""
+    rows = row + lax.broadcasted_iota(jnp.int32, (shape[0], 1), 0)
+    columns = column + lax.broadcasted_iota(jnp.int32, (1, shape[1]), 1)
+    inside = (rows < ref_shape[0]) & (columns < ref_shape[1])
+    return jnp.minimum(rows, ref_shape[0]), jnp.minimum(columns, ref_shape[1]), inside
