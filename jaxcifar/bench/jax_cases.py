@@ -21,19 +21,18 @@ from jaxcifar.bench.timing import TimingBudget, time_steps
 from jaxcifar.bench.xla_cost import flops, program_memory_bytes
 from jaxcifar.config import RunConfig
 from jaxcifar.cpu_fusions import compile_timed
-from jaxcifar.data.dataset import CLASS_NAMES, Dataset
+from jaxcifar.data.dataset import CLASS_NAMES, IMAGE_SHAPES, Dataset
 
 # Each model runs on the data it is built for: the seed CNN on CIFAR-10 images, the
 # 784-500-50-10 MLP on MNIST-sized ones (the shape of the NumPy scratch network).
 MODEL_DATASETS = {"cnn": "cifar10", "mlp": "mnist"}
-DATASET_SHAPES = {"cifar10": (32, 32, 3), "mnist": (28, 28, 1)}
 
 
 def synthetic_dataset(model: str, size: int, seed: int = 0) -> Dataset:
     """`size` random uint8 images and labels in the shape of `model`'s dataset."""
     name = MODEL_DATASETS[model]
     rng = np.random.default_rng(seed)
-    images = rng.integers(0, 256, (size, *DATASET_SHAPES[name]), dtype=np.uint8)
+    images = rng.integers(0, 256, (size, *IMAGE_SHAPES[name]), dtype=np.uint8)
     labels = rng.integers(0, len(CLASS_NAMES[name]), size).astype(np.int32)
     return Dataset(images, labels, CLASS_NAMES[name], source=f"synthetic {name}")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import TypeVar
 
 import numpy as np
@@ -59,4 +60,5 @@ def standardize(images: Array, mean: Array, std: Array) -> Array:
 
 def flatten(images: Array) -> Array:
     """(N, H, W, C) -> (N, H*W*C), row-major, for MLPs."""
-    return images.reshape(images.shape[0], -1)
+    # The feature count spelt out: reshape's -1 cannot be inferred for an empty batch.
+    return images.reshape(images.shape[0], math.prod(images.shape[1:]))

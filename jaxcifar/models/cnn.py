@@ -9,11 +9,10 @@ NCHW flatten; the function computed is the same family).
 
 from __future__ import annotations
 
-import math
-
 import jax
 import jax.numpy as jnp
 
+from jaxcifar.data.preprocess import flatten
 from jaxcifar.models import checks, layers
 
 CONV_CHANNELS = (32, 16)
@@ -93,8 +92,7 @@ def features(
         h = layers.conv(params[name], h, dtype)
         h = layers.max_pool_2x2(jax.nn.relu(h))
     h = layers.dropout(h, DROPOUT_RATE, train=train, rng=rng)
-    # The feature count spelt out: reshape's -1 cannot be inferred for an empty batch.
-    return h.reshape(h.shape[0], math.prod(h.shape[1:]))
+    return flatten(h)
 
 
 def head(params: dict, flat: jax.Array, *, dtype: jnp.dtype = jnp.float32) -> jax.Array:

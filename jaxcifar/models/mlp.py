@@ -2,7 +2,7 @@
 
 Default 784-500-50-10 with sigmoid activations (the scratch notebook's MNIST network).
 `apply` takes (N, n_in) float inputs, or NHWC images (N, H, W, C) that it flattens row-major
-(as `jaxcifar.data.preprocess.flatten` does), so it trains on any dataset's images unchanged.
+(`jaxcifar.data.preprocess.flatten`), so it trains on any dataset's images unchanged.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxcifar import config
+from jaxcifar.data.preprocess import flatten
 from jaxcifar.models import checks, layers
 
 ACTIVATIONS = {name: getattr(jax.nn, name) for name in config.ACTIVATIONS}
@@ -48,8 +49,7 @@ def apply(
     del train, rng
     _check_inputs(params, x)
     act = ACTIVATIONS[activation]
-    # Row-major flatten, with the feature count spelt out: -1 fails on an empty batch.
-    h = x.reshape(x.shape[0], math.prod(x.shape[1:])) if x.ndim > 2 else x
+    h = flatten(x) if x.ndim > 2 else x
     num_layers = len(params)
     for i in range(1, num_layers):
         h = act(layers.dense(params[f"dense{i}"], h, dtype))
