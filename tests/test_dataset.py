@@ -53,6 +53,7 @@ def test_to_float_maps_uint8_onto_minus_one_one():
     np.testing.assert_allclose(out, [-1.0, 1.0, -0.6], atol=1e-6)
     assert out.dtype == np.float32
     assert flatten(np.zeros((3, 2, 2, 1))).shape == (3, 4)
+    assert flatten(np.zeros((0, 2, 2, 1))).shape == (0, 4)  # an empty batch too
 
 
 def test_channel_stats_are_exact_and_standardize_uses_them():
