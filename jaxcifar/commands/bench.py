@@ -98,8 +98,6 @@ def run(args: argparse.Namespace) -> int:
     """Run the benchmark: progress on stderr, the paths of the written files on stdout."""
     from tqdm import tqdm
 
-    from jaxcifar.bench import output, suite
-
     if args.steps is not None:
         budget = TimingBudget.fixed(args.steps, warmup=args.warmup)
     else:
@@ -112,6 +110,8 @@ def run(args: argparse.Namespace) -> int:
         epoch_images=args.epoch_images, epoch_batch_sizes=tuple(args.epoch_batch_sizes),
     )  # fmt: skip
     check_writable_folder(Path(args.out))  # before the cases run, not after the first
+    from jaxcifar.bench import output, suite  # import JAX: after the flags' own checks
+
     cases, _ = suite.plan(settings)
     stem = args.name or default_stem(args.out)  # before the bar, which its message would break
     bar = tqdm(

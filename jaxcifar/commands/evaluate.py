@@ -142,12 +142,13 @@ def evaluated_record(result: SavedModelTest) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.out:
+        check_writable_folder(Path(args.out))  # before the evaluation, not after
+    # These import JAX: after the flags' own checks.
     from jaxcifar import train
     from jaxcifar.reports import build_metrics, write_reports
     from jaxcifar.speedrun import model_file
 
-    if args.out:
-        check_writable_folder(Path(args.out))  # before the evaluation, not after
     speedrun_model = model_file.find(args.checkpoint)
     if speedrun_model is None:
         result = evaluate_checkpoint(args)

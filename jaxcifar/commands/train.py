@@ -159,10 +159,10 @@ def resume_command(args: argparse.Namespace, *, with_config: bool) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from jaxcifar import checkpoint, xla_cache
-
     if args.override_config and not args.resume:
         raise ConfigError("--override-config applies only with --resume")
+    from jaxcifar import checkpoint, xla_cache  # import JAX: after the flags' own checks
+
     parallel.initialize_from_args(args)  # before anything touches a device
     out = Path(args.out)
     # The checkpoint gives the configuration, which every later check reads.
@@ -245,6 +245,7 @@ def device_notes(epoch_mode: str, devices: Sequence[Any]) -> list[str]:
     4 runs of 4, 2 devices 5 of 5 on 1,000 images; a plain sharded jit called often does
     too); chunk and scan on 8 ran (docs/scaling.md).
     """
+    from jaxcifar.fused.epoch import PALLAS_PARTS
     from jaxcifar.train import FUSED_MODES
 
     notes = []
@@ -253,7 +254,7 @@ def device_notes(epoch_mode: str, devices: Sequence[Any]) -> list[str]:
             f"note: --epoch-mode {epoch_mode} trains on one device of the {len(devices)} "
             "visible; chunk or scan trains data parallel on all of them"
         )
-    if epoch_mode in ("fused-pallas", "fused-pallas-all") and devices[0].platform == "cpu":
+    if PALLAS_PARTS.get(epoch_mode) and devices[0].platform == "cpu":
         notes.append(
             f"note: --epoch-mode {epoch_mode} interprets its Pallas kernels on a CPU, many "
             "times slower than compiled: it is meant for GPUs; --epoch-mode chunk trains the "
