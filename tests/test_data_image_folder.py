@@ -166,6 +166,20 @@ def test_a_tarball_of_a_hidden_folder_is_read_and_hidden_members_beside_its_spli
     np.testing.assert_array_equal(data.images[2], written["train/cat/0.png"])
 
 
+def test_hidden_members_beside_the_top_folder_do_not_keep_it_from_being_stripped(
+    tmp_path, fresh_cache
+):
+    # macOS tar of a folder `data` writes its metadata as `._data` beside it.
+    written = write_tree(tmp_path / "data")
+    metadata = tmp_path / "._data"
+    metadata.write_bytes(b"\0\5\26\7 macOS metadata")
+    with tarfile.open(tmp_path / "images.tar.gz", "w:gz") as archive:
+        archive.add(metadata, arcname="._data")
+        archive.add(tmp_path / "data", arcname="data")
+    data = load("cifar10", "train", data_dir=tmp_path / "images.tar.gz")
+    np.testing.assert_array_equal(data.images[2], written["train/cat/0.png"])
+
+
 def test_image_of_another_size_is_named(tmp_path, fresh_cache):
     write_tree(tmp_path)
     Image.new("RGB", (5, 3)).save(tmp_path / "test" / "cat" / "1.png")

@@ -153,11 +153,16 @@ def read_tar(path: Path) -> Tree:
     # Parents of files count as folders even when the archive lists no entry for them.
     folders.update(parent for name in files for parent in _parents(name))
     tops = {name.split("/", 1)[0] for name in (*files, *folders)}
+    # Hidden names beside the top folder (macOS tar's `._data` beside `data/`) do not make a
+    # second top; a hidden top folder alone (`tar czf data.tgz .mydata`) is the data.
+    tops = {top for top in tops if not is_hidden(top)} or tops
     prefix = ""
     if len(tops) == 1 and (top := tops.pop()) in folders and top not in SPLITS:
         prefix = top + "/"
-        files = {name[len(prefix) :]: data for name, data in files.items()}
-        folders = {name[len(prefix) :] for name in folders if name != top}
+        files = {
+            name[len(prefix) :]: data for name, data in files.items() if name.startswith(prefix)
+        }
+        folders = {name[len(prefix) :] for name in folders if name.startswith(prefix)}
     return Tree(
         str(path),
         {name: data for name, data in files.items() if not is_hidden(name)},
