@@ -116,6 +116,7 @@ def test_every_epoch_mode_of_fit_records_the_same_epoch_and_the_cli_offers_every
     from jaxcifar.commands import train as train_command
 
     assert train_command.EPOCH_MODES == train.EPOCH_MODES
+    assert tuple(epoch.PALLAS_PARTS) == train.FUSED_MODES  # one list of fused paths
     # 101 steps: loop and chunk report them as 100 + 1, scan and fused as one group of 101.
     config = dataclasses.replace(CONFIG, epochs=1, batch_size=2)
     test_set = dataset.subset(50, seed=1)
