@@ -57,20 +57,25 @@ def kernel_irs(batch: int) -> list[dict]:
         return result
 
     train_step = step.make_train_step(
-        functools.partial(pallas_head.head_train_step, interpret=False),
+        functools.partial(pallas_head.batch_head_train_step, interpret=False),
         lambda count: jnp.float32(0.001),
         0.9,
         functools.partial(pallas_convs.features_train_step, interpret=False),
     )
     params = cnn.init(jax.random.key(0))
     state = step.FusedState(params, params, jnp.zeros((), jnp.int32))
-    batch_arrays = (
-        jax.ShapeDtypeStruct((batch, 32, 32, 3), jnp.uint8),
-        jax.ShapeDtypeStruct((batch,), jnp.int32),
+    examples = 50_000  # CIFAR-10's training set, which the kernels read the batch from
+    steps = examples // batch
+    batch_refs = step.StepBatch(
+        jax.ShapeDtypeStruct((examples, 32, 32, 3), jnp.uint8),
+        jax.ShapeDtypeStruct((examples,), jnp.int32),
+        jax.ShapeDtypeStruct((steps, batch), jnp.int32),
+        jax.ShapeDtypeStruct((steps, 4), jnp.uint32),
+        jax.ShapeDtypeStruct((), jnp.int32),
     )
     registration.lowering.lower_jaxpr_to_triton_module = capture
     try:
-        lowered = jax.jit(train_step).trace(state, batch_arrays, jax.random.key(0)).lower(
+        lowered = jax.jit(train_step).trace(state, batch_refs).lower(
             lowering_platforms=("cuda",)
         )
     finally:

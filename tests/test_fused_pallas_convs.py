@@ -7,6 +7,8 @@ Triton IR for a GPU, which needs no GPU.
 
 from __future__ import annotations
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -14,6 +16,7 @@ import optax
 import pytest
 
 from jaxcifar.fused import pallas_convs
+from jaxcifar.fused.step import StepBatch
 from jaxcifar.models import cnn, layers
 
 MOMENTUM = 0.9
@@ -38,20 +41,31 @@ def reference_step(conv_params, velocity, x, rng, d_flat):
     return flat, optax.apply_updates(conv_params, updates), trace_state.trace
 
 
+def step_batch(batch, input_shape, rng, examples=10):
+    """A StepBatch of `examples` random uint8 images whose step 1 is `batch` of them, in a
+    scrambled order, with `rng`'s dropout seed; and those images as floats."""
+    images = jax.random.randint(jax.random.key(1), (examples, *input_shape), 0, 256, jnp.uint8)
+    order = jax.random.permutation(jax.random.key(4), examples)[: 2 * batch].reshape(2, batch)
+    seeds = jnp.stack([layers.dropout_seed(jax.random.key(9)), layers.dropout_seed(rng)])
+    labels = jnp.zeros(examples, jnp.int32)
+    step = StepBatch(images, labels, order, seeds, jnp.int32(1))
+    return step, step.batch_images()
+
+
 # CIFAR-10's batch-4 step; a batch of 3 leaves the last block of pooled positions part
 # empty; 28x28 greyscale pools to 7x7, so pool2 drops an odd row and column.
 @pytest.mark.parametrize("batch, input_shape", [(4, (32, 32, 3)), (3, (28, 28, 1))])
 def test_one_step_equals_plain_jax(batch, input_shape):
     conv_params, velocity = conv_part(input_shape)
-    x = jax.random.uniform(jax.random.key(1), (batch, *input_shape), minval=-1.0, maxval=1.0)
     rng = jax.random.key(2)
+    step, x = step_batch(batch, input_shape, rng)
     flat_shape = jax.eval_shape(lambda: cnn.features(conv_params, x, train=True, rng=rng)).shape
     d_flat = jax.random.normal(jax.random.key(3), flat_shape)
     expected_flat, expected_params, expected_velocity = reference_step(
         conv_params, velocity, x, rng, d_flat
     )
 
-    flat, finish = pallas_convs.features_train_step(conv_params, x, rng)
+    flat, finish = pallas_convs.features_train_step(conv_params, step)
     params, new_velocity = finish(velocity, d_flat, jnp.float32(LEARNING_RATE), MOMENTUM)
 
     np.testing.assert_allclose(flat, expected_flat, rtol=1e-5, atol=1e-6)
@@ -69,13 +83,17 @@ def test_one_step_equals_plain_jax(batch, input_shape):
             assert moved > 1e-2, (name, kind)  # the update is not trivially equal
 
 
-def test_forward_drops_what_the_mask_drops_and_records_every_phase():
+def test_forward_drops_the_batchs_mask_and_records_every_phase():
+    """The kernels draw the mask `layers.dropout_keep` draws for the step's key."""
     conv_params, _ = conv_part((32, 32, 3))
-    x = jax.random.uniform(jax.random.key(1), (2, 32, 32, 3), minval=-1.0, maxval=1.0)
-    keep = layers.dropout_keep(jax.random.key(5), (2, 8, 8, 16), cnn.DROPOUT_RATE)
-    flat, residuals = pallas_convs.features_forward(conv_params, x, keep)
-    all_kept, _ = pallas_convs.features_forward(conv_params, x, jnp.ones_like(keep))
-    np.testing.assert_array_equal(flat, jnp.where(keep.reshape(2, -1), all_kept, 0.0))
+    rng = jax.random.key(5)
+    step, x = step_batch(2, (32, 32, 3), rng)
+    flat, residuals = pallas_convs.features_forward(conv_params, step)
+    keep = layers.dropout_keep(rng, (2, 8, 8, 16), cnn.DROPOUT_RATE).reshape(2, -1)
+    expected = layers.apply_dropout(cnn.features(conv_params, x), keep, cnn.DROPOUT_RATE)
+    np.testing.assert_allclose(flat, expected, rtol=1e-5, atol=1e-6)
+    kept_positive = cnn.features(conv_params, x) > 0.0
+    np.testing.assert_array_equal(flat > 0.0, keep & kept_positive)
     assert 0.1 < float(jnp.mean(keep)) < 0.9
     # Pooling kept the first maximum of each window: every phase occurs.
     assert set(np.unique(residuals.phase1)) == set(np.unique(residuals.phase2)) == {0, 1, 2, 3}
@@ -83,24 +101,29 @@ def test_forward_drops_what_the_mask_drops_and_records_every_phase():
 
 def test_lowers_to_four_triton_kernels_updating_in_place():
     """Lowering for a CUDA GPU needs no GPU: the kernels keep to what Pallas' Triton backend
-    lowers, and the update kernel aliases both layers' params and velocity arrays."""
+    lowers, and the update kernel aliases both layers' params and velocity arrays. The step
+    is only those kernels: XLA neither gathers the batch nor draws the dropout mask."""
     conv_params, velocity = conv_part((32, 32, 3))
 
-    def step(conv_params, velocity, x, rng, d_flat):
-        flat, finish = pallas_convs.features_train_step(conv_params, x, rng, interpret=False)
+    def step(conv_params, velocity, batch, d_flat):
+        flat, finish = pallas_convs.features_train_step(conv_params, batch, interpret=False)
         return flat, finish(velocity, d_flat, jnp.float32(LEARNING_RATE), MOMENTUM)
 
+    batch = StepBatch(
+        jax.ShapeDtypeStruct((100, 32, 32, 3), jnp.uint8),
+        jax.ShapeDtypeStruct((100,), jnp.int32),
+        jax.ShapeDtypeStruct((25, 4), jnp.int32),
+        jax.ShapeDtypeStruct((25, 4), jnp.uint32),
+        jax.ShapeDtypeStruct((), jnp.int32),
+    )
     lowered = (
         jax.jit(step)
-        .trace(
-            conv_params,
-            velocity,
-            jax.ShapeDtypeStruct((4, 32, 32, 3), jnp.float32),
-            jax.random.key(0),
-            jax.ShapeDtypeStruct((4, 1024), jnp.float32),
-        )
+        .trace(conv_params, velocity, batch, jax.ShapeDtypeStruct((4, 1024), jnp.float32))
         .lower(lowering_platforms=("cuda",))
         .as_text()
     )
     assert lowered.count("custom_call @__gpu$xla.gpu.triton") == 4
     assert lowered.count("stablehlo.output_operand_alias<") == 2 * 4
+    # Beside the kernels, only free reshapes (and the learning rate's constant block).
+    ops = set(re.findall(r"= stablehlo\.(\w+)", lowered)) - {"custom_call"}
+    assert ops <= {"reshape", "constant", "broadcast_in_dim"}, ops

@@ -24,6 +24,7 @@ from jaxcifar.config import RunConfig
 from jaxcifar.data.dataset import Dataset
 from jaxcifar.errors import ConfigError
 from jaxcifar.fused import step
+from jaxcifar.models import layers
 from jaxcifar.optim import build_schedule
 
 # The fused paths (`jaxcifar train --epoch-mode`) and what each computes in Pallas kernels:
@@ -50,7 +51,7 @@ def step_parts(path: str) -> tuple[step.HeadStep, step.FeaturesStep]:
             "same path in plain XLA"
         ) from None
     features = pallas_convs.features_train_step if "convs" in parts else step.xla_features_step
-    return pallas_head.head_train_step, features
+    return pallas_head.batch_head_train_step, features
 
 
 # Where the Pallas kernels run: compiled through Triton on GPUs, interpreted (slowly: for
@@ -156,11 +157,16 @@ class FusedRunner:
         def run_epoch(state: step.FusedState, images: jax.Array, labels: jax.Array,
                       epoch: jax.Array):  # fmt: skip
             perm, step_key = epochs.epoch_order(seed, epoch, size)
+            order = perm[: steps * batch_size].reshape(steps, batch_size)
+            # Every step's dropout seed at once, one XLA kernel an epoch rather than a few a
+            # step: the same seeds as each step's key gives (fold_in(step_key, step)).
+            dropout_seeds = jax.vmap(
+                lambda index: layers.dropout_seed(jax.random.fold_in(step_key, index))
+            )(jnp.arange(steps))
 
             def body(state, index):
-                rows = jax.lax.dynamic_slice(perm, (index * batch_size,), (batch_size,))
-                batch = (images[rows], labels[rows])
-                state, out = train_step(state, batch, jax.random.fold_in(step_key, index))
+                batch = step.StepBatch(images, labels, order, dropout_seeds, index)
+                state, out = train_step(state, batch)
                 return state, (out["loss"], out["correct"])
 
             return jax.lax.scan(body, state, jnp.arange(steps), unroll=unroll)

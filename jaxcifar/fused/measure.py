@@ -101,7 +101,7 @@ def _step_kernels(path: str, runner: Any, setup: train.Setup, params: Any,
                   dataset: Dataset) -> dict[str, float] | None:  # fmt: skip
     """Opcode -> count of the kernels one training step launches on this backend: the
     jitted step's program for the loop path, the loop body of the epoch program for the
-    fused paths (which holds one step and its batch gather; with unroll u, u steps, so the
+    fused paths (which holds one step, its batch gather included; with unroll u, u steps, so the
     counts are divided by u). None for chunk and scan, whose programs are internal to
     `epochs.EpochRunner`; their body is the loop path's step plus the batch gather."""
     if path in ("chunk", "scan"):

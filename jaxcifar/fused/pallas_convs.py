@@ -11,10 +11,13 @@ bias adds, ReLUs, poolings, dropout and their gradients, the momentum updates):
    its input, then through conv2 transposed, pool1 and ReLU1 to conv1's output;
 4. the partial sums summed, one program per tap of each layer, and the SGD-with-momentum
    updates, in place.
-With `pallas_head` that makes the whole training step five kernels of ours, where the launch
-count is what bounds the seed recipe's batch-4 step on a GPU (issue #9, part A); XLA's own
-kernels remain for the batch gather and the dropout mask's random bits
-(`layers.dropout_keep`, so that both paths draw the same masks).
+With `pallas_head` that makes the whole training step five kernels, where the launch count
+is what bounds the seed recipe's batch-4 step on a GPU (issue #9, part A), and nothing else:
+the kernels read the batch from the training set through the epoch's order (conv1's pixels,
+scaled to [-1, 1] as they are loaded; the head's labels), and conv2's draws its dropout mask
+from the step's seed with XLA's own arithmetic (`triton_random`), the mask the XLA path
+draws. The backward kernels need not keep the mask: a unit dropout kept and ReLU passed is
+one whose output is > 0.
 
 Layout: every activation is a 2-D (positions, channels) array, positions in NHWC row-major
 order (n, h, w), so (B, H, W, C) arrays are passed as their free reshape (B*H*W, C). A
@@ -44,6 +47,9 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as pltriton
 
+from jaxcifar.data.preprocess import to_float
+from jaxcifar.fused import triton_random
+from jaxcifar.fused.step import StepBatch
 from jaxcifar.fused.triton_blocks import dot_size, momentum_update, store_block
 from jaxcifar.models import cnn, layers
 
@@ -79,31 +85,30 @@ class Geometry(NamedTuple):
 class Residuals(NamedTuple):
     """What the backward kernels read of the forward pass; 2-D (positions, channels) arrays.
 
-    x: (B*H*W, C0) float32, the images. pooled1: conv1's pooled ReLU output (B*H/2*W/2, C1)
-    float32, phase1: its windows' first-maximum phases (same shape) int32. flat: the head's
-    input as (B*H/4*W/4, C2) float32, dropout applied; phase2 int32 and keep int8 (1 where
-    dropout kept the unit), the same shape. geometry1, geometry2: the two layers' input
-    geometries (Python ints: residuals live within one traced step)."""
+    images: the training set as (N*H*W, C0) uint8; order (S, B) int32 and index (1,) int32:
+    the batch is its images order[index]. pooled1: conv1's pooled ReLU output (B*H/2*W/2,
+    C1) float32, phase1: its windows' first-maximum phases (same shape) int32. flat: the
+    head's input as (B*H/4*W/4, C2) float32, dropout applied, and phase2 int32, the same
+    shape. geometry1, geometry2: the two layers' input geometries (Python ints: residuals
+    live within one traced step)."""
 
-    x: jax.Array
+    images: jax.Array
+    order: jax.Array
+    index: jax.Array
     pooled1: jax.Array
     phase1: jax.Array
     flat: jax.Array
     phase2: jax.Array
-    keep: jax.Array
     geometry1: Geometry
     geometry2: Geometry
 
 
-def features_train_step(conv_params: dict, x: jax.Array, rng: jax.Array, *,
+def features_train_step(conv_params: dict, batch: StepBatch, *,
                         interpret: bool | None = None) -> tuple[jax.Array, Callable]:  # fmt: skip
     """`fused.step.xla_features_step` in Pallas kernels: (flat (B, n) float32, finish), where
     `finish(conv_velocity, d_flat, learning_rate, momentum) -> (conv params, velocity)`.
-    The dropout mask is `layers.dropout`'s for the same `rng`, so both train alike."""
-    batch, height, width, _ = x.shape
-    channels = conv_params[cnn.CONV_LAYERS[-1]]["kernel"].shape[-1]
-    keep = layers.dropout_keep(rng, (batch, height // 4, width // 4, channels), cnn.DROPOUT_RATE)
-    flat, residuals = features_forward(conv_params, x, keep, interpret=interpret)
+    The dropout mask is `batch.dropout_keep`'s, so both train alike."""
+    flat, residuals = features_forward(conv_params, batch, interpret=interpret)
 
     def finish(conv_velocity, d_flat, learning_rate, momentum):
         return features_backward_update(
@@ -115,26 +120,35 @@ def features_train_step(conv_params: dict, x: jax.Array, rng: jax.Array, *,
 
 
 def features_forward(
-    conv_params: dict, x: jax.Array, keep: jax.Array, *, interpret: bool | None = None
+    conv_params: dict, batch: StepBatch, *, interpret: bool | None = None
 ) -> tuple[jax.Array, Residuals]:
-    """`cnn.features(conv_params, x, train=True)` with dropout mask `keep`, in two kernels.
+    """`cnn.features(conv_params, x, train=True)` for `batch`'s images and dropout mask
+    (`batch.dropout_keep`), in two kernels, which read both from the batch's references.
 
     `conv_params` {"conv1": {"kernel": (3, 3, C0, C1), "bias": (C1,)}, "conv2": {... (3, 3,
-    C1, C2) ...}} float32; `x` (B, H, W, C0) float images; `keep` (B, H//4, W//4, C2) bool,
-    True where dropout keeps a unit (`layers.dropout_keep`). Returns (flat (B, H//4*W//4*C2)
-    float32, the residuals `features_backward_update` takes). `interpret=None` interprets
-    the kernels when `jax.default_backend()` is "cpu" and compiles them (Triton) otherwise.
+    C1, C2) ...}} float32. Returns (flat (B, H//4*W//4*C2) float32, the residuals
+    `features_backward_update` takes). `interpret=None` interprets the kernels when
+    `jax.default_backend()` is "cpu" and compiles them (Triton) otherwise.
     """
     interpret = _interpret(interpret)
-    batch, height, width, channels = x.shape
-    geometry1 = Geometry(batch, height, width)
-    geometry2 = Geometry(batch, *geometry1.pooled)
-    x2d = x.astype(jnp.float32).reshape(batch * height * width, channels)
-    pooled1, phase1 = _conv_relu_pool(conv_params["conv1"], x2d, geometry1, None, interpret)
-    keep2d = keep.astype(jnp.int8).reshape(geometry2.pooled_positions, keep.shape[-1])
-    flat, phase2 = _conv_relu_pool(conv_params["conv2"], pooled1, geometry2, keep2d, interpret)
-    residuals = Residuals(x2d, pooled1, phase1, flat, phase2, keep2d, geometry1, geometry2)
-    return flat.reshape(batch, -1), residuals
+    examples, height, width, channels = batch.images.shape
+    batch_size = batch.order.shape[1]
+    geometry1 = Geometry(batch_size, height, width)
+    geometry2 = Geometry(batch_size, *geometry1.pooled)
+    images = batch.images.reshape(examples * height * width, channels)
+    index = jnp.reshape(batch.index, (1,)).astype(jnp.int32)
+    pooled1, phase1 = _conv_relu_pool(
+        conv_params["conv1"], geometry1, interpret, index, images=(images, batch.order)
+    )
+    dropped_shape = cnn.dropped_shape(conv_params, (batch_size, height, width, channels))
+    flat, phase2 = _conv_relu_pool(
+        conv_params["conv2"], geometry2, interpret, index, activations=pooled1,
+        dropout=(batch.dropout_seeds, dropped_shape),
+    )  # fmt: skip
+    residuals = Residuals(
+        images, batch.order, index, pooled1, phase1, flat, phase2, geometry1, geometry2
+    )
+    return flat.reshape(batch_size, -1), residuals
 
 
 def features_backward_update(
@@ -147,10 +161,8 @@ def features_backward_update(
     the same structure); `learning_rate` a float32 scalar, `momentum` a Python float.
     Returns (params, velocity), the same structures."""
     interpret = _interpret(interpret)
-    conv2_gradient = (
-        residuals.flat, residuals.keep, d_flat.astype(jnp.float32).reshape(residuals.flat.shape)
-    )  # fmt: skip
-    sums = _backward(conv_params, residuals, conv2_gradient, interpret)
+    d_flat = d_flat.astype(jnp.float32).reshape(residuals.flat.shape)
+    sums = _backward(conv_params, residuals, d_flat, interpret)
     rate = jnp.full((1, 1), learning_rate, jnp.float32)
     return _updates(conv_params, conv_velocity, sums, rate, momentum, interpret)
 
@@ -172,12 +184,15 @@ def _call(kernel: Callable, out_shape, grid: int, interpret: bool, name: str, wa
 
 
 def _conv_relu_pool(
-    layer: dict, layer_input: jax.Array, geometry: Geometry, keep: jax.Array | None,
-    interpret: bool,
+    layer: dict, geometry: Geometry, interpret: bool, index: jax.Array, *,
+    images: tuple[jax.Array, jax.Array] | None = None, activations: jax.Array | None = None,
+    dropout: tuple[jax.Array, tuple[int, ...]] | None = None,
 ) -> tuple[jax.Array, jax.Array]:  # fmt: skip
     """(pooled (P, C_out) float32, phase (P, C_out) int32) of max_pool(relu(conv(input))),
-    then dropout where `keep` (P, C_out) int8 is given; P = `geometry.pooled_positions`,
-    `layer_input` (B*H*W, C_in)."""
+    then dropout when given; P = `geometry.pooled_positions`. The input is either `images`
+    (the training set (N*H*W, C_in) uint8, order (S, B) int32), of which the batch is images
+    order[index], or `activations` (B*H*W, C_in) float32. `dropout` is (the dropout seeds
+    (S, 4) uint32, the mask's shape): the mask drawn from seed `index`. `index` (1,) int32."""
     kernel, bias = layer["kernel"], layer["bias"]
     c_in, c_out = kernel.shape[2:]
     positions = geometry.pooled_positions
@@ -185,32 +200,35 @@ def _conv_relu_pool(
         jax.ShapeDtypeStruct((positions, c_out), jnp.float32),
         jax.ShapeDtypeStruct((positions, c_out), jnp.int32),
     )
-    inputs = [layer_input, kernel.reshape(9, c_in, c_out), bias.reshape(1, c_out)]
-    if keep is not None:
-        inputs.append(keep)
-    body = functools.partial(_forward_kernel, geometry=geometry, dropout=keep is not None)
+    inputs = [*(images or (activations,)), kernel.reshape(9, c_in, c_out), bias.reshape(1, c_out),
+              index]  # fmt: skip
+    if dropout is not None:
+        inputs.append(dropout[0])
+    body = functools.partial(
+        _forward_kernel, geometry=geometry, gather=images is not None,
+        dropped_shape=None if dropout is None else dropout[1],
+    )  # fmt: skip
     return _call(body, out_shape, pl.cdiv(positions, _BLOCK), interpret, "conv_relu_pool")(
         *inputs
     )
 
 
-def _forward_kernel(input_ref, kernel_ref, bias_ref, *refs, geometry: Geometry,
-                    dropout: bool) -> None:  # fmt: skip
-    """One program: `_BLOCK` pooled positions of `_conv_relu_pool`. Refs: input (B*H*W,
-    C_in), kernel (9, C_in, C_out), bias (1, C_out), [keep (P, C_out) int8,] then the outputs
-    pooled (P, C_out) float32 and phase (P, C_out) int32."""
-    *keep_ref, pooled_ref, phase_ref = refs
+def _forward_kernel(*refs, geometry: Geometry, gather: bool,
+                    dropped_shape: tuple[int, ...] | None) -> None:  # fmt: skip
+    """One program: `_BLOCK` pooled positions of `_conv_relu_pool`. Refs: the input (images
+    (N*H*W, C_in) uint8 and order (S, B) int32 when `gather`, else activations (B*H*W,
+    C_in)), kernel (9, C_in, C_out), bias (1, C_out), index (1,) int32, [dropout seeds (S, 4)
+    uint32 when `dropped_shape` (the mask's (B, H/2, W/2, C_out)),] then the outputs pooled
+    (P, C_out) float32 and phase (P, C_out) int32."""
+    if gather:
+        input_ref, order_ref, kernel_ref, bias_ref, index_ref, *refs = refs
+    else:
+        (input_ref, kernel_ref, bias_ref, index_ref, *refs), order_ref = refs, None
+    *seeds_ref, pooled_ref, phase_ref = refs
     start = pl.program_id(0) * _BLOCK
     rows, n, r, v, valid = _pooled_block(start, _BLOCK, geometry)
-    c_in_padded = dot_size(kernel_ref.shape[1])
-    # A 2x2 window's 3x3 convolutions read a 4x4 patch of the input: its 16 rows are gathered
-    # once, not once per phase and tap (36 gathers; compiled for an H100, the live tiles
-    # spilled registers).
-    patch = {}
-    for i in range(4):
-        for j in range(4):
-            patch_rows, inside = _tap_rows(n, 2 * r + i - 1, 2 * v + j - 1, geometry)
-            patch[i, j] = _load_rows(input_ref, patch_rows, valid & inside, c_in_padded)
+    patch = _load_patches(input_ref, order_ref, index_ref, n, r, v, valid, geometry,
+                          dot_size(kernel_ref.shape[1]))  # fmt: skip
     best = phase = None
     for index, (a, b) in enumerate(_PHASES):
         z = bias_ref[...]
@@ -223,24 +241,57 @@ def _forward_kernel(input_ref, kernel_ref, bias_ref, *refs, geometry: Geometry,
             # Strictly greater: a tie keeps the earlier phase, the window's first maximum.
             better = activation > best
             best, phase = jnp.where(better, activation, best), jnp.where(better, index, phase)
-    if dropout:
-        kept = _load_rows(keep_ref[0], rows, valid) != 0
+    if dropped_shape is not None:
+        channel = lax.broadcasted_iota(jnp.int32, (1, best.shape[1]), 1)
+        seed = [_load_scalar(seeds_ref[0], index_ref, word) for word in range(4)]
+        bits = triton_random.rng_bit_generator_bits(
+            seed, dropped_shape, (n[:, None], r[:, None], v[:, None], channel)
+        )
+        kept = bits < jnp.uint32(layers.dropout_threshold(cnn.DROPOUT_RATE))
         best = jnp.where(kept, best / (1.0 - cnn.DROPOUT_RATE), 0.0)
     store_block(pooled_ref, best, start)
     store_block(phase_ref, phase, start)
 
 
+def _load_patches(input_ref, order_ref, index_ref, n, r, v, valid, geometry: Geometry,
+                  columns: int) -> dict[tuple[int, int], jax.Array]:  # fmt: skip
+    """The 4x4 input patches of pooled positions (image n, pooled row r, pooled column v),
+    each (M,) int32, as {(i, j): (M, columns) float32 rows at (2r + i - 1, 2v + j - 1)}, 0
+    in the zero padding, past C_in and where `valid` is False. A 2x2 window's 3x3
+    convolutions read these 16 rows, gathered once, not once per phase and tap (36 gathers;
+    compiled for an H100, the live tiles spilled registers). With `order_ref` the input is
+    the training set's uint8 images, of which image n is order[index, n], scaled to [-1, 1]
+    here as `preprocess.to_float` does; else activations."""
+    if order_ref is not None:
+        n = pltriton.load(order_ref.at[index_ref[...], n], mask=valid, other=0)
+    column = lax.broadcasted_iota(jnp.int32, (1, columns), 1)
+    patch = {}
+    for i in range(4):
+        for j in range(4):
+            rows, inside = _tap_rows(n, 2 * r + i - 1, 2 * v + j - 1, geometry)
+            values = _load_rows(input_ref, rows, valid & inside, columns)
+            if order_ref is not None:
+                mask = (valid & inside)[:, None] & (column < input_ref.shape[1])
+                values = jnp.where(mask, to_float(values), 0.0)
+            patch[i, j] = values
+    return patch
+
+
+def _load_scalar(ref, index_ref, column: int) -> jax.Array:
+    """ref[index, column] of a 2-D ref as a (1, 1) block; `index_ref` (1,) int32."""
+    return pltriton.load(ref.at[index_ref[...][:, None], jnp.full((1, 1), column, jnp.int32)])
+
+
 def _backward(
-    conv_params: dict, residuals: Residuals, conv2_gradient: tuple[jax.Array, ...],
-    interpret: bool,
-) -> tuple[jax.Array, ...]:  # fmt: skip
+    conv_params: dict, residuals: Residuals, d_flat: jax.Array, interpret: bool
+) -> tuple[jax.Array, ...]:
     """Both layers' gradients in partial sums, one row per program of `_BLOCK` of conv1's
     pooled positions: (conv2's kernel (programs, 9 * C1 * C2), conv2's bias (programs, C2),
     conv1's kernel (programs, 9 * C0 * C1), conv1's bias (programs, C1)) float32, whose sums
     over the rows are d loss / d each kernel (flattened as its (9, C_in, C_out) taps) and bias.
 
-    Each program backpropagates d loss / d conv2's output (`conv2_gradient` (flat, keep,
-    d_flat) routed through phase2) to its block of conv2's input, conv1's pooled output, and
+    Each program backpropagates d loss / d conv2's output (`d_flat`, d loss / d flat, through
+    dropout, ReLU2 and, by phase2, pool2) to its block of conv2's input, conv1's pooled output, and
     from there through pool1 and ReLU1 to conv1's output. Summing over positions in every
     program at once, rather than in one program per tap, keeps the sums from being a serial
     loop over every position, and the gradients at conv1's output never leave the program."""
@@ -255,14 +306,14 @@ def _backward(
         _backward_kernel, geometry1=residuals.geometry1, geometry2=residuals.geometry2
     )
     return _call(body, out_shape, programs, interpret, "conv_backward")(
-        conv2.reshape(len(_TAPS), c1, c2), residuals.x, residuals.pooled1, residuals.phase1,
-        residuals.phase2, *conv2_gradient,
+        conv2.reshape(len(_TAPS), c1, c2), residuals.images, residuals.order, residuals.index,
+        residuals.pooled1, residuals.phase1, residuals.phase2, residuals.flat, d_flat,
     )  # fmt: skip
 
 
 def _backward_kernel(
-    kernel2_ref, x_ref, pooled1_ref, phase1_ref, phase2_ref, flat_ref, keep_ref, d_flat_ref,
-    kernel2_sums_ref, bias2_sums_ref, kernel1_sums_ref, bias1_sums_ref, *,
+    kernel2_ref, images_ref, order_ref, index_ref, pooled1_ref, phase1_ref, phase2_ref,
+    flat_ref, d_flat_ref, kernel2_sums_ref, bias2_sums_ref, kernel1_sums_ref, bias1_sums_ref, *,
     geometry1: Geometry, geometry2: Geometry,
 ) -> None:  # fmt: skip
     """One program: `_BLOCK` of conv1's pooled positions, which are conv2's input positions
@@ -289,9 +340,7 @@ def _backward_kernel(
         at_max = _load_rows(phase2_ref, pooled_rows, valid & inside) == (
             (h2 % 2) * 2 + w2 % 2
         )[:, None]  # fmt: skip
-        d_pooled2 = _conv2_pooled_gradient(
-            flat_ref, keep_ref, d_flat_ref, pooled_rows, valid & inside
-        )
+        d_pooled2 = _conv2_pooled_gradient(flat_ref, d_flat_ref, pooled_rows, valid & inside)
         d_z2 = jnp.where(at_max, d_pooled2, 0.0)
         _store_tap_sum(kernel2_sums_ref, program, tap, jnp.dot(pooled1.T, d_z2), pooled1.shape[1])
         if (di, dj) == (1, 1):
@@ -302,12 +351,9 @@ def _backward_kernel(
 
     phase1 = _load_rows(phase1_ref, rows, valid)
     d_z1 = [jnp.where(phase1 == index, d_pooled1, 0.0) for index in range(len(_PHASES))]
-    c0 = x_ref.shape[1]
-    patch = {}
-    for i in range(4):
-        for j in range(4):
-            patch_rows, inside = _tap_rows(n, 2 * h + i - 1, 2 * w + j - 1, geometry1)
-            patch[i, j] = _load_rows(x_ref, patch_rows, valid & inside, dot_size(c0))
+    c0 = images_ref.shape[1]
+    patch = _load_patches(images_ref, order_ref, index_ref, n, h, w, valid, geometry1,
+                          dot_size(c0))  # fmt: skip
     for tap, (di, dj) in enumerate(_TAPS):
         grad = sum(
             jnp.dot(patch[a + di, b + dj].T, d_z1[index])
@@ -407,13 +453,14 @@ def _sum_rows(ref, start, width: int) -> jax.Array:
 
 
 
-def _conv2_pooled_gradient(flat_ref, keep_ref, d_flat_ref, rows: jax.Array,
-                           valid: jax.Array) -> jax.Array:  # fmt: skip
+def _conv2_pooled_gradient(flat_ref, d_flat_ref, rows: jax.Array, valid: jax.Array
+                           ) -> jax.Array:  # fmt: skip
     """d loss / d conv2's pooled ReLU output at `rows` (M,) int32, (M, C2) float32: its
     output went through dropout, so it is d flat / (1 - rate) where dropout kept a unit that
     was > 0 (ReLU's gradient, as the routing to the window's maximum then needs it), else 0;
-    0 where `valid` (M,) is False."""
-    passes = (_load_rows(keep_ref, rows, valid) != 0) & (_load_rows(flat_ref, rows, valid) > 0.0)
+    0 where `valid` (M,) is False. Those units are the ones where flat > 0 (a dropped unit
+    is 0), so the mask need not be kept."""
+    passes = _load_rows(flat_ref, rows, valid) > 0.0
     d_flat = _load_rows(d_flat_ref, rows, valid)
     return jnp.where(passes, d_flat / (1.0 - cnn.DROPOUT_RATE), 0.0)
 

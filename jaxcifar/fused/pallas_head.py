@@ -33,6 +33,7 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as pltriton
 
+from jaxcifar.fused.step import StepBatch
 from jaxcifar.fused.triton_blocks import dot_size, load_block, momentum_update, store_block
 from jaxcifar.models import cnn
 
@@ -55,6 +56,7 @@ def head_train_step(
     learning_rate: float | jax.Array,
     momentum: float,
     *,
+    label_rows: tuple[jax.Array, jax.Array] | None = None,
     interpret: bool | None = None,
 ) -> tuple[dict, dict, jax.Array, jax.Array, jax.Array]:
     """One SGD-with-momentum step of the dense head, in one Pallas kernel launch.
@@ -62,8 +64,10 @@ def head_train_step(
     `head_params` and `head_velocity` are {"fc1".."fc5": {"kernel": (n_in, n_out) float32,
     "bias": (n_out,) float32}} (the velocity is optax.sgd's momentum trace, same structure),
     `flat` is the head's input (B, n_in of fc1) float, `labels` (B,) integers in
-    [0, num_classes). `learning_rate` is a scalar and may be traced (a schedule); `momentum` is
-    a Python float, baked into the kernel. `interpret=None` runs in Pallas' interpret mode when
+    [0, num_classes), or, with `label_rows` (order (S, B) int32, index int32 scalar), every
+    label of a dataset (N,), of which the kernel reads the batch's, labels[order[index]].
+    `learning_rate` is a scalar and may be traced (a schedule); `momentum` is a Python float,
+    baked into the kernel. `interpret=None` runs in Pallas' interpret mode when
     `jax.default_backend()` is "cpu", compiled (Triton) otherwise.
 
     Returns (new_params, new_velocity, d_flat, loss, correct): the updated params and velocity
@@ -81,17 +85,27 @@ def head_train_step(
             f"head_velocity must have the shapes of head_params {layer_shapes}; "
             f"got {velocity_shapes}"
         )
-    batch = _check_batch(flat, labels, layer_shapes)
+    if label_rows is None:
+        batch = _check_batch(flat, labels, layer_shapes)
+        # The batch's labels are labels[order[0]] for order [[0, 1, ..., B-1]] (constants).
+        label_rows = (jnp.arange(batch, dtype=jnp.int32)[None, :], 0)
+    else:
+        batch = _check_batch(flat, label_rows[0][0], layer_shapes)
+        if labels.ndim != 1 or not jnp.issubdtype(labels.dtype, jnp.integer):
+            raise ValueError(f"labels must be (N,) integers; got {labels.shape} {labels.dtype}")
+    order, index = label_rows
     if jnp.ndim(learning_rate) != 0:
         raise ValueError(f"learning_rate must be a scalar; got shape {jnp.shape(learning_rate)}")
     if interpret is None:
         interpret = jax.default_backend() == "cpu"
 
-    # 2-D views, all free reshapes: biases as (1, n) rows, labels as a (B, 1) column, the rate
-    # as a (1, 1) block. The kernel reads and writes the arrays as they are, padding its blocks
-    # to Triton's sizes itself, so that no step spends XLA kernels padding and unpadding them.
+    # 2-D views, all free reshapes: biases as (1, n) rows, labels as a (N, 1) column, the rate
+    # as a (1, 1) block, the index as a (1,) vector. The kernel reads and writes the arrays as
+    # they are, padding its blocks to Triton's sizes itself and gathering the batch's labels,
+    # so that no step spends XLA kernels padding, unpadding and gathering them.
     params_2d, velocity_2d = _bias_rows(head_params), _bias_rows(head_velocity)
     labels_2d = labels.astype(jnp.int32)[:, None]
+    index_vector = jnp.reshape(index, (1,)).astype(jnp.int32)
     learning_rate_block = jnp.full((1, 1), learning_rate, jnp.float32)
 
     num_classes = layer_shapes[LAYER_NAMES[-1]][1]
@@ -119,7 +133,10 @@ def head_train_step(
         # unpadded arrays read in masked blocks), 120 bytes (benchmarks/triton_resources.py).
         compiler_params=pltriton.CompilerParams(num_warps=8),
         name="head_train_step",
-    )(params_2d, velocity_2d, flat.astype(jnp.float32), labels_2d, learning_rate_block)
+    )(
+        params_2d, velocity_2d, flat.astype(jnp.float32), labels_2d, order.astype(jnp.int32),
+        index_vector, learning_rate_block,
+    )  # fmt: skip
     return (
         _bias_vectors(new_params),
         _bias_vectors(new_velocity),
@@ -190,6 +207,8 @@ def _train_step_kernel(
     velocity,
     flat_ref,
     labels_ref,
+    order_ref,
+    index_ref,
     learning_rate_ref,
     new_params,
     new_velocity,
@@ -204,8 +223,9 @@ def _train_step_kernel(
     """The Pallas kernel; refs are float32 unless said, B = `batch`.
 
     params, velocity, new_params, new_velocity: {name: {"kernel": (n_in, n_out), "bias":
-    (1, n_out)}}, the new ones aliasing the old; flat_ref (B, n_in of fc1); labels_ref (B, 1)
-    int32; learning_rate_ref (1, 1); d_flat_ref (B, n_in of fc1); loss_ref (1, 1);
+    (1, n_out)}}, the new ones aliasing the old; flat_ref (B, n_in of fc1); labels_ref (N, 1)
+    int32, of which the batch's are rows order_ref[index_ref[0]] ((S, B) int32 and (1,) int32);
+    learning_rate_ref (1, 1); d_flat_ref (B, n_in of fc1); loss_ref (1, 1);
     correct_ref (1, 1) int32. Values are computed in blocks padded with zeros to `dot_size`s
     (`load_block`): P = dot_size(B) rows, of which rows >= B are padding, as are logit
     columns >= `num_classes`. With the outputs aliasing the inputs, every layer's old kernel
@@ -246,7 +266,7 @@ def _train_step_kernel(
         pre_activation = jnp.dot(layer_inputs[name], kernel_block(name)) + bias_block(name)
     column = lax.broadcasted_iota(jnp.int32, pre_activation.shape, 1)
     logits = jnp.where(column < num_classes, pre_activation, _MASKED_LOGIT)
-    labels = load_block(labels_ref, (rows, 1))
+    labels = _batch_labels(labels_ref, order_ref, index_ref, rows)
     d_pre_activation, loss, correct = _softmax_cross_entropy(logits, labels, batch)
     loss_ref[...] = loss
     correct_ref[...] = correct
@@ -269,6 +289,31 @@ def _train_step_kernel(
         )
     grad_bias = jnp.sum(d_pre_activation, axis=0, keepdims=True)
     momentum_update(update_refs[first]["bias"], grad_bias, learning_rate, momentum)
+
+
+def _batch_labels(labels_ref, order_ref, index_ref, rows: int) -> jax.Array:
+    """The batch's labels as a (rows, 1) int32 column padded with 0: labels_ref[order_ref[
+    index, b]] for b < B (order_ref (S, B)), read through index arrays."""
+    batch = order_ref.shape[1]
+    row = lax.broadcasted_iota(jnp.int32, (rows, 1), 0)
+    first_column = jnp.zeros((1, 1), jnp.int32)
+    examples = pltriton.load(
+        order_ref.at[index_ref[...][:, None], jnp.minimum(row, batch - 1)], mask=row < batch,
+        other=0,
+    )  # fmt: skip
+    return pltriton.load(labels_ref.at[examples, first_column], mask=row < batch, other=0)
+
+
+def batch_head_train_step(
+    head_params: dict, head_velocity: dict, flat: jax.Array, batch: StepBatch,
+    learning_rate: jax.Array, momentum: float, *, interpret: bool | None = None,
+) -> tuple[dict, dict, jax.Array, jax.Array, jax.Array]:  # fmt: skip
+    """`head_train_step` on `batch`'s labels, which the kernel reads from the whole label set:
+    `fused.step`'s head step (`step.xla_head_train_step` in one kernel)."""
+    return head_train_step(
+        head_params, head_velocity, flat, batch.labels, learning_rate, momentum,
+        label_rows=(batch.order, batch.index), interpret=interpret,
+    )  # fmt: skip
 
 
 def _softmax_cross_entropy(

@@ -5,9 +5,14 @@ d loss / d flat, their backward pass and the momentum update of conv1 and conv2)
 *head step*: the fully connected layers' forward pass, the mean cross-entropy, the backward
 pass, the SGD-with-momentum update of fc1..fc5, and the gradient with respect to the head's
 input, which flows back into the convolutions. A head step is `xla_head_train_step` (plain
-JAX) or `pallas_head.head_train_step` (one kernel), a features step `xla_features_step` or
-`pallas_convs.features_train_step` (four kernels); each pair takes and returns the same
-things, so the rest of the step does not know which runs.
+JAX) or `pallas_head.batch_head_train_step` (one kernel), a features step
+`xla_features_step` or `pallas_convs.features_train_step` (four kernels); each pair takes
+and returns the same things, so the rest of the step does not know which runs.
+
+Both take the step's batch as a `StepBatch`: references into the epoch's arrays on the device
+(the training set, the epoch's order, its dropout seeds) and the step's index, from which the
+Pallas kernels read their batch's pixels, labels and dropout mask themselves, where XLA
+would spend kernels of its own on gathering them first.
 """
 
 from __future__ import annotations
@@ -19,17 +24,46 @@ import jax
 import jax.numpy as jnp
 
 from jaxcifar.data.preprocess import to_float
-from jaxcifar.models import cnn
+from jaxcifar.models import cnn, layers
 from jaxcifar.train import cross_entropy
 
 Params = dict[str, dict[str, jax.Array]]
-# (head params, head velocity, flat (B, n) float32, labels (B,) int32, learning rate, momentum)
+
+
+class StepBatch(NamedTuple):
+    """One step's batch, by reference: `images` (N, H, W, C) uint8 and `labels` (N,) int32,
+    the training set; `order` (steps, B) int32, the epoch's batches as rows of it;
+    `dropout_seeds` (steps, 4) uint32, each step's `layers.dropout_seed`; `index`, this
+    step's row of both, an int32 scalar."""
+
+    images: jax.Array
+    labels: jax.Array
+    order: jax.Array
+    dropout_seeds: jax.Array
+    index: jax.Array
+
+    def batch_images(self) -> jax.Array:
+        """The step's images (B, H, W, C) float32 in [-1, 1] (`preprocess.to_float`)."""
+        return to_float(self.images[self.order[self.index]])
+
+    def batch_labels(self) -> jax.Array:
+        """The step's labels (B,) int32."""
+        return self.labels[self.order[self.index]]
+
+    def dropout_keep(self, shape: tuple[int, ...]) -> jax.Array:
+        """The step's dropout mask for activations of `shape`, bool: `layers.dropout_keep`'s
+        for the key its seed was drawn from."""
+        seed = self.dropout_seeds[self.index]
+        return layers.dropout_keep_from_seed(seed, shape, cnn.DROPOUT_RATE)
+
+
+# (head params, head velocity, flat (B, n) float32, batch, learning rate, momentum)
 # -> (new head params, new head velocity, d loss / d flat (B, n), loss scalar, correct scalar)
 HeadStep = Callable[..., tuple[Params, Params, jax.Array, jax.Array, jax.Array]]
 # (conv velocity, d loss / d flat (B, n), learning rate, momentum) -> (conv params, velocity)
 FinishFeatures = Callable[[Params, jax.Array, jax.Array, float], tuple[Params, Params]]
-# (conv params, images (B, H, W, C) float32, dropout rng) -> (flat (B, n) float32, finish)
-FeaturesStep = Callable[[Params, jax.Array, jax.Array], tuple[jax.Array, FinishFeatures]]
+# (conv params, batch) -> (flat (B, n) float32, finish)
+FeaturesStep = Callable[[Params, StepBatch], tuple[jax.Array, FinishFeatures]]
 
 
 class FusedState(NamedTuple):
@@ -50,13 +84,14 @@ def sgd_momentum(params: Any, velocity: Any, grads: Any, learning_rate: jax.Arra
 
 
 def xla_head_train_step(
-    head_params: Params, head_velocity: Params, flat: jax.Array, labels: jax.Array,
+    head_params: Params, head_velocity: Params, flat: jax.Array, batch: StepBatch,
     learning_rate: jax.Array, momentum: float,
 ) -> tuple[Params, Params, jax.Array, jax.Array, jax.Array]:  # fmt: skip
     """The head step in plain JAX: `cnn.head` on `flat` (B, n) float32, mean cross-entropy
-    against `labels` (B,) int32, its gradients, one momentum update. Returns (head params,
+    against the batch's labels, its gradients, one momentum update. Returns (head params,
     head velocity, d loss / d flat (B, n) float32 at the old params, loss float32, number
     of correct predictions int32)."""
+    labels = batch.batch_labels()
 
     def loss_fn(head_params, flat):
         logits = cnn.head(head_params, flat)
@@ -70,14 +105,20 @@ def xla_head_train_step(
     return params, velocity, d_flat, loss, correct
 
 
-def xla_features_step(conv_params: Params, x: jax.Array, rng: jax.Array
+def xla_features_step(conv_params: Params, batch: StepBatch
                       ) -> tuple[jax.Array, FinishFeatures]:  # fmt: skip
     """The features step in plain JAX: `cnn.features(conv_params, x, train=True, rng=rng)`
-    (B, n) float32, and its `finish`, which backpropagates d loss / d flat with `jax.vjp`
-    and makes one momentum update of conv1 and conv2."""
-    flat, features_vjp = jax.vjp(
-        lambda p: cnn.features(p, x, train=True, rng=rng), conv_params
-    )
+    (B, n) float32 for the batch's images and the key its dropout seed was drawn from, and
+    its `finish`, which backpropagates d loss / d flat with `jax.vjp` and makes one momentum
+    update of conv1 and conv2."""
+    x = batch.batch_images()
+    # Dropout is the features' last op before flattening: the same on the flat units.
+    keep = batch.dropout_keep(cnn.dropped_shape(conv_params, x.shape)).reshape(len(x), -1)
+
+    def features(conv_params):
+        return layers.apply_dropout(cnn.features(conv_params, x), keep, cnn.DROPOUT_RATE)
+
+    flat, features_vjp = jax.vjp(features, conv_params)
 
     def finish(conv_velocity, d_flat, learning_rate, momentum):
         (conv_grads,) = features_vjp(d_flat)
@@ -89,26 +130,23 @@ def xla_features_step(conv_params: Params, x: jax.Array, rng: jax.Array
 def make_train_step(
     head_step: HeadStep, schedule: Callable[[jax.Array], jax.Array], momentum: float,
     features_step: FeaturesStep = xla_features_step,
-) -> Callable[[FusedState, tuple[jax.Array, jax.Array], jax.Array], tuple[FusedState, dict]]:
-    """`(state, (images (B, H, W, C) uint8, labels (B,) int32), rng) -> (state, {"loss",
-    "correct"})`, the seed CNN's training step with the head computed by `head_step` and the
-    convolutional part by `features_step`.
+) -> Callable[[FusedState, StepBatch], tuple[FusedState, dict]]:
+    """`(state, batch) -> (state, {"loss", "correct"})`, the seed CNN's training step with the
+    head computed by `head_step` and the convolutional part by `features_step`.
 
     Same function as `jaxcifar.train.make_train_step` with `optax.sgd(schedule, momentum)`:
-    the same dropout mask for the same `rng`, the loss before the update. Not jitted: it is
-    the body of `fused.epoch`'s scan.
+    the same dropout mask for the key the batch's dropout seed was drawn from, the loss
+    before the update. Not jitted: it is the body of `fused.epoch`'s scan.
     """
 
-    def train_step(state: FusedState, batch: tuple[jax.Array, jax.Array], rng: jax.Array):
-        images, labels = batch
-        x = to_float(images)
+    def train_step(state: FusedState, batch: StepBatch):
         conv_params = {name: state.params[name] for name in cnn.CONV_LAYERS}
         head_params = {name: state.params[name] for name in cnn.DENSE_LAYERS}
         head_velocity = {name: state.velocity[name] for name in cnn.DENSE_LAYERS}
-        flat, finish_features = features_step(conv_params, x, rng)
+        flat, finish_features = features_step(conv_params, batch)
         learning_rate = schedule(state.step)
         head_params, head_velocity, d_flat, loss, correct = head_step(
-            head_params, head_velocity, flat, labels, learning_rate, momentum
+            head_params, head_velocity, flat, batch, learning_rate, momentum
         )
         conv_velocity = {name: state.velocity[name] for name in cnn.CONV_LAYERS}
         conv_params, conv_velocity = finish_features(

@@ -95,6 +95,15 @@ def features(
     return flatten(h)
 
 
+def dropped_shape(params: dict, images_shape: tuple[int, ...]) -> tuple[int, int, int, int]:
+    """The shape of the activations `features` drops out for images of `images_shape` (N, H,
+    W, C): conv2's pooled output, (N, H//4, W//4, conv2's channels), before flattening."""
+    n, height, width, _ = images_shape
+    scale = 2 ** len(CONV_LAYERS)  # each conv layer's 2x2 pooling halves the sides
+    channels = params[CONV_LAYERS[-1]]["kernel"].shape[-1]
+    return n, height // scale, width // scale, channels
+
+
 def head(params: dict, flat: jax.Array, *, dtype: jnp.dtype = jnp.float32) -> jax.Array:
     """The fully connected part: `features`' (N, n_in) output -> logits (N, num_classes)
     float32. Reads only params "fc1".."fc5"."""

@@ -177,21 +177,40 @@ def dropout(x: jax.Array, rate: float, *, train: bool, rng: jax.Array | None) ->
         return x
     if rng is None:
         raise ValueError("dropout with train=True needs an rng key")
-    keep = dropout_keep(rng, x.shape, rate)
+    return apply_dropout(x, dropout_keep(rng, x.shape, rate), rate)
+
+
+def apply_dropout(x: jax.Array, keep: jax.Array, rate: float) -> jax.Array:
+    """`x` with the units where bool mask `keep` (x's shape) is False zeroed and the others
+    scaled by 1/(1-rate). Same shape and dtype."""
     return jnp.where(keep, x / (1.0 - rate), jnp.zeros_like(x))
 
 
 def dropout_keep(rng: jax.Array, shape: tuple[int, ...], rate: float) -> jax.Array:
     """`dropout`'s mask: a `shape` bool array, True (kept) with probability 1 - `rate`."""
-    # The mask's bits come from XLA's RngBitGenerator, seeded by four words of `rng`: JAX's
-    # own threefry over the seed CNN's (128, 8, 8, 16) activations took 21.7 s to compile on
-    # CPU against 1.2 s this way (benchmarks/README.md, finding 2). Threefry rather than the
-    # backend's default algorithm (Philox on CPU) draws them ~3.7x faster there: 0.74 against
-    # 2.74 ms a step at batch 128, 26 against 95 us at batch 4 (finding 10).
-    seed_words = jax.random.bits(rng, (4,), jnp.uint32)
+    return dropout_keep_from_seed(dropout_seed(rng), shape, rate)
+
+
+def dropout_seed(rng: jax.Array) -> jax.Array:
+    """The (4,) uint32 seed from which `dropout_keep` draws its mask for key `rng`. Unlike the
+    mask, it may be drawn for many keys at once (`jax.vmap`): XLA's RngBitGenerator, which
+    draws the mask, batches by drawing every mask from the first seed."""
+    return jax.random.bits(rng, (4,), jnp.uint32)
+
+
+def dropout_keep_from_seed(seed: jax.Array, shape: tuple[int, ...], rate: float) -> jax.Array:
+    """`dropout_keep`'s `shape` bool mask drawn from its (4,) uint32 `dropout_seed`."""
+    # The mask's bits come from XLA's RngBitGenerator: JAX's own threefry over the seed CNN's
+    # (128, 8, 8, 16) activations took 21.7 s to compile on CPU against 1.2 s this way
+    # (benchmarks/README.md, finding 2). Threefry rather than the backend's default algorithm
+    # (Philox on CPU) draws them ~3.7x faster there: 0.74 against 2.74 ms a step at batch 128,
+    # 26 against 95 us at batch 4 (finding 10).
     _, bits = lax.rng_bit_generator(
-        seed_words, shape, jnp.uint32, algorithm=lax.RandomAlgorithm.RNG_THREE_FRY
+        seed, shape, jnp.uint32, algorithm=lax.RandomAlgorithm.RNG_THREE_FRY
     )
-    # Keep a unit when its 32 random bits fall below (1 - rate) * 2**32.
-    threshold = min(round((1.0 - rate) * 2.0**32), 2**32 - 1)
-    return bits < jnp.uint32(threshold)
+    return bits < jnp.uint32(dropout_threshold(rate))
+
+
+def dropout_threshold(rate: float) -> int:
+    """Dropout keeps a unit when its 32 random bits fall below this: (1 - rate) * 2**32."""
+    return min(round((1.0 - rate) * 2.0**32), 2**32 - 1)
