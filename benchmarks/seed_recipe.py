@@ -6,8 +6,8 @@ Usage: python benchmarks/seed_recipe.py [--data-dir ../shared/data] [--paths loo
        [--name STEM] [--append]
 
 Paths are `jaxcifar train --epoch-mode` values (jaxcifar.fused.measure): loop, chunk, scan, and
-the fused path in plain JAX (fused), with its dense head in one Pallas kernel (fused-pallas) or
-its whole step in five (fused-pallas-all); Pallas runs in interpret mode on a CPU, where it only
+the fused path in plain JAX (fused), with its dense head in two Pallas kernels (fused-pallas)
+or its whole step in six (fused-pallas-all); Pallas runs in interpret mode on a CPU, where it only
 shows that the path runs: its time means nothing there.
 Every path trains the same recipe from the same initial parameters; `--limit-train` makes a CPU
 run short enough to finish. A path that fails (say, a Pallas kernel the GPU's compiler rejects)

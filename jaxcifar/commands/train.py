@@ -104,8 +104,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "shipped from the host 100 steps at a time; chunk/scan: "
                         "lax.scan over 100 steps / a whole epoch on the device; "
                         "fused/fused-pallas/fused-pallas-all: the seed recipe's fast path on "
-                        "one device, in XLA / its dense head in one Pallas kernel / the whole "
-                        "step in five Pallas kernels; auto: chunk on CPU, scan "
+                        "one device, in XLA / its dense head in two Pallas kernels / the "
+                        "whole step in six Pallas kernels; auto: chunk on CPU, scan "
                         "elsewhere, loop if the images fill over a quarter of a GPU's or "
                         "TPU's memory")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")  # fmt: skip

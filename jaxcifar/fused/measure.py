@@ -3,8 +3,8 @@
 A path is one of `jaxcifar.train`'s epoch modes: "loop" (a Python loop of jitted steps),
 "chunk" (`lax.scan`s of 100 steps; the default on a CPU), "scan" (one `lax.scan` per epoch;
 the default elsewhere), "fused", "fused-pallas" and "fused-pallas-all" (the fused path,
-`FusedRunner`, in plain JAX, with the head step as one Pallas kernel, or the whole step as
-five).
+`FusedRunner`, in plain JAX, with the head step as two Pallas kernels, or the whole step as
+six).
 Each row is `{"device", "epochs", "batch_size", "wall_seconds" (compilation included),
 "compile_seconds", "test_accuracy", "path"}` plus what explains it: the training and test
 set sizes, the kernels one step launches (from the compiled HLO), the final epoch's mean

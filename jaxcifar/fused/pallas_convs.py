@@ -11,7 +11,7 @@ bias adds, ReLUs, poolings, dropout and their gradients, the momentum updates):
    its input, then through conv2 transposed, pool1 and ReLU1 to conv1's output;
 4. the partial sums summed, one program per tap of each layer, and the SGD-with-momentum
    updates, in place.
-With `pallas_head` that makes the whole training step five kernels, where the launch count
+With `pallas_head`'s two that makes the whole training step six kernels, where the launch count
 is what bounds the seed recipe's batch-4 step on a GPU (issue #9, part A), and nothing else:
 the kernels read the batch from the training set through the epoch's order (conv1's pixels,
 scaled to [-1, 1] as they are loaded; the head's labels), and conv2's draws its dropout mask

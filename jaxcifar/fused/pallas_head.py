@@ -1,26 +1,29 @@
-"""The seed CNN's dense head trained in one Pallas kernel: `head_train_step`.
+"""The seed CNN's dense head trained in two Pallas kernels: `head_train_step`.
 
-One launch does the head's whole training step: the forward pass fc1 -> ReLU -> ... -> fc5,
+Two launches do the head's whole training step: the forward pass fc1 -> ReLU -> ... -> fc5,
 the mean softmax cross-entropy and the accuracy count, the backward pass, the SGD-with-momentum
 update of all five layers (PyTorch-style, as `optax.sgd(lr, momentum=m)`: v <- m*v + g,
 p <- p - lr*v), and the gradient with respect to the head's input, so the convolutional part
-(XLA's ops, or `pallas_convs`' kernels) can backpropagate through the head.
+(XLA's ops, or `pallas_convs`' kernels) can backpropagate through the head. The first kernel
+is one program doing all of it but fc1's kernel update and the gradient with respect to the
+input, which need fc1's whole kernel (512 KiB) again; the second does those in parallel, a
+program per 32 of its rows.
 
 Why: at batch 4 on a GPU the seed recipe's training step is bound by kernel launches (about 70
 fusions per step), not by FLOPs; the head's share of them (about 30: five dense layers forward
-and backward, the loss, and the optimizer updates) becomes a single launch here.
+and backward, the loss, and the optimizer updates) becomes two launches here.
 
 Its dots take JAX's default float32 precision, as the XLA path's dots and convolutions do:
 TF32 on tensor cores on an NVIDIA GPU since Ampere (Triton's "tf32" input precision), full
 float32 on a CPU; `jax_default_matmul_precision="highest"` makes both paths full float32.
 
-The kernel keeps to what Pallas' GPU (Triton) backend lowers: one program, 2-D blocks whose
+The kernels keep to what Pallas' GPU (Triton) backend lowers: 2-D blocks whose
 sizes are powers of two, `jnp.dot`, elementwise ops, single-axis reductions, static slices of
 refs and masked loads and stores; no reshapes or dynamic indexing. It reads and writes the
-arrays as the caller has them (a batch of 4, fc5's 10 classes), padding its blocks with
+arrays as the caller has them (a batch of 4, fc5's 10 classes), padding their blocks with
 zeros where every `jnp.dot` operand dimension must be at least 16, so the step needs no XLA
 kernels to pad and unpad them.
-On CPU, where Pallas does not compile, the kernel runs in interpret mode.
+On CPU, where Pallas does not compile, the kernels run in interpret mode.
 """
 
 from __future__ import annotations
@@ -43,6 +46,12 @@ LAYER_NAMES = cnn.DENSE_LAYERS
 # through shared memory for a dot (228 KiB per SM on an H100, less on older GPUs), so fc1 is
 # read, multiplied and updated in static tiles of this many rows (64 KiB each).
 _INPUT_TILE_ROWS = 128
+# Rows of fc1's kernel per program of `_first_kernel_step`, and its warps: compiled for an
+# H100 at batch 4 (benchmarks/triton_resources.py), 128 rows with 4 warps spilled 1,944 bytes
+# a thread, with 8 warps 256, as did 64 rows with 4; 32 rows with 4 warps: 168 registers,
+# no spills (64 with 8: 188), and 32 programs to spread fc1's 3 MiB of traffic over.
+_FIRST_KERNEL_ROWS = 32
+_FIRST_KERNEL_WARPS = 4
 # The logit of a padded class: softmax gives it probability exactly 0, yet it stays finite
 # after the max is subtracted (-inf risks NaN, e.g. -inf - -inf or 0 * -inf).
 _MASKED_LOGIT = -1e30
@@ -59,7 +68,7 @@ def head_train_step(
     label_rows: tuple[jax.Array, jax.Array] | None = None,
     interpret: bool | None = None,
 ) -> tuple[dict, dict, jax.Array, jax.Array, jax.Array]:
-    """One SGD-with-momentum step of the dense head, in one Pallas kernel launch.
+    """One SGD-with-momentum step of the dense head, in two Pallas kernel launches.
 
     `head_params` and `head_velocity` are {"fc1".."fc5": {"kernel": (n_in, n_out) float32,
     "bias": (n_out,) float32}} (the velocity is optax.sgd's momentum trace, same structure),
@@ -108,18 +117,26 @@ def head_train_step(
     index_vector = jnp.reshape(index, (1,)).astype(jnp.int32)
     learning_rate_block = jnp.full((1, 1), learning_rate, jnp.float32)
 
+    # fc1's kernel (the head's one large array) leaves the one-program kernel's updates: the
+    # head reads it for the forward pass and `_first_kernel_step` does the rest in parallel.
+    first = LAYER_NAMES[0]
+    first_kernel, first_velocity = params_2d[first]["kernel"], velocity_2d[first]["kernel"]
+    params_2d[first], velocity_2d[first] = _without_kernel(params_2d[first]), _without_kernel(
+        velocity_2d[first]
+    )
     num_classes = layer_shapes[LAYER_NAMES[-1]][1]
     kernel = functools.partial(
         _train_step_kernel, batch=batch, num_classes=num_classes, momentum=float(momentum)
     )
     layer_structs = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), params_2d)
     num_layer_arrays = len(jax.tree.leaves(params_2d))
-    new_params, new_velocity, d_flat, loss, correct = pl.pallas_call(
+    flat = flat.astype(jnp.float32)
+    new_params, new_velocity, d_first, loss, correct = pl.pallas_call(
         kernel,
         out_shape=(
             layer_structs,
             layer_structs,
-            jax.ShapeDtypeStruct(flat.shape, jnp.float32),
+            jax.ShapeDtypeStruct((batch, first_kernel.shape[1]), jnp.float32),
             jax.ShapeDtypeStruct((1, 1), jnp.float32),
             jax.ShapeDtypeStruct((1, 1), jnp.int32),
         ),
@@ -134,9 +151,15 @@ def head_train_step(
         compiler_params=pltriton.CompilerParams(num_warps=8),
         name="head_train_step",
     )(
-        params_2d, velocity_2d, flat.astype(jnp.float32), labels_2d, order.astype(jnp.int32),
+        params_2d, velocity_2d, first_kernel, flat, labels_2d, order.astype(jnp.int32),
         index_vector, learning_rate_block,
     )  # fmt: skip
+    new_first_kernel, new_first_velocity, d_flat = _first_kernel_step(
+        first_kernel, first_velocity, flat, d_first, learning_rate_block, float(momentum),
+        interpret,
+    )  # fmt: skip
+    new_params[first] = {**new_params[first], "kernel": new_first_kernel}
+    new_velocity[first] = {**new_velocity[first], "kernel": new_first_velocity}
     return (
         _bias_vectors(new_params),
         _bias_vectors(new_velocity),
@@ -144,6 +167,61 @@ def head_train_step(
         loss.reshape(()),
         correct.reshape(()),
     )
+
+
+def _without_kernel(layer: dict) -> dict:
+    return {kind: array for kind, array in layer.items() if kind != "kernel"}
+
+
+def _first_kernel_step(
+    kernel: jax.Array, velocity: jax.Array, flat: jax.Array, d_first: jax.Array,
+    learning_rate_block: jax.Array, momentum: float, interpret: bool,
+) -> tuple[jax.Array, jax.Array, jax.Array]:  # fmt: skip
+    """fc1's kernel (n_in, n1) float32 after its momentum step, its velocity (same shape),
+    and d loss / d flat (B, n_in) float32, from `flat` (B, n_in) float32 and `d_first` (B,
+    n1) float32 = d loss / d fc1's pre-activation; one program per `_FIRST_KERNEL_ROWS` rows.
+
+    Why a kernel of its own: fc1's kernel is 512 KiB (1024 x 128 float32), and reading it
+    three times (forward, d flat, update) and its velocity once and writing both back, 3 MiB
+    a step, in the head's one program would stream through one SM; here each of 32 programs
+    moves its 32 rows, and the head's program reads the kernel once, for the forward pass."""
+    n_in, n1 = kernel.shape
+    structs = (
+        jax.ShapeDtypeStruct(kernel.shape, jnp.float32),
+        jax.ShapeDtypeStruct(kernel.shape, jnp.float32),
+        jax.ShapeDtypeStruct(flat.shape, jnp.float32),
+    )
+    return pl.pallas_call(
+        functools.partial(_first_kernel_kernel, momentum=momentum),
+        out_shape=structs,
+        grid=(pl.cdiv(n_in, _FIRST_KERNEL_ROWS),),
+        # Each program reads its rows of the kernel before writing them: in place is safe.
+        input_output_aliases={0: 0, 1: 1},
+        interpret=interpret,
+        compiler_params=pltriton.CompilerParams(num_warps=_FIRST_KERNEL_WARPS),
+        name="head_first_kernel_step",
+    )(kernel, velocity, flat, d_first, learning_rate_block)
+
+
+def _first_kernel_kernel(kernel_ref, velocity_ref, flat_ref, d_first_ref, learning_rate_ref,
+                         new_kernel_ref, new_velocity_ref, d_flat_ref, *,
+                         momentum: float) -> None:  # fmt: skip
+    """One program: rows r.. r + `_FIRST_KERNEL_ROWS` of fc1's kernel (n_in, n1), r = the
+    program's index times that. d flat's columns there are d_first @ those rows' transpose;
+    their gradient is flat's columns' transpose @ d_first. Refs float32: kernel, velocity,
+    new kernel and velocity (aliasing them) (n_in, n1); flat, d_flat (B, n_in); d_first
+    (B, n1); learning rate (1, 1). Blocks are padded as `load_block` pads."""
+    start = pl.program_id(0) * _FIRST_KERNEL_ROWS
+    batch, n1 = d_first_ref.shape
+    rows, columns = dot_size(batch), dot_size(n1)
+    old_kernel = load_block(kernel_ref, (_FIRST_KERNEL_ROWS, columns), start)
+    d_first = load_block(d_first_ref, (rows, columns))
+    store_block(d_flat_ref, jnp.dot(d_first, old_kernel.T), 0, start)
+    flat = load_block(flat_ref, (rows, _FIRST_KERNEL_ROWS), 0, start)
+    momentum_update(
+        (kernel_ref, velocity_ref, new_kernel_ref, new_velocity_ref), jnp.dot(flat.T, d_first),
+        learning_rate_ref[...], momentum, start,
+    )  # fmt: skip
 
 
 def _check_layers(layers: dict, what: str) -> dict[str, tuple[int, int]]:
@@ -205,6 +283,7 @@ def _bias_vectors(layers: dict) -> dict:
 def _train_step_kernel(
     params,
     velocity,
+    first_kernel_ref,
     flat_ref,
     labels_ref,
     order_ref,
@@ -212,7 +291,7 @@ def _train_step_kernel(
     learning_rate_ref,
     new_params,
     new_velocity,
-    d_flat_ref,
+    d_first_ref,
     loss_ref,
     correct_ref,
     *,
@@ -223,9 +302,10 @@ def _train_step_kernel(
     """The Pallas kernel; refs are float32 unless said, B = `batch`.
 
     params, velocity, new_params, new_velocity: {name: {"kernel": (n_in, n_out), "bias":
-    (1, n_out)}}, the new ones aliasing the old; flat_ref (B, n_in of fc1); labels_ref (N, 1)
-    int32, of which the batch's are rows order_ref[index_ref[0]] ((S, B) int32 and (1,) int32);
-    learning_rate_ref (1, 1); d_flat_ref (B, n_in of fc1); loss_ref (1, 1);
+    (1, n_out)}}, the new ones aliasing the old, except fc1's kernel, which is only read:
+    first_kernel_ref (n_in, n1); flat_ref (B, n_in); labels_ref (N, 1) int32, of which the
+    batch's are rows order_ref[index_ref[0]] ((S, B) int32 and (1,) int32); learning_rate_ref
+    (1, 1); d_first_ref (B, n1), d loss / d fc1's pre-activation; loss_ref (1, 1);
     correct_ref (1, 1) int32. Values are computed in blocks padded with zeros to `dot_size`s
     (`load_block`): P = dot_size(B) rows, of which rows >= B are padding, as are logit
     columns >= `num_classes`. With the outputs aliasing the inputs, every layer's old kernel
@@ -248,7 +328,7 @@ def _train_step_kernel(
         return load_block(flat_ref, (rows, tile.stop - tile.start), 0, tile.start)
 
     def kernel_block(name: str, tile: slice | None = None) -> jax.Array:
-        ref = params[name]["kernel"]
+        ref = first_kernel_ref if name == first else params[name]["kernel"]
         if tile is None:
             return load_block(ref, (dot_size(ref.shape[0]), dot_size(ref.shape[1])))
         return load_block(ref, (tile.stop - tile.start, dot_size(ref.shape[1])), tile.start)
@@ -280,13 +360,8 @@ def _train_step_kernel(
         momentum_update(update_refs[name]["bias"], grad_bias, learning_rate, momentum)
         # ReLU's gradient, 0 at 0 as jax.nn.relu's.
         d_pre_activation = jnp.where(layer_input > 0.0, d_layer_input, 0.0)
-    for tile in input_tiles:
-        d_flat = jnp.dot(d_pre_activation, kernel_block(first, tile).T)
-        store_block(d_flat_ref, d_flat, 0, tile.start)
-        grad_kernel_tile = jnp.dot(flat_tile(tile).T, d_pre_activation)
-        momentum_update(
-            update_refs[first]["kernel"], grad_kernel_tile, learning_rate, momentum, tile.start
-        )
+    # fc1's kernel gradient and d loss / d flat are `_first_kernel_kernel`'s, from this.
+    store_block(d_first_ref, d_pre_activation)
     grad_bias = jnp.sum(d_pre_activation, axis=0, keepdims=True)
     momentum_update(update_refs[first]["bias"], grad_bias, learning_rate, momentum)
 

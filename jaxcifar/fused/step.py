@@ -5,7 +5,7 @@ d loss / d flat, their backward pass and the momentum update of conv1 and conv2)
 *head step*: the fully connected layers' forward pass, the mean cross-entropy, the backward
 pass, the SGD-with-momentum update of fc1..fc5, and the gradient with respect to the head's
 input, which flows back into the convolutions. A head step is `xla_head_train_step` (plain
-JAX) or `pallas_head.batch_head_train_step` (one kernel), a features step
+JAX) or `pallas_head.batch_head_train_step` (two kernels), a features step
 `xla_features_step` or `pallas_convs.features_train_step` (four kernels); each pair takes
 and returns the same things, so the rest of the step does not know which runs.
 

@@ -21,17 +21,17 @@ def dot_size(n: int) -> int:
     return max(_MIN_DOT_DIM, 1 << (n - 1).bit_length())
 
 
-def load_block(ref, shape: tuple[int, int], row=0, column: int = 0) -> jax.Array:
+def load_block(ref, shape: tuple[int, int], row=0, column=0) -> jax.Array:
     """The `shape` block of 2-D `ref` starting at (row, column); elements past the ref's end
-    read 0. A plain static slice when the block lies inside the ref; `row` may be a traced
-    int32 scalar (a program id), read through masked index arrays."""
+    read 0. A plain static slice when the block lies inside the ref; `row` and `column` may
+    be traced int32 scalars (from a program id), read through masked index arrays."""
     if _inside(ref.shape, shape, row, column):
         return ref[row : row + shape[0], column : column + shape[1]]
     rows, columns, inside = _block_indices(ref.shape, shape, row, column)
     return pltriton.load(ref.at[rows, columns], mask=inside, other=0)
 
 
-def store_block(ref, value: jax.Array, row=0, column: int = 0) -> None:
+def store_block(ref, value: jax.Array, row=0, column=0) -> None:
     """Store `value`'s elements that fall inside 2-D `ref`, the block starting at (row,
     column); the inverse of `load_block`."""
     if _inside(ref.shape, value.shape, row, column):
@@ -54,15 +54,16 @@ def momentum_update(refs: tuple, grad: jax.Array, learning_rate: jax.Array, mome
     store_block(new_velocity_ref, new_velocity, row)
 
 
-def _inside(ref_shape, shape, row, column: int) -> bool:
-    """Whether the block is known, statically, to lie inside the ref."""
+def _inside(ref_shape, shape, row, column) -> bool:
+    """Whether the block is known, statically, to lie inside the ref (never, for a traced
+    row or column)."""
     return (
-        isinstance(row, int) and row + shape[0] <= ref_shape[0]
-        and column + shape[1] <= ref_shape[1]
+        isinstance(row, int) and isinstance(column, int)
+        and row + shape[0] <= ref_shape[0] and column + shape[1] <= ref_shape[1]
     )  # fmt: skip
 
 
-def _block_indices(ref_shape, shape, row, column: int):
+def _block_indices(ref_shape, shape, row, column):
     """(rows (shape[0], 1), columns (1, shape[1]), inside shape): a block's element indices
     into an array of `ref_shape`, and which lie inside it. An index past the array's end
     stays past it (one past), not clamped onto a real element: the Triton load or store is
