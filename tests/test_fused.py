@@ -112,6 +112,16 @@ def test_fused_path_refuses_an_unknown_path_unroll_or_several_devices(dataset):
     epoch.check_config(large, "fused")  # the XLA head takes any batch
 
 
+def test_a_training_set_past_the_kernels_int32_offsets_is_refused(dataset, monkeypatch):
+    """fused-pallas-all's kernels index the whole training set's pixels in int32 on a GPU
+    (interpret mode would not overflow): a larger set is refused, naming the other paths."""
+    monkeypatch.setattr(epoch, "PALLAS_MAX_TRAINING_PIXELS", dataset.images.size - 1)
+    expected = r"--epoch-mode fused-pallas-all reads the batch .* use --epoch-mode fused-pallas"
+    with pytest.raises(ConfigError, match=expected):
+        epoch.FusedRunner(CONFIG, dataset, path="fused-pallas-all")
+    epoch.FusedRunner(CONFIG, dataset, path="fused-pallas")  # gathers the batch in XLA
+
+
 def test_every_epoch_mode_of_fit_records_the_same_epoch_and_the_cli_offers_every_mode(dataset):
     from jaxcifar.commands import train as train_command
 

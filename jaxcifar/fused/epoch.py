@@ -62,6 +62,10 @@ PALLAS_BACKENDS = ("gpu", "cpu")
 # to 256) 256 KiB, over the 227 KiB a block may have. Refused on every backend alike, so that a
 # run that works on a CPU works on a GPU.
 PALLAS_HEAD_MAX_BATCH = 128
+# fused-pallas-all's kernels read the batch from the whole training set, its uint8 pixels as
+# one array whose element offsets Triton computes in int32: up to 2**31 - 1 of them (CIFAR-10
+# has 153.6 million; 699,051 32x32x3 images would overflow).
+PALLAS_MAX_TRAINING_PIXELS = 2**31 - 1
 
 
 def check_config(config: RunConfig, path: str = "fused") -> None:
@@ -143,6 +147,12 @@ class FusedRunner:
             )
         self.config = config
         self.unroll = unroll
+        if "convs" in PALLAS_PARTS[path] and dataset.images.size > PALLAS_MAX_TRAINING_PIXELS:
+            raise ConfigError(
+                f"--epoch-mode {path} reads the batch from the whole training set, whose "
+                f"{dataset.images.size:,} pixel values are more than its kernels index (up to "
+                f"{PALLAS_MAX_TRAINING_PIXELS:,}): use --epoch-mode fused-pallas or fused"
+            )
         self.steps = len(dataset) // config.batch_size
         if self.steps == 0:
             raise ConfigError(

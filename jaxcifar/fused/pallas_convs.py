@@ -12,8 +12,9 @@ bias adds, ReLUs, poolings, dropout and their gradients, the momentum updates):
 4. the partial sums summed, one program per tap of each layer, and the SGD-with-momentum
    updates, in place.
 With `pallas_head`'s two that makes the whole training step six kernels, where the launch count
-is what bounds the seed recipe's batch-4 step on a GPU (issue #9, part A), and nothing else:
-the kernels read the batch from the training set through the epoch's order (conv1's pixels,
+is what bounds the seed recipe's batch-4 step on a GPU (issue #9, part A), and besides them
+only the step counter's increment (and a schedule's learning rate, unless constant): the
+kernels read the batch from the training set through the epoch's order (conv1's pixels,
 scaled to [-1, 1] as they are loaded; the head's labels), and conv2's draws its dropout mask
 from the step's seed with XLA's own arithmetic (`triton_random`), the mask the XLA path
 draws. The backward kernels need not keep the mask: a unit dropout kept and ReLU passed is

@@ -52,7 +52,8 @@ def rng_bit_generator_bits(seed: Sequence[jax.Array], shape: tuple[int, ...],
     algorithm=RNG_THREE_FRY)` draws at `indices` (one int32 array per dimension of `shape`,
     broadcasting together; the result has their broadcast shape). `seed` is its four uint32
     words, each an array that broadcasts with the indices (a (1, 1) block in a kernel).
-    The row-major indices are int32: `shape` has fewer than 2**31 elements."""
+    `shape` has at least one dimension (XLA treats a scalar apart) and, as the row-major
+    indices are int32, fewer than 2**31 elements."""
     split = next((d for d, size in enumerate(shape) if size % 2 == 0), None)
     if split is None:
         split = max(range(len(shape)), key=lambda d: shape[d])
