@@ -3,7 +3,7 @@ side in one process, and write benchmarks/results/seed-recipe-<device>.json and 
 
 Usage: python benchmarks/seed_recipe.py [--data-dir ../shared/data] [--paths loop scan ...]
        [--epochs 10] [--limit-train N --limit-test N] [--unroll 1 ...] [--out benchmarks/results]
-       [--name STEM] [--append]
+       [--name STEM] [--append] [--profile]
 
 Paths are `jaxcifar train --epoch-mode` values (jaxcifar.fused.measure): loop, chunk, scan, and
 the fused path in plain JAX (fused), with its dense head in two Pallas kernels (fused-pallas)
@@ -14,7 +14,9 @@ run short enough to finish. A path that fails (say, a Pallas kernel the GPU's co
 is reported with its error and the others still run. `--append` adds the rows to the results
 file an earlier run wrote (from another process: a GPU fault in one cannot cost the other's
 rows). Several `--unroll` values (steps per loop iteration of the fused paths) measure every
-path at the first value, then the fused paths again at each further one."""
+path at the first value, then the fused paths again at each further one. `--profile` traces
+one more epoch of each path at the first value with JAX's profiler and adds the device time
+per kernel to its row and a table to the markdown (on a GPU: a CPU has no device planes)."""
 
 from __future__ import annotations
 
@@ -43,6 +45,9 @@ def main() -> None:
     parser.add_argument("--name", help="file stem (default: seed-recipe-<device>)")
     parser.add_argument("--append", action="store_true",
                         help="keep the rows and failures already in the results file")
+    parser.add_argument("--profile", action="store_true",
+                        help="trace one more epoch of each path at the first --unroll and "
+                        "record its device time per kernel")
     args = parser.parse_args()
 
     config = RunConfig(epochs=args.epochs)
@@ -54,7 +59,7 @@ def main() -> None:
     }
     stem = args.name or f"seed-recipe-{device_slug(device_name())}"
     runs = [
-        (path, unroll)
+        (path, unroll, args.profile and i == 0)
         for i, unroll in enumerate(args.unroll)
         for path in args.paths
         if i == 0 or path in FUSED_MODES
@@ -64,9 +69,11 @@ def main() -> None:
     runs.sort(key=lambda run: bool(PALLAS_PARTS.get(run[0])))
     json_path = args.out / f"{stem}.json"
     rows, failures = read_results(json_path) if args.append else ([], [])
-    for path, unroll in runs:
+    for path, unroll, profile in runs:
         try:
-            rows.append(measure_path(path, config, splits["train"], splits["test"], unroll=unroll))
+            rows.append(measure_path(
+                path, config, splits["train"], splits["test"], unroll=unroll, profile=profile
+            ))  # fmt: skip
         except Exception as error:  # one path failing is a result too; measure the rest
             failures.append(f"{run_label(path, unroll)}: {type(error).__name__}: {error}")
             print(f"failed: {failures[-1]}")

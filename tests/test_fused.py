@@ -150,9 +150,12 @@ def test_measured_paths_write_the_seed_recipe_results_schema(dataset, tmp_path):
     config = RunConfig(epochs=1, batch_size=4)
     train_set, test_set = dataset.subset(40), dataset.subset(20, seed=1)
     rows = [
-        measure.measure_path(path, config, train_set, test_set, unroll=2, log=lambda _: None)
+        measure.measure_path(path, config, train_set, test_set, unroll=2, log=lambda _: None,
+                             profile=path == "fused")  # fmt: skip
         for path in ("loop", "fused")
     ]
+    # The profiled epoch ran (None would say it failed); a CPU has no device planes.
+    assert "profile" not in rows[0] and rows[1]["profile"] == []
     failures = ["fused-pallas: RuntimeError: the GPU compiler said no"]
     json_path, markdown_path = measure.write_results(rows, tmp_path / "seed-recipe-cpu.json", failures)
     written = json.loads(json_path.read_text())
@@ -174,6 +177,15 @@ def test_measured_paths_write_the_seed_recipe_results_schema(dataset, tmp_path):
     # What a later process with --append starts from: the same rows and failures.
     assert measure.read_results(json_path) == (rows, failures)
     assert measure.read_results(tmp_path / "none.json") == ([], [])
+    # A GPU's profile: a table per profiled row, before the failures, which still read back.
+    kernel = {"plane": "/device:GPU:0", "line": "Stream #13", "name": "conv_relu_pool",
+              "count": 20, "total_us": 50.0, "mean_us": 2.5}  # fmt: skip
+    profiled = [{**rows[1], "profile": [kernel]}]
+    json_path, markdown_path = measure.write_results(profiled, tmp_path / "gpu.json", failures)
+    markdown = markdown_path.read_text()
+    assert "## Device time by kernel: fused (unroll 2), one more epoch" in markdown
+    assert "| conv_relu_pool | /device:GPU:0 / Stream #13 | 20 | 0.05 | 2.50 | 5.00 |" in markdown
+    assert measure.read_results(json_path) == (profiled, failures)
 
 
 def test_loop_step_kernels_are_counted_on_the_program_the_loop_path_trains(dataset):

@@ -53,6 +53,8 @@ def test_quick_mode_runs_every_part_and_writes_each_results_file(shared_data, tm
     losses = [row["last_epoch_train_loss"] for row in seed]
     assert max(losses) - min(losses) < 1e-4 * max(losses), losses  # one recipe, four paths
     assert "Failed" not in (tmp_path / "seed-recipe-cpu.md").read_text()
+    # The Pallas paths were profiled for one more epoch (a CPU has no device planes: []).
+    assert [row.get("profile") for row in seed] == [None, None, [], []]
 
     speedrun = json.loads((tmp_path / "speedrun-cpu.json").read_text())
     ours = [run for run in speedrun["runs"] if run["system"] == "jaxcifar-fast"]

@@ -26,6 +26,7 @@ import numpy as np
 
 from jaxcifar import cpu_fusions, train
 from jaxcifar.atomic import write_json_and_markdown
+from jaxcifar.bench.device_profile import traced_event_times
 from jaxcifar.bench.xla_cost import kernel_counts
 from jaxcifar.config import RunConfig
 from jaxcifar.data.dataset import Dataset
@@ -37,12 +38,14 @@ PATHS = ("loop", "chunk", "scan", *train.FUSED_MODES)
 
 def measure_path(
     path: str, config: RunConfig, train_set: Dataset, test_set: Dataset, *, unroll: int = 1,
-    log: Callable[[str], None] = print,
+    profile: bool = False, log: Callable[[str], None] = print,
 ) -> dict[str, Any]:  # fmt: skip
     """Train `config` from scratch along `path` (one of PATHS) and return its results row.
 
     The wall time runs from building the first program to the last epoch's state being
-    ready: compilation and training, not the test evaluation after it.
+    ready: compilation and training, not the test evaluation after it. With `profile`, one
+    more epoch then runs under JAX's profiler, and the row's "profile" holds the device
+    time per kernel (`bench.device_profile`; [] without device planes, None if it failed).
     """
     if path not in PATHS:
         raise ValueError(f"unknown path {path!r}; expected one of {', '.join(PATHS)}")
@@ -84,6 +87,15 @@ def measure_path(
         "last_epoch_train_loss": train.mean_loss(losses),  # as `fit` records it
         "pallas_interpret": bool(PALLAS_PARTS.get(path)) and jax.default_backend() == "cpu",
     }
+    if profile:
+        # After the evaluation: the traced epoch takes (donates) the trained state.
+        try:
+            row["profile"] = traced_event_times(
+                lambda: runner.run(state, config.epochs + 1, lambda *_: None).params
+            )
+        except Exception as error:  # the timed row stands without its profile
+            log(f"{path}: not profiled ({type(error).__name__}: {error})")
+            row["profile"] = None
     log(
         f"{run_label(path, unroll)}: {wall:.2f} s wall ({runner.compile_seconds:.2f} s compiling), "
         f"{row['steps']} steps, test accuracy {test.accuracy:.4f}, "
@@ -139,9 +151,32 @@ def render_markdown(rows: Sequence[dict[str, Any]], failures: Sequence[str] = ()
             f"| {warm:.3f} | {kernels} | {row['last_epoch_train_loss']:.4f} "
             f"| {row['test_accuracy']:.4f} |"
         )
+    for row in rows:
+        if row.get("profile"):
+            lines += ["", *_profile_markdown(row)]
     if failures:
         lines += ["", "Failed:", "", *(f"- {failure}" for failure in failures)]
     return "\n".join(lines) + "\n"
+
+
+def _profile_markdown(row: dict[str, Any]) -> list[str]:
+    """A profiled row's device time per kernel, as markdown lines."""
+    steps = row["steps"] // row["epochs"]  # the traced epoch's
+    lines = [
+        f"## Device time by kernel: {run_label(row['path'], row['unroll'])}, one more epoch",
+        "",
+        f"{steps} steps; us/step: the kernel's total over the epoch's steps.",
+        "",
+        "| kernel | plane / line | launches | total ms | mean us | us/step |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    for event in row["profile"]:
+        lines.append(
+            f"| {event['name']} | {event['plane']} / {event['line']} | {event['count']} "
+            f"| {event['total_us'] / 1e3:.2f} | {event['mean_us']:.2f} "
+            f"| {event['total_us'] / steps:.2f} |"
+        )
+    return lines
 
 
 def read_results(json_path: str | os.PathLike[str]) -> tuple[list[dict[str, Any]], list[str]]:
