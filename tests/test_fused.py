@@ -75,6 +75,28 @@ def test_fused_path_gives_the_reference_parameters_after_100_steps(
             )
 
 
+def test_fused_path_follows_a_schedule_across_epochs_bit_for_bit(dataset):
+    """The fused step's learning rate is the schedule's at the epoch's first step plus the
+    step's index (the state's step count moves once an epoch): the same rates, so the same
+    parameters as the reference path, to the bit, through a one-cycle ramp and decay."""
+    config = dataclasses.replace(CONFIG, schedule="onecycle")
+    setup = train.build_setup(config, dataset)
+    start = train.init_state(config, setup)
+    initial = jax.device_get(start.params)
+    reference = epochs.EpochRunner(train.make_train_step(setup), dataset, config, "loop")
+    fused = epoch.FusedRunner(config, dataset, path="fused")
+    finals = []
+    for runner in (reference, fused):
+        params = jax.device_put(initial)
+        state = train.TrainState(params, setup.optimizer.init(params), jax.numpy.zeros((), "int32"))
+        for e in (1, 2):
+            state = runner.run(state, e, lambda *_: None)
+        finals.append(jax.device_get(state.params))
+    for name in finals[0]:
+        for kind in ("kernel", "bias"):
+            np.testing.assert_array_equal(finals[1][name][kind], finals[0][name][kind])
+
+
 @pytest.mark.parametrize(
     "change, named",
     [

@@ -179,7 +179,8 @@ class FusedRunner:
                 state, out = train_step(state, batch)
                 return state, (out["loss"], out["correct"])
 
-            return jax.lax.scan(body, state, jnp.arange(steps), unroll=unroll)
+            state, outs = jax.lax.scan(body, state, jnp.arange(steps), unroll=unroll)
+            return state._replace(step=state.step + steps), outs
 
         self._run_epoch = jax.jit(run_epoch, donate_argnums=0)
         self.images, self.labels = jax.device_put((dataset.images, dataset.labels))

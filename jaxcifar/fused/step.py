@@ -67,7 +67,10 @@ FeaturesStep = Callable[[Params, StepBatch], tuple[jax.Array, FinishFeatures]]
 
 
 class FusedState(NamedTuple):
-    """Parameters, their SGD momentum buffers (`velocity`, same pytree), global step (int32)."""
+    """Parameters, their SGD momentum buffers (`velocity`, same pytree), and `step`, the
+    number of updates before the epoch (int32): a step's learning rate is the schedule's at
+    step + its batch's index, and `fused.epoch` adds the epoch's steps once, after its loop,
+    rather than a scalar kernel's worth each step."""
 
     params: Params
     velocity: Params
@@ -136,7 +139,8 @@ def make_train_step(
 
     Same function as `jaxcifar.train.make_train_step` with `optax.sgd(schedule, momentum)`:
     the same dropout mask for the key the batch's dropout seed was drawn from, the loss
-    before the update. Not jitted: it is the body of `fused.epoch`'s scan.
+    before the update; but the state's `step` is left as it is (`FusedState`). Not jitted:
+    it is the body of `fused.epoch`'s scan.
     """
 
     def train_step(state: FusedState, batch: StepBatch):
@@ -144,7 +148,7 @@ def make_train_step(
         head_params = {name: state.params[name] for name in cnn.DENSE_LAYERS}
         head_velocity = {name: state.velocity[name] for name in cnn.DENSE_LAYERS}
         flat, finish_features = features_step(conv_params, batch)
-        learning_rate = schedule(state.step)
+        learning_rate = schedule(state.step + batch.index)
         head_params, head_velocity, d_flat, loss, correct = head_step(
             head_params, head_velocity, flat, batch, learning_rate, momentum
         )
@@ -153,7 +157,7 @@ def make_train_step(
             conv_velocity, d_flat, learning_rate, momentum
         )
         state = FusedState(
-            {**conv_params, **head_params}, {**conv_velocity, **head_velocity}, state.step + 1
+            {**conv_params, **head_params}, {**conv_velocity, **head_velocity}, state.step
         )
         return state, {"loss": loss, "correct": correct}
 
