@@ -12,7 +12,7 @@ from pathlib import Path
 
 from jaxcifar.config import SEED_MAX
 from jaxcifar.data.dataset import CLASS_NAMES
-from jaxcifar.data.sources import DATA_DIR_ENV
+from jaxcifar.data.sources import DATA_DIR_ENV, env_data_dir
 from jaxcifar.errors import ConfigError
 from jaxcifar.xla_cache import OFF as COMPILE_CACHE_OFF
 
@@ -88,8 +88,7 @@ def add_data_dir_argument(parser: argparse.ArgumentParser) -> None:
     """`--data-dir`; when not given, $JAXCIFAR_DATA_DIR, else tensorflow-datasets."""
     parser.add_argument(
         "--data-dir", type=data_dir,
-        # An empty variable counts as unset, as `jaxcifar.data.load` reads it.
-        default=os.environ.get(DATA_DIR_ENV) or None,
+        default=env_data_dir(),
         metavar="PATH",
         help="local data: a folder (or archive) holding the canonical CIFAR-10 python or binary "
         "release, MNIST-format IDX files, or an image-folder tree train/<class>/*, test/<class>/*. "

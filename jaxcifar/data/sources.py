@@ -60,6 +60,12 @@ class Copy:
     read: Callable[[], dict[str, Dataset]]
 
 
+def env_data_dir() -> str | None:
+    """$JAXCIFAR_DATA_DIR, or None where it is unset or empty (an empty path would name the
+    current folder)."""
+    return os.environ.get(DATA_DIR_ENV) or None
+
+
 def load(name: str, split: str, *, data_dir: str | os.PathLike[str] | None = None) -> Dataset:
     """One split of a dataset, from `data_dir` (else $JAXCIFAR_DATA_DIR) or tensorflow-datasets.
 
@@ -83,7 +89,7 @@ def load(name: str, split: str, *, data_dir: str | os.PathLike[str] | None = Non
     if split not in SPLITS:
         raise ConfigError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)}")
     if data_dir is None:
-        data_dir = os.environ.get(DATA_DIR_ENV) or None
+        data_dir = env_data_dir()
     if data_dir is None:
         copy = _tfds_copy(name, split)
     else:
