@@ -11,14 +11,13 @@ bias adds, ReLUs, poolings, dropout and their gradients, the momentum updates):
    its input, then through conv2 transposed, pool1 and ReLU1 to conv1's output;
 4. the partial sums summed, one program per tap of each layer, and the SGD-with-momentum
    updates, in place.
-With `pallas_head`'s two that makes the whole training step six kernels, where the launch count
-is what bounds the seed recipe's batch-4 step on a GPU (issue #9, part A), and besides them
-only the step counter's increment (and a schedule's learning rate, unless constant): the
-kernels read the batch from the training set through the epoch's order (conv1's pixels,
-scaled to [-1, 1] as they are loaded; the head's labels), and conv2's draws its dropout mask
-from the step's seed with XLA's own arithmetic (`triton_random`), the mask the XLA path
-draws. The backward kernels need not keep the mask: a unit dropout kept and ReLU passed is
-one whose output is > 0.
+With `pallas_head`'s two that makes the whole training step six kernels, where the launch
+count is what bounds the seed recipe's batch-4 step on a GPU (issue #9, part A), and besides
+them no XLA op but a schedule's learning rate, unless constant: the kernels read the batch
+from the training set through the epoch's order (conv1's pixels, scaled to [-1, 1] as they
+are loaded; the head's labels), and conv2's draws its dropout mask from the step's seed with
+XLA's own arithmetic (`triton_random`), the mask the XLA path draws. The backward kernels
+need not keep the mask: a unit dropout kept and ReLU passed is one whose output is > 0.
 
 Layout: every activation is a 2-D (positions, channels) array, positions in NHWC row-major
 order (n, h, w), so (B, H, W, C) arrays are passed as their free reshape (B*H*W, C). A
