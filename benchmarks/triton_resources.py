@@ -73,9 +73,12 @@ def kernel_irs(batch: int) -> list[dict]:
         jax.ShapeDtypeStruct((steps, 4), jnp.uint32),
         jax.ShapeDtypeStruct((), jnp.int32),
     )
+    records = (
+        jax.ShapeDtypeStruct((steps,), jnp.float32), jax.ShapeDtypeStruct((steps,), jnp.int32)
+    )
     registration.lowering.lower_jaxpr_to_triton_module = capture
     try:
-        lowered = jax.jit(train_step).trace(state, batch_refs).lower(
+        lowered = jax.jit(train_step).trace(state, batch_refs, records).lower(
             lowering_platforms=("cuda",)
         )
     finally:

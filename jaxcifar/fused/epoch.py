@@ -174,13 +174,18 @@ class FusedRunner:
                 lambda index: layers.dropout_seed(jax.random.fold_in(step_key, index))
             )(jnp.arange(steps))
 
-            def body(state, index):
+            def body(carry, index):
+                state, records = carry
                 batch = step.StepBatch(images, labels, order, dropout_seeds, index)
-                state, out = train_step(state, batch)
-                return state, (out["loss"], out["correct"])
+                return train_step(state, batch, records), None
 
-            state, outs = jax.lax.scan(body, state, jnp.arange(steps), unroll=unroll)
-            return state._replace(step=state.step + steps), outs
+            # The steps write their records in place (the Pallas head in its kernel) rather
+            # than return them for the loop to stack, an XLA kernel each a step.
+            records = (jnp.zeros(steps, jnp.float32), jnp.zeros(steps, jnp.int32))
+            (state, records), _ = jax.lax.scan(
+                body, (state, records), jnp.arange(steps), unroll=unroll
+            )
+            return state._replace(step=state.step + steps), records
 
         self._run_epoch = jax.jit(run_epoch, donate_argnums=0)
         self.images, self.labels = jax.device_put((dataset.images, dataset.labels))

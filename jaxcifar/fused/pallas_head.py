@@ -36,15 +36,16 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as pltriton
 
-from jaxcifar.fused.step import StepBatch
+from jaxcifar.fused.step import Records, StepBatch
 from jaxcifar.fused.triton_blocks import dot_size, load_block, momentum_update, store_block
 from jaxcifar.models import cnn
 
 LAYER_NAMES = cnn.DENSE_LAYERS
 
 # fc1's kernel is (1024, 128) float32, 512 KiB: as one Triton tensor it could not be staged
-# through shared memory for a dot (228 KiB per SM on an H100, less on older GPUs), so fc1 is
-# read, multiplied and updated in static tiles of this many rows (64 KiB each).
+# through shared memory for a dot (228 KiB per SM on an H100, less on older GPUs), so the
+# head's program reads and multiplies fc1 (the forward pass only) in static tiles of this many
+# rows (64 KiB each).
 _INPUT_TILE_ROWS = 128
 # Rows of fc1's kernel per program of `_first_kernel_step`, and its warps: compiled for an
 # H100 at batch 4 (benchmarks/triton_resources.py), 128 rows with 4 warps spilled 1,944 bytes
@@ -66,6 +67,7 @@ def head_train_step(
     momentum: float,
     *,
     label_rows: tuple[jax.Array, jax.Array] | None = None,
+    records: tuple[jax.Array, jax.Array] | None = None,
     interpret: bool | None = None,
 ) -> tuple[dict, dict, jax.Array, jax.Array, jax.Array]:
     """One SGD-with-momentum step of the dense head, in two Pallas kernel launches.
@@ -82,7 +84,9 @@ def head_train_step(
     Returns (new_params, new_velocity, d_flat, loss, correct): the updated params and velocity
     (same structure as the inputs), d_flat (B, n_in) float32 = dLoss/dflat at the old params,
     loss a float32 scalar (the mean cross-entropy before the update) and correct an int32
-    scalar (rows whose argmax logit is the label, before the update).
+    scalar (rows whose argmax logit is the label, before the update). With `records`, an
+    epoch's (losses (S,) float32, corrects (S,) int32) and `label_rows`, the kernel writes
+    them at row index, in place, and returns those two arrays in their stead.
     Params and velocity are updated in place when the caller donates them (jit's
     donate_argnums); otherwise XLA copies them first. Raises ValueError when the shapes,
     dtypes or layer names do not fit together.
@@ -103,17 +107,28 @@ def head_train_step(
         if labels.ndim != 1 or not jnp.issubdtype(labels.dtype, jnp.integer):
             raise ValueError(f"labels must be (N,) integers; got {labels.shape} {labels.dtype}")
     order, index = label_rows
+    steps = order.shape[0]
+    scalars = records is None  # the step's loss and correct count, not an epoch's records
+    if scalars:
+        records = (jnp.zeros(steps, jnp.float32), jnp.zeros(steps, jnp.int32))
+    elif [(r.shape, r.dtype) for r in records] != [((steps,), jnp.float32), ((steps,), jnp.int32)]:
+        raise ValueError(
+            f"records must be ({steps},) float32 losses and int32 corrects, one per row of the "
+            f"order; got {[(r.shape, str(r.dtype)) for r in records]}"
+        )
     if jnp.ndim(learning_rate) != 0:
         raise ValueError(f"learning_rate must be a scalar; got shape {jnp.shape(learning_rate)}")
     if interpret is None:
         interpret = jax.default_backend() == "cpu"
 
-    # 2-D views, all free reshapes: biases as (1, n) rows, labels as a (N, 1) column, the rate
-    # as a (1, 1) block, the index as a (1,) vector. The kernel reads and writes the arrays as
-    # they are, padding its blocks to Triton's sizes itself and gathering the batch's labels,
-    # so that no step spends XLA kernels padding, unpadding and gathering them.
+    # 2-D views, all free reshapes: biases as (1, n) rows, labels and records as (N, 1) and
+    # (S, 1) columns, the rate as a (1, 1) block, the index as a (1,) vector. The kernel reads
+    # and writes the arrays as they are, padding its blocks to Triton's sizes itself,
+    # gathering the batch's labels and writing the step's records, so that no step spends XLA
+    # kernels padding, unpadding, gathering and writing them.
     params_2d, velocity_2d = _bias_rows(head_params), _bias_rows(head_velocity)
     labels_2d = labels.astype(jnp.int32)[:, None]
+    records_2d = tuple(record[:, None] for record in records)
     index_vector = jnp.reshape(index, (1,)).astype(jnp.int32)
     learning_rate_block = jnp.full((1, 1), learning_rate, jnp.float32)
 
@@ -131,18 +146,22 @@ def head_train_step(
     layer_structs = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), params_2d)
     num_layer_arrays = len(jax.tree.leaves(params_2d))
     flat = flat.astype(jnp.float32)
-    new_params, new_velocity, d_first, loss, correct = pl.pallas_call(
+    new_params, new_velocity, d_first, losses, corrects = pl.pallas_call(
         kernel,
         out_shape=(
             layer_structs,
             layer_structs,
             jax.ShapeDtypeStruct((batch, first_kernel.shape[1]), jnp.float32),
-            jax.ShapeDtypeStruct((1, 1), jnp.float32),
-            jax.ShapeDtypeStruct((1, 1), jnp.int32),
+            *(jax.ShapeDtypeStruct(record.shape, record.dtype) for record in records_2d),
         ),
         # Params then velocity are the first inputs and the first outputs, leaf for leaf,
-        # so each is updated in place rather than copied.
-        input_output_aliases={i: i for i in range(2 * num_layer_arrays)},
+        # so each is updated in place rather than copied; the records are the next inputs
+        # and the last outputs, written in place too.
+        input_output_aliases={
+            **{i: i for i in range(2 * num_layer_arrays)},
+            2 * num_layer_arrays: 2 * num_layer_arrays + 1,
+            2 * num_layer_arrays + 1: 2 * num_layer_arrays + 2,
+        },
         interpret=interpret,
         # Selects the Triton backend: on GPU this jax version otherwise lowers pallas_call
         # with Mosaic GPU. 8 warps for the one program: compiled for an H100 with 4, its
@@ -151,8 +170,8 @@ def head_train_step(
         compiler_params=pltriton.CompilerParams(num_warps=8),
         name="head_train_step",
     )(
-        params_2d, velocity_2d, first_kernel, flat, labels_2d, order.astype(jnp.int32),
-        index_vector, learning_rate_block,
+        params_2d, velocity_2d, *records_2d, first_kernel, flat, labels_2d,
+        order.astype(jnp.int32), index_vector, learning_rate_block,
     )  # fmt: skip
     new_first_kernel, new_first_velocity, d_flat = _first_kernel_step(
         first_kernel, first_velocity, flat, d_first, learning_rate_block, float(momentum),
@@ -160,13 +179,10 @@ def head_train_step(
     )  # fmt: skip
     new_params[first] = {**new_params[first], "kernel": new_first_kernel}
     new_velocity[first] = {**new_velocity[first], "kernel": new_first_velocity}
-    return (
-        _bias_vectors(new_params),
-        _bias_vectors(new_velocity),
-        d_flat,
-        loss.reshape(()),
-        correct.reshape(()),
-    )
+    losses, corrects = losses[:, 0], corrects[:, 0]
+    if scalars:
+        losses, corrects = losses[index], corrects[index]
+    return _bias_vectors(new_params), _bias_vectors(new_velocity), d_flat, losses, corrects
 
 
 def _without_kernel(layer: dict) -> dict:
@@ -220,7 +236,7 @@ def _first_kernel_kernel(kernel_ref, velocity_ref, flat_ref, d_first_ref, learni
     flat = load_block(flat_ref, (rows, _FIRST_KERNEL_ROWS), 0, start)
     momentum_update(
         (kernel_ref, velocity_ref, new_kernel_ref, new_velocity_ref), jnp.dot(flat.T, d_first),
-        learning_rate_ref[...], momentum, start,
+        learning_rate_ref[...], momentum, start, param=old_kernel,
     )  # fmt: skip
 
 
@@ -283,6 +299,8 @@ def _bias_vectors(layers: dict) -> dict:
 def _train_step_kernel(
     params,
     velocity,
+    _losses_ref,
+    _corrects_ref,
     first_kernel_ref,
     flat_ref,
     labels_ref,
@@ -292,8 +310,8 @@ def _train_step_kernel(
     new_params,
     new_velocity,
     d_first_ref,
-    loss_ref,
-    correct_ref,
+    losses_ref,
+    corrects_ref,
     *,
     batch: int,
     num_classes: int,
@@ -305,8 +323,9 @@ def _train_step_kernel(
     (1, n_out)}}, the new ones aliasing the old, except fc1's kernel, which is only read:
     first_kernel_ref (n_in, n1); flat_ref (B, n_in); labels_ref (N, 1) int32, of which the
     batch's are rows order_ref[index_ref[0]] ((S, B) int32 and (1,) int32); learning_rate_ref
-    (1, 1); d_first_ref (B, n1), d loss / d fc1's pre-activation; loss_ref (1, 1);
-    correct_ref (1, 1) int32. Values are computed in blocks padded with zeros to `dot_size`s
+    (1, 1); d_first_ref (B, n1), d loss / d fc1's pre-activation; losses_ref (S, 1) and
+    corrects_ref (S, 1) int32, aliasing the inputs _losses_ref and _corrects_ref, written at
+    row index only. Values are computed in blocks padded with zeros to `dot_size`s
     (`load_block`): P = dot_size(B) rows, of which rows >= B are padding, as are logit
     columns >= `num_classes`. With the outputs aliasing the inputs, every layer's old kernel
     is read before it is written.
@@ -348,8 +367,10 @@ def _train_step_kernel(
     logits = jnp.where(column < num_classes, pre_activation, _MASKED_LOGIT)
     labels = _batch_labels(labels_ref, order_ref, index_ref, rows)
     d_pre_activation, loss, correct = _softmax_cross_entropy(logits, labels, batch)
-    loss_ref[...] = loss
-    correct_ref[...] = correct
+    step_row = index_ref[...][:, None]
+    first_column = jnp.zeros((1, 1), jnp.int32)
+    pltriton.store(losses_ref.at[step_row, first_column], loss)
+    pltriton.store(corrects_ref.at[step_row, first_column], correct)
 
     for name in reversed(deeper):
         layer_input = layer_inputs[name]
@@ -381,14 +402,17 @@ def _batch_labels(labels_ref, order_ref, index_ref, rows: int) -> jax.Array:
 
 def batch_head_train_step(
     head_params: dict, head_velocity: dict, flat: jax.Array, batch: StepBatch,
-    learning_rate: jax.Array, momentum: float, *, interpret: bool | None = None,
-) -> tuple[dict, dict, jax.Array, jax.Array, jax.Array]:  # fmt: skip
-    """`head_train_step` on `batch`'s labels, which the kernel reads from the whole label set:
-    `fused.step`'s head step (`step.xla_head_train_step` in one kernel)."""
-    return head_train_step(
+    learning_rate: jax.Array, momentum: float, records: Records, *,
+    interpret: bool | None = None,
+) -> tuple[dict, dict, jax.Array, Records]:  # fmt: skip
+    """`head_train_step` on `batch`'s labels, which the kernel reads from the whole label set,
+    writing the step's loss and correct count into `records` at the batch's index:
+    `fused.step`'s head step (`step.xla_head_train_step` in two kernels)."""
+    params, velocity, d_flat, losses, corrects = head_train_step(
         head_params, head_velocity, flat, batch.labels, learning_rate, momentum,
-        label_rows=(batch.order, batch.index), interpret=interpret,
+        label_rows=(batch.order, batch.index), records=records, interpret=interpret,
     )  # fmt: skip
+    return params, velocity, d_flat, (losses, corrects)
 
 
 def _softmax_cross_entropy(

@@ -57,9 +57,12 @@ class StepBatch(NamedTuple):
         return layers.dropout_keep_from_seed(seed, shape, cnn.DROPOUT_RATE)
 
 
-# (head params, head velocity, flat (B, n) float32, batch, learning rate, momentum)
-# -> (new head params, new head velocity, d loss / d flat (B, n), loss scalar, correct scalar)
-HeadStep = Callable[..., tuple[Params, Params, jax.Array, jax.Array, jax.Array]]
+# An epoch's (losses (steps,) float32, corrects (steps,) int32): each step's mean loss and
+# number of correct predictions (before its update), written at its index by its head step.
+Records = tuple[jax.Array, jax.Array]
+# (head params, head velocity, flat (B, n) float32, batch, learning rate, momentum, records)
+# -> (new head params, new head velocity, d loss / d flat (B, n), records)
+HeadStep = Callable[..., tuple[Params, Params, jax.Array, Records]]
 # (conv velocity, d loss / d flat (B, n), learning rate, momentum) -> (conv params, velocity)
 FinishFeatures = Callable[[Params, jax.Array, jax.Array, float], tuple[Params, Params]]
 # (conv params, batch) -> (flat (B, n) float32, finish)
@@ -88,12 +91,12 @@ def sgd_momentum(params: Any, velocity: Any, grads: Any, learning_rate: jax.Arra
 
 def xla_head_train_step(
     head_params: Params, head_velocity: Params, flat: jax.Array, batch: StepBatch,
-    learning_rate: jax.Array, momentum: float,
-) -> tuple[Params, Params, jax.Array, jax.Array, jax.Array]:  # fmt: skip
+    learning_rate: jax.Array, momentum: float, records: Records,
+) -> tuple[Params, Params, jax.Array, Records]:  # fmt: skip
     """The head step in plain JAX: `cnn.head` on `flat` (B, n) float32, mean cross-entropy
     against the batch's labels, its gradients, one momentum update. Returns (head params,
-    head velocity, d loss / d flat (B, n) float32 at the old params, loss float32, number
-    of correct predictions int32)."""
+    head velocity, d loss / d flat (B, n) float32 at the old params, `records` with the
+    loss and the number of correct predictions written at the batch's index)."""
     labels = batch.batch_labels()
 
     def loss_fn(head_params, flat):
@@ -105,7 +108,9 @@ def xla_head_train_step(
         head_params, flat
     )
     params, velocity = sgd_momentum(head_params, head_velocity, grads, learning_rate, momentum)
-    return params, velocity, d_flat, loss, correct
+    losses, corrects = records
+    records = (losses.at[batch.index].set(loss), corrects.at[batch.index].set(correct))
+    return params, velocity, d_flat, records
 
 
 def xla_features_step(conv_params: Params, batch: StepBatch
@@ -133,9 +138,10 @@ def xla_features_step(conv_params: Params, batch: StepBatch
 def make_train_step(
     head_step: HeadStep, schedule: Callable[[jax.Array], jax.Array], momentum: float,
     features_step: FeaturesStep = xla_features_step,
-) -> Callable[[FusedState, StepBatch], tuple[FusedState, dict]]:
-    """`(state, batch) -> (state, {"loss", "correct"})`, the seed CNN's training step with the
-    head computed by `head_step` and the convolutional part by `features_step`.
+) -> Callable[[FusedState, StepBatch, Records], tuple[FusedState, Records]]:
+    """`(state, batch, records) -> (state, records)`, the seed CNN's training step with the
+    head computed by `head_step` and the convolutional part by `features_step`, its loss and
+    correct count written into the epoch's `records` at the batch's index.
 
     Same function as `jaxcifar.train.make_train_step` with `optax.sgd(schedule, momentum)`:
     the same dropout mask for the key the batch's dropout seed was drawn from, the loss
@@ -143,14 +149,14 @@ def make_train_step(
     it is the body of `fused.epoch`'s scan.
     """
 
-    def train_step(state: FusedState, batch: StepBatch):
+    def train_step(state: FusedState, batch: StepBatch, records: Records):
         conv_params = {name: state.params[name] for name in cnn.CONV_LAYERS}
         head_params = {name: state.params[name] for name in cnn.DENSE_LAYERS}
         head_velocity = {name: state.velocity[name] for name in cnn.DENSE_LAYERS}
         flat, finish_features = features_step(conv_params, batch)
         learning_rate = schedule(state.step + batch.index)
-        head_params, head_velocity, d_flat, loss, correct = head_step(
-            head_params, head_velocity, flat, batch, learning_rate, momentum
+        head_params, head_velocity, d_flat, records = head_step(
+            head_params, head_velocity, flat, batch, learning_rate, momentum, records
         )
         conv_velocity = {name: state.velocity[name] for name in cnn.CONV_LAYERS}
         conv_params, conv_velocity = finish_features(
@@ -159,6 +165,6 @@ def make_train_step(
         state = FusedState(
             {**conv_params, **head_params}, {**conv_velocity, **head_velocity}, state.step
         )
-        return state, {"loss": loss, "correct": correct}
+        return state, records
 
     return train_step

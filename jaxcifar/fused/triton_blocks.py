@@ -42,14 +42,17 @@ def store_block(ref, value: jax.Array, row=0, column=0) -> None:
 
 
 def momentum_update(refs: tuple, grad: jax.Array, learning_rate: jax.Array, momentum: float,
-                    row=0) -> None:  # fmt: skip
+                    row=0, param: jax.Array | None = None) -> None:  # fmt: skip
     """optax.sgd's momentum step on the block of rows from `row` of one parameter array:
     refs are (param, velocity, new param, new velocity), all (n, m) float32; grad is that
     block padded as `load_block` pads (its padding is not stored), float32, and learning_rate
-    (1, 1). Stores v' = g + momentum * v and p' = p - learning_rate * v'."""
+    (1, 1); `param`, the block as already loaded, if it was (Triton loads it again if not).
+    Stores v' = g + momentum * v and p' = p - learning_rate * v'."""
     param_ref, velocity_ref, new_param_ref, new_velocity_ref = refs
+    if param is None:
+        param = load_block(param_ref, grad.shape, row)
     new_velocity = grad + momentum * load_block(velocity_ref, grad.shape, row)
-    new_param = load_block(param_ref, grad.shape, row) - learning_rate * new_velocity
+    new_param = param - learning_rate * new_velocity
     store_block(new_param_ref, new_param, row)
     store_block(new_velocity_ref, new_velocity, row)
 
