@@ -3,20 +3,20 @@ side in one process, and write benchmarks/results/seed-recipe-<device>.json and 
 
 Usage: python benchmarks/seed_recipe.py [--data-dir ../shared/data] [--paths loop scan ...]
        [--epochs 10] [--limit-train N --limit-test N] [--unroll 1 ...] [--out benchmarks/results]
-       [--name STEM] [--append] [--profile]
+       [--name STEM] [--append] [--profile PATH ...]
 
 Paths are `jaxcifar train --epoch-mode` values (jaxcifar.fused.measure): loop, chunk, scan, and
-the fused path in plain JAX (fused), with its dense head in two Pallas kernels (fused-pallas)
-or its whole step in six (fused-pallas-all); Pallas runs in interpret mode on a CPU, where it only
-shows that the path runs: its time means nothing there.
-Every path trains the same recipe from the same initial parameters; `--limit-train` makes a CPU
-run short enough to finish. A path that fails (say, a Pallas kernel the GPU's compiler rejects)
-is reported with its error and the others still run. `--append` adds the rows to the results
-file an earlier run wrote (from another process: a GPU fault in one cannot cost the other's
-rows). Several `--unroll` values (steps per loop iteration of the fused paths) measure every
-path at the first value, then the fused paths again at each further one. `--profile` traces
-one more epoch of each path at the first value with JAX's profiler and adds the device time
-per kernel to its row and a table to the markdown (on a GPU: a CPU has no device planes)."""
+the fused path in plain JAX (fused), with its dense head in two Pallas kernels (fused-pallas) or
+its whole step in six (fused-pallas-all); Pallas runs in interpret mode on a CPU, where it only
+shows that the path runs: its time means nothing there. Every path trains the same recipe from
+the same initial parameters; `--limit-train` makes a CPU run short enough to finish. A path that
+fails (say, a Pallas kernel the GPU's compiler rejects) is reported with its error and the
+others still run. `--append` adds the rows to the results file an earlier run wrote (from
+another process: a GPU fault in one cannot cost the other's rows). Several `--unroll` values
+(steps per loop iteration of the fused paths) measure every path at the first value, then the
+fused paths again at each further one. `--profile PATH` traces one more epoch of the paths it
+names at the first value with JAX's profiler and adds the device time per kernel to its row and
+a table to the markdown (on a GPU: a CPU has no device planes)."""
 
 from __future__ import annotations
 
@@ -45,8 +45,8 @@ def main() -> None:
     parser.add_argument("--name", help="file stem (default: seed-recipe-<device>)")
     parser.add_argument("--append", action="store_true",
                         help="keep the rows and failures already in the results file")
-    parser.add_argument("--profile", action="store_true",
-                        help="trace one more epoch of each path at the first --unroll and "
+    parser.add_argument("--profile", nargs="+", choices=PATHS, default=[], metavar="PATH",
+                        help="trace one more epoch of these paths at the first --unroll and "
                         "record its device time per kernel")
     args = parser.parse_args()
 
@@ -59,7 +59,7 @@ def main() -> None:
     }
     stem = args.name or f"seed-recipe-{device_slug(device_name())}"
     runs = [
-        (path, unroll, args.profile and i == 0)
+        (path, unroll, path in args.profile and i == 0)
         for i, unroll in enumerate(args.unroll)
         for path in args.paths
         if i == 0 or path in FUSED_MODES

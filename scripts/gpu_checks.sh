@@ -93,8 +93,9 @@ else
   # process of their own, after the XLA ones and with their own time: Triton's kernels are
   # the least proven code here, and a fault that broke the GPU context, or a slow compile,
   # must not cost the other rows. fused-pallas-all, the candidate for #9 A, runs first.
-  # --profile traces one more epoch of each at unroll 1 (about eight kernels a step, some
-  # 100,000 events): which kernels the step's time goes to, for the next change to act on.
+  # --profile traces one more epoch of fused-pallas-all at unroll 1 (six kernels a step,
+  # ~100,000 events; a second or two), before the unroll-4 rows: which kernels the step's
+  # time goes to, for the next change to act on.
   seed_args=(--unroll 1 4)
   speedrun_args=(--runs 5 --dtypes bfloat16 float16)
   # 45 cases, ~35 of them compiling: 0.4 s of timing each keeps them near 120 s (GPU steps
@@ -107,7 +108,7 @@ if wanted seed; then
     --data-dir "$data" --paths scan fused --out "$out" "${seed_args[@]}"
   run_part "seed recipe by path, Pallas (#9 A)" 100 "$python" benchmarks/seed_recipe.py \
     --data-dir "$data" --paths fused-pallas-all fused-pallas --append --out "$out" \
-    --profile "${seed_args[@]}"
+    --profile fused-pallas-all "${seed_args[@]}"
 fi
 if wanted speedrun; then
   run_part "fast recipe vs airbench94 (#9 B)" 200 "$python" benchmarks/speedrun.py \

@@ -1,6 +1,7 @@
 """The fused fast path trains exactly as the reference path: same parameters after 100 steps."""
 
 import dataclasses
+import functools
 import json
 import re
 import subprocess
@@ -37,10 +38,16 @@ def reference(dataset):
     state = train.init_state(CONFIG, setup)
     initial = jax.device_get(state.params)
     runner = epochs.EpochRunner(train.make_train_step(setup), dataset, CONFIG, "loop")
-    losses = []
+    losses, corrects = [], []
     for e in (1, 2):
-        state = runner.run(state, e, lambda first, loss, correct: losses.append(loss))
-    return initial, jax.device_get(state.params), np.concatenate(losses)
+        state = runner.run(state, e, functools.partial(record, losses, corrects))
+    return initial, jax.device_get(state.params), np.concatenate(losses), np.concatenate(corrects)
+
+
+def record(losses: list, corrects: list, _first: int, loss, correct) -> None:
+    """An epoch runner's report: keep its steps' losses and correct counts."""
+    losses.append(loss)
+    corrects.append(correct)
 
 
 def run_fused(dataset, initial, path, unroll=1):
@@ -50,11 +57,11 @@ def run_fused(dataset, initial, path, unroll=1):
     params = jax.device_put(initial)
     state = train.TrainState(params, setup.optimizer.init(params), jax.numpy.zeros((), "int32"))
     runner = epoch.FusedRunner(CONFIG, dataset, path=path, unroll=unroll)
-    losses = []
+    losses, corrects = [], []
     for e in (1, 2):
-        state = runner.run(state, e, lambda first, loss, correct: losses.append(loss))
+        state = runner.run(state, e, functools.partial(record, losses, corrects))
     assert int(state.step) == 100 and int(state.opt_state[1].count) == 100
-    return jax.device_get(state.params), np.concatenate(losses)
+    return jax.device_get(state.params), np.concatenate(losses), np.concatenate(corrects)
 
 
 @pytest.mark.parametrize(
@@ -64,9 +71,10 @@ def run_fused(dataset, initial, path, unroll=1):
 def test_fused_path_gives_the_reference_parameters_after_100_steps(
     dataset, reference, path, unroll
 ):
-    initial, expected, expected_losses = reference
-    params, losses = run_fused(dataset, initial, path, unroll)
+    initial, expected, expected_losses, expected_corrects = reference
+    params, losses, corrects = run_fused(dataset, initial, path, unroll)
     np.testing.assert_allclose(losses, expected_losses, rtol=1e-4, atol=1e-5)
+    np.testing.assert_array_equal(corrects, expected_corrects)
     for name in expected:
         for kind in ("kernel", "bias"):
             moved = np.abs(expected[name][kind] - initial[name][kind]).max()
@@ -74,6 +82,22 @@ def test_fused_path_gives_the_reference_parameters_after_100_steps(
             np.testing.assert_allclose(
                 params[name][kind], expected[name][kind], atol=2e-5, rtol=1e-4
             )
+
+
+def test_a_fused_epoch_hands_its_state_to_another_epoch_mode(dataset, reference):
+    """Epoch 1 fused, epoch 2 in the loop path from the state it returned, in one process:
+    the loop's runner donates the whole state, so it must not hold one buffer twice (the
+    step and optax's count); then the reference's parameters, to the bit."""
+    initial, expected, *_ = reference
+    setup = train.build_setup(CONFIG, dataset)
+    params = jax.device_put(initial)
+    state = train.TrainState(params, setup.optimizer.init(params), jax.numpy.zeros((), "int32"))
+    state = epoch.FusedRunner(CONFIG, dataset).run(state, 1, lambda *_: None)
+    loop = epochs.EpochRunner(train.make_train_step(setup), dataset, CONFIG, "loop")
+    state = loop.run(state, 2, lambda *_: None)
+    for name in expected:
+        for kind in ("kernel", "bias"):
+            np.testing.assert_array_equal(state.params[name][kind], expected[name][kind])
 
 
 def test_fused_path_follows_a_schedule_across_epochs_bit_for_bit(dataset):
@@ -200,7 +224,8 @@ def test_measured_paths_write_the_seed_recipe_results_schema(dataset, tmp_path):
         for path in ("loop", "fused")
     ]
     # The profiled epoch ran (None would say it failed); a CPU has no device planes.
-    assert "profile" not in rows[0] and rows[1]["profile"] == []
+    assert "profile" not in rows[0] and isinstance(rows[1]["profile"], list)
+    assert (rows[1]["profile"] == []) == (jax.default_backend() == "cpu")
     failures = ["fused-pallas: RuntimeError: the GPU compiler said no"]
     json_path, markdown_path = measure.write_results(rows, tmp_path / "seed-recipe-cpu.json", failures)
     written = json.loads(json_path.read_text())

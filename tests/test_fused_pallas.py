@@ -128,6 +128,30 @@ def test_hundred_scanned_steps_track_optax_and_learn(head_params):
     assert losses[-1] < 0.1 * losses[0]
 
 
+def test_labels_read_through_the_order_and_records_written_at_its_index(
+    head_params, head_velocity
+):
+    """An epoch's step: the batch's labels are labels[order[index]], and with records the
+    loss and correct count land at row index, every other row as it was."""
+    labels = jax.random.randint(jax.random.key(6), (12,), 0, NUM_CLASSES)
+    order = jax.random.permutation(jax.random.key(7), 12).reshape(3, 4).astype(jnp.int32)
+    flat = jax.random.normal(jax.random.key(8), (4, 1024))
+    index = jnp.int32(2)
+    *_, want_loss, want_correct = reference_step(
+        head_params, head_velocity, flat, labels[order[index]], 0.05, MOMENTUM
+    )
+    step = functools.partial(head_train_step, head_params, head_velocity, flat, labels, 0.05,
+                             MOMENTUM, label_rows=(order, index))  # fmt: skip
+    *_, loss, correct = step()
+    np.testing.assert_allclose(loss, want_loss, rtol=1e-5)
+    assert int(correct) == int(want_correct)
+    *_, losses, corrects = step(records=(jnp.full(3, 7.0), jnp.full(3, 9, jnp.int32)))
+    np.testing.assert_array_equal(losses, [7.0, 7.0, loss])
+    np.testing.assert_array_equal(corrects, [9, 9, correct])
+    with pytest.raises(ValueError, match=r"records must be \(3,\) float32 losses and int32"):
+        step(records=(jnp.zeros(4), jnp.zeros(4, jnp.int32)))
+
+
 @pytest.mark.parametrize(
     ("change", "message"),
     [

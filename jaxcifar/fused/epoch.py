@@ -115,10 +115,11 @@ def to_fused_state(state: train.TrainState) -> step.FusedState:
 
 
 def to_train_state(state: step.FusedState) -> train.TrainState:
-    """The inverse of `to_fused_state`: optax's schedule count is the number of updates."""
-    opt_state = (
-        optax.TraceState(trace=state.velocity), optax.ScaleByScheduleState(count=state.step)
-    )
+    """The inverse of `to_fused_state`: optax's schedule count is the number of updates, in
+    a buffer of its own (the other epoch runners donate the state, and XLA refuses to be
+    given one buffer twice)."""
+    count = jnp.array(state.step, copy=True)
+    opt_state = (optax.TraceState(trace=state.velocity), optax.ScaleByScheduleState(count=count))
     return train.TrainState(state.params, opt_state, state.step)
 
 

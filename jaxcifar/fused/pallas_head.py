@@ -85,8 +85,9 @@ def head_train_step(
     (same structure as the inputs), d_flat (B, n_in) float32 = dLoss/dflat at the old params,
     loss a float32 scalar (the mean cross-entropy before the update) and correct an int32
     scalar (rows whose argmax logit is the label, before the update). With `records`, an
-    epoch's (losses (S,) float32, corrects (S,) int32) and `label_rows`, the kernel writes
-    them at row index, in place, and returns those two arrays in their stead.
+    epoch's (losses (S,) float32, corrects (S,) int32), S the order's rows (1 without
+    `label_rows`), the kernel writes them at row index and returns the two arrays in their
+    stead (in place when the caller donates them, as the params).
     Params and velocity are updated in place when the caller donates them (jit's
     donate_argnums); otherwise XLA copies them first. Raises ValueError when the shapes,
     dtypes or layer names do not fit together.
