@@ -7,7 +7,7 @@ keeps the recipe (model, loss, SGD with momentum, dropout, per-epoch shuffle, th
 random stream) and cuts the launches: `step` splits the network into its convolutional part
 and its fully connected head, whose whole forward, backward and update can be two Pallas
 kernels (`pallas_head`), and the convolutional part four (`pallas_convs`), which read the
-batch and draw the dropout mask themselves; `epoch` runs an epoch as one `lax.scan`, drawing
-the epoch's order inside the same program. `jaxcifar.train` stays the reference: after 100
-steps both give the same parameters (tests/test_fused.py).
+batch and draw the dropout mask themselves; `epoch` runs an epoch as one compiled loop,
+drawing the epoch's order inside the same program. `jaxcifar.train` stays the reference:
+after 100 steps both give the same parameters (tests/test_fused.py).
 """

@@ -1,9 +1,10 @@
-"""Whole epochs of the fused step: one compiled `lax.scan` per epoch, on one device.
+"""Whole epochs of the fused step: one compiled loop (`lax.while_loop`) per epoch, on one device.
 
 The epoch's order (permutation and step keys, `jaxcifar.epochs.epoch_order`) is drawn inside
 the same program, so an epoch is one dispatch: the host sends the epoch number and gets back
 the state and the per-step losses. `unroll` > 1 puts that many steps in each iteration of
-the compiled loop, trading program size for loop overhead. `FusedRunner` has
+the compiled loop (the epoch's last steps % unroll run after it), trading program size for
+loop overhead. `FusedRunner` has
 `epochs.EpochRunner`'s interface and takes and returns its `TrainState` (optax's SGD state
 holds the same momentum buffers), so `train.fit`, checkpoints and resuming work unchanged.
 """
@@ -175,17 +176,28 @@ class FusedRunner:
                 lambda index: layers.dropout_seed(jax.random.fold_in(step_key, index))
             )(jnp.arange(steps))
 
-            def body(carry, index):
-                state, records = carry
+            def step_at(index, state, records):
                 batch = step.StepBatch(images, labels, order, dropout_seeds, index)
-                return train_step(state, batch, records), None
+                return train_step(state, batch, records)
+
+            def iteration(carry):
+                first, state, records = carry
+                for offset in range(unroll):
+                    index = first + offset if offset else first
+                    state, records = step_at(index, state, records)
+                return first + unroll, state, records
 
             # The steps write their records in place (the Pallas head in its kernel) rather
-            # than return them for the loop to stack, an XLA kernel each a step.
+            # than return them for the loop to stack, an XLA kernel each a step. The loop's
+            # counter is the index of its iteration's first step: `lax.scan` over the step
+            # indices would slice each from an array, another XLA kernel a step on a GPU.
             records = (jnp.zeros(steps, jnp.float32), jnp.zeros(steps, jnp.int32))
-            (state, records), _ = jax.lax.scan(
-                body, (state, records), jnp.arange(steps), unroll=unroll
+            looped = steps - steps % unroll
+            _, state, records = jax.lax.while_loop(
+                lambda carry: carry[0] < looped, iteration, (jnp.int32(0), state, records)
             )
+            for index in range(looped, steps):  # the last steps % unroll, after the loop
+                state, records = step_at(jnp.int32(index), state, records)
             return state._replace(step=state.step + steps), records
 
         self._run_epoch = jax.jit(run_epoch, donate_argnums=0)

@@ -104,7 +104,8 @@ def head_train_step(
         # The batch's labels are labels[order[0]] for order [[0, 1, ..., B-1]] (constants).
         label_rows = (jnp.arange(batch, dtype=jnp.int32)[None, :], 0)
     else:
-        batch = _check_batch(flat, label_rows[0][0], layer_shapes)
+        row = jax.ShapeDtypeStruct(label_rows[0].shape[1:], label_rows[0].dtype)
+        batch = _check_batch(flat, row, layer_shapes)
         if labels.ndim != 1 or not jnp.issubdtype(labels.dtype, jnp.integer):
             raise ValueError(f"labels must be (N,) integers; got {labels.shape} {labels.dtype}")
     order, index = label_rows
@@ -180,7 +181,7 @@ def head_train_step(
     )  # fmt: skip
     new_params[first] = {**new_params[first], "kernel": new_first_kernel}
     new_velocity[first] = {**new_velocity[first], "kernel": new_first_velocity}
-    losses, corrects = losses[:, 0], corrects[:, 0]
+    losses, corrects = losses.reshape(-1), corrects.reshape(-1)
     if scalars:
         losses, corrects = losses[index], corrects[index]
     return _bias_vectors(new_params), _bias_vectors(new_velocity), d_flat, losses, corrects
