@@ -4,9 +4,9 @@ The epoch's order (permutation and step keys, `jaxcifar.epochs.epoch_order`) is 
 the same program, so an epoch is one dispatch: the host sends the epoch number and gets back
 the state and the per-step losses. `unroll` > 1 puts that many steps in each iteration of
 the compiled loop (the epoch's last steps % unroll run after it), trading program size for
-loop overhead. `FusedRunner` has
-`epochs.EpochRunner`'s interface and takes and returns its `TrainState` (optax's SGD state
-holds the same momentum buffers), so `train.fit`, checkpoints and resuming work unchanged.
+loop overhead. `FusedRunner` has `epochs.EpochRunner`'s interface and takes and returns its
+`TrainState` (optax's SGD state holds the same momentum buffers), so `train.fit`,
+checkpoints and resuming work unchanged.
 """
 
 from __future__ import annotations
@@ -193,9 +193,10 @@ class FusedRunner:
             # indices would slice each from an array, another XLA kernel a step on a GPU.
             records = (jnp.zeros(steps, jnp.float32), jnp.zeros(steps, jnp.int32))
             looped = steps - steps % unroll
-            _, state, records = jax.lax.while_loop(
-                lambda carry: carry[0] < looped, iteration, (jnp.int32(0), state, records)
-            )
+            if looped:  # (an epoch of fewer steps than `unroll` needs no loop to trace)
+                _, state, records = jax.lax.while_loop(
+                    lambda carry: carry[0] < looped, iteration, (jnp.int32(0), state, records)
+                )
             for index in range(looped, steps):  # the last steps % unroll, after the loop
                 state, records = step_at(jnp.int32(index), state, records)
             return state._replace(step=state.step + steps), records

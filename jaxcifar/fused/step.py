@@ -146,7 +146,7 @@ def make_train_step(
     Same function as `jaxcifar.train.make_train_step` with `optax.sgd(schedule, momentum)`:
     the same dropout mask for the key the batch's dropout seed was drawn from, the loss
     before the update; but the state's `step` is left as it is (`FusedState`). Not jitted:
-    it is the body of `fused.epoch`'s scan.
+    it is the body of `fused.epoch`'s loop.
     """
 
     def train_step(state: FusedState, batch: StepBatch, records: Records):
