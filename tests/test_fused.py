@@ -66,7 +66,8 @@ def run_fused(dataset, initial, path, unroll=1):
 
 @pytest.mark.parametrize(
     "path, unroll",
-    [("fused", 1), ("fused", 3), ("fused-pallas", 1), ("fused-pallas-all", 1)],
+    [("fused", 1), ("fused", 3), ("fused-pallas", 1), ("fused-pallas-all", 1),
+     ("fused-pallas-all", 3)],  # fmt: skip
 )
 def test_fused_path_gives_the_reference_parameters_after_100_steps(
     dataset, reference, path, unroll
@@ -122,15 +123,18 @@ def test_fused_path_follows_a_schedule_across_epochs_bit_for_bit(dataset):
             np.testing.assert_array_equal(finals[1][name][kind], finals[0][name][kind])
 
 
-def test_the_pallas_all_epochs_step_is_its_six_kernels_and_nothing_else(dataset, monkeypatch):
+@pytest.mark.parametrize("unroll", [1, 3])
+def test_the_pallas_all_epochs_step_is_its_six_kernels_and_nothing_else(
+    dataset, monkeypatch, unroll
+):
     """Lowered for CUDA (no GPU needed: `jax.default_backend` says "gpu", so the kernels are
-    compiled, not interpreted), an iteration of the epoch's loop is the step's six Pallas
-    kernels and the loop's counter: no XLA op gathers the batch, draws dropout bits, slices
-    the step's index, counts steps or records the loss; only reshapes of the same bytes and
-    constants beside them (a constant learning rate), once ops nothing reads are dropped,
-    as XLA drops them."""
+    compiled, not interpreted), an iteration of the epoch's loop is its steps' six Pallas
+    kernels each and the loop's counter: no XLA op gathers the batch, draws dropout bits,
+    computes or slices a step's index, counts steps or records the loss; only reshapes of
+    the same bytes and constants beside them (a constant learning rate), once ops nothing
+    reads are dropped, as XLA drops them."""
     monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
-    runner = epoch.FusedRunner(CONFIG, dataset, path="fused-pallas-all")
+    runner = epoch.FusedRunner(CONFIG, dataset, path="fused-pallas-all", unroll=unroll)
     state = epoch.to_fused_state(train.init_state(CONFIG, train.build_setup(CONFIG, dataset)))
     lowered = runner._run_epoch.trace(state, runner.images, runner.labels, np.int32(1)).lower(
         lowering_platforms=("cuda",)
@@ -142,17 +146,20 @@ def test_the_pallas_all_epochs_step_is_its_six_kernels_and_nothing_else(dataset,
     indent = lines[start][: len(lines[start]) - len(lines[start].lstrip())]
     end = lines.index(indent + "}", start)
     body = lines[start + 1 : end]
+    # The ops the iteration's results need, from its return back: every op a value is
+    # defined by (stablehlo's ops, quoted ones like "stablehlo.gather", calls of functions
+    # that hold more, like func.call @clip).
+    assert body[-1].lstrip().startswith("stablehlo.return")
+    needed = set(re.findall(r"%[\w]+", body[-1]))
     live = []
-    for i, line in enumerate(body):
-        # Every op a value is defined by: stablehlo's ops, quoted ones ("stablehlo.gather")
-        # and calls of functions that hold more (func.call @clip).
-        defined = re.match(r'\s*(%[\w#]+)(?::\d+)? = "?([\w.]+)', line)
-        used = defined and re.compile(re.escape(defined[1]) + r"\b")
-        if used and any(used.search(later) for later in body[i + 1 :]):
+    for line in reversed(body[:-1]):
+        defined = re.match(r'\s*%([\w]+)(?::\d+)? = "?([\w.]+)', line)
+        if defined and "%" + defined[1] in needed:
             live.append(defined[2])
+            needed |= set(re.findall(r"%[\w]+", line.split("=", 1)[1]))
     free = {"stablehlo.custom_call", "stablehlo.reshape", "stablehlo.broadcast_in_dim",
             "stablehlo.constant"}  # fmt: skip
-    assert live.count("stablehlo.custom_call") == 6
+    assert live.count("stablehlo.custom_call") == 6 * unroll
     assert sorted(set(live) - free) == ["stablehlo.add"], live
     assert live.count("stablehlo.add") == 1  # the loop's counter
 
@@ -240,7 +247,9 @@ def test_measured_paths_write_the_seed_recipe_results_schema(dataset, tmp_path):
     assert "profile" not in rows[0] and isinstance(rows[1]["profile"], list)
     assert (rows[1]["profile"] == []) == (jax.default_backend() == "cpu")
     failures = ["fused-pallas: RuntimeError: the GPU compiler said no"]
-    json_path, markdown_path = measure.write_results(rows, tmp_path / "seed-recipe-cpu.json", failures)
+    json_path, markdown_path = measure.write_results(
+        rows, tmp_path / "seed-recipe-cpu.json", failures
+    )
     written = json.loads(json_path.read_text())
     assert written == rows
     for row, path in zip(written, ("loop", "fused")):

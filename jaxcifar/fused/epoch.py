@@ -176,15 +176,14 @@ class FusedRunner:
                 lambda index: layers.dropout_seed(jax.random.fold_in(step_key, index))
             )(jnp.arange(steps))
 
-            def step_at(index, state, records):
-                batch = step.StepBatch(images, labels, order, dropout_seeds, index)
+            def step_at(index, state, records, offset=0):
+                batch = step.StepBatch(images, labels, order, dropout_seeds, index, offset)
                 return train_step(state, batch, records)
 
             def iteration(carry):
                 first, state, records = carry
                 for offset in range(unroll):
-                    index = first + offset if offset else first
-                    state, records = step_at(index, state, records)
+                    state, records = step_at(first, state, records, offset)
                 return first + unroll, state, records
 
             # The steps write their records in place (the Pallas head in its kernel) rather

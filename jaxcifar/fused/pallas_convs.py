@@ -50,7 +50,7 @@ from jax.experimental.pallas import triton as pltriton
 from jaxcifar.data.preprocess import to_float
 from jaxcifar.fused import triton_random
 from jaxcifar.fused.step import StepBatch
-from jaxcifar.fused.triton_blocks import dot_size, momentum_update, store_block
+from jaxcifar.fused.triton_blocks import dot_size, momentum_update, step_row, store_block
 from jaxcifar.models import cnn, layers
 
 # The 2x2 window's positions in row-major order; a pooled value's phase is its index here.
@@ -85,16 +85,17 @@ class Geometry(NamedTuple):
 class Residuals(NamedTuple):
     """What the backward kernels read of the forward pass; 2-D (positions, channels) arrays.
 
-    images: the training set as (N*H*W, C0) uint8; order (S, B) int32 and index (1,) int32:
-    the batch is its images order[index]. pooled1: conv1's pooled ReLU output (B*H/2*W/2,
-    C1) float32, phase1: its windows' first-maximum phases (same shape) int32. flat: the
-    head's input as (B*H/4*W/4, C2) float32, dropout applied, and phase2 int32, the same
-    shape. geometry1, geometry2: the two layers' input geometries (Python ints: residuals
-    live within one traced step)."""
+    images: the training set as (N*H*W, C0) uint8; order (S, B) int32, index (1,) int32 and
+    offset (a Python int): the batch is its images order[index + offset]. pooled1: conv1's
+    pooled ReLU output (B*H/2*W/2, C1) float32, phase1: its windows' first-maximum phases
+    (same shape) int32. flat: the head's input as (B*H/4*W/4, C2) float32, dropout applied,
+    and phase2 int32, the same shape. geometry1, geometry2: the two layers' input geometries
+    (Python ints: residuals live within one traced step)."""
 
     images: jax.Array
     order: jax.Array
     index: jax.Array
+    offset: int
     pooled1: jax.Array
     phase1: jax.Array
     flat: jax.Array
@@ -137,16 +138,18 @@ def features_forward(
     geometry2 = Geometry(batch_size, *geometry1.pooled)
     images = batch.images.reshape(examples * height * width, channels)
     index = jnp.reshape(batch.index, (1,)).astype(jnp.int32)
+    step = (index, batch.offset)
     pooled1, phase1 = _conv_relu_pool(
-        conv_params["conv1"], geometry1, interpret, index, images=(images, batch.order)
+        conv_params["conv1"], geometry1, interpret, step, images=(images, batch.order)
     )
     dropped_shape = cnn.dropped_shape(conv_params, (batch_size, height, width, channels))
     flat, phase2 = _conv_relu_pool(
-        conv_params["conv2"], geometry2, interpret, index, activations=pooled1,
+        conv_params["conv2"], geometry2, interpret, step, activations=pooled1,
         dropout=(batch.dropout_seeds, dropped_shape),
     )  # fmt: skip
     residuals = Residuals(
-        images, batch.order, index, pooled1, phase1, flat, phase2, geometry1, geometry2
+        images, batch.order, index, batch.offset, pooled1, phase1, flat, phase2, geometry1,
+        geometry2,
     )
     return flat.reshape(batch_size, -1), residuals
 
@@ -184,15 +187,17 @@ def _call(kernel: Callable, out_shape, grid: int, interpret: bool, name: str, wa
 
 
 def _conv_relu_pool(
-    layer: dict, geometry: Geometry, interpret: bool, index: jax.Array, *,
+    layer: dict, geometry: Geometry, interpret: bool, step: tuple[jax.Array, int], *,
     images: tuple[jax.Array, jax.Array] | None = None, activations: jax.Array | None = None,
     dropout: tuple[jax.Array, tuple[int, ...]] | None = None,
 ) -> tuple[jax.Array, jax.Array]:  # fmt: skip
     """(pooled (P, C_out) float32, phase (P, C_out) int32) of max_pool(relu(conv(input))),
     then dropout when given; P = `geometry.pooled_positions`. The input is either `images`
     (the training set (N*H*W, C_in) uint8, order (S, B) int32), of which the batch is images
-    order[index], or `activations` (B*H*W, C_in) float32. `dropout` is (the dropout seeds
-    (S, 4) uint32, the mask's shape): the mask drawn from seed `index`. `index` (1,) int32."""
+    order[row], or `activations` (B*H*W, C_in) float32. `dropout` is (the dropout seeds
+    (S, 4) uint32, the mask's shape): the mask drawn from seed `row`. `step` is (index (1,)
+    int32, offset, a Python int): row = index + offset."""
+    index, offset = step
     kernel, bias = layer["kernel"], layer["bias"]
     c_in, c_out = kernel.shape[2:]
     positions = geometry.pooled_positions
@@ -205,7 +210,7 @@ def _conv_relu_pool(
     if dropout is not None:
         inputs.append(dropout[0])
     body = functools.partial(
-        _forward_kernel, geometry=geometry, gather=images is not None,
+        _forward_kernel, geometry=geometry, gather=images is not None, offset=offset,
         dropped_shape=None if dropout is None else dropout[1],
     )  # fmt: skip
     return _call(body, out_shape, pl.cdiv(positions, _BLOCK), interpret, "conv_relu_pool")(
@@ -213,13 +218,13 @@ def _conv_relu_pool(
     )
 
 
-def _forward_kernel(*refs, geometry: Geometry, gather: bool,
+def _forward_kernel(*refs, geometry: Geometry, gather: bool, offset: int,
                     dropped_shape: tuple[int, ...] | None) -> None:  # fmt: skip
     """One program: `_BLOCK` pooled positions of `_conv_relu_pool`. Refs: the input (images
     (N*H*W, C_in) uint8 and order (S, B) int32 when `gather`, else activations (B*H*W,
     C_in)), kernel (9, C_in, C_out), bias (1, C_out), index (1,) int32, [dropout seeds (S, 4)
     uint32 when `dropped_shape` (the mask's (B, H/2, W/2, C_out)),] then the outputs pooled
-    (P, C_out) float32 and phase (P, C_out) int32."""
+    (P, C_out) float32 and phase (P, C_out) int32. The step's row is index + `offset`."""
     if gather:
         input_ref, order_ref, kernel_ref, bias_ref, index_ref, *refs = refs
     else:
@@ -227,7 +232,8 @@ def _forward_kernel(*refs, geometry: Geometry, gather: bool,
     *seeds_ref, pooled_ref, phase_ref = refs
     start = pl.program_id(0) * _BLOCK
     rows, n, r, v, valid = _pooled_block(start, _BLOCK, geometry)
-    patch = _load_patches(input_ref, order_ref, index_ref, n, r, v, valid, geometry,
+    row = step_row(index_ref, offset)
+    patch = _load_patches(input_ref, order_ref, row, n, r, v, valid, geometry,
                           dot_size(kernel_ref.shape[1]))  # fmt: skip
     best = phase = None
     for index, (a, b) in enumerate(_PHASES):
@@ -243,7 +249,7 @@ def _forward_kernel(*refs, geometry: Geometry, gather: bool,
             best, phase = jnp.where(better, activation, best), jnp.where(better, index, phase)
     if dropped_shape is not None:
         channel = lax.broadcasted_iota(jnp.int32, (1, best.shape[1]), 1)
-        seed = [_load_scalar(seeds_ref[0], index_ref, word) for word in range(4)]
+        seed = [_load_scalar(seeds_ref[0], row, word) for word in range(4)]
         bits = triton_random.rng_bit_generator_bits(
             seed, dropped_shape, (n[:, None], r[:, None], v[:, None], channel)
         )
@@ -253,17 +259,18 @@ def _forward_kernel(*refs, geometry: Geometry, gather: bool,
     store_block(phase_ref, phase, start)
 
 
-def _load_patches(input_ref, order_ref, index_ref, n, r, v, valid, geometry: Geometry,
+def _load_patches(input_ref, order_ref, row, n, r, v, valid, geometry: Geometry,
                   columns: int) -> dict[tuple[int, int], jax.Array]:  # fmt: skip
     """The 4x4 input patches of pooled positions (image n, pooled row r, pooled column v),
     each (M,) int32, as {(i, j): (M, columns) float32 rows at (2r + i - 1, 2v + j - 1)}, 0
     in the zero padding, past C_in and where `valid` is False. A 2x2 window's 3x3
     convolutions read these 16 rows, gathered once, not once per phase and tap (36 gathers;
     compiled for an H100, the live tiles spilled registers). With `order_ref` the input is
-    the training set's uint8 images, of which image n is order[index, n], scaled to [-1, 1]
+    the training set's uint8 images, of which image n is order[row, n] (`row` (1,) int32),
+    scaled to [-1, 1]
     here as `preprocess.to_float` does; else activations."""
     if order_ref is not None:
-        n = pltriton.load(order_ref.at[index_ref[...], n], mask=valid, other=0)
+        n = pltriton.load(order_ref.at[row, n], mask=valid, other=0)
     column = lax.broadcasted_iota(jnp.int32, (1, columns), 1)
     patch = {}
     for i in range(4):
@@ -277,9 +284,9 @@ def _load_patches(input_ref, order_ref, index_ref, n, r, v, valid, geometry: Geo
     return patch
 
 
-def _load_scalar(ref, index_ref, column: int) -> jax.Array:
-    """ref[index, column] of a 2-D ref as a (1, 1) block; `index_ref` (1,) int32."""
-    return pltriton.load(ref.at[index_ref[...][:, None], jnp.full((1, 1), column, jnp.int32)])
+def _load_scalar(ref, row: jax.Array, column: int) -> jax.Array:
+    """ref[row, column] of a 2-D ref as a (1, 1) block; `row` (1,) int32."""
+    return pltriton.load(ref.at[row[:, None], jnp.full((1, 1), column, jnp.int32)])
 
 
 def _backward(
@@ -303,8 +310,9 @@ def _backward(
         for width in (len(_TAPS) * c1 * c2, c2, len(_TAPS) * c0 * c1, c1)
     )
     body = functools.partial(
-        _backward_kernel, geometry1=residuals.geometry1, geometry2=residuals.geometry2
-    )
+        _backward_kernel, geometry1=residuals.geometry1, geometry2=residuals.geometry2,
+        offset=residuals.offset,
+    )  # fmt: skip
     return _call(body, out_shape, programs, interpret, "conv_backward")(
         conv2.reshape(len(_TAPS), c1, c2), residuals.images, residuals.order, residuals.index,
         residuals.pooled1, residuals.phase1, residuals.phase2, residuals.flat, d_flat,
@@ -314,7 +322,7 @@ def _backward(
 def _backward_kernel(
     kernel2_ref, images_ref, order_ref, index_ref, pooled1_ref, phase1_ref, phase2_ref,
     flat_ref, d_flat_ref, kernel2_sums_ref, bias2_sums_ref, kernel1_sums_ref, bias1_sums_ref, *,
-    geometry1: Geometry, geometry2: Geometry,
+    geometry1: Geometry, geometry2: Geometry, offset: int,
 ) -> None:  # fmt: skip
     """One program: `_BLOCK` of conv1's pooled positions, which are conv2's input positions
     (n, h, w). Through tap (di, dj), input (h, w) meets conv2's output (h - di + 1, w - dj +
@@ -352,8 +360,8 @@ def _backward_kernel(
     phase1 = _load_rows(phase1_ref, rows, valid)
     d_z1 = [jnp.where(phase1 == index, d_pooled1, 0.0) for index in range(len(_PHASES))]
     c0 = images_ref.shape[1]
-    patch = _load_patches(images_ref, order_ref, index_ref, n, h, w, valid, geometry1,
-                          dot_size(c0))  # fmt: skip
+    patch = _load_patches(images_ref, order_ref, step_row(index_ref, offset), n, h, w, valid,
+                          geometry1, dot_size(c0))  # fmt: skip
     for tap, (di, dj) in enumerate(_TAPS):
         grad = sum(
             jnp.dot(patch[a + di, b + dj].T, d_z1[index])

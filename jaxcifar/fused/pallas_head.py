@@ -37,7 +37,9 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as pltriton
 
 from jaxcifar.fused.step import Records, StepBatch
-from jaxcifar.fused.triton_blocks import dot_size, load_block, momentum_update, store_block
+from jaxcifar.fused.triton_blocks import (
+    dot_size, load_block, momentum_update, step_row, store_block,
+)  # fmt: skip
 from jaxcifar.models import cnn
 
 LAYER_NAMES = cnn.DENSE_LAYERS
@@ -67,6 +69,7 @@ def head_train_step(
     momentum: float,
     *,
     label_rows: tuple[jax.Array, jax.Array] | None = None,
+    row_offset: int = 0,
     records: tuple[jax.Array, jax.Array] | None = None,
     interpret: bool | None = None,
 ) -> tuple[dict, dict, jax.Array, jax.Array, jax.Array]:
@@ -76,7 +79,8 @@ def head_train_step(
     "bias": (n_out,) float32}} (the velocity is optax.sgd's momentum trace, same structure),
     `flat` is the head's input (B, n_in of fc1) float, `labels` (B,) integers in
     [0, num_classes), or, with `label_rows` (order (S, B) int32, index int32 scalar), every
-    label of a dataset (N,), of which the kernel reads the batch's, labels[order[index]].
+    label of a dataset (N,), of which the kernel reads the batch's, labels[order[row]], row =
+    index + `row_offset` (a Python int, added in the kernel).
     `learning_rate` is a scalar and may be traced (a schedule); `momentum` is a Python float,
     baked into the kernel. `interpret=None` runs in Pallas' interpret mode when
     `jax.default_backend()` is "cpu", compiled (Triton) otherwise.
@@ -86,7 +90,7 @@ def head_train_step(
     loss a float32 scalar (the mean cross-entropy before the update) and correct an int32
     scalar (rows whose argmax logit is the label, before the update). With `records`, an
     epoch's (losses (S,) float32, corrects (S,) int32), S the order's rows (1 without
-    `label_rows`), the kernel writes them at row index and returns the two arrays in their
+    `label_rows`), the kernel writes them at that row and returns the two arrays in their
     stead (in place when the caller donates them, as the params).
     Params and velocity are updated in place when the caller donates them (jit's
     donate_argnums); otherwise XLA copies them first. Raises ValueError when the shapes,
@@ -143,8 +147,9 @@ def head_train_step(
     )
     num_classes = layer_shapes[LAYER_NAMES[-1]][1]
     kernel = functools.partial(
-        _train_step_kernel, batch=batch, num_classes=num_classes, momentum=float(momentum)
-    )
+        _train_step_kernel, batch=batch, num_classes=num_classes, momentum=float(momentum),
+        row_offset=row_offset,
+    )  # fmt: skip
     layer_structs = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), params_2d)
     num_layer_arrays = len(jax.tree.leaves(params_2d))
     flat = flat.astype(jnp.float32)
@@ -183,7 +188,7 @@ def head_train_step(
     new_velocity[first] = {**new_velocity[first], "kernel": new_first_velocity}
     losses, corrects = losses.reshape(-1), corrects.reshape(-1)
     if scalars:
-        losses, corrects = losses[index], corrects[index]
+        losses, corrects = losses[index + row_offset], corrects[index + row_offset]
     return _bias_vectors(new_params), _bias_vectors(new_velocity), d_flat, losses, corrects
 
 
@@ -318,16 +323,18 @@ def _train_step_kernel(
     batch: int,
     num_classes: int,
     momentum: float,
+    row_offset: int,
 ) -> None:
     """The Pallas kernel; refs are float32 unless said, B = `batch`.
 
     params, velocity, new_params, new_velocity: {name: {"kernel": (n_in, n_out), "bias":
     (1, n_out)}}, the new ones aliasing the old, except fc1's kernel, which is only read:
     first_kernel_ref (n_in, n1); flat_ref (B, n_in); labels_ref (N, 1) int32, of which the
-    batch's are rows order_ref[index_ref[0]] ((S, B) int32 and (1,) int32); learning_rate_ref
+    batch's are rows order_ref[index_ref[0] + row_offset] ((S, B) int32 and (1,) int32);
+    learning_rate_ref
     (1, 1); d_first_ref (B, n1), d loss / d fc1's pre-activation; losses_ref (S, 1) and
     corrects_ref (S, 1) int32, aliasing the inputs _losses_ref and _corrects_ref, written at
-    row index only. Values are computed in blocks padded with zeros to `dot_size`s
+    that row only. Values are computed in blocks padded with zeros to `dot_size`s
     (`load_block`): P = dot_size(B) rows, of which rows >= B are padding, as are logit
     columns >= `num_classes`. With the outputs aliasing the inputs, every layer's old kernel
     is read before it is written.
@@ -367,12 +374,12 @@ def _train_step_kernel(
         pre_activation = jnp.dot(layer_inputs[name], kernel_block(name)) + bias_block(name)
     column = lax.broadcasted_iota(jnp.int32, pre_activation.shape, 1)
     logits = jnp.where(column < num_classes, pre_activation, _MASKED_LOGIT)
-    labels = _batch_labels(labels_ref, order_ref, index_ref, rows)
+    step = step_row(index_ref, row_offset)
+    labels = _batch_labels(labels_ref, order_ref, step, rows)
     d_pre_activation, loss, correct = _softmax_cross_entropy(logits, labels, batch)
-    step_row = index_ref[...][:, None]
     first_column = jnp.zeros((1, 1), jnp.int32)
-    pltriton.store(losses_ref.at[step_row, first_column], loss)
-    pltriton.store(corrects_ref.at[step_row, first_column], correct)
+    pltriton.store(losses_ref.at[step[:, None], first_column], loss)
+    pltriton.store(corrects_ref.at[step[:, None], first_column], correct)
 
     for name in reversed(deeper):
         layer_input = layer_inputs[name]
@@ -389,14 +396,14 @@ def _train_step_kernel(
     momentum_update(update_refs[first]["bias"], grad_bias, learning_rate, momentum)
 
 
-def _batch_labels(labels_ref, order_ref, index_ref, rows: int) -> jax.Array:
+def _batch_labels(labels_ref, order_ref, step: jax.Array, rows: int) -> jax.Array:
     """The batch's labels as a (rows, 1) int32 column padded with 0: labels_ref[order_ref[
-    index, b]] for b < B (order_ref (S, B)), read through index arrays."""
+    step, b]] for b < B (order_ref (S, B), `step` (1,) int32), read through index arrays."""
     batch = order_ref.shape[1]
     row = lax.broadcasted_iota(jnp.int32, (rows, 1), 0)
     first_column = jnp.zeros((1, 1), jnp.int32)
     examples = pltriton.load(
-        order_ref.at[index_ref[...][:, None], jnp.minimum(row, batch - 1)], mask=row < batch,
+        order_ref.at[step[:, None], jnp.minimum(row, batch - 1)], mask=row < batch,
         other=0,
     )  # fmt: skip
     return pltriton.load(labels_ref.at[examples, first_column], mask=row < batch, other=0)
@@ -412,7 +419,8 @@ def batch_head_train_step(
     `fused.step`'s head step (`step.xla_head_train_step` in two kernels)."""
     params, velocity, d_flat, losses, corrects = head_train_step(
         head_params, head_velocity, flat, batch.labels, learning_rate, momentum,
-        label_rows=(batch.order, batch.index), records=records, interpret=interpret,
+        label_rows=(batch.order, batch.index), row_offset=batch.offset, records=records,
+        interpret=interpret,
     )  # fmt: skip
     return params, velocity, d_flat, (losses, corrects)
 

@@ -17,6 +17,8 @@ would spend kernels of its own on gathering them first.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -30,30 +32,42 @@ from jaxcifar.train import cross_entropy
 Params = dict[str, dict[str, jax.Array]]
 
 
-class StepBatch(NamedTuple):
+@functools.partial(
+    jax.tree_util.register_dataclass,
+    data_fields=["images", "labels", "order", "dropout_seeds", "index"], meta_fields=["offset"],
+)
+@dataclasses.dataclass(frozen=True)
+class StepBatch:
     """One step's batch, by reference: `images` (N, H, W, C) uint8 and `labels` (N,) int32,
     the training set; `order` (steps, B) int32, the epoch's batches as rows of it;
-    `dropout_seeds` (steps, 4) uint32, each step's `layers.dropout_seed`; `index`, this
-    step's row of both, an int32 scalar."""
+    `dropout_seeds` (steps, 4) uint32, each step's `layers.dropout_seed`; this step's row of
+    both is `index`, an int32 scalar, plus `offset`, a Python int (static): an unrolled
+    loop's counter and the step's place in the iteration, which the kernels add themselves
+    rather than spend an XLA kernel on it."""
 
     images: jax.Array
     labels: jax.Array
     order: jax.Array
     dropout_seeds: jax.Array
     index: jax.Array
+    offset: int = 0
+
+    def step(self) -> jax.Array:
+        """The step's row, index + offset, an int32 scalar."""
+        return self.index + self.offset if self.offset else self.index
 
     def batch_images(self) -> jax.Array:
         """The step's images (B, H, W, C) float32 in [-1, 1] (`preprocess.to_float`)."""
-        return to_float(self.images[self.order[self.index]])
+        return to_float(self.images[self.order[self.step()]])
 
     def batch_labels(self) -> jax.Array:
         """The step's labels (B,) int32."""
-        return self.labels[self.order[self.index]]
+        return self.labels[self.order[self.step()]]
 
     def dropout_keep(self, shape: tuple[int, ...]) -> jax.Array:
         """The step's dropout mask for activations of `shape`, bool: `layers.dropout_keep`'s
         for the key its seed was drawn from."""
-        seed = self.dropout_seeds[self.index]
+        seed = self.dropout_seeds[self.step()]
         return layers.dropout_keep_from_seed(seed, shape, cnn.DROPOUT_RATE)
 
 
@@ -109,7 +123,7 @@ def xla_head_train_step(
     )
     params, velocity = sgd_momentum(head_params, head_velocity, grads, learning_rate, momentum)
     losses, corrects = records
-    records = (losses.at[batch.index].set(loss), corrects.at[batch.index].set(correct))
+    records = (losses.at[batch.step()].set(loss), corrects.at[batch.step()].set(correct))
     return params, velocity, d_flat, records
 
 
@@ -154,7 +168,7 @@ def make_train_step(
         head_params = {name: state.params[name] for name in cnn.DENSE_LAYERS}
         head_velocity = {name: state.velocity[name] for name in cnn.DENSE_LAYERS}
         flat, finish_features = features_step(conv_params, batch)
-        learning_rate = schedule(state.step + batch.index)
+        learning_rate = schedule(state.step + batch.step())
         head_params, head_velocity, d_flat, records = head_step(
             head_params, head_velocity, flat, batch, learning_rate, momentum, records
         )

@@ -41,6 +41,13 @@ def store_block(ref, value: jax.Array, row=0, column=0) -> None:
     pltriton.store(ref.at[rows, columns], value, mask=inside)
 
 
+def step_row(index_ref, offset: int) -> jax.Array:
+    """A step's row of an epoch's arrays, as a (1,) int32 vector: the (1,) int32 ref's index
+    plus a static `offset` (the step's place in an unrolled loop iteration)."""
+    index = index_ref[...]
+    return index + offset if offset else index
+
+
 def momentum_update(refs: tuple, grad: jax.Array, learning_rate: jax.Array, momentum: float,
                     row=0, param: jax.Array | None = None) -> None:  # fmt: skip
     """optax.sgd's momentum step on the block of rows from `row` of one parameter array:
