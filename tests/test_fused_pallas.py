@@ -150,6 +150,15 @@ def test_labels_read_through_the_order_and_records_written_at_its_index(
     np.testing.assert_array_equal(corrects, [9, 9, correct])
     with pytest.raises(ValueError, match=r"records must be \(3,\) float32 losses and int32"):
         step(records=(jnp.zeros(4), jnp.zeros(4, jnp.int32)))
+    # Row 2 as index 0 and a static offset of 2 (an unrolled loop's third step): the same.
+    *_, losses_offset, _ = head_train_step(
+        head_params, head_velocity, flat, labels, 0.05, MOMENTUM,
+        label_rows=(order, jnp.int32(0)), row_offset=2,
+        records=(jnp.full(3, 7.0), jnp.full(3, 9, jnp.int32)),
+    )  # fmt: skip
+    np.testing.assert_array_equal(losses_offset, losses)
+    with pytest.raises(ValueError, match="row_offset needs label_rows"):
+        head_train_step(head_params, head_velocity, flat, labels[:4], 0.05, MOMENTUM, row_offset=1)
 
 
 @pytest.mark.parametrize(

@@ -104,6 +104,8 @@ def head_train_step(
             f"got {velocity_shapes}"
         )
     if label_rows is None:
+        if row_offset:
+            raise ValueError(f"row_offset needs label_rows; got {row_offset} without them")
         batch = _check_batch(flat, labels, layer_shapes)
         # The batch's labels are labels[order[0]] for order [[0, 1, ..., B-1]] (constants).
         label_rows = (jnp.arange(batch, dtype=jnp.int32)[None, :], 0)

@@ -10,7 +10,7 @@ JAX) or `pallas_head.batch_head_train_step` (two kernels), a features step
 and returns the same things, so the rest of the step does not know which runs.
 
 Both take the step's batch as a `StepBatch`: references into the epoch's arrays on the device
-(the training set, the epoch's order, its dropout seeds) and the step's index, from which the
+(the training set, the epoch's order, its dropout seeds) and the step's row, from which the
 Pallas kernels read their batch's pixels, labels and dropout mask themselves, where XLA
 would spend kernels of its own on gathering them first.
 """
@@ -72,7 +72,7 @@ class StepBatch:
 
 
 # An epoch's (losses (steps,) float32, corrects (steps,) int32): each step's mean loss and
-# number of correct predictions (before its update), written at its index by its head step.
+# number of correct predictions (before its update), written at its row by its head step.
 Records = tuple[jax.Array, jax.Array]
 # (head params, head velocity, flat (B, n) float32, batch, learning rate, momentum, records)
 # -> (new head params, new head velocity, d loss / d flat (B, n), records)
@@ -86,7 +86,7 @@ FeaturesStep = Callable[[Params, StepBatch], tuple[jax.Array, FinishFeatures]]
 class FusedState(NamedTuple):
     """Parameters, their SGD momentum buffers (`velocity`, same pytree), and `step`, the
     number of updates before the epoch (int32): a step's learning rate is the schedule's at
-    step + its batch's index, and `fused.epoch` adds the epoch's steps once, after its loop,
+    step + its batch's row, and `fused.epoch` adds the epoch's steps once, after its loop,
     rather than a scalar kernel's worth each step."""
 
     params: Params
@@ -110,7 +110,7 @@ def xla_head_train_step(
     """The head step in plain JAX: `cnn.head` on `flat` (B, n) float32, mean cross-entropy
     against the batch's labels, its gradients, one momentum update. Returns (head params,
     head velocity, d loss / d flat (B, n) float32 at the old params, `records` with the
-    loss and the number of correct predictions written at the batch's index)."""
+    loss and the number of correct predictions written at the batch's row)."""
     labels = batch.batch_labels()
 
     def loss_fn(head_params, flat):
@@ -155,7 +155,7 @@ def make_train_step(
 ) -> Callable[[FusedState, StepBatch, Records], tuple[FusedState, Records]]:
     """`(state, batch, records) -> (state, records)`, the seed CNN's training step with the
     head computed by `head_step` and the convolutional part by `features_step`, its loss and
-    correct count written into the epoch's `records` at the batch's index.
+    correct count written into the epoch's `records` at the batch's row (`batch.step()`).
 
     Same function as `jaxcifar.train.make_train_step` with `optax.sgd(schedule, momentum)`:
     the same dropout mask for the key the batch's dropout seed was drawn from, the loss
