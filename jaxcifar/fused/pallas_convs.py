@@ -50,7 +50,9 @@ from jax.experimental.pallas import triton as pltriton
 from jaxcifar.data.preprocess import to_float
 from jaxcifar.fused import triton_random
 from jaxcifar.fused.step import StepBatch
-from jaxcifar.fused.triton_blocks import dot_size, momentum_update, step_row, store_block
+from jaxcifar.fused.triton_blocks import (
+    dot_size, momentum_update, step_row, store_block, triton_call,
+)  # fmt: skip
 from jaxcifar.models import cnn, layers
 
 # The 2x2 window's positions in row-major order; a pooled value's phase is its index here.
@@ -131,7 +133,6 @@ def features_forward(
     `features_backward_update` takes). `interpret=None` interprets the kernels when
     `jax.default_backend()` is "cpu" and compiles them (Triton) otherwise.
     """
-    interpret = _interpret(interpret)
     examples, height, width, channels = batch.images.shape
     batch_size = batch.order.shape[1]
     geometry1 = Geometry(batch_size, height, width)
@@ -163,31 +164,14 @@ def features_backward_update(
     kernels. `conv_params` and `conv_velocity` as `features_forward` takes them (the velocity
     the same structure); `learning_rate` a float32 scalar, `momentum` a Python float.
     Returns (params, velocity), the same structures."""
-    interpret = _interpret(interpret)
     d_flat = d_flat.astype(jnp.float32).reshape(residuals.flat.shape)
     sums = _backward(conv_params, residuals, d_flat, interpret)
     rate = jnp.full((1, 1), learning_rate, jnp.float32)
     return _updates(conv_params, conv_velocity, sums, rate, momentum, interpret)
 
 
-def _interpret(interpret: bool | None) -> bool:
-    return jax.default_backend() == "cpu" if interpret is None else interpret
-
-
-def _call(kernel: Callable, out_shape, grid: int, interpret: bool, name: str, warps: int = 4,
-          **kwargs):  # fmt: skip
-    """`pl.pallas_call` on the Triton backend over a 1-D grid of `grid` programs of `warps`
-    warps each, every ref the whole array."""
-    return pl.pallas_call(
-        kernel, out_shape=out_shape, grid=(grid,), interpret=interpret,
-        # Selects the Triton backend: on GPU this jax version otherwise lowers pallas_call
-        # with Mosaic GPU.
-        compiler_params=pltriton.CompilerParams(num_warps=warps), name=name, **kwargs,
-    )  # fmt: skip
-
-
 def _conv_relu_pool(
-    layer: dict, geometry: Geometry, interpret: bool, step: tuple[jax.Array, int], *,
+    layer: dict, geometry: Geometry, interpret: bool | None, step: tuple[jax.Array, int], *,
     images: tuple[jax.Array, jax.Array] | None = None, activations: jax.Array | None = None,
     dropout: tuple[jax.Array, tuple[int, ...]] | None = None,
 ) -> tuple[jax.Array, jax.Array]:  # fmt: skip
@@ -213,9 +197,8 @@ def _conv_relu_pool(
         _forward_kernel, geometry=geometry, gather=images is not None, offset=offset,
         dropped_shape=None if dropout is None else dropout[1],
     )  # fmt: skip
-    return _call(body, out_shape, pl.cdiv(positions, _BLOCK), interpret, "conv_relu_pool")(
-        *inputs
-    )
+    grid = (pl.cdiv(positions, _BLOCK),)
+    return triton_call(body, out_shape, grid, name="conv_relu_pool", interpret=interpret)(*inputs)
 
 
 def _forward_kernel(*refs, geometry: Geometry, gather: bool, offset: int,
@@ -290,7 +273,7 @@ def _load_scalar(ref, row: jax.Array, column: int) -> jax.Array:
 
 
 def _backward(
-    conv_params: dict, residuals: Residuals, d_flat: jax.Array, interpret: bool
+    conv_params: dict, residuals: Residuals, d_flat: jax.Array, interpret: bool | None
 ) -> tuple[jax.Array, ...]:
     """Both layers' gradients in partial sums, one row per program of `_BLOCK` of conv1's
     pooled positions: (conv2's kernel (programs, 9 * C1 * C2), conv2's bias (programs, C2),
@@ -313,7 +296,7 @@ def _backward(
         _backward_kernel, geometry1=residuals.geometry1, geometry2=residuals.geometry2,
         offset=residuals.offset,
     )  # fmt: skip
-    return _call(body, out_shape, programs, interpret, "conv_backward")(
+    return triton_call(body, out_shape, (programs,), name="conv_backward", interpret=interpret)(
         conv2.reshape(len(_TAPS), c1, c2), residuals.images, residuals.order, residuals.index,
         residuals.pooled1, residuals.phase1, residuals.phase2, residuals.flat, d_flat,
     )  # fmt: skip
@@ -385,7 +368,7 @@ def _store_tap_sum(sums_ref, program, tap: int, grad: jax.Array, c_in: int) -> N
 
 def _updates(
     conv_params: dict, conv_velocity: dict, sums: tuple[jax.Array, ...], rate: jax.Array,
-    momentum: float, interpret: bool,
+    momentum: float, interpret: bool | None,
 ) -> tuple[dict, dict]:  # fmt: skip
     """(params, velocity) of conv1 and conv2 after their momentum steps, in one launch of 18
     programs, a kernel tap each, 9 per layer: each sums its tap's partial sums (`_backward`'s
@@ -400,10 +383,10 @@ def _updates(
         for kind in ("kernel", "bias")
         for tree in (conv_params, conv_velocity)
     ]
-    new = _call(
+    new = triton_call(
         functools.partial(_updates_kernel, momentum=float(momentum)),
-        tuple(jax.ShapeDtypeStruct(a.shape, a.dtype) for a in arrays), 2 * taps,
-        interpret, "conv_updates",
+        tuple(jax.ShapeDtypeStruct(a.shape, a.dtype) for a in arrays), (2 * taps,),
+        name="conv_updates", interpret=interpret,
         # The params and velocity are updated in place (each program writes its own tap).
         input_output_aliases={i: i for i in range(len(arrays))},
     )(*arrays, rate, *sums)  # fmt: skip

@@ -38,7 +38,7 @@ from jax.experimental.pallas import triton as pltriton
 
 from jaxcifar.fused.step import Records, StepBatch
 from jaxcifar.fused.triton_blocks import (
-    dot_size, load_block, momentum_update, step_row, store_block,
+    dot_size, load_block, momentum_update, step_row, store_block, triton_call,
 )  # fmt: skip
 from jaxcifar.models import cnn
 
@@ -126,8 +126,6 @@ def head_train_step(
         )
     if jnp.ndim(learning_rate) != 0:
         raise ValueError(f"learning_rate must be a scalar; got shape {jnp.shape(learning_rate)}")
-    if interpret is None:
-        interpret = jax.default_backend() == "cpu"
 
     # 2-D views, all free reshapes: biases as (1, n) rows, labels and records as (N, 1) and
     # (S, 1) columns, the rate as a (1, 1) block, the index as a (1,) vector. The kernel reads
@@ -155,14 +153,17 @@ def head_train_step(
     layer_structs = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), params_2d)
     num_layer_arrays = len(jax.tree.leaves(params_2d))
     flat = flat.astype(jnp.float32)
-    new_params, new_velocity, d_first, losses, corrects = pl.pallas_call(
-        kernel,
-        out_shape=(
-            layer_structs,
-            layer_structs,
-            jax.ShapeDtypeStruct((batch, first_kernel.shape[1]), jnp.float32),
-            *(jax.ShapeDtypeStruct(record.shape, record.dtype) for record in records_2d),
-        ),
+    out_shape = (
+        layer_structs,
+        layer_structs,
+        jax.ShapeDtypeStruct((batch, first_kernel.shape[1]), jnp.float32),
+        *(jax.ShapeDtypeStruct(record.shape, record.dtype) for record in records_2d),
+    )
+    # One program: 8 warps (compiled for an H100 with 4, its threads held 255 registers and
+    # spilled 1,728 bytes each at batch 4; with 8, and the unpadded arrays read in masked
+    # blocks, 120 bytes: benchmarks/triton_resources.py).
+    new_params, new_velocity, d_first, losses, corrects = triton_call(
+        kernel, out_shape, (), name="head_train_step", interpret=interpret, warps=8,
         # Params then velocity are the first inputs and the first outputs, leaf for leaf,
         # so each is updated in place rather than copied; the records are the next inputs
         # and the last outputs, written in place too.
@@ -171,13 +172,6 @@ def head_train_step(
             2 * num_layer_arrays: 2 * num_layer_arrays + 1,
             2 * num_layer_arrays + 1: 2 * num_layer_arrays + 2,
         },
-        interpret=interpret,
-        # Selects the Triton backend: on GPU this jax version otherwise lowers pallas_call
-        # with Mosaic GPU. 8 warps for the one program: compiled for an H100 with 4, its
-        # threads held 255 registers and spilled 1,728 bytes each at batch 4; with 8 (and the
-        # unpadded arrays read in masked blocks), 120 bytes (benchmarks/triton_resources.py).
-        compiler_params=pltriton.CompilerParams(num_warps=8),
-        name="head_train_step",
     )(
         params_2d, velocity_2d, *records_2d, first_kernel, flat, labels_2d,
         order.astype(jnp.int32), index_vector, learning_rate_block,
@@ -200,7 +194,7 @@ def _without_kernel(layer: dict) -> dict:
 
 def _first_kernel_step(
     kernel: jax.Array, velocity: jax.Array, flat: jax.Array, d_first: jax.Array,
-    learning_rate_block: jax.Array, momentum: float, interpret: bool,
+    learning_rate_block: jax.Array, momentum: float, interpret: bool | None,
 ) -> tuple[jax.Array, jax.Array, jax.Array]:  # fmt: skip
     """fc1's kernel (n_in, n1) float32 after its momentum step, its velocity (same shape),
     and d loss / d flat (B, n_in) float32, from `flat` (B, n_in) float32 and `d_first` (B,
@@ -216,15 +210,12 @@ def _first_kernel_step(
         jax.ShapeDtypeStruct(kernel.shape, jnp.float32),
         jax.ShapeDtypeStruct(flat.shape, jnp.float32),
     )
-    return pl.pallas_call(
-        functools.partial(_first_kernel_kernel, momentum=momentum),
-        out_shape=structs,
-        grid=(pl.cdiv(n_in, _FIRST_KERNEL_ROWS),),
+    return triton_call(
+        functools.partial(_first_kernel_kernel, momentum=momentum), structs,
+        (pl.cdiv(n_in, _FIRST_KERNEL_ROWS),), name="head_first_kernel_step",
+        interpret=interpret, warps=_FIRST_KERNEL_WARPS,
         # Each program reads its rows of the kernel before writing them: in place is safe.
         input_output_aliases={0: 0, 1: 1},
-        interpret=interpret,
-        compiler_params=pltriton.CompilerParams(num_warps=_FIRST_KERNEL_WARPS),
-        name="head_first_kernel_step",
     )(kernel, velocity, flat, d_first, learning_rate_block)
 
 

@@ -2,18 +2,38 @@
 `pallas_convs`: Triton tensors have power-of-two sizes and its dots take operands of at least
 16 a side, while the arrays hold a batch of 4, 10 classes or 3 input channels. A kernel loads
 such an array as a padded block (`load_block`, zeros past the array's end), computes on it,
-and stores back only the elements inside the array (`store_block`).
+and stores back only the elements inside the array (`store_block`). `triton_call` launches
+such kernels.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import jax
 import jax.numpy as jnp
 from jax import lax
+from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as pltriton
 
 # Triton's tl.dot needs every operand dimension >= 16.
 _MIN_DOT_DIM = 16
+
+
+def triton_call(kernel: Callable, out_shape, grid: tuple[int, ...], *, name: str,
+                interpret: bool | None, warps: int = 4, **kwargs) -> Callable:  # fmt: skip
+    """`pl.pallas_call` on the Triton backend over `grid` programs of `warps` warps each,
+    every ref the whole array; `kwargs` go to it too. `interpret=None` interprets the kernel
+    when `jax.default_backend()` is "cpu" (where Pallas does not compile) and compiles it
+    (Triton) otherwise."""
+    if interpret is None:
+        interpret = jax.default_backend() == "cpu"
+    return pl.pallas_call(
+        kernel, out_shape=out_shape, grid=grid, interpret=interpret, name=name,
+        # Selects the Triton backend: on GPU this jax version otherwise lowers pallas_call
+        # with Mosaic GPU.
+        compiler_params=pltriton.CompilerParams(num_warps=warps), **kwargs,
+    )  # fmt: skip
 
 
 def dot_size(n: int) -> int:
