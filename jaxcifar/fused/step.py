@@ -123,7 +123,8 @@ def xla_head_train_step(
     )
     params, velocity = sgd_momentum(head_params, head_velocity, grads, learning_rate, momentum)
     losses, corrects = records
-    records = (losses.at[batch.step()].set(loss), corrects.at[batch.step()].set(correct))
+    row = batch.step()
+    records = (losses.at[row].set(loss), corrects.at[row].set(correct))
     return params, velocity, d_flat, records
 
 
