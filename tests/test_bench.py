@@ -17,7 +17,7 @@ from jaxcifar.bench import environment, jax_cases, output, suite, timing, torch_
 from jaxcifar.bench.rows import Row, add_ratios
 from jaxcifar.bench.settings import Settings
 from jaxcifar.bench.timing import TimingBudget, percentiles, time_steps
-from jaxcifar.bench.xla_cost import flops, kernel_counts, program_memory_bytes
+from jaxcifar.bench.xla_cost import flops, kernel_counts, loop_trip_count, program_memory_bytes
 from jaxcifar.cpu_fusions import compile_timed
 
 
@@ -403,6 +403,23 @@ def test_kernel_counts_read_a_step_and_the_body_of_its_scan():
         kernel_counts(jax.jit(jnp.sin).lower(x).compile().as_text(), loop_body=True)
 
 
+def test_loop_trip_count_is_what_xla_proved_for_the_step_loop():
+    def epoch(x, n):
+        # A short fixed loop first: the step loop is the larger one, whose count is proved.
+        x = jax.lax.fori_loop(0, 2, lambda i, x: x + 1.0, x)
+        return jax.lax.scan(lambda x, _: (jnp.sin(x) @ x, None), x, None, length=n)[0]
+
+    x = jnp.ones((4, 4))
+    for n in (3, 125):
+        hlo = jax.jit(epoch, static_argnums=1).lower(x, n).compile().as_text()
+        assert loop_trip_count(hlo) == n
+    # A loop that runs until its data says stop has no count to prove.
+    until = jax.jit(lambda x: jax.lax.while_loop(lambda x: x.sum() < 100.0, jnp.exp, x))
+    assert loop_trip_count(until.lower(x).compile().as_text()) is None
+    with pytest.raises(ValueError, match="no while loop"):
+        loop_trip_count(jax.jit(jnp.sin).lower(x).compile().as_text())
+
+
 # The shape of a GPU program whose loop body XLA put into a command buffer (a `call` of a
 # computation that CUDA-graphs its kernels): the kernels inside still each launch.
 COMMAND_BUFFER_HLO = """\
@@ -423,9 +440,10 @@ HloModule epoch
   %t = (s32[], f32[4]{0}) parameter(0)
   %x = f32[4]{0} get-tuple-element(%t), index=1
   %call = f32[4]{0} call(%x), to_apply=%command_buffer
+  %conv = f32[4]{0} custom-call(%call), custom_call_target="__cudnn$convForward"
   %i = s32[] get-tuple-element(%t), index=0
   %copy = s32[] copy(%i)
-  ROOT %tuple = (s32[], f32[4]{0}) tuple(%copy, %call)
+  ROOT %tuple = (s32[], f32[4]{0}) tuple(%copy, %conv)
 }
 
 %cond (t.1: (s32[], f32[4])) -> pred[] {
@@ -446,7 +464,10 @@ ENTRY %main (y: (s32[], f32[4])) -> (s32[], f32[4]) {
 
 
 def test_kernel_counts_see_through_command_buffer_calls():
-    assert kernel_counts(COMMAND_BUFFER_HLO, loop_body=True) == {"fusion": 2, "copy": 1}
+    body = {"fusion": 2, "custom-call": 1, "copy": 1}
+    assert kernel_counts(COMMAND_BUFFER_HLO, loop_body=True) == body
+    by_kind = {"fusion kLoop": 2, "custom-call __cudnn$convForward": 1, "copy": 1}
+    assert kernel_counts(COMMAND_BUFFER_HLO, loop_body=True, by_kind=True) == by_kind
     assert kernel_counts(COMMAND_BUFFER_HLO) == {"while": 1}
 
 

@@ -75,35 +75,54 @@ def _opcode(instruction: str) -> str:
     return rest.strip().split("(", 1)[0]
 
 
-def kernel_counts(hlo_text: str, *, loop_body: bool = False) -> collections.Counter:
+def kernel_counts(hlo_text: str, *, loop_body: bool = False,
+                  by_kind: bool = False) -> collections.Counter:  # fmt: skip
     """How many instructions of each opcode that launch work (fusion, dot, convolution,
     custom-call, copy, ...; not parameters, constants or tuple plumbing) one call runs: those
-    of the entry computation, or with `loop_body` those of the body of the largest while
-    loop the entry runs (a `lax.scan` over training steps: its step; the entry's other loops
-    are small ones such as XLA:CPU's rolled random-number rounds). On a GPU each counted
-    instruction is about one kernel launch; a fused computation counts as its one `fusion`
-    call, a loop nested in the counted computation as one `while`. A `call` counts as what
-    its computation runs: XLA wraps instructions in calls that launch nothing themselves
-    (XLA:CPU's outlined parts, and on GPUs the command buffers that replay a sequence of
-    kernels as one CUDA graph, whose kernels still each run)."""
+    of the entry computation, or with `loop_body` those of the body of the step loop: the
+    while loop the entry runs with the largest body (a `lax.scan` over training steps; the
+    entry's other loops are small ones such as XLA:CPU's rolled random-number rounds). On a
+    GPU each counted instruction is about one kernel launch; a fused computation counts as
+    its one `fusion` call, a loop nested in the counted computation as one `while`. A `call`
+    counts as what its computation runs: XLA wraps instructions in calls that launch nothing
+    themselves (XLA:CPU's outlined parts, and on GPUs the command buffers that replay a
+    sequence of kernels as one CUDA graph, whose kernels still each run). With `by_kind`,
+    a fusion counts under its kind ("fusion kLoop"; on GPUs "fusion kCustom" is mostly a
+    Triton GEMM) and a custom call under its target ("custom-call __cudnn$convForward")."""
     entry, computations = hlo_computations(hlo_text)
-    name = entry
-    if loop_body:
-        bodies = list(_loop_bodies(computations, entry))
-        if not bodies:
-            raise ValueError("the program runs no while loop")
-        name = max(bodies, key=lambda body: len(computations[body]))
-    return _count_opcodes(computations, name)
+    name = _step_loop(computations, entry)[1] if loop_body else entry
+    return _count_opcodes(computations, name, by_kind)
 
 
-def _count_opcodes(computations: dict[str, list[str]], name: str) -> collections.Counter:
+def loop_trip_count(hlo_text: str) -> int | None:
+    """The trip count XLA proved for the step loop (as `kernel_counts` picks it), or None
+    where it proved none. With one, XLA:GPU launches the body that many times; without,
+    every iteration computes the loop's condition and copies it to the host, which waits
+    for it before launching the next."""
+    entry, computations = hlo_computations(hlo_text)
+    match = re.search(r'"known_trip_count":\{"n":"(\d+)"\}', _step_loop(computations, entry)[0])
+    return int(match[1]) if match else None
+
+
+def _step_loop(computations: dict[str, list[str]], entry: str) -> tuple[str, str]:
+    """(the `while` instruction line, its body's name) of the step loop; ValueError when the
+    program runs no while loop."""
+    loops = list(_loops(computations, entry))
+    if not loops:
+        raise ValueError("the program runs no while loop")
+    return max(loops, key=lambda loop: len(computations[loop[1]]))
+
+
+def _count_opcodes(computations: dict[str, list[str]], name: str,
+                   by_kind: bool) -> collections.Counter:  # fmt: skip
     counts: collections.Counter = collections.Counter()
     for line in computations[name]:
         opcode, called = _opcode(line), _called_computation(line)
         if opcode == "call" and called in computations:
-            counts += _count_opcodes(computations, called)
+            counts += _count_opcodes(computations, called, by_kind)
         elif opcode not in _BOOKKEEPING:
-            counts[opcode] += 1
+            kind = re.search(r'(?:kind=|custom_call_target=")([\w$.\-]+)', line)
+            counts[f"{opcode} {kind[1]}" if by_kind and kind else opcode] += 1
     return counts
 
 
@@ -113,13 +132,13 @@ def _called_computation(instruction: str) -> str | None:
     return match.group(1) if match else None
 
 
-def _loop_bodies(computations: dict[str, list[str]], name: str) -> Iterator[str]:
-    """The bodies of the while loops computation `name` runs, looking inside the
-    computations it calls (XLA:CPU and GPU command buffers wrap loops in `call`s) but not
-    inside the loops."""
+def _loops(computations: dict[str, list[str]], name: str) -> Iterator[tuple[str, str]]:
+    """(instruction line, body name) of each while loop computation `name` runs, looking
+    inside the computations it calls (XLA:CPU and GPU command buffers wrap loops in `call`s)
+    but not inside the loops."""
     for line in computations[name]:
         opcode = _opcode(line)
         if opcode == "while":
-            yield re.search(r"body=%([\w.\-]+)", line).group(1)
+            yield line, re.search(r"body=%([\w.\-]+)", line).group(1)
         elif opcode == "call" and _called_computation(line) in computations:
-            yield from _loop_bodies(computations, _called_computation(line))
+            yield from _loops(computations, _called_computation(line))

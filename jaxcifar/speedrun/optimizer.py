@@ -6,18 +6,31 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from jaxcifar.speedrun.recipe import Plan, Recipe, sgd_rates
 
 
 def lr_multiplier(recipe: Recipe, total_steps: int) -> optax.Schedule:
-    """0-based step -> lr multiplier: linear from `lr_start` up to 1 at step
-    int(lr_peak * total_steps), then linear down to `lr_end` at `total_steps`."""
+    """0-based step -> lr multiplier (float32): linear from `lr_start` up to 1 at step
+    int(lr_peak * total_steps), then linear down to `lr_end` at `total_steps`, `lr_end` after.
+
+    The float32 operations of `jnp.interp` over those three points, written out: on a GPU they
+    fuse into the step's other kernels, where `jnp.interp`'s searchsorted was a while loop of
+    its own, two a step with the two parameter groups' rates (benchmarks/gpu_programs.py)."""
     peak = max(int(recipe.lr_peak * total_steps), 1)
-    xp = jnp.array([0.0, peak, max(total_steps, peak + 1)])
-    fp = jnp.array([recipe.lr_start, 1.0, recipe.lr_end])
-    return lambda step: jnp.interp(step, xp, fp)
+    xs = np.array([0, peak, max(total_steps, peak + 1)], np.float32)
+    ys = np.array([recipe.lr_start, 1.0, recipe.lr_end], np.float32)
+
+    def multiplier(step: jax.Array) -> jax.Array:
+        x = jnp.asarray(step, jnp.float32)
+        rising, falling = (
+            ys[i] + ((x - xs[i]) / (xs[i + 1] - xs[i])) * (ys[i + 1] - ys[i]) for i in (0, 1)
+        )
+        return jnp.where(x > xs[2], ys[2], jnp.where(x < xs[1], rising, falling))
+
+    return multiplier
 
 
 def param_groups(params: Any) -> Any:

@@ -1,0 +1,233 @@
+"""Compile the seed recipe's training programs for an H100 without one, and report what
+XLA:GPU makes of one training step: the kernels it launches and how its epoch loop runs.
+
+Usage: python benchmarks/gpu_programs.py [--batch 4] [--unroll 1 4] [--out benchmarks/results]
+
+Step times need a GPU; what the GPU's compiler does with each path's program does not. JAX's
+CUDA plugin compiles ahead of time for a GPU it is only told about (a PJRT topology made from
+a target description, `H100` below), on a machine with neither GPU nor driver. It is not a
+jaxcifar dependency: `pip install "jax[cuda12]==<this JAX's version>"` into a venv of its own
+(about 5.5 GB with CUDA's libraries; their ptxas compiles the Triton kernels), then
+`pip install -e .` there. For each path, XLA:GPU's optimised program gives:
+- kernels per step (`xla_cost.kernel_counts`) by kind: fusions (kCustom: XLA's Triton
+  GEMMs), custom calls by target (cuDNN's convolutions, the Pallas paths' Triton kernels),
+  copies; for the fused paths the epoch loop's body, divided by its unroll;
+- whether XLA proved the epoch loop's trip count (`xla_cost.loop_trip_count`): without one,
+  every iteration waits for its condition to reach the host;
+- the compile time on this machine.
+`loop` is `train.make_train_step`'s program: what the loop path runs a step, and, with a
+batch gather, what the chunk and scan paths' loops run (their programs live inside
+`epochs.EpochRunner`, which puts the data on real devices). Autotuning needs a GPU, so XLA
+takes its default GEMM and convolution algorithms: kernel counts are the GPU's, speeds may
+not be. Writes results/gpu-programs-h100.md and .json (and prints the table).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import functools
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.experimental import topologies
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from bench_paths import RESULTS
+from jaxcifar import train
+from jaxcifar.atomic import atomic_write_text
+from jaxcifar.bench.xla_cost import kernel_counts, loop_trip_count
+from jaxcifar.config import RunConfig
+from jaxcifar.data.dataset import Dataset
+from jaxcifar.data.sources import CLASS_NAMES
+from jaxcifar.fused import epoch
+from jaxcifar.speedrun import optimizer as speedrun_optimizer
+from jaxcifar.speedrun import recipe as speedrun_recipe
+from jaxcifar.speedrun import train as speedrun_train
+
+# What XLA:GPU reads of the GPU it compiles for (stream_executor's GpuTargetConfigProto, in
+# protobuf text format): NVIDIA's figures for the H100 SXM (80 GB). The H200 is the same chip
+# with more and faster memory, so it gets the same programs.
+H100 = {
+    "gpu_device_info": {
+        "cuda_compute_capability": {"major": 9},
+        "core_count": 132,  # streaming multiprocessors
+        "fpus_per_core": 128,
+        "threads_per_warp": 32,
+        "threads_per_block_limit": 1024,
+        "threads_per_core_limit": 2048,
+        "block_dim_limit_x": 2**31 - 1,
+        "block_dim_limit_y": 65535,
+        "block_dim_limit_z": 65535,
+        "registers_per_core_limit": 65536,
+        "registers_per_block_limit": 65536,
+        "shared_memory_per_block": 48 * 1024,
+        "shared_memory_per_block_optin": 227 * 1024,
+        "shared_memory_per_core": 228 * 1024,
+        "l2_cache_size": 50 * 2**20,
+        "clock_rate_ghz": 1.98,
+        "memory_bandwidth": 3_352_320_000_000,  # bytes/s
+        "device_memory_size": 80 * 10**9,
+        "driver_version": "12.8.0",
+        "runtime_version": "12.8.0",
+    },
+    "platform_name": "CUDA",
+    "dnn_version_info": {"major": 9, "minor": 8},
+    "device_description_str": "NVIDIA H100 80GB HBM3",
+}
+CIFAR_TRAIN_EXAMPLES = 50_000
+
+
+def text_proto(fields: dict) -> str:
+    """`fields` (names to numbers, strings or nested dicts) in protobuf text format."""
+    lines = []
+    for name, value in fields.items():
+        if isinstance(value, dict):
+            lines.append(f"{name} {{ {text_proto(value)} }}")
+        else:
+            lines.append(f"{name}: {json.dumps(value)}")
+    return " ".join(lines)
+
+
+def gpu_mesh(target: dict = H100) -> Mesh:
+    """A one-device mesh of the GPU `target` describes, for compiling only."""
+    topology = topologies.get_topology_desc(
+        platform="cuda", topology_name="target", target_config=text_proto(target),
+        topology="1x1x1",
+    )  # fmt: skip
+    return topologies.make_mesh(topology, (1,), ("data",))
+
+
+@contextlib.contextmanager
+def tracing_for_a_gpu() -> Iterator[None]:
+    """Pallas kernels trace to Triton kernels, not interpreted ones, only when JAX's default
+    backend is not the CPU (`triton_blocks.triton_call`); here it is the CPU."""
+    default_backend = jax.default_backend
+    jax.default_backend = lambda: "gpu"
+    try:
+        yield
+    finally:
+        jax.default_backend = default_backend
+
+
+def program_rows(mesh: Mesh, batch: int, unrolls: list[int]) -> Iterator[dict]:
+    """One row per path (and unroll, for the fused paths), each compiled for `mesh`'s GPU."""
+    config = RunConfig(batch_size=batch)
+    dataset = Dataset(
+        np.zeros((CIFAR_TRAIN_EXAMPLES, 32, 32, 3), np.uint8),
+        np.zeros(CIFAR_TRAIN_EXAMPLES, np.int32), CLASS_NAMES["cifar10"],
+    )  # fmt: skip
+    setup = train.build_setup(config, dataset)
+    state = train.init_state(config, setup)
+    on_gpu = NamedSharding(mesh, PartitionSpec())
+
+    def specs(tree):
+        return jax.tree.map(
+            lambda x: jax.ShapeDtypeStruct(jnp.shape(x), jnp.result_type(x), sharding=on_gpu),
+            tree,
+        )
+
+    step = train.make_train_step(setup, mesh=mesh)
+    batch_arrays = (dataset.images[:batch], dataset.labels[:batch])
+    traced = step.trace(*specs((state, batch_arrays)), specs(jax.random.key(0)))
+    yield _row("loop", None, traced, loop=False)
+    for path in epoch.PALLAS_PARTS:
+        for unroll in unrolls:
+            runner = epoch.FusedRunner(config, dataset, path=path, unroll=unroll)
+            args = (epoch.to_fused_state(state), dataset.images, dataset.labels, np.int32(1))
+            with tracing_for_a_gpu():
+                # The epoch's jitted program, which FusedRunner.compile compiles on this
+                # machine's backend.
+                traced = runner._run_epoch.trace(*specs(args))
+            yield _row(path, unroll, traced, loop=True)
+    yield speedrun_row(mesh)
+
+
+def speedrun_row(mesh: Mesh) -> dict:
+    """`jaxcifar speedrun`'s epoch (airbench94's recipe, bfloat16, batch 1,024) on CIFAR-10:
+    its loop's body is one step."""
+    recipe = speedrun_recipe.Recipe()
+    plan = speedrun_recipe.plan(recipe, CIFAR_TRAIN_EXAMPLES)
+    tx = speedrun_optimizer.build_optimizer(recipe, plan.total_steps)
+    on_gpu = NamedSharding(mesh, PartitionSpec())
+    data = speedrun_train.DeviceData(
+        *(jax.ShapeDtypeStruct(shape, dtype, sharding=on_gpu) for shape, dtype in (
+            ((CIFAR_TRAIN_EXAMPLES, 32, 32, 3), jnp.uint8), ((CIFAR_TRAIN_EXAMPLES,), jnp.int32),
+            ((3,), jnp.float32), ((3,), jnp.float32),
+        ))
+    )  # fmt: skip
+    init = functools.partial(speedrun_train.init_state, recipe, tx, 10)
+    state = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=on_gpu),
+        jax.eval_shape(init, jax.random.key(0), data),
+    )
+    epoch_steps = plan.epoch_steps(0)
+    run_epoch = functools.partial(speedrun_train.scan_epoch, recipe, plan, tx, epoch_steps)
+    epoch_number = jax.ShapeDtypeStruct((), jnp.int32, sharding=on_gpu)
+    traced = jax.jit(run_epoch).trace(state, data, epoch_number)
+    return _row(f"speedrun ({recipe.dtype}, batch {recipe.batch_size})", None, traced, loop=True)
+
+
+def _row(path: str, unroll: int | None, traced, *, loop: bool) -> dict:
+    start = time.perf_counter()
+    hlo = traced.lower(lowering_platforms=("cuda",)).compile().as_text()
+    seconds = time.perf_counter() - start
+    counts = kernel_counts(hlo, loop_body=loop, by_kind=True)
+    per_step = {op: count / (unroll or 1) for op, count in sorted(counts.items())}
+    return {
+        "path": path, "unroll": unroll, "kernels_per_step": sum(per_step.values()),
+        "kernels_by_kind": per_step, "epoch_loop": loop,
+        "trip_count": loop_trip_count(hlo) if loop else None,
+        "compile_seconds": round(seconds, 2),
+    }  # fmt: skip
+
+
+def render_markdown(rows: list[dict], batch: int, device: str) -> str:
+    lines = [
+        f"# Training steps as XLA:GPU compiles them for an {device}",
+        "",
+        f"The seed recipe's paths at batch {batch} and `jaxcifar speedrun`'s epoch, compiled "
+        f"ahead of time on a machine without a GPU (JAX {jax.__version__}'s CUDA plugin; "
+        "`benchmarks/gpu_programs.py`). Kernels: instructions of one step's optimised "
+        "program that launch work; for the epochs the loop's body over its unroll. "
+        "Trip count: the epoch loop's, as XLA proved it (none: each iteration waits for its "
+        "condition on the host).",
+        "",
+        "| path | unroll | kernels/step | by kind | loop trip count | compile s (CPU) |",
+        "|---|---:|---:|---|---:|---:|",
+    ]
+    for row in rows:
+        kinds = ", ".join(f"{kind} {n:g}" for kind, n in row["kernels_by_kind"].items())
+        trip = (row["trip_count"] or "none") if row["epoch_loop"] else "-"
+        lines.append(
+            f"| {row['path']} | {row['unroll'] or '-'} | {row['kernels_per_step']:g} "
+            f"| {kinds} | {trip} | {row['compile_seconds']:.1f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--unroll", type=int, nargs="+", default=[1, 4])
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    device = H100["device_description_str"]
+    rows = []
+    for row in program_rows(gpu_mesh(), args.batch, args.unroll):
+        print(row, flush=True)
+        rows.append(row)
+    markdown = render_markdown(rows, args.batch, device)
+    result = {"device": device, "jax": jax.__version__, "batch_size": args.batch, "rows": rows}
+    atomic_write_text(args.out / "gpu-programs-h100.json", json.dumps(result, indent=1) + "\n")
+    atomic_write_text(args.out / "gpu-programs-h100.md", markdown)
+    print(markdown, end="")
+
+
+if __name__ == "__main__":
+    main()
