@@ -28,6 +28,8 @@ import argparse
 import contextlib
 import functools
 import json
+import re
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -115,8 +117,10 @@ def tracing_for_a_gpu() -> Iterator[None]:
         jax.default_backend = default_backend
 
 
-def program_rows(mesh: Mesh, batch: int, unrolls: list[int]) -> Iterator[dict]:
-    """One row per path (and unroll, for the fused paths), each compiled for `mesh`'s GPU."""
+def program_rows(mesh: Mesh, batch: int, unrolls: list[int],
+                 graph_paths: list[str]) -> Iterator[dict]:  # fmt: skip
+    """One row per path (and unroll, for the fused paths; and again with the epoch as one
+    CUDA graph for `graph_paths`), each compiled for `mesh`'s GPU."""
     config = RunConfig(batch_size=batch)
     dataset = Dataset(
         np.zeros((CIFAR_TRAIN_EXAMPLES, 32, 32, 3), np.uint8),
@@ -145,6 +149,8 @@ def program_rows(mesh: Mesh, batch: int, unrolls: list[int]) -> Iterator[dict]:
                 # machine's backend.
                 traced = runner._run_epoch.trace(*specs(args))
             yield _row(path, unroll, traced, loop=True)
+            if path in graph_paths:  # as FusedRunner(graph=True) compiles it on a GPU
+                yield _row(path, unroll, traced, loop=True, options=epoch.GRAPH_EPOCH_OPTIONS)
     yield speedrun_row(mesh)
 
 
@@ -173,18 +179,59 @@ def speedrun_row(mesh: Mesh) -> dict:
     return _row(f"speedrun ({recipe.dtype}, batch {recipe.batch_size})", None, traced, loop=True)
 
 
-def _row(path: str, unroll: int | None, traced, *, loop: bool) -> dict:
-    start = time.perf_counter()
-    hlo = traced.lower(lowering_platforms=("cuda",)).compile().as_text()
-    seconds = time.perf_counter() - start
+def _row(path: str, unroll: int | None, traced, *, loop: bool,
+         options: dict[str, str] | None = None) -> dict:  # fmt: skip
+    lowered = traced.lower(lowering_platforms=("cuda",))
+    with tempfile.TemporaryDirectory() as dump:
+        start = time.perf_counter()
+        hlo = lowered.compile({**(options or {}), "xla_dump_to": dump}).as_text()
+        seconds = time.perf_counter() - start
+        graphs = graphed_part(thunk_sequence(Path(dump))) if loop else None
     counts = kernel_counts(hlo, loop_body=loop, by_kind=True)
-    per_step = {op: count / (unroll or 1) for op, count in sorted(counts.items())}
+    per_step = {kind: count / (unroll or 1) for kind, count in sorted(counts.items())}
     return {
-        "path": path, "unroll": unroll, "kernels_per_step": sum(per_step.values()),
-        "kernels_by_kind": per_step, "epoch_loop": loop,
-        "trip_count": loop_trip_count(hlo) if loop else None,
-        "compile_seconds": round(seconds, 2),
+        "path": path, "unroll": unroll, "options": options or {},
+        "kernels_per_step": sum(per_step.values()), "kernels_by_kind": per_step,
+        "epoch_loop": loop, "trip_count": loop_trip_count(hlo) if loop else None,
+        "command_buffers": graphs, "compile_seconds": round(seconds, 2),
     }  # fmt: skip
+
+
+def thunk_sequence(dump: Path) -> str:
+    """The thunk sequence (what XLA:GPU's runtime executes: kernels, copies, loops and
+    command buffers, nested) that XLA dumped into folder `dump` for its one program."""
+    (path,) = dump.glob("*.thunk_sequence_after_thunk_passes.txt")
+    return path.read_text()
+
+
+def graphed_part(thunks: str) -> str:
+    """Which part of a program's epoch loop runs as command buffers (CUDA graphs), from its
+    thunk sequence: "whole loop" (the loop inside one: the GPU runs it), "loop body" (the
+    body one graph, launched by the host each iteration), or how many of the body's thunks
+    are graphs ("2 graphs + 12 thunks": the host launches 14 things an iteration)."""
+    lines = thunks.splitlines()
+    loops = [i for i, line in enumerate(lines) if re.match(r"\s*\d+: kWhile\b", line)]
+    if not loops:
+        raise ValueError("the thunk sequence runs no while loop")
+    first = min(loops, key=lambda i: _indent(lines[i]))
+    if _indent(lines[first]):  # a top-level thunk is not indented
+        return "whole loop"
+    start = next(i for i in range(first, len(lines)) if lines[i].strip() == "body:") + 1
+    depth = _indent(lines[start])
+    body = []
+    for line in lines[start:]:
+        if _indent(line) < depth:
+            break
+        if _indent(line) == depth:
+            body.append(line)
+    graphs = sum("kCommandBuffer" in line for line in body)
+    if graphs == len(body) == 1:
+        return "loop body"
+    return f"{graphs} graph{'' if graphs == 1 else 's'} + {len(body) - graphs} thunks"
+
+
+def _indent(line: str) -> int:
+    return len(line) - len(line.lstrip())
 
 
 def render_markdown(rows: list[dict], batch: int, device: str) -> str:
@@ -196,17 +243,21 @@ def render_markdown(rows: list[dict], batch: int, device: str) -> str:
         "`benchmarks/gpu_programs.py`). Kernels: instructions of one step's optimised "
         "program that launch work; for the epochs the loop's body over its unroll. "
         "Trip count: the epoch loop's, as XLA proved it (none: each iteration waits for its "
-        "condition on the host).",
+        "condition on the host). CUDA graphs: the part of the epoch XLA runs as command "
+        "buffers (loop body: the host launches one an iteration; whole loop: one an epoch, "
+        "the GPU runs the loop); graph epoch: `FusedRunner(graph=True)`'s compiler options.",
         "",
-        "| path | unroll | kernels/step | by kind | loop trip count | compile s (CPU) |",
-        "|---|---:|---:|---|---:|---:|",
+        "| path | unroll | kernels/step | by kind | loop trip count | CUDA graphs "
+        "| compile s (CPU) |",
+        "|---|---:|---:|---|---:|---|---:|",
     ]
     for row in rows:
         kinds = ", ".join(f"{kind} {n:g}" for kind, n in row["kernels_by_kind"].items())
         trip = (row["trip_count"] or "none") if row["epoch_loop"] else "-"
+        path = row["path"] + (" (graph epoch)" if row["options"] else "")
         lines.append(
-            f"| {row['path']} | {row['unroll'] or '-'} | {row['kernels_per_step']:g} "
-            f"| {kinds} | {trip} | {row['compile_seconds']:.1f} |"
+            f"| {path} | {row['unroll'] or '-'} | {row['kernels_per_step']:g} | {kinds} "
+            f"| {trip} | {row['command_buffers'] or '-'} | {row['compile_seconds']:.1f} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -215,11 +266,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--unroll", type=int, nargs="+", default=[1, 4])
+    parser.add_argument("--graph-paths", nargs="*", choices=list(epoch.PALLAS_PARTS),
+                        default=["fused-pallas-all"],
+                        help="fused paths to compile again with the epoch as one CUDA graph "
+                        "(the others' convolutions leave their loops outside any graph)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     device = H100["device_description_str"]
     rows = []
-    for row in program_rows(gpu_mesh(), args.batch, args.unroll):
+    for row in program_rows(gpu_mesh(), args.batch, args.unroll, args.graph_paths):
         print(row, flush=True)
         rows.append(row)
     markdown = render_markdown(rows, args.batch, device)

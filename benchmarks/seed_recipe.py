@@ -3,7 +3,7 @@ side in one process, and write benchmarks/results/seed-recipe-<device>.json and 
 
 Usage: python benchmarks/seed_recipe.py [--data-dir ../shared/data] [--paths loop scan ...]
        [--epochs 10] [--limit-train N --limit-test N] [--unroll 1 ...] [--out benchmarks/results]
-       [--name STEM] [--append] [--profile PATH ...]
+       [--name STEM] [--append] [--profile PATH ...] [--graph-paths PATH ...]
 
 Paths are `jaxcifar train --epoch-mode` values (jaxcifar.fused.measure): loop, chunk, scan, and
 the fused path in plain JAX (fused), with its dense head in two Pallas kernels (fused-pallas) or
@@ -13,10 +13,12 @@ the same initial parameters; `--limit-train` makes a CPU run short enough to fin
 fails (say, a Pallas kernel the GPU's compiler rejects) is reported with its error and the
 others still run. `--append` adds the rows to the results file an earlier run wrote (from
 another process: a GPU fault in one cannot cost the other's rows). Several `--unroll` values
-(steps per loop iteration of the fused paths) measure every path at the first value, then the
-fused paths again at each further one. `--profile PATH` traces one more epoch of the paths it
-names at the first value with JAX's profiler and adds the device time per kernel to its row and
-a table to the markdown (on a GPU: a CPU has no device planes)."""
+(steps per loop iteration of the fused paths) measure every path at the first value and the
+fused paths at each further one too, each path's runs in a row. `--profile PATH` traces one
+more epoch of the paths it names at the first value with JAX's profiler and adds the device
+time per kernel to its row and a table to the markdown (on a GPU: a CPU has no device planes).
+`--graph-paths PATH` runs the fused paths it names again, right after each of their runs, with
+each epoch compiled as one CUDA graph (`FusedRunner(graph=True)`; on a CPU the same program)."""
 
 from __future__ import annotations
 
@@ -48,6 +50,9 @@ def main() -> None:
     parser.add_argument("--profile", nargs="+", choices=PATHS, default=[], metavar="PATH",
                         help="trace one more epoch of these paths at the first --unroll and "
                         "record its device time per kernel")
+    parser.add_argument("--graph-paths", nargs="+", choices=FUSED_MODES, default=[],
+                        metavar="PATH", help="run these fused paths again with each epoch "
+                        "compiled as one CUDA graph")
     args = parser.parse_args()
 
     config = RunConfig(epochs=args.epochs)
@@ -58,24 +63,28 @@ def main() -> None:
         for split, limit in (("train", args.limit_train), ("test", args.limit_test))
     }
     stem = args.name or f"seed-recipe-{device_slug(device_name())}"
+    # A path's runs one after another (a time limit that stops the process costs the last
+    # paths, not every path's later unrolls).
     runs = [
-        (path, unroll, path in args.profile and i == 0)
-        for i, unroll in enumerate(args.unroll)
+        (path, unroll, graph, path in args.profile and i == 0 and not graph)
         for path in args.paths
-        if i == 0 or path in FUSED_MODES
+        for i, unroll in enumerate(args.unroll if path in FUSED_MODES else args.unroll[:1])
+        for graph in ((False, True) if path in args.graph_paths else (False,))
     ]
     # Pallas runs last: its Triton kernels are the least proven code here, and a compile that
     # hangs or a fault that breaks the GPU context would cost every run after it.
     runs.sort(key=lambda run: bool(PALLAS_PARTS.get(run[0])))
     json_path = args.out / f"{stem}.json"
     rows, failures = read_results(json_path) if args.append else ([], [])
-    for path, unroll, profile in runs:
+    for path, unroll, graph, profile in runs:
         try:
             rows.append(measure_path(
-                path, config, splits["train"], splits["test"], unroll=unroll, profile=profile
+                path, config, splits["train"], splits["test"], unroll=unroll, graph=graph,
+                profile=profile,
             ))  # fmt: skip
         except Exception as error:  # one path failing is a result too; measure the rest
-            failures.append(f"{run_label(path, unroll)}: {type(error).__name__}: {error}")
+            label = run_label(path, unroll, graph)
+            failures.append(f"{label}: {type(error).__name__}: {error}")
             print(f"failed: {failures[-1]}")
         # Rewritten after every path: a run cut short by a timeout keeps what it measured.
         written = write_results(rows, json_path, failures=failures)

@@ -41,19 +41,22 @@ def compiler_options() -> dict[str, str] | None:
     return {_OPTION: _FUSION_TYPES}
 
 
-def compile_program(lowered: jax.stages.Lowered) -> jax.stages.Compiled:
-    """`lowered.compile()` with `compiler_options()`. A jaxlib that predates the option, or
-    the fusion types it names, compiles with its defaults."""
-    options = compiler_options()
-    if options is None:
-        return lowered.compile()
+def compile_program(lowered: jax.stages.Lowered,
+                    options: dict[str, str] | None = None) -> jax.stages.Compiled:  # fmt: skip
+    """`lowered.compile()` with `compiler_options()` and the caller's own `options` (XLA
+    debug options by name) over them. A jaxlib that predates the CPU option, or the fusion
+    types it names, compiles without it."""
+    own = options or {}
+    cpu = compiler_options()
+    if cpu is None:
+        return lowered.compile(compiler_options=own or None)
     try:
-        return lowered.compile(compiler_options=options)
+        return lowered.compile(compiler_options={**cpu, **own})
     except jax.errors.JaxRuntimeError as error:
         unknown = (f"No such compile option: '{_OPTION}'", f"While setting option {_OPTION},")
         if not any(message in str(error) for message in unknown):
             raise
-        return lowered.compile()
+        return lowered.compile(compiler_options=own or None)
 
 
 def compiled_per_shape(jitted: Callable) -> Callable:
@@ -79,12 +82,17 @@ class Compiled(NamedTuple):
     compile_seconds: float  # lowering + XLA compilation
 
 
-def compile_timed(jitted: Any, *args: Any, xla_defaults: bool = False) -> Compiled:
+def compile_timed(jitted: Any, *args: Any, xla_defaults: bool = False,
+                  options: dict[str, str] | None = None) -> Compiled:  # fmt: skip
     """`jitted.lower(*args)` compiled by `compile_program` (on a CPU, without YNNPACK's
-    convolutions), or with XLA's defaults if `xla_defaults`, timing the lowering and the
-    whole: how the epoch runners, the speedrun and the benchmarks compile ahead of time."""
+    convolutions), or with XLA's defaults if `xla_defaults`, with `options` (XLA debug
+    options) either way, timing the lowering and the whole: how the epoch runners, the
+    speedrun and the benchmarks compile ahead of time."""
     start = time.perf_counter()
     lowered = jitted.lower(*args)
     lowered_at = time.perf_counter()
-    executable = lowered.compile() if xla_defaults else compile_program(lowered)
+    if xla_defaults:
+        executable = lowered.compile(compiler_options=options)
+    else:
+        executable = compile_program(lowered, options)
     return Compiled(executable, lowered_at - start, time.perf_counter() - start)

@@ -3,8 +3,8 @@
 # (#9 A), the fast recipe against airbench94 (#9 B) and the step-time benchmark's GPU rows
 # (#5). Expected 6-7 minutes on an H100/H200 once the machine has started (a session's device
 # time is 15 minutes, start-up included: run it once, with timeout_s 600); each step has its
-# own timeout (together 580 s: 10 + 30 to name the GPU, 40 for the data, 80 + 100 for the
-# seed recipe's XLA and Pallas paths, 200 + 120 for the other two parts; under the device
+# own timeout (together 580 s: 10 + 30 to name the GPU, 40 for the data, 80 + 130 for the
+# seed recipe's XLA and Pallas paths, 200 + 90 for the other two parts; under the device
 # tool's 600 s a call), so one that hangs does not cost the others, and each part saves its
 # results into $OUT as it goes (after every path, run or case), so a part stopped by its time
 # limit keeps what it measured.
@@ -95,27 +95,29 @@ else
   # must not cost the other rows. fused-pallas-all, the candidate for #9 A, runs first.
   # --profile traces one more epoch of fused-pallas-all at unroll 1 (six kernels a step,
   # ~100,000 events; a second or two), before the unroll-4 rows: which kernels the step's
-  # time goes to, for the next change to act on.
+  # time goes to, for the next change to act on. --graph-paths runs fused-pallas-all again
+  # right after each of its runs with every epoch one CUDA graph whose loop the GPU runs
+  # (FusedRunner(graph=True); benchmarks/gpu_programs.py): no host launch an iteration.
   seed_args=(--unroll 1 4)
   speedrun_args=(--runs 5 --dtypes bfloat16 float16)
-  # 45 cases, ~35 of them compiling: 0.4 s of timing each keeps them near 120 s (GPU steps
+  # 45 cases, ~35 of them compiling: 0.25 s of timing each keeps them near 90 s (GPU steps
   # take microseconds to milliseconds: still hundreds of timed steps per case); a case cut
   # short by the time limit leaves the cases before it saved.
-  bench_args=(--seconds-per-case 0.4)
+  bench_args=(--seconds-per-case 0.25)
 fi
 if wanted seed; then
   run_part "seed recipe by path, XLA (#9 A)" 80 "$python" benchmarks/seed_recipe.py \
     --data-dir "$data" --paths scan fused --out "$out" "${seed_args[@]}"
-  run_part "seed recipe by path, Pallas (#9 A)" 100 "$python" benchmarks/seed_recipe.py \
+  run_part "seed recipe by path, Pallas (#9 A)" 130 "$python" benchmarks/seed_recipe.py \
     --data-dir "$data" --paths fused-pallas-all fused-pallas --append --out "$out" \
-    --profile fused-pallas-all "${seed_args[@]}"
+    --profile fused-pallas-all --graph-paths fused-pallas-all "${seed_args[@]}"
 fi
 if wanted speedrun; then
   run_part "fast recipe vs airbench94 (#9 B)" 200 "$python" benchmarks/speedrun.py \
     --data-dir "$data" --out "$out" "${speedrun_args[@]}"
 fi
 if wanted bench; then
-  run_part "step-time benchmark (#5)" 120 "$python" -m jaxcifar bench --out "$out" \
+  run_part "step-time benchmark (#5)" 90 "$python" -m jaxcifar bench --out "$out" \
     "${bench_args[@]}"
 fi
 ls -l "$out"

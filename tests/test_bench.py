@@ -357,7 +357,8 @@ def test_epoch_time_leaves_out_only_the_compiles_inside_the_epoch(monkeypatch):
 
     compile_program, shard_batch = cpu_fusions.compile_program, parallel.shard_batch
     monkeypatch.setattr(
-        cpu_fusions, "compile_program", lambda low: advance(0.5, lambda: compile_program(low))
+        cpu_fusions, "compile_program",
+        lambda low, *options: advance(0.5, lambda: compile_program(low, *options)),
     )
     monkeypatch.setattr(
         parallel, "shard_batch", lambda *a, **k: advance(0.25, lambda: shard_batch(*a, **k))

@@ -57,6 +57,15 @@ def test_reductions_stay_in_ynnpack_whatever_the_program_size():
         assert float(compiled(jnp.ones((rows, 1024), jnp.uint8))) == rows * 1024
 
 
+def test_a_callers_own_options_apply_over_the_cpu_ones():
+    lowered = _lowered_sum(64)
+    assert "ynn_fusion" in cpu_fusions.compile_program(lowered).as_text()
+    # No library fusion types at all: the caller's value for the same option wins.
+    own = cpu_fusions.compile_program(lowered, {"xla_cpu_experimental_ynn_fusion_type": ""})
+    assert "ynn_fusion" not in own.as_text()
+    assert float(own(jnp.ones((64, 1024), jnp.uint8))) == 64 * 1024
+
+
 def test_a_jaxlib_without_the_option_or_fusion_type_compiles_with_its_defaults(monkeypatch):
     lowered = _lowered_sum(4096)
     monkeypatch.setattr(cpu_fusions, "_FUSION_TYPES", "LIBRARY_FUSION_TYPE_NO_SUCH")

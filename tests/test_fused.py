@@ -233,6 +233,36 @@ def test_every_epoch_mode_of_fit_records_the_same_epoch_and_the_cli_offers_every
         assert records[mode] == records["loop"], mode
 
 
+def test_a_graph_epoch_asks_xla_for_one_command_buffer_on_a_gpu_only(dataset, monkeypatch):
+    """`graph=True` compiles the epoch with GRAPH_EPOCH_OPTIONS on a GPU (the loop then runs
+    inside one CUDA graph: benchmarks/gpu_programs.py) and trains exactly as without; other
+    backends have no command buffers and compile as usual."""
+    from jaxcifar.fused import measure
+
+    asked = []
+    real_compile_timed = epoch.compile_timed
+
+    def compile_timed(*args, options=None):
+        asked.append(options)
+        return real_compile_timed(*args, options=options)
+
+    monkeypatch.setattr(epoch, "compile_timed", compile_timed)
+    setup = train.build_setup(CONFIG, dataset)
+    finals = []
+    for backend, graph in (("cpu", False), ("cpu", True), ("gpu", True)):
+        monkeypatch.setattr(jax, "default_backend", lambda backend=backend: backend)
+        runner = epoch.FusedRunner(CONFIG, dataset, path="fused", graph=graph)
+        state = runner.run(train.init_state(CONFIG, setup), 1, lambda *_: None)
+        finals.append(jax.tree.leaves(jax.device_get(state.params)))
+    assert asked == [None, None, epoch.GRAPH_EPOCH_OPTIONS]
+    assert all(map(np.array_equal, finals[1], finals[0]))
+    # (Told it is a GPU, this CPU also drops its own convolution options: float32 rounding.)
+    for leaf, expected in zip(finals[2], finals[0]):
+        np.testing.assert_allclose(leaf, expected, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="only the fused paths compile an epoch as one program"):
+        measure.measure_path("scan", CONFIG, dataset, dataset, graph=True)
+
+
 def test_measured_paths_write_the_seed_recipe_results_schema(dataset, tmp_path):
     from jaxcifar.fused import measure
 

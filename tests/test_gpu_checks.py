@@ -52,14 +52,17 @@ def test_quick_mode_runs_every_part_and_writes_each_results_file(shared_data, tm
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
 
     seed = json.loads((tmp_path / "seed-recipe-cpu.json").read_text())
-    # The XLA paths' process, then the Pallas paths' (--append), into one results file.
-    assert [row["path"] for row in seed] == ["scan", "fused", "fused-pallas-all", "fused-pallas"]
+    # The XLA paths' process, then the Pallas paths' (--append), into one results file;
+    # fused-pallas-all again with its epoch as one CUDA graph (on a CPU, the same program).
+    runs = [(row["path"], row["graph"]) for row in seed]
+    assert runs == [("scan", False), ("fused", False), ("fused-pallas-all", False),
+                    ("fused-pallas-all", True), ("fused-pallas", False)]  # fmt: skip
     losses = [row["last_epoch_train_loss"] for row in seed]
-    assert max(losses) - min(losses) < 1e-4 * max(losses), losses  # one recipe, four paths
+    assert max(losses) - min(losses) < 1e-4 * max(losses), losses  # one recipe, five runs
     assert "Failed" not in (tmp_path / "seed-recipe-cpu.md").read_text()
     # fused-pallas-all was profiled for one more epoch (a CPU has no device planes: []).
     profiles = [row.get("profile") for row in seed]
-    assert profiles[:2] + profiles[3:] == [None, None, None]
+    assert profiles[:2] + profiles[3:] == [None, None, None, None]
     assert isinstance(profiles[2], list) and (profiles[2] == []) == ON_CPU
 
     speedrun = json.loads((tmp_path / "speedrun-cpu.json").read_text())

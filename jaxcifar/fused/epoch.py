@@ -67,6 +67,15 @@ PALLAS_HEAD_MAX_BATCH = 128
 # one array whose element offsets Triton computes in int32: up to 2**31 - 1 of them (CIFAR-10
 # has 153.6 million; 699,051 32x32x3 images would overflow).
 PALLAS_MAX_TRAINING_PIXELS = 2**31 - 1
+# XLA:GPU replays runs of kernels as command buffers (CUDA graphs), but by default not loops:
+# the host launches the epoch loop's body, one graph, every iteration. With WHILE and
+# CONDITIONAL among the command types, the whole epoch, its loop included, is one graph whose
+# loop the GPU runs itself (CUDA's conditional nodes): one launch an epoch
+# (benchmarks/gpu_programs.py compiles both). The list replaces XLA's default types, so it
+# names them too (FUSION to CUDNN, those of JAX 0.10's XLA; a later XLA may default to more).
+GRAPH_EPOCH_OPTIONS = {
+    "xla_gpu_enable_command_buffer": "FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN,WHILE,CONDITIONAL"
+}
 
 
 def check_config(config: RunConfig, path: str = "fused") -> None:
@@ -126,7 +135,9 @@ def to_train_state(state: step.FusedState) -> train.TrainState:
 
 class FusedRunner:
     """Trains epochs of `dataset` (uint8 images, on the default device) along fused path
-    `path` (a key of PALLAS_PARTS), `unroll` steps per loop iteration.
+    `path` (a key of PALLAS_PARTS), `unroll` steps per loop iteration; with `graph`, each
+    epoch compiled as one CUDA graph on a GPU (GRAPH_EPOCH_OPTIONS; other backends have no
+    command buffers and ignore it).
 
     Same interface as `epochs.EpochRunner` (`steps`, `compile_seconds`, `run`). Drops the last
     partial batch and draws the same order and dropout masks as `epochs.EpochRunner` for the
@@ -136,7 +147,7 @@ class FusedRunner:
 
     def __init__(
         self, config: RunConfig, dataset: Dataset, path: str = "fused", unroll: int = 1,
-        mesh: Mesh | None = None,
+        mesh: Mesh | None = None, graph: bool = False,
     ):  # fmt: skip
         check_config(config, path)
         if unroll < 1:
@@ -149,6 +160,7 @@ class FusedRunner:
             )
         self.config = config
         self.unroll = unroll
+        self.graph = graph
         if "convs" in PALLAS_PARTS[path] and dataset.images.size > PALLAS_MAX_TRAINING_PIXELS:
             raise ConfigError(
                 f"--epoch-mode {path} reads the batch from the whole training set, whose "
@@ -210,7 +222,8 @@ class FusedRunner:
         corrects))` for `state`'s shapes, compiled once (timed in compile_seconds)."""
         if self._compiled is None:
             args = (to_fused_state(state), self.images, self.labels, np.int32(1))
-            compiled = compile_timed(self._run_epoch, *args)
+            options = GRAPH_EPOCH_OPTIONS if self.graph and jax.default_backend() == "gpu" else None
+            compiled = compile_timed(self._run_epoch, *args, options=options)
             self._compiled = compiled.executable
             self.compile_seconds += compiled.compile_seconds
         return self._compiled

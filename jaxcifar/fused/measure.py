@@ -38,9 +38,11 @@ PATHS = ("loop", "chunk", "scan", *train.FUSED_MODES)
 
 def measure_path(
     path: str, config: RunConfig, train_set: Dataset, test_set: Dataset, *, unroll: int = 1,
-    profile: bool = False, log: Callable[[str], None] = print,
+    graph: bool = False, profile: bool = False, log: Callable[[str], None] = print,
 ) -> dict[str, Any]:  # fmt: skip
-    """Train `config` from scratch along `path` (one of PATHS) and return its results row.
+    """Train `config` from scratch along `path` (one of PATHS) and return its results row;
+    a fused path `unroll` steps per loop iteration and, with `graph`, each epoch one CUDA
+    graph (`FusedRunner`).
 
     The wall time runs from building the first program to the last epoch's state being
     ready: compilation and training, not the test evaluation after it. With `profile`, one
@@ -49,12 +51,14 @@ def measure_path(
     """
     if path not in PATHS:
         raise ValueError(f"unknown path {path!r}; expected one of {', '.join(PATHS)}")
+    if graph and path not in train.FUSED_MODES:
+        raise ValueError(f"graph: only the fused paths compile an epoch as one program, not {path}")
     setup = train.build_setup(config, train_set)
     state = train.init_state(config, setup)
     initial_params = jax.tree.map(jnp.copy, jax.block_until_ready(state.params))
     start = time.perf_counter()
     if path in train.FUSED_MODES:
-        runner = FusedRunner(config, train_set, path=path, unroll=unroll)
+        runner = FusedRunner(config, train_set, path=path, unroll=unroll, graph=graph)
     else:
         runner = train.make_epoch_runner(path, config, setup, train_set)
     for epoch in range(1, config.epochs + 1):
@@ -79,6 +83,7 @@ def measure_path(
         "test_accuracy": test.accuracy,
         "path": path,
         "unroll": unroll if path in train.FUSED_MODES else None,
+        "graph": graph,
         "train_images": len(train_set),
         "test_images": len(test_set),
         "steps": runner.steps * config.epochs,
@@ -97,16 +102,19 @@ def measure_path(
             log(f"{path}: not profiled ({type(error).__name__}: {error})")
             row["profile"] = None
     log(
-        f"{run_label(path, unroll)}: {wall:.2f} s wall ({runner.compile_seconds:.2f} s compiling), "
-        f"{row['steps']} steps, test accuracy {test.accuracy:.4f}, "
-        f"{row['kernels_per_step']} kernels per step"
+        f"{run_label(path, unroll, graph)}: {wall:.2f} s wall "
+        f"({runner.compile_seconds:.2f} s compiling), {row['steps']} steps, "
+        f"test accuracy {test.accuracy:.4f}, {row['kernels_per_step']} kernels per step"
     )
     return row
 
 
-def run_label(path: str, unroll: int) -> str:
-    """A run's name in logs and failure lines: its path, with the unroll for a fused path."""
-    return f"{path} (unroll {unroll})" if path in train.FUSED_MODES else path
+def run_label(path: str, unroll: int, graph: bool = False) -> str:
+    """A run's name in logs and failure lines: its path, with the unroll (and the graph
+    epoch) for a fused path."""
+    if path not in train.FUSED_MODES:
+        return path
+    return f"{path} (unroll {unroll}{', graph epoch' if graph else ''})"
 
 
 def _step_kernels(path: str, runner: Any, setup: train.Setup, params: Any,
@@ -145,6 +153,7 @@ def render_markdown(rows: Sequence[dict[str, Any]], failures: Sequence[str] = ()
         warm = (row["wall_seconds"] - row["compile_seconds"]) / row["steps"] * 1e3
         kernels = "-" if row["kernels_per_step"] is None else f"{row['kernels_per_step']:.0f}"
         path = row["path"] + (" (interpret)" if row["pallas_interpret"] else "")
+        path += " (graph epoch)" if row.get("graph") else ""
         lines.append(
             f"| {path} | {row['unroll'] or '-'} | {row['train_images']} | {row['epochs']} "
             f"| {row['steps']} | {row['wall_seconds']:.2f} | {row['compile_seconds']:.2f} "
@@ -163,7 +172,8 @@ def _profile_markdown(row: dict[str, Any]) -> list[str]:
     """A profiled row's device time per kernel, as markdown lines."""
     steps = row["steps"] // row["epochs"]  # the traced epoch's
     lines = [
-        f"## Device time by kernel: {run_label(row['path'], row['unroll'])}, one more epoch",
+        f"## Device time by kernel: {run_label(row['path'], row['unroll'], row.get('graph'))}, "
+        "one more epoch",
         "",
         f"{steps} steps; us/step: the kernel's total over the epoch's steps.",
         "",
