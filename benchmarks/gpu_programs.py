@@ -1,7 +1,8 @@
 """Compile the seed recipe's training programs for an H100 without one, and report what
 XLA:GPU makes of one training step: the kernels it launches and how its epoch loop runs.
 
-Usage: python benchmarks/gpu_programs.py [--batch 4] [--unroll 1 4] [--out benchmarks/results]
+Usage: python benchmarks/gpu_programs.py [--batch 4] [--unroll 1 4]
+       [--graph-paths fused-pallas-all] [--out benchmarks/results]
 
 Step times need a GPU; what the GPU's compiler does with each path's program does not. JAX's
 CUDA plugin compiles ahead of time for a GPU it is only told about (a PJRT topology made from
@@ -14,6 +15,9 @@ jaxcifar dependency: `pip install "jax[cuda12]==<this JAX's version>"` into a ve
   copies; for the fused paths the epoch loop's body, divided by its unroll;
 - whether XLA proved the epoch loop's trip count (`xla_cost.loop_trip_count`): without one,
   every iteration waits for its condition to reach the host;
+- how much of the epoch loop runs as CUDA graphs (`xla_cost.loop_command_buffers`, from the
+  thunk sequence XLA dumps): what the host launches each iteration; with `--graph-paths`,
+  again as `FusedRunner(graph=True)` compiles it;
 - the compile time on this machine.
 `loop` is `train.make_train_step`'s program: what the loop path runs a step, and, with a
 batch gather, what the chunk and scan paths' loops run (their programs live inside
@@ -28,11 +32,11 @@ import argparse
 import contextlib
 import functools
 import json
-import re
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -43,7 +47,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from bench_paths import RESULTS
 from jaxcifar import train
 from jaxcifar.atomic import atomic_write_text
-from jaxcifar.bench.xla_cost import kernel_counts, loop_trip_count
+from jaxcifar.bench.xla_cost import kernel_counts, loop_command_buffers, loop_trip_count
 from jaxcifar.config import RunConfig
 from jaxcifar.data.dataset import Dataset
 from jaxcifar.data.sources import CLASS_NAMES
@@ -105,6 +109,20 @@ def gpu_mesh(target: dict = H100) -> Mesh:
     return topologies.make_mesh(topology, (1,), ("data",))
 
 
+def on_the_gpu(mesh: Mesh) -> Callable[[Any], Any]:
+    """A function from a pytree of arrays (or shape structs) to one of shape structs of the
+    same shapes and dtypes, placed on `mesh`'s GPU: what `jit(...).trace` compiles for."""
+    on_gpu = NamedSharding(mesh, PartitionSpec())
+
+    def specs(tree: Any) -> Any:
+        return jax.tree.map(
+            lambda x: jax.ShapeDtypeStruct(jnp.shape(x), jnp.result_type(x), sharding=on_gpu),
+            tree,
+        )
+
+    return specs
+
+
 @contextlib.contextmanager
 def tracing_for_a_gpu() -> Iterator[None]:
     """Pallas kernels trace to Triton kernels, not interpreted ones, only when JAX's default
@@ -128,14 +146,7 @@ def program_rows(mesh: Mesh, batch: int, unrolls: list[int],
     )  # fmt: skip
     setup = train.build_setup(config, dataset)
     state = train.init_state(config, setup)
-    on_gpu = NamedSharding(mesh, PartitionSpec())
-
-    def specs(tree):
-        return jax.tree.map(
-            lambda x: jax.ShapeDtypeStruct(jnp.shape(x), jnp.result_type(x), sharding=on_gpu),
-            tree,
-        )
-
+    specs = on_the_gpu(mesh)
     step = train.make_train_step(setup, mesh=mesh)
     batch_arrays = (dataset.images[:batch], dataset.labels[:batch])
     traced = step.trace(*specs((state, batch_arrays)), specs(jax.random.key(0)))
@@ -160,22 +171,17 @@ def speedrun_row(mesh: Mesh) -> dict:
     recipe = speedrun_recipe.Recipe()
     plan = speedrun_recipe.plan(recipe, CIFAR_TRAIN_EXAMPLES)
     tx = speedrun_optimizer.build_optimizer(recipe, plan.total_steps)
-    on_gpu = NamedSharding(mesh, PartitionSpec())
-    data = speedrun_train.DeviceData(
-        *(jax.ShapeDtypeStruct(shape, dtype, sharding=on_gpu) for shape, dtype in (
-            ((CIFAR_TRAIN_EXAMPLES, 32, 32, 3), jnp.uint8), ((CIFAR_TRAIN_EXAMPLES,), jnp.int32),
-            ((3,), jnp.float32), ((3,), jnp.float32),
-        ))
-    )  # fmt: skip
+    specs = on_the_gpu(mesh)
+    data = specs(speedrun_train.DeviceData(
+        jax.ShapeDtypeStruct((CIFAR_TRAIN_EXAMPLES, 32, 32, 3), jnp.uint8),
+        jax.ShapeDtypeStruct((CIFAR_TRAIN_EXAMPLES,), jnp.int32),
+        jax.ShapeDtypeStruct((3,), jnp.float32), jax.ShapeDtypeStruct((3,), jnp.float32),
+    ))  # fmt: skip
     init = functools.partial(speedrun_train.init_state, recipe, tx, 10)
-    state = jax.tree.map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=on_gpu),
-        jax.eval_shape(init, jax.random.key(0), data),
-    )
+    state = specs(jax.eval_shape(init, jax.random.key(0), data))
     epoch_steps = plan.epoch_steps(0)
     run_epoch = functools.partial(speedrun_train.scan_epoch, recipe, plan, tx, epoch_steps)
-    epoch_number = jax.ShapeDtypeStruct((), jnp.int32, sharding=on_gpu)
-    traced = jax.jit(run_epoch).trace(state, data, epoch_number)
+    traced = jax.jit(run_epoch).trace(state, data, specs(jnp.int32(1)))
     return _row(f"speedrun ({recipe.dtype}, batch {recipe.batch_size})", None, traced, loop=True)
 
 
@@ -186,7 +192,7 @@ def _row(path: str, unroll: int | None, traced, *, loop: bool,
         start = time.perf_counter()
         hlo = lowered.compile({**(options or {}), "xla_dump_to": dump}).as_text()
         seconds = time.perf_counter() - start
-        graphs = graphed_part(thunk_sequence(Path(dump))) if loop else None
+        graphs = loop_command_buffers(thunk_sequence(Path(dump))) if loop else None
     counts = kernel_counts(hlo, loop_body=loop, by_kind=True)
     per_step = {kind: count / (unroll or 1) for kind, count in sorted(counts.items())}
     return {
@@ -199,42 +205,19 @@ def _row(path: str, unroll: int | None, traced, *, loop: bool,
 
 def thunk_sequence(dump: Path) -> str:
     """The thunk sequence (what XLA:GPU's runtime executes: kernels, copies, loops and
-    command buffers, nested) that XLA dumped into folder `dump` for its one program."""
-    (path,) = dump.glob("*.thunk_sequence_after_thunk_passes.txt")
-    return path.read_text()
-
-
-def graphed_part(thunks: str) -> str:
-    """Which part of a program's epoch loop runs as command buffers (CUDA graphs), from its
-    thunk sequence: "whole loop" (the loop inside one: the GPU runs it), "loop body" (the
-    body one graph, launched by the host each iteration), or how many of the body's thunks
-    are graphs ("2 graphs + 12 thunks": the host launches 14 things an iteration)."""
-    lines = thunks.splitlines()
-    loops = [i for i, line in enumerate(lines) if re.match(r"\s*\d+: kWhile\b", line)]
-    if not loops:
-        raise ValueError("the thunk sequence runs no while loop")
-    first = min(loops, key=lambda i: _indent(lines[i]))
-    if _indent(lines[first]):  # a top-level thunk is not indented
-        return "whole loop"
-    start = next(i for i in range(first, len(lines)) if lines[i].strip() == "body:") + 1
-    depth = _indent(lines[start])
-    body = []
-    for line in lines[start:]:
-        if _indent(line) < depth:
-            break
-        if _indent(line) == depth:
-            body.append(line)
-    graphs = sum("kCommandBuffer" in line for line in body)
-    if graphs == len(body) == 1:
-        return "loop body"
-    return f"{graphs} graph{'' if graphs == 1 else 's'} + {len(body) - graphs} thunks"
-
-
-def _indent(line: str) -> int:
-    return len(line) - len(line.lstrip())
+    command buffers, nested) that XLA dumped into folder `dump` for its one program: after
+    XLA's thunk passes (which form the command buffers) where it wrote that file."""
+    for pattern in ("*.thunk_sequence_after_thunk_passes.txt", "*.thunk_sequence.txt"):
+        found = sorted(dump.glob(pattern))
+        if len(found) == 1:
+            return found[0].read_text()
+    names = sorted(path.name for path in dump.iterdir())
+    raise RuntimeError(f"XLA dumped no single thunk sequence into {dump}: {names}")
 
 
 def render_markdown(rows: list[dict], batch: int, device: str) -> str:
+    """`program_rows`' rows as a markdown table under a title naming `device` and the seed
+    recipe's `batch`."""
     lines = [
         f"# Training steps as XLA:GPU compiles them for an {device}",
         "",

@@ -18,7 +18,8 @@ fused paths at each further one too, each path's runs in a row. `--profile PATH`
 more epoch of the paths it names at the first value with JAX's profiler and adds the device
 time per kernel to its row and a table to the markdown (on a GPU: a CPU has no device planes).
 `--graph-paths PATH` runs the fused paths it names again, right after each of their runs, with
-each epoch compiled as one CUDA graph (`FusedRunner(graph=True)`; on a CPU the same program)."""
+each epoch compiled to be one CUDA graph where it fits (`FusedRunner(graph=True)`: on a GPU,
+fused-pallas-all's; on a CPU the same program)."""
 
 from __future__ import annotations
 
@@ -32,6 +33,24 @@ from jaxcifar.data import load_split
 from jaxcifar.fused.measure import PATHS, measure_path, read_results, run_label, write_results
 from jaxcifar.fused.epoch import PALLAS_PARTS
 from jaxcifar.train import FUSED_MODES
+
+
+def plan_runs(paths: list[str], unrolls: list[int], profile: list[str],
+              graph_paths: list[str]) -> list[tuple[str, int, bool, bool]]:  # fmt: skip
+    """The (path, unroll, graph, profile) runs in the order they run: each path's one after
+    another (a time limit that stops the process costs the last paths, not every path's
+    later unrolls), a fused path at each unroll, each run of a path in `graph_paths` again
+    as a graph epoch, a path in `profile` profiled at the first unroll (not as a graph
+    epoch), and the Pallas paths last: their Triton kernels are the least proven code here,
+    and a compile that hangs or a fault that breaks the GPU context would cost every run
+    after it."""
+    runs = [
+        (path, unroll, graph, path in profile and i == 0 and not graph)
+        for path in paths
+        for i, unroll in enumerate(unrolls if path in FUSED_MODES else unrolls[:1])
+        for graph in ((False, True) if path in graph_paths else (False,))
+    ]
+    return sorted(runs, key=lambda run: bool(PALLAS_PARTS.get(run[0])))
 
 
 def main() -> None:
@@ -52,7 +71,7 @@ def main() -> None:
                         "record its device time per kernel")
     parser.add_argument("--graph-paths", nargs="+", choices=FUSED_MODES, default=[],
                         metavar="PATH", help="run these fused paths again with each epoch "
-                        "compiled as one CUDA graph")
+                        "compiled to be one CUDA graph where it fits (fused-pallas-all)")
     args = parser.parse_args()
 
     config = RunConfig(epochs=args.epochs)
@@ -63,17 +82,7 @@ def main() -> None:
         for split, limit in (("train", args.limit_train), ("test", args.limit_test))
     }
     stem = args.name or f"seed-recipe-{device_slug(device_name())}"
-    # A path's runs one after another (a time limit that stops the process costs the last
-    # paths, not every path's later unrolls).
-    runs = [
-        (path, unroll, graph, path in args.profile and i == 0 and not graph)
-        for path in args.paths
-        for i, unroll in enumerate(args.unroll if path in FUSED_MODES else args.unroll[:1])
-        for graph in ((False, True) if path in args.graph_paths else (False,))
-    ]
-    # Pallas runs last: its Triton kernels are the least proven code here, and a compile that
-    # hangs or a fault that breaks the GPU context would cost every run after it.
-    runs.sort(key=lambda run: bool(PALLAS_PARTS.get(run[0])))
+    runs = plan_runs(args.paths, args.unroll, args.profile, args.graph_paths)
     json_path = args.out / f"{stem}.json"
     rows, failures = read_results(json_path) if args.append else ([], [])
     for path, unroll, graph, profile in runs:

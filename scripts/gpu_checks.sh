@@ -100,9 +100,11 @@ else
   # (FusedRunner(graph=True); benchmarks/gpu_programs.py): no host launch an iteration.
   seed_args=(--unroll 1 4)
   speedrun_args=(--runs 5 --dtypes bfloat16 float16)
-  # 45 cases, ~35 of them compiling: 0.25 s of timing each keeps them near 90 s (GPU steps
-  # take microseconds to milliseconds: still hundreds of timed steps per case); a case cut
-  # short by the time limit leaves the cases before it saved.
+  # 45 cases, ~35 of them compiling: 0.25 s of timing each is ~11 s in all (GPU steps take
+  # microseconds to milliseconds: still hundreds of timed steps per case); how long the GPU
+  # takes to compile them is not measured yet, so the last cases may not fit the 90 s this
+  # part has (fused-pallas-all's graph epochs took its 30 s: #9 A comes first). Each case is
+  # saved as it finishes, and the step-time benchmark's figures are #5's, already resolved.
   bench_args=(--seconds-per-case 0.25)
 fi
 if wanted seed; then

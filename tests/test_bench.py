@@ -17,7 +17,9 @@ from jaxcifar.bench import environment, jax_cases, output, suite, timing, torch_
 from jaxcifar.bench.rows import Row, add_ratios
 from jaxcifar.bench.settings import Settings
 from jaxcifar.bench.timing import TimingBudget, percentiles, time_steps
-from jaxcifar.bench.xla_cost import flops, kernel_counts, loop_trip_count, program_memory_bytes
+from jaxcifar.bench.xla_cost import (
+    flops, kernel_counts, loop_command_buffers, loop_trip_count, program_memory_bytes,
+)
 from jaxcifar.cpu_fusions import compile_timed
 
 
@@ -470,6 +472,94 @@ def test_kernel_counts_see_through_command_buffer_calls():
     by_kind = {"fusion kLoop": 2, "custom-call __cudnn$convForward": 1, "copy": 1}
     assert kernel_counts(COMMAND_BUFFER_HLO, loop_body=True, by_kind=True) == by_kind
     assert kernel_counts(COMMAND_BUFFER_HLO) == {"while": 1}
+
+
+# Thunk sequences as XLA:GPU dumps them (xla_dump_to), cut to their loops: the epoch's loop
+# body one command buffer (the host launches it each iteration), the whole loop inside one,
+# and a body whose convolutions stay out of the graphs.
+BODY_GRAPH = """\
+000: kCommandBuffer [source       | next=044 (1)]
+    001: kCopy         [source       | sink        ] kCopy
+044: kWhile         [prev=000 (1) | sink        ]
+condition:
+    045: kCustomKernel [source | sink] loop_compare_fusion grid: [1, 1, 1]
+  body:
+    000: kCommandBuffer [source | sink]
+        046: kCustomKernel [source       | next=047 (1)] conv_relu_pool grid: [64, 1, 1]
+        047: kCustomKernel [prev=046 (1) | sink        ] loop_add_fusion grid: [1, 1, 1]
+"""
+WHOLE_LOOP = """\
+000: kCommandBuffer [source | sink]
+    001: kCopy         [source       | next=044 (43)] kCopy
+    044: kWhile        [prev=043 (1) | sink         ]
+condition:
+        045: kCustomKernel [source | sink] loop_compare_fusion grid: [1, 1, 1]
+      body:
+        046: kCustomKernel [source       | next=047 (1)] conv_relu_pool grid: [64, 1, 1]
+"""
+SPLIT_BODY = """\
+048: kWhile         [prev=000 (1) | next=072 (1)]
+condition:
+    049: kCustomKernel [source | sink] loop_compare_fusion grid: [1, 1, 1]
+  body:
+    050: kDynamicSliceFusion [source       | next=052 (1)] params=1, results=1
+        051: kCopy [source | sink] kCopy
+    054: kConvolution        [prev=053 (1) | next=000 (1)] kConvolution
+    000: kCommandBuffer      [prev=054 (1) | next=064 (1)]
+        057: kCustomKernel [source       | sink        ] head_train_step grid: [1, 1, 1]
+    064: kConvolution        [prev=000 (1) | sink        ] kConvolution
+072: kCustomKernel  [prev=048 (1) | sink        ] input_transpose_fusion_3 grid: [1, 1, 1]
+"""
+
+
+# A step loop with a loop of its own inside (XLA writes every "condition:" label unindented),
+# and a small loop before the step loop, as XLA dumped them.
+NESTED = """\
+001: kCopy  [source       | next=003 (2)] kCopy
+003: kWhile [prev=002 (1) | sink        ]
+condition:
+    004: kCustomKernel [source | sink] loop_compare_fusion_1 grid: [1, 1, 1]
+  body:
+    005: kCustomKernel [source       | sink        ] loop_add_fusion_2 grid: [1, 1, 1]
+    006: kCopy         [source       | next=007 (1)] kCopy
+    007: kWhile        [prev=006 (1) | next=011 (1)]
+condition:
+        008: kCustomKernel [source       | next=009 (1)] input_reduce_fusion grid: [1, 1, 1]
+        009: kCustomKernel [prev=008 (1) | sink        ] loop_compare_fusion grid: [1, 1, 1]
+      body:
+        010: kCustomKernel [source | sink] loop_add_fusion grid: [32, 1, 1]
+    011: kCustomKernel [prev=007 (1) | next=012 (1)] gemm_fusion_dot_general_0 grid: [32, 1, 1]
+    000: kCommandBuffer [prev=011 (1) | sink]
+        012: kCustomKernel [source | sink] loop_add_fusion_1 grid: [32, 1, 1]
+"""
+TWO_LOOPS = """\
+003: kWhile [prev=002 (1) | next=007 (1)]
+condition:
+    005: kCustomKernel [prev=004 (1) | sink        ] loop_compare_fusion grid: [1, 1, 1]
+  body:
+    006: kCustomKernel [source | sink] loop_add_fusion grid: [32, 1, 1]
+007: kWhile [prev=003 (1) | sink        ]
+condition:
+    008: kCustomKernel [source | sink] loop_compare_fusion_1 grid: [1, 1, 1]
+  body:
+    009: kCustomKernel [source       | sink        ] loop_add_fusion_2 grid: [1, 1, 1]
+    000: kCommandBuffer [source | sink]
+        010: kCustomKernel [source       | next=011 (1)] gemm_fusion_dot_general_0 grid: [32, 1, 1]
+        011: kCustomKernel [prev=010 (1) | sink        ] loop_add_fusion_1 grid: [32, 1, 1]
+"""
+
+
+def test_loop_command_buffers_read_the_step_loops_graphs_from_its_thunks():
+    assert loop_command_buffers(BODY_GRAPH) == "loop body"
+    assert loop_command_buffers(WHOLE_LOOP) == "whole loop"
+    assert loop_command_buffers(SPLIT_BODY) == "1 graph + 3 thunks"
+    # The outer loop's body: two kernels, a copy, the inner loop and a graph, to its end.
+    assert loop_command_buffers(NESTED) == "1 graph + 4 thunks"
+    # The step loop is the one with the larger body, not the first.
+    assert loop_command_buffers(TWO_LOOPS) == "1 graph + 1 thunks"
+    with pytest.raises(ValueError, match="runs no while loop"):
+        loop_command_buffers("000: kCustomKernel [source | sink] fusion grid: [1, 1, 1]")
+
 
 
 def test_cpu_flags_lists_the_vector_extensions_of_a_linux_cpuinfo(tmp_path):

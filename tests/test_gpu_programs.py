@@ -7,7 +7,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 import gpu_programs  # noqa: E402
-import pytest  # noqa: E402
 
 
 def test_the_target_description_is_protobuf_text():
@@ -21,52 +20,6 @@ def test_the_target_description_is_protobuf_text():
     assert "shared_memory_per_block_optin: 232448" in h100
     assert h100.endswith('platform_name: "CUDA" dnn_version_info { major: 9 minor: 8 } '
                          'device_description_str: "NVIDIA H100 80GB HBM3"')  # fmt: skip
-
-
-# Thunk sequences as XLA:GPU dumps them (xla_dump_to), cut to their loops: the epoch's loop
-# body one command buffer (the host launches it each iteration), the whole loop inside one,
-# and a body whose convolutions stay out of the graphs.
-BODY_GRAPH = """\
-000: kCommandBuffer [source       | next=044 (1)]
-    001: kCopy         [source       | sink        ] kCopy
-044: kWhile         [prev=000 (1) | sink        ]
-condition:
-    045: kCustomKernel [source | sink] loop_compare_fusion grid: [1, 1, 1]
-  body:
-    000: kCommandBuffer [source | sink]
-        046: kCustomKernel [source       | next=047 (1)] conv_relu_pool grid: [64, 1, 1]
-        047: kCustomKernel [prev=046 (1) | sink        ] loop_add_fusion grid: [1, 1, 1]
-"""
-WHOLE_LOOP = """\
-000: kCommandBuffer [source | sink]
-    001: kCopy         [source       | next=044 (43)] kCopy
-    044: kWhile        [prev=043 (1) | sink         ]
-condition:
-        045: kCustomKernel [source | sink] loop_compare_fusion grid: [1, 1, 1]
-      body:
-        046: kCustomKernel [source       | next=047 (1)] conv_relu_pool grid: [64, 1, 1]
-"""
-SPLIT_BODY = """\
-048: kWhile         [prev=000 (1) | next=072 (1)]
-condition:
-    049: kCustomKernel [source | sink] loop_compare_fusion grid: [1, 1, 1]
-  body:
-    050: kDynamicSliceFusion [source       | next=052 (1)] params=1, results=1
-        051: kCopy [source | sink] kCopy
-    054: kConvolution        [prev=053 (1) | next=000 (1)] kConvolution
-    000: kCommandBuffer      [prev=054 (1) | next=064 (1)]
-        057: kCustomKernel [source       | sink        ] head_train_step grid: [1, 1, 1]
-    064: kConvolution        [prev=000 (1) | sink        ] kConvolution
-072: kCustomKernel  [prev=048 (1) | sink        ] input_transpose_fusion_3 grid: [1, 1, 1]
-"""
-
-
-def test_the_graphed_part_of_an_epoch_is_read_from_its_thunks():
-    assert gpu_programs.graphed_part(BODY_GRAPH) == "loop body"
-    assert gpu_programs.graphed_part(WHOLE_LOOP) == "whole loop"
-    assert gpu_programs.graphed_part(SPLIT_BODY) == "1 graph + 3 thunks"
-    with pytest.raises(ValueError, match="runs no while loop"):
-        gpu_programs.graphed_part("000: kCustomKernel [source | sink] fusion grid: [1, 1, 1]")
 
 
 def test_the_report_gives_each_loop_its_trip_count_and_a_step_none():

@@ -193,11 +193,11 @@ def test_recipe_steps_rates_and_schedule_match_airbench94():
     multiplier = optimizer.lr_multiplier(recipe, 476)
     values = [float(multiplier(s)) for s in (0, 109, 476)]
     np.testing.assert_allclose(values, [0.2, 1.0, 0.07], rtol=1e-6)
-    # Every step's multiplier is the piecewise-linear schedule's, to float32 rounding (a
-    # step past the end keeps lr_end), with no loop: jnp.interp's searchsorted added two
+    # Every step's multiplier is the piecewise-linear schedule's, to float32 rounding (held
+    # before the start and past the end), with no loop: jnp.interp's searchsorted added two
     # while loops to each step's program (a host-launched loop each on a GPU).
     for recipe, total in ((recipe, 476), (Recipe(lr_start=0.9, lr_peak=0.5, lr_end=0.0), 7)):
-        steps = np.arange(total + 3)
+        steps = np.arange(-2, total + 3)
         peak = max(int(recipe.lr_peak * total), 1)
         expected = np.interp(steps, [0, peak, total], [recipe.lr_start, 1.0, recipe.lr_end])
         multiplier = optimizer.lr_multiplier(recipe, total)

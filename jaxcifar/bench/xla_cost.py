@@ -1,5 +1,6 @@
-"""What XLA says about a compiled step: its FLOPs, the device memory one call takes, and how
-many kernels one call launches. (Compiling it, timed: `cpu_fusions.compile_timed`.)"""
+"""What XLA says about a compiled step: its FLOPs, the device memory one call takes, how
+many kernels one call launches, and (from XLA:GPU's thunk sequence) which of them run as CUDA
+graphs. (Compiling it, timed: `cpu_fusions.compile_timed`.)"""
 
 from __future__ import annotations
 
@@ -142,3 +143,50 @@ def _loops(computations: dict[str, list[str]], name: str) -> Iterator[tuple[str,
             yield line, re.search(r"body=%([\w.\-]+)", line).group(1)
         elif opcode == "call" and _called_computation(line) in computations:
             yield from _loops(computations, _called_computation(line))
+
+
+# A line of XLA:GPU's thunk sequence dump (`xla_dump_to`: *.thunk_sequence*.txt): what the
+# runtime executes, a thunk a line ("  007: kWhile [prev=006 (1) | ...]"), nested by indent:
+# a command buffer's thunks, and a loop's condition and body (under "condition:" and
+# "body:" labels, themselves indented differently).
+_THUNK = re.compile(r"^( *)\d+: (k\w+)")
+
+
+def loop_command_buffers(thunk_sequence: str) -> str:
+    """How much of a GPU program's step loop (the while loop with the most thunks in its body)
+    runs as command buffers (CUDA graphs, which the host launches as one), from its thunk
+    sequence: "whole loop" (the loop inside one: the GPU runs it), "loop body" (the body one
+    graph, launched by the host each iteration), or the body's graphs and other thunks
+    ("2 graphs + 12 thunks": the host launches 14 things an iteration). ValueError when the
+    program runs no while loop."""
+    lines = thunk_sequence.splitlines()
+    thunks = [(i, len(m[1]), m[2]) for i, line in enumerate(lines) if (m := _THUNK.match(line))]
+    loops = [_loop_body(lines, thunks, n) for n, thunk in enumerate(thunks) if thunk[2] == "kWhile"]
+    if not loops:
+        raise ValueError("the thunk sequence runs no while loop")
+    n, body = max(loops, key=lambda loop: len(loop[1]))
+    _, indent, _ = thunks[n]
+    enclosing = [kind for _, depth, kind in thunks[:n] if depth < indent]
+    if enclosing and enclosing[-1] == "kCommandBuffer":
+        return "whole loop"
+    top = min(depth for _, depth, _ in body)
+    kinds = [kind for _, depth, kind in body if depth == top]
+    graphs = kinds.count("kCommandBuffer")
+    if graphs == len(kinds) == 1:
+        return "loop body"
+    return f"{graphs} graph{'' if graphs == 1 else 's'} + {len(kinds) - graphs} thunks"
+
+
+def _loop_body(lines: list[str], thunks: list[tuple[int, int, str]],
+               n: int) -> tuple[int, list[tuple[int, int, str]]]:  # fmt: skip
+    """(n, the thunks of the body of loop thunks[n]): those after its "body:" label, up to the
+    next thunk indented no deeper than the loop."""
+    line, indent, _ = thunks[n]
+    label = next(i for i in range(line, len(lines)) if lines[i].strip() == "body:")
+    body = []
+    for thunk in thunks[n + 1 :]:
+        if thunk[1] <= indent:
+            break
+        if thunk[0] > label:
+            body.append(thunk)
+    return n, body

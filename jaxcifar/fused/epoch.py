@@ -68,11 +68,13 @@ PALLAS_HEAD_MAX_BATCH = 128
 # has 153.6 million; 699,051 32x32x3 images would overflow).
 PALLAS_MAX_TRAINING_PIXELS = 2**31 - 1
 # XLA:GPU replays runs of kernels as command buffers (CUDA graphs), but by default not loops:
-# the host launches the epoch loop's body, one graph, every iteration. With WHILE and
-# CONDITIONAL among the command types, the whole epoch, its loop included, is one graph whose
-# loop the GPU runs itself (CUDA's conditional nodes): one launch an epoch
-# (benchmarks/gpu_programs.py compiles both). The list replaces XLA's default types, so it
-# names them too (FUSION to CUDNN, those of JAX 0.10's XLA; a later XLA may default to more).
+# the host launches the epoch loop's body, one graph at best, every iteration. With WHILE and
+# CONDITIONAL among the command types XLA may put the whole loop in a graph whose loop the
+# GPU runs itself (CUDA's conditional nodes): one launch an epoch. Only a loop whose every
+# thunk a graph can hold goes in: fused-pallas-all's does, the XLA paths' cuDNN convolutions
+# keep theirs out (benchmarks/gpu_programs.py, compiled for an H100 with JAX 0.10). The list
+# replaces XLA's default types, so it names them too (FUSION to CUDNN, JAX 0.10's XLA's; a
+# later XLA may default to more, and then the plain epoch differs in more than the loop).
 GRAPH_EPOCH_OPTIONS = {
     "xla_gpu_enable_command_buffer": "FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN,WHILE,CONDITIONAL"
 }
@@ -136,8 +138,9 @@ def to_train_state(state: step.FusedState) -> train.TrainState:
 class FusedRunner:
     """Trains epochs of `dataset` (uint8 images, on the default device) along fused path
     `path` (a key of PALLAS_PARTS), `unroll` steps per loop iteration; with `graph`, each
-    epoch compiled as one CUDA graph on a GPU (GRAPH_EPOCH_OPTIONS; other backends have no
-    command buffers and ignore it).
+    epoch compiled on a GPU with GRAPH_EPOCH_OPTIONS, which asks XLA for one CUDA graph,
+    loop included (fused-pallas-all's fits; other backends have no command buffers and
+    compile as without).
 
     Same interface as `epochs.EpochRunner` (`steps`, `compile_seconds`, `run`). Drops the last
     partial batch and draws the same order and dropout masks as `epochs.EpochRunner` for the

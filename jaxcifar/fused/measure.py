@@ -41,8 +41,8 @@ def measure_path(
     graph: bool = False, profile: bool = False, log: Callable[[str], None] = print,
 ) -> dict[str, Any]:  # fmt: skip
     """Train `config` from scratch along `path` (one of PATHS) and return its results row;
-    a fused path `unroll` steps per loop iteration and, with `graph`, each epoch one CUDA
-    graph (`FusedRunner`).
+    a fused path `unroll` steps per loop iteration and, with `graph`, each epoch compiled to
+    be one CUDA graph where it fits (`FusedRunner`).
 
     The wall time runs from building the first program to the last epoch's state being
     ready: compilation and training, not the test evaluation after it. With `profile`, one
@@ -76,6 +76,7 @@ def measure_path(
         kernels = None
     row = {
         "device": device_name(),
+        "jax": jax.__version__,
         "epochs": config.epochs,
         "batch_size": config.batch_size,
         "wall_seconds": wall,

@@ -14,11 +14,13 @@ from jaxcifar.speedrun.recipe import Plan, Recipe, sgd_rates
 
 def lr_multiplier(recipe: Recipe, total_steps: int) -> optax.Schedule:
     """0-based step -> lr multiplier (float32): linear from `lr_start` up to 1 at step
-    int(lr_peak * total_steps), then linear down to `lr_end` at `total_steps`, `lr_end` after.
+    int(lr_peak * total_steps), then linear down to `lr_end` at `total_steps`; `lr_start`
+    before step 0 and `lr_end` after the end, as `jnp.interp` over those three points.
 
-    The float32 operations of `jnp.interp` over those three points, written out: on a GPU they
-    fuse into the step's other kernels, where `jnp.interp`'s searchsorted was a while loop of
-    its own, two a step with the two parameter groups' rates (benchmarks/gpu_programs.py)."""
+    Written out as float32 arithmetic (equal to `jnp.interp` to float32 rounding): on a GPU
+    it fuses into the step's other kernels, where `jnp.interp`'s searchsorted was a while
+    loop of its own, two a step with the two parameter groups' rates
+    (benchmarks/gpu_programs.py)."""
     peak = max(int(recipe.lr_peak * total_steps), 1)
     xs = np.array([0, peak, max(total_steps, peak + 1)], np.float32)
     ys = np.array([recipe.lr_start, 1.0, recipe.lr_end], np.float32)
@@ -28,7 +30,8 @@ def lr_multiplier(recipe: Recipe, total_steps: int) -> optax.Schedule:
         rising, falling = (
             ys[i] + ((x - xs[i]) / (xs[i + 1] - xs[i])) * (ys[i + 1] - ys[i]) for i in (0, 1)
         )
-        return jnp.where(x > xs[2], ys[2], jnp.where(x < xs[1], rising, falling))
+        inside = jnp.where(x < xs[1], rising, falling)
+        return jnp.where(x < xs[0], ys[0], jnp.where(x > xs[2], ys[2], inside))
 
     return multiplier
 
