@@ -209,6 +209,25 @@ def test_recipe_steps_rates_and_schedule_match_airbench94():
         Recipe(momentum=1.0)
 
 
+@pytest.mark.parametrize("offset", [0.0, 10.0, 1000.0])
+def test_batch_norm_matches_float64_statistics(offset):
+    """Training-mode BN against NumPy in float64: output, running mean and the running
+    variance (unbiased, as torch keeps it), with the batch's mean up to 2,000 spreads from
+    zero (the variance is E[d^2] - E[d]^2 in float32, d shifted by one of the batch's
+    values: unshifted, 20 spreads cost 3e-4 of it)."""
+    rng = np.random.default_rng(0)
+    x = (rng.normal(size=(8, 5, 5, 3)) * [0.5, 1.0, 2.0] + offset).astype(np.float32)
+    params = {"bias": jnp.array([0.1, -0.2, 0.3])}
+    stats = {"mean": jnp.zeros(3), "var": jnp.ones(3)}
+    y, new = net.batch_norm(params, stats, jnp.asarray(x), train=True, momentum=0.6)
+    x64 = x.astype(np.float64)
+    mean, var = x64.mean(axis=(0, 1, 2)), x64.var(axis=(0, 1, 2))
+    expected = (x64 - mean) / np.sqrt(var + net.BN_EPS) + [0.1, -0.2, 0.3]
+    np.testing.assert_allclose(y, expected, atol=2e-5 * max(1.0, offset / 10))
+    np.testing.assert_allclose(new["mean"], 0.4 * mean, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(new["var"], 0.6 + 0.4 * var * 200 / 199, rtol=1e-6)
+
+
 def test_optimizer_groups_freeze_the_whitening_kernel():
     params, _ = jax.eval_shape(_init)
     groups = optimizer.param_groups(params)
