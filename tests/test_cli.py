@@ -89,13 +89,14 @@ def test_ctrl_c_inside_a_garbage_collector_callback_still_interrupts(
     previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         status = main(["data", "info"])
+        time.sleep(0.05)  # no stray SIGINT from a timer left running: it would raise here
     finally:
-        signal.signal(signal.SIGINT, previous)
+        if previous is not None:  # (None: a handler installed outside Python)
+            signal.signal(signal.SIGINT, previous)
     assert status == 130
     err = capsys.readouterr().err
     assert err == "jaxcifar data info: interrupted\n"
     assert "resend" not in repr(sys.unraisablehook)  # the hook is Python's (or pytest's) again
-    time.sleep(0.05)  # no stray SIGINT from a timer left running: it would raise here
 
 
 def test_running_out_of_memory_is_one_line(monkeypatch, capsys):

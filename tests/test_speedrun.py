@@ -209,23 +209,35 @@ def test_recipe_steps_rates_and_schedule_match_airbench94():
         Recipe(momentum=1.0)
 
 
-@pytest.mark.parametrize("offset", [0.0, 10.0, 1000.0])
-def test_batch_norm_matches_float64_statistics(offset):
-    """Training-mode BN against NumPy in float64: output, running mean and the running
-    variance (unbiased, as torch keeps it), with the batch's mean up to 2,000 spreads from
-    zero (the variance is E[d^2] - E[d]^2 in float32, d shifted by one of the batch's
-    values: unshifted, 20 spreads cost 3e-4 of it)."""
+@pytest.mark.parametrize("offset, spike", [(0.0, 0.0), (10.0, 0.0), (1000.0, 0.0), (0.0, 1e4)])
+def test_batch_norm_matches_float64_statistics(offset, spike):
+    """Training-mode BN against NumPy in float64: output, its gradient, the running mean and
+    the running variance (unbiased, as torch keeps it), with the batch's mean up to 2,000
+    spreads from zero and with a first pixel 10,000 spreads out (the variance is E[d^2] -
+    E[d]^2 in float32, d shifted by the first image's means: unshifted, 20 spreads cost
+    3e-4 of it)."""
     rng = np.random.default_rng(0)
-    x = (rng.normal(size=(8, 5, 5, 3)) * [0.5, 1.0, 2.0] + offset).astype(np.float32)
+    x = rng.normal(size=(8, 5, 5, 3)) * [0.5, 1.0, 2.0] + offset
+    x[0, 0, 0] += spike
+    x = x.astype(np.float32)
     params = {"bias": jnp.array([0.1, -0.2, 0.3])}
     stats = {"mean": jnp.zeros(3), "var": jnp.ones(3)}
     y, new = net.batch_norm(params, stats, jnp.asarray(x), train=True, momentum=0.6)
     x64 = x.astype(np.float64)
     mean, var = x64.mean(axis=(0, 1, 2)), x64.var(axis=(0, 1, 2))
-    expected = (x64 - mean) / np.sqrt(var + net.BN_EPS) + [0.1, -0.2, 0.3]
-    np.testing.assert_allclose(y, expected, atol=2e-5 * max(1.0, offset / 10))
-    np.testing.assert_allclose(new["mean"], 0.4 * mean, rtol=1e-6, atol=1e-7)
-    np.testing.assert_allclose(new["var"], 0.6 + 0.4 * var * 200 / 199, rtol=1e-6)
+    normed = (x64 - mean) / np.sqrt(var + net.BN_EPS)
+    tolerance = 2e-5 * max(1.0, offset / 10)
+    np.testing.assert_allclose(y, normed + [0.1, -0.2, 0.3], atol=tolerance)
+    rtol = 1e-5 if spike else 1e-6  # float32 sums of 200 values, one of them 10,000
+    np.testing.assert_allclose(new["mean"], 0.4 * mean, rtol=rtol, atol=1e-7)
+    np.testing.assert_allclose(new["var"], 0.6 + 0.4 * var * 200 / 199, rtol=rtol)
+    # d sum(y * w) / dx, w fixed weights: (w - mean(w) - normed * mean(w * normed)) / std.
+    w = rng.normal(size=x.shape)
+    grad = jax.grad(lambda x: (net.batch_norm(params, stats, x, train=True, momentum=0.6)[0]
+                               * w).sum())(jnp.asarray(x))  # fmt: skip
+    axes = (0, 1, 2)
+    expected = (w - w.mean(axes) - normed * (w * normed).mean(axes)) / np.sqrt(var + net.BN_EPS)
+    np.testing.assert_allclose(grad, expected, atol=1e-4 * np.abs(expected).max())
 
 
 def test_optimizer_groups_freeze_the_whitening_kernel():
