@@ -13,6 +13,9 @@ jaxcifar dependency: `pip install "jax[cuda12]==<this JAX's version>"` into a ve
 - kernels per step (`xla_cost.kernel_counts`) by kind: fusions (kCustom: XLA's Triton
   GEMMs), custom calls by target (cuDNN's convolutions, the Pallas paths' Triton kernels),
   copies; for the fused paths the epoch loop's body, divided by its unroll;
+- the bytes those kernels read and write a step (`xla_cost.kernel_bytes`: every kernel
+  reads its operands from memory and writes its result; a model of memory traffic, what
+  bounds the step's many memory-bound kernels on a GPU);
 - whether XLA proved the epoch loop's trip count (`xla_cost.loop_trip_count`): without one,
   every iteration waits for its condition to reach the host;
 - how much of the epoch loop runs as CUDA graphs (`xla_cost.loop_command_buffers`, from the
@@ -47,7 +50,9 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from bench_paths import RESULTS
 from jaxcifar import train
 from jaxcifar.atomic import atomic_write_text
-from jaxcifar.bench.xla_cost import kernel_counts, loop_command_buffers, loop_trip_count
+from jaxcifar.bench.xla_cost import (
+    kernel_bytes, kernel_counts, loop_command_buffers, loop_trip_count,
+)
 from jaxcifar.config import RunConfig
 from jaxcifar.data.dataset import Dataset
 from jaxcifar.data.sources import CLASS_NAMES
@@ -198,9 +203,17 @@ def _row(path: str, unroll: int | None, traced, *, loop: bool,
     return {
         "path": path, "unroll": unroll, "options": options or {},
         "kernels_per_step": sum(per_step.values()), "kernels_by_kind": per_step,
+        "kernel_megabytes_per_step": None if _PALLAS in counts
+        else kernel_bytes(hlo, loop_body=loop) / (unroll or 1) / 1e6,
         "epoch_loop": loop, "trip_count": loop_trip_count(hlo) if loop else None,
         "command_buffers": graphs, "compile_seconds": round(seconds, 2),
     }  # fmt: skip
+
+
+# How a Pallas kernel shows in XLA:GPU's program (`kernel_counts(by_kind=True)`). Its bytes
+# are not its operands': fused-pallas-all's kernels index the whole training set for their
+# batch.
+_PALLAS = "custom-call __gpu$xla.gpu.triton"
 
 
 def thunk_sequence(dump: Path) -> str:
@@ -224,22 +237,28 @@ def render_markdown(rows: list[dict], batch: int, device: str) -> str:
         f"The seed recipe's paths at batch {batch} and `jaxcifar speedrun`'s epoch, compiled "
         f"ahead of time on a machine without a GPU (JAX {jax.__version__}'s CUDA plugin; "
         "`benchmarks/gpu_programs.py`). Kernels: instructions of one step's optimised "
-        "program that launch work; for the epochs the loop's body over its unroll. "
+        "program that launch work; for the epochs the loop's body over its unroll. MB: what "
+        "those kernels read and write a step, each operand read from memory and each result "
+        "written once (`xla_cost.kernel_bytes`, a model; none for Pallas kernels, which read "
+        "what they index). "
         "Trip count: the epoch loop's, as XLA proved it (none: each iteration waits for its "
         "condition on the host). CUDA graphs: the part of the epoch XLA runs as command "
         "buffers (loop body: the host launches one an iteration; whole loop: one an epoch, "
         "the GPU runs the loop); graph epoch: `FusedRunner(graph=True)`'s compiler options.",
         "",
-        "| path | unroll | kernels/step | by kind | loop trip count | CUDA graphs "
+        "| path | unroll | kernels/step | MB/step | by kind | loop trip count | CUDA graphs "
         "| compile s (CPU) |",
-        "|---|---:|---:|---|---:|---|---:|",
+        "|---|---:|---:|---:|---|---:|---|---:|",
     ]
     for row in rows:
         kinds = ", ".join(f"{kind} {n:g}" for kind, n in row["kernels_by_kind"].items())
         trip = (row["trip_count"] or "none") if row["epoch_loop"] else "-"
         path = row["path"] + (" (graph epoch)" if row["options"] else "")
+        megabytes = row["kernel_megabytes_per_step"]
+        megabytes = "-" if megabytes is None else f"{megabytes:,.1f}"
         lines.append(
-            f"| {path} | {row['unroll'] or '-'} | {row['kernels_per_step']:g} | {kinds} "
+            f"| {path} | {row['unroll'] or '-'} | {row['kernels_per_step']:g} "
+            f"| {megabytes} | {kinds} "
             f"| {trip} | {row['command_buffers'] or '-'} | {row['compile_seconds']:.1f} |"
         )
     return "\n".join(lines) + "\n"

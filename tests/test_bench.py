@@ -18,7 +18,7 @@ from jaxcifar.bench.rows import Row, add_ratios
 from jaxcifar.bench.settings import Settings
 from jaxcifar.bench.timing import TimingBudget, percentiles, time_steps
 from jaxcifar.bench.xla_cost import (
-    flops, kernel_counts, loop_command_buffers, loop_trip_count, program_memory_bytes,
+    flops, kernel_bytes, kernel_counts, loop_command_buffers, loop_trip_count, program_memory_bytes,
 )
 from jaxcifar.cpu_fusions import compile_timed
 
@@ -472,6 +472,53 @@ def test_kernel_counts_see_through_command_buffer_calls():
     by_kind = {"fusion kLoop": 2, "custom-call __cudnn$convForward": 1, "copy": 1}
     assert kernel_counts(COMMAND_BUFFER_HLO, loop_body=True, by_kind=True) == by_kind
     assert kernel_counts(COMMAND_BUFFER_HLO) == {"while": 1}
+
+
+# A step that gathers a batch of 4 rows from a dataset of 1,000, computes a loss on it and
+# records the loss in place in a buffer of 100: its kernels read and write 576 bytes.
+KERNEL_BYTES_HLO = """\
+HloModule step
+
+%fused_batch (data: u8[1000,8], index: s32[4,1]) -> f32[4,8] {
+  %data = u8[1000,8]{1,0} parameter(0)
+  %float = f32[1000,8]{1,0} convert(%data)
+  %index = s32[4,1]{1,0} parameter(1)
+  ROOT %rows = f32[4,8]{1,0} gather(%float, %index), offset_dims={1}, slice_sizes={1,8}
+}
+
+%fused_record (losses: f32[100], loss: f32[1], at: s32[]) -> f32[100] {
+  %losses = f32[100]{0} parameter(0)
+  %loss = f32[1]{0} parameter(1)
+  %at = s32[] parameter(2)
+  ROOT %update = f32[100]{0} dynamic-update-slice(%losses, %loss, %at)
+}
+
+ENTRY %main (d: u8[1000,8], i: s32[4,1], l: f32[100], a: s32[]) -> (f32[100], f32[4,8]) {
+  %data = u8[1000,8]{1,0} parameter(0)
+  %index = s32[4,1]{1,0} parameter(1)
+  %losses = f32[100]{0} parameter(2)
+  %at = s32[] parameter(3)
+  %batch = f32[4,8]{1,0} fusion(%data, %index), kind=kLoop, calls=%fused_batch
+  %loss = f32[1]{0} custom-call(%batch), custom_call_target="loss"
+  %record = f32[100]{0} fusion(%losses, %loss, %at), kind=kLoop, calls=%fused_record
+  %copy = f32[4,8]{1,0} copy(%batch)
+  ROOT %tuple = (f32[100]{0}, f32[4,8]{1,0}) tuple(%record, %copy)
+}
+"""
+
+
+def test_kernel_bytes_count_what_each_kernel_reads_and_writes():
+    gather = 4 * 8 + 4 * 4 + 4 * 8 * 4  # the 4 rows' bytes (not the set's), indices, result
+    loss = 4 * 8 * 4 + 4
+    record = 4 + 4 + 4  # the loss read and written into its slot, the index; not the buffer
+    copy = 2 * 4 * 8 * 4
+    assert kernel_bytes(KERNEL_BYTES_HLO) == gather + loss + record + copy
+    # Inside command buffers (calls) and loops as kernel_counts reads them.
+    assert kernel_bytes(COMMAND_BUFFER_HLO, loop_body=True) == 2 * 32 + 32 + 8
+    assert kernel_bytes(COMMAND_BUFFER_HLO) == 0
+    # A compiled program: sin reads its 1,000 floats and writes as many.
+    x = jnp.ones(1000)
+    assert kernel_bytes(jax.jit(jnp.sin).lower(x).compile().as_text()) == 8000
 
 
 # Thunk sequences as XLA:GPU dumps them (xla_dump_to), cut to their loops: the epoch's loop

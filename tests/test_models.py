@@ -287,6 +287,19 @@ def test_max_pool_gradient_goes_to_the_first_maximum_of_each_window():
 def test_max_pool_gradient_equals_autodiff_where_there_are_no_ties():
     x = jax.random.normal(jax.random.key(0), (2, 6, 7, 3))  # odd width: a dropped column
     g = jax.random.normal(jax.random.key(1), (2, 3, 3, 3))
-    ours = jax.vjp(layers.max_pool_2x2, x)[1](g)[0]
-    autodiff = jax.vjp(layers._max_pool_2x2, x)[1](g)[0]
-    np.testing.assert_array_equal(ours, autodiff)
+
+    def plain_max_pool(x):
+        return x[:, :6, :6].reshape(2, 3, 2, 3, 2, 3).max(axis=(2, 4))
+
+    y, pool_vjp = jax.vjp(layers.max_pool_2x2, x)
+    np.testing.assert_array_equal(y, plain_max_pool(x))
+    np.testing.assert_array_equal(pool_vjp(g)[0], jax.vjp(plain_max_pool, x)[1](g)[0])
+
+
+def test_max_pool_window_with_a_nan_pools_to_nan_and_passes_no_gradient():
+    x = jnp.array([[1.0, jnp.nan, 0.0, 2.0], [0.0, 3.0, 1.0, 1.0]])[None, :, :, None]
+    y, pool_vjp = jax.vjp(layers.max_pool_2x2, x)
+    assert np.isnan(y[0, 0, 0, 0]) and y[0, 0, 1, 0] == 2.0
+    np.testing.assert_array_equal(
+        pool_vjp(jnp.ones_like(y))[0][0, :, :, 0], [[0.0, 0.0, 0.0, 1.0], [0.0, 0.0, 0.0, 0.0]]
+    )

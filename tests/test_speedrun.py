@@ -240,6 +240,25 @@ def test_batch_norm_matches_float64_statistics(offset, spike):
     np.testing.assert_allclose(grad, expected, atol=1e-4 * np.abs(expected).max())
 
 
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_batch_norm_takes_its_gradient_in_the_compute_dtype(dtype):
+    # Its backward pass gets the gradient of its output written once, in the output's
+    # dtype: XLA:GPU would otherwise keep a bfloat16 gradient in float32 (excess
+    # precision), written once and read twice at twice the bytes (net._gradient_in_own_dtype).
+    params, stats = {"bias": jnp.zeros(3)}, {"mean": jnp.zeros(3), "var": jnp.ones(3)}
+
+    def loss(x):
+        y = net.batch_norm(params, stats, x, train=True, momentum=0.6)[0]
+        return jnp.square(y.astype(jnp.float32)).sum()
+
+    x = jax.random.normal(jax.random.key(0), (4, 5, 5, 3)).astype(dtype)
+    jaxpr = jax.make_jaxpr(jax.grad(loss))(x).jaxpr
+    barriers = [eqn for eqn in jaxpr.eqns if eqn.primitive.name == "optimization_barrier"]
+    assert [(v.aval.shape, v.aval.dtype) for eqn in barriers for v in eqn.invars] == [
+        (x.shape, x.dtype)
+    ]
+
+
 def test_optimizer_groups_freeze_the_whitening_kernel():
     params, _ = jax.eval_shape(_init)
     groups = optimizer.param_groups(params)

@@ -5,6 +5,7 @@ graphs. (Compiling it, timed: `cpu_fusions.compile_timed`.)"""
 from __future__ import annotations
 
 import collections
+import math
 import re
 from collections.abc import Iterator
 from typing import Any
@@ -61,19 +62,33 @@ def hlo_computations(hlo_text: str) -> tuple[str, dict[str, list[str]]]:
     return entry, computations
 
 
-def _opcode(instruction: str) -> str:
-    """The opcode of one instruction line: the word before "(" after its (maybe tuple) shape."""
+def _parts(instruction: str) -> tuple[str, str, str]:
+    """(result shape, opcode, the rest from the operand list's "(" on) of one instruction
+    line; a tuple shape holds spaces, so it ends at its closing parenthesis."""
     rest = _INSTRUCTION.match(instruction).group(1)
-    if rest.startswith("("):  # a tuple shape holds spaces: skip to its closing parenthesis
-        depth = 0
-        for i, char in enumerate(rest):
-            depth += {"(": 1, ")": -1}.get(char, 0)
-            if depth == 0:
-                rest = rest[i + 1 :]
-                break
-    else:
-        rest = rest.split(" ", 1)[1]
-    return rest.strip().split("(", 1)[0]
+    shape = rest[: _closing(rest) + 1] if rest.startswith("(") else rest.split(" ", 1)[0]
+    opcode, arguments = rest[len(shape) :].strip().split("(", 1)
+    return shape, opcode, "(" + arguments
+
+
+def _opcode(instruction: str) -> str:
+    return _parts(instruction)[1]
+
+
+def _operands(instruction: str) -> list[str]:
+    """The names of one instruction line's operands."""
+    arguments = _parts(instruction)[2]
+    return re.findall(r"%([\w.\-]+)", arguments[: _closing(arguments)])
+
+
+def _closing(text: str) -> int:
+    """The index of the parenthesis that closes the one `text` starts with."""
+    depth = 0
+    for i, char in enumerate(text):
+        depth += {"(": 1, ")": -1}.get(char, 0)
+        if depth == 0:
+            return i
+    raise ValueError(f"unbalanced parentheses in HLO: {text[:80]}")
 
 
 def kernel_counts(hlo_text: str, *, loop_body: bool = False,
@@ -125,6 +140,115 @@ def _count_opcodes(computations: dict[str, list[str]], name: str,
             kind = re.search(r'(?:kind=|custom_call_target=")([\w$.\-]+)', line)
             counts[f"{opcode} {kind[1]}" if by_kind and kind else opcode] += 1
     return counts
+
+
+def kernel_bytes(hlo_text: str, *, loop_body: bool = False) -> int:
+    """Bytes the kernels of one call (or with `loop_body`, of one iteration of the step loop,
+    as `kernel_counts` picks it) read and write: each counted instruction's result plus its
+    operands, where a fusion that only slices or gathers from an operand (a batch from the
+    training set) counts what it takes, and one that updates a slice of a buffer in place
+    counts the update, not the buffer. A model of memory traffic, not a measurement: every
+    kernel reads each operand once from memory and writes its result, what a memory-bound
+    kernel does on a GPU when its operands are not in the L2 cache. A loop nested in the
+    counted computation counts nothing."""
+    entry, computations = hlo_computations(hlo_text)
+    name = _step_loop(computations, entry)[1] if loop_body else entry
+    return _computation_bytes(computations, name)
+
+
+# Bytes per element of each HLO element type (pred and the 8-bit types 1; token 0).
+_ELEMENT_BYTES = {"pred": 1, "s8": 1, "u8": 1, "s16": 2, "u16": 2, "f16": 2, "bf16": 2,
+                  "s32": 4, "u32": 4, "f32": 4, "s64": 8, "u64": 8, "f64": 8, "c64": 8,
+                  "c128": 16}  # fmt: skip
+_ARRAY_SHAPE = re.compile(r"\b([a-z]+\d*(?:e\d+m\d+\w*)?)\[([\d,]*)\]")
+_DEFINITION = re.compile(r"^\s+(?:ROOT )?%([\w.\-]+) = ")
+_SLICING = {"slice", "dynamic-slice", "gather"}
+
+
+def _shape_bytes(shape: str) -> int:
+    """Bytes of the arrays in an HLO shape ("f32[2,3]{1,0}", or a tuple of them); 8-bit
+    floats (f8e4m3fn, ...) count 1 a value."""
+    total = 0
+    for element, dims in _ARRAY_SHAPE.findall(shape):
+        size = _ELEMENT_BYTES.get(element, 1 if element.startswith("f8") else 0)
+        total += size * _elements(dims)
+    return total
+
+
+def _elements(dims: str) -> int:
+    """The number of elements of an array of dimensions `dims` ("2,3"; "" for a scalar)."""
+    return math.prod(int(d) for d in dims.split(",") if d)
+
+
+def _computation_bytes(computations: dict[str, list[str]], name: str) -> int:
+    shapes = {_DEFINITION.match(line).group(1): _parts(line)[0]
+              for line in computations[name]}  # fmt: skip
+    total = 0
+    for line in computations[name]:
+        opcode, called = _opcode(line), _called_computation(line)
+        if opcode == "call" and called in computations:
+            total += _computation_bytes(computations, called)
+        elif opcode not in _BOOKKEEPING | {"while", "conditional", "call"}:
+            operand_bytes = [_shape_bytes(shapes.get(operand, "")) for operand in _operands(line)]
+            fused = re.search(r"calls=%([\w.\-]+)", line)
+            if opcode == "fusion" and fused and fused[1] in computations:
+                result_bytes, operand_bytes = _fusion_bytes(computations[fused[1]], operand_bytes)
+            else:
+                result_bytes = _shape_bytes(_parts(line)[0])
+            total += result_bytes + sum(operand_bytes)
+    return total
+
+
+def _fusion_bytes(fused: list[str], operand_bytes: list[int]) -> tuple[int, list[int]]:
+    """(bytes written, bytes read of each operand) of a fusion whose fused computation has
+    instruction lines `fused`, given its operands' sizes: an operand it only slices or
+    gathers from (through bitcasts and conversions) counts the pieces, and a root that
+    updates a slice of a parameter in place (dynamic-update-slice) writes the update and
+    reads nothing of the buffer."""
+    definitions = {_DEFINITION.match(line).group(1): line for line in fused}
+    users: dict[str, list[str]] = collections.defaultdict(list)
+    for name, line in definitions.items():
+        for operand in _operands(line):
+            users[operand].append(name)
+
+    def read(name: str) -> int | None:
+        """How many of `name`'s elements the fusion reads if it only slices them, else None."""
+        pieces = 0
+        for user in users[name]:
+            opcode = _opcode(definitions[user])
+            if opcode in ("bitcast", "convert"):
+                piece = read(user)
+            elif opcode in _SLICING and _operands(definitions[user])[0] == name:
+                piece = _elements(_ARRAY_SHAPE.search(_parts(definitions[user])[0])[2])
+            else:
+                return None
+            if piece is None:
+                return None
+            pieces += piece
+        return pieces
+
+    parameters = {}
+    for name, line in definitions.items():
+        number = re.search(r" parameter\((\d+)\)", line)
+        if number:
+            parameters[int(number[1])] = name
+    root = next(line for line in fused if line.lstrip().startswith("ROOT "))
+    written, updated = _shape_bytes(_parts(root)[0]), None
+    if _opcode(root) == "dynamic-update-slice":
+        buffer, update = _operands(root)[:2]
+        written, updated = _shape_bytes(_parts(definitions[update])[0]), buffer
+    reads = []
+    for number, size in enumerate(operand_bytes):
+        name = parameters.get(number)
+        if name is None:
+            reads.append(size)
+        elif name == updated:
+            reads.append(0)
+        else:
+            sliced = read(name)
+            elements = _elements(_ARRAY_SHAPE.search(_parts(definitions[name])[0])[2])
+            reads.append(size if sliced is None else min(size, sliced * size // elements))
+    return written, reads
 
 
 def _called_computation(instruction: str) -> str | None:

@@ -107,57 +107,85 @@ def _conv_backward(padding, residuals, g):
 _conv_with_canonical_gradients.defvjp(_conv_forward, _conv_backward)
 
 
-@jax.custom_vjp
 def max_pool_2x2(x: jax.Array) -> jax.Array:
     """(N, H, W, C) -> (N, H//2, W//2, C), max over non-overlapping 2x2 windows; an odd H or W
     drops its last row or column, as torch's MaxPool2d(2) does.
 
-    A reshape + max rather than `lax.reduce_window`: same forward values, but its gradient
-    avoids select-and-scatter, which made a whole CNN training step ~2x slower on CPU
-    (measured: 6.2 vs 13.2 ms at batch 4, 468 vs 677 ms at batch 128, 2 loaded cores).
     The gradient goes to the first maximum of each window in row-major order, as PyTorch's
     does; JAX's own gradient of a max splits it among tied maxima in several passes, and
-    ties are common here (a flat image region gives equal conv outputs side by side). Quiet
-    CPU, whole seed-CNN step: 124-129 vs 134-136 ms at batch 128, 551-564 vs 640-705 ms at
-    512 (benchmarks/README.md).
+    ties are common here (a flat image region gives equal conv outputs side by side). Its
+    own gradient also avoids `lax.reduce_window`'s select-and-scatter, which made a whole
+    CNN training step ~2x slower on CPU (measured: 6.2 vs 13.2 ms at batch 4, 468 vs 677 ms
+    at batch 128, 2 loaded cores; benchmarks/README.md).
     """
-    return _max_pool_2x2(x)
+    return _max_pool(x, (x.shape[1] % 2, x.shape[2] % 2))
 
 
-def _max_pool_2x2(x: jax.Array) -> jax.Array:
-    n, height, width, channels = x.shape
-    x = x[:, : height // 2 * 2, : width // 2 * 2]
-    return x.reshape(n, height // 2, 2, width // 2, 2, channels).max(axis=(2, 4))
+# From this size of input on, `_max_pool_forward` computes the max and phase in one kernel
+# of their own.
+_ONE_PASS_BYTES = 4 * 2**20
 
 
-def _max_pool_2x2_forward(x: jax.Array) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
-    y = _max_pool_2x2(x)
-    return y, (x, y)
-
-
-def _max_pool_2x2_backward(
-    residuals: tuple[jax.Array, jax.Array], g: jax.Array
-) -> tuple[jax.Array]:
-    """d/dx of max_pool_2x2 at x, times g (N, H//2, W//2, C): g lands on each window's first
-    maximum; the rest of x, a dropped odd row or column included, gets 0."""
-    x, y = residuals
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+def _max_pool(x: jax.Array, odd: tuple[int, int]) -> jax.Array:
+    """`max_pool_2x2`, `odd` saying whether H and W are; without a gradient, one reduction."""
     n, height, width, channels = x.shape
     h2, w2 = height // 2, width // 2
-    windows = x[:, : h2 * 2, : w2 * 2].reshape(n, h2, 2, w2, 2, channels)
-    is_max = windows == y[:, :, None, :, None, :]
-    # Window positions in row-major order: (0, 0), (0, 1), (1, 0), (1, 1).
-    taken = jnp.zeros_like(y, dtype=bool)
-    grads = {}
-    for i, j in ((0, 0), (0, 1), (1, 0), (1, 1)):
-        first = is_max[:, :, i, :, j] & ~taken
-        grads[i, j] = jnp.where(first, g, jnp.zeros_like(g))
-        taken = taken | first
-    rows = [jnp.stack([grads[i, 0], grads[i, 1]], axis=3) for i in (0, 1)]  # (n, h2, w2, 2, c)
-    dx = jnp.stack(rows, axis=2).reshape(n, h2 * 2, w2 * 2, channels)
-    return (jnp.pad(dx, ((0, 0), (0, height - h2 * 2), (0, width - w2 * 2), (0, 0))),)
+    return x[:, : 2 * h2, : 2 * w2].reshape(n, h2, 2, w2, 2, channels).max(axis=(2, 4))
 
 
-max_pool_2x2.defvjp(_max_pool_2x2_forward, _max_pool_2x2_backward)
+def _max_pool_forward(x: jax.Array, odd: tuple[int, int]) -> tuple[jax.Array, jax.Array]:
+    """The pooled (N, H//2, W//2, C) and, as the residual, each window's phase: int8, the
+    row-major position (0-3) of its first maximum, or 4 where the window holds a NaN.
+
+    Keeping the phase, not x, is what makes the backward cheap: it reads a quarter-size
+    int8 array and the gradient and writes dx in one elementwise pass, where deriving the
+    phase from x there took two full-size passes (stacking the four corners' gradients, then
+    interleaving them). The max and the phase come from the same knock-out of the four
+    corners, so that one kernel can compute both in one pass over x.
+    """
+    even = x[:, : x.shape[1] - odd[0], : x.shape[2] - odd[1]]
+    corners = [even[:, i::2, j::2] for i in (0, 1) for j in (0, 1)]  # row-major positions
+    top, top_phase = _larger(corners[0], corners[1], 0, 1)
+    bottom, bottom_phase = _larger(corners[2], corners[3], 2, 3)
+    y, phase = _larger(top, bottom, top_phase, bottom_phase)
+    phase = jnp.where(jnp.isnan(y), jnp.int8(4), phase)
+    if x.size * x.dtype.itemsize >= _ONE_PASS_BYTES:
+        # Left to itself XLA computes the phase again from x in whatever kernel reads it
+        # next, reading x twice; the barrier makes one kernel write both. It also keeps y
+        # out of its consumer's kernel, one launch more a pool, which costs more than a
+        # pass over a small x (benchmarks/README.md).
+        y, phase = lax.optimization_barrier((y, phase))
+    return y, phase
+
+
+def _larger(a: jax.Array, b: jax.Array, a_phase: int | jax.Array,
+            b_phase: int | jax.Array) -> tuple[jax.Array, jax.Array]:  # fmt: skip
+    """(max(a, b), the int8 phase of the larger, a's where they tie): b wins only where it
+    is strictly larger, which keeps a window's first maximum."""
+    b_wins = b > a
+    return jnp.maximum(a, b), jnp.where(b_wins, jnp.int8(b_phase), jnp.int8(a_phase))
+
+
+def _max_pool_backward(odd: tuple[int, int], phase: jax.Array, g: jax.Array) -> tuple[jax.Array]:
+    """d/dx of `_max_pool` times g (N, H//2, W//2, C): g lands on each window's first
+    maximum (its phase); the windows' other positions, and an odd H's last row or an odd
+    W's last column, get 0."""
+    # An odd side's last row or column as one more window (half of it past x's edge) whose
+    # phase matches no position: dx comes out at x's size in the same select, with no pad
+    # after it (XLA would fold such a pad into the next convolution's input gradient, but
+    # not into its kernel gradient, and write dx in both sizes).
+    grow = ((0, 0), (0, odd[0]), (0, odd[1]), (0, 0))
+    phase, g = jnp.pad(phase, grow, constant_values=4), jnp.pad(g, grow)
+    n, h2, w2, channels = g.shape
+    row, column = (lax.broadcasted_iota(jnp.int8, (1, 1, 2, 1, 2, 1), axis) for axis in (2, 4))
+    taken = phase[:, :, None, :, None] == 2 * row + column
+    dx = jnp.where(taken, g[:, :, None, :, None], jnp.zeros((), g.dtype))
+    dx = dx.reshape(n, 2 * h2, 2 * w2, channels)
+    return (dx[:, : 2 * h2 - odd[0], : 2 * w2 - odd[1]],)
+
+
+_max_pool.defvjp(_max_pool_forward, _max_pool_backward)
 
 
 def global_max_pool(x: jax.Array) -> jax.Array:
