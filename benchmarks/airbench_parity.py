@@ -241,10 +241,13 @@ def our_side(recipe, plan, tx, initial, data, loader, test_set) -> dict:
     logits, _ = net.apply(params, stats, nhwc, train=True, bn_momentum=recipe.bn_momentum,
                           output_scale=recipe.output_scale)  # fmt: skip
     results = {"step_logits": logits, "step_bn_statistics": new_stats, "step_gradients": grads}
-    step = jax.jit(functools.partial(speedrun.train_step, recipe, plan, tx))
+    steps = {whiten_bias: jax.jit(functools.partial(
+        speedrun.train_step, recipe, plan, tx, whiten_bias=whiten_bias
+    )) for whiten_bias in (True, False)}  # fmt: skip
     state = initial
     for epoch in range(plan.epochs):
         order = speedrun.epoch_order(state, epoch, data.labels.shape[0])
+        step = steps[epoch < recipe.whiten_bias_epochs]
         for index in range(plan.epoch_steps(epoch)):
             state, _ = step(state, data, order, jnp.int32(epoch), jnp.int32(index))
     results["run_parameters"], results["run_bn_statistics"] = state.params, state.batch_stats

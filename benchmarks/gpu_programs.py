@@ -167,12 +167,13 @@ def program_rows(mesh: Mesh, batch: int, unrolls: list[int],
             yield _row(path, unroll, traced, loop=True)
             if path in graph_paths:  # as FusedRunner(graph=True) compiles it on a GPU
                 yield _row(path, unroll, traced, loop=True, options=epoch.GRAPH_EPOCH_OPTIONS)
-    yield speedrun_row(mesh)
+    yield from speedrun_rows(mesh)
 
 
-def speedrun_row(mesh: Mesh) -> dict:
-    """`jaxcifar speedrun`'s epoch (airbench94's recipe, bfloat16, batch 1,024) on CIFAR-10:
-    its loop's body is one step."""
+def speedrun_rows(mesh: Mesh) -> Iterator[dict]:
+    """`jaxcifar speedrun`'s epochs (airbench94's recipe, bfloat16, batch 1,024) on CIFAR-10,
+    one whose steps train the whitening bias (its first 3) and one whose steps do not (the
+    other 7): each loop's body is one step."""
     recipe = speedrun_recipe.Recipe()
     plan = speedrun_recipe.plan(recipe, CIFAR_TRAIN_EXAMPLES)
     tx = speedrun_optimizer.build_optimizer(recipe, plan.total_steps)
@@ -184,10 +185,15 @@ def speedrun_row(mesh: Mesh) -> dict:
     ))  # fmt: skip
     init = functools.partial(speedrun_train.init_state, recipe, tx, 10)
     state = specs(jax.eval_shape(init, jax.random.key(0), data))
-    epoch_steps = plan.epoch_steps(0)
-    run_epoch = functools.partial(speedrun_train.scan_epoch, recipe, plan, tx, epoch_steps)
-    traced = jax.jit(run_epoch).trace(state, data, specs(jnp.int32(1)))
-    return _row(f"speedrun ({recipe.dtype}, batch {recipe.batch_size})", None, traced, loop=True)
+    for whiten_bias in (True, False):
+        run_epoch = functools.partial(
+            speedrun_train.scan_epoch, recipe, plan, tx, plan.epoch_steps(0),
+            whiten_bias=whiten_bias,
+        )  # fmt: skip
+        traced = jax.jit(run_epoch).trace(state, data, specs(jnp.int32(1)))
+        frozen = "" if whiten_bias else ", whitening bias frozen"
+        path = f"speedrun ({recipe.dtype}, batch {recipe.batch_size}{frozen})"
+        yield _row(path, None, traced, loop=True)
 
 
 def _row(path: str, unroll: int | None, traced, *, loop: bool,

@@ -29,6 +29,7 @@ from jaxcifar.models import layers
 from jaxcifar import xla_cache
 from jaxcifar.speedrun import measure, model_file, net, optimizer, tta, whitening
 from jaxcifar.speedrun.recipe import Plan, Recipe, plan, sgd_rates
+from jaxcifar.speedrun import train as speedrun_train
 from jaxcifar.speedrun.train import Speedrun, lookahead
 
 TRAIN, TEST, BATCH, EPOCHS = 64, 50, 32, 4
@@ -184,7 +185,7 @@ def test_tta_level_2_weights_six_views():
 
 def test_recipe_steps_rates_and_schedule_match_airbench94():
     recipe = Recipe()
-    assert plan(recipe, 50_000) == Plan(48, 476, 10, 144)
+    assert plan(recipe, 50_000) == Plan(48, 476, 10)
     assert plan(recipe, 50_000).epoch_steps(9) == 44
     lr, lr_bias, decay = sgd_rates(recipe)
     kilostep = 1024 * (1 + 1 / 0.15)
@@ -269,7 +270,7 @@ def test_optimizer_groups_freeze_the_whitening_kernel():
 
 def test_lookahead_averages_every_fifth_step_and_ends_on_the_average():
     recipe = Recipe(lookahead_every=5)
-    steps = Plan(steps_per_epoch=6, total_steps=32, epochs=6, whiten_bias_steps=0)
+    steps = Plan(steps_per_epoch=6, total_steps=32, epochs=6)
     step = jax.jit(lambda s, w, e: lookahead(recipe, steps, s, {"w": w}, {"w": e}))
 
     def after(s, w, e):
@@ -283,6 +284,25 @@ def test_lookahead_averages_every_fifth_step_and_ends_on_the_average():
     assert after(30, 8.0, 4.0) == pytest.approx((moved, moved))
     assert after(31, 9.0, moved) == pytest.approx((9.0, moved))  # neither
     assert after(32, 9.0, moved) == pytest.approx((moved, moved))  # the last step: the EMA
+
+
+@pytest.mark.parametrize("whiten_bias", [True, False])
+def test_a_step_moves_the_whitening_bias_only_while_it_trains(whiten_bias):
+    recipe = Recipe(batch_size=8, widths=WIDTHS, dtype="float32")
+    steps = Plan(steps_per_epoch=2, total_steps=20, epochs=10)
+    tx = optimizer.build_optimizer(recipe, steps.total_steps)
+    images = np.asarray(IMAGES * 40 + 128, np.uint8)
+    data = speedrun_train.DeviceData(images, jnp.arange(16) % 10, jnp.full(3, 128.0),
+                                     jnp.full(3, 40.0))  # fmt: skip
+    state = speedrun_train.init_state(recipe, tx, 10, jax.random.key(0), data)
+    state = state._replace(params=speedrun_train._with_whiten_bias(state.params, jnp.ones(24)))
+    order, epoch, index = jnp.arange(16), jnp.int32(0), jnp.int32(0)
+    new, _ = speedrun_train.train_step(
+        recipe, steps, tx, state, data, order, epoch, index, whiten_bias=whiten_bias
+    )
+    moved = jax.tree.map(lambda a, b: bool(jnp.any(a != b)), new.params, state.params)
+    assert moved["whiten"]["bias"] == whiten_bias and moved["block1"]["conv1"]["kernel"]
+    assert not moved["whiten"]["kernel"]
 
 
 @pytest.fixture(scope="module")
@@ -302,7 +322,7 @@ def tiny_run(shared_data, xla_dir):
 
 def test_fast_recipe_trains_on_real_data(tiny_run):
     speedrun, first, again = tiny_run
-    assert speedrun.plan == Plan(2, 8, 4, 6)
+    assert speedrun.plan == Plan(2, 8, 4)
     assert first.state.params["block3"]["conv2"]["kernel"].shape == (3, 3, 32, 32)
     losses = first.epoch_losses
     assert len(losses) == EPOCHS and all(np.isfinite(losses))
@@ -318,8 +338,10 @@ def test_scan_epochs_train_as_the_loop_does_with_a_partial_last_epoch(
     shared_data, xla_dir, convolution_dim_labels
 ):
     # Scan epochs are what a GPU runs (`epoch_mode="auto"` there); the CPU suite otherwise
-    # trains only the loop. 1.5 epochs of 2 steps: a 2-step scan program, then a 1-step one.
-    recipe = Recipe(epochs=1.5, batch_size=BATCH, widths=WIDTHS, dtype="float32")
+    # trains only the loop. 1.5 epochs of 2 steps: a 2-step scan program, then a 1-step one
+    # in which the whitening bias no longer trains.
+    recipe = Recipe(epochs=1.5, batch_size=BATCH, widths=WIDTHS, dtype="float32",
+                    whiten_bias_epochs=1)  # fmt: skip
     train = load("cifar10", "train", data_dir=shared_data).subset(TRAIN, seed=0)
     test = load("cifar10", "test", data_dir=shared_data).subset(TEST, seed=0)
     with xla_cache.compilation_cache(xla_dir):
@@ -329,12 +351,13 @@ def test_scan_epochs_train_as_the_loop_does_with_a_partial_last_epoch(
     assert int(scan.state.step) == 3
     # Every convolution of the scan body in the form XLA:CPU runs on its library kernels.
     programs = speedrun._executables
-    assert sorted(programs) == ["epoch1", "epoch2", "init", "predict"]
-    for name in ("epoch1", "epoch2"):
+    assert sorted(programs) == ["epoch1 frozen bias", "epoch2", "init", "predict"]
+    # 7 convolutions, 3 each (forward, input and kernel gradients), less the whitening
+    # layer's two (its input is data, its kernel frozen), and with its bias frozen too, less
+    # block 1's first convolution's input gradient: nothing below it trains.
+    for name, count in (("epoch2", 19), ("epoch1 frozen bias", 18)):
         labels = convolution_dim_labels(programs[name].as_text())
-        # 7 convolutions, 3 each (forward, input and kernel gradients), less the whitening
-        # layer's two: its input is data, its kernel frozen.
-        assert len(labels) == 19 and set(labels) == {"b01f_01io->b01f"}, labels
+        assert len(labels) == count and set(labels) == {"b01f_01io->b01f"}, labels
     assert scan.epoch_losses == pytest.approx(loop.epoch_losses, rel=1e-6)
     assert scan.tta_accuracy == loop.tta_accuracy
     # The scanned step fuses differently: the same sums in another order (~1e-6 apart).
@@ -346,8 +369,6 @@ def test_scan_epochs_train_as_the_loop_does_with_a_partial_last_epoch(
 def test_compile_seconds_count_each_program_once_and_a_run_compiles_nothing(
     shared_data, xla_dir, monkeypatch, caplog
 ):
-    from jaxcifar.speedrun import train as speedrun_train
-
     timed = []
 
     def recorded(*args, **options):
@@ -514,8 +535,6 @@ def test_a_speedrun_model_of_another_version_or_shape_is_refused_naming_the_file
 
 
 def test_speedrun_command_saves_each_run_as_it_ends(shared_data, xla_dir, tmp_path, monkeypatch):
-    from jaxcifar.speedrun import train as speedrun_train
-
     finish = speedrun_train.Speedrun.run
     calls = []
 

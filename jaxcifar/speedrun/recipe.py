@@ -85,7 +85,6 @@ class Plan(NamedTuple):
     steps_per_epoch: int  # full batches per epoch (the last partial batch is dropped)
     total_steps: int  # ceil(steps_per_epoch * epochs)
     epochs: int  # epochs begun: ceil(epochs); the last may be short
-    whiten_bias_steps: int  # the whitening bias trains while step < this (0-based)
 
     def epoch_steps(self, epoch: int) -> int:
         """Steps in 0-based `epoch`."""
@@ -104,7 +103,6 @@ def plan(recipe: Recipe, train_size: int) -> Plan:
         steps_per_epoch=per_epoch,
         total_steps=total,
         epochs=math.ceil(total / per_epoch),
-        whiten_bias_steps=recipe.whiten_bias_epochs * per_epoch,
     )
 
 

@@ -122,9 +122,11 @@ def batch_loss(
 def train_step(
     recipe: Recipe, plan: Plan, tx: optax.GradientTransformation,
     state: TrainState, data: DeviceData, order: jax.Array, epoch: jax.Array, index: jax.Array,
+    *, whiten_bias: bool,
 ) -> tuple[TrainState, jax.Array]:  # fmt: skip
     """Step `index` of 0-based `epoch` whose image order is `order` (N,): returns the new
-    state and the batch's mean loss (float32 scalar, before the update)."""
+    state and the batch's mean loss (float32 scalar, before the update). `whiten_bias`
+    (static: `epoch < recipe.whiten_bias_epochs`) says whether the whitening bias trains."""
     batch = jax.lax.dynamic_slice(order, (index * recipe.batch_size,), (recipe.batch_size,))
     images, labels = data.images[batch], data.labels[batch]
     # Alternating flip: each image's own coin in even epochs, the opposite in odd ones.
@@ -133,13 +135,19 @@ def train_step(
         translate_key = jax.random.fold_in(epoch_keys(state, epoch)[1], index)
         images = augment.random_translate(translate_key, images, recipe.translate)
     inputs = standardize(images, data.mean, data.std)
-    grad_fn = jax.value_and_grad(batch_loss, argnums=1, has_aux=True)
-    (loss, batch_stats), grads = grad_fn(
-        recipe, state.params, state.batch_stats, inputs, labels
-    )
+
+    def loss_fn(params: net.Params) -> tuple[jax.Array, net.BatchStats]:
+        if not whiten_bias:
+            # Frozen, as airbench94 freezes it after its first epochs. With no gradient asked
+            # of it, nothing below block 1's first convolution needs one, and XLA drops that
+            # convolution's input gradient and GELU's backward pass (benchmarks/README.md).
+            params = _with_whiten_bias(params, jax.lax.stop_gradient(params["whiten"]["bias"]))
+        return batch_loss(recipe, params, state.batch_stats, inputs, labels)
+
+    (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    whiten_bias = jnp.where(state.step < plan.whiten_bias_steps, updates["whiten"]["bias"], 0.0)
-    updates = {**updates, "whiten": {**updates["whiten"], "bias": whiten_bias}}
+    if not whiten_bias:  # nor does weight decay move it
+        updates = _with_whiten_bias(updates, jnp.zeros_like(updates["whiten"]["bias"]))
     step = state.step + 1
     params = optax.apply_updates(state.params, updates)
     weights = (params, batch_stats)
@@ -150,13 +158,19 @@ def train_step(
     return new_state, loss / recipe.batch_size
 
 
+def _with_whiten_bias(tree: dict, bias: jax.Array) -> dict:
+    """`tree` (shaped as the parameters) with its whitening bias replaced by `bias`."""
+    return {**tree, "whiten": {**tree["whiten"], "bias": bias}}
+
+
 def scan_epoch(
     recipe: Recipe, plan: Plan, tx: optax.GradientTransformation, steps: int,
-    state: TrainState, data: DeviceData, epoch: jax.Array,
+    state: TrainState, data: DeviceData, epoch: jax.Array, *, whiten_bias: bool,
 ) -> tuple[TrainState, jax.Array]:  # fmt: skip
-    """`steps` steps of `epoch` as one lax.scan: (new state, (steps,) float32 losses)."""
+    """`steps` steps of `epoch` as one lax.scan: (new state, (steps,) float32 losses);
+    `whiten_bias` as `train_step` takes it."""
     order = epoch_order(state, epoch, data.labels.shape[0])
-    step = functools.partial(train_step, recipe, plan, tx)
+    step = functools.partial(train_step, recipe, plan, tx, whiten_bias=whiten_bias)
     return jax.lax.scan(lambda s, i: step(s, data, order, epoch, i), state, jnp.arange(steps))
 
 
@@ -238,21 +252,26 @@ class Speedrun:
         init = jax.jit(functools.partial(init_state, recipe, tx, self.num_classes))
         compiled = {"init": compile_timed(init, key, self.train_data)}
         state = jax.eval_shape(init, key, self.train_data)
-        if self.mode == "scan":
-            for steps in sorted({plan.epoch_steps(e) for e in range(plan.epochs)}):
-                epoch_fn = functools.partial(scan_epoch, recipe, plan, tx, steps)
-                compiled[f"epoch{steps}"] = compile_timed(
-                    jax.jit(epoch_fn, donate_argnums=0), state, self.train_data, epoch
-                )
-        else:
+        if self.mode == "loop":
             size = self.train_data.labels.shape[0]
             order = jax.jit(functools.partial(epoch_order, size=size))
             compiled["order"] = compile_timed(order, state, epoch)
-            step = jax.jit(functools.partial(train_step, recipe, plan, tx), donate_argnums=0)
-            order_shape = jax.ShapeDtypeStruct(self.train_data.labels.shape, jnp.int32)
-            index = epoch  # an int32 scalar like the epoch
-            args = (state, self.train_data, order_shape, epoch, index)
-            compiled["step"] = compile_timed(step, *args)
+        programs = {name: (steps, whiten_bias) for name, steps, whiten_bias in
+                    map(self._epoch_program, range(plan.epochs))}  # fmt: skip
+        for name, (steps, whiten_bias) in sorted(programs.items()):
+            if self.mode == "scan":
+                epoch_fn = functools.partial(
+                    scan_epoch, recipe, plan, tx, steps, whiten_bias=whiten_bias
+                )
+                compiled[name] = compile_timed(
+                    jax.jit(epoch_fn, donate_argnums=0), state, self.train_data, epoch
+                )
+            else:
+                step_fn = functools.partial(train_step, recipe, plan, tx, whiten_bias=whiten_bias)
+                order_shape = jax.ShapeDtypeStruct(self.train_data.labels.shape, jnp.int32)
+                index = epoch  # an int32 scalar like the epoch
+                args = (state, self.train_data, order_shape, epoch, index)
+                compiled[name] = compile_timed(jax.jit(step_fn, donate_argnums=0), *args)
         predict_fn = jax.jit(functools.partial(predict, recipe))
         data = self.train_data
         compiled["predict"] = compile_timed(
@@ -261,19 +280,27 @@ class Speedrun:
         self._executables = {name: c.executable for name, c in compiled.items()}
         return sum(c.compile_seconds for c in compiled.values())  # lowering included
 
+    def _epoch_program(self, epoch: int) -> tuple[str, int, bool]:
+        """(name of the program that runs 0-based `epoch`, its steps, whether the whitening
+        bias trains in it): an epoch program per pair in scan mode, a step per flag in loop
+        mode."""
+        steps, whiten_bias = self.plan.epoch_steps(epoch), epoch < self.recipe.whiten_bias_epochs
+        name = f"epoch{steps}" if self.mode == "scan" else "step"
+        return (name if whiten_bias else f"{name} frozen bias"), steps, whiten_bias
+
     def _train(self, state: TrainState) -> tuple[TrainState, list[jax.Array]]:
         run, losses = self._executables, []
         for e in range(self.plan.epochs):
             epoch = jnp.asarray(e, jnp.int32)
-            steps = self.plan.epoch_steps(e)
+            name, steps, _ = self._epoch_program(e)
             if self.mode == "scan":
-                state, epoch_losses = run[f"epoch{steps}"](state, self.train_data, epoch)
+                state, epoch_losses = run[name](state, self.train_data, epoch)
                 losses.append(epoch_losses)
             else:
                 order = run["order"](state, epoch)
                 for i in range(steps):
                     index = jnp.asarray(i, jnp.int32)
-                    state, loss = run["step"](state, self.train_data, order, epoch, index)
+                    state, loss = run[name](state, self.train_data, order, epoch, index)
                     losses.append(loss)
         return state, losses
 
