@@ -130,8 +130,10 @@ def on_the_gpu(mesh: Mesh) -> Callable[[Any], Any]:
 
 @contextlib.contextmanager
 def tracing_for_a_gpu() -> Iterator[None]:
-    """Pallas kernels trace to Triton kernels, not interpreted ones, only when JAX's default
-    backend is not the CPU (`triton_blocks.triton_call`); here it is the CPU."""
+    """Trace as on a GPU: code that picks its form by `jax.default_backend()` when traced
+    (`layers.conv`'s gradients, written for XLA:CPU's library kernels on a CPU; the Pallas
+    kernels, interpreted on a CPU, Triton kernels otherwise) must not see this machine's
+    CPU."""
     default_backend = jax.default_backend
     jax.default_backend = lambda: "gpu"
     try:
@@ -154,15 +156,14 @@ def program_rows(mesh: Mesh, batch: int, unrolls: list[int],
     specs = on_the_gpu(mesh)
     step = train.make_train_step(setup, mesh=mesh)
     batch_arrays = (dataset.images[:batch], dataset.labels[:batch])
-    traced = step.trace(*specs((state, batch_arrays)), specs(jax.random.key(0)))
+    with tracing_for_a_gpu():
+        traced = step.trace(*specs((state, batch_arrays)), specs(jax.random.key(0)))
     yield _row("loop", None, traced, loop=False)
     for path in epoch.PALLAS_PARTS:
         for unroll in unrolls:
             runner = epoch.FusedRunner(config, dataset, path=path, unroll=unroll)
             args = (epoch.to_fused_state(state), dataset.images, dataset.labels, np.int32(1))
-            with tracing_for_a_gpu():
-                # The epoch's jitted program, which FusedRunner.compile compiles on this
-                # machine's backend.
+            with tracing_for_a_gpu():  # the program FusedRunner.compile compiles
                 traced = runner._run_epoch.trace(*specs(args))
             yield _row(path, unroll, traced, loop=True)
             if path in graph_paths:  # as FusedRunner(graph=True) compiles it on a GPU
@@ -190,14 +191,15 @@ def speedrun_rows(mesh: Mesh) -> Iterator[dict]:
             speedrun_train.scan_epoch, recipe, plan, tx, plan.epoch_steps(0),
             whiten_bias=whiten_bias,
         )  # fmt: skip
-        traced = jax.jit(run_epoch).trace(state, data, specs(jnp.int32(1)))
+        with tracing_for_a_gpu():
+            traced = jax.jit(run_epoch).trace(state, data, specs(jnp.int32(1)))
         frozen = "" if whiten_bias else ", whitening bias frozen"
         path = f"speedrun ({recipe.dtype}, batch {recipe.batch_size}{frozen})"
-        yield _row(path, None, traced, loop=True)
+        yield _row(path, None, traced, loop=True, options=speedrun_train.XLA_OPTIONS)
 
 
 def _row(path: str, unroll: int | None, traced, *, loop: bool,
-         options: dict[str, str] | None = None) -> dict:  # fmt: skip
+         options: dict[str, Any] | None = None) -> dict:  # fmt: skip
     lowered = traced.lower(lowering_platforms=("cuda",))
     with tempfile.TemporaryDirectory() as dump:
         start = time.perf_counter()
@@ -250,7 +252,9 @@ def render_markdown(rows: list[dict], batch: int, device: str) -> str:
         "Trip count: the epoch loop's, as XLA proved it (none: each iteration waits for its "
         "condition on the host). CUDA graphs: the part of the epoch XLA runs as command "
         "buffers (loop body: the host launches one an iteration; whole loop: one an epoch, "
-        "the GPU runs the loop); graph epoch: `FusedRunner(graph=True)`'s compiler options.",
+        "the GPU runs the loop); graph epoch: `FusedRunner(graph=True)`'s compiler options. "
+        "Each program compiles as its runner compiles it (the speedrun's with its "
+        "`XLA_OPTIONS`).",
         "",
         "| path | unroll | kernels/step | MB/step | by kind | loop trip count | CUDA graphs "
         "| compile s (CPU) |",
@@ -259,7 +263,8 @@ def render_markdown(rows: list[dict], batch: int, device: str) -> str:
     for row in rows:
         kinds = ", ".join(f"{kind} {n:g}" for kind, n in row["kernels_by_kind"].items())
         trip = (row["trip_count"] or "none") if row["epoch_loop"] else "-"
-        path = row["path"] + (" (graph epoch)" if row["options"] else "")
+        graph = "xla_gpu_enable_command_buffer" in row["options"]
+        path = row["path"] + (" (graph epoch)" if graph else "")
         megabytes = row["kernel_megabytes_per_step"]
         megabytes = "-" if megabytes is None else f"{megabytes:,.1f}"
         lines.append(

@@ -42,10 +42,10 @@ def compiler_options() -> dict[str, str] | None:
 
 
 def compile_program(lowered: jax.stages.Lowered,
-                    options: dict[str, str] | None = None) -> jax.stages.Compiled:  # fmt: skip
+                    options: dict[str, Any] | None = None) -> jax.stages.Compiled:  # fmt: skip
     """`lowered.compile()` with `compiler_options()` and the caller's own `options` (XLA
-    debug options by name) over them. A jaxlib that predates the CPU option, or the fusion
-    types it names, compiles without it."""
+    debug options by name, each a str, bool or int as XLA types it) over them. A jaxlib
+    that predates the CPU option, or the fusion types it names, compiles without it."""
     own = options or {}
     cpu = compiler_options()
     if cpu is None:
@@ -59,16 +59,17 @@ def compile_program(lowered: jax.stages.Lowered,
         return lowered.compile(compiler_options=own or None)
 
 
-def compiled_per_shape(jitted: Callable) -> Callable:
-    """`jitted` (a `jax.jit` function of array arguments), compiled by `compile_program` the first
-    time it meets each structure, shapes and dtypes of arguments; cached after that."""
+def compiled_per_shape(jitted: Callable, options: dict[str, Any] | None = None) -> Callable:
+    """`jitted` (a `jax.jit` function of array arguments), compiled by `compile_program` (with
+    `options`) the first time it meets each structure, shapes and dtypes of arguments; cached
+    after that."""
     executables: dict[Any, jax.stages.Compiled] = {}
 
     def call(*args: Any) -> Any:
         leaves, tree = jax.tree.flatten(args)
         key = (tree, tuple((leaf.shape, leaf.dtype) for leaf in leaves))
         if key not in executables:
-            executables[key] = compile_program(jitted.lower(*args))
+            executables[key] = compile_program(jitted.lower(*args), options)
         return executables[key](*args)
 
     return call
@@ -83,7 +84,7 @@ class Compiled(NamedTuple):
 
 
 def compile_timed(jitted: Any, *args: Any, xla_defaults: bool = False,
-                  options: dict[str, str] | None = None) -> Compiled:  # fmt: skip
+                  options: dict[str, Any] | None = None) -> Compiled:  # fmt: skip
     """`jitted.lower(*args)` compiled by `compile_program` (on a CPU, without YNNPACK's
     convolutions), or with XLA's defaults if `xla_defaults`, with `options` (XLA debug
     options) either way, timing the lowering and the whole: how the epoch runners, the

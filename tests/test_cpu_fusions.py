@@ -80,12 +80,14 @@ def test_compiled_per_shape_compiles_once_per_shape_and_matches_jit(monkeypatch)
     compiles = []
     real_compile = cpu_fusions.compile_program
     monkeypatch.setattr(
-        cpu_fusions, "compile_program", lambda lowered: compiles.append(1) or real_compile(lowered)
-    )
+        cpu_fusions, "compile_program",
+        lambda lowered, options: compiles.append(options) or real_compile(lowered, options),
+    )  # fmt: skip
     jitted = jax.jit(lambda params, batch: (params["w"] * batch[0]).sum(1) + batch[1])
-    step = cpu_fusions.compiled_per_shape(jitted)
+    options = {"xla_allow_excess_precision": False}  # the caller's own, to every compile
+    step = cpu_fusions.compiled_per_shape(jitted, options)
     params = {"w": jnp.arange(3.0)}
     for rows in (2, 2, 5, 2):
         batch = (jnp.ones((rows, 3)), jnp.arange(rows, dtype=jnp.float32))
         np.testing.assert_array_equal(step(params, batch), jitted(params, batch))
-    assert len(compiles) == 2
+    assert compiles == [options, options]

@@ -30,7 +30,7 @@ from jaxcifar.checkpoint import read_tagged
 from jaxcifar.errors import CheckpointError, ConfigError
 from jaxcifar.speedrun import net
 from jaxcifar.speedrun.recipe import Recipe
-from jaxcifar.speedrun.train import EVAL_BATCH, batched, predict, tta_logits
+from jaxcifar.speedrun.train import EVAL_BATCH, XLA_OPTIONS, batched, predict, tta_logits
 
 FORMAT = "jaxcifar-speedrun-model"
 VERSION = 1
@@ -148,9 +148,10 @@ def logits(model: SavedModel, images: jax.Array) -> jax.Array:
 
 def predictions(model: SavedModel, images: np.ndarray) -> np.ndarray:
     """(N,) int32 TTA predictions of uint8 images (N, H, W, C), EVAL_BATCH at a time."""
-    # Compiled as the training run compiled it (on a CPU: convolutions not on YNNPACK's kernels).
+    # Compiled as the training run compiled it (on a CPU: convolutions not on YNNPACK's kernels;
+    # rounding to the compute dtype where the program says).
     predict_batches = cpu_fusions.compiled_per_shape(
-        jax.jit(functools.partial(predict, model.recipe))
+        jax.jit(functools.partial(predict, model.recipe)), XLA_OPTIONS
     )
     out = predict_batches(
         model.params, model.batch_stats, model.mean, model.std, batched(images, EVAL_BATCH)

@@ -117,8 +117,9 @@ def batch_norm(
     shift keeps the two sums from cancelling where the mean lies many spreads from zero
     (unshifted, 20 spreads cost up to 3e-4 of the variance); an image's mean, not one
     pixel, so that an outlier pixel cannot undo it. Compiled for an H100
-    (benchmarks/gpu_programs.py) the speedrun's step fell from 172 kernels to 157 (76
-    reductions to 62); on the 2-core CPU a run took the same time within noise;
+    (benchmarks/gpu_programs.py; traced with the CPU's convolution gradients) the
+    speedrun's step fell from 172 kernels to 157 (76 reductions to 62); on the 2-core CPU
+    a run took the same time within noise;
     benchmarks/airbench_parity.py's checks pass as before.
     """
     x32 = x.astype(jnp.float32)
@@ -136,30 +137,7 @@ def batch_norm(
     else:
         mean, var = stats["mean"], stats["var"]
     y = (x32 - mean) * jax.lax.rsqrt(var + eps) + params["bias"]
-    return _gradient_in_own_dtype(y.astype(x.dtype)), stats
-
-
-@jax.custom_vjp
-def _gradient_in_own_dtype(y: jax.Array) -> jax.Array:
-    """The identity on batch norm's output `y`, whose gradient then reaches batch norm's
-    backward pass in `y`'s dtype, written once.
-
-    In bfloat16 the gradient from GELU's backward pass is rounded to bfloat16 on its way
-    into batch norm's float32 one, as in airbench's half-precision network and as XLA:CPU
-    computes it. XLA:GPU drops such float32 -> bfloat16 -> float32 round trips (it allows
-    excess precision), and so kept that gradient in float32: written once and read twice,
-    at twice the bytes. The barrier keeps it in bfloat16: compiled for an H100, the
-    speedrun's step reads and writes 4.13 -> 3.90 GB (5 kernels more, each moving tens of
-    MB: launches are not what a step at batch 1,024 waits on). On the CPU, the same
-    gradients to the bit in float32 and bfloat16 and the same step time."""
-    return y
-
-
-def _gradient_in_own_dtype_backward(_, g: jax.Array) -> tuple[jax.Array]:
-    return (jax.lax.optimization_barrier(g),)
-
-
-_gradient_in_own_dtype.defvjp(lambda y: (y, None), _gradient_in_own_dtype_backward)
+    return y.astype(x.dtype), stats
 
 
 def gelu(x: jax.Array) -> jax.Array:

@@ -33,6 +33,14 @@ from jaxcifar.speedrun import recipe as recipes
 from jaxcifar.speedrun.recipe import EPOCH_MODES, Plan, Recipe
 
 EVAL_BATCH = 2000
+# How every speedrun program compiles. By default XLA may keep a value in float32 where the
+# program rounds it to bfloat16 and back ("excess precision"): on a GPU it then keeps whole
+# activations and gradients in float32 between kernels, at twice the bytes (batch norm's
+# input gradient, GELU's output). Rounding where the program says, as airbench's
+# half-precision network and XLA:CPU do, a step compiled for an H100 reads and writes 3.67
+# GB, not 4.14 (3.40, not 3.87, once the whitening bias freezes), in 158 kernels, not 159
+# (benchmarks/README.md). No effect on float32 programs.
+XLA_OPTIONS = {"xla_allow_excess_precision": False}
 
 
 class TrainState(NamedTuple):
@@ -250,12 +258,12 @@ class Speedrun:
         # Besides giving shapes, this compiles `jax.random.key`, which `run` calls in its timer.
         key, epoch = jax.random.key(0), jnp.zeros((), jnp.int32)
         init = jax.jit(functools.partial(init_state, recipe, tx, self.num_classes))
-        compiled = {"init": compile_timed(init, key, self.train_data)}
+        compiled = {"init": compile_timed(init, key, self.train_data, options=XLA_OPTIONS)}
         state = jax.eval_shape(init, key, self.train_data)
         if self.mode == "loop":
             size = self.train_data.labels.shape[0]
             order = jax.jit(functools.partial(epoch_order, size=size))
-            compiled["order"] = compile_timed(order, state, epoch)
+            compiled["order"] = compile_timed(order, state, epoch, options=XLA_OPTIONS)
         programs = {name: (steps, whiten_bias) for name, steps, whiten_bias in
                     map(self._epoch_program, range(plan.epochs))}  # fmt: skip
         for name, (steps, whiten_bias) in sorted(programs.items()):
@@ -264,19 +272,22 @@ class Speedrun:
                     scan_epoch, recipe, plan, tx, steps, whiten_bias=whiten_bias
                 )
                 compiled[name] = compile_timed(
-                    jax.jit(epoch_fn, donate_argnums=0), state, self.train_data, epoch
-                )
+                    jax.jit(epoch_fn, donate_argnums=0), state, self.train_data, epoch,
+                    options=XLA_OPTIONS,
+                )  # fmt: skip
             else:
                 step_fn = functools.partial(train_step, recipe, plan, tx, whiten_bias=whiten_bias)
                 order_shape = jax.ShapeDtypeStruct(self.train_data.labels.shape, jnp.int32)
                 index = epoch  # an int32 scalar like the epoch
                 args = (state, self.train_data, order_shape, epoch, index)
-                compiled[name] = compile_timed(jax.jit(step_fn, donate_argnums=0), *args)
+                step = jax.jit(step_fn, donate_argnums=0)
+                compiled[name] = compile_timed(step, *args, options=XLA_OPTIONS)
         predict_fn = jax.jit(functools.partial(predict, recipe))
         data = self.train_data
         compiled["predict"] = compile_timed(
-            predict_fn, state.params, state.batch_stats, data.mean, data.std, self.test_images
-        )
+            predict_fn, state.params, state.batch_stats, data.mean, data.std, self.test_images,
+            options=XLA_OPTIONS,
+        )  # fmt: skip
         self._executables = {name: c.executable for name, c in compiled.items()}
         return sum(c.compile_seconds for c in compiled.values())  # lowering included
 
