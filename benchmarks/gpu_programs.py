@@ -192,7 +192,7 @@ def speedrun_rows(mesh: Mesh) -> Iterator[dict]:
             whiten_bias=whiten_bias,
         )  # fmt: skip
         with tracing_for_a_gpu():
-            traced = jax.jit(run_epoch).trace(state, data, specs(jnp.int32(1)))
+            traced = jax.jit(run_epoch, donate_argnums=0).trace(state, data, specs(jnp.int32(1)))
         frozen = "" if whiten_bias else ", whitening bias frozen"
         path = f"speedrun ({recipe.dtype}, batch {recipe.batch_size}{frozen})"
         yield _row(path, None, traced, loop=True, options=speedrun_train.XLA_OPTIONS)
@@ -242,7 +242,7 @@ def render_markdown(rows: list[dict], batch: int, device: str) -> str:
     lines = [
         f"# Training steps as XLA:GPU compiles them for an {device}",
         "",
-        f"The seed recipe's paths at batch {batch} and `jaxcifar speedrun`'s epoch, compiled "
+        f"The seed recipe's paths at batch {batch} and `jaxcifar speedrun`'s epochs, compiled "
         f"ahead of time on a machine without a GPU (JAX {jax.__version__}'s CUDA plugin; "
         "`benchmarks/gpu_programs.py`). Kernels: instructions of one step's optimised "
         "program that launch work; for the epochs the loop's body over its unroll. MB: what "

@@ -284,12 +284,18 @@ def test_max_pool_gradient_goes_to_the_first_maximum_of_each_window():
     np.testing.assert_array_equal(pool_vjp(g)[0][0, :, :, 0], expected)
 
 
-def test_max_pool_gradient_equals_autodiff_where_there_are_no_ties():
-    x = jax.random.normal(jax.random.key(0), (2, 6, 7, 3))  # odd width: a dropped column
-    g = jax.random.normal(jax.random.key(1), (2, 3, 3, 3))
+# An odd width (a dropped column), both sides odd, and an input large enough (8.5 MB) that
+# the max and its phase come from one kernel of their own.
+@pytest.mark.parametrize("shape", [(2, 6, 7, 3), (2, 7, 9, 3), (4, 64, 65, 128)])
+def test_max_pool_gradient_equals_autodiff_where_there_are_no_ties(shape):
+    n, height, width, channels = shape
+    h2, w2 = height // 2, width // 2
+    x = jax.random.normal(jax.random.key(0), shape)
+    g = jax.random.normal(jax.random.key(1), (n, h2, w2, channels))
 
     def plain_max_pool(x):
-        return x[:, :6, :6].reshape(2, 3, 2, 3, 2, 3).max(axis=(2, 4))
+        even = x[:, : 2 * h2, : 2 * w2]
+        return even.reshape(n, h2, 2, w2, 2, channels).max(axis=(2, 4))
 
     y, pool_vjp = jax.vjp(layers.max_pool_2x2, x)
     np.testing.assert_array_equal(y, plain_max_pool(x))

@@ -278,12 +278,17 @@ def test_a_step_moves_the_whitening_bias_only_while_it_trains(whiten_bias):
     state = speedrun_train.init_state(recipe, tx, 10, jax.random.key(0), data)
     state = state._replace(params=speedrun_train._with_whiten_bias(state.params, jnp.ones(24)))
     order, epoch, index = jnp.arange(16), jnp.int32(0), jnp.int32(0)
-    new, _ = speedrun_train.train_step(
-        recipe, steps, tx, state, data, order, epoch, index, whiten_bias=whiten_bias
-    )
+    step = functools.partial(speedrun_train.train_step, recipe, steps, tx, state, data, order,
+                             epoch, index)  # fmt: skip
+    new, loss = step(whiten_bias=whiten_bias)
     moved = jax.tree.map(lambda a, b: bool(jnp.any(a != b)), new.params, state.params)
     assert moved["whiten"]["bias"] == whiten_bias and moved["block1"]["conv1"]["kernel"]
     assert not moved["whiten"]["kernel"]
+    # Everything else trains the same either way, to the bit: the same loss and weights.
+    other, other_loss = step(whiten_bias=not whiten_bias)
+    assert loss == other_loss
+    other.params["whiten"]["bias"] = new.params["whiten"]["bias"]
+    jax.tree.map(np.testing.assert_array_equal, new.params, other.params)
 
 
 @pytest.fixture(scope="module")

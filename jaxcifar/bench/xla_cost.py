@@ -132,14 +132,23 @@ def _step_loop(computations: dict[str, list[str]], entry: str) -> tuple[str, str
 def _count_opcodes(computations: dict[str, list[str]], name: str,
                    by_kind: bool) -> collections.Counter:  # fmt: skip
     counts: collections.Counter = collections.Counter()
+    for line in _kernel_lines(computations, name):
+        opcode = _opcode(line)
+        kind = re.search(r'(?:kind=|custom_call_target=")([\w$.\-]+)', line)
+        counts[f"{opcode} {kind[1]}" if by_kind and kind else opcode] += 1
+    return counts
+
+
+def _kernel_lines(computations: dict[str, list[str]], name: str) -> Iterator[str]:
+    """The instruction lines of computation `name` that launch work, looking inside the
+    computations it `call`s (which launch nothing themselves): not parameters, constants or
+    tuple plumbing; a nested loop is one `while` line."""
     for line in computations[name]:
         opcode, called = _opcode(line), _called_computation(line)
         if opcode == "call" and called in computations:
-            counts += _count_opcodes(computations, called, by_kind)
+            yield from _kernel_lines(computations, called)
         elif opcode not in _BOOKKEEPING:
-            kind = re.search(r'(?:kind=|custom_call_target=")([\w$.\-]+)', line)
-            counts[f"{opcode} {kind[1]}" if by_kind and kind else opcode] += 1
-    return counts
+            yield line
 
 
 def kernel_bytes(hlo_text: str, *, loop_body: bool = False) -> int:
@@ -182,21 +191,34 @@ def _elements(dims: str) -> int:
 
 def _computation_bytes(computations: dict[str, list[str]], name: str) -> int:
     shapes = {_DEFINITION.match(line).group(1): _parts(line)[0]
-              for line in computations[name]}  # fmt: skip
+              for called in _called_names(computations, name)
+              for line in computations[called]}  # fmt: skip
     total = 0
-    for line in computations[name]:
-        opcode, called = _opcode(line), _called_computation(line)
-        if opcode == "call" and called in computations:
-            total += _computation_bytes(computations, called)
-        elif opcode not in _BOOKKEEPING | {"while", "conditional", "call"}:
-            operand_bytes = [_shape_bytes(shapes.get(operand, "")) for operand in _operands(line)]
-            fused = re.search(r"calls=%([\w.\-]+)", line)
-            if opcode == "fusion" and fused and fused[1] in computations:
-                result_bytes, operand_bytes = _fusion_bytes(computations[fused[1]], operand_bytes)
-            else:
-                result_bytes = _shape_bytes(_parts(line)[0])
-            total += result_bytes + sum(operand_bytes)
+    for line in _kernel_lines(computations, name):
+        opcode, result = _opcode(line), _parts(line)[0]
+        if opcode in ("while", "conditional"):
+            continue
+        operand_bytes = [_shape_bytes(shapes.get(operand, "")) for operand in _operands(line)]
+        fused = re.search(r"calls=%([\w.\-]+)", line)
+        if opcode == "fusion" and fused and fused[1] in computations:
+            result_bytes, operand_bytes = _fusion_bytes(computations[fused[1]], operand_bytes)
+        else:
+            # A cuDNN or cuBLAS call's last result, u8[N], is its scratch space, not data.
+            library = re.search(r'custom_call_target="__(cudnn|cublas)', line)
+            if library and result.startswith("(") and ", u8[" in result:
+                result = result[: result.rfind(", u8[")]
+            result_bytes = _shape_bytes(result)
+        total += result_bytes + sum(operand_bytes)
     return total
+
+
+def _called_names(computations: dict[str, list[str]], name: str) -> Iterator[str]:
+    """`name` and the computations it `call`s, through nested calls."""
+    yield name
+    for line in computations[name]:
+        called = _called_computation(line)
+        if _opcode(line) == "call" and called in computations:
+            yield from _called_names(computations, called)
 
 
 def _fusion_bytes(fused: list[str], operand_bytes: list[int]) -> tuple[int, list[int]]:
@@ -204,12 +226,18 @@ def _fusion_bytes(fused: list[str], operand_bytes: list[int]) -> tuple[int, list
     instruction lines `fused`, given its operands' sizes: an operand it only slices or
     gathers from (through bitcasts and conversions) counts the pieces, and a root that
     updates a slice of a parameter in place (dynamic-update-slice) writes the update and
-    reads nothing of the buffer."""
+    reads nothing of the buffer. (A multi-output fusion's in-place updates count whole.)"""
     definitions = {_DEFINITION.match(line).group(1): line for line in fused}
     users: dict[str, list[str]] = collections.defaultdict(list)
     for name, line in definitions.items():
         for operand in _operands(line):
             users[operand].append(name)
+
+    parameters = {}
+    for name, line in definitions.items():
+        number = re.search(r" parameter\((\d+)\)", line)
+        if number:
+            parameters[int(number[1])] = name
 
     def read(name: str) -> int | None:
         """How many of `name`'s elements the fusion reads if it only slices them, else None."""
@@ -227,16 +255,18 @@ def _fusion_bytes(fused: list[str], operand_bytes: list[int]) -> tuple[int, list
             pieces += piece
         return pieces
 
-    parameters = {}
-    for name, line in definitions.items():
-        number = re.search(r" parameter\((\d+)\)", line)
-        if number:
-            parameters[int(number[1])] = name
     root = next(line for line in fused if line.lstrip().startswith("ROOT "))
     written, updated = _shape_bytes(_parts(root)[0]), None
     if _opcode(root) == "dynamic-update-slice":
         buffer, update = _operands(root)[:2]
-        written, updated = _shape_bytes(_parts(definitions[update])[0]), buffer
+        # In place only when the buffer is a parameter (through bitcasts) that nothing else
+        # in the fusion reads: then XLA writes the update into the parameter's memory.
+        chain = [_DEFINITION.match(root).group(1)]
+        while _opcode(definitions[buffer]) == "bitcast" and users[buffer] == chain[-1:]:
+            chain.append(buffer)
+            buffer = _operands(definitions[buffer])[0]
+        if buffer in parameters.values() and users[buffer] == chain[-1:]:
+            written, updated = _shape_bytes(_parts(definitions[update])[0]), buffer
     reads = []
     for number, size in enumerate(operand_bytes):
         name = parameters.get(number)

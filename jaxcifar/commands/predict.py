@@ -50,11 +50,14 @@ def run(args: argparse.Namespace) -> int:
     from jaxcifar import checkpoint, cpu_fusions, train
     from jaxcifar.data.preprocess import to_float
     from jaxcifar.speedrun import model_file
+    from jaxcifar.speedrun.train import XLA_OPTIONS
 
     speedrun_model = model_file.find(args.checkpoint)
+    options = None
     if speedrun_model is not None:
         saved = model_file.load(speedrun_model)
         logits = functools.partial(model_file.logits, saved)  # with its test-time augmentation
+        options = XLA_OPTIONS  # rounding as its training run did
     else:
         saved = checkpoint.load(args.checkpoint)
         num_classes = len(saved.class_names)
@@ -70,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
         return jax.nn.softmax(logits(images))
 
     # Compiled as training and evaluation compile (on a CPU: Eigen's convolutions).
-    probabilities = cpu_fusions.compiled_per_shape(jax.jit(softmax_of_logits))
+    probabilities = cpu_fusions.compiled_per_shape(jax.jit(softmax_of_logits), options)
 
     failures = 0
     for name in args.images:

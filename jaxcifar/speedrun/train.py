@@ -33,13 +33,14 @@ from jaxcifar.speedrun import recipe as recipes
 from jaxcifar.speedrun.recipe import EPOCH_MODES, Plan, Recipe
 
 EVAL_BATCH = 2000
-# How every speedrun program compiles. By default XLA may keep a value in float32 where the
-# program rounds it to bfloat16 and back ("excess precision"): on a GPU it then keeps whole
-# activations and gradients in float32 between kernels, at twice the bytes (batch norm's
-# input gradient, GELU's output). Rounding where the program says, as airbench's
-# half-precision network and XLA:CPU do, a step compiled for an H100 reads and writes 3.67
-# GB, not 4.14 (3.40, not 3.87, once the whitening bias freezes), in 158 kernels, not 159
-# (benchmarks/README.md). No effect on float32 programs.
+# How every speedrun program compiles (and a saved model's predictions). By default XLA may
+# keep a value in float32 where the program rounds it to bfloat16 and back ("excess
+# precision"): on a GPU it then keeps whole activations and gradients in float32 between
+# kernels, at twice the bytes (batch norm's input gradient, GELU's output). Rounding where
+# the program says, as airbench's half-precision network does, a step compiled for an H100
+# reads and writes 3.67 GB, not 4.14, in 158 kernels, not 159 (benchmarks/README.md).
+# bfloat16 results change on any backend (as much as rounding moves them); float32 ones
+# do not.
 XLA_OPTIONS = {"xla_allow_excess_precision": False}
 
 
@@ -265,7 +266,7 @@ class Speedrun:
             order = jax.jit(functools.partial(epoch_order, size=size))
             compiled["order"] = compile_timed(order, state, epoch, options=XLA_OPTIONS)
         programs = {name: (steps, whiten_bias) for name, steps, whiten_bias in
-                    map(self._epoch_program, range(plan.epochs))}  # fmt: skip
+                    map(self._program_for_epoch, range(plan.epochs))}  # fmt: skip
         for name, (steps, whiten_bias) in sorted(programs.items()):
             if self.mode == "scan":
                 epoch_fn = functools.partial(
@@ -291,7 +292,7 @@ class Speedrun:
         self._executables = {name: c.executable for name, c in compiled.items()}
         return sum(c.compile_seconds for c in compiled.values())  # lowering included
 
-    def _epoch_program(self, epoch: int) -> tuple[str, int, bool]:
+    def _program_for_epoch(self, epoch: int) -> tuple[str, int, bool]:
         """(name of the program that runs 0-based `epoch`, its steps, whether the whitening
         bias trains in it): an epoch program per pair in scan mode, a step per flag in loop
         mode."""
@@ -303,7 +304,7 @@ class Speedrun:
         run, losses = self._executables, []
         for e in range(self.plan.epochs):
             epoch = jnp.asarray(e, jnp.int32)
-            name, steps, _ = self._epoch_program(e)
+            name, steps, _ = self._program_for_epoch(e)
             if self.mode == "scan":
                 state, epoch_losses = run[name](state, self.train_data, epoch)
                 losses.append(epoch_losses)
