@@ -113,6 +113,22 @@ def test_low_precision_logits_follow_float32(dtype, tolerance):
     assert 0 < error < tolerance, error  # rounded, and not by much
 
 
+@pytest.mark.parametrize("dtype, tolerance", [(jnp.float32, 1e-6), (jnp.bfloat16, 1e-2)])
+def test_whitening_layer_off_the_cpu_is_its_convolution(monkeypatch, dtype, tolerance):
+    # Off the CPU a sum of shifted images times the kernel's rows (so that XLA computes it
+    # inside GELU's kernel), on the CPU the library convolution: the same layer.
+    params = {"kernel": jax.random.normal(jax.random.key(0), (2, 2, 3, 24)),
+              "bias": jax.random.normal(jax.random.key(1), (24,))}  # fmt: skip
+    images = jax.random.normal(jax.random.key(2), (3, 8, 7, 3))
+    on_cpu = net.whiten(params, images, dtype)
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    off_cpu = net.whiten(params, images, dtype)
+    assert off_cpu.shape == on_cpu.shape == (3, 7, 6, 24) and off_cpu.dtype == dtype
+    scale = float(jnp.abs(on_cpu.astype(jnp.float32)).max())
+    np.testing.assert_allclose(off_cpu.astype(jnp.float32), on_cpu.astype(jnp.float32),
+                               atol=tolerance * scale)  # fmt: skip
+
+
 def test_block_convs_start_as_identity_on_their_first_channels():
     params, batch_stats = _init(widths=(8, 16, 16))
     first = params["block1"]["conv1"]["kernel"]  # 24 -> 8: all 8 filters copy channels 0..7

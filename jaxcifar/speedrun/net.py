@@ -154,6 +154,34 @@ def gelu(x: jax.Array) -> jax.Array:
     return (x32 * 0.5 * (1.0 + erf(x32 * _SQRT_HALF))).astype(x.dtype)
 
 
+def whiten(params: Params, images: jax.Array, dtype: jnp.dtype) -> jax.Array:
+    """The whitening layer: its VALID WHITEN_PATCH x WHITEN_PATCH convolution of (N, H, W, C)
+    images plus its bias, (N, H - 1, W - 1, whiten_width(C)) in `dtype`.
+
+    Off the CPU, written as a sum over the kernel's taps and input channels (12 for RGB) of
+    shifted images times the kernel's rows: XLA then computes it inside the kernel that
+    applies GELU to it, where cuDNN wrote its 47 MB at batch 1,024 for that kernel to read
+    back (compiled for an H100: 3.40 -> 3.31 GB a step once the whitening bias freezes,
+    3.67 -> 3.63 while it trains; benchmarks/README.md). On the CPU the library convolution
+    is faster (a speedrun run at widths 16/32/32 took 15.4-15.7 s written so, 14.5-14.6 as
+    a convolution). Operands rounded to `dtype`, products summed in float32, as a
+    convolution does."""
+    if jax.default_backend() == "cpu":
+        return layers.conv(params, images, dtype, padding="VALID")
+    size = WHITEN_PATCH
+    kernel = params["kernel"].astype(dtype).astype(jnp.float32)
+    images = images.astype(dtype).astype(jnp.float32)
+    n, height, width, channels = images.shape
+    out_h, out_w = height - size + 1, width - size + 1
+    y = jnp.zeros((), jnp.float32)
+    for i in range(size):
+        for j in range(size):
+            shifted = images[:, i : i + out_h, j : j + out_w]
+            for c in range(channels):
+                y = y + shifted[..., c, None] * kernel[i, j, c]
+    return y.astype(dtype) + params["bias"].astype(dtype)
+
+
 def apply(
     params: Params,
     batch_stats: BatchStats,
@@ -166,7 +194,7 @@ def apply(
 ) -> tuple[jax.Array, BatchStats]:
     """Logits (N, num_classes) float32, times `output_scale`, and the updated batch
     statistics (unchanged unless `train`) for float images (N, H, W, C), computed in `dtype`."""
-    x = gelu(layers.conv(params["whiten"], images, dtype, padding="VALID"))
+    x = gelu(whiten(params["whiten"], images, dtype))
     new_stats: BatchStats = {}
     for i in range(1, len(batch_stats) + 1):
         name = f"block{i}"

@@ -38,7 +38,7 @@ EVAL_BATCH = 2000
 # precision"): on a GPU it then keeps whole activations and gradients in float32 between
 # kernels, at twice the bytes (batch norm's input gradient, GELU's output). Rounding where
 # the program says, as airbench's half-precision network does, a step compiled for an H100
-# reads and writes 3.67 GB, not 4.14, in 158 kernels, not 159 (benchmarks/README.md).
+# read and wrote 3.67 GB, not 4.14, in 158 kernels, not 159 (benchmarks/README.md).
 # bfloat16 results change on any backend (as much as rounding moves them); float32 ones
 # do not.
 XLA_OPTIONS = {"xla_allow_excess_precision": False}
