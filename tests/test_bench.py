@@ -521,9 +521,10 @@ def test_kernel_bytes_count_what_each_kernel_reads_and_writes():
     assert kernel_bytes(jax.jit(jnp.sin).lower(x).compile().as_text()) == 8000
 
 
-# In-place updates only where XLA makes them: a buffer that is a parameter (through a
-# bitcast) and read by nothing else; a buffer the fusion builds itself is written whole. A
-# cuDNN call's scratch space (its u8 result) is no data.
+# In-place updates only where XLA makes them: into a buffer that is a parameter (through a
+# bitcast) which the fusion otherwise only slices (a scatter-add reads its slot); a buffer
+# the fusion builds itself is written whole. A cuDNN call's scratch (its u8 result) is no
+# data.
 UPDATES_HLO = """\
 HloModule updates
 
@@ -534,6 +535,15 @@ HloModule updates
   %row = f32[1,1]{1,0} bitcast(%value)
   %at = s32[] parameter(2)
   ROOT %update = f32[10,10]{1,0} dynamic-update-slice(%square, %row, %at, %at)
+}
+
+%fused_scatter (buffer: f32[100], value: f32[1], at: s32[]) -> f32[100] {
+  %buffer = f32[100]{0} parameter(0)
+  %at = s32[] parameter(2)
+  %old = f32[1]{0} dynamic-slice(%buffer, %at), dynamic_slice_sizes={1}
+  %value = f32[1]{0} parameter(1)
+  %sum = f32[1]{0} add(%old, %value)
+  ROOT %update = f32[100]{0} dynamic-update-slice(%buffer, %sum, %at)
 }
 
 %fused_built (value: f32[1], at: s32[]) -> f32[100] {
@@ -550,6 +560,7 @@ ENTRY %main (b: f32[100], v: f32[1], a: s32[], x: f32[8]) -> (f32[10,10], f32[10
   %a = s32[] parameter(2)
   %x = f32[8]{0} parameter(3)
   %in_place = f32[10,10]{1,0} fusion(%b, %v, %a), kind=kLoop, calls=%fused_in_place
+  %scatter = f32[100]{0} fusion(%b, %v, %a), kind=kLoop, calls=%fused_scatter
   %built = f32[100]{0} fusion(%v, %a), kind=kLoop, calls=%fused_built
   %conv = (f32[8]{0}, u8[4096]{0}) custom-call(%x), custom_call_target="__cudnn$convForward"
   %y = f32[8]{0} get-tuple-element(%conv), index=0
@@ -560,9 +571,10 @@ ENTRY %main (b: f32[100], v: f32[1], a: s32[], x: f32[8]) -> (f32[10,10], f32[10
 
 def test_kernel_bytes_count_in_place_updates_and_scratch_only_where_they_are():
     in_place = 4 + 4 + 4  # the value read and written, the index read; not the buffer
+    scatter = 4 + 4 + 4 + 4  # the same and the slot it adds to, read in place
     built = 400 + 4 + 4  # the whole buffer written
     convolution = 32 + 32  # its input and output, not its 4,096 bytes of scratch
-    assert kernel_bytes(UPDATES_HLO) == in_place + built + convolution
+    assert kernel_bytes(UPDATES_HLO) == in_place + scatter + built + convolution
 
 
 # Thunk sequences as XLA:GPU dumps them (xla_dump_to), cut to their loops: the epoch's loop

@@ -256,24 +256,29 @@ def _fusion_bytes(fused: list[str], operand_bytes: list[int]) -> tuple[int, list
         return pieces
 
     root = next(line for line in fused if line.lstrip().startswith("ROOT "))
-    written, updated = _shape_bytes(_parts(root)[0]), None
+    written, updated, slices_read = _shape_bytes(_parts(root)[0]), None, 0
     if _opcode(root) == "dynamic-update-slice":
         buffer, update = _operands(root)[:2]
-        # In place only when the buffer is a parameter (through bitcasts) that nothing else
-        # in the fusion reads: then XLA writes the update into the parameter's memory.
+        # In place only when the buffer is a parameter (through bitcasts) that the fusion
+        # otherwise only slices (a scatter reads the slot it updates): then XLA writes the
+        # update into the parameter's memory.
         chain = [_DEFINITION.match(root).group(1)]
         while _opcode(definitions[buffer]) == "bitcast" and users[buffer] == chain[-1:]:
             chain.append(buffer)
             buffer = _operands(definitions[buffer])[0]
-        if buffer in parameters.values() and users[buffer] == chain[-1:]:
+        others = [user for user in users[buffer] if user != chain[-1]]
+        if buffer in parameters.values() and all(
+            _opcode(definitions[user]) in _SLICING for user in others
+        ):
             written, updated = _shape_bytes(_parts(definitions[update])[0]), buffer
+            slices_read = sum(_shape_bytes(_parts(definitions[user])[0]) for user in others)
     reads = []
     for number, size in enumerate(operand_bytes):
         name = parameters.get(number)
         if name is None:
             reads.append(size)
         elif name == updated:
-            reads.append(0)
+            reads.append(slices_read)
         else:
             sliced = read(name)
             elements = _elements(_ARRAY_SHAPE.search(_parts(definitions[name])[0])[2])
