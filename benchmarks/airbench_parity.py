@@ -247,7 +247,7 @@ def our_side(recipe, plan, tx, initial, data, loader, test_set) -> dict:
     state = initial
     for epoch in range(plan.epochs):
         order = speedrun.epoch_order(state, epoch, data.labels.shape[0])
-        step = steps[epoch < recipe.whiten_bias_epochs]
+        step = steps[recipe.whiten_bias_trains(epoch)]
         for index in range(plan.epoch_steps(epoch)):
             state, _ = step(state, data, order, jnp.int32(epoch), jnp.int32(index))
     results["run_parameters"], results["run_bn_statistics"] = state.params, state.batch_stats

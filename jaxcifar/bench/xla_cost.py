@@ -180,19 +180,19 @@ def _shape_bytes(shape: str) -> int:
     total = 0
     for element, dims in _ARRAY_SHAPE.findall(shape):
         size = _ELEMENT_BYTES.get(element, 1 if element.startswith("f8") else 0)
-        total += size * _elements(dims)
+        total += size * math.prod(int(d) for d in dims.split(",") if d)
     return total
 
 
-def _elements(dims: str) -> int:
-    """The number of elements of an array of dimensions `dims` ("2,3"; "" for a scalar)."""
-    return math.prod(int(d) for d in dims.split(",") if d)
+def _elements(shape: str) -> int:
+    """The number of elements of an HLO array shape ("f32[2,3]{1,0}"; 1 for a scalar)."""
+    return math.prod(int(d) for d in _ARRAY_SHAPE.search(shape)[2].split(",") if d)
 
 
 def _computation_bytes(computations: dict[str, list[str]], name: str) -> int:
+    # Instruction names are unique across an HLO module.
     shapes = {_DEFINITION.match(line).group(1): _parts(line)[0]
-              for called in _called_names(computations, name)
-              for line in computations[called]}  # fmt: skip
+              for lines in computations.values() for line in lines}  # fmt: skip
     total = 0
     for line in _kernel_lines(computations, name):
         opcode, result = _opcode(line), _parts(line)[0]
@@ -210,15 +210,6 @@ def _computation_bytes(computations: dict[str, list[str]], name: str) -> int:
             result_bytes = _shape_bytes(result)
         total += result_bytes + sum(operand_bytes)
     return total
-
-
-def _called_names(computations: dict[str, list[str]], name: str) -> Iterator[str]:
-    """`name` and the computations it `call`s, through nested calls."""
-    yield name
-    for line in computations[name]:
-        called = _called_computation(line)
-        if _opcode(line) == "call" and called in computations:
-            yield from _called_names(computations, called)
 
 
 def _fusion_bytes(fused: list[str], operand_bytes: list[int]) -> tuple[int, list[int]]:
@@ -247,7 +238,7 @@ def _fusion_bytes(fused: list[str], operand_bytes: list[int]) -> tuple[int, list
             if opcode in ("bitcast", "convert"):
                 piece = read(user)
             elif opcode in _SLICING and _operands(definitions[user])[0] == name:
-                piece = _elements(_ARRAY_SHAPE.search(_parts(definitions[user])[0])[2])
+                piece = _elements(_parts(definitions[user])[0])
             else:
                 return None
             if piece is None:
@@ -281,7 +272,7 @@ def _fusion_bytes(fused: list[str], operand_bytes: list[int]) -> tuple[int, list
             reads.append(slices_read)
         else:
             sliced = read(name)
-            elements = _elements(_ARRAY_SHAPE.search(_parts(definitions[name])[0])[2])
+            elements = _elements(_parts(definitions[name])[0])
             reads.append(size if sliced is None else min(size, sliced * size // elements))
     return written, reads
 

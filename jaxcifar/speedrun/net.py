@@ -171,7 +171,7 @@ def whiten(params: Params, images: jax.Array, dtype: jnp.dtype) -> jax.Array:
     size = WHITEN_PATCH
     kernel = params["kernel"].astype(dtype).astype(jnp.float32)
     images = images.astype(dtype).astype(jnp.float32)
-    n, height, width, channels = images.shape
+    height, width, channels = images.shape[1:]
     out_h, out_w = height - size + 1, width - size + 1
     y = jnp.zeros((), jnp.float32)
     for i in range(size):

@@ -57,6 +57,10 @@ class Recipe:
     tta_level: int = 2  # 0: none, 1: + mirror, 2: + mirror and 1-pixel translations
     dtype: str = "bfloat16"  # compute dtype; parameters stay float32
 
+    def whiten_bias_trains(self, epoch: int) -> bool:
+        """Whether the whitening bias trains in 0-based `epoch`."""
+        return epoch < self.whiten_bias_epochs
+
     def __post_init__(self) -> None:
         problems = []
         if not self.epochs > 0:

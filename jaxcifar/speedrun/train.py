@@ -135,7 +135,7 @@ def train_step(
 ) -> tuple[TrainState, jax.Array]:  # fmt: skip
     """Step `index` of 0-based `epoch` whose image order is `order` (N,): returns the new
     state and the batch's mean loss (float32 scalar, before the update). `whiten_bias`
-    (static: `epoch < recipe.whiten_bias_epochs`) says whether the whitening bias trains."""
+    (static: `recipe.whiten_bias_trains(epoch)`) says whether the whitening bias trains."""
     batch = jax.lax.dynamic_slice(order, (index * recipe.batch_size,), (recipe.batch_size,))
     images, labels = data.images[batch], data.labels[batch]
     # Alternating flip: each image's own coin in even epochs, the opposite in odd ones.
@@ -258,13 +258,14 @@ class Speedrun:
         recipe, plan, tx = self.recipe, self.plan, self.tx
         # Besides giving shapes, this compiles `jax.random.key`, which `run` calls in its timer.
         key, epoch = jax.random.key(0), jnp.zeros((), jnp.int32)
+        compile_ = functools.partial(compile_timed, options=XLA_OPTIONS)
         init = jax.jit(functools.partial(init_state, recipe, tx, self.num_classes))
-        compiled = {"init": compile_timed(init, key, self.train_data, options=XLA_OPTIONS)}
+        compiled = {"init": compile_(init, key, self.train_data)}
         state = jax.eval_shape(init, key, self.train_data)
         if self.mode == "loop":
             size = self.train_data.labels.shape[0]
             order = jax.jit(functools.partial(epoch_order, size=size))
-            compiled["order"] = compile_timed(order, state, epoch, options=XLA_OPTIONS)
+            compiled["order"] = compile_(order, state, epoch)
         programs = {name: (steps, whiten_bias) for name, steps, whiten_bias in
                     map(self._program_for_epoch, range(plan.epochs))}  # fmt: skip
         for name, (steps, whiten_bias) in sorted(programs.items()):
@@ -272,23 +273,20 @@ class Speedrun:
                 epoch_fn = functools.partial(
                     scan_epoch, recipe, plan, tx, steps, whiten_bias=whiten_bias
                 )
-                compiled[name] = compile_timed(
-                    jax.jit(epoch_fn, donate_argnums=0), state, self.train_data, epoch,
-                    options=XLA_OPTIONS,
-                )  # fmt: skip
+                compiled[name] = compile_(
+                    jax.jit(epoch_fn, donate_argnums=0), state, self.train_data, epoch
+                )
             else:
                 step_fn = functools.partial(train_step, recipe, plan, tx, whiten_bias=whiten_bias)
                 order_shape = jax.ShapeDtypeStruct(self.train_data.labels.shape, jnp.int32)
                 index = epoch  # an int32 scalar like the epoch
                 args = (state, self.train_data, order_shape, epoch, index)
-                step = jax.jit(step_fn, donate_argnums=0)
-                compiled[name] = compile_timed(step, *args, options=XLA_OPTIONS)
+                compiled[name] = compile_(jax.jit(step_fn, donate_argnums=0), *args)
         predict_fn = jax.jit(functools.partial(predict, recipe))
         data = self.train_data
-        compiled["predict"] = compile_timed(
-            predict_fn, state.params, state.batch_stats, data.mean, data.std, self.test_images,
-            options=XLA_OPTIONS,
-        )  # fmt: skip
+        compiled["predict"] = compile_(
+            predict_fn, state.params, state.batch_stats, data.mean, data.std, self.test_images
+        )
         self._executables = {name: c.executable for name, c in compiled.items()}
         return sum(c.compile_seconds for c in compiled.values())  # lowering included
 
@@ -296,7 +294,7 @@ class Speedrun:
         """(name of the program that runs 0-based `epoch`, its steps, whether the whitening
         bias trains in it): an epoch program per pair in scan mode, a step per flag in loop
         mode."""
-        steps, whiten_bias = self.plan.epoch_steps(epoch), epoch < self.recipe.whiten_bias_epochs
+        steps, whiten_bias = self.plan.epoch_steps(epoch), self.recipe.whiten_bias_trains(epoch)
         name = f"epoch{steps}" if self.mode == "scan" else "step"
         return (name if whiten_bias else f"{name} frozen bias"), steps, whiten_bias
 
