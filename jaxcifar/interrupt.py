@@ -9,7 +9,6 @@ checkpoint) is never cut short: a signal that arrives during it is raised when i
 from __future__ import annotations
 
 import contextlib
-import os
 import signal
 import sys
 import threading
@@ -77,13 +76,19 @@ def resend_dropped_signals() -> Iterator[None]:
     prints "Exception ignored" and the command runs on to its end. Such a signal is sent
     again 10 ms later from another thread, when the main thread is back in ordinary code; one
     still waiting when the block ends is sent at once, so the block's caller gets it.
+    Must be entered in the main thread: the signal is sent to it.
     """
     previous = sys.unraisablehook
     waiting: dict[threading.Thread, int] = {}  # timer (a Thread) -> signal number
 
+    main_thread = threading.get_ident()
+
     def resend(signum: int) -> None:
         waiting.pop(threading.current_thread(), None)
-        os.kill(os.getpid(), signum)
+        # To the main thread, not the process: the kernel may hand a process-wide signal to
+        # this timer thread, and then a main thread blocked in a system call (a sleep, a
+        # read) runs the handler only when the call returns by itself.
+        signal.pthread_kill(main_thread, signum)
 
     def hook(unraisable: Any) -> None:
         signum = _signal_of(unraisable.exc_value)
@@ -105,7 +110,7 @@ def resend_dropped_signals() -> Iterator[None]:
             timer.cancel()  # type: ignore[attr-defined]
         waiting.clear()
         for signum in late:  # its handler runs here, on an ordinary line
-            os.kill(os.getpid(), signum)
+            signal.pthread_kill(main_thread, signum)
 
 
 def _signal_of(error: BaseException | None) -> int | None:
