@@ -101,7 +101,13 @@ def pre_activation(weights: np.ndarray, bias: np.ndarray, inputs: np.ndarray) ->
     Returns:
       (B, n_out), the dtype of the operands.
     """
-    return inputs @ weights + bias
+    return _matmul(inputs, weights) + bias
+
+
+def _matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """a @ b in the operands' dtype: NumPy returns ml_dtypes' bfloat16 products as float32
+    (summed in float32, which is kept: only the result is rounded)."""
+    return np.matmul(a, b).astype(np.result_type(a, b), copy=False)
 
 
 def sigmoid_activation(z: np.ndarray) -> np.ndarray:
@@ -113,13 +119,13 @@ def sigmoid_activation(z: np.ndarray) -> np.ndarray:
     overflow-free (1 + tanh(z / 2)) / 2, which cancels to 0 in the negative tail).
     """
     e = np.exp(-np.abs(z))
-    out = 1.0 / (1.0 + e)
+    out = 1 / (1 + e)  # integer 1: a float literal turns bfloat16 into float32
     return np.where(z < 0, e * out, out)
 
 
 def sigmoid_derivative(out: np.ndarray) -> np.ndarray:
     """The exercise's `transfer_derivative`: d sigmoid / dz written in terms of out = sigmoid(z)."""
-    return out * (1.0 - out)
+    return out * (1 - out)
 
 
 def forward_propagation(network: Network, x: np.ndarray) -> list[np.ndarray]:
@@ -165,7 +171,7 @@ def backward_propagate_error(
     deltas = [delta]
     # Walk down from the top; no delta is needed for the input itself.
     for layer, below in zip(network[:0:-1], activations[-2:0:-1]):
-        delta = (delta @ layer["weights"].T) * sigmoid_derivative(below)
+        delta = _matmul(delta, layer["weights"].T) * sigmoid_derivative(below)
         deltas.append(delta)
     return deltas[::-1]
 
@@ -174,7 +180,9 @@ def _parameter_gradients(
     activations: Sequence[np.ndarray], deltas: Sequence[np.ndarray]
 ) -> list[tuple[np.ndarray, np.ndarray]]:
     """(dLoss/dweights, dLoss/dbias) of each layer: a_{l-1}^T @ delta_l and delta_l summed over B."""
-    return [(inputs.T @ delta, delta.sum(axis=0)) for inputs, delta in zip(activations, deltas)]
+    return [
+        (_matmul(inputs.T, delta), delta.sum(axis=0)) for inputs, delta in zip(activations, deltas)
+    ]
 
 
 def update_weights(
@@ -195,8 +203,9 @@ def update_weights(
             f"activations (the input, then each layer's output) and {len(network)} deltas; "
             f"got {len(activations)} and {len(deltas)}"
         )
+    rate = network[0]["weights"].dtype.type(l_rate)  # not a Python float: keeps bfloat16
     return [
-        {"weights": layer["weights"] - l_rate * d_weights, "bias": layer["bias"] - l_rate * d_bias}
+        {"weights": layer["weights"] - rate * d_weights, "bias": layer["bias"] - rate * d_bias}
         for layer, (d_weights, d_bias) in zip(network, _parameter_gradients(activations, deltas))
     ]
 

@@ -160,12 +160,20 @@ def test_fit_takes_a_test_set_whose_class_names_are_a_list_of_the_same_names():
     assert len(result.history) == CONFIG.epochs
 
 
-def test_scratch_takes_bfloat16_which_numpy_does_not_count_as_floating():
+def test_scratch_takes_bfloat16_which_numpy_does_not_count_as_floating_and_keeps_it():
     import ml_dtypes
 
     network = scratch.initialize_network((4, 3, 2), dtype=ml_dtypes.bfloat16)
-    outputs = scratch.forward_propagation(network, np.ones((5, 4), ml_dtypes.bfloat16))[-1]
-    assert outputs.shape == (5, 2)
+    x = np.random.default_rng(0).uniform(-1, 1, (5, 4)).astype(ml_dtypes.bfloat16)
+    outputs = scratch.forward_propagation(network, x)[-1]
+    assert outputs.shape == (5, 2) and outputs.dtype == ml_dtypes.bfloat16
+    wide = [{name: np.asarray(value, np.float32) for name, value in layer.items()}
+            for layer in network]  # fmt: skip
+    exact = scratch.forward_propagation(wide, x.astype(np.float32))[-1]
+    np.testing.assert_allclose(outputs.astype(np.float32), exact, atol=2e-2)
+    trained, _ = scratch.train(network, x, np.array([0, 1, 0, 1, 1]), l_rate=0.5, n_epoch=2,
+                               batch_size=2)  # fmt: skip
+    assert {leaf.dtype for layer in trained for leaf in layer.values()} == {outputs.dtype}
 
 
 # --- metrics.confusion_matrix ----------------------------------------------------------------
