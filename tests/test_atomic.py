@@ -26,6 +26,8 @@ def test_temporary_keeps_suffix_for_format_sniffing_writers(tmp_path):
     with atomic_path(tmp_path / "figure.png") as tmp:
         assert tmp.suffix == ".png"
         tmp.write_bytes(b"x")
+    assert [path.name for path in tmp_path.iterdir()] == ["figure.png"]  # renamed, none left
+    assert (tmp_path / "figure.png").read_bytes() == b"x"
 
 
 def test_written_file_gets_default_permissions_not_mkstemps_0600(tmp_path):

@@ -142,3 +142,26 @@ def test_a_command_failing_on_another_input_leaves_no_empty_out_folder(command, 
     # --out is checked before the work, in the folder it would be made in: not made early.
     assert main([part.format(tmp=tmp_path) for part in command]) == 2
     assert not (tmp_path / "new").exists()
+
+
+def test_explicit_flags_override_the_recipe_or_the_saved_configuration():
+    from jaxcifar.commands.train import config_from_args
+    from jaxcifar.config import RECIPES, RunConfig
+
+    def parsed(*flags):
+        return build_parser().parse_args(["train", *flags])
+
+    given = ("--lr", "0.02", "--momentum", "0.8", "--weight-decay", "0")
+    fast = RECIPES["fast"]
+    assert config_from_args(parsed("--recipe", "fast", *given)) == RunConfig(
+        batch_size=fast.batch_size, optimizer=fast.optimizer, lr=0.02, momentum=0.8,
+        weight_decay=0.0, schedule=fast.schedule,
+    )  # fmt: skip
+    assert config_from_args(parsed("--recipe", "fast")) == fast
+    assert config_from_args(parsed()) == RECIPES["seed"]
+    saved = RunConfig(optimizer="adam", lr=0.003, epochs=4)
+    assert config_from_args(parsed(), saved) == saved  # a resume keeps what it saved
+    assert config_from_args(parsed("--momentum", "0.5"), saved) == RunConfig(
+        optimizer="adam", lr=0.003, epochs=4, momentum=0.5
+    )
+    assert config_from_args(parsed("--recipe", "seed"), saved) == RECIPES["seed"]

@@ -13,6 +13,7 @@ from jaxcifar import checkpoint, epochs, xla_cache
 from jaxcifar.cli import main
 from jaxcifar.commands.train import device_notes
 from jaxcifar.data.dataset import CIFAR10_CLASSES
+from jaxcifar.models import mlp
 
 FAST = ["--model", "mlp", "--mlp-hidden", "8", "--batch-size", "8", "--quiet"]
 
@@ -75,6 +76,18 @@ def test_train_evaluate_predict_end_to_end(image_tree, tmp_path, capsys):
     probabilities = [float(part.split()[-1]) for part in lines[0].split(": ", 1)[1].split(", ")]
     assert len(probabilities) == 3 and probabilities == sorted(probabilities, reverse=True)
     assert f"jaxcifar predict: error: {empty}: not a readable image" in captured.err
+    # The top 3 of the checkpoint's model applied to the file's pixels, by class name.
+    test_image = image_tree / "test" / "truck" / "0.png"
+    assert main(["predict", "--checkpoint", str(out), str(test_image)]) == 0
+    saved = checkpoint.load(out)
+    params = {name: {key: np.asarray(value) for key, value in layer.items()}
+              for name, layer in saved.state["params"].items()}  # fmt: skip
+    pixels = np.asarray(Image.open(test_image), np.float32)[None] / 127.5 - 1
+    logits = mlp.apply(params, jnp.asarray(pixels), activation=saved.config.mlp_activation)
+    probs = np.asarray(jax.nn.softmax(logits))[0]
+    top = np.argsort(-probs)[:3]
+    ranked = ", ".join(f"{CIFAR10_CLASSES[i]} {probs[i]:.3f}" for i in top)
+    assert capsys.readouterr().out == f"{test_image}: {ranked}\n"
 
     # Resuming with another batch size is refused, naming the field; more epochs continue.
     resume = ["train", "--data-dir", str(image_tree), "--out", str(out), "--resume", *FAST]

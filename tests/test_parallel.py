@@ -74,7 +74,7 @@ def run(mesh, mode, **kwargs):
         "train_loss": [record["train_loss"] for record in result.history],
         "test_loss": result.test.loss,
         "predictions": result.test.predictions.tolist(),
-        "params": jax.tree.map(lambda leaf: np.asarray(leaf).ravel()[:50].tolist(), result.state.params),
+        "params": jax.tree.map(lambda leaf: np.asarray(leaf).ravel().tolist(), result.state.params),
         "shardings": sorted({str(leaf.sharding.spec) for leaf in jax.tree.leaves(result.state)}),
         "mesh_size": mesh.size,
     }

@@ -6,6 +6,8 @@ import os
 import subprocess
 import sys
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -83,8 +85,6 @@ def test_forward_propagation_shapes():
 @pytest.mark.parametrize("hidden", [(8,), (8, 6), (9, 7, 5)])
 @pytest.mark.parametrize("batch_size", [1, 17])
 def test_gradients_equal_jax_grad(hidden, batch_size):
-    jax = pytest.importorskip("jax")
-    jnp = jax.numpy
     layer_sizes = (12, *hidden, 4)
     network, x, y = random_problem(layer_sizes, batch_size, seed=len(hidden) * 100 + batch_size)
 

@@ -36,14 +36,14 @@ def quiet_fit(config, train_set, test_set, **kwargs):
 
 def test_auto_epoch_mode_scans_where_the_data_fits_the_device(monkeypatch):
     data = tiny_dataset(64)  # 4,096 bytes of images
-    assert epochs.pick_epoch_mode("auto", data) == "chunk"  # this CPU: scans of 100 steps
-    assert epochs.pick_epoch_mode("loop", data) == "loop"
 
     def on(platform, stats):
         device = types.SimpleNamespace(platform=platform, memory_stats=lambda: stats)
         monkeypatch.setattr(jax, "devices", lambda: [device])
         return epochs.pick_epoch_mode("auto", data)
 
+    assert on("cpu", None) == "chunk"  # scans of 100 steps
+    assert epochs.pick_epoch_mode("loop", data) == "loop"
     assert on("gpu", {"bytes_limit": 4 * 4096}) == "scan"  # a quarter of memory holds it
     assert on("gpu", {"bytes_limit": 4 * 4096 - 4}) == "loop"  # streamed from host memory
     assert on("tpu", None) == "scan"  # a backend that reports no memory statistics
@@ -83,15 +83,37 @@ def test_schedules():
     assert onecycle[0] < 0.01 and onecycle[1] == pytest.approx(0.1) and onecycle[3] < 1e-4
 
 
-def test_sgd_matches_pytorch_momentum_rule():
-    # PyTorch: v = mu * v + g; p -= lr * v (no dampening). Two steps with constant gradient 1.
-    optimizer = build_optimizer(RunConfig(lr=0.1, momentum=0.9), 10)
-    params = {"w": np.zeros(1, np.float32)}
-    opt_state = optimizer.init(params)
-    for _ in range(2):
-        updates, opt_state = optimizer.update({"w": np.ones(1, np.float32)}, opt_state, params)
+def _torch_rule(optimizer, lr, mu, wd, w, grads):
+    """`w` after one step per gradient in `grads`, as torch.optim's SGD (coupled weight decay,
+    no dampening), Adam (coupled) and AdamW (decoupled) write their updates; NumPy float64."""
+    v = m = s = np.zeros_like(w)
+    for t, g in enumerate(grads, start=1):
+        if optimizer != "adamw":
+            g = g + wd * w
+        if optimizer in ("sgd", "nesterov"):
+            v = mu * v + g
+            w = w - lr * (g + mu * v if optimizer == "nesterov" else v)
+            continue
+        m, s = 0.9 * m + 0.1 * g, 0.999 * s + 0.001 * g * g
+        step = (m / (1 - 0.9**t)) / (np.sqrt(s / (1 - 0.999**t)) + 1e-8)
+        w = w - lr * (step + (wd * w if optimizer == "adamw" else 0))
+    return w
+
+
+@pytest.mark.parametrize("optimizer", OPTIMIZERS)
+@pytest.mark.parametrize("weight_decay", [0.0, 0.1])
+def test_optimizers_match_pytorch_update_rules(optimizer, weight_decay):
+    config = RunConfig(optimizer=optimizer, lr=0.1, momentum=0.9, weight_decay=weight_decay)
+    tx = build_optimizer(config, 10)
+    w0 = np.array([1.0, -2.0, 0.5], np.float32)
+    grads = [np.array(g, np.float32) for g in ([0.5, 1.0, -0.25], [-1.0, 0.25, 2.0], [0.3] * 3)]
+    params = {"w": w0}
+    opt_state = tx.init(params)
+    for g in grads:
+        updates, opt_state = tx.update({"w": g}, opt_state, params)
         params = optax.apply_updates(params, updates)
-    np.testing.assert_allclose(params["w"], [-(0.1 * 1 + 0.1 * 1.9)], rtol=1e-6)
+    expected = _torch_rule(optimizer, 0.1, 0.9, weight_decay, w0.astype(np.float64), grads)
+    np.testing.assert_allclose(params["w"], expected, rtol=1e-5)
 
 
 def test_epoch_modes_agree(monkeypatch):
@@ -233,22 +255,48 @@ def test_confusion_matrix_and_accuracies():
 
 
 def test_random_crop_flip_shifts_and_mirrors():
-    from jaxcifar.augment import random_crop_flip
+    from jaxcifar.augment import flip, random_crop_flip, shift
 
-    images = np.arange(2 * 6 * 6 * 1, dtype=np.uint8).reshape(2, 6, 6, 1)
-    flipped_only = np.asarray(jax.jit(random_crop_flip, static_argnums=2)(jax.random.key(0), images, 0))
-    for image, out in zip(images, flipped_only, strict=True):
-        assert np.array_equal(out, image) or np.array_equal(out, image[:, ::-1])
-    shifted = np.asarray(jax.jit(random_crop_flip)(jax.random.key(1), np.repeat(images, 8, axis=0)))
-    assert shifted.shape == (16, 6, 6, 1) and shifted.dtype == np.uint8
-    assert not all(np.array_equal(s, i) or np.array_equal(s, i[:, ::-1])
-                   for s, i in zip(shifted, np.repeat(images, 8, axis=0)))  # fmt: skip
+    # Every pixel distinct, so an output matches one (shift, flip) of its image at most.
+    # (10 wide: a smaller image's reflected border can mirror another of its views.)
+    images = np.repeat(np.arange(2 * 10 * 10, dtype=np.uint8).reshape(2, 10, 10, 1), 8, axis=0)
+    out = np.asarray(jax.jit(random_crop_flip)(jax.random.key(1), images))
+    assert out.shape == images.shape and out.dtype == np.uint8
+    views = {}  # (dy, dx, mirrored) -> (N, 10, 10, 1): every view the padding allows
+    for dy in range(-4, 5):
+        for dx in range(-4, 5):
+            shifted = np.asarray(shift(images, dy, dx))
+            views[dy, dx, False], views[dy, dx, True] = shifted, np.asarray(flip(shifted))
+    drawn = [[view for view, v in views.items() if np.array_equal(v[i], out[i])]
+             for i in range(len(images))]  # fmt: skip
+    assert all(len(matches) == 1 for matches in drawn), drawn
+    drawn = [matches[0] for matches in drawn]
+    assert {mirrored for _, _, mirrored in drawn} == {False, True}
+    assert len({(dy, dx) for dy, dx, _ in drawn}) > 8  # 16 offsets drawn from 81
+    unshifted = jax.jit(random_crop_flip, static_argnums=2)(jax.random.key(0), images, 0)
+    for image, view in zip(images, np.asarray(unshifted), strict=True):
+        assert np.array_equal(view, image) or np.array_equal(view, image[:, ::-1])
 
 
-def test_augmented_step_trains():
-    config = dataclasses.replace(MLP, augment=True, epochs=2)
-    result = quiet_fit(config, tiny_dataset(128), tiny_dataset(30, seed=1))
-    assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]
+def test_augment_changes_what_fit_trains_on():
+    train_set, test_set = tiny_dataset(128), tiny_dataset(30, seed=1)
+    plain, augmented = (
+        quiet_fit(dataclasses.replace(MLP, augment=augment, epochs=2), train_set, test_set)
+        for augment in (False, True)
+    )
+    assert augmented.history[-1]["train_loss"] < augmented.history[0]["train_loss"]
+    # Same seed, same batches: only the crops and flips differ.
+    assert plain.history[0]["train_loss"] != augmented.history[0]["train_loss"]
+
+
+def test_bfloat16_compute_reaches_fit():
+    train_set, test_set = tiny_dataset(128), tiny_dataset(30, seed=1)
+    exact, low = (
+        quiet_fit(dataclasses.replace(MLP, dtype=dtype, epochs=1), train_set, test_set)
+        for dtype in ("float32", "bfloat16")
+    )
+    exact_loss, low_loss = exact.history[0]["train_loss"], low.history[0]["train_loss"]
+    assert 0 < abs(low_loss - exact_loss) < 0.05 * exact_loss  # rounded, and not by much
 
 
 def test_fast_recipe_trains_from_a_seed_whose_init_leaves_fc4_nearly_dead(shared_data):

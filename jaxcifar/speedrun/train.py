@@ -128,6 +128,22 @@ def batch_loss(
     return optimizer.loss(logits, labels, recipe.label_smoothing), batch_stats
 
 
+def augmented_batch(
+    recipe: Recipe, state: TrainState, data: DeviceData, order: jax.Array, epoch: jax.Array,
+    index: jax.Array,
+) -> tuple[jax.Array, jax.Array]:  # fmt: skip
+    """Step `index` of 0-based `epoch`, whose image order is `order` (N,): its (B, H, W, C)
+    uint8 images, flipped and translated, and their (B,) labels."""
+    batch = jax.lax.dynamic_slice(order, (index * recipe.batch_size,), (recipe.batch_size,))
+    images, labels = data.images[batch], data.labels[batch]
+    # Alternating flip: each image's own coin in even epochs, the opposite in odd ones.
+    images = augment.flip_where(state.base_flip[batch] ^ (epoch % 2 == 1), images)
+    if recipe.translate:
+        translate_key = jax.random.fold_in(epoch_keys(state, epoch)[1], index)
+        images = augment.random_translate(translate_key, images, recipe.translate)
+    return images, labels
+
+
 def train_step(
     recipe: Recipe, plan: Plan, tx: optax.GradientTransformation,
     state: TrainState, data: DeviceData, order: jax.Array, epoch: jax.Array, index: jax.Array,
@@ -136,13 +152,7 @@ def train_step(
     """Step `index` of 0-based `epoch` whose image order is `order` (N,): returns the new
     state and the batch's mean loss (float32 scalar, before the update). `whiten_bias`
     (static: `recipe.whiten_bias_trains(epoch)`) says whether the whitening bias trains."""
-    batch = jax.lax.dynamic_slice(order, (index * recipe.batch_size,), (recipe.batch_size,))
-    images, labels = data.images[batch], data.labels[batch]
-    # Alternating flip: each image's own coin in even epochs, the opposite in odd ones.
-    images = augment.flip_where(state.base_flip[batch] ^ (epoch % 2 == 1), images)
-    if recipe.translate:
-        translate_key = jax.random.fold_in(epoch_keys(state, epoch)[1], index)
-        images = augment.random_translate(translate_key, images, recipe.translate)
+    images, labels = augmented_batch(recipe, state, data, order, epoch, index)
     inputs = standardize(images, data.mean, data.std)
 
     def loss_fn(params: net.Params) -> tuple[jax.Array, net.BatchStats]:
