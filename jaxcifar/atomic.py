@@ -44,6 +44,12 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, target)
+    except OSError as error:
+        # A failed write (a full disk) names no file, or the temporary: name the one the
+        # user asked for.
+        if error.filename in (None, tmp_name):
+            error.filename = str(target)
+        raise
     finally:
         tmp.unlink(missing_ok=True)
 

@@ -118,7 +118,7 @@ def load(path: str | os.PathLike[str]) -> Checkpoint:
             history=[dict(record) for record in payload["history"]],
             state=payload["state"],
         )
-    except (KeyError, TypeError, ConfigError) as error:
+    except (KeyError, TypeError, ValueError, ConfigError) as error:
         raise CheckpointError(f"{path}: malformed checkpoint ({error})") from None
 
 
@@ -126,14 +126,19 @@ def restore(checkpoint: Checkpoint, template: Any) -> Any:
     """The checkpoint's state as the pytree `template` (arrays or ShapeDtypeStructs of the
     expected shapes and dtypes); CheckpointError when the structure, a shape or a dtype of
     any state array (parameters, optimizer state, step) differs."""
+    return state_from_dict(checkpoint.state, template, checkpoint.path)
+
+
+def state_from_dict(state: dict[str, Any], template: Any, path: Path) -> Any:
+    """A flax state dict read from file `path` as the pytree `template` (arrays or
+    ShapeDtypeStructs), as jax arrays; CheckpointError naming `path` when its structure, or
+    any array's shape or dtype, differs from the template's."""
     try:
-        state = serialization.from_state_dict(template, checkpoint.state)
+        restored = serialization.from_state_dict(template, state)
     except (KeyError, ValueError, TypeError) as error:
-        raise CheckpointError(f"{checkpoint.path}: state does not fit this model ({error})") from None
+        raise CheckpointError(f"{path}: state does not fit this model ({error})") from None
     expected = jax.tree.map(lambda leaf: (tuple(leaf.shape), np.dtype(leaf.dtype)), template)
-    found = jax.tree.map(lambda leaf: (tuple(np.shape(leaf)), np.asarray(leaf).dtype), state)
+    found = jax.tree.map(lambda leaf: (tuple(np.shape(leaf)), np.asarray(leaf).dtype), restored)
     if expected != found:
-        raise CheckpointError(
-            f"{checkpoint.path}: state array shapes or dtypes do not fit this model"
-        )
-    return jax.tree.map(jax.numpy.asarray, state)
+        raise CheckpointError(f"{path}: state array shapes or dtypes do not fit this model")
+    return jax.tree.map(jax.numpy.asarray, restored)

@@ -9,7 +9,8 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
-from collections.abc import Sequence
+import warnings
+from collections.abc import Callable, Sequence
 from typing import NoReturn
 
 from jaxcifar import __version__, interrupt
@@ -57,7 +58,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     prefix = " ".join(["jaxcifar", args.command, *filter(None, [getattr(args, "action", None)])])
     try:
-        with interrupt.resend_dropped_signals():
+        with interrupt.resend_dropped_signals(), warnings.catch_warnings():
+            warnings.showwarning = _one_line_warning(prefix)
             return int(args.run(args) or 0)
     except JaxcifarError as error:
         print(f"{prefix}: error: {error}", file=sys.stderr)
@@ -79,6 +81,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"{prefix}: interrupted", file=sys.stderr)
         return 130
+
+
+def _one_line_warning(prefix: str) -> Callable[..., None]:
+    """A `warnings.showwarning` that prints `PREFIX: warning: MESSAGE` on stderr: a command's
+    user reads what went wrong, not the source line that warned (JAX's or ours)."""
+
+    def show(message: Warning | str, *args: object, **kwargs: object) -> None:
+        print(f"{prefix}: warning: {message}", file=sys.stderr)
+
+    return show
 
 
 def jax_runtime_error() -> type[Exception]:

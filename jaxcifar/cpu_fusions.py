@@ -75,7 +75,7 @@ def compiled_per_shape(jitted: Callable, options: dict[str, Any] | None = None) 
     return call
 
 
-class Compiled(NamedTuple):
+class TimedCompile(NamedTuple):
     """A jitted function lowered and compiled for one set of argument shapes."""
 
     executable: Any  # jax.stages.Compiled: call it with the same kinds of arguments
@@ -84,7 +84,7 @@ class Compiled(NamedTuple):
 
 
 def compile_timed(jitted: Any, *args: Any, xla_defaults: bool = False,
-                  options: dict[str, Any] | None = None) -> Compiled:  # fmt: skip
+                  options: dict[str, Any] | None = None) -> TimedCompile:  # fmt: skip
     """`jitted.lower(*args)` compiled by `compile_program` (on a CPU, without YNNPACK's
     convolutions), or with XLA's defaults if `xla_defaults`, with `options` (XLA debug
     options) either way, timing the lowering and the whole: how the epoch runners, the
@@ -96,4 +96,4 @@ def compile_timed(jitted: Any, *args: Any, xla_defaults: bool = False,
         executable = lowered.compile(compiler_options=options)
     else:
         executable = compile_program(lowered, options)
-    return Compiled(executable, lowered_at - start, time.perf_counter() - start)
+    return TimedCompile(executable, lowered_at - start, time.perf_counter() - start)

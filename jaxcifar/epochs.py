@@ -217,7 +217,7 @@ def _epoch_order_fn(
     `mesh`. Under jit so every process draws the same values straight onto the mesh; cached
     so runs in one process compile it once per (mesh, size), as the eager draw it replaced."""
 
-    replicated = parallel.replicated(mesh)
+    replicated = parallel.replicated_sharding(mesh)
     draw = functools.partial(epoch_order, size=size)
     return jax.jit(draw, out_shardings=(replicated, replicated))
 

@@ -19,10 +19,12 @@ from typing import Any
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
-class Interrupted(Exception):
+class Interrupted(BaseException):
     """A SIGINT or SIGTERM arrived. Not a JaxcifarError: it is no mistake to report, and the
     exit status (`exit_code`, 128 + the signal number, as a shell reports a killed process)
-    differs from the usage-error status 2."""
+    differs from the usage-error status 2. A BaseException, as KeyboardInterrupt is: the
+    `except Exception` that turns any decoder failure into "not a readable image" must not
+    turn a Ctrl-C during the first decode of a dataset into a data error."""
 
     def __init__(self, signum: int):
         self.signum = signum

@@ -26,7 +26,8 @@ def confusion_matrix(labels: np.ndarray, predictions: np.ndarray, num_classes: i
 
 
 def accuracy(matrix: np.ndarray) -> float:
-    """Fraction of examples on the diagonal of a confusion matrix (0.0 for an empty one)."""
+    """Fraction of examples on the diagonal of a (K, K) confusion matrix (0.0 for an empty
+    one)."""
     total = matrix.sum()
     return float(np.trace(matrix) / total) if total else 0.0
 

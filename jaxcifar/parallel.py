@@ -56,7 +56,7 @@ def batch_sharding(mesh: Mesh, batch_axis: int = 0) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec(*[None] * batch_axis, DATA_AXIS))
 
 
-def replicated(mesh: Mesh) -> NamedSharding:
+def replicated_sharding(mesh: Mesh) -> NamedSharding:
     """A full copy on every device of the mesh."""
     from jax.sharding import NamedSharding, PartitionSpec
 
@@ -81,7 +81,7 @@ def replicate(tree: Any, mesh: Mesh) -> Any:
     """
     import jax
 
-    sharding = replicated(mesh)
+    sharding = replicated_sharding(mesh)
     return jax.tree.map(
         lambda leaf: jax.make_array_from_process_local_data(sharding, leaf), jax.device_get(tree)
     )

@@ -36,6 +36,7 @@ import numpy as np
 from numpy.typing import DTypeLike
 
 from jaxcifar.config import MLP_LAYER_SIZES
+from jaxcifar.data.preprocess import flatten
 from jaxcifar.errors import TrainingDiverged
 
 Layer = dict[str, np.ndarray]
@@ -85,7 +86,7 @@ def initialize_network(
 
 def scale_pixels(images: np.ndarray, dtype: DTypeLike = np.float64) -> np.ndarray:
     """(N, H, W, C) uint8 pixels -> (N, H*W*C) `dtype` in [0, 1], the network's input."""
-    return images.reshape(images.shape[0], -1).astype(dtype) / np.asarray(255, dtype)
+    return flatten(images).astype(dtype) / np.asarray(255, dtype)
 
 
 def one_hot(labels: np.ndarray, num_classes: int, dtype: DTypeLike = np.float64) -> np.ndarray:
@@ -224,7 +225,8 @@ def loss(network: Network, x: np.ndarray, y_onehot: np.ndarray) -> float:
 
 
 def gradients(network: Network, x: np.ndarray, y_onehot: np.ndarray) -> Network:
-    """dLoss/dparams of `loss`, by backpropagation, shaped like `network`."""
+    """dLoss/dparams of `loss` for x (B, n_in) and y_onehot (B, n_out), by backpropagation,
+    shaped like `network`."""
     activations = forward_propagation(network, x)
     deltas = backward_propagate_error(network, activations, y_onehot)
     return [

@@ -22,7 +22,7 @@ import functools
 import sys
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -37,6 +37,9 @@ from jaxcifar.data.dataset import Dataset
 from jaxcifar.data.preprocess import to_float
 from jaxcifar.errors import ConfigError, DataError, TrainingDiverged
 from jaxcifar.optim import build_optimizer
+
+if TYPE_CHECKING:
+    from jaxcifar import checkpoint
 
 # The fused path's modes (jaxcifar.fused.epoch.PALLAS_PARTS says what each runs in Pallas).
 FUSED_MODES = ("fused", "fused-pallas", "fused-pallas-all")
@@ -97,7 +100,8 @@ def init_state(config: RunConfig, setup: Setup, mesh: Mesh | None = None) -> Tra
 
     # Made inside jit straight onto the mesh: every process computes the same state, and
     # no process could place an array it made eagerly onto another process's devices.
-    return jax.jit(new_state, out_shardings=parallel.replicated(mesh))(np.int32(config.seed))
+    replicated = parallel.replicated_sharding(mesh)
+    return jax.jit(new_state, out_shardings=replicated)(np.int32(config.seed))
 
 
 def state_template(config: RunConfig, input_shape: Sequence[int], num_classes: int) -> TrainState:
@@ -106,6 +110,19 @@ def state_template(config: RunConfig, input_shape: Sequence[int], num_classes: i
     # The optimizer state's structure does not depend on the schedule's length.
     setup = Setup(build_model(config, input_shape, num_classes), build_optimizer(config, 1))
     return jax.eval_shape(functools.partial(_new_state, setup), init_key(config.seed))
+
+
+def restore_model(saved: checkpoint.Checkpoint) -> tuple[models.Model, Any]:
+    """(the model a checkpoint's run trained, its trained parameters as jax arrays);
+    CheckpointError when the checkpoint's state does not fit its own configuration."""
+    # Here, not at the top: flax's serialization imports Pallas, which the training paths
+    # other than the fused Pallas ones never import (tests/test_fused.py).
+    from jaxcifar import checkpoint
+
+    num_classes = len(saved.class_names)
+    template = state_template(saved.config, saved.input_shape, num_classes)
+    params = checkpoint.restore(saved, template).params
+    return build_model(saved.config, saved.input_shape, num_classes), params
 
 
 def _new_state(setup: Setup, key: jax.Array) -> TrainState:
@@ -188,7 +205,7 @@ def make_train_step(
         return TrainState(params, opt_state, state.step + 1), {"loss": loss, "correct": correct}
 
     mesh = parallel.data_mesh() if mesh is None else mesh
-    replicated, sharded = parallel.replicated(mesh), parallel.batch_sharding(mesh)
+    replicated, sharded = parallel.replicated_sharding(mesh), parallel.batch_sharding(mesh)
     return jax.jit(
         train_step,
         in_shardings=(replicated, (sharded, sharded), replicated),
@@ -214,7 +231,7 @@ def make_eval_step(
         return cross_entropy(logits, labels), jnp.argmax(logits, -1).astype(jnp.int32)
 
     mesh = parallel.data_mesh() if mesh is None else mesh
-    replicated, sharded = parallel.replicated(mesh), parallel.batch_sharding(mesh)
+    replicated, sharded = parallel.replicated_sharding(mesh), parallel.batch_sharding(mesh)
     jitted = jax.jit(
         eval_step, in_shardings=(replicated, (sharded, sharded)), out_shardings=replicated
     )
@@ -222,7 +239,9 @@ def make_eval_step(
 
 
 class Evaluation(NamedTuple):
-    loss: float
+    """A model's results over a whole dataset (`evaluate`)."""
+
+    loss: float  # mean cross-entropy
     accuracy: float
     predictions: np.ndarray  # (N,) int32
 
@@ -297,6 +316,8 @@ class EpochRecord(NamedTuple):
 
 
 class FitResult(NamedTuple):
+    """What `fit` returns: the trained state, the epochs' records, the final evaluation."""
+
     state: TrainState
     history: list[dict[str, float]]
     test: Evaluation
@@ -370,7 +391,8 @@ def fit(
     evaluate(eval_step, state.params, test_set.subset(EVAL_BATCH), mesh)
     warm_up_seconds = time.perf_counter() - warm_up_start
     history = list(history)
-    log(f"epoch mode: {mode}, {runner.steps} steps of {config.batch_size} per epoch")
+    log(f"epoch mode: {mode}, {runner.steps} step{'s' * (runner.steps != 1)} of "
+        f"{config.batch_size} per epoch")
     test = None
     for epoch in range(len(history) + 1, config.epochs + 1):
         start = time.perf_counter()
@@ -436,19 +458,16 @@ def mean_loss(losses: Sequence[np.ndarray]) -> float:
 
 def _check_same_kind(train_set: Dataset, test_set: Dataset) -> None:
     """Raise DataError unless both sets hold images of one shape and the same classes."""
-    test_name, train_name = (
-        name + (f" ({dataset.source})" if dataset.source else "")
-        for name, dataset in (("test_set", test_set), ("train_set", train_set))
-    )
-    if test_set.images.shape[1:] != train_set.images.shape[1:]:
-        raise DataError(
-            f"{test_name} holds images of shape {test_set.images.shape[1:]}, but {train_name} "
-            f"{train_set.images.shape[1:]}: the model is built for the training images"
+    mismatch = test_set.mismatch(train_set.images.shape[1:], train_set.class_names)
+    if mismatch is not None:
+        what, found, expected = mismatch
+        test_name, train_name = (
+            name + (f" ({dataset.source})" if dataset.source else "")
+            for name, dataset in (("test_set", test_set), ("train_set", train_set))
         )
-    if tuple(test_set.class_names) != tuple(train_set.class_names):
         raise DataError(
-            f"{test_name} has classes {test_set.class_names}, but {train_name} "
-            f"{train_set.class_names}: another dataset?"
+            f"{test_name} has {what} {found}, but {train_name} {expected}: another dataset? "
+            "(the model is built for the training set)"
         )
 
 

@@ -34,3 +34,27 @@ def fresh_cache(tmp_path, monkeypatch) -> Path:
     cache = tmp_path / "cache"
     monkeypatch.setenv("JAXCIFAR_CACHE", str(cache))
     return cache
+
+
+@pytest.fixture
+def save_speedrun_model() -> Callable[..., Path]:
+    """A function: `save(folder, **changes)` writes a small speedrun model (widths 8/16/16,
+    freshly initialised, for 32x32 CIFAR-10 images) into `folder` and returns its path;
+    `changes` replace `model_file.save`'s keyword arguments (recipe, params, ...)."""
+    import jax
+    import jax.numpy as jnp
+
+    from jaxcifar.data.dataset import CIFAR10_CLASSES
+    from jaxcifar.speedrun import model_file, net
+    from jaxcifar.speedrun.recipe import Recipe
+
+    widths = (8, 16, 16)
+    params, batch_stats = jax.jit(net.init, static_argnames="widths")(
+        jax.random.key(0), widths=widths
+    )
+    defaults = dict(
+        recipe=Recipe(widths=widths, dtype="float32"), params=params, batch_stats=batch_stats,
+        mean=jnp.zeros(3), std=jnp.ones(3), dataset="cifar10", class_names=CIFAR10_CLASSES,
+        input_shape=(32, 32, 3),
+    )  # fmt: skip
+    return lambda folder, **changes: model_file.save(folder, **{**defaults, **changes})

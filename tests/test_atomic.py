@@ -1,3 +1,5 @@
+import errno
+
 import pytest
 
 from jaxcifar.atomic import atomic_path, atomic_write_text
@@ -20,6 +22,17 @@ def test_failed_write_leaves_old_file_and_no_temporaries(tmp_path):
             raise RuntimeError("killed mid-write")
     assert target.read_text() == "complete"
     assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.msgpack"]
+
+
+@pytest.mark.parametrize("named", [False, True])
+def test_a_failed_write_names_the_target_not_a_temporary(tmp_path, named):
+    target = tmp_path / "metrics.json"
+    with pytest.raises(OSError) as caught:
+        with atomic_path(target) as tmp:
+            # A full disk, as write() reports it (no file name) or open() (the temporary's).
+            raise OSError(errno.ENOSPC, "No space left on device", *([str(tmp)] if named else []))
+    assert caught.value.filename == str(target)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_temporary_keeps_suffix_for_format_sniffing_writers(tmp_path):

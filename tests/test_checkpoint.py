@@ -122,6 +122,17 @@ def test_input_shape_must_be_three_positive_ints(saved_file, shape):
         checkpoint.load(saved_file)
 
 
+@pytest.mark.parametrize("field, value", [("history", ["ab"]), ("config", [1, 2])])
+def test_malformed_fields_are_named_not_a_traceback(saved_file, field, value):
+    from flax import serialization
+
+    payload = serialization.msgpack_restore(saved_file.read_bytes())
+    payload[field] = value  # dict() of a string or of a list of ints raises ValueError
+    saved_file.write_bytes(serialization.msgpack_serialize(payload))
+    with pytest.raises(CheckpointError, match=f"{saved_file}: malformed checkpoint"):
+        checkpoint.load(saved_file)
+
+
 def test_resume_changes_name_the_fields():
     # Constant schedule: more epochs extend the run, so only the other three are changes.
     other = dataclasses.replace(CONFIG, batch_size=4, model="cnn", lr=0.5, epochs=9)

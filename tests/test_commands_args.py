@@ -63,6 +63,9 @@ def test_compile_cache_must_be_a_folder_or_none(command, tmp_path, capsys):
     (tmp_path / "file").write_text("")
     err = refused([command, "--compile-cache", str(tmp_path / "file")], capsys)
     assert f"argument --compile-cache: {tmp_path / 'file'} is a file; expected a folder" in err
+    err = refused([command, "--compile-cache", str(tmp_path / "file" / "xla")], capsys)
+    assert (f"argument --compile-cache: {tmp_path / 'file' / 'xla'}: cannot write there (Not a "
+            "directory); expected a folder that can be written, or 'none'") in err  # fmt: skip
     for value in ("none", str(tmp_path / "new"), str(tmp_path)):
         assert build_parser().parse_args([command, "--compile-cache", value]).compile_cache == value
 
@@ -165,3 +168,20 @@ def test_explicit_flags_override_the_recipe_or_the_saved_configuration():
         optimizer="adam", lr=0.003, epochs=4, momentum=0.5
     )
     assert config_from_args(parsed("--recipe", "seed"), saved) == RECIPES["seed"]
+
+
+@pytest.mark.parametrize("value, shown", [("1", "1.0"), ("-0.5", "-0.5"), ("nan", "nan"),
+                                          ("x", "'x'")])  # fmt: skip
+def test_momentum_is_a_number_in_0_to_1(value, shown, capsys):
+    err = refused(["train", "--momentum", value], capsys)
+    assert f"argument --momentum: expected a number in [0, 1), got {shown} (see" in err
+    assert build_parser().parse_args(["train", "--momentum", "0"]).momentum == 0.0
+
+
+def test_mlp_flags_are_refused_for_the_cnn(tmp_path, capsys):
+    # Else ignored, yet kept in the configuration: a resume would later see them as a change.
+    assert main(["train", "--mlp-hidden", "64", "--out", str(tmp_path / "run")]) == 2
+    assert capsys.readouterr().err == (
+        "jaxcifar train: error: --mlp-hidden: for --model mlp; this run's model is cnn\n"
+    )
+    assert not (tmp_path / "run").exists()

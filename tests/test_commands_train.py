@@ -322,16 +322,8 @@ def test_resume_from_a_missing_folder_leaves_none_behind(tmp_path, capsys):
     assert not out.exists()
 
 
-def test_resume_from_a_speedrun_folder_says_what_it_holds(tmp_path, capsys):
-    from jaxcifar.speedrun import model_file, net
-    from jaxcifar.speedrun.recipe import Recipe
-
-    widths = (8, 16, 16)
-    params, batch_stats = net.init(jax.random.key(0), widths=widths)
-    path = model_file.save(
-        tmp_path, Recipe(widths=widths), params, batch_stats, jnp.zeros(3), jnp.ones(3),
-        dataset="cifar10", class_names=CIFAR10_CLASSES, input_shape=(32, 32, 3),
-    )  # fmt: skip
+def test_resume_from_a_speedrun_folder_says_what_it_holds(tmp_path, capsys, save_speedrun_model):
+    path = save_speedrun_model(tmp_path)
     assert main(["train", "--resume", "--out", str(tmp_path)]) == 2
     assert capsys.readouterr().err == (
         f"jaxcifar train: error: {tmp_path / checkpoint.FILENAME}: no checkpoint there; {path} is "

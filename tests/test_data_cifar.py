@@ -1,7 +1,4 @@
-import io
-import os
 import pickle
-import struct
 import tarfile
 
 import numpy as np
@@ -11,59 +8,9 @@ from jaxcifar.data import load
 from jaxcifar.data.cifar import parse_binary_batch, parse_python_batch
 from jaxcifar.data.dataset import CIFAR10_CLASSES
 from jaxcifar.errors import DataError
-
-BATCHES = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
-
-
-class Py2Pickler(pickle._Pickler):
-    """Writes bytes and str as Python 2's `str` (SHORT_BINSTRING / BINSTRING), like the real
-    CIFAR-10 files: their keys, their arrays' bytes and numpy's dtype spec ("u1") alike."""
-
-    def save_bytes(self, obj):
-        data = obj.encode("latin-1") if isinstance(obj, str) else obj
-        if len(data) < 256:
-            self.write(pickle.SHORT_BINSTRING + bytes([len(data)]) + data)
-        else:
-            self.write(pickle.BINSTRING + struct.pack("<i", len(data)) + data)
-        self.memoize(obj)
-
-    dispatch = {**pickle._Pickler.dispatch, bytes: save_bytes, str: save_bytes}
-
-
-def py2_dumps(obj) -> bytes:
-    """A protocol-2 pickle as Python 2 and numpy 1 wrote the real files."""
-    buffer = io.BytesIO()
-    Py2Pickler(buffer, protocol=2).dump(obj)
-    return buffer.getvalue().replace(b"numpy._core.multiarray", b"numpy.core.multiarray")
-
-
-def python_batch(images, labels) -> bytes:
-    """A batch exactly as in cifar-10-python.tar.gz."""
-    rows = images.transpose(0, 3, 1, 2).reshape(len(images), -1)
-    return py2_dumps(
-        {b"batch_label": b"batch", b"labels": [int(x) for x in labels], b"data": rows, b"filenames": []}
-    )
-
-
-def binary_batch(images, labels) -> bytes:
-    rows = images.transpose(0, 3, 1, 2).reshape(len(images), -1)
-    return np.concatenate([labels[:, None].astype(np.uint8), rows], axis=1).tobytes()
-
-
-def make_batches(seed=0, n=3):
-    rng = np.random.default_rng(seed)
-    return {
-        name: (rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8), rng.integers(0, 10, n))
-        for name in BATCHES
-    }
-
-
-def write_release(folder, batches, encode, suffix=""):
-    folder.mkdir(parents=True)
-    for name, (images, labels) in batches.items():
-        (folder / f"{name}{suffix}").write_bytes(encode(images, labels))
-    (folder / "batches.meta").write_bytes(b"unused")
-
+from data_files import (
+    BATCHES, RunsCode, binary_batch, make_batches, py2_dumps, python_batch, write_release,
+)
 
 def expected(batches, split):
     names = BATCHES[:5] if split == "train" else BATCHES[5:]
@@ -117,14 +64,6 @@ def test_missing_batch_is_named(tmp_path, fresh_cache):
     (tmp_path / "cifar-10-batches-bin" / "data_batch_4.bin").unlink()
     with pytest.raises(DataError, match=r"cifar-10-batches-bin: missing data_batch_4\.bin; expected the CIFAR-10 binary release"):
         load("cifar10", "train", data_dir=tmp_path)
-
-
-class RunsCode:
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        return os.system, (f"touch {self.marker}",)
 
 
 def test_malicious_pickle_is_refused_and_does_not_run(tmp_path, fresh_cache):

@@ -3,7 +3,7 @@ import pytest
 from PIL import Image
 
 from jaxcifar.cli import main
-from test_data_idx import write_idx_set
+from data_files import write_idx_set
 
 
 def test_info_prints_source_shape_and_class_counts(tmp_path, fresh_cache, capsys):
@@ -17,6 +17,19 @@ def test_info_prints_source_shape_and_class_counts(tmp_path, fresh_cache, capsys
     test_counts = np.bincount(written["test"][1], minlength=10)
     assert lines[3] == f"{'T-shirt/top':<14}{train_counts[0]:>8}{test_counts[0]:>8}"
     assert lines[12].startswith("Ankle boot") and lines[13].split() == ["total", "6", "4"]
+
+
+def test_a_warning_is_one_line_naming_the_command(tmp_path, monkeypatch, capsys):
+    write_idx_set(tmp_path / "mnist", n_train=6, n_test=4)
+    (tmp_path / "file").write_text("")
+    monkeypatch.setenv("JAXCIFAR_CACHE", str(tmp_path / "file"))
+    assert main(["data", "info", "--dataset", "mnist", "--data-dir", str(tmp_path)]) == 0
+    err = capsys.readouterr().err
+    assert err.startswith(f"jaxcifar data info: warning: could not write the dataset cache "
+                          f"{tmp_path / 'file'}/mnist-")  # fmt: skip
+    assert err.endswith(f" ({tmp_path / 'file'} is a file, not a folder; $JAXCIFAR_CACHE names "
+                        "its folder): the data is decoded again on every load\n")  # fmt: skip
+    assert err.count("\n") == 1
 
 
 def test_show_writes_a_png_grid(tmp_path, fresh_cache, capsys):

@@ -8,8 +8,7 @@ from hypothesis import strategies as st
 from jaxcifar.data.cifar import parse_binary_batch, parse_python_batch
 from jaxcifar.data.idx import IMAGES_MAGIC, LABELS_MAGIC, parse
 from jaxcifar.errors import DataError
-from test_data_cifar import binary_batch, python_batch
-from test_data_idx import idx_bytes
+from data_files import binary_batch, idx_bytes, python_batch
 
 FUZZ = settings(max_examples=150, deadline=None)  # no per-example time limit: not a timing test
 rng = np.random.default_rng(0)

@@ -1,5 +1,3 @@
-import gzip
-import struct
 import tarfile
 
 import numpy as np
@@ -10,29 +8,7 @@ from jaxcifar.data.dataset import FASHION_MNIST_CLASSES, MNIST_CLASSES
 from jaxcifar.data.idx import IMAGES_MAGIC, LABELS_MAGIC, parse
 from jaxcifar.data.sources import ALIASES
 from jaxcifar.errors import ConfigError, DataError
-
-
-def idx_bytes(array: np.ndarray, magic: int) -> bytes:
-    return struct.pack(">I", magic) + b"".join(struct.pack(">I", d) for d in array.shape) + array.tobytes()
-
-
-def write_idx_set(folder, n_train=6, n_test=4, gz=True, shape=(5, 3), seed=0):
-    """Write the four MNIST files; returns {split: (images, labels)} as written."""
-    rng = np.random.default_rng(seed)
-    folder.mkdir(parents=True, exist_ok=True)
-    written = {}
-    for split, prefix, n in (("train", "train", n_train), ("test", "t10k", n_test)):
-        images = rng.integers(0, 256, (n, *shape), dtype=np.uint8)
-        labels = rng.integers(0, 10, n, dtype=np.uint8)
-        for kind, array, magic in (("images-idx3", images, IMAGES_MAGIC), ("labels-idx1", labels, LABELS_MAGIC)):
-            data = idx_bytes(array, magic)
-            name = f"{prefix}-{kind}-ubyte"
-            if gz:
-                (folder / f"{name}.gz").write_bytes(gzip.compress(data))
-            else:
-                (folder / name).write_bytes(data)
-        written[split] = (images, labels)
-    return written
+from data_files import idx_bytes, write_idx_set
 
 
 def test_load_split_cuts_to_the_seeded_subset_of_load(tmp_path, fresh_cache):

@@ -9,24 +9,7 @@ from PIL import Image
 from jaxcifar.data import load
 from jaxcifar.data.dataset import CIFAR10_CLASSES
 from jaxcifar.errors import DataError
-
-CLASSES = ("cat", "airplane")  # not CIFAR-10's full set, so sorted: airplane, cat
-
-
-def write_tree(root, per_class=2, size=(4, 3), seed=0):
-    """train/<class>/i.png and test/<class>/i.png of random RGB pixels; returns them by path."""
-    rng = np.random.default_rng(seed)
-    written = {}
-    for split in ("train", "test"):
-        for name in CLASSES:
-            folder = root / split / name
-            folder.mkdir(parents=True)
-            for i in range(per_class):
-                pixels = rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
-                Image.fromarray(pixels).save(folder / f"{i}.png")
-                written[f"{split}/{name}/{i}.png"] = pixels
-    return written
-
+from data_files import write_tree
 
 def tar_folder(folder, archive, arcname):
     with tarfile.open(archive, "w:gz") as tar:

@@ -144,7 +144,8 @@ def test_fit_refuses_a_test_set_unlike_the_training_set():
     # Other images failed deep in the model after training; other classes evaluated
     # to a NaN loss (labels past the model's outputs) or chance accuracy, without a word.
     cases = [
-        (tiny(size=6), r"test_set \(synthetic\) holds images of shape \(6, 6, 1\), but train_set"),
+        (tiny(size=6), r"test_set \(synthetic\) has image shape \(H, W, C\) \(6, 6, 1\), but "
+                       r"train_set \(synthetic\) \(8, 8, 1\): another dataset\?"),
         (tiny(classes=tuple("abcd")), r"test_set \(synthetic\) has classes \('a', 'b', 'c', 'd'\)"),
         (dataclasses.replace(tiny(), class_names=tuple("xyz")), "another dataset"),
     ]

@@ -194,7 +194,7 @@ x = jax.random.normal(jax.random.key(0), (16, 8, 8, 16))  # the seed CNN's, at b
 key = jax.random.key(3)
 one = jax.jit(dropout)(x, key)
 mesh = parallel.data_mesh()
-sharded, replicated = parallel.batch_sharding(mesh), parallel.replicated(mesh)
+sharded, replicated = parallel.batch_sharding(mesh), parallel.replicated_sharding(mesh)
 eight = jax.jit(dropout, in_shardings=(sharded, replicated), out_shardings=sharded)(x, key)
 assert mesh.size == 8 and len(eight.sharding.device_set) == 8
 np.testing.assert_array_equal(np.asarray(eight), np.asarray(one))

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 import zlib
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -23,9 +24,10 @@ from jaxcifar.cli import main
 from jaxcifar.data import load
 from jaxcifar.data.idx import IMAGES_MAGIC, LABELS_MAGIC
 from jaxcifar.interrupt import Interrupted, StopOnSignal, resend_dropped_signals
-from test_data_cifar import RunsCode, make_batches, py2_dumps, python_batch, write_release
-from test_data_idx import idx_bytes, write_idx_set
-from test_data_image_folder import write_tree
+from data_files import (
+    RunsCode, idx_bytes, make_batches, py2_dumps, python_batch, write_idx_set, write_release,
+    write_tree,
+)
 
 # A tiny MLP on 8x8 MNIST-format images: seconds per run, one compile.
 TINY = ["--dataset", "mnist", "--model", "mlp", "--mlp-hidden", "8", "--mlp-activation", "relu", "--batch-size", "4", "--quiet"]
@@ -65,6 +67,18 @@ def test_signal_raises_at_once_but_waits_for_a_held_block():
                 finished.append(True)
         assert finished == [True] and stopped.value.exit_code == 130
     assert [signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)] == before
+
+
+def test_a_signal_while_decoding_an_image_stops_rather_than_failing_the_image(monkeypatch):
+    from jaxcifar.data import image_file
+
+    def interrupted_open(*args, **kwargs):
+        raise Interrupted(signal.SIGINT)  # as StopOnSignal's handler raises it mid-decode
+
+    # The decoder's `except Exception` makes any Pillow failure "not a readable image".
+    monkeypatch.setattr(image_file.Image, "open", interrupted_open)
+    with pytest.raises(Interrupted):
+        image_file.decode(b"\x89PNG", "RGB", "train/cat/0.png")
 
 
 # --- Signals and kill -9 on real `jaxcifar train` processes -----------------------------
@@ -375,15 +389,21 @@ def mnist_folder_tree(root, class_names, size=8):
          "on ('0', '1', "),  # as many, other names: the labels would be silently wrong
     ],
 )
-def test_evaluate_refuses_test_data_unlike_the_checkpoints(
-    trained, tmp_path, fresh_cache, capsys, make_data, message
+@pytest.mark.parametrize("command", ["evaluate", "train"])
+def test_evaluate_and_resume_refuse_data_unlike_the_checkpoints(
+    trained, tmp_path, fresh_cache, capsys, make_data, message, command
 ):
     _, run, _ = trained
     make_data(tmp_path / "other")
     capsys.readouterr()
-    assert main(["evaluate", "--checkpoint", str(run), "--data-dir", str(tmp_path / "other")]) == 2
-    line = one_line_error(capsys, "evaluate")
-    assert f"the test set in {tmp_path / 'other'} (--data-dir) " in line
+    if command == "evaluate":
+        argv, split = ["evaluate", "--checkpoint", str(run)], "test"
+    else:  # a resume that would train on: the training set is checked before the restore
+        run = Path(shutil.copytree(run, tmp_path / "run"))
+        argv, split = ["train", "--resume", "--out", str(run), "--epochs", "2"], "train"
+    assert main([*argv, "--data-dir", str(tmp_path / "other")]) == 2
+    line = one_line_error(capsys, command)
+    assert f"the {split} set in {tmp_path / 'other'} (--data-dir) " in line
     assert message.format(ckpt=run / checkpoint.FILENAME) in line
 
 

@@ -12,6 +12,9 @@ import functools
 import itertools
 import json
 import math
+import os
+import signal
+import time
 
 import jax
 import jax.numpy as jnp
@@ -383,10 +386,16 @@ def xla_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def tiny_run(shared_data, xla_dir):
+def real_subsets(shared_data):
+    """(TRAIN training, TEST test) CIFAR-10 images, seed 0's subsets."""
+    return tuple(load("cifar10", split, data_dir=shared_data).subset(n, seed=0)
+                 for split, n in (("train", TRAIN), ("test", TEST)))  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def tiny_run(real_subsets, xla_dir):
     """(Speedrun, two runs of seed 0) on 64 training / 50 test CIFAR-10 images."""
-    train = load("cifar10", "train", data_dir=shared_data).subset(TRAIN, seed=0)
-    test = load("cifar10", "test", data_dir=shared_data).subset(TEST, seed=0)
+    train, test = real_subsets
     with xla_cache.compilation_cache(xla_dir):
         speedrun = Speedrun(TINY, train, test, epoch_mode="loop")
         return speedrun, speedrun.run(0), speedrun.run(0)
@@ -419,15 +428,14 @@ def test_fast_recipe_beats_chance_on_real_data(shared_data, xla_dir):
 
 
 def test_scan_epochs_train_as_the_loop_does_with_a_partial_last_epoch(
-    shared_data, xla_dir, convolution_dim_labels
+    real_subsets, xla_dir, convolution_dim_labels
 ):
     # Scan epochs are what a GPU runs (`epoch_mode="auto"` there); the CPU suite otherwise
     # trains only the loop. 1.5 epochs of 2 steps: a 2-step scan program, then a 1-step one
     # in which the whitening bias no longer trains.
     recipe = Recipe(epochs=1.5, batch_size=BATCH, widths=WIDTHS, dtype="float32",
                     whiten_bias_epochs=1)  # fmt: skip
-    train = load("cifar10", "train", data_dir=shared_data).subset(TRAIN, seed=0)
-    test = load("cifar10", "test", data_dir=shared_data).subset(TEST, seed=0)
+    train, test = real_subsets
     with xla_cache.compilation_cache(xla_dir):
         loop = Speedrun(recipe, train, test, epoch_mode="loop").run(1)
         speedrun = Speedrun(recipe, train, test, epoch_mode="scan")
@@ -451,7 +459,7 @@ def test_scan_epochs_train_as_the_loop_does_with_a_partial_last_epoch(
 
 
 def test_compile_seconds_count_each_program_once_and_a_run_compiles_nothing(
-    shared_data, xla_dir, monkeypatch, caplog
+    real_subsets, xla_dir, monkeypatch, caplog
 ):
     timed, keywords = [], []
 
@@ -461,12 +469,11 @@ def test_compile_seconds_count_each_program_once_and_a_run_compiles_nothing(
         return timed[-1]
 
     monkeypatch.setattr(speedrun_train, "compile_timed", recorded)
-    train = load("cifar10", "train", data_dir=shared_data).subset(TRAIN, seed=0)
-    test = load("cifar10", "test", data_dir=shared_data).subset(TEST, seed=0)
+    train, test = real_subsets
     jax.clear_caches()  # a fresh process's first run: nothing compiled by earlier tests
     with xla_cache.compilation_cache(xla_dir):
         speedrun = Speedrun(TINY, train, test, epoch_mode="loop")
-        # A Compiled's compile_seconds already holds its lowering.
+        # A TimedCompile's compile_seconds already holds its lowering.
         assert speedrun.compile_seconds == sum(c.compile_seconds for c in timed)
         assert speedrun.compile_seconds < sum(c.lower_seconds + c.compile_seconds for c in timed)
         with jax.log_compiles(True), caplog.at_level("WARNING", logger="jax"):
@@ -477,14 +484,9 @@ def test_compile_seconds_count_each_program_once_and_a_run_compiles_nothing(
 
 
 def test_saved_model_predictions_compile_as_training_does(
-    tmp_path, monkeypatch, convolution_dim_labels
+    tmp_path, monkeypatch, convolution_dim_labels, save_speedrun_model
 ):
-    params, batch_stats = _init(widths=(8, 16, 16))
-    recipe = Recipe(widths=(8, 16, 16), dtype="float32")
-    path = model_file.save(
-        tmp_path, recipe, params, batch_stats, jnp.zeros(3), jnp.ones(3), dataset="cifar10",
-        class_names=CIFAR10_CLASSES, input_shape=(32, 32, 3),
-    )  # fmt: skip
+    path = save_speedrun_model(tmp_path)
     compiled = []
     compile_program = cpu_fusions.compile_program
 
@@ -600,12 +602,10 @@ def test_evaluate_draws_a_speedrun_models_test_subset_as_its_run_did():
     assert speedrun_test_subset(None, None) == EvalSubset(None, 0)
 
 
-def test_a_speedrun_model_of_another_version_or_shape_is_refused_naming_the_file(tmp_path):
-    params, batch_stats = _init(widths=(8, 16, 16))
-    save = functools.partial(
-        model_file.save, tmp_path, params=params, batch_stats=batch_stats, mean=jnp.zeros(3),
-        std=jnp.ones(3), dataset="cifar10", class_names=CIFAR10_CLASSES, input_shape=(32, 32, 3),
-    )  # fmt: skip
+def test_a_speedrun_model_of_another_version_or_shape_is_refused_naming_the_file(
+    tmp_path, save_speedrun_model
+):
+    save = functools.partial(save_speedrun_model, tmp_path)
     path = save(recipe=Recipe(widths=(8, 16, 16)))
     assert model_file.load(path).recipe.widths == (8, 16, 16)
     # Files written before models recorded their run's seed and subsets load without them.
@@ -614,27 +614,44 @@ def test_a_speedrun_model_of_another_version_or_shape_is_refused_naming_the_file
     path = save(recipe=Recipe(widths=(8, 16, 16)), seed=4, subsets=subsets)
     assert (model_file.load(path).seed, model_file.load(path).subsets) == (4, subsets)
     path = save(recipe=Recipe(widths=(8, 16, 32)))
-    with pytest.raises(CheckpointError, match="malformed speedrun model .*parameter shapes"):
+    with pytest.raises(CheckpointError, match=f"{path}: state array shapes or dtypes do not fit"):
         model_file.load(path)
+    half = jax.tree.map(lambda leaf: leaf.astype(jnp.float16), _init(widths=(8, 16, 16))[0])
+    path = save(recipe=Recipe(widths=(8, 16, 16)), params=half)
+    with pytest.raises(CheckpointError, match=f"{path}: state array shapes or dtypes do not fit"):
+        model_file.load(path)  # a float16 file loaded as float16, before
     payload = serialization.msgpack_restore(path.read_bytes())
+    for field, value in (("widths", []), ("dtype", "float8")):  # a hand-edited recipe
+        path.write_bytes(serialization.msgpack_serialize(
+            {**payload, "recipe": {**payload["recipe"], field: value}}
+        ))  # fmt: skip
+        with pytest.raises(CheckpointError, match=f"{path}: malformed speedrun model .*{field}"):
+            model_file.load(path)
     path.write_bytes(serialization.msgpack_serialize({**payload, "version": 2}))
     with pytest.raises(CheckpointError, match=f"{path}: speedrun model format version 2"):
         model_file.load(path)
 
 
-def test_speedrun_command_saves_each_run_as_it_ends(shared_data, xla_dir, tmp_path, monkeypatch):
+def test_speedrun_command_saves_each_run_as_it_ends(
+    shared_data, xla_dir, tmp_path, monkeypatch, capsys
+):
     finish = speedrun_train.Speedrun.run
     calls = []
 
     def stopped_in_the_second_run(self, seed):
         calls.append(seed)
         if len(calls) == 2:
-            raise KeyboardInterrupt  # Ctrl-C, or a time limit
+            os.kill(os.getpid(), signal.SIGTERM)  # a time limit, or Ctrl-C (SIGINT)
+            time.sleep(5)  # not to its end: the handler raises within it
         return finish(self, seed)
 
     monkeypatch.setattr(speedrun_train.Speedrun, "run", stopped_in_the_second_run)
     out = tmp_path / "out"
-    assert tiny_speedrun_command(shared_data, xla_dir, out, runs=3) == 130 and calls == [0, 1]
+    assert tiny_speedrun_command(shared_data, xla_dir, out, runs=3) == 143 and calls == [0, 1]
+    assert capsys.readouterr().err == (
+        f"jaxcifar speedrun: interrupted by SIGTERM; {out / 'speedrun.json'} keeps the 1 of 3 "
+        "runs that finished\n"
+    )
     runs = json.loads((out / "speedrun.json").read_text())["runs"]
     assert [(run["system"], run["dtype"]) for run in runs] == [("jaxcifar-fast", "float32")]
     assert "| jaxcifar-fast | float32 | 1 |" in (out / "speedrun.md").read_text()
@@ -706,12 +723,10 @@ def test_results_title_names_the_dataset_and_old_results_still_render():
     assert measure.render_markdown(results).startswith("# CIFAR-10 speedrun, cpu\n")
 
 
-def test_a_folder_with_a_speedrun_model_and_a_checkpoint_is_ambiguous(tmp_path, capsys):
-    params, batch_stats = _init(widths=(8, 16, 16))
-    model_file.save(
-        tmp_path, Recipe(widths=(8, 16, 16)), params, batch_stats, jnp.zeros(3), jnp.ones(3),
-        dataset="cifar10", class_names=CIFAR10_CLASSES, input_shape=(32, 32, 3),
-    )  # fmt: skip
+def test_a_folder_with_a_speedrun_model_and_a_checkpoint_is_ambiguous(
+    tmp_path, capsys, save_speedrun_model
+):
+    save_speedrun_model(tmp_path)
     assert model_file.find(tmp_path) == tmp_path / model_file.FILENAME
     (tmp_path / "checkpoint.msgpack").write_bytes(b"")  # a training run's output, too
     message = (
@@ -725,3 +740,16 @@ def test_a_folder_with_a_speedrun_model_and_a_checkpoint_is_ambiguous(tmp_path, 
         assert capsys.readouterr().err == f"jaxcifar {argv[0]}: error: {message}\n"
     # Naming the file is not ambiguous.
     assert model_file.find(tmp_path / model_file.FILENAME) == tmp_path / model_file.FILENAME
+
+
+def test_an_unreadable_speedrun_model_is_named_not_taken_for_a_missing_checkpoint(
+    tmp_path, capsys
+):
+    (tmp_path / model_file.FILENAME).write_bytes(b"\x00truncated")
+    assert cli.main(["evaluate", "--checkpoint", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"jaxcifar evaluate: error: {tmp_path / model_file.FILENAME}: not a "
+                          "readable speedrun model")  # fmt: skip
+    copy = tmp_path / "copy.msgpack"  # another name: a speedrun model only by its format tag
+    copy.write_bytes(b"\x00truncated")
+    assert model_file.find(copy) is None

@@ -22,6 +22,7 @@ from jaxcifar.bench.xla_cost import flops, program_memory_bytes
 from jaxcifar.config import RunConfig
 from jaxcifar.cpu_fusions import compile_timed
 from jaxcifar.data.dataset import CLASS_NAMES, IMAGE_SHAPES, Dataset
+from jaxcifar.scratch import scale_pixels
 
 # Each model runs on the data it is built for: the seed CNN on CIFAR-10 images, the
 # 784-500-50-10 MLP on MNIST-sized ones (the shape of the NumPy scratch network).
@@ -84,7 +85,7 @@ def measure_scratch_twin(images: np.ndarray, labels: np.ndarray, budget: TimingB
     """
     model = models.build("mlp", images.shape[1:], numpy_reference.LAYER_SIZES[-1])
     params = jax.jit(model.init)(jax.random.key(0))
-    x = jnp.asarray(images.reshape(len(images), -1), jnp.float32) / 255.0
+    x = jnp.asarray(scale_pixels(images, np.float32))
     y_onehot = jax.nn.one_hot(labels, numpy_reference.LAYER_SIZES[-1])
 
     def squared_error(params, x, y_onehot):

@@ -31,7 +31,10 @@ class TimingBudget:
 
     def __post_init__(self) -> None:
         if self.warmup < 0 or not 1 <= self.min_steps <= self.max_steps or self.min_seconds < 0:
-            raise ValueError(f"need warmup >= 0 and 1 <= min_steps <= max_steps; got {self}")
+            raise ValueError(
+                "need warmup >= 0, 1 <= min_steps <= max_steps and min_seconds >= 0; "
+                f"got {self}"
+            )
 
     @classmethod
     def fixed(cls, steps: int, warmup: int = 1) -> TimingBudget:

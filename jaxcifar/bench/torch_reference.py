@@ -7,6 +7,7 @@ functions; `torch_missing()` says why the reference cannot run when it is absent
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -14,6 +15,9 @@ from jaxcifar.bench.rows import Row, step_row
 from jaxcifar.bench.timing import TimingBudget, time_steps
 from jaxcifar.config import RECIPES
 from jaxcifar.models import cnn
+
+if TYPE_CHECKING:
+    import torch
 
 
 def torch_missing() -> str | None:
@@ -39,14 +43,16 @@ def torch_device() -> str:
     return "cuda" if _jax_on_gpu() else "cpu"
 
 
-def build_seed_cnn(input_shape: tuple[int, int, int] = (32, 32, 3), num_classes: int = 10):
+def build_seed_cnn(
+    input_shape: tuple[int, int, int] = (32, 32, 3), num_classes: int = 10
+) -> torch.nn.Sequential:
     """The seed CNN as a torch.nn.Sequential: the architecture of `jaxcifar.models.cnn`
     (same layer sizes, ReLUs, 2x2 max-pools, dropout 0.25), in PyTorch's NCHW layout."""
     import torch.nn as nn
 
     height, width, channels = input_shape
     c1, c2 = cnn.CONV_CHANNELS
-    widths = ((height // 4) * (width // 4) * c2, *cnn.HIDDEN)
+    widths = (cnn.flat_size(height, width), *cnn.HIDDEN)
     dense = []
     for n_in, n_out in zip(widths[:-1], widths[1:]):
         dense += [nn.Linear(n_in, n_out), nn.ReLU()]

@@ -1,4 +1,5 @@
-"""Flag types and flag groups shared by several commands."""
+"""Flag types, flag groups and checks of what flags name (an output folder, the data a saved
+model is given), shared by several commands."""
 
 from __future__ import annotations
 
@@ -10,13 +11,11 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from jaxcifar.config import SEED_MAX
-from jaxcifar.data.dataset import CLASS_NAMES
+from jaxcifar.config import DATASETS, SEED_MAX
+from jaxcifar.data.dataset import Dataset
 from jaxcifar.data.sources import DATA_DIR_ENV, env_data_dir
-from jaxcifar.errors import ConfigError
+from jaxcifar.errors import ConfigError, DataError
 from jaxcifar.xla_cache import OFF as COMPILE_CACHE_OFF
-
-DATASETS = tuple(CLASS_NAMES)
 
 
 def _integer(text: str, expected: str, low: int, high: float = math.inf) -> int:
@@ -76,6 +75,17 @@ def non_negative_float(text: str) -> float:
     return _finite_float(text, allow_zero=True)
 
 
+def momentum(text: str) -> float:
+    """argparse type: a momentum, a float in [0, 1) (at 1 the velocity never decays)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}") from None
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {value}")
+    return value
+
+
 def data_dir(text: str) -> str:
     """argparse type: a --data-dir path, not empty (Path("") is the current folder, which
     would be searched instead)."""
@@ -107,15 +117,23 @@ def add_data_arguments(parser: argparse.ArgumentParser, default_dataset: str = "
 
 
 def compile_cache(text: str) -> str:
-    """argparse type: a --compile-cache folder (existing or not), or "none". An empty value
-    would put JAX's cache files in the current folder, a file would only bring JAX warnings."""
+    """argparse type: a --compile-cache folder (existing or not) that can be written, or
+    "none". An empty value would put JAX's cache files in the current folder, a file or an
+    unwritable folder would only bring JAX warnings."""
     if not text:
         raise argparse.ArgumentTypeError(
             f"expected a folder, or '{COMPILE_CACHE_OFF}' to turn the cache off; got ''"
         )
-    if text != COMPILE_CACHE_OFF and Path(text).exists() and not Path(text).is_dir():
+    if text == COMPILE_CACHE_OFF:
+        return text
+    if Path(text).exists() and not Path(text).is_dir():
         raise argparse.ArgumentTypeError(
             f"{text} is a file; expected a folder, or '{COMPILE_CACHE_OFF}' to turn the cache off"
+        )
+    if reason := _probe(Path(text)):  # else JAX warns at every compile and saves nothing
+        raise argparse.ArgumentTypeError(
+            f"{text}: cannot write there ({reason}); expected a folder that can be written, "
+            f"or '{COMPILE_CACHE_OFF}' to turn the cache off"
         )
     return text
 
@@ -179,3 +197,20 @@ def check_writable_file(path: Path) -> None:
         raise ConfigError(f"--out {path}: {folder} is a file, not a folder")
     if reason := _probe(folder):
         raise ConfigError(f"--out {path}: cannot write in {folder} ({reason})")
+
+
+def check_data_fits_model(
+    dataset: Dataset, split: str, saved: Path, input_shape: tuple[int, ...],
+    class_names: tuple[str, ...],
+) -> None:  # fmt: skip
+    """DataError unless `dataset` (its `split`, "train" or "test") has the (H, W, C)
+    `input_shape` and the `class_names` of the data the model in file `saved` was trained
+    on (`Dataset.mismatch`); a checkpoint's restore would otherwise fail without naming the
+    data."""
+    mismatch = dataset.mismatch(input_shape, class_names)
+    if mismatch is not None:
+        what, found, expected = mismatch
+        raise DataError(
+            f"the {split} set in {dataset.source} (--data-dir) has {what} {found}, but {saved} "
+            f"was trained on {expected}; pass the --data-dir of the data it was trained on"
+        )

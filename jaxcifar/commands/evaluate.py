@@ -18,9 +18,10 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
-from jaxcifar.commands._args import add_data_dir_argument, check_writable_folder, positive_int
+from jaxcifar.commands._args import (
+    add_data_dir_argument, check_data_fits_model, check_writable_folder, positive_int,
+)
 from jaxcifar.data import Dataset, load_split
-from jaxcifar.errors import DataError
 
 if TYPE_CHECKING:  # imported when used: the module loads JAX
     from jaxcifar.speedrun.model_file import Subsets
@@ -38,23 +39,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "drew its own; when not given, the run's own setting (a speedrun model "
                         "saved before models recorded it: the whole test split)")
     parser.add_argument("--out", metavar="DIR", help="write metrics.json and figures here")  # fmt: skip
-
-
-def check_test_set(
-    test_set: Dataset, saved: Path, input_shape: tuple[int, ...], class_names: tuple[str, ...]
-) -> None:
-    """DataError unless `test_set`'s images have the (H, W, C) `input_shape` and its classes
-    are `class_names`, in order: those of the data the model in file `saved` was trained on.
-    (Otherwise another size fails deep in JAX, and other names silently mislabel classes.)"""
-    for what, found, expected in (
-        ("image shape (H, W, C)", tuple(test_set.images.shape[1:]), tuple(input_shape)),
-        ("classes", tuple(test_set.class_names), tuple(class_names)),
-    ):
-        if found != expected:
-            raise DataError(
-                f"the test set in {test_set.source} (--data-dir) has {what} {found}, but {saved} "
-                f"was trained on {expected}; pass the --data-dir of the data it was trained on"
-            )
 
 
 class EvalSubset(NamedTuple):
@@ -84,6 +68,7 @@ def load_test_set(dataset: str, args: argparse.Namespace, subset: EvalSubset) ->
 
 
 def evaluate_checkpoint(args: argparse.Namespace) -> SavedModelTest:
+    """--checkpoint's training checkpoint on the test subset its run drew (or --limit-test)."""
     from jaxcifar import checkpoint, train
 
     saved = checkpoint.load(args.checkpoint)
@@ -91,10 +76,8 @@ def evaluate_checkpoint(args: argparse.Namespace) -> SavedModelTest:
     # Training drew its test subset from the run's seed too.
     subset = EvalSubset(args.limit_test or config.limit_test, config.seed)
     test_set = load_test_set(config.dataset, args, subset)
-    check_test_set(test_set, saved.path, saved.input_shape, saved.class_names)
-    template = train.state_template(config, saved.input_shape, len(saved.class_names))
-    params = checkpoint.restore(saved, template).params
-    model = train.build_model(config, saved.input_shape, len(saved.class_names))
+    check_data_fits_model(test_set, "test", saved.path, saved.input_shape, saved.class_names)
+    model, params = train.restore_model(saved)
     step = train.make_eval_step(model, dtype=config.dtype)
     result = train.evaluate(step, params, test_set)
     return SavedModelTest(
@@ -114,6 +97,8 @@ def speedrun_test_subset(subsets: Subsets | None, limit_test: int | None) -> Eva
 
 
 def evaluate_speedrun_model(path: Path, args: argparse.Namespace) -> SavedModelTest:
+    """The speedrun model at `path`, with its TTA, on the test subset its run drew (or
+    --limit-test)."""
     from jaxcifar.speedrun import model_file
 
     saved = model_file.load(path)
@@ -124,7 +109,7 @@ def evaluate_speedrun_model(path: Path, args: argparse.Namespace) -> SavedModelT
     }  # fmt: skip
     subset = speedrun_test_subset(saved.subsets, args.limit_test)
     test_set = load_test_set(saved.dataset, args, subset)
-    check_test_set(test_set, saved.path, saved.input_shape, saved.class_names)
+    check_data_fits_model(test_set, "test", saved.path, saved.input_shape, saved.class_names)
     predictions = model_file.predictions(saved, test_set.images)
     return SavedModelTest(saved.path, config, subset, test_set, predictions, [], None)
 

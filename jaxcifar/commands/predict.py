@@ -60,10 +60,7 @@ def run(args: argparse.Namespace) -> int:
         options = XLA_OPTIONS  # rounding as its training run did
     else:
         saved = checkpoint.load(args.checkpoint)
-        num_classes = len(saved.class_names)
-        template = train.state_template(saved.config, saved.input_shape, num_classes)
-        params = checkpoint.restore(saved, template).params
-        model = train.build_model(saved.config, saved.input_shape, num_classes)
+        model, params = train.restore_model(saved)
         compute_dtype = jnp.dtype(saved.config.dtype)  # as it trained and `evaluate` measures
 
         def logits(images):

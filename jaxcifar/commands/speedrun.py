@@ -10,12 +10,19 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from jaxcifar.commands._args import (
     add_compile_cache_argument, add_data_arguments, check_writable_folder, positive_float,
     positive_int, seed_int,
 )
+from jaxcifar.interrupt import Interrupted, StopOnSignal
+
+if TYPE_CHECKING:
+    from jaxcifar.data import Dataset
+    from jaxcifar.speedrun.recipe import Recipe
 
 
 HELP = "time the fast CIFAR-10 recipe (airbench94 in JAX) over N runs"
@@ -50,10 +57,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from jaxcifar.data import load_split
-    from jaxcifar.bench import environment
     from jaxcifar import xla_cache
-    from jaxcifar.speedrun import measure, model_file
+    from jaxcifar.bench import environment
+    from jaxcifar.data import load_split
+    from jaxcifar.speedrun import measure
     from jaxcifar.speedrun.recipe import Recipe
 
     recipe = Recipe(
@@ -66,25 +73,46 @@ def run(args: argparse.Namespace) -> int:
     }
     cache = xla_cache.resolve(args.compile_cache)
     path = Path(args.out) / "speedrun.json"
-    with xla_cache.compilation_cache(cache):
-        device = environment.device_name()
-        print(f"device: {device}; data: {splits['train'].source}; compile cache: {cache or 'off'}")
-        results = {
-            "device": device,
-            "runs": [],
-            "recipe": dataclasses.asdict(recipe),
-            "dataset": args.dataset,
-            "train_images": len(splits["train"]),
-            "test_images": len(splits["test"]),
-        }
+    device = environment.device_name()
+    print(f"device: {device}; data: {splits['train'].source}; compile cache: {cache or 'off'}")
+    results: dict[str, Any] = {
+        "device": device, "runs": [], "recipe": dataclasses.asdict(recipe),
+        "dataset": args.dataset, "train_images": len(splits["train"]),
+        "test_images": len(splits["test"]),
+    }  # fmt: skip
+    try:
+        with StopOnSignal() as signals, xla_cache.compilation_cache(cache):
+            _measure(args, recipe, splits, path, results, signals)
+    except Interrupted as stop:
+        done = len(results["runs"])
+        kept = (f"{path} keeps the {done} of {args.runs} runs that finished" if done
+                else "no run finished, so nothing is saved")  # fmt: skip
+        print(f"jaxcifar speedrun: {stop}; {kept}", file=sys.stderr)
+        return stop.exit_code
+    model = results["model"]
+    print(f"{model['file']}: the model of run {model['run']}/{args.runs} (seed {model['seed']})")
+    print(" ".join(str(written) for written in measure.write_results(results, path)))
+    return 0
 
-        def add_row(row: dict) -> None:
-            # Saved after every run: a command stopped early keeps the runs before it.
+
+def _measure(
+    args: argparse.Namespace, recipe: Recipe, splits: dict[str, Dataset], path: Path,
+    results: dict[str, Any], signals: StopOnSignal,
+) -> None:  # fmt: skip
+    """The runs: each one's row added to `results["runs"]` and saved to `path` as it ends,
+    with the model of the last, the writes held from `signals` (a row and its model stay a
+    pair); then `results` updated with the measurement's details."""
+    from jaxcifar.speedrun import measure, model_file
+
+    def add_row(row: dict) -> None:
+        # Saved after every run: a command stopped early keeps the runs before it.
+        with signals.hold():
             results["runs"].append(row)
             measure.write_results(results, path)
 
-        def save_model(speedrun, result) -> None:
-            train_set = splits["train"]
+    def save_model(speedrun, result) -> None:
+        train_set = splits["train"]
+        with signals.hold():
             saved = model_file.save(
                 args.out, recipe, result.state.params, result.state.batch_stats,
                 speedrun.train_data.mean, speedrun.train_data.std, dataset=args.dataset,
@@ -97,12 +125,8 @@ def run(args: argparse.Namespace) -> int:
             results["model"] = {"file": saved.name, "run": run_number, "seed": result.seed}
             measure.write_results(results, path)
 
-        _, details = measure.measure(
-            recipe, splits["train"], splits["test"], runs=args.runs, seed=args.seed,
-            epoch_mode=args.epoch_mode, on_row=add_row, on_result=save_model,
-        )  # fmt: skip
+    _, details = measure.measure(
+        recipe, splits["train"], splits["test"], runs=args.runs, seed=args.seed,
+        epoch_mode=args.epoch_mode, on_row=add_row, on_result=save_model,
+    )  # fmt: skip
     results.update(details)
-    model = results["model"]
-    print(f"{model['file']}: the model of run {model['run']}/{args.runs} (seed {model['seed']})")
-    print(" ".join(str(written) for written in measure.write_results(results, path)))
-    return 0

@@ -28,8 +28,8 @@ from typing import TYPE_CHECKING, Any
 
 from jaxcifar import parallel
 from jaxcifar.commands._args import (
-    add_compile_cache_argument, add_data_arguments, check_writable_folder, non_negative_float,
-    positive_float, positive_int, seed_int,
+    add_compile_cache_argument, add_data_arguments, check_data_fits_model, check_writable_folder,
+    momentum, non_negative_float, positive_float, positive_int, seed_int,
 )
 from jaxcifar.config import (
     ACTIVATIONS, DTYPES, MODELS, OPTIMIZERS, RECIPES, SCHEDULES, RunConfig,
@@ -69,7 +69,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         ("--batch-size", dict(type=positive_int)),
         ("--optimizer", dict(choices=OPTIMIZERS)),
         ("--lr", dict(type=positive_float, help="peak learning rate")),
-        ("--momentum", dict(type=non_negative_float, help="sgd / nesterov only: adam and "
+        ("--momentum", dict(type=momentum, help="sgd / nesterov only: adam and "
                             "adamw ignore it (optax's b1=0.9, b2=0.999)")),
         ("--weight-decay", dict(type=non_negative_float, help="sgd, nesterov, adam: coupled "
                                 "L2 (wd * params added to the gradient); adamw: decoupled "
@@ -186,6 +186,11 @@ def run(args: argparse.Namespace) -> int:
             return 0  # nothing trained, so the reports of the run stay as they are
         # A run stopped after its last epoch but before its reports: `fit` trains nothing
         # and evaluates, and the reports are written.
+    mlp_flags = [flag for flag in ("--mlp-hidden", "--mlp-activation")
+                 if hasattr(args, flag[2:].replace("-", "_"))]  # fmt: skip
+    if mlp_flags and config.model != "mlp":  # else ignored, yet kept in the configuration
+        raise ConfigError(f"{' and '.join(mlp_flags)}: for --model mlp; this run's model is "
+                          f"{config.model}")  # fmt: skip
     from jaxcifar import train
 
     # Refused before touching --out or loading data; the device count is known already.
@@ -317,6 +322,8 @@ def _train(
     )
     input_shape = train_set.images.shape[1:]
     if saved is not None:
+        check_data_fits_model(train_set, "train", saved.path, saved.input_shape,
+                              saved.class_names)  # fmt: skip
         template = train.state_template(config, input_shape, train_set.num_classes)
         state, history = checkpoint.restore(saved, template), saved.history
 

@@ -102,4 +102,11 @@ def write(path: Path, splits: Mapping[str, Dataset]) -> None:
         with atomic_path(path) as tmp:
             np.savez(tmp, **arrays)
     except OSError as error:
-        warnings.warn(f"could not write the dataset cache {path}: {error}", stacklevel=2)
+        # Making the folder where a file is: "File exists", which misleads.
+        reason = (f"{error.filename} is a file, not a folder" if isinstance(error, FileExistsError)
+                  else error.strerror or str(error))  # fmt: skip
+        warnings.warn(
+            f"could not write the dataset cache {path} ({reason}; ${CACHE_ENV} names its "
+            "folder): the data is decoded again on every load",
+            stacklevel=2,
+        )

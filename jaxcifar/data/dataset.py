@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -80,6 +81,21 @@ class Dataset:
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
+
+    def mismatch(
+        self, image_shape: Sequence[int], class_names: Sequence[str]
+    ) -> tuple[str, tuple, tuple] | None:
+        """(what, found, expected) for the first of this set's image shape (H, W, C) and
+        class names (in label order) that is not `image_shape` / `class_names`, else None:
+        data a model was not built for (another size fails deep in JAX, other names
+        silently mislabel every class)."""
+        for what, found, expected in (
+            ("image shape (H, W, C)", tuple(self.images.shape[1:]), tuple(image_shape)),
+            ("classes", tuple(self.class_names), tuple(class_names)),
+        ):
+            if found != expected:
+                return what, found, expected
+        return None
 
     def subset(self, n: int, seed: int = 0) -> Dataset:
         """A random subset of `n` > 0 examples (all of them when n >= len), in a fixed order.

@@ -159,7 +159,7 @@ class FusedRunner:
             raise ConfigError(
                 "the fused path trains on one device in one process; this run has "
                 f"{mesh.size if mesh is not None else 1} device(s) in {jax.process_count()} "
-                "process(es) (use --epoch-mode scan or loop to train data parallel)"
+                "process(es) (--epoch-mode chunk, scan or loop trains data parallel)"
             )
         self.config = config
         self.unroll = unroll

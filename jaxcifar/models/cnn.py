@@ -21,6 +21,13 @@ DROPOUT_RATE = 0.25
 # Parameter names of the convolutional part and of the fully connected head, in order.
 CONV_LAYERS = tuple(f"conv{i}" for i in range(1, len(CONV_CHANNELS) + 1))
 DENSE_LAYERS = tuple(f"fc{i}" for i in range(1, len(HIDDEN) + 2))
+POOL_SCALE = 2 ** len(CONV_CHANNELS)  # each conv layer's 2x2 pooling halves the sides
+
+
+def flat_size(height: int, width: int) -> int:
+    """fc1's inputs for `height` x `width` images: the last conv layer's pooled output,
+    (H // 4, W // 4, 16), flattened: 1024 for 32x32 images, 784 for 28x28."""
+    return (height // POOL_SCALE) * (width // POOL_SCALE) * CONV_CHANNELS[-1]
 
 
 def init(
@@ -29,8 +36,7 @@ def init(
     """Parameters for inputs of `input_shape` (H, W, C), PyTorch-default initialised.
 
     Returns {"conv1", "conv2": {"kernel": (3, 3, C_in, C_out) HWIO, "bias"}, "fc1".."fc5":
-    {"kernel": (n_in, n_out), "bias": (n_out,)}}, all float32. fc1's n_in is
-    (H // 4) * (W // 4) * 16: 1024 for 32x32 images, 784 for 28x28.
+    {"kernel": (n_in, n_out), "bias": (n_out,)}}, all float32; fc1's n_in is `flat_size`.
 
     Raises:
       ValueError: `input_shape` is not three positive sizes with H, W >= 4 (two 2x2 poolings
@@ -47,7 +53,7 @@ def init(
     for i, c_out in enumerate(CONV_CHANNELS, start=1):
         shapes[f"conv{i}"] = (3, 3, c_in, c_out)
         c_in = c_out
-    n_in = (height // 4) * (width // 4) * c_in
+    n_in = flat_size(height, width)
     for i, n_out in enumerate((*HIDDEN, num_classes), start=1):
         shapes[f"fc{i}"] = (n_in, n_out)
         n_in = n_out
@@ -99,9 +105,8 @@ def dropped_shape(params: dict, images_shape: tuple[int, ...]) -> tuple[int, int
     """The shape of the activations `features` drops out for images of `images_shape` (N, H,
     W, C): conv2's pooled output, (N, H//4, W//4, conv2's channels), before flattening."""
     n, height, width, _ = images_shape
-    scale = 2 ** len(CONV_LAYERS)  # each conv layer's 2x2 pooling halves the sides
     channels = params[CONV_LAYERS[-1]]["kernel"].shape[-1]
-    return n, height // scale, width // scale, channels
+    return n, height // POOL_SCALE, width // POOL_SCALE, channels
 
 
 def head(params: dict, flat: jax.Array, *, dtype: jnp.dtype = jnp.float32) -> jax.Array:
@@ -128,7 +133,7 @@ def _check_inputs(params: dict, x: jax.Array) -> None:
             f"the {channels} channels params' {CONV_LAYERS[0]} takes"
         )
     n_in = params[DENSE_LAYERS[0]]["kernel"].shape[0]
-    found = (shape[1] // 4) * (shape[2] // 4) * params[CONV_LAYERS[-1]]["kernel"].shape[3]
+    found = flat_size(shape[1], shape[2])
     if found != n_in:
         raise ValueError(
             f"cnn.apply: x holds {shape[1]}x{shape[2]} images, which give {DENSE_LAYERS[0]} "

@@ -31,6 +31,8 @@ DATASET_TITLES = {"cifar10": "CIFAR-10", "mnist": "MNIST", "fashion_mnist": "Fas
 
 def run_row(system: str, dtype: str, train_seconds: float, cold_seconds: float | None,
             accuracy: float, seed: int | None = None) -> dict[str, Any]:  # fmt: skip
+    """One run's row of speedrun.json: `system` ("jaxcifar-fast" or "airbench94"), its
+    compute `dtype`, warm and cold seconds, TTA test accuracy in [0, 1] and the run's seed."""
     return {
         "system": system,
         "seed": seed,
@@ -60,7 +62,8 @@ def measure(
     speedrun = Speedrun(recipe, train_set, test_set, epoch_mode=epoch_mode)
     plan = speedrun.plan
     log(
-        f"{len(train_set)} training / {len(test_set)} test images; {plan.total_steps} steps "
+        f"{len(train_set)} training / {len(test_set)} test images; {plan.total_steps} "
+        f"step{'s' * (plan.total_steps != 1)} "
         f"({plan.steps_per_epoch} per epoch) of {recipe.batch_size}; epoch mode {speedrun.mode}; "
         f"compiled in {speedrun.compile_seconds:.2f} s"
     )

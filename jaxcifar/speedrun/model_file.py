@@ -46,6 +46,8 @@ class Subsets(NamedTuple):
 
 
 class SavedModel(NamedTuple):
+    """A speedrun model as `load` reads it: its recipe, data description and weights."""
+
     path: Path
     recipe: Recipe
     dataset: str
@@ -91,24 +93,29 @@ def save(
 
 
 def find(path: str | os.PathLike[str]) -> Path | None:
-    """The speedrun model `path` names (the file, or a folder holding model.msgpack), or None
-    when it names none (a training checkpoint, say). ConfigError for a folder that holds a
-    training checkpoint too: which one --checkpoint means is for the user to say."""
+    """The speedrun model `path` names, or None when it names none (a training checkpoint,
+    say): a folder holding model.msgpack, a file of that name, or another file with this
+    format's tag. ConfigError for a folder that holds a training checkpoint too: which one
+    --checkpoint means is for the user to say. (A model.msgpack that is not readable is
+    still the one meant: `load` says what is wrong with it.)"""
     path = Path(path)
-    candidate = path / FILENAME if path.is_dir() else path
+    if path.is_dir():
+        if not (path / FILENAME).exists():
+            return None
+        if (path / checkpoint.FILENAME).exists():
+            raise ConfigError(
+                f"--checkpoint {path} holds both a speedrun model ({FILENAME}) and a training "
+                f"checkpoint ({checkpoint.FILENAME}); name the file: --checkpoint "
+                f"{path / FILENAME} or {path / checkpoint.FILENAME}"
+            )
+        return path / FILENAME
+    if path.name == FILENAME:
+        return path
     try:
-        payload = serialization.msgpack_restore(candidate.read_bytes())
+        payload = serialization.msgpack_restore(path.read_bytes())
     except Exception:  # missing, unreadable or not msgpack: not a speedrun model
         return None
-    if not (isinstance(payload, dict) and payload.get("format") == FORMAT):
-        return None
-    if path.is_dir() and (path / checkpoint.FILENAME).exists():
-        raise ConfigError(
-            f"--checkpoint {path} holds both a speedrun model ({FILENAME}) and a training "
-            f"checkpoint ({checkpoint.FILENAME}); name the file: --checkpoint "
-            f"{path / FILENAME} or {path / checkpoint.FILENAME}"
-        )
-    return candidate
+    return path if isinstance(payload, dict) and payload.get("format") == FORMAT else None
 
 
 def load(path: str | os.PathLike[str]) -> SavedModel:
@@ -120,22 +127,21 @@ def load(path: str | os.PathLike[str]) -> SavedModel:
         recipe = Recipe(**{**payload["recipe"], "widths": tuple(payload["recipe"]["widths"])})
         class_names = tuple(payload["class_names"])
         height, width, channels = payload["input_shape"]
-        template = jax.eval_shape(functools.partial(
+        params, batch_stats = jax.eval_shape(functools.partial(
             net.init, widths=recipe.widths, in_channels=channels, num_classes=len(class_names)
         ), jax.random.key(0))  # fmt: skip
-        params = serialization.from_state_dict(template[0], payload["params"])
-        batch_stats = serialization.from_state_dict(template[1], payload["batch_stats"])
-        shapes = jax.tree.map(np.shape, (params, batch_stats))
-        if shapes != jax.tree.map(lambda leaf: leaf.shape, template):
-            raise ValueError("parameter shapes do not fit its recipe's network")
+        template = {"params": params, "batch_stats": batch_stats}
+        state = {name: payload[name] for name in template}
+        weights = checkpoint.state_from_dict(state, template, path)
         return SavedModel(
             path=path, recipe=recipe, dataset=payload["dataset"], class_names=class_names,
             input_shape=(height, width, channels), mean=jnp.asarray(payload["mean"]),
-            std=jnp.asarray(payload["std"]), params=jax.tree.map(jnp.asarray, params),
-            batch_stats=jax.tree.map(jnp.asarray, batch_stats), seed=payload.get("seed"),
+            std=jnp.asarray(payload["std"]), params=weights["params"],
+            batch_stats=weights["batch_stats"], seed=payload.get("seed"),
             subsets=Subsets(**payload["subsets"]) if "subsets" in payload else None,
         )  # fmt: skip
-    except (KeyError, TypeError, ValueError) as error:
+    # ConfigError: a recipe field out of its range (a hand-edited file).
+    except (KeyError, TypeError, ValueError, ConfigError) as error:
         raise CheckpointError(f"{path}: malformed speedrun model ({error})") from None
 
 

@@ -73,6 +73,9 @@ class Recipe:
             problems.append(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
         if not 0 < self.lr_peak < 1:
             problems.append(f"lr_peak must be in (0, 1), got {self.lr_peak}")
+        if not self.widths or min(self.widths) < 1:
+            problems.append(f"widths must be one or more positive channel counts, got "
+                            f"{self.widths}")  # fmt: skip
         if self.tta_level not in (0, 1, 2):
             problems.append(f"tta_level must be 0, 1 or 2, got {self.tta_level}")
         if self.dtype not in DTYPES:

@@ -57,6 +57,8 @@ class TrainState(NamedTuple):
 
 
 class DeviceData(NamedTuple):
+    """The training set on the device, with the channel statistics inputs are standardised by."""
+
     images: jax.Array  # (N, H, W, C) uint8
     labels: jax.Array  # (N,) int32
     mean: jax.Array  # (C,) float32: the training images' channel means, [0, 1] units
@@ -221,6 +223,8 @@ def predict(recipe: Recipe, params: net.Params, batch_stats: net.BatchStats,
 
 
 class RunResult(NamedTuple):
+    """One timed speedrun run (`Speedrun.run`)."""
+
     seed: int  # the run's: it is a function of this alone
     seconds: float  # whitening + training + TTA test predictions, as airbench counts
     tta_accuracy: float
