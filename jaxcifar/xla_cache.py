@@ -27,11 +27,22 @@ def default_dir() -> Path:
 
 
 def resolve(flag: str | None) -> Path | None:
-    """The cache folder a --compile-cache value names: `default_dir()` when not given, None
-    (no cache) for "none"."""
-    if flag is None:
-        return default_dir()
-    return None if flag == OFF else Path(flag)
+    """The cache folder a --compile-cache value names: `default_dir()` when not given (None,
+    with a warning, when it cannot be made: $JAXCIFAR_CACHE a file, say, where JAX would
+    warn at every compile), None (no cache) for "none"."""
+    if flag is not None:
+        return None if flag == OFF else Path(flag)
+    folder = default_dir()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        warnings.warn(
+            f"compiled programs are not cached: cannot make {folder} "
+            f"({error.strerror or error}; --compile-cache names another folder)",
+            stacklevel=2,
+        )
+        return None
+    return folder
 
 
 @contextlib.contextmanager

@@ -652,9 +652,28 @@ def test_speedrun_command_saves_each_run_as_it_ends(
         f"jaxcifar speedrun: interrupted by SIGTERM; {out / 'speedrun.json'} keeps the 1 of 3 "
         "runs that finished\n"
     )
-    runs = json.loads((out / "speedrun.json").read_text())["runs"]
+    saved = json.loads((out / "speedrun.json").read_text())
+    runs = saved["runs"]
     assert [(run["system"], run["dtype"]) for run in runs] == [("jaxcifar-fast", "float32")]
+    # The model file holds the run whose row is the last: they are written as a pair.
+    assert saved["model"] == {"file": "model.msgpack", "run": 1, "seed": 0}
+    assert model_file.load(out / "model.msgpack").seed == runs[-1]["seed"] == 0
     assert "| jaxcifar-fast | float32 | 1 |" in (out / "speedrun.md").read_text()
+
+
+def test_speedrun_command_stopped_while_loading_its_data_says_nothing_is_saved(
+    tmp_path, monkeypatch, capsys
+):
+    def interrupted_load(*args, **kwargs):  # the first decode of the JPEGs takes ~20 s
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(5)  # not to its end: the handler raises within it
+
+    monkeypatch.setattr("jaxcifar.data.load_split", interrupted_load)
+    assert cli.main(["speedrun", "--out", str(tmp_path / "out")]) == 130
+    assert capsys.readouterr().err == (
+        "jaxcifar speedrun: interrupted by SIGINT; no run finished, so nothing is saved\n"
+    )
+    assert not (tmp_path / "out").exists()
 
 
 def test_speedrun_command_rejects_a_batch_larger_than_the_data(shared_data, tmp_path, capsys):

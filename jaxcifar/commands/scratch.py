@@ -34,7 +34,9 @@ DTYPES = ("float32", "float64")
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_data_arguments(parser, default_dataset="fashion_mnist")
     parser.add_argument("--epochs", type=positive_int, default=DEFAULT_EPOCHS, help="passes over the training set")
-    parser.add_argument("--batch-size", type=positive_int, default=DEFAULT_BATCH_SIZE, help="examples per SGD step")
+    parser.add_argument("--batch-size", type=positive_int, default=DEFAULT_BATCH_SIZE,
+                        help="examples per SGD step; an epoch's last step takes the rest (one "
+                        "larger than the training set: every step takes all of it)")  # fmt: skip
     parser.add_argument("--lr", type=positive_float, default=DEFAULT_LR, help="SGD learning rate")
     parser.add_argument(
         "--lr-decay", choices=LR_DECAYS, default="linear",

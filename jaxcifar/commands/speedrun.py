@@ -21,7 +21,6 @@ from jaxcifar.commands._args import (
 from jaxcifar.interrupt import Interrupted, StopOnSignal
 
 if TYPE_CHECKING:
-    from jaxcifar.data import Dataset
     from jaxcifar.speedrun.recipe import Recipe
 
 
@@ -57,61 +56,53 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from jaxcifar import xla_cache
-    from jaxcifar.bench import environment
-    from jaxcifar.data import load_split
-    from jaxcifar.speedrun import measure
     from jaxcifar.speedrun.recipe import Recipe
 
     recipe = Recipe(
         epochs=args.epochs, batch_size=args.batch_size, widths=tuple(args.widths), dtype=args.dtype
     )
     check_writable_folder(Path(args.out))  # before the data and the runs, not after
-    splits = {
-        split: load_split(args.dataset, split, data_dir=args.data_dir, limit=limit, seed=args.seed)
-        for split, limit in (("train", args.limit_train), ("test", args.limit_test))
-    }
-    cache = xla_cache.resolve(args.compile_cache)
     path = Path(args.out) / "speedrun.json"
-    device = environment.device_name()
-    print(f"device: {device}; data: {splits['train'].source}; compile cache: {cache or 'off'}")
-    results: dict[str, Any] = {
-        "device": device, "runs": [], "recipe": dataclasses.asdict(recipe),
-        "dataset": args.dataset, "train_images": len(splits["train"]),
-        "test_images": len(splits["test"]),
-    }  # fmt: skip
+    results: dict[str, Any] = {}  # what speedrun.json holds, saved after every run
     try:
-        with StopOnSignal() as signals, xla_cache.compilation_cache(cache):
-            _measure(args, recipe, splits, path, results, signals)
+        # From the data's first decode (tens of seconds) to the last write.
+        with StopOnSignal() as signals:
+            _speedrun(args, recipe, path, results, signals)
     except Interrupted as stop:
-        done = len(results["runs"])
+        done = len(results.get("runs", []))
         kept = (f"{path} keeps the {done} of {args.runs} runs that finished" if done
                 else "no run finished, so nothing is saved")  # fmt: skip
         print(f"jaxcifar speedrun: {stop}; {kept}", file=sys.stderr)
         return stop.exit_code
-    model = results["model"]
-    print(f"{model['file']}: the model of run {model['run']}/{args.runs} (seed {model['seed']})")
-    print(" ".join(str(written) for written in measure.write_results(results, path)))
     return 0
 
 
-def _measure(
-    args: argparse.Namespace, recipe: Recipe, splits: dict[str, Dataset], path: Path,
-    results: dict[str, Any], signals: StopOnSignal,
+def _speedrun(
+    args: argparse.Namespace, recipe: Recipe, path: Path, results: dict[str, Any],
+    signals: StopOnSignal,
 ) -> None:  # fmt: skip
-    """The runs: each one's row added to `results["runs"]` and saved to `path` as it ends,
-    with the model of the last, the writes held from `signals` (a row and its model stay a
-    pair); then `results` updated with the measurement's details."""
+    """Load the data, then the runs: each run's row goes into `results["runs"]` and, with
+    the run's model, is saved as the run ends, the writes held from `signals` so that the
+    rows and the model stay a pair; at the end the measurement's details."""
+    from jaxcifar import xla_cache
+    from jaxcifar.bench import environment
+    from jaxcifar.data import load_split
     from jaxcifar.speedrun import measure, model_file
 
-    def add_row(row: dict) -> None:
-        # Saved after every run: a command stopped early keeps the runs before it.
-        with signals.hold():
-            results["runs"].append(row)
-            measure.write_results(results, path)
+    train_set, test_set = (
+        load_split(args.dataset, split, data_dir=args.data_dir, limit=limit, seed=args.seed)
+        for split, limit in (("train", args.limit_train), ("test", args.limit_test))
+    )
+    cache = xla_cache.resolve(args.compile_cache)
+    device = environment.device_name()
+    print(f"device: {device}; data: {train_set.source}; compile cache: {cache or 'off'}")
+    results.update(
+        device=device, runs=[], recipe=dataclasses.asdict(recipe), dataset=args.dataset,
+        train_images=len(train_set), test_images=len(test_set),
+    )  # fmt: skip
+    finished = []  # the row of the run that just ended, until its model is saved with it
 
-    def save_model(speedrun, result) -> None:
-        train_set = splits["train"]
+    def save_run(speedrun, result) -> None:
         with signals.hold():
             saved = model_file.save(
                 args.out, recipe, result.state.params, result.state.batch_stats,
@@ -120,13 +111,19 @@ def _measure(
                 seed=result.seed,
                 subsets=model_file.Subsets(args.seed, args.limit_train, args.limit_test),
             )  # fmt: skip
-            # The row went first (add_row); now say which run the model file holds.
+            results["runs"].append(finished.pop())
             run_number = len(results["runs"])
             results["model"] = {"file": saved.name, "run": run_number, "seed": result.seed}
             measure.write_results(results, path)
 
-    _, details = measure.measure(
-        recipe, splits["train"], splits["test"], runs=args.runs, seed=args.seed,
-        epoch_mode=args.epoch_mode, on_row=add_row, on_result=save_model,
-    )  # fmt: skip
-    results.update(details)
+    with xla_cache.compilation_cache(cache):
+        _, details = measure.measure(
+            recipe, train_set, test_set, runs=args.runs, seed=args.seed,
+            epoch_mode=args.epoch_mode, on_row=finished.append, on_result=save_run,
+        )  # fmt: skip
+    with signals.hold():
+        results.update(details)
+        model = results["model"]
+        print(f"{model['file']}: the model of run {model['run']}/{args.runs} "
+              f"(seed {model['seed']})")  # fmt: skip
+        print(" ".join(str(written) for written in measure.write_results(results, path)))

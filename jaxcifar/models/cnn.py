@@ -24,10 +24,10 @@ DENSE_LAYERS = tuple(f"fc{i}" for i in range(1, len(HIDDEN) + 2))
 POOL_SCALE = 2 ** len(CONV_CHANNELS)  # each conv layer's 2x2 pooling halves the sides
 
 
-def flat_size(height: int, width: int) -> int:
+def flat_size(height: int, width: int, channels: int = CONV_CHANNELS[-1]) -> int:
     """fc1's inputs for `height` x `width` images: the last conv layer's pooled output,
-    (H // 4, W // 4, 16), flattened: 1024 for 32x32 images, 784 for 28x28."""
-    return (height // POOL_SCALE) * (width // POOL_SCALE) * CONV_CHANNELS[-1]
+    (H // 4, W // 4, its `channels`), flattened: 1024 for 32x32 images, 784 for 28x28."""
+    return (height // POOL_SCALE) * (width // POOL_SCALE) * channels
 
 
 def init(
@@ -133,7 +133,7 @@ def _check_inputs(params: dict, x: jax.Array) -> None:
             f"the {channels} channels params' {CONV_LAYERS[0]} takes"
         )
     n_in = params[DENSE_LAYERS[0]]["kernel"].shape[0]
-    found = flat_size(shape[1], shape[2])
+    found = flat_size(shape[1], shape[2], params[CONV_LAYERS[-1]]["kernel"].shape[-1])
     if found != n_in:
         raise ValueError(
             f"cnn.apply: x holds {shape[1]}x{shape[2]} images, which give {DENSE_LAYERS[0]} "
