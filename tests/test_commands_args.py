@@ -48,7 +48,7 @@ def test_an_empty_data_dir_is_refused_not_read_as_the_current_folder(command, ca
 
 
 def test_an_empty_data_dir_variable_counts_as_unset(monkeypatch):
-    # As `jaxcifar.data.load` reads it: tensorflow-datasets, not the current folder.
+    # As `jaxcifar.data.load` reads it: the official release, not the current folder.
     monkeypatch.setenv("JAXCIFAR_DATA_DIR", "")
     assert build_parser().parse_args(["data", "info"]).data_dir is None
     monkeypatch.setenv("JAXCIFAR_DATA_DIR", "/some/data")

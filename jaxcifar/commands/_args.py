@@ -95,15 +95,15 @@ def data_dir(text: str) -> str:
 
 
 def add_data_dir_argument(parser: argparse.ArgumentParser) -> None:
-    """`--data-dir`; when not given, $JAXCIFAR_DATA_DIR, else tensorflow-datasets."""
+    """`--data-dir`; when not given, $JAXCIFAR_DATA_DIR, else the official release."""
     parser.add_argument(
         "--data-dir", type=data_dir,
         default=env_data_dir(),
         metavar="PATH",
         help="local data: a folder (or archive) holding the canonical CIFAR-10 python or binary "
         "release, MNIST-format IDX files, or an image-folder tree train/<class>/*, test/<class>/*. "
-        f"When not given, ${DATA_DIR_ENV}; when that is unset too, tensorflow-datasets "
-        "downloads it.",
+        f"When not given, ${DATA_DIR_ENV}; when that is unset too, the dataset's official "
+        "release, downloaded once (SHA-256 checked) into $JAXCIFAR_CACHE/downloads.",
     )  # fmt: skip
 
 

@@ -1,4 +1,4 @@
-"""Datasets: CIFAR-10, MNIST and Fashion-MNIST from local files or tensorflow-datasets.
+"""Datasets: CIFAR-10, MNIST and Fashion-MNIST from local files or their official releases.
 
 `load(name, split, data_dir=None)` returns a `Dataset` of uint8 (N, H, W, C) images and
 int32 labels; `load_split` also cuts it to a seeded random subset. See

@@ -62,11 +62,6 @@ def folder_digest(root: Path, files: Iterable[Path]) -> str:
     return digest.hexdigest()
 
 
-def text_digest(text: str) -> str:
-    """sha256 of a description that identifies immutable contents (a tfds version)."""
-    return hashlib.sha256(FORMAT + text.encode()).hexdigest()
-
-
 def entry_path(name: str, digest: str) -> Path:
     """Where the arrays of dataset `name` decoded from the source with `digest` live."""
     return cache_dir() / f"{name}-{digest}.npz"

@@ -52,7 +52,7 @@ class Dataset:
       images: (N, H, W, C) uint8, C = 3 for CIFAR-10 and 1 for MNIST-style data.
       labels: (N,) int32 in [0, len(class_names)).
       class_names: the name of each label, in label order.
-      source: where the arrays came from (a path or "tfds:<name>"), for reports.
+      source: where the arrays came from (a path), for reports.
     """
 
     images: np.ndarray

@@ -1,4 +1,5 @@
-"""Where `load` finds a dataset: a local folder or archive first, tensorflow-datasets second.
+"""Where `load` finds a dataset: a local folder or archive, else its official release
+(downloaded once, `jaxcifar.data.download`).
 
 A data dir (the `data_dir` argument, else $JAXCIFAR_DATA_DIR) may be an archive, a folder
 that holds a dataset's files, or a folder holding such a folder or archive named after the
@@ -14,7 +15,7 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-from jaxcifar.data import cache, cifar, idx, image_folder, tfds_source, tree
+from jaxcifar.data import cache, cifar, download, idx, image_folder, tree
 from jaxcifar.data.dataset import CLASS_NAMES, SPLITS, Dataset, check_count
 from jaxcifar.errors import ConfigError, DataError
 
@@ -50,7 +51,7 @@ class Copy:
     """A dataset found and not yet read.
 
     Attributes:
-      source: where it is, as `Dataset.source` reports it (a path, or "tfds:<name>").
+      source: where it is, as `Dataset.source` reports it (a path).
       digest: fingerprint of its contents, the cache key.
       read: decode the splits it holds.
     """
@@ -67,22 +68,21 @@ def env_data_dir() -> str | None:
 
 
 def load(name: str, split: str, *, data_dir: str | os.PathLike[str] | None = None) -> Dataset:
-    """One split of a dataset, from `data_dir` (else $JAXCIFAR_DATA_DIR) or tensorflow-datasets.
+    """One split of a dataset, from `data_dir` (else $JAXCIFAR_DATA_DIR) or its official release.
 
     Args:
       name: "cifar10", "mnist" or "fashion_mnist".
       split: "train" or "test".
       data_dir: a folder or archive holding the dataset in one of the layouts in
-        `formats(name)`; None reads $JAXCIFAR_DATA_DIR and, when that is unset too,
-        downloads through tensorflow-datasets.
+        `formats(name)`; None reads $JAXCIFAR_DATA_DIR and, when that is unset too, the
+        official release, downloaded on first use (`jaxcifar.data.download`).
     Returns:
       A `Dataset`: images (N, H, W, C) uint8 (C = 3 for cifar10, 1 otherwise), labels (N,) int32.
     Raises:
       ConfigError: an unknown dataset or split name.
       DataError: the data is missing or malformed (the message names the file), looks like
         another dataset (a data dir named after one, an image-folder tree of its classes or
-        image size), or tensorflow-datasets cannot download it (the message names the local
-        options).
+        image size), or its download fails (the message names the local options).
     """
     if name not in CLASS_NAMES:
         raise ConfigError(f"unknown dataset {name!r}; expected one of {', '.join(CLASS_NAMES)}")
@@ -91,9 +91,9 @@ def load(name: str, split: str, *, data_dir: str | os.PathLike[str] | None = Non
     if data_dir is None:
         data_dir = env_data_dir()
     if data_dir is None:
-        copy = _tfds_copy(name, split)
-    else:
-        copy = locate(name, Path(data_dir).expanduser())
+        offline_help = f"pass --data-dir or set ${DATA_DIR_ENV} to {describe(name)}"
+        data_dir = download.fetch(name, offline_help)
+    copy = locate(name, Path(data_dir).expanduser())
     entry = cache.entry_path(name, copy.digest())
     dataset = cache.read_split(entry, split, source=copy.source)
     if dataset is None:
@@ -219,15 +219,3 @@ def _archive_copy(name: str, archive: Path) -> Copy:
 
     return Copy(str(archive), digest=lambda: cache.file_digest(archive), read=read)
 
-
-def _tfds_copy(name: str, split: str) -> Copy:
-    """One split through tensorflow-datasets (downloaded on first use)."""
-    offline_help = f"pass --data-dir or set ${DATA_DIR_ENV} to {describe(name)}"
-    source = tfds_source.open_split(name, split, offline_help)
-    # tfds never changes a prepared version's data, so its folder (which names the
-    # version) and the split identify the contents without hashing them.
-    return Copy(
-        f"tfds:{name}",
-        digest=lambda: cache.text_digest(f"tfds {tfds_source.prepared_dir(source)} {split}"),
-        read=lambda: {split: tfds_source.read(source, name)},
-    )
