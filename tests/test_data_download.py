@@ -2,6 +2,8 @@
 releases are served from small files in their exact formats through file:// URLs."""
 
 import hashlib
+import http.client
+import io
 import subprocess
 import sys
 import tarfile
@@ -99,6 +101,17 @@ def test_no_network_names_the_url_and_the_local_options(no_data_dir, monkeypatch
         "$JAXCIFAR_DATA_DIR to"
     )
     assert "cifar-10-python.tar.gz" in message and "train/<class>" in message
+
+
+def test_a_connection_cut_mid_file_keeps_nothing(no_data_dir, monkeypatch):
+    class CutResponse(io.BytesIO):
+        def read(self, size=-1):
+            raise http.client.IncompleteRead(b"partial", 1000)
+
+    monkeypatch.setattr(urllib.request, "urlopen", lambda url, timeout: CutResponse())
+    with pytest.raises(DataError, match=r"could not download https://storage\.googleapis"):
+        load("mnist", "train")
+    assert list((no_data_dir / "downloads" / "mnist").iterdir()) == []
 
 
 def test_importing_the_package_imports_no_tensorflow():

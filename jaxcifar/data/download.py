@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import http.client
 import sys
 import urllib.error
 import urllib.request
@@ -114,7 +115,10 @@ def _download(release: Release, target: Path, offline_help: str) -> None:
                     f"expected {release.size:,} bytes of {release.sha256} (a proxy's error "
                     "page, or the file changed); nothing was kept"
                 )
-    except (urllib.error.URLError, TimeoutError, ConnectionError) as error:
+    # (A connection cut mid-file raises http.client's IncompleteRead, not an OSError.)
+    except (
+        urllib.error.URLError, TimeoutError, ConnectionError, http.client.HTTPException
+    ) as error:
         reason = getattr(error, "reason", error)
         raise DataError(
             f"could not download {release.url} ({reason}). Without network access, "
