@@ -97,24 +97,61 @@ def test_no_network_names_the_url_and_the_local_options(no_data_dir, monkeypatch
     message = str(error.value)
     assert message.startswith(
         "could not download https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz ([Errno -2] "
-        "Name or service not known). Without network access, pass --data-dir or set "
+        "Name or service not known). Where it cannot be downloaded, pass --data-dir or set "
         "$JAXCIFAR_DATA_DIR to"
     )
     assert "cifar-10-python.tar.gz" in message and "train/<class>" in message
 
 
-def test_a_connection_cut_mid_file_keeps_nothing(no_data_dir, monkeypatch):
-    class CutResponse(io.BytesIO):
+@pytest.mark.parametrize(
+    "failure, reason",
+    [
+        (http.client.IncompleteRead(b"partial", 1000), "IncompleteRead"),  # not an OSError
+        (ConnectionResetError(104, "Connection reset by peer"), "(Connection reset by peer)"),
+        (urllib.error.HTTPError("u", 404, "Not Found", {}, None), "(HTTP 404 Not Found)"),
+    ],
+)
+def test_a_failed_read_names_the_url_and_keeps_nothing(no_data_dir, monkeypatch, failure, reason):
+    class FailingResponse(io.BytesIO):
         def read(self, size=-1):
-            raise http.client.IncompleteRead(b"partial", 1000)
+            raise failure
 
-    monkeypatch.setattr(urllib.request, "urlopen", lambda url, timeout: CutResponse())
-    with pytest.raises(DataError, match=r"could not download https://storage\.googleapis"):
+    monkeypatch.setattr(urllib.request, "urlopen", lambda url, timeout: FailingResponse())
+    with pytest.raises(DataError) as error:
         load("mnist", "train")
+    message = str(error.value)
+    assert message.startswith("could not download https://storage.googleapis.com/cvdf-datasets/")
+    assert reason in message and str(no_data_dir) not in message  # the URL's fault, not a file's
     assert list((no_data_dir / "downloads" / "mnist").iterdir()) == []
 
 
+def test_a_file_cut_short_is_downloaded_again(no_data_dir, tmp_path, monkeypatch, capsys):
+    write_idx_set(tmp_path / "release")
+    serve(monkeypatch, "mnist", {p.name: p for p in (tmp_path / "release").iterdir()})
+    load("mnist", "train")
+    capsys.readouterr()
+    kept = no_data_dir / "downloads" / "mnist" / "train-labels-idx1-ubyte.gz"
+    kept.write_bytes(kept.read_bytes()[:-1])  # a download never leaves this; a copy might
+    for entry in no_data_dir.glob("*.npz"):
+        entry.unlink()
+    assert len(load("mnist", "train")) == 6
+    assert capsys.readouterr().err.count("downloading ") == 1
+
+
+def test_a_download_folder_that_cannot_be_made_says_what_to_set(tmp_path, monkeypatch):
+    monkeypatch.delenv("JAXCIFAR_DATA_DIR", raising=False)
+    (tmp_path / "file").write_text("")
+    monkeypatch.setenv("JAXCIFAR_CACHE", str(tmp_path / "file"))
+    with pytest.raises(DataError) as error:
+        load("mnist", "train")
+    assert str(error.value).startswith(
+        f"cannot make {tmp_path / 'file' / 'downloads' / 'mnist'} to download mnist into (Not a "
+        "directory): set $JAXCIFAR_CACHE to a folder that can be written, or pass --data-dir"
+    )
+
+
 def test_importing_the_package_imports_no_tensorflow():
+    # (Nor tensorflow_datasets, which starts so: it is installed where this suite has run.)
     code = ("import sys, jaxcifar.data, jaxcifar.cli; "
             "print(any(m.startswith('tensorflow') for m in sys.modules))")  # fmt: skip
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

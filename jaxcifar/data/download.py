@@ -11,16 +11,18 @@ else ~/.cache/jaxcifar), each folder named so that it names its dataset.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import http.client
 import sys
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 from jaxcifar.atomic import atomic_path
-from jaxcifar.data.cache import cache_dir
+from jaxcifar.data.cache import CACHE_ENV, cache_dir
 from jaxcifar.errors import DataError
 
 TIMEOUT_SECONDS = 30.0  # per connection attempt and read: offline, a failure comes at once
@@ -80,13 +82,20 @@ FOLDERS = {"cifar10": "cifar10", "mnist": "mnist", "fashion_mnist": "fashion-mni
 def fetch(name: str, offline_help: str) -> Path:
     """The folder holding every file of `name`'s official release, downloading those not
     there yet (each checked against its size and SHA-256, then renamed into place, so a
-    file present is whole).
+    file present at its size is whole).
 
     Raises:
-      DataError: a download failed (no network: the message names the host and
-        `offline_help`, what to do instead) or its contents are not the release's.
+      DataError: the folder cannot be made, a download failed (the message names the URL
+        and `offline_help`, what to do instead), or its contents are not the release's.
     """
     folder = cache_dir() / "downloads" / FOLDERS[name]
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise DataError(
+            f"cannot make {folder} to download {name} into ({error.strerror or error}): set "
+            f"${CACHE_ENV} to a folder that can be written, or {offline_help}"
+        ) from None
     for release in RELEASES[name]:
         target = folder / release.filename
         if target.is_file() and target.stat().st_size == release.size:
@@ -98,30 +107,48 @@ def fetch(name: str, offline_help: str) -> Path:
 
 
 def _download(release: Release, target: Path, offline_help: str) -> None:
-    """`release` into `target`, whole and checked, or nothing (DataError)."""
+    """`release` into `target`, whole and checked, or nothing (DataError). A failure to
+    write (a full disk) stays an OSError naming `target`."""
+    from tqdm import tqdm
+
     digest = hashlib.sha256()
-    try:
-        with atomic_path(target) as tmp:
+    bar = tqdm(total=release.size, unit="B", unit_scale=True, leave=False,
+               disable=not sys.stderr.isatty(), file=sys.stderr)  # fmt: skip
+    with atomic_path(target) as tmp, open(tmp, "wb") as out, bar:
+        with _network_errors(release, offline_help):
             # urllib honours the proxy variables (https_proxy, ...).
-            with urllib.request.urlopen(release.url, timeout=TIMEOUT_SECONDS) as response, \
-                    open(tmp, "wb") as out:  # fmt: skip
-                while chunk := response.read(1 << 20):
-                    digest.update(chunk)
-                    out.write(chunk)
-            size = tmp.stat().st_size
-            if (size, digest.hexdigest()) != (release.size, release.sha256):
-                raise DataError(
-                    f"{release.url}: downloaded {size:,} bytes of SHA-256 {digest.hexdigest()}, "
-                    f"expected {release.size:,} bytes of {release.sha256} (a proxy's error "
-                    "page, or the file changed); nothing was kept"
-                )
-    # (A connection cut mid-file raises http.client's IncompleteRead, not an OSError.)
-    except (
-        urllib.error.URLError, TimeoutError, ConnectionError, http.client.HTTPException
-    ) as error:
-        reason = getattr(error, "reason", error)
+            response = urllib.request.urlopen(release.url, timeout=TIMEOUT_SECONDS)
+        with response:
+            while True:
+                with _network_errors(release, offline_help):
+                    chunk = response.read(1 << 20)
+                if not chunk:
+                    break
+                digest.update(chunk)
+                out.write(chunk)
+                bar.update(len(chunk))
+        size = out.tell()
+        if (size, digest.hexdigest()) != (release.size, release.sha256):
+            raise DataError(
+                f"{release.url}: downloaded {size:,} bytes of SHA-256 {digest.hexdigest()}, "
+                f"expected {release.size:,} bytes of {release.sha256} (a proxy's error "
+                "page, or the file changed); nothing was kept"
+            )
+
+
+@contextlib.contextmanager
+def _network_errors(release: Release, offline_help: str) -> Iterator[None]:
+    """Within it, a failure to fetch `release` (no network, an HTTP error status, a
+    connection reset or cut mid-file, TLS) is a DataError naming its URL and the way out."""
+    try:
+        yield
+    # http.client's IncompleteRead (a connection cut mid-file) is not an OSError.
+    except (OSError, http.client.HTTPException) as error:
+        if isinstance(error, urllib.error.HTTPError):
+            reason = f"HTTP {error.code} {error.reason}"
+        else:
+            reason = getattr(error, "reason", None) or getattr(error, "strerror", None) or error
         raise DataError(
-            f"could not download {release.url} ({reason}). Without network access, "
+            f"could not download {release.url} ({reason}). Where it cannot be downloaded, "
             f"{offline_help}"
         ) from None
-
