@@ -1,6 +1,7 @@
 """The default source: each dataset's official release, downloaded once and checked. The
 releases are served from small files in their exact formats through file:// URLs."""
 
+import dataclasses
 import hashlib
 import http.client
 import io
@@ -60,6 +61,41 @@ def test_fashion_mnist_is_downloaded_once_into_a_folder_that_names_it(
     for entry in no_data_dir.glob("*.npz"):
         entry.unlink()
     assert len(load("fashion_mnist", "test")) == 4
+
+
+def test_over_http_a_release_downloads_and_a_missing_file_is_an_http_error(
+    no_data_dir, tmp_path, monkeypatch
+):
+    # A real HTTP server on this machine: status lines, headers and chunked reads as a host
+    # sends them (file:// URLs skip all of that).
+    import functools
+    import http.server
+    import threading
+
+    for variable in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy"):
+        monkeypatch.delenv(variable, raising=False)
+    monkeypatch.setenv("no_proxy", "*")
+    written = write_idx_set(tmp_path / "release")
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler,
+                                directory=str(tmp_path / "release"))  # fmt: skip
+    handler.log_message = lambda *args: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        base = f"http://127.0.0.1:{server.server_address[1]}/"
+        files = {p.name: p for p in (tmp_path / "release").iterdir()}
+        serve(monkeypatch, "mnist", files)
+        monkeypatch.setitem(download.RELEASES, "mnist", tuple(
+            dataclasses.replace(r, url=base + r.filename) for r in download.RELEASES["mnist"]
+        ))  # fmt: skip
+        np.testing.assert_array_equal(load("mnist", "test").labels, written["test"][1])
+        missing = dataclasses.replace(download.RELEASES["mnist"][0], url=base + "moved.gz")
+        monkeypatch.setitem(download.RELEASES, "fashion_mnist", (missing,))
+        with pytest.raises(DataError, match=rf"could not download {base}moved\.gz \(HTTP 404 "):
+            load("fashion_mnist", "train")
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def test_cifar10_binary_release_downloads_and_loads(no_data_dir, tmp_path, monkeypatch):
