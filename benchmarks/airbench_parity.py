@@ -246,7 +246,7 @@ def our_side(recipe, plan, tx, initial, data, loader, test_set) -> dict:
     )) for whiten_bias in (True, False)}  # fmt: skip
     state = initial
     for epoch in range(plan.epochs):
-        order = speedrun.epoch_order(state, epoch, data.labels.shape[0])
+        order = speedrun.visit_order(state, epoch, data.labels.shape[0])
         step = steps[recipe.whiten_bias_trains(epoch)]
         for index in range(plan.epoch_steps(epoch)):
             state, _ = step(state, data, order, jnp.int32(epoch), jnp.int32(index))
@@ -299,7 +299,7 @@ def main() -> None:
     # the same images), so that the channels line up exactly.
     params = {**state.params, "whiten": {**state.params["whiten"], "kernel": jnp.asarray(theirs)}}
     initial = state._replace(params=params, lookahead=(params, state.batch_stats))
-    orders = [np.asarray(speedrun.epoch_order(initial, e, len(train_set)))
+    orders = [np.asarray(speedrun.visit_order(initial, e, len(train_set)))
               for e in range(plan.epochs)]  # fmt: skip
     loader = SameBatches(train_set.images, train_set.labels, mean, std, orders,
                          np.asarray(initial.base_flip), recipe.batch_size)  # fmt: skip

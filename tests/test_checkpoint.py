@@ -7,7 +7,7 @@ import pytest
 from jaxcifar import checkpoint, train
 from jaxcifar.config import RunConfig
 from jaxcifar.errors import CheckpointError
-from test_train import MLP, tiny_dataset
+from synthetic import MLP, tiny_dataset
 
 CONFIG = dataclasses.replace(MLP, epochs=2)
 

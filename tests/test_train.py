@@ -9,24 +9,10 @@ import pytest
 from jaxcifar import epochs, metrics, train
 from jaxcifar.config import OPTIMIZERS, RECIPES, RunConfig
 from jaxcifar.data import load
-from jaxcifar.data.dataset import Dataset
 from jaxcifar.errors import ConfigError, DataError, TrainingDiverged
 from jaxcifar.optim import build_optimizer, build_schedule
+from synthetic import MLP, tiny_dataset
 
-CLASSES = ("dark", "mid", "light")
-
-
-def tiny_dataset(n: int, seed: int = 0, size: int = 8) -> Dataset:
-    """Grayscale size x size images whose class is their brightness band: easy to learn."""
-    rng = np.random.default_rng(seed)
-    labels = rng.integers(0, 3, n).astype(np.int32)
-    base = np.array([40, 128, 215])[labels][:, None, None, None]
-    noise = rng.integers(-30, 31, (n, size, size, 1))
-    return Dataset((base + noise).astype(np.uint8), labels, CLASSES, source="synthetic")
-
-
-MLP = RunConfig(model="mlp", dataset="mnist", mlp_hidden=(16,), mlp_activation="relu",
-                optimizer="adam", lr=0.01, batch_size=16, epochs=3)  # fmt: skip
 CNN = RunConfig(dataset="mnist", batch_size=8, epochs=2, lr=0.01)
 
 

@@ -91,14 +91,14 @@ def init_state(
     )
 
 
-def epoch_keys(state: TrainState, epoch: jax.Array) -> tuple[jax.Array, jax.Array]:
+def data_keys(state: TrainState, epoch: jax.Array) -> tuple[jax.Array, jax.Array]:
     """(permutation key, translation key) of 0-based `epoch`."""
     return tuple(jax.random.split(jax.random.fold_in(state.key, epoch)))
 
 
-def epoch_order(state: TrainState, epoch: jax.Array, size: int) -> jax.Array:
+def visit_order(state: TrainState, epoch: jax.Array, size: int) -> jax.Array:
     """(size,) int32: the order in which `epoch` visits the training images."""
-    return jax.random.permutation(epoch_keys(state, epoch)[0], size)
+    return jax.random.permutation(data_keys(state, epoch)[0], size)
 
 
 def lookahead(
@@ -141,7 +141,7 @@ def augmented_batch(
     # Alternating flip: each image's own coin in even epochs, the opposite in odd ones.
     images = augment.flip_where(state.base_flip[batch] ^ (epoch % 2 == 1), images)
     if recipe.translate:
-        translate_key = jax.random.fold_in(epoch_keys(state, epoch)[1], index)
+        translate_key = jax.random.fold_in(data_keys(state, epoch)[1], index)
         images = augment.random_translate(translate_key, images, recipe.translate)
     return images, labels
 
@@ -190,7 +190,7 @@ def scan_epoch(
 ) -> tuple[TrainState, jax.Array]:  # fmt: skip
     """`steps` steps of `epoch` as one lax.scan: (new state, (steps,) float32 losses);
     `whiten_bias` as `train_step` takes it."""
-    order = epoch_order(state, epoch, data.labels.shape[0])
+    order = visit_order(state, epoch, data.labels.shape[0])
     step = functools.partial(train_step, recipe, plan, tx, whiten_bias=whiten_bias)
     return jax.lax.scan(lambda s, i: step(s, data, order, epoch, i), state, jnp.arange(steps))
 
@@ -278,8 +278,11 @@ class Speedrun:
         state = jax.eval_shape(init, key, self.train_data)
         if self.mode == "loop":
             size = self.train_data.labels.shape[0]
-            order = jax.jit(functools.partial(epoch_order, size=size))
+            order = jax.jit(functools.partial(visit_order, size=size))
             compiled["order"] = compile_(order, state, epoch)
+            order_shape = jax.ShapeDtypeStruct((size,), jnp.int32)
+            index = epoch  # an int32 scalar like the epoch
+            step_args = (state, self.train_data, order_shape, epoch, index)
         programs = {name: (steps, whiten_bias) for name, steps, whiten_bias in
                     map(self._program_for_epoch, range(plan.epochs))}  # fmt: skip
         for name, (steps, whiten_bias) in sorted(programs.items()):
@@ -292,10 +295,7 @@ class Speedrun:
                 )
             else:
                 step_fn = functools.partial(train_step, recipe, plan, tx, whiten_bias=whiten_bias)
-                order_shape = jax.ShapeDtypeStruct(self.train_data.labels.shape, jnp.int32)
-                index = epoch  # an int32 scalar like the epoch
-                args = (state, self.train_data, order_shape, epoch, index)
-                compiled[name] = compile_(jax.jit(step_fn, donate_argnums=0), *args)
+                compiled[name] = compile_(jax.jit(step_fn, donate_argnums=0), *step_args)
         predict_fn = jax.jit(functools.partial(predict, recipe))
         data = self.train_data
         compiled["predict"] = compile_(
