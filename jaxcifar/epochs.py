@@ -21,6 +21,7 @@ from jaxcifar import parallel
 from jaxcifar.cpu_fusions import compile_timed
 from jaxcifar.config import RunConfig
 from jaxcifar.data.dataset import Dataset
+from jaxcifar.errors import ConfigError
 
 if TYPE_CHECKING:  # for annotations only: jaxcifar.train builds on this module
     from jaxcifar.train import Batch, TrainState
@@ -40,6 +41,19 @@ LOOP_UNROLL = 4
 # Epochs shorter than this run one step per call: the 4-step program's extra compile (~3 s
 # cold) would cost more than its ~0.3 ms per step saves over a 10-epoch run.
 LOOP_UNROLL_MIN_STEPS = 1_000
+# The modes an `EpochRunner` runs ("auto" is resolved first, by `pick_epoch_mode`).
+RUNNER_MODES = ("loop", "chunk", "scan")
+
+
+def steps_per_epoch(batch_size: int, dataset: Dataset) -> int:
+    """Full batches in one pass over `dataset` (a last partial batch is dropped); raises
+    ConfigError where not one fits."""
+    if batch_size > len(dataset):
+        raise ConfigError(
+            f"--batch-size {batch_size} is larger than the training set "
+            f"({len(dataset)} examples)"
+        )
+    return len(dataset) // batch_size
 
 
 def pick_epoch_mode(mode: str, dataset: Dataset) -> str:
@@ -79,20 +93,25 @@ class EpochRunner:
 
     `train_step` must be made for the same `mesh` (default: every device); in chunk and
     scan modes every device holds the whole dataset and gathers its own rows of each batch.
-    Raises ConfigError when the batch size does not divide by the mesh's device count.
+    Raises ConfigError when the batch size does not divide by the mesh's device count, or
+    `mode` is not one of RUNNER_MODES.
     """
 
     def __init__(
         self, train_step: Callable, dataset: Dataset, config: RunConfig, mode: str,
         mesh: Mesh | None = None,
     ):  # fmt: skip
+        if mode not in RUNNER_MODES:
+            raise ConfigError(
+                f"epoch mode must be one of {', '.join(RUNNER_MODES)} here, got {mode!r}"
+            )
         self.mesh = parallel.data_mesh() if mesh is None else mesh
         parallel.check_batch_size(config.batch_size, self.mesh.size)
         self.train_step = train_step
         self.dataset = dataset
         self.config = config
         self.mode = mode
-        self.steps = len(dataset) // config.batch_size
+        self.steps = steps_per_epoch(config.batch_size, dataset)
         self._compiled: dict[int | tuple[str, int], Callable] = {}
         self.compile_seconds = 0.0
         # Compiled now and timed with the steps: left to its first call, it went unseen into

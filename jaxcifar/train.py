@@ -80,13 +80,8 @@ def build_setup(config: RunConfig, train_set: Dataset) -> Setup:
 
     Raises ConfigError when the batch size exceeds the training set.
     """
-    if config.batch_size > len(train_set):
-        raise ConfigError(
-            f"--batch-size {config.batch_size} is larger than the training set "
-            f"({len(train_set)} examples)"
-        )
+    steps = epochs.steps_per_epoch(config.batch_size, train_set)
     model = build_model(config, train_set.images.shape[1:], train_set.num_classes)
-    steps = len(train_set) // config.batch_size
     return Setup(model, build_optimizer(config, steps))
 
 
@@ -403,6 +398,10 @@ def fit(
         totals = {"correct": 0, "steps": 0}
         bar = _progress_bar(runner.steps, epoch, config.epochs, enabled=progress)
 
+        def epoch_seconds() -> float:
+            """Seconds since the epoch began, compiling excluded."""
+            return time.perf_counter() - start - (runner.compile_seconds - compile_before)
+
         def report(first: int, losses: np.ndarray, corrects: np.ndarray) -> None:
             bad = np.flatnonzero(~np.isfinite(losses))
             if bad.size:
@@ -415,7 +414,7 @@ def fit(
             totals["correct"] += int(corrects.sum())
             totals["steps"] += len(losses)
             seen = totals["steps"] * config.batch_size
-            elapsed = time.perf_counter() - start - (runner.compile_seconds - compile_before)
+            elapsed = epoch_seconds()
             bar.set_postfix(
                 loss=f"{mean_loss(losses_so_far):.4f}",
                 acc=f"{totals['correct'] / seen:.4f}",
@@ -432,7 +431,7 @@ def fit(
             train_accuracy=totals["correct"] / (totals["steps"] * config.batch_size),
             test_loss=test.loss,
             test_accuracy=test.accuracy,
-            seconds=time.perf_counter() - start - (runner.compile_seconds - compile_before),
+            seconds=epoch_seconds(),
         )
         history.append(record._asdict())
         log(

@@ -70,7 +70,8 @@ def test_an_airbench_failure_is_recorded_and_the_other_dtypes_still_run(
     monkeypatch.setattr(speedrun_benchmark, "load_split", lambda *args, **kwargs: data)
     monkeypatch.setattr(speedrun_benchmark, "airbench_missing", lambda: None)
 
-    def measure(recipe, train_set, test_set, *, runs, epoch_mode, on_row):
+    def measure(recipe, train_set, test_set, *, runs, warmup, epoch_mode, on_row):
+        assert warmup  # as airbench's runs have one
         on_row(speedrun_benchmark.measure.run_row("jaxcifar-fast", recipe.dtype, 1.0, 2.0, 0.5))
         return [], {}
 

@@ -10,11 +10,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxcifar import metrics, scratch, train
+from jaxcifar import epochs, metrics, scratch, train
 from jaxcifar.config import RunConfig
 from jaxcifar.data import to_float
 from jaxcifar.data.dataset import Dataset
-from jaxcifar.errors import DataError
+from jaxcifar.errors import ConfigError, DataError
 from jaxcifar.models import cnn, mlp
 
 RNG = np.random.default_rng(0)
@@ -138,6 +138,15 @@ def test_steps_name_labels_of_the_wrong_shape_or_dtype(step_and_state, labels, e
     setup, state = step_and_state
     with pytest.raises(error, match=f"train step: {message}"):
         train.make_train_step(setup)(state, (tiny().images[:4], labels), jax.random.key(0))
+
+
+@pytest.mark.parametrize("mode", ["auto", "Chunk", "fused"])
+def test_an_epoch_runner_names_a_mode_it_does_not_run(step_and_state, mode):
+    # It failed later with an AttributeError ('EpochRunner' object has no attribute
+    # 'device_images'), far from the cause.
+    setup, _ = step_and_state
+    with pytest.raises(ConfigError, match=f"one of loop, chunk, scan here, got '{mode}'"):
+        epochs.EpochRunner(train.make_train_step(setup), tiny(), CONFIG, mode)
 
 
 def test_fit_refuses_a_test_set_unlike_the_training_set():

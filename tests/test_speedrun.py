@@ -29,7 +29,7 @@ from jaxcifar.commands.evaluate import EvalSubset, speedrun_test_subset
 from jaxcifar.cpu_fusions import compile_timed
 from jaxcifar.data import load, load_split
 from jaxcifar.data.dataset import CIFAR10_CLASSES
-from jaxcifar.errors import CheckpointError, ConfigError
+from jaxcifar.errors import CheckpointError, ConfigError, DataError
 from jaxcifar.models import layers
 from jaxcifar import xla_cache
 from jaxcifar.speedrun import measure, model_file, net, optimizer, tta, whitening
@@ -208,6 +208,9 @@ def test_recipe_steps_rates_and_schedule_match_airbench94():
     recipe = Recipe()
     assert plan(recipe, 50_000) == Plan(48, 476, 10)
     assert plan(recipe, 50_000).epoch_steps(9) == 44
+    # 25 * 2.2 and 45 * 4.4 are a hair above 55 and 198 in floating point: no extra step.
+    assert plan(Recipe(epochs=2.2), 25 * 1024) == Plan(25, 55, 3)
+    assert plan(Recipe(epochs=4.4), 45 * 1024) == Plan(45, 198, 5)
     lr, lr_bias, decay = sgd_rates(recipe)
     kilostep = 1024 * (1 + 1 / 0.15)
     assert lr == pytest.approx(11.5 / kilostep) and lr_bias == pytest.approx(64 * lr)
@@ -483,6 +486,17 @@ def test_compile_seconds_count_each_program_once_and_a_run_compiles_nothing(
     assert keywords == [{"options": speedrun_train.XLA_OPTIONS}] * len(timed) and len(timed) == 5
 
 
+def test_test_images_are_batched_with_zero_padding_and_none_are_refused():
+    images = np.arange(5, dtype=np.uint8).reshape(5, 1, 1, 1) + 1
+    out = speedrun_train.batched(images, 2)
+    assert out.shape == (3, 2, 1, 1, 1)
+    np.testing.assert_array_equal(out.reshape(-1), [1, 2, 3, 4, 5, 0])
+    assert speedrun_train.batched(images, 2000).shape == (1, 5, 1, 1, 1)  # one batch of all
+    # It divided by zero (a ZeroDivisionError from model_file.predictions on no images).
+    with pytest.raises(DataError, match="no images to predict"):
+        speedrun_train.batched(images[:0], 2000)
+
+
 def test_saved_model_predictions_compile_as_training_does(
     tmp_path, monkeypatch, convolution_dim_labels, save_speedrun_model
 ):
@@ -732,6 +746,34 @@ def test_results_table_shows_no_sd_of_one_run_and_each_runs_seed():
     assert "| 1 | jaxcifar-fast | - | float32 |" in measure.render_markdown(
         {"device": "cpu", "runs": [row]}
     )
+
+
+@pytest.mark.parametrize("warmup", [False, True])
+def test_measure_times_every_run_and_counts_the_first_execution_as_cold(monkeypatch, warmup):
+    class Timed:  # a Speedrun whose run from seed s takes s seconds
+        compile_seconds, mode = 10.0, "scan"
+        plan = Plan(2, 4, 2)
+
+        def __init__(self, recipe, train_set, test_set, *, epoch_mode):
+            self.seeds = []
+
+        def run(self, seed):
+            self.seeds.append(seed)
+            return speedrun_train.RunResult(seed, float(seed), 0.5, [1.0, 0.5], None)
+
+    monkeypatch.setattr(measure, "Speedrun", Timed)
+    results = []
+    rows, details = measure.measure(
+        Recipe(), [0] * 8, [0] * 4, runs=2, seed=3, warmup=warmup, log=lambda line: None,
+        on_result=lambda speedrun, result: results.append(speedrun.seeds[:]),
+    )  # fmt: skip
+    # The warm-up (seed 5, after the timed runs' 3 and 4) is run first and reported only as
+    # the cold time; without it the first timed run is the cold one.
+    assert [row["seed"] for row in rows] == [3, 4]
+    assert [row["train_seconds"] for row in rows] == [3.0, 4.0]
+    assert [row["cold_seconds"] for row in rows] == [10.0 + (5.0 if warmup else 3.0), None]
+    assert results[-1] == ([5, 3, 4] if warmup else [3, 4])
+    assert details["warmup"] is warmup
 
 
 def test_results_title_names_the_dataset_and_old_results_still_render():

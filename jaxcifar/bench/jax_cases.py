@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxcifar import models, train
+from jaxcifar import models, parallel, train
 from jaxcifar.bench import numpy_reference
 from jaxcifar.bench.rows import Row, step_row
 from jaxcifar.bench.timing import TimingBudget, time_steps
@@ -47,7 +47,8 @@ def measure_train_step(model: str, batch_size: int, dtype: str, budget: TimingBu
     """Compile and time `jaxcifar train`'s jitted step for `model` at `batch_size`, computing
     in `dtype` ("float32" or "bfloat16"; parameters and optimizer state stay float32).
 
-    The batch lives on the device, so the time is the step, not the host-to-device copy.
+    The batch lives on the devices, split as the step takes it (`parallel.batch_sharding`),
+    so the time is the step, not a host-to-device copy or a reshard.
     Every timed step reuses one dropout key: the mask costs the same whatever the key, and
     deriving a fresh key each step would add a second dispatch to the time.
     """
@@ -55,7 +56,9 @@ def measure_train_step(model: str, batch_size: int, dtype: str, budget: TimingBu
     config = run_config(model, batch_size, dtype)
     setup = train.build_setup(config, dataset)
     state = train.init_state(config, setup)
-    batch = jax.device_put((dataset.images, dataset.labels))
+    batch = jax.device_put(
+        (dataset.images, dataset.labels), parallel.batch_sharding(parallel.data_mesh())
+    )
     key = jax.random.key(0)
     compiled = compile_timed(train.make_train_step(setup, dtype=dtype), state, batch, key)
     start = time.perf_counter()
@@ -114,17 +117,18 @@ def measure_scratch_twin(images: np.ndarray, labels: np.ndarray, budget: TimingB
 def measure_epoch(model: str, batch_size: int, mode: str, num_images: int) -> Row:
     """Time one float32 epoch of `num_images` synthetic images through `jaxcifar train`'s
     epoch runner in `mode` ("loop": a Python loop of jitted steps fed from host memory;
-    "scan": one compiled `lax.scan` over the epoch with the data on the device), compilation
-    excluded."""
+    "scan": one compiled `lax.scan` over the epoch with the data on the device), warm: the
+    second epoch, as the first compiles each program and is its first execution, which the
+    step rows' warm-up leaves out too."""
     dataset = synthetic_dataset(model, num_images)
     config = run_config(model, batch_size)
     setup = train.build_setup(config, dataset)
     state = train.init_state(config, setup)
     runner = train.make_epoch_runner(mode, config, setup, dataset)
-    compiled_before = runner.compile_seconds  # the runner compiles its epoch order when built
+    state = jax.block_until_ready(runner.run(state, 1, lambda *_: None))
     start = time.perf_counter()
-    jax.block_until_ready(runner.run(state, 1, lambda *_: None))
-    epoch_seconds = time.perf_counter() - start - (runner.compile_seconds - compiled_before)
+    jax.block_until_ready(runner.run(state, 2, lambda *_: None))
+    epoch_seconds = time.perf_counter() - start
     mean_step = epoch_seconds / runner.steps
     return Row(
         "jax", model, f"epoch_{mode}", batch_size, "float32", dataset.images.shape[1:],

@@ -41,8 +41,9 @@ class Row:
     matmul (`jaxcifar.bench.peak`).
     `jax_speedup` (reference rows) is this row's median step over the matching jitted JAX
     float32 step: > 1 means JAX is faster. `speedup_bound` (step rows with FLOPs, when the
-    run measured a roof) is the roof's best FLOP/s over this row's: no implementation of the
-    step can be faster than that. `speedup_vs_float32` (JAX bfloat16 rows) and
+    run measured a roof) is the roof's best FLOP/s over this row's: how much faster the step
+    would run at a large float32 matmul's speed (a bound for float32 steps; bfloat16 ones have
+    a higher peak). `speedup_vs_float32` (JAX bfloat16 rows) and
     `speedup_vs_loop` (scan epochs) are the same kind of ratio against the float32 row and
     the loop epoch.
     """

@@ -12,7 +12,7 @@ from jaxcifar.errors import ConfigError
 DEFAULT_BATCH_SIZES = (4, 32, 128, 512, 2048)
 DEFAULT_EPOCH_BATCH_SIZES = (4, 512)
 DEFAULT_EPOCH_IMAGES = 2048
-EPOCH_MODES = ("loop", "scan")
+TIMED_EPOCH_MODES = ("loop", "scan")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -10,7 +10,7 @@ from typing import Any
 from jaxcifar.bench import jax_cases, numpy_reference, peak, torch_reference
 from jaxcifar.bench.environment import describe_environment
 from jaxcifar.bench.rows import Row, add_ratios
-from jaxcifar.bench.settings import EPOCH_MODES, Settings
+from jaxcifar.bench.settings import TIMED_EPOCH_MODES, Settings
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,7 +71,7 @@ def plan(settings: Settings) -> tuple[list[Case], list[dict[str, str]]]:
     if settings.epoch_images:
         for model in settings.models:
             for batch_size in settings.epoch_batch_sizes:
-                for mode in EPOCH_MODES:
+                for mode in TIMED_EPOCH_MODES:
                     cases.append(Case(
                         f"jax {model} epoch_{mode} b{batch_size}",
                         lambda m=model, b=batch_size, md=mode: jax_cases.measure_epoch(
@@ -83,16 +83,19 @@ def plan(settings: Settings) -> tuple[list[Case], list[dict[str, str]]]:
 def run(
     settings: Settings,
     *,
+    planned: tuple[list[Case], list[dict[str, str]]] | None = None,
     on_case: Callable[[Case, Row | None, float, dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     """Measure every planned case and return the results document (which
     `output.write_results` writes).
 
-    `on_case(case, row or None if skipped, seconds, results so far)` is called after each
-    case: for progress, and to save the partial results before a time limit can strike.
+    `planned`: `plan(settings)` where the caller made it already (to count the cases), so
+    the datasets and the torch probe are not made twice. `on_case(case, row or None if
+    skipped, seconds, results so far)` is called after each case: for progress, and to save
+    the partial results before a time limit can strike.
     """
     environment = describe_environment()
-    cases, skipped = plan(settings)
+    cases, skipped = plan(settings) if planned is None else planned
     rows: list[Row] = []
     started = time.perf_counter()
 

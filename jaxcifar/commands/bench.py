@@ -48,7 +48,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     parser.add_argument(
         "--warmup", type=non_negative_int, default=budget.warmup,
-        help="untimed steps per case (for JAX, after the first run of the compiled step)",
+        help="untimed steps before each case is timed (a JAX train step's timed first run, "
+        "first_run_seconds, comes before them)",
     )  # fmt: skip
     parser.add_argument(
         "--no-reference", action="store_true", help="skip the matmul roof and the NumPy and PyTorch references"
@@ -112,10 +113,10 @@ def run(args: argparse.Namespace) -> int:
     check_writable_folder(Path(args.out))  # before the cases run, not after the first
     from jaxcifar.bench import output, suite  # import JAX: after the flags' own checks
 
-    cases, _ = suite.plan(settings)
+    planned = suite.plan(settings)
     stem = args.name or default_stem(args.out)  # before the bar, which its message would break
     bar = tqdm(
-        total=len(cases), unit="case", desc="bench", file=sys.stderr,
+        total=len(planned[0]), unit="case", desc="bench", file=sys.stderr,
         disable=args.quiet or not sys.stderr.isatty(),  # a log file gets the case lines only
     )  # fmt: skip
 
@@ -125,7 +126,7 @@ def run(args: argparse.Namespace) -> int:
         tqdm.write(output.case_line(case.label, row, seconds), file=sys.stderr)
         bar.update()
 
-    results = suite.run(settings, on_case=on_case)
+    results = suite.run(settings, planned=planned, on_case=on_case)
     bar.close()
     for path in output.write_results(results, args.out, stem):
         print(path)

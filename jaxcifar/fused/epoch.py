@@ -170,11 +170,7 @@ class FusedRunner:
                 f"{dataset.images.size:,} pixel values are more than its kernels index (up to "
                 f"{PALLAS_MAX_TRAINING_PIXELS:,}): use --epoch-mode fused-pallas or fused"
             )
-        self.steps = len(dataset) // config.batch_size
-        if self.steps == 0:
-            raise ConfigError(
-                f"--batch-size {config.batch_size} is larger than the training set ({len(dataset)})"
-            )
+        self.steps = epochs.steps_per_epoch(config.batch_size, dataset)
         head_step, features_step = step_parts(path)
         train_step = step.make_train_step(
             head_step, build_schedule(config, self.steps), config.momentum, features_step

@@ -66,7 +66,7 @@ def measure_path(
         state = runner.run(state, epoch, lambda first, loss, correct: losses.append(loss))
     params = jax.block_until_ready(state.params)
     wall = time.perf_counter() - start
-    test = train.evaluate(train.make_eval_step(setup.model), params, test_set)
+    test = train.evaluate(train.make_eval_step(setup.model, dtype=config.dtype), params, test_set)
     # Counting parses HLO text, whose shape another backend or XLA release may change in ways
     # no parser error foresees (a missing ENTRY, a loop without a body): the timing stands.
     try:
@@ -131,8 +131,11 @@ def _step_kernels(path: str, runner: Any, setup: train.Setup, params: Any,
     if path == "loop":
         size = runner.config.batch_size
         batch = (dataset.images[:size], dataset.labels[:size])
-        # Compiled as the loop path compiles it: XLA's defaults would count YNNPACK's fusions.
-        lowered = train.make_train_step(setup).lower(state, batch, jax.random.key(0))
+        # Compiled as the loop path compiles one step: XLA's defaults would count YNNPACK's
+        # fusions.
+        config = runner.config
+        step = train.make_train_step(setup, dtype=config.dtype, augment=config.augment)
+        lowered = step.lower(state, batch, jax.random.key(0))
         return dict(kernel_counts(cpu_fusions.compile_program(lowered).as_text()))
     counts = kernel_counts(runner.compile(state).as_text(), loop_body=True)
     return {op: count / runner.unroll for op, count in counts.items()}

@@ -4,10 +4,11 @@ Two launches do the head's whole training step: the forward pass fc1 -> ReLU -> 
 the mean softmax cross-entropy and the accuracy count, the backward pass, the SGD-with-momentum
 update of all five layers (PyTorch-style, as `optax.sgd(lr, momentum=m)`: v <- m*v + g,
 p <- p - lr*v), and the gradient with respect to the head's input, so the convolutional part
-(XLA's ops, or `pallas_convs`' kernels) can backpropagate through the head. The first kernel
+(XLA's ops, or `pallas_convs`' kernels) can backpropagate through the head. The first launch
 is one program doing all of it but fc1's kernel update and the gradient with respect to the
-input, which need fc1's whole kernel (512 KiB) again; the second does those in parallel, a
-program per 32 of its rows.
+input, which need fc1's whole kernel (512 KiB) again; the second (`_first_kernel_step`:
+"first kernel" is fc1's weight matrix throughout) does those in parallel, a program per 32
+of its rows.
 
 Why: at batch 4 on a GPU the seed recipe's training step is bound by kernel launches (about 70
 fusions per step), not by FLOPs; the head's share of them (about 30: five dense layers forward

@@ -6,8 +6,9 @@ compute dtype, airbench94's is float16). `jaxcifar speedrun` adds `"model": {"fi
 "seed"}`: which run's model its model.msgpack holds.
 `train_seconds` is warm: whitening, training and TTA test predictions with every program
 already compiled (what airbench's reported time covers). `cold_seconds` is set on a system's
-first row only: what that first run cost a fresh process, compilation included (for us,
-compile + first run; a persistent-cache hit makes it small); null on the other rows.
+first row only: what the first run cost a fresh process, compilation included (for us,
+compile + first run, the warm-up where there is one; a persistent-cache hit makes it small);
+null on the other rows.
 """
 
 from __future__ import annotations
@@ -50,15 +51,18 @@ def measure(
     *,
     runs: int,
     seed: int = 0,
+    warmup: bool = False,
     epoch_mode: str = "auto",
     log: Callable[[str], None] = print,
     on_row: Callable[[dict[str, Any]], None] = lambda row: None,
     on_result: Callable[[Speedrun, RunResult], None] = lambda speedrun, result: None,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Compile once, then `runs` runs from seeds seed, seed+1, ...: (run rows, details:
-    compile seconds, epoch mode, step counts, per-run epoch losses). `on_row` gets each
-    row as soon as its run ends (to save it before a time limit can strike), `on_result`
-    the run itself (its trained state), after its time is taken."""
+    compile seconds, epoch mode, step counts, per-run epoch losses). `warmup`: one untimed
+    run first (seed `seed + runs`), as airbench's benchmark makes, so that no timed run is
+    a program's first execution (a GPU loads each program's kernels then). `on_row` gets
+    each row as soon as its run ends (to save it before a time limit can strike),
+    `on_result` the run itself (its trained state), after its time is taken."""
     speedrun = Speedrun(recipe, train_set, test_set, epoch_mode=epoch_mode)
     plan = speedrun.plan
     log(
@@ -67,10 +71,15 @@ def measure(
         f"({plan.steps_per_epoch} per epoch) of {recipe.batch_size}; epoch mode {speedrun.mode}; "
         f"compiled in {speedrun.compile_seconds:.2f} s"
     )
+    first_run = None
+    if warmup:
+        first_run = speedrun.run(seed + runs).seconds
+        log(f"warm-up run (seed {seed + runs}, untimed): {first_run:.2f} s")
     rows, losses = [], []
     for i in range(runs):
         result = speedrun.run(seed + i)
-        cold = speedrun.compile_seconds + result.seconds if i == 0 else None
+        first_run = result.seconds if first_run is None else first_run
+        cold = speedrun.compile_seconds + first_run if i == 0 else None
         rows.append(
             run_row(SYSTEM, recipe.dtype, result.seconds, cold, result.tta_accuracy, result.seed)
         )
@@ -84,6 +93,7 @@ def measure(
         )
     details = {
         "compile_seconds": speedrun.compile_seconds,
+        "warmup": warmup,
         "epoch_mode": speedrun.mode,
         "plan": plan._asdict(),
         "epoch_losses": losses,

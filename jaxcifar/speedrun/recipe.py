@@ -105,7 +105,9 @@ def plan(recipe: Recipe, train_size: int) -> Plan:
             f"batch size {recipe.batch_size} is larger than the training set ({train_size} images)"
         )
     per_epoch = train_size // recipe.batch_size
-    total = math.ceil(per_epoch * recipe.epochs)
+    # Rounded before the ceiling: 25 * 2.2 is 55.000000000000007 in floating point, which
+    # airbench's ceil(len(loader) * epochs) makes 56 steps; the recipe means 55.
+    total = math.ceil(round(per_epoch * recipe.epochs, 6))
     return Plan(
         steps_per_epoch=per_epoch,
         total_steps=total,

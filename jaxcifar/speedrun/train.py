@@ -27,7 +27,7 @@ from jaxcifar import augment, metrics
 from jaxcifar.cpu_fusions import compile_timed
 from jaxcifar.data.dataset import Dataset
 from jaxcifar.data.preprocess import channel_stats, standardize
-from jaxcifar.errors import ConfigError, TrainingDiverged
+from jaxcifar.errors import ConfigError, DataError, TrainingDiverged
 from jaxcifar.speedrun import net, optimizer, tta, whitening
 from jaxcifar.speedrun import recipe as recipes
 from jaxcifar.speedrun.recipe import EPOCH_MODES, Plan, Recipe
@@ -358,7 +358,9 @@ class Speedrun:
 
 def batched(images: np.ndarray, batch: int) -> np.ndarray:
     """(N, ...) -> (ceil(N / b), b, ...) with b = min(batch, N), zero-padded at the end
-    (what `predict` takes)."""
+    (what `predict` takes). Raises DataError on no images."""
+    if not len(images):
+        raise DataError("no images to predict: expected at least one")
     size = min(batch, len(images))
     count = -(-len(images) // size)
     padded = np.zeros((count * size, *images.shape[1:]), images.dtype)
