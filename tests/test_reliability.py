@@ -4,6 +4,7 @@ and odd images through the command line. docs/failure-modes.md maps each case to
 import gc
 import json
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -280,6 +281,13 @@ def test_divergence_stops_and_keeps_the_last_good_checkpoint(trained, tmp_path, 
     assert line.endswith(f"lower --lr (now 1e+30); {out / checkpoint.FILENAME} keeps the last good state (epoch 1)")
     assert (out / checkpoint.FILENAME).read_bytes() == before
     assert len(checkpoint.load(out).history) == 1
+    # Diverging in epoch 1 leaves nothing to keep: the line says no more, and nothing is written.
+    fresh = tmp_path / "fresh"
+    assert main(["train", *args, "--epochs", "1", "--lr", "1e30", "--out", str(fresh)]) == 2
+    line = one_line_error(capsys, "train")
+    assert re.fullmatch(r"jaxcifar train: error: loss became (nan|inf) at epoch 1 step \d+; "
+                        r"lower --lr \(now 1e\+30\)", line)  # fmt: skip
+    assert not fresh.exists()
 
 
 @pytest.mark.parametrize(

@@ -108,11 +108,11 @@ def add_data_dir_argument(parser: argparse.ArgumentParser) -> None:
 
 
 def add_data_arguments(parser: argparse.ArgumentParser, default_dataset: str = "cifar10") -> None:
-    """`--dataset` and `--data-dir`; `default_dataset=argparse.SUPPRESS` leaves `dataset` out of
-    the parsed namespace unless the flag is given."""
+    """`--dataset` (default `default_dataset`) and `--data-dir`."""
     parser.add_argument(
-        "--dataset", choices=DATASETS, default=default_dataset, help="which dataset to use"
-    )
+        "--dataset", choices=DATASETS, default=default_dataset,
+        help="which dataset to use",
+    )  # fmt: skip
     add_data_dir_argument(parser)
 
 

@@ -28,11 +28,11 @@ from typing import TYPE_CHECKING, Any
 
 from jaxcifar import parallel
 from jaxcifar.commands._args import (
-    add_compile_cache_argument, add_data_arguments, check_data_fits_model, check_writable_folder,
+    add_compile_cache_argument, add_data_dir_argument, check_data_fits_model, check_writable_folder,
     momentum, non_negative_float, positive_float, positive_int, seed_int,
 )
 from jaxcifar.config import (
-    ACTIVATIONS, DTYPES, MODELS, OPTIMIZERS, RECIPES, SCHEDULES, RunConfig,
+    ACTIVATIONS, DATASETS, DTYPES, MODELS, OPTIMIZERS, RECIPES, SCHEDULES, RunConfig,
 )  # fmt: skip
 from jaxcifar.errors import CheckpointError, ConfigError, TrainingDiverged
 from jaxcifar.interrupt import Interrupted, StopOnSignal
@@ -61,10 +61,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--recipe", choices=sorted(RECIPES), default=argparse.SUPPRESS,
                         help="starting configuration (default: seed; with --resume: the "
                         "checkpoint's); explicit flags override it")  # fmt: skip
-    add_data_arguments(parser, default_dataset=argparse.SUPPRESS)  # the recipe's unless given
+    add_data_dir_argument(parser)
     group = parser.add_argument_group("run configuration (defaults: the chosen recipe's)")
     flags = (
         ("--model", dict(choices=MODELS)),
+        ("--dataset", dict(choices=DATASETS, help="which dataset to use")),
         ("--epochs", dict(type=positive_int)),
         ("--batch-size", dict(type=positive_int)),
         ("--optimizer", dict(choices=OPTIMIZERS)),
@@ -332,7 +333,7 @@ def _train(
     print(f"devices: {device['device_count']} x {device['platform']} ({device['device_kind']})")
     print(f"data: {len(train_set)} train / {len(test_set)} test examples from {train_set.source}")
     for note in device_notes(mode, jax.local_devices()):
-        print(note, file=sys.stderr)
+        print(f"jaxcifar train: {note}", file=sys.stderr)  # as the command's warnings read
 
     def on_epoch_end(state, history):
         with signals.hold():  # a signal now would lose the finished epoch
