@@ -390,48 +390,17 @@ def fit(
         f"{config.batch_size} per epoch")
     test = None
     for epoch in range(len(history) + 1, config.epochs + 1):
-        start = time.perf_counter()
-        compile_before = runner.compile_seconds
-        # The epoch's per-step losses as reported, reduced once (`mean_loss`): each mode
-        # reports its own grouping of steps, which must not change the recorded mean.
-        losses_so_far: list[np.ndarray] = []
-        totals = {"correct": 0, "steps": 0}
-        bar = _progress_bar(runner.steps, epoch, config.epochs, enabled=progress)
-
-        def epoch_seconds() -> float:
-            """Seconds since the epoch began, compiling excluded."""
-            return time.perf_counter() - start - (runner.compile_seconds - compile_before)
-
-        def report(first: int, losses: np.ndarray, corrects: np.ndarray) -> None:
-            bad = np.flatnonzero(~np.isfinite(losses))
-            if bad.size:
-                bar.close()
-                raise TrainingDiverged(
-                    f"loss became {losses[bad[0]]} at epoch {epoch} step {first + bad[0] + 1}; "
-                    f"lower --lr (now {config.lr})"
-                )
-            losses_so_far.append(losses)
-            totals["correct"] += int(corrects.sum())
-            totals["steps"] += len(losses)
-            seen = totals["steps"] * config.batch_size
-            elapsed = epoch_seconds()
-            bar.set_postfix(
-                loss=f"{mean_loss(losses_so_far):.4f}",
-                acc=f"{totals['correct'] / seen:.4f}",
-                img_s=f"{seen / max(elapsed, 1e-9):.0f}",
-            )
-            bar.update(len(losses))
-
-        state = runner.run(state, epoch, report)
-        bar.close()
+        tally = _EpochTally(runner, config, epoch, progress)
+        state = runner.run(state, epoch, tally.report)
+        tally.bar.close()
         test = evaluate(eval_step, state.params, test_set, mesh)
         record = EpochRecord(
             epoch=epoch,
-            train_loss=mean_loss(losses_so_far),
-            train_accuracy=totals["correct"] / (totals["steps"] * config.batch_size),
+            train_loss=tally.loss(),
+            train_accuracy=tally.accuracy(),
             test_loss=test.loss,
             test_accuracy=test.accuracy,
-            seconds=epoch_seconds(),
+            seconds=tally.seconds(),
         )
         history.append(record._asdict())
         log(
@@ -444,6 +413,57 @@ def fit(
     if test is None:  # resumed with every epoch already done
         test = evaluate(eval_step, state.params, test_set, mesh)
     return FitResult(state, history, test, warm_up_seconds + runner.compile_seconds)
+
+
+class _EpochTally:
+    """One epoch's running training figures, fed by the runner's `report` calls, which also
+    stop the epoch on a non-finite loss and drive its progress bar."""
+
+    def __init__(self, runner: Any, config: RunConfig, epoch: int, progress: bool):
+        self.runner, self.config, self.epoch = runner, config, epoch
+        self.start, self.compile_before = time.perf_counter(), runner.compile_seconds
+        # The per-step losses as reported, reduced once (`mean_loss`): each mode reports its
+        # own grouping of steps, which must not change the recorded mean.
+        self.losses: list[np.ndarray] = []
+        self.correct = 0
+        self.bar = _progress_bar(runner.steps, epoch, config.epochs, enabled=progress)
+
+    def report(self, first: int, losses: np.ndarray, corrects: np.ndarray) -> None:
+        """Steps first.. first + len(losses) - 1 (0-based) of the epoch ended with these
+        losses and counts of correct predictions; raises TrainingDiverged on a non-finite loss."""
+        bad = np.flatnonzero(~np.isfinite(losses))
+        if bad.size:
+            self.bar.close()
+            raise TrainingDiverged(
+                f"loss became {losses[bad[0]]} at epoch {self.epoch} step {first + bad[0] + 1}; "
+                f"lower --lr (now {self.config.lr})"
+            )
+        self.losses.append(losses)
+        self.correct += int(corrects.sum())
+        seen = self.examples()
+        self.bar.set_postfix(
+            loss=f"{self.loss():.4f}",
+            acc=f"{self.correct / seen:.4f}",
+            img_s=f"{seen / max(self.seconds(), 1e-9):.0f}",
+        )
+        self.bar.update(len(losses))
+
+    def examples(self) -> int:
+        """Training examples seen so far this epoch."""
+        return sum(map(len, self.losses)) * self.config.batch_size
+
+    def loss(self) -> float:
+        """The mean training loss so far."""
+        return mean_loss(self.losses)
+
+    def accuracy(self) -> float:
+        """The training accuracy so far (dropout and augmentation on)."""
+        return self.correct / self.examples()
+
+    def seconds(self) -> float:
+        """Seconds since the epoch began, compiling excluded."""
+        compiling = self.runner.compile_seconds - self.compile_before
+        return time.perf_counter() - self.start - compiling
 
 
 def mean_loss(losses: Sequence[np.ndarray]) -> float:
