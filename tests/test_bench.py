@@ -679,3 +679,84 @@ def test_cpu_flags_lists_the_vector_extensions_of_a_linux_cpuinfo(tmp_path):
     cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx avx2\n")
     assert environment.cpu_flags(str(cpuinfo)) == ["avx2"]
     assert environment.cpu_flags(str(tmp_path / "missing")) is None
+
+
+def test_a_slow_warmup_does_not_count_toward_min_seconds(monkeypatch):
+    # Before: the clock started before the warm-up, whose 5 s used up the 2 s budget.
+    now = _fake_clock(monkeypatch, timing)
+    calls = []
+
+    def step():  # the warm-up takes 5 s, each timed step 0.5 s
+        now[0] += 5.0 if not calls else 0.5
+        calls.append(1)
+
+    seconds = time_steps(step, TimingBudget(warmup=1, min_steps=1, min_seconds=2.0))
+    np.testing.assert_array_equal(seconds, [0.5] * 4)
+
+
+@pytest.mark.parametrize(
+    "fields", [{"warmup": -1}, {"min_steps": 5, "max_steps": 3}, {"min_seconds": -1.0}]
+)
+def test_timing_budget_refuses_each_bad_field(fields):
+    with pytest.raises(ValueError, match="need warmup >= 0, 1 <= min_steps <= max_steps"):
+        TimingBudget(**fields)
+
+
+def _results(rows, skipped=()):
+    """A results document as `suite.run` returns it, of `rows` (Row) and `skipped`."""
+    environment = {
+        "date": "2026-01-02", "platform": "cpu", "device_kind": "cpu", "cpu_count": 2,
+        "usable_cpus": 2, "cpu_flags": ["avx2"], "load_average": [0.5], "xla_flags": "",
+        "glibc_tunables": "", "thread_variables": {}, "versions": {"jax": "0.1"},
+    }  # fmt: skip
+    return {"environment": environment, "total_seconds": 3.0, "skipped": list(skipped),
+            "rows": [row.to_dict() for row in rows]}  # fmt: skip
+
+
+STEP = Row("jax", "cnn", "train_step", 4, "float32", (32, 32, 3),
+           {"median": 0.002, "p10": 0.0015, "p90": 0.003}, 7, compile_seconds=1.25,
+           flops_per_step=4e6, peak_memory_bytes=2**21)  # fmt: skip
+EPOCH = Row("jax", "mlp", "epoch_scan", 8, "float32", (28, 28, 1),
+            {"median": 0.01, "p10": 0.01, "p90": 0.01}, 2, compile_seconds=1.5,
+            epoch_seconds=0.02, steps_per_epoch=2)  # fmt: skip
+
+
+STEP_LINE = (
+    "| jax | cnn | train_step | 4 | float32 | 1.25 | 2 | 1.5 | 3 | 7 | 2000 | 0.004 | 2 | 2 |  |"
+)
+
+
+def test_step_table_gives_median_p10_and_p90_in_their_own_columns():
+    assert STEP_LINE in output.render_markdown(_results([STEP])).splitlines()
+
+
+def test_epoch_table_gives_epoch_seconds_apart_from_compile_seconds():
+    lines = output.render_markdown(_results([EPOCH])).splitlines()
+    assert "| mlp | scan | 8 | 2 | 1.5 | 0.02 | 10 | 800 |  |" in lines
+
+
+def test_step_table_holds_no_epoch_rows():
+    markdown = output.render_markdown(_results([STEP, EPOCH]))
+    assert [line for line in markdown.splitlines() if line.startswith("| jax |")] == [STEP_LINE]
+    assert "epoch_scan" not in markdown
+
+
+def test_skipped_references_and_cases_are_listed_with_their_reasons():
+    skipped = [{"framework": "torch", "reason": "torch is not installed"},
+               {"framework": "jax", "case": "jax cnn train_step b4", "reason": "OOM"}]  # fmt: skip
+    markdown = output.render_markdown(_results([STEP], skipped))
+    assert markdown.endswith(
+        "\n\nSkipped:\n\n- torch: torch is not installed\n- jax cnn train_step b4: OOM\n"
+    )
+
+
+def test_plot_error_bars_run_from_p10_to_p90(tmp_path, monkeypatch):
+    # Before: yerr's low and high were swapped, drawing mirrored bars.
+    from jaxcifar import plots
+
+    figures = []
+    monkeypatch.setattr(plots, "save_figure", lambda figure, path, dpi: figures.append(figure))
+    output.plot_step_times(tmp_path / "plot.png", [STEP.to_dict()], title="cpu")
+    (container,) = figures[0].axes[0].containers
+    (bars,) = container.lines[2]
+    np.testing.assert_allclose(bars.get_segments(), [[[4, 1.5], [4, 3.0]]])

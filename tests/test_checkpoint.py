@@ -139,3 +139,54 @@ def test_resume_changes_name_the_fields():
     assert other.resume_changes(CONFIG) == [
         "model: 'mlp' -> 'cnn'", "batch_size: 16 -> 4", "lr: 0.01 -> 0.5"
     ]
+
+
+def _write(path, document):
+    from flax import serialization
+
+    path.write_bytes(serialization.msgpack_serialize(document))
+
+
+@pytest.fixture
+def small_file(tmp_path):
+    """A checkpoint of a one-array state with a two-epoch history, written by `save`."""
+    history = [{"epoch": 1, "train_loss": 0.75}, {"epoch": 2, "train_loss": 0.5}]
+    state = {"w": np.zeros(2, np.float32)}
+    return checkpoint.save(tmp_path, state, CONFIG, input_shape=(8, 8, 1), class_names=("a", "b"),
+                           history=history)  # fmt: skip
+
+
+def test_every_epoch_of_the_history_comes_back(small_file):
+    # Else a resumed run's metrics.json would lose its earlier epochs.
+    assert checkpoint.load(small_file).history == [
+        {"epoch": 1, "train_loss": 0.75}, {"epoch": 2, "train_loss": 0.5}
+    ]
+
+
+def test_a_checkpoint_without_a_version_is_refused(small_file):
+    from flax import serialization
+
+    payload = serialization.msgpack_restore(small_file.read_bytes())
+    del payload["version"]
+    _write(small_file, payload)
+    with pytest.raises(CheckpointError, match=f"{small_file}: checkpoint format version None"):
+        checkpoint.load(small_file)
+
+
+def test_a_msgpack_list_is_refused_naming_the_file(tmp_path):
+    # Else payload.get raised an AttributeError traceback.
+    path = tmp_path / "list.msgpack"
+    _write(path, [1, 2])
+    with pytest.raises(CheckpointError, match=f"{path}: not a jaxcifar checkpoint"):
+        checkpoint.load(path)
+
+
+def test_a_bad_config_value_is_a_malformed_checkpoint_naming_the_file(small_file):
+    from flax import serialization
+
+    payload = serialization.msgpack_restore(small_file.read_bytes())
+    payload["config"]["lr"] = -1
+    _write(small_file, payload)
+    message = f"{small_file}: malformed checkpoint \\(lr must be positive; got -1"
+    with pytest.raises(CheckpointError, match=message):
+        checkpoint.load(small_file)

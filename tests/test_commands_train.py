@@ -360,3 +360,27 @@ def test_the_resume_line_keeps_a_multi_process_runs_place_in_its_job():
         "--num-processes 2 --process-id 1"
     )
     assert " --lr 0.1 " in resume_command(args, with_config=True)
+
+
+def test_compile_cache_off_sets_no_folder_and_writes_none(tmp_path, monkeypatch):
+    # Before: str(None) pointed JAX at a folder named "None" in the working directory.
+    monkeypatch.chdir(tmp_path)
+
+    def shifted(x):  # a program no other test compiles, so it is compiled here
+        return x * 3.0 - 5.0
+
+    with xla_cache.compilation_cache(None):
+        assert jax.config.jax_compilation_cache_dir is None
+        jax.jit(shifted).lower(jnp.ones(3)).compile()
+    assert not (tmp_path / "None").exists() and not any(tmp_path.iterdir())
+
+
+def test_compile_cache_settings_return_to_their_previous_values_on_exit(tmp_path):
+    # Else JAX keeps writing every later program into the block's folder.
+    names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs")
+    before = {name: getattr(jax.config, name) for name in names}
+    with xla_cache.compilation_cache(tmp_path / "cache"):
+        assert jax.config.jax_compilation_cache_dir == str(tmp_path / "cache")
+        assert jax.config.jax_persistent_cache_min_compile_time_secs == 0.0
+    assert {name: getattr(jax.config, name) for name in names} == before
+    assert before["jax_compilation_cache_dir"] != str(tmp_path / "cache")

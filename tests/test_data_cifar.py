@@ -4,7 +4,7 @@ import tarfile
 import numpy as np
 import pytest
 
-from jaxcifar.data import load
+from jaxcifar.data import load, safe_pickle
 from jaxcifar.data.cifar import parse_binary_batch, parse_python_batch
 from jaxcifar.data.dataset import CIFAR10_CLASSES
 from jaxcifar.errors import DataError
@@ -92,6 +92,11 @@ def test_python_batch_field_errors():
         ({b"data": rows[:, :100], b"labels": [1, 2]}, r"expected data as a \(N, 3072\) uint8 array, found \(2, 100\) uint8"),
         ({b"labels": [1, 2]}, r"found NoneType"),
         ({b"data": rows, b"labels": ["a", "b"]}, r"expected labels as a list of integers"),
+        # Float labels would be truncated, 0 rows would silently shrink the training set.
+        ({b"data": rows, b"labels": [1.7, 2.0]}, r"b: expected labels as a list of integers"),
+        ({b"data": rows[:0], b"labels": []}, r"b: expected data .*, found \(0, 3072\) uint8"),
+        ({b"data": rows, b"labels": [1, 2, 3]}, r"b: 2 images but 3 labels"),
+        ({b"data": rows.astype(np.int16)}, r"b: a pickled array of dtype 'i2'; expected uint8"),
         ([rows], r"expected a pickled dict"),
     ]
     for batch, message in cases:
@@ -102,6 +107,14 @@ def test_python_batch_field_errors():
     # Python 3 pickles (str keys, protocol 5 arrays) read too.
     images, labels = parse_python_batch(pickle.dumps({"data": rows, "labels": [1, 2]}, protocol=5), "b")
     assert images.shape == (2, 32, 32, 3) and list(labels) == [1, 2]
+
+
+def test_python_batch_refuses_pixels_that_are_not_uint8_itself(monkeypatch):
+    # safe_pickle yields only uint8 today; the reader must not rely on that alone.
+    batch = {b"data": np.zeros((2, 3072), np.int16), b"labels": [1, 2]}
+    monkeypatch.setattr(safe_pickle, "loads", lambda data, where: batch)
+    with pytest.raises(DataError, match=r"^b: expected data as a \(N, 3072\) uint8 array, found "):
+        parse_python_batch(b"", "b")
 
 
 def test_binary_batch_errors():

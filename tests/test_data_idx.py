@@ -92,6 +92,21 @@ def test_parse_rejects_wrong_magic_naming_file():
         parse(data, LABELS_MAGIC, "f.idx")
 
 
+def test_parse_rejects_an_idx_file_of_another_element_type():
+    # 0x0D is float32: same number of dims as images, but not uint8 pixels.
+    data = idx_bytes(np.zeros((2, 3, 3), ">f4"), 0x00000D03)
+    with pytest.raises(DataError, match=r"^f: IDX magic number 0x00000d03, expected 0x00000803$"):
+        parse(data, IMAGES_MAGIC, "f")
+
+
+def test_first_load_returns_writeable_arrays_like_cached_loads(tmp_path, fresh_cache):
+    # Views of the file's bytes would be read-only on the first load only.
+    write_idx_set(tmp_path / "mnist")
+    for split in ("train", "test"):  # train decoded, test then read from the cache
+        data = load("mnist", split, data_dir=tmp_path)
+        assert data.images.flags.writeable and data.labels.flags.writeable
+
+
 def test_parse_rejects_truncated_and_trailing_bytes():
     data = idx_bytes(np.zeros((2, 3, 3), np.uint8), IMAGES_MAGIC)
     with pytest.raises(DataError, match=r"f: truncated: dims \(2, 3, 3\) need 34 bytes, file has 33"):

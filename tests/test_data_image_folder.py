@@ -27,6 +27,56 @@ def test_folder_tree_sorted_classes_and_exact_pixels(tmp_path, fresh_cache):
     np.testing.assert_array_equal(data.images[1], written["train/airplane/1.png"])
 
 
+def test_test_labels_follow_the_test_splits_own_class_counts(tmp_path, fresh_cache):
+    # Same total per split, split differently: labels counted on train/ would be wrong.
+    written = write_tree(tmp_path / "data")
+    for extra in ("train/cat/2.png", "test/airplane/2.png"):
+        Image.fromarray(written["train/cat/0.png"]).save(tmp_path / "data" / extra)
+    train = load("cifar10", "train", data_dir=tmp_path / "data")
+    test = load("cifar10", "test", data_dir=tmp_path / "data")
+    np.testing.assert_array_equal(train.labels, [0, 0, 1, 1, 1])
+    np.testing.assert_array_equal(test.labels, [0, 0, 0, 1, 1])
+    np.testing.assert_array_equal(test.images[3], written["test/cat/0.png"])
+
+
+def test_upper_case_image_suffixes_are_read(tmp_path, fresh_cache):
+    written = write_tree(tmp_path / "data")
+    cat = tmp_path / "data" / "train" / "cat"
+    (cat / "1.png").rename(cat / "1.PNG")
+    Image.fromarray(written["train/cat/0.png"]).save(cat / "2.JPG")
+    data = load("cifar10", "train", data_dir=tmp_path / "data")
+    np.testing.assert_array_equal(data.labels, [0, 0, 1, 1, 1])
+    np.testing.assert_array_equal(data.images[3], written["train/cat/1.png"])
+
+
+def test_cifar10_tree_with_digit_class_folders_is_not_refused_as_mnist(tmp_path, fresh_cache):
+    for split in ("train", "test"):
+        for digit in range(10):
+            (tmp_path / split / str(digit)).mkdir(parents=True)
+            Image.new("RGB", (32, 32), (digit, 0, 0)).save(tmp_path / split / str(digit) / "0.png")
+    data = load("cifar10", "test", data_dir=tmp_path)
+    assert data.class_names == tuple("0123456789") and data.images.shape == (10, 32, 32, 3)
+    np.testing.assert_array_equal(data.labels, np.arange(10))
+    np.testing.assert_array_equal(data.images[:, 0, 0, 0], np.arange(10))
+
+
+def test_an_unsorted_tarball_loads_in_the_same_order_as_the_folder(tmp_path, fresh_cache):
+    # GNU tar may store members unsorted; images must still come in file-name order.
+    written = write_tree(tmp_path / "data", per_class=3)
+    archive = tmp_path / "images.tar"
+    with tarfile.open(archive, "w") as tar:
+        for name in sorted(written, reverse=True):
+            tar.add(tmp_path / "data" / name, arcname=name)
+    with tarfile.open(archive) as tar:
+        assert tar.getnames()[0] == "train/cat/2.png"
+    for split in ("train", "test"):
+        folder = load("cifar10", split, data_dir=tmp_path / "data")
+        packed = load("cifar10", split, data_dir=archive)
+        np.testing.assert_array_equal(packed.images, folder.images)
+        np.testing.assert_array_equal(packed.labels, folder.labels)
+        np.testing.assert_array_equal(packed.images[1], written[f"{split}/airplane/1.png"])
+
+
 @pytest.mark.parametrize("arcname", ["", ".", "cifar10-images", "./cifar10-images"])
 def test_tarball_with_or_without_top_folder(tmp_path, fresh_cache, arcname):
     written = write_tree(tmp_path / "tree")

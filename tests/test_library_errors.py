@@ -201,6 +201,7 @@ def test_scratch_takes_bfloat16_which_numpy_does_not_count_as_floating_and_keeps
         ([0, 1, 2], [0, 1], "3 labels but 2 predictions"),
         ([[0], [1]], [0, 1], r"labels \(2, 1\) int64; expected \(N,\) integer class indices$"),
         ([3, 1], [0, 0], r"labels must lie in 0..2; found 1..3"),
+        ([1, 1], [-1, 0], r"predictions must lie in 0..2; found -1..0"),  # counted as (0, 2)
         ([0, 1], np.eye(3)[[0, 1]], r"predictions \(2, 3\) .*: the argmax of logits"),
     ],
 )
@@ -209,8 +210,10 @@ def test_confusion_matrix_refuses_what_it_would_miscount(labels, predictions, me
         metrics.confusion_matrix(np.asarray(labels), np.asarray(predictions), 3)
 
 
-def test_confusion_matrix_of_nothing_is_zeros():
-    np.testing.assert_array_equal(metrics.confusion_matrix([], [], 2), np.zeros((2, 2)))
+def test_confusion_matrix_of_nothing_is_zeros_and_scores_zero():
+    matrix = metrics.confusion_matrix([], [], 2)
+    np.testing.assert_array_equal(matrix, np.zeros((2, 2)))
+    assert metrics.accuracy(matrix) == 0.0  # not NaN, which JSON cannot hold
 
 
 # --- scratch ---------------------------------------------------------------------------------

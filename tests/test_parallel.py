@@ -280,6 +280,8 @@ NEEDS_ALL = (
          "--coordinator/$JAXCIFAR_COORDINATOR must be HOST:PORT; got 'h'"),
         (["--coordinator", "h:1", "--num-processes", "2", "--process-id", "2"], {},
          "--process-id/$JAXCIFAR_PROCESS_ID must be in 0..1; got 2"),
+        (["--coordinator", "h:1", "--num-processes", "2", "--process-id", "-1"], {},
+         "--process-id/$JAXCIFAR_PROCESS_ID must be in 0..1; got -1"),
     ],
 )  # fmt: skip
 def test_bad_distributed_flags_are_config_errors(monkeypatch, argv, environment, message):
@@ -300,3 +302,29 @@ def test_process_rows_cover_the_batch_on_one_process():
     (placed,) = parallel.shard_batch((images,), mesh, 8)
     assert placed.sharding == parallel.batch_sharding(mesh)
     np.testing.assert_array_equal(np.asarray(placed), images)
+
+
+def test_an_opt_in_cluster_is_not_joined_unasked(monkeypatch):
+    # JAX joins an opt-in cluster (mpi4py) only when asked; so must a run with no flags.
+    from jax._src.clusters import ClusterEnv
+
+    for name in ("JAXCIFAR_COORDINATOR", "JAXCIFAR_NUM_PROCESSES", "JAXCIFAR_PROCESS_ID"):
+        monkeypatch.delenv(name, raising=False)
+    opt_in = [env for env in ClusterEnv._cluster_types if env.opt_in_only_method]
+    assert opt_in
+    present = classmethod(lambda cls: cls in opt_in)
+    for env in ClusterEnv._cluster_types:
+        monkeypatch.setattr(env, "is_env_present", present)
+    monkeypatch.setattr(jax.distributed, "initialize", lambda *args: pytest.fail("initialized"))
+    assert parallel.initialize_from_args(parse([])) is False
+
+
+def test_data_mesh_gives_each_process_a_contiguous_block_when_ids_interleave():
+    # Sorted by id alone, processes 0 and 1 would alternate along the mesh.
+    import dataclasses
+
+    FakeDevice = dataclasses.make_dataclass("FakeDevice", ["process_index", "id"], frozen=True)
+    devices = [FakeDevice(process_index=i % 2, id=i) for i in (3, 0, 2, 1)]
+    mesh = parallel.data_mesh(devices)
+    order = [(device.process_index, device.id) for device in mesh.devices.flat]
+    assert order == [(0, 0), (0, 2), (1, 1), (1, 3)]

@@ -1,7 +1,9 @@
 import numpy as np
+import pytest
 from matplotlib.colors import to_rgba
 from matplotlib.figure import Figure
 
+from jaxcifar import plots
 from jaxcifar.plots import plot_confusion_matrix, plot_curves
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -59,3 +61,21 @@ def test_curves_of_a_short_run_tick_whole_epochs_only(tmp_path, monkeypatch):
     plot_curves(tmp_path / "loss.png", [1, 2], {"train": [2.3, 2.1]}, ylabel="loss", title="Loss")
     ticks = figures[0].axes[0].get_xticks()
     assert len(ticks) >= 2 and all(tick == int(tick) for tick in ticks)  # not 1.0, 1.2, ...
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_image_grid_titles_each_image_with_its_own_name_and_shows_grey_as_grey(
+    tmp_path, monkeypatch, channels
+):
+    figures = []
+    monkeypatch.setattr(plots, "save_figure", lambda figure, *_, **__: figures.append(figure))
+    images = np.stack([np.full((4, 4, channels), value, np.uint8) for value in (0, 100, 200)])
+    plots.plot_image_grid(tmp_path / "grid.png", images, ["first", "second", "third"])
+    shown = [ax for ax in figures[0].axes if ax.images]
+    assert [ax.get_title() for ax in shown] == ["first", "second", "third"]
+    for ax, image in zip(shown, images, strict=True):
+        np.testing.assert_array_equal(ax.images[0].get_array(), image.squeeze(-1) if channels == 1
+                                      else image)  # fmt: skip
+        if channels == 1:  # the full 0..255 range in grey, not viridis scaled to each image
+            assert ax.images[0].get_cmap().name == "gray"
+            assert ax.images[0].get_clim() == (0, 255)

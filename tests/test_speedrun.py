@@ -170,6 +170,9 @@ def test_shift_is_the_reflect_padded_crop():
     padded = np.pad(np.asarray(images), ((0, 0), (1, 1), (1, 1), (0, 0)), mode="reflect")
     np.testing.assert_array_equal(augment.shift(images, -1, -1), padded[:, 0:5, 0:6])
     np.testing.assert_array_equal(augment.shift(images, 1, 1), padded[:, 2:7, 2:8])
+    # Unequal shifts, so that rows and columns swapped show.
+    padded2 = np.pad(np.asarray(images), ((0, 0), (2, 2), (2, 2), (0, 0)), mode="reflect")
+    np.testing.assert_array_equal(augment.shift(images, 1, -2), padded2[:, 3:8, 0:6])
     mask = jnp.array([True, False])
     flipped = augment.flip_where(mask, images)
     np.testing.assert_array_equal(flipped[0], images[0, :, ::-1])

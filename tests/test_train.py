@@ -2,6 +2,7 @@ import dataclasses
 import types
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
@@ -9,9 +10,10 @@ import pytest
 from jaxcifar import epochs, metrics, train
 from jaxcifar.config import OPTIMIZERS, RECIPES, RunConfig
 from jaxcifar.data import load
+from jaxcifar.data.dataset import Dataset
 from jaxcifar.errors import ConfigError, DataError, TrainingDiverged
 from jaxcifar.optim import build_optimizer, build_schedule
-from synthetic import MLP, tiny_dataset
+from synthetic import CLASSES, MLP, tiny_dataset
 
 CNN = RunConfig(dataset="mnist", batch_size=8, epochs=2, lr=0.01)
 
@@ -160,6 +162,40 @@ def test_an_epoch_compiles_only_its_timed_step(mode, images, unroll_min_steps, m
     assert per_epoch == [(1, True), (0, False)]
 
 
+@pytest.mark.parametrize("mode, firsts", [("loop", [0, 10, 20]), ("chunk", [0, 10, 20]),
+                                          ("scan", [0])])  # fmt: skip
+def test_each_epoch_trains_on_its_own_drawn_order_and_reports_every_step(mode, firsts,
+                                                                         monkeypatch):
+    # A fake step whose loss encodes its batch (example ids in the pixels): the reports must
+    # give steps 0, 1, ... in order (a divergence names its step from them), and an epoch's
+    # order must be the documented draw from the seed and the epoch alone, so a resumed run
+    # (or a later version) draws it again. 25 steps of 2, reported 10 at a time.
+    monkeypatch.setattr(epochs, "CHUNK_STEPS", 10)
+    monkeypatch.setattr(epochs, "SYNC_EVERY", 10)
+    ids = np.arange(51, dtype=np.uint8)
+    data = Dataset(ids.reshape(51, 1, 1, 1), ids.astype(np.int32) % 3, CLASSES, "ids")
+    config = dataclasses.replace(MLP, batch_size=2, seed=7)
+
+    def step(state, batch, key):
+        images, labels = batch
+        code = images[:, 0, 0, 0].astype(jnp.float32) @ jnp.array([256.0, 1.0])
+        return state + 1, {"loss": code, "correct": labels.sum()}
+
+    runner = epochs.EpochRunner(step, data, config, mode)
+    state, visited = jnp.zeros((), jnp.int32), []
+    for epoch in (1, 2):
+        reports = []
+        state = runner.run(state, epoch, lambda first, losses, _: reports.append((first, losses)))
+        assert [first for first, _ in reports] == firsts
+        codes = np.concatenate([losses for _, losses in reports]).astype(int)
+        visited.append(np.stack([codes // 256, codes % 256], axis=1).reshape(-1))
+        data_key = jax.random.fold_in(jax.random.key(config.seed), 1)  # the init key folds 0
+        perm_key = jax.random.split(jax.random.fold_in(data_key, epoch))[0]
+        np.testing.assert_array_equal(visited[-1], jax.random.permutation(perm_key, 51)[:50])
+    assert int(state) == 50
+    assert not np.array_equal(visited[0], visited[1])
+
+
 def test_every_compile_of_fit_is_timed_outside_the_epochs(monkeypatch):
     # The init and the evaluation step compile before the first epoch, timed in
     # compile_seconds with the runner's programs: the evaluation step once compiled on the
@@ -240,27 +276,27 @@ def test_confusion_matrix_and_accuracies():
     assert np.isnan(per_class[3])
 
 
-def test_random_crop_flip_shifts_and_mirrors():
+def test_random_crop_flip_draws_every_shift_and_each_flip_half_the_time():
     from jaxcifar.augment import flip, random_crop_flip, shift
 
     # Every pixel distinct, so an output matches one (shift, flip) of its image at most.
     # (10 wide: a smaller image's reflected border can mirror another of its views.)
-    images = np.repeat(np.arange(2 * 10 * 10, dtype=np.uint8).reshape(2, 10, 10, 1), 8, axis=0)
+    images = np.repeat(np.arange(2 * 10 * 10, dtype=np.uint8).reshape(2, 10, 10, 1), 500, axis=0)
     out = np.asarray(jax.jit(random_crop_flip)(jax.random.key(1), images))
     assert out.shape == images.shape and out.dtype == np.uint8
-    views = {}  # (dy, dx, mirrored) -> (N, 10, 10, 1): every view the padding allows
-    for dy in range(-4, 5):
-        for dx in range(-4, 5):
-            shifted = np.asarray(shift(images, dy, dx))
-            views[dy, dx, False], views[dy, dx, True] = shifted, np.asarray(flip(shifted))
-    drawn = [[view for view, v in views.items() if np.array_equal(v[i], out[i])]
-             for i in range(len(images))]  # fmt: skip
-    assert all(len(matches) == 1 for matches in drawn), drawn
-    drawn = [matches[0] for matches in drawn]
-    assert {mirrored for _, _, mirrored in drawn} == {False, True}
-    assert len({(dy, dx) for dy, dx, _ in drawn}) > 8  # 16 offsets drawn from 81
-    unshifted = jax.jit(random_crop_flip, static_argnums=2)(jax.random.key(0), images, 0)
-    for image, view in zip(images, np.asarray(unshifted), strict=True):
+    offsets = [(dy, dx) for dy in range(-4, 5) for dx in range(-4, 5)]
+    views, names = [], []  # every view the padding allows, of every image
+    for dy, dx in offsets:
+        shifted = np.asarray(shift(images, dy, dx))
+        views += [shifted, np.asarray(flip(shifted))]
+        names += [(dy, dx, False), (dy, dx, True)]
+    matches = np.all(np.stack(views) == out, axis=(2, 3, 4))  # (views, N)
+    assert (matches.sum(axis=0) == 1).all()  # each output is exactly one view of its image
+    drawn = [names[i] for i in matches.argmax(axis=0)]
+    assert {(dy, dx) for dy, dx, _ in drawn} == set(offsets)  # both ends of -4..4 included
+    assert np.mean([mirrored for _, _, mirrored in drawn]) == pytest.approx(0.5, abs=0.05)
+    unshifted = jax.jit(random_crop_flip, static_argnums=2)(jax.random.key(0), images[:8], 0)
+    for image, view in zip(images[:8], np.asarray(unshifted), strict=True):
         assert np.array_equal(view, image) or np.array_equal(view, image[:, ::-1])
 
 

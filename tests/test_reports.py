@@ -1,0 +1,68 @@
+"""metrics.json and the figures a run writes (`jaxcifar.reports`)."""
+
+import json
+
+import numpy as np
+
+from jaxcifar import plots
+from jaxcifar.reports import build_metrics, write_reports
+
+CLASSES = ("cat", "dog", "owl")
+# Class 0: 3 examples, 2 right; class 1: 2, 1 right; no owls, though one dog is called an owl.
+LABELS = np.array([0, 0, 0, 1, 1])
+PREDICTIONS = np.array([0, 0, 1, 1, 2])
+HISTORY = [
+    {"epoch": 1, "train_loss": 2.0, "train_accuracy": 0.3, "test_loss": 1.9, "test_accuracy": 0.4,
+     "seconds": 1.0},
+    {"epoch": 2, "train_loss": 1.5, "train_accuracy": 0.5, "test_loss": 1.7, "test_accuracy": 0.6,
+     "seconds": 1.0},
+]  # fmt: skip
+
+
+def report(**run):
+    return build_metrics(
+        config={"model": "cnn", "dataset": "cifar10"}, device={"platform": "cpu"},
+        history=HISTORY, labels=LABELS, predictions=PREDICTIONS, class_names=CLASSES, **run,
+    )  # fmt: skip
+
+
+def test_per_class_accuracy_is_each_true_classs_recall_and_null_for_an_absent_class():
+    metrics = report()
+    # Recall (row-wise), not precision: the owl column holds a prediction, the owl row nothing.
+    assert metrics["per_class_accuracy"] == {"cat": 2 / 3, "dog": 0.5, "owl": None}
+    assert metrics["confusion_matrix"] == [[2, 1, 0], [0, 1, 1], [0, 0, 0]]
+    assert metrics["test_accuracy"] == 3 / 5
+    assert metrics["epochs"] == HISTORY
+
+
+def test_an_evaluation_has_no_run_keys_and_a_training_run_has_them_all():
+    common = {"config", "device", "epochs", "test_accuracy", "per_class_accuracy",
+              "confusion_matrix"}  # fmt: skip
+    assert set(report()) == common
+    data = {"source": "x", "train_examples": 5, "test_examples": 5}
+    trained = report(compile_seconds=1.5, epoch_mode="chunk", data=data)
+    assert set(trained) == common | {"compile_seconds", "epoch_mode", "data"}
+    assert (trained["compile_seconds"], trained["epoch_mode"], trained["data"]) == (
+        1.5, "chunk", data
+    )  # fmt: skip
+
+
+def test_metrics_json_is_strict_json_and_each_curve_shows_its_own_quantity(tmp_path, monkeypatch):
+    curves = {}  # file name -> (epochs, series, ylabel)
+
+    def capture(path, epochs, series, *, ylabel, title):
+        curves[path.name] = (epochs, series, ylabel)
+
+    monkeypatch.setattr(plots, "plot_curves", capture)
+    write_reports(tmp_path, report(), CLASSES)
+
+    def refuse(constant):
+        raise ValueError(f"{constant} is not JSON")
+
+    written = json.loads((tmp_path / "metrics.json").read_text(), parse_constant=refuse)
+    assert written["per_class_accuracy"]["owl"] is None
+    assert curves == {
+        "accuracy.png": ([1, 2], {"train": [0.3, 0.5], "test": [0.4, 0.6]}, "accuracy"),
+        "loss.png": ([1, 2], {"train": [2.0, 1.5], "test": [1.9, 1.7]}, "loss"),
+    }
+    assert (tmp_path / "confusion_matrix.png").read_bytes().startswith(b"\x89PNG")
