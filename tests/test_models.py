@@ -310,3 +310,82 @@ def test_max_pool_window_with_a_nan_pools_to_nan_and_passes_no_gradient():
     np.testing.assert_array_equal(
         pool_vjp(jnp.ones_like(y))[0][0, :, :, 0], [[0.0, 0.0, 0.0, 1.0], [0.0, 0.0, 0.0, 0.0]]
     )
+
+
+def test_every_layers_parameters_are_their_own_draws():
+    # Each layer takes the next slice of the one uniform draw: an offset left behind would give
+    # every layer the same numbers.
+    params = layers.init_layers(jax.random.key(0), {"a": (3, 4), "b": (3, 4), "c": (3, 4)})
+    values = np.concatenate([np.ravel(leaf) for leaf in jax.tree.leaves(params)])
+    assert values.size == 48 and len(np.unique(values)) == 48
+
+
+def test_cnn_dropout_zeroes_a_quarter_of_the_features_and_scales_the_rest_by_four_thirds(
+    cnn_params,
+):
+    features = jax.jit(cnn_module.features, static_argnames="train")
+    x = jax.random.uniform(jax.random.key(1), (8, 32, 32, 3), minval=-1, maxval=1)
+    plain = np.asarray(features(cnn_params, x))
+    dropped = np.asarray(features(cnn_params, x, train=True, rng=jax.random.key(2)))
+    live = plain != 0
+    kept = dropped[live] != 0
+    assert live.sum() > 2000 and not dropped[~live].any()
+    assert abs(kept.mean() - 0.75) < 0.06  # ~6 standard deviations of 2,000+ Bernoulli draws
+    np.testing.assert_allclose(dropped[live][kept], plain[live][kept] / 0.75, rtol=1e-6)
+
+
+def test_cnn_num_classes_sizes_its_last_layer():
+    params = jax.jit(cnn_module.init, static_argnums=(1, 2))(jax.random.key(0), (28, 28, 1), 3)
+    assert params["fc5"]["kernel"].shape == (16, 3) and params["fc5"]["bias"].shape == (3,)
+    assert cnn.apply(params, jnp.zeros((2, 28, 28, 1))).shape == (2, 3)
+
+
+def test_dropped_shape_is_the_shape_features_drops_out_for_non_square_images(cnn_params):
+    # The fused paths draw their dropout masks in this shape; height and width swapped would
+    # mask the wrong units of non-square images.
+    def conv_part(x):
+        for name in cnn_module.CONV_LAYERS:
+            x = layers.max_pool_2x2(jax.nn.relu(layers.conv(cnn_params[name], x, jnp.float32)))
+        return x
+
+    images = jax.ShapeDtypeStruct((2, 32, 20, 3), jnp.float32)
+    assert cnn_module.dropped_shape(cnn_params, images.shape) == jax.eval_shape(
+        conv_part, images
+    ).shape == (2, 8, 5, 16)
+
+
+def test_cnn_refuses_images_larger_than_its_params_were_made_for():
+    params = cnn.init(jax.random.key(0), (28, 28, 3))
+    with pytest.raises(ValueError, match="x holds 32x32 images, which give fc1 1024 inputs, but"):
+        cnn_module.apply(params, jnp.zeros((2, 32, 32, 3)))
+
+
+def test_mlp_takes_one_example_without_a_batch_axis():
+    params = mlp.init(jax.random.key(0), (12, 5, 3))
+    x = jax.random.uniform(jax.random.key(1), (4, 12))
+    one = mlp_module.apply(params, x[0])
+    assert one.shape == (3,)
+    np.testing.assert_allclose(one, mlp_module.apply(params, x)[0], rtol=1e-6)
+
+
+class FlaxMLP(nn.Module):
+    """A sigmoid MLP of flax.linen Dense layers computing in `dtype`, names as mlp's."""
+
+    widths: tuple[int, ...]
+    dtype: jnp.dtype
+
+    @nn.compact
+    def __call__(self, x):
+        *hidden, last = self.widths
+        for i, width in enumerate(hidden, start=1):
+            x = nn.sigmoid(nn.Dense(width, dtype=self.dtype, name=f"dense{i}")(x))
+        return nn.Dense(last, dtype=self.dtype, name=f"dense{len(self.widths)}")(x)
+
+
+def test_mlp_in_bfloat16_computes_every_layer_in_bfloat16_and_returns_float32():
+    params = mlp.init(jax.random.key(0), (64, 32, 16, 10))
+    x = jax.random.uniform(jax.random.key(1), (8, 64))
+    ours = mlp_module.apply(params, x, dtype=jnp.bfloat16)  # op by op, as flax's below
+    theirs = FlaxMLP((32, 16, 10), jnp.bfloat16).apply({"params": params}, x)
+    assert ours.dtype == jnp.float32 and theirs.dtype == jnp.bfloat16
+    np.testing.assert_allclose(ours, theirs.astype(jnp.float32), rtol=1e-6)

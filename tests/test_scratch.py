@@ -269,3 +269,42 @@ def test_linear_decay_steps_with_a_falling_rate():
     for got, want in zip(decayed, manual):
         np.testing.assert_allclose(got["weights"], want["weights"], rtol=1e-12)
         np.testing.assert_allclose(got["bias"], want["bias"], rtol=1e-12)
+
+
+def test_train_steps_through_every_example_once_an_epoch_remainder_last_and_reshuffles(
+    monkeypatch,
+):
+    network = scratch.initialize_network((2, 3, 2), seed=0)
+    x = np.stack([np.arange(10) / 10, np.zeros(10)], axis=1)  # row i's first input is i / 10
+    batches = []
+
+    def forward_propagation(network, inputs):
+        batches.append(np.rint(inputs[:, 0] * 10).astype(int))
+        return forward(network, inputs)
+
+    forward = scratch.forward_propagation
+    monkeypatch.setattr(scratch, "forward_propagation", forward_propagation)
+    scratch.train(network, x, np.arange(10) % 2, l_rate=0.1, n_epoch=2, batch_size=4, seed=5)
+    assert [len(batch) for batch in batches] == [4, 4, 2, 4, 4, 2]
+    first, second = np.concatenate(batches[:3]), np.concatenate(batches[3:])
+    assert sorted(first) == sorted(second) == list(range(10))
+    assert not np.array_equal(first, second)  # a new order every epoch
+
+
+def test_train_records_each_epochs_squared_error_and_accuracy_over_every_example():
+    # l_rate 0: the outputs are the initial network's, whichever batch each row falls in; 10
+    # rows in batches of 4, so a dropped last batch or a count of full batches shows.
+    network, x, _ = random_problem((6, 5, 3), batch_size=10, seed=4)
+    output = scratch.forward_propagation(network, x)[-1]
+    labels = np.argmax(output, axis=1)
+    labels[6:] = (labels[6:] + 1) % 3  # 6 of the 10 predicted right
+    _, history = scratch.train(network, x, labels, l_rate=0.0, n_epoch=1, batch_size=4)
+    assert history[0]["train_accuracy"] == 0.6
+    expected = np.sum((output - scratch.one_hot(labels, 3)) ** 2)
+    assert history[0]["sum_squared_error"] == pytest.approx(expected, rel=1e-12)
+
+
+def test_predict_in_batches_labels_every_row():
+    network, x, _ = random_problem((6, 5, 3), batch_size=7, seed=6)
+    expected = np.argmax(scratch.forward_propagation(network, x)[-1], axis=1)
+    np.testing.assert_array_equal(scratch.predict(network, x, batch_size=3), expected)

@@ -105,6 +105,65 @@ def test_gelu_is_the_exact_form_in_value_and_gradient_and_keeps_low_precision_ta
         close(y32, exact, rtol=float(jnp.finfo(dtype).eps))
 
 
+def _reference_apply(params, batch_stats, images, *, train, bn_momentum, output_scale):
+    """airbench94's forward pass in float32 from lax primitives: whitening conv + bias, GELU;
+    per block conv1, 2x2 max pool, BN, GELU, conv2, BN, GELU (BN on the batch's statistics in
+    training, moving the running ones; on the running ones otherwise); global max, head."""
+
+    def conv(x, kernel, padding):
+        return jax.lax.conv_general_dilated(
+            x, kernel, (1, 1), padding, dimension_numbers=("NHWC", "HWIO", "NHWC"),
+            precision=jax.lax.Precision.HIGHEST,
+        )  # fmt: skip
+
+    def norm(x, bias, stats):
+        if train:
+            mean, var, count = x.mean(axis=(0, 1, 2)), x.var(axis=(0, 1, 2)), x.size / x.shape[-1]
+            stats = {"mean": bn_momentum * stats["mean"] + (1 - bn_momentum) * mean,
+                     "var": bn_momentum * stats["var"]
+                     + (1 - bn_momentum) * var * count / (count - 1)}  # fmt: skip
+        else:
+            mean, var = stats["mean"], stats["var"]
+        return (x - mean) / jnp.sqrt(var + net.BN_EPS) + bias["bias"], stats
+
+    gelu = functools.partial(jax.nn.gelu, approximate=False)
+    x = gelu(conv(images, params["whiten"]["kernel"], "VALID") + params["whiten"]["bias"])
+    new_stats = {}
+    for name, stats in batch_stats.items():
+        block = params[name]
+        x = jax.lax.reduce_window(conv(x, block["conv1"]["kernel"], "SAME"), -jnp.inf,
+                                  jax.lax.max, (1, 2, 2, 1), (1, 2, 2, 1), "VALID")  # fmt: skip
+        x, norm1 = norm(x, block["norm1"], stats["norm1"])
+        x, norm2 = norm(conv(gelu(x), block["conv2"]["kernel"], "SAME"), block["norm2"],
+                        stats["norm2"])  # fmt: skip
+        x, new_stats[name] = gelu(x), {"norm1": norm1, "norm2": norm2}
+    return x.max(axis=(1, 2)) @ params["head"]["kernel"] * output_scale, new_stats
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_net_computes_airbench94s_forward_pass_and_running_statistics(train):
+    params, batch_stats = _init(widths=(8, 16, 16))
+    params["whiten"]["kernel"] = whitening.whitening_kernel(IMAGES)
+    # Non-zero biases and running statistics away from their starting values, so that each
+    # one shows where it is read.
+    leaves, treedef = jax.tree.flatten((params, batch_stats))
+    keys = jax.random.split(jax.random.key(3), len(leaves))
+    params, batch_stats = jax.tree.unflatten(treedef, [
+        leaf + 0.2 * jax.random.uniform(k, leaf.shape) if leaf.ndim == 1 else leaf
+        for leaf, k in zip(leaves, keys, strict=True)
+    ])  # fmt: skip
+    kwargs = dict(train=train, bn_momentum=0.6, output_scale=0.5)
+    apply = jax.jit(functools.partial(net.apply, **kwargs))
+    logits, stats = apply(params, batch_stats, IMAGES[:4])
+    want_logits, want_stats = jax.jit(functools.partial(_reference_apply, **kwargs))(
+        params, batch_stats, IMAGES[:4]
+    )
+    scale = float(jnp.abs(want_logits).max())
+    np.testing.assert_allclose(logits, want_logits, rtol=1e-4, atol=1e-4 * scale)
+    jax.tree.map(functools.partial(np.testing.assert_allclose, rtol=1e-4, atol=1e-5),
+                 stats, want_stats)  # fmt: skip
+
+
 @pytest.mark.parametrize("dtype, tolerance", [("bfloat16", 0.03), ("float16", 0.005)])
 def test_low_precision_logits_follow_float32(dtype, tolerance):
     params, batch_stats = _init(widths=(8, 16, 16))
@@ -207,6 +266,26 @@ def test_tta_level_2_weights_six_views():
     np.testing.assert_allclose(logits, expected, atol=1e-6)
 
 
+def test_tta_level_2_translates_one_pixel_up_left_and_down_right():
+    # A model reading every pixel (the top-left corner alone reads the same pixel in both
+    # reflect-filled translations) tells the views apart.
+    rng = np.random.default_rng(3)
+    images = rng.normal(size=(2, 6, 6, 2)).astype(np.float32)
+    weights = rng.normal(size=(6, 6, 2, 3)).astype(np.float32)
+
+    def linear(x):
+        return jnp.einsum("nhwc,hwck->nk", x, weights, precision=jax.lax.Precision.HIGHEST)
+
+    padded = np.pad(images, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="reflect")
+    up_left, down_right = padded[:, :6, :6], padded[:, 2:, 2:]
+    expected = sum(
+        weight * (linear(view) + linear(view[:, :, ::-1]))
+        for weight, view in ((1 / 4, images), (1 / 8, up_left), (1 / 8, down_right))
+    )
+    logits = jax.jit(tta.tta_logits, static_argnums=(0, 2))(linear, jnp.asarray(images), 2)
+    np.testing.assert_allclose(logits, expected, rtol=1e-5, atol=1e-5)
+
+
 def test_recipe_steps_rates_and_schedule_match_airbench94():
     recipe = Recipe()
     assert plan(recipe, 50_000) == Plan(48, 476, 10)
@@ -235,6 +314,31 @@ def test_recipe_steps_rates_and_schedule_match_airbench94():
         plan(recipe, 1000)
     with pytest.raises(ConfigError, match="momentum must be in"):
         Recipe(momentum=1.0)
+
+
+@pytest.mark.parametrize(
+    "field, bad, good",
+    [
+        ("batch_size", 1, 2),  # batch norm needs two images
+        ("label_smoothing", 1.0, 0.0),
+        ("lr_peak", 1.0, 0.5),
+        ("widths", (16, 0), (1,)),
+        ("tta_level", 3, 0),
+        ("translate", -1, 0),
+        ("whiten_images", 0, 1),
+        ("lookahead_every", 0, 1),
+    ],
+)
+def test_recipe_refuses_each_out_of_range_setting_and_takes_the_edge_of_its_range(field, bad, good):
+    with pytest.raises(ConfigError, match=field):
+        Recipe(**{field: bad})
+    assert getattr(Recipe(**{field: good}), field) == good
+
+
+def test_plan_takes_a_batch_of_the_whole_training_set_and_counts_only_epochs_with_steps():
+    assert plan(Recipe(batch_size=64, epochs=3), 64) == Plan(1, 3, 3)
+    # 3 + 1e-9 epochs round to 3 * 4 steps: no fourth epoch of no steps.
+    assert plan(Recipe(batch_size=64, epochs=3 + 1e-9), 4 * 64) == Plan(4, 12, 3)
 
 
 @pytest.mark.parametrize("offset, spike", [(0.0, 0.0), (10.0, 0.0), (1000.0, 0.0), (0.0, 1e4)])

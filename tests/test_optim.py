@@ -1,0 +1,34 @@
+import numpy as np
+import optax
+
+from jaxcifar.config import RunConfig
+from jaxcifar.optim import build_optimizer, build_schedule
+
+
+def test_onecycle_is_torchs_one_cycle_cosine_from_lr_over_25_to_lr_over_250000():
+    # torch.optim.lr_scheduler.OneCycleLR's defaults: start at lr / 25, cosine up to lr at 30%
+    # of the steps, cosine down to lr / 25 / 1e4 at the end (a lighter anneal ends higher).
+    lr, total = 0.1, 100
+    schedule = build_schedule(RunConfig(lr=lr, epochs=2, schedule="onecycle"), total // 2)
+    start, end, peak = lr / 25, lr / 25 / 1e4, 30
+    steps = np.arange(total + 1)
+    up = start + (lr - start) * (1 - np.cos(np.pi * steps / peak)) / 2
+    down = end + (lr - end) * (1 + np.cos(np.pi * (steps - peak) / (total - peak))) / 2
+    expected = np.where(steps <= peak, up, down)
+    got = np.array([float(schedule(step)) for step in steps])
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-8)
+
+
+def test_adam_keeps_torchs_betas_whatever_the_momentum():
+    # --momentum is SGD's: Adam's first-moment decay stays 0.9 (torch.optim.Adam's default).
+    lr, w = 0.1, np.array([1.0, -2.0, 0.5])
+    tx = build_optimizer(RunConfig(optimizer="adam", lr=lr, momentum=0.5), 10)
+    params = {"w": w.astype(np.float32)}
+    state = tx.init(params)
+    m = s = np.zeros(3)
+    for t, g in enumerate(([0.5, 1.0, -0.25], [-1.0, 0.25, 2.0], [0.3] * 3), start=1):
+        updates, state = tx.update({"w": np.float32(g)}, state, params)
+        params = optax.apply_updates(params, updates)
+        m, s = 0.9 * m + 0.1 * np.array(g), 0.999 * s + 0.001 * np.square(g)
+        w = w - lr * (m / (1 - 0.9**t)) / (np.sqrt(s / (1 - 0.999**t)) + 1e-8)
+    np.testing.assert_allclose(params["w"], w, rtol=1e-5)
