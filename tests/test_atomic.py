@@ -76,3 +76,48 @@ def test_a_write_removes_temporaries_left_by_dead_writers_on_this_host_only(tmp_
     assert not left["dead"].exists()
     assert all(left[name].exists() for name in ("alive", "other host", "other file"))
     assert (tmp_path / "checkpoint.msgpack").read_text() == "new"
+
+
+def test_the_file_reaches_the_disk_before_its_rename(tmp_path, monkeypatch):
+    # Renamed before its data is on disk, a file can be empty after a power cut.
+    import os
+
+    events, fsync, replace = [], os.fsync, os.replace
+
+    def recorded_fsync(fd):
+        events.append(("fsync", os.fstat(fd).st_ino))
+        fsync(fd)
+
+    def recorded_replace(src, dst):
+        events.append(("replace", os.stat(src).st_ino))
+        replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", recorded_fsync)
+    monkeypatch.setattr(os, "replace", recorded_replace)
+    atomic_write_text(tmp_path / "metrics.json", "{}")
+    inode = (tmp_path / "metrics.json").stat().st_ino
+    assert events == [("fsync", inode), ("replace", inode)]
+
+
+def test_a_temporary_of_another_users_live_process_is_kept(tmp_path, monkeypatch):
+    import os
+    import socket
+
+    other = tmp_path / f".checkpoint.msgpack.{socket.gethostname()}-4242.ab12cd34.tmp.msgpack"
+    other.write_bytes(b"being written")
+    kill = os.kill
+
+    def another_users(pid, signum):  # what os.kill says of a process we may not signal
+        if pid == 4242:
+            raise PermissionError(1, "Operation not permitted")
+        return kill(pid, signum)
+
+    monkeypatch.setattr(os, "kill", another_users)
+    atomic_write_text(tmp_path / "checkpoint.msgpack", "new")
+    assert other.read_bytes() == b"being written"
+
+
+def test_text_is_written_as_utf8(tmp_path):
+    # Class names come from folder names: "café" must read back under any locale.
+    atomic_write_text(tmp_path / "metrics.json", '{"class": "café ☕"}')
+    assert (tmp_path / "metrics.json").read_bytes().decode("utf-8") == '{"class": "café ☕"}'

@@ -185,3 +185,18 @@ def test_mlp_flags_are_refused_for_the_cnn(tmp_path, capsys):
         "jaxcifar train: error: --mlp-hidden: for --model mlp; this run's model is cnn\n"
     )
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("value", ["inf", "nan"])
+@pytest.mark.parametrize("command, flag", [("scratch", "--lr"), ("speedrun", "--epochs"),
+                                           ("bench", "--seconds-per-case")])  # fmt: skip
+def test_float_flags_refuse_infinity_and_nan(command, flag, value, capsys):
+    # An infinite or NaN rate trains to NaN; an infinite time budget never ends.
+    err = refused([command, flag, value], capsys)
+    assert f"error: argument {flag}: expected a " in err and "finite number" in err
+    assert f", got {value} (see" in err
+
+
+def test_flags_that_may_be_zero_take_zero():
+    args = build_parser().parse_args(["bench", "--warmup", "0", "--seconds-per-case", "0"])
+    assert (args.warmup, args.seconds_per_case) == (0, 0.0)

@@ -88,3 +88,24 @@ def test_resume_may_evaluate_on_another_test_subset():
     assert dataclasses.replace(saved, limit_train=100).resume_changes(saved) == [
         "limit_train: None -> 100"
     ]
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("epochs", 0), ("batch_size", 0), ("limit_train", 0), ("limit_test", 0),
+        ("epochs", 2.5), ("limit_train", 10.0),  # a float would reach range() and slices
+        ("lr", 0.0), ("lr", float("nan")), ("weight_decay", float("nan")),
+        ("mlp_hidden", (8.0,)), ("dtype", "float16"), ("schedule", "linear"),
+    ],
+)
+def test_each_value_a_run_cannot_take_is_refused_naming_its_field(field, value):
+    # Through the library and hand-edited checkpoints, no flag type checks these first.
+    with pytest.raises(ConfigError, match=f"^{field} must "):
+        RunConfig(**{field: value})
+
+
+def test_an_unknown_configuration_key_is_named():
+    # Else a TypeError from the constructor, a traceback, for a hand-edited checkpoint.
+    with pytest.raises(ConfigError, match="^unknown configuration keys: learning_rate$"):
+        RunConfig.from_dict({**RunConfig().to_dict(), "learning_rate": 0.1})

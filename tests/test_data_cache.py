@@ -1,11 +1,13 @@
+import os
 import tarfile
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from jaxcifar.data import load, tree
+from jaxcifar.data import cache, load, tree
 from jaxcifar.errors import ConfigError, DataError
+from data_files import write_idx_set
 
 
 def write_tiny_tree(root):
@@ -96,3 +98,96 @@ def test_unknown_dataset_or_split_is_a_config_error():
         load("cifar100", "train")
     with pytest.raises(ConfigError, match="unknown split 'validation'; expected one of train, test"):
         load("mnist", "validation")
+
+
+def rewrite_idx_folder(folder, mtime_ns, **changes):
+    """Write the IDX set into `folder` again (raw, so the same counts keep the same sizes),
+    stamped with `mtime_ns`; returns what it wrote."""
+    written = write_idx_set(folder, gz=False, **changes)
+    for path in folder.iterdir():
+        os.utime(path, ns=(mtime_ns, mtime_ns))
+    return written
+
+
+@pytest.mark.parametrize(
+    "changes, seconds_later",
+    [
+        ({"seed": 1}, 1),  # other pixels in files of the same sizes, rewritten later
+        ({"n_train": 7}, 0),  # other sizes, the old times kept (cp -p, tar x)
+    ],
+    ids=["same sizes", "same times"],
+)
+def test_a_rewritten_data_folder_is_decoded_again(tmp_path, fresh_cache, changes, seconds_later):
+    folder = tmp_path / "mnist"
+    rewrite_idx_folder(folder, 10**18)
+    load("mnist", "train", data_dir=folder)
+    written = rewrite_idx_folder(folder, 10**18 + seconds_later * 10**9, **changes)
+    np.testing.assert_array_equal(load("mnist", "train", data_dir=folder).images[..., 0],
+                                  written["train"][0])  # fmt: skip
+
+
+def test_an_image_moved_to_another_class_folder_is_decoded_again(tmp_path, fresh_cache):
+    # `mv` keeps a file's size and time: only its path says the label changed.
+    write_tiny_tree(tmp_path / "cifar10")
+    train = tmp_path / "cifar10" / "train"
+    image = (train / "b" / "0.png").read_bytes()
+    for path in (train / "a" / "0.png", train / "b" / "0.png", train / "b" / "1.png"):
+        path.write_bytes(image)  # the same size
+        os.utime(path, ns=(10**18, 10**18))  # and the same time
+    assert load("cifar10", "train", data_dir=tmp_path).labels.tolist() == [0, 1, 1]
+    (train / "b" / "1.png").rename(train / "a" / "1.png")
+    assert load("cifar10", "train", data_dir=tmp_path).labels.tolist() == [0, 0, 1]
+
+
+@pytest.mark.parametrize("packed", [False, True])
+def test_entries_of_another_cache_format_are_not_read(tmp_path, fresh_cache, monkeypatch, packed):
+    # cache.FORMAT is bumped when a reader's output changes: older entries must go unused.
+    write_tiny_tree(tmp_path / "cifar10")
+    data_dir = tmp_path
+    if packed:
+        data_dir = tmp_path / "cifar10.tar"
+        with tarfile.open(data_dir, "w") as tar:
+            tar.add(tmp_path / "cifar10", arcname="")
+    load("cifar10", "train", data_dir=data_dir)
+    monkeypatch.setattr(cache, "FORMAT", cache.FORMAT + b"-next")
+    decoded = []
+    for name in ("read_tar", "read_folder"):
+        read = getattr(tree, name)
+        monkeypatch.setattr(tree, name, lambda *a, read=read: decoded.append(a) or read(*a))
+    load("cifar10", "train", data_dir=data_dir)
+    assert len(decoded) == 1 and len(list(fresh_cache.iterdir())) == 2
+
+
+def test_an_archive_changed_past_its_first_mebibyte_gets_a_new_entry(tmp_path):
+    # An archive's key must hash all of it, not only the part read first.
+    head = bytes(3 << 20)
+    first, second = tmp_path / "a.tar", tmp_path / "b.tar"
+    first.write_bytes(head + b"one")
+    second.write_bytes(head + b"two")
+    assert cache.file_digest(first) != cache.file_digest(second)
+
+
+def test_an_empty_cache_variable_counts_as_unset(tmp_path, monkeypatch):
+    # Else Path("") would put the cache entries in the current folder.
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("JAXCIFAR_CACHE", "")
+    assert cache.cache_dir() == tmp_path / ".cache" / "jaxcifar"
+
+
+@pytest.mark.parametrize(
+    "spoil",
+    [
+        lambda arrays: arrays.pop("test_labels"),  # a split missing
+        lambda arrays: arrays.update(train_labels=arrays["train_labels"] + 5),  # out of range
+    ],
+    ids=["a split missing", "labels out of range"],
+)
+def test_a_cache_entry_that_is_a_valid_npz_of_bad_arrays_is_rebuilt(archive, fresh_cache, spoil):
+    first = load("cifar10", "test", data_dir=archive)
+    [entry] = fresh_cache.iterdir()
+    with np.load(entry) as stored:
+        arrays = dict(stored)
+    spoil(arrays)
+    np.savez(entry, **arrays)
+    for split in ("train", "test"):
+        assert len(load("cifar10", split, data_dir=archive)) == len(first)

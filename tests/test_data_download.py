@@ -193,3 +193,19 @@ def test_importing_the_package_imports_no_tensorflow():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             check=True)  # fmt: skip
     assert result.stdout.strip() == "False"
+
+
+def test_a_download_of_the_right_size_but_other_contents_is_refused(
+    no_data_dir, tmp_path, monkeypatch
+):
+    # A size check alone passes a corrupted or substituted file of the release's size.
+    write_idx_set(tmp_path / "release")
+    files = {p.name: p for p in (tmp_path / "release").iterdir()}
+    serve(monkeypatch, "mnist", files)
+    first = download.RELEASES["mnist"][0]
+    data = files[first.filename].read_bytes()
+    files[first.filename].write_bytes(bytes([data[0] ^ 1]) + data[1:])
+    with pytest.raises(DataError) as error:
+        load("mnist", "train")
+    assert str(error.value).startswith(f"{first.url}: downloaded {len(data):,} bytes of SHA-256 ")
+    assert list((no_data_dir / "downloads" / "mnist").iterdir()) == []

@@ -69,3 +69,22 @@ def test_channel_stats_are_exact_and_standardize_uses_them():
     np.testing.assert_allclose(out.reshape(-1, 2).std(0), 1, atol=1e-5)
     with pytest.raises(TypeError, match="uint8"):
         channel_stats(pixels)
+
+
+def test_rejects_negative_labels():
+    # One-hot encoding turns -1 into a row of zeros: silently no class at all.
+    with pytest.raises(DataError, match=r"test: labels must lie in 0\.\.9, found -1\.\.8"):
+        make(labels=np.arange(-1, 9, dtype=np.int32))
+
+
+def test_rejects_images_without_a_channel_axis_and_labels_as_a_column():
+    labels = np.zeros(2, np.int32)
+    with pytest.raises(DataError, match=r"images as \(N, H, W, C\) uint8, got \(2, 4, 4\) uint8"):
+        Dataset(np.zeros((2, 4, 4), np.uint8), labels, ("a",))
+    with pytest.raises(DataError, match=r"2 images but labels of shape \(2, 1\)"):
+        Dataset(np.zeros((2, 4, 4, 1), np.uint8), labels[:, None], ("a",))
+
+
+def test_subset_takes_a_numpy_integer_size():
+    # Sizes computed with NumPy (a fraction of len(data), say) are NumPy integers.
+    assert len(make().subset(np.int64(3))) == 3

@@ -26,8 +26,12 @@ def test_evaluate_records_the_test_subset_it_used_beside_the_runs_config(
     evaluated = tmp_path / "eval"
     argv = ["evaluate", "--checkpoint", str(run), "--data-dir", str(shared_data)]
     assert main([*argv, "--limit-test", "40", "--out", str(evaluated)]) == 0
-    assert "accuracy" in capsys.readouterr().out
+    printed = capsys.readouterr().out
     report = json.loads((evaluated / "metrics.json").read_text())
+    assert "accuracy" in printed
+    for name, accuracy in report["per_class_accuracy"].items():  # a line for every class
+        shown = "-" if accuracy is None else f"{accuracy:.4f}"
+        assert f"\n  {name:>12}: {shown}\n" in printed
     assert report["config"]["limit_test"] == 20  # the run's configuration, as it trained
     tested = load_split("cifar10", "test", data_dir=shared_data, limit=40, seed=3)
     assert report["evaluated"] == {
@@ -40,3 +44,9 @@ def test_evaluate_records_the_test_subset_it_used_beside_the_runs_config(
     assert main([*argv, "--out", str(evaluated)]) == 0
     report = json.loads((evaluated / "metrics.json").read_text())
     assert report["evaluated"]["limit_test"] == report["evaluated"]["test_examples"] == 20
+    # A limit above the split's size tests all of it: the record keeps the limit asked for.
+    assert main([*argv, "--limit-test", "20000", "--out", str(evaluated)]) == 0
+    report = json.loads((evaluated / "metrics.json").read_text())
+    assert (report["evaluated"]["limit_test"], report["evaluated"]["test_examples"]) == (
+        20000, len(load_split("cifar10", "test", data_dir=shared_data))
+    )  # fmt: skip

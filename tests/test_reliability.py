@@ -548,3 +548,60 @@ def test_a_signal_dropped_in_a_gc_callback_is_sent_again(when):
                 raise AssertionError("the dropped signal was not sent again")
     assert stop.value.signum == signal.SIGTERM
     assert sys.unraisablehook is previous_hook
+
+
+def test_a_dropped_signal_is_sent_again_within_the_block_not_only_as_it_ends():
+    # The resend as the block ends would raise too, and hide a block that ran to its end.
+    reached = []
+    with pytest.raises(Interrupted):
+        with StopOnSignal(), resend_dropped_signals():
+            _drop_in_gc_callback(Interrupted(signal.SIGTERM))
+            time.sleep(5)  # the resent signal interrupts this
+            reached.append("the end of the block")
+    assert reached == []
+
+
+def test_other_exceptions_dropped_within_the_block_still_reach_pythons_hook(monkeypatch):
+    # Only the signals' exceptions are taken over: a finaliser's own error is still reported.
+    reported = []
+    monkeypatch.setattr(sys, "unraisablehook", lambda unraisable: reported.append(unraisable))
+    with resend_dropped_signals():
+        _drop_in_gc_callback(ValueError("a callback's own bug"))
+    assert [str(unraisable.exc_value) for unraisable in reported] == ["a callback's own bug"]
+
+
+def test_of_two_signals_during_a_held_block_the_first_is_raised():
+    with StopOnSignal() as signals:
+        with pytest.raises(Interrupted) as stopped:
+            with signals.hold():
+                os.kill(os.getpid(), signal.SIGINT)
+                os.kill(os.getpid(), signal.SIGTERM)
+    assert (stopped.value.name, stopped.value.exit_code) == ("SIGINT", 130)
+
+
+def test_evaluate_computes_in_the_checkpoints_dtype(trained, tmp_path, fresh_cache, monkeypatch):
+    # As training measured its test accuracy and as `predict` computes.
+    from flax import serialization
+
+    from jaxcifar import train
+
+    data, run, _ = trained
+    payload = serialization.msgpack_restore((run / checkpoint.FILENAME).read_bytes())
+    payload["config"]["dtype"] = "bfloat16"
+    (tmp_path / checkpoint.FILENAME).write_bytes(serialization.msgpack_serialize(payload))
+    dtypes, build_model = [], train.build_model
+
+    class Recorded:  # the model, noting the dtype each apply computes in
+        def __init__(self, model):
+            self.model = model
+
+        def __getattr__(self, name):
+            return getattr(self.model, name)
+
+        def apply(self, *args, **kwargs):
+            dtypes.append(kwargs.get("dtype"))
+            return self.model.apply(*args, **kwargs)
+
+    monkeypatch.setattr(train, "build_model", lambda *args: Recorded(build_model(*args)))
+    assert main(["evaluate", "--checkpoint", str(tmp_path), "--data-dir", str(data)]) == 0
+    assert dtypes and all(dtype == jax.numpy.bfloat16 for dtype in dtypes)

@@ -1,0 +1,58 @@
+"""`jaxcifar scratch`: the command trains the network `jaxcifar.scratch` trains with the same
+settings, on the same subsets, and reports it as such."""
+
+import json
+
+import numpy as np
+import pytest
+
+from jaxcifar import scratch
+from jaxcifar.cli import main
+from jaxcifar.data import load_split
+from jaxcifar.data.idx import IMAGES_MAGIC, LABELS_MAGIC
+from data_files import idx_bytes
+
+
+def write_learnable_idx_set(folder):
+    """5x3 MNIST-format images whose label is the index of their one bright pixel."""
+    rng = np.random.default_rng(0)
+    folder.mkdir()
+    for prefix, n in (("train", 30), ("t10k", 20)):
+        labels = rng.integers(0, 10, n, dtype=np.uint8)
+        images = rng.integers(0, 100, (n, 5, 3), dtype=np.uint8)
+        images.reshape(n, -1)[np.arange(n), labels] = 255
+        (folder / f"{prefix}-images-idx3-ubyte").write_bytes(idx_bytes(images, IMAGES_MAGIC))
+        (folder / f"{prefix}-labels-idx1-ubyte").write_bytes(idx_bytes(labels, LABELS_MAGIC))
+
+
+def without_seconds(history):
+    return [{key: value for key, value in record.items() if key != "seconds"} for record in history]
+
+
+@pytest.mark.parametrize("decay", ["constant", "linear"])
+def test_scratch_command_trains_as_the_library_does_with_its_flags(tmp_path, fresh_cache, decay):
+    # Every flag reaches the training: the rate's decay, the seed of the weights, subsets and
+    # shuffles, the float type; else the run reports another network than the one asked for.
+    data = tmp_path / "data"
+    write_learnable_idx_set(data)
+    out = tmp_path / "run"
+    assert main([
+        "scratch", "--dataset", "mnist", "--data-dir", str(data), "--epochs", "6",
+        "--batch-size", "3", "--lr", "10", "--lr-decay", decay, "--hidden", "6", "--seed", "3",
+        "--dtype", "float64", "--limit-train", "25", "--limit-test", "15", "--out", str(out),
+    ]) == 0  # fmt: skip
+    metrics = json.loads((out / "metrics.json").read_text())
+
+    splits = [load_split("mnist", split, data_dir=data, limit=limit, seed=3)
+              for split, limit in (("train", 25), ("test", 15))]  # fmt: skip
+    x_train, x_test = (scratch.scale_pixels(split.images, "float64") for split in splits)
+    network = scratch.initialize_network([15, 6, 10], seed=3, dtype="float64")
+    _, history = scratch.train(
+        network, x_train, splits[0].labels, l_rate=10.0, n_epoch=6, batch_size=3,
+        x_test=x_test, y_test=splits[1].labels, seed=3, decay=decay == "linear",
+    )  # fmt: skip
+    assert without_seconds(metrics["epochs"]) == without_seconds(history)
+    assert metrics["test_accuracy"] == history[-1]["test_accuracy"]  # the last, not the best
+    assert {key: metrics["config"][key] for key in ("lr_decay", "seed", "dtype")} == {
+        "lr_decay": decay, "seed": 3, "dtype": "float64"
+    }

@@ -1,0 +1,74 @@
+"""Where `load` finds a dataset in a data dir (`jaxcifar.data.sources.locate`) and how it reads
+archives there (`jaxcifar.data.tree`): names, suffixes and archive layouts users give it."""
+
+import tarfile
+
+import numpy as np
+import pytest
+
+from jaxcifar.data import load
+from jaxcifar.data.dataset import FASHION_MNIST_CLASSES
+from jaxcifar.errors import DataError
+from data_files import write_idx_set, write_tree
+
+
+def test_a_folder_named_after_the_dataset_in_capitals_is_found(tmp_path, fresh_cache):
+    written = write_idx_set(tmp_path / "Fashion-MNIST")
+    data = load("fashion_mnist", "train", data_dir=tmp_path)
+    assert data.source == str(tmp_path / "Fashion-MNIST")
+    assert data.class_names == FASHION_MNIST_CLASSES
+    np.testing.assert_array_equal(data.images[..., 0], written["train"][0])
+
+
+def test_a_file_named_after_the_dataset_that_is_no_archive_is_passed_over(tmp_path, fresh_cache):
+    # Notes beside the files (mnist-README.txt) are not a tarball to open.
+    written = write_idx_set(tmp_path)
+    (tmp_path / "mnist-README.txt").write_text("where these files came from")
+    data = load("mnist", "test", data_dir=tmp_path)
+    assert data.source == str(tmp_path)
+    np.testing.assert_array_equal(data.labels, written["test"][1])
+
+
+def test_a_data_dir_under_the_home_folder_may_be_written_with_a_tilde(
+    tmp_path, fresh_cache, monkeypatch
+):
+    written = write_idx_set(tmp_path / "data")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    data = load("mnist", "train", data_dir="~/data")
+    np.testing.assert_array_equal(data.images[..., 0], written["train"][0])
+
+
+def test_an_archive_with_an_upper_case_suffix_is_read(tmp_path, fresh_cache):
+    written = write_tree(tmp_path / "tree")
+    archive = tmp_path / "IMAGES.TAR.GZ"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(tmp_path / "tree", arcname="images")
+    test = load("cifar10", "test", data_dir=archive)
+    np.testing.assert_array_equal(test.images[0], written["test/airplane/0.png"])
+
+
+def test_an_archive_listing_only_its_files_is_read_like_the_folder(tmp_path, fresh_cache):
+    # `tar cf x.tar $(find images -type f)` stores no entry for a folder.
+    written = write_tree(tmp_path / "images")
+    archive = tmp_path / "cifar10-files.tar"
+    with tarfile.open(archive, "w") as tar:
+        for path in sorted((tmp_path / "images").rglob("*.png")):
+            tar.add(path, arcname=f"images/{path.relative_to(tmp_path / 'images')}")
+    with tarfile.open(archive) as tar:
+        assert all(member.isfile() for member in tar.getmembers())
+    train = load("cifar10", "train", data_dir=archive)
+    assert train.class_names == ("airplane", "cat")
+    np.testing.assert_array_equal(train.images[0], written["train/airplane/0.png"])
+
+
+def test_an_archive_of_the_training_split_alone_names_the_missing_test_split(
+    tmp_path, fresh_cache
+):
+    # Its one top folder, train/, is the layout's own: not a wrapper to strip.
+    write_tree(tmp_path / "tree")
+    archive = tmp_path / "cifar10-train.tar"
+    with tarfile.open(archive, "w") as tar:
+        tar.add(tmp_path / "tree" / "train", arcname="train")
+    with pytest.raises(DataError) as error:
+        load("cifar10", "train", data_dir=archive)
+    assert str(error.value).startswith(f"{archive}/test/: ")

@@ -1,0 +1,78 @@
+"""A speedrun's saved model (`jaxcifar.speedrun.model_file`) as `evaluate` and `predict` find,
+check and run it; the speedrun itself is tested in test_speedrun.py."""
+
+import numpy as np
+from flax import serialization
+from PIL import Image
+
+from jaxcifar import checkpoint, cli, cpu_fusions
+from jaxcifar.speedrun import model_file
+from jaxcifar.speedrun.train import XLA_OPTIONS
+from data_files import write_tree
+
+
+def test_only_a_file_of_the_speedrun_format_is_taken_for_a_speedrun_model(
+    tmp_path, save_speedrun_model
+):
+    # A training checkpoint named by its path is for `evaluate` to read as one.
+    trained = tmp_path / "run" / "last.msgpack"
+    trained.parent.mkdir()
+    trained.write_bytes(serialization.msgpack_serialize(
+        {"format": checkpoint.FORMAT, "version": checkpoint.VERSION}
+    ))  # fmt: skip
+    assert model_file.find(trained) is None
+    copy = tmp_path / "copy.msgpack"
+    copy.write_bytes(save_speedrun_model(tmp_path / "saved").read_bytes())
+    assert model_file.find(copy) == copy
+
+
+def test_an_unreadable_model_file_named_by_its_path_is_called_a_speedrun_model(tmp_path, capsys):
+    path = tmp_path / model_file.FILENAME
+    path.write_bytes(b"\x00truncated")
+    assert cli.main(["evaluate", "--checkpoint", str(path)]) == 2
+    assert capsys.readouterr().err.startswith(
+        f"jaxcifar evaluate: error: {path}: not a readable speedrun model"
+    )
+
+
+def test_predictions_are_one_per_image_when_the_last_batch_is_padded(
+    tmp_path, monkeypatch, save_speedrun_model
+):
+    model = model_file.load(save_speedrun_model(tmp_path))
+    images = np.random.default_rng(0).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
+    whole = model_file.predictions(model, images)  # one batch of all three
+    monkeypatch.setattr(model_file, "EVAL_BATCH", 2)  # two batches, the last one padded
+    np.testing.assert_array_equal(model_file.predictions(model, images), whole)
+
+
+def test_evaluate_refuses_data_of_another_image_size_than_the_speedrun_models(
+    tmp_path, fresh_cache, capsys, save_speedrun_model
+):
+    path = save_speedrun_model(tmp_path / "run")
+    write_tree(tmp_path / "data")  # 4x3 images
+    argv = ["evaluate", "--checkpoint", str(path), "--data-dir", str(tmp_path / "data")]
+    assert cli.main(argv) == 2
+    assert capsys.readouterr().err == (
+        f"jaxcifar evaluate: error: the test set in {tmp_path / 'data'} (--data-dir) has image "
+        f"shape (H, W, C) (3, 4, 3), but {path} was trained on (32, 32, 3); pass the --data-dir "
+        "of the data it was trained on\n"
+    )
+
+
+def test_predict_compiles_a_speedrun_model_as_its_training_run_did(
+    tmp_path, monkeypatch, capsys, save_speedrun_model
+):
+    # Its bfloat16 rounding differs under XLA's default options.
+    path = save_speedrun_model(tmp_path)
+    options, compile_program = [], cpu_fusions.compile_program
+
+    def recorded(lowered, given):
+        options.append(given)
+        return compile_program(lowered, given)
+
+    monkeypatch.setattr(cpu_fusions, "compile_program", recorded)
+    image = tmp_path / "image.png"
+    Image.new("RGB", (32, 32), (200, 30, 30)).save(image)
+    assert cli.main(["predict", "--checkpoint", str(path), str(image)]) == 0
+    assert capsys.readouterr().out.startswith(f"{image}: ")
+    assert options == [XLA_OPTIONS]
