@@ -76,7 +76,8 @@ def read_split(path: Path, split: str, source: str) -> Dataset | None:
     if not path.is_file():
         return None
     try:
-        with np.load(path) as entry:
+        # Opened here, not by np.load, which leaves its file open when the zip is corrupt.
+        with open(path, "rb") as file, np.load(file) as entry:
             return Dataset(
                 entry[f"{split}_images"],
                 entry[f"{split}_labels"],
