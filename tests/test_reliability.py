@@ -347,15 +347,16 @@ def test_predict_reads_huge_images_and_refuses_bombs_and_non_images(trained, tmp
     assert errors[3].startswith(f"jaxcifar predict: error: {tmp_path}: not a readable image (IsADirectoryError")
 
 
-def test_predict_computes_in_the_checkpoints_dtype(trained, tmp_path, monkeypatch, capsys):
+def bfloat16_copy_recording_dtypes(run, folder, monkeypatch) -> list:
+    """`run`'s checkpoint copied into `folder` with its dtype set to bfloat16; returns the list
+    into which each apply of a model built from then on notes the dtype it computes in."""
     from flax import serialization
 
     from jaxcifar import train
 
-    _, run, _ = trained
     payload = serialization.msgpack_restore((run / checkpoint.FILENAME).read_bytes())
     payload["config"]["dtype"] = "bfloat16"
-    (tmp_path / checkpoint.FILENAME).write_bytes(serialization.msgpack_serialize(payload))
+    (folder / checkpoint.FILENAME).write_bytes(serialization.msgpack_serialize(payload))
     dtypes, build_model = [], train.build_model
 
     class Recorded:  # the model, noting the dtype each apply computes in
@@ -370,11 +371,25 @@ def test_predict_computes_in_the_checkpoints_dtype(trained, tmp_path, monkeypatc
             return self.model.apply(*args, **kwargs)
 
     monkeypatch.setattr(train, "build_model", lambda *args: Recorded(build_model(*args)))
+    return dtypes
+
+
+def test_predict_computes_in_the_checkpoints_dtype(trained, tmp_path, monkeypatch, capsys):
+    _, run, _ = trained
+    dtypes = bfloat16_copy_recording_dtypes(run, tmp_path, monkeypatch)
     image = tmp_path / "digit.png"
     Image.new("L", (8, 8), 90).save(image)
     assert main(["predict", "--checkpoint", str(tmp_path), str(image)]) == 0
     assert capsys.readouterr().out.startswith(f"{image}: ")
     assert dtypes == [jax.numpy.bfloat16]
+
+
+def test_evaluate_computes_in_the_checkpoints_dtype(trained, tmp_path, fresh_cache, monkeypatch):
+    # As training measured its test accuracy and as `predict` computes.
+    data, run, _ = trained
+    dtypes = bfloat16_copy_recording_dtypes(run, tmp_path, monkeypatch)
+    assert main(["evaluate", "--checkpoint", str(tmp_path), "--data-dir", str(data)]) == 0
+    assert dtypes and all(dtype == jax.numpy.bfloat16 for dtype in dtypes)
 
 
 def mnist_folder_tree(root, class_names, size=8):
@@ -577,31 +592,3 @@ def test_of_two_signals_during_a_held_block_the_first_is_raised():
                 os.kill(os.getpid(), signal.SIGINT)
                 os.kill(os.getpid(), signal.SIGTERM)
     assert (stopped.value.name, stopped.value.exit_code) == ("SIGINT", 130)
-
-
-def test_evaluate_computes_in_the_checkpoints_dtype(trained, tmp_path, fresh_cache, monkeypatch):
-    # As training measured its test accuracy and as `predict` computes.
-    from flax import serialization
-
-    from jaxcifar import train
-
-    data, run, _ = trained
-    payload = serialization.msgpack_restore((run / checkpoint.FILENAME).read_bytes())
-    payload["config"]["dtype"] = "bfloat16"
-    (tmp_path / checkpoint.FILENAME).write_bytes(serialization.msgpack_serialize(payload))
-    dtypes, build_model = [], train.build_model
-
-    class Recorded:  # the model, noting the dtype each apply computes in
-        def __init__(self, model):
-            self.model = model
-
-        def __getattr__(self, name):
-            return getattr(self.model, name)
-
-        def apply(self, *args, **kwargs):
-            dtypes.append(kwargs.get("dtype"))
-            return self.model.apply(*args, **kwargs)
-
-    monkeypatch.setattr(train, "build_model", lambda *args: Recorded(build_model(*args)))
-    assert main(["evaluate", "--checkpoint", str(tmp_path), "--data-dir", str(data)]) == 0
-    assert dtypes and all(dtype == jax.numpy.bfloat16 for dtype in dtypes)
