@@ -580,6 +580,58 @@ def test_kernel_bytes_count_in_place_updates_and_scratch_only_where_they_are():
     assert kernel_bytes(UPDATES_HLO) == in_place + scatter + built + convolution
 
 
+# A fusion that slices two rows of a 100-row operand (each counts), one whose two 60-row
+# windows overlap (the operand counts once, whole), a bfloat16 result, and a call with a
+# tuple of two results.
+SLICES_HLO = """\
+HloModule slices
+
+%fused_rows (data: f32[100,8], at: s32[]) -> bf16[2,8] {
+  %data = f32[100,8]{1,0} parameter(0)
+  %at = s32[] parameter(1)
+  %zero = s32[] constant(0)
+  %first = f32[1,8]{1,0} dynamic-slice(%data, %at, %zero), dynamic_slice_sizes={1,8}
+  %second = f32[1,8]{1,0} dynamic-slice(%data, %zero, %zero), dynamic_slice_sizes={1,8}
+  %both = f32[2,8]{1,0} concatenate(%first, %second), dimensions={0}
+  ROOT %half = bf16[2,8]{1,0} convert(%both)
+}
+
+%fused_windows (data: f32[100,8], at: s32[]) -> f32[60,8] {
+  %data = f32[100,8]{1,0} parameter(0)
+  %at = s32[] parameter(1)
+  %zero = s32[] constant(0)
+  %low = f32[60,8]{1,0} dynamic-slice(%data, %zero, %zero), dynamic_slice_sizes={60,8}
+  %high = f32[60,8]{1,0} dynamic-slice(%data, %at, %zero), dynamic_slice_sizes={60,8}
+  ROOT %sum = f32[60,8]{1,0} add(%low, %high)
+}
+
+ENTRY %main (d: f32[100,8], a: s32[]) -> (bf16[2,8], f32[60,8], (f32[4], f32[8])) {
+  %d = f32[100,8]{1,0} parameter(0)
+  %a = s32[] parameter(1)
+  %rows = bf16[2,8]{1,0} fusion(%d, %a), kind=kLoop, calls=%fused_rows
+  %windows = f32[60,8]{1,0} fusion(%d, %a), kind=kLoop, calls=%fused_windows
+  %pair = (f32[4]{0}, f32[8]{0}) custom-call(%a), custom_call_target="split"
+  ROOT %t = (bf16[2,8]{1,0}, f32[60,8]{1,0}, (f32[4]{0}, f32[8]{0})) tuple(%rows, %windows, %pair)
+}
+"""
+
+
+def test_kernel_bytes_count_every_slice_an_operand_once_at_most_and_each_result():
+    rows = 2 * 8 * 4 + 4 + 2 * 8 * 2  # both rows read, the index; written in bfloat16
+    windows = 100 * 8 * 4 + 4 + 60 * 8 * 4  # 120 rows of windows: the 100 there are, once
+    pair = 4 + 4 * 4 + 8 * 4  # the index read, both results written
+    assert kernel_bytes(SLICES_HLO) == rows + windows + pair
+
+
+def test_flops_are_none_where_xla_counts_none():
+    def executable(analysis):
+        return types.SimpleNamespace(cost_analysis=lambda: analysis)
+
+    assert flops(executable([{"flops": 6.0}])) == 6.0  # older JAX: a list of one dict
+    for analysis in (None, [], {}, {"flops": -1.0}):  # a negative count means none
+        assert flops(executable(analysis)) is None, analysis
+
+
 # Thunk sequences as XLA:GPU dumps them (xla_dump_to), cut to their loops: the epoch's loop
 # body one command buffer (the host launches it each iteration), the whole loop inside one,
 # and a body whose convolutions stay out of the graphs.

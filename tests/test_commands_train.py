@@ -1,5 +1,9 @@
 import json
+import os
+import shlex
+import signal
 import sys
+import time
 import types
 from pathlib import Path
 
@@ -384,3 +388,99 @@ def test_compile_cache_settings_return_to_their_previous_values_on_exit(tmp_path
         assert jax.config.jax_persistent_cache_min_compile_time_secs == 0.0
     assert {name: getattr(jax.config, name) for name in names} == before
     assert before["jax_compilation_cache_dir"] != str(tmp_path / "cache")
+
+
+def test_seed_picks_the_examples_limit_test_keeps(image_tree, tmp_path):
+    # --seed chooses the --limit-train / --limit-test subsets too (its help says so).
+    from jaxcifar.data import load_split
+
+    out = tmp_path / "run"
+    args = ["train", "--data-dir", str(image_tree), "--epochs", "1", "--seed", "3",
+            "--limit-test", "10", "--out", str(out), *FAST]  # fmt: skip
+    assert main(args) == 0
+    matrix = np.array(json.loads((out / "metrics.json").read_text())["confusion_matrix"])
+    kept = [load_split("cifar10", "test", data_dir=image_tree, limit=10, seed=seed)
+            for seed in (3, 0)]  # fmt: skip
+    counts = [np.bincount(subset.labels, minlength=10) for subset in kept]
+    assert not np.array_equal(*counts)  # another seed keeps other classes
+    np.testing.assert_array_equal(matrix.sum(axis=1), counts[0])
+
+
+def test_resuming_a_run_whose_reports_stop_short_of_its_checkpoint_writes_them(
+    image_tree, tmp_path, monkeypatch
+):
+    # Stopped after epoch 2's checkpoint, before its reports: OUT still holds epoch 1's,
+    # every figure included. The resume must write epoch 2's, not say "already trained".
+    from jaxcifar import reports
+
+    out = tmp_path / "run"
+    args = ["train", "--data-dir", str(image_tree), "--out", str(out), *FAST]
+    assert main([*args, "--epochs", "1"]) == 0
+    with monkeypatch.context() as patch:
+        patch.setattr(reports, "write_reports", lambda *args, **kwargs: None)  # killed there
+        assert main([*args, "--epochs", "2", "--resume"]) == 0
+    assert len(json.loads((out / "metrics.json").read_text())["epochs"]) == 1
+    assert main([*args, "--resume"]) == 0
+    assert len(json.loads((out / "metrics.json").read_text())["epochs"]) == 2
+
+
+def test_a_stopped_resume_names_the_newest_epoch_its_checkpoint_keeps(
+    image_tree, tmp_path, monkeypatch, capsys
+):
+    # Once a resume saves epochs of its own, its messages name the newest checkpoint: a
+    # signal after the last epoch's leaves only the reports to write; a divergence two saved
+    # epochs later keeps epoch 4, not the epoch the resume started from.
+    from jaxcifar import train
+    from jaxcifar.errors import TrainingDiverged
+
+    out = tmp_path / "run"
+    args = ["train", "--data-dir", str(image_tree), "--out", str(out), *FAST]
+    assert main([*args, "--epochs", "1"]) == 0
+
+    def saving_epochs_until(last, then):  # a fit that saves epochs up to `last`, then `then()`
+        def fit(config, train_set, test_set, *, state, history, on_epoch_end, **kwargs):
+            history = list(history)
+            while len(history) < last:
+                history.append({"epoch": len(history) + 1})
+                on_epoch_end(state, history)
+            then()
+
+        return fit
+
+    def sigterm():
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)  # interrupted within the sleep
+
+    def diverge():
+        raise TrainingDiverged("loss became nan at epoch 5 step 1")
+
+    monkeypatch.setattr(train, "fit", saving_epochs_until(2, sigterm))
+    capsys.readouterr()
+    assert main([*args, "--epochs", "2", "--resume"]) == 143
+    resume = ["jaxcifar", "train", "--resume", "--out", str(out), "--data-dir", str(image_tree),
+              "--quiet"]  # fmt: skip
+    assert capsys.readouterr().err == (
+        "jaxcifar train: interrupted by SIGTERM after the last epoch, before the reports were "
+        f"written (resuming writes them); {out / checkpoint.FILENAME} keeps epoch 2/2; "
+        f"resume with: {shlex.join(resume)}\n"
+    )
+    monkeypatch.setattr(train, "fit", saving_epochs_until(4, diverge))
+    assert main([*args, "--epochs", "5", "--resume"]) == 2
+    assert capsys.readouterr().err == (
+        "jaxcifar train: error: loss became nan at epoch 5 step 1; "
+        f"{out / checkpoint.FILENAME} keeps the last good state (epoch 4)\n"
+    )
+
+
+def test_the_resume_line_keeps_the_epoch_mode_and_a_flag_turned_off():
+    from jaxcifar.cli import build_parser
+    from jaxcifar.commands.train import resume_command
+
+    argv = ["train", "--out", "runs/x", "--no-augment", "--epoch-mode", "loop"]
+    args = build_parser().parse_args(argv)
+    assert resume_command(args, with_config=False) == (
+        "jaxcifar train --resume --out runs/x --epoch-mode loop"
+    )
+    assert resume_command(args, with_config=True) == (
+        "jaxcifar train --resume --out runs/x --no-augment --epoch-mode loop"
+    )

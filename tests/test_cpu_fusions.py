@@ -1,3 +1,5 @@
+import types
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -23,8 +25,18 @@ def test_cpu_programs_keep_library_reductions_and_dots_but_not_convolutions():
 
 
 def test_other_backends_keep_xla_defaults(monkeypatch):
+    for backend in ("gpu", "tpu"):
+        monkeypatch.setattr(jax, "default_backend", lambda backend=backend: backend)
+        assert cpu_fusions.compiler_options() is None, backend
+
+
+def test_a_callers_own_options_apply_on_other_backends_too(monkeypatch):
+    # (The speedrun rounds to bfloat16 where it says, by an option of its own, on GPUs.)
     monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
-    assert cpu_fusions.compiler_options() is None
+    lowered = _lowered_sum(64)
+    assert "ynn_fusion" in cpu_fusions.compile_program(lowered).as_text()  # XLA's defaults
+    own = cpu_fusions.compile_program(lowered, {"xla_cpu_experimental_ynn_fusion_type": ""})
+    assert "ynn_fusion" not in own.as_text()
 
 
 def _entry_convolution_count(compiled: jax.stages.Compiled) -> int:
@@ -91,3 +103,39 @@ def test_compiled_per_shape_compiles_once_per_shape_and_matches_jit(monkeypatch)
         batch = (jnp.ones((rows, 3)), jnp.arange(rows, dtype=jnp.float32))
         np.testing.assert_array_equal(step(params, batch), jitted(params, batch))
     assert compiles == [options, options]
+
+
+def test_a_jaxlib_without_the_option_still_takes_the_callers_own_options(monkeypatch):
+    monkeypatch.setattr(cpu_fusions, "_OPTION", "xla_cpu_no_such_option_in_any_jaxlib")
+    own = {"xla_cpu_experimental_ynn_fusion_type": ""}
+    compiled = cpu_fusions.compile_program(_lowered_sum(64), own)
+    assert "ynn_fusion" not in compiled.as_text()
+
+
+def test_compiled_per_shape_compiles_again_for_another_dtype():
+    step = cpu_fusions.compiled_per_shape(jax.jit(lambda x: x * 2))
+    assert step(jnp.ones(3, jnp.float32)).dtype == jnp.float32
+    doubled = step(jnp.arange(3, dtype=jnp.int32))  # same shape, not float32's program
+    assert doubled.dtype == jnp.int32 and doubled.tolist() == [0, 2, 4]
+
+
+def test_compile_timed_times_lowering_within_the_whole_and_passes_the_options(monkeypatch):
+    now = [0.0]
+    monkeypatch.setattr(cpu_fusions, "time", types.SimpleNamespace(perf_counter=lambda: now[0]))
+    asked = []
+
+    def compile(compiler_options=None):  # 2 s of XLA compilation
+        now[0] += 2.0
+        asked.append(compiler_options)
+        return "executable"
+
+    def lower(*args):  # 1 s of tracing and lowering
+        now[0] += 1.0
+        return types.SimpleNamespace(compile=compile)
+
+    jitted = types.SimpleNamespace(lower=lower)
+    own = {"xla_allow_excess_precision": False}
+    for xla_defaults in (True, False):
+        timed = cpu_fusions.compile_timed(jitted, 1, xla_defaults=xla_defaults, options=own)
+        assert timed == ("executable", 1.0, 3.0)
+    assert asked == [own, {**cpu_fusions.compiler_options(), **own}]

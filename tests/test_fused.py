@@ -193,11 +193,13 @@ def test_fused_path_refuses_an_unknown_path_unroll_or_several_devices(dataset):
         epoch.FusedRunner(CONFIG, dataset, mesh=types.SimpleNamespace(size=8))
     with pytest.raises(ConfigError, match=r"momentum 0.0 \(needs > 0\)"):
         epoch.FusedRunner(dataclasses.replace(CONFIG, momentum=0.0), dataset)
+    largest = dataclasses.replace(CONFIG, batch_size=epoch.PALLAS_HEAD_MAX_BATCH)
     large = dataclasses.replace(CONFIG, batch_size=epoch.PALLAS_HEAD_MAX_BATCH + 1)
     for path in ("fused-pallas", "fused-pallas-all"):
         expected = r"--batch-size up to 128 .*; got 129: use --epoch-mode fused"
         with pytest.raises(ConfigError, match=expected):
             epoch.FusedRunner(large, dataset, path=path)
+        epoch.check_config(largest, path)  # "up to": 128 itself is taken
     epoch.check_config(large, "fused")  # the XLA head takes any batch
 
 
@@ -209,6 +211,8 @@ def test_a_training_set_past_the_kernels_int32_offsets_is_refused(dataset, monke
     with pytest.raises(ConfigError, match=expected):
         epoch.FusedRunner(CONFIG, dataset, path="fused-pallas-all")
     epoch.FusedRunner(CONFIG, dataset, path="fused-pallas")  # gathers the batch in XLA
+    monkeypatch.setattr(epoch, "PALLAS_MAX_TRAINING_PIXELS", dataset.images.size)
+    epoch.FusedRunner(CONFIG, dataset, path="fused-pallas-all")  # up to the limit itself
 
 
 def test_every_epoch_mode_of_fit_records_the_same_epoch_and_the_cli_offers_every_mode(dataset):

@@ -8,6 +8,7 @@ shapes and so loads its programs from that cache instead of compiling again.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import itertools
 import json
@@ -29,7 +30,7 @@ from jaxcifar.commands.evaluate import EvalSubset, speedrun_test_subset
 from jaxcifar.cpu_fusions import compile_timed
 from jaxcifar.data import load, load_split
 from jaxcifar.data.dataset import CIFAR10_CLASSES
-from jaxcifar.errors import CheckpointError, ConfigError, DataError
+from jaxcifar.errors import CheckpointError, ConfigError, DataError, TrainingDiverged
 from jaxcifar.models import layers
 from jaxcifar import xla_cache
 from jaxcifar.speedrun import measure, model_file, net, optimizer, tta, whitening
@@ -466,15 +467,22 @@ def test_batches_flip_each_image_one_way_in_even_epochs_the_other_in_odd_and_tra
     assert len({(dy, dx) for dy, dx, _ in drawn}) > 8  # 32 offsets drawn from 25
 
 
-@pytest.mark.parametrize("whiten_bias", [True, False])
-def test_a_step_moves_the_whitening_bias_only_while_it_trains(whiten_bias):
+def one_step_setup(mean: float, std: float):
+    """(recipe, plan, optimizer, data, initial state) for single float32 steps of batch 8 on
+    IMAGES as uint8, standardised by `mean` and `std`."""
     recipe = Recipe(batch_size=8, widths=WIDTHS, dtype="float32")
     steps = Plan(steps_per_epoch=2, total_steps=20, epochs=10)
     tx = optimizer.build_optimizer(recipe, steps.total_steps)
     images = np.asarray(IMAGES * 40 + 128, np.uint8)
-    data = speedrun_train.DeviceData(images, jnp.arange(16) % 10, jnp.full(3, 128.0),
-                                     jnp.full(3, 40.0))  # fmt: skip
+    data = speedrun_train.DeviceData(images, jnp.arange(16) % 10, jnp.full(3, mean),
+                                     jnp.full(3, std))  # fmt: skip
     state = speedrun_train.init_state(recipe, tx, 10, jax.random.key(0), data)
+    return recipe, steps, tx, data, state
+
+
+@pytest.mark.parametrize("whiten_bias", [True, False])
+def test_a_step_moves_the_whitening_bias_only_while_it_trains(whiten_bias):
+    recipe, steps, tx, data, state = one_step_setup(128.0, 40.0)
     state = state._replace(params=speedrun_train._with_whiten_bias(state.params, jnp.ones(24)))
     order, epoch, index = jnp.arange(16), jnp.int32(0), jnp.int32(0)
     step = functools.partial(speedrun_train.train_step, recipe, steps, tx, state, data, order,
@@ -488,6 +496,25 @@ def test_a_step_moves_the_whitening_bias_only_while_it_trains(whiten_bias):
     assert loss == other_loss
     other.params["whiten"]["bias"] = new.params["whiten"]["bias"]
     jax.tree.map(np.testing.assert_array_equal, new.params, other.params)
+
+
+def test_a_step_takes_the_lookahead_at_its_own_count_of_steps():
+    # The step that brings the count to a multiple of lookahead_every (the 5th, from a state
+    # at 4) moves the EMA and sets the weights to it; the 1st leaves the EMA as it was.
+    recipe, steps, tx, data, start = one_step_setup(0.5, 0.2)
+    step = jax.jit(functools.partial(speedrun_train.train_step, recipe, steps, tx,
+                                     whiten_bias=True))  # fmt: skip
+    for count in (0, recipe.lookahead_every - 1):
+        state = start._replace(step=jnp.int32(count))
+        new, _ = step(state, data, jnp.arange(16), jnp.int32(0), jnp.int32(0))
+        ema_moved = jax.tree.map(lambda a, b: bool(jnp.any(a != b)), new.lookahead,
+                                 state.lookahead)  # fmt: skip
+        on_ema = jax.tree.map(lambda a, b: bool(jnp.all(a == b)), (new.params, new.batch_stats),
+                              new.lookahead)  # fmt: skip
+        lookahead_step = count + 1 == recipe.lookahead_every
+        assert int(new.step) == count + 1
+        assert any(jax.tree.leaves(ema_moved)) == lookahead_step, count
+        assert all(jax.tree.leaves(on_ema)) == lookahead_step, count
 
 
 @pytest.fixture(scope="module")
@@ -517,6 +544,8 @@ def test_fast_recipe_trains_on_real_data(tiny_run):
     assert first.state.params["block3"]["conv2"]["kernel"].shape == (3, 3, 32, 32)
     losses = first.epoch_losses
     assert len(losses) == EPOCHS and all(np.isfinite(losses))
+    # Per image, from nearly uniform logits at first: about ln 10 for 10 classes.
+    assert losses[0] == pytest.approx(math.log(10), rel=0.05)
     assert losses == sorted(losses, reverse=True) and losses[-1] < losses[0] - 0.01, losses
     assert first.epoch_losses == again.epoch_losses  # a run is a function of its seed
     # 8 steps on 64 images are not enough to beat chance on 50 test images (0.06 now): see
@@ -524,6 +553,29 @@ def test_fast_recipe_trains_on_real_data(tiny_run):
     assert first.tta_accuracy == again.tta_accuracy
     assert int(first.state.step) == 8
     np.testing.assert_array_equal(first.state.params["whiten"]["bias"] != 0, True)
+
+
+def test_a_padded_last_test_batch_scores_each_test_image_once(
+    tiny_run, real_subsets, xla_dir, monkeypatch
+):
+    # 50 test images in batches of 16: the last is padded with 14 zero images, whose
+    # predictions must not be scored (the confusion matrix refuses 64 for 50 labels).
+    monkeypatch.setattr(speedrun_train, "EVAL_BATCH", 16)
+    with xla_cache.compilation_cache(xla_dir):
+        speedrun = Speedrun(TINY, *real_subsets, epoch_mode="loop")
+    assert speedrun.test_images.shape[:2] == (4, 16)
+    assert speedrun.run(0).tta_accuracy == tiny_run[1].tta_accuracy
+
+
+def test_a_run_whose_loss_is_not_finite_stops_naming_its_first_bad_step(real_subsets, xla_dir):
+    # Constant training images have a channel standard deviation of 0, so every
+    # standardised input is 0 / 0 and the first step's loss is NaN.
+    train, test = real_subsets
+    flat = dataclasses.replace(train, images=np.full_like(train.images, 128))
+    with xla_cache.compilation_cache(xla_dir):
+        speedrun = Speedrun(TINY, flat, test, epoch_mode="loop")
+    with pytest.raises(TrainingDiverged, match=r"^speedrun seed 3: loss became nan at step 1$"):
+        speedrun.run(3)
 
 
 def test_fast_recipe_beats_chance_on_real_data(shared_data, xla_dir):
@@ -652,6 +704,7 @@ def test_speedrun_command_writes_its_json_and_a_model_evaluate_and_predict_read(
     # Same seed, same data, same programs: the command's first run is the fixture's.
     assert first["tta_test_accuracy"] == tiny_run[1].tta_accuracy
     assert results["train_images"] == TRAIN and results["plan"]["total_steps"] == 8
+    assert results["epoch_mode"] == "loop"  # as --epoch-mode asked, not auto's scan
     table = (out / "speedrun.md").read_text()
     assert "| jaxcifar-fast | float32 | 2 |" in table
     assert any(xla_dir.iterdir())  # compiled programs were stored
@@ -881,6 +934,20 @@ def test_measure_times_every_run_and_counts_the_first_execution_as_cold(monkeypa
     assert [row["cold_seconds"] for row in rows] == [10.0 + (5.0 if warmup else 3.0), None]
     assert results[-1] == ([5, 3, 4] if warmup else [3, 4])
     assert details["warmup"] is warmup
+    assert details["epoch_mode"] == "scan"  # the mode that ran, not the "auto" asked for
+
+
+def test_results_summarise_each_dtype_of_a_system_apart():
+    rows = [measure.run_row(measure.SYSTEM, dtype, seconds, cold, accuracy)
+            for dtype, seconds, cold, accuracy in (("bfloat16", 1.0, 5.0, 0.9),
+                                                   ("float32", 4.0, 9.0, 0.6),
+                                                   ("bfloat16", 2.0, None, 0.8))]  # fmt: skip
+    summary = measure.summary(rows)
+    assert [(s["dtype"], s["runs"], s["cold_seconds"]) for s in summary] == [
+        ("bfloat16", 2, 5.0), ("float32", 1, 9.0)
+    ]  # fmt: skip
+    assert [s["train_seconds_mean"] for s in summary] == [1.5, 4.0]
+    assert [s["tta_test_accuracy_mean"] for s in summary] == pytest.approx([0.85, 0.6])
 
 
 def test_results_title_names_the_dataset_and_old_results_still_render():

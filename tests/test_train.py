@@ -11,6 +11,7 @@ from jaxcifar import epochs, metrics, train
 from jaxcifar.config import OPTIMIZERS, RECIPES, RunConfig
 from jaxcifar.data import load
 from jaxcifar.data.dataset import Dataset
+from jaxcifar.data.preprocess import to_float
 from jaxcifar.errors import ConfigError, DataError, TrainingDiverged
 from jaxcifar.optim import build_optimizer, build_schedule
 from synthetic import CLASSES, MLP, tiny_dataset
@@ -337,3 +338,57 @@ def test_fast_recipe_trains_from_a_seed_whose_init_leaves_fc4_nearly_dead(shared
     losses = np.concatenate(losses)
     assert len(losses) == 3125
     assert losses[-625:].mean() < 2.1
+
+
+def test_evaluation_pads_its_last_batch_but_counts_each_example_once(monkeypatch):
+    # 23 examples in batches of 10: the last is padded with 7 zero images, whose losses and
+    # predictions must not reach the mean loss, the accuracy or the predictions.
+    setup = train.build_setup(MLP, tiny_dataset(32))
+    params = train.init_state(MLP, setup).params
+    test_set = tiny_dataset(23, seed=1)
+    logits = setup.model.apply(params, to_float(test_set.images))
+    losses = np.asarray(train.cross_entropy(logits, test_set.labels))
+    monkeypatch.setattr(train, "EVAL_BATCH", 10)
+    result = train.evaluate(train.make_eval_step(setup.model), params, test_set)
+    np.testing.assert_array_equal(result.predictions, np.argmax(logits, -1))
+    assert result.loss == pytest.approx(losses.mean(), rel=1e-5)
+    assert result.accuracy == np.mean(np.argmax(logits, -1) == test_set.labels)
+
+
+def test_bfloat16_evaluation_computes_in_bfloat16():
+    setup = train.build_setup(MLP, tiny_dataset(32))
+    params = train.init_state(MLP, setup).params
+    test_set = tiny_dataset(40, seed=1)
+    batch = (test_set.images, test_set.labels)
+    exact, low = (np.asarray(train.make_eval_step(setup.model, dtype=dtype)(params, batch)[0])
+                  for dtype in ("float32", "bfloat16"))  # fmt: skip
+    assert 0 < np.abs(low - exact).max() < 0.05 * exact.max()  # rounded, and not by much
+
+
+def test_fit_records_every_reported_step_and_the_epochs_seconds_without_compiling(monkeypatch):
+    # A scripted runner on a fake clock: each epoch takes 3 s, 2 of the first compiling, and
+    # reports its 3 steps in two groups. The record: the mean of the steps' losses (not of
+    # the groups'), correct predictions over steps x batch examples, the seconds less the
+    # compiling; a NaN names its step counted from the epoch's first.
+    now = [0.0]
+    monkeypatch.setattr(train, "time", types.SimpleNamespace(perf_counter=lambda: now[0]))
+
+    class Runner:
+        steps, compile_seconds = 3, 0.0
+
+        def run(self, state, epoch, report):
+            now[0] += 3.0
+            self.compile_seconds += 2.0 if epoch == 1 else 0.0
+            report(0, np.array([1.0, 2.0], np.float32), np.array([16, 8]))
+            report(2, np.array([6.0 if epoch == 1 else np.nan], np.float32), np.array([0]))
+            return state
+
+    monkeypatch.setattr(train, "make_epoch_runner", lambda *args: Runner())
+    saved = []
+    config = dataclasses.replace(MLP, epochs=2)
+    with pytest.raises(TrainingDiverged, match=r"loss became nan at epoch 2 step 3; "):
+        quiet_fit(config, tiny_dataset(48), tiny_dataset(8, seed=1),
+                  on_epoch_end=lambda state, history: saved.append(list(history)))  # fmt: skip
+    ((record,),) = saved
+    assert record["epoch"] == 1 and config.batch_size == 16
+    assert (record["train_loss"], record["train_accuracy"], record["seconds"]) == (3.0, 0.5, 1.0)
