@@ -812,3 +812,99 @@ def test_plot_error_bars_run_from_p10_to_p90(tmp_path, monkeypatch):
     (container,) = figures[0].axes[0].containers
     (bars,) = container.lines[2]
     np.testing.assert_allclose(bars.get_segments(), [[[4, 1.5], [4, 3.0]]])
+
+
+def test_ratios_pair_rows_of_the_same_batch_size():
+    # Guards a key without the batch size: b4's torch step against b8's JAX step.
+    import dataclasses
+
+    def at(batch_size, *args, **fields):
+        return dataclasses.replace(_row(*args, **fields), batch_size=batch_size)
+
+    torch4, torch8 = at(4, "torch", median=3.0), at(8, "torch", median=4.0)
+    scan4 = at(4, "jax", "epoch_scan", epoch_seconds=2.0)
+    scan8 = at(8, "jax", "epoch_scan", epoch_seconds=4.0)
+    add_ratios([
+        at(4, "jax", median=1.0), at(8, "jax", median=2.0), torch4, torch8, scan4, scan8,
+        at(4, "jax", "epoch_loop", epoch_seconds=6.0),
+        at(8, "jax", "epoch_loop", epoch_seconds=8.0),
+    ])  # fmt: skip
+    assert (torch4.jax_speedup, torch8.jax_speedup) == (3.0, 2.0)
+    assert (scan4.speedup_vs_loop, scan8.speedup_vs_loop) == (3.0, 2.0)
+
+
+def test_only_a_torch_compile_failure_is_skipped_and_only_when_asked_for(monkeypatch):
+    def measure(images, labels, budget, compile, threads):
+        raise RuntimeError(f"compile={compile}")
+
+    monkeypatch.setattr(torch_reference, "torch_missing", lambda: None)
+    monkeypatch.setattr(torch_reference, "measure_torch_cnn", measure)
+    asked = Settings(models=("cnn",), batch_sizes=(4,), dtypes=("float32",), epoch_images=0,
+                     torch_compile=True, budget=TimingBudget.fixed(1))  # fmt: skip
+    torch_cases = [case for case in suite.plan(asked)[0] if case.label.startswith("torch")]
+    assert [case.label for case in torch_cases] == [
+        "torch cnn train_step b4", "torch-compile cnn train_step b4"
+    ]
+    results = suite.run(asked, planned=(torch_cases[1:], []))
+    assert results["skipped"] == [{"framework": "torch-compile",
+                                   "case": "torch-compile cnn train_step b4",
+                                   "reason": "RuntimeError: compile=True"}]  # fmt: skip
+    # The plain torch step is a reference the run promises: its failure ends the run.
+    with pytest.raises(RuntimeError, match="compile=False"):
+        suite.run(asked, planned=(torch_cases[:1], []))
+    # An MLP-only run times no torch at all, so it records no torch skip either.
+    monkeypatch.setattr(torch_reference, "torch_missing", lambda: "torch is not installed")
+    mlp = Settings(models=("mlp",), batch_sizes=(4,), dtypes=("float32",), epoch_images=0)
+    assert suite.plan(mlp)[1] == []
+
+
+def test_the_jax_roof_records_its_compile_time_under_xla_default_fusions(monkeypatch):
+    from jaxcifar.bench import peak
+
+    calls = []
+
+    def recorded(*args, **kwargs):
+        calls.append(kwargs)
+        return compile_timed(*args, **kwargs)
+
+    monkeypatch.setattr(peak, "compile_timed", recorded)
+    monkeypatch.setattr(peak, "CPU_MATMUL_SIZE", 64)
+    monkeypatch.setattr(peak, "GPU_MATMUL_SIZE", 64)
+    row = peak.measure_jax_matmul(TimingBudget.fixed(2))
+    # The roof is the matmul library's own rate, not the steps' CPU fusion options.
+    assert calls == [{"xla_defaults": True}]
+    assert row.compile_seconds > 0 and row.flops_per_step == 2 * 64**3
+
+
+def test_bench_flags_reach_the_settings(tmp_path, monkeypatch, capsys):
+    planned = []
+    monkeypatch.setattr(suite, "plan", lambda settings: planned.append(settings) or ([], []))
+    monkeypatch.setattr(output, "plot_step_times", lambda *args, **kwargs: None)
+    out = ["--out", str(tmp_path), "--name", "run"]
+    fixed = ["--steps", "3", "--warmup", "2", "--torch-threads", "2", "--no-reference"]
+    assert cli.main(["bench", *fixed, *out]) == 0
+    assert planned[-1].budget == TimingBudget.fixed(3, warmup=2)
+    assert planned[-1].torch_threads == 2 and planned[-1].reference is False
+    # More --min-steps than the default cap raises the cap rather than failing.
+    timed = ["--min-steps", "600", "--seconds-per-case", "0.25", "--warmup", "0"]
+    assert cli.main(["bench", *timed, *out]) == 0
+    assert planned[-1].budget == TimingBudget(0, 600, 0.25, 600)
+    assert planned[-1].reference is True
+
+
+def test_environment_records_the_variables_and_cpus_the_run_had(monkeypatch):
+    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.hugetlb=1")
+    monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_use_thunk_runtime=true")
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.setattr(environment.os, "sched_getaffinity", lambda pid: {0}, raising=False)
+    described = environment.describe_environment()
+    assert described["glibc_tunables"] == "glibc.malloc.hugetlb=1"
+    assert described["xla_flags"] == "--xla_cpu_use_thunk_runtime=true"
+    assert described["thread_variables"]["OMP_NUM_THREADS"] == "1"
+    assert described["usable_cpus"] == 1  # pinned to one CPU of cpu_count
+
+
+def test_device_slug_is_lowercase_words_joined_by_single_dashes():
+    assert environment.device_slug("NVIDIA H200") == "nvidia-h200"
+    assert environment.device_slug(" Tesla V100-SXM2 (16GB) ") == "tesla-v100-sxm2-16gb"
+    assert environment.device_slug("???") == "device"

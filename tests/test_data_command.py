@@ -78,3 +78,26 @@ def test_show_checks_its_out_folder_before_reading_the_data(tmp_path, capsys):
     assert capsys.readouterr().err == (
         f"jaxcifar data show: error: --out {out}: {tmp_path / 'afile'} is a file, not a folder\n"
     )
+
+
+def test_show_titles_each_image_with_its_own_class_and_seed_picks_the_sample(
+    tmp_path, fresh_cache, monkeypatch, capsys
+):
+    import jaxcifar.plots
+    from jaxcifar.data.dataset import CLASS_NAMES
+
+    images, labels = write_idx_set(tmp_path / "mnist", n_train=6)["train"]
+    drawn = []
+    monkeypatch.setattr(jaxcifar.plots, "plot_image_grid",
+                        lambda path, images, titles: drawn.append((images, titles)))  # fmt: skip
+    argv = ["data", "show", "--dataset", "mnist", "--data-dir", str(tmp_path), "--count", "3"]
+    for seed in ("1", "2", "1"):
+        # An upper-case .PNG is a PNG too.
+        assert main([*argv, "--seed", seed, "--out", str(tmp_path / "G.PNG")]) == 0
+    samples = []
+    for shown, titles in drawn:
+        rows = [next(i for i in range(6) if np.array_equal(images[i], image[..., 0]))
+                for image in shown]
+        assert titles == [CLASS_NAMES["mnist"][labels[i]] for i in rows]
+        samples.append(rows)
+    assert samples[0] == samples[2] != samples[1]

@@ -40,3 +40,39 @@ def test_only_device_planes_are_summed_by_default():
         assert rows == []  # a CPU has no "/device:" planes
     else:
         assert rows and all(row["plane"].startswith("/device:") for row in rows)
+
+
+def _profiled(monkeypatch, planes: dict) -> list[dict]:
+    """`traced_event_times` over a stand-in profile: {plane: {line: [(name, ns), ...]}}."""
+    from types import SimpleNamespace as Namespace
+
+    profile = Namespace(planes=[
+        Namespace(name=plane, lines=[
+            Namespace(name=line, events=[Namespace(name=n, duration_ns=ns) for n, ns in events])
+            for line, events in lines.items()
+        ])
+        for plane, lines in planes.items()
+    ])  # fmt: skip
+    monkeypatch.setattr(jax.profiler, "ProfileData",
+                        Namespace(from_file=lambda path: profile), raising=False)  # fmt: skip
+    return traced_event_times(lambda: jnp.ones(3))
+
+
+def test_kernel_times_are_summed_per_stream_and_name_on_device_planes_only(monkeypatch):
+    rows = _profiled(monkeypatch, {
+        "/device:GPU:0": {"Stream #1": [("conv", 1000), ("conv", 3000), ("pool", 500)],
+                          "Stream #2": [("conv", 2000)]},
+        "/host:CPU": {"main": [("conv", 9000)]},
+    })  # fmt: skip
+    assert [(r["line"], r["name"], r["count"], r["total_us"], r["mean_us"]) for r in rows] == [
+        ("Stream #1", "conv", 2, 4.0, 2.0),
+        ("Stream #2", "conv", 1, 2.0, 2.0),  # another stream: its own row
+        ("Stream #1", "pool", 1, 0.5, 0.5),
+    ]
+    assert {r["plane"] for r in rows} == {"/device:GPU:0"}
+
+
+def test_a_trace_keeps_the_30_kernels_that_take_the_most_time(monkeypatch):
+    events = [(f"k{i}", 1000 * i) for i in range(1, 41)]
+    rows = _profiled(monkeypatch, {"/device:GPU:0": {"Stream #1": events}})
+    assert [r["name"] for r in rows] == [f"k{i}" for i in range(40, 10, -1)]

@@ -406,3 +406,59 @@ def test_a_jax_without_pallas_triton_gets_a_clear_error_naming_the_other_fused_p
         f"this JAX ({jax.__version__}) does not import ("
     )
     assert error.endswith("use --epoch-mode fused, the same path in plain XLA")
+
+
+def test_a_measured_row_counts_every_epochs_steps_and_times_training_only(dataset, monkeypatch):
+    # A stand-in chunk runner on a fake clock: each epoch takes 1 s and reports 4 steps'
+    # losses, all equal to the epoch's number; the evaluation after training takes 100 s.
+    from jaxcifar.fused import measure
+
+    now = [0.0]
+
+    class Runner:
+        steps, compile_seconds = 4, 0.5
+
+        def run(self, state, epoch, report):
+            now[0] += 1.0
+            report(0, np.full(4, float(epoch), np.float32), np.zeros(4, np.int32))
+            return state
+
+    def evaluate(*args):
+        now[0] += 100.0
+        return types.SimpleNamespace(accuracy=0.25)
+
+    kernel = {"plane": "/device:GPU:0", "line": "Stream #1", "name": "step", "count": 12,
+              "total_us": 40.0, "mean_us": 10 / 3}  # fmt: skip
+    monkeypatch.setattr(measure, "time", types.SimpleNamespace(perf_counter=lambda: now[0]))
+    monkeypatch.setattr(train, "make_epoch_runner", lambda *args: Runner())
+    monkeypatch.setattr(train, "evaluate", evaluate)
+    monkeypatch.setattr(measure, "traced_event_times", lambda run: (run(), [kernel])[1])
+    config = RunConfig(epochs=2, batch_size=4)
+    row = measure.measure_path("chunk", config, dataset.subset(16), dataset.subset(8, seed=1),
+                               unroll=3, profile=True, log=lambda _: None)  # fmt: skip
+    assert (row["steps"], row["wall_seconds"], row["test_images"]) == (8, 2.0, 8)
+    assert row["unroll"] is None  # only a fused path unrolls
+    assert row["last_epoch_train_loss"] == 2.0  # the second epoch's alone
+    markdown = measure.render_markdown([row])
+    assert "| chunk | - | 16 | 2 | 8 | 2.00 | 0.50 | 187.500 |" in markdown  # (2 - 0.5) s / 8
+    assert "4 steps; us/step" in markdown  # the traced epoch's: 40 us over its 4 steps
+    assert "| step | /device:GPU:0 / Stream #1 | 12 | 0.04 | 3.33 | 10.00 |" in markdown
+    graph = {**row, "path": "fused", "unroll": 1, "graph": True}
+    assert "| fused (graph epoch) | 1 |" in measure.render_markdown([graph])
+
+
+def test_fused_kernels_per_step_do_not_grow_with_the_unroll(dataset):
+    # The unrolled loop body holds `unroll` steps: its counts are per step once divided
+    # (XLA fuses a little across the two steps, so not exactly the unroll-1 count).
+    from jaxcifar.fused import measure
+
+    config = RunConfig(epochs=1, batch_size=4)
+    setup = train.build_setup(config, dataset)
+    params = train.init_state(config, setup).params
+    counts = [
+        measure._step_kernels("fused", epoch.FusedRunner(config, dataset, path="fused",
+                                                         unroll=unroll), setup, params, dataset)
+        for unroll in (1, 2)
+    ]  # fmt: skip
+    one, two = (sum(count.values()) for count in counts)
+    assert 0.5 * one < two < 1.5 * one
