@@ -138,3 +138,30 @@ def test_running_out_of_device_memory_is_one_line(monkeypatch, capsys):
     err = capsys.readouterr().err
     assert err.startswith("jaxcifar scratch: error: out of memory (RESOURCE_EXHAUSTED")
     assert err.count("\n") == 1
+
+
+def test_a_multi_line_device_out_of_memory_error_shows_its_first_line_only(monkeypatch, capsys):
+    # XLA's RESOURCE_EXHAUSTED messages run on for lines (buffer assignment dumps).
+    import jax
+
+    def too_big(args):
+        raise jax.errors.JaxRuntimeError("RESOURCE_EXHAUSTED: Out of memory\nBufferAssignment...")
+
+    monkeypatch.setattr("jaxcifar.commands.scratch.run", too_big)
+    assert main(["scratch"]) == 1
+    err = capsys.readouterr().err
+    expected = "jaxcifar scratch: error: out of memory (RESOURCE_EXHAUSTED: Out of memory); "
+    assert err.startswith(expected)
+    assert err.count("\n") == 1
+
+
+def test_an_os_error_about_two_paths_names_both(monkeypatch, capsys):
+    def rename_failed(args):
+        # (OSError's fourth argument is Windows' error code, the fifth the second path.)
+        raise OSError(18, "Invalid cross-device link", "/tmp/run.partial", None, "/runs/run")
+
+    monkeypatch.setattr("jaxcifar.commands.data.run", rename_failed)
+    assert main(["data", "info"]) == 1
+    err = capsys.readouterr().err
+    expected = "jaxcifar data info: error: Invalid cross-device link: /tmp/run.partial: /runs/run"
+    assert err == expected + "\n"

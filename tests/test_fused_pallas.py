@@ -211,3 +211,35 @@ def test_lowers_to_two_triton_kernels_updating_in_place(head_params):
     assert lowered.count("custom_call @__gpu$xla.gpu.triton") == 2
     # The params and velocity arrays, and the step's records (loss and correct count).
     assert lowered.count("stablehlo.output_operand_alias<") == 2 * 2 * len(LAYER_NAMES) + 2
+
+
+def test_correct_counts_the_batchs_rows_only_not_the_kernels_padding(head_params, head_velocity):
+    """A batch of 3 fills 3 of the kernel's 16 rows; the 13 padding rows (zero input, label 0)
+    must not count, even where the head predicts class 0 for them."""
+    fc5 = head_params["fc5"]
+    params = {**head_params, "fc5": {**fc5, "bias": fc5["bias"].at[0].add(100.0)}}
+    flat = jax.random.normal(jax.random.key(10), (3, 1024))
+    labels = jnp.array([0, 1, 2], jnp.int32)
+    *_, correct = fused_step(params, head_velocity, flat, labels, 0.05, momentum=MOMENTUM)
+    *_, want_correct = reference_step(params, head_velocity, flat, labels, 0.05, MOMENTUM)
+    assert int(correct) == int(want_correct) == 1  # every row predicts class 0
+
+
+def test_without_records_the_step_returns_the_loss_of_order_row_index_plus_offset(
+    head_params, head_velocity
+):
+    """Row 1 as (index 1, offset 0) and (index 0, offset 1): its labels, and its loss and
+    count returned, not row index's or row 2's (the last row hid a row read one too far)."""
+    labels = jax.random.randint(jax.random.key(11), (12,), 0, NUM_CLASSES)
+    order = jax.random.permutation(jax.random.key(12), 12).reshape(3, 4).astype(jnp.int32)
+    flat = jax.random.normal(jax.random.key(13), (4, 1024))
+    *_, want_loss, want_correct = reference_step(
+        head_params, head_velocity, flat, labels[order[1]], 0.05, MOMENTUM
+    )
+    step = jax.jit(head_train_step, static_argnames=("momentum", "row_offset"))
+    for index, offset in [(1, 0), (0, 1)]:
+        *_, loss, correct = step(head_params, head_velocity, flat, labels, 0.05,
+                                 momentum=MOMENTUM, label_rows=(order, jnp.int32(index)),
+                                 row_offset=offset)  # fmt: skip
+        np.testing.assert_allclose(loss, want_loss, rtol=1e-5)
+        assert int(correct) == int(want_correct)

@@ -53,7 +53,8 @@ def step_batch(batch, input_shape, rng, examples=10):
 
 
 # CIFAR-10's batch-4 step; a batch of 3 leaves the last block of pooled positions part
-# empty; 28x28 greyscale pools to 7x7, so pool2 drops an odd row and column.
+# empty; 28x28 greyscale pools to 14x14 and 7x7, sizes that are not powers of two (pool2's
+# dropped odd row and column: test_odd_pooled_sizes_and_an_offset_step_train_as_plain_jax_does).
 @pytest.mark.parametrize("batch, input_shape", [(4, (32, 32, 3)), (3, (28, 28, 1))])
 def test_one_step_equals_plain_jax(batch, input_shape):
     conv_params, velocity = conv_part(input_shape)
@@ -127,3 +128,25 @@ def test_lowers_to_four_triton_kernels_updating_in_place():
     # Beside the kernels, only free reshapes (and the learning rate's constant block).
     ops = set(re.findall(r"= stablehlo\.(\w+)", lowered)) - {"custom_call"}
     assert ops <= {"reshape", "constant", "broadcast_in_dim"}, ops
+
+
+def test_odd_pooled_sizes_and_an_offset_step_train_as_plain_jax_does():
+    """10x14 images pool to 5x7, whose odd last row and column pool2 drops: no gradient may
+    flow back from them. The step's row is index 0 plus offset 1 (an unrolled loop's second
+    step): every kernel, the backward one's image reads included, must add the offset."""
+    batch, input_shape = 2, (10, 14, 3)
+    conv_params, velocity = conv_part(input_shape)
+    rng = jax.random.key(2)
+    step, x = step_batch(batch, input_shape, rng, examples=5)
+    step = StepBatch(step.images, step.labels, step.order, step.dropout_seeds, jnp.int32(0), 1)
+    d_flat = jax.random.normal(jax.random.key(3), (batch, 2 * 3 * 16))
+    want_flat, want_params, want_velocity = reference_step(conv_params, velocity, x, rng, d_flat)
+
+    flat, finish = pallas_convs.features_train_step(conv_params, step)
+    params, new_velocity = finish(velocity, d_flat, jnp.float32(LEARNING_RATE), MOMENTUM)
+
+    np.testing.assert_allclose(flat, want_flat, rtol=1e-5, atol=1e-6)
+    for got, want in ((params, want_params), (new_velocity, want_velocity)):
+        for got_leaf, want_leaf in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+            scale = float(jnp.abs(want_leaf).max())
+            np.testing.assert_allclose(got_leaf, want_leaf, atol=2e-6 * scale)

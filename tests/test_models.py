@@ -389,3 +389,26 @@ def test_mlp_in_bfloat16_computes_every_layer_in_bfloat16_and_returns_float32():
     theirs = FlaxMLP((32, 16, 10), jnp.bfloat16).apply({"params": params}, x)
     assert ours.dtype == jnp.float32 and theirs.dtype == jnp.bfloat16
     np.testing.assert_allclose(ours, theirs.astype(jnp.float32), rtol=1e-6)
+
+
+def test_build_makes_the_cnn_for_its_input_shape_and_classes():
+    model = models.build("cnn", (28, 28, 1), 3)
+    params = jax.jit(model.init)(jax.random.key(0))
+    want = jax.jit(cnn_module.init, static_argnums=(1, 2))(jax.random.key(0), (28, 28, 1), 3)
+    assert jax.tree.map(jnp.shape, params) == jax.tree.map(jnp.shape, want)
+    assert jax.jit(model.apply)(params, jnp.zeros((2, 28, 28, 1))).shape == (2, 3)
+
+
+def test_build_binds_the_mlps_activation_classes_and_default_hidden_layers():
+    from jaxcifar.config import MLP_LAYER_SIZES
+
+    model = models.build("mlp", (4, 4, 3), 5, mlp_hidden=(8,), mlp_activation="relu")
+    params = model.init(jax.random.key(0))
+    x = jax.random.uniform(jax.random.key(1), (2, 4, 4, 3))
+    want = mlp.apply(params, x, activation="relu")
+    assert want.shape == (2, 5)
+    np.testing.assert_allclose(model.apply(params, x), want, rtol=1e-6)
+    # By default the hidden layers are MLP_LAYER_SIZES' (784-500-50-10 for 28x28 greyscale).
+    default = models.build("mlp", (28, 28, 1), 10).init(jax.random.key(0))
+    shapes = [default[name]["kernel"].shape for name in sorted(default)]
+    assert shapes == list(zip(MLP_LAYER_SIZES, MLP_LAYER_SIZES[1:]))
