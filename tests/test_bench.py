@@ -13,7 +13,9 @@ import numpy as np
 import pytest
 
 from jaxcifar import cli, cpu_fusions, epochs, models, parallel
-from jaxcifar.bench import environment, jax_cases, output, suite, timing, torch_reference
+from jaxcifar.bench import (
+    environment, jax_cases, numpy_reference, output, suite, timing, torch_reference,
+)
 from jaxcifar.bench.rows import Row, add_ratios
 from jaxcifar.bench.settings import Settings
 from jaxcifar.bench.timing import TimingBudget, percentiles, time_steps
@@ -908,3 +910,74 @@ def test_device_slug_is_lowercase_words_joined_by_single_dashes():
     assert environment.device_slug("NVIDIA H200") == "nvidia-h200"
     assert environment.device_slug(" Tesla V100-SXM2 (16GB) ") == "tesla-v100-sxm2-16gb"
     assert environment.device_slug("???") == "device"
+
+
+def _cells(step) -> dict:
+    """The variables a timed step closure reads and rebinds, by name."""
+    return dict(zip(step.__code__.co_freevars, step.__closure__))
+
+
+def _capture_steps(monkeypatch, *modules) -> list:
+    """Make each module's time_steps keep the step it was given instead of timing it."""
+    steps = []
+
+    def keep(step, budget):
+        steps.append(step)
+        return np.ones(1)
+
+    for module in modules:
+        monkeypatch.setattr(module, "time_steps", keep)
+    return steps
+
+
+def test_numpy_scratch_step_and_its_jax_twin_take_the_same_float32_sgd_step(monkeypatch):
+    # Guards a twin with another loss, output activation or rate, and a NumPy step that does
+    # not update its weights: the two rows would then time different work.
+    steps = _capture_steps(monkeypatch, jax_cases, numpy_reference)
+    data = jax_cases.synthetic_dataset("mlp", 4)
+    numpy_reference.measure_scratch_step(data.images, data.labels, TimingBudget.fixed(1))
+    jax_cases.measure_scratch_twin(data.images, data.labels, TimingBudget.fixed(1))
+    numpy_cells, twin_cells = map(_cells, steps)
+    network = numpy_cells["network"].cell_contents
+    assert all(layer[k].dtype == np.float32 for layer in network for k in ("weights", "bias"))
+    params = twin_cells["params"].cell_contents
+    start = [
+        {"weights": np.asarray(params[f"dense{i}"]["kernel"]),
+         "bias": np.asarray(params[f"dense{i}"]["bias"])}
+        for i in range(1, len(params) + 1)
+    ]  # fmt: skip
+    numpy_cells["network"].cell_contents = start  # both steps from the twin's weights
+    steps[0]()
+    steps[1]()
+    stepped = numpy_cells["network"].cell_contents
+    twin = twin_cells["params"].cell_contents
+    for i, (before, after) in enumerate(zip(start, stepped), start=1):
+        assert not np.array_equal(after["weights"], before["weights"])
+        np.testing.assert_allclose(twin[f"dense{i}"]["kernel"], after["weights"], atol=1e-6)
+        np.testing.assert_allclose(twin[f"dense{i}"]["bias"], after["bias"], atol=1e-6)
+
+
+def test_jax_train_step_runs_at_the_asked_batch_and_dtype_and_blocks_each_step(monkeypatch):
+    steps = _capture_steps(monkeypatch, jax_cases)
+    compiled = []
+
+    def keep_compiled(*args):
+        compiled.append((args, compile_timed(*args)))
+        return compiled[-1][1]
+
+    monkeypatch.setattr(jax_cases, "compile_timed", keep_compiled)
+    blocked = []
+    block = jax.block_until_ready
+    monkeypatch.setattr(jax, "block_until_ready", lambda x: blocked.append(1) or block(x))
+    row = jax_cases.measure_train_step("mlp", 8, "bfloat16", TimingBudget.fixed(1))
+    (_, _, (images, labels), _), program = compiled[0]
+    assert images.shape == (8, 28, 28, 1) and labels.shape == (8,)
+    assert "bf16" in program.executable.as_text()  # the model computes in bfloat16
+    assert (row.batch_size, row.dtype) == (8, "bfloat16")
+    count = len(blocked)
+    steps[0]()  # the timed step must wait for its result, or it times only the dispatch
+    assert len(blocked) == count + 1
+    data = jax_cases.synthetic_dataset("mlp", 4)
+    jax_cases.measure_scratch_twin(data.images, data.labels, TimingBudget.fixed(1))
+    steps[1]()
+    assert len(blocked) == count + 2
