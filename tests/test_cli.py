@@ -158,10 +158,10 @@ def test_a_multi_line_device_out_of_memory_error_shows_its_first_line_only(monke
 def test_an_os_error_about_two_paths_names_both(monkeypatch, capsys):
     def rename_failed(args):
         # (OSError's fourth argument is Windows' error code, the fifth the second path.)
-        raise OSError(18, "Invalid cross-device link", "/scratch/run.partial", None, "/runs/run")
+        raise OSError(18, "Invalid cross-device link", "cache/run.partial", None, "runs/run")
 
     monkeypatch.setattr("jaxcifar.commands.data.run", rename_failed)
     assert main(["data", "info"]) == 1
     err = capsys.readouterr().err
-    expected = "jaxcifar data info: error: Invalid cross-device link: /scratch/run.partial: /runs/run"
+    expected = "jaxcifar data info: error: Invalid cross-device link: cache/run.partial: runs/run"
     assert err == expected + "\n"
