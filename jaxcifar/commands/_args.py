@@ -110,9 +110,8 @@ def add_data_dir_argument(parser: argparse.ArgumentParser) -> None:
 def add_data_arguments(parser: argparse.ArgumentParser, default_dataset: str = "cifar10") -> None:
     """`--dataset` (default `default_dataset`) and `--data-dir`."""
     parser.add_argument(
-        "--dataset", choices=DATASETS, default=default_dataset,
-        help="which dataset to use",
-    )  # fmt: skip
+        "--dataset", choices=DATASETS, default=default_dataset, help="which dataset to use"
+    )
     add_data_dir_argument(parser)
 
 

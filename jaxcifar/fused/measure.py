@@ -129,11 +129,10 @@ def _step_kernels(path: str, runner: Any, setup: train.Setup, params: Any,
         return None
     state = train.TrainState(params, setup.optimizer.init(params), jnp.zeros((), jnp.int32))
     if path == "loop":
-        size = runner.config.batch_size
-        batch = (dataset.images[:size], dataset.labels[:size])
+        config = runner.config
+        batch = (dataset.images[: config.batch_size], dataset.labels[: config.batch_size])
         # Compiled as the loop path compiles one step: XLA's defaults would count YNNPACK's
         # fusions.
-        config = runner.config
         step = train.make_train_step(setup, dtype=config.dtype, augment=config.augment)
         lowered = step.lower(state, batch, jax.random.key(0))
         return dict(kernel_counts(cpu_fusions.compile_program(lowered).as_text()))
