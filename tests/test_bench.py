@@ -82,9 +82,9 @@ def test_program_memory_is_the_compiled_programs_own_and_counts_a_donated_buffer
     assert program_memory_bytes(no_analysis) is None
 
 
-def _row(framework, case="train_step", dtype="float32", median=1.0, **fields):
+def _row(framework, case="train_step", dtype="float32", median=1.0, batch_size=4, **fields):
     steps = {"median": median, "p10": median, "p90": median}
-    return Row(framework, "cnn", case, 4, dtype, (32, 32, 3), steps, 1, **fields)
+    return Row(framework, "cnn", case, batch_size, dtype, (32, 32, 3), steps, 1, **fields)
 
 
 def test_ratios_compare_with_the_jax_float32_row_of_the_same_case():
@@ -818,18 +818,13 @@ def test_plot_error_bars_run_from_p10_to_p90(tmp_path, monkeypatch):
 
 def test_ratios_pair_rows_of_the_same_batch_size():
     # Guards a key without the batch size: b4's torch step against b8's JAX step.
-    import dataclasses
-
-    def at(batch_size, *args, **fields):
-        return dataclasses.replace(_row(*args, **fields), batch_size=batch_size)
-
-    torch4, torch8 = at(4, "torch", median=3.0), at(8, "torch", median=4.0)
-    scan4 = at(4, "jax", "epoch_scan", epoch_seconds=2.0)
-    scan8 = at(8, "jax", "epoch_scan", epoch_seconds=4.0)
+    torch4, torch8 = _row("torch", median=3.0), _row("torch", median=4.0, batch_size=8)
+    scan4 = _row("jax", "epoch_scan", epoch_seconds=2.0)
+    scan8 = _row("jax", "epoch_scan", epoch_seconds=4.0, batch_size=8)
     add_ratios([
-        at(4, "jax", median=1.0), at(8, "jax", median=2.0), torch4, torch8, scan4, scan8,
-        at(4, "jax", "epoch_loop", epoch_seconds=6.0),
-        at(8, "jax", "epoch_loop", epoch_seconds=8.0),
+        _row("jax", median=1.0), _row("jax", median=2.0, batch_size=8), torch4, torch8,
+        scan4, scan8, _row("jax", "epoch_loop", epoch_seconds=6.0),
+        _row("jax", "epoch_loop", epoch_seconds=8.0, batch_size=8),
     ])  # fmt: skip
     assert (torch4.jax_speedup, torch8.jax_speedup) == (3.0, 2.0)
     assert (scan4.speedup_vs_loop, scan8.speedup_vs_loop) == (3.0, 2.0)
