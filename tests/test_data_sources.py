@@ -29,6 +29,23 @@ def test_a_file_named_after_the_dataset_that_is_no_archive_is_passed_over(tmp_pa
     np.testing.assert_array_equal(data.labels, written["test"][1])
 
 
+def test_a_cifar_100_folder_beside_cifar_10_is_not_taken_for_it(tmp_path, fresh_cache):
+    # "cifar-100-python" starts with the alias "cifar-10" and sorts before "cifar10-...".
+    (tmp_path / "cifar-100-python" / "train").mkdir(parents=True)
+    written = write_tree(tmp_path / "cifar10-images")
+    data = load("cifar10", "test", data_dir=tmp_path)
+    assert data.source == str(tmp_path / "cifar10-images")
+    np.testing.assert_array_equal(data.images[0], written["test/airplane/0.png"])
+
+
+def test_a_data_dir_named_after_cifar_100_is_not_refused_as_named_after_cifar_10(
+    tmp_path, fresh_cache
+):
+    written = write_idx_set(tmp_path / "cifar-100-and-mnist")
+    data = load("mnist", "train", data_dir=tmp_path / "cifar-100-and-mnist")
+    np.testing.assert_array_equal(data.labels, written["train"][1])
+
+
 def test_a_data_dir_under_the_home_folder_may_be_written_with_a_tilde(
     tmp_path, fresh_cache, monkeypatch
 ):

@@ -21,9 +21,9 @@ from jaxcifar.errors import ConfigError, DataError
 
 DATA_DIR_ENV = "JAXCIFAR_DATA_DIR"
 
-# The names a dataset's folder or archive may start with, e.g. `fashion-mnist/`. No alias
-# starts with another dataset's ("fashion_mnist" does not start with "mnist"), so a name
-# names at most one dataset.
+# The names a dataset's folder or archive may start with, e.g. `fashion-mnist/`, followed by
+# anything but a digit (`cifar-100-python/` is CIFAR-100's). No alias starts with another
+# dataset's ("fashion_mnist" does not start with "mnist"), so a name names at most one dataset.
 ALIASES = {
     "cifar10": ("cifar10", "cifar-10"),
     "mnist": ("mnist",),
@@ -166,9 +166,7 @@ def locate(name: str, root: Path) -> Copy:
         raise DataError(f"data dir {root} is a file but not a .tar, .tar.gz or .tgz archive")
     if not root.is_dir():
         raise DataError(f"data dir {root} does not exist")
-    named = sorted(
-        entry for entry in root.iterdir() if entry.name.lower().startswith(ALIASES[name])
-    )
+    named = sorted(entry for entry in root.iterdir() if _named_after(entry, name))
     for entry in named:
         if entry.is_dir() and (copy := _folder_copy(name, entry)):
             return copy
@@ -183,15 +181,25 @@ def locate(name: str, root: Path) -> Copy:
 def _check_not_named_after_another(name: str, root: Path) -> None:
     """Raise DataError when `root`'s name starts with another dataset's alias (and not `name`'s)."""
     # abspath names "." and "x/.." by the folder they are, without following symbolic links.
-    lower = Path(os.path.abspath(root)).name.lower()
-    if lower.startswith(ALIASES[name]):
+    folder = Path(os.path.abspath(root))
+    if _named_after(folder, name):
         return
-    for other, aliases in ALIASES.items():
-        if lower.startswith(aliases):
+    for other in ALIASES:
+        if _named_after(folder, other):
             raise DataError(
                 f"data dir {root} is named after {other}, not {name}: point it at {name}'s "
                 f"data, or rename it if it holds {name}"
             )
+
+
+def _named_after(path: Path, name: str) -> bool:
+    """Whether `path`'s name starts with one of dataset `name`'s aliases, not followed by a
+    digit: "cifar-10-batches-py" is CIFAR-10's, "cifar-100-python" is not."""
+    lower = path.name.lower()
+    return any(
+        lower.startswith(alias) and not lower[len(alias) : len(alias) + 1].isdigit()
+        for alias in ALIASES[name]
+    )
 
 
 def _folder_copy(name: str, folder: Path) -> Copy | None:
