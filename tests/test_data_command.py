@@ -11,7 +11,7 @@ def test_info_prints_source_shape_and_class_counts(tmp_path, fresh_cache, capsys
     assert main(["data", "info", "--dataset", "fashion_mnist", "--data-dir", str(tmp_path)]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == f"source       {tmp_path / 'fashion-mnist'}"
-    assert lines[1] == "image shape  5x3x1 uint8"
+    assert lines[1] == "image shape  (H, W, C) (5, 3, 1) uint8"
     assert lines[2].split() == ["class", "train", "test"]
     train_counts = np.bincount(written["train"][1], minlength=10)
     test_counts = np.bincount(written["test"][1], minlength=10)

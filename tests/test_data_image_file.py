@@ -3,6 +3,7 @@
 
 import io
 import struct
+import warnings
 import zlib
 
 import numpy as np
@@ -10,7 +11,7 @@ import pytest
 from PIL import Image
 
 from jaxcifar.commands.predict import read_image
-from jaxcifar.data.image_file import decode
+from jaxcifar.data.image_file import decode, decode_all
 from jaxcifar.errors import DataError
 
 
@@ -50,3 +51,54 @@ def test_a_png_broken_mid_pixels_is_named_not_a_syntax_error():
            + chunk(b"IDAT", pixels[: len(pixels) // 2]) + chunk(b"\tEND", b""))  # fmt: skip
     with pytest.raises(DataError, match=r"^train/cat/0\.png: not a readable image \(SyntaxError: "):
         decode(png, "L", "train/cat/0.png")
+
+
+def image_bytes(pixels: np.ndarray, fmt: str) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, fmt)
+    return buffer.getvalue()
+
+
+def test_a_16_bit_grayscale_image_is_scaled_to_8_bits_not_clipped_white():
+    # Pillow's own conversion clips every value above 255 to 255.
+    pixels = np.array([[0, 257, 32896, 65535]], np.uint16)
+    expected = np.array([[0, 1, 128, 255]], np.uint8)
+    for fmt in ("PNG", "TIFF"):
+        out = decode(image_bytes(pixels, fmt), "L", f"deep.{fmt}")
+        np.testing.assert_array_equal(out[..., 0], expected)
+    rgb = decode(image_bytes(pixels, "PNG"), "RGB", "deep.png")
+    np.testing.assert_array_equal(rgb, np.repeat(expected[..., None], 3, axis=-1))
+
+
+def test_a_32_bit_integer_image_in_16_bit_range_is_scaled_like_a_16_bit_one():
+    # Some Pillow versions open 16-bit PNGs as mode "I" (int32).
+    pixels = np.array([[0, 32896, 65535]], np.int32)
+    out = decode(image_bytes(pixels, "TIFF"), "L", "deep.tif")
+    np.testing.assert_array_equal(out[..., 0], [[0, 128, 255]])
+
+
+@pytest.mark.parametrize(
+    "pixels, found",
+    [
+        (np.array([[0.0, 0.5]], np.float32), "float32 pixels (Pillow mode F) in 0.0..0.5"),
+        (np.array([[-1, 70000]], np.int32), "int32 pixels (Pillow mode I) in -1..70000"),
+    ],
+)
+def test_float_or_wider_integer_pixels_are_refused_naming_the_file(pixels, found):
+    with pytest.raises(DataError) as caught:
+        decode(image_bytes(pixels, "TIFF"), "L", "data/odd.tif")
+    assert str(caught.value) == f"data/odd.tif: {found}; expected an 8-bit or 16-bit image"
+
+
+def test_a_warning_pillow_gives_for_every_file_of_a_folder_shows_once():
+    # Setting the warning filters per image would reset Python's record of warnings shown,
+    # printing this one 60,000 times for a folder of such palette PNGs.
+    palette = Image.new("P", (2, 2))
+    palette.putpalette([0, 0, 0, 255, 0, 0, 0, 255, 0])
+    buffer = io.BytesIO()
+    palette.save(buffer, "PNG", transparency=bytes([0, 128, 255]))
+    sources = [(buffer.getvalue(), f"{i}.png") for i in range(5)]
+    with warnings.catch_warnings(record=True) as shown:
+        warnings.simplefilter("default")  # Python's own: once per place in the code
+        assert len(list(decode_all(sources, "RGB"))) == 5
+    assert ["Palette images with Transparency" in str(w.message) for w in shown] == [True]

@@ -67,10 +67,10 @@ def format_info(train: Dataset, test: Dataset) -> str:
     """A small text table: source, image shape, per-class and total counts of both splits."""
     import numpy as np
 
-    height, width, channels = train.images.shape[1:]
     lines = [
         f"source       {train.source}",
-        f"image shape  {height}x{width}x{channels} uint8",
+        # Spelled as other messages give shapes: "30x22 pixels" would read width first.
+        f"image shape  (H, W, C) {train.images.shape[1:]} uint8",
         f"{'class':<14}{'train':>8}{'test':>8}",
     ]
     counts = [np.bincount(split.labels, minlength=train.num_classes) for split in (train, test)]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import warnings
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -25,24 +26,49 @@ def decode(
 
     Args:
       source: the file's bytes, or its path.
-      mode: "RGB" or "L"; grayscale, palette and RGBA images are converted.
+      mode: "RGB" or "L"; grayscale, palette and RGBA images are converted, 16-bit grayscale
+        scaled to 8 bits.
       where: names the file in messages.
       size: (width, height) to resize to, bilinearly; None keeps the file's own size.
     Raises:
       DataError naming `where` (never Pillow's name for the bytes it read): a missing, empty
-        or non-image file, or one of more than Image.MAX_IMAGE_PIXELS pixels.
+        or non-image file, one of more than Image.MAX_IMAGE_PIXELS pixels, or one of
+        floating-point or 32-bit integer pixels.
     """
+    (pixels,) = decode_all([(source, where)], mode, size)
+    return pixels
+
+
+def decode_all(
+    sources: Iterable[tuple[bytes | Path, str]], mode: str, size: tuple[int, int] | None = None
+) -> Iterator[np.ndarray]:
+    """`decode(source, mode, where, size)` of each (source, where) pair, in order.
+
+    The warning filters are set once around all of them, not once per image: setting them
+    resets Python's record of warnings already shown, so a warning Pillow gives for every file
+    of a folder would be printed once per file instead of once.
+    """
+    with warnings.catch_warnings():
+        # Pillow only warns between MAX_IMAGE_PIXELS and twice that, and raises above.
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        for source, where in sources:
+            yield _decode(source, mode, where, size)
+
+
+def _decode(
+    source: bytes | Path, mode: str, where: str, size: tuple[int, int] | None
+) -> np.ndarray:
     try:
-        with warnings.catch_warnings():
-            # Pillow only warns between MAX_IMAGE_PIXELS and twice that, and raises above.
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as image:
-                if size is not None:
-                    image.draft(mode, size)  # JPEG: decode at 1/2 to 1/8 scale if enough
-                    image = image.convert(mode).resize(size, Image.BILINEAR)
-                elif image.mode != mode:
-                    image = image.convert(mode)
-                pixels = np.asarray(image, dtype=np.uint8)
+        with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as image:
+            image = _eight_bit(image, where)
+            if size is not None:
+                image.draft(mode, size)  # JPEG: decode at 1/2 to 1/8 scale if enough
+                image = image.convert(mode).resize(size, Image.BILINEAR)
+            elif image.mode != mode:
+                image = image.convert(mode)
+            pixels = np.asarray(image, dtype=np.uint8)
+    except DataError:
+        raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
         raise DataError(f"{where}: refused, too large to decode safely ({error})") from None
     # Pillow's message names what it read: `<_io.BytesIO object at 0x...>` when given bytes,
@@ -56,3 +82,19 @@ def decode(
         problem = f"{type(error).__name__}: {error}"
         raise DataError(f"{where}: not a readable image ({problem})") from None
     return pixels.reshape(*pixels.shape[:2], -1)
+
+
+def _eight_bit(image: Image.Image, where: str) -> Image.Image:
+    """`image` with 8-bit pixels: 16-bit grayscale (Pillow's "I;16*", or "I" holding values in
+    0..65535) scaled by 255/65535. Pillow's own conversion clips such pixels at 255, turning
+    a 16-bit image white; float and wider integer pixels have no agreed range to scale from,
+    so they are refused (DataError naming `where`)."""
+    if image.mode == "F" or image.mode.startswith("I"):
+        pixels = np.asarray(image)
+        if image.mode == "F" or (pixels.size and (pixels.min() < 0 or pixels.max() > 65535)):
+            raise DataError(
+                f"{where}: {pixels.dtype} pixels (Pillow mode {image.mode}) in "
+                f"{pixels.min()}..{pixels.max()}; expected an 8-bit or 16-bit image"
+            )
+        return Image.fromarray(np.round(pixels / 257).astype(np.uint8))  # mode "L"
+    return image

@@ -20,7 +20,7 @@ from collections.abc import Iterable
 import numpy as np
 
 from jaxcifar.data.dataset import CIFAR10_CLASSES, CLASS_NAMES, IMAGE_SHAPES, SPLITS, Dataset
-from jaxcifar.data.image_file import decode
+from jaxcifar.data.image_file import decode_all
 from jaxcifar.data.tree import Tree
 from jaxcifar.errors import DataError
 
@@ -72,22 +72,26 @@ def read(tree: Tree, name: str) -> dict[str, Dataset]:
         for split in SPLITS
     }
     mode = "RGB" if IMAGE_SHAPES[name][2] == 3 else "L"
-    first = tree.describe(paths["train"][0])
-    shape = decode(tree.files[paths["train"][0]], mode, first).shape
+    ordered = [path for split in SPLITS for path in paths[split]]
+    images = decode_all(((tree.files[path], tree.describe(path)) for path in ordered), mode)
+    first, first_image = tree.describe(ordered[0]), next(images)
+    shape = first_image.shape
     _check_size(first, name, shape)  # every other image must have the first one's size
-    splits = {}
-    for split in SPLITS:
-        images = np.empty((len(paths[split]), *shape), np.uint8)
-        for i, path in enumerate(paths[split]):
-            image = decode(tree.files[path], mode, tree.describe(path))
-            if image.shape != shape:
-                raise DataError(
-                    f"{tree.describe(path)}: image of {image.shape[1]}x{image.shape[0]} pixels, "
-                    f"expected {shape[1]}x{shape[0]} like {first} (all images must share one size)"
-                )
-            images[i] = image
-        splits[split] = Dataset(images, labels[split], class_names, tree.where)
-    return splits
+    pixels = np.empty((len(ordered), *shape), np.uint8)
+    pixels[0] = first_image
+    for i, image in enumerate(images, start=1):
+        if image.shape != shape:
+            raise DataError(
+                f"{tree.describe(ordered[i])}: image of {image.shape[1]}x{image.shape[0]} "
+                f"pixels, expected {shape[1]}x{shape[0]} like {first} (all images must share "
+                "one size)"
+            )
+        pixels[i] = image
+    train_images, test_images = np.split(pixels, [len(paths["train"])])
+    return {
+        "train": Dataset(train_images, labels["train"], class_names, tree.where),
+        "test": Dataset(test_images, labels["test"], class_names, tree.where),
+    }
 
 
 def _check_classes(tree: Tree, name: str, classes: set[str]) -> None:
