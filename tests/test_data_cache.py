@@ -9,7 +9,7 @@ from PIL import Image
 
 from jaxcifar.data import cache, load, tree
 from jaxcifar.errors import ConfigError, DataError
-from data_files import write_idx_set
+from data_files import write_idx_set, write_tree
 
 
 def write_tiny_tree(root):
@@ -198,3 +198,13 @@ def test_a_cache_entry_that_is_a_valid_npz_of_bad_arrays_is_rebuilt(archive, fre
     np.savez(entry, **arrays)
     for split in ("train", "test"):
         assert len(load("cifar10", split, data_dir=archive)) == len(first)
+
+
+def test_a_dangling_link_in_a_data_folder_is_a_data_error_naming_it(tmp_path, fresh_cache):
+    # Fingerprinting stats every file before any is read: a bare OSError there exits 1.
+    write_tree(tmp_path)
+    dangling = tmp_path / "train" / "cat" / "9.png"
+    os.symlink(tmp_path / "gone.png", dangling)
+    expected = rf"^{dangling}: cannot read \(No such file or directory\)$"
+    with pytest.raises(DataError, match=expected):
+        load("cifar10", "train", data_dir=tmp_path)

@@ -1,6 +1,7 @@
 """Where `load` finds a dataset in a data dir (`jaxcifar.data.sources.locate`) and how it reads
 archives there (`jaxcifar.data.tree`): names, suffixes and archive layouts users give it."""
 
+import os
 import tarfile
 
 import numpy as np
@@ -89,3 +90,42 @@ def test_an_archive_of_the_training_split_alone_names_the_missing_test_split(
     with pytest.raises(DataError) as error:
         load("cifar10", "train", data_dir=archive)
     assert str(error.value).startswith(f"{archive}/test/: ")
+
+
+def test_linked_members_of_an_archive_read_as_the_files_they_link_to(tmp_path, fresh_cache):
+    # GNU tar stores a second name of one file as a hard link: the archive must load what the
+    # folder it unpacks to loads, not drop the image.
+    written = write_tree(tmp_path / "images")
+    (tmp_path / "images/train/cat/1.png").unlink()
+    os.link(tmp_path / "images/train/cat/0.png", tmp_path / "images/train/cat/1.png")
+    (tmp_path / "images/test/cat/1.png").unlink()
+    os.symlink("../../train/cat/0.png", tmp_path / "images/test/cat/1.png")
+    archive = tmp_path / "cifar10.tar"
+    with tarfile.open(archive, "w") as tar:
+        tar.add(tmp_path / "images", arcname="images")
+    with tarfile.open(archive) as tar:
+        kinds = {m.name: (m.islnk(), m.issym()) for m in tar.getmembers()}
+    assert kinds["images/train/cat/1.png"] == (True, False)
+    assert kinds["images/test/cat/1.png"] == (False, True)
+    from_archive = {split: load("cifar10", split, data_dir=archive) for split in ("train", "test")}
+    from_folder = {split: load("cifar10", split, data_dir=tmp_path / "images")
+                   for split in ("train", "test")}  # fmt: skip
+    for split in ("train", "test"):
+        assert len(from_archive[split]) == 4
+        np.testing.assert_array_equal(from_archive[split].images, from_folder[split].images)
+        np.testing.assert_array_equal(from_archive[split].images[3], written["train/cat/0.png"])
+
+
+@pytest.mark.parametrize("target", ["/elsewhere/0.png", "../../train/cat", "1.png"])
+def test_a_link_to_no_file_of_the_archive_is_refused_naming_it(tmp_path, fresh_cache, target):
+    # A path outside the archive, a folder, a link to itself: no image to read.
+    write_tree(tmp_path / "images")
+    archive = tmp_path / "cifar10.tar"
+    with tarfile.open(archive, "w") as tar:
+        tar.add(tmp_path / "images", arcname="images")
+        link = tarfile.TarInfo("images/test/cat/1.png")
+        link.type, link.linkname = tarfile.SYMTYPE, target
+        tar.addfile(link)
+    with pytest.raises(DataError, match=rf"^{archive}: member images/test/cat/1.png links to "
+                       r"\S+, which is no file in the archive$"):  # fmt: skip
+        load("cifar10", "test", data_dir=archive)

@@ -53,10 +53,15 @@ def folder_digest(root: Path, files: Iterable[Path]) -> str:
     A folder is fingerprinted on every load and may hold 60,000 small files: opening them
     all would cost seconds, a stat costs microseconds, and any rewrite, addition or
     removal changes a size, an mtime or the path list.
+
+    Raises DataError naming a file it cannot stat.
     """
     digest = hashlib.sha256(FORMAT)
     for path in files:
-        stat = path.stat()
+        try:
+            stat = path.stat()
+        except OSError as error:  # a dangling symbolic link, a file removed since the walk
+            raise DataError(f"{path}: cannot read ({error.strerror})") from None
         name = path.relative_to(root).as_posix()
         digest.update(f"{name}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
     return digest.hexdigest()

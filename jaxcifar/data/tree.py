@@ -116,7 +116,7 @@ def read_folder(root: Path, names: Iterable[str]) -> Tree:
 
 def read_tar(path: Path) -> Tree:
     """Read every regular file of a (possibly gzipped) tar archive, but hidden ones, in one
-    sequential pass.
+    sequential pass; a hard or symbolic link reads as the file it links to.
 
     Nothing is extracted to disk, so member names cannot escape anywhere. When all members
     sit under one top-level folder (e.g. `cifar-10-batches-py/`), it is stripped, so
@@ -125,6 +125,7 @@ def read_tar(path: Path) -> Tree:
     """
     files: dict[str, bytes] = {}
     folders: set[str] = set()
+    links: dict[str, str] = {}  # a hard or symbolic link's name -> the name of its target
     try:
         with open(path, "rb") as raw:
             gzipped = raw.read(2) == _GZIP_MAGIC
@@ -144,12 +145,17 @@ def read_tar(path: Path) -> Tree:
                         extracted = archive.extractfile(member)
                         assert extracted is not None  # a regular file always has data
                         files[name] = extracted.read()
+                        links.pop(name, None)  # a later member of a name replaces an earlier
+                    elif member.islnk() or member.issym():
+                        links[name] = _link_target(member)
+                        files.pop(name, None)
             # Read on to the end, so gzip checks its CRC and length trailer: tar stops at
             # its end marker, and a download cut short just after it would pass unnoticed.
             while stream.read(_CHUNK):
                 pass
     except (tarfile.TarError, EOFError, zlib.error, OSError) as error:
         raise DataError(f"{path}: not a readable tar archive ({error})") from None
+    files.update(_resolve_links(path, links, files))
     # Parents of files count as folders even when the archive lists no entry for them.
     folders.update(parent for name in files for parent in _parents(name))
     tops = {name.split("/", 1)[0] for name in (*files, *folders)}
@@ -169,6 +175,35 @@ def read_tar(path: Path) -> Tree:
         frozenset(name for name in folders if not is_hidden(name)),
         prefix=prefix,
     )
+
+
+def _link_target(member: tarfile.TarInfo) -> str:
+    """The archive name a link member points at: a hard link's is a member name already, a
+    symbolic link's is relative to the link's folder."""
+    if member.islnk():
+        return _normalize(member.linkname)
+    if member.linkname.startswith("/"):
+        return member.linkname  # outside the archive: no member matches it
+    return _normalize(posixpath.join(posixpath.dirname(member.name), member.linkname))
+
+
+def _resolve_links(path: Path, links: dict[str, str], files: dict[str, bytes]) -> dict[str, bytes]:
+    """Each link's name -> its target file's bytes, following links to links, so an archive
+    reads as the folder it unpacks to (GNU tar stores a second name of one file as a hard
+    link). A link to no file of the archive (a folder, a path outside it, a loop) raises
+    DataError naming the link: the folder it unpacks to would not hold that image either."""
+    resolved = {}
+    for name, target in links.items():
+        seen = {name}
+        while target in links and target not in seen:
+            seen.add(target)
+            target = links[target]
+        if target not in files:
+            raise DataError(
+                f"{path}: member {name} links to {target}, which is no file in the archive"
+            )
+        resolved[name] = files[target]
+    return resolved
 
 
 def _normalize(name: str) -> str:
