@@ -61,14 +61,14 @@ def build_metrics(
 
 
 def write_reports(out_dir: str | Path, report: Mapping[str, Any], class_names: Sequence[str]) -> None:
-    """Write `report` as out_dir/metrics.json and draw its figures, all atomically: the
+    """Draw `report`'s figures and write it as out_dir/metrics.json, all atomically: the
     confusion matrix, and the accuracy and loss curves when `report["epochs"]` holds records.
     Without records, curves an earlier run left in `out_dir` are removed, so that every
-    figure there belongs to this metrics.json."""
+    figure there belongs to this metrics.json. metrics.json is written last, so that one
+    listing a run's epochs means its figures are written too (`train --resume` reads it so)."""
     from jaxcifar.plots import plot_confusion_matrix, plot_curves
 
     out = Path(out_dir)
-    atomic_write_text(out / METRICS_FILE, json.dumps(report, indent=2) + "\n")
     history = report["epochs"]
     if history:
         epochs = [record["epoch"] for record in history]
@@ -87,3 +87,4 @@ def write_reports(out_dir: str | Path, report: Mapping[str, Any], class_names: S
         out / FIGURES[2], np.asarray(report["confusion_matrix"]), class_names,
         title=f"Confusion matrix (test accuracy {report['test_accuracy']:.1%})",
     )  # fmt: skip
+    atomic_write_text(out / METRICS_FILE, json.dumps(report, indent=2) + "\n")

@@ -280,6 +280,53 @@ def test_resuming_a_run_stopped_before_its_reports_writes_them(image_tree, tmp_p
     assert again["confusion_matrix"] == first["confusion_matrix"]
 
 
+def test_a_signal_while_a_resume_draws_its_figures_leaves_the_next_resume_to_draw_them(
+    image_tree, tmp_path, monkeypatch
+):
+    # metrics.json is written after the figures: one listing the new epoch would say the run
+    # is finished while the old confusion matrix stays.
+    from jaxcifar import plots
+    from jaxcifar.interrupt import Interrupted
+
+    out = tmp_path / "run"
+    args = ["train", "--data-dir", str(image_tree), "--out", str(out), *FAST]
+    assert main([*args, "--epochs", "1"]) == 0
+    first_matrix = (out / "confusion_matrix.png").read_bytes()
+
+    def interrupted(*args, **kwargs):
+        raise Interrupted(signal.SIGINT)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(plots, "plot_confusion_matrix", interrupted)
+        assert main([*args, "--epochs", "3", "--resume"]) == 128 + signal.SIGINT
+    assert len(json.loads((out / "metrics.json").read_text())["epochs"]) == 1
+    assert main([*args, "--resume"]) == 0
+    report = json.loads((out / "metrics.json").read_text())
+    assert len(report["epochs"]) == 3
+    assert (out / "confusion_matrix.png").read_bytes() != first_matrix  # drawn for 3 epochs
+
+
+@pytest.mark.parametrize("reports", ["kept", "lost"])
+def test_a_resume_to_fewer_epochs_than_the_run_trained_is_refused(
+    image_tree, tmp_path, capsys, reports
+):
+    # Nothing would be trained, and without reports metrics.json would pair epochs: 1 in its
+    # configuration with two epochs of records.
+    out = tmp_path / "run"
+    args = ["train", "--data-dir", str(image_tree), "--out", str(out), *FAST]
+    assert main([*args, "--epochs", "2"]) == 0
+    if reports == "lost":
+        (out / "metrics.json").unlink()
+    files = {path: path.read_bytes() for path in out.iterdir()}
+    capsys.readouterr()
+    assert main([*args, "--epochs", "1", "--resume"]) == 2
+    assert capsys.readouterr().err == (
+        f"jaxcifar train: error: --epochs 1: {out / checkpoint.FILENAME} has trained 2 epochs "
+        "already; a resume continues the run, to --epochs 2 or more\n"
+    )
+    assert {path: path.read_bytes() for path in out.iterdir()} == files
+
+
 def test_a_bare_resume_continues_the_run_as_saved(image_tree, tmp_path):
     # Its lr, augmentation and dtype, not the defaults of the flags left out, to the same
     # parameters as an uninterrupted run; metrics.json then describes the run it made.

@@ -177,12 +177,17 @@ def run(args: argparse.Namespace) -> int:
                 "drop those flags to continue the run as saved, or add --override-config to "
                 "change them"
             )
-        if len(saved.history) >= config.epochs and _reports_cover(out, len(saved.history)):
+        done = len(saved.history)
+        if config.epochs < done:  # fit would train nothing, and the reports contradict it
+            raise ConfigError(
+                f"--epochs {config.epochs}: {saved.path} has trained {done} epochs already; "
+                f"a resume continues the run, to --epochs {done} or more"
+            )
+        if config.epochs == done and _reports_cover(out, done):
             more = (
                 "raise --epochs to continue" if config.schedule == "constant"
                 else f"its {config.schedule} schedule ends there (train longer in a new run)"
             )
-            done = len(saved.history)
             print(f"{saved.path}: already trained {done} epoch{'s' * (done != 1)}; {more}")
             return 0  # nothing trained, so the reports of the run stay as they are
         # A run stopped after its last epoch but before its reports: `fit` trains nothing
@@ -276,8 +281,8 @@ def device_notes(epoch_mode: str, devices: Sequence[Any]) -> list[str]:
 
 
 def _reports_cover(out: Path, epochs: int) -> bool:
-    """Whether OUT holds the reports of a run of `epochs` epochs: its metrics.json lists that
-    many, and every figure is there (they are written after it)."""
+    """Whether OUT holds the reports of a run of `epochs` epochs: its metrics.json, written
+    after the figures, lists that many, and every figure is there."""
     from jaxcifar.reports import FIGURES, METRICS_FILE
 
     try:
