@@ -531,3 +531,20 @@ def test_the_resume_line_keeps_the_epoch_mode_and_a_flag_turned_off():
     assert resume_command(args, with_config=True) == (
         "jaxcifar train --resume --out runs/x --no-augment --epoch-mode loop"
     )
+
+
+def test_the_cnn_on_images_too_small_to_pool_twice_is_a_data_error_not_a_traceback(
+    tmp_path, fresh_cache, capsys
+):
+    from data_files import write_tree
+
+    write_tree(tmp_path / "tiny", size=(5, 3))  # 3 rows of 5: pooled twice, no row is left
+    args = ["train", "--data-dir", str(tmp_path / "tiny"), "--epochs", "1", "--quiet",
+            "--batch-size", "2", "--out", str(tmp_path / "run")]  # fmt: skip
+    assert main(args) == 2
+    assert capsys.readouterr().err == (
+        f"jaxcifar train: error: {tmp_path / 'tiny'} (--data-dir) holds images of (H, W) "
+        "(3, 5): the CNN pools them to 1/4 a side, so it needs 4x4 or larger; train --model mlp "
+        "on them\n"
+    )
+    assert main([*args[:-1], str(tmp_path / "mlp"), "--model", "mlp"]) == 0

@@ -34,7 +34,7 @@ from jaxcifar.commands._args import (
 from jaxcifar.config import (
     ACTIVATIONS, DATASETS, DTYPES, MODELS, OPTIMIZERS, RECIPES, SCHEDULES, RunConfig,
 )  # fmt: skip
-from jaxcifar.errors import CheckpointError, ConfigError, TrainingDiverged
+from jaxcifar.errors import CheckpointError, ConfigError, DataError, TrainingDiverged
 from jaxcifar.interrupt import Interrupted, StopOnSignal
 
 if TYPE_CHECKING:  # for annotations only: importing it imports JAX, which --help does not need
@@ -319,6 +319,7 @@ def _train(
 
     from jaxcifar import checkpoint, epochs, train
     from jaxcifar.data import load_split
+    from jaxcifar.models import cnn
     from jaxcifar.reports import build_metrics, write_reports
 
     state, history = None, []
@@ -327,6 +328,12 @@ def _train(
         for split, limit in (("train", config.limit_train), ("test", config.limit_test))
     )
     input_shape = train_set.images.shape[1:]
+    if config.model == "cnn" and min(input_shape[:2]) < cnn.POOL_SCALE:
+        raise DataError(
+            f"{train_set.source} (--data-dir) holds images of (H, W) {input_shape[:2]}: the CNN "
+            f"pools them to 1/{cnn.POOL_SCALE} a side, so it needs {cnn.POOL_SCALE}x"
+            f"{cnn.POOL_SCALE} or larger; train --model mlp on them"
+        )
     if saved is not None:
         check_data_fits_model(train_set, "train", saved.path, saved.input_shape,
                               saved.class_names)  # fmt: skip
