@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import os
 import warnings
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from jaxcifar.errors import ConfigError
@@ -123,8 +124,8 @@ def is_main_process() -> bool:
 
 def add_distributed_arguments(parser: argparse.ArgumentParser) -> None:
     """--coordinator HOST:PORT, --num-processes N, --process-id I, each defaulting to its
-    JAXCIFAR_* environment variable (parsed like the flag, so a bad value is a flag error;
-    an empty one counts as unset)."""
+    JAXCIFAR_* environment variable (parsed like the flag, so a bad value is a flag error
+    that names the variable; an empty one counts as unset)."""
     from jaxcifar.commands._args import positive_int
 
     group = parser.add_argument_group(
@@ -132,15 +133,47 @@ def add_distributed_arguments(parser: argparse.ArgumentParser) -> None:
         "give all three, or none: then JAX detects a Cloud TPU pod, SLURM or Open MPI job "
         "itself, else the run is one process",
     )
-    group.add_argument("--coordinator", metavar="HOST:PORT",
-                       default=os.environ.get(COORDINATOR_ENV) or None,
-                       help=f"address of process 0; when not given, ${COORDINATOR_ENV}")
-    group.add_argument("--num-processes", type=positive_int, metavar="N",
-                       default=os.environ.get(NUM_PROCESSES_ENV) or None,
-                       help=f"number of processes; when not given, ${NUM_PROCESSES_ENV}")
-    group.add_argument("--process-id", type=int, metavar="I",
-                       default=os.environ.get(PROCESS_ID_ENV) or None,
-                       help=f"this process, 0..N-1; when not given, ${PROCESS_ID_ENV}")
+    for flag, variable, parse, metavar, what in (
+        ("--coordinator", COORDINATOR_ENV, str, "HOST:PORT", "address of process 0"),
+        ("--num-processes", NUM_PROCESSES_ENV, positive_int, "N", "number of processes"),
+        ("--process-id", PROCESS_ID_ENV, int, "I", "this process, 0..N-1"),
+    ):
+        group.add_argument(flag, type=_naming_the_variable(parse), metavar=metavar,
+                           default=_EnvText.read(variable),
+                           help=f"{what}; when not given, ${variable}")  # fmt: skip
+
+
+class _EnvText(str):
+    """A flag's default as the text of its environment variable, which it names."""
+
+    variable: str
+
+    @classmethod
+    def read(cls, variable: str) -> _EnvText | None:
+        """The variable's text, or None when it is unset or empty."""
+        text = os.environ.get(variable)
+        if not text:
+            return None
+        value = cls(text)
+        value.variable = variable
+        return value
+
+
+def _naming_the_variable(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    """argparse type `parse`, whose error for a default read from a variable names it:
+    argparse alone names only the flag, which the user never typed."""
+
+    def parse_flag_or_variable(text: str) -> Any:
+        try:
+            return parse(text)
+        except (argparse.ArgumentTypeError, ValueError) as error:
+            if not isinstance(text, _EnvText):
+                raise
+            reason = error if isinstance(error, argparse.ArgumentTypeError) else "not an integer"
+            raise argparse.ArgumentTypeError(f"${text.variable}={str(text)!r}: {reason}") from None
+
+    parse_flag_or_variable.__name__ = parse.__name__  # argparse's "invalid int value" names it
+    return parse_flag_or_variable
 
 
 def initialize_from_args(args: argparse.Namespace) -> bool:
@@ -180,17 +213,26 @@ def initialize(coordinator: str | None, num_processes: int | None, process_id: i
     return True
 
 
+# The clusters joined without flags, by the names of JAX's detectors: those the help promises.
+# Not every kind JAX detects: K8sCluster is present in any Kubernetes pod, where most runs
+# (a notebook, a CI job) are one process and would try to join a job; mpi4py is opt-in.
+DETECTED_CLUSTERS = frozenset({"SlurmCluster", "OmpiCluster", "GceTpuCluster", "GkeTpuCluster"})
+
+
 def _cluster_detected() -> bool:
-    # The same detection `jax.distributed.initialize()` runs with no arguments; asked first
-    # because with no cluster that call raises rather than staying single-process. JAX has no
-    # public API for it. Should a JAX release move it, the run warns and stays one process:
-    # failing there would stop every single-process run, by far the common case.
+    # The detection `jax.distributed.initialize()` runs with no arguments, for the clusters
+    # above; asked first because with no cluster that call raises rather than staying
+    # single-process. JAX has no public API for it. Should a JAX release move it, the run
+    # warns and stays one process: failing there would stop every single-process run, by far
+    # the common case.
     try:
         from jax._src.clusters import ClusterEnv
 
-        return any(
-            not env.opt_in_only_method and env.is_env_present() for env in ClusterEnv._cluster_types
-        )
+        detectors = [env for env in ClusterEnv._cluster_types if env.__name__ in DETECTED_CLUSTERS]
+        if not detectors:
+            known = sorted(DETECTED_CLUSTERS)
+            raise AttributeError(f"ClusterEnv._cluster_types holds none of {known}")
+        return any(env.is_env_present() for env in detectors)
     except (ImportError, AttributeError) as error:
         import jax
 

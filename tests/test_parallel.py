@@ -260,6 +260,29 @@ def test_cluster_detection_missing_from_jax_warns_and_stays_one_process(monkeypa
         assert parallel.initialize_from_args(parse([])) is False
 
 
+@pytest.mark.parametrize(
+    "variable, text, message",
+    [
+        ("JAXCIFAR_NUM_PROCESSES", "0", "argument --num-processes: $JAXCIFAR_NUM_PROCESSES='0': "
+         "expected a positive integer, got 0"),
+        ("JAXCIFAR_PROCESS_ID", "x", "argument --process-id: $JAXCIFAR_PROCESS_ID='x': not an "
+         "integer"),
+    ],
+)  # fmt: skip
+def test_a_bad_variable_is_named_not_only_the_flag_it_stands_for(
+    monkeypatch, capsys, variable, text, message
+):
+    monkeypatch.setenv(variable, text)
+    with pytest.raises(SystemExit):
+        parse([])
+    assert capsys.readouterr().err.splitlines()[-1].endswith(f"error: {message}")
+    monkeypatch.delenv(variable)
+    flag = "--" + variable.removeprefix("JAXCIFAR_").lower().replace("_", "-")
+    with pytest.raises(SystemExit):
+        parse([flag, text])  # typed: the flag alone, as argparse says it
+    assert "$JAXCIFAR" not in capsys.readouterr().err
+
+
 NEEDS_ALL = (
     "multi-process training needs --coordinator/$JAXCIFAR_COORDINATOR, "
     "--num-processes/$JAXCIFAR_NUM_PROCESSES and --process-id/$JAXCIFAR_PROCESS_ID together; "
@@ -317,6 +340,23 @@ def test_an_opt_in_cluster_is_not_joined_unasked(monkeypatch):
         monkeypatch.setattr(env, "is_env_present", present)
     monkeypatch.setattr(jax.distributed, "initialize", lambda *args: pytest.fail("initialized"))
     assert parallel.initialize_from_args(parse([])) is False
+
+
+@pytest.mark.parametrize("present, joined", [("K8sCluster", False), ("SlurmCluster", True)])
+def test_only_the_clusters_the_help_names_are_joined_without_flags(monkeypatch, present, joined):
+    # Any Kubernetes pod looks like JAX's K8sCluster: a one-process run there must not try to
+    # join a job (it failed on a missing HOSTNAME, or warned to install jax[k8s]).
+    from jax._src.clusters import ClusterEnv
+
+    assert parallel.DETECTED_CLUSTERS < {env.__name__ for env in ClusterEnv._cluster_types}
+    for name in ("JAXCIFAR_COORDINATOR", "JAXCIFAR_NUM_PROCESSES", "JAXCIFAR_PROCESS_ID"):
+        monkeypatch.delenv(name, raising=False)
+    for env in ClusterEnv._cluster_types:
+        monkeypatch.setattr(env, "is_env_present", classmethod(lambda cls: cls.__name__ == present))
+    calls = []
+    monkeypatch.setattr(jax.distributed, "initialize", lambda *args: calls.append(args))
+    assert parallel.initialize_from_args(parse([])) is joined
+    assert calls == ([()] if joined else [])
 
 
 def test_data_mesh_gives_each_process_a_contiguous_block_when_ids_interleave():
