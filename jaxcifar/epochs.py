@@ -61,8 +61,9 @@ def pick_epoch_mode(mode: str, dataset: Dataset) -> str:
     scans ("chunk" on a CPU, "scan" elsewhere), unless its uint8 images fill more than a
     quarter of the device memory, where "loop" streams batches from host memory.
 
-    Scans spare every step its dispatch: on an H100, ~136 us/step against ~2 ms for the loop
-    (`../shared/MEASURED.md`); on the 2-core CPU (seed recipe, 2 epochs of 4,000 images,
+    Scans spare every step its dispatch: on an H100, ~136 us/step against ~1.5 ms for a
+    Python loop of jitted steps (19 s an epoch; 0.8 ms a step timed alone,
+    `../shared/MEASURED.md`); on the 2-core CPU (seed recipe, 2 epochs of 4,000 images,
     `benchmarks/seed_recipe.py`) 1.84 ms/step against 2.59 for the loop's 4 steps per call,
     compiled in 2.2 s against 5.9 (the loop won on CPUs until the model's convolution
     gradients took XLA:CPU's library form inside loops: `layers.conv`, benchmarks/README.md,
