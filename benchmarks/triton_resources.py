@@ -149,8 +149,8 @@ def main() -> None:
     for kernel in kernel_irs(args.batch):
         kernel["warps"] = args.warps or kernel["warps"]
         kernel["stages"] = args.stages or kernel["stages"]
-        rows.append({**kernel, **compile_resources(kernel.pop("ir"), kernel["warps"],
-                                                   kernel["stages"])})  # fmt: skip
+        ir = kernel.pop("ir")  # before the row copies the kernel: the IR is no column
+        rows.append({**kernel, **compile_resources(ir, kernel["warps"], kernel["stages"])})
     markdown = render_markdown(rows, args.batch)
     path = args.out / "triton-resources-sm90.md"
     atomic_write_text(path, markdown)

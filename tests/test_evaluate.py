@@ -34,6 +34,8 @@ def test_evaluate_records_the_test_subset_it_used_beside_the_runs_config(
         assert f"\n  {name:>12}: {shown}\n" in printed
     assert report["config"]["limit_test"] == 20  # the run's configuration, as it trained
     tested = load_split("cifar10", "test", data_dir=shared_data, limit=40, seed=3)
+    loss = report["evaluated"].pop("test_loss")  # of the 40 evaluated, not the run's 20
+    assert f"test loss {loss:.4f}, accuracy {report['test_accuracy']:.4f} on 40 " in printed
     assert report["evaluated"] == {
         "checkpoint": str(run / checkpoint.FILENAME), "test_data": tested.source,
         "limit_test": 40, "subset_seed": 3, "test_examples": 40,

@@ -756,7 +756,7 @@ def test_evaluate_of_a_speedrun_model_reproduces_its_runs_number(
     np.testing.assert_array_equal(np.sum(report["confusion_matrix"], axis=1), class_counts)
     assert report["evaluated"] == {
         "checkpoint": str(out / model_file.FILENAME), "test_data": tested.source,
-        "limit_test": TEST, "subset_seed": 5, "test_examples": TEST,
+        "limit_test": TEST, "subset_seed": 5, "test_examples": TEST, "test_loss": None,
     }  # fmt: skip
     assert report["config"]["seed"] == 6
     assert report["config"]["subsets"] == {"seed": 5, "limit_train": TRAIN, "limit_test": TEST}

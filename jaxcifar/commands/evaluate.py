@@ -123,6 +123,7 @@ def evaluated_record(result: SavedModelTest) -> dict[str, Any]:
         "limit_test": result.subset.limit,
         "subset_seed": result.subset.seed,
         "test_examples": len(result.test_set),
+        "test_loss": result.loss,  # mean cross-entropy on them; None for a speedrun's TTA
     }
 
 
