@@ -39,7 +39,7 @@ import numpy as np
 import torch
 
 from airbench_cpu import airbench_on_cpu, import_airbench, net_widths
-from bench_paths import RESULTS, SHARED_DATA
+from bench_paths import RESULTS, SHARED_DATA, run_script
 from jaxcifar.atomic import atomic_write_text
 from jaxcifar.data import load
 from jaxcifar.data.preprocess import channel_stats, standardize
@@ -373,4 +373,4 @@ def write(results: dict, args: argparse.Namespace, recipe, plan) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

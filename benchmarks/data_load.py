@@ -13,7 +13,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench_paths import SHARED_DATA
+from bench_paths import SHARED_DATA, run_script
 from jaxcifar.data import load
 from jaxcifar.data.cache import CACHE_ENV
 
@@ -41,4 +41,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

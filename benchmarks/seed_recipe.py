@@ -26,7 +26,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from bench_paths import RESULTS, SHARED_DATA
+from bench_paths import RESULTS, SHARED_DATA, run_script
 from jaxcifar.bench.environment import device_name, device_slug
 from jaxcifar.config import RunConfig
 from jaxcifar.data import load_split
@@ -101,4 +101,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -38,7 +38,7 @@ from pathlib import Path
 # JAX would otherwise reserve 75% of the GPU's memory, starving PyTorch in the same process.
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
-from bench_paths import RESULTS, SHARED_DATA  # noqa: E402
+from bench_paths import RESULTS, SHARED_DATA, run_script  # noqa: E402
 from jaxcifar.data import load_split  # noqa: E402
 from jaxcifar.bench import environment  # noqa: E402
 from jaxcifar.data.dataset import Dataset  # noqa: E402
@@ -196,4 +196,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -1,4 +1,5 @@
-"""benchmarks/speedrun.py, with airbench itself replaced by a recording stand-in.
+"""benchmarks/speedrun.py, with airbench itself replaced by a recording stand-in; and how the
+benchmark scripts end on bad input.
 
 torch is not a test dependency, so a mock stands in for it too: what is checked here is the
 plumbing of the benchmark's flags into airbench's calls, not PyTorch.
@@ -101,3 +102,15 @@ def test_an_airbench_failure_is_recorded_and_the_other_dtypes_still_run(
     reason = "failed: RuntimeError: CUDA error: an illegal memory access"
     assert results["skipped"] == [{"system": "airbench94", "reason": reason}]
     assert f"- airbench94: {reason}" in results_file.with_suffix(".md").read_text()
+
+
+@pytest.mark.parametrize("script", ["data_load.py", "seed_recipe.py"])
+def test_a_benchmark_given_a_missing_data_dir_ends_in_one_line_naming_it(tmp_path, script):
+    # As the CLI's commands end: no traceback for a mistake the message alone explains.
+    import subprocess
+
+    missing = tmp_path / "missing"
+    done = subprocess.run([sys.executable, str(BENCHMARKS / script), "--data-dir", str(missing)],
+                          capture_output=True, text=True, cwd=tmp_path)  # fmt: skip
+    expected = f"{script}: error: data dir {missing} does not exist\n"
+    assert (done.returncode, done.stderr) == (2, expected)
