@@ -323,3 +323,17 @@ def test_truncated_tarball_is_a_data_error(tmp_path, fresh_cache):
         archive.write_bytes(whole[:cut])
         with pytest.raises(DataError, match=r"cifar10\.tar\.gz: not a readable tar archive"):
             load("cifar10", "train", data_dir=archive)
+
+
+def test_a_refused_tree_leaves_the_warning_filters_as_they_were(tmp_path, fresh_cache):
+    # The decoding iterator sets its filters until it is closed: left open by the error, it
+    # would restore them later, over whatever the caller (the CLI, pytest) set since.
+    import warnings
+
+    write_tree(tmp_path)
+    Image.new("RGB", (5, 3)).save(tmp_path / "test" / "cat" / "1.png")
+    before = list(warnings.filters)
+    with pytest.raises(DataError, match="image of 5x3 pixels") as caught:
+        load("cifar10", "train", data_dir=tmp_path)
+    # While the error lives (as in the CLI's `except`), its traceback holds the iterator.
+    assert warnings.filters == before, caught

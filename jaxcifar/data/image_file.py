@@ -46,7 +46,8 @@ def decode_all(
 
     The warning filters are set once around all of them, not once per image: setting them
     resets Python's record of warnings already shown, so a warning Pillow gives for every file
-    of a folder would be printed once per file instead of once.
+    of a folder would be printed once per file instead of once. They stay set until the
+    iterator ends or is closed: close one left part-way (`contextlib.closing`).
     """
     with warnings.catch_warnings():
         # Pillow only warns between MAX_IMAGE_PIXELS and twice that, and raises above.

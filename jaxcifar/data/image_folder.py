@@ -14,6 +14,7 @@ forking is unsafe once JAX has started its threads, and spawn re-imports the cal
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import Iterable
 
@@ -73,20 +74,23 @@ def read(tree: Tree, name: str) -> dict[str, Dataset]:
     }
     mode = "RGB" if IMAGE_SHAPES[name][2] == 3 else "L"
     ordered = [path for split in SPLITS for path in paths[split]]
-    images = decode_all(((tree.files[path], tree.describe(path)) for path in ordered), mode)
-    first, first_image = tree.describe(ordered[0]), next(images)
-    shape = first_image.shape
-    _check_size(first, name, shape)  # every other image must have the first one's size
-    pixels = np.empty((len(ordered), *shape), np.uint8)
-    pixels[0] = first_image
-    for i, image in enumerate(images, start=1):
-        if image.shape != shape:
-            raise DataError(
-                f"{tree.describe(ordered[i])}: image of {image.shape[1]}x{image.shape[0]} "
-                f"pixels, expected {shape[1]}x{shape[0]} like {first} (all images must share "
-                "one size)"
-            )
-        pixels[i] = image
+    sources = ((tree.files[path], tree.describe(path)) for path in ordered)
+    # Closed as an error leaves the loop, not when collected: until then its warning filters
+    # stay set, and would be restored later over whatever the caller set since.
+    with contextlib.closing(decode_all(sources, mode)) as images:
+        first, first_image = tree.describe(ordered[0]), next(images)
+        shape = first_image.shape
+        _check_size(first, name, shape)  # every other image must have the first one's size
+        pixels = np.empty((len(ordered), *shape), np.uint8)
+        pixels[0] = first_image
+        for i, image in enumerate(images, start=1):
+            if image.shape != shape:
+                raise DataError(
+                    f"{tree.describe(ordered[i])}: image of {image.shape[1]}x{image.shape[0]} "
+                    f"pixels, expected {shape[1]}x{shape[0]} like {first} (all images must "
+                    "share one size)"
+                )
+            pixels[i] = image
     train_images, test_images = np.split(pixels, [len(paths["train"])])
     return {
         "train": Dataset(train_images, labels["train"], class_names, tree.where),
