@@ -104,7 +104,7 @@ def test_an_airbench_failure_is_recorded_and_the_other_dtypes_still_run(
     assert f"- airbench94: {reason}" in results_file.with_suffix(".md").read_text()
 
 
-@pytest.mark.parametrize("script", ["data_load.py", "seed_recipe.py"])
+@pytest.mark.parametrize("script", ["data_load.py", "seed_recipe.py", "speedrun.py"])
 def test_a_benchmark_given_a_missing_data_dir_ends_in_one_line_naming_it(tmp_path, script):
     # As the CLI's commands end: no traceback for a mistake the message alone explains.
     import subprocess

@@ -548,3 +548,21 @@ def test_the_cnn_on_images_too_small_to_pool_twice_is_a_data_error_not_a_traceba
         "on them\n"
     )
     assert main([*args[:-1], str(tmp_path / "mlp"), "--model", "mlp"]) == 0
+
+
+def test_the_cnn_checks_the_width_as_well_and_takes_the_smallest_images_it_can_pool(
+    tmp_path, fresh_cache, capsys
+):
+    # 3 pixels wide, 5 high: the width is the side pooled away. 4x4 pools twice to 1x1.
+    from data_files import write_tree
+
+    write_tree(tmp_path / "narrow", size=(3, 5))
+    write_tree(tmp_path / "four", size=(4, 4))
+    args = ["train", "--epochs", "1", "--quiet", "--batch-size", "2", "--compile-cache", "none"]
+    narrow = ["--data-dir", str(tmp_path / "narrow"), "--out", str(tmp_path / "run-narrow")]
+    assert main([*args, *narrow]) == 2
+    assert "holds images of (H, W) (5, 3): the CNN pools" in capsys.readouterr().err
+    four = ["--data-dir", str(tmp_path / "four"), "--out", str(tmp_path / "run-four")]
+    assert main([*args, *four]) == 0
+    report = json.loads((tmp_path / "run-four" / "metrics.json").read_text())
+    assert report["config"]["model"] == "cnn" and len(report["epochs"]) == 1

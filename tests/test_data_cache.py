@@ -1,3 +1,4 @@
+import errno
 import gc
 import os
 import tarfile
@@ -208,3 +209,14 @@ def test_a_dangling_link_in_a_data_folder_is_a_data_error_naming_it(tmp_path, fr
     expected = rf"^{dangling}: cannot read \(No such file or directory\)$"
     with pytest.raises(DataError, match=expected):
         load("cifar10", "train", data_dir=tmp_path)
+
+
+def test_a_link_to_itself_in_a_data_folder_is_a_data_error_naming_it(tmp_path, fresh_cache):
+    # Any OSError of the stat, not only a missing target: this one is ELOOP.
+    write_tree(tmp_path)
+    loop = tmp_path / "train" / "cat" / "9.png"
+    os.symlink("9.png", loop)
+    expected = f"{loop}: cannot read ({os.strerror(errno.ELOOP)})"
+    with pytest.raises(DataError) as caught:
+        load("cifar10", "train", data_dir=tmp_path)
+    assert str(caught.value) == expected

@@ -70,6 +70,14 @@ def test_a_16_bit_grayscale_image_is_scaled_to_8_bits_not_clipped_white():
     np.testing.assert_array_equal(rgb, np.repeat(expected[..., None], 3, axis=-1))
 
 
+def test_16_bit_values_round_to_the_nearest_8_bit_level_not_down():
+    # 255/65535 of each: 128 -> 0.498, 129 -> 0.502, 386 -> 1.502, 65534 -> 254.996.
+    # Truncating would give 0, 0, 1, 254.
+    pixels = np.array([[128, 129, 386, 65534]], np.uint16)
+    out = decode(image_bytes(pixels, "PNG"), "L", "deep.png")
+    np.testing.assert_array_equal(out[..., 0], [[0, 1, 2, 255]])
+
+
 def test_a_32_bit_integer_image_in_16_bit_range_is_scaled_like_a_16_bit_one():
     # Some Pillow versions open 16-bit PNGs as mode "I" (int32).
     pixels = np.array([[0, 32896, 65535]], np.int32)

@@ -116,16 +116,76 @@ def test_linked_members_of_an_archive_read_as_the_files_they_link_to(tmp_path, f
         np.testing.assert_array_equal(from_archive[split].images[3], written["train/cat/0.png"])
 
 
-@pytest.mark.parametrize("target", ["/elsewhere/0.png", "../../train/cat", "1.png"])
-def test_a_link_to_no_file_of_the_archive_is_refused_naming_it(tmp_path, fresh_cache, target):
-    # A path outside the archive, a folder, a link to itself: no image to read.
+@pytest.mark.parametrize(
+    "target, why",
+    [
+        ("/elsewhere/0.png", "/elsewhere/0.png, which is no file in the archive"),
+        ("/images/train/cat/0.png", "/images/train/cat/0.png, which is no file in the archive"),
+        ("../../train/cat", "images/train/cat, which is no file in the archive"),
+        ("1.png", "images/test/cat/1.png, one of a loop of links"),
+        ("2.png", "images/test/cat/2.png, one of a loop of links"),  # 1 -> 2 -> 1
+        (".1.png", "images/test/cat/.1.png, a hidden file, which archives are read without"),
+    ],
+)  # fmt: skip
+def test_a_link_to_no_file_of_the_archive_is_refused_naming_it(tmp_path, fresh_cache, target,
+                                                               why):  # fmt: skip
+    # A path outside the archive (even one whose tail is a member's name: unpacked, it names
+    # a file of the host, not of the archive), a folder, a loop, a hidden file (not read, as
+    # `.DS_Store` and macOS's `._*` files are not): no image to read.
     write_tree(tmp_path / "images")
+    (tmp_path / "images/test/cat/1.png").rename(tmp_path / "images/test/cat/.1.png")
     archive = tmp_path / "cifar10.tar"
     with tarfile.open(archive, "w") as tar:
         tar.add(tmp_path / "images", arcname="images")
-        link = tarfile.TarInfo("images/test/cat/1.png")
-        link.type, link.linkname = tarfile.SYMTYPE, target
-        tar.addfile(link)
-    with pytest.raises(DataError, match=rf"^{archive}: member images/test/cat/1.png links to "
-                       r"\S+, which is no file in the archive$"):  # fmt: skip
+        for name, linkname in (("1.png", target), ("2.png", "1.png")):
+            link = tarfile.TarInfo(f"images/test/cat/{name}")
+            link.type, link.linkname = tarfile.SYMTYPE, linkname
+            tar.addfile(link)
+    with pytest.raises(DataError) as caught:
         load("cifar10", "test", data_dir=archive)
+    assert str(caught.value) == f"{archive}: member images/test/cat/1.png links to {why}"
+
+
+def test_a_link_to_a_link_reads_as_the_file_at_the_end_of_the_chain(tmp_path, fresh_cache):
+    # train/cat/1.png is a hard link to 0.png; test/cat/1.png a symbolic link to that link.
+    written = write_tree(tmp_path / "images")
+    (tmp_path / "images/train/cat/1.png").unlink()
+    os.link(tmp_path / "images/train/cat/0.png", tmp_path / "images/train/cat/1.png")
+    (tmp_path / "images/test/cat/1.png").unlink()
+    os.symlink("../../train/cat/1.png", tmp_path / "images/test/cat/1.png")
+    archive = tmp_path / "cifar10.tar"
+    with tarfile.open(archive, "w") as tar:
+        tar.add(tmp_path / "images", arcname="images")
+    with tarfile.open(archive) as tar:
+        assert tar.getmember("images/train/cat/1.png").islnk()
+        assert tar.getmember("images/test/cat/1.png").linkname == "../../train/cat/1.png"
+    test = load("cifar10", "test", data_dir=archive)
+    np.testing.assert_array_equal(test.images[3], written["train/cat/0.png"])
+
+
+def test_a_hard_link_named_with_a_leading_dot_slash_reads_as_its_file(tmp_path, fresh_cache):
+    # `tar cf data.tar ./images` names every member "./images/...", hard links' targets too.
+    written = write_tree(tmp_path / "images")
+    (tmp_path / "images/train/cat/1.png").unlink()
+    os.link(tmp_path / "images/train/cat/0.png", tmp_path / "images/train/cat/1.png")
+    archive = tmp_path / "cifar10.tar"
+    with tarfile.open(archive, "w") as tar:
+        tar.add(tmp_path / "images", arcname="./images")
+    with tarfile.open(archive) as tar:
+        assert tar.getmember("./images/train/cat/1.png").linkname == "./images/train/cat/0.png"
+    train = load("cifar10", "train", data_dir=archive)
+    np.testing.assert_array_equal(train.images[3], written["train/cat/0.png"])
+
+
+def test_a_file_after_a_link_of_the_same_name_replaces_it(tmp_path, fresh_cache):
+    # Appending to an archive (`tar rf`) can store a name twice: the later member is the one
+    # unpacked, here the regular file, not the link before it.
+    written = write_tree(tmp_path / "images")
+    archive = tmp_path / "cifar10.tar"
+    with tarfile.open(archive, "w") as tar:
+        link = tarfile.TarInfo("images/test/cat/1.png")
+        link.type, link.linkname = tarfile.SYMTYPE, "../../train/cat/0.png"
+        tar.addfile(link)
+        tar.add(tmp_path / "images", arcname="images")
+    test = load("cifar10", "test", data_dir=archive)
+    np.testing.assert_array_equal(test.images[3], written["test/cat/1.png"])

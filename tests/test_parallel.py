@@ -283,6 +283,29 @@ def test_a_bad_variable_is_named_not_only_the_flag_it_stands_for(
     assert "$JAXCIFAR" not in capsys.readouterr().err
 
 
+def test_a_bad_typed_flag_keeps_argparses_own_message(capsys, monkeypatch):
+    # argparse names a failed type by its __name__: "invalid int value", as for any int flag.
+    monkeypatch.delenv("JAXCIFAR_PROCESS_ID", raising=False)
+    with pytest.raises(SystemExit):
+        parse(["--process-id", "x"])
+    last = capsys.readouterr().err.splitlines()[-1]
+    assert last.endswith("error: argument --process-id: invalid int value: 'x'")
+
+
+def test_cluster_detection_finding_none_of_its_detectors_in_jax_warns(monkeypatch):
+    # A JAX release that renames them must not leave every cluster undetected in silence.
+    from jax._src.clusters import ClusterEnv
+
+    for name in ("JAXCIFAR_COORDINATOR", "JAXCIFAR_NUM_PROCESSES", "JAXCIFAR_PROCESS_ID"):
+        monkeypatch.delenv(name, raising=False)
+    others = [env for env in ClusterEnv._cluster_types
+              if env.__name__ not in parallel.DETECTED_CLUSTERS]  # fmt: skip
+    monkeypatch.setattr(ClusterEnv, "_cluster_types", others)
+    monkeypatch.setattr(jax.distributed, "initialize", lambda *args: pytest.fail("initialized"))
+    with pytest.warns(UserWarning, match="cluster detection is off: .* holds none of"):
+        assert parallel.initialize_from_args(parse([])) is False
+
+
 NEEDS_ALL = (
     "multi-process training needs --coordinator/$JAXCIFAR_COORDINATOR, "
     "--num-processes/$JAXCIFAR_NUM_PROCESSES and --process-id/$JAXCIFAR_PROCESS_ID together; "

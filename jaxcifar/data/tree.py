@@ -190,19 +190,24 @@ def _link_target(member: tarfile.TarInfo) -> str:
 def _resolve_links(path: Path, links: dict[str, str], files: dict[str, bytes]) -> dict[str, bytes]:
     """Each link's name -> its target file's bytes, following links to links, so an archive
     reads as the folder it unpacks to (GNU tar stores a second name of one file as a hard
-    link). A link to no file of the archive (a folder, a path outside it, a loop) raises
-    DataError naming the link: the folder it unpacks to would not hold that image either."""
+    link). A link to no file of the archive (a folder, a path outside it, a loop, a hidden
+    file, which is not read) raises DataError naming the link."""
     resolved = {}
-    for name, target in links.items():
-        seen = {name}
+    for name, first in links.items():
+        target, seen = first, {name}
         while target in links and target not in seen:
             seen.add(target)
             target = links[target]
-        if target not in files:
-            raise DataError(
-                f"{path}: member {name} links to {target}, which is no file in the archive"
-            )
-        resolved[name] = files[target]
+        if target in files:
+            resolved[name] = files[target]
+            continue
+        if target in seen:
+            why = f"{first}, one of a loop of links"
+        elif is_hidden(target.partition("/")[2]):  # as `read_tar` tells hidden members
+            why = f"{target}, a hidden file, which archives are read without"
+        else:
+            why = f"{target}, which is no file in the archive"
+        raise DataError(f"{path}: member {name} links to {why}")
     return resolved
 
 
