@@ -1,3 +1,4 @@
+import gzip
 import tarfile
 
 import numpy as np
@@ -142,3 +143,20 @@ def test_bad_gzip_names_file(tmp_path, fresh_cache):
     images.write_bytes(images.read_bytes()[:-10])
     with pytest.raises(DataError, match=r"train-images-idx3-ubyte\.gz: not a valid gzip file"):
         load("mnist", "train", data_dir=tmp_path)
+
+
+def test_train_and_test_images_of_different_sizes_are_refused_naming_both_files(
+    tmp_path, fresh_cache
+):
+    # A model trained on one split could not be tested on the other; `data info` would show
+    # only the training split's size.
+    write_idx_set(tmp_path, shape=(5, 3))
+    test = np.zeros((4, 6, 3), np.uint8)
+    test_file = tmp_path / "t10k-images-idx3-ubyte.gz"
+    test_file.write_bytes(gzip.compress(idx_bytes(test, IMAGES_MAGIC)))
+    with pytest.raises(DataError) as caught:
+        load("mnist", "train", data_dir=tmp_path)
+    assert str(caught.value) == (
+        f"{tmp_path}/t10k-images-idx3-ubyte.gz holds images of (H, W) (6, 3), but "
+        f"{tmp_path}/train-images-idx3-ubyte.gz holds (5, 3): both splits must share one size"
+    )

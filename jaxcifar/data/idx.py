@@ -67,10 +67,14 @@ def read(tree: Tree, class_names: tuple[str, ...]) -> dict[str, Dataset]:
 
     Returns:
       {"train": ..., "test": ...}; images (N, rows, cols, 1) uint8, labels (N,) int32.
+    Raises:
+      DataError naming the file: a malformed file, images and labels of different counts,
+        labels outside the classes, or train and test images of different sizes.
     """
-    splits = {}
+    splits, images_names = {}, {}
     for split, (images_stem, labels_stem) in FILES.items():
         images_name, images_data = _file(tree, images_stem)
+        images_names[split] = images_name
         labels_name, labels_data = _file(tree, labels_stem)
         images = parse(images_data, IMAGES_MAGIC, images_name)
         labels = parse(labels_data, LABELS_MAGIC, labels_name).astype(np.int32)
@@ -82,6 +86,12 @@ def read(tree: Tree, class_names: tuple[str, ...]) -> dict[str, Dataset]:
         check_labels(labels, len(class_names), labels_name)
         # A copy: frombuffer views of `bytes` are read-only, cached loads are not.
         splits[split] = Dataset(images[..., np.newaxis].copy(), labels, class_names, tree.where)
+    sizes = {split: splits[split].images.shape[1:3] for split in FILES}
+    if sizes["train"] != sizes["test"]:  # a model trained on one could not test on the other
+        raise DataError(
+            f"{images_names['test']} holds images of (H, W) {sizes['test']}, but "
+            f"{images_names['train']} holds {sizes['train']}: both splits must share one size"
+        )
     return splits
 
 
