@@ -92,17 +92,26 @@ def test_an_archive_of_the_training_split_alone_names_the_missing_test_split(
     assert str(error.value).startswith(f"{archive}/test/: ")
 
 
+def linked_tree_archive(root, symlink_to=None, arcname="images"):
+    """write_tree's images under root/images, with train/cat/1.png a hard link to 0.png and,
+    if given, test/cat/1.png a symbolic link to `symlink_to`, tarred under `arcname`; returns
+    (what write_tree wrote, the archive)."""
+    written = write_tree(root / "images")
+    (root / "images/train/cat/1.png").unlink()
+    os.link(root / "images/train/cat/0.png", root / "images/train/cat/1.png")
+    if symlink_to is not None:
+        (root / "images/test/cat/1.png").unlink()
+        os.symlink(symlink_to, root / "images/test/cat/1.png")
+    archive = root / "cifar10.tar"
+    with tarfile.open(archive, "w") as tar:
+        tar.add(root / "images", arcname=arcname)
+    return written, archive
+
+
 def test_linked_members_of_an_archive_read_as_the_files_they_link_to(tmp_path, fresh_cache):
     # GNU tar stores a second name of one file as a hard link: the archive must load what the
     # folder it unpacks to loads, not drop the image.
-    written = write_tree(tmp_path / "images")
-    (tmp_path / "images/train/cat/1.png").unlink()
-    os.link(tmp_path / "images/train/cat/0.png", tmp_path / "images/train/cat/1.png")
-    (tmp_path / "images/test/cat/1.png").unlink()
-    os.symlink("../../train/cat/0.png", tmp_path / "images/test/cat/1.png")
-    archive = tmp_path / "cifar10.tar"
-    with tarfile.open(archive, "w") as tar:
-        tar.add(tmp_path / "images", arcname="images")
+    written, archive = linked_tree_archive(tmp_path, symlink_to="../../train/cat/0.png")
     with tarfile.open(archive) as tar:
         kinds = {m.name: (m.islnk(), m.issym()) for m in tar.getmembers()}
     assert kinds["images/train/cat/1.png"] == (True, False)
@@ -148,14 +157,7 @@ def test_a_link_to_no_file_of_the_archive_is_refused_naming_it(tmp_path, fresh_c
 
 def test_a_link_to_a_link_reads_as_the_file_at_the_end_of_the_chain(tmp_path, fresh_cache):
     # train/cat/1.png is a hard link to 0.png; test/cat/1.png a symbolic link to that link.
-    written = write_tree(tmp_path / "images")
-    (tmp_path / "images/train/cat/1.png").unlink()
-    os.link(tmp_path / "images/train/cat/0.png", tmp_path / "images/train/cat/1.png")
-    (tmp_path / "images/test/cat/1.png").unlink()
-    os.symlink("../../train/cat/1.png", tmp_path / "images/test/cat/1.png")
-    archive = tmp_path / "cifar10.tar"
-    with tarfile.open(archive, "w") as tar:
-        tar.add(tmp_path / "images", arcname="images")
+    written, archive = linked_tree_archive(tmp_path, symlink_to="../../train/cat/1.png")
     with tarfile.open(archive) as tar:
         assert tar.getmember("images/train/cat/1.png").islnk()
         assert tar.getmember("images/test/cat/1.png").linkname == "../../train/cat/1.png"
@@ -165,12 +167,7 @@ def test_a_link_to_a_link_reads_as_the_file_at_the_end_of_the_chain(tmp_path, fr
 
 def test_a_hard_link_named_with_a_leading_dot_slash_reads_as_its_file(tmp_path, fresh_cache):
     # `tar cf data.tar ./images` names every member "./images/...", hard links' targets too.
-    written = write_tree(tmp_path / "images")
-    (tmp_path / "images/train/cat/1.png").unlink()
-    os.link(tmp_path / "images/train/cat/0.png", tmp_path / "images/train/cat/1.png")
-    archive = tmp_path / "cifar10.tar"
-    with tarfile.open(archive, "w") as tar:
-        tar.add(tmp_path / "images", arcname="./images")
+    written, archive = linked_tree_archive(tmp_path, arcname="./images")
     with tarfile.open(archive) as tar:
         assert tar.getmember("./images/train/cat/1.png").linkname == "./images/train/cat/0.png"
     train = load("cifar10", "train", data_dir=archive)
