@@ -70,9 +70,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(": ".join([f"{prefix}: error: {error.strerror or error}", *paths]), file=sys.stderr)
         return 1
     except (MemoryError, jax_runtime_error()) as error:
-        # NumPy's MemoryError or XLA's RESOURCE_EXHAUSTED: the sizes asked for do not fit;
-        # any other runtime error is a bug and keeps its traceback.
-        if isinstance(error, MemoryError) or "RESOURCE_EXHAUSTED" in str(error):
+        # NumPy's MemoryError, XLA's RESOURCE_EXHAUSTED or its CPU client's "Out of memory
+        # allocating N bytes": the sizes asked for do not fit; any other runtime error is a
+        # bug and keeps its traceback.
+        if isinstance(error, MemoryError) or any(
+            sign in str(error) for sign in ("RESOURCE_EXHAUSTED", "Out of memory")
+        ):
             reason = str(error).strip().splitlines()[0] if str(error).strip() else "MemoryError"
             print(f"{prefix}: error: out of memory ({reason}); try a smaller batch, smaller "
                   "layers or fewer images", file=sys.stderr)  # fmt: skip

@@ -5,12 +5,21 @@ from __future__ import annotations
 import optax
 
 from jaxcifar.config import RunConfig
+from jaxcifar.errors import ConfigError
 
 
 def build_schedule(config: RunConfig, steps_per_epoch: int) -> optax.Schedule:
     """Step -> learning rate: constant `lr`, cosine decay from `lr` to 0 over the run, or a
-    one-cycle ramp (to `lr` over the first 30% of steps, then cosine annealing down)."""
+    one-cycle ramp (to `lr` over the first 30% of steps, then cosine annealing down).
+
+    Raises ConfigError for a run of more steps than an int32 counts: optax's step count is
+    int32, and its schedules take the run's length as one."""
     total_steps = config.epochs * steps_per_epoch
+    if total_steps > 2**31 - 1:
+        raise ConfigError(
+            f"epochs {config.epochs} x {steps_per_epoch} steps an epoch = {total_steps:,} steps, "
+            f"more than the optimizer's int32 step count holds ({2**31 - 1:,})"
+        )
     if config.schedule == "constant":
         return optax.constant_schedule(config.lr)
     if config.schedule == "cosine":

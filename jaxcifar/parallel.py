@@ -205,8 +205,10 @@ def initialize(coordinator: str | None, num_processes: int | None, process_id: i
             f"multi-process training needs {names[0]}, {names[1]} and {names[2]} together; "
             f"missing {', '.join(missing)}"
         )
-    if ":" not in coordinator:
-        raise ConfigError(f"{names[0]} must be HOST:PORT; got {coordinator!r}")
+    host, _, port = coordinator.rpartition(":")
+    # JAX would wait 5 minutes for a coordinator it cannot reach, then abort the process.
+    if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ConfigError(f"{names[0]} must be HOST:PORT, PORT in 1..65535; got {coordinator!r}")
     if not 0 <= process_id < num_processes:
         raise ConfigError(f"{names[2]} must be in 0..{num_processes - 1}; got {process_id}")
     jax.distributed.initialize(coordinator, num_processes, process_id)

@@ -165,3 +165,20 @@ def test_an_os_error_about_two_paths_names_both(monkeypatch, capsys):
     err = capsys.readouterr().err
     expected = "jaxcifar data info: error: Invalid cross-device link: cache/run.partial: runs/run"
     assert err == expected + "\n"
+
+
+def test_the_cpu_clients_out_of_memory_error_is_one_line_too(monkeypatch, capsys):
+    # XLA:CPU says "Out of memory allocating N bytes", without RESOURCE_EXHAUSTED.
+    import jax
+
+    def too_big(args):
+        raise jax.errors.JaxRuntimeError(
+            "INTERNAL: Error dispatching computation: Out of memory allocating 3136 bytes."
+        )
+
+    monkeypatch.setattr("jaxcifar.commands.scratch.run", too_big)
+    assert main(["scratch"]) == 1
+    assert capsys.readouterr().err == (
+        "jaxcifar scratch: error: out of memory (INTERNAL: Error dispatching computation: Out of "
+        "memory allocating 3136 bytes.); try a smaller batch, smaller layers or fewer images\n"
+    )

@@ -200,3 +200,20 @@ def test_float_flags_refuse_infinity_and_nan(command, flag, value, capsys):
 def test_flags_that_may_be_zero_take_zero():
     args = build_parser().parse_args(["bench", "--warmup", "0", "--seconds-per-case", "0"])
     assert (args.warmup, args.seconds_per_case) == (0, 0.0)
+
+
+@pytest.mark.parametrize("command, flag", [("train", "--epochs"), ("train", "--limit-test"),
+                                           ("speedrun", "--limit-train"), ("scratch", "--hidden"),
+                                           ("bench", "--batch-sizes")])  # fmt: skip
+def test_integer_flags_stop_at_int32s_largest(command, flag, capsys):
+    # 2**64 epochs passed, trained an epoch, then failed to save the checkpoint (msgpack).
+    assert build_parser().parse_args([command, flag, str(2**31 - 1)]) is not None
+    err = refused([command, flag, str(2**64)], capsys)
+    assert f"error: argument {flag}: expected a positive integer up to 2,147,483,647, got " in err
+
+
+@pytest.mark.parametrize("command", ["train", "scratch", "speedrun", "bench", "evaluate"])
+def test_an_empty_out_is_refused_not_read_as_the_current_folder(command, capsys):
+    # Path("") is ".": the run's files landed beside whatever the user had there.
+    err = refused([command, "--out", ""], capsys)
+    assert "error: argument --out: expected a folder; got ''" in err

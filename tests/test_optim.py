@@ -1,7 +1,9 @@
 import numpy as np
+import pytest
 import optax
 
 from jaxcifar.config import RunConfig
+from jaxcifar.errors import ConfigError
 from jaxcifar.optim import build_optimizer, build_schedule
 
 
@@ -32,3 +34,16 @@ def test_adam_keeps_torchs_betas_whatever_the_momentum():
         m, s = 0.9 * m + 0.1 * np.array(g), 0.999 * s + 0.001 * np.square(g)
         w = w - lr * (m / (1 - 0.9**t)) / (np.sqrt(s / (1 - 0.999**t)) + 1e-8)
     np.testing.assert_allclose(params["w"], w, rtol=1e-5)
+
+
+@pytest.mark.parametrize("schedule", ["constant", "cosine", "onecycle"])
+def test_a_run_of_more_steps_than_an_int32_counts_is_refused(schedule):
+    # optax counts steps in int32; the one-cycle schedule failed with an OverflowError.
+    config = RunConfig(epochs=2**28, schedule=schedule)
+    build_schedule(config, 7)  # 1,879,048,192 steps: fits
+    with pytest.raises(ConfigError) as caught:
+        build_schedule(config, 8)
+    assert str(caught.value) == (
+        "epochs 268435456 x 8 steps an epoch = 2,147,483,648 steps, more than the optimizer's "
+        "int32 step count holds (2,147,483,647)"
+    )

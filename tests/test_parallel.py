@@ -323,7 +323,12 @@ NEEDS_ALL = (
          NEEDS_ALL + "missing --num-processes/$JAXCIFAR_NUM_PROCESSES, "
          "--process-id/$JAXCIFAR_PROCESS_ID"),
         (["--coordinator", "h", "--num-processes", "2", "--process-id", "0"], {},
-         "--coordinator/$JAXCIFAR_COORDINATOR must be HOST:PORT; got 'h'"),
+         "--coordinator/$JAXCIFAR_COORDINATOR must be HOST:PORT, PORT in 1..65535; got 'h'"),
+        (["--coordinator", ":", "--num-processes", "1", "--process-id", "0"], {},
+         "--coordinator/$JAXCIFAR_COORDINATOR must be HOST:PORT, PORT in 1..65535; got ':'"),
+        (["--coordinator", "h:99999", "--num-processes", "1", "--process-id", "0"], {},
+         "--coordinator/$JAXCIFAR_COORDINATOR must be HOST:PORT, PORT in 1..65535; got "
+         "'h:99999'"),
         (["--coordinator", "h:1", "--num-processes", "2", "--process-id", "2"], {},
          "--process-id/$JAXCIFAR_PROCESS_ID must be in 0..1; got 2"),
         (["--coordinator", "h:1", "--num-processes", "2", "--process-id", "-1"], {},

@@ -342,6 +342,16 @@ def test_plan_takes_a_batch_of_the_whole_training_set_and_counts_only_epochs_wit
     assert plan(Recipe(batch_size=64, epochs=3 + 1e-9), 4 * 64) == Plan(4, 12, 3)
 
 
+def test_epochs_that_round_to_no_step_are_refused():
+    # 1e-9 of 8 steps: no step would run, and the run failed deep inside the training.
+    assert plan(Recipe(batch_size=8, epochs=0.125), 64) == Plan(8, 1, 1)
+    with pytest.raises(ConfigError) as caught:
+        plan(Recipe(batch_size=8, epochs=1e-9), 64)
+    assert str(caught.value) == (
+        "epochs 1e-09 of 8 steps each round to no step; train at least 0.125 epochs"
+    )
+
+
 @pytest.mark.parametrize("offset, spike", [(0.0, 0.0), (10.0, 0.0), (1000.0, 0.0), (0.0, 1e4)])
 def test_batch_norm_matches_float64_statistics(offset, spike):
     """Training-mode BN against NumPy in float64: output, its gradient, the running mean and

@@ -18,14 +18,22 @@ from jaxcifar.errors import ConfigError, DataError
 from jaxcifar.xla_cache import OFF as COMPILE_CACHE_OFF
 
 
+# The largest count any integer flag takes: epochs, batch sizes, layer widths and subset
+# sizes past it are mistakes, and would overflow int32 step counters or msgpack's integers.
+INT_FLAG_MAX = 2**31 - 1
+
+
 def _integer(text: str, expected: str, low: int, high: float = math.inf) -> int:
-    """argparse type body: an integer in low..high, else "expected EXPECTED, got ..."."""
+    """argparse type body: an integer in low..min(high, INT_FLAG_MAX), else "expected
+    EXPECTED, got ..."."""
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
     if not low <= value <= high:
         raise argparse.ArgumentTypeError(f"expected {expected}, got {value}")
+    if value > INT_FLAG_MAX:
+        raise argparse.ArgumentTypeError(f"expected {expected} up to {INT_FLAG_MAX:,}, got {value}")
     return value
 
 
@@ -113,6 +121,13 @@ def add_data_arguments(parser: argparse.ArgumentParser, default_dataset: str = "
         "--dataset", choices=DATASETS, default=default_dataset, help="which dataset to use"
     )
     add_data_dir_argument(parser)
+
+
+def output_folder(text: str) -> Path:
+    """argparse type: an --out folder; an empty one would write into the current folder."""
+    if not text:
+        raise argparse.ArgumentTypeError("expected a folder; got ''")
+    return Path(text)
 
 
 def compile_cache(text: str) -> str:

@@ -15,7 +15,8 @@ from pathlib import Path
 from jaxcifar.bench.settings import Settings
 from jaxcifar.bench.timing import TimingBudget
 from jaxcifar.commands._args import (
-    check_writable_folder, file_stem, non_negative_float, non_negative_int, positive_int,
+    check_writable_folder, file_stem, non_negative_float, non_negative_int, output_folder,
+    positive_int,
 )
 from jaxcifar.config import DTYPES, MODELS
 
@@ -71,7 +72,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--epoch-batch-sizes", nargs="+", type=positive_int,
         default=list(defaults.epoch_batch_sizes), help="batch sizes of the timed epochs",
     )  # fmt: skip
-    parser.add_argument("--out", default="benchmarks/results", metavar="DIR", help="output folder")
+    parser.add_argument("--out", type=output_folder, default="benchmarks/results", metavar="DIR",
+                        help="output folder")
     parser.add_argument(
         "--name", type=file_stem,
         help="file name stem of the results; overwrites a run's of that name (None: "

@@ -19,7 +19,8 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import numpy as np
 
 from jaxcifar.commands._args import (
-    add_data_dir_argument, check_data_fits_model, check_writable_folder, positive_int,
+    add_data_dir_argument, check_data_fits_model, check_writable_folder, output_folder,
+    positive_int,
 )
 from jaxcifar.data import Dataset, load_split
 
@@ -38,7 +39,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="evaluate on a random N-example subset, drawn as the model's run "
                         "drew its own; when not given, the run's own setting (a speedrun model "
                         "saved before models recorded it: the whole test split)")
-    parser.add_argument("--out", metavar="DIR", help="write metrics.json and figures here")  # fmt: skip
+    parser.add_argument("--out", type=output_folder, metavar="DIR",
+                        help="write metrics.json and figures here")
 
 
 class EvalSubset(NamedTuple):

@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from jaxcifar.commands._args import (
-    add_data_arguments, check_writable_folder, positive_float, positive_int, seed_int,
+    add_data_arguments, check_writable_folder, output_folder, positive_float, positive_int,
+    seed_int,
 )
 from jaxcifar.config import MLP_LAYER_SIZES
 
@@ -53,7 +54,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--dtype", choices=DTYPES, default="float32",
         help="float type of the arithmetic; float32 runs about twice as fast as float64",
     )  # fmt: skip
-    parser.add_argument("--out", type=Path, default=Path("runs/scratch"), metavar="DIR",
+    parser.add_argument("--out", type=output_folder, default=Path("runs/scratch"), metavar="DIR",
         help="folder for metrics.json and plots",
     )
     parser.add_argument("--limit-train", type=positive_int, metavar="N", help="train on a random N examples")

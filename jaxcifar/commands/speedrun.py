@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from jaxcifar.commands._args import (
     add_compile_cache_argument, add_data_arguments, check_writable_folder, positive_float,
-    positive_int, seed_int,
+    output_folder, positive_int, seed_int,
 )
 from jaxcifar.interrupt import Interrupted, StopOnSignal
 
@@ -52,7 +52,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=seed_int, default=0,
                         help="seed of the first run and of the subsets")  # fmt: skip
     add_compile_cache_argument(parser)
-    parser.add_argument("--out", default="runs/speedrun", metavar="DIR", help="output folder")
+    parser.add_argument("--out", type=output_folder, default="runs/speedrun", metavar="DIR",
+                        help="output folder")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 from jaxcifar import parallel
 from jaxcifar.commands._args import (
     add_compile_cache_argument, add_data_dir_argument, check_data_fits_model, check_writable_folder,
-    momentum, non_negative_float, positive_float, positive_int, seed_int,
+    momentum, non_negative_float, output_folder, positive_float, positive_int, seed_int,
 )
 from jaxcifar.config import (
     ACTIVATIONS, DATASETS, DTYPES, MODELS, OPTIMIZERS, RECIPES, SCHEDULES, RunConfig,
@@ -93,7 +93,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         options.setdefault("help", "")
         options["help"] += f" (seed recipe: {default})"
         group.add_argument(flag, default=argparse.SUPPRESS, **options)
-    parser.add_argument("--out", default="runs/train", metavar="DIR", help="output folder")
+    parser.add_argument("--out", type=output_folder, default="runs/train", metavar="DIR",
+                        help="output folder")
     parser.add_argument("--resume", action="store_true",
                         help="continue from OUT/checkpoint.msgpack, with its configuration")
     parser.add_argument("--override-config", action="store_true",

@@ -99,7 +99,8 @@ class Plan(NamedTuple):
 
 
 def plan(recipe: Recipe, train_size: int) -> Plan:
-    """The step counts of `recipe` on `train_size` images; ConfigError if not one batch fits."""
+    """The step counts of `recipe` on `train_size` images; ConfigError if not one batch fits
+    or the epochs take no step."""
     if recipe.batch_size > train_size:
         raise ConfigError(
             f"batch size {recipe.batch_size} is larger than the training set ({train_size} images)"
@@ -108,6 +109,11 @@ def plan(recipe: Recipe, train_size: int) -> Plan:
     # Rounded before the ceiling: 25 * 2.2 is 55.000000000000007 in floating point, which
     # airbench's ceil(len(loader) * epochs) makes 56 steps; the recipe means 55.
     total = math.ceil(round(per_epoch * recipe.epochs, 6))
+    if total == 0:  # an --epochs so small that it rounds to no step
+        raise ConfigError(
+            f"epochs {recipe.epochs} of {per_epoch} steps each round to no step; train at "
+            f"least {1 / per_epoch:.3g} epochs"
+        )
     return Plan(
         steps_per_epoch=per_epoch,
         total_steps=total,
