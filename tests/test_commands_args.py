@@ -217,3 +217,16 @@ def test_an_empty_out_is_refused_not_read_as_the_current_folder(command, capsys)
     # Path("") is ".": the run's files landed beside whatever the user had there.
     err = refused([command, "--out", ""], capsys)
     assert "error: argument --out: expected a folder; got ''" in err
+
+
+def test_a_name_too_long_for_the_file_system_is_a_flag_error_before_any_work(tmp_path, capsys):
+    # Found only when the folder was made: a traceback for --compile-cache (checked while
+    # parsing), exit 1 naming no flag for --out.
+    long = tmp_path / ("a" * 300)
+    err = refused(["train", "--compile-cache", str(long)], capsys)
+    assert err.startswith(f"jaxcifar train: error: argument --compile-cache: {long}: cannot "
+                          "write there (File name too long); ")  # fmt: skip
+    assert main(["scratch", "--out", str(long / "run")]) == 2
+    assert capsys.readouterr().err == (
+        f"jaxcifar scratch: error: --out {long / 'run'}: cannot write there (File name too long)\n"
+    )

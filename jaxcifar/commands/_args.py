@@ -140,7 +140,7 @@ def compile_cache(text: str) -> str:
         )
     if text == COMPILE_CACHE_OFF:
         return text
-    if Path(text).exists() and not Path(text).is_dir():
+    if os.path.exists(text) and not os.path.isdir(text):  # (False, not OSError, on bad names)
         raise argparse.ArgumentTypeError(
             f"{text} is a file; expected a folder, or '{COMPILE_CACHE_OFF}' to turn the cache off"
         )
@@ -179,12 +179,15 @@ def _probe(folder: Path) -> str | None:
     It is not made here: a command that then fails on another input leaves no empty folder
     behind (files are written through `jaxcifar.atomic`, which makes their folders).
     (Probing beats os.access, which says yes to root.)"""
-    existing = folder
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if not existing.is_dir():
+    existing, missing = folder, []
+    while not os.path.exists(existing) and existing != existing.parent:
+        existing, missing = existing.parent, [existing.name, *missing]
+    if not os.path.isdir(existing):
         return os.strerror(errno.ENOTDIR)
     try:
+        # A name the file system cannot hold fails only when made: check each one to be made.
+        if any(len(os.fsencode(name)) > os.pathconf(existing, "PC_NAME_MAX") for name in missing):
+            return os.strerror(errno.ENAMETOOLONG)
         with tempfile.TemporaryFile(dir=existing):
             pass
     except OSError as error:
@@ -195,7 +198,7 @@ def _probe(folder: Path) -> str | None:
 def check_writable_folder(folder: Path) -> None:
     """Check that output folder `folder` (--out) can be made and written in, so a bad --out
     fails before the work rather than after it."""
-    if folder.exists() and not folder.is_dir():
+    if os.path.exists(folder) and not os.path.isdir(folder):
         raise ConfigError(f"--out {folder} is a file; expected a folder (or a path to create one)")
     if reason := _probe(folder):
         raise ConfigError(f"--out {folder}: cannot write there ({reason})")
