@@ -89,7 +89,8 @@ def read_tagged(path: Path, format_tag: str, version: int, what: str) -> dict[st
         raise CheckpointError(f"{path}: not a jaxcifar {what} (no {format_tag!r} format tag)")
     if payload.get("version") != version:
         raise CheckpointError(
-            f"{path}: {what} format version {payload.get('version')}, this jaxcifar reads {version}"
+            f"{path}: {what} format version {payload.get('version')!r}, this jaxcifar reads "
+            f"{version}"
         )
     return payload
 
@@ -115,11 +116,22 @@ def load(path: str | os.PathLike[str]) -> Checkpoint:
             config=config,
             input_shape=input_shape,
             class_names=tuple(payload["class_names"]),
-            history=[dict(record) for record in payload["history"]],
+            history=[_epoch_record(record) for record in payload["history"]],
             state=payload["state"],
         )
     except (KeyError, TypeError, ValueError, ConfigError) as error:
         raise CheckpointError(f"{path}: malformed checkpoint ({error})") from None
+
+
+def _epoch_record(record: Any) -> dict[str, Any]:
+    """One `history` entry as a dict, KeyError unless it holds every `EpochRecord` field (the
+    reports and a resume read them all)."""
+    from jaxcifar.train import EpochRecord  # imported when read: train builds on this module
+
+    missing = [name for name in EpochRecord._fields if name not in record]
+    if missing:
+        raise KeyError(f"history record without {', '.join(missing)}")
+    return dict(record)
 
 
 def restore(checkpoint: Checkpoint, template: Any) -> Any:
@@ -135,7 +147,8 @@ def state_from_dict(state: dict[str, Any], template: Any, path: Path) -> Any:
     any array's shape or dtype, differs from the template's."""
     try:
         restored = serialization.from_state_dict(template, state)
-    except (KeyError, ValueError, TypeError) as error:
+    # AttributeError: a state that is no dict (None, a list) where flax expects one.
+    except (KeyError, ValueError, TypeError, AttributeError) as error:
         raise CheckpointError(f"{path}: state does not fit this model ({error})") from None
     expected = jax.tree.map(lambda leaf: (tuple(leaf.shape), np.dtype(leaf.dtype)), template)
     found = jax.tree.map(lambda leaf: (tuple(np.shape(leaf)), np.asarray(leaf).dtype), restored)

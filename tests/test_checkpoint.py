@@ -147,20 +147,52 @@ def _write(path, document):
     path.write_bytes(serialization.msgpack_serialize(document))
 
 
+HISTORY = [
+    {"epoch": epoch, "train_loss": loss, "train_accuracy": 0.5, "test_loss": loss,
+     "test_accuracy": 0.5, "seconds": 1.0}
+    for epoch, loss in ((1, 0.75), (2, 0.5))
+]  # fmt: skip
+
+
 @pytest.fixture
 def small_file(tmp_path):
     """A checkpoint of a one-array state with a two-epoch history, written by `save`."""
-    history = [{"epoch": 1, "train_loss": 0.75}, {"epoch": 2, "train_loss": 0.5}]
     state = {"w": np.zeros(2, np.float32)}
     return checkpoint.save(tmp_path, state, CONFIG, input_shape=(8, 8, 1), class_names=("a", "b"),
-                           history=history)  # fmt: skip
+                           history=HISTORY)  # fmt: skip
 
 
 def test_every_epoch_of_the_history_comes_back(small_file):
     # Else a resumed run's metrics.json would lose its earlier epochs.
-    assert checkpoint.load(small_file).history == [
-        {"epoch": 1, "train_loss": 0.75}, {"epoch": 2, "train_loss": 0.5}
-    ]
+    assert checkpoint.load(small_file).history == HISTORY
+
+
+def test_a_history_record_without_a_field_the_reports_read_is_malformed(small_file):
+    # It loaded, then `evaluate --out` or a resume's reports failed with KeyError: 'epoch'.
+    from flax import serialization
+
+    payload = serialization.msgpack_restore(small_file.read_bytes())
+    payload["history"] = [{"x": 1}]
+    _write(small_file, payload)
+    with pytest.raises(CheckpointError) as caught:
+        checkpoint.load(small_file)
+    assert str(caught.value) == (
+        f"{small_file}: malformed checkpoint ('history record without epoch, train_loss, "
+        "train_accuracy, test_loss, test_accuracy, seconds')"
+    )
+
+
+@pytest.mark.parametrize("state", [None, [1, 2]])
+def test_a_state_that_is_no_dict_does_not_fit_the_model(small_file, state):
+    # flax's from_state_dict raised AttributeError ('NoneType' has no attribute 'keys').
+    from flax import serialization
+
+    payload = serialization.msgpack_restore(small_file.read_bytes())
+    payload["state"] = state
+    _write(small_file, payload)
+    template = {"w": np.zeros(2, np.float32)}
+    with pytest.raises(CheckpointError, match=f"^{small_file}: state does not fit this model"):
+        checkpoint.restore(checkpoint.load(small_file), template)
 
 
 def test_a_checkpoint_without_a_version_is_refused(small_file):
@@ -189,4 +221,16 @@ def test_a_bad_config_value_is_a_malformed_checkpoint_naming_the_file(small_file
     _write(small_file, payload)
     message = f"{small_file}: malformed checkpoint \\(lr must be positive; got -1"
     with pytest.raises(CheckpointError, match=message):
+        checkpoint.load(small_file)
+
+
+def test_a_version_of_another_type_is_shown_as_it_was_read(small_file):
+    # "format version 1, this jaxcifar reads 1" hid that the file held the text "1".
+    from flax import serialization
+
+    payload = serialization.msgpack_restore(small_file.read_bytes())
+    payload["version"] = "1"
+    _write(small_file, payload)
+    expected = "checkpoint format version '1', this jaxcifar reads 1$"
+    with pytest.raises(CheckpointError, match=expected):
         checkpoint.load(small_file)
