@@ -103,24 +103,25 @@ def load(path: str | os.PathLike[str]) -> Checkpoint:
     payload = read_tagged(path, FORMAT, VERSION, "checkpoint")
     try:
         config = RunConfig.from_dict(payload["config"])
-        input_shape = tuple(payload["input_shape"])
-        if len(input_shape) != 3 or not all(
-            type(size) is int and size > 0 for size in input_shape  # bool is an int subclass
-        ):
-            raise CheckpointError(
-                f"{path}: malformed checkpoint (input_shape {payload['input_shape']!r}; "
-                "expected three positive integers, (H, W, C))"
-            )
         return Checkpoint(
             path=path,
             config=config,
-            input_shape=input_shape,
+            input_shape=input_shape(payload["input_shape"]),
             class_names=tuple(payload["class_names"]),
             history=[_epoch_record(record) for record in payload["history"]],
             state=payload["state"],
         )
     except (KeyError, TypeError, ValueError, ConfigError) as error:
         raise CheckpointError(f"{path}: malformed checkpoint ({error})") from None
+
+
+def input_shape(value: Any) -> tuple[int, int, int]:
+    """A saved (H, W, C) input shape, ValueError unless three positive integers: a model of
+    no pixels fails later, blaming the image given to it."""
+    shape = tuple(value)
+    if len(shape) != 3 or not all(type(size) is int and size > 0 for size in shape):  # not bool
+        raise ValueError(f"input_shape {value!r}; expected three positive integers, (H, W, C)")
+    return shape
 
 
 def _epoch_record(record: Any) -> dict[str, Any]:

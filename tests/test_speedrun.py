@@ -14,6 +14,7 @@ import itertools
 import json
 import math
 import os
+import re
 import signal
 import time
 
@@ -814,6 +815,22 @@ def test_a_speedrun_model_of_another_version_or_shape_is_refused_naming_the_file
     path.write_bytes(serialization.msgpack_serialize({**payload, "version": 2}))
     with pytest.raises(CheckpointError, match=f"{path}: speedrun model format version 2"):
         model_file.load(path)
+    # A model of no pixels blamed the image predict was given; a limit of -1 failed in
+    # load_split naming no file; None weights raised flax's AttributeError.
+    path = save(recipe=Recipe(widths=(8, 16, 16)))
+    payload = serialization.msgpack_restore(path.read_bytes())
+    for field, value, problem in (
+        ("input_shape", [0, 28, 1], "input_shape [0, 28, 1]; expected three positive integers"),
+        ("subsets", {"seed": 3, "limit_train": None, "limit_test": -1},
+         "expected an integer seed and positive limits"),
+        ("params", None, "state does not fit this model"),
+    ):  # fmt: skip
+        path.write_bytes(serialization.msgpack_serialize({**payload, field: value}))
+        with pytest.raises(CheckpointError, match=f"^{path}: .*{re.escape(problem)}"):
+            model_file.load(path)
+    with pytest.raises(ConfigError, match=r"widths must be one or more channel counts in "
+                       r"1\.\.65536, got \(8, 65537\)"):  # fmt: skip
+        Recipe(widths=(8, 65537))
 
 
 def test_speedrun_command_saves_each_run_as_it_ends(

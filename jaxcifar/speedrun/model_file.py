@@ -17,7 +17,7 @@ import dataclasses
 import functools
 import os
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -126,7 +126,7 @@ def load(path: str | os.PathLike[str]) -> SavedModel:
     try:
         recipe = Recipe(**{**payload["recipe"], "widths": tuple(payload["recipe"]["widths"])})
         class_names = tuple(payload["class_names"])
-        height, width, channels = payload["input_shape"]
+        height, width, channels = checkpoint.input_shape(payload["input_shape"])
         params, batch_stats = jax.eval_shape(functools.partial(
             net.init, widths=recipe.widths, in_channels=channels, num_classes=len(class_names)
         ), jax.random.key(0))  # fmt: skip
@@ -138,11 +138,23 @@ def load(path: str | os.PathLike[str]) -> SavedModel:
             input_shape=(height, width, channels), mean=jnp.asarray(payload["mean"]),
             std=jnp.asarray(payload["std"]), params=weights["params"],
             batch_stats=weights["batch_stats"], seed=payload.get("seed"),
-            subsets=Subsets(**payload["subsets"]) if "subsets" in payload else None,
+            subsets=_subsets(payload["subsets"]) if "subsets" in payload else None,
         )  # fmt: skip
     # ConfigError: a recipe field out of its range (a hand-edited file).
     except (KeyError, TypeError, ValueError, ConfigError) as error:
         raise CheckpointError(f"{path}: malformed speedrun model ({error})") from None
+
+
+def _subsets(value: dict[str, Any]) -> Subsets:
+    """Saved `Subsets`, ValueError unless the seed is an integer and each limit None or a
+    positive integer (as `load_split` takes them; it would name no file)."""
+    subsets = Subsets(**value)
+    limits = (subsets.limit_train, subsets.limit_test)
+    if type(subsets.seed) is not int or not all(
+        limit is None or (type(limit) is int and limit > 0) for limit in limits
+    ):
+        raise ValueError(f"subsets {value!r}; expected an integer seed and positive limits")
+    return subsets
 
 
 def logits(model: SavedModel, images: jax.Array) -> jax.Array:

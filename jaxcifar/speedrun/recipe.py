@@ -29,6 +29,9 @@ EPOCH_MODES = ("auto", "loop", "scan")
 # Compute dtypes. float16 is airbench's own (it needs no loss scaling here: the loss is summed
 # over the batch, not averaged); bfloat16 has float32's range and fewer mantissa bits.
 DTYPES = ("float32", "bfloat16", "float16")
+# The most channels a conv block takes: more is a typo, and XLA aborts the whole process
+# (no Python error to report) compiling convolutions of 10**9 channels.
+MAX_WIDTH = 2**16
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,8 +76,8 @@ class Recipe:
             problems.append(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
         if not 0 < self.lr_peak < 1:
             problems.append(f"lr_peak must be in (0, 1), got {self.lr_peak}")
-        if not self.widths or min(self.widths) < 1:
-            problems.append(f"widths must be one or more positive channel counts, got "
+        if not self.widths or not 1 <= min(self.widths) <= max(self.widths) <= MAX_WIDTH:
+            problems.append(f"widths must be one or more channel counts in 1..{MAX_WIDTH}, got "
                             f"{self.widths}")  # fmt: skip
         if self.tta_level not in (0, 1, 2):
             problems.append(f"tta_level must be 0, 1 or 2, got {self.tta_level}")
