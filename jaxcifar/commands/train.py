@@ -171,18 +171,19 @@ def run(args: argparse.Namespace) -> int:
     saved = _resumed_checkpoint(out) if args.resume else None
     config = config_from_args(args, saved.config if saved is not None else None)
     if saved is not None:
+        done = len(saved.history)
+        # First: no --override-config allows it, so the changes' advice to add one would not do.
+        if config.epochs < done:  # fit would train nothing, and the reports contradict it
+            raise ConfigError(
+                f"--epochs {config.epochs}: {saved.path} has trained {done} epochs already; "
+                f"a resume continues the run, to --epochs {done} or more"
+            )
         changes = config.resume_changes(saved.config)
         if changes and not args.override_config:
             raise CheckpointError(
                 f"{saved.path} was made with another configuration ({'; '.join(changes)}); "
                 "drop those flags to continue the run as saved, or add --override-config to "
                 "change them"
-            )
-        done = len(saved.history)
-        if config.epochs < done:  # fit would train nothing, and the reports contradict it
-            raise ConfigError(
-                f"--epochs {config.epochs}: {saved.path} has trained {done} epochs already; "
-                f"a resume continues the run, to --epochs {done} or more"
             )
         if config.epochs == done and _reports_cover(out, done):
             more = (
