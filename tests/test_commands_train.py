@@ -491,7 +491,7 @@ def test_a_stopped_resume_names_the_newest_epoch_its_checkpoint_keeps(
         def fit(config, train_set, test_set, *, state, history, on_epoch_end, **kwargs):
             history = list(history)
             while len(history) < last:
-                history.append({"epoch": len(history) + 1})
+                history.append({**history[-1], "epoch": len(history) + 1})  # a full record
                 on_epoch_end(state, history)
             then()
 

@@ -236,7 +236,7 @@ def test_an_interrupted_resume_repeats_the_flags_its_checkpoint_does_not_hold_ye
 
     def interrupted_fit(config, train_set, test_set, *, state, history, on_epoch_end, **kwargs):
         if saves_an_epoch:
-            on_epoch_end(state, [*history, {"epoch": 2}])
+            on_epoch_end(state, [*history, {**history[-1], "epoch": 2}])  # a full record
         os.kill(os.getpid(), signal.SIGINT)
         time.sleep(5)  # interrupted within the sleep
 
