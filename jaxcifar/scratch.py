@@ -326,16 +326,19 @@ def train(
         epoch_rate = l_rate * (n_epoch - epoch + 1) / n_epoch if decay else l_rate
         sum_squared_error = 0.0
         correct = 0
-        for start in range(0, x.shape[0], batch_size):
-            index = order[start : start + batch_size]
-            labels = y[index]
-            y_onehot = one_hot(labels, num_classes, dtype)
-            activations = forward_propagation(network, x[index])
-            output = activations[-1]
-            sum_squared_error += float(np.sum((output - y_onehot) ** 2))
-            correct += int(np.sum(np.argmax(output, axis=1) == labels))
-            deltas = backward_propagate_error(network, activations, y_onehot)
-            network = update_weights(network, activations, deltas, epoch_rate)
+        # A diverging epoch overflows to inf and NaN, reported once below rather than as a
+        # stream of NumPy warnings (and a saturated sigmoid's exp overflow is harmless: 0).
+        with np.errstate(over="ignore", invalid="ignore"):
+            for start in range(0, x.shape[0], batch_size):
+                index = order[start : start + batch_size]
+                labels = y[index]
+                y_onehot = one_hot(labels, num_classes, dtype)
+                activations = forward_propagation(network, x[index])
+                output = activations[-1]
+                sum_squared_error += float(np.sum((output - y_onehot) ** 2))
+                correct += int(np.sum(np.argmax(output, axis=1) == labels))
+                deltas = backward_propagate_error(network, activations, y_onehot)
+                network = update_weights(network, activations, deltas, epoch_rate)
         if not np.isfinite(sum_squared_error):
             raise TrainingDiverged(
                 f"epoch {epoch}: the summed squared error is not finite; lower the learning rate "

@@ -176,6 +176,20 @@ def test_train_reports_divergence():
         scratch.train(network, x, np.zeros(8, dtype=int), l_rate=0.5, n_epoch=1, batch_size=4)
 
 
+def test_a_diverging_rate_is_one_error_not_a_stream_of_numpy_warnings():
+    # At l_rate 1e300 NumPy warned of overflow and invalid values before the error.
+    import warnings
+
+    rng = np.random.default_rng(0)
+    x, labels = rng.random((16, 6)).astype(np.float32), rng.integers(0, 3, 16)
+    network = scratch.initialize_network((6, 5, 3), dtype=np.float32)
+    with warnings.catch_warnings(record=True) as shown:
+        warnings.simplefilter("always")
+        with pytest.raises(TrainingDiverged, match=r"l_rate 1e\+300"):
+            scratch.train(network, x, labels, l_rate=1e300, n_epoch=1, batch_size=4)
+    assert [str(w.message) for w in shown] == []
+
+
 def test_train_refuses_test_inputs_without_test_labels_and_the_reverse():
     # Inputs alone once scored every epoch 0.0 (predictions compared with None).
     network, x, _ = random_problem((6, 5, 3), batch_size=8, seed=2)
