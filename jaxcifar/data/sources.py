@@ -165,7 +165,8 @@ def locate(name: str, root: Path) -> Copy:
             return _archive_copy(name, root)
         raise DataError(f"data dir {root} is a file but not a .tar, .tar.gz or .tgz archive")
     if not root.is_dir():
-        raise DataError(f"data dir {root} does not exist")
+        what = "is not a folder or an archive" if root.exists() else "does not exist"  # /dev/null
+        raise DataError(f"data dir {root} {what}")
     named = sorted(entry for entry in root.iterdir() if _named_after(entry, name))
     for entry in named:
         if entry.is_dir() and (copy := _folder_copy(name, entry)):
