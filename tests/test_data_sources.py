@@ -188,8 +188,12 @@ def test_a_file_after_a_link_of_the_same_name_replaces_it(tmp_path, fresh_cache)
     np.testing.assert_array_equal(test.images[3], written["test/cat/1.png"])
 
 
-def test_a_data_dir_that_exists_but_is_no_folder_or_file_is_not_called_missing(fresh_cache):
-    # /dev/null exists: "does not exist" sent users looking for a typo.
+def test_a_data_dir_that_exists_but_is_no_folder_or_file_is_not_called_missing(
+    tmp_path, fresh_cache
+):
+    # A pipe (or a device) exists: "does not exist" sent users looking for a typo.
+    pipe = tmp_path / "pipe"
+    os.mkfifo(pipe)
     with pytest.raises(DataError) as caught:
-        load("mnist", "train", data_dir="/dev/null")
-    assert str(caught.value) == "data dir /dev/null is not a folder or an archive"
+        load("mnist", "train", data_dir=pipe)
+    assert str(caught.value) == f"data dir {pipe} is not a folder or an archive"

@@ -165,7 +165,8 @@ def locate(name: str, root: Path) -> Copy:
             return _archive_copy(name, root)
         raise DataError(f"data dir {root} is a file but not a .tar, .tar.gz or .tgz archive")
     if not root.is_dir():
-        what = "is not a folder or an archive" if root.exists() else "does not exist"  # /dev/null
+        # A device or a pipe exists: "does not exist" would send users looking for a typo.
+        what = "is not a folder or an archive" if root.exists() else "does not exist"
         raise DataError(f"data dir {root} {what}")
     named = sorted(entry for entry in root.iterdir() if _named_after(entry, name))
     for entry in named:
