@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import sys
-from pathlib import Path
 
 from jaxcifar.bench.settings import Settings
 from jaxcifar.bench.timing import TimingBudget
@@ -112,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
         torch_threads=args.torch_threads,
         epoch_images=args.epoch_images, epoch_batch_sizes=tuple(args.epoch_batch_sizes),
     )  # fmt: skip
-    check_writable_folder(Path(args.out))  # before the cases run, not after the first
+    check_writable_folder(args.out)  # before the cases run, not after the first
     from jaxcifar.bench import output, suite  # import JAX: after the flags' own checks
 
     planned = suite.plan(settings)

@@ -131,7 +131,7 @@ def evaluated_record(result: SavedModelTest) -> dict[str, Any]:
 
 def run(args: argparse.Namespace) -> int:
     if args.out:
-        check_writable_folder(Path(args.out))  # before the evaluation, not after
+        check_writable_folder(args.out)  # before the evaluation, not after
     # These import JAX: after the flags' own checks.
     from jaxcifar import train
     from jaxcifar.reports import build_metrics, write_reports

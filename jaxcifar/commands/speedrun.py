@@ -62,8 +62,8 @@ def run(args: argparse.Namespace) -> int:
     recipe = Recipe(
         epochs=args.epochs, batch_size=args.batch_size, widths=tuple(args.widths), dtype=args.dtype
     )
-    check_writable_folder(Path(args.out))  # before the data and the runs, not after
-    path = Path(args.out) / "speedrun.json"
+    check_writable_folder(args.out)  # before the data and the runs, not after
+    path = args.out / "speedrun.json"
     results: dict[str, Any] = {}  # what speedrun.json holds, saved after every run
     try:
         # From the data's first decode (tens of seconds) to the last write.

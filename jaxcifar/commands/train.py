@@ -166,7 +166,7 @@ def run(args: argparse.Namespace) -> int:
     from jaxcifar import checkpoint, xla_cache  # import JAX: after the flags' own checks
 
     parallel.initialize_from_args(args)  # before anything touches a device
-    out = Path(args.out)
+    out = args.out
     # The checkpoint gives the configuration, which every later check reads.
     saved = _resumed_checkpoint(out) if args.resume else None
     config = config_from_args(args, saved.config if saved is not None else None)
