@@ -22,7 +22,8 @@ ACTIVATIONS = ("sigmoid", "relu")  # jax.nn's functions of these names (`models.
 # The MLP's default layers, inputs to classes: the scratch notebook's MNIST network, shared
 # by `jaxcifar.scratch` (NumPy) and `jaxcifar.models.mlp` (JAX).
 MLP_LAYER_SIZES = (784, 500, 50, 10)
-SEED_MAX = 2**31 - 1  # seeds travel as int32 into jitted code
+INT32_MAX = 2**31 - 1  # step counters, seeds and counts that reach jitted code are int32
+SEED_MAX = INT32_MAX  # seeds travel as int32 into jitted code
 
 
 @dataclasses.dataclass(frozen=True)

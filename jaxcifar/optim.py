@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import optax
 
-from jaxcifar.config import RunConfig
+from jaxcifar.config import INT32_MAX, RunConfig
 from jaxcifar.errors import ConfigError
 
 
@@ -15,10 +15,10 @@ def build_schedule(config: RunConfig, steps_per_epoch: int) -> optax.Schedule:
     Raises ConfigError for a run of more steps than an int32 counts: optax's step count is
     int32, and its schedules take the run's length as one."""
     total_steps = config.epochs * steps_per_epoch
-    if total_steps > 2**31 - 1:
+    if total_steps > INT32_MAX:
         raise ConfigError(
             f"epochs {config.epochs} x {steps_per_epoch} steps an epoch = {total_steps:,} steps, "
-            f"more than the optimizer's int32 step count holds ({2**31 - 1:,})"
+            f"more than the optimizer's int32 step count holds ({INT32_MAX:,})"
         )
     if config.schedule == "constant":
         return optax.constant_schedule(config.lr)

@@ -11,29 +11,26 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from jaxcifar.config import DATASETS, SEED_MAX
+from jaxcifar.config import DATASETS, INT32_MAX, SEED_MAX
 from jaxcifar.data.dataset import Dataset
 from jaxcifar.data.sources import DATA_DIR_ENV, env_data_dir
 from jaxcifar.errors import ConfigError, DataError
 from jaxcifar.xla_cache import OFF as COMPILE_CACHE_OFF
 
 
-# The largest count any integer flag takes: epochs, batch sizes, layer widths and subset
-# sizes past it are mistakes, and would overflow int32 step counters or msgpack's integers.
-INT_FLAG_MAX = 2**31 - 1
-
-
 def _integer(text: str, expected: str, low: int, high: float = math.inf) -> int:
-    """argparse type body: an integer in low..min(high, INT_FLAG_MAX), else "expected
-    EXPECTED, got ..."."""
+    """argparse type body: an integer in low..min(high, INT32_MAX), else "expected
+    EXPECTED, got ...". No count a flag takes goes past INT32_MAX: epochs, batch sizes, layer
+    widths and subset sizes beyond it are mistakes, and would overflow int32 step counters or
+    msgpack's integers."""
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
     if not low <= value <= high:
         raise argparse.ArgumentTypeError(f"expected {expected}, got {value}")
-    if value > INT_FLAG_MAX:
-        raise argparse.ArgumentTypeError(f"expected {expected} up to {INT_FLAG_MAX:,}, got {value}")
+    if value > INT32_MAX:
+        raise argparse.ArgumentTypeError(f"expected {expected} up to {INT32_MAX:,}, got {value}")
     return value
 
 
