@@ -135,9 +135,7 @@ def read_tar(path: Path) -> Tree:
             with tarfile.open(fileobj=stream, mode="r|") as archive:
                 for member in archive:
                     name = _normalize(member.name)
-                    # Hidden below the top only, for now: the top folder may be hidden and
-                    # stripped (`tar czf data.tgz .mydata`); what is left is filtered below.
-                    if not name or is_hidden(name.partition("/")[2]):
+                    if not name or _hidden_below_top(name):
                         continue
                     if member.isdir():
                         folders.add(name)
@@ -203,12 +201,19 @@ def _resolve_links(path: Path, links: dict[str, str], files: dict[str, bytes]) -
             continue
         if target in seen:
             why = f"{first}, one of a loop of links"
-        elif is_hidden(target.partition("/")[2]):  # as `read_tar` tells hidden members
+        elif _hidden_below_top(target):
             why = f"{target}, a hidden file, which archives are read without"
         else:
             why = f"{target}, which is no file in the archive"
         raise DataError(f"{path}: member {name} links to {why}")
     return resolved
+
+
+def _hidden_below_top(name: str) -> bool:
+    """Whether archive member `name` is hidden below its top folder, which `read_tar` does not
+    read. Below the top only, for now: the top folder may be hidden and stripped (`tar czf
+    data.tgz .mydata`); what is left is filtered once the top is known."""
+    return is_hidden(name.partition("/")[2])
 
 
 def _normalize(name: str) -> str:
