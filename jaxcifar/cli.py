@@ -55,9 +55,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     the command did not expect (disk full, permission denied, ...) or too little memory,
     130 for Ctrl-C.
     """
-    args = build_parser().parse_args(argv)
-    prefix = " ".join(["jaxcifar", args.command, *filter(None, [getattr(args, "action", None)])])
+    prefix = "jaxcifar"
     try:
+        # Inside the try: building the parser imports the command modules and NumPy (about
+        # 0.1 s), and a Ctrl-C then must read as one line too, not as an import's traceback.
+        args = build_parser().parse_args(argv)
+        prefix = " ".join([prefix, args.command, *filter(None, [getattr(args, "action", None)])])
         with interrupt.resend_dropped_signals(), warnings.catch_warnings():
             warnings.showwarning = _one_line_warning(prefix)
             return int(args.run(args) or 0)

@@ -486,6 +486,18 @@ def test_os_errors_and_ctrl_c_in_any_command_are_one_line(monkeypatch, capsys):
     assert capsys.readouterr().err == "jaxcifar data info: interrupted\n"
 
 
+def test_ctrl_c_while_the_commands_import_is_one_line(monkeypatch, capsys):
+    # Building the parser imports every command module and NumPy: the first ~0.1 s of a run.
+    from jaxcifar import cli
+
+    def import_interrupted(name):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli.importlib, "import_module", import_interrupted)
+    assert main(["data", "info"]) == 130
+    assert capsys.readouterr().err == "jaxcifar: interrupted\n"
+
+
 # --- Corrupt data through the command line ------------------------------------------------
 
 
