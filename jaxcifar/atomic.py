@@ -1,6 +1,7 @@
 """Atomic file writes: a reader sees the old file or the new one, never half of one.
 
-The temporary file is named `.<name>.<host>-<pid>.<random>.tmp<suffix>` beside the target.
+The temporary file is named `.<name>.<host>-<pid>.<random>.tmp<suffix>` beside the target
+(`<name>` cut and hashed where the whole would be too long a file name).
 A writer killed with SIGKILL cannot remove its own; the next write to the same target on the
 same host removes those whose process is gone, so a crash leaves litter at most until then.
 """
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import hashlib
 import json
 import os
 import socket
@@ -28,7 +30,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    owner = f".{target.name}.{socket.gethostname()}-"
+    owner = _owner(target)
     remove_dead_temporaries(target, owner)
     fd, tmp_name = tempfile.mkstemp(
         dir=target.parent, prefix=f"{owner}{os.getpid()}.", suffix=f".tmp{target.suffix}"
@@ -52,6 +54,31 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         raise
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _owner(target: Path) -> str:
+    """`.<name>.<host>-`, the start of the names of `target`'s temporaries on this host.
+
+    A temporary's name is longer than its target's, so a target whose name is legal can have a
+    temporary's that is not (most file systems hold 255 bytes). A name that leaves too little
+    room is cut, and a hash of the whole name keeps two long names' temporaries apart.
+    """
+    host = socket.gethostname()
+    name = os.fsencode(target.name)
+    # The rest of the name: dots, host, a process id of up to 7 digits, mkstemp's 8 letters.
+    room = _name_max(target.parent) - len(f"..{host}-1234567.abcdefgh.tmp{target.suffix}")
+    if len(name) > room:
+        digest = hashlib.sha256(name).hexdigest()[:16].encode()
+        name = name[: max(room - len(digest) - 1, 0)] + b"~" + digest
+    return f".{os.fsdecode(name)}.{host}-"
+
+
+def _name_max(folder: Path) -> int:
+    """The longest file name, in bytes, that `folder`'s file system holds."""
+    try:
+        return os.pathconf(folder, "PC_NAME_MAX")
+    except (OSError, ValueError):  # no such limit reported (pathconf is POSIX only)
+        return 255
 
 
 def remove_dead_temporaries(target: Path, owner: str) -> None:

@@ -121,3 +121,28 @@ def test_text_is_written_as_utf8(tmp_path):
     # Class names come from folder names: "café" must read back under any locale.
     atomic_write_text(tmp_path / "metrics.json", '{"class": "café ☕"}')
     assert (tmp_path / "metrics.json").read_bytes().decode("utf-8") == '{"class": "café ☕"}'
+
+
+def test_a_name_near_the_file_systems_limit_is_written_and_its_dead_temporaries_removed(tmp_path):
+    # The temporary's name adds the host, a process id and more to the target's: a 250-byte
+    # name is legal, its temporary's would not be (255 bytes on most file systems).
+    import os
+    import subprocess
+    import sys
+
+    from jaxcifar.atomic import _owner
+
+    long_names = ["é" * 121 + "-ab.json", "é" * 121 + "-cd.json"]  # 250 bytes each, in UTF-8
+    assert all(len(os.fsencode(name)) == 250 for name in long_names)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    left = {
+        name: tmp_path / f"{_owner(tmp_path / name)}{int(dead.stdout)}.ab12cd34.tmp.json"
+        for name in long_names
+    }
+    for path in left.values():
+        path.write_bytes(b"half a report")
+    atomic_write_text(tmp_path / long_names[0], "new")
+    assert (tmp_path / long_names[0]).read_text() == "new"
+    assert not left[long_names[0]].exists()
+    assert left[long_names[1]].exists()  # the same first 243 bytes: another file's

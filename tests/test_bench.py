@@ -189,6 +189,14 @@ def test_bench_command_takes_a_plain_file_stem_as_its_name(name, tmp_path, capsy
     assert not any(tmp_path.iterdir())
 
 
+def test_bench_command_writes_its_files_under_the_longest_name_it_takes(tmp_path, monkeypatch):
+    # 250 bytes: NAME.json is a legal name, though its temporary's would be too long uncut.
+    _fake_run(monkeypatch)
+    name = "é" * 125
+    assert cli.main(["bench", "--out", str(tmp_path), "--name", name]) == 0
+    assert sorted(path.name for path in tmp_path.iterdir()) == [f"{name}.json", f"{name}.md"]
+
+
 def test_bench_command_checks_its_out_folder_before_any_case(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(suite, "plan", lambda settings: pytest.fail("planned"))
     (tmp_path / "file").write_text("")

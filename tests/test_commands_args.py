@@ -77,6 +77,12 @@ def test_file_stem_refuses_paths_and_hidden_names(name):
     assert _args.file_stem("cpu-2026-11-29.v2") == "cpu-2026-11-29.v2"
 
 
+def test_file_stem_refuses_a_name_too_long_for_its_files():
+    assert _args.file_stem("é" * 125) == "é" * 125  # 250 bytes: NAME.json is 255
+    with pytest.raises(argparse.ArgumentTypeError, match="at most 250 bytes, got one of 251"):
+        _args.file_stem("é" * 125 + "x")
+
+
 def test_writable_file_checks_name_the_file_and_its_folder(tmp_path):
     afile = tmp_path / "afile"
     afile.write_text("")

@@ -159,13 +159,22 @@ def add_compile_cache_argument(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
 
 
+FILE_STEM_MAX_BYTES = 250  # NAME.json within the 255 bytes most file systems hold in a name
+
+
 def file_stem(text: str) -> str:
-    """argparse type: a plain file name stem, so output files stay inside their folder."""
+    """argparse type: a plain file name stem, so output files stay inside their folder, short
+    enough that a file name made of it and a suffix of up to 5 characters can be written."""
     separators = [sep for sep in ("/", os.sep, os.altsep) if sep]
     if not text or text.startswith(".") or any(sep in text for sep in separators):
         raise argparse.ArgumentTypeError(
             f"expected a plain file name stem (not empty, no '/', not starting with '.'), "
             f"got {text!r}"
+        )
+    if len(os.fsencode(text)) > FILE_STEM_MAX_BYTES:
+        raise argparse.ArgumentTypeError(
+            f"expected a file name stem of at most {FILE_STEM_MAX_BYTES} bytes, got one of "
+            f"{len(os.fsencode(text))} bytes"
         )
     return text
 
