@@ -56,3 +56,21 @@ def test_scratch_command_trains_as_the_library_does_with_its_flags(tmp_path, fre
     assert {key: metrics["config"][key] for key in ("lr_decay", "seed", "dtype")} == {
         "lr_decay": decay, "seed": 3, "dtype": "float64"
     }
+
+
+def test_scratch_command_reports_a_diverging_rate_in_one_line_naming_no_library_argument(
+    tmp_path, fresh_cache, capsys
+):
+    # The message once named the library's `l_rate`, which the command line has no flag for;
+    # and an epoch whose last steps overflowed the weights passed, its error summed before
+    # them, so the test set's scoring warned of NaNs and epoch 2 reported the divergence.
+    data = tmp_path / "data"
+    write_learnable_idx_set(data)
+    out = tmp_path / "run"
+    assert main(["scratch", "--dataset", "mnist", "--data-dir", str(data), "--epochs", "2",
+                 "--lr", "1e300", "--out", str(out)]) == 2  # fmt: skip
+    assert capsys.readouterr().err == (
+        "jaxcifar scratch: error: epoch 1: the weights went non-finite; lower the learning rate "
+        "(now 1e+300)\n"
+    )
+    assert not out.exists()
