@@ -362,7 +362,7 @@ def fit(
     this process's first) in a one-process run. `on_epoch_end(state, history)` runs after
     each epoch (checkpointing), on process 0 only: the state is replicated, so
     process 0 holds all of it. A non-finite loss raises TrainingDiverged naming the epoch
-    and step, before that epoch's `on_epoch_end`.
+    and step (or the epoch, for the test loss), before that epoch's `on_epoch_end`.
 
     Raises DataError when `test_set`'s image shape or class names differ from `train_set`'s
     (the model is built for the training set: other images fail deep in the model, more
@@ -394,6 +394,13 @@ def fit(
         state = runner.run(state, epoch, tally.report)
         tally.bar.close()
         test = evaluate(eval_step, state.params, test_set, mesh)
+        # The training losses come from before each step, so the epoch's last steps can
+        # overflow the weights unseen by them: the test loss is the first to see it.
+        if not np.isfinite(test.loss):
+            raise TrainingDiverged(
+                f"test loss became {test.loss} after epoch {epoch}, its training losses finite; "
+                f"lower --lr (now {config.lr})"
+            )
         record = EpochRecord(
             epoch=epoch,
             train_loss=tally.loss(),

@@ -589,6 +589,20 @@ def test_a_run_whose_loss_is_not_finite_stops_naming_its_first_bad_step(real_sub
         speedrun.run(3)
 
 
+def test_a_run_whose_last_step_overflows_unseen_by_its_loss_is_reported_diverged(
+    real_subsets, xla_dir
+):
+    # One step, whose weights the lookahead keeps: its loss comes from the weights before it,
+    # and an lr of 1e20 overflows the test logits after it. The run once scored their NaNs as
+    # class 0, a 10% "accuracy".
+    recipe = dataclasses.replace(TINY, epochs=BATCH / TRAIN, lr=1e20, lookahead_every=1)
+    with xla_cache.compilation_cache(xla_dir):
+        speedrun = Speedrun(recipe, *real_subsets, epoch_mode="loop")
+    with pytest.raises(TrainingDiverged, match=r"^speedrun seed 0: the test logits became "
+                       r"non-finite after the last step, every step's loss finite$"):  # fmt: skip
+        speedrun.run(0)
+
+
 def test_fast_recipe_beats_chance_on_real_data(shared_data, xla_dir):
     # 64 steps of 128 on 2,048 images (~15 s here): 29.6% TTA accuracy on 500 test images
     # for seed 0 (31.6% for seed 1), where chance is 10% (a standard error is ~2 points).

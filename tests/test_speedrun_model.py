@@ -45,6 +45,26 @@ def test_predictions_are_one_per_image_when_the_last_batch_is_padded(
     np.testing.assert_array_equal(model_file.predictions(model, images), whole)
 
 
+def test_a_model_whose_logits_are_not_finite_is_refused_not_scored_as_class_0(
+    tmp_path, save_speedrun_model
+):
+    # NaN logits' argmax is 0: a diverged model scored as one predicting "airplane".
+    import jax
+    import jax.numpy as jnp
+    import pytest
+
+    from jaxcifar.errors import CheckpointError
+
+    fresh = model_file.load(save_speedrun_model(tmp_path / "fresh"))
+    nan_params = jax.tree.map(lambda leaf: jnp.full_like(leaf, jnp.nan), fresh.params)
+    model = model_file.load(save_speedrun_model(tmp_path / "nan", params=nan_params))
+    images = np.random.default_rng(0).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
+    assert (model_file.predictions(fresh, images) >= 0).all()
+    with pytest.raises(CheckpointError, match=r"nan/model.msgpack: its weights give non-finite "
+                       r"logits for 3 of 3 images$"):  # fmt: skip
+        model_file.predictions(model, images)
+
+
 def test_evaluate_refuses_data_of_another_image_size_than_the_speedrun_models(
     tmp_path, fresh_cache, capsys, save_speedrun_model
 ):

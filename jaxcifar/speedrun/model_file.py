@@ -165,7 +165,8 @@ def logits(model: SavedModel, images: jax.Array) -> jax.Array:
 
 
 def predictions(model: SavedModel, images: np.ndarray) -> np.ndarray:
-    """(N,) int32 TTA predictions of uint8 images (N, H, W, C), EVAL_BATCH at a time."""
+    """(N,) int32 TTA predictions of uint8 images (N, H, W, C), EVAL_BATCH at a time. Raises
+    CheckpointError where the weights give non-finite logits (a diverged or edited model)."""
     # Compiled as the training run compiled it (on a CPU: convolutions not on YNNPACK's kernels;
     # rounding to the compute dtype where the program says).
     predict_batches = cpu_fusions.compiled_per_shape(
@@ -174,4 +175,10 @@ def predictions(model: SavedModel, images: np.ndarray) -> np.ndarray:
     out = predict_batches(
         model.params, model.batch_stats, model.mean, model.std, batched(images, EVAL_BATCH)
     )
-    return np.asarray(out).reshape(-1)[: len(images)]
+    out = np.asarray(out).reshape(-1)[: len(images)]
+    if (out < 0).any():
+        raise CheckpointError(
+            f"{model.path}: its weights give non-finite logits for {int((out < 0).sum())} of "
+            f"{len(images)} images"
+        )
+    return out

@@ -213,11 +213,13 @@ def tta_logits(recipe: Recipe, params: net.Params, batch_stats: net.BatchStats,
 def predict(recipe: Recipe, params: net.Params, batch_stats: net.BatchStats,
             mean: jax.Array, std: jax.Array, images: jax.Array) -> jax.Array:  # fmt: skip
     """(B, M) int32 TTA predictions for uint8 images (B, M, H, W, C), one batch of M at a time
-    (`tta_logits`' standardisation)."""
+    (`tta_logits`' standardisation); -1 for an image whose logits are not all finite, so a
+    diverged model is told from one that predicts class 0 (NaN's argmax)."""
 
     def batch(x: jax.Array) -> jax.Array:
         logits = tta_logits(recipe, params, batch_stats, mean, std, x)
-        return jnp.argmax(logits, -1).astype(jnp.int32)
+        finite = jnp.isfinite(logits).all(-1)
+        return jnp.where(finite, jnp.argmax(logits, -1), -1).astype(jnp.int32)
 
     return jax.lax.map(batch, images)
 
@@ -330,7 +332,7 @@ class Speedrun:
 
     def run(self, seed: int) -> RunResult:
         """Train from `seed` and predict the test set with TTA. Raises TrainingDiverged when
-        the loss is not finite."""
+        a step's loss or the trained model's test logits are not finite."""
         start = time.perf_counter()
         state = self._executables["init"](jax.random.key(seed), self.train_data)
         state, losses = self._train(state)
@@ -346,6 +348,11 @@ class Speedrun:
             bad = int(np.flatnonzero(~np.isfinite(step_losses))[0])
             raise TrainingDiverged(
                 f"speedrun seed {seed}: loss became {step_losses[bad]} at step {bad + 1}"
+            )
+        if (predictions < 0).any():  # the last steps overflowed, after their losses
+            raise TrainingDiverged(
+                f"speedrun seed {seed}: the test logits became non-finite after the last step, "
+                f"every step's loss finite"
             )
         per_epoch = self.plan.steps_per_epoch
         epoch_losses = [
