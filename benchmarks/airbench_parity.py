@@ -258,7 +258,7 @@ def our_side(recipe, plan, tx, initial, data, loader, test_set) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-dir", type=Path, default=SHARED_DATA)
     parser.add_argument("--images", type=int, default=640, help="training images")
     parser.add_argument("--batch-size", type=int, default=64)

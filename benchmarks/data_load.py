@@ -19,7 +19,7 @@ from jaxcifar.data.cache import CACHE_ENV
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-dir", type=Path, default=SHARED_DATA)
     parser.add_argument("--repeats", type=int, default=3, help="cached loads to time")
     args = parser.parse_args()

@@ -276,7 +276,7 @@ def render_markdown(rows: list[dict], batch: int, device: str) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--unroll", type=int, nargs="+", default=[1, 4])
     parser.add_argument("--graph-paths", nargs="*", choices=list(epoch.PALLAS_PARTS),

@@ -127,7 +127,7 @@ def run_airbench(train_set: Dataset, test_set: Dataset, runs: int, widths: tuple
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-dir", type=Path, default=SHARED_DATA)
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--limit-train", type=int, help="train on a random N-image subset")

@@ -139,7 +139,7 @@ def render_markdown(rows: list[dict], batch: int) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--warps", type=int, help="compile every kernel with N warps")
     parser.add_argument("--stages", type=int, help="... and N pipeline stages")

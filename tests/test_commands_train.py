@@ -242,7 +242,11 @@ def test_short_cnn_run_on_real_cifar10_beats_chance(shared_data, tmp_path, capsy
 
 @pytest.mark.parametrize(
     ("schedule", "advice"),
-    [("constant", "raise --epochs to continue"), ("cosine", "its cosine schedule ends there")],
+    [
+        ("constant", "raise --epochs to continue\n"),
+        ("cosine", "its cosine schedule ends there (train longer in a new run, or raise --epochs "
+                   "with --override-config to stretch the schedule)\n"),
+    ],
 )
 def test_resuming_a_finished_run_says_how_to_train_longer(
     image_tree, tmp_path, capsys, schedule, advice
@@ -259,7 +263,7 @@ def test_resuming_a_finished_run_says_how_to_train_longer(
     printed = capsys.readouterr().out.splitlines()  # the one line, no "test accuracy" after it
     assert len(printed) == 1
     saved = tmp_path / "run" / checkpoint.FILENAME
-    assert printed[0].startswith(f"{saved}: already trained 1 epoch; {advice}")
+    assert printed[0] == f"{saved}: already trained 1 epoch; {advice}".rstrip("\n")
     assert {path: path.read_bytes() for path in (tmp_path / "run").iterdir()} == files
 
 

@@ -898,7 +898,8 @@ def test_speedrun_command_rejects_a_batch_larger_than_the_data(shared_data, tmp_
     ])  # fmt: skip
     assert code == 2
     assert capsys.readouterr().err.strip() == (
-        "jaxcifar speedrun: error: batch size 1024 is larger than the training set (100 images)"
+        "jaxcifar speedrun: error: batch size 1024 is larger than the training set (100 images); "
+        "train on at least 1024 images or lower the batch size"
     )
     assert not any(tmp_path.iterdir())
 

@@ -188,7 +188,8 @@ def run(args: argparse.Namespace) -> int:
         if config.epochs == done and _reports_cover(out, done):
             more = (
                 "raise --epochs to continue" if config.schedule == "constant"
-                else f"its {config.schedule} schedule ends there (train longer in a new run)"
+                else f"its {config.schedule} schedule ends there (train longer in a new run, "
+                "or raise --epochs with --override-config to stretch the schedule)"
             )
             print(f"{saved.path}: already trained {done} epoch{'s' * (done != 1)}; {more}")
             return 0  # nothing trained, so the reports of the run stay as they are

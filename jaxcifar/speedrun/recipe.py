@@ -106,7 +106,8 @@ def plan(recipe: Recipe, train_size: int) -> Plan:
     or the epochs take no step."""
     if recipe.batch_size > train_size:
         raise ConfigError(
-            f"batch size {recipe.batch_size} is larger than the training set ({train_size} images)"
+            f"batch size {recipe.batch_size} is larger than the training set ({train_size} "
+            f"images); train on at least {recipe.batch_size} images or lower the batch size"
         )
     per_epoch = train_size // recipe.batch_size
     # Rounded before the ceiling: 25 * 2.2 is 55.000000000000007 in floating point, which
