@@ -107,12 +107,6 @@ def test_train_evaluate_predict_end_to_end(image_tree, tmp_path, capsys):
     assert "already holds a checkpoint; pass --resume" in capsys.readouterr().err
 
 
-def test_compile_cache_flag_names_a_folder_or_turns_it_off(fresh_cache):
-    assert xla_cache.resolve(None) == fresh_cache / "xla"
-    assert xla_cache.resolve("none") is None
-    assert xla_cache.resolve("elsewhere") == Path("elsewhere")
-
-
 def test_compile_cache_saves_programs_in_its_folder_and_runs_on_if_jax_moves_its_reset(
     tmp_path, monkeypatch
 ):

@@ -14,10 +14,11 @@ from data_files import write_idx_set, write_tree
 
 
 def write_tiny_tree(root):
-    for split in ("train", "test"):
+    """Two 2x2 images a split, one of each class, the test split's unlike the training's."""
+    for green, split in enumerate(("train", "test")):
         for i, name in enumerate(("a", "b")):
             (root / split / name).mkdir(parents=True)
-            Image.new("RGB", (2, 2), (i * 100, 0, 0)).save(root / split / name / "0.png")
+            Image.new("RGB", (2, 2), (i * 100, green * 50, 0)).save(root / split / name / "0.png")
 
 
 @pytest.fixture
@@ -191,14 +192,20 @@ def test_an_empty_cache_variable_counts_as_unset(tmp_path, monkeypatch):
     ids=["a split missing", "labels out of range"],
 )
 def test_a_cache_entry_that_is_a_valid_npz_of_bad_arrays_is_rebuilt(archive, fresh_cache, spoil):
-    first = load("cifar10", "test", data_dir=archive)
+    decoded = {split: load("cifar10", split, data_dir=archive) for split in ("train", "test")}
+    assert not np.array_equal(decoded["train"].images, decoded["test"].images)
     [entry] = fresh_cache.iterdir()
     with np.load(entry) as stored:
         arrays = dict(stored)
     spoil(arrays)
     np.savez(entry, **arrays)
-    for split in ("train", "test"):
-        assert len(load("cifar10", split, data_dir=archive)) == len(first)
+    for split, first in decoded.items():
+        again = load("cifar10", split, data_dir=archive)
+        np.testing.assert_array_equal(again.images, first.images)
+        np.testing.assert_array_equal(again.labels, first.labels)
+    with np.load(entry) as rebuilt:  # rewritten whole, not only read around
+        assert set(rebuilt) >= {"train_images", "train_labels", "test_images", "test_labels"}
+        assert set(rebuilt["train_labels"].tolist()) == {0, 1}
 
 
 def test_a_dangling_link_in_a_data_folder_is_a_data_error_naming_it(tmp_path, fresh_cache):

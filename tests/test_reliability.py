@@ -299,8 +299,12 @@ def test_divergence_stops_and_keeps_the_last_good_checkpoint(trained, tmp_path, 
         (["--mlp-hidden", "16", "--override-config"], "state array shapes or dtypes do not fit"),
     ],
 )
-def test_resume_with_another_config_is_refused(trained, fresh_cache, capsys, flags, message):
-    _, run, args = trained
+def test_resume_with_another_config_is_refused(
+    trained, tmp_path, fresh_cache, capsys, flags, message
+):
+    _, shared_run, args = trained
+    run = tmp_path / "run"  # a copy: a refusal that broke would train on the shared run
+    shutil.copytree(shared_run, run)
     capsys.readouterr()
     assert main(["train", *args, "--epochs", "2", *flags, "--resume", "--out", str(run)]) == 2
     line = one_line_error(capsys, "train")

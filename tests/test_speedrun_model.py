@@ -38,11 +38,25 @@ def test_an_unreadable_model_file_named_by_its_path_is_called_a_speedrun_model(t
 def test_predictions_are_one_per_image_when_the_last_batch_is_padded(
     tmp_path, monkeypatch, save_speedrun_model
 ):
-    model = model_file.load(save_speedrun_model(tmp_path))
-    images = np.random.default_rng(0).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
-    whole = model_file.predictions(model, images)  # one batch of all three
-    monkeypatch.setattr(model_file, "EVAL_BATCH", 2)  # two batches, the last one padded
-    np.testing.assert_array_equal(model_file.predictions(model, images), whole)
+    import jax
+
+    # A fresh model's whitening layer and head are zero: every image was class 0, and this
+    # test could not fail. A random whitening layer, and a random head less its mean over
+    # features (the ReLU features share a large positive part, which would pick one class for
+    # every image), with pixels standardised about 0, give the images different classes.
+    fresh = model_file.load(save_speedrun_model(tmp_path / "fresh"))
+    whiten, head = (jax.random.normal(jax.random.key(key), fresh.params[layer]["kernel"].shape)
+                    for key, layer in enumerate(("whiten", "head")))  # fmt: skip
+    params = {**fresh.params, "whiten": {**fresh.params["whiten"], "kernel": whiten},
+              "head": {"kernel": head - head.mean(0)}}  # fmt: skip
+    centred = dict(mean=np.full(3, 0.5, np.float32), std=np.full(3, 0.25, np.float32))
+    model = model_file.load(save_speedrun_model(tmp_path, params=params, **centred))
+    coarse = np.random.default_rng(0).integers(0, 256, (7, 8, 8, 3), dtype=np.uint8)
+    images = coarse.repeat(4, axis=1).repeat(4, axis=2)  # smooth, as photos are
+    alone = np.concatenate([model_file.predictions(model, image[None]) for image in images])
+    assert len(set(alone.tolist())) > 2
+    monkeypatch.setattr(model_file, "EVAL_BATCH", 3)  # three batches, the last one padded
+    np.testing.assert_array_equal(model_file.predictions(model, images), alone)
 
 
 def test_a_model_whose_logits_are_not_finite_is_refused_not_scored_as_class_0(

@@ -17,6 +17,8 @@ def test_every_kernel_of_the_step_is_captured_with_its_grid_and_settings():
     # 256 and 64 pooled positions in blocks of 16; the head is one program, then one per 32
     # of fc1's 1024 rows; 256 positions again; one program per tap of each layer.
     assert [kernel["grid"] for kernel in kernels] == [(64,), (16,), (), (32,), (64,), (18,)]
+    # Each kernel's own settings, not one for all: the head's training step asks for 8 warps
+    # (pallas_head.py), the rest for triton_call's 4; none sets stages (Triton's default, 3).
     assert [kernel["warps"] for kernel in kernels] == [4, 4, 8, 4, 4, 4]
     assert all(kernel["stages"] == 3 for kernel in kernels)
     assert all(kernel["ir"].lstrip().startswith("module") and "tt.func" in kernel["ir"]
