@@ -18,7 +18,7 @@ from flax import serialization
 
 from jaxcifar.atomic import atomic_write_bytes
 from jaxcifar.config import RunConfig
-from jaxcifar.errors import CheckpointError, ConfigError
+from jaxcifar.errors import CheckpointError, ConfigError, cannot_read
 
 FORMAT = "jaxcifar-checkpoint"
 VERSION = 1
@@ -78,7 +78,7 @@ def read_tagged(path: Path, format_tag: str, version: int, what: str) -> dict[st
     except FileNotFoundError:
         raise CheckpointError(f"{path}: no {what} there") from None
     except OSError as error:  # a folder, no permission, a disk error: not a corrupt file
-        raise CheckpointError(f"{path}: cannot read ({error.strerror or error})") from None
+        raise CheckpointError(cannot_read(path, error)) from None
     try:
         payload = serialization.msgpack_restore(data)
     except Exception as error:  # msgpack raises several unrelated types on corrupt input

@@ -24,3 +24,9 @@ class CheckpointError(JaxcifarError):
 
 class TrainingDiverged(JaxcifarError):
     """The loss became non-finite during training."""
+
+
+def cannot_read(path: object, error: OSError) -> str:
+    """`PATH: cannot read (REASON)`, the message for a file or folder the OS refused to read
+    (no permission, a folder where a file was expected, a dangling link, a disk error)."""
+    return f"{path}: cannot read ({error.strerror or error})"

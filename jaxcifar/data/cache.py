@@ -19,7 +19,7 @@ import numpy as np
 
 from jaxcifar.atomic import atomic_path
 from jaxcifar.data.dataset import Dataset
-from jaxcifar.errors import DataError
+from jaxcifar.errors import DataError, cannot_read
 
 CACHE_ENV = "JAXCIFAR_CACHE"
 # Part of every digest: bump it when a reader's output changes, and old entries go unused.
@@ -43,7 +43,7 @@ def file_digest(path: Path) -> str:
             while chunk := file.read(_CHUNK):
                 digest.update(chunk)
     except OSError as error:
-        raise DataError(f"{path}: cannot read ({error.strerror})") from None
+        raise DataError(cannot_read(path, error)) from None
     return digest.hexdigest()
 
 
@@ -61,7 +61,7 @@ def folder_digest(root: Path, files: Iterable[Path]) -> str:
         try:
             stat = path.stat()
         except OSError as error:  # a dangling symbolic link, a file removed since the walk
-            raise DataError(f"{path}: cannot read ({error.strerror})") from None
+            raise DataError(cannot_read(path, error)) from None
         name = path.relative_to(root).as_posix()
         digest.update(f"{name}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
     return digest.hexdigest()

@@ -19,7 +19,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from jaxcifar.data.dataset import SPLITS
-from jaxcifar.errors import DataError
+from jaxcifar.errors import DataError, cannot_read
 
 ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz")
 _GZIP_MAGIC = b"\x1f\x8b"
@@ -99,7 +99,7 @@ def walk(root: Path, names: Iterable[str]) -> tuple[list[Path], list[Path]]:
 
 def _unreadable_folder(error: OSError) -> None:
     """os.walk's onerror: by default it skips a folder it cannot list, losing a class."""
-    raise DataError(f"{error.filename}: cannot read ({error.strerror})") from None
+    raise DataError(cannot_read(error.filename, error)) from None
 
 
 def read_folder(root: Path, names: Iterable[str]) -> Tree:
@@ -110,7 +110,7 @@ def read_folder(root: Path, names: Iterable[str]) -> Tree:
         try:
             files[path.relative_to(root).as_posix()] = path.read_bytes()
         except OSError as error:
-            raise DataError(f"{path}: cannot read ({error.strerror})") from None
+            raise DataError(cannot_read(path, error)) from None
     return Tree(str(root), files, frozenset(f.relative_to(root).as_posix() for f in folders))
 
 
