@@ -1,12 +1,17 @@
 """Small files in each format the data readers take, written byte for byte as the real
 releases are: MNIST's IDX files, CIFAR-10's python (Python 2 pickles) and binary batches,
-and image-folder trees. Shared by the reader tests and the reliability tests."""
+image-folder trees and single images; and hand edits of the msgpack files runs save.
+Shared by the reader tests and the reliability tests."""
 
 import gzip
 import io
 import os
 import pickle
 import struct
+import zlib
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -18,14 +23,22 @@ def idx_bytes(array: np.ndarray, magic: int) -> bytes:
     return struct.pack(">I", magic) + b"".join(struct.pack(">I", d) for d in array.shape) + array.tobytes()
 
 
-def write_idx_set(folder, n_train=6, n_test=4, gz=True, shape=(5, 3), seed=0):
-    """Write the four MNIST files; returns {split: (images, labels)} as written."""
+Draw = Callable[[np.random.Generator, int], tuple[np.ndarray, np.ndarray]]
+
+
+def write_idx_set(folder, n_train=6, n_test=4, gz=True, shape=(5, 3), seed=0,
+                  draw: Draw | None = None):  # fmt: skip
+    """Write the four MNIST files of random `shape` images and labels, or of the uint8
+    (images (n, H, W), labels (n,)) `draw(rng, n)` gives; returns {split: (images, labels)}."""
     rng = np.random.default_rng(seed)
     folder.mkdir(parents=True, exist_ok=True)
     written = {}
     for split, prefix, n in (("train", "train", n_train), ("test", "t10k", n_test)):
-        images = rng.integers(0, 256, (n, *shape), dtype=np.uint8)
-        labels = rng.integers(0, 10, n, dtype=np.uint8)
+        if draw is None:
+            images = rng.integers(0, 256, (n, *shape), dtype=np.uint8)
+            labels = rng.integers(0, 10, n, dtype=np.uint8)
+        else:
+            images, labels = draw(rng, n)
         for kind, array, magic in (("images-idx3", images, IMAGES_MAGIC), ("labels-idx1", labels, LABELS_MAGIC)):
             data = idx_bytes(array, magic)
             name = f"{prefix}-{kind}-ubyte"
@@ -101,16 +114,60 @@ class RunsCode:
 TREE_CLASSES = ("cat", "airplane")  # not CIFAR-10's full set, so sorted: airplane, cat
 
 
-def write_tree(root, per_class=2, size=(4, 3), seed=0):
-    """train/<class>/i.png and test/<class>/i.png of random RGB pixels; returns them by path."""
+Fill = Callable[[np.random.Generator, str, int], Any]
+
+
+def write_tree(
+    root: Path, per_class: int | tuple[int, int] = 2, size: tuple[int, int] = (4, 3), seed=0,
+    classes: Sequence[str] = TREE_CLASSES, mode="RGB", fill: Fill | int | tuple | None = None,
+    suffix=".png",
+) -> dict[str, np.ndarray]:
+    """train/<class>/<i><suffix> and test/<class>/<i><suffix>: `per_class` images a class
+    (or a (train, test) pair of counts), size = (width, height), in `mode` "RGB" or "L".
+    Their pixels are random, `fill`, or `fill(rng, split, k)` for the k-th of `classes`:
+    anything that broadcasts to (height, width, 3) or (height, width). Returns them by path."""
     rng = np.random.default_rng(seed)
+    counts = (per_class, per_class) if isinstance(per_class, int) else per_class
+    shape = (size[1], size[0], 3) if mode == "RGB" else (size[1], size[0])
     written = {}
-    for split in ("train", "test"):
-        for name in TREE_CLASSES:
+    for split, count in zip(("train", "test"), counts):
+        for k, name in enumerate(classes):
             folder = root / split / name
             folder.mkdir(parents=True)
-            for i in range(per_class):
-                pixels = rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
-                Image.fromarray(pixels).save(folder / f"{i}.png")
-                written[f"{split}/{name}/{i}.png"] = pixels
+            for i in range(count):
+                if fill is None:
+                    value = rng.integers(0, 256, shape, dtype=np.uint8)
+                else:
+                    value = fill(rng, split, k) if callable(fill) else fill
+                pixels = np.full(shape, value, np.uint8)
+                Image.fromarray(pixels).save(folder / f"{i}{suffix}")
+                written[f"{split}/{name}/{i}{suffix}"] = pixels
     return written
+
+
+def grey_png(width: int, height: int, *chunks: tuple[bytes, bytes]) -> bytes:
+    """A PNG file whose header declares width x height 8-bit grey pixels, then the given
+    (type, data) chunks, each with its length and CRC: for files Pillow does not write."""
+    chunks = ((b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)), *chunks)
+    return b"\x89PNG\r\n\x1a\n" + b"".join(
+        struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        for kind, data in chunks
+    )
+
+
+def image_bytes(pixels: np.ndarray, fmt: str = "PNG") -> bytes:
+    """The file Pillow writes of `pixels` ((H, W) or (H, W, C)) in its format `fmt`."""
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, fmt)
+    return buffer.getvalue()
+
+
+def rewrite_msgpack(path: Path, edit: Callable[[Any], object], source: Path | None = None) -> None:
+    """Rewrite the msgpack file `path` (a checkpoint, a speedrun model) as if edited by hand:
+    its document, or that of the file `source`, as flax reads it (dicts, lists, arrays), once
+    `edit(document)` has changed it in place."""
+    from flax import serialization
+
+    document = serialization.msgpack_restore(Path(source or path).read_bytes())
+    edit(document)
+    path.write_bytes(serialization.msgpack_serialize(document))

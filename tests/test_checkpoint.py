@@ -7,6 +7,7 @@ import pytest
 from jaxcifar import checkpoint, train
 from jaxcifar.config import RunConfig
 from jaxcifar.errors import CheckpointError
+from data_files import rewrite_msgpack
 from synthetic import MLP, tiny_dataset
 
 CONFIG = dataclasses.replace(MLP, epochs=2)
@@ -72,15 +73,10 @@ def test_foreign_files_are_refused(tmp_path):
 
 
 def test_other_version_and_other_model_are_refused(saved_file):
-    from flax import serialization
-
-    payload = serialization.msgpack_restore(saved_file.read_bytes())
-    payload["version"] = 99
-    saved_file.write_bytes(serialization.msgpack_serialize(payload))
+    rewrite_msgpack(saved_file, lambda payload: payload.update(version=99))
     with pytest.raises(CheckpointError, match="format version 99, this jaxcifar reads 1"):
         checkpoint.load(saved_file)
-    payload["version"] = checkpoint.VERSION
-    saved_file.write_bytes(serialization.msgpack_serialize(payload))
+    rewrite_msgpack(saved_file, lambda payload: payload.update(version=checkpoint.VERSION))
     wider = dataclasses.replace(CONFIG, mlp_hidden=(32,))
     with pytest.raises(CheckpointError, match="state array shapes or dtypes do not fit this model"):
         checkpoint.restore(checkpoint.load(saved_file), train.state_template(wider, (8, 8, 1), 3))
@@ -90,13 +86,12 @@ def test_other_version_and_other_model_are_refused(saved_file):
 
 
 def test_a_checkpoint_dtype_other_than_the_models_is_refused(saved_file):
-    from flax import serialization
+    def first_layer_to_float16(payload):
+        params = payload["state"]["params"]
+        name = next(iter(params))
+        params[name] = jax.tree.map(lambda leaf: np.asarray(leaf, np.float16), params[name])
 
-    payload = serialization.msgpack_restore(saved_file.read_bytes())
-    params = payload["state"]["params"]
-    name = next(iter(params))
-    params[name] = jax.tree.map(lambda leaf: np.asarray(leaf, np.float16), params[name])
-    saved_file.write_bytes(serialization.msgpack_serialize(payload))
+    rewrite_msgpack(saved_file, first_layer_to_float16)
     with pytest.raises(CheckpointError, match="state array shapes or dtypes do not fit this model"):
         checkpoint.restore(checkpoint.load(saved_file), train.state_template(CONFIG, (8, 8, 1), 3))
 
@@ -112,11 +107,7 @@ def test_unreadable_checkpoint_is_not_called_corrupt(tmp_path):
     "shape", [[8, 8], [8, 0, 1], [8, 8, -1], [8, 8, 1, 1], [8.0, 8, 1], [8, True, 1], "881"]
 )
 def test_input_shape_must_be_three_positive_ints(saved_file, shape):
-    from flax import serialization
-
-    payload = serialization.msgpack_restore(saved_file.read_bytes())
-    payload["input_shape"] = shape
-    saved_file.write_bytes(serialization.msgpack_serialize(payload))
+    rewrite_msgpack(saved_file, lambda payload: payload.update(input_shape=shape))
     message = r"malformed checkpoint \(input_shape .*expected three positive integers"
     with pytest.raises(CheckpointError, match=message):
         checkpoint.load(saved_file)
@@ -124,11 +115,8 @@ def test_input_shape_must_be_three_positive_ints(saved_file, shape):
 
 @pytest.mark.parametrize("field, value", [("history", ["ab"]), ("config", ["model"])])
 def test_malformed_fields_are_named_not_a_traceback(saved_file, field, value):
-    from flax import serialization
-
-    payload = serialization.msgpack_restore(saved_file.read_bytes())
-    payload[field] = value  # dict() of a list of strings raises ValueError
-    saved_file.write_bytes(serialization.msgpack_serialize(payload))
+    # dict() of a list of strings raises ValueError
+    rewrite_msgpack(saved_file, lambda payload: payload.update({field: value}))
     with pytest.raises(CheckpointError, match=f"{saved_file}: malformed checkpoint"):
         checkpoint.load(saved_file)
 
@@ -139,12 +127,6 @@ def test_resume_changes_name_the_fields():
     assert other.resume_changes(CONFIG) == [
         "model: 'mlp' -> 'cnn'", "batch_size: 16 -> 4", "lr: 0.01 -> 0.5"
     ]
-
-
-def _write(path, document):
-    from flax import serialization
-
-    path.write_bytes(serialization.msgpack_serialize(document))
 
 
 HISTORY = [
@@ -169,11 +151,7 @@ def test_every_epoch_of_the_history_comes_back(small_file):
 
 def test_a_history_record_without_a_field_the_reports_read_is_malformed(small_file):
     # It loaded, then `evaluate --out` or a resume's reports failed with KeyError: 'epoch'.
-    from flax import serialization
-
-    payload = serialization.msgpack_restore(small_file.read_bytes())
-    payload["history"] = [{"x": 1}]
-    _write(small_file, payload)
+    rewrite_msgpack(small_file, lambda payload: payload.update(history=[{"x": 1}]))
     with pytest.raises(CheckpointError) as caught:
         checkpoint.load(small_file)
     assert str(caught.value) == (
@@ -185,40 +163,30 @@ def test_a_history_record_without_a_field_the_reports_read_is_malformed(small_fi
 @pytest.mark.parametrize("state", [None, [1, 2]])
 def test_a_state_that_is_no_dict_does_not_fit_the_model(small_file, state):
     # flax's from_state_dict raised AttributeError ('NoneType' has no attribute 'keys').
-    from flax import serialization
-
-    payload = serialization.msgpack_restore(small_file.read_bytes())
-    payload["state"] = state
-    _write(small_file, payload)
+    rewrite_msgpack(small_file, lambda payload: payload.update(state=state))
     template = {"w": np.zeros(2, np.float32)}
     with pytest.raises(CheckpointError, match=f"^{small_file}: state does not fit this model"):
         checkpoint.restore(checkpoint.load(small_file), template)
 
 
 def test_a_checkpoint_without_a_version_is_refused(small_file):
-    from flax import serialization
-
-    payload = serialization.msgpack_restore(small_file.read_bytes())
-    del payload["version"]
-    _write(small_file, payload)
+    rewrite_msgpack(small_file, lambda payload: payload.pop("version"))
     with pytest.raises(CheckpointError, match=f"{small_file}: checkpoint format version None"):
         checkpoint.load(small_file)
 
 
 def test_a_msgpack_list_is_refused_naming_the_file(tmp_path):
     # Else payload.get raised an AttributeError traceback.
+    from flax import serialization
+
     path = tmp_path / "list.msgpack"
-    _write(path, [1, 2])
+    path.write_bytes(serialization.msgpack_serialize([1, 2]))
     with pytest.raises(CheckpointError, match=f"{path}: not a jaxcifar checkpoint"):
         checkpoint.load(path)
 
 
 def test_a_bad_config_value_is_a_malformed_checkpoint_naming_the_file(small_file):
-    from flax import serialization
-
-    payload = serialization.msgpack_restore(small_file.read_bytes())
-    payload["config"]["lr"] = -1
-    _write(small_file, payload)
+    rewrite_msgpack(small_file, lambda payload: payload["config"].update(lr=-1))
     message = f"{small_file}: malformed checkpoint \\(lr must be positive; got -1"
     with pytest.raises(CheckpointError, match=message):
         checkpoint.load(small_file)
@@ -226,11 +194,7 @@ def test_a_bad_config_value_is_a_malformed_checkpoint_naming_the_file(small_file
 
 def test_a_version_of_another_type_is_shown_as_it_was_read(small_file):
     # "format version 1, this jaxcifar reads 1" hid that the file held the text "1".
-    from flax import serialization
-
-    payload = serialization.msgpack_restore(small_file.read_bytes())
-    payload["version"] = "1"
-    _write(small_file, payload)
+    rewrite_msgpack(small_file, lambda payload: payload.update(version="1"))
     expected = "checkpoint format version '1', this jaxcifar reads 1$"
     with pytest.raises(CheckpointError, match=expected):
         checkpoint.load(small_file)

@@ -9,20 +9,20 @@ import pytest
 from jaxcifar import scratch
 from jaxcifar.cli import main
 from jaxcifar.data import load_split
-from jaxcifar.data.idx import IMAGES_MAGIC, LABELS_MAGIC
-from data_files import idx_bytes
+from data_files import write_idx_set
 
 
 def write_learnable_idx_set(folder):
-    """5x3 MNIST-format images whose label is the index of their one bright pixel."""
-    rng = np.random.default_rng(0)
-    folder.mkdir()
-    for prefix, n in (("train", 30), ("t10k", 20)):
+    """30 train and 20 test 5x3 MNIST-format images (not gzipped) whose label is the index of
+    their one bright pixel."""
+
+    def draw(rng, n):
         labels = rng.integers(0, 10, n, dtype=np.uint8)
         images = rng.integers(0, 100, (n, 5, 3), dtype=np.uint8)
         images.reshape(n, -1)[np.arange(n), labels] = 255
-        (folder / f"{prefix}-images-idx3-ubyte").write_bytes(idx_bytes(images, IMAGES_MAGIC))
-        (folder / f"{prefix}-labels-idx1-ubyte").write_bytes(idx_bytes(labels, LABELS_MAGIC))
+        return images, labels
+
+    write_idx_set(folder, n_train=30, n_test=20, gz=False, draw=draw)
 
 
 def without_seconds(history):

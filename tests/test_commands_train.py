@@ -18,22 +18,18 @@ from jaxcifar.cli import main
 from jaxcifar.commands.train import device_notes
 from jaxcifar.data.dataset import CIFAR10_CLASSES
 from jaxcifar.models import mlp
+from data_files import write_tree
 
 FAST = ["--model", "mlp", "--mlp-hidden", "8", "--batch-size", "8", "--quiet"]
 
 
 @pytest.fixture
 def image_tree(tmp_path, fresh_cache):
-    """A CIFAR-10-shaped image-folder tree: 4 train and 2 test PNGs per class."""
-    rng = np.random.default_rng(0)
+    """A CIFAR-10-shaped image-folder tree: 4 train and 2 test PNGs per class, of pixels
+    k * 25 + 0..19 for the k-th class."""
     root = tmp_path / "data"
-    for split, count in (("train", 4), ("test", 2)):
-        for label, name in enumerate(CIFAR10_CLASSES):
-            folder = root / split / name
-            folder.mkdir(parents=True)
-            for i in range(count):
-                pixels = np.clip(label * 25 + rng.integers(0, 20, (32, 32, 3)), 0, 255).astype(np.uint8)
-                Image.fromarray(pixels).save(folder / f"{i}.png")
+    write_tree(root, (4, 2), (32, 32), classes=CIFAR10_CLASSES,
+               fill=lambda rng, split, k: k * 25 + rng.integers(0, 20, (32, 32, 3)))  # fmt: skip
     return root
 
 
@@ -537,8 +533,6 @@ def test_the_resume_line_keeps_the_epoch_mode_and_a_flag_turned_off():
 def test_the_cnn_on_images_too_small_to_pool_twice_is_a_data_error_not_a_traceback(
     tmp_path, fresh_cache, capsys
 ):
-    from data_files import write_tree
-
     write_tree(tmp_path / "tiny", size=(5, 3))  # 3 rows of 5: pooled twice, no row is left
     args = ["train", "--data-dir", str(tmp_path / "tiny"), "--epochs", "1", "--quiet",
             "--batch-size", "2", "--out", str(tmp_path / "run")]  # fmt: skip
@@ -555,8 +549,6 @@ def test_the_cnn_checks_the_width_as_well_and_takes_the_smallest_images_it_can_p
     tmp_path, fresh_cache, capsys
 ):
     # 3 pixels wide, 5 high: the width is the side pooled away. 4x4 pools twice to 1x1.
-    from data_files import write_tree
-
     write_tree(tmp_path / "narrow", size=(3, 5))
     write_tree(tmp_path / "four", size=(4, 4))
     args = ["train", "--epochs", "1", "--quiet", "--batch-size", "2", "--compile-cache", "none"]

@@ -15,10 +15,8 @@ from data_files import write_idx_set, write_tree
 
 def write_tiny_tree(root):
     """Two 2x2 images a split, one of each class, the test split's unlike the training's."""
-    for green, split in enumerate(("train", "test")):
-        for i, name in enumerate(("a", "b")):
-            (root / split / name).mkdir(parents=True)
-            Image.new("RGB", (2, 2), (i * 100, green * 50, 0)).save(root / split / name / "0.png")
+    write_tree(root, per_class=1, size=(2, 2), classes=("a", "b"),
+               fill=lambda rng, split, k: (k * 100, 50 * (split == "test"), 0))  # fmt: skip
 
 
 @pytest.fixture

@@ -2,7 +2,6 @@
 `jaxcifar predict` call it."""
 
 import io
-import struct
 import warnings
 import zlib
 
@@ -13,19 +12,14 @@ from PIL import Image
 from jaxcifar.commands.predict import read_image
 from jaxcifar.data.image_file import decode, decode_all
 from jaxcifar.errors import DataError
-
-
-def png_bytes(pixels: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, "PNG")
-    return buffer.getvalue()
+from data_files import grey_png, image_bytes
 
 
 def test_resizing_interpolates_between_pixels():
     # Bilinear, as documented: the 4 output pixels' centres fall at -0.25, 0.25, 0.75 and 1.25
     # source pixels (clamped to the edges), which weigh 0 and 200 as 0, 50, 150, 200.
     # Nearest-neighbour repeats the two values; bicubic and Lanczos overshoot between them.
-    out = decode(png_bytes(np.array([[0, 200]], np.uint8)), "L", "x.png", size=(4, 1))
+    out = decode(image_bytes(np.array([[0, 200]], np.uint8)), "L", "x.png", size=(4, 1))
     np.testing.assert_array_equal(out, np.array([0, 50, 150, 200], np.uint8).reshape(1, 4, 1))
 
 
@@ -41,22 +35,11 @@ def test_predict_resizes_to_a_non_square_models_height_and_width(tmp_path):
 def test_a_png_broken_mid_pixels_is_named_not_a_syntax_error():
     # Pillow raises SyntaxError ("broken PNG file"), not an OSError, when the pixel data ends
     # in a chunk of no valid type.
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        crc = struct.pack(">I", zlib.crc32(kind + data))
-        return struct.pack(">I", len(data)) + kind + data + crc
-
     rows = b"".join(b"\0" + bytes(range(8)) for _ in range(8))  # 8x8 grey, filter 0
     pixels = zlib.compress(rows, 0)  # stored blocks: the same bytes with any zlib
-    png = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 8, 8, 8, 0, 0, 0, 0))
-           + chunk(b"IDAT", pixels[: len(pixels) // 2]) + chunk(b"\tEND", b""))  # fmt: skip
+    png = grey_png(8, 8, (b"IDAT", pixels[: len(pixels) // 2]), (b"\tEND", b""))
     with pytest.raises(DataError, match=r"^train/cat/0\.png: not a readable image \(SyntaxError: "):
         decode(png, "L", "train/cat/0.png")
-
-
-def image_bytes(pixels: np.ndarray, fmt: str) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, fmt)
-    return buffer.getvalue()
 
 
 def test_a_16_bit_grayscale_image_is_scaled_to_8_bits_not_clipped_white():

@@ -1,3 +1,4 @@
+import functools
 import os
 import tarfile
 from pathlib import Path
@@ -50,10 +51,8 @@ def test_upper_case_image_suffixes_are_read(tmp_path, fresh_cache):
 
 
 def test_cifar10_tree_with_digit_class_folders_is_not_refused_as_mnist(tmp_path, fresh_cache):
-    for split in ("train", "test"):
-        for digit in range(10):
-            (tmp_path / split / str(digit)).mkdir(parents=True)
-            Image.new("RGB", (32, 32), (digit, 0, 0)).save(tmp_path / split / str(digit) / "0.png")
+    write_tree(tmp_path, per_class=1, size=(32, 32), classes=tuple("0123456789"),
+               fill=lambda rng, split, digit: (digit, 0, 0))  # fmt: skip
     data = load("cifar10", "test", data_dir=tmp_path)
     assert data.class_names == tuple("0123456789") and data.images.shape == (10, 32, 32, 3)
     np.testing.assert_array_equal(data.labels, np.arange(10))
@@ -91,10 +90,10 @@ def test_tarball_with_or_without_top_folder(tmp_path, fresh_cache, arcname):
 def test_cifar10_class_names_come_in_the_canonical_order_whatever_order_the_folders_list(
     tmp_path, fresh_cache
 ):
-    for split in ("train", "test"):
-        for name in ("truck", "airplane", "cat", "automobile", "bird", "deer", "dog", "frog", "horse", "ship"):
-            (tmp_path / split / name).mkdir(parents=True)
-            Image.new("RGB", (2, 2)).save(tmp_path / split / name / "a.jpg")
+    classes = (
+        "truck", "airplane", "cat", "automobile", "bird", "deer", "dog", "frog", "horse", "ship"
+    )
+    write_tree(tmp_path, per_class=1, size=(2, 2), classes=classes, fill=0, suffix=".jpg")
     data = load("cifar10", "test", data_dir=tmp_path)
     assert data.class_names == CIFAR10_CLASSES
     np.testing.assert_array_equal(data.labels, np.arange(10))
@@ -109,9 +108,7 @@ def test_mnist_style_trees_decode_to_one_channel(tmp_path, fresh_cache):
 
 
 def test_greyscale_trees_decode_to_three_equal_channels_for_cifar10(tmp_path, fresh_cache):
-    for split in ("train", "test"):
-        (tmp_path / split / "cat").mkdir(parents=True)
-        Image.new("L", (32, 32), 77).save(tmp_path / split / "cat" / "0.png")
+    write_tree(tmp_path, per_class=1, size=(32, 32), classes=("cat",), mode="L", fill=77)
     assert np.all(load("cifar10", "test", data_dir=tmp_path).images == 77)
 
 
@@ -136,23 +133,17 @@ def test_a_tree_of_another_datasets_image_size_is_refused_before_caching(
     assert not fresh_cache.exists() or not any(fresh_cache.iterdir())
 
 
-def _class_tree(root, class_names):
-    """root/{train,test}/<class>/0.png, one blank 28x28 greyscale image per class."""
-    for split in ("train", "test"):
-        for name in class_names:
-            (root / split / name).mkdir(parents=True)
-            Image.new("L", (28, 28)).save(root / split / name / "0.png")
-    return root
-
-
 def test_a_tree_of_another_datasets_class_folders_is_refused_before_caching(tmp_path, fresh_cache):
-    data = _class_tree(tmp_path / "data", CIFAR10_CLASSES)
+    # One blank 28x28 greyscale image per class and split.
+    class_tree = functools.partial(write_tree, per_class=1, size=(28, 28), mode="L", fill=0)
+    data, fashion, digits = tmp_path / "data", tmp_path / "fashion", tmp_path / "digits"
+    class_tree(data, classes=CIFAR10_CLASSES)
     cifar10 = r"data/train/: class folders airplane\.\.truck are cifar10's classes, not fashion_"
     with pytest.raises(DataError, match=cifar10):
         load("fashion_mnist", "train", data_dir=data)
     assert not fresh_cache.exists() or not any(fresh_cache.iterdir())
     # Fashion-MNIST's classes as folders can be (no "/" in a folder name): matched loosely.
-    fashion = _class_tree(tmp_path / "fashion", (
+    class_tree(fashion, classes=(
         "t-shirt_top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
         "Bag", "ankle_boot",
     ))  # fmt: skip
@@ -161,7 +152,7 @@ def test_a_tree_of_another_datasets_class_folders_is_refused_before_caching(tmp_
         load("mnist", "train", data_dir=fashion)
     assert len(load("fashion_mnist", "train", data_dir=fashion)) == 10
     # Digits are label numbers any dataset's tree may use: they prove nothing.
-    digits = _class_tree(tmp_path / "digits", ("0",))
+    class_tree(digits, classes=("0",))
     assert len(load("fashion_mnist", "train", data_dir=digits)) == 1
 
 

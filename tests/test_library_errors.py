@@ -13,9 +13,9 @@ import pytest
 from jaxcifar import epochs, metrics, scratch, train
 from jaxcifar.config import RunConfig
 from jaxcifar.data import to_float
-from jaxcifar.data.dataset import Dataset
 from jaxcifar.errors import ConfigError, DataError
 from jaxcifar.models import cnn, mlp
+from synthetic import tiny_dataset
 
 RNG = np.random.default_rng(0)
 PIXELS = RNG.integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
@@ -95,21 +95,12 @@ def test_an_empty_batch_gives_empty_logits(cnn_params, mlp_params):
 
 # --- train: the jitted steps and fit ---------------------------------------------------------
 
-CLASSES = tuple("abc")
-
-
-def tiny(n: int = 8, size: int = 8, classes=CLASSES) -> Dataset:
-    rng = np.random.default_rng(n)
-    images = rng.integers(0, 256, (n, size, size, 1), dtype=np.uint8)
-    return Dataset(images, (np.arange(n) % len(classes)).astype(np.int32), classes, "synthetic")
-
-
 CONFIG = RunConfig(model="mlp", dataset="mnist", mlp_hidden=(4,), batch_size=4, epochs=1)
 
 
 @pytest.fixture(scope="module")
 def step_and_state():
-    setup = train.build_setup(CONFIG, tiny())
+    setup = train.build_setup(CONFIG, tiny_dataset(8))
     return setup, train.init_state(CONFIG, setup)
 
 
@@ -117,7 +108,7 @@ def test_steps_refuse_images_already_scaled_to_float(step_and_state):
     # The steps scale uint8 pixels themselves: given to_float's output they scaled it again,
     # to about -1 everywhere, and trained and evaluated on that without a word.
     setup, state = step_and_state
-    data = tiny()
+    data = tiny_dataset(8)
     batch = (to_float(data.images[:4]), data.labels[:4])
     with pytest.raises(TypeError, match="train step: images are float32; expected uint8"):
         train.make_train_step(setup)(state, batch, jax.random.key(0))
@@ -136,8 +127,9 @@ def test_steps_refuse_images_already_scaled_to_float(step_and_state):
 )
 def test_steps_name_labels_of_the_wrong_shape_or_dtype(step_and_state, labels, error, message):
     setup, state = step_and_state
+    images = tiny_dataset(8).images[:4]
     with pytest.raises(error, match=f"train step: {message}"):
-        train.make_train_step(setup)(state, (tiny().images[:4], labels), jax.random.key(0))
+        train.make_train_step(setup)(state, (images, labels), jax.random.key(0))
 
 
 @pytest.mark.parametrize("mode", ["auto", "Chunk", "fused"])
@@ -146,25 +138,27 @@ def test_an_epoch_runner_names_a_mode_it_does_not_run(step_and_state, mode):
     # 'device_images'), far from the cause.
     setup, _ = step_and_state
     with pytest.raises(ConfigError, match=f"one of loop, chunk, scan here, got '{mode}'"):
-        epochs.EpochRunner(train.make_train_step(setup), tiny(), CONFIG, mode)
+        epochs.EpochRunner(train.make_train_step(setup), tiny_dataset(8), CONFIG, mode)
 
 
 def test_fit_refuses_a_test_set_unlike_the_training_set():
     # Other images failed deep in the model after training; other classes evaluated
     # to a NaN loss (labels past the model's outputs) or chance accuracy, without a word.
     cases = [
-        (tiny(size=6), r"test_set \(synthetic\) has image shape \(H, W, C\) \(6, 6, 1\), but "
-                       r"train_set \(synthetic\) \(8, 8, 1\): another dataset\?"),
-        (tiny(classes=tuple("abcd")), r"test_set \(synthetic\) has classes \('a', 'b', 'c', 'd'\)"),
-        (dataclasses.replace(tiny(), class_names=tuple("xyz")), "another dataset"),
+        (tiny_dataset(8, size=6),
+         r"test_set \(synthetic\) has image shape \(H, W, C\) \(6, 6, 1\), but "
+         r"train_set \(synthetic\) \(8, 8, 1\): another dataset\?"),
+        (tiny_dataset(8, classes=tuple("abcd")),
+         r"test_set \(synthetic\) has classes \('a', 'b', 'c', 'd'\)"),
+        (dataclasses.replace(tiny_dataset(8), class_names=tuple("xyz")), "another dataset"),
     ]
     for test_set, message in cases:
         with pytest.raises(DataError, match=message):
-            train.fit(CONFIG, tiny(), test_set, progress=False, log=lambda line: None)
+            train.fit(CONFIG, tiny_dataset(8), test_set, progress=False, log=lambda line: None)
 
 
 def test_fit_takes_a_test_set_whose_class_names_are_a_list_of_the_same_names():
-    train_set = tiny()
+    train_set = tiny_dataset(8)
     test_set = dataclasses.replace(train_set, class_names=list(train_set.class_names))
     result = train.fit(CONFIG, train_set, test_set, progress=False, log=lambda line: None)
     assert len(result.history) == CONFIG.epochs

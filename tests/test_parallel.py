@@ -232,6 +232,13 @@ def parse(argv):
     return parser.parse_args(argv)
 
 
+@pytest.fixture
+def no_distributed_variables(monkeypatch):
+    """$JAXCIFAR_COORDINATOR, $JAXCIFAR_NUM_PROCESSES and $JAXCIFAR_PROCESS_ID unset."""
+    for name in ("JAXCIFAR_COORDINATOR", "JAXCIFAR_NUM_PROCESSES", "JAXCIFAR_PROCESS_ID"):
+        monkeypatch.delenv(name, raising=False)
+
+
 def test_distributed_flags_and_variables_reach_jax(monkeypatch):
     calls = []
     monkeypatch.setattr(jax.distributed, "initialize", lambda *args: calls.append(args))
@@ -243,17 +250,16 @@ def test_distributed_flags_and_variables_reach_jax(monkeypatch):
     assert calls == [("10.0.0.1:1234", 4, 3), ("host:99", 2, 1)]
 
 
+@pytest.mark.usefixtures("no_distributed_variables")
 def test_no_distributed_flags_and_no_cluster_stays_one_process(monkeypatch):
-    for name in ("JAXCIFAR_COORDINATOR", "JAXCIFAR_NUM_PROCESSES", "JAXCIFAR_PROCESS_ID",
-                 "SLURM_JOB_ID", "OMPI_MCA_orte_hnp_uri"):  # fmt: skip
+    for name in ("SLURM_JOB_ID", "OMPI_MCA_orte_hnp_uri"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setattr(jax.distributed, "initialize", lambda *args: pytest.fail("initialized"))
     assert parallel.initialize_from_args(parse([])) is False
 
 
+@pytest.mark.usefixtures("no_distributed_variables")
 def test_cluster_detection_missing_from_jax_warns_and_stays_one_process(monkeypatch):
-    for name in ("JAXCIFAR_COORDINATOR", "JAXCIFAR_NUM_PROCESSES", "JAXCIFAR_PROCESS_ID"):
-        monkeypatch.delenv(name, raising=False)
     monkeypatch.setitem(sys.modules, "jax._src.clusters", None)  # the import now fails
     monkeypatch.setattr(jax.distributed, "initialize", lambda *args: pytest.fail("initialized"))
     with pytest.warns(UserWarning, match="cluster detection is off: this JAX"):
@@ -292,12 +298,11 @@ def test_a_bad_typed_flag_keeps_argparses_own_message(capsys, monkeypatch):
     assert last.endswith("error: argument --process-id: invalid int value: 'x'")
 
 
+@pytest.mark.usefixtures("no_distributed_variables")
 def test_cluster_detection_finding_none_of_its_detectors_in_jax_warns(monkeypatch):
     # A JAX release that renames them must not leave every cluster undetected in silence.
     from jax._src.clusters import ClusterEnv
 
-    for name in ("JAXCIFAR_COORDINATOR", "JAXCIFAR_NUM_PROCESSES", "JAXCIFAR_PROCESS_ID"):
-        monkeypatch.delenv(name, raising=False)
     others = [env for env in ClusterEnv._cluster_types
               if env.__name__ not in parallel.DETECTED_CLUSTERS]  # fmt: skip
     monkeypatch.setattr(ClusterEnv, "_cluster_types", others)
@@ -335,9 +340,8 @@ NEEDS_ALL = (
          "--process-id/$JAXCIFAR_PROCESS_ID must be in 0..1; got -1"),
     ],
 )  # fmt: skip
+@pytest.mark.usefixtures("no_distributed_variables")
 def test_bad_distributed_flags_are_config_errors(monkeypatch, argv, environment, message):
-    for name in ("JAXCIFAR_COORDINATOR", "JAXCIFAR_NUM_PROCESSES", "JAXCIFAR_PROCESS_ID"):
-        monkeypatch.delenv(name, raising=False)
     for name, value in environment.items():  # an empty variable counts as unset
         monkeypatch.setenv(name, value)
     monkeypatch.setattr(jax.distributed, "initialize", lambda *args: pytest.fail("initialized"))
@@ -355,12 +359,11 @@ def test_process_rows_cover_the_batch_on_one_process():
     np.testing.assert_array_equal(np.asarray(placed), images)
 
 
+@pytest.mark.usefixtures("no_distributed_variables")
 def test_an_opt_in_cluster_is_not_joined_unasked(monkeypatch):
     # JAX joins an opt-in cluster (mpi4py) only when asked; so must a run with no flags.
     from jax._src.clusters import ClusterEnv
 
-    for name in ("JAXCIFAR_COORDINATOR", "JAXCIFAR_NUM_PROCESSES", "JAXCIFAR_PROCESS_ID"):
-        monkeypatch.delenv(name, raising=False)
     opt_in = [env for env in ClusterEnv._cluster_types if env.opt_in_only_method]
     assert opt_in
     present = classmethod(lambda cls: cls in opt_in)
@@ -371,14 +374,13 @@ def test_an_opt_in_cluster_is_not_joined_unasked(monkeypatch):
 
 
 @pytest.mark.parametrize("present, joined", [("K8sCluster", False), ("SlurmCluster", True)])
+@pytest.mark.usefixtures("no_distributed_variables")
 def test_only_the_clusters_the_help_names_are_joined_without_flags(monkeypatch, present, joined):
     # Any Kubernetes pod looks like JAX's K8sCluster: a one-process run there must not try to
     # join a job (it failed on a missing HOSTNAME, or warned to install jax[k8s]).
     from jax._src.clusters import ClusterEnv
 
     assert parallel.DETECTED_CLUSTERS < {env.__name__ for env in ClusterEnv._cluster_types}
-    for name in ("JAXCIFAR_COORDINATOR", "JAXCIFAR_NUM_PROCESSES", "JAXCIFAR_PROCESS_ID"):
-        monkeypatch.delenv(name, raising=False)
     for env in ClusterEnv._cluster_types:
         monkeypatch.setattr(env, "is_env_present", classmethod(lambda cls: cls.__name__ == present))
     calls = []

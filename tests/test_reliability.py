@@ -1,6 +1,7 @@
 """Failure modes end to end: signals and kill -9 during `jaxcifar train`, divergence, bad data
 and odd images through the command line. docs/failure-modes.md maps each case to its test."""
 
+import functools
 import gc
 import json
 import os
@@ -8,7 +9,6 @@ import re
 import shlex
 import shutil
 import signal
-import struct
 import subprocess
 import sys
 import time
@@ -26,8 +26,8 @@ from jaxcifar.data import load
 from jaxcifar.data.idx import IMAGES_MAGIC, LABELS_MAGIC
 from jaxcifar.interrupt import Interrupted, StopOnSignal, resend_dropped_signals
 from data_files import (
-    RunsCode, idx_bytes, make_batches, py2_dumps, python_batch, write_idx_set, write_release,
-    write_tree,
+    RunsCode, grey_png, idx_bytes, make_batches, py2_dumps, python_batch, rewrite_msgpack,
+    write_idx_set, write_release, write_tree,
 )
 
 # A tiny MLP on 8x8 MNIST-format images: seconds per run, one compile.
@@ -320,23 +320,13 @@ def test_override_config_resumes_with_a_compatible_change(trained, tmp_path, fre
     assert [r["epoch"] for r in checkpoint.load(tmp_path / "run").history] == [1, 2]
 
 
-def png_header(width: int, height: int) -> bytes:
-    """A PNG that declares width x height grayscale pixels (its data is a stub)."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0")) + chunk(b"IEND", b"")
-
-
 def test_predict_reads_huge_images_and_refuses_bombs_and_non_images(trained, tmp_path, capsys):
     _, run, _ = trained
     huge = tmp_path / "huge.png"
     Image.new("L", (8000, 8000), 128).save(huge)  # 64 megapixels: under Pillow's limit
     bombs = [tmp_path / "bomb100M.png", tmp_path / "bomb400M.png"]  # between 1x and 2x, over 2x
-    bombs[0].write_bytes(png_header(10_000, 10_000))
-    bombs[1].write_bytes(png_header(20_000, 20_000))
+    for bomb, side in zip(bombs, (10_000, 20_000)):  # a header's promise, a stub of data
+        bomb.write_bytes(grey_png(side, side, (b"IDAT", zlib.compress(b"\0")), (b"IEND", b"")))
     text = tmp_path / "notes.png"
     text.write_text("not an image")
     capsys.readouterr()
@@ -354,13 +344,12 @@ def test_predict_reads_huge_images_and_refuses_bombs_and_non_images(trained, tmp
 def bfloat16_copy_recording_dtypes(run, folder, monkeypatch) -> list:
     """`run`'s checkpoint copied into `folder` with its dtype set to bfloat16; returns the list
     into which each apply of a model built from then on notes the dtype it computes in."""
-    from flax import serialization
-
     from jaxcifar import train
 
-    payload = serialization.msgpack_restore((run / checkpoint.FILENAME).read_bytes())
-    payload["config"]["dtype"] = "bfloat16"
-    (folder / checkpoint.FILENAME).write_bytes(serialization.msgpack_serialize(payload))
+    rewrite_msgpack(
+        folder / checkpoint.FILENAME, lambda payload: payload["config"].update(dtype="bfloat16"),
+        source=run / checkpoint.FILENAME,
+    )
     dtypes, build_model = [], train.build_model
 
     class Recorded:  # the model, noting the dtype each apply computes in
@@ -396,12 +385,8 @@ def test_evaluate_computes_in_the_checkpoints_dtype(trained, tmp_path, fresh_cac
     assert dtypes and all(dtype == jax.numpy.bfloat16 for dtype in dtypes)
 
 
-def mnist_folder_tree(root, class_names, size=8):
-    """train/<class>/0.png and test/<class>/0.png, gray `size` x `size`, for each class."""
-    for split in ("train", "test"):
-        for name in class_names:
-            (root / split / name).mkdir(parents=True)
-            Image.new("L", (size, size), 40).save(root / split / name / "0.png")
+# train/<class>/0.png and test/<class>/0.png, gray 8 x 8, for each of `classes`.
+gray_tree = functools.partial(write_tree, per_class=1, size=(8, 8), mode="L", fill=40)
 
 
 @pytest.mark.parametrize(
@@ -409,9 +394,9 @@ def mnist_folder_tree(root, class_names, size=8):
     [
         (lambda root: write_idx_set(root, n_train=8, n_test=4, shape=(6, 6)),
          "has image shape (H, W, C) (6, 6, 1), but {ckpt} was trained on (8, 8, 1)"),
-        (lambda root: mnist_folder_tree(root, [f"class{i:02}" for i in range(12)]),
+        (lambda root: gray_tree(root, classes=[f"class{i:02}" for i in range(12)]),
          "has classes ('class00', 'class01', "),  # more classes than the model's 10
-        (lambda root: mnist_folder_tree(root, "abcdefghij"),
+        (lambda root: gray_tree(root, classes="abcdefghij"),
          "has classes ('a', 'b', 'c', 'd', 'e', 'f', 'g', 'h', 'i', 'j'), but {ckpt} was trained "
          "on ('0', '1', "),  # as many, other names: the labels would be silently wrong
     ],

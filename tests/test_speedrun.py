@@ -15,6 +15,7 @@ import json
 import math
 import os
 import re
+import shutil
 import signal
 import time
 
@@ -23,7 +24,6 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from flax import serialization
 from PIL import Image
 
 from jaxcifar import augment, cli, cpu_fusions
@@ -38,6 +38,7 @@ from jaxcifar.speedrun import measure, model_file, net, optimizer, tta, whitenin
 from jaxcifar.speedrun.recipe import Plan, Recipe, plan, sgd_rates
 from jaxcifar.speedrun import train as speedrun_train
 from jaxcifar.speedrun.train import Speedrun, lookahead
+from data_files import rewrite_msgpack
 
 TRAIN, TEST, BATCH, EPOCHS = 64, 50, 32, 4
 WIDTHS = (16, 32, 32)
@@ -819,27 +820,25 @@ def test_a_speedrun_model_of_another_version_or_shape_is_refused_naming_the_file
     path = save(recipe=Recipe(widths=(8, 16, 16)), params=half)
     with pytest.raises(CheckpointError, match=f"{path}: state array shapes or dtypes do not fit"):
         model_file.load(path)  # a float16 file loaded as float16, before
-    payload = serialization.msgpack_restore(path.read_bytes())
+    saved = shutil.copy(path, tmp_path / "half.msgpack")  # each edit is of the file as saved
     for field, value in (("widths", []), ("dtype", "float8")):  # a hand-edited recipe
-        path.write_bytes(serialization.msgpack_serialize(
-            {**payload, "recipe": {**payload["recipe"], field: value}}
-        ))  # fmt: skip
+        rewrite_msgpack(path, lambda payload: payload["recipe"].update({field: value}), saved)
         with pytest.raises(CheckpointError, match=f"{path}: malformed speedrun model .*{field}"):
             model_file.load(path)
-    path.write_bytes(serialization.msgpack_serialize({**payload, "version": 2}))
+    rewrite_msgpack(path, lambda payload: payload.update(version=2), saved)
     with pytest.raises(CheckpointError, match=f"{path}: speedrun model format version 2"):
         model_file.load(path)
     # A model of no pixels blamed the image predict was given; a limit of -1 failed in
     # load_split naming no file; None weights raised flax's AttributeError.
     path = save(recipe=Recipe(widths=(8, 16, 16)))
-    payload = serialization.msgpack_restore(path.read_bytes())
+    saved = shutil.copy(path, tmp_path / "saved.msgpack")
     for field, value, problem in (
         ("input_shape", [0, 28, 1], "input_shape [0, 28, 1]; expected three positive integers"),
         ("subsets", {"seed": 3, "limit_train": None, "limit_test": -1},
          "expected an integer seed and positive limits"),
         ("params", None, "state does not fit this model"),
     ):  # fmt: skip
-        path.write_bytes(serialization.msgpack_serialize({**payload, field: value}))
+        rewrite_msgpack(path, lambda payload: payload.update({field: value}), saved)
         with pytest.raises(CheckpointError, match=f"^{path}: .*{re.escape(problem)}"):
             model_file.load(path)
     with pytest.raises(ConfigError, match=r"widths must be one or more channel counts in "
