@@ -300,7 +300,7 @@ def train(
         an empty `x`; `y` or `y_test` not one integer label in [0, n_out) per row of its
         inputs (`_check_labels`: a label of -1 would train as the last class).
       TypeError / ValueError: `x` or `x_test` not (N, n_in) float (`_check_inputs`).
-      TrainingDiverged: an epoch's summed squared error, or the weights after it, is not finite.
+      TrainingDiverged: the weights are not finite after an epoch.
     """
     if (x_test is None) != (y_test is None):
         raise ValueError("x_test and y_test go together: pass both or neither")
@@ -339,13 +339,13 @@ def train(
                 correct += int(np.sum(np.argmax(output, axis=1) == labels))
                 deltas = backward_propagate_error(network, activations, y_onehot)
                 network = update_weights(network, activations, deltas, epoch_rate)
-        # The error sums outputs from before each step, so the epoch's last steps can overflow
-        # the weights while it stays finite: both are checked.
-        weights_finite = all(np.isfinite(v).all() for layer in network for v in layer.values())
-        if not (np.isfinite(sum_squared_error) and weights_finite):
+        # The weights, not the error: it sums outputs from before each step, so an epoch's
+        # last steps can overflow the weights while it stays finite; and a non-finite output
+        # leaves non-finite weights, as its step spreads it to them.
+        if not all(np.isfinite(value).all() for layer in network for value in layer.values()):
             raise TrainingDiverged(
-                f"epoch {epoch}: the {'summed squared error' if weights_finite else 'weights'} "
-                f"went non-finite; lower the learning rate (now {l_rate})"
+                f"epoch {epoch}: the weights went non-finite; lower the learning rate "
+                f"(now {l_rate})"
             )
         record = {
             "epoch": epoch,

@@ -146,3 +146,18 @@ def test_a_name_near_the_file_systems_limit_is_written_and_its_dead_temporaries_
     assert (tmp_path / long_names[0]).read_text() == "new"
     assert not left[long_names[0]].exists()
     assert left[long_names[1]].exists()  # the same first 243 bytes: another file's
+
+
+def test_a_temporarys_name_fits_with_the_longest_process_id(tmp_path, monkeypatch):
+    import os
+    from pathlib import Path
+
+    from jaxcifar.atomic import _owner
+
+    for name_max in (255, 143):  # ext4's; eCryptfs's, reported by pathconf of the folder only
+        monkeypatch.setattr(os, "pathconf", lambda path, key, limit=name_max: (
+            limit if Path(path) == tmp_path else 255))  # fmt: skip
+        for size in (100, 143, 200, 250):
+            name = "é" * ((size - 5) // 2) + "x" * ((size - 5) % 2) + ".json"
+            worst = f"{_owner(tmp_path / name)}{'9' * 7}.abcdefgh.tmp.json"
+            assert len(os.fsencode(worst)) <= name_max, (name_max, size)

@@ -291,3 +291,9 @@ def test_scratch_refuses_an_integer_dtype_a_zero_batch_and_no_data(scratch_probl
         fit_scratch(network, x, y, batch_size=0)  # was: range() arg 3 must not be zero
     with pytest.raises(ValueError, match=r"x \(0, 12\) is empty"):
         fit_scratch(network, x[:0], y[:0])  # was: ZeroDivisionError
+
+
+def test_cannot_read_falls_back_to_the_error_when_it_has_no_strerror():
+    from jaxcifar.errors import cannot_read
+
+    assert cannot_read("x.bin", OSError("device gone")) == "x.bin: cannot read (device gone)"

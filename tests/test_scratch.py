@@ -322,3 +322,18 @@ def test_predict_in_batches_labels_every_row():
     network, x, _ = random_problem((6, 5, 3), batch_size=7, seed=6)
     expected = np.argmax(scratch.forward_propagation(network, x)[-1], axis=1)
     np.testing.assert_array_equal(scratch.predict(network, x, batch_size=3), expected)
+
+
+@pytest.mark.parametrize(("layer", "key"), [(0, "weights"), (-1, "bias")])
+def test_one_parameter_overflowing_in_an_epochs_last_step_is_divergence(monkeypatch, layer, key):
+    network, x, _ = random_problem((6, 5, 3), batch_size=8, seed=2)
+    real = scratch.update_weights
+
+    def overflowing(*args):
+        updated = real(*args)
+        updated[layer][key].flat[0] = np.inf
+        return updated
+
+    monkeypatch.setattr(scratch, "update_weights", overflowing)
+    with pytest.raises(TrainingDiverged, match=r"^epoch 1: the weights went non-finite"):
+        scratch.train(network, x, np.zeros(8, dtype=int), l_rate=0.5, n_epoch=1, batch_size=8)

@@ -1029,3 +1029,30 @@ def test_an_unreadable_speedrun_model_is_named_not_taken_for_a_missing_checkpoin
     copy = tmp_path / "copy.msgpack"  # another name: a speedrun model only by its format tag
     copy.write_bytes(b"\x00truncated")
     assert model_file.find(copy) is None
+
+
+def test_predict_marks_an_image_with_any_non_finite_logit_minus_1(monkeypatch):
+    logits = jnp.array([[0.0, 2.0, 1.0], [0.0, jnp.nan, 1.0], [0.0, jnp.inf, 1.0],
+                        [-jnp.inf, 0.0, 1.0]])  # fmt: skip
+    monkeypatch.setattr(speedrun_train, "tta_logits", lambda *args: logits)
+    images = jnp.zeros((2, 4, 1, 1, 1), jnp.uint8)
+    out = speedrun_train.predict(TINY, None, None, None, None, images)
+    np.testing.assert_array_equal(out, [[1, -1, -1, -1]] * 2)
+
+
+@pytest.mark.parametrize(("fill", "diverged"), [(0, False), (-1, True)])
+def test_a_run_calls_only_a_minus_1_prediction_diverged(tiny_run, monkeypatch, fill, diverged):
+    speedrun = tiny_run[0]
+
+    def predict(params, batch_stats, mean, std, images):
+        out = np.full(images.shape[:2], 3, np.int32)
+        out.flat[1] = fill  # one image: class 0, or non-finite logits
+        return out
+
+    monkeypatch.setitem(speedrun._executables, "predict", predict)
+    if diverged:
+        with pytest.raises(TrainingDiverged, match="test logits became non-finite"):
+            speedrun.run(0)
+    else:
+        expected = np.where(np.arange(TEST) == 1, 0, 3) == speedrun.test_labels
+        assert speedrun.run(0).tta_accuracy == pytest.approx(expected.mean())

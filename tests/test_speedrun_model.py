@@ -110,3 +110,19 @@ def test_predict_compiles_a_speedrun_model_as_its_training_run_did(
     assert cli.main(["predict", "--checkpoint", str(path), str(image)]) == 0
     assert capsys.readouterr().out.startswith(f"{image}: ")
     assert options == [XLA_OPTIONS]
+
+
+def test_predictions_refuse_a_model_with_one_images_logits_non_finite(
+    tmp_path, save_speedrun_model, monkeypatch
+):
+    import pytest
+
+    from jaxcifar.errors import CheckpointError
+
+    model = model_file.load(save_speedrun_model(tmp_path / "m"))
+    # Classes 2, -1 (non-finite), 0, and a padded image's -1 that is not counted.
+    monkeypatch.setattr(cpu_fusions, "compiled_per_shape",
+                        lambda *a, **k: lambda *args: np.array([[2, -1, 0, -1]], np.int32))
+    images = np.zeros((3, 32, 32, 3), np.uint8)
+    with pytest.raises(CheckpointError, match=r"non-finite logits for 1 of 3 images$"):
+        model_file.predictions(model, images)
