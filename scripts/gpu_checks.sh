@@ -83,7 +83,7 @@ timeout 40 "$python" -c "from jaxcifar.data import load; import sys
 [load('cifar10', s, data_dir=sys.argv[1]) for s in ('train', 'test')]" "$data"
 
 if [ "$quick" = 1 ]; then
-  seed_args=(--epochs 1 --limit-train 100 --limit-test 500)
+  seed_args=(--epochs 1 --limit-train 16 --limit-test 50)
   speedrun_args=(--runs 1 --epochs 0.2 --limit-train 2048 --limit-test 500 --widths 16 32 32)
   bench_args=(--models cnn --batch-sizes 4 --dtypes float32 --steps 2 --epoch-images 16 --epoch-batch-sizes 8)
 else
