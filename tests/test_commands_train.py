@@ -234,8 +234,9 @@ def test_short_cnn_run_on_real_cifar10_beats_chance(shared_data, tmp_path, capsy
     ("schedule", "advice"),
     [
         ("constant", "raise --epochs to continue\n"),
-        ("cosine", "its cosine schedule ends there (train longer in a new run, or raise --epochs "
-                   "with --override-config to stretch the schedule)\n"),
+        ("cosine", "its cosine schedule ends there (train longer in a new run; --epochs with "
+                   "--override-config redraws the schedule over the new length, and the rate "
+                   "jumps back up)\n"),
     ],
 )
 def test_resuming_a_finished_run_says_how_to_train_longer(

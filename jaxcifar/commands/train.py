@@ -188,8 +188,9 @@ def run(args: argparse.Namespace) -> int:
         if config.epochs == done and _reports_cover(out, done):
             more = (
                 "raise --epochs to continue" if config.schedule == "constant"
-                else f"its {config.schedule} schedule ends there (train longer in a new run, "
-                "or raise --epochs with --override-config to stretch the schedule)"
+                else f"its {config.schedule} schedule ends there (train longer in a new run; "
+                "--epochs with --override-config redraws the schedule over the new length, and "
+                "the rate jumps back up)"
             )
             print(f"{saved.path}: already trained {done} epoch{'s' * (done != 1)}; {more}")
             return 0  # nothing trained, so the reports of the run stay as they are

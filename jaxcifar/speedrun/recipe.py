@@ -3,8 +3,9 @@
 The learning rate and weight decay are given in airbench's "decoupled" form (after myrtle.ai's
 "How to train your ResNet 5"): `lr` is the step size per 1024 examples with the momentum's
 gain removed, `weight_decay` the fraction of each weight decayed per 1024 examples whatever
-the lr. With Nesterov momentum mu and constant gradients a step moves 1 + 1/(1 - mu) times
-the raw gradient, so on the *summed* batch loss plain Nesterov SGD gets
+the lr. The momentum's gain is airbench's convention, 1 + 1/(1 - mu) (under a constant
+gradient, Nesterov's steps settle at 1/(1 - mu) times it: the convention counts one more),
+so on the *summed* batch loss plain Nesterov SGD gets
 
     lr_sgd = lr / (1024 * (1 + 1/(1 - mu)))
     decay_per_step = weight_decay * batch / (1024 * (1 + 1/(1 - mu)))
