@@ -9,6 +9,7 @@ such kernels.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -19,8 +20,12 @@ from jax.experimental.pallas import triton as pltriton
 # Triton's tl.dot needs every operand dimension >= 16.
 _MIN_DOT_DIM = 16
 
+Ref = Any  # a kernel's Pallas ref (read with ref[...], indexed with ref.at[...])
+Position = int | jax.Array  # a static offset, or a traced int32 scalar (from a program id)
 
-def triton_call(kernel: Callable, out_shape, grid: tuple[int, ...], *, name: str,
+
+def triton_call(kernel: Callable, out_shape: tuple[jax.ShapeDtypeStruct, ...],
+                grid: tuple[int, ...], *, name: str,
                 interpret: bool | None, warps: int = 4, **kwargs) -> Callable:  # fmt: skip
     """`pl.pallas_call` on the Triton backend over `grid` programs of `warps` warps each,
     every ref the whole array; `kwargs` go to it too. `interpret=None` interprets the kernel
@@ -41,7 +46,8 @@ def dot_size(n: int) -> int:
     return max(_MIN_DOT_DIM, 1 << (n - 1).bit_length())
 
 
-def load_block(ref, shape: tuple[int, int], row=0, column=0) -> jax.Array:
+def load_block(ref: Ref, shape: tuple[int, int], row: Position = 0,
+               column: Position = 0) -> jax.Array:  # fmt: skip
     """The `shape` block of 2-D `ref` starting at (row, column); elements past the ref's end
     read 0. A plain static slice when the block lies inside the ref; `row` and `column` may
     be traced int32 scalars (from a program id), read through masked index arrays."""
@@ -51,7 +57,7 @@ def load_block(ref, shape: tuple[int, int], row=0, column=0) -> jax.Array:
     return pltriton.load(ref.at[rows, columns], mask=inside, other=0)
 
 
-def store_block(ref, value: jax.Array, row=0, column=0) -> None:
+def store_block(ref: Ref, value: jax.Array, row: Position = 0, column: Position = 0) -> None:
     """Store `value`'s elements that fall inside 2-D `ref`, the block starting at (row,
     column); the inverse of `load_block`."""
     if _inside(ref.shape, value.shape, row, column):
@@ -61,15 +67,16 @@ def store_block(ref, value: jax.Array, row=0, column=0) -> None:
     pltriton.store(ref.at[rows, columns], value, mask=inside)
 
 
-def step_row(index_ref, offset: int) -> jax.Array:
+def step_row(index_ref: Ref, offset: int) -> jax.Array:
     """A step's row of an epoch's arrays, as a (1,) int32 vector: the (1,) int32 ref's index
     plus a static `offset` (the step's place in an unrolled loop iteration)."""
     index = index_ref[...]
     return index + offset if offset else index
 
 
-def momentum_update(refs: tuple, grad: jax.Array, learning_rate: jax.Array, momentum: float,
-                    row=0, param: jax.Array | None = None) -> None:  # fmt: skip
+def momentum_update(refs: tuple[Ref, Ref, Ref, Ref], grad: jax.Array, learning_rate: jax.Array,
+                    momentum: float, row: Position = 0,
+                    param: jax.Array | None = None) -> None:  # fmt: skip
     """optax.sgd's momentum step on the block of rows from `row` of one parameter array:
     refs are (param, velocity, new param, new velocity), all (n, m) float32; grad is that
     block padded as `load_block` pads (its padding is not stored), float32, and learning_rate
