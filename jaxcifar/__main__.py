@@ -1,7 +1,5 @@
 """`python -m jaxcifar` runs the command line."""
 
-import sys
+from jaxcifar.cli import run_program
 
-from jaxcifar.cli import main
-
-sys.exit(main())
+run_program()

@@ -7,8 +7,12 @@ Each command module exposes `HELP` (one line), `add_arguments(parser)` and
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import os
+import signal
 import sys
+import traceback
 import warnings
 from collections.abc import Callable, Sequence
 from typing import NoReturn
@@ -51,22 +55,28 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse `argv`, run the command, and turn project errors into one-line messages.
 
-    Exit status: 2 for a `JaxcifarError` (bad flag, data or checkpoint), 1 for an OSError
-    the command did not expect (disk full, permission denied, ...) or too little memory,
-    130 for Ctrl-C.
+    Exit status: 2 for a `JaxcifarError` (bad flag, data or checkpoint) or a JAX platform
+    that cannot start, 1 for an OSError the command did not expect (disk full, permission
+    denied, ...) or too little memory, 130 for Ctrl-C, 141 when stdout's reader has gone.
     """
     prefix = "jaxcifar"
     try:
         # Inside the try: building the parser imports the command modules and NumPy (about
         # 0.1 s), and a Ctrl-C then must read as one line too, not as an import's traceback.
-        args = build_parser().parse_args(argv)
+        parser = build_parser()
+        args, unknown = parser.parse_known_args(argv)
         prefix = " ".join([prefix, args.command, *filter(None, [getattr(args, "action", None)])])
+        if unknown:  # named by the command's prefix: argparse's own error names the root's
+            parser.exit(2, f"{prefix}: error: unrecognized arguments: {' '.join(unknown)} "
+                        f"(see `{prefix} --help`)\n")  # fmt: skip
         with interrupt.resend_dropped_signals(), warnings.catch_warnings():
             warnings.showwarning = _one_line_warning(prefix)
             return int(args.run(args) or 0)
     except JaxcifarError as error:
         print(f"{prefix}: error: {error}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        return _stdout_gone()
     except OSError as error:
         # An I/O failure is the machine's, not a bug: the path and the reason say it all.
         paths = [str(name) for name in (error.filename, error.filename2) if name is not None]
@@ -84,9 +94,61 @@ def main(argv: Sequence[str] | None = None) -> int:
                   "layers or fewer images", file=sys.stderr)  # fmt: skip
             return 1
         raise
+    except (RuntimeError, AssertionError) as error:
+        # JAX_PLATFORMS naming a platform this JAX cannot start: a RuntimeError, or (a platform
+        # without its plugin, such as cuda) an AssertionError inside JAX's backend setup.
+        if not _platform_failed(error):
+            raise
+        platforms = os.environ.get("JAX_PLATFORMS")
+        named = f"JAX_PLATFORMS={platforms!r}" if platforms else "its platform"
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else "not installed"
+        print(f"{prefix}: error: JAX could not start {named} ({reason}); unset JAX_PLATFORMS, "
+              "or install JAX for that platform (such as jax[cuda12])",
+              file=sys.stderr)  # fmt: skip
+        return 2
     except KeyboardInterrupt:
         print(f"{prefix}: interrupted", file=sys.stderr)
         return 130
+
+
+def run_program(argv: Sequence[str] | None = None) -> NoReturn:
+    """The `jaxcifar` program (its console script and `python -m jaxcifar`): `main`, then exit
+    with its status.
+
+    A run stopped by a signal exits at once, without Python's shutdown: JAX compiles on XLA's
+    own threads, and the interpreter torn down under a compile that is still running crashed
+    the process (SIGSEGV, exit 139) after its "interrupted" line. Every file is whole by then
+    (written atomically), so nothing is lost. stdout is flushed here rather than in the
+    shutdown, where a reader that has gone (`| head -1`) would print a traceback.
+    """
+    code = main(argv)
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        code = _stdout_gone()
+    if code in interrupt.EXIT_CODES:
+        with contextlib.suppress(OSError, ValueError):
+            sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
+
+
+def _stdout_gone() -> int:
+    """The reader of stdout has gone (`jaxcifar predict ... | head -1`): stop without a word,
+    as a shell's tools do, with SIGPIPE's status, 141. stdout then writes to /dev/null, so
+    that no later flush fails again."""
+    with contextlib.suppress(OSError, ValueError):  # (pytest's captured stdout has no fd)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return 128 + signal.SIGPIPE
+
+
+def _platform_failed(error: BaseException) -> bool:
+    """Whether `error` is JAX failing to start the platforms JAX_PLATFORMS names."""
+    if isinstance(error, RuntimeError):
+        return str(error).startswith("Unable to initialize backend")
+    frames = traceback.extract_tb(error.__traceback__)
+    in_backend_setup = os.path.join("jax", "_src", "xla_bridge.py")
+    return bool(frames) and frames[-1].filename.endswith(in_backend_setup)
 
 
 def _one_line_warning(prefix: str) -> Callable[..., None]:
@@ -111,4 +173,4 @@ class _NeverRaised(Exception):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_program()

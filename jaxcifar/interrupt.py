@@ -17,6 +17,7 @@ from types import FrameType
 from typing import Any
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
+EXIT_CODES = frozenset(128 + signum for signum in SIGNALS)  # a command stopped by one of them
 
 
 class Interrupted(BaseException):

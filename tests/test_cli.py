@@ -1,4 +1,5 @@
 import gc
+import os
 import re
 import signal
 import subprocess
@@ -9,6 +10,7 @@ import time
 import pytest
 
 from jaxcifar.cli import COMMANDS, main
+from data_files import write_idx_set
 
 
 def test_help_lists_every_command(capsys):
@@ -47,6 +49,25 @@ def test_bad_flag_is_one_line_naming_flag_and_command(capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1
     assert err.startswith("jaxcifar data info: error: argument --dataset: invalid choice: 'imagenet'")
+
+
+@pytest.mark.parametrize(
+    "argv, prefix, extra",
+    [
+        (["train", "--bogus"], "jaxcifar train", "--bogus"),
+        (["data", "info", "--bogus", "x"], "jaxcifar data info", "--bogus x"),
+        (["evaluate", "--checkpoint", "run", "extra"], "jaxcifar evaluate", "extra"),
+    ],
+)
+def test_an_unknown_flag_is_named_with_its_command(argv, prefix, extra, capsys):
+    # argparse's own error came from the root parser: `jaxcifar: error: ...`, pointing at
+    # `jaxcifar --help`, which lists no command's flags.
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == (
+        f"{prefix}: error: unrecognized arguments: {extra} (see `{prefix} --help`)\n"
+    )
 
 
 @pytest.mark.parametrize("name", ["train", "scratch", "speedrun"])
@@ -182,3 +203,77 @@ def test_the_cpu_clients_out_of_memory_error_is_one_line_too(monkeypatch, capsys
         "jaxcifar scratch: error: out of memory (INTERNAL: Error dispatching computation: Out of "
         "memory allocating 3136 bytes.); try a smaller batch, smaller layers or fewer images\n"
     )
+
+
+def test_a_jax_platform_that_cannot_start_is_one_line(tmp_path):
+    # JAX_PLATFORMS naming a platform JAX does not know: its RuntimeError was a traceback.
+    write_idx_set(tmp_path / "mnist", n_train=8, n_test=4, shape=(4, 4))
+    result = subprocess.run(
+        [sys.executable, "-m", "jaxcifar", "train", "--dataset", "mnist", "--model", "mlp",
+         "--data-dir", str(tmp_path / "mnist"), "--out", str(tmp_path / "run")],
+        capture_output=True, text=True, env={**os.environ, "JAX_PLATFORMS": "nosuchplatform"},
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert result.stderr.startswith(
+        "jaxcifar train: error: JAX could not start JAX_PLATFORMS='nosuchplatform' (Unable to "
+        "initialize backend 'nosuchplatform': "
+    )
+    assert result.stderr.endswith(
+        "; unset JAX_PLATFORMS, or install JAX for that platform (such as jax[cuda12])\n"
+    )
+    assert result.stderr.count("\n") == 1 and not (tmp_path / "run").exists()
+
+
+def test_a_known_platform_without_its_plugin_is_one_line_too(monkeypatch, capsys):
+    # JAX_PLATFORMS=cuda where JAX's CUDA plugin is not installed: an AssertionError inside
+    # JAX's backend setup (jax/_src/xla_bridge.py), raised here from code of that file name.
+    in_backend_setup = os.path.join("site-packages", "jax", "_src", "xla_bridge.py")
+
+    def no_plugin(args):
+        exec(compile("assert False", in_backend_setup, "exec"))
+
+    monkeypatch.setenv("JAX_PLATFORMS", "cuda")
+    monkeypatch.setattr("jaxcifar.commands.scratch.run", no_plugin)
+    assert main(["scratch"]) == 2
+    assert capsys.readouterr().err == (
+        "jaxcifar scratch: error: JAX could not start JAX_PLATFORMS='cuda' (not installed); "
+        "unset JAX_PLATFORMS, or install JAX for that platform (such as jax[cuda12])\n"
+    )
+
+    def a_bug(args):
+        assert False, "our own assertion"
+
+    monkeypatch.setattr("jaxcifar.commands.scratch.run", a_bug)
+    with pytest.raises(AssertionError, match="our own assertion"):
+        main(["scratch"])  # any other assertion is a bug, and keeps its traceback
+
+
+@pytest.mark.parametrize("code, exits_at_once", [(0, False), (2, False), (130, True), (143, True)])
+def test_the_program_skips_pythons_shutdown_only_after_a_signal(monkeypatch, code, exits_at_once):
+    # After a signal, XLA may still be compiling on its own threads: tearing the interpreter
+    # down under them crashed the process (SIGSEGV) after its "interrupted" line.
+    from jaxcifar import cli
+
+    class Exited(Exception):
+        pass
+
+    def exit_now(status):
+        raise Exited(status)
+
+    monkeypatch.setattr(cli, "main", lambda argv: code)
+    monkeypatch.setattr(cli.os, "_exit", exit_now)
+    with pytest.raises(Exited if exits_at_once else SystemExit) as exited:
+        cli.run_program([])
+    assert exited.value.args[0] == code if exits_at_once else exited.value.code == code
+
+
+def test_a_reader_that_closes_stdout_early_stops_the_command_quietly(tmp_path):
+    # `jaxcifar data info | head -1`: "error: Broken pipe", exit 1; or, with the output
+    # buffered, a traceback in Python's shutdown. Now no word, and SIGPIPE's status.
+    write_idx_set(tmp_path / "mnist", n_train=8, n_test=4, shape=(4, 4))
+    command = [sys.executable, "-m", "jaxcifar", "data", "info", "--dataset", "mnist",
+               "--data-dir", str(tmp_path / "mnist")]  # fmt: skip
+    reader = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    reader.stdout.close()  # before the command prints: its start takes a tenth of a second
+    assert reader.wait(timeout=60) == 141
+    assert reader.stderr.read() == b""
