@@ -248,6 +248,74 @@ def test_bench_command_saves_the_rows_so_far_after_every_case(tmp_path, monkeypa
     assert not (tmp_path / "partial.png").exists()  # the plot waits for the whole run
 
 
+def _stopped_in_case(monkeypatch, stop: int, planned: int) -> None:
+    """`jaxcifar bench` plans `planned` fake cases (2 ms steps at batch sizes 1, 2, 4, ...) and
+    is stopped by Ctrl-C in case number `stop` (from 1; past `planned`: never), drawing each
+    plot as a file holding b"plot"."""
+
+    def measure(number: int) -> Row:
+        if number == stop:
+            raise KeyboardInterrupt
+        return _row("jax", median=0.002, batch_size=2 ** (number - 1))
+
+    cases = [suite.Case(f"jax cnn train_step b{2 ** (n - 1)} float32", lambda n=n: measure(n))
+             for n in range(1, planned + 1)]  # fmt: skip
+    monkeypatch.setattr(suite, "plan", lambda settings: (cases, []))
+    monkeypatch.setattr(output, "plot_step_times", lambda path, *a, **k: path.write_bytes(b"plot"))
+
+
+def test_an_interrupted_bench_marks_its_json_and_markdown_as_k_of_n_cases(
+    tmp_path, monkeypatch, capsys
+):
+    # Before: the files of 2 of 5 cases read as a whole run's, "whole run: 0 s".
+    _stopped_in_case(monkeypatch, stop=3, planned=5)
+    assert cli.main(["bench", "--out", str(tmp_path), "--name", "b1"]) == 130
+    saved = json.loads((tmp_path / "b1.json").read_text())
+    assert saved["cases"] == {"done": 2, "planned": 5} and len(saved["rows"]) == 2
+    markdown = (tmp_path / "b1.md").read_text().splitlines()
+    assert any(line.startswith("- 2 of 5 cases (interrupted), in ") for line in markdown)
+    assert not any(line.startswith("- whole run") for line in markdown)
+
+
+def test_a_whole_bench_run_marks_its_json_and_markdown_complete(tmp_path, monkeypatch, capsys):
+    _stopped_in_case(monkeypatch, stop=0, planned=3)
+    assert cli.main(["bench", "--out", str(tmp_path), "--name", "b1"]) == 0
+    assert json.loads((tmp_path / "b1.json").read_text())["cases"] == {"done": 3, "planned": 3}
+    markdown = (tmp_path / "b1.md").read_text()
+    assert "\n- whole run: " in markdown and "interrupted" not in markdown
+
+
+def test_an_interrupted_bench_removes_the_plot_of_an_earlier_run_of_its_name(
+    tmp_path, monkeypatch, capsys
+):
+    # Before: b1.png still plotted the earlier run's 3 rows beside the new b1.json's 1.
+    _stopped_in_case(monkeypatch, stop=0, planned=3)
+    assert cli.main(["bench", "--out", str(tmp_path), "--name", "b1"]) == 0
+    assert (tmp_path / "b1.png").read_bytes() == b"plot"
+    _stopped_in_case(monkeypatch, stop=2, planned=3)
+    assert cli.main(["bench", "--out", str(tmp_path), "--name", "b1"]) == 130
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["b1.json", "b1.md"]
+    assert json.loads((tmp_path / "b1.json").read_text())["cases"] == {"done": 1, "planned": 3}
+
+
+def test_an_interrupted_bench_says_how_many_cases_ran_and_where_their_results_are(
+    tmp_path, monkeypatch, capsys
+):
+    # Before: "jaxcifar bench: interrupted", whether the files held 0, some or all rows.
+    _stopped_in_case(monkeypatch, stop=3, planned=5)
+    assert cli.main(["bench", "--out", str(tmp_path), "--name", "b1"]) == 130
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"jaxcifar bench: interrupted after 2 of 5 cases; their results are in "
+        f"{tmp_path / 'b1'}.json and .md"
+    )
+    _stopped_in_case(monkeypatch, stop=1, planned=5)
+    assert cli.main(["bench", "--out", str(tmp_path / "new"), "--name", "b1"]) == 130
+    assert capsys.readouterr().err == (
+        "jaxcifar bench: interrupted after 0 of 5 cases; nothing was written\n"
+    )
+    assert not (tmp_path / "new").exists()
+
+
 def test_bench_without_a_name_never_overwrites_earlier_results(tmp_path, monkeypatch, capsys):
     # Before: the default stem <device>-<date> was rewritten by the day's second run, and with
     # the default --out from the repository root, committed results of the same name.
@@ -771,8 +839,8 @@ def _results(rows, skipped=()):
         "usable_cpus": 2, "cpu_flags": ["avx2"], "load_average": [0.5], "xla_flags": "",
         "glibc_tunables": "", "thread_variables": {}, "versions": {"jax": "0.1"},
     }  # fmt: skip
-    return {"environment": environment, "total_seconds": 3.0, "skipped": list(skipped),
-            "rows": [row.to_dict() for row in rows]}  # fmt: skip
+    return {"environment": environment, "cases": {"done": 2, "planned": 2}, "total_seconds": 3.0,
+            "skipped": list(skipped), "rows": [row.to_dict() for row in rows]}  # fmt: skip
 
 
 STEP = Row("jax", "cnn", "train_step", 4, "float32", (32, 32, 3),

@@ -1,4 +1,5 @@
 import functools
+import gzip
 import os
 import tarfile
 from pathlib import Path
@@ -7,6 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from jaxcifar.cli import main
 from jaxcifar.data import load
 from jaxcifar.data.dataset import CIFAR10_CLASSES
 from jaxcifar.errors import DataError
@@ -226,6 +228,67 @@ def test_empty_class_folder_inside_tarball_is_named(tmp_path, fresh_cache):
     tar_folder(tmp_path / "tree", tmp_path / "t.tar", "top")
     with pytest.raises(DataError, match=r"t\.tar/top/train/dog/: empty class folder"):
         load("cifar10", "train", data_dir=tmp_path / "t.tar")
+
+
+LATIN1_CLASS = os.fsdecode(b"chat_\xe9")  # "chat_\udce9": a Latin-1 folder name, not UTF-8
+LATIN1_REFUSED = (
+    "class folder name is not UTF-8 text (class names are saved in checkpoints and reports); "
+    "rename it"
+)
+
+
+def latin1_class_tree(tmp_path: Path, packed: bool) -> tuple[Path, str]:
+    """A tree with a class folder named in Latin-1 (`LATIN1_CLASS`), as a folder or a .tar.gz
+    of it; returns the data dir and that class folder as messages name it."""
+    write_tree(tmp_path / "data", classes=("cat", LATIN1_CLASS))
+    if not packed:
+        return tmp_path / "data", f"{tmp_path / 'data'}/train/chat_\\xe9"
+    archive = tmp_path / "images.tar.gz"
+    tar_folder(tmp_path / "data", archive, "top")
+    # tarfile writes the surrogate-escaped name back as its raw bytes, as GNU tar would.
+    assert b"top/train/chat_\xe9/0.png" in gzip.decompress(archive.read_bytes())
+    return archive, f"{archive}/top/train/chat_\\xe9"
+
+
+@pytest.mark.parametrize("packed", [False, True])
+def test_a_class_folder_name_that_is_not_utf8_is_refused_before_caching(
+    tmp_path, fresh_cache, packed
+):
+    # Before: a folder's fingerprint died encoding the name; an archive loaded, and training
+    # died an epoch later saving the class names in its checkpoint.
+    data_dir, folder = latin1_class_tree(tmp_path, packed)
+    with pytest.raises(DataError) as error:
+        load("cifar10", "train", data_dir=data_dir)
+    assert str(error.value) == f"{folder}: {LATIN1_REFUSED}"
+    assert not fresh_cache.exists() or not any(fresh_cache.iterdir())
+
+
+@pytest.mark.parametrize("command", ["data info", "train"])
+@pytest.mark.parametrize("packed", [False, True])
+def test_a_class_folder_name_that_is_not_utf8_is_one_line_through_the_cli(
+    tmp_path, fresh_cache, capsys, packed, command
+):
+    data_dir, folder = latin1_class_tree(tmp_path, packed)
+    run = tmp_path / "run"
+    out = ["--out", str(run)] if command == "train" else []
+    assert main([*command.split(), "--dataset", "cifar10", "--data-dir", str(data_dir), *out]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"jaxcifar {command}: error: {folder}: {LATIN1_REFUSED}"
+    ]
+    assert not run.exists() or not any(run.iterdir())
+
+
+def test_an_image_file_name_that_is_not_utf8_loads(tmp_path, fresh_cache):
+    # Only class names are kept, so any file name will do; before, the folder's fingerprint
+    # died encoding this one.
+    written = write_tree(tmp_path)
+    cat = tmp_path / "train" / "cat"
+    (cat / "1.png").rename(cat / os.fsdecode(b"1_\xe9.png"))
+    data = load("cifar10", "train", data_dir=tmp_path)
+    assert data.class_names == ("airplane", "cat")
+    np.testing.assert_array_equal(data.images[3], written["train/cat/1.png"])
+    load("cifar10", "train", data_dir=tmp_path)  # fingerprinted the same way again: a cache hit
+    assert len(list(fresh_cache.iterdir())) == 1
 
 
 @pytest.mark.parametrize("packed", [False, True])

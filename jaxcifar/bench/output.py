@@ -42,8 +42,11 @@ def write_results(
     results: dict[str, Any], out_dir: str | os.PathLike[str], stem: str, *, plot: bool = True
 ) -> list[Path]:
     """Write `<stem>.json`, `<stem>.md` and, with `plot`, `<stem>.png` into `out_dir`;
-    return their paths."""
+    return their paths. Without `plot` (the rows so far of a run in progress), first remove
+    the `<stem>.png` an earlier run of that name drew: it plots other rows than these."""
     out = Path(out_dir)
+    if not plot:
+        (out / f"{stem}.png").unlink(missing_ok=True)
     paths = write_json_and_markdown(out / f"{stem}.json", results, render_markdown(results))
     if plot:
         paths.append(out / f"{stem}.png")
@@ -79,9 +82,10 @@ def _roof_lines(rows: Sequence[dict[str, Any]]) -> list[str]:
 
 
 def render_markdown(results: dict[str, Any]) -> str:
-    """The results as markdown: the environment, a table of step rows, one of epoch rows,
-    and what was skipped."""
-    env = results["environment"]
+    """The results as markdown: the environment (and how many of the planned cases ran, when
+    not all), a table of step rows, one of epoch rows, and what was skipped."""
+    env, cases = results["environment"], results["cases"]
+    seconds = f"{results['total_seconds']:.0f} s"
     versions = ", ".join(f"{k} {v}" for k, v in env["versions"].items() if v)
     lines = [
         f"# Step-time benchmark, {env['device_kind']} ({env['platform']}), {env['date']}",
@@ -93,7 +97,8 @@ def render_markdown(results: dict[str, Any]) -> str:
         f"GLIBC_TUNABLES `{env.get('glibc_tunables') or '(none)'}`; thread variables "
         f"{ {k: v for k, v in env['thread_variables'].items() if v} or '(none set)'}",
         f"- {versions}",
-        f"- whole run: {results['total_seconds']:.0f} s",
+        f"- whole run: {seconds}" if cases["done"] == cases["planned"] else
+        f"- {cases['done']} of {cases['planned']} cases (interrupted), in {seconds}",
         "",
         "Ratios: `jax xR` on a reference row = its median step / jitted JAX float32's on the "
         "same model and batch (R > 1: JAX faster); `vs f32 xR` = float32 median / bfloat16 "

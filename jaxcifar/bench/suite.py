@@ -92,24 +92,27 @@ def run(
     `planned`: `plan(settings)` where the caller made it already (to count the cases), so
     the datasets and the torch probe are not made twice. `on_case(case, row or None if
     skipped, seconds, results so far)` is called after each case: for progress, and to save
-    the partial results before a time limit can strike.
+    the partial results before a time limit can strike. The document's `cases` {done,
+    planned} counts the cases measured or skipped so far and those planned: fewer done than
+    planned marks a run that stopped early.
     """
     environment = describe_environment()
     cases, skipped = plan(settings) if planned is None else planned
     rows: list[Row] = []
     started = time.perf_counter()
 
-    def document() -> dict[str, Any]:
+    def document(done: int) -> dict[str, Any]:
         add_ratios(rows)
         return {
             "environment": environment,
             "settings": settings.to_dict(),
+            "cases": {"done": done, "planned": len(cases)},
             "total_seconds": time.perf_counter() - started,
             "skipped": skipped,
             "rows": [row.to_dict() for row in rows],
         }
 
-    for case in cases:
+    for done, case in enumerate(cases, 1):
         case_start = time.perf_counter()
         try:
             row = case.measure()
@@ -121,5 +124,5 @@ def run(
         else:
             rows.append(row)
         if on_case is not None:
-            on_case(case, row, time.perf_counter() - case_start, document())
-    return document()
+            on_case(case, row, time.perf_counter() - case_start, document(done))
+    return document(len(cases))

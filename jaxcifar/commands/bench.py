@@ -3,7 +3,8 @@ median/p10/p90 step time, images/s, FLOPs from XLA's cost analysis), epochs as a
 and as one lax.scan, and the same steps in NumPy (scratch MLP) and PyTorch (seed CNN), all in
 one process on one machine. Writes <name>.json, <name>.md and <name>.png into --out: without
 --name, a stem no earlier run's files there use (<device>-<date>, else -2, -3, ...); an explicit
---name overwrites."""
+--name overwrites. The JSON and markdown are rewritten after every case, so a run stopped early
+keeps its rows, marked as K of N cases (and no plot)."""
 
 from __future__ import annotations
 
@@ -121,13 +122,26 @@ def run(args: argparse.Namespace) -> int:
         disable=args.quiet or not sys.stderr.isatty(),  # a log file gets the case lines only
     )  # fmt: skip
 
+    saved = 0  # cases whose results the files hold
+
     def on_case(case: suite.Case, row, seconds: float, results_so_far: dict) -> None:
-        # The table so far, rewritten after every case: a run stopped early keeps its rows.
+        # The table so far, rewritten after every case: a run stopped early keeps its rows,
+        # marked as K of N cases.
+        nonlocal saved
         output.write_results(results_so_far, args.out, stem, plot=False)
+        saved = results_so_far["cases"]["done"]
         tqdm.write(output.case_line(case.label, row, seconds), file=sys.stderr)
         bar.update()
 
-    results = suite.run(settings, planned=planned, on_case=on_case)
+    try:
+        results = suite.run(settings, planned=planned, on_case=on_case)
+    except KeyboardInterrupt:
+        bar.close()
+        kept = (f"their results are in {args.out / stem}.json and .md" if saved
+                else "nothing was written")  # fmt: skip
+        print(f"jaxcifar bench: interrupted after {saved} of {len(planned[0])} cases; {kept}",
+              file=sys.stderr)  # fmt: skip
+        return 130
     bar.close()
     for path in output.write_results(results, args.out, stem):
         print(path)

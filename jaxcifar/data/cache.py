@@ -48,7 +48,8 @@ def file_digest(path: Path) -> str:
 
 
 def folder_digest(root: Path, files: Iterable[Path]) -> str:
-    """sha256 of each file's relative path, size and mtime, not its contents.
+    """sha256 of each file's relative path (its bytes, whatever their encoding), size and
+    mtime, not its contents.
 
     A folder is fingerprinted on every load and may hold 60,000 small files: opening them
     all would cost seconds, a stat costs microseconds, and any rewrite, addition or
@@ -62,8 +63,10 @@ def folder_digest(root: Path, files: Iterable[Path]) -> str:
             stat = path.stat()
         except OSError as error:  # a dangling symbolic link, a file removed since the walk
             raise DataError(cannot_read(path, error)) from None
-        name = path.relative_to(root).as_posix()
-        digest.update(f"{name}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+        # fsencode: a name that is not UTF-8 (b"chat_\xe9") is a str with surrogates, which
+        # a plain encode() refuses; valid names give the same bytes either way.
+        name = os.fsencode(path.relative_to(root).as_posix())
+        digest.update(name + f"\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
     return digest.hexdigest()
 
 

@@ -15,6 +15,7 @@ forking is unsafe once JAX has started its threads, and spawn re-imports the cal
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 from collections.abc import Iterable
 
@@ -137,7 +138,8 @@ def _check_size(where: str, name: str, shape: tuple[int, ...]) -> None:
 
 
 def _class_members(tree: Tree, split: str) -> dict[str, list[str]]:
-    """{class folder name: sorted image paths} under `split/`; every class non-empty."""
+    """{class folder name: sorted image paths} under `split/`; every class non-empty and
+    named in UTF-8 text."""
     classes: dict[str, list[str]] = {
         folder.split("/")[1]: []
         for folder in tree.folders
@@ -150,6 +152,11 @@ def _class_members(tree: Tree, split: str) -> dict[str, list[str]]:
     if not classes:
         raise DataError(f"{tree.describe(split)}/: no class folders with images; expected {LAYOUT}")
     for name, paths in classes.items():
+        if not _is_utf8(name):
+            raise DataError(
+                f"{_printable(tree.describe(f'{split}/{name}'))}: class folder name is not UTF-8 "
+                "text (class names are saved in checkpoints and reports); rename it"
+            )
         if not paths:
             raise DataError(
                 f"{tree.describe(f'{split}/{name}')}/: empty class folder "
@@ -157,3 +164,18 @@ def _class_members(tree: Tree, split: str) -> dict[str, list[str]]:
             )
     return classes
 
+
+def _is_utf8(name: str) -> bool:
+    """Whether a file name was valid UTF-8: one that was not (a Latin-1 b"chat_\\xe9") reads
+    as a str holding surrogates ("chat_\\udce9"), which no UTF-8 text file or msgpack takes."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _printable(path: str) -> str:
+    """`path` with each byte that is not UTF-8 written as \\xNN ("train/chat_\\xe9"), as Python
+    writes it on stderr, so a message holding it can go to any stream or file."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
