@@ -52,3 +52,33 @@ def test_evaluate_records_the_test_subset_it_used_beside_the_runs_config(
     assert (report["evaluated"]["limit_test"], report["evaluated"]["test_examples"]) == (
         20000, len(load_split("cifar10", "test", data_dir=shared_data))
     )  # fmt: skip
+
+
+def test_evaluate_leaves_a_training_runs_reports_to_it(shared_data, tmp_path, capsys):
+    # `evaluate --out RUN` replaced the run's metrics.json and figures with its own (no epoch
+    # timings, another test subset), and a run stopped before its reports then took that
+    # metrics.json for them: its resume said "already trained" and never wrote its own.
+    run = tmp_path / "run"
+    train = ["train", "--data-dir", str(shared_data), "--model", "mlp", "--mlp-hidden", "8",
+             "--batch-size", "8", "--epochs", "1", "--limit-train", "32", "--limit-test", "20",
+             "--compile-cache", "none", "--quiet", "--out", str(run)]  # fmt: skip
+    assert main(train) == 0
+    reports = {path.name: path.read_bytes() for path in run.iterdir()}
+    evaluate = ["evaluate", "--checkpoint", str(run), "--data-dir", str(shared_data)]
+    capsys.readouterr()
+    assert main([*evaluate, "--out", str(run)]) == 2
+    assert capsys.readouterr().err == (
+        f"jaxcifar evaluate: error: --out {run} holds a training run (checkpoint.msgpack), "
+        "whose reports this would replace; pick another --out\n"
+    )
+    assert {path.name: path.read_bytes() for path in run.iterdir()} == reports
+    # An evaluation's reports in a run's folder (as an older version wrote them there), the
+    # run's own lost: its resume writes its own, not "already trained".
+    assert main([*evaluate, "--out", str(tmp_path / "eval")]) == 0
+    for path in (tmp_path / "eval").iterdir():
+        (run / path.name).write_bytes(path.read_bytes())
+    assert main([*train, "--resume"]) == 0
+    report = json.loads((run / "metrics.json").read_text())
+    assert "evaluated" not in report and report == json.loads(reports["metrics.json"]) | {
+        "compile_seconds": report["compile_seconds"]
+    }

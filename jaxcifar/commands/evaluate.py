@@ -23,6 +23,7 @@ from jaxcifar.commands._args import (
     positive_int,
 )
 from jaxcifar.data import Dataset, load_split
+from jaxcifar.errors import ConfigError
 
 if TYPE_CHECKING:  # imported when used: the module loads JAX
     from jaxcifar.speedrun.model_file import Subsets
@@ -133,10 +134,17 @@ def run(args: argparse.Namespace) -> int:
     if args.out:
         check_writable_folder(args.out)  # before the evaluation, not after
     # These import JAX: after the flags' own checks.
-    from jaxcifar import train
+    from jaxcifar import checkpoint, train
     from jaxcifar.reports import build_metrics, write_reports
     from jaxcifar.speedrun import model_file
 
+    if args.out and (args.out / checkpoint.FILENAME).exists():
+        # Its metrics.json and figures are the training run's: replaced by one evaluation,
+        # they lose the run's epochs and timings, and a resume then takes them as its own.
+        raise ConfigError(
+            f"--out {args.out} holds a training run ({checkpoint.FILENAME}), whose reports "
+            "this would replace; pick another --out"
+        )
     speedrun_model = model_file.find(args.checkpoint)
     if speedrun_model is None:
         result = evaluate_checkpoint(args)

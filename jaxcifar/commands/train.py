@@ -286,14 +286,16 @@ def device_notes(epoch_mode: str, devices: Sequence[Any]) -> list[str]:
 
 def _reports_cover(out: Path, epochs: int) -> bool:
     """Whether OUT holds the reports of a run of `epochs` epochs: its metrics.json, written
-    after the figures, lists that many, and every figure is there."""
+    after the figures, lists that many, and every figure is there; not an evaluation's
+    reports (`evaluate` refuses a training run's --out, but an older one wrote there)."""
     from jaxcifar.reports import FIGURES, METRICS_FILE
 
     try:
-        written = json.loads((out / METRICS_FILE).read_text())["epochs"]
+        written = json.loads((out / METRICS_FILE).read_text())
+        trained = len(written["epochs"]) == epochs and "evaluated" not in written
     except (OSError, ValueError, KeyError, TypeError):
         return False
-    return len(written) == epochs and all((out / name).exists() for name in FIGURES)
+    return trained and all((out / name).exists() for name in FIGURES)
 
 
 def _resumed_checkpoint(out: Path) -> Checkpoint:
