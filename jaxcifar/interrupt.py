@@ -40,6 +40,7 @@ class StopOnSignal:
 
     def __init__(self) -> None:
         self._holding = False
+        self._finished = False
         self._pending: int | None = None
         self._previous: dict[int, object] = {}
 
@@ -52,10 +53,18 @@ class StopOnSignal:
             signal.signal(signum, handler)
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self._finished:
+            return
         if self._holding:
             self._pending = self._pending or signum
         else:
             raise Interrupted(signum)
+
+    def finish(self) -> None:
+        """The work is done and saved: a signal from now on, or one held back until now, is
+        ignored, so that a Ctrl-C as the command ends does not report finished work as
+        stopped."""
+        self._finished, self._pending = True, None
 
     @contextlib.contextmanager
     def hold(self) -> Iterator[None]:

@@ -2,6 +2,7 @@
 as one line naming the flag, before any data is read or any work done."""
 
 import argparse
+import os
 import re
 
 import pytest
@@ -137,6 +138,21 @@ def test_predict_help_names_the_formats_pillow_reads(capsys):
         main(["predict", "--help"])
     out = " ".join(capsys.readouterr().out.split())
     assert "image files Pillow reads: PNG, JPEG, GIF, WebP, BMP, TIFF" in out
+
+
+@pytest.mark.parametrize("below", [False, True])
+def test_an_out_through_a_symbolic_link_to_nothing_is_refused_before_the_work(tmp_path, below):
+    # Making the folder failed after the work: "error: File exists: dang", exit 1.
+    os.symlink(tmp_path / "nowhere", tmp_path / "dang")
+    out = tmp_path / "dang" / "run" if below else tmp_path / "dang"
+    with pytest.raises(ConfigError) as refused_out:
+        _args.check_writable_folder(out)
+    assert str(refused_out.value) == (
+        f"--out {out}: cannot write there (a symbolic link to {tmp_path / 'nowhere'}, which "
+        "does not exist)"
+    )
+    os.mkdir(tmp_path / "nowhere")  # the link now leads to a folder: an --out like any
+    _args.check_writable_folder(out)
 
 
 @pytest.mark.parametrize(

@@ -275,11 +275,33 @@ def test_resuming_a_run_stopped_before_its_reports_writes_them(image_tree, tmp_p
     assert again["confusion_matrix"] == first["confusion_matrix"]
 
 
-def test_a_signal_while_a_resume_draws_its_figures_leaves_the_next_resume_to_draw_them(
+def test_a_signal_while_the_reports_are_written_waits_for_them_and_is_dropped(
+    image_tree, tmp_path, monkeypatch, capsys
+):
+    # The run is done: it once stopped, saying "before the reports were written" (exit 130)
+    # of reports that were then written whole, or left them for a resume to write.
+    from jaxcifar import plots
+
+    draw = plots.plot_confusion_matrix
+
+    def interrupted_while_drawing(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.05)  # the handler runs within it: it must not raise
+        return draw(*args, **kwargs)
+
+    monkeypatch.setattr(plots, "plot_confusion_matrix", interrupted_while_drawing)
+    out = tmp_path / "run"
+    assert main(["train", "--data-dir", str(image_tree), "--out", str(out), *FAST]) == 0
+    assert "interrupted" not in capsys.readouterr().err
+    assert json.loads((out / "metrics.json").read_text())["test_accuracy"] >= 0
+
+
+def test_a_stop_while_a_resume_draws_its_figures_leaves_the_next_resume_to_draw_them(
     image_tree, tmp_path, monkeypatch
 ):
     # metrics.json is written after the figures: one listing the new epoch would say the run
-    # is finished while the old confusion matrix stays.
+    # is finished while the old confusion matrix stays. (A kill, or an error such as a full
+    # disk, stops it there; a signal waits for the reports, above.)
     from jaxcifar import plots
     from jaxcifar.interrupt import Interrupted
 
@@ -409,6 +431,18 @@ def test_the_resume_line_keeps_a_multi_process_runs_place_in_its_job():
         "--num-processes 2 --process-id 1"
     )
     assert " --lr 0.1 " in resume_command(args, with_config=True)
+
+
+def test_the_resume_line_keeps_paths_that_start_with_a_dash_as_values():
+    # `--out -run` in the printed line: argparse took -run for a flag ("expected one argument").
+    from jaxcifar.cli import build_parser
+    from jaxcifar.commands.train import resume_command
+
+    argv = ["train", "--out=-run", "--data-dir=-data", "--compile-cache=-xla"]
+    line = resume_command(build_parser().parse_args(argv), with_config=False)
+    assert line == "jaxcifar train --resume --out=-run --data-dir=-data --compile-cache=-xla"
+    again = build_parser().parse_args(shlex.split(line)[1:])
+    assert (str(again.out), str(again.data_dir), again.compile_cache) == ("-run", "-data", "-xla")
 
 
 def test_compile_cache_off_sets_no_folder_and_writes_none(tmp_path, monkeypatch):

@@ -586,6 +586,15 @@ def test_other_exceptions_dropped_within_the_block_still_reach_pythons_hook(monk
     assert [str(unraisable.exc_value) for unraisable in reported] == ["a callback's own bug"]
 
 
+def test_after_finish_a_signal_is_dropped_even_one_held_back():
+    with StopOnSignal() as signals:
+        with signals.hold():
+            os.kill(os.getpid(), signal.SIGINT)
+            signals.finish()
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.05)  # time enough for the handler to run, and raise, if it would
+
+
 def test_of_two_signals_during_a_held_block_the_first_is_raised():
     with StopOnSignal() as signals:
         with pytest.raises(Interrupted) as stopped:

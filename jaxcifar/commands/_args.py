@@ -187,6 +187,8 @@ def _probe(folder: Path) -> str | None:
     (Probing beats os.access, which says yes to root.)"""
     existing, missing = folder, []
     while not os.path.exists(existing) and existing != existing.parent:
+        if os.path.islink(existing):  # to nothing: making the folder would fail, "File exists"
+            return f"a symbolic link to {os.readlink(existing)}, which does not exist"
         existing, missing = existing.parent, [existing.name, *missing]
     if not os.path.isdir(existing):
         return os.strerror(errno.ENOTDIR)

@@ -132,7 +132,7 @@ def resume_command(args: argparse.Namespace, *, with_config: bool) -> str:
     the configuration. `with_config` adds the configuration flags given (--recipe, each of
     CONFIG_FLAGS, --override-config), for a checkpoint that does not hold this run's
     configuration yet: a resume that changed it, stopped before its first epoch ended."""
-    words = ["jaxcifar", "train", "--resume", "--out", str(args.out)]
+    words = ["jaxcifar", "train", "--resume", *_path_flag("--out", args.out)]
     if with_config:
         if hasattr(args, "recipe"):
             words += ["--recipe", args.recipe]
@@ -147,17 +147,23 @@ def resume_command(args: argparse.Namespace, *, with_config: bool) -> str:
         if args.override_config:
             words.append("--override-config")
     if args.data_dir is not None:
-        words += ["--data-dir", str(args.data_dir)]
+        words += _path_flag("--data-dir", args.data_dir)
     if args.epoch_mode != "auto":
         words += ["--epoch-mode", args.epoch_mode]
     if args.quiet:
         words.append("--quiet")
     if args.compile_cache is not None:
-        words += ["--compile-cache", args.compile_cache]
+        words += _path_flag("--compile-cache", args.compile_cache)
     for flag in ("coordinator", "num_processes", "process_id"):  # this process's place in a job
         if getattr(args, flag) is not None:
             words += ["--" + flag.replace("_", "-"), str(getattr(args, flag))]
     return shlex.join(words)
+
+
+def _path_flag(flag: str, path: str | Path) -> list[str]:
+    """A path flag's words: `--out=-run` for a path starting with '-', which argparse would
+    take for a flag if it came as a word of its own."""
+    return [f"{flag}={path}"] if str(path).startswith("-") else [flag, str(path)]
 
 
 def run(args: argparse.Namespace) -> int:
@@ -373,6 +379,10 @@ def _train(
     )  # fmt: skip
     # Every process holds the same metrics; only process 0 writes them, as it does checkpoints.
     if parallel.is_main_process():
-        write_reports(out, report, test_set.class_names)
+        # A signal now waits for the reports (a second or so) and is then dropped: the run is
+        # done. Once it said "before the reports were written" of reports written whole.
+        with signals.hold():
+            write_reports(out, report, test_set.class_names)
+            signals.finish()
         print(f"test accuracy {report['test_accuracy']:.4f}; reports in {out}", file=sys.stdout)
     return 0
