@@ -66,7 +66,8 @@ def _owner(target: Path) -> str:
     host = socket.gethostname()
     name = os.fsencode(target.name)
     # The rest of the name: dots, host, a process id of up to 7 digits, mkstemp's 8 letters.
-    room = _name_max(target.parent) - len(f"..{host}-1234567.abcdefgh.tmp{target.suffix}")
+    rest = os.fsencode(f"..{host}-1234567.abcdefgh.tmp{target.suffix}")
+    room = _name_max(target.parent) - len(rest)
     if len(name) > room:
         digest = hashlib.sha256(name).hexdigest()[:16].encode()
         name = name[: max(room - len(digest) - 1, 0)] + b"~" + digest

@@ -10,6 +10,7 @@ import argparse
 import contextlib
 import importlib
 import os
+import select
 import signal
 import sys
 import traceback
@@ -75,9 +76,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except JaxcifarError as error:
         print(f"{prefix}: error: {error}", file=sys.stderr)
         return 2
-    except BrokenPipeError:
-        return _stdout_gone()
     except OSError as error:
+        if isinstance(error, BrokenPipeError) and _stdout_reader_gone():
+            return _stdout_gone()
         # An I/O failure is the machine's, not a bug: the path and the reason say it all.
         paths = [str(name) for name in (error.filename, error.filename2) if name is not None]
         print(": ".join([f"{prefix}: error: {error.strerror or error}", *paths]), file=sys.stderr)
@@ -89,7 +90,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if isinstance(error, MemoryError) or any(
             sign in str(error) for sign in ("RESOURCE_EXHAUSTED", "Out of memory")
         ):
-            reason = str(error).strip().splitlines()[0] if str(error).strip() else "MemoryError"
+            reason = _first_line(error, "MemoryError")
             print(f"{prefix}: error: out of memory ({reason}); try a smaller batch, smaller "
                   "layers or fewer images", file=sys.stderr)  # fmt: skip
             return 1
@@ -99,12 +100,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         # without its plugin, such as cuda) an AssertionError inside JAX's backend setup.
         if not _platform_failed(error):
             raise
-        platforms = os.environ.get("JAX_PLATFORMS")
-        named = f"JAX_PLATFORMS={platforms!r}" if platforms else "its platform"
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else "not installed"
-        print(f"{prefix}: error: JAX could not start {named} ({reason}); unset JAX_PLATFORMS, "
-              "or install JAX for that platform (such as jax[cuda12])",
-              file=sys.stderr)  # fmt: skip
+        # (The AssertionError, message-less, is JAX finding no device of the platforms named.)
+        reason = _first_line(error, "no device of it found")
+        if platforms := os.environ.get("JAX_PLATFORMS"):
+            print(f"{prefix}: error: JAX could not start JAX_PLATFORMS={platforms!r} ({reason}); "
+                  "run where that platform's device and JAX plugin are, or unset JAX_PLATFORMS",
+                  file=sys.stderr)  # fmt: skip
+        else:
+            print(f"{prefix}: error: JAX could not start a platform ({reason})", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"{prefix}: interrupted", file=sys.stderr)
@@ -117,20 +120,42 @@ def run_program(argv: Sequence[str] | None = None) -> NoReturn:
 
     A run stopped by a signal exits at once, without Python's shutdown: JAX compiles on XLA's
     own threads, and the interpreter torn down under a compile that is still running crashed
-    the process (SIGSEGV, exit 139) after its "interrupted" line. Every file is whole by then
-    (written atomically), so nothing is lost. stdout is flushed here rather than in the
+    the process (SIGSEGV, exit 139) after its "interrupted" line. The command's own files
+    are whole by then (written atomically). stdout is flushed here rather than in the
     shutdown, where a reader that has gone (`| head -1`) would print a traceback.
     """
     code = main(argv)
     try:
         sys.stdout.flush()
     except BrokenPipeError:
-        code = _stdout_gone()
+        gone = _stdout_gone()
+        code = code or gone  # a failure's or a signal's own status says more
     if code in interrupt.EXIT_CODES:
+        _leave_distributed_run()
         with contextlib.suppress(OSError, ValueError):
             sys.stderr.flush()
         os._exit(code)
     sys.exit(code)
+
+
+def _leave_distributed_run() -> None:
+    """Leave a multi-process run, as JAX's exit handler (which `os._exit` skips) would: without
+    it, the other processes abort, or wait out a heartbeat timeout."""
+    distributed = sys.modules.get("jax.distributed")
+    if distributed is not None and distributed.is_initialized():
+        with contextlib.suppress(Exception):  # a run already torn by the signal: exit anyway
+            distributed.shutdown()
+
+
+def _stdout_reader_gone() -> bool:
+    """Whether stdout is a pipe whose reader has gone, as poll reports it (POLLERR), so that a
+    BrokenPipeError is told from another file's, an I/O error to report."""
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & select.POLLERR for _, events in poller.poll(0))
+    except (AttributeError, OSError, ValueError):  # no poll (Windows); no fd (pytest's capture)
+        return False
 
 
 def _stdout_gone() -> int:
@@ -138,8 +163,16 @@ def _stdout_gone() -> int:
     as a shell's tools do, with SIGPIPE's status, 141. stdout then writes to /dev/null, so
     that no later flush fails again."""
     with contextlib.suppress(OSError, ValueError):  # (pytest's captured stdout has no fd)
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
     return 128 + signal.SIGPIPE
+
+
+def _first_line(error: BaseException, default: str) -> str:
+    """The first line of `error`'s message, or `default` for an error without one."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else default
 
 
 def _platform_failed(error: BaseException) -> bool:

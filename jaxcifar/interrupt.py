@@ -68,7 +68,8 @@ class StopOnSignal:
 
     @contextlib.contextmanager
     def hold(self) -> Iterator[None]:
-        """Run the block to its end even if a signal arrives; raise `Interrupted` after it."""
+        """Run the block to its end even if a signal arrives; raise `Interrupted` after it
+        (unless `finish` was called within it)."""
         self._holding = True
         try:
             yield

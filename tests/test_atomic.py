@@ -161,3 +161,10 @@ def test_a_temporarys_name_fits_with_the_longest_process_id(tmp_path, monkeypatc
             name = "é" * ((size - 5) // 2) + "x" * ((size - 5) % 2) + ".json"
             worst = f"{_owner(tmp_path / name)}{'9' * 7}.abcdefgh.tmp.json"
             assert len(os.fsencode(worst)) <= name_max, (name_max, size)
+
+
+def test_a_long_name_with_a_suffix_outside_ascii_is_written(tmp_path):
+    # The room kept for the temporary's suffix was counted in characters, not bytes.
+    name = "x" * 220 + ".éééé"  # 229 bytes
+    atomic_write_text(tmp_path / name, "new")
+    assert [path.name for path in tmp_path.iterdir()] == [name]

@@ -219,14 +219,15 @@ def test_a_jax_platform_that_cannot_start_is_one_line(tmp_path):
         "initialize backend 'nosuchplatform': "
     )
     assert result.stderr.endswith(
-        "; unset JAX_PLATFORMS, or install JAX for that platform (such as jax[cuda12])\n"
+        "; run where that platform's device and JAX plugin are, or unset JAX_PLATFORMS\n"
     )
     assert result.stderr.count("\n") == 1 and not (tmp_path / "run").exists()
 
 
 def test_a_known_platform_without_its_plugin_is_one_line_too(monkeypatch, capsys):
-    # JAX_PLATFORMS=cuda where JAX's CUDA plugin is not installed: an AssertionError inside
-    # JAX's backend setup (jax/_src/xla_bridge.py), raised here from code of that file name.
+    # JAX_PLATFORMS=cuda where no NVIDIA device is visible (JAX skips the platform): an
+    # AssertionError inside JAX's backend setup (jax/_src/xla_bridge.py), raised here from
+    # code of that file name.
     in_backend_setup = os.path.join("site-packages", "jax", "_src", "xla_bridge.py")
 
     def no_plugin(args):
@@ -236,8 +237,13 @@ def test_a_known_platform_without_its_plugin_is_one_line_too(monkeypatch, capsys
     monkeypatch.setattr("jaxcifar.commands.scratch.run", no_plugin)
     assert main(["scratch"]) == 2
     assert capsys.readouterr().err == (
-        "jaxcifar scratch: error: JAX could not start JAX_PLATFORMS='cuda' (not installed); "
-        "unset JAX_PLATFORMS, or install JAX for that platform (such as jax[cuda12])\n"
+        "jaxcifar scratch: error: JAX could not start JAX_PLATFORMS='cuda' (no device of it "
+        "found); run where that platform's device and JAX plugin are, or unset JAX_PLATFORMS\n"
+    )
+    monkeypatch.delenv("JAX_PLATFORMS")  # a plugin that fails by itself: no advice to unset
+    assert main(["scratch"]) == 2
+    assert capsys.readouterr().err == (
+        "jaxcifar scratch: error: JAX could not start a platform (no device of it found)\n"
     )
 
     def a_bug(args):
@@ -277,3 +283,60 @@ def test_a_reader_that_closes_stdout_early_stops_the_command_quietly(tmp_path):
     reader.stdout.close()  # before the command prints: its start takes a tenth of a second
     assert reader.wait(timeout=60) == 141
     assert reader.stderr.read() == b""
+
+
+def test_an_interrupted_run_exits_at_once_though_its_stdout_reader_has_gone(monkeypatch):
+    # `jaxcifar train | tee log` and Ctrl-C: tee dies of the same SIGINT, so the last flush
+    # fails; the status stays the signal's, and Python's shutdown is still skipped.
+    from jaxcifar import cli
+
+    class Exited(Exception):
+        pass
+
+    def exit_now(status):
+        raise Exited(status)
+
+    def broken_flush():
+        raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr(cli, "main", lambda argv: 130)
+    monkeypatch.setattr(cli.os, "_exit", exit_now)
+    monkeypatch.setattr(cli.sys.stdout, "flush", broken_flush)
+    with pytest.raises(Exited) as exited:
+        cli.run_program([])
+    assert exited.value.args[0] == 130
+
+
+def test_a_broken_pipe_of_another_file_than_stdout_is_an_error_naming_it(monkeypatch, capsys):
+    # Only stdout's reader going is quiet: any other broken pipe (a FIFO, a socket) is an I/O
+    # error like the others, and stdout is left as it was.
+    def fifo_reader_gone(args):
+        raise BrokenPipeError(32, "Broken pipe", "/runs/x/fifo")
+
+    monkeypatch.setattr("jaxcifar.commands.data.run", fifo_reader_gone)
+    assert main(["data", "info"]) == 1
+    assert capsys.readouterr().err == "jaxcifar data info: error: Broken pipe: /runs/x/fifo\n"
+
+
+def test_a_process_of_a_multi_process_run_leaves_it_before_exiting_at_once(monkeypatch):
+    # JAX's exit handler tells the other processes; os._exit skips it, and without it they
+    # aborted (the coordinator gone) or waited out a heartbeat timeout of 100 s.
+    import types
+
+    from jaxcifar import cli
+
+    events = []
+    distributed = types.SimpleNamespace(
+        is_initialized=lambda: True, shutdown=lambda: events.append("shutdown")
+    )
+    monkeypatch.setitem(sys.modules, "jax.distributed", distributed)
+    monkeypatch.setattr(cli, "main", lambda argv: 143)
+
+    def exit_now(status):
+        events.append(("exit", status))
+        raise SystemExit(status)  # what os._exit does not return from
+
+    monkeypatch.setattr(cli.os, "_exit", exit_now)
+    with pytest.raises(SystemExit):
+        cli.run_program([])
+    assert events == ["shutdown", ("exit", 143)]

@@ -149,7 +149,7 @@ def test_an_out_through_a_symbolic_link_to_nothing_is_refused_before_the_work(tm
         _args.check_writable_folder(out)
     assert str(refused_out.value) == (
         f"--out {out}: cannot write there (a symbolic link to {tmp_path / 'nowhere'}, which "
-        "does not exist)"
+        "leads to nothing)"
     )
     os.mkdir(tmp_path / "nowhere")  # the link now leads to a folder: an --out like any
     _args.check_writable_folder(out)

@@ -188,7 +188,7 @@ def _probe(folder: Path) -> str | None:
     existing, missing = folder, []
     while not os.path.exists(existing) and existing != existing.parent:
         if os.path.islink(existing):  # to nothing: making the folder would fail, "File exists"
-            return f"a symbolic link to {os.readlink(existing)}, which does not exist"
+            return f"a symbolic link to {os.readlink(existing)}, which leads to nothing"
         existing, missing = existing.parent, [existing.name, *missing]
     if not os.path.isdir(existing):
         return os.strerror(errno.ENOTDIR)
