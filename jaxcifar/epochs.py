@@ -75,7 +75,7 @@ def pick_epoch_mode(mode: str, dataset: Dataset) -> str:
     """
     if mode != "auto":
         return mode
-    device = jax.devices()[0]
+    device = jax.local_devices()[0]  # this process's: another's memory cannot be asked
     limit = (device.memory_stats() or {}).get("bytes_limit")
     if limit is not None and dataset.images.nbytes > limit // 4:
         return "loop"

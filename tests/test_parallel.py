@@ -109,6 +109,7 @@ else:
         checkpoint.save(args.out, state, config, input_shape=(8, 8, 1),
                         class_names=train_set.class_names, history=history)
 
+    out["auto_mode"] = epochs.pick_epoch_mode("auto", train_set)  # asks its own device
     out["two_processes"] = run(parallel.data_mesh(), "loop", on_epoch_end=on_epoch_end)
     out["saves"] = saves
     out["rows"] = [parallel.process_rows(parallel.data_mesh(), 16).start,
@@ -199,6 +200,9 @@ def test_two_processes_train_like_one(runs):
     first, second = runs[0], runs[1]
     assert first["devices"]["process_count"] == 2 and first["devices"]["device_count"] == 4
     assert (first["rows"], second["rows"]) == ([0, 8], [8, 16])  # each feeds its own half
+    # Process 1 asked the memory of process 0's device: "MemoryStats is only supported for
+    # addressable PjRt devices", a traceback at the start of every `train` without --epoch-mode.
+    assert first["auto_mode"] == second["auto_mode"] == "chunk"
     assert_same_run(first["two_processes"], runs["eight"]["one"])
     assert second["two_processes"] == first["two_processes"]
     # Only process 0 checkpoints, and what it wrote is the whole replicated state.

@@ -28,7 +28,7 @@ def test_auto_epoch_mode_scans_where_the_data_fits_the_device(monkeypatch):
 
     def on(platform, stats):
         device = types.SimpleNamespace(platform=platform, memory_stats=lambda: stats)
-        monkeypatch.setattr(jax, "devices", lambda: [device])
+        monkeypatch.setattr(jax, "local_devices", lambda: [device])
         return epochs.pick_epoch_mode("auto", data)
 
     assert on("cpu", None) == "chunk"  # scans of 100 steps
