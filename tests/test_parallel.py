@@ -22,6 +22,7 @@ from jaxcifar.commands.train import add_arguments
 from jaxcifar.config import RunConfig
 from jaxcifar.data.dataset import Dataset
 from jaxcifar.errors import ConfigError
+from data_files import write_idx_set
 
 # Runs in a subprocess: `python -c WORKER ROLE [PROCESS_ID]`; prints one JSON line of results.
 WORKER = r"""
@@ -38,6 +39,7 @@ from jaxcifar import checkpoint, epochs, parallel, train
 from jaxcifar.config import RunConfig
 from jaxcifar.data.dataset import Dataset
 from jaxcifar.errors import ConfigError
+from data_files import write_idx_set
 
 if role == "process":  # the coordinator and count come from flags, the id from its variable
     parser = argparse.ArgumentParser()
@@ -402,3 +404,35 @@ def test_data_mesh_gives_each_process_a_contiguous_block_when_ids_interleave():
     mesh = parallel.data_mesh(devices)
     order = [(device.process_index, device.id) for device in mesh.devices.flat]
     assert order == [(0, 0), (0, 2), (1, 1), (1, 3)]
+
+
+def test_two_processes_of_the_command_line_train_and_only_process_0_writes(tmp_path):
+    # Through `jaxcifar train` itself, flags as a user gives them, the epoch mode left to
+    # auto: process 1 once died at the start asking process 0's device for its memory.
+    write_idx_set(tmp_path / "data", n_train=32, n_test=8, shape=(4, 4))
+    env = {key: value for key, value in os.environ.items() if key != "XLA_FLAGS"}
+    coordinator = f"localhost:{_free_port()}"
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-m", "jaxcifar", "train", "--dataset", "mnist", "--model", "mlp",
+             "--mlp-hidden", "8", "--batch-size", "8", "--epochs", "1", "--quiet",
+             "--data-dir", str(tmp_path / "data"), "--out", str(tmp_path / f"run{i}"),
+             "--compile-cache", "none", "--coordinator", coordinator, "--num-processes", "2",
+             "--process-id", str(i)],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        for i in range(2)
+    ]
+    try:
+        outputs = [process.communicate(timeout=120) for process in processes]
+    finally:
+        for process in processes:  # one that failed leaves its partner waiting: reap both
+            if process.poll() is None:
+                process.kill()
+            process.wait()
+    assert [process.returncode for process in processes] == [0, 0], outputs
+    assert all("epoch mode: chunk" in stdout for stdout, _ in outputs)
+    assert {path.name for path in (tmp_path / "run0").iterdir()} == {
+        "checkpoint.msgpack", "metrics.json", "accuracy.png", "loss.png", "confusion_matrix.png"
+    }  # fmt: skip
+    assert not (tmp_path / "run1").exists()
