@@ -385,6 +385,35 @@ def test_evaluate_computes_in_the_checkpoints_dtype(trained, tmp_path, fresh_cac
     assert dtypes and all(dtype == jax.numpy.bfloat16 for dtype in dtypes)
 
 
+def test_a_checkpoint_whose_weights_give_nan_is_refused_not_scored(
+    trained, tmp_path, fresh_cache, capsys
+):
+    # Its NaN logits scored as class 0 everywhere: `evaluate` printed "test loss nan,
+    # accuracy 0.1", `predict` ranked NaN probabilities.
+    data, run, _ = trained
+    shutil.copytree(run, tmp_path / "run")
+    saved = tmp_path / "run" / checkpoint.FILENAME
+
+    def poisoned(payload):
+        payload["state"]["params"] = jax.tree.map(
+            lambda leaf: np.full_like(leaf, np.nan), payload["state"]["params"]
+        )
+
+    rewrite_msgpack(saved, poisoned)
+    Image.fromarray(np.full((8, 8), 99, np.uint8)).save(tmp_path / "digit.png")
+    capsys.readouterr()
+    assert main(["evaluate", "--checkpoint", str(saved), "--data-dir", str(data)]) == 2
+    assert one_line_error(capsys, "evaluate") == (
+        f"jaxcifar evaluate: error: {saved}: its weights give a non-finite test loss (nan); "
+        "a diverged or edited checkpoint"
+    )
+    assert main(["predict", "--checkpoint", str(saved), str(tmp_path / "digit.png")]) == 2
+    assert one_line_error(capsys, "predict") == (
+        f"jaxcifar predict: error: {saved}: its weights give non-finite outputs for "
+        f"{tmp_path / 'digit.png'}"
+    )
+
+
 # train/<class>/0.png and test/<class>/0.png, gray 8 x 8, for each of `classes`.
 gray_tree = functools.partial(write_tree, per_class=1, size=(8, 8), mode="L", fill=40)
 

@@ -23,7 +23,7 @@ from jaxcifar.commands._args import (
     positive_int,
 )
 from jaxcifar.data import Dataset, load_split
-from jaxcifar.errors import ConfigError
+from jaxcifar.errors import CheckpointError, ConfigError
 
 if TYPE_CHECKING:  # imported when used: the module loads JAX
     from jaxcifar.speedrun.model_file import Subsets
@@ -83,6 +83,11 @@ def evaluate_checkpoint(args: argparse.Namespace) -> SavedModelTest:
     model, params = train.restore_model(saved)
     step = train.make_eval_step(model, dtype=config.dtype)
     result = train.evaluate(step, params, test_set)
+    if not np.isfinite(result.loss):  # its NaN logits would score as class 0 everywhere
+        raise CheckpointError(
+            f"{saved.path}: its weights give a non-finite test loss ({result.loss}); "
+            "a diverged or edited checkpoint"
+        )
     return SavedModelTest(
         saved.path, config.to_dict(), subset, test_set, result.predictions, saved.history,
         result.loss,

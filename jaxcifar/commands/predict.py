@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from jaxcifar.data.image_file import decode
-from jaxcifar.errors import DataError
+from jaxcifar.errors import CheckpointError, DataError
 
 HELP = "classify image files with a trained checkpoint"
 TOP_K = 3
@@ -81,6 +81,8 @@ def run(args: argparse.Namespace) -> int:
             failures += 1
             continue
         probs = np.asarray(probabilities(pixels[None]))[0]
+        if not np.isfinite(probs).all():  # a diverged or edited model: no ranking to give
+            raise CheckpointError(f"{saved.path}: its weights give non-finite outputs for {name}")
         top = np.argsort(-probs)[:TOP_K]
         ranked = ", ".join(f"{saved.class_names[i]} {probs[i]:.3f}" for i in top)
         print(f"{name}: {ranked}")
