@@ -594,3 +594,24 @@ def test_the_cnn_checks_the_width_as_well_and_takes_the_smallest_images_it_can_p
     assert main([*args, *four]) == 0
     report = json.loads((tmp_path / "run-four" / "metrics.json").read_text())
     assert report["config"]["model"] == "cnn" and len(report["epochs"]) == 1
+
+
+def test_a_stopped_process_other_than_0_leaves_the_resume_line_to_process_0(
+    image_tree, tmp_path, monkeypatch, capsys
+):
+    # It saves nothing, so it said "no epoch finished, so nothing is saved; start again with
+    # the same command" while process 0 kept epoch 55 and printed how to resume it.
+    from jaxcifar import parallel, train
+    from jaxcifar.interrupt import Interrupted
+
+    def stopped(*args, **kwargs):
+        raise Interrupted(signal.SIGTERM)
+
+    monkeypatch.setattr(parallel, "is_main_process", lambda: False)
+    monkeypatch.setattr(train, "fit", stopped)
+    argv = ["train", "--data-dir", str(image_tree), "--out", str(tmp_path / "run"), *FAST]
+    assert main(argv) == 128 + signal.SIGTERM
+    assert capsys.readouterr().err == (
+        "jaxcifar train: interrupted by SIGTERM; process 0 writes the checkpoint and says how "
+        "to resume\n"
+    )

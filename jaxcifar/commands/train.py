@@ -230,6 +230,10 @@ def run(args: argparse.Namespace) -> int:
         with StopOnSignal() as signals, xla_cache.compilation_cache(cache):
             return _train(args, config, saved, out, signals, in_checkpoint)
     except Interrupted as stop:
+        if not parallel.is_main_process():  # it saves nothing, and knows nothing of what is
+            print(f"jaxcifar train: {stop}; process 0 writes the checkpoint and says how to "
+                  "resume", file=sys.stderr)  # fmt: skip
+            return stop.exit_code
         if in_checkpoint:
             epochs, held = in_checkpoint[-1]
             kept = f"{out / checkpoint.FILENAME} keeps epoch {epochs}/{config.epochs}"
