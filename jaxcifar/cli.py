@@ -102,7 +102,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         # (The AssertionError, message-less, is JAX finding no device of the platforms named.)
         reason = _first_line(error, "no device of it found")
-        if platforms := os.environ.get("JAX_PLATFORMS"):
+        if _in_distributed_run():  # the backend starts with every process, or not at all
+            print(f"{prefix}: error: JAX could not start its backend with the run's other "
+                  f"processes ({reason}); start every process, with the same flags, and check "
+                  "that each reaches the coordinator", file=sys.stderr)  # fmt: skip
+        elif platforms := os.environ.get("JAX_PLATFORMS"):
             print(f"{prefix}: error: JAX could not start JAX_PLATFORMS={platforms!r} ({reason}); "
                   "run where that platform's device and JAX plugin are, or unset JAX_PLATFORMS",
                   file=sys.stderr)  # fmt: skip
@@ -141,10 +145,15 @@ def run_program(argv: Sequence[str] | None = None) -> NoReturn:
 def _leave_distributed_run() -> None:
     """Leave a multi-process run, as JAX's exit handler (which `os._exit` skips) would: without
     it, the other processes abort, or wait out a heartbeat timeout."""
-    distributed = sys.modules.get("jax.distributed")
-    if distributed is not None and distributed.is_initialized():
+    if _in_distributed_run():
         with contextlib.suppress(Exception):  # a run already torn by the signal: exit anyway
-            distributed.shutdown()
+            sys.modules["jax.distributed"].shutdown()
+
+
+def _in_distributed_run() -> bool:
+    """Whether this process joined a multi-process run (without importing JAX to ask)."""
+    distributed = sys.modules.get("jax.distributed")
+    return distributed is not None and distributed.is_initialized()
 
 
 def _stdout_reader_gone() -> bool:

@@ -224,6 +224,28 @@ def test_a_jax_platform_that_cannot_start_is_one_line(tmp_path):
     assert result.stderr.count("\n") == 1 and not (tmp_path / "run").exists()
 
 
+def test_a_backend_that_cannot_start_with_the_runs_other_processes_says_so(monkeypatch, capsys):
+    # A process whose peers are missing or were started with other flags: JAX's backend
+    # start-up times out, which once read as a platform that could not start.
+    import types
+
+    distributed = types.SimpleNamespace(is_initialized=lambda: True)
+    monkeypatch.setitem(sys.modules, "jax.distributed", distributed)
+
+    def no_peers(args):
+        raise RuntimeError("Unable to initialize backend 'cpu': Getting local topologies "
+                           "failed: GetKeyValue() timed out\nmore lines")  # fmt: skip
+
+    monkeypatch.setattr("jaxcifar.commands.scratch.run", no_peers)
+    assert main(["scratch"]) == 2
+    assert capsys.readouterr().err == (
+        "jaxcifar scratch: error: JAX could not start its backend with the run's other processes "
+        "(Unable to initialize backend 'cpu': Getting local topologies failed: GetKeyValue() "
+        "timed out); start every process, with the same flags, and check that each reaches the "
+        "coordinator\n"
+    )
+
+
 def test_a_known_platform_without_its_plugin_is_one_line_too(monkeypatch, capsys):
     # JAX_PLATFORMS=cuda where no NVIDIA device is visible (JAX skips the platform): an
     # AssertionError inside JAX's backend setup (jax/_src/xla_bridge.py), raised here from
