@@ -39,7 +39,6 @@ from jaxcifar import checkpoint, epochs, parallel, train
 from jaxcifar.config import RunConfig
 from jaxcifar.data.dataset import Dataset
 from jaxcifar.errors import ConfigError
-from data_files import write_idx_set
 
 if role == "process":  # the coordinator and count come from flags, the id from its variable
     parser = argparse.ArgumentParser()
