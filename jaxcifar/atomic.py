@@ -67,14 +67,14 @@ def _owner(target: Path) -> str:
     name = os.fsencode(target.name)
     # The rest of the name: dots, host, a process id of up to 7 digits, mkstemp's 8 letters.
     rest = os.fsencode(f"..{host}-1234567.abcdefgh.tmp{target.suffix}")
-    room = _name_max(target.parent) - len(rest)
+    room = name_max(target.parent) - len(rest)
     if len(name) > room:
         digest = hashlib.sha256(name).hexdigest()[:16].encode()
         name = name[: max(room - len(digest) - 1, 0)] + b"~" + digest
     return f".{os.fsdecode(name)}.{host}-"
 
 
-def _name_max(folder: Path) -> int:
+def name_max(folder: str | os.PathLike[str]) -> int:
     """The longest file name, in bytes, that `folder`'s file system holds."""
     try:
         return os.pathconf(folder, "PC_NAME_MAX")

@@ -96,8 +96,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 1
         raise
     except (RuntimeError, AssertionError) as error:
-        # JAX_PLATFORMS naming a platform this JAX cannot start: a RuntimeError, or (a platform
-        # without its plugin, such as cuda) an AssertionError inside JAX's backend setup.
+        # JAX's backend not starting: JAX_PLATFORMS naming a platform it cannot start (a
+        # RuntimeError, or, for one with no device found, an AssertionError inside JAX's
+        # backend setup), or the other processes of a multi-process run missing.
         if not _platform_failed(error):
             raise
         # (The AssertionError, message-less, is JAX finding no device of the platforms named.)
@@ -169,8 +170,8 @@ def _stdout_reader_gone() -> bool:
 
 def _stdout_gone() -> int:
     """The reader of stdout has gone (`jaxcifar predict ... | head -1`): stop without a word,
-    as a shell's tools do, with SIGPIPE's status, 141. stdout then writes to /dev/null, so
-    that no later flush fails again."""
+    as a shell's tools do, with SIGPIPE's status, 141. stdout then writes to the null device
+    (os.devnull), so that no later flush fails again."""
     with contextlib.suppress(OSError, ValueError):  # (pytest's captured stdout has no fd)
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
@@ -185,7 +186,8 @@ def _first_line(error: BaseException, default: str) -> str:
 
 
 def _platform_failed(error: BaseException) -> bool:
-    """Whether `error` is JAX failing to start the platforms JAX_PLATFORMS names."""
+    """Whether `error` is JAX failing to start its backend (the platforms JAX_PLATFORMS
+    names, or with a multi-process run's other processes)."""
     if isinstance(error, RuntimeError):
         return str(error).startswith("Unable to initialize backend")
     frames = traceback.extract_tb(error.__traceback__)

@@ -11,6 +11,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+from jaxcifar.atomic import name_max
 from jaxcifar.config import DATASETS, INT32_MAX, SEED_MAX
 from jaxcifar.data.dataset import Dataset
 from jaxcifar.data.sources import DATA_DIR_ENV, env_data_dir
@@ -171,10 +172,10 @@ def file_stem(text: str) -> str:
             f"expected a plain file name stem (not empty, no '/', not starting with '.'), "
             f"got {text!r}"
         )
-    if len(os.fsencode(text)) > FILE_STEM_MAX_BYTES:
+    if (size := len(os.fsencode(text))) > FILE_STEM_MAX_BYTES:
         raise argparse.ArgumentTypeError(
             f"expected a file name stem of at most {FILE_STEM_MAX_BYTES} bytes, got one of "
-            f"{len(os.fsencode(text))} bytes"
+            f"{size} bytes"
         )
     return text
 
@@ -194,7 +195,7 @@ def _probe(folder: Path) -> str | None:
         return os.strerror(errno.ENOTDIR)
     try:
         # A name the file system cannot hold fails only when made: check each one to be made.
-        if any(len(os.fsencode(name)) > os.pathconf(existing, "PC_NAME_MAX") for name in missing):
+        if any(len(os.fsencode(name)) > name_max(existing) for name in missing):
             return os.strerror(errno.ENAMETOOLONG)
         with tempfile.TemporaryFile(dir=existing):
             pass
