@@ -276,23 +276,41 @@ def test_a_known_platform_without_its_plugin_is_one_line_too(monkeypatch, capsys
         main(["scratch"])  # any other assertion is a bug, and keeps its traceback
 
 
+class ExitedAtOnce(Exception):
+    """Raised by the `exits` fixture's stand-in for os._exit, which never returns."""
+
+
+@pytest.fixture
+def exits(monkeypatch) -> list:
+    """The statuses `cli.run_program` passes to os._exit, in order, each call raising
+    ExitedAtOnce; a test may add its own events to the list."""
+    from jaxcifar import cli
+
+    calls = []
+
+    def exit_now(status):
+        calls.append(status)
+        raise ExitedAtOnce(status)
+
+    monkeypatch.setattr(cli.os, "_exit", exit_now)
+    return calls
+
+
 @pytest.mark.parametrize("code, exits_at_once", [(0, False), (2, False), (130, True), (143, True)])
-def test_the_program_skips_pythons_shutdown_only_after_a_signal(monkeypatch, code, exits_at_once):
+def test_the_program_skips_pythons_shutdown_only_after_a_signal(
+    monkeypatch, exits, code, exits_at_once
+):
     # After a signal, XLA may still be compiling on its own threads: tearing the interpreter
     # down under them crashed the process (SIGSEGV) after its "interrupted" line.
     from jaxcifar import cli
 
-    class Exited(Exception):
-        pass
-
-    def exit_now(status):
-        raise Exited(status)
-
     monkeypatch.setattr(cli, "main", lambda argv: code)
-    monkeypatch.setattr(cli.os, "_exit", exit_now)
-    with pytest.raises(Exited if exits_at_once else SystemExit) as exited:
+    with pytest.raises(ExitedAtOnce if exits_at_once else SystemExit) as exited:
         cli.run_program([])
-    assert exited.value.args[0] == code if exits_at_once else exited.value.code == code
+    if exits_at_once:
+        assert exits == [code]
+    else:
+        assert exited.value.code == code and exits == []
 
 
 def test_a_reader_that_closes_stdout_early_stops_the_command_quietly(tmp_path):
@@ -307,26 +325,19 @@ def test_a_reader_that_closes_stdout_early_stops_the_command_quietly(tmp_path):
     assert reader.stderr.read() == b""
 
 
-def test_an_interrupted_run_exits_at_once_though_its_stdout_reader_has_gone(monkeypatch):
+def test_an_interrupted_run_exits_at_once_though_its_stdout_reader_has_gone(monkeypatch, exits):
     # `jaxcifar train | tee log` and Ctrl-C: tee dies of the same SIGINT, so the last flush
     # fails; the status stays the signal's, and Python's shutdown is still skipped.
     from jaxcifar import cli
-
-    class Exited(Exception):
-        pass
-
-    def exit_now(status):
-        raise Exited(status)
 
     def broken_flush():
         raise BrokenPipeError(32, "Broken pipe")
 
     monkeypatch.setattr(cli, "main", lambda argv: 130)
-    monkeypatch.setattr(cli.os, "_exit", exit_now)
     monkeypatch.setattr(cli.sys.stdout, "flush", broken_flush)
-    with pytest.raises(Exited) as exited:
+    with pytest.raises(ExitedAtOnce):
         cli.run_program([])
-    assert exited.value.args[0] == 130
+    assert exits == [130]
 
 
 def test_a_broken_pipe_of_another_file_than_stdout_is_an_error_naming_it(monkeypatch, capsys):
@@ -340,25 +351,18 @@ def test_a_broken_pipe_of_another_file_than_stdout_is_an_error_naming_it(monkeyp
     assert capsys.readouterr().err == "jaxcifar data info: error: Broken pipe: /runs/x/fifo\n"
 
 
-def test_a_process_of_a_multi_process_run_leaves_it_before_exiting_at_once(monkeypatch):
+def test_a_process_of_a_multi_process_run_leaves_it_before_exiting_at_once(monkeypatch, exits):
     # JAX's exit handler tells the other processes; os._exit skips it, and without it they
     # aborted (the coordinator gone) or waited out a heartbeat timeout of 100 s.
     import types
 
     from jaxcifar import cli
 
-    events = []
     distributed = types.SimpleNamespace(
-        is_initialized=lambda: True, shutdown=lambda: events.append("shutdown")
+        is_initialized=lambda: True, shutdown=lambda: exits.append("shutdown")
     )
     monkeypatch.setitem(sys.modules, "jax.distributed", distributed)
     monkeypatch.setattr(cli, "main", lambda argv: 143)
-
-    def exit_now(status):
-        events.append(("exit", status))
-        raise SystemExit(status)  # what os._exit does not return from
-
-    monkeypatch.setattr(cli.os, "_exit", exit_now)
-    with pytest.raises(SystemExit):
+    with pytest.raises(ExitedAtOnce):
         cli.run_program([])
-    assert events == ["shutdown", ("exit", 143)]
+    assert exits == ["shutdown", 143]
