@@ -47,10 +47,10 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
             os.fsync(f.fileno())
         os.replace(tmp, target)
     except OSError as error:
-        # A failed write (a full disk) names no file, or the temporary: name the one the
-        # user asked for.
+        # A failed write (a full disk) names no file, or the temporary, and a failed rename
+        # the temporary and the target: name only the one the user asked for.
         if error.filename in (None, tmp_name):
-            error.filename = str(target)
+            error.filename, error.filename2 = str(target), None
         raise
     finally:
         tmp.unlink(missing_ok=True)

@@ -18,7 +18,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from typing import NoReturn
 
-from jaxcifar import __version__, interrupt
+from jaxcifar import __version__, interrupt, peers
 from jaxcifar.errors import JaxcifarError
 
 COMMANDS = ("train", "evaluate", "predict", "data", "scratch", "bench", "speedrun")
@@ -70,7 +70,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if unknown:  # named by the command's prefix: argparse's own error names the root's
             parser.exit(2, f"{prefix}: error: unrecognized arguments: {' '.join(unknown)} "
                         f"(see `{prefix} --help`)\n")  # fmt: skip
-        with interrupt.resend_dropped_signals(), warnings.catch_warnings():
+        with interrupt.resend_dropped_signals(), warnings.catch_warnings(), peers.leaving():
             warnings.showwarning = _one_line_warning(prefix)
             return int(args.run(args) or 0)
     except JaxcifarError as error:

@@ -27,11 +27,17 @@ class Interrupted(BaseException):
     `except Exception` that turns any decoder failure into "not a readable image" must not
     turn a Ctrl-C during the first decode of a dataset into a data error."""
 
-    def __init__(self, signum: int):
+    def __init__(
+        self, signum: int, *, process: int | None = None, report: dict[str, Any] | None = None
+    ):
+        """`process`: another process of a multi-process run, the one the signal stopped
+        (`report`: what it published, `jaxcifar.peers`); None for this one."""
         self.signum = signum
         self.name = signal.Signals(signum).name
         self.exit_code = 128 + signum
-        super().__init__(f"interrupted by {self.name}")
+        self.report = report
+        who = "" if process is None else f"process {process} was "
+        super().__init__(f"{who}interrupted by {self.name}")
 
 
 class StopOnSignal:
@@ -40,6 +46,7 @@ class StopOnSignal:
 
     def __init__(self) -> None:
         self._holding = False
+        self._deferring = False
         self._finished = False
         self._pending: int | None = None
         self._previous: dict[int, object] = {}
@@ -55,9 +62,10 @@ class StopOnSignal:
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         if self._finished:
             return
-        if self._holding:
+        if self._holding or (self._deferring and self._pending is None):
             self._pending = self._pending or signum
         else:
+            self._pending = None  # (a deferred one: this one, insisting, stands for both)
             raise Interrupted(signum)
 
     def finish(self) -> None:
@@ -69,15 +77,35 @@ class StopOnSignal:
     @contextlib.contextmanager
     def hold(self) -> Iterator[None]:
         """Run the block to its end even if a signal arrives; raise `Interrupted` after it
-        (unless `finish` was called within it)."""
+        (unless `finish` was called within it, or `defer` keeps the signal waiting)."""
         self._holding = True
         try:
             yield
         finally:
             self._holding = False
+        if not self._deferring:
+            self._raise_pending()
+
+    @contextlib.contextmanager
+    def defer(self) -> Iterator[None]:
+        """Within it, a first signal waits to be taken (`take_pending`) at a point where every
+        process of a multi-process run can stop together; a second one, the user insisting,
+        raises at once, and one not taken when the block ends raises then."""
+        self._deferring = True
+        try:
+            yield
+        finally:
+            self._deferring = False
+        self._raise_pending()
+
+    def take_pending(self) -> int | None:
+        """The signal `defer` holds back, if any, which is then no longer pending."""
+        signum, self._pending = self._pending, None
+        return signum
+
+    def _raise_pending(self) -> None:
         if self._pending is not None:
-            signum, self._pending = self._pending, None
-            raise Interrupted(signum)
+            raise Interrupted(self.take_pending())
 
 
 @contextlib.contextmanager

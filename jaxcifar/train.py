@@ -30,7 +30,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh
 
-from jaxcifar import cpu_fusions, epochs, models, parallel
+from jaxcifar import cpu_fusions, epochs, models, parallel, peers
 from jaxcifar.augment import random_crop_flip
 from jaxcifar.config import RunConfig
 from jaxcifar.data.dataset import Dataset
@@ -351,6 +351,7 @@ def fit(
     progress: bool = True,
     log: Callable[[str], None] = print,
     mesh: Mesh | None = None,
+    stop_signal: Callable[[], int | None] = lambda: None,
 ) -> FitResult:
     """Train `config.epochs` epochs (continuing after `history`'s epochs when resuming with
     its `state`), evaluating on `test_set` after each, and return the final state and reports.
@@ -363,6 +364,12 @@ def fit(
     each epoch (checkpointing), on process 0 only: the state is replicated, so
     process 0 holds all of it. A non-finite loss raises TrainingDiverged naming the epoch
     and step (or the epoch, for the test loss), before that epoch's `on_epoch_end`.
+
+    In a multi-process run the processes meet after each group of steps a runner reports
+    and after each epoch's `on_epoch_end` (`peers.go_on`): there a signal that
+    `stop_signal()` returns (one held back, `StopOnSignal.defer`) stops every process
+    together, raising Interrupted, as does another process's failure; no process is left
+    waiting in a collective for one that stopped.
 
     Raises DataError when `test_set`'s image shape or class names differ from `train_set`'s
     (the model is built for the training set: other images fail deep in the model, more
@@ -390,7 +397,7 @@ def fit(
         f"{config.batch_size} per epoch")
     test = None
     for epoch in range(len(history) + 1, config.epochs + 1):
-        tally = _EpochTally(runner, config, epoch, progress)
+        tally = _EpochTally(runner, config, epoch, progress, stop_signal)
         state = runner.run(state, epoch, tally.report)
         tally.bar.close()
         test = evaluate(eval_step, state.params, test_set, mesh)
@@ -417,6 +424,9 @@ def fit(
         )
         if on_epoch_end is not None and parallel.is_main_process():
             on_epoch_end(state, history)
+        # Until process 0 has saved the epoch, the others must not start the next one: were
+        # the save to fail, they would wait for it in the next step's collectives.
+        peers.go_on(f"the end of epoch {epoch}", stop_signal())
     if test is None:  # resumed with every epoch already done
         test = evaluate(eval_step, state.params, test_set, mesh)
     return FitResult(state, history, test, warm_up_seconds + runner.compile_seconds)
@@ -426,8 +436,12 @@ class _EpochTally:
     """One epoch's running training figures, fed by the runner's `report` calls, which also
     stop the epoch on a non-finite loss and drive its progress bar."""
 
-    def __init__(self, runner: Any, config: RunConfig, epoch: int, progress: bool):
+    def __init__(
+        self, runner: Any, config: RunConfig, epoch: int, progress: bool,
+        stop_signal: Callable[[], int | None],
+    ):  # fmt: skip
         self.runner, self.config, self.epoch = runner, config, epoch
+        self.stop_signal = stop_signal
         self.start, self.compile_before = time.perf_counter(), runner.compile_seconds
         # The per-step losses as reported, reduced once (`mean_loss`): each mode reports its
         # own grouping of steps, which must not change the recorded mean.
@@ -437,7 +451,8 @@ class _EpochTally:
 
     def report(self, first: int, losses: np.ndarray, corrects: np.ndarray) -> None:
         """Steps first.. first + len(losses) - 1 (0-based) of the epoch ended with these
-        losses and counts of correct predictions; raises TrainingDiverged on a non-finite loss."""
+        losses and counts of correct predictions; raises TrainingDiverged on a non-finite loss,
+        and Interrupted when a process of a multi-process run stops (`peers.go_on`)."""
         bad = np.flatnonzero(~np.isfinite(losses))
         if bad.size:
             self.bar.close()
@@ -454,6 +469,7 @@ class _EpochTally:
             img_s=f"{seen / max(self.seconds(), 1e-9):.0f}",
         )
         self.bar.update(len(losses))
+        peers.go_on(f"epoch {self.epoch} step {first + len(losses)}", self.stop_signal())
 
     def examples(self) -> int:
         """Training examples seen so far this epoch."""

@@ -35,6 +35,18 @@ def test_a_failed_write_names_the_target_not_a_temporary(tmp_path, named):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_failed_rename_names_the_target_once(tmp_path):
+    # A directory where the file goes: the rename fails naming the temporary and the target,
+    # and the error line once read "Is a directory: PATH: PATH".
+    target = tmp_path / "checkpoint.msgpack"
+    target.mkdir()
+    with pytest.raises(IsADirectoryError) as caught:
+        with atomic_path(target) as tmp:
+            tmp.write_text("complete")
+    assert (caught.value.filename, caught.value.filename2) == (str(target), None)
+    assert [path.name for path in tmp_path.iterdir()] == ["checkpoint.msgpack"]
+
+
 def test_temporary_keeps_suffix_for_format_sniffing_writers(tmp_path):
     with atomic_path(tmp_path / "figure.png") as tmp:
         assert tmp.suffix == ".png"

@@ -9,6 +9,7 @@ joins through `jax.distributed` on a localhost coordinator (CPU collectives: glo
 import argparse
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -405,33 +406,82 @@ def test_data_mesh_gives_each_process_a_contiguous_block_when_ids_interleave():
     assert order == [(0, 0), (0, 2), (1, 1), (1, 3)]
 
 
-def test_two_processes_of_the_command_line_train_and_only_process_0_writes(tmp_path):
-    # Through `jaxcifar train` itself, flags as a user gives them, the epoch mode left to
-    # auto: process 1 once died at the start asking process 0's device for its memory.
-    write_idx_set(tmp_path / "data", n_train=32, n_test=8, shape=(4, 4))
+def train_in_two_processes(tmp_path, extra=((), ()), *, stop=None, n_train=32, epochs=1):
+    """`jaxcifar train` as processes 0 and 1 of one run, flags as a user gives them (the
+    epoch mode left to auto), each with its own --out (tmp_path/run0, run1) and its `extra`
+    flags; `stop`: (process, signal) sent once process 0 has started training. Returns
+    [(returncode, stdout, stderr)] of each."""
+    if not (tmp_path / "data").exists():
+        write_idx_set(tmp_path / "data", n_train=n_train, n_test=8, shape=(4, 4))
     env = {key: value for key, value in os.environ.items() if key != "XLA_FLAGS"}
     coordinator = f"localhost:{_free_port()}"
     processes = [
         subprocess.Popen(
             [sys.executable, "-m", "jaxcifar", "train", "--dataset", "mnist", "--model", "mlp",
-             "--mlp-hidden", "8", "--batch-size", "8", "--epochs", "1", "--quiet",
+             "--mlp-hidden", "8", "--batch-size", "8", "--epochs", str(epochs), "--quiet",
              "--data-dir", str(tmp_path / "data"), "--out", str(tmp_path / f"run{i}"),
              "--compile-cache", "none", "--coordinator", coordinator, "--num-processes", "2",
-             "--process-id", str(i)],
+             "--process-id", str(i), *extra[i]],
             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )  # fmt: skip
         for i in range(2)
     ]
     try:
+        started = ""
+        if stop is not None:
+            while "epoch mode:" not in started:  # printed as the first epoch begins
+                started += processes[0].stdout.readline() or "(no more)"
+                assert "(no more)" not in started, processes[0].communicate()
+            processes[stop[0]].send_signal(stop[1])
         outputs = [process.communicate(timeout=120) for process in processes]
     finally:
-        for process in processes:  # one that failed leaves its partner waiting: reap both
+        for process in processes:  # one that failed once left its partner waiting: reap both
             if process.poll() is None:
                 process.kill()
             process.wait()
-    assert [process.returncode for process in processes] == [0, 0], outputs
-    assert all("epoch mode: chunk" in stdout for stdout, _ in outputs)
+    outputs[0] = (started + outputs[0][0], outputs[0][1])
+    return [(process.returncode, *output) for process, output in zip(processes, outputs)]
+
+
+def test_two_processes_of_the_command_line_train_and_only_process_0_writes(tmp_path):
+    # Process 1 once died at the start asking process 0's device for its memory.
+    results = train_in_two_processes(tmp_path)
+    assert [code for code, _, _ in results] == [0, 0], results
+    assert all("epoch mode: chunk" in stdout for _, stdout, _ in results)
     assert {path.name for path in (tmp_path / "run0").iterdir()} == {
         "checkpoint.msgpack", "metrics.json", "accuracy.png", "loss.png", "confusion_matrix.png"
     }  # fmt: skip
     assert not (tmp_path / "run1").exists()
+
+
+def test_a_process_failing_alone_stops_the_other_with_its_reason(tmp_path):
+    # Process 0 once waited in its first collective for gloo's 30 s, then failed with a
+    # traceback.
+    results = train_in_two_processes(tmp_path, ([], ["--data-dir", str(tmp_path / "none")]))
+    assert [code for code, _, _ in results] == [2, 2], results
+    assert results[1][2] == f"jaxcifar train: error: data dir {tmp_path / 'none'} does not exist\n"
+    assert results[0][2] == (
+        f"jaxcifar train: error: process 1 failed: data dir {tmp_path / 'none'} does not exist\n"
+    )
+
+
+def test_processes_given_different_flags_are_refused_naming_them(tmp_path):
+    results = train_in_two_processes(tmp_path, ([], ["--epochs", "2"]))
+    assert [code for code, _, _ in results] == [2, 2], results
+    for _, _, stderr in results:
+        assert stderr.startswith(
+            "jaxcifar train: error: the processes differ in --epochs (process 0: 1; process 1: 2)"
+        ), stderr
+
+
+def test_a_signal_to_one_process_stops_both_together(tmp_path):
+    # Once process 1 left alone and process 0 waited in a collective for ever. Now both stop
+    # at the next group of steps, and process 0 says how to resume.
+    results = train_in_two_processes(
+        tmp_path, stop=(1, signal.SIGTERM), n_train=2048, epochs=30
+    )  # fmt: skip
+    assert [code for code, _, _ in results] == [143, 143], results
+    assert results[0][2].startswith("jaxcifar train: process 1 was interrupted by SIGTERM before "
+                                    "epoch "), results[0][2]  # fmt: skip
+    assert results[1][2].startswith("jaxcifar train: interrupted by SIGTERM; process 0 writes")
+    assert "epoch 30/30" not in results[0][1]

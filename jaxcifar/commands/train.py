@@ -18,6 +18,7 @@ the last finished epoch stays, and the command prints the line that resumes the 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import shlex
@@ -39,6 +40,7 @@ from jaxcifar.interrupt import Interrupted, StopOnSignal
 
 if TYPE_CHECKING:  # for annotations only: importing it imports JAX, which --help does not need
     from jaxcifar.checkpoint import Checkpoint
+    from jaxcifar.data.dataset import Dataset
 
 # train.EPOCH_MODES, spelled out so that building the parser does not import JAX
 # (tests/test_fused.py checks that the two agree).
@@ -169,7 +171,9 @@ def _path_flag(flag: str, path: str | Path) -> list[str]:
 def run(args: argparse.Namespace) -> int:
     if args.override_config and not args.resume:
         raise ConfigError("--override-config applies only with --resume")
-    from jaxcifar import checkpoint, xla_cache  # import JAX: after the flags' own checks
+    import jax  # after the flags' own checks
+
+    from jaxcifar import checkpoint, peers, xla_cache
 
     parallel.initialize_from_args(args)  # before anything touches a device
     out = args.out
@@ -228,8 +232,16 @@ def run(args: argparse.Namespace) -> int:
     in_checkpoint = [(len(saved.history), saved.config)] if saved is not None else []
     try:
         with StopOnSignal() as signals, xla_cache.compilation_cache(cache):
-            return _train(args, config, saved, out, signals, in_checkpoint)
+            try:
+                return _train(args, config, saved, out, signals, in_checkpoint)
+            except jax.errors.JaxRuntimeError:
+                # A collective that failed as another process left the run: say why it left.
+                stop = peers.peer_stop()
+                if stop is None:
+                    raise
+                raise stop from None
     except Interrupted as stop:
+        peers.tell_interrupted(stop)
         if not parallel.is_main_process():  # it saves nothing, and knows nothing of what is
             print(f"jaxcifar train: {stop}; process 0 writes the checkpoint and says how to "
                   "resume", file=sys.stderr)  # fmt: skip
@@ -333,7 +345,7 @@ def _train(
 ) -> int:  # fmt: skip
     import jax
 
-    from jaxcifar import checkpoint, epochs, train
+    from jaxcifar import checkpoint, epochs, peers, train
     from jaxcifar.data import load_split
     from jaxcifar.models import cnn
     from jaxcifar.reports import build_metrics, write_reports
@@ -369,10 +381,15 @@ def _train(
                             class_names=train_set.class_names, history=history)  # fmt: skip
             in_checkpoint.append((len(history), config))
 
-    result = train.fit(
-        config, train_set, test_set, state=state, history=history, epoch_mode=mode,
-        on_epoch_end=on_epoch_end, progress=not args.quiet,
-    )  # fmt: skip
+    # In a multi-process run a signal waits for a point where every process can stop with
+    # it (`train.fit`): one that stopped alone would leave the others in a collective.
+    with signals.defer() if jax.process_count() > 1 else contextlib.nullcontext():
+        facts = _run_facts(config, mode, train_set, test_set, state, len(history))
+        peers.agree("the start of training", facts)
+        result = train.fit(
+            config, train_set, test_set, state=state, history=history, epoch_mode=mode,
+            on_epoch_end=on_epoch_end, progress=not args.quiet, stop_signal=signals.take_pending,
+        )  # fmt: skip
     data = {"source": train_set.source, "train_examples": len(train_set),
             "test_examples": len(test_set)}  # fmt: skip
     report = build_metrics(
@@ -390,3 +407,39 @@ def _train(
             signals.finish()
         print(f"test accuracy {report['test_accuracy']:.4f}; reports in {out}", file=sys.stdout)
     return 0
+
+
+def _run_facts(
+    config: RunConfig, epoch_mode: str, train_set: Dataset, test_set: Dataset, state: Any,
+    epochs_done: int,
+) -> dict[str, str]:  # fmt: skip
+    """What every process of a multi-process run must share, by name (`peers.agree`): each
+    flag of the configuration, the epoch mode, the data (sizes, shapes, labels, classes), the
+    resumed checkpoint's epochs and weights, and the versions that compile the programs."""
+    import jax
+
+    from jaxcifar import __version__
+
+    facts = {"--" + name.replace("_", "-"): str(value) for name, value in config.to_dict().items()}
+    facts["--epoch-mode"] = epoch_mode
+    for name, dataset in (("training data", train_set), ("test data", test_set)):
+        facts[name] = f"{len(dataset)} x {dataset.images.shape[1:]}, " + _digest(
+            dataset.labels, dataset.images.shape, dataset.class_names
+        )
+    facts["epochs trained"] = str(epochs_done)
+    facts["checkpoint weights"] = "none" if state is None else _digest(*jax.tree.leaves(state))
+    facts["jaxcifar, jax"] = f"{__version__}, {jax.__version__}"
+    return facts
+
+
+def _digest(*parts: Any) -> str:
+    """A short hash of NumPy arrays (their bytes) and other values (their repr)."""
+    import hashlib
+
+    import numpy as np
+
+    digest = hashlib.sha256()
+    for part in parts:
+        data = np.asarray(part).tobytes() if hasattr(part, "dtype") else repr(part).encode()
+        digest.update(data)
+    return digest.hexdigest()[:12]
