@@ -18,7 +18,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from typing import NoReturn
 
-from jaxcifar import __version__, interrupt, peers
+from jaxcifar import __version__, interrupt, parallel, peers
 from jaxcifar.errors import JaxcifarError
 
 COMMANDS = ("train", "evaluate", "predict", "data", "scratch", "bench", "speedrun")
@@ -72,6 +72,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         f"(see `{prefix} --help`)\n")  # fmt: skip
         with interrupt.resend_dropped_signals(), warnings.catch_warnings(), peers.leaving():
             warnings.showwarning = _one_line_warning(prefix)
+            if args.command != "train":
+                parallel.warn_of_ignored_variables(f"jaxcifar {args.command}")
             return int(args.run(args) or 0)
     except JaxcifarError as error:
         print(f"{prefix}: error: {error}", file=sys.stderr)

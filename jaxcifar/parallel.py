@@ -143,6 +143,20 @@ def add_distributed_arguments(parser: argparse.ArgumentParser) -> None:
                            help=f"{what}; when not given, ${variable}")  # fmt: skip
 
 
+def warn_of_ignored_variables(command: str) -> None:
+    """Warn when a JAXCIFAR_* multi-process variable is set for `command`, which is not
+    `train` and runs as one process: set for a whole cluster, it would run one whole
+    command, unseen, on every host."""
+    names = [name for name in (COORDINATOR_ENV, NUM_PROCESSES_ENV, PROCESS_ID_ENV)
+             if os.environ.get(name)]  # fmt: skip
+    if names:
+        warnings.warn(
+            f"{', '.join('$' + name for name in names)} set, but {command} runs as one "
+            "process: only jaxcifar train joins a multi-process run",
+            stacklevel=2,
+        )
+
+
 class _EnvText(str):
     """A flag's default as the text of its environment variable, which it names."""
 

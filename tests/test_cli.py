@@ -366,3 +366,17 @@ def test_a_process_of_a_multi_process_run_leaves_it_before_exiting_at_once(monke
     with pytest.raises(ExitedAtOnce):
         cli.run_program([])
     assert exits == ["shutdown", 143]
+
+
+def test_a_multi_process_variable_set_for_another_command_than_train_is_warned_of(
+    tmp_path, monkeypatch, capsys
+):
+    # Set for a whole cluster, it would have run one whole command on every host, unseen.
+    write_idx_set(tmp_path, n_train=8, n_test=4, shape=(4, 4))
+    monkeypatch.setenv("JAXCIFAR_COORDINATOR", "10.0.0.1:1234")
+    monkeypatch.setenv("JAXCIFAR_PROCESS_ID", "1")
+    assert main(["data", "info", "--dataset", "mnist", "--data-dir", str(tmp_path)]) == 0
+    assert capsys.readouterr().err == (
+        "jaxcifar data info: warning: $JAXCIFAR_COORDINATOR, $JAXCIFAR_PROCESS_ID set, but "
+        "jaxcifar data runs as one process: only jaxcifar train joins a multi-process run\n"
+    )
