@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from typing import NoReturn
 
 from jaxcifar import __version__, interrupt, parallel, peers
-from jaxcifar.errors import JaxcifarError
+from jaxcifar.errors import JaxcifarError, os_error_text
 
 COMMANDS = ("train", "evaluate", "predict", "data", "scratch", "bench", "speedrun")
 
@@ -82,8 +82,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if isinstance(error, BrokenPipeError) and _stdout_reader_gone():
             return _stdout_gone()
         # An I/O failure is the machine's, not a bug: the path and the reason say it all.
-        paths = [str(name) for name in (error.filename, error.filename2) if name is not None]
-        print(": ".join([f"{prefix}: error: {error.strerror or error}", *paths]), file=sys.stderr)
+        print(f"{prefix}: error: {os_error_text(error)}", file=sys.stderr)
         return 1
     except (MemoryError, jax_runtime_error()) as error:
         # NumPy's MemoryError, XLA's RESOURCE_EXHAUSTED or its CPU client's "Out of memory

@@ -30,3 +30,10 @@ def cannot_read(path: object, error: OSError) -> str:
     """`PATH: cannot read (REASON)`, the message for a file or folder the OS refused to read
     (no permission, a folder where a file was expected, a dangling link, a disk error)."""
     return f"{path}: cannot read ({error.strerror or error})"
+
+
+def os_error_text(error: OSError) -> str:
+    """`REASON: PATH[: PATH2]`, an OSError the command did not expect (a full disk, a
+    permission denied) as one line: the reason and the paths say it all."""
+    paths = [str(name) for name in (error.filename, error.filename2) if name is not None]
+    return ": ".join([str(error.strerror or error), *paths])

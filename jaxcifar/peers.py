@@ -24,12 +24,14 @@ from __future__ import annotations
 
 import contextlib
 import json
+import signal
 import sys
 import time
+import warnings
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from jaxcifar.errors import ConfigError, JaxcifarError
+from jaxcifar.errors import ConfigError, JaxcifarError, os_error_text
 from jaxcifar.interrupt import Interrupted
 
 _LEFT = "jaxcifar/left/"  # + process id: how that process left the command (a report)
@@ -94,13 +96,12 @@ def _report_of(error: BaseException) -> dict[str, Any]:
     if report is not None:  # another process's, passed on
         return report
     if isinstance(error, (Interrupted, KeyboardInterrupt)):
-        signum = error.signum if isinstance(error, Interrupted) else 2  # SIGINT
+        signum = error.signum if isinstance(error, Interrupted) else signal.SIGINT
         return {"how": "interrupted", "signum": signum}
     if isinstance(error, JaxcifarError):
         message = str(error)
     elif isinstance(error, OSError):
-        paths = [str(name) for name in (error.filename, error.filename2) if name is not None]
-        message = ": ".join([str(error.strerror or error), *paths])
+        message = os_error_text(error)
     else:
         lines = str(error).strip().splitlines()
         message = f"{type(error).__name__}: {lines[0] if lines else ''}".rstrip(": ")
@@ -198,8 +199,7 @@ def _gather(point: str, said: dict[str, Any]) -> dict[int, dict[str, Any]]:
                 raise _stop_from(report, point)
         if not noted and time.monotonic() - started > WAIT_NOTE_SECONDS:
             missing = ", ".join(str(other) for other in range(count) if other not in reached)
-            print(f"jaxcifar: still waiting for process {missing} to reach {point}",
-                  file=sys.stderr)  # fmt: skip
+            warnings.warn(f"still waiting for process {missing} to reach {point}", stacklevel=2)
             noted = True
         time.sleep(poll)
         poll = min(2 * poll, _LAST_POLL_SECONDS)

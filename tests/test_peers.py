@@ -59,6 +59,26 @@ def test_processes_that_agree_go_on(store):
     assert store.values["jaxcifar/at/start/0"] == json.dumps({"--epochs": "1"})
 
 
+def test_a_slow_process_is_waited_for_with_one_note(store, monkeypatch):
+    # Polls back off from 1 ms to 50 ms; after a minute one warning says what is awaited.
+    slept, now = [], [0.0]
+    monkeypatch.setattr(time, "monotonic", lambda: now[0])
+
+    def sleep(seconds):
+        slept.append(seconds)
+        now[0] += seconds
+        if now[0] > 100:  # process 1 arrives, after 100 s decoding its data
+            store.values["jaxcifar/at/start/1"] = json.dumps({})
+
+    monkeypatch.setattr(time, "sleep", sleep)
+    with pytest.warns(UserWarning) as noted:
+        peers.agree("start", {})
+    assert [str(warning.message) for warning in noted] == [
+        "still waiting for process 1 to reach start"
+    ]
+    assert slept[:3] == [0.001, 0.002, 0.004] and max(slept) == 0.05
+
+
 def test_differing_facts_are_named_with_each_processs_value(store):
     store.values["jaxcifar/at/start/1"] = json.dumps({"--epochs": "2", "--lr": "0.1"})
     with pytest.raises(ConfigError) as error:
