@@ -1,9 +1,12 @@
-"""SIGINT and SIGTERM as an exception, so a long command can stop cleanly and say how to resume.
+"""SIGINT, SIGTERM and SIGHUP as an exception, so a long command can stop cleanly and say how
+to resume.
 
-Python turns SIGINT into KeyboardInterrupt and leaves SIGTERM to kill the process outright;
-inside `StopOnSignal` both raise `Interrupted` in the main thread instead, between two Python
-bytecodes (a running XLA computation finishes first). A block run under `hold()` (writing a
-checkpoint) is never cut short: a signal that arrives during it is raised when it ends.
+Python turns SIGINT into KeyboardInterrupt and leaves SIGTERM and SIGHUP (a closed terminal,
+a dropped ssh session) to kill the process outright; inside `StopOnSignal` each raises
+`Interrupted` in the main thread instead, between two Python bytecodes (a running XLA
+computation finishes first). A block run under `hold()` (writing a checkpoint) is never cut
+short: a signal that arrives during it is raised when it ends. A signal the process was
+started to ignore (`nohup` ignores SIGHUP; a shell's background job, SIGINT) stays ignored.
 """
 
 from __future__ import annotations
@@ -16,12 +19,15 @@ from collections.abc import Iterator
 from types import FrameType
 from typing import Any
 
-SIGNALS = (signal.SIGINT, signal.SIGTERM)
+# SIGHUP is POSIX only.
+SIGNALS = tuple(
+    signum for signum in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None)) if signum
+)
 EXIT_CODES = frozenset(128 + signum for signum in SIGNALS)  # a command stopped by one of them
 
 
 class Interrupted(BaseException):
-    """A SIGINT or SIGTERM arrived. Not a JaxcifarError: it is no mistake to report, and the
+    """One of SIGNALS arrived. Not a JaxcifarError: it is no mistake to report, and the
     exit status (`exit_code`, 128 + the signal number, as a shell reports a killed process)
     differs from the usage-error status 2. A BaseException, as KeyboardInterrupt is: the
     `except Exception` that turns any decoder failure into "not a readable image" must not
@@ -41,8 +47,9 @@ class Interrupted(BaseException):
 
 
 class StopOnSignal:
-    """Context manager: within it, SIGINT and SIGTERM raise `Interrupted`; on exit the previous
-    handlers come back. Must be entered in the main thread (Python's rule for signal handlers)."""
+    """Context manager: within it, each of SIGNALS not ignored raises `Interrupted`; on exit the
+    previous handlers come back. Must be entered in the main thread (Python's rule for signal
+    handlers)."""
 
     def __init__(self) -> None:
         self._holding = False
@@ -52,7 +59,11 @@ class StopOnSignal:
         self._previous: dict[int, object] = {}
 
     def __enter__(self) -> StopOnSignal:
-        self._previous = {signum: signal.signal(signum, self._handle) for signum in SIGNALS}
+        self._previous = {
+            signum: signal.signal(signum, self._handle)
+            for signum in SIGNALS
+            if signal.getsignal(signum) is not signal.SIG_IGN
+        }
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -110,7 +121,7 @@ class StopOnSignal:
 
 @contextlib.contextmanager
 def resend_dropped_signals() -> Iterator[None]:
-    """Within it, a SIGINT or SIGTERM whose exception Python dropped is sent again.
+    """Within it, a signal of SIGNALS whose exception Python dropped is sent again.
 
     A signal handler's exception (KeyboardInterrupt, `Interrupted`) raised while Python runs a
     garbage-collector callback (JAX registers one) or a finaliser cannot propagate: Python

@@ -24,7 +24,7 @@ from jaxcifar import checkpoint
 from jaxcifar.cli import main
 from jaxcifar.data import load
 from jaxcifar.data.idx import IMAGES_MAGIC, LABELS_MAGIC
-from jaxcifar.interrupt import Interrupted, StopOnSignal, resend_dropped_signals
+from jaxcifar.interrupt import EXIT_CODES, Interrupted, StopOnSignal, resend_dropped_signals
 from data_files import (
     RunsCode, grey_png, idx_bytes, make_batches, py2_dumps, python_batch, rewrite_msgpack,
     write_idx_set, write_release, write_tree,
@@ -68,6 +68,26 @@ def test_signal_raises_at_once_but_waits_for_a_held_block():
                 finished.append(True)
         assert finished == [True] and stopped.value.exit_code == 130
     assert [signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)] == before
+
+
+def test_sighup_stops_as_sigterm_does_unless_the_process_was_started_to_ignore_it():
+    # A closed terminal or a dropped ssh session killed the run outright, without its
+    # resume line; in a multi-process run the other processes then waited for ever.
+    previous = signal.getsignal(signal.SIGHUP)
+    try:
+        signal.signal(signal.SIGHUP, signal.SIG_DFL)
+        with StopOnSignal():
+            with pytest.raises(Interrupted) as stopped:
+                os.kill(os.getpid(), signal.SIGHUP)
+                time.sleep(5)  # never reached in full
+        assert stopped.value.exit_code == 129 and 129 in EXIT_CODES
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)  # as `nohup` starts a command
+        with StopOnSignal():
+            assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+            os.kill(os.getpid(), signal.SIGHUP)  # ignored: nothing raised
+        assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGHUP, previous)
 
 
 def test_a_signal_while_decoding_an_image_stops_rather_than_failing_the_image(monkeypatch):

@@ -10,9 +10,10 @@ checkpoint's, with only the flags given explicitly applied (`--recipe` gives all
 A flag that changes it is refused unless `--override-config` is given, except `--epochs` under
 a constant schedule (how a run is extended) and `--limit-test` (evaluation only).
 
-Ctrl-C (SIGINT) or SIGTERM stops the run: the epoch in progress is dropped, the checkpoint of
-the last finished epoch stays, and the command prints the line that resumes the run, exiting
-130 (SIGINT) or 143 (SIGTERM). A non-finite loss stops it likewise, exit 2.
+Ctrl-C (SIGINT), SIGTERM or SIGHUP stops the run: the epoch in progress is dropped, the
+checkpoint of the last finished epoch stays, and the command prints the line that resumes the
+run, exiting 130 (SIGINT), 143 (SIGTERM) or 129 (SIGHUP). A non-finite loss stops it likewise,
+exit 2.
 """
 
 from __future__ import annotations
