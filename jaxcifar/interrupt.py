@@ -5,8 +5,8 @@ Python turns SIGINT into KeyboardInterrupt and leaves SIGTERM and SIGHUP (a clos
 a dropped ssh session) to kill the process outright; inside `StopOnSignal` each raises
 `Interrupted` in the main thread instead, between two Python bytecodes (a running XLA
 computation finishes first). A block run under `hold()` (writing a checkpoint) is never cut
-short: a signal that arrives during it is raised when it ends. A signal the process was
-started to ignore (`nohup` ignores SIGHUP; a shell's background job, SIGINT) stays ignored.
+short: a signal that arrives during it is raised when it ends. A SIGHUP the process was
+started to ignore (by `nohup`, so that the run outlives its terminal) stays ignored.
 """
 
 from __future__ import annotations
@@ -19,10 +19,8 @@ from collections.abc import Iterator
 from types import FrameType
 from typing import Any
 
-# SIGHUP is POSIX only.
-SIGNALS = tuple(
-    signum for signum in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None)) if signum
-)
+_SIGHUP = getattr(signal, "SIGHUP", None)  # POSIX only
+SIGNALS = tuple(signum for signum in (signal.SIGINT, signal.SIGTERM, _SIGHUP) if signum)
 EXIT_CODES = frozenset(128 + signum for signum in SIGNALS)  # a command stopped by one of them
 
 
@@ -47,8 +45,8 @@ class Interrupted(BaseException):
 
 
 class StopOnSignal:
-    """Context manager: within it, each of SIGNALS not ignored raises `Interrupted`; on exit the
-    previous handlers come back. Must be entered in the main thread (Python's rule for signal
+    """Context manager: within it, each of SIGNALS raises `Interrupted` (but a SIGHUP that
+    `nohup` ignores); on exit the previous handlers come back. Must be entered in the main thread (Python's rule for signal
     handlers)."""
 
     def __init__(self) -> None:
@@ -62,7 +60,7 @@ class StopOnSignal:
         self._previous = {
             signum: signal.signal(signum, self._handle)
             for signum in SIGNALS
-            if signal.getsignal(signum) is not signal.SIG_IGN
+            if not (signum == _SIGHUP and signal.getsignal(signum) is signal.SIG_IGN)
         }
         return self
 
