@@ -46,8 +46,8 @@ class Interrupted(BaseException):
 
 class StopOnSignal:
     """Context manager: within it, each of SIGNALS raises `Interrupted` (but a SIGHUP that
-    `nohup` ignores); on exit the previous handlers come back. Must be entered in the main thread (Python's rule for signal
-    handlers)."""
+    `nohup` ignores); on exit the previous handlers come back. Must be entered in the main
+    thread (Python's rule for signal handlers)."""
 
     def __init__(self) -> None:
         self._holding = False
