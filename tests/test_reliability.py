@@ -361,6 +361,20 @@ def test_predict_reads_huge_images_and_refuses_bombs_and_non_images(trained, tmp
     assert errors[3].startswith(f"jaxcifar predict: error: {tmp_path}: not a readable image (IsADirectoryError")
 
 
+def test_predict_prints_one_line_per_image_whatever_its_file_is_called(trained, tmp_path, capsys):
+    # A newline in a name split its line; a name that is not UTF-8 printed raw bytes, or
+    # failed to print where stdout is strict UTF-8.
+    _, run, _ = trained
+    names = ["two\nlines.png", os.fsdecode(b"latin-1 \xe9.png"), "caf\u00e9.png"]
+    for name in names:
+        Image.new("L", (8, 8), 90).save(tmp_path / name, format="PNG")
+    capsys.readouterr()
+    assert main(["predict", "--checkpoint", str(run), *(str(tmp_path / n) for n in names)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    shown = [line.split(": ")[0].removeprefix(f"{tmp_path}/") for line in lines]
+    assert shown == ["two\\nlines.png", "latin-1 \\udce9.png", "caf\u00e9.png"]
+
+
 def bfloat16_copy_recording_dtypes(run, folder, monkeypatch) -> list:
     """`run`'s checkpoint copied into `folder` with its dtype set to bfloat16; returns the list
     into which each apply of a model built from then on notes the dtype it computes in."""

@@ -85,5 +85,15 @@ def run(args: argparse.Namespace) -> int:
             raise CheckpointError(f"{saved.path}: its weights give non-finite outputs for {name}")
         top = np.argsort(-probs)[:TOP_K]
         ranked = ", ".join(f"{saved.class_names[i]} {probs[i]:.3f}" for i in top)
-        print(f"{name}: {ranked}")
+        print(f"{_one_line(name)}: {ranked}")
     return 1 if failures else 0
+
+
+def _one_line(name: str) -> str:
+    """`name` with each character that is not printable escaped (`\\n`, `\\udcff`): one image,
+    one line of output, whatever its file is called (a newline split the line; a name that is
+    not UTF-8, which Python holds as lone surrogates, printed as raw bytes, or failed to print
+    where stdout is strict UTF-8, as PYTHONIOENCODING=utf-8 makes it)."""
+    return "".join(
+        char if char.isprintable() else char.encode("unicode_escape").decode() for char in name
+    )
