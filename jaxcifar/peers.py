@@ -16,7 +16,7 @@ different programs that meet in the same collectives. So:
 
 It goes through the key-value store of the coordination service that `jax.distributed`
 starts in process 0: no device, no compiled program, about 0.4 ms a request. In a
-one-process run every function here does nothing. A process killed outright (SIGKILL, a
+one-process run every function here returns at once (`go_on` raises for its own signal). A process killed outright (SIGKILL, a
 crash) publishes nothing: JAX's heartbeat check stops the others about 100 s later.
 """
 
@@ -35,6 +35,7 @@ from jaxcifar.errors import ConfigError, JaxcifarError, os_error_text
 from jaxcifar.interrupt import Interrupted
 
 _LEFT = "jaxcifar/left/"  # + process id: how that process left the command (a report)
+_GAVE_UP = "jaxcifar/gave-up/"  # + point + "/" + process id: left while waiting there
 _AT = "jaxcifar/at/"  # + point + "/" + process id: its facts at an agreement point
 # Polling starts fast, as a point is usually reached within milliseconds of the others, and
 # backs off so a long wait (a peer decoding its dataset for 40 s) costs little.
@@ -187,16 +188,32 @@ def _gather(point: str, said: dict[str, Any]) -> dict[int, dict[str, Any]]:
         return {}
     process, count = _process()
     client.key_value_set(f"{_AT}{point}/{process}", json.dumps(said))
+    try:
+        return _wait(client, point, process, count)
+    except BaseException:  # (a second signal): it published the point but will not go on
+        with contextlib.suppress(Exception):
+            client.key_value_set(f"{_GAVE_UP}{point}/{process}", "")
+        raise
+
+
+def _wait(client: Any, point: str, process: int, count: int) -> dict[int, dict[str, Any]]:
+    """`_gather`'s wait for every process's word at `point`, by process id."""
     reached: dict[int, dict[str, Any]] = {}
     poll, started, noted = _FIRST_POLL_SECONDS, time.monotonic(), False
     while True:
+        # Read in the order they are written: a process publishes the point, then (if it gives
+        # up waiting there) its gave-up key, then its report as it leaves. So one that left
+        # after reaching the point is found at the point, not taken for one that never came.
+        left = _left(client)
+        gave_up = {int(key.rsplit("/", 1)[1]) for key, _ in
+                   client.key_value_dir_get(f"{_GAVE_UP}{point}/")} - {process}  # fmt: skip
         for key, text in client.key_value_dir_get(f"{_AT}{point}/"):
             reached[int(key.rsplit("/", 1)[1])] = json.loads(text)
-        if len(reached) == count:
-            return reached
-        for report in _left(client):
-            if report["process"] not in reached:
+        for report in left:
+            if report["process"] not in reached or report["process"] in gave_up:
                 raise _stop_from(report, point)
+        if len(reached) == count and not gave_up:
+            return reached
         if not noted and time.monotonic() - started > WAIT_NOTE_SECONDS:
             missing = ", ".join(str(other) for other in range(count) if other not in reached)
             warnings.warn(f"still waiting for process {missing} to reach {point}", stacklevel=2)

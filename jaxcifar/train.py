@@ -368,8 +368,9 @@ def fit(
     In a multi-process run the processes meet after each group of steps a runner reports
     and after each epoch's `on_epoch_end` (`peers.go_on`): there a signal that
     `stop_signal()` returns (one held back, `StopOnSignal.defer`) stops every process
-    together, raising Interrupted, as does another process's failure; no process is left
-    waiting in a collective for one that stopped.
+    together, raising Interrupted, as does another process's failure, so that no process
+    waits in a collective for one that stopped (but for one that a second signal stops at
+    once, `StopOnSignal.defer`).
 
     Raises DataError when `test_set`'s image shape or class names differ from `train_set`'s
     (the model is built for the training set: other images fail deep in the model, more

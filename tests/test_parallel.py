@@ -485,3 +485,12 @@ def test_a_signal_to_one_process_stops_both_together(tmp_path):
                                     "epoch "), results[0][2]  # fmt: skip
     assert results[1][2].startswith("jaxcifar train: interrupted by SIGTERM; process 0 writes")
     assert "epoch 30/30" not in results[0][1]
+
+
+def test_a_process_failing_before_the_backend_starts_stops_the_other_too(tmp_path):
+    # A resume with no checkpoint on one host fails before any device is touched: the other
+    # process once waited inside the backend's start for it, for ever.
+    results = train_in_two_processes(tmp_path, ([], ["--resume"]))
+    assert [code for code, _, _ in results] == [2, 2], results
+    assert results[0][2].startswith("jaxcifar train: error: process 1 failed: "), results[0][2]
+    assert str(tmp_path / "run1" / "checkpoint.msgpack") in results[0][2]

@@ -160,3 +160,33 @@ def test_a_deferred_signal_waits_to_be_taken_and_a_second_one_raises():
             with signals.defer():
                 os.kill(os.getpid(), signal.SIGTERM)
         assert left_over.value.exit_code == 143
+
+
+def test_a_process_that_gives_up_waiting_at_a_point_stops_the_others_there(store):
+    # Stopped by a second signal while it waited, process 1 had published the point: the
+    # others went on without it, into a collective it would never join.
+    store.values["jaxcifar/at/start/1"] = json.dumps({})
+    store.values["jaxcifar/gave-up/start/1"] = ""
+    store.values["jaxcifar/left/1"] = json.dumps({"process": 1, "how": "interrupted", "signum": 2})
+    with pytest.raises(Interrupted) as error:
+        peers.agree("start", {})
+    assert str(error.value) == "process 1 was interrupted by SIGINT"
+
+
+def test_a_process_that_reaches_a_point_and_leaves_between_two_reads_counts_as_reached(
+    store, monkeypatch
+):
+    # Process 1 publishes the point and finishes while process 0 reads: read in the other
+    # order, that once failed a finished run ("process 1 ended the command before ...").
+    read = store.key_value_dir_get
+
+    def racing_read(prefix):
+        seen = read(prefix)
+        if prefix.startswith("jaxcifar/at/") and "jaxcifar/left/1" not in store.values:
+            store.values["jaxcifar/at/end/1"] = json.dumps({"signal": None})
+            store.values["jaxcifar/left/1"] = json.dumps({"process": 1, "how": "finished"})
+        return seen
+
+    monkeypatch.setattr(store, "key_value_dir_get", racing_read)
+    monkeypatch.setattr(time, "sleep", lambda seconds: None)
+    peers.go_on("end", None)  # goes on

@@ -176,7 +176,11 @@ def run(args: argparse.Namespace) -> int:
 
     from jaxcifar import checkpoint, peers, xla_cache
 
-    parallel.initialize_from_args(args)  # before anything touches a device
+    if parallel.initialize_from_args(args):  # before anything touches a device
+        # The backend starts with every process or with none: started here, before any check
+        # can end one process's command, so that the others hear of it (`peers`) rather than
+        # wait inside the backend's start for a process that has gone.
+        jax.devices()
     out = args.out
     # The checkpoint gives the configuration, which every later check reads.
     saved = _resumed_checkpoint(out) if args.resume else None
@@ -391,6 +395,8 @@ def _train(
             config, train_set, test_set, state=state, history=history, epoch_mode=mode,
             on_epoch_end=on_epoch_end, progress=not args.quiet, stop_signal=signals.take_pending,
         )  # fmt: skip
+        # A signal after the last meeting (in the last evaluation) stops every process alike.
+        peers.go_on("the end of training", signals.take_pending())
     data = {"source": train_set.source, "train_examples": len(train_set),
             "test_examples": len(test_set)}  # fmt: skip
     report = build_metrics(
