@@ -16,8 +16,9 @@ different programs that meet in the same collectives. So:
 
 It goes through the key-value store of the coordination service that `jax.distributed`
 starts in process 0: no device, no compiled program, about 0.4 ms a request. In a
-one-process run every function here returns at once (`go_on` raises for its own signal). A process killed outright (SIGKILL, a
-crash) publishes nothing: JAX's heartbeat check stops the others about 100 s later.
+one-process run every function here returns at once (`go_on` raises for its own signal).
+A process killed outright (SIGKILL, a crash) publishes nothing: JAX's heartbeat check stops
+the others about 100 s later.
 """
 
 from __future__ import annotations
