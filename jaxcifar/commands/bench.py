@@ -12,6 +12,7 @@ import argparse
 import datetime
 import sys
 
+from jaxcifar import folder_lock
 from jaxcifar.bench.settings import Settings
 from jaxcifar.bench.timing import TimingBudget
 from jaxcifar.commands._args import (
@@ -99,8 +100,6 @@ def default_stem(out: str) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """Run the benchmark: progress on stderr, the paths of the written files on stdout."""
-    from tqdm import tqdm
-
     if args.steps is not None:
         budget = TimingBudget.fixed(args.steps, warmup=args.warmup)
     else:
@@ -113,6 +112,14 @@ def run(args: argparse.Namespace) -> int:
         epoch_images=args.epoch_images, epoch_batch_sizes=tuple(args.epoch_batch_sizes),
     )  # fmt: skip
     check_writable_folder(args.out)  # before the cases run, not after the first
+    with folder_lock.holding(args.out):
+        return _benchmark(args, settings)
+
+
+def _benchmark(args: argparse.Namespace, settings: Settings) -> int:
+    """Run `settings`' cases, writing --out's files after each and at the end."""
+    from tqdm import tqdm
+
     from jaxcifar.bench import output, suite  # import JAX: after the flags' own checks
 
     planned = suite.plan(settings)

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
+from jaxcifar import folder_lock
 from jaxcifar.commands._args import (
     add_data_dir_argument, check_data_fits_model, check_writable_folder, output_folder,
     positive_int,
@@ -136,8 +137,15 @@ def evaluated_record(result: SavedModelTest) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.out:
-        check_writable_folder(args.out)  # before the evaluation, not after
+    if not args.out:
+        return _evaluate(args)
+    check_writable_folder(args.out)  # before the evaluation, not after
+    with folder_lock.holding(args.out):
+        return _evaluate(args)
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    """Evaluate --checkpoint, print its figures, and write them into --out if given."""
     # These import JAX: after the flags' own checks.
     from jaxcifar import checkpoint, train
     from jaxcifar.reports import build_metrics, write_reports

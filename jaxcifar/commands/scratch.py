@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from jaxcifar import folder_lock
 from jaxcifar.commands._args import (
     add_data_arguments, check_writable_folder, output_folder, positive_float, positive_int,
     seed_int,
@@ -84,10 +85,16 @@ def load_inputs(
 
 
 def run(args: argparse.Namespace) -> int:
+    check_writable_folder(args.out)  # before the data and the training, not after
+    with folder_lock.holding(args.out):
+        return _train_and_report(args)
+
+
+def _train_and_report(args: argparse.Namespace) -> int:
+    """Load the data, train, and write --out's metrics.json and figure."""
     from jaxcifar import plots, scratch
     from jaxcifar.atomic import atomic_write_text
 
-    check_writable_folder(args.out)  # before the data and the training, not after
     data = load_inputs(
         args.dataset, args.data_dir, limit_train=args.limit_train, limit_test=args.limit_test,
         seed=args.seed, dtype=args.dtype,

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from jaxcifar import folder_lock
 from jaxcifar.commands._args import (
     add_compile_cache_argument, add_data_arguments, check_writable_folder, positive_float,
     output_folder, positive_int, seed_int,
@@ -67,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
     results: dict[str, Any] = {}  # what speedrun.json holds, saved after every run
     try:
         # From the data's first decode (tens of seconds) to the last write.
-        with StopOnSignal() as signals:
+        with folder_lock.holding(args.out), StopOnSignal() as signals:
             _speedrun(args, recipe, path, results, signals)
     except Interrupted as stop:
         done = len(results.get("runs", []))

@@ -28,7 +28,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from jaxcifar import parallel
+from jaxcifar import folder_lock, parallel
 from jaxcifar.commands._args import (
     add_compile_cache_argument, add_data_dir_argument, check_data_fits_model, check_writable_folder,
     momentum, non_negative_float, output_folder, positive_float, positive_int, seed_int,
@@ -174,13 +174,23 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("--override-config applies only with --resume")
     import jax  # after the flags' own checks
 
-    from jaxcifar import checkpoint, peers, xla_cache
-
     if parallel.initialize_from_args(args):  # before anything touches a device
         # The backend starts with every process or with none: started here, before any check
         # can end one process's command, so that the others hear of it (`peers`) rather than
         # wait inside the backend's start for a process that has gone.
         jax.devices()
+    # Process 0 alone writes --out. Held from before the checkpoint a resume continues is
+    # read, so that no other command saves epochs there between the read and this run's saves.
+    with folder_lock.holding(args.out) if parallel.is_main_process() else contextlib.nullcontext():
+        return _run_holding_out(args)
+
+
+def _run_holding_out(args: argparse.Namespace) -> int:
+    """`run`, from the flags' checks on, with --out held (`folder_lock`) in process 0."""
+    import jax
+
+    from jaxcifar import checkpoint, peers, xla_cache
+
     out = args.out
     # The checkpoint gives the configuration, which every later check reads.
     saved = _resumed_checkpoint(out) if args.resume else None
