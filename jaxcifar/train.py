@@ -299,7 +299,9 @@ class EpochRecord(NamedTuple):
 
     train_loss / train_accuracy: means over the epoch's steps as each trained (dropout and
     augmentation on, the loss before the step's update); test_*: every test example after
-    the epoch; seconds: its wall time, training and that evaluation, compiling excluded.
+    the epoch, test_examples of them (a resume may test on another --limit-test subset than
+    the epochs before it; None in a record saved before the count was kept); seconds: its
+    wall time, training and that evaluation, compiling excluded.
     """
 
     epoch: int
@@ -307,6 +309,7 @@ class EpochRecord(NamedTuple):
     train_accuracy: float
     test_loss: float
     test_accuracy: float
+    test_examples: int | None
     seconds: float
 
 
@@ -415,6 +418,7 @@ def fit(
             train_accuracy=tally.accuracy(),
             test_loss=test.loss,
             test_accuracy=test.accuracy,
+            test_examples=len(test_set),
             seconds=tally.seconds(),
         )
         history.append(record._asdict())

@@ -121,6 +121,19 @@ def test_malformed_fields_are_named_not_a_traceback(saved_file, field, value):
         checkpoint.load(saved_file)
 
 
+def test_epoch_records_saved_before_their_test_count_was_kept_still_load(saved_file):
+    def drop(name):
+        return lambda payload: [record.pop(name) for record in payload["history"]]
+
+    assert checkpoint.load(saved_file).history[0]["test_examples"] == 12
+    rewrite_msgpack(saved_file, drop("test_examples"))  # as an older jaxcifar saved them
+    (record,) = checkpoint.load(saved_file).history
+    assert list(record) == list(train.EpochRecord._fields) and record["test_examples"] is None
+    rewrite_msgpack(saved_file, drop("test_loss"))  # every other field is needed
+    with pytest.raises(CheckpointError, match=r"malformed checkpoint \(.*without test_loss"):
+        checkpoint.load(saved_file)
+
+
 def test_resume_changes_name_the_fields():
     # Constant schedule: more epochs extend the run, so only the other three are changes.
     other = dataclasses.replace(CONFIG, batch_size=4, model="cnn", lr=0.5, epochs=9)
@@ -131,7 +144,7 @@ def test_resume_changes_name_the_fields():
 
 HISTORY = [
     {"epoch": epoch, "train_loss": loss, "train_accuracy": 0.5, "test_loss": loss,
-     "test_accuracy": 0.5, "seconds": 1.0}
+     "test_accuracy": 0.5, "test_examples": 10, "seconds": 1.0}
     for epoch, loss in ((1, 0.75), (2, 0.5))
 ]  # fmt: skip
 
@@ -156,7 +169,7 @@ def test_a_history_record_without_a_field_the_reports_read_is_malformed(small_fi
         checkpoint.load(small_file)
     assert str(caught.value) == (
         f"{small_file}: malformed checkpoint ('history record without epoch, train_loss, "
-        "train_accuracy, test_loss, test_accuracy, seconds')"
+        "train_accuracy, test_loss, test_accuracy, test_examples, seconds')"
     )
 
 

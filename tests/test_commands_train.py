@@ -47,8 +47,10 @@ def test_train_evaluate_predict_end_to_end(image_tree, tmp_path, capsys):
     assert report["data"] == {"source": str(image_tree), "train_examples": 40, "test_examples": 20}
     assert report["device"]["platform"] == "cpu"
     assert [set(e) for e in report["epochs"]] == [
-        {"epoch", "train_loss", "train_accuracy", "test_loss", "test_accuracy", "seconds"}
+        {"epoch", "train_loss", "train_accuracy", "test_loss", "test_accuracy", "test_examples",
+         "seconds"}
     ] * 2
+    assert [e["test_examples"] for e in report["epochs"]] == [20, 20]
     assert list(report["per_class_accuracy"]) == list(CIFAR10_CLASSES)
     matrix = np.array(report["confusion_matrix"])
     assert matrix.shape == (10, 10) and matrix.sum() == 20 and (matrix.sum(axis=1) == 2).all()
@@ -383,9 +385,15 @@ def test_resume_refuses_changed_flags_unless_told_to_override_them(image_tree, t
     config = json.loads((out / "metrics.json").read_text())["config"]
     changed_fields = [config[name] for name in ("epochs", "lr", "augment", "dtype")]
     assert changed_fields == [2, 0.001, False, "bfloat16"]
-    # A test subset of another size changes the evaluation only: no override needed.
+    # A test subset of another size changes the evaluation only: no override needed; each
+    # epoch records how many examples it was tested on, and the resume says they differ.
+    capsys.readouterr()
     assert main([*common, "--epochs", "3", "--limit-test", "10", "--resume"]) == 0
-    assert np.sum(json.loads((out / "metrics.json").read_text())["confusion_matrix"]) == 10
+    report = json.loads((out / "metrics.json").read_text())
+    assert np.sum(report["confusion_matrix"]) == 10
+    assert [record["test_examples"] for record in report["epochs"]] == [20, 20, 10]
+    assert ("jaxcifar train: note: earlier epochs of this run were tested on 20 examples, the "
+            "next on 10 (--limit-test)") in capsys.readouterr().err  # fmt: skip
 
 
 def test_resume_from_a_missing_folder_leaves_none_behind(tmp_path, capsys):

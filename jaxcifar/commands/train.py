@@ -387,7 +387,7 @@ def _train(
     device = train.describe_devices(mode)
     print(f"devices: {device['device_count']} x {device['platform']} ({device['device_kind']})")
     print(f"data: {len(train_set)} train / {len(test_set)} test examples from {train_set.source}")
-    for note in device_notes(mode, jax.local_devices()):
+    for note in [*device_notes(mode, jax.local_devices()), *_subset_note(history, test_set)]:
         print(f"jaxcifar train: {note}", file=sys.stderr)  # as the command's warnings read
 
     def on_epoch_end(state, history):
@@ -424,6 +424,19 @@ def _train(
             signals.finish()
         print(f"test accuracy {report['test_accuracy']:.4f}; reports in {out}", file=sys.stdout)
     return 0
+
+
+def _subset_note(history: list[dict[str, Any]], test_set: Dataset) -> list[str]:
+    """A note when a resume tests on another number of examples (--limit-test) than the
+    epochs it continues did: metrics.json's epochs, and the curves, then mix the two."""
+    counts = sorted({record["test_examples"] for record in history} - {None, len(test_set)})
+    if not counts:
+        return []
+    return [
+        f"note: earlier epochs of this run were tested on {' and '.join(map(str, counts))} "
+        f"examples, the next on {len(test_set)} (--limit-test): metrics.json records each "
+        "epoch's count, and its test curves join the two"
+    ]
 
 
 def _run_facts(
