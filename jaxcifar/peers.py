@@ -12,7 +12,8 @@ different programs that meet in the same collectives. So:
 - at an agreement point (`agree`) every process publishes what it is about to do, a few
   named facts (its configuration, data, checkpoint), and waits until every other process has
   published the same point, or has left: a process that left stops the others with its own
-  reason, and facts that differ from process 0's stop every process with their names.
+  reason, and facts that differ from process 0's stop every process with their names; at
+  such a point `process_0s` hands every process process 0's verdict (is the run done?).
 
 It goes through the key-value store of the coordination service that `jax.distributed`
 starts in process 0: no device, no compiled program, about 0.4 ms a request. In a
@@ -161,6 +162,14 @@ def agree(point: str, facts: Mapping[str, str]) -> None:
     reached = _gather(point, dict(facts))
     if reached:
         _check_same(reached)
+
+
+def process_0s(point: str, value: Any) -> Any:
+    """Process 0's `value` (a JSON value) at `point`, returned in every process once each has
+    reached it, as `agree` waits: for a verdict that is process 0's to give, such as whether
+    the run in its --out is done. A process's own `value` in a one-process run."""
+    reached = _gather(point, {"value": value})
+    return reached[0]["value"] if reached else value
 
 
 def go_on(point: str, signum: int | None) -> None:

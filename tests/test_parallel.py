@@ -9,6 +9,7 @@ joins through `jax.distributed` on a localhost coordinator (CPU collectives: glo
 import argparse
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -452,6 +453,21 @@ def test_two_processes_of_the_command_line_train_and_only_process_0_writes(tmp_p
         "checkpoint.msgpack", "metrics.json", "accuracy.png", "loss.png", "confusion_matrix.png"
     }  # fmt: skip
     assert not (tmp_path / "run1").exists()
+
+
+def test_whether_a_resumed_run_is_finished_is_process_0s_call(tmp_path):
+    # With an --out on each host, process 1's holds only a copy of the checkpoint (process 0
+    # writes the reports): it once went on to train alone, and both failed with "process 0
+    # ended the command before the start of training".
+    assert [code for code, _, _ in train_in_two_processes(tmp_path)] == [0, 0]
+    (tmp_path / "run1").mkdir()
+    shutil.copy(tmp_path / "run0" / "checkpoint.msgpack", tmp_path / "run1")
+    results = train_in_two_processes(tmp_path, (["--resume"], ["--resume"]))
+    assert [(code, stderr) for code, _, stderr in results] == [(0, ""), (0, "")], results
+    assert results[0][1] == (f"{tmp_path / 'run0' / 'checkpoint.msgpack'}: already trained 1 "
+                             "epoch; raise --epochs to continue\n")  # fmt: skip
+    assert results[1][1] == ""  # process 0 says it
+    assert sorted(path.name for path in (tmp_path / "run1").iterdir()) == ["checkpoint.msgpack"]
 
 
 def test_a_process_failing_alone_stops_the_other_with_its_reason(tmp_path):

@@ -49,6 +49,7 @@ def test_one_process_agrees_at_once():
     # No run joined (this test process never calls jax.distributed.initialize).
     peers.agree("the start of training", {"--epochs": "1"})
     peers.go_on("epoch 1 step 4", None)
+    assert peers.process_0s("the check for a finished run", False) is False  # its own
     with pytest.raises(Interrupted):
         peers.go_on("epoch 1 step 4", signal.SIGTERM)
 
@@ -57,6 +58,14 @@ def test_processes_that_agree_go_on(store):
     store.values["jaxcifar/at/start/1"] = json.dumps({"--epochs": "1"})
     peers.agree("start", {"--epochs": "1"})
     assert store.values["jaxcifar/at/start/0"] == json.dumps({"--epochs": "1"})
+
+
+def test_every_process_takes_process_0s_verdict(store, monkeypatch):
+    store.values["jaxcifar/at/the check/1"] = json.dumps({"value": False})
+    assert peers.process_0s("the check", True) is True  # process 0's, not process 1's
+    monkeypatch.setattr(peers, "_process", lambda: (1, 2))
+    store.values["jaxcifar/at/a check/0"] = json.dumps({"value": True})
+    assert peers.process_0s("a check", False) is True
 
 
 def test_a_slow_process_is_waited_for_with_one_note(store, monkeypatch):

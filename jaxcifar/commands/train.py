@@ -210,7 +210,13 @@ def _run_holding_out(args: argparse.Namespace) -> int:
                 "drop those flags to continue the run as saved, or add --override-config to "
                 "change them"
             )
-        if config.epochs == done and _reports_cover(out, done):
+    # Whether the run is done is process 0's call, met on every path so that no process waits
+    # for one gone another way: it alone writes the reports, and another host's --out may
+    # hold only a copy of the checkpoint. A run stopped after its last epoch but before its
+    # reports is not done: `fit` trains nothing and evaluates, and the reports are written.
+    finished = saved is not None and config.epochs == done and _reports_cover(out, done)
+    if peers.process_0s("the check for a finished run", finished):
+        if parallel.is_main_process():
             more = (
                 "raise --epochs to continue" if config.schedule == "constant"
                 else f"its {config.schedule} schedule ends there (train longer in a new run; "
@@ -218,9 +224,7 @@ def _run_holding_out(args: argparse.Namespace) -> int:
                 "the rate jumps back up)"
             )
             print(f"{saved.path}: already trained {done} epoch{'s' * (done != 1)}; {more}")
-            return 0  # nothing trained, so the reports of the run stay as they are
-        # A run stopped after its last epoch but before its reports: `fit` trains nothing
-        # and evaluates, and the reports are written.
+        return 0  # nothing trained, so the reports of the run stay as they are
     mlp_flags = [flag for flag in ("--mlp-hidden", "--mlp-activation")
                  if hasattr(args, flag[2:].replace("-", "_"))]  # fmt: skip
     if mlp_flags and config.model != "mlp":  # else ignored, yet kept in the configuration
