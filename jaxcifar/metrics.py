@@ -39,6 +39,16 @@ def per_class_accuracy(matrix: np.ndarray) -> np.ndarray:
         return np.diag(matrix) / support
 
 
+def out_of_range(values: np.ndarray, num_classes: int) -> str | None:
+    """`must lie in 0..K-1; found MIN..MAX` when some of the class indices `values` (any
+    shape, integers) lie outside [0, num_classes), else None: a label of -1 one-hot encodes
+    as the last class, and one of K indexes past the logits."""
+    values = np.asarray(values)
+    if values.size and (values.min() < 0 or values.max() >= num_classes):
+        return f"must lie in 0..{num_classes - 1}; found {values.min()}..{values.max()}"
+    return None
+
+
 def _class_indices(values: np.ndarray, name: str, num_classes: int) -> np.ndarray:
     """`values` as (N,) int64, raising ValueError unless they are integers in [0, num_classes)."""
     array = np.asarray(values)
@@ -48,9 +58,6 @@ def _class_indices(values: np.ndarray, name: str, num_classes: int) -> np.ndarra
             f"confusion_matrix: {name} {array.shape} {array.dtype}; expected (N,) integer "
             f"class indices{hint}"
         )
-    if array.size and (array.min() < 0 or array.max() >= num_classes):
-        raise ValueError(
-            f"confusion_matrix: {name} must lie in 0..{num_classes - 1}; "
-            f"found {array.min()}..{array.max()}"
-        )
+    if problem := out_of_range(array, num_classes):
+        raise ValueError(f"confusion_matrix: {name} {problem}")
     return array.astype(np.int64)

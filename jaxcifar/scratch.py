@@ -38,6 +38,7 @@ from numpy.typing import DTypeLike
 from jaxcifar.config import MLP_LAYER_SIZES
 from jaxcifar.data.preprocess import flatten
 from jaxcifar.errors import TrainingDiverged
+from jaxcifar.metrics import out_of_range
 
 Layer = dict[str, np.ndarray]
 Network = list[Layer]
@@ -401,11 +402,8 @@ def _check_labels(
             f"{name} {labels.shape} {labels.dtype}: expected ({count},) integer class labels, "
             "one per input row (not one-hot)"
         )
-    if num_classes is not None and count and (labels.min() < 0 or labels.max() >= num_classes):
-        raise ValueError(
-            f"{name} must lie in 0..{num_classes - 1} (the network's {num_classes} outputs); "
-            f"found {labels.min()}..{labels.max()}"
-        )
+    if num_classes is not None and (problem := out_of_range(labels, num_classes)):
+        raise ValueError(f"{name} {problem} (the network's {num_classes} outputs)")
 
 
 def _check_targets(output: np.ndarray, y_onehot: np.ndarray) -> None:

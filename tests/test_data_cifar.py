@@ -88,7 +88,7 @@ def test_python_batch_field_errors():
     rows = np.zeros((2, 3072), np.uint8)
     cases = [
         ({b"data": rows, b"labels": [1]}, r"b: 2 images but 1 labels"),
-        ({b"data": rows, b"labels": [1, 10]}, r"b: labels must lie in 0\.\.9, found 1\.\.10"),
+        ({b"data": rows, b"labels": [1, 10]}, r"b: labels must lie in 0\.\.9; found 1\.\.10"),
         ({b"data": rows[:, :100], b"labels": [1, 2]}, r"expected data as a \(N, 3072\) uint8 array, found \(2, 100\) uint8"),
         ({b"labels": [1, 2]}, r"found NoneType"),
         ({b"data": rows, b"labels": ["a", "b"]}, r"expected labels as a list of integers"),
@@ -124,5 +124,5 @@ def test_binary_batch_errors():
         parse_binary_batch(data[:-1], "b")
     with pytest.raises(DataError, match=r"b: 0 bytes"):
         parse_binary_batch(b"", "b")
-    with pytest.raises(DataError, match=r"b: labels must lie in 0\.\.9, found 1\.\.200"):
+    with pytest.raises(DataError, match=r"b: labels must lie in 0\.\.9; found 1\.\.200"):
         parse_binary_batch(binary_batch(images, np.array([1, 200])), "b")

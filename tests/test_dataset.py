@@ -13,7 +13,7 @@ def make(n=10, labels=None):
 
 
 def test_rejects_labels_out_of_range_naming_source():
-    with pytest.raises(DataError, match=r"test: labels must lie in 0\.\.9, found 1\.\.10"):
+    with pytest.raises(DataError, match=r"test: labels must lie in 0\.\.9; found 1\.\.10"):
         make(labels=np.arange(11, dtype=np.int32)[1:])
 
 
@@ -73,7 +73,7 @@ def test_channel_stats_are_exact_and_standardize_uses_them():
 
 def test_rejects_negative_labels():
     # One-hot encoding turns -1 into a row of zeros: silently no class at all.
-    with pytest.raises(DataError, match=r"test: labels must lie in 0\.\.9, found -1\.\.8"):
+    with pytest.raises(DataError, match=r"test: labels must lie in 0\.\.9; found -1\.\.8"):
         make(labels=np.arange(-1, 9, dtype=np.int32))
 
 

@@ -243,7 +243,7 @@ def test_scratch_refuses_unscaled_or_unflattened_pixels(scratch_problem):
 @pytest.mark.parametrize(
     "y, message",
     [
-        (np.array([0, 1, 2, 0, 1, -1]), r"y must lie in 0..2 \(the network's 3 outputs\); found"),
+        (np.array([0, 1, 2, 0, 1, -1]), r"y must lie in 0..2; found -1..2 \(the network's 3 outputs\)"),
         (np.array([0, 1, 2, 0, 1, 3]), r"y must lie in 0..2"),
         ((np.arange(6) % 3)[:, None], r"y \(6, 1\) int64: expected \(6,\) integer class labels"),
         (np.eye(3)[np.arange(6) % 3], r"y \(6, 3\) float64: .*not one-hot"),

@@ -569,7 +569,7 @@ def wrong_magic(root):
 def labels_out_of_range(root):
     write_idx_set(root, gz=False)
     (root / "train-labels-idx1-ubyte").write_bytes(idx_bytes(np.array([0, 1, 2, 10, 4, 5], np.uint8), LABELS_MAGIC))
-    return "mnist", "train-labels-idx1-ubyte: labels must lie in 0..9, found 0..10"
+    return "mnist", "train-labels-idx1-ubyte: labels must lie in 0..9; found 0..10"
 
 
 def malicious_pickle(root):

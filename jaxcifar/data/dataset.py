@@ -8,6 +8,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from jaxcifar.errors import ConfigError, DataError
+from jaxcifar.metrics import out_of_range
 
 CIFAR10_CLASSES = (
     "airplane", "automobile", "bird", "cat", "deer",
@@ -37,11 +38,8 @@ def check_count(n: int, name: str) -> None:
 
 def check_labels(labels: np.ndarray, num_classes: int, where: str) -> None:
     """Raise a DataError naming `where` unless every label lies in [0, num_classes)."""
-    if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
-        raise DataError(
-            f"{where}: labels must lie in 0..{num_classes - 1}, "
-            f"found {labels.min()}..{labels.max()}"
-        )
+    if problem := out_of_range(labels, num_classes):
+        raise DataError(f"{where}: labels {problem}")
 
 
 @dataclasses.dataclass(frozen=True)
