@@ -42,7 +42,8 @@ def holding(folder: Path, flag: str = "--out") -> Iterator[None]:
     """
     made = _make(folder) if fcntl is not None else []
     try:
-        fd = os.open(folder, os.O_RDONLY) if fcntl is not None else None
+        # O_DIRECTORY: a file where the folder should be is not opened (nor locked).
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY) if fcntl is not None else None
     except OSError:  # not a folder, or not there: the command's checks say so
         fd = None
     try:
