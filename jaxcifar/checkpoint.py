@@ -130,6 +130,8 @@ def _epoch_record(record: Any) -> dict[str, Any]:
     it was recorded lack: None, not known."""
     from jaxcifar.train import EpochRecord  # imported when read: train builds on this module
 
+    if not isinstance(record, dict):
+        raise TypeError(f"history record {record!r:.80}; expected a mapping of its fields")
     missing = [name for name in EpochRecord._fields if name not in record]
     if missing and missing != ["test_examples"]:
         raise KeyError(f"history record without {', '.join(missing)}")

@@ -8,8 +8,11 @@ is refused at once. The lock is `flock` on the folder itself: no lock file is le
 and the OS releases the lock when the process ends, however it ends, so a crash leaves no
 stale lock to clear by hand.
 
-Where no lock can be taken (Windows, which has no `flock`; a file system without locks,
-such as an NFS mount that refuses them on a folder), commands run unguarded, as before.
+A folder made for the command is removed again if the command leaves it empty, but not by
+a command killed outright (kill -9; a SIGTERM to a command that does not catch it): that
+leaves the empty folder. Where no lock can be taken (Windows, which has no `flock`; a file
+system without locks, such as an NFS mount that refuses them on a folder), commands run
+unguarded, as before.
 """
 
 from __future__ import annotations
@@ -40,32 +43,57 @@ def holding(folder: Path, flag: str = "--out") -> Iterator[None]:
     Raises:
       ConfigError naming `flag` and `folder` when another process holds the folder.
     """
-    made = _make(folder) if fcntl is not None else []
+    if fcntl is None:
+        yield
+        return
+    made, fd = _make_and_lock(folder, flag)
     try:
-        # O_DIRECTORY: a file where the folder should be is not opened (nor locked).
-        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY) if fcntl is not None else None
-    except OSError:  # not a folder, or not there: the command's checks say so
-        fd = None
-    try:
-        if fd is not None:
-            _lock(fd, folder, flag)
         yield
     finally:
+        # Removed before the lock is let go: a command that opened the folder meanwhile then
+        # locks a folder that is gone, which `_make_and_lock` sees, and makes it again.
+        _remove_empty(made)
         if fd is not None:
             os.close(fd)  # releases the lock
-        for path in made:  # deepest first; one not empty holds what the command wrote
-            try:
-                path.rmdir()
-            except OSError:
-                break
+
+
+def _make_and_lock(folder: Path, flag: str) -> tuple[list[Path], int | None]:
+    """Make `folder` if missing and lock it: (the folders made, deepest first; the open,
+    locked folder, or None where none can be locked)."""
+    made: list[Path] = []
+    # Another command's folder may go between this one's open and lock (the other removes
+    # it as it ends, empty): the lock is then on a folder that is no longer there.
+    for _ in range(3):
+        made = _make(folder) or made
+        try:
+            # O_DIRECTORY: a file where the folder should be is not opened (nor locked).
+            fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+        except FileNotFoundError:
+            continue  # gone since made: make it again
+        except OSError:  # not a folder: the command's checks say so
+            return made, None
+        try:
+            locked = _lock(fd, folder, flag)
+        except BaseException:  # refused: the folder is the holder's, made or not
+            os.close(fd)
+            raise
+        if not locked:
+            os.close(fd)
+            return made, None
+        if _still_there(fd, folder):
+            return made, fd
+        os.close(fd)
+    return made, None
 
 
 def _make(folder: Path) -> list[Path]:
     """Make `folder` and its missing parents; those made, deepest first ([] when it was
-    there already, or could not be made)."""
+    there already, or could not be made). A `..` in the path is not among them: removing
+    `x/..` would remove x's parent, not x."""
     missing, path = [], folder
     while not os.path.lexists(path) and path != path.parent:
-        missing.append(path)
+        if path.name not in (".", ".."):
+            missing.append(path)
         path = path.parent
     if not missing:
         return []
@@ -76,9 +104,18 @@ def _make(folder: Path) -> list[Path]:
     return missing
 
 
-def _lock(fd: int, folder: Path, flag: str) -> None:
-    """Lock the open folder `fd` for this process alone, or raise ConfigError if another
-    process holds it."""
+def _remove_empty(made: list[Path]) -> None:
+    """Remove the folders `made` (deepest first) that are empty, up to the first that is not."""
+    for path in made:
+        try:
+            path.rmdir()
+        except OSError:  # not empty: it holds what the command wrote
+            return
+
+
+def _lock(fd: int, folder: Path, flag: str) -> bool:
+    """Lock the open folder `fd` for this process alone: whether it could be locked at all;
+    ConfigError if another process holds it."""
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:  # EWOULDBLOCK: another open of the folder holds the lock
@@ -87,4 +124,15 @@ def _lock(fd: int, folder: Path, flag: str) -> None:
             f"folder's lock); wait for it to end, or pass another {flag}"
         ) from None
     except OSError:  # ENOLCK, EOPNOTSUPP, EBADF (NFS wants a file open for writing)
-        pass  # no locks here: unguarded
+        return False  # no locks here: unguarded
+    return True
+
+
+def _still_there(fd: int, folder: Path) -> bool:
+    """Whether `folder` is still the folder open as `fd` (not removed, nor made again)."""
+    try:
+        here = os.stat(folder)
+    except OSError:
+        return False
+    opened = os.fstat(fd)
+    return (here.st_dev, here.st_ino) == (opened.st_dev, opened.st_ino)

@@ -113,7 +113,9 @@ def test_input_shape_must_be_three_positive_ints(saved_file, shape):
         checkpoint.load(saved_file)
 
 
-@pytest.mark.parametrize("field, value", [("history", ["ab"]), ("config", ["model"])])
+@pytest.mark.parametrize(
+    "field, value", [("history", ["ab"]), ("history", [["epoch"]]), ("config", ["model"])]
+)
 def test_malformed_fields_are_named_not_a_traceback(saved_file, field, value):
     # dict() of a list of strings raises ValueError
     rewrite_msgpack(saved_file, lambda payload: payload.update({field: value}))

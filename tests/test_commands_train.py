@@ -392,8 +392,8 @@ def test_resume_refuses_changed_flags_unless_told_to_override_them(image_tree, t
     report = json.loads((out / "metrics.json").read_text())
     assert np.sum(report["confusion_matrix"]) == 10
     assert [record["test_examples"] for record in report["epochs"]] == [20, 20, 10]
-    assert ("jaxcifar train: note: earlier epochs of this run were tested on 20 examples, the "
-            "next on 10 (--limit-test)") in capsys.readouterr().err  # fmt: skip
+    assert ("jaxcifar train: note: earlier epochs of this run were tested on 20 examples, "
+            "this resume tests on 10 (--limit-test)") in capsys.readouterr().err  # fmt: skip
 
 
 def test_resume_from_a_missing_folder_leaves_none_behind(tmp_path, capsys):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -40,10 +41,54 @@ def test_a_folder_made_for_the_block_goes_again_when_nothing_was_written(tmp_pat
     with pytest.raises(RuntimeError), folder_lock.holding(out):
         raise RuntimeError  # a command that failed before writing
     assert list(tmp_path.iterdir()) == []
+    with folder_lock.holding(tmp_path / "x" / ".." / "y"):  # makes x and y, neither x/..
+        assert (tmp_path / "y").is_dir()
+    assert list(tmp_path.iterdir()) == []
     (tmp_path / "runs").mkdir()
     with folder_lock.holding(out):
         (out / "checkpoint.msgpack").write_bytes(b"")
     assert (out / "checkpoint.msgpack").exists()
+
+
+def test_an_empty_folder_goes_before_its_lock_is_let_go(tmp_path, monkeypatch):
+    # Once let go first: a second command could lock the folder just before the first
+    # removed it, then write into a folder made again, unlocked, beside a third command.
+    out, refused = tmp_path / "run", []
+    rmdir = Path.rmdir
+
+    def rmdir_with_a_command_arriving(path):
+        with pytest.raises(ConfigError) as caught, folder_lock.holding(out):
+            pass
+        refused.append(caught.value)
+        rmdir(path)
+
+    monkeypatch.setattr(Path, "rmdir", rmdir_with_a_command_arriving)
+    with folder_lock.holding(out):
+        pass
+    assert len(refused) == 1 and not out.exists()
+
+
+def test_a_folder_removed_between_its_open_and_its_lock_is_made_again_and_locked(
+    tmp_path, monkeypatch
+):
+    # As when another command, ending, removes the empty folder it made: the lock would be
+    # on a folder no longer there.
+    out = tmp_path / "run"
+    out.mkdir()
+    lock, removals = folder_lock._lock, []
+
+    def lock_once_removed(fd, folder, flag):
+        if not removals:
+            removals.append(folder)
+            folder.rmdir()
+        return lock(fd, folder, flag)
+
+    monkeypatch.setattr(folder_lock, "_lock", lock_once_removed)
+    with folder_lock.holding(out):
+        assert out.is_dir()
+        with pytest.raises(ConfigError), folder_lock.holding(out):  # the folder there now
+            pass
+    assert removals == [out] and not out.exists()  # made here the second time, so removed
 
 
 def test_a_path_that_cannot_be_a_folder_is_left_to_the_commands_checks(tmp_path):
@@ -88,3 +133,19 @@ def test_every_command_that_writes_a_folder_refuses_one_held_by_another(argv, tm
         code = main(argv)
     assert code == 2
     assert capsys.readouterr().err == f"jaxcifar {argv[0]}: error: {held_message(out)}\n"
+
+
+def test_train_is_refused_before_it_starts_a_backend(tmp_path):
+    # On a GPU a backend's start takes seconds and memory, beside the run writing there.
+    out = tmp_path / "run"
+    script = (
+        "import sys; from pathlib import Path; from jax._src import xla_bridge\n"
+        "from jaxcifar import folder_lock; from jaxcifar.cli import main\n"
+        "with folder_lock.holding(Path(sys.argv[1])):\n"
+        "    code = main(['train', '--out', sys.argv[1]])\n"
+        "print(code, xla_bridge.backends_are_initialized())"
+    )
+    result = subprocess.run([sys.executable, "-c", script, str(out)], capture_output=True,
+                            text=True, timeout=120)  # fmt: skip
+    assert result.stderr == f"jaxcifar train: error: {held_message(out)}\n"
+    assert result.stdout == "2 False\n"  # exit status 2; no backend started

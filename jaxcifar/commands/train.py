@@ -174,14 +174,17 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("--override-config applies only with --resume")
     import jax  # after the flags' own checks
 
-    if parallel.initialize_from_args(args):  # before anything touches a device
+    joined = parallel.initialize_from_args(args)  # before anything touches a device
+    if joined:
         # The backend starts with every process or with none: started here, before any check
         # can end one process's command, so that the others hear of it (`peers`) rather than
-        # wait inside the backend's start for a process that has gone.
+        # wait inside the backend's start for a process that has gone. (One process starts
+        # it after its checks: on a GPU that takes seconds and memory.)
         jax.devices()
     # Process 0 alone writes --out. Held from before the checkpoint a resume continues is
     # read, so that no other command saves epochs there between the read and this run's saves.
-    with folder_lock.holding(args.out) if parallel.is_main_process() else contextlib.nullcontext():
+    writes_out = not joined or parallel.is_main_process()
+    with folder_lock.holding(args.out) if writes_out else contextlib.nullcontext():
         return _run_holding_out(args)
 
 
@@ -438,8 +441,8 @@ def _subset_note(history: list[dict[str, Any]], test_set: Dataset) -> list[str]:
         return []
     return [
         f"note: earlier epochs of this run were tested on {' and '.join(map(str, counts))} "
-        f"examples, the next on {len(test_set)} (--limit-test): metrics.json records each "
-        "epoch's count, and its test curves join the two"
+        f"examples, this resume tests on {len(test_set)} (--limit-test): metrics.json records "
+        "each epoch's count, and its test curves join the two"
     ]
 
 
