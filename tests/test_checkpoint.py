@@ -51,6 +51,13 @@ def saved_file(tmp_path):
     return tmp_path / checkpoint.FILENAME
 
 
+def test_the_commands_know_the_checkpoints_file_name():
+    # Spelled out there so that the NumPy-only scratch command need not import JAX.
+    from jaxcifar.commands._args import TRAINING_CHECKPOINT
+
+    assert TRAINING_CHECKPOINT == checkpoint.FILENAME
+
+
 def test_truncated_checkpoint_is_refused(saved_file):
     saved_file.write_bytes(saved_file.read_bytes()[:200])
     with pytest.raises(CheckpointError, match=f"{saved_file}: not a readable checkpoint"):

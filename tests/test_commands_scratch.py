@@ -74,3 +74,17 @@ def test_scratch_command_reports_a_diverging_rate_in_one_line_naming_no_library_
         "(now 1e+300)\n"
     )
     assert not out.exists()
+
+
+def test_scratch_leaves_a_training_runs_reports_to_it(tmp_path, capsys):
+    # Its metrics.json and accuracy.png replaced the run's, and the run's resume then took
+    # them for its own and said "already trained".
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "checkpoint.msgpack").write_bytes(b"a training run's")
+    assert main(["scratch", "--data-dir", str(tmp_path / "nowhere"), "--out", str(run)]) == 2
+    assert capsys.readouterr().err == (
+        f"jaxcifar scratch: error: --out {run} holds a training run (checkpoint.msgpack), "
+        "whose reports this would replace; pick another --out\n"
+    )
+    assert [path.name for path in run.iterdir()] == ["checkpoint.msgpack"]

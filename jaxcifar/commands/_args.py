@@ -213,6 +213,22 @@ def check_writable_folder(folder: Path) -> None:
         raise ConfigError(f"--out {folder}: cannot write there ({reason})")
 
 
+# checkpoint.FILENAME, spelled out so that the NumPy-only `scratch` need not import JAX to
+# check its --out (tests/test_checkpoint.py checks that the two agree).
+TRAINING_CHECKPOINT = "checkpoint.msgpack"
+
+
+def check_not_a_training_run(folder: Path) -> None:
+    """ConfigError when output folder `folder` (--out) holds a training run (its checkpoint):
+    another command's reports would replace the run's metrics.json and figures, losing its
+    epochs and timings, and a resume would then take them for its own."""
+    if (folder / TRAINING_CHECKPOINT).exists():
+        raise ConfigError(
+            f"--out {folder} holds a training run ({TRAINING_CHECKPOINT}), whose reports "
+            "this would replace; pick another --out"
+        )
+
+
 def check_writable_file(path: Path) -> None:
     """Check that output file `path` (--out) can be written: not a folder, its folder one that
     can be made and written in, so a bad --out fails before the work rather than after it."""

@@ -20,11 +20,11 @@ import numpy as np
 
 from jaxcifar import folder_lock
 from jaxcifar.commands._args import (
-    add_data_dir_argument, check_data_fits_model, check_writable_folder, output_folder,
-    positive_int,
+    add_data_dir_argument, check_data_fits_model, check_not_a_training_run,
+    check_writable_folder, output_folder, positive_int,
 )
 from jaxcifar.data import Dataset, load_split
-from jaxcifar.errors import CheckpointError, ConfigError
+from jaxcifar.errors import CheckpointError
 
 if TYPE_CHECKING:  # imported when used: the module loads JAX
     from jaxcifar.speedrun.model_file import Subsets
@@ -140,6 +140,7 @@ def run(args: argparse.Namespace) -> int:
     if not args.out:
         return _evaluate(args)
     check_writable_folder(args.out)  # before the evaluation, not after
+    check_not_a_training_run(args.out)
     with folder_lock.holding(args.out):
         return _evaluate(args)
 
@@ -147,17 +148,10 @@ def run(args: argparse.Namespace) -> int:
 def _evaluate(args: argparse.Namespace) -> int:
     """Evaluate --checkpoint, print its figures, and write them into --out if given."""
     # These import JAX: after the flags' own checks.
-    from jaxcifar import checkpoint, train
+    from jaxcifar import train
     from jaxcifar.reports import build_metrics, write_reports
     from jaxcifar.speedrun import model_file
 
-    if args.out and (args.out / checkpoint.FILENAME).exists():
-        # Its metrics.json and figures are the training run's: replaced by one evaluation,
-        # they lose the run's epochs and timings, and a resume then takes them as its own.
-        raise ConfigError(
-            f"--out {args.out} holds a training run ({checkpoint.FILENAME}), whose reports "
-            "this would replace; pick another --out"
-        )
     speedrun_model = model_file.find(args.checkpoint)
     if speedrun_model is None:
         result = evaluate_checkpoint(args)

@@ -14,8 +14,8 @@ from typing import Any
 
 from jaxcifar import folder_lock
 from jaxcifar.commands._args import (
-    add_data_arguments, check_writable_folder, output_folder, positive_float, positive_int,
-    seed_int,
+    add_data_arguments, check_not_a_training_run, check_writable_folder, output_folder,
+    positive_float, positive_int, seed_int,
 )
 from jaxcifar.config import MLP_LAYER_SIZES
 
@@ -86,6 +86,7 @@ def load_inputs(
 
 def run(args: argparse.Namespace) -> int:
     check_writable_folder(args.out)  # before the data and the training, not after
+    check_not_a_training_run(args.out)
     with folder_lock.holding(args.out):
         return _train_and_report(args)
 
