@@ -313,8 +313,11 @@ def test_recipe_steps_rates_and_schedule_match_airbench94():
         multiplier = optimizer.lr_multiplier(recipe, total)
         np.testing.assert_allclose(multiplier(steps), expected, rtol=0, atol=1e-7)
         assert " while(" not in jax.jit(multiplier).lower(jnp.int32(3)).compile().as_text()
-    with pytest.raises(ConfigError, match="batch size 1024 is larger than the training set"):
+    with pytest.raises(ConfigError, match="--batch-size 1024 is larger than the training set"):
         plan(recipe, 1000)
+    for epochs in (1e300, 1e308):  # an infinite ceil; a Python loop of 1e300 epochs
+        with pytest.raises(ConfigError, match=re.escape(f"--epochs {epochs} of 1 step each make ")):
+            plan(dataclasses.replace(recipe, epochs=epochs), 1024)
     with pytest.raises(ConfigError, match="momentum must be in"):
         Recipe(momentum=1.0)
 
@@ -900,8 +903,8 @@ def test_speedrun_command_rejects_a_batch_larger_than_the_data(shared_data, tmp_
     ])  # fmt: skip
     assert code == 2
     assert capsys.readouterr().err.strip() == (
-        "jaxcifar speedrun: error: batch size 1024 is larger than the training set (100 images); "
-        "train on at least 1024 images or lower the batch size"
+        "jaxcifar speedrun: error: --batch-size 1024 is larger than the training set (100 "
+        "images); train on at least 1024 images (--limit-train) or lower --batch-size"
     )
     assert not any(tmp_path.iterdir())
 

@@ -87,7 +87,8 @@ def measure(
         on_result(speedrun, result)
         losses.append(result.epoch_losses)
         log(
-            f"run {i + 1}/{runs} (seed {result.seed}): {result.seconds:.2f} s warm, TTA test "
+            f"run {i + 1}/{runs} (seed {result.seed}): {result.seconds:.2f} s "
+            f"{'warm' if warmup or i else 'as the programs first run'}, TTA test "
             f"accuracy {result.tta_accuracy:.4f}, epoch losses "
             + " ".join(f"{loss:.3f}" for loss in result.epoch_losses)
         )

@@ -22,6 +22,7 @@ import dataclasses
 import math
 from typing import NamedTuple
 
+from jaxcifar.config import INT32_MAX
 from jaxcifar.errors import ConfigError
 
 KILO = 1024  # the "per 1024 examples" of the decoupled parametrisation
@@ -103,14 +104,20 @@ class Plan(NamedTuple):
 
 
 def plan(recipe: Recipe, train_size: int) -> Plan:
-    """The step counts of `recipe` on `train_size` images; ConfigError if not one batch fits
-    or the epochs take no step."""
+    """The step counts of `recipe` on `train_size` images; ConfigError if not one batch fits,
+    or the epochs take no step or more than the int32 step counter holds."""
     if recipe.batch_size > train_size:
         raise ConfigError(
-            f"batch size {recipe.batch_size} is larger than the training set ({train_size} "
-            f"images); train on at least {recipe.batch_size} images or lower the batch size"
+            f"--batch-size {recipe.batch_size} is larger than the training set ({train_size} "
+            f"images); train on at least {recipe.batch_size} images (--limit-train) or lower "
+            "--batch-size"
         )
     per_epoch = train_size // recipe.batch_size
+    if per_epoch * recipe.epochs > INT32_MAX:  # (else an infinite ceil, or a loop for ever)
+        raise ConfigError(
+            f"--epochs {recipe.epochs} of {per_epoch} step{'s' * (per_epoch != 1)} each make "
+            f"{per_epoch * recipe.epochs:.3g} steps; the step counter holds {INT32_MAX:,}"
+        )
     # Rounded before the ceiling: 25 * 2.2 is 55.000000000000007 in floating point, which
     # airbench's ceil(len(loader) * epochs) makes 56 steps; the recipe means 55.
     total = math.ceil(round(per_epoch * recipe.epochs, 6))
