@@ -2,6 +2,7 @@
 check and run it; the speedrun itself is tested in test_speedrun.py."""
 
 import numpy as np
+import pytest
 from flax import serialization
 from PIL import Image
 
@@ -126,3 +127,22 @@ def test_predictions_refuse_a_model_with_one_images_logits_non_finite(
     images = np.zeros((3, 32, 32, 3), np.uint8)
     with pytest.raises(CheckpointError, match=r"non-finite logits for 1 of 3 images$"):
         model_file.predictions(model, images)
+
+
+def test_the_model_refuses_images_it_would_score_as_other_images(tmp_path, save_speedrun_model):
+    # Each was scored without a word (floats as nearly black pixels, 28x28x1 images as 32x32x3)
+    # or failed deep in the network.
+    model = model_file.load(save_speedrun_model(tmp_path))
+    images = np.zeros((2, 32, 32, 3), np.uint8)
+    assert model_file.logits(model, images).shape == (2, 10)
+    cases = [
+        (TypeError, images.astype(np.float32), "images are float32; expected uint8 pixels"),
+        (ValueError, np.zeros((2, 28, 28, 1), np.uint8), r"images \(2, 28, 28, 1\); expected "
+         r"\(N, 32, 32, 3\), the images .* was trained on"),
+        (ValueError, images[0], r"images \(32, 32, 3\) \(one image: add the batch axis"),
+        (ValueError, images.transpose(0, 3, 1, 2), "NCHW"),
+    ]  # fmt: skip
+    for error, bad, message in cases:
+        for run, name in ((model_file.logits, "logits"), (model_file.predictions, "predictions")):
+            with pytest.raises(error, match=f"model_file.{name}: .*{message}"):
+                run(model, bad)

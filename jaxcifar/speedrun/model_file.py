@@ -28,6 +28,7 @@ from jaxcifar import checkpoint, cpu_fusions
 from jaxcifar.atomic import atomic_write_bytes
 from jaxcifar.checkpoint import read_tagged
 from jaxcifar.errors import CheckpointError, ConfigError
+from jaxcifar.models import checks
 from jaxcifar.speedrun import net
 from jaxcifar.speedrun.recipe import Recipe
 from jaxcifar.speedrun.train import EVAL_BATCH, XLA_OPTIONS, batched, predict, tta_logits
@@ -158,15 +159,37 @@ def _subsets(value: dict[str, Any]) -> Subsets:
 
 
 def logits(model: SavedModel, images: jax.Array) -> jax.Array:
-    """(N, num_classes) float32 test-time-augmented logits of uint8 images (N, H, W, C)."""
+    """(N, num_classes) float32 test-time-augmented logits of uint8 images (N, H, W, C);
+    TypeError or ValueError for other images (`check_images`)."""
+    check_images(model, images, "model_file.logits")
     return tta_logits(
         model.recipe, model.params, model.batch_stats, model.mean, model.std, images
     )
 
 
+def check_images(model: SavedModel, images: jax.Array, where: str) -> None:
+    """Raise TypeError unless `images` are uint8 (the model standardises raw pixels itself:
+    floats in [-1, 1] would all read as nearly black), ValueError unless they are (N, H, W,
+    C) of the model's input shape (others give logits of the wrong inputs, or fail deep
+    inside the network)."""
+    dtype, shape = jnp.result_type(images), jnp.shape(images)
+    if dtype != jnp.uint8:
+        raise TypeError(f"{where}: images are {dtype}; expected uint8 pixels, as loaded")
+    if shape[1:] != model.input_shape:
+        checks.check_not_nchw(shape, where, (model.input_shape[2],))
+        one_image = " (one image: add the batch axis, images[None])"
+        height, width, channels = model.input_shape
+        raise ValueError(
+            f"{where}: images {shape}{one_image if shape == model.input_shape else ''}; "
+            f"expected (N, {height}, {width}, {channels}), the images {model.path} was trained on"
+        )
+
+
 def predictions(model: SavedModel, images: np.ndarray) -> np.ndarray:
     """(N,) int32 TTA predictions of uint8 images (N, H, W, C), EVAL_BATCH at a time. Raises
-    CheckpointError where the weights give non-finite logits (a diverged or edited model)."""
+    TypeError or ValueError for other images (`check_images`), CheckpointError where the
+    weights give non-finite logits (a diverged or edited model)."""
+    check_images(model, images, "model_file.predictions")
     # Compiled as the training run compiled it (on a CPU: convolutions not on YNNPACK's kernels;
     # rounding to the compute dtype where the program says).
     predict_batches = cpu_fusions.compiled_per_shape(
