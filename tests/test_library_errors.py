@@ -87,6 +87,30 @@ def test_cnn_init_refuses_an_input_shape_in_pytorchs_order():
         cnn.init(jax.random.key(0), (3, 32, 32))
 
 
+def test_sizes_that_make_no_layer_are_refused_at_init():
+    # (784, 0, 10) gave biases of +-inf, (784, -5, 10) an MLIRError, (784,) no layer at all,
+    # and a class count of -1 a reshape error.
+    for sizes, message in [((784, 0, 10), r"dense1 kernel \(784, 0\)"),
+                           ((784, -5, 10), r"dense1 kernel \(784, -5\)"),
+                           ((784, 2.5, 10), r"dense1 kernel \(784, 2.5\)")]:  # fmt: skip
+        with pytest.raises(ValueError, match=f"^init: {message}; sizes must be positive integers"):
+            mlp.init(jax.random.key(0), sizes)
+    with pytest.raises(ValueError, match=r"^mlp.init: layer_sizes \(784,\); expected inputs"):
+        mlp.init(jax.random.key(0), (784,))
+    with pytest.raises(ValueError, match=r"^init: fc5 kernel \(16, -1\)"):
+        cnn.init(jax.random.key(0), num_classes=-1)
+    assert mlp.init(jax.random.key(0), np.array([4, 3]))["dense1"]["kernel"].shape == (4, 3)
+
+
+def test_an_integer_compute_dtype_or_an_unknown_activation_is_refused(cnn_params, mlp_params):
+    # int32 cast every weight to 0: all-zero logits without a word.
+    for apply, params, where in ((cnn.apply, cnn_params, "cnn"), (mlp.apply, mlp_params, "mlp")):
+        with pytest.raises(TypeError, match=f"^{where}.apply: dtype int32; expected a floating"):
+            apply(params, IMAGES, dtype=jnp.int32)
+    with pytest.raises(ValueError, match="^mlp.apply: activation 'nope'; expected one of sigmoid"):
+        mlp.apply(mlp_params, IMAGES, activation="nope")
+
+
 def test_an_empty_batch_gives_empty_logits(cnn_params, mlp_params):
     # reshape(0, -1) used to fail: "integer modulo by zero".
     assert cnn.apply(cnn_params, IMAGES[:0]).shape == (0, 10)

@@ -44,6 +44,16 @@ def check_float(x: jnp.ndarray, where: str) -> None:
         )
 
 
+def check_compute_dtype(dtype: jnp.dtype, where: str) -> None:
+    """Raise TypeError unless the compute `dtype` is floating point: weights U(+-1/sqrt(fan_in))
+    cast to an integer type are all 0, and the logits with them."""
+    if not jnp.issubdtype(dtype, jnp.floating):
+        raise TypeError(
+            f"{where}: dtype {jnp.dtype(dtype)}; expected a floating compute dtype (float32, "
+            "bfloat16, float16)"
+        )
+
+
 def check_not_nchw(
     shape: tuple[int, ...], where: str, channels: Sequence[int] = IMAGE_CHANNELS
 ) -> None:

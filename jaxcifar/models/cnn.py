@@ -40,7 +40,8 @@ def init(
 
     Raises:
       ValueError: `input_shape` is not three positive sizes with H, W >= 4 (two 2x2 poolings
-        would leave fc1 no inputs): PyTorch's (C, H, W) order, (3, 32, 32), is one such.
+        would leave fc1 no inputs): PyTorch's (C, H, W) order, (3, 32, 32), is one such; or
+        `num_classes` is not a positive integer.
     """
     if len(input_shape) != 3 or min(input_shape) < 1 or min(input_shape[:2]) < 4:
         raise ValueError(
@@ -74,11 +75,13 @@ def apply(
     (e.g. bfloat16): parameters stay float32 and are cast at use; logits come back float32.
 
     Raises:
-      TypeError: `x` is not floating point (uint8 pixels: `jaxcifar.data.to_float` first).
+      TypeError: `x` is not floating point (uint8 pixels: `jaxcifar.data.to_float` first),
+        or `dtype` is not a floating type.
       ValueError: `params` are not this model's, or `x` is not a batch of NHWC images of the
         channels and size (H // 4, W // 4) that `params` were made for.
     """
     _check_inputs(params, x)
+    checks.check_compute_dtype(dtype, "cnn.apply")
     flat = features(params, x, train=train, rng=rng, dtype=dtype)
     return head(params, flat, dtype=dtype)
 

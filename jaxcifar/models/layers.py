@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import math
+import numbers
 from collections.abc import Mapping, Sequence
 
 import jax
@@ -27,7 +28,13 @@ def init_layers(key: jax.Array, kernel_shapes: Mapping[str, tuple[int, ...]]) ->
     (H, W, C_in, C_out) HWIO for convolutions. Kernel and bias are U(+-1/sqrt(fan_in)).
     All numbers come from one uniform draw, sliced per layer, because on CPU each separate
     `jax.random` call costs ~1 s of XLA compile time and a model has a dozen of them.
+
+    Raises ValueError naming the layer whose kernel has a size that is not a positive integer
+    (a layer of 0 units gave biases of +-inf; a class count of -1, a reshape error).
     """
+    for name, shape in kernel_shapes.items():
+        if not all(_positive_integer(size) for size in shape):
+            raise ValueError(f"init: {name} kernel {tuple(shape)}; sizes must be positive integers")
     sizes = [math.prod(shape) + shape[-1] for shape in kernel_shapes.values()]
     numbers = jax.random.uniform(key, (sum(sizes),), jnp.float32, -1.0, 1.0)
     params = {}
@@ -37,6 +44,11 @@ def init_layers(key: jax.Array, kernel_shapes: Mapping[str, tuple[int, ...]]) ->
         params[name] = {"kernel": chunk[: -shape[-1]].reshape(shape), "bias": chunk[-shape[-1] :]}
         offset += size
     return params
+
+
+def _positive_integer(size: object) -> bool:
+    """Whether `size` is an integer (a NumPy one too, not a bool) above 0."""
+    return isinstance(size, numbers.Integral) and not isinstance(size, bool) and size > 0
 
 
 def dense(params: Params, x: jax.Array, dtype: jnp.dtype) -> jax.Array:

@@ -22,7 +22,15 @@ ACTIVATIONS = {name: getattr(jax.nn, name) for name in config.ACTIVATIONS}
 
 def init(key: jax.Array, layer_sizes: Sequence[int] = config.MLP_LAYER_SIZES) -> dict:
     """{"dense1": {"kernel": (sizes[0], sizes[1]), "bias": (sizes[1],)}, "dense2": ..., ...}
-    float32, PyTorch-default initialised (U(+-1/sqrt(fan_in)) for kernel and bias)."""
+    float32, PyTorch-default initialised (U(+-1/sqrt(fan_in)) for kernel and bias).
+
+    Raises ValueError unless `layer_sizes` holds two or more positive integers (inputs, any
+    hidden layers, outputs)."""
+    if len(layer_sizes) < 2:
+        raise ValueError(
+            f"mlp.init: layer_sizes {tuple(layer_sizes)}; expected inputs, any hidden sizes "
+            "and outputs, e.g. (784, 500, 50, 10)"
+        )
     pairs = zip(layer_sizes[:-1], layer_sizes[1:], strict=True)
     return layers.init_layers(key, {f"dense{i}": pair for i, pair in enumerate(pairs, start=1)})
 
@@ -43,11 +51,18 @@ def apply(
 
     Raises:
       TypeError: `x` is not floating point (uint8 pixels: `jaxcifar.data.to_float` first).
+      TypeError: `dtype` is not a floating type.
       ValueError: `params` are not an MLP's, `x` looks like NCHW images, or its examples do
-        not hold the n_in features params' dense1 takes.
+        not hold the n_in features params' dense1 takes; `activation` is not one of
+        ACTIVATIONS.
     """
     del train, rng
     _check_inputs(params, x)
+    checks.check_compute_dtype(dtype, "mlp.apply")
+    if activation not in ACTIVATIONS:
+        raise ValueError(
+            f"mlp.apply: activation {activation!r}; expected one of {', '.join(ACTIVATIONS)}"
+        )
     act = ACTIVATIONS[activation]
     h = flatten(x) if x.ndim > 2 else x
     num_layers = len(params)
