@@ -9,15 +9,21 @@ from jaxcifar.plots import plot_confusion_matrix, plot_curves
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-def test_curves_and_confusion_matrix_write_png(tmp_path, monkeypatch):
-    figures = []  # each figure as it is saved, to read what it shows
+@pytest.fixture
+def figures(monkeypatch) -> list:
+    """Each figure as it is saved, to read what it shows."""
+    saved = []
     savefig = Figure.savefig
 
     def capture(figure, *args, **kwargs):
-        figures.append(figure)
+        saved.append(figure)
         return savefig(figure, *args, **kwargs)
 
     monkeypatch.setattr(Figure, "savefig", capture)
+    return saved
+
+
+def test_curves_and_confusion_matrix_write_png(tmp_path, figures):
     plot_curves(
         tmp_path / "acc.png", [1, 2, 3], {"train": [0.1, 0.5, 0.7], "test": [0.1, 0.4, 0.6]},
         ylabel="accuracy", title="Accuracy",
@@ -53,6 +59,26 @@ def test_curves_and_confusion_matrix_write_png(tmp_path, monkeypatch):
         label, color = cells[col, row]
         assert label == str(count)
         assert to_rgba(color) == to_rgba("white" if count > 3 else "black")
+
+
+def test_a_confusion_matrix_of_many_classes_stops_growing_and_writes_no_counts(
+    tmp_path, figures
+):
+    # 0.75 inch a class and a count in every cell: 200 classes took 7 GB and a minute, and
+    # 600 (an image-folder tree) killed train and evaluate for memory, reports unwritten.
+    for k in (plots.LABELLED_CLASSES, plots.LABELLED_CLASSES + 1, 600):
+        matrix = np.arange(k * k).reshape(k, k) % 7
+        plot_confusion_matrix(tmp_path / f"cm{k}.png", matrix, [f"class {i}" for i in range(k)])
+    sizes = [tuple(figure.get_size_inches()) for figure in figures]
+    assert sizes == [(1 + plots.MAX_SIDE_INCHES, plots.MAX_SIDE_INCHES)] * 3
+    labelled, unlabelled, many = (figure.axes[0] for figure in figures)
+    assert len(labelled.texts) == plots.LABELLED_CLASSES**2
+    assert len(labelled.get_xticklabels()) == plots.LABELLED_CLASSES
+    for heatmap in (unlabelled, many):
+        assert not heatmap.texts
+        # Ticks at matplotlib's own round indices, no class names.
+        assert not any("class" in label.get_text() for label in heatmap.get_xticklabels())
+    np.testing.assert_array_equal(many.images[0].get_array(), matrix)  # the 600 classes' own
 
 
 def test_curves_of_a_short_run_tick_whole_epochs_only(tmp_path, monkeypatch):
