@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from typing import NoReturn
 
 from jaxcifar import __version__, interrupt, parallel, peers
-from jaxcifar.errors import JaxcifarError, os_error_text
+from jaxcifar.errors import JaxcifarError, one_line, os_error_text
 
 COMMANDS = ("train", "evaluate", "predict", "data", "scratch", "bench", "speedrun")
 
@@ -61,6 +61,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     denied, ...) or too little memory, 130 for Ctrl-C, 141 when stdout's reader has gone.
     """
     prefix = "jaxcifar"
+    _escape_what_stdout_cannot_encode()
     try:
         # Inside the try: building the parser imports the command modules and NumPy (about
         # 0.1 s), and a Ctrl-C then must read as one line too, not as an import's traceback.
@@ -76,13 +77,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                 parallel.warn_of_ignored_variables(f"jaxcifar {args.command}")
             return int(args.run(args) or 0)
     except JaxcifarError as error:
-        print(f"{prefix}: error: {error}", file=sys.stderr)
+        print(f"{prefix}: error: {one_line(str(error))}", file=sys.stderr)
         return 2
     except OSError as error:
         if isinstance(error, BrokenPipeError) and _stdout_reader_gone():
             return _stdout_gone()
         # An I/O failure is the machine's, not a bug: the path and the reason say it all.
-        print(f"{prefix}: error: {os_error_text(error)}", file=sys.stderr)
+        print(f"{prefix}: error: {one_line(os_error_text(error))}", file=sys.stderr)
         return 1
     except (MemoryError, jax_runtime_error()) as error:
         # NumPy's MemoryError, XLA's RESOURCE_EXHAUSTED or its CPU client's "Out of memory
@@ -196,12 +197,22 @@ def _platform_failed(error: BaseException) -> bool:
     return bool(frames) and frames[-1].filename.endswith(in_backend_setup)
 
 
+def _escape_what_stdout_cannot_encode() -> None:
+    """Print what stdout's encoding cannot hold as backslash escapes rather than fail: a path
+    that is not UTF-8 (lone surrogates in Python) in a command's last line (evaluate's score,
+    data info's source) failed it with UnicodeEncodeError, after its work, where stdout is
+    strict UTF-8 (PYTHONIOENCODING=utf-8). stderr escapes so already (Python's default)."""
+    reconfigure = getattr(sys.stdout, "reconfigure", None)
+    if reconfigure is not None:
+        reconfigure(errors="backslashreplace")
+
+
 def _one_line_warning(prefix: str) -> Callable[..., None]:
     """A `warnings.showwarning` that prints `PREFIX: warning: MESSAGE` on stderr: a command's
     user reads what went wrong, not the source line that warned (JAX's or ours)."""
 
     def show(message: Warning | str, *args: object, **kwargs: object) -> None:
-        print(f"{prefix}: warning: {message}", file=sys.stderr)
+        print(f"{prefix}: warning: {one_line(str(message))}", file=sys.stderr)
 
     return show
 

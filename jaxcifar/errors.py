@@ -32,6 +32,17 @@ def cannot_read(path: object, error: OSError) -> str:
     return f"{path}: cannot read ({error.strerror or error})"
 
 
+def one_line(text: str) -> str:
+    """`text` with each character that is not printable escaped (`\\n`, `\\udcff`): a message
+    or a file name that stays one line of output, whatever a path in it holds (a newline split
+    the line; a name that is not UTF-8, which Python holds as lone surrogates, printed as raw
+    bytes, or failed to print where stdout is strict UTF-8, as PYTHONIOENCODING=utf-8 makes
+    it)."""
+    return "".join(
+        char if char.isprintable() else char.encode("unicode_escape").decode() for char in text
+    )
+
+
 def os_error_text(error: OSError) -> str:
     """`REASON: PATH[: PATH2]`, an OSError the command did not expect (a full disk, a
     permission denied) as one line: the reason and the paths say it all."""

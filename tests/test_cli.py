@@ -380,3 +380,26 @@ def test_a_multi_process_variable_set_for_another_command_than_train_is_warned_o
         "jaxcifar data info: warning: $JAXCIFAR_COORDINATOR, $JAXCIFAR_PROCESS_ID set, but "
         "jaxcifar data runs as one process: only jaxcifar train joins a multi-process run\n"
     )
+
+
+def test_an_error_naming_a_path_with_a_newline_stays_one_line(tmp_path, capsys):
+    # The path's newline split the error line, and predict's own per-image error lines.
+    nowhere = tmp_path / "two\nlines"
+    assert main(["train", "--data-dir", str(nowhere), "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert err == f"jaxcifar train: error: data dir {tmp_path}/two\\nlines does not exist\n"
+
+
+def test_a_path_that_is_not_utf8_prints_escaped_where_stdout_is_strict_utf8(shared_data, tmp_path):
+    # data info's source line (evaluate's score line too) failed with UnicodeEncodeError after
+    # the work where stdout is strict UTF-8 (PYTHONIOENCODING=utf-8).
+    link = tmp_path / os.fsdecode(b"fm\xe9")  # a lone surrogate in Python: \udce9
+    link.symlink_to(shared_data / "fashion-mnist")
+    env = {**os.environ, "PYTHONIOENCODING": "utf-8"}
+    result = subprocess.run(
+        [sys.executable, "-m", "jaxcifar", "data", "info", "--dataset", "fashion_mnist",
+         "--data-dir", os.fsencode(link)],
+        env=env, capture_output=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert f"{tmp_path}/fm\\udce9".encode() in result.stdout

@@ -92,6 +92,9 @@ def test_writable_file_checks_name_the_file_and_its_folder(tmp_path):
         (afile / "sub" / "g.png", f"--out {afile / 'sub' / 'g.png'}: cannot write in "
                                   f"{afile / 'sub'} (Not a directory)"),
         (tmp_path, f"--out {tmp_path} is a folder; expected a file name"),
+        # Found once the work was done: `data show` drew its grid, then failed with exit 1.
+        (tmp_path / "new" / f"{'b' * 252}.png", f"--out {tmp_path / 'new' / ('b' * 252)}.png: "
+                                                "cannot write there (File name too long)"),
     ]:  # fmt: skip
         with pytest.raises(ConfigError, match=f"^{re.escape(message)}$"):
             _args.check_writable_file(path)

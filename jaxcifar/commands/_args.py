@@ -231,7 +231,8 @@ def check_not_a_training_run(folder: Path) -> None:
 
 def check_writable_file(path: Path) -> None:
     """Check that output file `path` (--out) can be written: not a folder, its folder one that
-    can be made and written in, so a bad --out fails before the work rather than after it."""
+    can be made and written in, its name one the file system holds, so a bad --out fails
+    before the work rather than after it."""
     folder = path.parent
     if path.is_dir():
         raise ConfigError(f"--out {path} is a folder; expected a file name")
@@ -239,6 +240,9 @@ def check_writable_file(path: Path) -> None:
         raise ConfigError(f"--out {path}: {folder} is a file, not a folder")
     if reason := _probe(folder):
         raise ConfigError(f"--out {path}: cannot write in {folder} ({reason})")
+    # (The atomic write's temporary name is cut to fit: only the name itself can be too long.)
+    if len(os.fsencode(path.name)) > name_max(folder):  # (255 where folder is still to make)
+        raise ConfigError(f"--out {path}: cannot write there ({os.strerror(errno.ENAMETOOLONG)})")
 
 
 def check_data_fits_model(

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from jaxcifar.data.image_file import decode
-from jaxcifar.errors import CheckpointError, DataError
+from jaxcifar.errors import CheckpointError, DataError, one_line
 
 HELP = "classify image files with a trained checkpoint"
 TOP_K = 3
@@ -77,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
         try:
             pixels = read_image(Path(name), saved.input_shape)
         except DataError as error:
-            print(f"jaxcifar predict: error: {error}", file=sys.stderr)
+            print(f"jaxcifar predict: error: {one_line(str(error))}", file=sys.stderr)
             failures += 1
             continue
         probs = np.asarray(probabilities(pixels[None]))[0]
@@ -85,15 +85,5 @@ def run(args: argparse.Namespace) -> int:
             raise CheckpointError(f"{saved.path}: its weights give non-finite outputs for {name}")
         top = np.argsort(-probs)[:TOP_K]
         ranked = ", ".join(f"{saved.class_names[i]} {probs[i]:.3f}" for i in top)
-        print(f"{_one_line(name)}: {ranked}")
+        print(f"{one_line(name)}: {ranked}")  # one image, one line
     return 1 if failures else 0
-
-
-def _one_line(name: str) -> str:
-    """`name` with each character that is not printable escaped (`\\n`, `\\udcff`): one image,
-    one line of output, whatever its file is called (a newline split the line; a name that is
-    not UTF-8, which Python holds as lone surrogates, printed as raw bytes, or failed to print
-    where stdout is strict UTF-8, as PYTHONIOENCODING=utf-8 makes it)."""
-    return "".join(
-        char if char.isprintable() else char.encode("unicode_escape").decode() for char in name
-    )
