@@ -36,6 +36,7 @@ import numpy as np
 from numpy.typing import DTypeLike
 
 from jaxcifar.config import MLP_LAYER_SIZES
+from jaxcifar.data.dataset import check_count
 from jaxcifar.data.preprocess import flatten
 from jaxcifar.errors import TrainingDiverged
 from jaxcifar.metrics import out_of_range
@@ -64,15 +65,18 @@ def initialize_network(
     Returns:
       One `{"weights": (n_in, n_out), "bias": (n_out,)}` dict of `dtype` per weight layer.
     Raises:
-      ValueError: fewer than 2 sizes, or one below 1.
+      ValueError: fewer than 2 sizes, or one not a positive integer (2.7 made a layer of 2);
+        `seed` not a non-negative integer.
       TypeError: `dtype` is not a float dtype (an integer one would round every weight to 0).
     """
-    sizes = [int(size) for size in layer_sizes]
-    if len(sizes) < 2 or min(sizes) < 1:
+    if len(layer_sizes) < 2:
         raise ValueError(f"layer_sizes needs >= 2 positive sizes, got {tuple(layer_sizes)}")
+    for size in layer_sizes:
+        check_count(size, f"layer_sizes {tuple(layer_sizes)}: each size", ValueError)
+    sizes = [int(size) for size in layer_sizes]
     if not _is_float(np.dtype(dtype)):
         raise TypeError(f"dtype must be a float dtype; got {np.dtype(dtype)}")
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(_check_seed(seed))
     network = []
     for n_in, n_out in zip(sizes[:-1], sizes[1:]):
         limit = np.sqrt(6.0 / (n_in + n_out))
@@ -164,8 +168,14 @@ def backward_propagate_error(
     Returns:
       [delta_1, ..., delta_L], delta_l of shape (B, n_l), the activations' dtype.
     Raises:
-      ValueError: `y_onehot` is not shaped like the output (B, n_out) (`_check_targets`).
+      ValueError: `activations` are not one per layer and the input (len(network) + 1), or
+        `y_onehot` is not shaped like the output (B, n_out) (`_check_targets`).
     """
+    if len(activations) != len(network) + 1:  # else zip drops layers without a word
+        raise ValueError(
+            f"activations: {len(activations)} arrays for a network of {len(network)} layers; "
+            f"expected {len(network) + 1}, forward_propagation(network, x)"
+        )
     _check_targets(activations[-1], y_onehot)
     output = activations[-1]
     batch_size = output.shape[0]
@@ -240,8 +250,10 @@ def predict(network: Network, x: np.ndarray, batch_size: int = 10_000) -> np.nda
     """(B, n_in) float inputs -> (B,) int64 labels: the index of the largest output.
 
     Evaluated `batch_size` rows at a time, to bound the memory of the activations.
-    Raises as `forward_propagation` does.
+    Raises as `forward_propagation` does, and ValueError unless `batch_size` is a positive
+    integer.
     """
+    check_count(batch_size, "batch_size", ValueError)
     labels = [
         np.argmax(forward_propagation(network, x[start : start + batch_size])[-1], axis=1)
         for start in range(0, x.shape[0], batch_size)
@@ -252,9 +264,12 @@ def predict(network: Network, x: np.ndarray, batch_size: int = 10_000) -> np.nda
 def accuracy(network: Network, x: np.ndarray, labels: np.ndarray) -> float:
     """Fraction of the (B, n_in) inputs whose predicted label equals `labels` (B,) int.
 
-    Raises as `forward_propagation` does, and ValueError unless `labels` is (B,) integers.
+    Raises as `forward_propagation` does, and ValueError unless `labels` is (B,) integers,
+    or when there is no input (the fraction of none is undefined: NumPy's mean gave NaN).
     """
     _check_labels(labels, len(x), "labels")
+    if not len(x):
+        raise ValueError(f"x {np.shape(x)} is empty: an accuracy needs at least one example")
     return float(np.mean(predict(network, x) == labels))
 
 
@@ -297,29 +312,40 @@ def train(
       `train_accuracy` (of those same outputs, so it costs no extra pass), `test_accuracy`
       (None without test data, else after the epoch) and `seconds` (of training and scoring).
     Raises:
-      ValueError: x_test without y_test or the reverse; `batch_size` not a positive integer;
-        an empty `x`; `y` or `y_test` not one integer label in [0, n_out) per row of its
-        inputs (`_check_labels`: a label of -1 would train as the last class).
+      ValueError: x_test without y_test or the reverse; `batch_size` or `n_epoch` not a
+        positive integer, `l_rate` not a finite number >= 0, `seed` not a non-negative
+        integer; an empty `x` or `x_test`, or one holding NaN or inf (it trained to NaN
+        weights, reported as too high a rate); `y` or `y_test` not one integer label in
+        [0, n_out) per row of its inputs (`_check_labels`: a label of -1 would train as the
+        last class).
       TypeError / ValueError: `x` or `x_test` not (N, n_in) float (`_check_inputs`).
       TrainingDiverged: the weights are not finite after an epoch.
     """
     if (x_test is None) != (y_test is None):
         raise ValueError("x_test and y_test go together: pass both or neither")
-    if not isinstance(batch_size, int | np.integer) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer; got {batch_size!r}")
+    check_count(batch_size, "batch_size", ValueError)
+    check_count(n_epoch, "n_epoch", ValueError)  # 0 trained nothing, 2.0 failed in range()
+    # (0 scores the network as it is, each epoch; below 0 climbs the loss.)
+    if isinstance(l_rate, bool) or not isinstance(l_rate, int | float | np.number) or not (
+        np.isfinite(l_rate) and l_rate >= 0
+    ):
+        raise ValueError(f"l_rate must be a finite number, 0 or above; got {l_rate!r}")
     num_classes = network[-1]["weights"].shape[1]
     for inputs, labels, names in ((x, y, ("x", "y")), (x_test, y_test, ("x_test", "y_test"))):
         if inputs is not None:
             _check_inputs(network, inputs, names[0])
             _check_labels(labels, len(inputs), names[1], num_classes)
-    if not len(x):
-        raise ValueError(f"x {np.shape(x)} is empty: there is nothing to train on")
+            if not len(inputs):
+                raise ValueError(f"{names[0]} {np.shape(inputs)} is empty: there is nothing to "
+                                 f"{'train on' if names[0] == 'x' else 'score'}")  # fmt: skip
+            if not np.isfinite(inputs).all():
+                raise ValueError(f"{names[0]} holds NaN or inf; expected finite inputs")
     dtype = network[0]["weights"].dtype
     x = np.asarray(x, dtype=dtype)
     y = np.asarray(y)
     if x_test is not None:
         x_test = np.asarray(x_test, dtype=dtype)
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(_check_seed(seed))
     history = []
     for epoch in range(1, n_epoch + 1):
         start_time = time.perf_counter()
@@ -359,6 +385,14 @@ def train(
         if on_epoch is not None:
             on_epoch(record)
     return network, history
+
+
+def _check_seed(seed: int) -> int:
+    """`seed`, ValueError unless a non-negative integer (NumPy's own error names no argument;
+    1.5 failed inside SeedSequence)."""
+    if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer; got {seed!r}")
+    return seed
 
 
 def _is_float(dtype: np.dtype) -> bool:

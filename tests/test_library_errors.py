@@ -245,7 +245,7 @@ def scratch_problem():
 
 
 def fit_scratch(network, x, y, **kwargs):
-    return scratch.train(network, x, y, l_rate=0.5, n_epoch=1, **{"batch_size": 2, **kwargs})
+    return scratch.train(network, x, y, **{"l_rate": 0.5, "n_epoch": 1, "batch_size": 2, **kwargs})
 
 
 def test_scratch_refuses_unscaled_or_unflattened_pixels(scratch_problem):
@@ -267,7 +267,8 @@ def test_scratch_refuses_unscaled_or_unflattened_pixels(scratch_problem):
 @pytest.mark.parametrize(
     "y, message",
     [
-        (np.array([0, 1, 2, 0, 1, -1]), r"y must lie in 0..2; found -1..2 \(the network's 3 outputs\)"),
+        (np.array([0, 1, 2, 0, 1, -1]),
+         r"y must lie in 0..2; found -1..2 \(the network's 3 outputs\)"),
         (np.array([0, 1, 2, 0, 1, 3]), r"y must lie in 0..2"),
         ((np.arange(6) % 3)[:, None], r"y \(6, 1\) int64: expected \(6,\) integer class labels"),
         (np.eye(3)[np.arange(6) % 3], r"y \(6, 3\) float64: .*not one-hot"),
@@ -315,6 +316,36 @@ def test_scratch_refuses_an_integer_dtype_a_zero_batch_and_no_data(scratch_probl
         fit_scratch(network, x, y, batch_size=0)  # was: range() arg 3 must not be zero
     with pytest.raises(ValueError, match=r"x \(0, 12\) is empty"):
         fit_scratch(network, x[:0], y[:0])  # was: ZeroDivisionError
+
+
+def test_scratch_refuses_counts_rates_seeds_and_inputs_it_would_misuse(scratch_problem):
+    network, _, x, y = scratch_problem
+    # Each once ran without a word, or failed deep in NumPy naming no argument.
+    refused = [
+        (dict(n_epoch=0), "n_epoch must be a positive integer; got 0"),  # trained nothing
+        (dict(n_epoch=2.0), "n_epoch must be a positive integer; got 2.0"),  # range() failed
+        (dict(l_rate=-1.0), "l_rate must be a finite number, 0 or above; got -1.0"),  # ascent
+        (dict(l_rate=float("nan")), "l_rate must be a finite number, 0 or above; got nan"),
+        (dict(seed=-1), "seed must be a non-negative integer; got -1"),
+        (dict(x_test=x[:0], y_test=y[:0]), r"x_test \(0, 12\) is empty: there is nothing to score"),
+    ]  # fmt: skip
+    for change, message in refused:
+        with pytest.raises(ValueError, match=f"^{message}"):
+            fit_scratch(network, x, y, **change)
+    with pytest.raises(ValueError, match="^x holds NaN or inf"):  # blamed on the rate
+        fit_scratch(network, np.full_like(x, np.nan), y)
+    with pytest.raises(ValueError, match=r"^x \(0, 12\) is empty: an accuracy needs"):
+        scratch.accuracy(network, x[:0], y[:0])  # NaN, and two NumPy warnings
+    with pytest.raises(ValueError, match="^batch_size must be a positive integer; got 0"):
+        scratch.predict(network, x, batch_size=0)
+    with pytest.raises(ValueError, match=r"^layer_sizes \(4, 2.7, 3\): each size must be"):
+        scratch.initialize_network((4, 2.7, 3))  # a layer of 2
+    with pytest.raises(ValueError, match="^seed must be a non-negative integer; got 1.5"):
+        scratch.initialize_network((4, 3), seed=1.5)
+    activations = scratch.forward_propagation(network, x)
+    targets = scratch.one_hot(y, 3)
+    with pytest.raises(ValueError, match="^activations: 2 arrays for a network of 2 layers"):
+        scratch.backward_propagate_error(network, activations[1:], targets)  # 1 delta of 2
 
 
 def test_cannot_read_falls_back_to_the_error_when_it_has_no_strerror():

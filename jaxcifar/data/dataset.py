@@ -29,11 +29,12 @@ IMAGE_SHAPES = {"cifar10": (32, 32, 3), "mnist": (28, 28, 1), "fashion_mnist": (
 SPLITS = ("train", "test")
 
 
-def check_count(n: int, name: str) -> None:
-    """Raise a ConfigError naming `name` unless `n` is a positive integer: as a slice bound,
-    0 would keep no example and -5 all but five."""
-    if not isinstance(n, int | np.integer) or n <= 0:
-        raise ConfigError(f"{name} must be a positive integer; got {n!r}")
+def check_count(n: int, name: str, error: type[Exception] = ConfigError) -> None:
+    """Raise `error` naming `name` unless `n` is a positive integer (a NumPy one too, not a
+    bool): as a slice bound, 0 would keep no example and -5 all but five; as a step or a
+    size, 2.5 fails deep in NumPy or rounds without a word."""
+    if isinstance(n, bool) or not isinstance(n, int | np.integer) or n <= 0:
+        raise error(f"{name} must be a positive integer; got {n!r}")
 
 
 def check_labels(labels: np.ndarray, num_classes: int, where: str) -> None:
