@@ -26,9 +26,12 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
 
     Write the file to the yielded path (e.g. `np.savez`, `fig.savefig`). If the block
     raises, the temporary file is removed and `path` is left untouched. The temporary
-    name keeps `path`'s suffix so libraries that pick a format by suffix still work.
+    name keeps `path`'s suffix so libraries that pick a format by suffix still work. A
+    symbolic link is written through, as `open` writes (to its target, even one still to be
+    made): replaced by the new file, the user's link was lost.
     """
-    target = Path(path)
+    named = Path(path)
+    target = Path(os.path.realpath(named)) if named.is_symlink() else named
     target.parent.mkdir(parents=True, exist_ok=True)
     owner = _owner(target)
     remove_dead_temporaries(target, owner)
@@ -50,7 +53,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         # A failed write (a full disk) names no file, or the temporary, and a failed rename
         # the temporary and the target: name only the one the user asked for.
         if error.filename in (None, tmp_name):
-            error.filename, error.filename2 = str(target), None
+            error.filename, error.filename2 = str(named), None
         raise
     finally:
         tmp.unlink(missing_ok=True)

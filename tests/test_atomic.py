@@ -180,3 +180,15 @@ def test_a_long_name_with_a_suffix_outside_ascii_is_written(tmp_path):
     name = "x" * 220 + ".éééé"  # 229 bytes
     atomic_write_text(tmp_path / name, "new")
     assert [path.name for path in tmp_path.iterdir()] == [name]
+
+
+def test_a_symbolic_link_is_written_through_not_replaced(tmp_path):
+    # `data show --out link.png` replaced the user's link with a file of its own.
+    (tmp_path / "real").mkdir()
+    target, link = tmp_path / "real" / "grid.png", tmp_path / "link.png"
+    link.symlink_to(target)  # dangling: open() would make the target, and so does this
+    atomic_write_text(link, "first")
+    atomic_write_text(link, "second")
+    assert link.is_symlink() and target.read_text() == "second"
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["link.png", "real"]
+    assert [path.name for path in (tmp_path / "real").iterdir()] == ["grid.png"]
