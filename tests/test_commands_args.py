@@ -48,6 +48,13 @@ def test_an_empty_data_dir_is_refused_not_read_as_the_current_folder(command, ca
     assert "error: argument --data-dir: expected a folder or archive path, got ''" in err
 
 
+@pytest.mark.parametrize("command", [["evaluate"], ["predict", "image.png"]])
+def test_an_empty_checkpoint_is_refused_not_read_as_the_current_folder(command, capsys):
+    # It was searched, and called "checkpoint.msgpack: no checkpoint there".
+    err = refused([*command, "--checkpoint="], capsys)
+    assert "error: argument --checkpoint: expected a checkpoint file or folder, got ''" in err
+
+
 def test_an_empty_data_dir_variable_counts_as_unset(monkeypatch):
     # As `jaxcifar.data.load` reads it: the official release, not the current folder.
     monkeypatch.setenv("JAXCIFAR_DATA_DIR", "")

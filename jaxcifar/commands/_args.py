@@ -121,6 +121,23 @@ def add_data_arguments(parser: argparse.ArgumentParser, default_dataset: str = "
     add_data_dir_argument(parser)
 
 
+def _checkpoint_path(text: str) -> str:
+    """argparse type: a --checkpoint path, not empty (Path("") is the current folder, which
+    would be searched instead, and called no checkpoint)."""
+    if not text:
+        raise argparse.ArgumentTypeError("expected a checkpoint file or folder, got ''")
+    return text
+
+
+def add_checkpoint_argument(parser: argparse.ArgumentParser) -> None:
+    """--checkpoint C (required): what `evaluate` and `predict` read."""
+    parser.add_argument(
+        "--checkpoint", required=True, metavar="C", type=_checkpoint_path,
+        help="a checkpoint file, or a training output folder holding checkpoint.msgpack; or a "
+        "speedrun's model.msgpack or output folder",
+    )  # fmt: skip
+
+
 def output_folder(text: str) -> Path:
     """argparse type: an --out folder; an empty one would write into the current folder."""
     if not text:

@@ -20,8 +20,8 @@ import numpy as np
 
 from jaxcifar import folder_lock
 from jaxcifar.commands._args import (
-    add_data_dir_argument, check_data_fits_model, check_not_a_training_run,
-    check_writable_folder, output_folder, positive_int,
+    add_checkpoint_argument, add_data_dir_argument, check_data_fits_model,
+    check_not_a_training_run, check_writable_folder, output_folder, positive_int,
 )
 from jaxcifar.data import Dataset, load_split
 from jaxcifar.errors import CheckpointError
@@ -33,9 +33,7 @@ HELP = "evaluate a checkpoint on the test split and write its reports"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", required=True, metavar="C",
-                        help="a checkpoint file, or a training output folder holding "
-                        "checkpoint.msgpack; or a speedrun's model.msgpack or output folder")
+    add_checkpoint_argument(parser)
     add_data_dir_argument(parser)
     parser.add_argument("--limit-test", type=positive_int, metavar="N", default=None,
                         help="evaluate on a random N-example subset, drawn as the model's run "

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from jaxcifar.commands._args import add_checkpoint_argument
 from jaxcifar.data.image_file import decode
 from jaxcifar.errors import CheckpointError, DataError, one_line
 
@@ -26,9 +27,7 @@ TOP_K = 3
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", required=True, metavar="C",
-                        help="a checkpoint file, or a training output folder holding "
-                        "checkpoint.msgpack; or a speedrun's model.msgpack or output folder")
+    add_checkpoint_argument(parser)
     parser.add_argument("images", nargs="+", metavar="IMAGE",
                         help="image files Pillow reads: PNG, JPEG, GIF, WebP, BMP, TIFF, ...")
 
