@@ -177,21 +177,28 @@ def locate(name: str, root: Path) -> Copy:
     if copy := _folder_copy(name, root):
         _check_not_named_after_another(name, root)
         return copy
-    raise DataError(f"no {name} data in {root}: expected {describe(name)}")
+    # (A Fashion-MNIST folder read with the default --dataset cifar10 says so.)
+    other = _other_dataset_named(name, root)
+    hint = f"; it is named after {other}: pass --dataset {other}?" if other else ""
+    raise DataError(f"no {name} data in {root}: expected {describe(name)}{hint}")
 
 
 def _check_not_named_after_another(name: str, root: Path) -> None:
     """Raise DataError when `root`'s name starts with another dataset's alias (and not `name`'s)."""
+    if other := _other_dataset_named(name, root):
+        raise DataError(
+            f"data dir {root} is named after {other}, not {name}: point it at {name}'s "
+            f"data, or rename it if it holds {name}"
+        )
+
+
+def _other_dataset_named(name: str, root: Path) -> str | None:
+    """The other dataset whose alias `root`'s name starts with (and not `name`'s), if any."""
     # abspath names "." and "x/.." by the folder they are, without following symbolic links.
     folder = Path(os.path.abspath(root))
     if _named_after(folder, name):
-        return
-    for other in ALIASES:
-        if _named_after(folder, other):
-            raise DataError(
-                f"data dir {root} is named after {other}, not {name}: point it at {name}'s "
-                f"data, or rename it if it holds {name}"
-            )
+        return None
+    return next((other for other in ALIASES if _named_after(folder, other)), None)
 
 
 def _named_after(path: Path, name: str) -> bool:
