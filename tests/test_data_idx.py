@@ -65,7 +65,7 @@ def test_a_data_dir_named_after_another_dataset_is_refused(tmp_path, fresh_cache
     # Read as another format's dataset (the default cifar10), it finds none, and says which
     # dataset the folder is named after.
     hint = r"; it is named after fashion_mnist: pass --dataset fashion_mnist\?$"
-    with pytest.raises(DataError, match=r"^no cifar10 data in \S*/fashion-mnist: expected .*" + hint):
+    with pytest.raises(DataError, match=r"^no cifar10 data in \S*/fashion-mnist: .*" + hint):
         load("cifar10", "train", data_dir=tmp_path / "fashion-mnist")
     write_idx_set(tmp_path / "MNIST-digits")
     monkeypatch.chdir(tmp_path / "MNIST-digits")  # "." is named after the folder it is
