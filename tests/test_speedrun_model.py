@@ -22,6 +22,11 @@ def test_only_a_file_of_the_speedrun_format_is_taken_for_a_speedrun_model(
         {"format": checkpoint.FORMAT, "version": checkpoint.VERSION}
     ))  # fmt: skip
     assert model_file.find(trained) is None
+    # Copied under the speedrun model's name it is still a training checkpoint: it was
+    # refused as "not a jaxcifar speedrun model".
+    renamed = tmp_path / model_file.FILENAME
+    renamed.write_bytes(trained.read_bytes())
+    assert model_file.find(renamed) is None
     copy = tmp_path / "copy.msgpack"
     copy.write_bytes(save_speedrun_model(tmp_path / "saved").read_bytes())
     assert model_file.find(copy) == copy

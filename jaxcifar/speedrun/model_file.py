@@ -95,8 +95,8 @@ def save(
 
 def find(path: str | os.PathLike[str]) -> Path | None:
     """The speedrun model `path` names, or None when it names none (a training checkpoint,
-    say): a folder holding model.msgpack, a file of that name, or another file with this
-    format's tag. ConfigError for a folder that holds a training checkpoint too: which one
+    say): a folder holding model.msgpack, a file of that name (but a training checkpoint
+    copied under it), or another file with this format's tag. ConfigError for a folder that holds a training checkpoint too: which one
     --checkpoint means is for the user to say. (A model.msgpack that is not readable is
     still the one meant: `load` says what is wrong with it.)"""
     path = Path(path)
@@ -110,13 +110,20 @@ def find(path: str | os.PathLike[str]) -> Path | None:
                 f"{path / FILENAME} or {path / checkpoint.FILENAME}"
             )
         return path / FILENAME
-    if path.name == FILENAME:
-        return path
+    tag = _format_tag(path)
+    if path.name == FILENAME:  # a training checkpoint copied under this name is still one
+        return None if tag == checkpoint.FORMAT else path
+    return path if tag == FORMAT else None
+
+
+def _format_tag(path: Path) -> str | None:
+    """The format tag of the msgpack file `path`; None for a file that is missing, unreadable,
+    not msgpack or untagged."""
     try:
         payload = serialization.msgpack_restore(path.read_bytes())
-    except Exception:  # missing, unreadable or not msgpack: not a speedrun model
+    except Exception:  # (any decoder failure: no tag to read)
         return None
-    return path if isinstance(payload, dict) and payload.get("format") == FORMAT else None
+    return payload.get("format") if isinstance(payload, dict) else None
 
 
 def load(path: str | os.PathLike[str]) -> SavedModel:
