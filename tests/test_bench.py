@@ -167,11 +167,13 @@ def test_bench_command_rejects_an_epoch_smaller_than_its_batch(capsys):
     )
 
 
-def test_bench_command_refuses_torch_compile_without_the_references(monkeypatch, capsys):
+@pytest.mark.parametrize("flag", [["--torch-compile"], ["--torch-threads", "2"]])
+def test_bench_command_refuses_torch_flags_without_the_references(flag, monkeypatch, capsys):
+    # --torch-threads was ignored without a word.
     monkeypatch.setattr(suite, "plan", lambda settings: pytest.fail("planned"))
-    assert cli.main(["bench", "--torch-compile", "--no-reference"]) == 2
+    assert cli.main(["bench", *flag, "--no-reference"]) == 2
     assert capsys.readouterr().err == (
-        "jaxcifar bench: error: --torch-compile times a PyTorch reference, which --no-reference "
+        f"jaxcifar bench: error: {flag[0]} sets up the PyTorch reference, which --no-reference "
         "turns off; drop one of them\n"
     )
 
@@ -954,10 +956,12 @@ def test_bench_flags_reach_the_settings(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(suite, "plan", lambda settings: planned.append(settings) or ([], []))
     monkeypatch.setattr(output, "plot_step_times", lambda *args, **kwargs: None)
     out = ["--out", str(tmp_path), "--name", "run"]
-    fixed = ["--steps", "3", "--warmup", "2", "--torch-threads", "2", "--no-reference"]
+    fixed = ["--steps", "3", "--warmup", "2", "--torch-threads", "2"]
     assert cli.main(["bench", *fixed, *out]) == 0
     assert planned[-1].budget == TimingBudget.fixed(3, warmup=2)
-    assert planned[-1].torch_threads == 2 and planned[-1].reference is False
+    assert planned[-1].torch_threads == 2 and planned[-1].reference is True
+    assert cli.main(["bench", "--no-reference", *out]) == 0
+    assert planned[-1].reference is False
     # More --min-steps than the default cap raises the cap rather than failing.
     timed = ["--min-steps", "600", "--seconds-per-case", "0.25", "--warmup", "0"]
     assert cli.main(["bench", *timed, *out]) == 0

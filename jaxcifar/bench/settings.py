@@ -37,11 +37,13 @@ class Settings:
     epoch_batch_sizes: tuple[int, ...] = DEFAULT_EPOCH_BATCH_SIZES
 
     def __post_init__(self) -> None:
-        if self.torch_compile and not self.reference:
-            raise ConfigError(
-                "--torch-compile times a PyTorch reference, which --no-reference turns off; "
-                "drop one of them"
-            )
+        for flag, given in (("--torch-compile", self.torch_compile),
+                            ("--torch-threads", self.torch_threads is not None)):  # fmt: skip
+            if given and not self.reference:  # it would be ignored without a word
+                raise ConfigError(
+                    f"{flag} sets up the PyTorch reference, which --no-reference turns off; "
+                    "drop one of them"
+                )
         images = self.epoch_images
         too_large = [size for size in self.epoch_batch_sizes if images and size > images]
         if too_large:
