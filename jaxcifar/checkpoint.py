@@ -8,7 +8,9 @@ every key derives from config.seed and the epoch (see `jaxcifar.train`).
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -66,6 +68,17 @@ def save(
     return path
 
 
+def read_regular_file(path: Path) -> bytes:
+    """`path`'s bytes; OSError for what is not a regular file: a device (`/dev/zero`) was read
+    until memory ran out, and a FIFO without a writer blocks its reader for ever (opened
+    without blocking here, so that it can be refused)."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    with os.fdopen(fd, "rb") as file:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", str(path))
+        return file.read()
+
+
 def read_tagged(path: Path, format_tag: str, version: int, what: str) -> dict[str, Any]:
     """The msgpack document at `path`, checked to carry `format_tag` and `version`.
 
@@ -74,7 +87,7 @@ def read_tagged(path: Path, format_tag: str, version: int, what: str) -> dict[st
     the message.
     """
     try:
-        data = path.read_bytes()
+        data = read_regular_file(path)
     except FileNotFoundError:
         raise CheckpointError(f"{path}: no {what} there") from None
     except OSError as error:  # a folder, no permission, a disk error: not a corrupt file

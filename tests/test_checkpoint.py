@@ -1,4 +1,6 @@
 import dataclasses
+import os
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -101,6 +103,17 @@ def test_a_checkpoint_dtype_other_than_the_models_is_refused(saved_file):
     rewrite_msgpack(saved_file, first_layer_to_float16)
     with pytest.raises(CheckpointError, match="state array shapes or dtypes do not fit this model"):
         checkpoint.restore(checkpoint.load(saved_file), train.state_template(CONFIG, (8, 8, 1), 3))
+
+
+def test_what_is_not_a_regular_file_is_refused_before_it_is_read(tmp_path):
+    # /dev/zero was read until memory ran out (evaluate and predict); a FIFO without a
+    # writer would block its reader for ever.
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    for path in (Path("/dev/zero"), fifo):
+        with pytest.raises(CheckpointError) as refused:
+            checkpoint.load(path)
+        assert str(refused.value) == f"{path}: cannot read (not a regular file)"
 
 
 def test_unreadable_checkpoint_is_not_called_corrupt(tmp_path):

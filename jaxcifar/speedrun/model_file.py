@@ -120,8 +120,8 @@ def _format_tag(path: Path) -> str | None:
     """The format tag of the msgpack file `path`; None for a file that is missing, unreadable,
     not msgpack or untagged."""
     try:
-        payload = serialization.msgpack_restore(path.read_bytes())
-    except Exception:  # (any decoder failure: no tag to read)
+        payload = serialization.msgpack_restore(checkpoint.read_regular_file(path))
+    except Exception:  # (not a regular file, any decoder failure: no tag to read)
         return None
     return payload.get("format") if isinstance(payload, dict) else None
 
