@@ -132,7 +132,8 @@ def test_corrupt_files_in_a_folder_raise_data_error_naming_them(tmp_path, fresh_
     write_idx_set(folder, gz=False)
     labels = folder / "t10k-labels-idx1-ubyte"
     labels.write_bytes(idx_bytes(np.array([1, 2, 12, 3], np.uint8), LABELS_MAGIC))
-    with pytest.raises(DataError, match=r"t10k-labels-idx1-ubyte: labels must lie in 0\.\.9; found 1\.\.12"):
+    message = r"t10k-labels-idx1-ubyte: labels must lie in 0\.\.9; found 1\.\.12"
+    with pytest.raises(DataError, match=message):
         load("mnist", "train", data_dir=tmp_path)
     labels.write_bytes(idx_bytes(np.array([1, 2, 3], np.uint8), LABELS_MAGIC))
     with pytest.raises(DataError, match=r"t10k-images-idx3-ubyte holds 4 images but .*t10k-labels-idx1-ubyte holds 3 labels"):

@@ -1,8 +1,9 @@
 """Train the fast CIFAR-10 recipe (airbench94 in JAX) N times and report each run's
 training time (whitening + training + TTA test predictions, compilation timed apart; warm from
 the second run on, the first being its programs' first run, which on a GPU loads their
-kernels: `benchmarks/speedrun.py` runs an untimed warm-up first) and TTA test accuracy. Writes OUT/speedrun.json ({"device", "runs": [{"system", "seed",
-"train_seconds", "cold_seconds", "tta_test_accuracy"}], "model": {"file", "run", "seed"},
+kernels: `benchmarks/speedrun.py` runs an untimed warm-up first) and TTA test accuracy.
+Writes OUT/speedrun.json ({"device", "runs": [{"system", "seed", "train_seconds",
+"cold_seconds", "tta_test_accuracy"}], "model": {"file", "run", "seed"},
 ...}), OUT/speedrun.md, and OUT/model.msgpack, the last run's trained model with its seed and
 data subsets (`jaxcifar evaluate` and `predict` read it; evaluate tests on the same subset).
 Compiled programs persist in --compile-cache, so a second process starts warm."""
