@@ -29,11 +29,16 @@ IMAGE_SHAPES = {"cifar10": (32, 32, 3), "mnist": (28, 28, 1), "fashion_mnist": (
 SPLITS = ("train", "test")
 
 
+def is_count(n: object) -> bool:
+    """Whether `n` is a positive integer (a NumPy one too, not a bool)."""
+    return not isinstance(n, bool) and isinstance(n, int | np.integer) and n > 0
+
+
 def check_count(n: int, name: str, error: type[Exception] = ConfigError) -> None:
-    """Raise `error` naming `name` unless `n` is a positive integer (a NumPy one too, not a
-    bool): as a slice bound, 0 would keep no example and -5 all but five; as a step or a
-    size, 2.5 fails deep in NumPy or rounds without a word."""
-    if isinstance(n, bool) or not isinstance(n, int | np.integer) or n <= 0:
+    """Raise `error` naming `name` unless `n` is a positive integer (`is_count`): as a slice
+    bound, 0 would keep no example and -5 all but five; as a step or a size, 2.5 fails deep
+    in NumPy or rounds without a word."""
+    if not is_count(n):
         raise error(f"{name} must be a positive integer; got {n!r}")
 
 

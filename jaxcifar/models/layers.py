@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import functools
 import math
-import numbers
 from collections.abc import Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
 from jax import lax
+
+from jaxcifar.data.dataset import is_count
 
 Params = dict[str, jax.Array]
 
@@ -33,7 +34,7 @@ def init_layers(key: jax.Array, kernel_shapes: Mapping[str, tuple[int, ...]]) ->
     (a layer of 0 units gave biases of +-inf; a class count of -1, a reshape error).
     """
     for name, shape in kernel_shapes.items():
-        if not all(_positive_integer(size) for size in shape):
+        if not all(is_count(size) for size in shape):
             raise ValueError(f"init: {name} kernel {tuple(shape)}; sizes must be positive integers")
     sizes = [math.prod(shape) + shape[-1] for shape in kernel_shapes.values()]
     numbers = jax.random.uniform(key, (sum(sizes),), jnp.float32, -1.0, 1.0)
@@ -44,11 +45,6 @@ def init_layers(key: jax.Array, kernel_shapes: Mapping[str, tuple[int, ...]]) ->
         params[name] = {"kernel": chunk[: -shape[-1]].reshape(shape), "bias": chunk[-shape[-1] :]}
         offset += size
     return params
-
-
-def _positive_integer(size: object) -> bool:
-    """Whether `size` is an integer (a NumPy one too, not a bool) above 0."""
-    return isinstance(size, numbers.Integral) and not isinstance(size, bool) and size > 0
 
 
 def dense(params: Params, x: jax.Array, dtype: jnp.dtype) -> jax.Array:
