@@ -15,8 +15,8 @@ import signal
 import sys
 import traceback
 import warnings
-from collections.abc import Callable, Sequence
-from typing import NoReturn
+from collections.abc import Callable, Iterator, Sequence
+from typing import NoReturn, TextIO
 
 from jaxcifar import __version__, interrupt, parallel, peers
 from jaxcifar.errors import JaxcifarError, one_line, os_error_text
@@ -71,11 +71,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         if unknown:  # named by the command's prefix: argparse's own error names the root's
             parser.exit(2, f"{prefix}: error: unrecognized arguments: {' '.join(unknown)} "
                         f"(see `{prefix} --help`)\n")  # fmt: skip
-        with interrupt.resend_dropped_signals(), warnings.catch_warnings(), peers.leaving():
+        with interrupt.resend_dropped_signals(), warnings.catch_warnings(), peers.leaving(), \
+                _stdout_named_in_errors():  # fmt: skip
             warnings.showwarning = _one_line_warning(prefix)
             if args.command != "train":
                 parallel.warn_of_ignored_variables(f"jaxcifar {args.command}")
-            return int(args.run(args) or 0)
+            code = int(args.run(args) or 0)
+            sys.stdout.flush()  # here: a stdout that cannot be written fails the command
+            return code
     except JaxcifarError as error:
         print(f"{prefix}: error: {one_line(str(error))}", file=sys.stderr)
         return 2
@@ -132,11 +135,15 @@ def run_program(argv: Sequence[str] | None = None) -> NoReturn:
     shutdown, where a reader that has gone (`| head -1`) would print a traceback.
     """
     code = main(argv)
-    try:
-        sys.stdout.flush()
+    try:  # what a command printed before it failed or was stopped
+        with _naming_stdout():
+            sys.stdout.flush()
     except BrokenPipeError:
         gone = _stdout_gone()
         code = code or gone  # a failure's or a signal's own status says more
+    except OSError as error:
+        print(f"jaxcifar: error: {one_line(os_error_text(error))}", file=sys.stderr)
+        code = code or 1
     if code in interrupt.EXIT_CODES:
         _leave_distributed_run()
         with contextlib.suppress(OSError, ValueError):
@@ -179,6 +186,49 @@ def _stdout_gone() -> int:
         os.dup2(devnull, sys.stdout.fileno())
         os.close(devnull)
     return 128 + signal.SIGPIPE
+
+
+@contextlib.contextmanager
+def _stdout_named_in_errors() -> Iterator[None]:
+    """Within the block, sys.stdout is `_StdoutNamedInErrors` around itself."""
+    stdout = sys.stdout
+    sys.stdout = _StdoutNamedInErrors(stdout)
+    try:
+        yield
+    finally:
+        sys.stdout = stdout
+
+
+class _StdoutNamedInErrors:
+    """A text stream whose write errors name it (`No space left on device: <stdout>`): the OS's
+    reason alone, for `jaxcifar data info > /dev/full` or a full disk, named no file. All else
+    is the stream's own."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._stream, name)
+
+    def write(self, text: str) -> int:
+        with _naming_stdout():
+            return self._stream.write(text)
+
+    def flush(self) -> None:
+        with _naming_stdout():
+            self._stream.flush()
+
+
+@contextlib.contextmanager
+def _naming_stdout() -> Iterator[None]:
+    """Re-raise an OSError that names no file as the same error naming `<stdout>` (a
+    BrokenPipeError stays one)."""
+    try:
+        yield
+    except OSError as error:
+        if error.filename is not None or error.errno is None:
+            raise
+        raise OSError(error.errno, error.strerror, "<stdout>") from None
 
 
 def _first_line(error: BaseException, default: str) -> str:

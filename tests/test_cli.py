@@ -340,6 +340,36 @@ def test_an_interrupted_run_exits_at_once_though_its_stdout_reader_has_gone(monk
     assert exits == [130]
 
 
+def test_a_stdout_that_cannot_be_written_is_named_in_the_error(tmp_path):
+    # `jaxcifar data info > /dev/full` (or onto a full disk) said only "error: No space left
+    # on device", naming no file.
+    write_idx_set(tmp_path / "mnist", n_train=8, n_test=4, shape=(4, 4))
+    command = [sys.executable, "-m", "jaxcifar", "data", "info", "--dataset", "mnist",
+               "--data-dir", str(tmp_path / "mnist")]  # fmt: skip
+    with open("/dev/full", "w") as full:
+        ran = subprocess.run(command, stdout=full, stderr=subprocess.PIPE, text=True, timeout=60)
+    assert ran.returncode == 1
+    assert ran.stderr == "jaxcifar data info: error: No space left on device: <stdout>\n"
+
+
+def test_output_held_back_when_a_command_failed_is_named_if_stdout_cannot_take_it(
+    monkeypatch, capsys
+):
+    # The last flush, after main: its error was a traceback.
+    from jaxcifar import cli
+
+    def full_disk():
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(cli, "main", lambda argv: 0)
+    monkeypatch.setattr(cli.sys.stdout, "flush", full_disk)
+    with pytest.raises(SystemExit) as exited:
+        cli.run_program([])
+    monkeypatch.undo()  # before capsys reads (and flushes) what was written
+    assert exited.value.code == 1
+    assert capsys.readouterr().err == "jaxcifar: error: No space left on device: <stdout>\n"
+
+
 def test_a_broken_pipe_of_another_file_than_stdout_is_an_error_naming_it(monkeypatch, capsys):
     # Only stdout's reader going is quiet: any other broken pipe (a FIFO, a socket) is an I/O
     # error like the others, and stdout is left as it was.
