@@ -2,6 +2,7 @@ import functools
 import gzip
 import os
 import tarfile
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -21,8 +22,15 @@ def tar_folder(folder, archive, arcname):
 
 def test_folder_tree_sorted_classes_and_exact_pixels(tmp_path, fresh_cache):
     written = write_tree(tmp_path / "data")
-    (tmp_path / "data" / "train" / "cat" / "notes.txt").write_text("ignored")
-    data = load("cifar10", "train", data_dir=tmp_path / "data")
+    (tmp_path / "data" / "README.md").write_text("beside the splits: not a split's file")
+    (tmp_path / "data" / "train" / "cat" / "notes.txt").write_text("skipped")
+    with pytest.warns(UserWarning) as warned:
+        data = load("cifar10", "train", data_dir=tmp_path / "data")
+    assert [str(w.message) for w in warned] == [
+        f"{tmp_path / 'data'}/train/: skipped 1 file(s) that are not train/<class>/"
+        f"*.png|jpg|jpeg|bmp|gif|webp|tif|tiff images, such as {tmp_path / 'data'}/train/cat/"
+        "notes.txt"
+    ]
     assert data.class_names == ("airplane", "cat")
     assert data.images.shape == (4, 3, 4, 3)
     np.testing.assert_array_equal(data.labels, [0, 0, 1, 1])
@@ -50,6 +58,37 @@ def test_upper_case_image_suffixes_are_read(tmp_path, fresh_cache):
     data = load("cifar10", "train", data_dir=tmp_path / "data")
     np.testing.assert_array_equal(data.labels, [0, 0, 1, 1, 1])
     np.testing.assert_array_equal(data.images[3], written["train/cat/1.png"])
+
+
+def test_bmp_tiff_webp_and_gif_images_are_read(tmp_path, fresh_cache):
+    # They were skipped without a word: a tree of .bmp files trained on none of them.
+    written = write_tree(tmp_path / "data", suffix=".bmp")
+    cat = tmp_path / "data" / "train" / "cat"
+    Image.fromarray(written["train/cat/0.bmp"]).save(cat / "2.tif")
+    Image.fromarray(written["train/cat/1.bmp"]).save(cat / "3.WebP", lossless=True)
+    Image.new("RGB", (4, 3), (10, 20, 30)).save(cat / "4.gif")
+    data = load("cifar10", "train", data_dir=tmp_path / "data")
+    np.testing.assert_array_equal(data.labels, [0, 0, 1, 1, 1, 1, 1])
+    np.testing.assert_array_equal(data.images[1], written["train/airplane/1.bmp"])
+    np.testing.assert_array_equal(data.images[4], written["train/cat/0.bmp"])
+    np.testing.assert_array_equal(data.images[5], written["train/cat/1.bmp"])
+    np.testing.assert_array_equal(data.images[6], np.full((3, 4, 3), (10, 20, 30)))
+
+
+def test_images_one_folder_too_deep_are_warned_of_on_the_command_line(tmp_path, fresh_cache,
+                                                                      capsys):  # fmt: skip
+    # Sorted into sub-folders of a class, they were left out of training without a word.
+    written = write_tree(tmp_path / "data")
+    deeper = tmp_path / "data" / "test" / "cat" / "more"
+    deeper.mkdir()
+    for i in range(3):
+        Image.fromarray(written["test/cat/0.png"]).save(deeper / f"{i}.png")
+    assert main(["data", "info", "--data-dir", str(tmp_path / "data")]) == 0
+    assert capsys.readouterr().err == (
+        f"jaxcifar data info: warning: {tmp_path / 'data'}/test/: skipped 3 file(s) that are "
+        "not test/<class>/*.png|jpg|jpeg|bmp|gif|webp|tif|tiff images, such as "
+        f"{tmp_path / 'data'}/test/cat/more/0.png\n"
+    )
 
 
 def test_cifar10_tree_with_digit_class_folders_is_not_refused_as_mnist(tmp_path, fresh_cache):
@@ -171,7 +210,9 @@ def test_hidden_files_and_folders_are_ignored(tmp_path, fresh_cache, packed):
     if packed:
         data_dir = tmp_path / "images.tar.gz"
         tar_folder(tmp_path / "data", data_dir, "top")
-    data = load("cifar10", "train", data_dir=data_dir)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # not even warned of as files skipped
+        data = load("cifar10", "train", data_dir=data_dir)
     assert data.class_names == ("airplane", "cat")
     np.testing.assert_array_equal(data.labels, [0, 0, 1, 1])
     np.testing.assert_array_equal(data.images[2], written["train/cat/0.png"])

@@ -26,7 +26,7 @@ CACHE_ENV = "JAXCIFAR_CACHE"
 # 2: sources that look like another dataset than the one asked for are refused (see
 # sources.locate, image_folder.read); entries decoded from them under the wrong name
 # (CIFAR-10 as fashion_mnist, Fashion-MNIST as mnist) must not be served.
-FORMAT = b"jaxcifar-cache-2"
+FORMAT = b"jaxcifar-cache-3"
 _CHUNK = 1 << 20
 
 

@@ -1,4 +1,4 @@
-"""Image-folder trees: `train/<class>/*.png|jpg|jpeg` and `test/<class>/*`, as files or a tarball.
+"""Image-folder trees: `train/<class>/<image>` and `test/<class>/<image>`, as files or a tarball.
 
 Class folders give the labels: in CIFAR-10's canonical order when the folder names are
 CIFAR-10's classes, else sorted by name. Every image must decode to the same size. Nothing
@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import warnings
 from collections.abc import Iterable
 
 import numpy as np
@@ -26,8 +27,11 @@ from jaxcifar.data.image_file import decode_all
 from jaxcifar.data.tree import Tree
 from jaxcifar.errors import DataError
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
-LAYOUT = "an image-folder tree train/<class>/*.png|jpg|jpeg and test/<class>/*"
+# The formats an image dataset is stored in that Pillow decodes (WebP and TIFF with the
+# libraries its wheels bundle; a GIF's first frame).
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+_IMAGES = "*." + "|".join(suffix[1:] for suffix in IMAGE_SUFFIXES)
+LAYOUT = f"an image-folder tree train/<class>/{_IMAGES} and test/<class>/{_IMAGES}"
 
 
 def read(tree: Tree, name: str) -> dict[str, Dataset]:
@@ -42,8 +46,11 @@ def read(tree: Tree, name: str) -> dict[str, Dataset]:
     loads as MNIST; a CIFAR-10 tree read as mnist is caught by its size.
 
     Args:
-      tree: holds `train/<class>/<image>` and `test/<class>/<image>`; other files (a README)
-        are ignored, and hidden ones (`.DS_Store`, `.ipynb_checkpoints/`) are not in a `Tree`.
+      tree: holds `train/<class>/<image>` and `test/<class>/<image>` (suffixes in
+        `IMAGE_SUFFIXES`, in any case). Other files beside the splits (a README) are ignored;
+        those inside a split that are not such images (`train/cat/notes.txt`, a nested
+        `train/cat/more/1.png`) are skipped with a warning; hidden ones (`.DS_Store`,
+        `.ipynb_checkpoints/`) are not in a `Tree`.
       name: the dataset asked for, a key of `IMAGE_SHAPES`.
     Returns:
       {"train": ..., "test": ...}: images (N, H, W, 3 for cifar10 or 1) uint8 sorted by class
@@ -139,16 +146,28 @@ def _check_size(where: str, name: str, shape: tuple[int, ...]) -> None:
 
 def _class_members(tree: Tree, split: str) -> dict[str, list[str]]:
     """{class folder name: sorted image paths} under `split/`; every class non-empty and
-    named in UTF-8 text."""
+    named in UTF-8 text. Other files under `split/` are warned of, not read: a user who put
+    images one folder deeper, or in another format, must not train on fewer without a word."""
     classes: dict[str, list[str]] = {
         folder.split("/")[1]: []
         for folder in tree.folders
         if folder.startswith(f"{split}/") and folder.count("/") == 1
     }
+    skipped = []
     for path in sorted(tree.files):
         parts = path.split("/")
-        if len(parts) == 3 and parts[0] == split and parts[2].lower().endswith(IMAGE_SUFFIXES):
+        if parts[0] != split:
+            continue
+        if len(parts) == 3 and parts[2].lower().endswith(IMAGE_SUFFIXES):
             classes.setdefault(parts[1], []).append(path)
+        else:
+            skipped.append(path)
+    if skipped:
+        warnings.warn(
+            f"{tree.describe(split)}/: skipped {len(skipped)} file(s) that are not "
+            f"{split}/<class>/{_IMAGES} images, such as {_printable(tree.describe(skipped[0]))}",
+            stacklevel=2,
+        )
     if not classes:
         raise DataError(f"{tree.describe(split)}/: no class folders with images; expected {LAYOUT}")
     for name, paths in classes.items():
@@ -160,7 +179,7 @@ def _class_members(tree: Tree, split: str) -> dict[str, list[str]]:
         if not paths:
             raise DataError(
                 f"{tree.describe(f'{split}/{name}')}/: empty class folder "
-                f"(expected *{', *'.join(IMAGE_SUFFIXES)} images)"
+                f"(expected {_IMAGES} images)"
             )
     return classes
 
