@@ -32,6 +32,22 @@ def test_predict_resizes_to_a_non_square_models_height_and_width(tmp_path):
     assert read_image(path, (2, 5, 1)).shape == (2, 5, 1)
 
 
+@pytest.mark.parametrize("orientation, turn", [
+    (1, lambda p: p), (3, lambda p: np.rot90(p, 2)), (6, lambda p: np.rot90(p, -1)),
+    (8, np.rot90), (2, np.fliplr),
+])  # fmt: skip
+def test_an_image_is_turned_upright_as_its_exif_orientation_says(tmp_path, orientation, turn):
+    # A phone photo taken sideways is stored sideways, with an EXIF tag that viewers follow;
+    # `predict` classified it lying on its side.
+    pixels = np.arange(2 * 3 * 3, dtype=np.uint8).reshape(2, 3, 3) * 10
+    exif = Image.Exif()
+    exif[0x0112] = orientation  # Orientation: 6 is "turn 90 degrees clockwise to view"
+    path = tmp_path / "photo.png"
+    Image.fromarray(pixels).save(path, exif=exif)
+    np.testing.assert_array_equal(decode(path, "RGB", "photo.png"), turn(pixels))
+    np.testing.assert_array_equal(read_image(path, turn(pixels).shape), turn(pixels))
+
+
 def test_a_png_broken_mid_pixels_is_named_not_a_syntax_error():
     # Pillow raises SyntaxError ("broken PNG file"), not an OSError, when the pixel data ends
     # in a chunk of no valid type.

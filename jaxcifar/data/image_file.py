@@ -13,7 +13,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 from jaxcifar.errors import DataError
 
@@ -22,7 +22,7 @@ def decode(
     source: bytes | Path, mode: str, where: str, size: tuple[int, int] | None = None
 ) -> np.ndarray:
     """One image file -> (H, W, C) uint8 pixels converted to Pillow `mode` ("RGB": C = 3,
-    "L": C = 1).
+    "L": C = 1), turned upright as its EXIF Orientation tag says.
 
     Args:
       source: the file's bytes, or its path.
@@ -61,9 +61,14 @@ def _decode(
 ) -> np.ndarray:
     try:
         with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as image:
+            if size is not None:  # before the pixels are read, as a draft must be
+                # JPEG: decode at 1/2 to 1/8 scale if still at least `size`, turned or not.
+                image.draft(mode, (max(size),) * 2)
+            # A photo taken sideways is stored so, with an EXIF tag telling viewers to turn
+            # it; read as stored, it was classified lying on its side.
+            ImageOps.exif_transpose(image, in_place=True)
             image = _eight_bit(image, where)
             if size is not None:
-                image.draft(mode, size)  # JPEG: decode at 1/2 to 1/8 scale if enough
                 image = image.convert(mode).resize(size, Image.BILINEAR)
             elif image.mode != mode:
                 image = image.convert(mode)
