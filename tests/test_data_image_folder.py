@@ -91,6 +91,26 @@ def test_images_one_folder_too_deep_are_warned_of_on_the_command_line(tmp_path, 
     )
 
 
+CAFE_NFC, CAFE_NFD = "caf\u00e9", "cafe\u0301"  # one name, its accent encoded two ways
+
+
+def test_class_folders_named_alike_in_other_unicode_forms_are_one_class(tmp_path, fresh_cache):
+    # A test/ copied from macOS (NFD) beside a train/ made elsewhere (NFC) was refused as
+    # "must hold the same class folders", listing two names that printed identically.
+    write_tree(tmp_path / "data", classes=("bistro", CAFE_NFC))
+    (tmp_path / "data" / "test" / CAFE_NFC).rename(tmp_path / "data" / "test" / CAFE_NFD)
+    data = load("cifar10", "test", data_dir=tmp_path / "data")
+    assert data.class_names == ("bistro", CAFE_NFC)
+    np.testing.assert_array_equal(data.labels, [0, 0, 1, 1])
+
+
+def test_two_class_folders_of_one_name_in_two_unicode_forms_are_refused(tmp_path, fresh_cache):
+    write_tree(tmp_path / "data", classes=(CAFE_NFC, CAFE_NFD))
+    with pytest.raises(DataError, match="two class folders are named 'caf\u00e9', with its "
+                       "accents encoded two ways"):  # fmt: skip
+        load("cifar10", "train", data_dir=tmp_path / "data")
+
+
 def test_cifar10_tree_with_digit_class_folders_is_not_refused_as_mnist(tmp_path, fresh_cache):
     write_tree(tmp_path, per_class=1, size=(32, 32), classes=tuple("0123456789"),
                fill=lambda rng, split, digit: (digit, 0, 0))  # fmt: skip

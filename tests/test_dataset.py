@@ -88,3 +88,14 @@ def test_rejects_images_without_a_channel_axis_and_labels_as_a_column():
 def test_subset_takes_a_numpy_integer_size():
     # Sizes computed with NumPy (a fraction of len(data), say) are NumPy integers.
     assert len(make().subset(np.int64(3))) == 3
+
+
+def test_a_model_built_for_class_names_written_in_another_unicode_form_fits():
+    # A checkpoint trained where macOS wrote "café" as "cafe" + a combining accent (NFD) must
+    # fit the same names read elsewhere (NFC): `mismatch` printed two identical-looking lists.
+    data = Dataset(np.zeros((2, 4, 4, 3), np.uint8), np.array([0, 1], np.int32),
+                   ("bistro", "caf\u00e9"), source="test")  # fmt: skip
+    assert data.mismatch((4, 4, 3), ("bistro", "cafe\u0301")) is None
+    assert data.mismatch((4, 4, 3), ("cafe\u0301", "bistro")) == (
+        "classes", ("bistro", "caf\u00e9"), ("caf\u00e9", "bistro")
+    )

@@ -27,7 +27,7 @@ CACHE_ENV = "JAXCIFAR_CACHE"
 # sources.locate, image_folder.read); entries decoded from them under the wrong name
 # (CIFAR-10 as fashion_mnist, Fashion-MNIST as mnist) must not be served.
 # 3: image folders read .bmp, .gif, .webp and .tif(f) images too, turned upright as their
-# EXIF Orientation tags say.
+# EXIF Orientation tags say, their class folder names in Unicode NFC.
 FORMAT = b"jaxcifar-cache-3"
 _CHUNK = 1 << 20
 

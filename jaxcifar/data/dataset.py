@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import unicodedata
 from collections.abc import Sequence
 
 import numpy as np
@@ -92,10 +93,11 @@ class Dataset:
         """(what, found, expected) for the first of this set's image shape (H, W, C) and
         class names (in label order) that is not `image_shape` / `class_names`, else None:
         data a model was not built for (another size fails deep in JAX, other names
-        silently mislabel every class)."""
+        silently mislabel every class). Names are compared as text (Unicode NFC): a checkpoint
+        may hold a name as macOS wrote its folder, "cafe" + a combining accent."""
         for what, found, expected in (
             ("image shape (H, W, C)", tuple(self.images.shape[1:]), tuple(image_shape)),
-            ("classes", tuple(self.class_names), tuple(class_names)),
+            ("classes", _as_text(self.class_names), _as_text(class_names)),
         ):
             if found != expected:
                 return what, found, expected
@@ -115,3 +117,8 @@ class Dataset:
             return self
         index = np.sort(np.random.default_rng(seed).permutation(len(self))[:n])
         return dataclasses.replace(self, images=self.images[index], labels=self.labels[index])
+
+
+def _as_text(names: Sequence[str]) -> tuple[str, ...]:
+    """`names` in Unicode NFC, where each accented letter is one character."""
+    return tuple(unicodedata.normalize("NFC", name) for name in names)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import unicodedata
 import warnings
 from collections.abc import Iterable
 
@@ -145,8 +146,8 @@ def _check_size(where: str, name: str, shape: tuple[int, ...]) -> None:
 
 
 def _class_members(tree: Tree, split: str) -> dict[str, list[str]]:
-    """{class folder name: sorted image paths} under `split/`; every class non-empty and
-    named in UTF-8 text. Other files under `split/` are warned of, not read: a user who put
+    """{class folder name, in Unicode NFC: sorted image paths} under `split/`; every class
+    non-empty and named in UTF-8 text. Other files under `split/` are warned of, not read: a user who put
     images one folder deeper, or in another format, must not train on fewer without a word."""
     classes: dict[str, list[str]] = {
         folder.split("/")[1]: []
@@ -170,6 +171,7 @@ def _class_members(tree: Tree, split: str) -> dict[str, list[str]]:
         )
     if not classes:
         raise DataError(f"{tree.describe(split)}/: no class folders with images; expected {LAYOUT}")
+    by_text: dict[str, list[str]] = {}
     for name, paths in classes.items():
         if not _is_utf8(name):
             raise DataError(
@@ -181,7 +183,16 @@ def _class_members(tree: Tree, split: str) -> dict[str, list[str]]:
                 f"{tree.describe(f'{split}/{name}')}/: empty class folder "
                 f"(expected {_IMAGES} images)"
             )
-    return classes
+        # One name, one class, however its accents are encoded: macOS writes "café" as
+        # "cafe" + a combining accent (NFD), most other systems as one "é" (NFC).
+        text = unicodedata.normalize("NFC", name)
+        if text in by_text:
+            raise DataError(
+                f"{tree.describe(split)}/: two class folders are named {text!r}, with its "
+                "accents encoded two ways (Unicode NFC and NFD): merge them or rename one"
+            )
+        by_text[text] = paths
+    return by_text
 
 
 def _is_utf8(name: str) -> bool:
