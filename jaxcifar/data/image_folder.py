@@ -147,8 +147,9 @@ def _check_size(where: str, name: str, shape: tuple[int, ...]) -> None:
 
 def _class_members(tree: Tree, split: str) -> dict[str, list[str]]:
     """{class folder name, in Unicode NFC: sorted image paths} under `split/`; every class
-    non-empty and named in UTF-8 text. Other files under `split/` are warned of, not read: a user who put
-    images one folder deeper, or in another format, must not train on fewer without a word."""
+    non-empty and named in UTF-8 text. Other files under `split/` are warned of, not read: a
+    user who put images one folder deeper, or in another format, must not train on fewer
+    without a word."""
     classes: dict[str, list[str]] = {
         folder.split("/")[1]: []
         for folder in tree.folders
