@@ -9,6 +9,7 @@ shapes and so loads its programs from that cache instead of compiling again.
 from __future__ import annotations
 
 import dataclasses
+import warnings
 import functools
 import itertools
 import json
@@ -355,6 +356,21 @@ def test_epochs_that_round_to_no_step_are_refused():
     assert str(caught.value) == (
         "epochs 1e-09 of 8 steps each round to no step; train at least 0.125 epochs"
     )
+
+
+def test_epochs_that_end_before_the_first_lookahead_update_are_warned_of():
+    # The last step sets the weights to the lookahead average: before its first update, that
+    # is the initial weights, and such a run scored chance without a word.
+    with pytest.warns(UserWarning) as warned:
+        assert plan(Recipe(batch_size=8, epochs=0.5), 64) == Plan(8, 4, 1)
+    assert [str(w.message) for w in warned] == [
+        "4 training steps end before the first lookahead update (every 5 steps), so the run "
+        "ends on its initial weights, as airbench's would; train at least 0.625 epochs "
+        "(--epochs)"
+    ]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert plan(Recipe(batch_size=8, epochs=0.625), 64) == Plan(8, 5, 1)
 
 
 @pytest.mark.parametrize("offset, spike", [(0.0, 0.0), (10.0, 0.0), (1000.0, 0.0), (0.0, 1e4)])

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 from typing import NamedTuple
 
 from jaxcifar.config import INT32_MAX
@@ -105,7 +106,8 @@ class Plan(NamedTuple):
 
 def plan(recipe: Recipe, train_size: int) -> Plan:
     """The step counts of `recipe` on `train_size` images; ConfigError if not one batch fits,
-    or the epochs take no step or more than the int32 step counter holds."""
+    or the epochs take no step or more than the int32 step counter holds; a warning if they
+    end before the first lookahead update, which would leave the initial weights."""
     if recipe.batch_size > train_size:
         raise ConfigError(
             f"--batch-size {recipe.batch_size} is larger than the training set ({train_size} "
@@ -125,6 +127,14 @@ def plan(recipe: Recipe, train_size: int) -> Plan:
         raise ConfigError(
             f"epochs {recipe.epochs} of {per_epoch} steps each round to no step; train at "
             f"least {1 / per_epoch:.3g} epochs"
+        )
+    if total < recipe.lookahead_every:  # (see train.lookahead)
+        warnings.warn(
+            f"{total} training {'steps end' if total != 1 else 'step ends'} before the first "
+            f"lookahead update (every {recipe.lookahead_every} steps), so the run ends on its "
+            "initial weights, as airbench's would; train at least "
+            f"{recipe.lookahead_every / per_epoch:.3g} epochs (--epochs)",
+            stacklevel=2,
         )
     return Plan(
         steps_per_epoch=per_epoch,
