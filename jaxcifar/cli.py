@@ -58,7 +58,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     Exit status: 2 for a `JaxcifarError` (bad flag, data or checkpoint) or a JAX platform
     that cannot start, 1 for an OSError the command did not expect (disk full, permission
-    denied, ...) or too little memory, 130 for Ctrl-C, 141 when stdout's reader has gone.
+    denied, ...) or too little memory, 128 + the signal's number for SIGINT (Ctrl-C, 130),
+    SIGTERM (143) or SIGHUP (129), 141 when stdout's reader has gone.
     """
     prefix = "jaxcifar"
     _escape_what_stdout_cannot_encode()
@@ -71,8 +72,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if unknown:  # named by the command's prefix: argparse's own error names the root's
             parser.exit(2, f"{prefix}: error: unrecognized arguments: {' '.join(unknown)} "
                         f"(see `{prefix} --help`)\n")  # fmt: skip
+        # StopOnSignal: SIGTERM or SIGHUP, too, unwinds the command (train and speedrun nest
+        # their own, to say how to go on): a killed one left an empty --out it had made.
         with interrupt.resend_dropped_signals(), warnings.catch_warnings(), peers.leaving(), \
-                _stdout_named_in_errors():  # fmt: skip
+                _stdout_named_in_errors(), interrupt.StopOnSignal():  # fmt: skip
             warnings.showwarning = _one_line_warning(prefix)
             if args.command != "train":
                 parallel.warn_of_ignored_variables(f"jaxcifar {args.command}")
@@ -119,8 +122,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             print(f"{prefix}: error: JAX could not start a platform ({reason})", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"{prefix}: interrupted", file=sys.stderr)
+    except interrupt.Interrupted as stop:
+        print(f"{prefix}: {stop}", file=sys.stderr)
+        return stop.exit_code
+    except KeyboardInterrupt:  # Ctrl-C before the command's start (the parser's imports)
+        print(f"{prefix}: interrupted by SIGINT", file=sys.stderr)
         return 130
 
 

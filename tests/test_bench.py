@@ -4,6 +4,7 @@ architecture, and one tiny end-to-end run of `jaxcifar bench` (schema and files,
 import datetime
 import io
 import json
+import signal
 import sys
 import types
 
@@ -23,6 +24,7 @@ from jaxcifar.bench.xla_cost import (
     flops, kernel_bytes, kernel_counts, loop_command_buffers, loop_trip_count, program_memory_bytes,
 )
 from jaxcifar.cpu_fusions import compile_timed
+from jaxcifar.interrupt import Interrupted
 
 
 def test_percentiles_interpolate_linearly():
@@ -238,7 +240,7 @@ def test_bench_progress_bar_only_on_a_terminal_and_without_quiet(
 
 def test_bench_command_saves_the_rows_so_far_after_every_case(tmp_path, monkeypatch, capsys):
     def stopped():
-        raise KeyboardInterrupt  # Ctrl-C, or a time limit, during the second case
+        raise Interrupted(signal.SIGINT)  # Ctrl-C, or a time limit, during the second case
 
     cases = [suite.Case("jax cnn train_step b4 float32", lambda: _row("jax", median=0.002)),
              suite.Case("torch cnn train_step b4 float32", stopped)]  # fmt: skip
@@ -257,7 +259,7 @@ def _stopped_in_case(monkeypatch, stop: int, planned: int) -> None:
 
     def measure(number: int) -> Row:
         if number == stop:
-            raise KeyboardInterrupt
+            raise Interrupted(signal.SIGINT)
         return _row("jax", median=0.002, batch_size=2 ** (number - 1))
 
     cases = [suite.Case(f"jax cnn train_step b{2 ** (n - 1)} float32", lambda n=n: measure(n))
@@ -307,13 +309,13 @@ def test_an_interrupted_bench_says_how_many_cases_ran_and_where_their_results_ar
     _stopped_in_case(monkeypatch, stop=3, planned=5)
     assert cli.main(["bench", "--out", str(tmp_path), "--name", "b1"]) == 130
     assert capsys.readouterr().err.splitlines()[-1] == (
-        f"jaxcifar bench: interrupted after 2 of 5 cases; their results are in "
+        f"jaxcifar bench: interrupted by SIGINT after 2 of 5 cases; their results are in "
         f"{tmp_path / 'b1'}.json and .md"
     )
     _stopped_in_case(monkeypatch, stop=1, planned=5)
     assert cli.main(["bench", "--out", str(tmp_path / "new"), "--name", "b1"]) == 130
     assert capsys.readouterr().err == (
-        "jaxcifar bench: interrupted after 0 of 5 cases; nothing was written\n"
+        "jaxcifar bench: interrupted by SIGINT after 0 of 5 cases; nothing was written\n"
     )
     assert not (tmp_path / "new").exists()
 

@@ -125,7 +125,7 @@ def test_ctrl_c_inside_a_garbage_collector_callback_still_interrupts(
     # large heap's collection outlasts the resend's 10 ms.)
     assert status == 130 and sent and set(sent) == {(threading.get_ident(), signal.SIGINT)}
     err = capsys.readouterr().err
-    assert err == "jaxcifar data info: interrupted\n"
+    assert err == "jaxcifar data info: interrupted by SIGINT\n"
     assert "resend" not in repr(sys.unraisablehook)  # the hook is Python's (or pytest's) again
 
 

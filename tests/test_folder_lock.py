@@ -5,6 +5,7 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ import pytest
 from jaxcifar import folder_lock
 from jaxcifar.cli import main
 from jaxcifar.errors import ConfigError
+from data_files import write_idx_set
 
 pytestmark = pytest.mark.skipif(folder_lock.fcntl is None, reason="no flock on this OS")
 
@@ -116,6 +118,29 @@ def test_a_killed_holder_leaves_no_stale_lock(tmp_path):
         holder.wait()
     with folder_lock.holding(out):  # the OS let go of it with the process
         pass
+
+
+def test_a_command_stopped_by_sigterm_before_its_first_write_removes_the_folder_it_made(
+    tmp_path,
+):
+    # SIGTERM killed scratch, bench and evaluate outright, leaving the empty --out (and its
+    # parents) that the lock had made; now it unwinds them as Ctrl-C does, exit 143.
+    write_idx_set(tmp_path / "mnist", n_train=2000, n_test=10, shape=(28, 28))
+    out = tmp_path / "runs" / "new"
+    command = [sys.executable, "-m", "jaxcifar", "scratch", "--dataset", "mnist",
+               "--data-dir", str(tmp_path / "mnist"), "--epochs", "100000", "--out", str(out)]
+    scratch = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while not out.exists() and scratch.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert out.is_dir()  # the lock is held: training (of 100,000 epochs) lies ahead
+        scratch.send_signal(signal.SIGTERM)
+        assert scratch.wait(timeout=60) == 143
+    finally:
+        scratch.kill()
+    assert scratch.stderr.read() == "jaxcifar scratch: interrupted by SIGTERM\n"
+    assert not (tmp_path / "runs").exists()
 
 
 @pytest.mark.parametrize(

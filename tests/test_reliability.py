@@ -530,12 +530,21 @@ def test_os_errors_and_ctrl_c_in_any_command_are_one_line(monkeypatch, capsys):
     line = one_line_error(capsys, "data info")
     assert line == "jaxcifar data info: error: No space left on device: /runs/x/metrics.json"
 
-    def ctrl_c(args):
-        raise KeyboardInterrupt
+    def signalled(signum):
+        def run(args):
+            os.kill(os.getpid(), signum)
+            time.sleep(5)  # where the signal lands
 
-    monkeypatch.setattr(data, "run", ctrl_c)
-    assert main(["data", "info"]) == 130
-    assert capsys.readouterr().err == "jaxcifar data info: interrupted\n"
+        return run
+
+    stops = [(signal.SIGINT, 130), (signal.SIGTERM, 143)]
+    if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:  # (under nohup it stays ignored)
+        stops.append((signal.SIGHUP, 129))
+    for signum, status in stops:
+        monkeypatch.setattr(data, "run", signalled(signum))
+        assert main(["data", "info"]) == status
+        name = signal.Signals(signum).name
+        assert capsys.readouterr().err == f"jaxcifar data info: interrupted by {name}\n"
 
 
 def test_ctrl_c_while_the_commands_import_is_one_line(monkeypatch, capsys):
@@ -547,7 +556,7 @@ def test_ctrl_c_while_the_commands_import_is_one_line(monkeypatch, capsys):
 
     monkeypatch.setattr(cli.importlib, "import_module", import_interrupted)
     assert main(["data", "info"]) == 130
-    assert capsys.readouterr().err == "jaxcifar: interrupted\n"
+    assert capsys.readouterr().err == "jaxcifar: interrupted by SIGINT\n"
 
 
 # --- Corrupt data through the command line ------------------------------------------------

@@ -20,6 +20,7 @@ from jaxcifar.commands._args import (
     positive_int,
 )
 from jaxcifar.config import DTYPES, MODELS
+from jaxcifar.interrupt import Interrupted
 
 HELP = "benchmark training step times against NumPy and PyTorch"
 
@@ -142,13 +143,13 @@ def _benchmark(args: argparse.Namespace, settings: Settings) -> int:
 
     try:
         results = suite.run(settings, planned=planned, on_case=on_case)
-    except KeyboardInterrupt:
+    except Interrupted as stop:
         bar.close()
         kept = (f"their results are in {args.out / stem}.json and .md" if saved
                 else "nothing was written")  # fmt: skip
-        print(f"jaxcifar bench: interrupted after {saved} of {len(planned[0])} cases; {kept}",
+        print(f"jaxcifar bench: {stop} after {saved} of {len(planned[0])} cases; {kept}",
               file=sys.stderr)  # fmt: skip
-        return 130
+        return stop.exit_code
     bar.close()
     for path in output.write_results(results, args.out, stem):
         print(path)
