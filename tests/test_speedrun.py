@@ -342,12 +342,14 @@ def test_recipe_refuses_each_out_of_range_setting_and_takes_the_edge_of_its_rang
     assert getattr(Recipe(**{field: good}), field) == good
 
 
+@pytest.mark.filterwarnings("ignore:.*before the first lookahead update")  # a few steps
 def test_plan_takes_a_batch_of_the_whole_training_set_and_counts_only_epochs_with_steps():
     assert plan(Recipe(batch_size=64, epochs=3), 64) == Plan(1, 3, 3)
     # 3 + 1e-9 epochs round to 3 * 4 steps: no fourth epoch of no steps.
     assert plan(Recipe(batch_size=64, epochs=3 + 1e-9), 4 * 64) == Plan(4, 12, 3)
 
 
+@pytest.mark.filterwarnings("ignore:.*before the first lookahead update")  # a few steps
 def test_epochs_that_round_to_no_step_are_refused():
     # 1e-9 of 8 steps: no step would run, and the run failed deep inside the training.
     assert plan(Recipe(batch_size=8, epochs=0.125), 64) == Plan(8, 1, 1)
@@ -637,6 +639,7 @@ def test_fast_recipe_beats_chance_on_real_data(shared_data, xla_dir):
     assert result.tta_accuracy > 0.2, result.tta_accuracy
 
 
+@pytest.mark.filterwarnings("ignore:.*before the first lookahead update")  # a few steps
 def test_scan_epochs_train_as_the_loop_does_with_a_partial_last_epoch(
     real_subsets, xla_dir, convolution_dim_labels
 ):
