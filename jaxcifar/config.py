@@ -58,7 +58,9 @@ class RunConfig:
             ("schedule", SCHEDULES), ("dtype", DTYPES), ("mlp_activation", ACTIVATIONS),
         ):  # fmt: skip
             if getattr(self, name) not in allowed:
-                raise ConfigError(f"{name} must be one of {', '.join(allowed)}; got {getattr(self, name)!r}")
+                raise ConfigError(
+                    f"{name} must be one of {', '.join(allowed)}; got {getattr(self, name)!r}"
+                )
         for name in ("epochs", "batch_size", "limit_train", "limit_test"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value <= 0):

@@ -60,7 +60,9 @@ def build_metrics(
     return report
 
 
-def write_reports(out_dir: str | Path, report: Mapping[str, Any], class_names: Sequence[str]) -> None:
+def write_reports(
+    out_dir: str | Path, report: Mapping[str, Any], class_names: Sequence[str]
+) -> None:
     """Draw `report`'s figures and write it as out_dir/metrics.json, all atomically: the
     confusion matrix, and the accuracy and loss curves when `report["epochs"]` holds records.
     Without records, curves an earlier run left in `out_dir` are removed, so that every

@@ -191,7 +191,8 @@ def backward_propagate_error(
 def _parameter_gradients(
     activations: Sequence[np.ndarray], deltas: Sequence[np.ndarray]
 ) -> list[tuple[np.ndarray, np.ndarray]]:
-    """(dLoss/dweights, dLoss/dbias) of each layer: a_{l-1}^T @ delta_l and delta_l summed over B."""
+    """(dLoss/dweights, dLoss/dbias) of each layer: a_{l-1}^T @ delta_l and delta_l summed
+    over B."""
     return [
         (_matmul(inputs.T, delta), delta.sum(axis=0)) for inputs, delta in zip(activations, deltas)
     ]

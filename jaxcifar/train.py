@@ -241,7 +241,9 @@ class Evaluation(NamedTuple):
     predictions: np.ndarray  # (N,) int32
 
 
-def evaluate(eval_step: Callable, params: Any, dataset: Dataset, mesh: Mesh | None = None) -> Evaluation:
+def evaluate(
+    eval_step: Callable, params: Any, dataset: Dataset, mesh: Mesh | None = None
+) -> Evaluation:
     """Mean loss, accuracy and every prediction over `dataset`, with `eval_step` made for
     `mesh` (default: every device).
 

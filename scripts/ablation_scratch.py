@@ -48,8 +48,12 @@ def parse_args() -> argparse.Namespace:
         help=f"where Fashion-MNIST is (default ${DATA_DIR_ENV}, else ../shared/data)",
     )  # fmt: skip
     parser.add_argument("--epochs", type=positive_int, default=10)
-    parser.add_argument("--batch-size", type=positive_int, default=scratch_command.DEFAULT_BATCH_SIZE)
-    parser.add_argument("--limit-train", type=positive_int, help="train on a random N images (smoke runs)")
+    parser.add_argument(
+        "--batch-size", type=positive_int, default=scratch_command.DEFAULT_BATCH_SIZE
+    )
+    parser.add_argument(
+        "--limit-train", type=positive_int, help="train on a random N images (smoke runs)"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--lr-decay", choices=scratch_command.LR_DECAYS, default="constant",
@@ -65,7 +69,14 @@ def markdown_table(runs: list[dict], config: dict) -> str:
     shown = [epoch for epoch in REPORT_EPOCHS if epoch <= config["epochs"]]
     if config["epochs"] not in shown:
         shown.append(config["epochs"])
-    header = ["hidden layers", "network", "lr", *(f"epoch {epoch}" for epoch in shown), "best (epoch)", "s/epoch"]
+    header = [
+        "hidden layers",
+        "network",
+        "lr",
+        *(f"epoch {epoch}" for epoch in shown),
+        "best (epoch)",
+        "s/epoch",
+    ]
     lines = [
         "# From-scratch NumPy network on Fashion-MNIST: depth x epochs",
         "",
@@ -99,7 +110,11 @@ def markdown_table(runs: list[dict], config: dict) -> str:
 def main() -> None:
     args = parse_args()
     data = scratch_command.load_inputs(
-        "fashion_mnist", args.data_dir, limit_train=args.limit_train, seed=args.seed, dtype="float32"
+        "fashion_mnist",
+        args.data_dir,
+        limit_train=args.limit_train,
+        seed=args.seed,
+        dtype="float32",
     )
     config = {
         "dataset": "fashion_mnist",
@@ -135,14 +150,18 @@ def main() -> None:
 
     args.out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(
-        args.out / "scratch-ablation.json", json.dumps({"config": config, "runs": runs}, indent=2) + "\n"
+        args.out / "scratch-ablation.json",
+        json.dumps({"config": config, "runs": runs}, indent=2) + "\n",
     )
     table = markdown_table(runs, config)
     atomic_write_text(args.out / "scratch-ablation.md", table)
     plots.plot_curves(
         args.out / "scratch-ablation.png",
         list(range(1, args.epochs + 1)),
-        {"-".join(map(str, run["layer_sizes"])): [r["test_accuracy"] for r in run["epochs"]] for run in runs},
+        {
+            "-".join(map(str, run["layer_sizes"])): [r["test_accuracy"] for r in run["epochs"]]
+            for run in runs
+        },
         ylabel="test accuracy",
         title="From-scratch NumPy network on Fashion-MNIST",
     )

@@ -85,7 +85,8 @@ timeout 40 "$python" -c "from jaxcifar.data import load; import sys
 if [ "$quick" = 1 ]; then
   seed_args=(--epochs 1 --limit-train 16 --limit-test 50)
   speedrun_args=(--runs 1 --epochs 0.2 --limit-train 2048 --limit-test 500 --widths 16 32 32)
-  bench_args=(--models cnn --batch-sizes 4 --dtypes float32 --steps 2 --epoch-images 16 --epoch-batch-sizes 8)
+  bench_args=(--models cnn --batch-sizes 4 --dtypes float32 --steps 2 --epoch-images 16
+              --epoch-batch-sizes 8)
 else
   # The fused paths again at 4 steps per loop iteration: what one iteration of XLA's while
   # loop costs on the GPU besides the step (a host round-trip for its condition, unless it

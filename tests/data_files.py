@@ -20,7 +20,11 @@ from jaxcifar.data.idx import IMAGES_MAGIC, LABELS_MAGIC
 
 
 def idx_bytes(array: np.ndarray, magic: int) -> bytes:
-    return struct.pack(">I", magic) + b"".join(struct.pack(">I", d) for d in array.shape) + array.tobytes()
+    return (
+        struct.pack(">I", magic)
+        + b"".join(struct.pack(">I", d) for d in array.shape)
+        + array.tobytes()
+    )
 
 
 Draw = Callable[[np.random.Generator, int], tuple[np.ndarray, np.ndarray]]
@@ -39,7 +43,10 @@ def write_idx_set(folder, n_train=6, n_test=4, gz=True, shape=(5, 3), seed=0,
             labels = rng.integers(0, 10, n, dtype=np.uint8)
         else:
             images, labels = draw(rng, n)
-        for kind, array, magic in (("images-idx3", images, IMAGES_MAGIC), ("labels-idx1", labels, LABELS_MAGIC)):
+        for kind, array, magic in (
+            ("images-idx3", images, IMAGES_MAGIC),
+            ("labels-idx1", labels, LABELS_MAGIC),
+        ):
             data = idx_bytes(array, magic)
             name = f"{prefix}-{kind}-ubyte"
             if gz:
@@ -79,7 +86,12 @@ def python_batch(images, labels) -> bytes:
     """A batch exactly as in cifar-10-python.tar.gz."""
     rows = images.transpose(0, 3, 1, 2).reshape(len(images), -1)
     return py2_dumps(
-        {b"batch_label": b"batch", b"labels": [int(x) for x in labels], b"data": rows, b"filenames": []}
+        {
+            b"batch_label": b"batch",
+            b"labels": [int(x) for x in labels],
+            b"data": rows,
+            b"filenames": [],
+        }
     )
 
 

@@ -247,7 +247,9 @@ def test_bench_command_saves_the_rows_so_far_after_every_case(tmp_path, monkeypa
     monkeypatch.setattr(suite, "plan", lambda settings: (cases, []))
     assert cli.main(["bench", "--out", str(tmp_path), "--name", "partial"]) == 130
     saved = json.loads((tmp_path / "partial.json").read_text())
-    assert [(row["framework"], row["step_seconds"]["median"]) for row in saved["rows"]] == [("jax", 0.002)]
+    assert [(row["framework"], row["step_seconds"]["median"]) for row in saved["rows"]] == [
+        ("jax", 0.002)
+    ]
     assert "| jax | cnn | train_step | 4 |" in (tmp_path / "partial.md").read_text()
     assert not (tmp_path / "partial.png").exists()  # the plot waits for the whole run
 

@@ -26,8 +26,8 @@ def fit(config, **kwargs):
 
 def save_and_stop(directory):
     def on_epoch_end(state, history):
-        checkpoint.save(directory, state, CONFIG, input_shape=(8, 8, 1), class_names=("a", "b", "c"),
-                        history=history)  # fmt: skip
+        checkpoint.save(directory, state, CONFIG, input_shape=(8, 8, 1),
+                        class_names=("a", "b", "c"), history=history)  # fmt: skip
         raise Interrupted
 
     return on_epoch_end

@@ -48,7 +48,9 @@ def test_bad_flag_is_one_line_naming_flag_and_command(capsys):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1
-    assert err.startswith("jaxcifar data info: error: argument --dataset: invalid choice: 'imagenet'")
+    assert err.startswith(
+        "jaxcifar data info: error: argument --dataset: invalid choice: 'imagenet'"
+    )
 
 
 @pytest.mark.parametrize(

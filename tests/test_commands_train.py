@@ -61,8 +61,12 @@ def test_train_evaluate_predict_end_to_end(image_tree, tmp_path, capsys):
     assert any((tmp_path / "cache" / "xla").iterdir())  # compiled programs, for the next run
 
     evaluated = tmp_path / "eval"
-    assert main(["evaluate", "--checkpoint", str(out), "--data-dir", str(image_tree), "--out", str(evaluated)]) == 0
-    assert json.loads((evaluated / "metrics.json").read_text())["confusion_matrix"] == report["confusion_matrix"]
+    assert main(["evaluate", "--checkpoint", str(out), "--data-dir", str(image_tree),
+                 "--out", str(evaluated)]) == 0  # fmt: skip
+    assert (
+        json.loads((evaluated / "metrics.json").read_text())["confusion_matrix"]
+        == report["confusion_matrix"]
+    )
     assert "test loss" in capsys.readouterr().out
 
     big_rgba = tmp_path / "big.png"
@@ -144,7 +148,10 @@ def test_compile_cache_saves_programs_in_its_folder_and_runs_on_if_jax_moves_its
         (["--out", "{tmp}/file"], "--out {tmp}/file is a file; expected a folder"),
         # Root may write into any chmod'ed folder, so unwritable means under a file, or /proc.
         (["--out", "{tmp}/file/run"], "--out {tmp}/file/run: cannot write there (Not a directory)"),
-        (["--out", "/proc/jaxcifar-run"], "--out /proc/jaxcifar-run: cannot write there (No such file"),
+        (
+            ["--out", "/proc/jaxcifar-run"],
+            "--out /proc/jaxcifar-run: cannot write there (No such file",
+        ),
         (["--override-config"], "--override-config applies only with --resume"),
     ],
 )

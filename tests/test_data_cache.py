@@ -82,13 +82,22 @@ def test_data_dir_errors(tmp_path, fresh_cache):
     with pytest.raises(DataError, match=r"data dir .*missing does not exist"):
         load("cifar10", "train", data_dir=tmp_path / "missing")
     (tmp_path / "notes.txt").write_text("")
-    with pytest.raises(DataError, match=r"notes\.txt is a file but not a \.tar, \.tar\.gz or \.tgz archive"):
+    with pytest.raises(
+        DataError, match=r"notes\.txt is a file but not a \.tar, \.tar\.gz or \.tgz archive"
+    ):
         load("cifar10", "train", data_dir=tmp_path / "notes.txt")
     with pytest.raises(DataError) as error:
         load("cifar10", "train", data_dir=tmp_path)
     message = str(error.value)
-    assert message.startswith(f"no cifar10 data in {tmp_path}: expected a folder or .tar/.tar.gz archive")
-    for looked_for in ("data_batch_1..5 and test_batch", "data_batch_1..5.bin", "train/<class>", "cifar-10*"):
+    assert message.startswith(
+        f"no cifar10 data in {tmp_path}: expected a folder or .tar/.tar.gz archive"
+    )
+    for looked_for in (
+        "data_batch_1..5 and test_batch",
+        "data_batch_1..5.bin",
+        "train/<class>",
+        "cifar-10*",
+    ):
         assert looked_for in message
 
 
@@ -103,7 +112,9 @@ def test_archive_named_after_dataset_without_its_data(tmp_path, fresh_cache):
 def test_unknown_dataset_or_split_is_a_config_error():
     with pytest.raises(ConfigError, match="unknown dataset 'cifar100'"):
         load("cifar100", "train")
-    with pytest.raises(ConfigError, match="unknown split 'validation'; expected one of train, test"):
+    with pytest.raises(
+        ConfigError, match="unknown split 'validation'; expected one of train, test"
+    ):
         load("mnist", "validation")
 
 

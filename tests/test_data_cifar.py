@@ -14,7 +14,10 @@ from data_files import (
 
 def expected(batches, split):
     names = BATCHES[:5] if split == "train" else BATCHES[5:]
-    return (np.concatenate([batches[n][0] for n in names]), np.concatenate([batches[n][1] for n in names]))
+    return (
+        np.concatenate([batches[n][0] for n in names]),
+        np.concatenate([batches[n][1] for n in names]),
+    )
 
 
 def test_python_batch_matches_real_file_format():
@@ -62,7 +65,11 @@ def test_binary_release_folder_and_tarball(tmp_path, fresh_cache):
 def test_missing_batch_is_named(tmp_path, fresh_cache):
     write_release(tmp_path / "cifar-10-batches-bin", make_batches(), binary_batch, suffix=".bin")
     (tmp_path / "cifar-10-batches-bin" / "data_batch_4.bin").unlink()
-    with pytest.raises(DataError, match=r"cifar-10-batches-bin: missing data_batch_4\.bin; expected the CIFAR-10 binary release"):
+    with pytest.raises(
+        DataError,
+        match=r"cifar-10-batches-bin: missing data_batch_4\.bin; "
+        r"expected the CIFAR-10 binary release",
+    ):
         load("cifar10", "train", data_dir=tmp_path)
 
 
@@ -89,7 +96,10 @@ def test_python_batch_field_errors():
     cases = [
         ({b"data": rows, b"labels": [1]}, r"b: 2 images but 1 labels"),
         ({b"data": rows, b"labels": [1, 10]}, r"b: labels must lie in 0\.\.9; found 1\.\.10"),
-        ({b"data": rows[:, :100], b"labels": [1, 2]}, r"expected data as a \(N, 3072\) uint8 array, found \(2, 100\) uint8"),
+        (
+            {b"data": rows[:, :100], b"labels": [1, 2]},
+            r"expected data as a \(N, 3072\) uint8 array, found \(2, 100\) uint8",
+        ),
         ({b"labels": [1, 2]}, r"found NoneType"),
         ({b"data": rows, b"labels": ["a", "b"]}, r"expected labels as a list of integers"),
         # Float labels would be truncated, 0 rows would silently shrink the training set.
@@ -105,7 +115,9 @@ def test_python_batch_field_errors():
     with pytest.raises(DataError, match=r"b: not a valid pickle"):
         parse_python_batch(py2_dumps({b"data": rows})[:-5], "b")
     # Python 3 pickles (str keys, protocol 5 arrays) read too.
-    images, labels = parse_python_batch(pickle.dumps({"data": rows, "labels": [1, 2]}, protocol=5), "b")
+    images, labels = parse_python_batch(
+        pickle.dumps({"data": rows, "labels": [1, 2]}, protocol=5), "b"
+    )
     assert images.shape == (2, 32, 32, 3) and list(labels) == [1, 2]
 
 
@@ -120,7 +132,9 @@ def test_python_batch_refuses_pixels_that_are_not_uint8_itself(monkeypatch):
 def test_binary_batch_errors():
     images = np.zeros((2, 32, 32, 3), np.uint8)
     data = binary_batch(images, np.array([1, 2]))
-    with pytest.raises(DataError, match=r"b: 6145 bytes is not a whole number of 3073-byte records"):
+    with pytest.raises(
+        DataError, match=r"b: 6145 bytes is not a whole number of 3073-byte records"
+    ):
         parse_binary_batch(data[:-1], "b")
     with pytest.raises(DataError, match=r"b: 0 bytes"):
         parse_binary_batch(b"", "b")

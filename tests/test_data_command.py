@@ -35,7 +35,8 @@ def test_a_warning_is_one_line_naming_the_command(tmp_path, monkeypatch, capsys)
 def test_show_writes_a_png_grid(tmp_path, fresh_cache, capsys):
     write_idx_set(tmp_path / "mnist", shape=(28, 28))
     out = tmp_path / "figs" / "grid.png"
-    argv = ["data", "show", "--dataset", "mnist", "--data-dir", str(tmp_path), "--count", "5", "--out", str(out)]
+    argv = ["data", "show", "--dataset", "mnist", "--data-dir", str(tmp_path), "--count", "5",
+            "--out", str(out)]  # fmt: skip
     assert main(argv) == 0
     assert capsys.readouterr().out.strip() == f"wrote {out}: 5 of 6 training images"
     with Image.open(out) as image:

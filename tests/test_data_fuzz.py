@@ -69,7 +69,9 @@ def test_each_reader_reads_its_unmutated_valid_file(name):
 
 
 @FUZZ
-@given(st.one_of(st.binary(max_size=200), mutated(VALID["idx_images"]), mutated(VALID["idx_labels"])))
+@given(
+    st.one_of(st.binary(max_size=200), mutated(VALID["idx_images"]), mutated(VALID["idx_labels"]))
+)
 def test_idx_parse(data):
     check(READERS["idx_images"], data)
     check(READERS["idx_labels"], data)

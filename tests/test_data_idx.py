@@ -52,7 +52,9 @@ def test_finds_files_in_a_subfolder_named_after_the_dataset(tmp_path, fresh_cach
     data = load("fashion_mnist", "train", data_dir=tmp_path)
     assert data.class_names == FASHION_MNIST_CLASSES and len(data) == 6
     # MNIST uses the same file names but must not pick up Fashion-MNIST's folder.
-    with pytest.raises(DataError, match=r"no mnist data in .*train-images-idx3-ubyte.*named mnist\*"):
+    with pytest.raises(
+        DataError, match=r"no mnist data in .*train-images-idx3-ubyte.*named mnist\*"
+    ):
         load("mnist", "train", data_dir=tmp_path)
 
 
@@ -94,7 +96,9 @@ def test_reads_data_dir_from_environment(tmp_path, fresh_cache, monkeypatch):
 
 def test_parse_rejects_wrong_magic_naming_file():
     data = idx_bytes(np.zeros((2, 3, 3), np.uint8), IMAGES_MAGIC)
-    with pytest.raises(DataError, match=r"f\.idx: IDX magic number 0x00000803, expected 0x00000801"):
+    with pytest.raises(
+        DataError, match=r"f\.idx: IDX magic number 0x00000803, expected 0x00000801"
+    ):
         parse(data, LABELS_MAGIC, "f.idx")
 
 
@@ -115,7 +119,9 @@ def test_first_load_returns_writeable_arrays_like_cached_loads(tmp_path, fresh_c
 
 def test_parse_rejects_truncated_and_trailing_bytes():
     data = idx_bytes(np.zeros((2, 3, 3), np.uint8), IMAGES_MAGIC)
-    with pytest.raises(DataError, match=r"f: truncated: dims \(2, 3, 3\) need 34 bytes, file has 33"):
+    with pytest.raises(
+        DataError, match=r"f: truncated: dims \(2, 3, 3\) need 34 bytes, file has 33"
+    ):
         parse(data[:-1], IMAGES_MAGIC, "f")
     with pytest.raises(DataError, match="f: has trailing bytes"):
         parse(data + b"\0", IMAGES_MAGIC, "f")
@@ -136,10 +142,15 @@ def test_corrupt_files_in_a_folder_raise_data_error_naming_them(tmp_path, fresh_
     with pytest.raises(DataError, match=message):
         load("mnist", "train", data_dir=tmp_path)
     labels.write_bytes(idx_bytes(np.array([1, 2, 3], np.uint8), LABELS_MAGIC))
-    with pytest.raises(DataError, match=r"t10k-images-idx3-ubyte holds 4 images but .*t10k-labels-idx1-ubyte holds 3 labels"):
+    with pytest.raises(
+        DataError,
+        match=r"t10k-images-idx3-ubyte holds 4 images but .*t10k-labels-idx1-ubyte holds 3 labels",
+    ):
         load("mnist", "train", data_dir=tmp_path)
     labels.unlink()
-    with pytest.raises(DataError, match=r"mnist: missing t10k-labels-idx1-ubyte \(or t10k-labels-idx1-ubyte\.gz\)"):
+    with pytest.raises(
+        DataError, match=r"mnist: missing t10k-labels-idx1-ubyte \(or t10k-labels-idx1-ubyte\.gz\)"
+    ):
         load("mnist", "train", data_dir=tmp_path)
 
 

@@ -272,7 +272,10 @@ def test_hidden_members_beside_the_top_folder_do_not_keep_it_from_being_stripped
 def test_image_of_another_size_is_named(tmp_path, fresh_cache):
     write_tree(tmp_path)
     Image.new("RGB", (5, 3)).save(tmp_path / "test" / "cat" / "1.png")
-    with pytest.raises(DataError, match=r"test/cat/1\.png: image of 5x3 pixels, expected 4x3 like .*train/airplane/0\.png"):
+    with pytest.raises(
+        DataError,
+        match=r"test/cat/1\.png: image of 5x3 pixels, expected 4x3 like .*train/airplane/0\.png",
+    ):
         load("cifar10", "train", data_dir=tmp_path)
 
 

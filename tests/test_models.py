@@ -90,7 +90,9 @@ def test_conv_and_its_gradients_equal_xlas_own(x_shape, kernel_shape, padding):
             return lambda p, x: jnp.sum(jnp.sin(conv(p, x, dtype).astype(jnp.float32)))
 
         return {
-            (conv.__name__, dtype.__name__): jax.value_and_grad(loss(conv, dtype), (0, 1))(params, x)
+            (conv.__name__, dtype.__name__): jax.value_and_grad(loss(conv, dtype), (0, 1))(
+                params, x
+            )
             for conv in (ours, xlas)
             for dtype in (jnp.float32, jnp.bfloat16)
         }
@@ -140,7 +142,8 @@ def test_cnn_on_grayscale_28x28():
 
 
 def test_init_is_pytorch_uniform_fan_in(cnn_params):
-    # fan_in of fc1 is 1024, of conv1 3*3*3 = 27: every value inside +-1/sqrt(fan_in), spread across it.
+    # fan_in of fc1 is 1024, of conv1 3*3*3 = 27: every value inside +-1/sqrt(fan_in), spread
+    # across it.
     for name, fan_in in (("fc1", 1024), ("conv1", 27)):
         bound = 1 / np.sqrt(fan_in)
         kernel = np.asarray(cnn_params[name]["kernel"])
@@ -259,10 +262,16 @@ def test_mlp_gradient_equals_numpy_scratch_backprop():
         return 0.5 * jnp.mean(jnp.sum((output - y_onehot) ** 2, axis=1))
 
     ours = jax.jit(jax.grad(loss))(params)
-    assert float(jax.jit(loss)(params)) == pytest.approx(scratch.loss(network, x, y_onehot), rel=1e-5)
+    assert float(jax.jit(loss)(params)) == pytest.approx(
+        scratch.loss(network, x, y_onehot), rel=1e-5
+    )
     for i, expected in enumerate(scratch.gradients(network, x, y_onehot), start=1):
-        np.testing.assert_allclose(ours[f"dense{i}"]["kernel"], expected["weights"], rtol=1e-4, atol=1e-7)
-        np.testing.assert_allclose(ours[f"dense{i}"]["bias"], expected["bias"], rtol=1e-4, atol=1e-7)
+        np.testing.assert_allclose(
+            ours[f"dense{i}"]["kernel"], expected["weights"], rtol=1e-4, atol=1e-7
+        )
+        np.testing.assert_allclose(
+            ours[f"dense{i}"]["bias"], expected["bias"], rtol=1e-4, atol=1e-7
+        )
 
 
 def test_max_pool_gradient_goes_to_the_first_maximum_of_each_window():

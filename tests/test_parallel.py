@@ -135,8 +135,12 @@ def runs(tmp_path_factory):
     folders = [tmp_path_factory.mktemp(f"process{i}") for i in range(2)]
     commands = {"eight": ([sys.executable, "-c", WORKER, "eight"], env)}
     for i, folder in enumerate(folders):
-        argv = ["process", "--coordinator", coordinator, "--num-processes", "2", "--out", str(folder)]
-        commands[i] = ([sys.executable, "-c", WORKER, *argv], {**env, "JAXCIFAR_PROCESS_ID": str(i)})
+        argv = ["process", "--coordinator", coordinator, "--num-processes", "2",
+                "--out", str(folder)]  # fmt: skip
+        commands[i] = (
+            [sys.executable, "-c", WORKER, *argv],
+            {**env, "JAXCIFAR_PROCESS_ID": str(i)},
+        )
     started = {}
     results = {}
     try:
@@ -183,7 +187,10 @@ def test_eight_devices_train_like_one(runs):
 
 
 def test_batch_size_must_split_over_the_devices(runs):
-    assert runs["eight"]["error"] == "--batch-size 12 does not split evenly over 8 devices; use a multiple of 8"
+    assert (
+        runs["eight"]["error"]
+        == "--batch-size 12 does not split evenly over 8 devices; use a multiple of 8"
+    )
     with pytest.raises(ConfigError, match=r"^--batch-size 6 does not split evenly over 4 devices"):
         parallel.check_batch_size(6, 4)
     parallel.check_batch_size(8, 4)

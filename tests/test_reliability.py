@@ -31,7 +31,8 @@ from data_files import (
 )
 
 # A tiny MLP on 8x8 MNIST-format images: seconds per run, one compile.
-TINY = ["--dataset", "mnist", "--model", "mlp", "--mlp-hidden", "8", "--mlp-activation", "relu", "--batch-size", "4", "--quiet"]
+TINY = ["--dataset", "mnist", "--model", "mlp", "--mlp-hidden", "8", "--mlp-activation", "relu",
+        "--batch-size", "4", "--quiet"]  # fmt: skip
 
 
 def one_line_error(capsys, command: str) -> str:
@@ -162,7 +163,8 @@ def wait_for_checkpoint(process: subprocess.Popen, out) -> None:
 
 def test_interrupt_kill_and_resume_reproduce_an_uninterrupted_run(tmp_path, fresh_cache):
     write_idx_set(tmp_path / "data", n_train=400, n_test=20, shape=(8, 8))
-    load("mnist", "train", data_dir=tmp_path / "data")  # fill the cache before the processes race to
+    # Fill the cache first, so that the processes below do not race to decode the data.
+    load("mnist", "train", data_dir=tmp_path / "data")
     args = [*TINY, "--data-dir", str(tmp_path / "data"), "--epochs", "4"]
     runs = {name: tmp_path / name for name in ("whole", "sigint", "sigterm", "sigkill")}
     codes = {"whole": None, "sigint": PAUSE_IN_SECOND_EPOCH,
@@ -184,7 +186,9 @@ def test_interrupt_kill_and_resume_reproduce_an_uninterrupted_run(tmp_path, fres
     assert code == -signal.SIGKILL, err
     assert len(checkpoint.load(runs["sigkill"]).history) == 1
     leftovers = sorted(p.name for p in runs["sigkill"].iterdir())
-    assert leftovers[0].startswith(f".{checkpoint.FILENAME}.") and leftovers[1:] == [checkpoint.FILENAME]
+    assert leftovers[0].startswith(f".{checkpoint.FILENAME}.") and leftovers[1:] == [
+        checkpoint.FILENAME
+    ]
 
     # SIGINT / SIGTERM: exit 130 / 143, the partial epoch dropped, the last checkpoint kept.
     resume_lines = {}
@@ -207,12 +211,16 @@ def test_interrupt_kill_and_resume_reproduce_an_uninterrupted_run(tmp_path, fres
 
     # The printed command resumes the run to the same parameters and metrics, bit for bit.
     words = shlex.split(resume_lines["sigint"])
-    resumed = subprocess.run([sys.executable, "-m", "jaxcifar", *words[1:]], capture_output=True, text=True)
+    resumed = subprocess.run(
+        [sys.executable, "-m", "jaxcifar", *words[1:]], capture_output=True, text=True
+    )
     assert resumed.returncode == 0, resumed.stderr
     whole, final = checkpoint.load(runs["whole"]), checkpoint.load(runs["sigint"])
     same_params(whole, final)
     assert without_timings(final.history) == without_timings(whole.history)
-    metrics = [json.loads((runs[name] / "metrics.json").read_text()) for name in ("whole", "sigint")]
+    metrics = [
+        json.loads((runs[name] / "metrics.json").read_text()) for name in ("whole", "sigint")
+    ]
     assert metrics[0]["confusion_matrix"] == metrics[1]["confusion_matrix"]
 
 
@@ -231,7 +239,9 @@ def trained(tmp_path_factory):
     return root / "data", root / "run", args
 
 
-def test_interrupt_before_the_first_epoch_says_nothing_is_saved(trained, tmp_path, fresh_cache, monkeypatch, capsys):
+def test_interrupt_before_the_first_epoch_says_nothing_is_saved(
+    trained, tmp_path, fresh_cache, monkeypatch, capsys
+):
     from jaxcifar import train
 
     def interrupted_fit(*args, **kwargs):
@@ -282,13 +292,17 @@ def test_an_interrupted_resume_repeats_the_flags_its_checkpoint_does_not_hold_ye
 def test_same_seed_gives_the_same_metrics_and_parameters(trained, tmp_path, fresh_cache):
     _, run, args = trained
     assert main(["train", *args, "--out", str(tmp_path / "again")]) == 0
-    first, second = (json.loads((folder / "metrics.json").read_text()) for folder in (run, tmp_path / "again"))
+    first, second = (
+        json.loads((folder / "metrics.json").read_text()) for folder in (run, tmp_path / "again")
+    )
     assert without_timings(first["epochs"]) == without_timings(second["epochs"])
     assert first["confusion_matrix"] == second["confusion_matrix"]
     same_params(checkpoint.load(run), checkpoint.load(tmp_path / "again"))
 
 
-def test_divergence_stops_and_keeps_the_last_good_checkpoint(trained, tmp_path, fresh_cache, capsys):
+def test_divergence_stops_and_keeps_the_last_good_checkpoint(
+    trained, tmp_path, fresh_cache, capsys
+):
     _, run, args = trained
     out = tmp_path / "run"
     shutil.copytree(run, out)
@@ -298,7 +312,9 @@ def test_divergence_stops_and_keeps_the_last_good_checkpoint(trained, tmp_path, 
     assert main(["train", *args, *resume]) == 2
     line = one_line_error(capsys, "train")
     assert "loss became nan at epoch 2 step " in line or "loss became inf at epoch 2 step " in line
-    assert line.endswith(f"lower --lr (now 1e+30); {out / checkpoint.FILENAME} keeps the last good state (epoch 1)")
+    assert line.endswith(
+        f"lower --lr (now 1e+30); {out / checkpoint.FILENAME} keeps the last good state (epoch 1)"
+    )
     assert (out / checkpoint.FILENAME).read_bytes() == before
     assert len(checkpoint.load(out).history) == 1
     # Diverging in epoch 1 leaves nothing to keep: the line says no more, and nothing is written.
@@ -335,7 +351,8 @@ def test_resume_with_another_config_is_refused(
 def test_override_config_resumes_with_a_compatible_change(trained, tmp_path, fresh_cache):
     _, run, args = trained
     shutil.copytree(run, tmp_path / "run")
-    resume = ["train", *args, "--epochs", "2", "--resume", "--out", str(tmp_path / "run"), "--batch-size", "8"]
+    resume = ["train", *args, "--epochs", "2", "--resume", "--out", str(tmp_path / "run"),
+              "--batch-size", "8"]  # fmt: skip
     assert main([*resume, "--override-config"]) == 0
     assert [r["epoch"] for r in checkpoint.load(tmp_path / "run").history] == [1, 2]
 
@@ -350,15 +367,22 @@ def test_predict_reads_huge_images_and_refuses_bombs_and_non_images(trained, tmp
     text = tmp_path / "notes.png"
     text.write_text("not an image")
     capsys.readouterr()
-    assert main(["predict", "--checkpoint", str(run), str(huge), *map(str, bombs), str(text), str(tmp_path)]) == 1
+    assert main(["predict", "--checkpoint", str(run), str(huge), *map(str, bombs), str(text),
+                 str(tmp_path)]) == 1  # fmt: skip
     out, err = capsys.readouterr()
     assert [line.split(": ")[0] for line in out.splitlines()] == [str(huge)]
     errors = err.strip().splitlines()
     assert "Traceback" not in err and len(errors) == 4
     for line, name in zip(errors[:2], bombs):
-        assert line.startswith(f"jaxcifar predict: error: {name}: refused, too large to decode safely (Image size (")
-    assert errors[2].startswith(f"jaxcifar predict: error: {text}: not a readable image (UnidentifiedImageError")
-    assert errors[3].startswith(f"jaxcifar predict: error: {tmp_path}: not a readable image (IsADirectoryError")
+        assert line.startswith(
+            f"jaxcifar predict: error: {name}: refused, too large to decode safely (Image size ("
+        )
+    assert errors[2].startswith(
+        f"jaxcifar predict: error: {text}: not a readable image (UnidentifiedImageError"
+    )
+    assert errors[3].startswith(
+        f"jaxcifar predict: error: {tmp_path}: not a readable image (IsADirectoryError"
+    )
 
 
 def test_predict_prints_one_line_per_image_whatever_its_file_is_called(trained, tmp_path, capsys):
@@ -504,10 +528,14 @@ def test_truncated_checkpoint_through_the_command_line(trained, tmp_path, capsys
     cut.write_bytes((run / checkpoint.FILENAME).read_bytes()[:100])
     capsys.readouterr()
     assert main(["predict", "--checkpoint", str(cut), str(cut)]) == 2
-    assert f"{cut}: not a readable checkpoint (truncated or corrupt" in one_line_error(capsys, "predict")
+    assert f"{cut}: not a readable checkpoint (truncated or corrupt" in one_line_error(
+        capsys, "predict"
+    )
 
 
-def test_unwritable_evaluate_output_is_one_line_naming_the_path(trained, tmp_path, fresh_cache, capsys):
+def test_unwritable_evaluate_output_is_one_line_naming_the_path(
+    trained, tmp_path, fresh_cache, capsys
+):
     data, run, _ = trained
     blocker = tmp_path / "file"
     blocker.write_text("")
@@ -571,20 +599,26 @@ def truncated_idx(root):
 
 def wrong_magic(root):
     write_idx_set(root, gz=False)
-    (root / "t10k-labels-idx1-ubyte").write_bytes(idx_bytes(np.zeros((4, 2, 2), np.uint8), IMAGES_MAGIC))
+    (root / "t10k-labels-idx1-ubyte").write_bytes(
+        idx_bytes(np.zeros((4, 2, 2), np.uint8), IMAGES_MAGIC)
+    )
     return "mnist", "t10k-labels-idx1-ubyte: IDX magic number 0x00000803, expected 0x00000801"
 
 
 def labels_out_of_range(root):
     write_idx_set(root, gz=False)
-    (root / "train-labels-idx1-ubyte").write_bytes(idx_bytes(np.array([0, 1, 2, 10, 4, 5], np.uint8), LABELS_MAGIC))
+    (root / "train-labels-idx1-ubyte").write_bytes(
+        idx_bytes(np.array([0, 1, 2, 10, 4, 5], np.uint8), LABELS_MAGIC)
+    )
     return "mnist", "train-labels-idx1-ubyte: labels must lie in 0..9; found 0..10"
 
 
 def malicious_pickle(root):
     write_release(root / "cifar-10-batches-py", make_batches(), python_batch)
     marker = root.parent / "pwned"
-    (root / "cifar-10-batches-py" / "data_batch_3").write_bytes(py2_dumps({b"data": RunsCode(marker)}))
+    (root / "cifar-10-batches-py" / "data_batch_3").write_bytes(
+        py2_dumps({b"data": RunsCode(marker)})
+    )
     return "cifar10", "data_batch_3: refusing to unpickle"
 
 
@@ -601,7 +635,15 @@ def empty_class_folder(root):
 
 
 @pytest.mark.parametrize(
-    "corrupt", [truncated_idx, wrong_magic, labels_out_of_range, malicious_pickle, mixed_sizes, empty_class_folder]
+    "corrupt",
+    [
+        truncated_idx,
+        wrong_magic,
+        labels_out_of_range,
+        malicious_pickle,
+        mixed_sizes,
+        empty_class_folder,
+    ],
 )
 def test_corrupt_data_is_one_line_naming_the_file(tmp_path, fresh_cache, capsys, corrupt):
     dataset, message = corrupt(tmp_path / "data")

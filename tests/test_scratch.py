@@ -227,10 +227,18 @@ def test_scratch_command_learns_fashion_mnist(shared_data, tmp_path):
     metrics = json.loads((out / "metrics.json").read_text())
     assert set(metrics) == {"config", "epochs", "test_accuracy", "seconds"}
     assert metrics["config"]["layer_sizes"] == [784, 100, 10]
-    assert metrics["config"]["train_examples"] == 6000 and metrics["config"]["test_examples"] == 2000
+    assert (
+        metrics["config"]["train_examples"] == 6000 and metrics["config"]["test_examples"] == 2000
+    )
     assert [record["epoch"] for record in metrics["epochs"]] == [1, 2, 3, 4, 5]
     for record in metrics["epochs"]:
-        assert set(record) == {"epoch", "sum_squared_error", "train_accuracy", "test_accuracy", "seconds"}
+        assert set(record) == {
+            "epoch",
+            "sum_squared_error",
+            "train_accuracy",
+            "test_accuracy",
+            "seconds",
+        }
     errors = [record["sum_squared_error"] for record in metrics["epochs"]]
     assert errors == sorted(errors, reverse=True)
     assert metrics["test_accuracy"] == metrics["epochs"][-1]["test_accuracy"]

@@ -67,7 +67,9 @@ def test_schedules():
         return np.array([float(fn(step)) for step in (0, 30, 50, 100)])
 
     np.testing.assert_allclose(rates("constant"), [0.1] * 4)
-    np.testing.assert_allclose(rates("cosine"), [0.1, 0.1 * (1 + np.cos(np.pi * 0.3)) / 2, 0.05, 0.0], atol=1e-7)
+    np.testing.assert_allclose(
+        rates("cosine"), [0.1, 0.1 * (1 + np.cos(np.pi * 0.3)) / 2, 0.05, 0.0], atol=1e-7
+    )
     onecycle = rates("onecycle")  # warm up to the peak at 30% of 100 steps, then anneal
     assert onecycle[0] < 0.01 and onecycle[1] == pytest.approx(0.1) and onecycle[3] < 1e-4
 
@@ -256,8 +258,12 @@ def test_evaluating_an_empty_set_is_refused():
 def test_divergence_names_epoch_and_step():
     config = dataclasses.replace(MLP, optimizer="sgd", lr=1e30, epochs=2)
     saved = []
-    with pytest.raises(TrainingDiverged, match=r"loss became (nan|inf) at epoch 1 step \d+; lower --lr"):
-        quiet_fit(config, tiny_dataset(64), tiny_dataset(8), on_epoch_end=lambda *a: saved.append(a))
+    with pytest.raises(
+        TrainingDiverged, match=r"loss became (nan|inf) at epoch 1 step \d+; lower --lr"
+    ):
+        quiet_fit(
+            config, tiny_dataset(64), tiny_dataset(8), on_epoch_end=lambda *a: saved.append(a)
+        )
     assert saved == []  # the diverged epoch is never checkpointed
 
 
@@ -273,7 +279,9 @@ def test_divergence_in_an_epochs_last_step_is_caught_before_its_checkpoint():
 
 
 def test_batch_larger_than_training_set_is_refused():
-    with pytest.raises(ConfigError, match="--batch-size 16 is larger than the training set \\(10 examples\\)"):
+    with pytest.raises(
+        ConfigError, match="--batch-size 16 is larger than the training set \\(10 examples\\)"
+    ):
         train.build_setup(MLP, tiny_dataset(10))
 
 

@@ -28,7 +28,9 @@ def torch_missing() -> str | None:
     except ImportError as error:
         return f"torch is not installed ({error}); install the extra: pip install 'jaxcifar[bench]'"
     if _jax_on_gpu() and not torch.cuda.is_available():
-        return "JAX runs on a GPU but this torch build has no CUDA: the reference would run elsewhere"
+        return (
+            "JAX runs on a GPU but this torch build has no CUDA: the reference would run elsewhere"
+        )
     return None
 
 

@@ -55,7 +55,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "first_run_seconds, comes before them)",
     )  # fmt: skip
     parser.add_argument(
-        "--no-reference", action="store_true", help="skip the matmul roof and the NumPy and PyTorch references"
+        "--no-reference",
+        action="store_true",
+        help="skip the matmul roof and the NumPy and PyTorch references",
     )
     parser.add_argument(
         "--torch-compile", action="store_true",

@@ -1,4 +1,5 @@
-"""Evaluate a checkpoint on its dataset's test split: accuracy, per-class accuracy, confusion matrix.
+"""Evaluate a checkpoint on its dataset's test split: accuracy, per-class accuracy, confusion
+matrix.
 
 Prints the summary; with --out, writes metrics.json and the figures there (the training
 curves come from the checkpoint's history). metrics.json's `config` is the run that made the

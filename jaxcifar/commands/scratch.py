@@ -35,7 +35,9 @@ DTYPES = ("float32", "float64")
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_data_arguments(parser, default_dataset="fashion_mnist")
-    parser.add_argument("--epochs", type=positive_int, default=DEFAULT_EPOCHS, help="passes over the training set")
+    parser.add_argument(
+        "--epochs", type=positive_int, default=DEFAULT_EPOCHS, help="passes over the training set"
+    )
     parser.add_argument("--batch-size", type=positive_int, default=DEFAULT_BATCH_SIZE,
                         help="examples per SGD step; an epoch's last step takes the rest (one "
                         "larger than the training set: every step takes all of it)")  # fmt: skip
@@ -58,8 +60,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=output_folder, default=Path("runs/scratch"), metavar="DIR",
         help="folder for metrics.json and plots",
     )
-    parser.add_argument("--limit-train", type=positive_int, metavar="N", help="train on a random N examples")
-    parser.add_argument("--limit-test", type=positive_int, metavar="N", help="test on a random N examples")
+    parser.add_argument(
+        "--limit-train", type=positive_int, metavar="N", help="train on a random N examples"
+    )
+    parser.add_argument(
+        "--limit-test", type=positive_int, metavar="N", help="test on a random N examples"
+    )
 
 
 def load_inputs(
@@ -122,7 +128,8 @@ def _train_and_report(args: argparse.Namespace) -> int:
 
     def report(record: dict[str, Any]) -> None:
         print(
-            f"epoch {record['epoch']:>3}/{args.epochs}  sum squared error {record['sum_squared_error']:.1f}  "
+            f"epoch {record['epoch']:>3}/{args.epochs}  "
+            f"sum squared error {record['sum_squared_error']:.1f}  "
             f"train acc {record['train_accuracy']:.4f}  test acc {record['test_accuracy']:.4f}  "
             f"{record['seconds']:.1f}s",
             flush=True,
@@ -153,5 +160,8 @@ def _train_and_report(args: argparse.Namespace) -> int:
         {split: [record[f"{split}_accuracy"] for record in history] for split in ("train", "test")},
         ylabel="accuracy", title="From-scratch network: accuracy",
     )  # fmt: skip
-    print(f"test accuracy {metrics['test_accuracy']:.4f}; wrote {args.out}/metrics.json, error.png, accuracy.png")
+    print(
+        f"test accuracy {metrics['test_accuracy']:.4f}; "
+        f"wrote {args.out}/metrics.json, error.png, accuracy.png"
+    )
     return 0

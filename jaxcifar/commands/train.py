@@ -85,9 +85,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         ("--seed", dict(type=seed_int, help="init, data order, dropout, crops, and which "
                         "examples --limit-train / --limit-test keep (another seed tests on "
                         "another subset)")),
-        ("--limit-train", dict(type=positive_int, metavar="N", help="train on a random N-example subset")),
-        ("--limit-test", dict(type=positive_int, metavar="N", help="test on a random N-example subset")),
-        ("--mlp-hidden", dict(type=positive_int, nargs="+", metavar="WIDTH", help="MLP hidden layer widths")),
+        ("--limit-train", dict(type=positive_int, metavar="N",
+                               help="train on a random N-example subset")),
+        ("--limit-test", dict(type=positive_int, metavar="N",
+                              help="test on a random N-example subset")),
+        ("--mlp-hidden", dict(type=positive_int, nargs="+", metavar="WIDTH",
+                              help="MLP hidden layer widths")),
         ("--mlp-activation", dict(choices=ACTIVATIONS)),
     )  # fmt: skip
     for flag, options in flags:
@@ -276,7 +279,10 @@ def _run_holding_out(args: argparse.Namespace) -> int:
             how = f"resume with: {resume_command(args, with_config=held != config)}"
         else:
             epochs = 0
-            kept, how = "no epoch finished, so nothing is saved", "start again with the same command"
+            kept, how = (
+                "no epoch finished, so nothing is saved",
+                "start again with the same command",
+            )
         when = (
             "after the last epoch, before the reports were written (resuming writes them)"
             if epochs >= config.epochs

@@ -19,7 +19,8 @@ from jaxcifar.models import cnn, mlp
 
 
 class Model(NamedTuple):
-    """A model with its shape options bound: `init(key) -> params`, `apply(params, x, **kw) -> logits`."""
+    """A model with its shape options bound: `init(key) -> params`,
+    `apply(params, x, **kw) -> logits`."""
 
     init: Callable[[jax.Array], dict]
     apply: Callable[..., jax.Array]

@@ -23,7 +23,8 @@ Params = dict[str, jax.Array]
 
 
 def init_layers(key: jax.Array, kernel_shapes: Mapping[str, tuple[int, ...]]) -> dict[str, Params]:
-    """{name: {"kernel": shape float32, "bias": (shape[-1],) float32}} for each layer, PyTorch-style.
+    """{name: {"kernel": shape float32, "bias": (shape[-1],) float32}} for each layer,
+    PyTorch-style.
 
     A kernel's last axis is its output, the rest its fan-in: (n_in, n_out) for dense layers,
     (H, W, C_in, C_out) HWIO for convolutions. Kernel and bias are U(+-1/sqrt(fan_in)).

@@ -44,7 +44,8 @@ def apply(
     dtype: jnp.dtype = jnp.float32,
     activation: str = "sigmoid",
 ) -> jax.Array:
-    """Logits (N, n_out) float32 (no activation on the last layer) for `x` (N, n_in) or (N, H, W, C).
+    """Logits (N, n_out) float32 (no activation on the last layer) for `x` (N, n_in) or
+    (N, H, W, C).
 
     The MLP has no dropout, so `train` and `rng` are accepted for a uniform model interface
     and ignored. `dtype` is the compute dtype; parameters are cast at use.

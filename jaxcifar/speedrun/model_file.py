@@ -97,8 +97,9 @@ def find(path: str | os.PathLike[str]) -> Path | None:
     """The speedrun model `path` names, or None when it names none (a training checkpoint,
     say): a folder holding model.msgpack, a file of that name (but a training checkpoint
     copied under it), or another file with this format's tag. ConfigError for a folder that
-    holds a training checkpoint too: which one --checkpoint means is for the user to say. (A model.msgpack that is not readable is
-    still the one meant: `load` says what is wrong with it.)"""
+    holds a training checkpoint too: which one --checkpoint means is for the user to say. (A
+    model.msgpack that is not readable is still the one meant: `load` says what is wrong
+    with it.)"""
     path = Path(path)
     if path.is_dir():
         if not (path / FILENAME).exists():
