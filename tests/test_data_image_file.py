@@ -2,6 +2,7 @@
 `jaxcifar predict` call it."""
 
 import io
+import struct
 import warnings
 import zlib
 
@@ -46,6 +47,21 @@ def test_an_image_is_turned_upright_as_its_exif_orientation_says(tmp_path, orien
     Image.fromarray(pixels).save(path, exif=exif)
     np.testing.assert_array_equal(decode(path, "RGB", "photo.png"), turn(pixels))
     np.testing.assert_array_equal(read_image(path, turn(pixels).shape), turn(pixels))
+
+
+def test_a_broken_exif_tag_is_read_past_without_a_warning_that_names_no_file():
+    # Two values where the Orientation tag holds one: Pillow warns "Metadata Warning, tag 274
+    # had too many entries: 2, expected 1", naming no file, once per such file, and takes
+    # the first. Reading EXIF for the orientation brought these warnings to every command.
+    pixels = np.arange(2 * 3 * 3, dtype=np.uint8).reshape(2, 3, 3)
+    # A little-endian TIFF header, then one IFD of one entry: tag 0x0112, type SHORT, 2 values.
+    exif = b"II*\0\x08\0\0\0" + struct.pack("<HHHIHHI", 1, 0x0112, 3, 2, 6, 6, 0)
+    png = io.BytesIO()
+    Image.fromarray(pixels).save(png, "PNG", exif=exif)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        upright = decode(png.getvalue(), "RGB", "photo.png")
+    np.testing.assert_array_equal(upright, np.rot90(pixels, -1))
 
 
 def test_a_png_broken_mid_pixels_is_named_not_a_syntax_error():

@@ -52,6 +52,10 @@ def decode_all(
     with warnings.catch_warnings():
         # Pillow only warns between MAX_IMAGE_PIXELS and twice that, and raises above.
         warnings.simplefilter("error", Image.DecompressionBombWarning)
+        # A file's broken metadata (EXIF, read for its Orientation tag alone, or a TIFF's
+        # other tags) costs nothing but that tag, and Pillow's warnings of it name no file.
+        warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.TiffImagePlugin")
+        warnings.filterwarnings("ignore", "Possibly corrupt EXIF MakerNote", UserWarning)
         for source, where in sources:
             yield _decode(source, mode, where, size)
 
