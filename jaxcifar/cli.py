@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import importlib
 import os
 import select
@@ -73,14 +74,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.exit(2, f"{prefix}: error: unrecognized arguments: {' '.join(unknown)} "
                         f"(see `{prefix} --help`)\n")  # fmt: skip
         # StopOnSignal: SIGTERM or SIGHUP, too, unwinds the command (train and speedrun nest
-        # their own, to say how to go on): a killed one left an empty --out it had made.
-        with interrupt.resend_dropped_signals(), warnings.catch_warnings(), peers.leaving(), \
-                _stdout_named_in_errors(), interrupt.StopOnSignal():  # fmt: skip
+        # their own, to say how to go on): a killed one left an empty --out it had made. It
+        # is outermost, so that a signal resent as the command ends still finds it.
+        with interrupt.StopOnSignal(), interrupt.resend_dropped_signals(), \
+                warnings.catch_warnings(), peers.leaving(), _stdout_named_in_errors():  # fmt: skip
             warnings.showwarning = _one_line_warning(prefix)
             if args.command != "train":
                 parallel.warn_of_ignored_variables(f"jaxcifar {args.command}")
             code = int(args.run(args) or 0)
-            sys.stdout.flush()  # here: a stdout that cannot be written fails the command
+            _flush(sys.stdout)  # here: a stdout that cannot be written fails the command
             return code
     except JaxcifarError as error:
         print(f"{prefix}: error: {one_line(str(error))}", file=sys.stderr)
@@ -143,7 +145,7 @@ def run_program(argv: Sequence[str] | None = None) -> NoReturn:
     code = main(argv)
     try:  # what a command printed before it failed or was stopped
         with _naming_stdout():
-            sys.stdout.flush()
+            _flush(sys.stdout)
     except BrokenPipeError:
         gone = _stdout_gone()
         code = code or gone  # a failure's or a signal's own status says more
@@ -194,6 +196,14 @@ def _stdout_gone() -> int:
     return 128 + signal.SIGPIPE
 
 
+def _flush(stream: object) -> None:
+    """Flush `stream` (sys.stdout), if it is there and can be flushed: None where the process
+    started with stdout closed; a caller's stand-in may lack `flush`."""
+    flush = getattr(stream, "flush", None)
+    if flush is not None:
+        flush()
+
+
 @contextlib.contextmanager
 def _stdout_named_in_errors() -> Iterator[None]:
     """Within the block, sys.stdout is `_StdoutNamedInErrors` around itself."""
@@ -207,22 +217,26 @@ def _stdout_named_in_errors() -> Iterator[None]:
 
 class _StdoutNamedInErrors:
     """A text stream whose write errors name it (`No space left on device: <stdout>`): the OS's
-    reason alone, for `jaxcifar data info > /dev/full` or a full disk, named no file. All else
-    is the stream's own."""
+    reason alone, for `jaxcifar data info > /dev/full` or a full disk, named no file. A stdout
+    closed when the process started (`>&-`, which Python holds as None) fails the first write
+    as "Bad file descriptor", as one opened for reading does, rather than drop the output.
+    All else is the stream's own."""
 
-    def __init__(self, stream: TextIO) -> None:
+    def __init__(self, stream: TextIO | None) -> None:
         self._stream = stream
 
     def __getattr__(self, name: str) -> object:
         return getattr(self._stream, name)
 
     def write(self, text: str) -> int:
+        if self._stream is None:
+            raise OSError(errno.EBADF, os.strerror(errno.EBADF), "<stdout>")
         with _naming_stdout():
             return self._stream.write(text)
 
     def flush(self) -> None:
         with _naming_stdout():
-            self._stream.flush()
+            _flush(self._stream)
 
 
 @contextlib.contextmanager

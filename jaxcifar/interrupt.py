@@ -5,8 +5,10 @@ Python turns SIGINT into KeyboardInterrupt and leaves SIGTERM and SIGHUP (a clos
 a dropped ssh session) to kill the process outright; inside `StopOnSignal` each raises
 `Interrupted` in the main thread instead, between two Python bytecodes (a running XLA
 computation finishes first). A block run under `hold()` (writing a checkpoint) is never cut
-short: a signal that arrives during it is raised when it ends. A SIGHUP the process was
-started to ignore (by `nohup`, so that the run outlives its terminal) stays ignored.
+short: a signal that arrives during it is raised when it ends. A signal the process was
+started to ignore stays ignored: SIGHUP under `nohup` (so that the run outlives its terminal),
+SIGINT in a job a script started in the background (so that a Ctrl-C meant for the script
+spares it).
 """
 
 from __future__ import annotations
@@ -45,9 +47,9 @@ class Interrupted(BaseException):
 
 
 class StopOnSignal:
-    """Context manager: within it, each of SIGNALS raises `Interrupted` (but a SIGHUP that
-    `nohup` ignores); on exit the previous handlers come back. Must be entered in the main
-    thread (Python's rule for signal handlers)."""
+    """Context manager: within it, each of SIGNALS raises `Interrupted` (but one the process
+    ignores); on exit the previous handlers come back. Only the main thread handles signals
+    (Python's rule): entered in another, it changes nothing, and no signal is raised there."""
 
     def __init__(self) -> None:
         self._holding = False
@@ -57,11 +59,12 @@ class StopOnSignal:
         self._previous: dict[int, object] = {}
 
     def __enter__(self) -> StopOnSignal:
-        self._previous = {
-            signum: signal.signal(signum, self._handle)
-            for signum in SIGNALS
-            if not (signum == _SIGHUP and signal.getsignal(signum) is signal.SIG_IGN)
-        }
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {
+                signum: signal.signal(signum, self._handle)
+                for signum in SIGNALS
+                if signal.getsignal(signum) is not signal.SIG_IGN
+            }
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -126,8 +129,11 @@ def resend_dropped_signals() -> Iterator[None]:
     prints "Exception ignored" and the command runs on to its end. Such a signal is sent
     again 10 ms later from another thread, when the main thread is back in ordinary code; one
     still waiting when the block ends is sent at once, so the block's caller gets it.
-    Must be entered in the main thread: the signal is sent to it.
+    Entered in another thread than the main one, which alone handles signals, it does nothing.
     """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
     previous = sys.unraisablehook
     waiting: dict[threading.Thread, int] = {}  # timer (a Thread) -> signal number
 

@@ -1,12 +1,22 @@
 """Fixtures shared by the test suite."""
 
 import re
+import signal
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Python's own SIGINT handler, whatever this process inherited: a suite started in the
+    background by a script (`pytest &`) starts with SIGINT ignored, which jaxcifar, rightly,
+    leaves ignored, and every test of Ctrl-C would fail. Its children (exec resets a caught
+    signal to the default) get Python's handler too."""
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(scope="session")

@@ -113,16 +113,8 @@ def test_ctrl_c_inside_a_garbage_collector_callback_still_interrupts(
     monkeypatch.setattr(signal, "pthread_kill",
                         lambda thread, signum: (sent.append((thread, signum)),
                                                 pthread_kill(thread, signum)))  # fmt: skip
-    # Python's own SIGINT handler, whatever this process inherited: started as a background
-    # job by a non-interactive shell (`pytest &` in a script), it ignores SIGINT, and the
-    # resent signal would do nothing (both cases failed so in a fresh clone's run).
-    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
-    try:
-        status = main(["data", "info"])
-        time.sleep(0.05)  # no stray SIGINT from a timer left running: it would raise here
-    finally:
-        if previous is not None:  # (None: a handler installed outside Python)
-            signal.signal(signal.SIGINT, previous)
+    status = main(["data", "info"])
+    time.sleep(0.05)  # no stray SIGINT from a timer left running: it would raise here
     # (More than once where the resent signal lands in a gc callback again: JAX's, while a
     # large heap's collection outlasts the resend's 10 ms.)
     assert status == 130 and sent and set(sent) == {(threading.get_ident(), signal.SIGINT)}
@@ -352,6 +344,77 @@ def test_a_stdout_that_cannot_be_written_is_named_in_the_error(tmp_path):
         ran = subprocess.run(command, stdout=full, stderr=subprocess.PIPE, text=True, timeout=60)
     assert ran.returncode == 1
     assert ran.stderr == "jaxcifar data info: error: No space left on device: <stdout>\n"
+
+
+def test_a_closed_stdout_fails_the_first_write_naming_it(tmp_path):
+    # `jaxcifar data info >&-`: Python holds a stdout closed at its start as None, and the
+    # command ended with an AttributeError traceback after its work.
+    write_idx_set(tmp_path / "mnist", n_train=8, n_test=4, shape=(4, 4))
+    command = ("import os, sys; os.close(1); os.execv(sys.executable, [sys.executable, '-m', "
+               f"'jaxcifar', 'data', 'info', '--dataset', 'mnist', '--data-dir', "
+               f"{str(tmp_path / 'mnist')!r}])")  # fmt: skip
+    ran = subprocess.run([sys.executable, "-c", command], stderr=subprocess.PIPE, text=True,
+                         timeout=60)  # fmt: skip
+    assert (ran.returncode, ran.stderr) == (
+        1, "jaxcifar data info: error: Bad file descriptor: <stdout>\n"
+    )
+
+
+def test_main_runs_in_another_thread_than_the_main_one(tmp_path, capsys):
+    # Only the main thread may set signal handlers: main called from another one failed with
+    # "ValueError: signal only works in main thread" once every command handled SIGTERM.
+    write_idx_set(tmp_path, n_train=8, n_test=4, shape=(4, 4))
+    codes = []
+    argv = ["data", "info", "--dataset", "mnist", "--data-dir", str(tmp_path)]
+    worker = threading.Thread(target=lambda: codes.append(main(argv)))
+    worker.start()
+    worker.join(timeout=60)
+    assert codes == [0]
+    assert capsys.readouterr().out.splitlines()[-1].split() == ["total", "8", "4"]
+
+
+def test_a_signal_the_process_was_started_to_ignore_stays_ignored(monkeypatch, capsys):
+    # A script's background job starts with SIGINT ignored, so that a Ctrl-C meant for the
+    # script spares it; `nohup` ignores SIGHUP. Handling every signal stopped such a job.
+    def signalled(args):
+        for signum in (signal.SIGINT, signal.SIGHUP):
+            os.kill(os.getpid(), signum)
+        time.sleep(0.2)  # where a handled signal would land
+        print("done")
+
+    monkeypatch.setattr("jaxcifar.commands.data.run", signalled)
+    ignored = {signum: signal.signal(signum, signal.SIG_IGN)
+               for signum in (signal.SIGINT, signal.SIGHUP)}  # fmt: skip
+    try:
+        assert main(["data", "info"]) == 0
+    finally:
+        for signum, handler in ignored.items():
+            signal.signal(signum, handler)
+    assert capsys.readouterr() == ("done\n", "")
+
+
+def test_a_signal_dropped_in_a_finaliser_as_the_command_ends_still_stops_it():
+    # Resent after the command, the SIGTERM found the default handler back and killed the
+    # process without a word (exit -15): the handlers now outlast the resending.
+    script = """if True:
+        import os, signal
+        from jaxcifar import cli
+        import jaxcifar.commands.data as data
+
+        class SignalledWhenCollected:
+            def __del__(self):
+                os.kill(os.getpid(), signal.SIGTERM)  # its exception is dropped in __del__
+
+        def run(args):
+            SignalledWhenCollected()
+            return 0
+
+        data.run = run
+        cli.run_program(["data", "info"])
+    """
+    ran = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         timeout=60)  # fmt: skip
+    assert (ran.returncode, ran.stderr) == (143, "jaxcifar data info: interrupted by SIGTERM\n")
 
 
 def test_output_held_back_when_a_command_failed_is_named_if_stdout_cannot_take_it(
