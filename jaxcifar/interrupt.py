@@ -121,6 +121,15 @@ class StopOnSignal:
 
 
 @contextlib.contextmanager
+def uncut() -> Iterator[None]:
+    """Run the block (writing a set of files) to its end whatever signal arrives; one that
+    arrived meanwhile raises `Interrupted` when it ends. A stop between two files of a set
+    left half of it: one figure of three and no metrics.json."""
+    with StopOnSignal() as signals, signals.hold():
+        yield
+
+
+@contextlib.contextmanager
 def resend_dropped_signals() -> Iterator[None]:
     """Within it, a signal of SIGNALS whose exception Python dropped is sent again.
 

@@ -4,8 +4,10 @@ architecture, and one tiny end-to-end run of `jaxcifar bench` (schema and files,
 import datetime
 import io
 import json
+import os
 import signal
 import sys
+import time
 import types
 
 import jax
@@ -13,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxcifar import cli, cpu_fusions, epochs, models, parallel
+from jaxcifar import atomic, cli, cpu_fusions, epochs, models, parallel
 from jaxcifar.bench import (
     environment, jax_cases, numpy_reference, output, suite, timing, torch_reference,
 )
@@ -302,6 +304,30 @@ def test_an_interrupted_bench_removes_the_plot_of_an_earlier_run_of_its_name(
     assert cli.main(["bench", "--out", str(tmp_path), "--name", "b1"]) == 130
     assert sorted(path.name for path in tmp_path.iterdir()) == ["b1.json", "b1.md"]
     assert json.loads((tmp_path / "b1.json").read_text())["cases"] == {"done": 1, "planned": 3}
+
+
+def test_a_signal_while_bench_saves_a_case_waits_for_its_json_and_markdown(
+    tmp_path, monkeypatch, capsys
+):
+    # SIGTERM between the two files of a case's save: its .json held the case, its .md did not
+    # (or an earlier run's), and the line said "nothing was written".
+    _stopped_in_case(monkeypatch, stop=0, planned=3)
+    write_text = atomic.atomic_write_text
+
+    def signalled_after_the_json(path, text):
+        write_text(path, text)
+        if str(path).endswith(".json"):
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.1)  # where the signal would land
+
+    monkeypatch.setattr(atomic, "atomic_write_text", signalled_after_the_json)
+    assert cli.main(["bench", "--out", str(tmp_path), "--name", "b1"]) == 143
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"jaxcifar bench: interrupted by SIGTERM after 1 of 3 cases; their results are in "
+        f"{tmp_path / 'b1'}.json and .md"
+    )
+    assert json.loads((tmp_path / "b1.json").read_text())["cases"]["done"] == 1
+    assert "- 1 of 3 cases (interrupted), in " in (tmp_path / "b1.md").read_text()
 
 
 def test_an_interrupted_bench_says_how_many_cases_ran_and_where_their_results_are(

@@ -4,12 +4,16 @@
 """
 
 import json
+import os
+import signal
+import time
 
 import numpy as np
 
-from jaxcifar import checkpoint
+from jaxcifar import checkpoint, plots
 from jaxcifar.cli import main
 from jaxcifar.data import load_split
+from data_files import write_idx_set
 
 
 def test_evaluate_records_the_test_subset_it_used_beside_the_runs_config(
@@ -82,3 +86,31 @@ def test_evaluate_leaves_a_training_runs_reports_to_it(shared_data, tmp_path, ca
     assert "evaluated" not in report and report == json.loads(reports["metrics.json"]) | {
         "compile_seconds": report["compile_seconds"]
     }
+
+
+def test_a_signal_while_evaluate_writes_its_reports_waits_for_the_whole_set(
+    tmp_path, fresh_cache, monkeypatch, capsys
+):
+    # SIGTERM between two figures left one figure of three and no metrics.json.
+    write_idx_set(tmp_path / "data", n_train=16, n_test=8, shape=(8, 8))
+    run, evaluated = tmp_path / "run", tmp_path / "eval"
+    assert main([
+        "train", "--dataset", "mnist", "--data-dir", str(tmp_path / "data"), "--model", "mlp",
+        "--mlp-hidden", "8", "--batch-size", "8", "--epochs", "1", "--compile-cache", "none",
+        "--quiet", "--out", str(run),
+    ]) == 0  # fmt: skip
+    plot_curves = plots.plot_curves
+
+    def signalled_while_drawing(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.1)  # where the signal would land
+        return plot_curves(*args, **kwargs)
+
+    monkeypatch.setattr(plots, "plot_curves", signalled_while_drawing)
+    capsys.readouterr()
+    assert main(["evaluate", "--checkpoint", str(run), "--data-dir", str(tmp_path / "data"),
+                 "--out", str(evaluated)]) == 143  # fmt: skip
+    assert capsys.readouterr().err == "jaxcifar evaluate: interrupted by SIGTERM\n"
+    assert sorted(path.name for path in evaluated.iterdir()) == [
+        "accuracy.png", "confusion_matrix.png", "loss.png", "metrics.json"
+    ]

@@ -12,7 +12,7 @@ import argparse
 import datetime
 import sys
 
-from jaxcifar import folder_lock
+from jaxcifar import folder_lock, interrupt
 from jaxcifar.bench.settings import Settings
 from jaxcifar.bench.timing import TimingBudget
 from jaxcifar.commands._args import (
@@ -20,7 +20,6 @@ from jaxcifar.commands._args import (
     positive_int,
 )
 from jaxcifar.config import DTYPES, MODELS
-from jaxcifar.interrupt import Interrupted
 
 HELP = "benchmark training step times against NumPy and PyTorch"
 
@@ -138,14 +137,17 @@ def _benchmark(args: argparse.Namespace, settings: Settings) -> int:
         # The table so far, rewritten after every case: a run stopped early keeps its rows,
         # marked as K of N cases.
         nonlocal saved
-        output.write_results(results_so_far, args.out, stem, plot=False)
-        saved = results_so_far["cases"]["done"]
+        with interrupt.uncut():  # a signal waits for both files, then stops the run
+            output.write_results(results_so_far, args.out, stem, plot=False)
+            saved = results_so_far["cases"]["done"]
         tqdm.write(output.case_line(case.label, row, seconds), file=sys.stderr)
         bar.update()
 
     try:
         results = suite.run(settings, planned=planned, on_case=on_case)
-    except Interrupted as stop:
+        with interrupt.uncut():
+            written = output.write_results(results, args.out, stem)
+    except interrupt.Interrupted as stop:
         bar.close()
         kept = (f"their results are in {args.out / stem}.json and .md" if saved
                 else "nothing was written")  # fmt: skip
@@ -153,6 +155,6 @@ def _benchmark(args: argparse.Namespace, settings: Settings) -> int:
               file=sys.stderr)  # fmt: skip
         return stop.exit_code
     bar.close()
-    for path in output.write_results(results, args.out, stem):
+    for path in written:
         print(path)
     return 0

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
-from jaxcifar import folder_lock
+from jaxcifar import folder_lock, interrupt
 from jaxcifar.commands._args import (
     add_checkpoint_argument, add_data_dir_argument, check_data_fits_model,
     check_not_a_training_run, check_writable_folder, output_folder, positive_int,
@@ -167,6 +167,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     for name, value in report["per_class_accuracy"].items():
         print(f"  {name:>12}: {'-' if value is None else f'{value:.4f}'}")
     if args.out:
-        write_reports(args.out, report, test_set.class_names)
+        with interrupt.uncut():
+            write_reports(args.out, report, test_set.class_names)
         print(f"reports in {args.out}")
     return 0
