@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from jaxcifar import folder_lock
+from jaxcifar import folder_lock, interrupt
 from jaxcifar.commands._args import (
     add_data_arguments, check_not_a_training_run, check_writable_folder, output_folder,
     positive_float, positive_int, seed_int,
@@ -148,18 +148,20 @@ def _train_and_report(args: argparse.Namespace) -> int:
         "test_accuracy": history[-1]["test_accuracy"],
         "seconds": time.perf_counter() - start,
     }
-    atomic_write_text(args.out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     epochs = [record["epoch"] for record in history]
-    plots.plot_curves(
-        args.out / "error.png", epochs,
-        {"train": [record["sum_squared_error"] for record in history]},
-        ylabel="sum of squared errors", title="From-scratch network: training error",
-    )  # fmt: skip
-    plots.plot_curves(
-        args.out / "accuracy.png", epochs,
-        {split: [record[f"{split}_accuracy"] for record in history] for split in ("train", "test")},
-        ylabel="accuracy", title="From-scratch network: accuracy",
-    )  # fmt: skip
+    with interrupt.uncut():
+        atomic_write_text(args.out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+        plots.plot_curves(
+            args.out / "error.png", epochs,
+            {"train": [record["sum_squared_error"] for record in history]},
+            ylabel="sum of squared errors", title="From-scratch network: training error",
+        )  # fmt: skip
+        plots.plot_curves(
+            args.out / "accuracy.png", epochs,
+            {split: [record[f"{split}_accuracy"] for record in history]
+             for split in ("train", "test")},
+            ylabel="accuracy", title="From-scratch network: accuracy",
+        )  # fmt: skip
     print(
         f"test accuracy {metrics['test_accuracy']:.4f}; "
         f"wrote {args.out}/metrics.json, error.png, accuracy.png"
