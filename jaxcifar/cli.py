@@ -76,13 +76,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         # StopOnSignal: SIGTERM or SIGHUP, too, unwinds the command (train and speedrun nest
         # their own, to say how to go on): a killed one left an empty --out it had made. It
         # is outermost, so that a signal resent as the command ends still finds it.
-        with interrupt.StopOnSignal(), interrupt.resend_dropped_signals(), \
-                warnings.catch_warnings(), peers.leaving(), _stdout_named_in_errors():  # fmt: skip
-            warnings.showwarning = _one_line_warning(prefix)
-            if args.command != "train":
-                parallel.warn_of_ignored_variables(f"jaxcifar {args.command}")
-            code = int(args.run(args) or 0)
-            _flush(sys.stdout)  # here: a stdout that cannot be written fails the command
+        with interrupt.StopOnSignal() as signals:
+            with interrupt.resend_dropped_signals(), warnings.catch_warnings(), \
+                    peers.leaving(), _stdout_named_in_errors():  # fmt: skip
+                warnings.showwarning = _one_line_warning(prefix)
+                if args.command != "train":
+                    parallel.warn_of_ignored_variables(f"jaxcifar {args.command}")
+                code = int(args.run(args) or 0)
+                _flush(sys.stdout)  # here: a stdout that cannot be written fails the command
+            signals.finish()  # the work is done: a signal now does not report it as stopped
             return code
     except JaxcifarError as error:
         print(f"{prefix}: error: {one_line(str(error))}", file=sys.stderr)
