@@ -32,7 +32,7 @@ from jaxcifar.errors import DataError
 # libraries its wheels bundle; a GIF's first frame).
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 _IMAGES = "*." + "|".join(suffix[1:] for suffix in IMAGE_SUFFIXES)
-LAYOUT = f"an image-folder tree train/<class>/{_IMAGES} and test/<class>/{_IMAGES}"
+LAYOUT = f"an image-folder tree train/<class>/* and test/<class>/* of {_IMAGES} images"
 
 
 def read(tree: Tree, name: str) -> dict[str, Dataset]:
