@@ -10,6 +10,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+import numpy as np
+
 from jaxcifar.data.dataset import CLASS_NAMES
 from jaxcifar.errors import ConfigError
 
@@ -24,6 +26,9 @@ ACTIVATIONS = ("sigmoid", "relu")  # jax.nn's functions of these names (`models.
 MLP_LAYER_SIZES = (784, 500, 50, 10)
 INT32_MAX = 2**31 - 1  # step counters, seeds and counts that reach jitted code are int32
 SEED_MAX = INT32_MAX  # seeds travel as int32 into jitted code
+# The optimizer's numbers are float32, the parameters' type whatever the compute dtype: an lr
+# of 1e-50 became 0 there (a run that never moved), a momentum of 0.99999999999 became 1.
+FLOAT32_TINY, FLOAT32_MAX = 2.0**-126, float(np.finfo(np.float32).max)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,12 +70,20 @@ class RunConfig:
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value <= 0):
                 raise ConfigError(f"{name} must be a positive integer; got {value!r}")
-        if not self.lr > 0:
-            raise ConfigError(f"lr must be positive; got {self.lr}")
-        if not 0 <= self.momentum < 1:
-            raise ConfigError(f"momentum must be in [0, 1); got {self.momentum}")
-        if not self.weight_decay >= 0:
-            raise ConfigError(f"weight_decay must be >= 0; got {self.weight_decay}")
+        if not FLOAT32_TINY <= self.lr <= FLOAT32_MAX:
+            raise ConfigError(
+                f"lr must be positive and within float32's normal range, {FLOAT32_TINY:.3g} to "
+                f"{FLOAT32_MAX:.3g}; got {self.lr}"
+            )
+        if not (0 <= self.momentum < 1 and np.float32(self.momentum) < 1):
+            raise ConfigError(
+                f"momentum must be in [0, 1), also once rounded to float32; got {self.momentum}"
+            )
+        if not 0 <= self.weight_decay <= FLOAT32_MAX:
+            raise ConfigError(
+                f"weight_decay must be >= 0 and at most float32's {FLOAT32_MAX:.3g}; got "
+                f"{self.weight_decay}"
+            )
         if self.optimizer == "nesterov" and self.momentum == 0:
             raise ConfigError("optimizer nesterov needs momentum > 0; at 0 it is plain sgd")
         if not isinstance(self.seed, int) or not 0 <= self.seed <= SEED_MAX:

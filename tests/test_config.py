@@ -24,12 +24,23 @@ def test_largest_int32_seed_is_accepted():
 @pytest.mark.parametrize(
     "field, value, message",
     [
-        ("momentum", 1.0, r"momentum must be in \[0, 1\); got 1.0"),
-        ("momentum", -0.1, r"momentum must be in \[0, 1\); got -0.1"),
-        ("weight_decay", -1.0, r"weight_decay must be >= 0; got -1.0"),
+        ("momentum", 1.0, r"momentum must be in \[0, 1\), also once rounded to float32; got 1.0"),
+        ("momentum", -0.1, r"momentum must be in \[0, 1\), also once rounded to float32; got -0.1"),
+        # float32, the optimizer's type, rounds it to 1: the velocity would never decay.
+        ("momentum", 0.99999999999,
+         r"momentum must be in \[0, 1\), also once rounded to float32; got 0.99999999999"),
+        ("weight_decay", -1.0,
+         r"weight_decay must be >= 0 and at most float32's 3.4e\+38; got -1.0"),
+        ("weight_decay", 1e39,
+         r"weight_decay must be >= 0 and at most float32's 3.4e\+38; got 1e\+39"),
+        # 0 in float32: the run never moved. 3.5e38: infinite there, NaN at the first step.
+        ("lr", 1e-50, r"lr must be positive and within float32's normal range, 1.18e-38 to "
+                      r"3.4e\+38; got 1e-50"),
+        ("lr", 3.5e38, r"lr must be positive and within float32's normal range, 1.18e-38 to "
+                       r"3.4e\+38; got 3.5e\+38"),
     ],
-)
-def test_momentum_and_weight_decay_out_of_range_are_named_one_at_a_time(field, value, message):
+)  # fmt: skip
+def test_lr_momentum_and_weight_decay_out_of_range_are_named_one_at_a_time(field, value, message):
     with pytest.raises(ConfigError, match=f"^{message}$"):
         RunConfig(**{field: value})
 
