@@ -506,6 +506,22 @@ def test_evaluate_and_resume_refuse_data_unlike_the_checkpoints(
     assert message.format(ckpt=run / checkpoint.FILENAME) in line
 
 
+def test_a_resume_onto_another_dataset_names_the_one_it_was_trained_on(
+    trained, tmp_path, fresh_cache, capsys
+):
+    # `--dataset fashion_mnist --override-config` on an mnist run was told to "pass the
+    # --data-dir of the data it was trained on", a flag the user never changed.
+    data, run, _ = trained
+    run = Path(shutil.copytree(run, tmp_path / "run"))
+    capsys.readouterr()
+    assert main(["train", "--resume", "--out", str(run), "--epochs", "2", "--data-dir", str(data),
+                 "--dataset", "fashion_mnist", "--override-config"]) == 2  # fmt: skip
+    line = one_line_error(capsys, "train")
+    assert line.startswith(f"jaxcifar train: error: the train set in {data} (--data-dir) has "
+                           "classes ('T-shirt/top', ")  # fmt: skip
+    assert line.endswith("'9'); it was trained on --dataset mnist")
+
+
 def test_reports_without_epochs_remove_an_earlier_runs_curves(tmp_path):
     from jaxcifar.reports import FIGURES, build_metrics, write_reports
 

@@ -264,16 +264,19 @@ def check_writable_file(path: Path) -> None:
 
 def check_data_fits_model(
     dataset: Dataset, split: str, saved: Path, input_shape: tuple[int, ...],
-    class_names: tuple[str, ...],
+    class_names: tuple[str, ...], *, trained_dataset: str | None = None,
 ) -> None:  # fmt: skip
     """DataError unless `dataset` (its `split`, "train" or "test") has the (H, W, C)
     `input_shape` and the `class_names` of the data the model in file `saved` was trained
     on (`Dataset.mismatch`); a checkpoint's restore would otherwise fail without naming the
-    data."""
+    data. `trained_dataset`: the --dataset the model was trained on, where another one was
+    asked for (a resume's override), which the message then names instead of --data-dir."""
     mismatch = dataset.mismatch(input_shape, class_names)
     if mismatch is not None:
         what, found, expected = mismatch
+        fix = ("pass the --data-dir of the data it was trained on" if trained_dataset is None
+               else f"it was trained on --dataset {trained_dataset}")  # fmt: skip
         raise DataError(
             f"the {split} set in {dataset.source} (--data-dir) has {what} {found}, but {saved} "
-            f"was trained on {expected}; pass the --data-dir of the data it was trained on"
+            f"was trained on {expected}; {fix}"
         )

@@ -391,8 +391,9 @@ def _train(
             f"{cnn.POOL_SCALE} or larger; train --model mlp on them"
         )
     if saved is not None:
+        other_dataset = saved.config.dataset if saved.config.dataset != config.dataset else None
         check_data_fits_model(train_set, "train", saved.path, saved.input_shape,
-                              saved.class_names)  # fmt: skip
+                              saved.class_names, trained_dataset=other_dataset)  # fmt: skip
         template = train.state_template(config, input_shape, train_set.num_classes)
         state, history = checkpoint.restore(saved, template), saved.history
 
