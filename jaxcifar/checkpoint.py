@@ -1,8 +1,9 @@
 """Checkpoints: one msgpack file per run folder, rewritten atomically after every epoch.
 
 `DIR/checkpoint.msgpack` holds a format tag and version, the run's config, the input shape
-and class names (so `predict` needs no dataset), the epoch history so far, and the
-`TrainState` (params, optimizer state, step) as a flax state dict. The rng needs no storing:
+and class names (so `predict` needs no dataset), what the training set was (its source,
+size and a digest, so that a resume on other data is caught), the epoch history so far, and
+the `TrainState` (params, optimizer state, step) as a flax state dict. The rng needs no storing:
 every key derives from config.seed and the epoch (see `jaxcifar.train`).
 """
 
@@ -36,6 +37,7 @@ class Checkpoint(NamedTuple):
     class_names: tuple[str, ...]
     history: list[dict[str, float]]
     state: dict[str, Any]
+    train_data: dict[str, Any] | None = None  # see `save`; None in checkpoints before it
 
 
 def resolve(path: str | os.PathLike[str]) -> Path:
@@ -52,14 +54,18 @@ def save(
     input_shape: tuple[int, ...],
     class_names: tuple[str, ...],
     history: list[dict[str, float]],
+    train_data: dict[str, Any] | None = None,
 ) -> Path:
-    """Write DIR/checkpoint.msgpack atomically (a crash leaves the previous one intact)."""
+    """Write DIR/checkpoint.msgpack atomically (a crash leaves the previous one intact).
+    `train_data`: what the training set was, {"source": str, "examples": int, "digest": str
+    of its labels, image shape and class names}, which a resume compares."""
     payload = {
         "format": FORMAT,
         "version": VERSION,
         "config": config.to_dict(),
         "input_shape": list(input_shape),
         "class_names": list(class_names),
+        "train_data": train_data,
         "history": list(history),
         "state": serialization.to_state_dict(jax.device_get(state)),
     }
@@ -123,9 +129,20 @@ def load(path: str | os.PathLike[str]) -> Checkpoint:
             class_names=tuple(payload["class_names"]),
             history=[_epoch_record(record) for record in payload["history"]],
             state=payload["state"],
+            train_data=_train_data(payload.get("train_data")),
         )
     except (KeyError, TypeError, ValueError, ConfigError) as error:
         raise CheckpointError(f"{path}: malformed checkpoint ({error})") from None
+
+
+def _train_data(value: Any) -> dict[str, Any] | None:
+    """A saved `train_data` record (see `save`), TypeError unless None or one of its fields."""
+    if value is None:
+        return None
+    if not (isinstance(value, dict) and isinstance(value.get("source"), str)
+            and type(value.get("examples")) is int and isinstance(value.get("digest"), str)):
+        raise TypeError(f"train_data {value!r:.80}; expected its source, examples and digest")
+    return value
 
 
 def input_shape(value: Any) -> tuple[int, int, int]:

@@ -222,7 +222,14 @@ def test_a_msgpack_list_is_refused_naming_the_file(tmp_path):
 
 def test_a_bad_config_value_is_a_malformed_checkpoint_naming_the_file(small_file):
     rewrite_msgpack(small_file, lambda payload: payload["config"].update(lr=-1))
-    message = f"{small_file}: malformed checkpoint \\(lr must be positive; got -1"
+    message = f"{small_file}: malformed checkpoint \\(lr must be positive and within float32"
+    with pytest.raises(CheckpointError, match=message):
+        checkpoint.load(small_file)
+
+
+def test_a_malformed_training_data_record_is_a_malformed_checkpoint(small_file):
+    rewrite_msgpack(small_file, lambda payload: payload.update(train_data={"examples": "64"}))
+    message = f"{small_file}: malformed checkpoint \\(train_data {{'examples': '64'}}; expected"
     with pytest.raises(CheckpointError, match=message):
         checkpoint.load(small_file)
 

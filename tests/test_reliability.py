@@ -522,6 +522,37 @@ def test_a_resume_onto_another_dataset_names_the_one_it_was_trained_on(
     assert line.endswith("'9'); it was trained on --dataset mnist")
 
 
+def test_a_resume_on_other_training_data_is_refused_unless_overridden(
+    trained, tmp_path, fresh_cache, capsys
+):
+    # Data of the same shape and classes (another --data-dir, another copy of the dataset)
+    # went on training without a word; the run's reports then mixed the two.
+    data, run, _ = trained
+    other = tmp_path / "other"
+    write_idx_set(other, n_train=64, n_test=20, shape=(8, 8), seed=1)  # other labels
+    resume = ["train", "--resume", "--epochs", "2", "--data-dir", str(other)]
+    for name in ("refused", "overridden", "before-the-record"):
+        shutil.copytree(run, tmp_path / name)
+    capsys.readouterr()
+    assert main([*resume, "--out", str(tmp_path / "refused")]) == 2
+    assert one_line_error(capsys, "train") == (
+        f"jaxcifar train: error: the train set in {other} (--data-dir; 64 examples) is not the "
+        f"one {tmp_path / 'refused' / checkpoint.FILENAME} was trained on ({data}; 64 examples, "
+        "other labels, or in another order); pass the --data-dir it was trained on, or "
+        "--override-config to go on training on this data"
+    )
+    assert main([*resume, "--out", str(tmp_path / "overridden"), "--override-config"]) == 0
+    assert checkpoint.load(tmp_path / "overridden").train_data["source"] == str(other)
+    # A checkpoint written before the record was kept is not checked.
+    saved = tmp_path / "before-the-record" / checkpoint.FILENAME
+    rewrite_msgpack(saved, lambda document: document.pop("train_data"))
+    assert checkpoint.load(saved).train_data is None
+    assert main([*resume, "--out", str(tmp_path / "before-the-record")]) == 0
+    # The same data again is no change.
+    shutil.copytree(run, tmp_path / "same")
+    assert main([*resume[:-1], str(data), "--out", str(tmp_path / "same")]) == 0
+
+
 def test_reports_without_epochs_remove_an_earlier_runs_curves(tmp_path):
     from jaxcifar.reports import FIGURES, build_metrics, write_reports
 

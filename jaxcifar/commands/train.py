@@ -394,6 +394,8 @@ def _train(
         other_dataset = saved.config.dataset if saved.config.dataset != config.dataset else None
         check_data_fits_model(train_set, "train", saved.path, saved.input_shape,
                               saved.class_names, trained_dataset=other_dataset)  # fmt: skip
+        if not args.override_config:
+            _check_same_training_data(saved, train_set)
         template = train.state_template(config, input_shape, train_set.num_classes)
         state, history = checkpoint.restore(saved, template), saved.history
 
@@ -407,7 +409,8 @@ def _train(
     def on_epoch_end(state, history):
         with signals.hold():  # a signal now would lose the finished epoch
             checkpoint.save(out, state, config, input_shape=input_shape,
-                            class_names=train_set.class_names, history=history)  # fmt: skip
+                            class_names=train_set.class_names, history=history,
+                            train_data=_training_data(train_set))  # fmt: skip
             in_checkpoint.append((len(history), config))
 
     # In a multi-process run a signal waits for a point where every process can stop with
@@ -467,13 +470,40 @@ def _run_facts(
     facts = {"--" + name.replace("_", "-"): str(value) for name, value in config.to_dict().items()}
     facts["--epoch-mode"] = epoch_mode
     for name, dataset in (("training data", train_set), ("test data", test_set)):
-        facts[name] = f"{len(dataset)} x {dataset.images.shape[1:]}, " + _digest(
-            dataset.labels, dataset.images.shape, dataset.class_names
-        )
+        facts[name] = f"{len(dataset)} x {dataset.images.shape[1:]}, " + _data_digest(dataset)
     facts["epochs trained"] = str(epochs_done)
     facts["checkpoint weights"] = "none" if state is None else _digest(*jax.tree.leaves(state))
     facts["jaxcifar, jax"] = f"{__version__}, {jax.__version__}"
     return facts
+
+
+def _training_data(train_set: Dataset) -> dict[str, Any]:
+    """What a checkpoint records of the training set (`checkpoint.save`'s `train_data`)."""
+    return {"source": train_set.source, "examples": len(train_set),
+            "digest": _data_digest(train_set)}  # fmt: skip
+
+
+def _check_same_training_data(saved: Checkpoint, train_set: Dataset) -> None:
+    """DataError unless `train_set` is the training set `saved` recorded (its size, labels in
+    order, image shape and classes): a resume on other data (another --data-dir, the
+    downloaded release after a JPEG copy) went on training on it without a word. Checkpoints
+    that predate the record are not checked."""
+    recorded, now = saved.train_data, _training_data(train_set)
+    if recorded is None or (recorded["examples"], recorded["digest"]) == (
+        now["examples"], now["digest"]
+    ):
+        return
+    raise DataError(
+        f"the train set in {train_set.source} (--data-dir; {len(train_set)} examples) is not the "
+        f"one {saved.path} was trained on ({recorded['source']}; {recorded['examples']} "
+        "examples, other labels, or in another order); pass the --data-dir it was trained on, "
+        "or --override-config to go on training on this data"
+    )
+
+
+def _data_digest(dataset: Dataset) -> str:
+    """A short hash of a dataset's labels (in order), image shape and class names."""
+    return _digest(dataset.labels, dataset.images.shape, dataset.class_names)
 
 
 def _digest(*parts: Any) -> str:
