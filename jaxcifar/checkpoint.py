@@ -41,9 +41,11 @@ class Checkpoint(NamedTuple):
 
 
 def resolve(path: str | os.PathLike[str]) -> Path:
-    """A checkpoint file, or a run folder holding one (DIR/checkpoint.msgpack)."""
+    """A checkpoint file, or a run folder holding one (DIR/checkpoint.msgpack). A folder named
+    checkpoint.msgpack is the file's place, not a run folder: it reads as a folder where the
+    file should be, not as DIR/checkpoint.msgpack/checkpoint.msgpack missing."""
     path = Path(path)
-    return path / FILENAME if path.is_dir() else path
+    return path / FILENAME if path.is_dir() and path.name != FILENAME else path
 
 
 def save(

@@ -121,6 +121,10 @@ def test_unreadable_checkpoint_is_not_called_corrupt(tmp_path):
     message = f"{tmp_path / checkpoint.FILENAME}: cannot read \\(Is a directory\\)"
     with pytest.raises(CheckpointError, match=message):
         checkpoint.load(tmp_path)
+    # Named itself (`train --resume` and `evaluate --checkpoint RUN/checkpoint.msgpack`), it
+    # was taken for a run folder: "RUN/checkpoint.msgpack/checkpoint.msgpack: no checkpoint".
+    with pytest.raises(CheckpointError, match=message):
+        checkpoint.load(tmp_path / checkpoint.FILENAME)
 
 
 @pytest.mark.parametrize(
