@@ -262,11 +262,22 @@ def _first_line(error: BaseException, default: str) -> str:
 def _platform_failed(error: BaseException) -> bool:
     """Whether `error` is JAX failing to start its backend (the platforms JAX_PLATFORMS
     names, or with a multi-process run's other processes)."""
-    if isinstance(error, RuntimeError):
-        return str(error).startswith("Unable to initialize backend")
+    if isinstance(error, RuntimeError) and str(error).startswith("Unable to initialize backend"):
+        return True
     frames = traceback.extract_tb(error.__traceback__)
     in_backend_setup = os.path.join("jax", "_src", "xla_bridge.py")
-    return bool(frames) and frames[-1].filename.endswith(in_backend_setup)
+    if frames and frames[-1].filename.endswith(in_backend_setup):
+        return True
+    # JAX_PLATFORMS=cuda without the plugin, where the command's first JAX call is a
+    # computation (evaluate's and predict's first key): the AssertionError comes from JAX's
+    # dispatch instead. Whether the backend starts now tells it from any other error.
+    jax = sys.modules.get("jax")
+    if isinstance(error, AssertionError) and jax is not None:
+        try:
+            jax.devices()
+        except (RuntimeError, AssertionError):
+            return True
+    return False
 
 
 def _escape_what_stdout_cannot_encode() -> None:

@@ -362,7 +362,8 @@ def test_bench_without_a_name_never_overwrites_earlier_results(tmp_path, monkeyp
         assert cli.main(["bench", "--out", str(tmp_path)]) == 0
         again = capsys.readouterr()
         assert again.out.split()[0] == str(tmp_path / f"{base}-{number}.json")
-        assert f"{tmp_path} already holds {base}'s results; writing {base}-{number}.* " in again.err
+        assert (f"jaxcifar bench: note: {tmp_path} already holds {base}'s results; writing "
+                f"{base}-{number}.* ") in again.err  # fmt: skip
     assert (tmp_path / f"{base}.json").read_bytes() == earlier
     # An explicit --name is the user's to overwrite.
     assert cli.main(["bench", "--out", str(tmp_path), "--name", base]) == 0

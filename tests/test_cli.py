@@ -1,4 +1,5 @@
 import gc
+import importlib.util
 import os
 import re
 import signal
@@ -268,6 +269,31 @@ def test_a_known_platform_without_its_plugin_is_one_line_too(monkeypatch, capsys
     monkeypatch.setattr("jaxcifar.commands.scratch.run", a_bug)
     with pytest.raises(AssertionError, match="our own assertion"):
         main(["scratch"])  # any other assertion is a bug, and keeps its traceback
+
+
+@pytest.mark.skipif(any(importlib.util.find_spec(f"jax_cuda{v}_plugin") for v in (12, 13)),
+                    reason="JAX's CUDA plugin is installed: JAX_PLATFORMS=cuda may start")
+def test_a_platform_without_its_plugin_is_one_line_where_the_first_jax_call_computes(
+    tmp_path, capsys
+):
+    # predict's (and evaluate's) first JAX call draws a key: the AssertionError then came
+    # from JAX's dispatch, not its backend setup, and was a traceback.
+    from PIL import Image
+
+    write_idx_set(tmp_path / "data", n_train=8, n_test=4, shape=(4, 4))
+    assert main(["train", "--dataset", "mnist", "--model", "mlp", "--mlp-hidden", "4",
+                 "--batch-size", "4", "--epochs", "1", "--data-dir", str(tmp_path / "data"),
+                 "--compile-cache", "none", "--quiet", "--out", str(tmp_path / "run")]) == 0
+    Image.new("L", (4, 4)).save(tmp_path / "digit.png")
+    ran = subprocess.run(
+        [sys.executable, "-m", "jaxcifar", "predict", "--checkpoint", str(tmp_path / "run"),
+         str(tmp_path / "digit.png")],
+        capture_output=True, text=True, timeout=120, env={**os.environ, "JAX_PLATFORMS": "cuda"},
+    )  # fmt: skip
+    assert (ran.returncode, ran.stderr) == (2, (
+        "jaxcifar predict: error: JAX could not start JAX_PLATFORMS='cuda' (no device of it "
+        "found); run where that platform's device and JAX plugin are, or unset JAX_PLATFORMS\n"
+    ))
 
 
 class ExitedAtOnce(Exception):

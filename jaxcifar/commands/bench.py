@@ -95,8 +95,8 @@ def default_stem(out: str) -> str:
     base = f"{device}-{datetime.date.today().isoformat()}"
     stem = output.free_stem(out, base)
     if stem != base:
-        print(f"bench: {out} already holds {base}'s results; writing {stem}.* instead "
-              f"(--name {base} would overwrite them)", file=sys.stderr)  # fmt: skip
+        print(f"jaxcifar bench: note: {out} already holds {base}'s results; writing {stem}.* "
+              f"instead (--name {base} would overwrite them)", file=sys.stderr)  # fmt: skip
     return stem
 
 
