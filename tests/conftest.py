@@ -1,7 +1,9 @@
 """Fixtures shared by the test suite."""
 
+import os
 import re
 import signal
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -68,3 +70,19 @@ def save_speedrun_model() -> Callable[..., Path]:
         input_shape=(32, 32, 3),
     )  # fmt: skip
     return lambda folder, **changes: model_file.save(folder, **{**defaults, **changes})
+
+
+@pytest.fixture
+def sigterm_while_drawing(monkeypatch) -> Callable[[], None]:
+    """A function that arms `jaxcifar.plots.plot_curves` to send this process SIGTERM as it
+    starts drawing: a command is then between two files of its reports."""
+    from jaxcifar import plots
+
+    plot_curves = plots.plot_curves
+
+    def signalled(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.1)  # where the signal would land
+        return plot_curves(*args, **kwargs)
+
+    return lambda: monkeypatch.setattr(plots, "plot_curves", signalled)

@@ -2,14 +2,11 @@
 settings, on the same subsets, and reports it as such."""
 
 import json
-import os
-import signal
-import time
 
 import numpy as np
 import pytest
 
-from jaxcifar import plots, scratch
+from jaxcifar import scratch
 from jaxcifar.cli import main
 from jaxcifar.data import load_split
 from data_files import write_idx_set
@@ -94,19 +91,12 @@ def test_scratch_leaves_a_training_runs_reports_to_it(tmp_path, capsys):
 
 
 def test_a_signal_while_scratch_writes_its_reports_waits_for_the_whole_set(
-    tmp_path, fresh_cache, monkeypatch, capsys
+    tmp_path, fresh_cache, sigterm_while_drawing, capsys
 ):
     # SIGTERM after metrics.json left the figures of an earlier run into that folder beside it.
     data, out = tmp_path / "data", tmp_path / "run"
     write_learnable_idx_set(data)
-    plot_curves = plots.plot_curves
-
-    def signalled_while_drawing(*args, **kwargs):
-        os.kill(os.getpid(), signal.SIGTERM)
-        time.sleep(0.1)  # where the signal would land
-        return plot_curves(*args, **kwargs)
-
-    monkeypatch.setattr(plots, "plot_curves", signalled_while_drawing)
+    sigterm_while_drawing()
     assert main(["scratch", "--dataset", "mnist", "--data-dir", str(data), "--epochs", "1",
                  "--out", str(out)]) == 143  # fmt: skip
     assert capsys.readouterr().err == "jaxcifar scratch: interrupted by SIGTERM\n"

@@ -4,13 +4,10 @@
 """
 
 import json
-import os
-import signal
-import time
 
 import numpy as np
 
-from jaxcifar import checkpoint, plots
+from jaxcifar import checkpoint
 from jaxcifar.cli import main
 from jaxcifar.data import load_split
 from data_files import write_idx_set
@@ -89,7 +86,7 @@ def test_evaluate_leaves_a_training_runs_reports_to_it(shared_data, tmp_path, ca
 
 
 def test_a_signal_while_evaluate_writes_its_reports_waits_for_the_whole_set(
-    tmp_path, fresh_cache, monkeypatch, capsys
+    tmp_path, fresh_cache, sigterm_while_drawing, capsys
 ):
     # SIGTERM between two figures left one figure of three and no metrics.json.
     write_idx_set(tmp_path / "data", n_train=16, n_test=8, shape=(8, 8))
@@ -99,14 +96,7 @@ def test_a_signal_while_evaluate_writes_its_reports_waits_for_the_whole_set(
         "--mlp-hidden", "8", "--batch-size", "8", "--epochs", "1", "--compile-cache", "none",
         "--quiet", "--out", str(run),
     ]) == 0  # fmt: skip
-    plot_curves = plots.plot_curves
-
-    def signalled_while_drawing(*args, **kwargs):
-        os.kill(os.getpid(), signal.SIGTERM)
-        time.sleep(0.1)  # where the signal would land
-        return plot_curves(*args, **kwargs)
-
-    monkeypatch.setattr(plots, "plot_curves", signalled_while_drawing)
+    sigterm_while_drawing()  # once the run has drawn its own
     capsys.readouterr()
     assert main(["evaluate", "--checkpoint", str(run), "--data-dir", str(tmp_path / "data"),
                  "--out", str(evaluated)]) == 143  # fmt: skip
