@@ -390,12 +390,13 @@ def _train(
             f"pools them to 1/{cnn.POOL_SCALE} a side, so it needs {cnn.POOL_SCALE}x"
             f"{cnn.POOL_SCALE} or larger; train --model mlp on them"
         )
+    train_data = _training_data(train_set)  # what each checkpoint records of it
     if saved is not None:
         other_dataset = saved.config.dataset if saved.config.dataset != config.dataset else None
         check_data_fits_model(train_set, "train", saved.path, saved.input_shape,
                               saved.class_names, trained_dataset=other_dataset)  # fmt: skip
         if not args.override_config:
-            _check_same_training_data(saved, train_set)
+            _check_same_training_data(saved, train_data)
         template = train.state_template(config, input_shape, train_set.num_classes)
         state, history = checkpoint.restore(saved, template), saved.history
 
@@ -410,7 +411,7 @@ def _train(
         with signals.hold():  # a signal now would lose the finished epoch
             checkpoint.save(out, state, config, input_shape=input_shape,
                             class_names=train_set.class_names, history=history,
-                            train_data=_training_data(train_set))  # fmt: skip
+                            train_data=train_data)  # fmt: skip
             in_checkpoint.append((len(history), config))
 
     # In a multi-process run a signal waits for a point where every process can stop with
@@ -483,18 +484,18 @@ def _training_data(train_set: Dataset) -> dict[str, Any]:
             "digest": _data_digest(train_set)}  # fmt: skip
 
 
-def _check_same_training_data(saved: Checkpoint, train_set: Dataset) -> None:
-    """DataError unless `train_set` is the training set `saved` recorded (its size, labels in
-    order, image shape and classes): a resume on other data (another --data-dir, the
-    downloaded release after a JPEG copy) went on training on it without a word. Checkpoints
-    that predate the record are not checked."""
-    recorded, now = saved.train_data, _training_data(train_set)
+def _check_same_training_data(saved: Checkpoint, now: dict[str, Any]) -> None:
+    """DataError unless the training set recorded as `now` (`_training_data`) is the one
+    `saved` recorded (its size, labels in order, image shape and classes): a resume on other
+    data (another --data-dir, the downloaded release after a JPEG copy) went on training on
+    it without a word. Checkpoints that predate the record are not checked."""
+    recorded = saved.train_data
     if recorded is None or (recorded["examples"], recorded["digest"]) == (
         now["examples"], now["digest"]
     ):
         return
     raise DataError(
-        f"the train set in {train_set.source} (--data-dir; {len(train_set)} examples) is not the "
+        f"the train set in {now['source']} (--data-dir; {now['examples']} examples) is not the "
         f"one {saved.path} was trained on ({recorded['source']}; {recorded['examples']} "
         "examples, other labels, or in another order); pass the --data-dir it was trained on, "
         "or --override-config to go on training on this data"
