@@ -43,6 +43,13 @@ def check_count(n: int, name: str, error: type[Exception] = ConfigError) -> None
         raise error(f"{name} must be a positive integer; got {n!r}")
 
 
+def class_text(name: str) -> str:
+    """A class name as text, in Unicode NFC (each accented letter one character): macOS writes
+    a folder "café" as "cafe" + a combining accent (NFD), most other systems as NFC, and both
+    name one class."""
+    return unicodedata.normalize("NFC", name)
+
+
 def check_labels(labels: np.ndarray, num_classes: int, where: str) -> None:
     """Raise a DataError naming `where` unless every label lies in [0, num_classes)."""
     if problem := out_of_range(labels, num_classes):
@@ -95,9 +102,10 @@ class Dataset:
         data a model was not built for (another size fails deep in JAX, other names
         silently mislabel every class). Names are compared as text (Unicode NFC): a checkpoint
         may hold a name as macOS wrote its folder, "cafe" + a combining accent."""
+        names = tuple(map(class_text, self.class_names)), tuple(map(class_text, class_names))
         for what, found, expected in (
             ("image shape (H, W, C)", tuple(self.images.shape[1:]), tuple(image_shape)),
-            ("classes", _as_text(self.class_names), _as_text(class_names)),
+            ("classes", *names),
         ):
             if found != expected:
                 return what, found, expected
@@ -117,8 +125,3 @@ class Dataset:
             return self
         index = np.sort(np.random.default_rng(seed).permutation(len(self))[:n])
         return dataclasses.replace(self, images=self.images[index], labels=self.labels[index])
-
-
-def _as_text(names: Sequence[str]) -> tuple[str, ...]:
-    """`names` in Unicode NFC, where each accented letter is one character."""
-    return tuple(unicodedata.normalize("NFC", name) for name in names)

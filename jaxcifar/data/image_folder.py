@@ -17,13 +17,14 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import unicodedata
 import warnings
 from collections.abc import Iterable
 
 import numpy as np
 
-from jaxcifar.data.dataset import CIFAR10_CLASSES, CLASS_NAMES, IMAGE_SHAPES, SPLITS, Dataset
+from jaxcifar.data.dataset import (
+    CIFAR10_CLASSES, CLASS_NAMES, IMAGE_SHAPES, SPLITS, Dataset, class_text,
+)
 from jaxcifar.data.image_file import decode_all
 from jaxcifar.data.tree import Tree
 from jaxcifar.errors import DataError
@@ -184,9 +185,7 @@ def _class_members(tree: Tree, split: str) -> dict[str, list[str]]:
                 f"{tree.describe(f'{split}/{name}')}/: empty class folder "
                 f"(expected {_IMAGES} images)"
             )
-        # One name, one class, however its accents are encoded: macOS writes "café" as
-        # "cafe" + a combining accent (NFD), most other systems as one "é" (NFC).
-        text = unicodedata.normalize("NFC", name)
+        text = class_text(name)  # one name, one class, however its accents are encoded
         if text in by_text:
             raise DataError(
                 f"{tree.describe(split)}/: two class folders are named {text!r}, with its "
