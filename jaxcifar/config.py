@@ -28,7 +28,7 @@ INT32_MAX = 2**31 - 1  # step counters, seeds and counts that reach jitted code 
 SEED_MAX = INT32_MAX  # seeds travel as int32 into jitted code
 # The optimizer's numbers are float32, the parameters' type whatever the compute dtype: an lr
 # of 1e-50 became 0 there (a run that never moved), a momentum of 0.99999999999 became 1.
-FLOAT32_TINY, FLOAT32_MAX = 2.0**-126, float(np.finfo(np.float32).max)
+FLOAT32_TINY, FLOAT32_MAX = float(np.finfo(np.float32).tiny), float(np.finfo(np.float32).max)
 
 
 @dataclasses.dataclass(frozen=True)
