@@ -70,12 +70,24 @@ def test_changed_source_gets_a_new_entry(tmp_path, fresh_cache):
     assert len(list(fresh_cache.iterdir())) == 2
 
 
-def test_unwritable_cache_only_warns(archive, tmp_path, monkeypatch):
+def test_unwritable_cache_only_warns_once_and_decodes_once_for_both_splits(
+    archive, tmp_path, monkeypatch
+):
+    # train loads both splits: it decoded the source twice, and warned twice.
     blocker = tmp_path / "file"
     blocker.write_text("")
     monkeypatch.setenv("JAXCIFAR_CACHE", str(blocker / "cache"))
-    with pytest.warns(UserWarning, match="could not write the dataset cache"):
-        assert len(load("cifar10", "train", data_dir=archive)) == 2
+    reads = []
+    monkeypatch.setattr(tree, "read_tar", lambda path, read=tree.read_tar: reads.append(path)
+                        or read(path))  # fmt: skip
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        train = load("cifar10", "train", data_dir=archive)
+        test = load("cifar10", "test", data_dir=archive)
+    [warned] = caught
+    assert str(warned.message).startswith(f"could not write the dataset cache {blocker}/cache/")
+    assert reads == [archive] and len(train) == len(test) == 2
+    assert test.labels.tolist() == [0, 1] and test.images[0, 0, 0, 1] == 50
 
 
 def test_data_dir_errors(tmp_path, fresh_cache):

@@ -91,6 +91,29 @@ def test_images_one_folder_too_deep_are_warned_of_on_the_command_line(tmp_path, 
     )
 
 
+def test_skipped_files_are_warned_of_on_every_load_not_only_the_decoding_one(
+    tmp_path, fresh_cache
+):
+    # A second command read the cache and trained on fewer files without a word.
+    write_tree(tmp_path / "data")
+    (tmp_path / "data" / "test" / "cat" / "notes.txt").write_text("skipped")
+    (tmp_path / "data" / "train" / "cat" / "more").mkdir()
+    (tmp_path / "data" / "train" / "cat" / "more" / "0.png").write_text("skipped")
+    expected = {
+        split: f"{tmp_path / 'data'}/{split}/: skipped 1 file(s) that are not {split}/<class>/"
+        f"*.png|jpg|jpeg|bmp|gif|webp|tif|tiff images, such as {tmp_path / 'data'}/{split}/cat/"
+        + ("notes.txt" if split == "test" else "more/0.png")
+        for split in ("train", "test")
+    }
+    for load_number in range(2):  # the first decodes both splits, the second reads the cache
+        for split in ("train", "test"):
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                load("cifar10", split, data_dir=tmp_path / "data")
+            assert [str(w.message) for w in caught] == [expected[split]]
+    assert len(list(fresh_cache.iterdir())) == 1
+
+
 CAFE_NFC, CAFE_NFD = "caf\u00e9", "cafe\u0301"  # one name, its accent encoded two ways
 
 

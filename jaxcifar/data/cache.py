@@ -28,7 +28,9 @@ CACHE_ENV = "JAXCIFAR_CACHE"
 # (CIFAR-10 as fashion_mnist, Fashion-MNIST as mnist) must not be served.
 # 3: image folders read .bmp, .gif, .webp and .tif(f) images too, turned upright as their
 # EXIF Orientation tags say, their class folder names in Unicode NFC.
-FORMAT = b"jaxcifar-cache-3"
+# 4: each split's `Dataset.notes` (an image folder's skipped files) are stored, to be warned
+# of on every load, not only the one that decoded the source.
+FORMAT = b"jaxcifar-cache-4"
 _CHUNK = 1 << 20
 
 
@@ -93,17 +95,20 @@ def read_split(path: Path, split: str, source: str) -> Dataset | None:
                 entry[f"{split}_labels"],
                 tuple(str(name) for name in entry["class_names"]),
                 source=source,
+                notes=tuple(str(note) for note in entry[f"{split}_notes"]),
             )
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, DataError):
         return None
 
 
-def write(path: Path, splits: Mapping[str, Dataset]) -> None:
-    """Store every split of one source. A cache that can't be written only costs speed."""
+def write(path: Path, splits: Mapping[str, Dataset]) -> bool:
+    """Store every split of one source; whether it was stored. A cache that can't be written
+    only costs speed, and is warned of."""
     arrays = {"class_names": np.array(next(iter(splits.values())).class_names)}
     for split, dataset in splits.items():
         arrays[f"{split}_images"] = dataset.images
         arrays[f"{split}_labels"] = dataset.labels
+        arrays[f"{split}_notes"] = np.array(dataset.notes, dtype=str)
     try:
         with atomic_path(path) as tmp:
             np.savez(tmp, **arrays)
@@ -116,3 +121,5 @@ def write(path: Path, splits: Mapping[str, Dataset]) -> None:
             "folder): the data is decoded again on every load",
             stacklevel=2,
         )
+        return False
+    return True

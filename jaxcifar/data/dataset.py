@@ -65,12 +65,16 @@ class Dataset:
       labels: (N,) int32 in [0, len(class_names)).
       class_names: the name of each label, in label order.
       source: where the arrays came from (a path), for reports.
+      notes: what the reader left out of the source, to warn of each time the split is
+        loaded (files of an image folder that are not its images), whether it was decoded
+        or read from the cache.
     """
 
     images: np.ndarray
     labels: np.ndarray
     class_names: tuple[str, ...]
     source: str = ""
+    notes: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         where = self.source or "dataset"

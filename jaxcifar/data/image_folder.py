@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import warnings
 from collections.abc import Iterable
 
 import numpy as np
@@ -51,8 +50,8 @@ def read(tree: Tree, name: str) -> dict[str, Dataset]:
       tree: holds `train/<class>/<image>` and `test/<class>/<image>` (suffixes in
         `IMAGE_SUFFIXES`, in any case). Other files beside the splits (a README) are ignored;
         those inside a split that are not such images (`train/cat/notes.txt`, a nested
-        `train/cat/more/1.png`) are skipped with a warning; hidden ones (`.DS_Store`,
-        `.ipynb_checkpoints/`) are not in a `Tree`.
+        `train/cat/more/1.png`) are skipped, and named in that split's `Dataset.notes`;
+        hidden ones (`.DS_Store`, `.ipynb_checkpoints/`) are not in a `Tree`.
       name: the dataset asked for, a key of `IMAGE_SHAPES`.
     Returns:
       {"train": ..., "test": ...}: images (N, H, W, 3 for cifar10 or 1) uint8 sorted by class
@@ -61,7 +60,9 @@ def read(tree: Tree, name: str) -> dict[str, Dataset]:
       DataError: a split or class folder missing or empty, an undecodable image, an image
         whose size differs from the others, or a tree that looks like another dataset.
     """
-    members = {split: _class_members(tree, split) for split in SPLITS}
+    members, notes = {}, {}
+    for split in SPLITS:
+        members[split], notes[split] = _class_members(tree, split)
     train_classes, test_classes = (set(members[split]) for split in SPLITS)
     if train_classes != test_classes:
         raise DataError(
@@ -103,8 +104,8 @@ def read(tree: Tree, name: str) -> dict[str, Dataset]:
             pixels[i] = image
     train_images, test_images = np.split(pixels, [len(paths["train"])])
     return {
-        "train": Dataset(train_images, labels["train"], class_names, tree.where),
-        "test": Dataset(test_images, labels["test"], class_names, tree.where),
+        "train": Dataset(train_images, labels["train"], class_names, tree.where, notes["train"]),
+        "test": Dataset(test_images, labels["test"], class_names, tree.where, notes["test"]),
     }
 
 
@@ -146,17 +147,17 @@ def _check_size(where: str, name: str, shape: tuple[int, ...]) -> None:
         )
 
 
-def _class_members(tree: Tree, split: str) -> dict[str, list[str]]:
-    """{class folder name, in Unicode NFC: sorted image paths} under `split/`; every class
-    non-empty and named in UTF-8 text. Other files under `split/` are warned of, not read: a
-    user who put images one folder deeper, or in another format, must not train on fewer
-    without a word."""
+def _class_members(tree: Tree, split: str) -> tuple[dict[str, list[str]], tuple[str, ...]]:
+    """{class folder name, in Unicode NFC: sorted image paths} under `split/`, every class
+    non-empty and named in UTF-8 text; and the note of other files under `split/`, which are
+    not read: a user who put images one folder deeper, or in another format, must not train
+    on fewer without a word."""
     classes: dict[str, list[str]] = {
         folder.split("/")[1]: []
         for folder in tree.folders
         if folder.startswith(f"{split}/") and folder.count("/") == 1
     }
-    skipped = []
+    skipped, notes = [], ()
     for path in sorted(tree.files):
         parts = path.split("/")
         if parts[0] != split:
@@ -166,10 +167,9 @@ def _class_members(tree: Tree, split: str) -> dict[str, list[str]]:
         else:
             skipped.append(path)
     if skipped:
-        warnings.warn(
+        notes = (
             f"{tree.describe(split)}/: skipped {len(skipped)} file(s) that are not "
             f"{split}/<class>/{_IMAGES} images, such as {_printable(tree.describe(skipped[0]))}",
-            stacklevel=2,
         )
     if not classes:
         raise DataError(f"{tree.describe(split)}/: no class folders with images; expected {LAYOUT}")
@@ -192,7 +192,7 @@ def _class_members(tree: Tree, split: str) -> dict[str, list[str]]:
                 "accents encoded two ways (Unicode NFC and NFD): merge them or rename one"
             )
         by_text[text] = paths
-    return by_text
+    return by_text, notes
 
 
 def _is_utf8(name: str) -> bool:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -20,6 +21,12 @@ from jaxcifar.data.dataset import CLASS_NAMES, SPLITS, Dataset, check_count
 from jaxcifar.errors import ConfigError, DataError
 
 DATA_DIR_ENV = "JAXCIFAR_DATA_DIR"
+
+# The splits of the last source decoded where its cache entry could not be written, by that
+# entry and the source's path: `train` loads both splits, and would otherwise decode the
+# source (and warn of the cache) once for each. One source only, so a long-lived process
+# holds no more than one load's arrays.
+_UNCACHED: dict[tuple[Path, str], dict[str, Dataset]] = {}
 
 # The names a dataset's folder or archive may start with, e.g. `fashion-mnist/`, followed by
 # anything but a digit (`cifar-100-python/` is CIFAR-100's). No alias starts with another
@@ -78,6 +85,7 @@ def load(name: str, split: str, *, data_dir: str | os.PathLike[str] | None = Non
         official release, downloaded on first use (`jaxcifar.data.download`).
     Returns:
       A `Dataset`: images (N, H, W, C) uint8 (C = 3 for cifar10, 1 otherwise), labels (N,) int32.
+      Its `notes` (files the reader skipped) are warned of here, on every load.
     Raises:
       ConfigError: an unknown dataset or split name.
       DataError: the data is missing or malformed (the message names the file), looks like
@@ -97,9 +105,14 @@ def load(name: str, split: str, *, data_dir: str | os.PathLike[str] | None = Non
     entry = cache.entry_path(name, copy.digest())
     dataset = cache.read_split(entry, split, source=copy.source)
     if dataset is None:
-        splits = copy.read()
-        cache.write(entry, splits)
+        key = entry, copy.source
+        splits = _UNCACHED.get(key) or copy.read()
+        if key not in _UNCACHED and not cache.write(entry, splits):
+            _UNCACHED.clear()
+            _UNCACHED[key] = splits
         dataset = splits[split]
+    for note in dataset.notes:
+        warnings.warn(note, stacklevel=2)
     return dataset
 
 
