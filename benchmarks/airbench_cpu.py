@@ -5,22 +5,33 @@ CUDA events. `airbench_on_cpu` makes `Module.half` and `Module.cuda` no-ops (so 
 float32 on the CPU), stubs the CUDA timers, and replaces the test loader its `train` builds
 from cifar10/test.pt (unused when not verbose). torchvision, which airbench imports for
 downloading CIFAR-10 and for `Normalize`, is replaced by a stub when it does not import (a
-CPU-only torch often lacks a matching torchvision).
+CPU-only torch often lacks a matching torchvision). Importing this module needs neither
+torch nor airbench (`airbench_missing` says which is missing); its functions need both.
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import sys
 import types
 from collections.abc import Iterator
 from unittest import mock
 
-import torch
+
+def airbench_missing() -> str | None:
+    """Why airbench94 cannot run here, or None when it can."""
+    if importlib.util.find_spec("torch") is None:
+        return "torch is not installed"
+    if importlib.util.find_spec("airbench") is None:
+        return "the airbench package is not installed (pip install --no-deps airbench)"
+    return None
 
 
 def import_airbench() -> tuple[types.ModuleType, types.ModuleType]:
     """(airbench.utils, airbench.lib_airbench94), with torchvision stubbed if it fails."""
+    import torch
+
     try:
         import torchvision  # noqa: F401
     except Exception:  # an ABI mismatch raises RuntimeError, not ImportError
@@ -54,6 +65,7 @@ def airbench_on_cpu(utils: types.ModuleType) -> Iterator[None]:
     """airbench's model building and `train` on the CPU in float32: no half(), no cuda(), no
     CUDA timers, no test loader (its `train` builds one from cifar10/test.pt; unused when
     not verbose)."""
+    import torch
 
     class Timer:
         def __init__(self, **_):

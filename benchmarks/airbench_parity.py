@@ -36,13 +36,18 @@ from unittest import mock
 import jax
 import jax.numpy as jnp
 import numpy as np
-import torch
 
-from airbench_cpu import airbench_on_cpu, import_airbench, net_widths
+try:
+    import torch
+except ModuleNotFoundError:  # --help needs no torch; main says what is missing
+    pass
+
+from airbench_cpu import airbench_missing, airbench_on_cpu, import_airbench, net_widths
 from bench_paths import RESULTS, SHARED_DATA, run_script
 from jaxcifar.atomic import atomic_write_text
 from jaxcifar.data import load
 from jaxcifar.data.preprocess import channel_stats, standardize
+from jaxcifar.errors import ConfigError
 from jaxcifar.speedrun import net, optimizer, whitening
 from jaxcifar.speedrun import recipe as recipes
 from jaxcifar.speedrun import train as speedrun
@@ -267,6 +272,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
+    if reason := airbench_missing():
+        raise ConfigError(f"{reason}: this check runs airbench's own code beside ours")
     utils, lib94 = import_airbench()
     torch.manual_seed(args.seed)
 

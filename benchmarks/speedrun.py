@@ -26,7 +26,6 @@ import argparse
 import contextlib
 import dataclasses
 import functools
-import importlib.util
 import os
 import sys
 import tempfile
@@ -38,6 +37,7 @@ from pathlib import Path
 # JAX would otherwise reserve 75% of the GPU's memory, starving PyTorch in the same process.
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
+from airbench_cpu import airbench_missing  # noqa: E402
 from bench_paths import RESULTS, SHARED_DATA, run_script  # noqa: E402
 from jaxcifar.data import load_split  # noqa: E402
 from jaxcifar.bench import environment  # noqa: E402
@@ -47,15 +47,6 @@ from jaxcifar.speedrun import measure  # noqa: E402
 from jaxcifar.speedrun.recipe import DTYPES, EPOCH_MODES, Recipe  # noqa: E402
 
 AIRBENCH = "airbench94"
-
-
-def airbench_missing() -> str | None:
-    """Why airbench94 cannot run here, or None when it can."""
-    if importlib.util.find_spec("torch") is None:
-        return "torch is not installed"
-    if importlib.util.find_spec("airbench") is None:
-        return "the airbench package is not installed (pip install --no-deps airbench)"
-    return None
 
 
 def write_airbench_data(root: Path, train_set: Dataset, test_set: Dataset) -> None:

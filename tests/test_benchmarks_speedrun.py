@@ -114,3 +114,21 @@ def test_a_benchmark_given_a_missing_data_dir_ends_in_one_line_naming_it(tmp_pat
                           capture_output=True, text=True, cwd=tmp_path)  # fmt: skip
     expected = f"{script}: error: data dir {missing} does not exist\n"
     assert (done.returncode, done.stderr) == (2, expected)
+
+
+def test_the_airbench_parity_check_shows_its_help_and_says_what_is_missing_without_torch():
+    # It imported torch first: --help, and a run where torch is not installed, were
+    # ModuleNotFoundError tracebacks.
+    import importlib.util
+    import subprocess
+
+    script = str(BENCHMARKS / "airbench_parity.py")
+    shown = subprocess.run([sys.executable, script, "--help"], capture_output=True, text=True)
+    assert shown.returncode == 0 and shown.stdout.startswith("usage: airbench_parity.py [-h]")
+    if importlib.util.find_spec("torch") is not None:
+        pytest.skip("torch is installed here, so nothing is missing")
+    done = subprocess.run([sys.executable, script], capture_output=True, text=True)
+    assert (done.returncode, done.stderr) == (
+        2, "airbench_parity.py: error: torch is not installed: this check runs airbench's own "
+        "code beside ours\n"
+    )  # fmt: skip
