@@ -18,6 +18,8 @@ from jaxcifar.errors import ConfigError
 MODELS = ("cnn", "mlp")
 DATASETS = tuple(CLASS_NAMES)
 OPTIMIZERS = ("sgd", "nesterov", "adam", "adamw")
+# The optimizers `momentum` applies to; adam and adamw use optax's own betas (0.9, 0.999).
+MOMENTUM_OPTIMIZERS = ("sgd", "nesterov")
 SCHEDULES = ("constant", "cosine", "onecycle")
 DTYPES = ("float32", "bfloat16")
 ACTIVATIONS = ("sigmoid", "relu")  # jax.nn's functions of these names (`models.mlp`)
@@ -115,14 +117,19 @@ class RunConfig:
 
         That is every field (another value would train the remaining epochs as another run
         than the one the checkpoint's epochs and metrics.json describe) but `limit_test`, which
-        picks the evaluation subset only, and `epochs` under a constant schedule: raising it is
-        how a run is extended. A cosine or one-cycle schedule spans the whole run, so another
+        picks the evaluation subset only, `momentum` between two runs of an optimizer that
+        ignores it (adam, adamw), and `epochs` under a constant schedule: raising it is how a
+        run is extended. A cosine or one-cycle schedule spans the whole run, so another
         epoch count would move the rate off the saved run's curve (up, when raised) at the
         step the run resumes from."""
         changes = []
         for name in (field.name for field in dataclasses.fields(self)):
             before, now = getattr(saved, name), getattr(self, name)
             if before == now or name == "limit_test":
+                continue
+            if name == "momentum" and {saved.optimizer, self.optimizer}.isdisjoint(
+                MOMENTUM_OPTIMIZERS
+            ):
                 continue
             if name != "epochs":
                 changes.append(f"{name}: {before!r} -> {now!r}")

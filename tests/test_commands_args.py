@@ -219,6 +219,18 @@ def test_mlp_flags_are_refused_for_the_cnn(tmp_path, capsys):
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize("optimizer", ["adam", "adamw"])
+def test_momentum_is_refused_for_the_adam_optimizers(optimizer, tmp_path, capsys):
+    # Ignored without a word: --momentum 0.5 trained with Adam's b1 of 0.9.
+    argv = ["train", "--optimizer", optimizer, "--momentum", "0.5", "--out", str(tmp_path / "r")]
+    assert main(argv) == 2
+    assert capsys.readouterr().err == (
+        "jaxcifar train: error: --momentum: for --optimizer sgd or nesterov; this run's "
+        f"optimizer, {optimizer}, uses optax's betas (0.9, 0.999)\n"
+    )
+    assert not (tmp_path / "r").exists()
+
+
 @pytest.mark.parametrize("value", ["inf", "nan"])
 @pytest.mark.parametrize("command, flag", [("scratch", "--lr"), ("speedrun", "--epochs"),
                                            ("bench", "--seconds-per-case")])  # fmt: skip

@@ -93,6 +93,19 @@ def test_resume_refuses_any_change_that_trains_another_run():
     ]  # fmt: skip
 
 
+def test_resume_of_an_adam_run_ignores_the_momentum_it_ignores():
+    # Listed as a change, refused without --override-config, though Adam never reads it.
+    saved = RunConfig(optimizer="adam", momentum=0.5)
+    assert RunConfig(optimizer="adam").resume_changes(saved) == []
+    assert RunConfig(optimizer="adamw").resume_changes(saved) == ["optimizer: 'adam' -> 'adamw'"]
+    assert RunConfig(optimizer="sgd").resume_changes(saved) == [
+        "optimizer: 'adam' -> 'sgd'", "momentum: 0.5 -> 0.9"
+    ]
+    assert RunConfig(optimizer="adam").resume_changes(RunConfig(momentum=0.5)) == [
+        "optimizer: 'sgd' -> 'adam'", "momentum: 0.5 -> 0.9"
+    ]
+
+
 def test_resume_may_evaluate_on_another_test_subset():
     saved = RunConfig(limit_test=100)
     assert dataclasses.replace(saved, limit_test=None).resume_changes(saved) == []

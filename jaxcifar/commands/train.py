@@ -34,7 +34,8 @@ from jaxcifar.commands._args import (
     momentum, non_negative_float, output_folder, positive_float, positive_int, seed_int,
 )
 from jaxcifar.config import (
-    ACTIVATIONS, DATASETS, DTYPES, MODELS, OPTIMIZERS, RECIPES, SCHEDULES, RunConfig,
+    ACTIVATIONS, DATASETS, DTYPES, MODELS, MOMENTUM_OPTIMIZERS, OPTIMIZERS, RECIPES, SCHEDULES,
+    RunConfig,
 )  # fmt: skip
 from jaxcifar.errors import CheckpointError, ConfigError, DataError, TrainingDiverged
 from jaxcifar.interrupt import Interrupted, StopOnSignal
@@ -73,8 +74,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         ("--batch-size", dict(type=positive_int)),
         ("--optimizer", dict(choices=OPTIMIZERS)),
         ("--lr", dict(type=positive_float, help="peak learning rate")),
-        ("--momentum", dict(type=momentum, help="sgd / nesterov only: adam and "
-                            "adamw ignore it (optax's b1=0.9, b2=0.999)")),
+        ("--momentum", dict(type=momentum, help="sgd / nesterov only (adam and adamw "
+                            "use optax's b1=0.9, b2=0.999)")),
         ("--weight-decay", dict(type=non_negative_float, help="sgd, nesterov, adam: coupled "
                                 "L2 (wd * params added to the gradient); adamw: decoupled "
                                 "(lr * wd * params subtracted beside the Adam step)")),
@@ -236,6 +237,11 @@ def _run_holding_out(args: argparse.Namespace) -> int:
     if mlp_flags and config.model != "mlp":  # else ignored, yet kept in the configuration
         raise ConfigError(f"{' and '.join(mlp_flags)}: for --model mlp; this run's model is "
                           f"{config.model}")  # fmt: skip
+    if hasattr(args, "momentum") and config.optimizer not in MOMENTUM_OPTIMIZERS:
+        raise ConfigError(  # it would be ignored without a word (b1 is not a momentum)
+            f"--momentum: for --optimizer {' or '.join(MOMENTUM_OPTIMIZERS)}; this run's "
+            f"optimizer, {config.optimizer}, uses optax's betas (0.9, 0.999)"
+        )
     from jaxcifar import train
 
     # Refused before touching --out or loading data; the device count is known already.
