@@ -85,6 +85,17 @@ def test_a_16_bit_grayscale_image_is_scaled_to_8_bits_not_clipped_white():
     np.testing.assert_array_equal(rgb, np.repeat(expected[..., None], 3, axis=-1))
 
 
+@pytest.mark.parametrize("fmt", ["PNG", "TIFF"])
+def test_a_16_bit_image_is_turned_upright_as_its_exif_orientation_says(fmt):
+    pixels = np.arange(6, dtype=np.uint16).reshape(2, 3) * 257 * 40
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    encoded = io.BytesIO()
+    Image.fromarray(pixels).save(encoded, fmt, exif=exif)
+    upright = decode(encoded.getvalue(), "L", f"deep.{fmt}")
+    np.testing.assert_array_equal(upright[..., 0], np.rot90(pixels // 257, -1))
+
+
 def test_16_bit_values_round_to_the_nearest_8_bit_level_not_down():
     # 255/65535 of each: 128 -> 0.498, 129 -> 0.502, 386 -> 1.502, 65534 -> 254.996.
     # Truncating would give 0, 0, 1, 254.
