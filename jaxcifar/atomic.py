@@ -9,6 +9,7 @@ same host removes those whose process is gone, so a crash leaves litter at most 
 from __future__ import annotations
 
 import contextlib
+import errno
 import glob
 import hashlib
 import json
@@ -28,11 +29,17 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     raises, the temporary file is removed and `path` is left untouched. The temporary
     name keeps `path`'s suffix so libraries that pick a format by suffix still work. A
     symbolic link is written through, as `open` writes (to its target, even one still to be
-    made): replaced by the new file, the user's link was lost.
+    made, but in a folder that exists: FileNotFoundError naming `path` otherwise); replaced
+    by the new file, the user's link was lost.
     """
     named = Path(path)
-    target = Path(os.path.realpath(named)) if named.is_symlink() else named
-    target.parent.mkdir(parents=True, exist_ok=True)
+    if named.is_symlink():
+        target = Path(os.path.realpath(named))
+        if not target.parent.is_dir():  # open() makes no folder for a link's target, nor this
+            raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), str(named))
+    else:
+        target = named
+        target.parent.mkdir(parents=True, exist_ok=True)
     owner = _owner(target)
     remove_dead_temporaries(target, owner)
     fd, tmp_name = tempfile.mkstemp(

@@ -182,6 +182,19 @@ def test_a_long_name_with_a_suffix_outside_ascii_is_written(tmp_path):
     assert [path.name for path in tmp_path.iterdir()] == [name]
 
 
+def test_a_link_into_a_folder_that_does_not_exist_is_not_written_through(tmp_path):
+    # The link's target's missing folders were made, wherever it pointed (/nonexist/ at the
+    # file system's root); open() makes no folder, and fails.
+    link = tmp_path / "link.png"
+    link.symlink_to(tmp_path / "nowhere" / "deep" / "grid.png")
+    with pytest.raises(FileNotFoundError) as refused:
+        atomic_write_text(link, "text")
+    assert (refused.value.strerror, refused.value.filename) == (
+        "No such file or directory", str(link)
+    )
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["link.png"]
+
+
 def test_a_symbolic_link_is_written_through_not_replaced(tmp_path):
     # `data show --out link.png` replaced the user's link with a file of its own.
     (tmp_path / "real").mkdir()

@@ -165,6 +165,22 @@ def test_an_out_through_a_symbolic_link_to_nothing_is_refused_before_the_work(tm
     _args.check_writable_folder(out)
 
 
+def test_a_file_out_linked_into_a_folder_that_does_not_exist_is_refused_before_the_work(
+    tmp_path,
+):
+    # data show made the link's target's missing folders, wherever the link pointed.
+    link = tmp_path / "grid.png"
+    link.symlink_to(tmp_path / "nowhere" / "grid.png")
+    with pytest.raises(ConfigError) as refused:
+        _args.check_writable_file(link)
+    assert str(refused.value) == (
+        f"--out {link}: cannot write there (a symbolic link to {tmp_path / 'nowhere'}/grid.png, "
+        "whose folder does not exist)"
+    )
+    (tmp_path / "nowhere").mkdir()  # its target is then a file still to make, as open makes
+    _args.check_writable_file(link)
+
+
 @pytest.mark.parametrize(
     "command",
     [

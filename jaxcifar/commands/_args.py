@@ -253,6 +253,13 @@ def check_writable_file(path: Path) -> None:
     folder = path.parent
     if path.is_dir():
         raise ConfigError(f"--out {path} is a folder; expected a file name")
+    if path.is_symlink():  # written through, as open() writes: into its target's folder
+        folder = Path(os.path.realpath(path)).parent
+        if not folder.is_dir():
+            raise ConfigError(
+                f"--out {path}: cannot write there (a symbolic link to {os.readlink(path)}, "
+                "whose folder does not exist)"
+            )
     if folder.exists() and not folder.is_dir():
         raise ConfigError(f"--out {path}: {folder} is a file, not a folder")
     if reason := _probe(folder):
