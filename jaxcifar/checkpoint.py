@@ -9,9 +9,7 @@ every key derives from config.seed and the epoch (see `jaxcifar.train`).
 
 from __future__ import annotations
 
-import errno
 import os
-import stat
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -22,6 +20,7 @@ from flax import serialization
 from jaxcifar.atomic import atomic_write_bytes
 from jaxcifar.config import RunConfig
 from jaxcifar.errors import CheckpointError, ConfigError, cannot_read
+from jaxcifar.files import read_regular_file
 
 FORMAT = "jaxcifar-checkpoint"
 VERSION = 1
@@ -74,17 +73,6 @@ def save(
     path = Path(directory) / FILENAME
     atomic_write_bytes(path, serialization.msgpack_serialize(payload))
     return path
-
-
-def read_regular_file(path: Path) -> bytes:
-    """`path`'s bytes; OSError for what is not a regular file: a device (`/dev/zero`) was read
-    until memory ran out, and a FIFO without a writer blocks its reader for ever (opened
-    without blocking here, so that it can be refused)."""
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
-    with os.fdopen(fd, "rb") as file:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise OSError(errno.EINVAL, "not a regular file", str(path))
-        return file.read()
 
 
 def read_tagged(path: Path, format_tag: str, version: int, what: str) -> dict[str, Any]:

@@ -2,9 +2,11 @@
 `jaxcifar predict` call it."""
 
 import io
+import os
 import struct
 import warnings
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -47,6 +49,19 @@ def test_an_image_is_turned_upright_as_its_exif_orientation_says(tmp_path, orien
     Image.fromarray(pixels).save(path, exif=exif)
     np.testing.assert_array_equal(decode(path, "RGB", "photo.png"), turn(pixels))
     np.testing.assert_array_equal(read_image(path, turn(pixels).shape), turn(pixels))
+
+
+def test_what_is_not_a_regular_file_is_refused_not_read(tmp_path):
+    # A FIFO without a writer blocked `predict` for ever; a missing file and a folder were
+    # "not a readable image (FileNotFoundError: [Errno 2] ...)".
+    fifo = tmp_path / "fifo.png"
+    os.mkfifo(fifo)
+    for path, reason in [(fifo, "not a regular file"), (Path("/dev/zero"), "not a regular file"),
+                         (tmp_path, "Is a directory"),
+                         (tmp_path / "gone.png", "No such file or directory")]:  # fmt: skip
+        with pytest.raises(DataError) as refused:
+            decode(path, "RGB", f"named {path.name}")
+        assert str(refused.value) == f"named {path.name}: cannot read ({reason})"
 
 
 def test_a_broken_exif_tag_is_read_past_without_a_warning_that_names_no_file():

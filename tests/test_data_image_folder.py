@@ -114,6 +114,17 @@ def test_skipped_files_are_warned_of_on_every_load_not_only_the_decoding_one(
     assert len(list(fresh_cache.iterdir())) == 1
 
 
+def test_a_fifo_among_the_images_is_named_not_read(tmp_path, fresh_cache):
+    # Its read blocked the load for ever.
+    write_tree(tmp_path / "data")
+    os.mkfifo(tmp_path / "data" / "train" / "cat" / "2.png")
+    with pytest.raises(DataError) as refused:
+        load("cifar10", "train", data_dir=tmp_path / "data")
+    assert str(refused.value) == (
+        f"{tmp_path / 'data'}/train/cat/2.png: cannot read (not a regular file)"
+    )
+
+
 CAFE_NFC, CAFE_NFD = "caf\u00e9", "cafe\u0301"  # one name, its accent encoded two ways
 
 

@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
-from jaxcifar.errors import DataError
+from jaxcifar.errors import DataError, cannot_read
+from jaxcifar.files import read_regular_file
 
 
 def decode(
@@ -31,8 +32,9 @@ def decode(
       where: names the file in messages.
       size: (width, height) to resize to, bilinearly; None keeps the file's own size.
     Raises:
-      DataError naming `where` (never Pillow's name for the bytes it read): a missing, empty
-        or non-image file, one of more than Image.MAX_IMAGE_PIXELS pixels, or one of
+      DataError naming `where` (never Pillow's name for the bytes it read): a missing or
+        unreadable path, or one that is not a regular file (a folder, a FIFO); an empty or
+        non-image file, one of more than Image.MAX_IMAGE_PIXELS pixels, or one of
         floating-point or 32-bit integer pixels.
     """
     (pixels,) = decode_all([(source, where)], mode, size)
@@ -63,8 +65,13 @@ def decode_all(
 def _decode(
     source: bytes | Path, mode: str, where: str, size: tuple[int, int] | None
 ) -> np.ndarray:
+    if not isinstance(source, bytes):
+        try:
+            source = read_regular_file(source)  # a FIFO passed to Pillow blocked for ever
+        except OSError as error:
+            raise DataError(cannot_read(where, error)) from None
     try:
-        with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as image:
+        with Image.open(io.BytesIO(source)) as image:
             if size is not None:  # before the pixels are read, as a draft must be
                 # JPEG: decode at 1/2 to 1/8 scale if still at least `size`, turned or not.
                 image.draft(mode, (max(size),) * 2)

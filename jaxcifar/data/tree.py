@@ -20,6 +20,7 @@ from pathlib import Path
 
 from jaxcifar.data.dataset import SPLITS
 from jaxcifar.errors import DataError, cannot_read
+from jaxcifar.files import read_regular_file
 
 ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz")
 _GZIP_MAGIC = b"\x1f\x8b"
@@ -108,7 +109,7 @@ def read_folder(root: Path, names: Iterable[str]) -> Tree:
     files: dict[str, bytes] = {}
     for path in paths:
         try:
-            files[path.relative_to(root).as_posix()] = path.read_bytes()
+            files[path.relative_to(root).as_posix()] = read_regular_file(path)
         except OSError as error:
             raise DataError(cannot_read(path, error)) from None
     return Tree(str(root), files, frozenset(f.relative_to(root).as_posix() for f in folders))

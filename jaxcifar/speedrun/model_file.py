@@ -28,6 +28,7 @@ from jaxcifar import checkpoint, cpu_fusions
 from jaxcifar.atomic import atomic_write_bytes
 from jaxcifar.checkpoint import read_tagged
 from jaxcifar.errors import CheckpointError, ConfigError
+from jaxcifar.files import read_regular_file
 from jaxcifar.models import checks
 from jaxcifar.speedrun import net
 from jaxcifar.speedrun.recipe import Recipe
@@ -121,7 +122,7 @@ def _format_tag(path: Path) -> str | None:
     """The format tag of the msgpack file `path`; None for a file that is missing, unreadable,
     not msgpack or untagged."""
     try:
-        payload = serialization.msgpack_restore(checkpoint.read_regular_file(path))
+        payload = serialization.msgpack_restore(read_regular_file(path))
     except Exception:  # (not a regular file, any decoder failure: no tag to read)
         return None
     return payload.get("format") if isinstance(payload, dict) else None
