@@ -3,7 +3,7 @@ import pytest
 from PIL import Image
 
 from jaxcifar.cli import main
-from data_files import write_idx_set
+from data_files import write_idx_set, write_tree
 
 
 def test_info_prints_source_shape_and_class_counts(tmp_path, fresh_cache, capsys):
@@ -17,6 +17,19 @@ def test_info_prints_source_shape_and_class_counts(tmp_path, fresh_cache, capsys
     test_counts = np.bincount(written["test"][1], minlength=10)
     assert lines[3] == f"{'T-shirt/top':<14}{train_counts[0]:>8}{test_counts[0]:>8}"
     assert lines[12].startswith("Ankle boot") and lines[13].split() == ["total", "6", "4"]
+
+
+def test_info_widens_its_class_column_for_long_class_names(tmp_path, fresh_cache, capsys):
+    # A name of 14 characters or more ran into the counts: "a_long_classname4   2".
+    write_tree(tmp_path / "data", classes=("cat", "a_long_class_name"))
+    assert main(["data", "info", "--data-dir", str(tmp_path / "data")]) == 0
+    table = capsys.readouterr().out.splitlines()[2:]
+    assert table == [
+        f"{'class':<19}   train    test",
+        f"{'a_long_class_name':<19}       2       2",
+        f"{'cat':<19}       2       2",
+        f"{'total':<19}       4       4",
+    ]
 
 
 def test_a_warning_is_one_line_naming_the_command(tmp_path, monkeypatch, capsys):

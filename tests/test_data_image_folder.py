@@ -114,6 +114,30 @@ def test_skipped_files_are_warned_of_on_every_load_not_only_the_decoding_one(
     assert len(list(fresh_cache.iterdir())) == 1
 
 
+@pytest.mark.parametrize("name, shown", [("two\nlines", "two\\nlines"), ("a\tb", "a\\tb")])
+def test_a_class_folder_name_with_a_control_character_is_refused(tmp_path, fresh_cache, name,
+                                                                  shown):  # fmt: skip
+    # It was printed as it is: predict's line for one image split in two, data info's columns
+    # broke, and data show warned twice of a glyph missing from its fonts.
+    write_tree(tmp_path / "data", classes=("cat", name))
+    with pytest.raises(DataError) as refused:
+        load("cifar10", "train", data_dir=tmp_path / "data")
+    assert str(refused.value) == (
+        f"{tmp_path / 'data'}/train/{shown}: class folder name holds a control character (a "
+        "newline, a tab), which would break the lines and columns class names are printed "
+        "in; rename it"
+    )
+
+
+def test_class_names_with_zero_width_joiners_and_combining_accents_are_read(tmp_path,
+                                                                            fresh_cache):  # fmt: skip
+    # Characters Python calls unprintable but that are part of a word's text.
+    names = ("man\u200dcook", "ne\u200cmi", "cafe\u0301")  # ZWJ, Persian ZWNJ, accent
+    write_tree(tmp_path / "data", classes=names)
+    data = load("cifar10", "train", data_dir=tmp_path / "data")
+    assert data.class_names == ("cafe\u0301".replace("e\u0301", "\u00e9"), *sorted(names[:2]))
+
+
 def test_a_fifo_among_the_images_is_named_not_read(tmp_path, fresh_cache):
     # Its read blocked the load for ever.
     write_tree(tmp_path / "data")

@@ -67,16 +67,17 @@ def format_info(train: Dataset, test: Dataset) -> str:
     """A small text table: source, image shape, per-class and total counts of both splits."""
     import numpy as np
 
+    width = max(14, *(len(name) + 2 for name in train.class_names))  # a long name's column
     lines = [
         f"source       {train.source}",
         # Spelled as other messages give shapes: "30x22 pixels" would read width first.
         f"image shape  (H, W, C) {train.images.shape[1:]} uint8",
-        f"{'class':<14}{'train':>8}{'test':>8}",
+        f"{'class':<{width}}{'train':>8}{'test':>8}",
     ]
     counts = [np.bincount(split.labels, minlength=train.num_classes) for split in (train, test)]
     for name, n_train, n_test in zip(train.class_names, *counts):
-        lines.append(f"{name:<14}{n_train:>8}{n_test:>8}")
-    lines.append(f"{'total':<14}{len(train):>8}{len(test):>8}")
+        lines.append(f"{name:<{width}}{n_train:>8}{n_test:>8}")
+    lines.append(f"{'total':<{width}}{len(train):>8}{len(test):>8}")
     return "\n".join(lines)
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import unicodedata
 from collections.abc import Iterable
 
 import numpy as np
@@ -26,7 +27,7 @@ from jaxcifar.data.dataset import (
 )
 from jaxcifar.data.image_file import decode_all
 from jaxcifar.data.tree import Tree
-from jaxcifar.errors import DataError
+from jaxcifar.errors import DataError, one_line
 
 # The formats an image dataset is stored in that Pillow decodes (WebP and TIFF with the
 # libraries its wheels bundle; a GIF's first frame).
@@ -180,6 +181,12 @@ def _class_members(tree: Tree, split: str) -> tuple[dict[str, list[str]], tuple[
                 f"{_printable(tree.describe(f'{split}/{name}'))}: class folder name is not UTF-8 "
                 "text (class names are saved in checkpoints and reports); rename it"
             )
+        if _breaks_lines(name):
+            raise DataError(
+                f"{one_line(tree.describe(f'{split}/{name}'))}: class folder name holds a "
+                "control character (a newline, a tab), which would break the lines and "
+                "columns class names are printed in; rename it"
+            )
         if not paths:
             raise DataError(
                 f"{tree.describe(f'{split}/{name}')}/: empty class folder "
@@ -203,6 +210,14 @@ def _is_utf8(name: str) -> bool:
     except UnicodeEncodeError:
         return False
     return True
+
+
+def _breaks_lines(name: str) -> bool:
+    """Whether `name` holds a control character or a line or paragraph separator: a class name
+    is printed as one word of a line (`predict`, `evaluate`, `data info`). Other characters
+    Python calls unprintable (a zero-width joiner in an emoji, a Persian word's zero-width
+    non-joiner) are part of the name's text."""
+    return any(unicodedata.category(char) in ("Cc", "Zl", "Zp") for char in name)
 
 
 def _printable(path: str) -> str:
