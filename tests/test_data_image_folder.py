@@ -129,8 +129,9 @@ def test_a_class_folder_name_with_a_control_character_is_refused(tmp_path, fresh
     )
 
 
-def test_class_names_with_zero_width_joiners_and_combining_accents_are_read(tmp_path,
-                                                                            fresh_cache):  # fmt: skip
+def test_class_names_with_zero_width_joiners_and_combining_accents_are_read(
+    tmp_path, fresh_cache
+):
     # Characters Python calls unprintable but that are part of a word's text.
     names = ("man\u200dcook", "ne\u200cmi", "cafe\u0301")  # ZWJ, Persian ZWNJ, accent
     write_tree(tmp_path / "data", classes=names)
