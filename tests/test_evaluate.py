@@ -104,3 +104,26 @@ def test_a_signal_while_evaluate_writes_its_reports_waits_for_the_whole_set(
     assert sorted(path.name for path in evaluated.iterdir()) == [
         "accuracy.png", "confusion_matrix.png", "loss.png", "metrics.json"
     ]
+
+
+def test_evaluate_writes_its_reports_though_its_stdout_reader_has_gone(tmp_path, fresh_cache):
+    # `jaxcifar evaluate ... --out DIR | head -1`: it printed first, and the closed pipe
+    # stopped it before the reports were written.
+    import subprocess
+    import sys
+
+    write_idx_set(tmp_path / "data", n_train=16, n_test=8, shape=(8, 8))
+    run, evaluated = tmp_path / "run", tmp_path / "eval"
+    assert main([
+        "train", "--dataset", "mnist", "--data-dir", str(tmp_path / "data"), "--model", "mlp",
+        "--mlp-hidden", "8", "--batch-size", "8", "--epochs", "1", "--compile-cache", "none",
+        "--quiet", "--out", str(run),
+    ]) == 0  # fmt: skip
+    command = [sys.executable, "-m", "jaxcifar", "evaluate", "--checkpoint", str(run),
+               "--data-dir", str(tmp_path / "data"), "--out", str(evaluated)]  # fmt: skip
+    reader = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    reader.stdout.close()
+    assert reader.wait(timeout=120) == 141 and reader.stderr.read() == b""
+    assert sorted(path.name for path in evaluated.iterdir()) == [
+        "accuracy.png", "confusion_matrix.png", "loss.png", "metrics.json"
+    ]

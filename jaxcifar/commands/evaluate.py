@@ -162,12 +162,13 @@ def _evaluate(args: argparse.Namespace) -> int:
         labels=test_set.labels, predictions=result.predictions, class_names=test_set.class_names,
     )  # fmt: skip
     report["evaluated"] = evaluated_record(result)
+    if args.out:  # first: a reader that closes stdout early (`| head -1`) stops the command
+        with interrupt.uncut():
+            write_reports(args.out, report, test_set.class_names)
     measured = "TTA accuracy" if result.loss is None else f"test loss {result.loss:.4f}, accuracy"
     print(f"{result.path}: {measured} {report['test_accuracy']:.4f} on {len(test_set)} examples")
     for name, value in report["per_class_accuracy"].items():
         print(f"  {name:>12}: {'-' if value is None else f'{value:.4f}'}")
     if args.out:
-        with interrupt.uncut():
-            write_reports(args.out, report, test_set.class_names)
         print(f"reports in {args.out}")
     return 0
