@@ -220,7 +220,7 @@ def test_train_help_states_the_loop_rule_and_what_seed_and_momentum_reach(capsys
     ) in help_text
     assert f"lax.scan over {epochs.CHUNK_STEPS} steps" in help_text
     assert "which examples --limit-train / --limit-test keep" in help_text
-    assert "sgd / nesterov only: adam and adamw ignore it" in help_text
+    assert "sgd / nesterov only (adam and adamw use optax's b1=0.9, b2=0.999)" in help_text
 
 
 def test_evaluate_refuses_a_foreign_checkpoint(tmp_path, capsys):
