@@ -7,7 +7,8 @@ the final `test_accuracy`, `per_class_accuracy` (class name -> fraction), `confu
 `test_examples`: what the run read, after --limit-train / --limit-test). Accuracies are
 fractions.
 Figures: accuracy.png and loss.png (train and test per epoch; only for a run with epoch
-records, a speedrun model has none), confusion_matrix.png.
+records, a speedrun model has none), confusion_matrix.png; `jaxcifar scratch` draws its own,
+`SCRATCH_FIGURES`.
 """
 
 from __future__ import annotations
@@ -25,6 +26,16 @@ from jaxcifar.atomic import atomic_write_text
 
 METRICS_FILE = "metrics.json"
 FIGURES = ("accuracy.png", "loss.png", "confusion_matrix.png")
+# The figures `jaxcifar scratch` draws beside its own metrics.json.
+SCRATCH_FIGURES = ("error.png", "accuracy.png")
+
+
+def remove_other_figures(out_dir: str | Path, drawn: Sequence[str]) -> None:
+    """Remove the figures of `FIGURES` and `SCRATCH_FIGURES` in `out_dir` that are not in
+    `drawn`: left by an earlier command of another kind (an evaluation's confusion matrix
+    beside a scratch run's metrics.json), they would pass for this report's."""
+    for name in {*FIGURES, *SCRATCH_FIGURES} - set(drawn):
+        (Path(out_dir) / name).unlink(missing_ok=True)
 
 
 def build_metrics(
@@ -65,9 +76,10 @@ def write_reports(
 ) -> None:
     """Draw `report`'s figures and write it as out_dir/metrics.json, all atomically: the
     confusion matrix, and the accuracy and loss curves when `report["epochs"]` holds records.
-    Without records, curves an earlier run left in `out_dir` are removed, so that every
-    figure there belongs to this metrics.json. metrics.json is written last, so that one
-    listing a run's epochs means its figures are written too (`train --resume` reads it so)."""
+    Other figures an earlier command left in `out_dir` (curves, without records; a scratch
+    run's) are removed, so that every figure there belongs to this metrics.json. metrics.json
+    is written last, so that one listing a run's epochs means its figures are written too
+    (`train --resume` reads it so)."""
     from jaxcifar.plots import plot_confusion_matrix, plot_curves
 
     out = Path(out_dir)
@@ -82,9 +94,7 @@ def write_reports(
                 ylabel=quantity,
                 title=f"{report['config']['model']} on {report['config']['dataset']}: {quantity}",
             )
-    else:
-        for path in FIGURES[:2]:
-            (out / path).unlink(missing_ok=True)
+    remove_other_figures(out, FIGURES if history else FIGURES[2:])
     plot_confusion_matrix(
         out / FIGURES[2], np.asarray(report["confusion_matrix"]), class_names,
         title=f"Confusion matrix (test accuracy {report['test_accuracy']:.1%})",

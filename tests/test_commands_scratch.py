@@ -25,6 +25,22 @@ def write_learnable_idx_set(folder):
     write_idx_set(folder, n_train=30, n_test=20, gz=False, draw=draw)
 
 
+def test_scratch_leaves_no_other_commands_figures_beside_its_reports(tmp_path, fresh_cache):
+    # An evaluation's loss.png and confusion_matrix.png in its --out passed for the scratch
+    # run's.
+    write_learnable_idx_set(tmp_path / "data")
+    out = tmp_path / "run"
+    out.mkdir()
+    for name in ("loss.png", "confusion_matrix.png", "accuracy.png", "notes.txt"):
+        (out / name).write_text("earlier")
+    assert main(["scratch", "--dataset", "mnist", "--data-dir", str(tmp_path / "data"),
+                 "--epochs", "1", "--hidden", "4", "--out", str(out)]) == 0  # fmt: skip
+    assert sorted(path.name for path in out.iterdir()) == [
+        "accuracy.png", "error.png", "metrics.json", "notes.txt"
+    ]
+    assert (out / "accuracy.png").read_bytes().startswith(b"\x89PNG")
+
+
 def without_seconds(history):
     return [{key: value for key, value in record.items() if key != "seconds"} for record in history]
 

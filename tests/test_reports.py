@@ -66,3 +66,21 @@ def test_metrics_json_is_strict_json_and_each_curve_shows_its_own_quantity(tmp_p
         "loss.png": ([1, 2], {"train": [2.0, 1.5], "test": [1.9, 1.7]}, "loss"),
     }
     assert (tmp_path / "confusion_matrix.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_every_figure_left_beside_the_reports_is_this_reports_own(tmp_path, monkeypatch):
+    # A scratch run's error.png stayed beside an evaluation's metrics.json, and an
+    # evaluation's curves beside a speedrun model's (which has no epochs).
+    monkeypatch.setattr(plots, "plot_curves", lambda path, *a, **k: path.write_bytes(b"curve"))
+    for name in ("error.png", "accuracy.png", "loss.png", "notes.txt"):
+        (tmp_path / name).write_text("earlier")
+    write_reports(tmp_path, report(), CLASSES)
+    assert sorted(path.name for path in tmp_path.iterdir()) == [
+        "accuracy.png", "confusion_matrix.png", "loss.png", "metrics.json", "notes.txt"
+    ]
+    assert (tmp_path / "loss.png").read_bytes() == b"curve"
+    without_epochs = {**report(), "epochs": []}
+    write_reports(tmp_path, without_epochs, CLASSES)
+    assert sorted(path.name for path in tmp_path.iterdir()) == [
+        "confusion_matrix.png", "metrics.json", "notes.txt"
+    ]

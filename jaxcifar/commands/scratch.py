@@ -101,6 +101,7 @@ def _train_and_report(args: argparse.Namespace) -> int:
     """Load the data, train, and write --out's metrics.json and figure."""
     from jaxcifar import plots, scratch
     from jaxcifar.atomic import atomic_write_text
+    from jaxcifar.reports import METRICS_FILE, SCRATCH_FIGURES, remove_other_figures
 
     data = load_inputs(
         args.dataset, args.data_dir, limit_train=args.limit_train, limit_test=args.limit_test,
@@ -150,14 +151,15 @@ def _train_and_report(args: argparse.Namespace) -> int:
     }
     epochs = [record["epoch"] for record in history]
     with interrupt.uncut():
-        atomic_write_text(args.out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+        remove_other_figures(args.out, SCRATCH_FIGURES)
+        atomic_write_text(args.out / METRICS_FILE, json.dumps(metrics, indent=2) + "\n")
         plots.plot_curves(
-            args.out / "error.png", epochs,
+            args.out / SCRATCH_FIGURES[0], epochs,
             {"train": [record["sum_squared_error"] for record in history]},
             ylabel="sum of squared errors", title="From-scratch network: training error",
         )  # fmt: skip
         plots.plot_curves(
-            args.out / "accuracy.png", epochs,
+            args.out / SCRATCH_FIGURES[1], epochs,
             {split: [record[f"{split}_accuracy"] for record in history]
              for split in ("train", "test")},
             ylabel="accuracy", title="From-scratch network: accuracy",
