@@ -65,8 +65,9 @@ def test_a_data_dir_named_after_another_dataset_is_refused(tmp_path, fresh_cache
     with pytest.raises(DataError, match=named):
         load("mnist", "train", data_dir=tmp_path / "fashion-mnist")
     # Read as another format's dataset (the default cifar10), it finds none, and says which
-    # dataset the folder is named after.
-    hint = r"; it is named after fashion_mnist: pass --dataset fashion_mnist\?$"
+    # dataset the folder is named after; in words every caller can act on (it said "pass
+    # --dataset fashion_mnist?" to `evaluate`, which has no --dataset, and to the library).
+    hint = r"; it is named after fashion_mnist: is it fashion_mnist data\?$"
     with pytest.raises(DataError, match=r"^no cifar10 data in \S*/fashion-mnist: .*" + hint):
         load("cifar10", "train", data_dir=tmp_path / "fashion-mnist")
     write_idx_set(tmp_path / "MNIST-digits")

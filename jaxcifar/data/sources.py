@@ -192,7 +192,7 @@ def locate(name: str, root: Path) -> Copy:
         return copy
     # (A Fashion-MNIST folder read with the default --dataset cifar10 says so.)
     other = _other_dataset_named(name, root)
-    hint = f"; it is named after {other}: pass --dataset {other}?" if other else ""
+    hint = f"; it is named after {other}: is it {other} data?" if other else ""
     raise DataError(f"no {name} data in {root}: expected {describe(name)}{hint}")
 
 
