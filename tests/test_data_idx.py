@@ -95,6 +95,25 @@ def test_reads_data_dir_from_environment(tmp_path, fresh_cache, monkeypatch):
     assert len(load("mnist", "test")) == 4
 
 
+def test_a_data_dir_from_the_environment_that_holds_no_data_is_named_so(tmp_path, fresh_cache,
+                                                                         monkeypatch):  # fmt: skip
+    # `load` called without a data_dir said "data dir PATH does not exist": which path, the
+    # caller never gave one.
+    monkeypatch.setenv("JAXCIFAR_DATA_DIR", str(tmp_path / "gone"))
+    with pytest.raises(DataError) as refused:
+        load("mnist", "test")
+    assert str(refused.value) == f"$JAXCIFAR_DATA_DIR: data dir {tmp_path / 'gone'} does not exist"
+    with pytest.raises(DataError) as refused:  # given, the path is the caller's own
+        load("mnist", "test", data_dir=tmp_path / "gone")
+    assert str(refused.value) == f"data dir {tmp_path / 'gone'} does not exist"
+
+
+def test_an_empty_data_dir_is_refused_not_read_as_the_current_folder():
+    with pytest.raises(ConfigError, match=r"^data_dir is empty; expected a folder or archive "
+                       r"path, or None for \$JAXCIFAR_DATA_DIR or else the official release$"):
+        load("mnist", "test", data_dir="")
+
+
 def test_parse_rejects_wrong_magic_naming_file():
     data = idx_bytes(np.zeros((2, 3, 3), np.uint8), IMAGES_MAGIC)
     with pytest.raises(

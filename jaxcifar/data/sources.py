@@ -87,7 +87,7 @@ def load(name: str, split: str, *, data_dir: str | os.PathLike[str] | None = Non
       A `Dataset`: images (N, H, W, C) uint8 (C = 3 for cifar10, 1 otherwise), labels (N,) int32.
       Its `notes` (files the reader skipped) are warned of here, on every load.
     Raises:
-      ConfigError: an unknown dataset or split name.
+      ConfigError: an unknown dataset or split name, an empty `data_dir`.
       DataError: the data is missing or malformed (the message names the file), looks like
         another dataset (a data dir named after one, an image-folder tree of its classes or
         image size), or its download fails (the message names the local options).
@@ -96,12 +96,23 @@ def load(name: str, split: str, *, data_dir: str | os.PathLike[str] | None = Non
         raise ConfigError(f"unknown dataset {name!r}; expected one of {', '.join(CLASS_NAMES)}")
     if split not in SPLITS:
         raise ConfigError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)}")
+    if data_dir is not None and not os.fspath(data_dir):  # Path("") is the current folder
+        raise ConfigError(
+            "data_dir is empty; expected a folder or archive path, or None for "
+            f"${DATA_DIR_ENV} or else the official release"
+        )
+    from_env = data_dir is None and env_data_dir() is not None
     if data_dir is None:
         data_dir = env_data_dir()
     if data_dir is None:
         offline_help = f"pass --data-dir or set ${DATA_DIR_ENV} to {describe(name)}"
         data_dir = download.fetch(name, offline_help)
-    copy = locate(name, Path(data_dir).expanduser())
+    try:
+        copy = locate(name, Path(data_dir).expanduser())
+    except DataError as error:
+        if from_env:  # a user who passed no path must learn where this one came from
+            raise DataError(f"${DATA_DIR_ENV}: {error}") from None
+        raise
     entry = cache.entry_path(name, copy.digest())
     dataset = cache.read_split(entry, split, source=copy.source)
     if dataset is None:
