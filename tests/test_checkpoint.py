@@ -188,6 +188,19 @@ def test_every_epoch_of_the_history_comes_back(small_file):
     assert checkpoint.load(small_file).history == HISTORY
 
 
+def test_the_training_sets_record_comes_back_and_older_checkpoints_have_none(tmp_path,
+                                                                             small_file):  # fmt: skip
+    # A resume compares it with the data it is given: lost in the file, any data would do.
+    record = {"source": "/data/cifar10.tar.gz", "examples": 2, "digest": "ab" * 32}
+    path = checkpoint.save(tmp_path / "run", {"w": np.zeros(2, np.float32)}, CONFIG,
+                           input_shape=(8, 8, 1), class_names=("a", "b"), history=HISTORY,
+                           train_data=record)  # fmt: skip
+    assert checkpoint.load(path).train_data == record
+    rewrite_msgpack(path, lambda payload: payload.pop("train_data"))  # saved before it
+    assert checkpoint.load(path).train_data is None
+    assert checkpoint.load(small_file).train_data is None
+
+
 def test_a_history_record_without_a_field_the_reports_read_is_malformed(small_file):
     # It loaded, then `evaluate --out` or a resume's reports failed with KeyError: 'epoch'.
     rewrite_msgpack(small_file, lambda payload: payload.update(history=[{"x": 1}]))

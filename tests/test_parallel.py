@@ -348,6 +348,11 @@ NEEDS_ALL = (
         (["--coordinator", "h:99999", "--num-processes", "1", "--process-id", "0"], {},
          "--coordinator/$JAXCIFAR_COORDINATOR must be HOST:PORT, PORT in 1..65535; got "
          "'h:99999'"),
+        (["--coordinator", "h:65536", "--num-processes", "1", "--process-id", "0"], {},
+         "--coordinator/$JAXCIFAR_COORDINATOR must be HOST:PORT, PORT in 1..65535; got "
+         "'h:65536'"),
+        (["--coordinator", "h:0", "--num-processes", "1", "--process-id", "0"], {},
+         "--coordinator/$JAXCIFAR_COORDINATOR must be HOST:PORT, PORT in 1..65535; got 'h:0'"),
         (["--coordinator", "h:1", "--num-processes", "2", "--process-id", "2"], {},
          "--process-id/$JAXCIFAR_PROCESS_ID must be in 0..1; got 2"),
         (["--coordinator", "h:1", "--num-processes", "2", "--process-id", "-1"], {},
@@ -362,6 +367,16 @@ def test_bad_distributed_flags_are_config_errors(monkeypatch, argv, environment,
     with pytest.raises(ConfigError) as error:
         parallel.initialize_from_args(parse(argv))
     assert str(error.value) == message
+
+
+@pytest.mark.parametrize("port", ["1", "65535"])
+@pytest.mark.usefixtures("no_distributed_variables")
+def test_the_ports_at_the_ends_of_the_range_are_taken(monkeypatch, port):
+    joined = []
+    monkeypatch.setattr(jax.distributed, "initialize", lambda *args: joined.append(args))
+    argv = ["--coordinator", f"h:{port}", "--num-processes", "2", "--process-id", "1"]
+    assert parallel.initialize_from_args(parse(argv)) is True
+    assert joined == [(f"h:{port}", 2, 1)]
 
 
 def test_process_rows_cover_the_batch_on_one_process():

@@ -423,6 +423,54 @@ def test_loss_is_the_summed_label_smoothed_cross_entropy():
     assert float(optimizer.loss(logits, labels, 0.2)) == pytest.approx(expected, rel=1e-6)
 
 
+def _randomised(params):
+    """`params` with every weight drawn at random: a fresh net's whitening kernel (set from
+    the data when a run starts) and head are zeros, so every input scores alike."""
+    leaves, tree = jax.tree.flatten(params)
+    keys = jax.random.split(jax.random.key(5), len(leaves))
+    return tree.unflatten(0.3 * jax.random.normal(key, leaf.shape, leaf.dtype)
+                          for key, leaf in zip(keys, leaves))  # fmt: skip
+
+
+def test_training_loss_is_smoothed_by_the_recipes_label_smoothing():
+    # Only `optimizer.loss` was tested: training on the unsmoothed loss passed every test.
+    params, batch_stats = _init(WIDTHS)
+    params = _randomised(params)
+    labels = jnp.arange(len(IMAGES)) % 10
+    for smoothing in (0.0, 0.2):
+        recipe = dataclasses.replace(TINY, label_smoothing=smoothing)
+        loss, _ = speedrun_train.batch_loss(recipe, params, batch_stats, IMAGES, labels)
+        logits, _ = net.apply(params, batch_stats, IMAGES, train=True, bn_momentum=0.6,
+                              output_scale=recipe.output_scale)  # fmt: skip
+        assert float(loss) == pytest.approx(float(optimizer.loss(logits, labels, smoothing)),
+                                            rel=1e-5)  # fmt: skip
+    unsmoothed = optimizer.loss(logits, labels, 0.0)
+    assert float(loss) != pytest.approx(float(unsmoothed), rel=1e-3)
+
+
+def test_test_time_augmentation_is_the_recipes_level():
+    # Only `tta.tta_logits` was tested: a run and a saved model scoring without TTA passed.
+    params, batch_stats = _init(WIDTHS)
+    params = _randomised(params)
+    images = np.asarray(jax.random.randint(jax.random.key(2), (4, 32, 32, 3), 0, 256), np.uint8)
+    mean, std = jnp.full(3, 0.5), jnp.full(3, 0.25)
+
+    def plain(x):
+        return net.apply(params, batch_stats, x, train=False, bn_momentum=0.6,
+                         output_scale=TINY.output_scale)[0]  # fmt: skip
+
+    standardised = (images / 255 - 0.5) / 0.25
+    by_level = {}
+    for level in (0, 1, 2):
+        recipe = dataclasses.replace(TINY, tta_level=level)
+        by_level[level] = speedrun_train.tta_logits(recipe, params, batch_stats, mean, std,
+                                                    jnp.asarray(images))  # fmt: skip
+        expected = tta.tta_logits(plain, jnp.asarray(standardised, jnp.float32), level)
+        np.testing.assert_allclose(by_level[level], expected, rtol=1e-4, atol=1e-5)
+    assert not np.allclose(by_level[0], by_level[2], atol=1e-4)
+    assert not np.allclose(by_level[1], by_level[2], atol=1e-4)
+
+
 def test_optimizer_is_torchs_nesterov_sgd_with_coupled_decay_per_group():
     recipe = Recipe(batch_size=8, widths=WIDTHS)
     total_steps = 10
