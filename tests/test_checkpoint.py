@@ -188,8 +188,9 @@ def test_every_epoch_of_the_history_comes_back(small_file):
     assert checkpoint.load(small_file).history == HISTORY
 
 
-def test_the_training_sets_record_comes_back_and_older_checkpoints_have_none(tmp_path,
-                                                                             small_file):  # fmt: skip
+def test_the_training_sets_record_comes_back_and_older_checkpoints_have_none(
+    tmp_path, small_file
+):
     # A resume compares it with the data it is given: lost in the file, any data would do.
     record = {"source": "/data/cifar10.tar.gz", "examples": 2, "digest": "ab" * 32}
     path = checkpoint.save(tmp_path / "run", {"w": np.zeros(2, np.float32)}, CONFIG,
