@@ -97,8 +97,15 @@ def test_sizes_that_make_no_layer_are_refused_at_init():
             mlp.init(jax.random.key(0), sizes)
     with pytest.raises(ValueError, match=r"^mlp.init: layer_sizes \(784,\); expected inputs"):
         mlp.init(jax.random.key(0), (784,))
-    with pytest.raises(ValueError, match=r"^init: fc5 kernel \(16, -1\)"):
-        cnn.init(jax.random.key(0), num_classes=-1)
+    # The CNN's class count and input shape are named, not fc5's or fc1's kernel size.
+    for num_classes in (-1, 0, 2.0):
+        with pytest.raises(ValueError, match=r"^cnn.init: num_classes must be a positive "
+                           f"integer; got {num_classes}$"):  # fmt: skip
+            cnn.init(jax.random.key(0), num_classes=num_classes)
+    for shape in ((32, 32, 0), (32.0, 32, 3)):
+        with pytest.raises(ValueError, match=r"^cnn.init: input_shape \(.*\): expected \(H, W, "
+                           r"C\), three positive integers with H, W >= 4"):  # fmt: skip
+            cnn.init(jax.random.key(0), shape)
     assert mlp.init(jax.random.key(0), np.array([4, 3]))["dense1"]["kernel"].shape == (4, 3)
 
 

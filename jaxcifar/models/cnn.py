@@ -12,6 +12,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from jaxcifar.data.dataset import is_count
 from jaxcifar.data.preprocess import flatten
 from jaxcifar.models import checks, layers
 
@@ -39,15 +40,18 @@ def init(
     {"kernel": (n_in, n_out), "bias": (n_out,)}}, all float32; fc1's n_in is `flat_size`.
 
     Raises:
-      ValueError: `input_shape` is not three positive sizes with H, W >= 4 (two 2x2 poolings
+      ValueError: `input_shape` is not three positive integers with H, W >= 4 (two 2x2 poolings
         would leave fc1 no inputs): PyTorch's (C, H, W) order, (3, 32, 32), is one such; or
         `num_classes` is not a positive integer.
     """
-    if len(input_shape) != 3 or min(input_shape) < 1 or min(input_shape[:2]) < 4:
+    if (len(input_shape) != 3 or not all(map(is_count, input_shape))
+            or min(input_shape[:2]) < 4):  # fmt: skip
         raise ValueError(
-            f"cnn.init: input_shape {tuple(input_shape)}: expected (H, W, C) with H, W >= 4, "
-            "e.g. (32, 32, 3) for CIFAR-10 or (28, 28, 1) for MNIST"
+            f"cnn.init: input_shape {tuple(input_shape)}: expected (H, W, C), three positive "
+            "integers with H, W >= 4, e.g. (32, 32, 3) for CIFAR-10 or (28, 28, 1) for MNIST"
         )
+    if not is_count(num_classes):  # else named as fc5's kernel size
+        raise ValueError(f"cnn.init: num_classes must be a positive integer; got {num_classes!r}")
     height, width, channels = input_shape
     shapes = {}
     c_in = channels
