@@ -136,18 +136,24 @@ def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
 
 
 def _check_batch(images: jax.Array, labels: jax.Array, where: str) -> None:
-    """Raise unless `images` are integer pixels (B, ...) and `labels` (B,) integer classes,
+    """Raise unless `images` are uint8 pixels (B, ...) and `labels` (B,) integer classes,
     the batch the jitted steps take. Reads shapes and dtypes only: free once traced.
 
     Raises:
       TypeError: float images (already through `to_float`: the step would scale them
-        again, to about -1 everywhere, and train on that) or non-integer labels.
+        again, to about -1 everywhere, and train on that), integer images of another type
+        (uint16 pixels would be scaled as 0..255), or non-integer labels.
       ValueError: labels not of shape (B,), e.g. (B, 1) or one-hot (B, K).
     """
     if not jnp.issubdtype(images.dtype, jnp.integer):
         raise TypeError(
             f"{where}: images are {images.dtype}; expected uint8 pixels (B, H, W, C), which "
             "the step scales to [-1, 1] itself: pass them as loaded, not through to_float"
+        )
+    if images.dtype != jnp.uint8:  # 16-bit pixels (0..65535) would be scaled as 0..255
+        raise TypeError(
+            f"{where}: images are {images.dtype}; expected uint8 pixels (B, H, W, C), 0..255, "
+            "which the step scales to [-1, 1]: convert them (16-bit ones: // 257)"
         )
     if labels.shape != images.shape[:1]:
         raise ValueError(

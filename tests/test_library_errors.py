@@ -147,6 +147,19 @@ def test_steps_refuse_images_already_scaled_to_float(step_and_state):
         train.make_eval_step(setup.model)(state.params, batch)
 
 
+def test_steps_refuse_integer_images_other_than_uint8(step_and_state):
+    # uint16 pixels (0..65535) were scaled as 0..255: inputs up to about 514, without a word.
+    setup, state = step_and_state
+    data = tiny_dataset(8)
+    for dtype in (np.uint16, np.int32):
+        batch = (data.images[:4].astype(dtype) * 257, data.labels[:4])
+        message = f"images are {np.dtype(dtype)}; expected uint8 pixels \\(B, H, W, C\\), 0..255"
+        with pytest.raises(TypeError, match=f"^train step: {message}"):
+            train.make_train_step(setup)(state, batch, jax.random.key(0))
+        with pytest.raises(TypeError, match=f"^eval step: {message}"):
+            train.make_eval_step(setup.model)(state.params, batch)
+
+
 @pytest.mark.parametrize(
     "labels, error, message",
     [
