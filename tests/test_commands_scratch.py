@@ -92,6 +92,16 @@ def test_scratch_command_reports_a_diverging_rate_in_one_line_naming_no_library_
     assert not out.exists()
 
 
+def test_scratch_command_refuses_a_rate_its_dtype_rounds_to_0(tmp_path, capsys):
+    # --lr 1e-50 in float32 trained a network that never moved, and reported it.
+    assert main(["scratch", "--lr", "1e-50", "--out", str(tmp_path / "run")]) == 2
+    assert capsys.readouterr().err == (
+        "jaxcifar scratch: error: --lr 1e-50 is 0 in float32 (--dtype), whose smallest normal "
+        "number is 1.18e-38\n"
+    )
+    assert not (tmp_path / "run").exists()
+
+
 def test_scratch_leaves_a_training_runs_reports_to_it(tmp_path, capsys):
     # Its metrics.json and accuracy.png replaced the run's, and the run's resume then took
     # them for its own and said "already trained".

@@ -18,6 +18,7 @@ from jaxcifar.commands._args import (
     positive_float, positive_int, seed_int,
 )
 from jaxcifar.config import MLP_LAYER_SIZES
+from jaxcifar.errors import ConfigError
 
 HELP = "train the from-scratch NumPy backprop network (sigmoid MLP, squared error, SGD)"
 
@@ -91,6 +92,15 @@ def load_inputs(
 
 
 def run(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    with np.errstate(over="ignore"):  # a rate too large for it diverges, and is told so then
+        lr = np.dtype(args.dtype).type(args.lr)
+    if lr == 0:  # the run would not move, without a word
+        raise ConfigError(
+            f"--lr {args.lr} is 0 in {args.dtype} (--dtype), whose smallest normal number "
+            f"is {np.finfo(args.dtype).tiny:.3g}"
+        )
     check_writable_folder(args.out)  # before the data and the training, not after
     check_not_a_training_run(args.out)
     with folder_lock.holding(args.out):
