@@ -58,6 +58,9 @@ def decode_all(
         # other tags) costs nothing but that tag, and Pillow's warnings of it name no file.
         warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.TiffImagePlugin")
         warnings.filterwarnings("ignore", "Possibly corrupt EXIF MakerNote", UserWarning)
+        # A palette image with per-entry transparency converts as asked: Pillow's advice to
+        # convert it to RGBA first names no file, and transparency is dropped either way.
+        warnings.filterwarnings("ignore", "Palette images with Transparency", UserWarning)
         for source, where in sources:
             yield _decode(source, mode, where, size)
 
