@@ -332,12 +332,11 @@ def train(
     ):
         raise ValueError(f"l_rate must be a finite number, 0 or above; got {l_rate!r}")
     weight_type = network[0]["weights"].dtype
-    with np.errstate(over="ignore"):  # a rate too large for it diverges, and is told so then
-        in_weight_type = weight_type.type(l_rate)
-    if l_rate > 0 and in_weight_type == 0:  # the run would not move, without a word
+    tiny = float(np.finfo(weight_type).tiny)
+    if 0 < l_rate < tiny:  # 1e-50 is 0 in float32: the run would not move, without a word
         raise ValueError(
-            f"l_rate {l_rate} is 0 in {weight_type}, the network's type, whose smallest "
-            f"normal number is {np.finfo(weight_type).tiny:.3g}"
+            f"l_rate {l_rate} is below {weight_type}'s smallest normal number, {tiny:.3g} (the "
+            "network's type), where it rounds to 0 or loses its precision"
         )
     num_classes = network[-1]["weights"].shape[1]
     for inputs, labels, names in ((x, y, ("x", "y")), (x_test, y_test, ("x_test", "y_test"))):

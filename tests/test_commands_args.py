@@ -55,12 +55,21 @@ def test_an_empty_checkpoint_is_refused_not_read_as_the_current_folder(command, 
     assert "error: argument --checkpoint: expected a checkpoint file or folder, got ''" in err
 
 
-def test_an_empty_data_dir_variable_counts_as_unset(monkeypatch):
-    # As `jaxcifar.data.load` reads it: the official release, not the current folder.
-    monkeypatch.setenv("JAXCIFAR_DATA_DIR", "")
+def test_a_data_dir_from_the_variable_is_named_as_such_in_errors(monkeypatch, tmp_path, capsys):
+    # `JAXCIFAR_DATA_DIR=/nonexist jaxcifar data info` said "data dir /nonexist does not
+    # exist", to a user who had passed no path. The flag's default is None: `load` reads
+    # the variable (an empty one counts as unset: the official release, not this folder).
+    monkeypatch.setenv("JAXCIFAR_DATA_DIR", str(tmp_path / "gone"))
     assert build_parser().parse_args(["data", "info"]).data_dir is None
-    monkeypatch.setenv("JAXCIFAR_DATA_DIR", "/some/data")
-    assert build_parser().parse_args(["data", "info"]).data_dir == "/some/data"
+    assert main(["data", "info"]) == 2
+    assert capsys.readouterr().err == (
+        f"jaxcifar data info: error: $JAXCIFAR_DATA_DIR: data dir {tmp_path / 'gone'} does not "
+        "exist\n"
+    )
+    assert main(["data", "info", "--data-dir", str(tmp_path / "gone")]) == 2
+    assert capsys.readouterr().err == (
+        f"jaxcifar data info: error: data dir {tmp_path / 'gone'} does not exist\n"
+    )
 
 
 @pytest.mark.parametrize("command", ["train", "speedrun"])

@@ -96,8 +96,8 @@ def test_scratch_command_refuses_a_rate_its_dtype_rounds_to_0(tmp_path, capsys):
     # --lr 1e-50 in float32 trained a network that never moved, and reported it.
     assert main(["scratch", "--lr", "1e-50", "--out", str(tmp_path / "run")]) == 2
     assert capsys.readouterr().err == (
-        "jaxcifar scratch: error: --lr 1e-50 is 0 in float32 (--dtype), whose smallest normal "
-        "number is 1.18e-38\n"
+        "jaxcifar scratch: error: --lr 1e-50 is below float32's smallest normal number, "
+        "1.18e-38 (--dtype), where it rounds to 0 or loses its precision\n"
     )
     assert not (tmp_path / "run").exists()
 

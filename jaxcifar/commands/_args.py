@@ -14,7 +14,7 @@ from pathlib import Path
 from jaxcifar.atomic import name_max
 from jaxcifar.config import DATASETS, INT32_MAX, SEED_MAX
 from jaxcifar.data.dataset import Dataset
-from jaxcifar.data.sources import DATA_DIR_ENV, env_data_dir
+from jaxcifar.data.sources import DATA_DIR_ENV
 from jaxcifar.errors import ConfigError, DataError
 from jaxcifar.xla_cache import OFF as COMPILE_CACHE_OFF
 
@@ -101,10 +101,11 @@ def data_dir(text: str) -> str:
 
 
 def add_data_dir_argument(parser: argparse.ArgumentParser) -> None:
-    """`--data-dir`; when not given, $JAXCIFAR_DATA_DIR, else the official release."""
+    """`--data-dir`; when not given (None), `jaxcifar.data.load` reads $JAXCIFAR_DATA_DIR,
+    else the official release, and names the variable in its errors."""
     parser.add_argument(
         "--data-dir", type=data_dir,
-        default=env_data_dir(),
+        default=None,
         metavar="PATH",
         help="local data: a folder (or archive) holding the canonical CIFAR-10 python or binary "
         "release, MNIST-format IDX files, or an image-folder tree train/<class>/*, test/<class>/*. "

@@ -94,12 +94,11 @@ def load_inputs(
 def run(args: argparse.Namespace) -> int:
     import numpy as np
 
-    with np.errstate(over="ignore"):  # a rate too large for it diverges, and is told so then
-        lr = np.dtype(args.dtype).type(args.lr)
-    if lr == 0:  # the run would not move, without a word
+    tiny = float(np.finfo(args.dtype).tiny)
+    if args.lr < tiny:  # 1e-50 is 0 in float32: the run would not move, without a word
         raise ConfigError(
-            f"--lr {args.lr} is 0 in {args.dtype} (--dtype), whose smallest normal number "
-            f"is {np.finfo(args.dtype).tiny:.3g}"
+            f"--lr {args.lr} is below {args.dtype}'s smallest normal number, {tiny:.3g} "
+            "(--dtype), where it rounds to 0 or loses its precision"
         )
     check_writable_folder(args.out)  # before the data and the training, not after
     check_not_a_training_run(args.out)
