@@ -6,17 +6,30 @@ import errno
 import os
 import stat
 from pathlib import Path
+from typing import BinaryIO
 
 
-def read_regular_file(path: str | os.PathLike[str]) -> bytes:
-    """`path`'s bytes; OSError for what is not a regular file (IsADirectoryError for a folder):
-    a device (`/dev/zero`) was read until memory ran out, and a FIFO without a writer blocks
-    its reader for ever (opened without blocking here, so that it can be refused)."""
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
-    with os.fdopen(fd, "rb") as file:
+def open_regular_file(path: str | os.PathLike[str]) -> BinaryIO:
+    """`path` opened for reading in binary; OSError for what is not a regular file
+    (IsADirectoryError for a folder): a device (`/dev/zero`) was read until memory ran out,
+    and a FIFO without a writer blocks its reader for ever (opened without blocking here, so
+    that it can be refused; the flag does nothing to a regular file's reads)."""
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0)
+    fd = os.open(path, flags)
+    file = os.fdopen(fd, "rb")
+    try:
         mode = os.fstat(fd).st_mode
         if stat.S_ISDIR(mode):
             raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(Path(path)))
         if not stat.S_ISREG(mode):
             raise OSError(errno.EINVAL, "not a regular file", str(Path(path)))
+    except BaseException:
+        file.close()
+        raise
+    return file
+
+
+def read_regular_file(path: str | os.PathLike[str]) -> bytes:
+    """`path`'s bytes; `open_regular_file`'s OSError for what is not a regular file."""
+    with open_regular_file(path) as file:
         return file.read()

@@ -1,10 +1,11 @@
 """Fixtures shared by the test suite."""
 
+import faulthandler
 import os
 import re
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -38,6 +39,15 @@ def convolution_dim_labels() -> Callable[[str], list[str]]:
     """A function: the dim_labels of every convolution in a compiled program's HLO text
     (`compiled.as_text()`), e.g. "b01f_01io->b01f", the form XLA:CPU's library kernels take."""
     return lambda hlo_text: re.findall(r"convolution\(.*?dim_labels=([\w>-]+)", hlo_text)
+
+
+@pytest.fixture
+def ends_within_a_minute() -> Iterator[None]:
+    """For a test of what would block for ever when it regresses (a read of a FIFO): the
+    process exits with every thread's traceback after 60 s, so the test fails, not hangs."""
+    faulthandler.dump_traceback_later(60, exit=True)
+    yield
+    faulthandler.cancel_dump_traceback_later()
 
 
 @pytest.fixture

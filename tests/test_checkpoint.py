@@ -105,7 +105,7 @@ def test_a_checkpoint_dtype_other_than_the_models_is_refused(saved_file):
         checkpoint.restore(checkpoint.load(saved_file), train.state_template(CONFIG, (8, 8, 1), 3))
 
 
-def test_what_is_not_a_regular_file_is_refused_before_it_is_read(tmp_path):
+def test_what_is_not_a_regular_file_is_refused_before_it_is_read(tmp_path, ends_within_a_minute):
     # /dev/zero was read until memory ran out (evaluate and predict); a FIFO without a
     # writer would block its reader for ever.
     fifo = tmp_path / "fifo"

@@ -51,7 +51,7 @@ def test_an_image_is_turned_upright_as_its_exif_orientation_says(tmp_path, orien
     np.testing.assert_array_equal(read_image(path, turn(pixels).shape), turn(pixels))
 
 
-def test_what_is_not_a_regular_file_is_refused_not_read(tmp_path):
+def test_what_is_not_a_regular_file_is_refused_not_read(tmp_path, ends_within_a_minute):
     # A FIFO without a writer blocked `predict` for ever; a missing file and a folder were
     # "not a readable image (FileNotFoundError: [Errno 2] ...)".
     fifo = tmp_path / "fifo.png"
@@ -62,6 +62,34 @@ def test_what_is_not_a_regular_file_is_refused_not_read(tmp_path):
         with pytest.raises(DataError) as refused:
             decode(path, "RGB", f"named {path.name}")
         assert str(refused.value) == f"named {path.name}: cannot read ({reason})"
+
+
+def test_a_large_file_is_refused_from_its_header_not_read_whole(tmp_path, monkeypatch):
+    # Read whole before Pillow looked at it, a file larger than memory ended `predict`.
+    from jaxcifar import files
+    from jaxcifar.data import image_file
+
+    closed_at = []
+
+    class Tracked(io.BufferedReader):
+        def close(self):
+            if not self.closed:
+                closed_at.append(self.tell())
+            super().close()
+
+    def open_tracked(path):
+        files.open_regular_file(path).close()  # its checks, then a file that says where it is
+        return Tracked(io.FileIO(path))
+
+    monkeypatch.setattr(image_file, "open_regular_file", open_tracked)
+    big = tmp_path / "big.png"
+    with open(big, "wb") as file:
+        file.write(b"not an image")
+        file.truncate(1 << 30)  # sparse: a gigabyte that takes no disk
+    with pytest.raises(DataError, match="^big.png: not a readable image"):
+        decode(big, "RGB", "big.png")
+    [position] = closed_at
+    assert position < 1 << 20
 
 
 def test_a_broken_exif_tag_is_read_past_without_a_warning_that_names_no_file():

@@ -139,7 +139,7 @@ def test_class_names_with_zero_width_joiners_and_combining_accents_are_read(
     assert data.class_names == ("cafe\u0301".replace("e\u0301", "\u00e9"), *sorted(names[:2]))
 
 
-def test_a_fifo_among_the_images_is_named_not_read(tmp_path, fresh_cache):
+def test_a_fifo_among_the_images_is_named_not_read(tmp_path, fresh_cache, ends_within_a_minute):
     # Its read blocked the load for ever.
     write_tree(tmp_path / "data")
     os.mkfifo(tmp_path / "data" / "train" / "cat" / "2.png")

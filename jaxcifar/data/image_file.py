@@ -16,7 +16,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from jaxcifar.errors import DataError, cannot_read
-from jaxcifar.files import read_regular_file
+from jaxcifar.files import open_regular_file
 
 
 def decode(
@@ -68,13 +68,17 @@ def decode_all(
 def _decode(
     source: bytes | Path, mode: str, where: str, size: tuple[int, int] | None
 ) -> np.ndarray:
-    if not isinstance(source, bytes):
+    if isinstance(source, bytes):
+        file = io.BytesIO(source)
+    else:
         try:
-            source = read_regular_file(source)  # a FIFO passed to Pillow blocked for ever
+            # Opened here, not by Pillow, which blocked for ever on a FIFO; read as Pillow
+            # needs, so that a file too large to be an image is refused from its header.
+            file = open_regular_file(source)
         except OSError as error:
             raise DataError(cannot_read(where, error)) from None
     try:
-        with Image.open(io.BytesIO(source)) as image:
+        with file, Image.open(file) as image:
             if size is not None:  # before the pixels are read, as a draft must be
                 # JPEG: decode at 1/2 to 1/8 scale if still at least `size`, turned or not.
                 image.draft(mode, (max(size),) * 2)
