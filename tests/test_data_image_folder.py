@@ -1,6 +1,7 @@
 import functools
 import gzip
 import os
+import shutil
 import tarfile
 import warnings
 from pathlib import Path
@@ -111,6 +112,25 @@ def test_skipped_files_are_warned_of_on_every_load_not_only_the_decoding_one(
                 warnings.simplefilter("always")
                 load("cifar10", split, data_dir=tmp_path / "data")
             assert [str(w.message) for w in caught] == [expected[split]]
+    assert len(list(fresh_cache.iterdir())) == 1
+
+
+def test_a_copy_read_from_the_cache_is_warned_of_by_its_own_path(tmp_path, fresh_cache):
+    # The cache serves every copy of the same files: its note named the first copy decoded.
+    write_tree(tmp_path / "first")
+    (tmp_path / "first" / "test" / "cat" / "notes.txt").write_text("skipped")
+    with pytest.warns(UserWarning, match=f"^{tmp_path / 'first'}/test/: skipped 1 file"):
+        load("cifar10", "test", data_dir=tmp_path / "first")
+    shutil.copytree(tmp_path / "first", tmp_path / "copy")  # sizes and mtimes kept: one entry
+    shutil.rmtree(tmp_path / "first")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        load("cifar10", "test", data_dir=tmp_path / "copy")
+    assert [str(w.message) for w in caught] == [
+        f"{tmp_path / 'copy'}/test/: skipped 1 file(s) that are not test/<class>/"
+        f"*.png|jpg|jpeg|bmp|gif|webp|tif|tiff images, such as {tmp_path / 'copy'}/test/cat/"
+        "notes.txt"
+    ]
     assert len(list(fresh_cache.iterdir())) == 1
 
 

@@ -32,6 +32,9 @@ CACHE_ENV = "JAXCIFAR_CACHE"
 # of on every load, not only the one that decoded the source.
 FORMAT = b"jaxcifar-cache-4"
 _CHUNK = 1 << 20
+# Stands for the source's path in a stored note (no path holds a NUL): the entry serves every
+# copy of the same data, and a note must name the copy being read, not the first one decoded.
+_SOURCE = "\0"
 
 
 def cache_dir() -> Path:
@@ -95,7 +98,7 @@ def read_split(path: Path, split: str, source: str) -> Dataset | None:
                 entry[f"{split}_labels"],
                 tuple(str(name) for name in entry["class_names"]),
                 source=source,
-                notes=tuple(str(note) for note in entry[f"{split}_notes"]),
+                notes=tuple(str(note).replace(_SOURCE, source) for note in entry[f"{split}_notes"]),
             )
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, DataError):
         return None
@@ -108,7 +111,8 @@ def write(path: Path, splits: Mapping[str, Dataset]) -> bool:
     for split, dataset in splits.items():
         arrays[f"{split}_images"] = dataset.images
         arrays[f"{split}_labels"] = dataset.labels
-        arrays[f"{split}_notes"] = np.array(dataset.notes, dtype=str)
+        notes = [note.replace(dataset.source, _SOURCE) for note in dataset.notes]
+        arrays[f"{split}_notes"] = np.array(notes, dtype=str)
     try:
         with atomic_path(path) as tmp:
             np.savez(tmp, **arrays)
