@@ -32,10 +32,22 @@ SCRATCH_FIGURES = ("error.png", "accuracy.png")
 
 def remove_other_figures(out_dir: str | Path, drawn: Sequence[str]) -> None:
     """Remove the figures of `FIGURES` and `SCRATCH_FIGURES` in `out_dir` that are not in
-    `drawn`: left by an earlier command of another kind (an evaluation's confusion matrix
-    beside a scratch run's metrics.json), they would pass for this report's."""
-    for name in {*FIGURES, *SCRATCH_FIGURES} - set(drawn):
-        (Path(out_dir) / name).unlink(missing_ok=True)
+    `drawn`, where out_dir/metrics.json is a report of ours: left by an earlier command of
+    another kind (an evaluation's confusion matrix beside a scratch run's metrics.json), they
+    would pass for this report's. A folder without one keeps its files: they are the user's."""
+    out = Path(out_dir)
+    if _is_a_report(out / METRICS_FILE):
+        for name in {*FIGURES, *SCRATCH_FIGURES} - set(drawn):
+            (out / name).unlink(missing_ok=True)
+
+
+def _is_a_report(path: Path) -> bool:
+    """Whether `path` holds a metrics.json of ours (a run's, an evaluation's or scratch's)."""
+    try:
+        document = json.loads(path.read_text())
+    except (OSError, ValueError):  # missing, unreadable, not JSON or not text
+        return False
+    return isinstance(document, dict) and {"config", "epochs", "test_accuracy"} <= set(document)
 
 
 def build_metrics(

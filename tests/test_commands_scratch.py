@@ -33,6 +33,7 @@ def test_scratch_leaves_no_other_commands_figures_beside_its_reports(tmp_path, f
     out.mkdir()
     for name in ("loss.png", "confusion_matrix.png", "accuracy.png", "notes.txt"):
         (out / name).write_text("earlier")
+    (out / "metrics.json").write_text('{"config": {}, "epochs": [], "test_accuracy": 0.5}')
     assert main(["scratch", "--dataset", "mnist", "--data-dir", str(tmp_path / "data"),
                  "--epochs", "1", "--hidden", "4", "--out", str(out)]) == 0  # fmt: skip
     assert sorted(path.name for path in out.iterdir()) == [

@@ -560,6 +560,8 @@ def test_reports_without_epochs_remove_an_earlier_runs_curves(tmp_path):
         config={"model": "speedrun", "dataset": "cifar10"}, device={}, history=[],
         labels=np.array([0, 1]), predictions=np.array([0, 0]), class_names=("a", "b"),
     )  # fmt: skip
+    earlier = {**report, "epochs": [{"epoch": 1}]}  # the earlier run's report, beside them
+    (tmp_path / "metrics.json").write_text(json.dumps(earlier))
     write_reports(tmp_path, report, ("a", "b"))
     assert json.loads((tmp_path / "metrics.json").read_text())["epochs"] == []
     written = sorted(path.name for path in tmp_path.iterdir())

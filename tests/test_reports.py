@@ -74,6 +74,7 @@ def test_every_figure_left_beside_the_reports_is_this_reports_own(tmp_path, monk
     monkeypatch.setattr(plots, "plot_curves", lambda path, *a, **k: path.write_bytes(b"curve"))
     for name in ("error.png", "accuracy.png", "loss.png", "notes.txt"):
         (tmp_path / name).write_text("earlier")
+    (tmp_path / "metrics.json").write_text(json.dumps({**report(), "epochs": []}))  # scratch's
     write_reports(tmp_path, report(), CLASSES)
     assert sorted(path.name for path in tmp_path.iterdir()) == [
         "accuracy.png", "confusion_matrix.png", "loss.png", "metrics.json", "notes.txt"
@@ -84,3 +85,15 @@ def test_every_figure_left_beside_the_reports_is_this_reports_own(tmp_path, monk
     assert sorted(path.name for path in tmp_path.iterdir()) == [
         "confusion_matrix.png", "metrics.json", "notes.txt"
     ]
+
+
+def test_figures_in_a_folder_without_a_report_of_ours_are_the_users_and_stay(tmp_path):
+    # Any error.png, loss.png ... in an --out was removed, though no command of ours wrote it.
+    for name in ("error.png", "loss.png", "accuracy.png"):
+        (tmp_path / name).write_text("the user's")
+    (tmp_path / "metrics.json").write_text('{"accuracy": 0.5}')  # someone else's metrics
+    write_reports(tmp_path, {**report(), "epochs": []}, CLASSES)
+    assert sorted(path.name for path in tmp_path.iterdir()) == [
+        "accuracy.png", "confusion_matrix.png", "error.png", "loss.png", "metrics.json"
+    ]
+    assert (tmp_path / "error.png").read_text() == "the user's"
