@@ -448,6 +448,20 @@ def test_the_resume_line_keeps_a_multi_process_runs_place_in_its_job():
     assert " --lr 0.1 " in resume_command(args, with_config=True)
 
 
+def test_the_resume_line_names_a_data_dir_given_by_the_variable(monkeypatch):
+    # The line may be pasted in a shell without $JAXCIFAR_DATA_DIR, where it would download.
+    from jaxcifar.cli import build_parser
+    from jaxcifar.commands.train import resume_command
+
+    monkeypatch.setenv("JAXCIFAR_DATA_DIR", "/data/cifar")
+    line = resume_command(build_parser().parse_args(["train", "--out", "r"]), with_config=False)
+    assert line == "jaxcifar train --resume --out r --data-dir /data/cifar"
+    given = build_parser().parse_args(["train", "--out", "r", "--data-dir", "/mine"])
+    assert resume_command(given, with_config=False) == (
+        "jaxcifar train --resume --out r --data-dir /mine"
+    )
+
+
 def test_the_resume_line_keeps_paths_that_start_with_a_dash_as_values():
     # `--out -run` in the printed line: argparse took -run for a flag ("expected one argument").
     from jaxcifar.cli import build_parser

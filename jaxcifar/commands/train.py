@@ -37,6 +37,7 @@ from jaxcifar.config import (
     ACTIVATIONS, DATASETS, DTYPES, MODELS, MOMENTUM_OPTIMIZERS, OPTIMIZERS, RECIPES, SCHEDULES,
     RunConfig,
 )  # fmt: skip
+from jaxcifar.data.sources import env_data_dir
 from jaxcifar.errors import CheckpointError, ConfigError, DataError, TrainingDiverged
 from jaxcifar.interrupt import Interrupted, StopOnSignal
 
@@ -134,7 +135,7 @@ def config_from_args(args: argparse.Namespace, saved: RunConfig | None = None) -
 
 def resume_command(args: argparse.Namespace, *, with_config: bool) -> str:
     """The `jaxcifar train --resume --out DIR` line that continues this run, with the execution
-    flags given (--data-dir, --epoch-mode, --quiet, --compile-cache, and a multi-process
+    flags given (--data-dir, or $JAXCIFAR_DATA_DIR's; --epoch-mode, --quiet, --compile-cache, and a multi-process
     run's --coordinator, --num-processes, --process-id); the checkpoint supplies
     the configuration. `with_config` adds the configuration flags given (--recipe, each of
     CONFIG_FLAGS, --override-config), for a checkpoint that does not hold this run's
@@ -153,8 +154,10 @@ def resume_command(args: argparse.Namespace, *, with_config: bool) -> str:
                 words += [flag, *map(str, value if isinstance(value, list) else [value])]
         if args.override_config:
             words.append("--override-config")
-    if args.data_dir is not None:
-        words += _path_flag("--data-dir", args.data_dir)
+    # One from $JAXCIFAR_DATA_DIR too: the line may be pasted where the variable is not set.
+    data_dir = args.data_dir if args.data_dir is not None else env_data_dir()
+    if data_dir is not None:
+        words += _path_flag("--data-dir", data_dir)
     if args.epoch_mode != "auto":
         words += ["--epoch-mode", args.epoch_mode]
     if args.quiet:
