@@ -33,12 +33,8 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     by the new file, the user's link was lost.
     """
     named = Path(path)
-    if named.is_symlink():
-        target = Path(os.path.realpath(named))
-        if not target.parent.is_dir():  # open() makes no folder for a link's target, nor this
-            raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), str(named))
-    else:
-        target = named
+    target = link_target(named)
+    if target is named:
         target.parent.mkdir(parents=True, exist_ok=True)
     owner = _owner(target)
     remove_dead_temporaries(target, owner)
@@ -64,6 +60,22 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         raise
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def link_target(path: Path) -> Path:
+    """The file that writing `path` writes, as `open` writes: a symbolic link's final target
+    (through every link), else `path` itself.
+
+    Raises OSError naming `path`, as `open` fails, where a link's target's folder is missing
+    (FileNotFoundError) or is a file (NotADirectoryError): `open` makes no folder for it.
+    """
+    if not path.is_symlink():
+        return path
+    target = Path(os.path.realpath(path))
+    if not target.parent.is_dir():
+        code = errno.ENOTDIR if target.parent.exists() else errno.ENOENT
+        raise OSError(code, os.strerror(code), str(path))
+    return target
 
 
 def _owner(target: Path) -> str:

@@ -183,11 +183,23 @@ def test_a_file_out_linked_into_a_folder_that_does_not_exist_is_refused_before_t
     with pytest.raises(ConfigError) as refused:
         _args.check_writable_file(link)
     assert str(refused.value) == (
-        f"--out {link}: cannot write there (a symbolic link to {tmp_path / 'nowhere'}/grid.png, "
-        "whose folder does not exist)"
+        f"--out {link}: cannot write there (a symbolic link to {tmp_path / 'nowhere'}/grid.png: "
+        "No such file or directory)"
     )
     (tmp_path / "nowhere").mkdir()  # its target is then a file still to make, as open makes
     _args.check_writable_file(link)
+    # Named by its final target, through a chain of links; a file where its folder should be.
+    (tmp_path / "afile").write_text("")
+    (tmp_path / "real").mkdir()
+    (tmp_path / "real" / "hop.png").symlink_to(tmp_path / "afile" / "grid.png")
+    chain = tmp_path / "chain.png"
+    chain.symlink_to(tmp_path / "real" / "hop.png")
+    with pytest.raises(ConfigError) as refused:
+        _args.check_writable_file(chain)
+    assert str(refused.value) == (
+        f"--out {chain}: cannot write there (a symbolic link to {tmp_path / 'afile'}/grid.png: "
+        "Not a directory)"
+    )
 
 
 @pytest.mark.parametrize(

@@ -11,7 +11,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from jaxcifar.atomic import name_max
+from jaxcifar.atomic import link_target, name_max
 from jaxcifar.config import DATASETS, INT32_MAX, SEED_MAX
 from jaxcifar.data.dataset import Dataset
 from jaxcifar.data.sources import DATA_DIR_ENV
@@ -251,16 +251,15 @@ def check_writable_file(path: Path) -> None:
     """Check that output file `path` (--out) can be written: not a folder, its folder one that
     can be made and written in, its name one the file system holds, so a bad --out fails
     before the work rather than after it."""
-    folder = path.parent
     if path.is_dir():
         raise ConfigError(f"--out {path} is a folder; expected a file name")
-    if path.is_symlink():  # written through, as open() writes: into its target's folder
-        folder = Path(os.path.realpath(path)).parent
-        if not folder.is_dir():
-            raise ConfigError(
-                f"--out {path}: cannot write there (a symbolic link to {os.readlink(path)}, "
-                "whose folder does not exist)"
-            )
+    try:
+        folder = link_target(path).parent  # a link is written through, as open() writes
+    except OSError as error:
+        raise ConfigError(
+            f"--out {path}: cannot write there (a symbolic link to {os.path.realpath(path)}: "
+            f"{error.strerror})"
+        ) from None
     if folder.exists() and not folder.is_dir():
         raise ConfigError(f"--out {path}: {folder} is a file, not a folder")
     if reason := _probe(folder):

@@ -135,9 +135,9 @@ def config_from_args(args: argparse.Namespace, saved: RunConfig | None = None) -
 
 def resume_command(args: argparse.Namespace, *, with_config: bool) -> str:
     """The `jaxcifar train --resume --out DIR` line that continues this run, with the execution
-    flags given (--data-dir, or $JAXCIFAR_DATA_DIR's; --epoch-mode, --quiet, --compile-cache, and a multi-process
-    run's --coordinator, --num-processes, --process-id); the checkpoint supplies
-    the configuration. `with_config` adds the configuration flags given (--recipe, each of
+    flags given (--data-dir, or $JAXCIFAR_DATA_DIR's; --epoch-mode, --quiet, --compile-cache,
+    and a multi-process run's --coordinator, --num-processes, --process-id); the checkpoint
+    supplies the configuration. `with_config` adds the configuration flags given (--recipe, each of
     CONFIG_FLAGS, --override-config), for a checkpoint that does not hold this run's
     configuration yet: a resume that changed it, stopped before its first epoch ended."""
     words = ["jaxcifar", "train", "--resume", *_path_flag("--out", args.out)]

@@ -96,7 +96,8 @@ def load(name: str, split: str, *, data_dir: str | os.PathLike[str] | None = Non
         raise ConfigError(f"unknown dataset {name!r}; expected one of {', '.join(CLASS_NAMES)}")
     if split not in SPLITS:
         raise ConfigError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)}")
-    if data_dir is not None and not os.fspath(data_dir):  # Path("") is the current folder
+    # "" would read the current folder (Path("") is already ".", which cannot be told apart).
+    if data_dir is not None and not os.fspath(data_dir):
         raise ConfigError(
             "data_dir is empty; expected a folder or archive path, or None for "
             f"${DATA_DIR_ENV} or else the official release"
