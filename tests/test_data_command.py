@@ -20,7 +20,7 @@ def test_info_prints_source_shape_and_class_counts(tmp_path, fresh_cache, capsys
 
 
 def test_info_widens_its_class_column_for_long_class_names(tmp_path, fresh_cache, capsys):
-    # A name of 14 characters or more ran into the counts: "a_long_classname4   2".
+    # A name of 13 characters or more put its row's counts out of line with the others'.
     write_tree(tmp_path / "data", classes=("cat", "a_long_class_name"))
     assert main(["data", "info", "--data-dir", str(tmp_path / "data")]) == 0
     table = capsys.readouterr().out.splitlines()[2:]
