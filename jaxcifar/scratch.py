@@ -331,13 +331,8 @@ def train(
         np.isfinite(l_rate) and l_rate >= 0
     ):
         raise ValueError(f"l_rate must be a finite number, 0 or above; got {l_rate!r}")
-    weight_type = network[0]["weights"].dtype
-    tiny = float(np.finfo(weight_type).tiny)
-    if 0 < l_rate < tiny:  # 1e-50 is 0 in float32: the run would not move, without a word
-        raise ValueError(
-            f"l_rate {l_rate} is below {weight_type}'s smallest normal number, {tiny:.3g} (the "
-            "network's type), where it rounds to 0 or loses its precision"
-        )
+    if problem := rate_problem(l_rate, network[0]["weights"].dtype):
+        raise ValueError(f"l_rate {l_rate} {problem} (the network's type)")
     num_classes = network[-1]["weights"].shape[1]
     for inputs, labels, names in ((x, y, ("x", "y")), (x_test, y_test, ("x_test", "y_test"))):
         if inputs is not None:
@@ -393,6 +388,19 @@ def train(
         if on_epoch is not None:
             on_epoch(record)
     return network, history
+
+
+def rate_problem(l_rate: float, dtype: DTypeLike) -> str | None:
+    """What is wrong with a rate `l_rate` >= 0 for a network of `dtype`, or None: a positive
+    rate below the type's smallest normal number rounds to 0 there (1e-50 in float32), or
+    loses its precision, and the run would not move without a word."""
+    tiny = float(np.finfo(dtype).tiny)
+    if 0 < l_rate < tiny:
+        return (
+            f"is below {np.dtype(dtype)}'s smallest normal number, {tiny:.3g}, where it rounds "
+            "to 0 or loses its precision"
+        )
+    return None
 
 
 def _check_seed(seed: int) -> int:

@@ -98,7 +98,7 @@ def test_scratch_command_refuses_a_rate_its_dtype_rounds_to_0(tmp_path, capsys):
     assert main(["scratch", "--lr", "1e-50", "--out", str(tmp_path / "run")]) == 2
     assert capsys.readouterr().err == (
         "jaxcifar scratch: error: --lr 1e-50 is below float32's smallest normal number, "
-        "1.18e-38 (--dtype), where it rounds to 0 or loses its precision\n"
+        "1.18e-38, where it rounds to 0 or loses its precision (--dtype float32)\n"
     )
     assert not (tmp_path / "run").exists()
 

@@ -356,7 +356,8 @@ def test_scratch_refuses_counts_rates_seeds_and_inputs_it_would_misuse(scratch_p
         fit_scratch(network, np.full_like(x, np.nan), y)
     single = scratch.initialize_network((12, 5, 3), dtype=np.float32)  # 1e-50 rounds to 0
     with pytest.raises(ValueError, match=r"^l_rate 1e-50 is below float32's smallest normal "
-                       r"number, 1.18e-38 \(the network's type\), where it rounds to 0"):
+                       r"number, 1.18e-38, where it rounds to 0 or loses its precision \(the "
+                       r"network's type\)$"):  # fmt: skip
         fit_scratch(single, x.astype(np.float32), y, l_rate=1e-50)
     fit_scratch(network, x, y, l_rate=1e-50)  # float64 holds it
     with pytest.raises(ValueError, match=r"^x \(0, 12\) is empty: an accuracy needs"):

@@ -92,14 +92,10 @@ def load_inputs(
 
 
 def run(args: argparse.Namespace) -> int:
-    import numpy as np
+    from jaxcifar import scratch
 
-    tiny = float(np.finfo(args.dtype).tiny)
-    if args.lr < tiny:  # 1e-50 is 0 in float32: the run would not move, without a word
-        raise ConfigError(
-            f"--lr {args.lr} is below {args.dtype}'s smallest normal number, {tiny:.3g} "
-            "(--dtype), where it rounds to 0 or loses its precision"
-        )
+    if problem := scratch.rate_problem(args.lr, args.dtype):
+        raise ConfigError(f"--lr {args.lr} {problem} (--dtype {args.dtype})")
     check_writable_folder(args.out)  # before the data and the training, not after
     check_not_a_training_run(args.out)
     with folder_lock.holding(args.out):
