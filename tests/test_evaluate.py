@@ -109,6 +109,7 @@ def test_a_signal_while_evaluate_writes_its_reports_waits_for_the_whole_set(
 def test_evaluate_writes_its_reports_though_its_stdout_reader_has_gone(tmp_path, fresh_cache):
     # `jaxcifar evaluate ... --out DIR | head -1`: it printed first, and the closed pipe
     # stopped it before the reports were written.
+    import os
     import subprocess
     import sys
 
@@ -121,7 +122,10 @@ def test_evaluate_writes_its_reports_though_its_stdout_reader_has_gone(tmp_path,
     ]) == 0  # fmt: skip
     command = [sys.executable, "-m", "jaxcifar", "evaluate", "--checkpoint", str(run),
                "--data-dir", str(tmp_path / "data"), "--out", str(evaluated)]  # fmt: skip
-    reader = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    # Unbuffered, as `python -u` runs it: each line is written (and fails) as it is printed;
+    # block-buffered, the same happens once the output passes the buffer (many classes).
+    reader = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              env={**os.environ, "PYTHONUNBUFFERED": "1"})  # fmt: skip
     reader.stdout.close()
     assert reader.wait(timeout=120) == 141 and reader.stderr.read() == b""
     assert sorted(path.name for path in evaluated.iterdir()) == [
