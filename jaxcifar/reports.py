@@ -41,6 +41,16 @@ def remove_other_figures(out_dir: str | Path, drawn: Sequence[str]) -> None:
             (out / name).unlink(missing_ok=True)
 
 
+def remove_report(out_dir: str | Path) -> None:
+    """Remove the report of ours in `out_dir` (metrics.json and every figure of
+    `remove_other_figures`), where there is one: an evaluation of a model that the folder no
+    longer holds (`jaxcifar speedrun` replacing it) would pass for the new model's."""
+    out = Path(out_dir)
+    remove_other_figures(out, drawn=())
+    if _is_a_report(out / METRICS_FILE):
+        (out / METRICS_FILE).unlink()
+
+
 def _is_a_report(path: Path) -> bool:
     """Whether `path` holds a metrics.json of ours (a run's, an evaluation's or scratch's)."""
     try:

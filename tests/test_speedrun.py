@@ -825,6 +825,28 @@ def test_speedrun_command_writes_its_json_and_a_model_evaluate_and_predict_read(
     ranked = capsys.readouterr().out.split(": ", 1)[1].split(", ")
     assert len(ranked) == 3 and all(name.split()[0] in CIFAR10_CLASSES for name in ranked)
 
+    # An evaluation kept beside the model it evaluated goes when a new run replaces the model:
+    # it stayed, and passed for the new model's.
+    assert cli.main([*evaluate, "--out", str(out)]) == 0
+    assert (out / "metrics.json").exists() and (out / "confusion_matrix.png").exists()
+    assert tiny_speedrun_command(shared_data, xla_dir, out, 1, "--seed", "1") == 0
+    assert sorted(path.name for path in out.iterdir()) == [
+        "model.msgpack", "speedrun.json", "speedrun.md"
+    ]
+
+
+def test_speedrun_refuses_an_out_holding_a_training_run(tmp_path, capsys):
+    # Its model.msgpack beside the run's checkpoint made the folder one that evaluate refused
+    # as ambiguous.
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "checkpoint.msgpack").write_bytes(b"a run's")
+    assert cli.main(["speedrun", "--out", str(tmp_path / "run")]) == 2
+    assert capsys.readouterr().err == (
+        f"jaxcifar speedrun: error: --out {tmp_path / 'run'} holds a training run "
+        "(checkpoint.msgpack), whose reports this would replace; pick another --out\n"
+    )
+    assert [path.name for path in (tmp_path / "run").iterdir()] == ["checkpoint.msgpack"]
+
 
 def test_evaluate_of_a_speedrun_model_reproduces_its_runs_number(
     shared_data, xla_dir, tmp_path, capsys

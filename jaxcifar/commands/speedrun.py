@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 from jaxcifar import folder_lock
 from jaxcifar.commands._args import (
-    add_compile_cache_argument, add_data_arguments, check_writable_folder, positive_float,
-    output_folder, positive_int, seed_int,
+    add_compile_cache_argument, add_data_arguments, check_not_a_training_run,
+    check_writable_folder, positive_float, output_folder, positive_int, seed_int,
 )
 from jaxcifar.interrupt import Interrupted, StopOnSignal
 
@@ -66,6 +66,7 @@ def run(args: argparse.Namespace) -> int:
         epochs=args.epochs, batch_size=args.batch_size, widths=tuple(args.widths), dtype=args.dtype
     )
     check_writable_folder(args.out)  # before the data and the runs, not after
+    check_not_a_training_run(args.out)
     path = args.out / "speedrun.json"
     results: dict[str, Any] = {}  # what speedrun.json holds, saved after every run
     try:
@@ -91,6 +92,7 @@ def _speedrun(
     from jaxcifar import xla_cache
     from jaxcifar.bench import environment
     from jaxcifar.data import load_split
+    from jaxcifar.reports import remove_report
     from jaxcifar.speedrun import measure, model_file
 
     train_set, test_set = (
@@ -108,6 +110,8 @@ def _speedrun(
 
     def save_run(speedrun, result) -> None:
         with signals.hold():
+            if not results["runs"]:  # an earlier evaluation's report describes another model
+                remove_report(args.out)
             saved = model_file.save(
                 args.out, recipe, result.state.params, result.state.batch_stats,
                 speedrun.train_data.mean, speedrun.train_data.std, dataset=args.dataset,
