@@ -835,6 +835,18 @@ def test_speedrun_command_writes_its_json_and_a_model_evaluate_and_predict_read(
     ]
 
 
+def test_speedrun_refuses_runs_whose_seeds_pass_the_seed_range(tmp_path, capsys):
+    # Run 2 of --seed 2147483647 was seeded 2147483648, saved in its model: a seed that
+    # --seed refuses, so the run could not be made again alone.
+    argv = ["speedrun", "--seed", "2147483646", "--runs", "3", "--out", str(tmp_path / "out")]
+    assert cli.main(argv) == 2
+    assert capsys.readouterr().err == (
+        "jaxcifar speedrun: error: --seed 2147483646 --runs 3: the runs' seeds "
+        "SEED..SEED+RUNS-1 go past 2147483647; lower --seed to 2147483645 or less\n"
+    )
+    assert not (tmp_path / "out").exists()
+
+
 def test_speedrun_refuses_an_out_holding_a_training_run(tmp_path, capsys):
     # Its model.msgpack beside the run's checkpoint made the folder one that evaluate refused
     # as ambiguous.

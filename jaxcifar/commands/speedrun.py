@@ -21,6 +21,8 @@ from jaxcifar.commands._args import (
     add_compile_cache_argument, add_data_arguments, check_not_a_training_run,
     check_writable_folder, positive_float, output_folder, positive_int, seed_int,
 )
+from jaxcifar.config import SEED_MAX
+from jaxcifar.errors import ConfigError
 from jaxcifar.interrupt import Interrupted, StopOnSignal
 
 if TYPE_CHECKING:
@@ -65,6 +67,11 @@ def run(args: argparse.Namespace) -> int:
     recipe = Recipe(
         epochs=args.epochs, batch_size=args.batch_size, widths=tuple(args.widths), dtype=args.dtype
     )
+    if args.seed + args.runs - 1 > SEED_MAX:  # its later runs' seeds, which --seed refuses
+        raise ConfigError(
+            f"--seed {args.seed} --runs {args.runs}: the runs' seeds SEED..SEED+RUNS-1 go past "
+            f"{SEED_MAX}; lower --seed to {SEED_MAX - args.runs + 1} or less"
+        )
     check_writable_folder(args.out)  # before the data and the runs, not after
     check_not_a_training_run(args.out)
     path = args.out / "speedrun.json"
