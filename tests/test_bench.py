@@ -182,6 +182,31 @@ def test_bench_command_refuses_torch_flags_without_the_references(flag, monkeypa
     )
 
 
+@pytest.mark.parametrize("flags, given", [
+    (["--min-steps", "50"], "--min-steps"),
+    (["--seconds-per-case", "5", "--min-steps", "9"], "--min-steps and --seconds-per-case"),
+])  # fmt: skip
+def test_bench_command_refuses_budget_flags_that_steps_overrides(flags, given, monkeypatch,
+                                                                 capsys):  # fmt: skip
+    # `--steps 2 --min-steps 50 --seconds-per-case 5` timed exactly 2 steps without a word.
+    monkeypatch.setattr(suite, "plan", lambda settings: pytest.fail("planned"))
+    assert cli.main(["bench", "--steps", "2", *flags]) == 2
+    assert capsys.readouterr().err == (
+        f"jaxcifar bench: error: --steps times exactly 2 steps a case; drop {given}, or --steps\n"
+    )
+
+
+def test_bench_help_states_the_step_cap_of_a_timed_case(capsys, monkeypatch):
+    # "time each case for at least this long": `--seconds-per-case 3` stopped at 500 steps,
+    # 0.46 s of an MLP's.
+    monkeypatch.setenv("COLUMNS", "1000")
+    with pytest.raises(SystemExit):
+        cli.main(["bench", "--help"])
+    shown = capsys.readouterr().out
+    assert "time each case for at least this long, up to 500 timed steps (or --min-steps, if " \
+        "more)" in shown
+
+
 @pytest.mark.parametrize("name", ["../../escape", "", ".hidden"])
 def test_bench_command_takes_a_plain_file_stem_as_its_name(name, tmp_path, capsys):
     # Before: --out a/b --name ../../escape wrote escape.json beside a/, outside --out.

@@ -20,6 +20,7 @@ from jaxcifar.commands._args import (
     positive_int,
 )
 from jaxcifar.config import DTYPES, MODELS
+from jaxcifar.errors import ConfigError
 
 HELP = "benchmark training step times against NumPy and PyTorch"
 
@@ -39,14 +40,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--steps", type=positive_int, default=None,
         help="time exactly this many steps per case; when not given, at least --min-steps and "
-        "for at least --seconds-per-case, so fast cases get many samples and slow ones few",
+        f"for at least --seconds-per-case, up to {budget.max_steps} steps (or --min-steps, if "
+        "more), so fast cases get many samples and slow ones few",
     )  # fmt: skip
     parser.add_argument(
         "--min-steps", type=positive_int, default=budget.min_steps, help="timed steps per case"
     )
     parser.add_argument(
         "--seconds-per-case", type=non_negative_float, default=budget.min_seconds,
-        help="time each case for at least this long",
+        help=f"time each case for at least this long, up to {budget.max_steps} timed steps "
+        "(or --min-steps, if more)",
     )  # fmt: skip
     parser.add_argument(
         "--warmup", type=non_negative_int, default=budget.warmup,
@@ -103,6 +106,13 @@ def default_stem(out: str) -> str:
 def run(args: argparse.Namespace) -> int:
     """Run the benchmark: progress on stderr, the paths of the written files on stdout."""
     if args.steps is not None:
+        given = [flag for flag, value, default in (
+            ("--min-steps", args.min_steps, TimingBudget.min_steps),
+            ("--seconds-per-case", args.seconds_per_case, TimingBudget.min_seconds),
+        ) if value != default]  # fmt: skip
+        if given:  # else ignored without a word
+            raise ConfigError(f"--steps times exactly {args.steps} steps a case; drop "
+                              f"{' and '.join(given)}, or --steps")  # fmt: skip
         budget = TimingBudget.fixed(args.steps, warmup=args.warmup)
     else:
         max_steps = max(args.min_steps, TimingBudget.max_steps)
