@@ -19,9 +19,11 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from bench_paths import run_script
 from jaxcifar import models, train
 from jaxcifar.bench import jax_cases
 from jaxcifar.bench.timing import TimingBudget, percentiles, time_steps
+from jaxcifar.commands._args import positive_float, positive_int
 from jaxcifar.cpu_fusions import compile_timed
 from jaxcifar.models import cnn, layers
 
@@ -120,9 +122,9 @@ def measure(name: str, batch_size: int, budget: TimingBudget, losses: dict) -> d
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--batch-sizes", nargs="+", type=int, default=[32, 128])
+    parser.add_argument("--batch-sizes", nargs="+", type=positive_int, default=[32, 128])
     parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
-    parser.add_argument("--seconds", type=float, default=2.0, help="timing per case")
+    parser.add_argument("--seconds", type=positive_float, default=2.0, help="timing per case")
     args = parser.parse_args()
     budget = TimingBudget(warmup=1, min_steps=5, min_seconds=args.seconds)
     print("| variant | batch | compile s | median ms | p10 ms | p90 ms |")
@@ -138,4 +140,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

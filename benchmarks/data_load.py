@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from bench_paths import SHARED_DATA, run_script
+from jaxcifar.commands._args import positive_int
 from jaxcifar.data import load
 from jaxcifar.data.cache import CACHE_ENV
 
@@ -21,7 +22,7 @@ from jaxcifar.data.cache import CACHE_ENV
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-dir", type=Path, default=SHARED_DATA)
-    parser.add_argument("--repeats", type=int, default=3, help="cached loads to time")
+    parser.add_argument("--repeats", type=positive_int, default=3, help="cached loads to time")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="jaxcifar-bench-cache-") as cache:
         os.environ[CACHE_ENV] = cache

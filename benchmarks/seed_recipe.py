@@ -28,6 +28,7 @@ from pathlib import Path
 
 from bench_paths import RESULTS, SHARED_DATA, run_script
 from jaxcifar.bench.environment import device_name, device_slug
+from jaxcifar.commands._args import file_stem, positive_int
 from jaxcifar.config import RunConfig
 from jaxcifar.data import load_split
 from jaxcifar.fused.measure import PATHS, measure_path, read_results, run_label, write_results
@@ -57,13 +58,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-dir", type=Path, default=SHARED_DATA)
     parser.add_argument("--paths", nargs="+", choices=PATHS, default=list(PATHS))
-    parser.add_argument("--epochs", type=int, default=RunConfig().epochs)
-    parser.add_argument("--limit-train", type=int, help="train on a random N-image subset")
-    parser.add_argument("--limit-test", type=int, help="test on a random N-image subset")
-    parser.add_argument("--unroll", type=int, nargs="+", default=[1],
+    parser.add_argument("--epochs", type=positive_int, default=RunConfig().epochs)
+    parser.add_argument("--limit-train", type=positive_int, help="train on a random N-image subset")
+    parser.add_argument("--limit-test", type=positive_int, help="test on a random N-image subset")
+    parser.add_argument("--unroll", type=positive_int, nargs="+", default=[1],
                         help="steps per loop iteration of the fused paths; one run per value")
     parser.add_argument("--out", type=Path, default=RESULTS)
-    parser.add_argument("--name", help="file stem (default: seed-recipe-<device>)")
+    parser.add_argument("--name", type=file_stem, help="file stem (default: seed-recipe-<device>)")
     parser.add_argument("--append", action="store_true",
                         help="keep the rows and failures already in the results file")
     parser.add_argument("--profile", nargs="+", choices=PATHS, default=[], metavar="PATH",

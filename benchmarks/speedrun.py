@@ -41,6 +41,7 @@ from airbench_cpu import airbench_missing  # noqa: E402
 from bench_paths import RESULTS, SHARED_DATA, run_script  # noqa: E402
 from jaxcifar.data import load_split  # noqa: E402
 from jaxcifar.bench import environment  # noqa: E402
+from jaxcifar.commands._args import file_stem, positive_float, positive_int  # noqa: E402
 from jaxcifar.data.dataset import Dataset  # noqa: E402
 from jaxcifar import xla_cache  # noqa: E402
 from jaxcifar.speedrun import measure  # noqa: E402
@@ -120,16 +121,16 @@ def run_airbench(train_set: Dataset, test_set: Dataset, runs: int, widths: tuple
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-dir", type=Path, default=SHARED_DATA)
-    parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument("--limit-train", type=int, help="train on a random N-image subset")
-    parser.add_argument("--limit-test", type=int, help="test on a random N-image subset")
-    parser.add_argument("--epochs", type=float, default=Recipe().epochs)
+    parser.add_argument("--runs", type=positive_int, default=5)
+    parser.add_argument("--limit-train", type=positive_int, help="train on a random N-image subset")
+    parser.add_argument("--limit-test", type=positive_int, help="test on a random N-image subset")
+    parser.add_argument("--epochs", type=positive_float, default=Recipe().epochs)
     parser.add_argument("--dtypes", nargs="+", choices=DTYPES, default=[Recipe().dtype])
-    parser.add_argument("--widths", type=int, nargs=3, default=list(Recipe().widths),
+    parser.add_argument("--widths", type=positive_int, nargs=3, default=list(Recipe().widths),
                         help="channels of the three conv blocks, both systems")  # fmt: skip
     parser.add_argument("--epoch-mode", choices=EPOCH_MODES, default="auto")
     parser.add_argument("--out", type=Path, default=RESULTS)
-    parser.add_argument("--name", help="file stem (default: speedrun-<device>)")
+    parser.add_argument("--name", type=file_stem, help="file stem (default: speedrun-<device>)")
     args = parser.parse_args()
 
     splits = {

@@ -29,7 +29,7 @@ from pathlib import Path  # noqa: E402
 from jaxcifar import plots, scratch  # noqa: E402
 from jaxcifar.atomic import atomic_write_text  # noqa: E402
 from jaxcifar.commands import scratch as scratch_command  # noqa: E402
-from jaxcifar.commands._args import DATA_DIR_ENV, positive_int  # noqa: E402
+from jaxcifar.commands._args import DATA_DIR_ENV, positive_int, seed_int  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 # Hidden widths -> learning rate. With sigmoid outputs and squared error the stable rate
@@ -54,7 +54,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--limit-train", type=positive_int, help="train on a random N images (smoke runs)"
     )
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=seed_int, default=0)
     parser.add_argument(
         "--lr-decay", choices=scratch_command.LR_DECAYS, default="constant",
         help="the rate per epoch: constant (the committed results), or decaying linearly "

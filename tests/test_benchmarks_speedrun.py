@@ -116,6 +116,27 @@ def test_a_benchmark_given_a_missing_data_dir_ends_in_one_line_naming_it(tmp_pat
     assert (done.returncode, done.stderr) == (2, expected)
 
 
+@pytest.mark.parametrize("script, argv, message", [
+    ("benchmarks/speedrun.py", ["--runs", "0"], "argument --runs: expected a positive integer"),
+    ("benchmarks/speedrun.py", ["--name", "../x"], "argument --name: expected a plain file name"),
+    ("benchmarks/seed_recipe.py", ["--unroll", "0"], "argument --unroll: expected a positive"),
+    ("benchmarks/cnn_variants.py", ["--batch-sizes", "0"], "argument --batch-sizes: expected a"),
+    ("benchmarks/cnn_variants.py", ["--seconds", "nan"], "argument --seconds: expected a"),
+    ("benchmarks/data_load.py", ["--repeats", "0"], "argument --repeats: expected a positive"),
+    ("scripts/ablation_scratch.py", ["--seed", "-1"], "argument --seed: expected an integer in"),
+])  # fmt: skip
+def test_a_script_refuses_a_bad_count_before_it_runs(script, argv, message):
+    # They ran on: --runs -2 wrote results of no run (exit 0), --unroll 0 recorded a failed
+    # path (exit 0), --name ../x wrote outside --out, and the others ended in tracebacks
+    # (after 10 s of decoding, for --repeats 0).
+    import subprocess
+
+    done = subprocess.run([sys.executable, str(BENCHMARKS.parent / script), *argv],
+                          capture_output=True, text=True)  # fmt: skip
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert f"{Path(script).name}: error: {message}" in done.stderr
+
+
 # Runs a benchmark script as `python benchmarks/SCRIPT ARGS` would, with the modules named in
 # MISSING uninstalled (None in sys.modules) and those in FAKE installed as empty modules.
 _RUN_SCRIPT_WITH = """
