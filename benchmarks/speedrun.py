@@ -132,6 +132,10 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--name", type=file_stem, help="file stem (default: speedrun-<device>)")
     args = parser.parse_args()
+    batch = Recipe().batch_size
+    if args.limit_train is not None and args.limit_train < batch:  # before the data is read
+        parser.error(f"argument --limit-train: both systems train on batches of {batch} "
+                     f"images, airbench94's; give at least {batch}, got {args.limit_train}")
 
     splits = {
         split: load_split("cifar10", split, data_dir=args.data_dir, limit=limit)
