@@ -88,6 +88,11 @@ def read_tagged(path: Path, format_tag: str, version: int, what: str) -> dict[st
         raise CheckpointError(f"{path}: no {what} there") from None
     except OSError as error:  # a folder, no permission, a disk error: not a corrupt file
         raise CheckpointError(cannot_read(path, error)) from None
+    if data.lstrip()[:1] == b"{":  # called corrupt, a report beside the model misled
+        raise CheckpointError(
+            f"{path}: not a {what} but JSON text, as a run's metrics.json or speedrun.json "
+            f"holds; pass the run's folder"
+        )
     try:
         payload = serialization.msgpack_restore(data)
     except Exception as error:  # msgpack raises several unrelated types on corrupt input

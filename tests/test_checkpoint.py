@@ -81,6 +81,19 @@ def test_foreign_files_are_refused(tmp_path):
         checkpoint.load(tmp_path / "missing")
 
 
+def test_a_report_given_as_the_checkpoint_is_named_json_not_corrupt(tmp_path):
+    # `evaluate --checkpoint RUN/speedrun.json` read "truncated or corrupt: unpack(b)
+    # received extra data."
+    report = tmp_path / "speedrun.json"
+    report.write_text('\n  {"device": "cpu", "runs": []}\n')
+    with pytest.raises(CheckpointError) as refused:
+        checkpoint.load(report)
+    assert str(refused.value) == (
+        f"{report}: not a checkpoint but JSON text, as a run's metrics.json or speedrun.json "
+        "holds; pass the run's folder"
+    )
+
+
 def test_other_version_and_other_model_are_refused(saved_file):
     rewrite_msgpack(saved_file, lambda payload: payload.update(version=99))
     with pytest.raises(CheckpointError, match="format version 99, this jaxcifar reads 1"):
