@@ -196,6 +196,18 @@ def test_bench_command_refuses_budget_flags_that_steps_overrides(flags, given, m
     )
 
 
+@pytest.mark.parametrize("flags, message", [
+    (["--batch-sizes", "4", "4"], "--batch-sizes: 4 given twice"),
+    (["--dtypes", "float32", "bfloat16", "float32"], "--dtypes: float32 given twice"),
+    (["--models", "mlp", "cnn", "mlp", "cnn"], "--models: cnn, mlp given twice"),
+])  # fmt: skip
+def test_bench_command_refuses_a_value_given_twice(flags, message, monkeypatch, capsys):
+    # Each such case was timed twice, and one float32 row got "vs f32 x1.00" against the other.
+    monkeypatch.setattr(suite, "plan", lambda settings: pytest.fail("planned"))
+    assert cli.main(["bench", *flags]) == 2
+    assert capsys.readouterr().err == f"jaxcifar bench: error: {message}; name each once\n"
+
+
 def test_bench_help_states_the_step_cap_of_a_timed_case(capsys, monkeypatch):
     # "time each case for at least this long": `--seconds-per-case 3` stopped at 500 steps,
     # 0.46 s of an MLP's.

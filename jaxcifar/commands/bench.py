@@ -105,6 +105,11 @@ def default_stem(out: str) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """Run the benchmark: progress on stderr, the paths of the written files on stdout."""
+    for flag in ("--models", "--batch-sizes", "--dtypes", "--epoch-batch-sizes"):
+        values = getattr(args, flag[2:].replace("-", "_"))
+        if twice := sorted({str(v) for v in values if values.count(v) > 1}):
+            # Else each case ran twice, and one float32 row was given a ratio against the other.
+            raise ConfigError(f"{flag}: {', '.join(twice)} given twice; name each once")
     if args.steps is not None:
         given = [flag for flag, value, default in (
             ("--min-steps", args.min_steps, TimingBudget.min_steps),
