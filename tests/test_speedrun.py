@@ -979,7 +979,13 @@ def test_speedrun_command_saves_each_run_as_it_ends(
     # The model file holds the run whose row is the last: they are written as a pair.
     assert saved["model"] == {"file": "model.msgpack", "run": 1, "seed": 0}
     assert model_file.load(out / "model.msgpack").seed == runs[-1]["seed"] == 0
-    assert "| jaxcifar-fast | float32 | 1 |" in (out / "speedrun.md").read_text()
+    table = (out / "speedrun.md").read_text()
+    assert "| jaxcifar-fast | float32 | 1 |" in table
+    # It read as a finished set of one run, its first timed as warm though no warm-up ran.
+    assert saved["runs_planned"] == 3 and saved["warmup"] is False
+    assert table.endswith("\nInterrupted: 1 of the 3 runs asked for finished.\n")
+    assert "train s: seconds per run, compilation excluded (without a warm-up run: the first " \
+        "is its programs' first execution)" in table
 
 
 def test_speedrun_command_stopped_while_loading_its_data_says_nothing_is_saved(

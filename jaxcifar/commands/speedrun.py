@@ -110,8 +110,9 @@ def _speedrun(
     device = environment.device_name()
     print(f"device: {device}; data: {train_set.source}; compile cache: {cache or 'off'}")
     results.update(
-        device=device, runs=[], recipe=dataclasses.asdict(recipe), dataset=args.dataset,
-        train_images=len(train_set), test_images=len(test_set),
+        device=device, runs=[], runs_planned=args.runs, warmup=False,
+        recipe=dataclasses.asdict(recipe), dataset=args.dataset, train_images=len(train_set),
+        test_images=len(test_set),
     )  # fmt: skip
     finished = []  # the row of the run that just ended, until its model is saved with it
 

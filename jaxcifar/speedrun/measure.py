@@ -133,11 +133,15 @@ def render_markdown(results: dict[str, Any]) -> str:
     model.msgpack holds (when the results say)."""
     dataset = results.get("dataset", "cifar10")
     title = DATASET_TITLES.get(dataset, dataset)
+    # Without a warm-up run (the CLI's), the first timed run is its programs' first execution.
+    timed = ("warm seconds per run" if results.get("warmup", True) else
+             "seconds per run, compilation excluded (without a warm-up run: the first is its "
+             "programs' first execution)")  # fmt: skip
     lines = [
         f"# {title} speedrun, {results['device']}",
         "",
-        "train s: warm seconds per run (whitening + training + TTA predictions); cold s: the "
-        "first run of a fresh process, compilation included.",
+        f"train s: {timed} (whitening + training + TTA predictions); cold s: the first run of a "
+        "fresh process, compilation included.",
         "",
         "| system | dtype | runs | train s (mean ± sd) | cold s | TTA test accuracy (mean ± sd) |",
         "|---|---|---:|---:|---:|---:|",
@@ -163,6 +167,9 @@ def render_markdown(results: dict[str, Any]) -> str:
     if "model" in results:
         model = results["model"]
         lines += ["", f"{model['file']}: the model of run {model['run']} (seed {model['seed']})."]
+    planned, done = results.get("runs_planned"), len(results["runs"])
+    if planned is not None and done < planned:  # read as a finished set of fewer runs
+        lines += ["", f"Interrupted: {done} of the {planned} runs asked for finished."]
     skipped = [f"- {entry['system']}: {entry['reason']}" for entry in results.get("skipped", ())]
     if skipped:
         lines += ["", "Not measured:", "", *skipped]
