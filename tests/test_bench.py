@@ -930,6 +930,19 @@ def test_step_table_gives_median_p10_and_p90_in_their_own_columns():
     assert STEP_LINE in output.render_markdown(_results([STEP])).splitlines()
 
 
+def test_every_step_row_with_a_roof_shows_it_beside_its_comparison():
+    # Only reference rows showed "roof xB": without torch, no row of the table did.
+    import dataclasses
+
+    jax_row = dataclasses.replace(STEP, speedup_bound=21.5)
+    bf16 = dataclasses.replace(STEP, dtype="bfloat16", speedup_vs_float32=1.5, speedup_bound=9.0)
+    torch_row = dataclasses.replace(STEP, framework="torch", jax_speedup=2.1, speedup_bound=40.0)
+    cells = [line.rsplit("|", 2)[1].strip()
+             for line in output.render_markdown(_results([jax_row, bf16, torch_row])).splitlines()
+             if line.startswith(("| jax | cnn", "| torch | cnn"))]  # fmt: skip
+    assert cells == ["roof x21.5", "vs f32 x1.50, roof x9.0", "jax x2.10, roof x40.0"]
+
+
 def test_epoch_table_gives_epoch_seconds_apart_from_compile_seconds():
     lines = output.render_markdown(_results([EPOCH])).splitlines()
     assert "| mlp | scan | 8 | 2 | 1.5 | 0.02 | 10 | 800 |  |" in lines

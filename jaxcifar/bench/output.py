@@ -59,15 +59,18 @@ def _number(value: float | None, scale: float = 1.0, digits: int = 3) -> str:
 
 
 def _ratio(row: dict[str, Any]) -> str:
-    """The row's one ratio, named: 'JAX 2.1x faster' reads the same way for every kind."""
+    """The row's comparison, named ('JAX 2.1x faster' reads the same way for every kind), then
+    its roof where it has one: a JAX row's too, the only one shown where no reference ran."""
+    parts = []
     if row["jax_speedup"] is not None:
-        bound = row["speedup_bound"]
-        return f"jax x{row['jax_speedup']:.2f}" + ("" if bound is None else f", roof x{bound:.1f}")
-    if row["speedup_vs_float32"] is not None:
-        return f"vs f32 x{row['speedup_vs_float32']:.2f}"
-    if row["speedup_vs_loop"] is not None:
-        return f"vs loop x{row['speedup_vs_loop']:.2f}"
-    return ""
+        parts.append(f"jax x{row['jax_speedup']:.2f}")
+    elif row["speedup_vs_float32"] is not None:
+        parts.append(f"vs f32 x{row['speedup_vs_float32']:.2f}")
+    elif row["speedup_vs_loop"] is not None:
+        parts.append(f"vs loop x{row['speedup_vs_loop']:.2f}")
+    if row["speedup_bound"] is not None:
+        parts.append(f"roof x{row['speedup_bound']:.1f}")
+    return ", ".join(parts)
 
 
 def _roof_lines(rows: Sequence[dict[str, Any]]) -> list[str]:
