@@ -182,6 +182,17 @@ def test_bench_command_refuses_torch_flags_without_the_references(flag, monkeypa
     )
 
 
+@pytest.mark.parametrize("flag", [["--torch-compile"], ["--torch-threads", "1"]])
+def test_bench_command_refuses_torch_flags_without_the_cnn(flag, monkeypatch, capsys):
+    # --models mlp has no PyTorch reference: the flag ran no case, without a word.
+    monkeypatch.setattr(suite, "plan", lambda settings: pytest.fail("planned"))
+    assert cli.main(["bench", *flag, "--models", "mlp"]) == 2
+    assert capsys.readouterr().err == (
+        f"jaxcifar bench: error: {flag[0]} sets up the PyTorch reference of the CNN, which "
+        f"--models mlp does not time; add cnn, or drop {flag[0]}\n"
+    )
+
+
 @pytest.mark.parametrize("flags, given", [
     (["--min-steps", "50"], "--min-steps"),
     (["--seconds-per-case", "5", "--min-steps", "9"], "--min-steps and --seconds-per-case"),

@@ -44,6 +44,11 @@ class Settings:
                     f"{flag} sets up the PyTorch reference, which --no-reference turns off; "
                     "drop one of them"
                 )
+            if given and "cnn" not in self.models:  # the reference is the seed CNN alone
+                raise ConfigError(
+                    f"{flag} sets up the PyTorch reference of the CNN, which --models "
+                    f"{' '.join(self.models)} does not time; add cnn, or drop {flag}"
+                )
         images = self.epoch_images
         too_large = [size for size in self.epoch_batch_sizes if images and size > images]
         if too_large:
