@@ -70,6 +70,25 @@ def test_changed_source_gets_a_new_entry(tmp_path, fresh_cache):
     assert len(list(fresh_cache.iterdir())) == 2
 
 
+def test_class_folders_swapped_by_name_get_their_new_labels(tmp_path, fresh_cache):
+    # Files of one size and mtime (BMPs unpacked from one archive) under the same names: the
+    # swap changed no path, size or mtime, and the cache served the old labels, the model
+    # then trained with the two classes exchanged.
+    write_tree(tmp_path / "data", per_class=2, size=(2, 2), classes=("cat", "dog"),
+               fill=lambda rng, split, k: (200 * k, 0, 0), suffix=".bmp")  # fmt: skip
+    for path in (tmp_path / "data").rglob("*.bmp"):
+        os.utime(path, ns=(1_700_000_000_000_000_000,) * 2)
+    before = load("cifar10", "train", data_dir=tmp_path / "data")
+    assert before.images[before.labels == 1, 0, 0, 0].tolist() == [200, 200]  # dog: bright
+    for split in ("train", "test"):
+        folder = tmp_path / "data" / split
+        (folder / "cat").rename(folder / "swap")
+        (folder / "dog").rename(folder / "cat")
+        (folder / "swap").rename(folder / "dog")
+    after = load("cifar10", "train", data_dir=tmp_path / "data")
+    assert after.images[after.labels == 1, 0, 0, 0].tolist() == [0, 0]  # dog: now the dark ones
+
+
 def test_unwritable_cache_only_warns_once_and_decodes_once_for_both_splits(
     archive, tmp_path, monkeypatch
 ):

@@ -116,20 +116,21 @@ def test_skipped_files_are_warned_of_on_every_load_not_only_the_decoding_one(
 
 
 def test_a_copy_read_from_the_cache_is_warned_of_by_its_own_path(tmp_path, fresh_cache):
-    # The cache serves every copy of the same files: its note named the first copy decoded.
-    write_tree(tmp_path / "first")
-    (tmp_path / "first" / "test" / "cat" / "notes.txt").write_text("skipped")
-    with pytest.warns(UserWarning, match=f"^{tmp_path / 'first'}/test/: skipped 1 file"):
-        load("cifar10", "test", data_dir=tmp_path / "first")
-    shutil.copytree(tmp_path / "first", tmp_path / "copy")  # sizes and mtimes kept: one entry
-    shutil.rmtree(tmp_path / "first")
+    # The cache serves every copy of one archive (its key is the contents): its note named
+    # the first copy decoded.
+    write_tree(tmp_path / "tree")
+    (tmp_path / "tree" / "test" / "cat" / "notes.txt").write_text("skipped")
+    tar_folder(tmp_path / "tree", tmp_path / "first.tar.gz", arcname="")
+    with pytest.warns(UserWarning, match=f"^{tmp_path / 'first.tar.gz'}/test/: skipped 1 file"):
+        load("cifar10", "test", data_dir=tmp_path / "first.tar.gz")
+    (tmp_path / "first.tar.gz").rename(tmp_path / "copy.tar.gz")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        load("cifar10", "test", data_dir=tmp_path / "copy")
+        load("cifar10", "test", data_dir=tmp_path / "copy.tar.gz")
     assert [str(w.message) for w in caught] == [
-        f"{tmp_path / 'copy'}/test/: skipped 1 file(s) that are not test/<class>/"
-        f"*.png|jpg|jpeg|bmp|gif|webp|tif|tiff images, such as {tmp_path / 'copy'}/test/cat/"
-        "notes.txt"
+        f"{tmp_path / 'copy.tar.gz'}/test/: skipped 1 file(s) that are not test/<class>/"
+        f"*.png|jpg|jpeg|bmp|gif|webp|tif|tiff images, such as {tmp_path / 'copy.tar.gz'}/test/"
+        "cat/notes.txt"
     ]
     assert len(list(fresh_cache.iterdir())) == 1
 
