@@ -1,7 +1,6 @@
 import functools
 import gzip
 import os
-import shutil
 import tarfile
 import warnings
 from pathlib import Path

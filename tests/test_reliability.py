@@ -536,8 +536,8 @@ def test_a_resume_on_other_training_data_is_refused_unless_overridden(
     assert one_line_error(capsys, "train") == (
         f"jaxcifar train: error: the train set in {other} (--data-dir; 64 examples) is not the "
         f"one {tmp_path / 'refused' / checkpoint.FILENAME} was trained on ({data}; 64 examples, "
-        "other labels, or in another order); pass the --data-dir it was trained on, or "
-        "--override-config to go on training on this data"
+        "other images or labels, or in another order); pass the --data-dir it was trained on, "
+        "or --override-config to go on training on this data"
     )
     assert main([*resume, "--out", str(tmp_path / "overridden"), "--override-config"]) == 0
     assert checkpoint.load(tmp_path / "overridden").train_data["source"] == str(other)
@@ -549,6 +549,22 @@ def test_a_resume_on_other_training_data_is_refused_unless_overridden(
     # The same data again is no change.
     shutil.copytree(run, tmp_path / "same")
     assert main([*resume[:-1], str(data), "--out", str(tmp_path / "same")]) == 0
+    # Other images of the same labels (an image-folder tree of other pictures sorted into the
+    # same classes, whose labels are its class counts) trained on without a word.
+    def inverted(rng, n):  # the default draw's labels, every pixel inverted
+        images = rng.integers(0, 256, (n, 8, 8), dtype=np.uint8)
+        return 255 - images, rng.integers(0, 10, n, dtype=np.uint8)
+
+    write_idx_set(tmp_path / "inverted", n_train=64, n_test=20, draw=inverted)
+    for name in ("other-pixels", "before-the-pixels"):
+        shutil.copytree(run, tmp_path / name)
+    resume[-1] = str(tmp_path / "inverted")
+    assert main([*resume, "--out", str(tmp_path / "other-pixels")]) == 2
+    assert "other images or labels" in one_line_error(capsys, "train")
+    # A record written before the pixels' digest was kept is checked without it.
+    saved = tmp_path / "before-the-pixels" / checkpoint.FILENAME
+    rewrite_msgpack(saved, lambda document: document["train_data"].pop("pixels"))
+    assert main([*resume, "--out", str(tmp_path / "before-the-pixels")]) == 0
 
 
 def test_reports_without_epochs_remove_an_earlier_runs_curves(tmp_path):
