@@ -644,3 +644,27 @@ def test_a_stopped_process_other_than_0_leaves_the_resume_line_to_process_0(
         "jaxcifar train: interrupted by SIGTERM; process 0 writes the checkpoint and says how "
         "to resume\n"
     )
+
+
+def test_a_bare_resume_and_evaluate_read_the_data_the_run_was_trained_on(
+    tmp_path, fresh_cache, monkeypatch, capsys
+):
+    # Without --data-dir or $JAXCIFAR_DATA_DIR, both went to download CIFAR-10's release
+    # (170 MB) for a run trained on the user's own folder, then refused it as other data.
+    monkeypatch.delenv("JAXCIFAR_DATA_DIR", raising=False)
+    monkeypatch.setattr("jaxcifar.data.download.fetch",
+                        lambda *args: pytest.fail("went to download"))  # fmt: skip
+    write_tree(tmp_path / "mine", per_class=4, size=(6, 6))
+    run = tmp_path / "run"
+    common = ["--model", "mlp", "--mlp-hidden", "4", "--batch-size", "2", "--compile-cache",
+              "none", "--quiet", "--out", str(run)]  # fmt: skip
+    assert main(["train", "--data-dir", str(tmp_path / "mine"), "--epochs", "1", *common]) == 0
+    assert main(["train", "--resume", "--epochs", "2", *common]) == 0
+    assert [r["epoch"] for r in json.loads((run / "metrics.json").read_text())["epochs"]] == [1, 2]
+    capsys.readouterr()
+    assert main(["evaluate", "--checkpoint", str(run)]) == 0
+    assert f"{run / 'checkpoint.msgpack'}: test loss " in capsys.readouterr().out
+    # Moved away, it is not looked for: the usual default, here the (failing) download.
+    (tmp_path / "mine").rename(tmp_path / "moved")
+    with pytest.raises(pytest.fail.Exception, match="went to download"):
+        main(["evaluate", "--checkpoint", str(run)])

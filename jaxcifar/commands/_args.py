@@ -8,13 +8,14 @@ import errno
 import math
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 from jaxcifar.atomic import link_target, name_max
 from jaxcifar.config import DATASETS, INT32_MAX, SEED_MAX
 from jaxcifar.data.dataset import Dataset
-from jaxcifar.data.sources import DATA_DIR_ENV
+from jaxcifar.data.sources import DATA_DIR_ENV, env_data_dir
 from jaxcifar.errors import ConfigError, DataError
 from jaxcifar.xla_cache import OFF as COMPILE_CACHE_OFF
 
@@ -112,6 +113,17 @@ def add_data_dir_argument(parser: argparse.ArgumentParser) -> None:
         f"When not given, ${DATA_DIR_ENV}; when that is unset too, the dataset's official "
         "release, downloaded once (SHA-256 checked) into $JAXCIFAR_CACHE/downloads.",
     )  # fmt: skip
+
+
+def data_dir_or_recorded(data_dir: str | None, recorded: Mapping[str, Any] | None) -> str | None:
+    """`data_dir` (--data-dir); when neither it nor $JAXCIFAR_DATA_DIR is given, the source of
+    the training set a checkpoint `recorded` (its `train_data`), where that still exists: a
+    bare `train --resume` or `evaluate` of a run trained on the user's own folder went to
+    download the official release (170 MB for CIFAR-10), to refuse it as other data."""
+    if data_dir is not None or env_data_dir() is not None or recorded is None:
+        return data_dir
+    source = recorded["source"]
+    return source if os.path.exists(source) else None
 
 
 def add_data_arguments(parser: argparse.ArgumentParser, default_dataset: str = "cifar10") -> None:

@@ -22,7 +22,8 @@ import numpy as np
 from jaxcifar import folder_lock, interrupt
 from jaxcifar.commands._args import (
     add_checkpoint_argument, add_data_dir_argument, check_data_fits_model,
-    check_not_a_training_run, check_writable_folder, output_folder, positive_int,
+    check_not_a_training_run, check_writable_folder, data_dir_or_recorded, output_folder,
+    positive_int,
 )
 from jaxcifar.data import Dataset, load_split
 from jaxcifar.errors import CheckpointError
@@ -63,11 +64,14 @@ class SavedModelTest(NamedTuple):
     loss: float | None  # mean test cross-entropy; None for a speedrun model (TTA predictions)
 
 
-def load_test_set(dataset: str, args: argparse.Namespace, subset: EvalSubset) -> Dataset:
-    """The `subset` of `dataset`'s test split in --data-dir."""
-    return load_split(
-        dataset, "test", data_dir=args.data_dir, limit=subset.limit, seed=subset.seed
-    )
+def load_test_set(
+    dataset: str, args: argparse.Namespace, subset: EvalSubset,
+    train_data: dict[str, Any] | None = None,
+) -> Dataset:  # fmt: skip
+    """The `subset` of `dataset`'s test split in --data-dir; without one, in the data the
+    model trained on where its checkpoint recorded it (`train_data`, `data_dir_or_recorded`)."""
+    data_dir = data_dir_or_recorded(args.data_dir, train_data)
+    return load_split(dataset, "test", data_dir=data_dir, limit=subset.limit, seed=subset.seed)
 
 
 def evaluate_checkpoint(args: argparse.Namespace) -> SavedModelTest:
@@ -78,7 +82,7 @@ def evaluate_checkpoint(args: argparse.Namespace) -> SavedModelTest:
     config = saved.config
     # Training drew its test subset from the run's seed too.
     subset = EvalSubset(args.limit_test or config.limit_test, config.seed)
-    test_set = load_test_set(config.dataset, args, subset)
+    test_set = load_test_set(config.dataset, args, subset, saved.train_data)
     check_data_fits_model(test_set, "test", saved.path, saved.input_shape, saved.class_names)
     model, params = train.restore_model(saved)
     step = train.make_eval_step(model, dtype=config.dtype)

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 from jaxcifar import folder_lock, parallel
 from jaxcifar.commands._args import (
     add_compile_cache_argument, add_data_dir_argument, check_data_fits_model, check_writable_folder,
+    data_dir_or_recorded,
     momentum, non_negative_float, output_folder, positive_float, positive_int, seed_int,
 )
 from jaxcifar.config import (
@@ -388,8 +389,9 @@ def _train(
     from jaxcifar.reports import build_metrics, write_reports
 
     state, history = None, []
+    data_dir = data_dir_or_recorded(args.data_dir, saved.train_data if saved else None)
     train_set, test_set = (
-        load_split(config.dataset, split, data_dir=args.data_dir, limit=limit, seed=config.seed)
+        load_split(config.dataset, split, data_dir=data_dir, limit=limit, seed=config.seed)
         for split, limit in (("train", config.limit_train), ("test", config.limit_test))
     )
     input_shape = train_set.images.shape[1:]
