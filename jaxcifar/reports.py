@@ -1,11 +1,11 @@
 """A run's reports in its output folder: metrics.json and the three figures.
 
 metrics.json holds `config`, `device`, `epochs` (one record per epoch, `train.EpochRecord`),
-the final `test_accuracy`, `per_class_accuracy` (class name -> fraction), `confusion_matrix`
-(rows true class, columns predicted) and, from a training run, `compile_seconds`,
-`epoch_mode` (the mode that ran, never "auto") and `data` (`source`, `train_examples`,
-`test_examples`: what the run read, after --limit-train / --limit-test). Accuracies are
-fractions.
+the final `test_accuracy`, `class_names` (in label order), `per_class_accuracy` (class name
+-> fraction), `confusion_matrix` (rows true class, columns predicted, in label order) and,
+from a training run, `compile_seconds`, `epoch_mode` (the mode that ran, never "auto") and
+`data` (`source`, `train_examples`, `test_examples`: what the run read, after --limit-train /
+--limit-test). Accuracies are fractions.
 Figures: accuracy.png and loss.png (train and test per epoch; only for a run with epoch
 records, a speedrun model has none), confusion_matrix.png; `jaxcifar scratch` draws its own,
 `SCRATCH_FIGURES`.
@@ -81,6 +81,9 @@ def build_metrics(
         "device": dict(device),
         "epochs": [dict(record) for record in history],
         "test_accuracy": metrics.accuracy(matrix),
+        # In label order: the confusion matrix's rows and columns, which a JSON object's keys
+        # do not say (a tree's class folders "0".."11" sort as text: "10" is label 2).
+        "class_names": list(class_names),
         # JSON has no NaN: a class absent from the test set gets null.
         "per_class_accuracy": {
             name: None if math.isnan(value) else float(value)

@@ -40,8 +40,9 @@ def test_train_evaluate_predict_end_to_end(image_tree, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "devices: 1 x cpu" in printed and "epoch 2/2: train loss" in printed
     report = json.loads((out / "metrics.json").read_text())
-    assert set(report) == {"config", "device", "epochs", "test_accuracy", "per_class_accuracy",
-                           "confusion_matrix", "compile_seconds", "epoch_mode", "data"}  # fmt: skip
+    assert set(report) == {"config", "device", "epochs", "test_accuracy", "class_names",
+                           "per_class_accuracy", "confusion_matrix", "compile_seconds",
+                           "epoch_mode", "data"}  # fmt: skip
     assert report["config"]["model"] == "mlp" and report["config"]["lr"] == 0.001
     assert report["epoch_mode"] == "chunk"  # what auto picked on this CPU, not "auto"
     assert report["data"] == {"source": str(image_tree), "train_examples": 40, "test_examples": 20}

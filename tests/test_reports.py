@@ -30,13 +30,14 @@ def test_per_class_accuracy_is_each_true_classs_recall_and_null_for_an_absent_cl
     metrics = report()
     # Recall (row-wise), not precision: the owl column holds a prediction, the owl row nothing.
     assert metrics["per_class_accuracy"] == {"cat": 2 / 3, "dog": 0.5, "owl": None}
+    assert metrics["class_names"] == list(CLASSES)  # the matrix's rows, in label order
     assert metrics["confusion_matrix"] == [[2, 1, 0], [0, 1, 1], [0, 0, 0]]
     assert metrics["test_accuracy"] == 3 / 5
     assert metrics["epochs"] == HISTORY
 
 
 def test_an_evaluation_has_no_run_keys_and_a_training_run_has_them_all():
-    common = {"config", "device", "epochs", "test_accuracy", "per_class_accuracy",
+    common = {"config", "device", "epochs", "test_accuracy", "class_names", "per_class_accuracy",
               "confusion_matrix"}  # fmt: skip
     assert set(report()) == common
     data = {"source": "x", "train_examples": 5, "test_examples": 5}
