@@ -45,6 +45,7 @@ except ModuleNotFoundError:  # --help needs no torch; main says what is missing
 from airbench_cpu import airbench_missing, airbench_on_cpu, import_airbench, net_widths
 from bench_paths import RESULTS, SHARED_DATA, run_script
 from jaxcifar.atomic import atomic_write_text
+from jaxcifar.commands._args import positive_float, positive_int, seed_int
 from jaxcifar.data import load
 from jaxcifar.data.preprocess import channel_stats, standardize
 from jaxcifar.errors import ConfigError
@@ -265,11 +266,11 @@ def our_side(recipe, plan, tx, initial, data, loader, test_set) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-dir", type=Path, default=SHARED_DATA)
-    parser.add_argument("--images", type=int, default=640, help="training images")
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--epochs", type=float, default=2.7)
-    parser.add_argument("--lr", type=float, default=recipes.Recipe().lr)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--images", type=positive_int, default=640, help="training images")
+    parser.add_argument("--batch-size", type=positive_int, default=64)
+    parser.add_argument("--epochs", type=positive_float, default=2.7)
+    parser.add_argument("--lr", type=positive_float, default=recipes.Recipe().lr)
+    parser.add_argument("--seed", type=seed_int, default=0)
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     if reason := airbench_missing():

@@ -53,6 +53,7 @@ from jaxcifar.atomic import atomic_write_text
 from jaxcifar.bench.xla_cost import (
     kernel_bytes, kernel_counts, loop_command_buffers, loop_trip_count,
 )
+from jaxcifar.commands._args import positive_int
 from jaxcifar.config import RunConfig
 from jaxcifar.data.dataset import Dataset
 from jaxcifar.data.sources import CLASS_NAMES
@@ -277,8 +278,8 @@ def render_markdown(rows: list[dict], batch: int, device: str) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--batch", type=int, default=4)
-    parser.add_argument("--unroll", type=int, nargs="+", default=[1, 4])
+    parser.add_argument("--batch", type=positive_int, default=4)
+    parser.add_argument("--unroll", type=positive_int, nargs="+", default=[1, 4])
     parser.add_argument("--graph-paths", nargs="*", choices=list(epoch.PALLAS_PARTS),
                         default=["fused-pallas-all"],
                         help="fused paths to compile again with the epoch as one CUDA graph "

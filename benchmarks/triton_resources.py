@@ -30,6 +30,7 @@ import jax.numpy as jnp
 
 from bench_paths import RESULTS
 from jaxcifar.atomic import atomic_write_text
+from jaxcifar.commands._args import positive_int
 from jaxcifar.fused import pallas_convs, pallas_head, step
 from jaxcifar.models import cnn
 
@@ -140,9 +141,9 @@ def render_markdown(rows: list[dict], batch: int) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--batch", type=int, default=4)
-    parser.add_argument("--warps", type=int, help="compile every kernel with N warps")
-    parser.add_argument("--stages", type=int, help="... and N pipeline stages")
+    parser.add_argument("--batch", type=positive_int, default=4)
+    parser.add_argument("--warps", type=positive_int, help="compile every kernel with N warps")
+    parser.add_argument("--stages", type=positive_int, help="... and N pipeline stages")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     rows = []

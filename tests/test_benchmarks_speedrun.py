@@ -128,6 +128,10 @@ def test_a_benchmark_given_a_missing_data_dir_ends_in_one_line_naming_it(tmp_pat
      "argument --limit-train: both systems train on batches of 1024 images, airbench94's; give "
      "at least 1024, got 512"),
     ("scripts/ablation_scratch.py", ["--seed", "-1"], "argument --seed: expected an integer in"),
+    ("benchmarks/gpu_programs.py", ["--batch", "0"], "argument --batch: expected a positive"),
+    ("benchmarks/triton_resources.py", ["--warps", "0"], "argument --warps: expected a positive"),
+    ("benchmarks/airbench_parity.py", ["--images", "0"], "argument --images: expected a positive"),
+    ("benchmarks/airbench_parity.py", ["--epochs", "nan"], "argument --epochs: expected a"),
 ])  # fmt: skip
 def test_a_script_refuses_a_bad_count_before_it_runs(script, argv, message):
     # They ran on: --runs -2 wrote results of no run (exit 0), --unroll 0 recorded a failed

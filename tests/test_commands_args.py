@@ -70,6 +70,13 @@ def test_a_data_dir_from_the_variable_is_named_as_such_in_errors(monkeypatch, tm
     assert capsys.readouterr().err == (
         f"jaxcifar data info: error: data dir {tmp_path / 'gone'} does not exist\n"
     )
+    # Empty, it counts as unset: the official release, not the current folder.
+    monkeypatch.setenv("JAXCIFAR_DATA_DIR", "")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("jaxcifar.data.download.fetch", lambda name, offline_help: pytest.fail(
+        f"downloads {name}"))  # fmt: skip
+    with pytest.raises(pytest.fail.Exception, match="downloads cifar10"):
+        main(["data", "info"])
 
 
 @pytest.mark.parametrize("command", ["train", "speedrun"])
