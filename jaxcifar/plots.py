@@ -85,10 +85,21 @@ def plot_confusion_matrix(
     save_figure(figure, path)
 
 
+# A grid cell is 1.3 inches wide: about 16 characters of an 8-point title. Longer class names
+# ran into their neighbours' titles.
+GRID_TITLE_CHARS = 16
+
+
+def _shortened(text: str, limit: int) -> str:
+    """`text`, cut to `limit` characters with an ellipsis where longer."""
+    return text if len(text) <= limit else text[: limit - 1] + "\u2026"
+
+
 def plot_image_grid(
     path: str | os.PathLike[str], images: np.ndarray, titles: Sequence[str]
 ) -> None:
-    """A near-square grid of `images` (N, H, W, C) uint8, C = 1 or 3, each titled."""
+    """A near-square grid of `images` (N, H, W, C) uint8, C = 1 or 3, each titled (titles cut
+    to `GRID_TITLE_CHARS` characters)."""
     columns = math.ceil(math.sqrt(len(images)))
     rows = math.ceil(len(images) / columns)
     figure = Figure(figsize=(1.3 * columns, 1.45 * rows))
@@ -99,6 +110,6 @@ def plot_image_grid(
                 ax.imshow(images[i][..., 0], cmap="gray", vmin=0, vmax=255)
             else:
                 ax.imshow(images[i])
-            ax.set_title(titles[i], fontsize=8)
+            ax.set_title(_shortened(titles[i], GRID_TITLE_CHARS), fontsize=8)
     figure.tight_layout()
     save_figure(figure, path, dpi=100)

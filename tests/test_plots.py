@@ -105,3 +105,16 @@ def test_image_grid_titles_each_image_with_its_own_name_and_shows_grey_as_grey(
         if channels == 1:  # the full 0..255 range in grey, not viridis scaled to each image
             assert ax.images[0].get_cmap().name == "gray"
             assert ax.images[0].get_clim() == (0, 255)
+
+
+def test_image_grid_cuts_long_titles_so_that_they_do_not_run_into_each_other(
+    tmp_path, monkeypatch
+):
+    # `data show` of a class named a_rather_long_class_name_one: neighbouring titles overlapped.
+    figures = []
+    monkeypatch.setattr(plots, "save_figure", lambda figure, *_, **__: figures.append(figure))
+    images = np.zeros((2, 4, 4, 3), np.uint8)
+    names = ["a_rather_long_class_name_one", "sixteen_letters_"]
+    plots.plot_image_grid(tmp_path / "grid.png", images, names)
+    titles = [ax.get_title() for ax in figures[0].axes if ax.images]
+    assert titles == ["a_rather_long_c\u2026", "sixteen_letters_"]
