@@ -1011,7 +1011,8 @@ def test_speedrun_command_rejects_a_batch_larger_than_the_data(shared_data, tmp_
     assert code == 2
     assert capsys.readouterr().err.strip() == (
         "jaxcifar speedrun: error: --batch-size 1024 is larger than the training set (100 "
-        "images); train on at least 1024 images (--limit-train) or lower --batch-size"
+        "images); lower --batch-size (or --limit-train less: a limit cuts the data, it adds "
+        "none)"
     )
     assert not any(tmp_path.iterdir())
 
@@ -1042,8 +1043,8 @@ def test_speedrun_refuses_more_blocks_than_the_images_take(shared_data, tmp_path
     ])  # fmt: skip
     assert code == 2
     assert capsys.readouterr().err == (
-        "jaxcifar speedrun: error: --widths: 5 conv blocks do not fit 32x32 images; each block "
-        "halves the image, so at most 4 fit: give at most 4 widths\n"
+        "jaxcifar speedrun: error: --widths: 5 conv blocks do not fit images of (H, W) (32, 32); "
+        "each block halves the image, so at most 4 fit: give at most 4 widths\n"
     )
 
 

@@ -111,8 +111,8 @@ def plan(recipe: Recipe, train_size: int) -> Plan:
     if recipe.batch_size > train_size:
         raise ConfigError(
             f"--batch-size {recipe.batch_size} is larger than the training set ({train_size} "
-            f"images); train on at least {recipe.batch_size} images (--limit-train) or lower "
-            "--batch-size"
+            f"images); lower --batch-size (or --limit-train less: a limit cuts the data, it "
+            "adds none)"
         )
     per_epoch = train_size // recipe.batch_size
     if per_epoch * recipe.epochs > INT32_MAX:  # (else an infinite ceil, or a loop for ever)

@@ -254,8 +254,9 @@ class Speedrun:
         if len(recipe.widths) > (fit := net.max_blocks(height, width)):
             # More blocks pool the image away; tracing would fail on an argmax over no pixels.
             raise ConfigError(
-                f"--widths: {len(recipe.widths)} conv blocks do not fit {height}x{width} images; "
-                f"each block halves the image, so at most {fit} fit: give at most {fit} widths"
+                f"--widths: {len(recipe.widths)} conv blocks do not fit images of (H, W) "
+                f"{(height, width)}; each block halves the image, so at most {fit} fit: give "
+                f"at most {fit} width{'s' * (fit != 1)}"
             )
         self.mode = "scan" if epoch_mode == "auto" else epoch_mode
         self.tx = optimizer.build_optimizer(recipe, self.plan.total_steps)
