@@ -66,10 +66,12 @@ def read(tree: Tree, name: str) -> dict[str, Dataset]:
         members[split], notes[split] = _class_members(tree, split)
     train_classes, test_classes = (set(members[split]) for split in SPLITS)
     if train_classes != test_classes:
+        only = [f"only in {split}/: {', '.join(sorted(extra))}" for split, extra in (
+            ("train", train_classes - test_classes), ("test", test_classes - train_classes),
+        ) if extra]  # fmt: skip
         raise DataError(
-            f"{tree.where}: train/ and test/ must hold the same class folders; "
-            f"only in train/: {sorted(train_classes - test_classes)}, "
-            f"only in test/: {sorted(test_classes - train_classes)}"
+            f"{tree.where}: train/ and test/ must hold the same class folders ({'; '.join(only)}):"
+            " give the other split a folder of images of each class, or remove the class"
         )
     _check_classes(tree, name, train_classes)
     if train_classes == set(CIFAR10_CLASSES):
