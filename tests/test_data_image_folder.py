@@ -504,6 +504,19 @@ def test_decompression_bomb_in_a_tree_is_refused_not_decoded(tmp_path, fresh_cac
         load("cifar10", "train", data_dir=tmp_path)
 
 
+def test_splits_named_otherwise_are_pointed_at_train_and_test(tmp_path, fresh_cache):
+    # `Train/` and `val/` read as "no cifar10 data", with no word of why.
+    write_tree(tmp_path / "tree")
+    (tmp_path / "tree" / "train").rename(tmp_path / "tree" / "Train")
+    (tmp_path / "tree" / "test").rename(tmp_path / "tree" / "val")
+    with pytest.raises(DataError) as refused:
+        load("cifar10", "train", data_dir=tmp_path / "tree")
+    assert str(refused.value).endswith(
+        "; it holds Train/, val/: an image-folder tree's splits are named train/ and test/, in "
+        "lower case (a validation split can serve as test/)"
+    )
+
+
 def test_class_folders_must_match_between_splits(tmp_path, fresh_cache):
     write_tree(tmp_path)
     (tmp_path / "test" / "dog").mkdir()

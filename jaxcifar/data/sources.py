@@ -204,8 +204,19 @@ def locate(name: str, root: Path) -> Copy:
         return copy
     # (A Fashion-MNIST folder read with the default --dataset cifar10 says so.)
     other = _other_dataset_named(name, root)
-    hint = f"; it is named after {other}: is it {other} data?" if other else ""
+    hint = f"; it is named after {other}: is it {other} data?" if other else _split_hint(root)
     raise DataError(f"no {name} data in {root}: expected {describe(name)}{hint}")
+
+
+def _split_hint(root: Path) -> str:
+    """A hint for a folder of splits named otherwise than an image-folder tree's (`Train/`,
+    `val/`), else ""."""
+    names = {entry.name for entry in root.iterdir() if entry.is_dir()}
+    near = sorted(n for n in names if n.lower() in ("train", "test", "val", "valid", "validation"))
+    if not near:
+        return ""
+    return (f"; it holds {', '.join(f'{n}/' for n in near)}: an image-folder tree's splits are "
+            "named train/ and test/, in lower case (a validation split can serve as test/)")
 
 
 def _check_not_named_after_another(name: str, root: Path) -> None:
