@@ -25,6 +25,17 @@ def write_learnable_idx_set(folder):
     write_idx_set(folder, n_train=30, n_test=20, gz=False, draw=draw)
 
 
+def test_scratch_names_the_data_it_read(tmp_path, fresh_cache, capsys):
+    # It printed "mnist: 30 train, 20 test" for a user's own folder read as mnist.
+    write_learnable_idx_set(tmp_path / "data")
+    out = tmp_path / "run"
+    assert main(["scratch", "--dataset", "mnist", "--data-dir", str(tmp_path / "data"),
+                 "--epochs", "1", "--hidden", "4", "--out", str(out)]) == 0  # fmt: skip
+    assert capsys.readouterr().out.startswith(
+        f"data: 30 train / 20 test examples from {tmp_path / 'data'}; network 15-4-10, lr "
+    )
+
+
 def test_scratch_leaves_no_other_commands_figures_beside_its_reports(tmp_path, fresh_cache):
     # An evaluation's loss.png and confusion_matrix.png in its --out passed for the scratch
     # run's.

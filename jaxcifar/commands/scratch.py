@@ -127,8 +127,9 @@ def _train_and_report(args: argparse.Namespace) -> int:
         "dtype": args.dtype,
     }
     print(
-        f"{args.dataset}: {config['train_examples']} train, {config['test_examples']} test; "
-        f"network {'-'.join(map(str, layer_sizes))}, lr {args.lr}, batch {args.batch_size}",
+        f"data: {config['train_examples']} train / {config['test_examples']} test examples "
+        f"from {data['source']}; network {'-'.join(map(str, layer_sizes))}, lr {args.lr}, "
+        f"batch {args.batch_size}",
         flush=True,
     )
 
