@@ -659,13 +659,44 @@ def test_a_bare_resume_and_evaluate_read_the_data_the_run_was_trained_on(
     run = tmp_path / "run"
     common = ["--model", "mlp", "--mlp-hidden", "4", "--batch-size", "2", "--compile-cache",
               "none", "--quiet", "--out", str(run)]  # fmt: skip
-    assert main(["train", "--data-dir", str(tmp_path / "mine"), "--epochs", "1", *common]) == 0
-    assert main(["train", "--resume", "--epochs", "2", *common]) == 0
-    assert [r["epoch"] for r in json.loads((run / "metrics.json").read_text())["epochs"]] == [1, 2]
+    monkeypatch.chdir(tmp_path)  # given relative, recorded absolute: read from anywhere
+    assert main(["train", "--data-dir", "mine", "--epochs", "1", *common]) == 0
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
     capsys.readouterr()
+    assert main(["train", "--resume", "--epochs", "2", *common]) == 0
+    assert f"from {tmp_path / 'mine'} (recorded in the checkpoint; no --data-dir given)" in (
+        capsys.readouterr().out
+    )
+    assert [r["epoch"] for r in json.loads((run / "metrics.json").read_text())["epochs"]] == [1, 2]
     assert main(["evaluate", "--checkpoint", str(run)]) == 0
-    assert f"{run / 'checkpoint.msgpack'}: test loss " in capsys.readouterr().out
+    out, err = capsys.readouterr()
+    assert f"{run / 'checkpoint.msgpack'}: test loss " in out
+    assert err == (f"jaxcifar evaluate: note: no --data-dir given: testing on {tmp_path / 'mine'},"
+                   " the data the checkpoint recorded it was trained on\n")  # fmt: skip
+    # A resume onto another --dataset does not read the record: it is the other dataset's.
+    with pytest.raises(pytest.fail.Exception, match="went to download"):
+        main(["train", "--resume", "--epochs", "3", "--dataset", "mnist", "--override-config",
+              *common])  # fmt: skip
     # Moved away, it is not looked for: the usual default, here the (failing) download.
     (tmp_path / "mine").rename(tmp_path / "moved")
     with pytest.raises(pytest.fail.Exception, match="went to download"):
         main(["evaluate", "--checkpoint", str(run)])
+
+
+def test_processes_given_other_pictures_of_the_same_labels_differ_in_their_data_facts():
+    # The facts compared labels, shape and classes only: hosts given other pictures sorted
+    # into the same classes trained together without a word.
+    from jaxcifar.commands.train import _run_facts
+    from jaxcifar.config import RunConfig
+    from jaxcifar.data import Dataset
+
+    labels = np.arange(4, dtype=np.int32) % 2
+    ours = Dataset(np.zeros((4, 2, 2, 3), np.uint8), labels, ("a", "b"))
+    theirs = Dataset(np.full((4, 2, 2, 3), 9, np.uint8), labels, ("a", "b"))
+    facts = [_run_facts(RunConfig(), "chunk", data, data, None, 0) for data in (ours, theirs)]
+    assert facts[0]["training data"] != facts[1]["training data"]
+    assert facts[0]["training data"].startswith("4 x (2, 2, 3), ")
+    assert {k: v for k, v in facts[0].items() if "data" not in k} == {
+        k: v for k, v in facts[1].items() if "data" not in k
+    }

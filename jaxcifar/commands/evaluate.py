@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -71,6 +72,9 @@ def load_test_set(
     """The `subset` of `dataset`'s test split in --data-dir; without one, in the data the
     model trained on where its checkpoint recorded it (`train_data`, `data_dir_or_recorded`)."""
     data_dir = data_dir_or_recorded(args.data_dir, train_data)
+    if data_dir != args.data_dir:  # so that a user sees which data was scored
+        print(f"jaxcifar evaluate: note: no --data-dir given: testing on {data_dir}, the data "
+              "the checkpoint recorded it was trained on", file=sys.stderr)  # fmt: skip
     return load_split(dataset, "test", data_dir=data_dir, limit=subset.limit, seed=subset.seed)
 
 

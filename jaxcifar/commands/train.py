@@ -389,7 +389,9 @@ def _train(
     from jaxcifar.reports import build_metrics, write_reports
 
     state, history = None, []
-    data_dir = data_dir_or_recorded(args.data_dir, saved.train_data if saved else None)
+    # The data the checkpoint recorded serves a resume of the same --dataset only.
+    same_dataset = saved is not None and saved.config.dataset == config.dataset
+    data_dir = data_dir_or_recorded(args.data_dir, saved.train_data if same_dataset else None)
     train_set, test_set = (
         load_split(config.dataset, split, data_dir=data_dir, limit=limit, seed=config.seed)
         for split, limit in (("train", config.limit_train), ("test", config.limit_test))
@@ -414,7 +416,9 @@ def _train(
     mode = epochs.pick_epoch_mode(args.epoch_mode, train_set)  # what runs, for the reports
     device = train.describe_devices(mode)
     print(f"devices: {device['device_count']} x {device['platform']} ({device['device_kind']})")
-    print(f"data: {len(train_set)} train / {len(test_set)} test examples from {train_set.source}")
+    recorded = " (recorded in the checkpoint; no --data-dir given)" * (data_dir != args.data_dir)
+    print(f"data: {len(train_set)} train / {len(test_set)} test examples from "
+          f"{train_set.source}{recorded}")  # fmt: skip
     for note in [*device_notes(mode, jax.local_devices()), *_subset_note(history, test_set)]:
         print(f"jaxcifar train: {note}", file=sys.stderr)  # as the command's warnings read
 
@@ -482,7 +486,8 @@ def _run_facts(
     facts = {"--" + name.replace("_", "-"): str(value) for name, value in config.to_dict().items()}
     facts["--epoch-mode"] = epoch_mode
     for name, dataset in (("training data", train_set), ("test data", test_set)):
-        facts[name] = f"{len(dataset)} x {dataset.images.shape[1:]}, " + _data_digest(dataset)
+        facts[name] = (f"{len(dataset)} x {dataset.images.shape[1:]}, {_data_digest(dataset)}, "
+                       f"pixels {_pixels_digest(dataset)}")  # fmt: skip
     facts["epochs trained"] = str(epochs_done)
     facts["checkpoint weights"] = "none" if state is None else _digest(*jax.tree.leaves(state))
     facts["jaxcifar, jax"] = f"{__version__}, {jax.__version__}"
@@ -494,13 +499,11 @@ def _training_data(train_set: Dataset) -> dict[str, Any]:
     source, size, a digest of its labels, image shape and classes, and one of its pixels
     (0.1 s for CIFAR-10's: an image-folder tree of other images sorted into the same classes
     has the same labels)."""
-    import hashlib
+    import os
 
-    import numpy as np
-
-    pixels = hashlib.sha256(np.ascontiguousarray(train_set.images)).hexdigest()[:12]
-    return {"source": train_set.source, "examples": len(train_set),
-            "digest": _data_digest(train_set), "pixels": pixels}  # fmt: skip
+    # Absolute: a bare resume or evaluate reads it again, perhaps from another folder.
+    return {"source": os.path.abspath(train_set.source), "examples": len(train_set),
+            "digest": _data_digest(train_set), "pixels": _pixels_digest(train_set)}  # fmt: skip
 
 
 def _check_same_training_data(saved: Checkpoint, now: dict[str, Any]) -> None:
@@ -524,6 +527,15 @@ def _check_same_training_data(saved: Checkpoint, now: dict[str, Any]) -> None:
 def _data_digest(dataset: Dataset) -> str:
     """A short hash of a dataset's labels (in order), image shape and class names."""
     return _digest(dataset.labels, dataset.images.shape, dataset.class_names)
+
+
+def _pixels_digest(dataset: Dataset) -> str:
+    """A short hash of a dataset's pixels, 0.1 s for CIFAR-10's training set."""
+    import hashlib
+
+    import numpy as np
+
+    return hashlib.sha256(np.ascontiguousarray(dataset.images)).hexdigest()[:12]
 
 
 def _digest(*parts: Any) -> str:
