@@ -114,7 +114,8 @@ def test_skipped_files_are_warned_of_on_every_load_not_only_the_decoding_one(
     assert len(list(fresh_cache.iterdir())) == 1
 
 
-def test_a_copy_read_from_the_cache_is_warned_of_by_its_own_path(tmp_path, fresh_cache):
+def test_a_copy_read_from_the_cache_is_warned_of_by_its_own_path(tmp_path, fresh_cache,
+                                                                 monkeypatch):  # fmt: skip
     # The cache serves every copy of one archive (its key is the contents): its note named
     # the first copy decoded.
     write_tree(tmp_path / "tree")
@@ -132,6 +133,21 @@ def test_a_copy_read_from_the_cache_is_warned_of_by_its_own_path(tmp_path, fresh
         "cat/notes.txt"
     ]
     assert len(list(fresh_cache.iterdir())) == 1
+    # A relative source that is also part of a word of the note ("d" of "skipped") is
+    # stored where it names the path only: a folder read as "d", then renamed "tree" (it read
+    # "skippetree 1 file(s)").
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "tree").rename(tmp_path / "d")
+    with pytest.warns(UserWarning):
+        load("cifar10", "test", data_dir="d")
+    (tmp_path / "d").rename(tmp_path / "tree")
+    monkeypatch.setattr("jaxcifar.data.tree.read_folder", lambda *a: pytest.fail("decoded"))
+    with pytest.warns(UserWarning) as warned:  # from the cache
+        load("cifar10", "test", data_dir="tree")
+    assert [str(w.message) for w in warned] == [
+        "tree/test/: skipped 1 file(s) that are not test/<class>/*.png|jpg|jpeg|bmp|gif|webp|"
+        "tif|tiff images, such as tree/test/cat/notes.txt"
+    ]
 
 
 @pytest.mark.parametrize("name, shown", [("two\nlines", "two\\nlines"), ("a\tb", "a\\tb")])

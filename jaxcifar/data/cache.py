@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import warnings
 import zipfile
 from collections.abc import Iterable, Mapping
@@ -101,7 +102,7 @@ def read_split(path: Path, split: str, source: str) -> Dataset | None:
                 entry[f"{split}_labels"],
                 tuple(str(name) for name in entry["class_names"]),
                 source=source,
-                notes=tuple(str(note).replace(_SOURCE, source) for note in entry[f"{split}_notes"]),
+                notes=tuple(str(n).replace(_SOURCE, source) for n in entry[f"{split}_notes"]),
             )
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, DataError):
         return None
@@ -114,7 +115,9 @@ def write(path: Path, splits: Mapping[str, Dataset]) -> bool:
     for split, dataset in splits.items():
         arrays[f"{split}_images"] = dataset.images
         arrays[f"{split}_labels"] = dataset.labels
-        notes = [note.replace(dataset.source, _SOURCE) for note in dataset.notes]
+        # Only where a path starts (the note's start, or after a space): "d" is in "skipped".
+        at_path = re.compile(rf"(?:^|(?<= )){re.escape(dataset.source)}(?=/)")
+        notes = [at_path.sub(_SOURCE, note) for note in dataset.notes]
         arrays[f"{split}_notes"] = np.array(notes, dtype=str)
     try:
         with atomic_path(path) as tmp:
