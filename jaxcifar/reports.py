@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -36,28 +37,34 @@ def remove_other_figures(out_dir: str | Path, drawn: Sequence[str]) -> None:
     another kind (an evaluation's confusion matrix beside a scratch run's metrics.json), they
     would pass for this report's. A folder without one keeps its files: they are the user's."""
     out = Path(out_dir)
-    if _is_a_report(out / METRICS_FILE):
+    if _read_report(out / METRICS_FILE) is not None:
         for name in {*FIGURES, *SCRATCH_FIGURES} - set(drawn):
             (out / name).unlink(missing_ok=True)
 
 
-def remove_report(out_dir: str | Path) -> None:
-    """Remove the report of ours in `out_dir` (metrics.json and every figure of
-    `remove_other_figures`), where there is one: an evaluation of a model that the folder no
-    longer holds (`jaxcifar speedrun` replacing it) would pass for the new model's."""
-    out = Path(out_dir)
+def remove_evaluation_of(model: Path) -> None:
+    """Remove the report beside the file `model` (metrics.json and its figures) where it is an
+    evaluation of that very file (`evaluate --checkpoint DIR --out DIR`): once `jaxcifar
+    speedrun` replaces the model, it would pass for the new one's. Any other report stays."""
+    out = model.parent
+    report = _read_report(out / METRICS_FILE)
+    evaluated = (report or {}).get("evaluated")
+    checkpoint = evaluated.get("checkpoint") if isinstance(evaluated, dict) else None
+    if not (isinstance(checkpoint, str) and model.exists() and os.path.exists(checkpoint)
+            and os.path.samefile(checkpoint, model)):  # fmt: skip
+        return
     remove_other_figures(out, drawn=())
-    if _is_a_report(out / METRICS_FILE):
-        (out / METRICS_FILE).unlink()
+    (out / METRICS_FILE).unlink()
 
 
-def _is_a_report(path: Path) -> bool:
-    """Whether `path` holds a metrics.json of ours (a run's, an evaluation's or scratch's)."""
+def _read_report(path: Path) -> dict[str, Any] | None:
+    """The metrics.json of ours at `path` (a run's, an evaluation's or scratch's), else None."""
     try:
         document = json.loads(path.read_text())
     except (OSError, ValueError):  # missing, unreadable, not JSON or not text
-        return False
-    return isinstance(document, dict) and {"config", "epochs", "test_accuracy"} <= set(document)
+        return None
+    is_ours = isinstance(document, dict) and {"config", "epochs", "test_accuracy"} <= set(document)
+    return document if is_ours else None
 
 
 def build_metrics(

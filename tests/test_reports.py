@@ -98,3 +98,23 @@ def test_figures_in_a_folder_without_a_report_of_ours_are_the_users_and_stay(tmp
         "accuracy.png", "confusion_matrix.png", "error.png", "loss.png", "metrics.json"
     ]
     assert (tmp_path / "error.png").read_text() == "the user's"
+
+
+def test_only_an_evaluation_of_the_replaced_model_is_removed_with_it(tmp_path):
+    # `speedrun --out DIR` removed any report of ours there: a scratch run's metrics.json
+    # and figures too.
+    from jaxcifar.reports import remove_evaluation_of
+
+    model, other = tmp_path / "model.msgpack", tmp_path / "other.msgpack"
+    model.write_bytes(b"the old model")
+    other.write_bytes(b"another model")
+    for evaluated in ({}, {"evaluated": {"checkpoint": str(other)}}):  # scratch's; another's
+        (tmp_path / "metrics.json").write_text(json.dumps({**report(), **evaluated}))
+        (tmp_path / "error.png").write_text("a figure")
+        remove_evaluation_of(model)
+        assert (tmp_path / "metrics.json").exists() and (tmp_path / "error.png").exists()
+    (tmp_path / "metrics.json").write_text(
+        json.dumps({**report(), "evaluated": {"checkpoint": str(model)}})
+    )
+    remove_evaluation_of(model)
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["model.msgpack", "other.msgpack"]

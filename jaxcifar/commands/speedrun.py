@@ -99,7 +99,7 @@ def _speedrun(
     from jaxcifar import xla_cache
     from jaxcifar.bench import environment
     from jaxcifar.data import load_split
-    from jaxcifar.reports import remove_report
+    from jaxcifar.reports import remove_evaluation_of
     from jaxcifar.speedrun import measure, model_file
 
     train_set, test_set = (
@@ -118,8 +118,8 @@ def _speedrun(
 
     def save_run(speedrun, result) -> None:
         with signals.hold():
-            if not results["runs"]:  # an earlier evaluation's report describes another model
-                remove_report(args.out)
+            if not results["runs"]:  # an evaluation of the model it replaces would outlive it
+                remove_evaluation_of(args.out / model_file.FILENAME)
             saved = model_file.save(
                 args.out, recipe, result.state.params, result.state.batch_stats,
                 speedrun.train_data.mean, speedrun.train_data.std, dataset=args.dataset,
