@@ -147,6 +147,7 @@ def main() -> None:
         "device": device,
         "runs": [],
         "skipped": [],
+        "warmup": True,  # both systems: an untimed run first (measure.measure, run_airbench)
         "train_images": len(splits["train"]),
         "test_images": len(splits["test"]),
         "recipe": dataclasses.asdict(Recipe(epochs=args.epochs, widths=widths)),

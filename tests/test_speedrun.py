@@ -1063,6 +1063,18 @@ def test_results_table_shows_no_sd_of_one_run_and_each_runs_seed():
     )
 
 
+@pytest.mark.parametrize("warmup, timed", [
+    (True, "train s: warm seconds per run ("),
+    (False, "train s: seconds per run, compilation excluded (without a warm-up run: the first "
+     "is its programs' first execution) ("),
+    (None, "train s: seconds per run, compilation excluded ("),  # results that did not say
+])  # fmt: skip
+def test_results_table_calls_runs_warm_only_after_a_warm_up_run(warmup, timed):
+    row = measure.run_row(measure.SYSTEM, "float32", 1.0, 2.0, 0.9, seed=7)
+    results = {"device": "cpu", "runs": [row]} | ({} if warmup is None else {"warmup": warmup})
+    assert timed in measure.render_markdown(results)
+
+
 @pytest.mark.parametrize("warmup", [False, True])
 def test_measure_times_every_run_and_counts_the_first_execution_as_cold(monkeypatch, warmup):
     class Timed:  # a Speedrun whose run from seed s takes s seconds

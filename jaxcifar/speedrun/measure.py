@@ -133,10 +133,14 @@ def render_markdown(results: dict[str, Any]) -> str:
     model.msgpack holds (when the results say)."""
     dataset = results.get("dataset", "cifar10")
     title = DATASET_TITLES.get(dataset, dataset)
-    # Without a warm-up run (the CLI's), the first timed run is its programs' first execution.
-    timed = ("warm seconds per run" if results.get("warmup", True) else
-             "seconds per run, compilation excluded (without a warm-up run: the first is its "
-             "programs' first execution)")  # fmt: skip
+    # Without a warm-up run (the CLI's), the first timed run is its programs' first execution;
+    # results written before they said which are told apart from neither.
+    timed = {
+        True: "warm seconds per run",
+        False: "seconds per run, compilation excluded (without a warm-up run: the first is its "
+        "programs' first execution)",
+        None: "seconds per run, compilation excluded",
+    }[results.get("warmup")]
     lines = [
         f"# {title} speedrun, {results['device']}",
         "",
