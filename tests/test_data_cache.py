@@ -1,6 +1,7 @@
 import errno
 import gc
 import os
+import shutil
 import tarfile
 import warnings
 
@@ -87,6 +88,18 @@ def test_class_folders_swapped_by_name_get_their_new_labels(tmp_path, fresh_cach
         (folder / "swap").rename(folder / "dog")
     after = load("cifar10", "train", data_dir=tmp_path / "data")
     assert after.images[after.labels == 1, 0, 0, 0].tolist() == [0, 0]  # dog: now the dark ones
+
+
+def test_a_copy_of_an_idx_folder_is_served_from_the_cache(tmp_path, fresh_cache, monkeypatch):
+    # Its labels are in its files, not its paths: a copy (new inode numbers, as staging data
+    # to a node's scratch disk makes) needs no decode, nor a second entry.
+    write_idx_set(tmp_path / "mnist")
+    first = load("mnist", "train", data_dir=tmp_path / "mnist")
+    shutil.copytree(tmp_path / "mnist", tmp_path / "copy" / "mnist")  # mtimes kept
+    forbid_decoding(monkeypatch)
+    again = load("mnist", "train", data_dir=tmp_path / "copy" / "mnist")
+    np.testing.assert_array_equal(again.images, first.images)
+    assert len(list(fresh_cache.iterdir())) == 1
 
 
 def test_unwritable_cache_only_warns_once_and_decodes_once_for_both_splits(

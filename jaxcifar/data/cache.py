@@ -55,16 +55,18 @@ def file_digest(path: Path) -> str:
     return digest.hexdigest()
 
 
-def folder_digest(root: Path, files: Iterable[Path]) -> str:
+def folder_digest(root: Path, files: Iterable[Path], *, inodes: bool = False) -> str:
     """sha256 of each file's relative path (its bytes, whatever their encoding), size, mtime
-    and inode number, not its contents.
+    and, with `inodes`, inode number; not its contents.
 
     A folder is fingerprinted on every load and may hold 60,000 small files: opening them
     all would cost seconds, a stat costs microseconds, and any rewrite, addition or
-    removal changes a size, an mtime or the path list. Two class folders swapped by name
-    change none of those where their files share names, sizes and mtimes (fixed-size BMPs
-    unpacked from one archive), and were served the old labels: the inode numbers move with
-    the files. (A copy of the folder has new ones, and is decoded once more.)
+    removal changes a size, an mtime or the path list. Where the paths hold the labels (an
+    image-folder tree's class folders), two class folders swapped by name change none of
+    those where their files share names, sizes and mtimes (fixed-size BMPs unpacked from one
+    archive), and were served the old labels: `inodes` follows the files. It costs a decode
+    of every copy of such a tree, and of each mount of a file system whose inode numbers
+    change (some FUSE mounts), with an entry each in the cache.
 
     Raises DataError naming a file it cannot stat.
     """
@@ -77,7 +79,8 @@ def folder_digest(root: Path, files: Iterable[Path]) -> str:
         # fsencode: a name that is not UTF-8 (b"chat_\xe9") is a str with surrogates, which
         # a plain encode() refuses; valid names give the same bytes either way.
         name = os.fsencode(path.relative_to(root).as_posix())
-        digest.update(name + f"\0{stat.st_size}\0{stat.st_mtime_ns}\0{stat.st_ino}\n".encode())
+        identity = f"\0{stat.st_ino}" if inodes else ""
+        digest.update(name + f"\0{stat.st_size}\0{stat.st_mtime_ns}{identity}\n".encode())
     return digest.hexdigest()
 
 

@@ -46,11 +46,14 @@ class Format:
       layout: what a user should provide, for the message when nothing is found.
       top_names: a folder (or archive) is in this layout when it has one of these entries.
       read: decode every split of a `Tree` in this layout.
+      labels_in_paths: the labels are where the files are (an image-folder tree's class
+        folders), not in them: a folder's cache key follows each file's identity too.
     """
 
     layout: str
     top_names: frozenset[str]
     read: Callable[[tree.Tree], dict[str, Dataset]]
+    labels_in_paths: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -152,7 +155,8 @@ def load_split(
 def formats(name: str) -> tuple[Format, ...]:
     """The local layouts `name` may come in, in the order they are looked for."""
     image_folder_format = Format(
-        image_folder.LAYOUT, frozenset(SPLITS), functools.partial(image_folder.read, name=name)
+        image_folder.LAYOUT, frozenset(SPLITS), functools.partial(image_folder.read, name=name),
+        labels_in_paths=True,
     )
     if name == "cifar10":
         return (
@@ -254,7 +258,9 @@ def _folder_copy(name: str, folder: Path) -> Copy | None:
         if names := entries & fmt.top_names:
             return Copy(
                 str(folder),
-                digest=lambda: cache.folder_digest(folder, tree.walk(folder, names)[0]),
+                digest=lambda: cache.folder_digest(
+                    folder, tree.walk(folder, names)[0], inodes=fmt.labels_in_paths
+                ),
                 read=lambda: fmt.read(tree.read_folder(folder, names)),
             )
     return None
