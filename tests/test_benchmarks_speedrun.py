@@ -123,7 +123,8 @@ def test_a_benchmark_given_a_missing_data_dir_ends_in_one_line_naming_it(tmp_pat
     ("benchmarks/cnn_variants.py", ["--batch-sizes", "0"], "argument --batch-sizes: expected a"),
     ("benchmarks/cnn_variants.py", ["--seconds", "nan"], "argument --seconds: expected a"),
     ("benchmarks/data_load.py", ["--repeats", "0"], "argument --repeats: expected a positive"),
-    # Refused by the recipe's plan, after the data's decoding, naming a flag it has not.
+    # The recipe's plan refused it after the data's decoding, naming a --batch-size the script
+    # has not.
     ("benchmarks/speedrun.py", ["--limit-train", "512"],
      "argument --limit-train: both systems train on batches of 1024 images, airbench94's; give "
      "at least 1024, got 512"),
