@@ -96,13 +96,19 @@ def fetch(name: str, offline_help: str) -> Path:
             f"cannot make {folder} to download {name} into ({error.strerror or error}): set "
             f"${CACHE_ENV} to a folder that can be written, or {offline_help}"
         ) from None
-    for release in RELEASES[name]:
-        target = folder / release.filename
-        if target.is_file() and target.stat().st_size == release.size:
-            continue
-        print(f"downloading {release.url} ({release.size / 1e6:.1f} MB) to {folder}",
-              file=sys.stderr)  # fmt: skip
-        _download(release, target, offline_help)
+    try:
+        for release in RELEASES[name]:
+            target = folder / release.filename
+            if target.is_file() and target.stat().st_size == release.size:
+                continue
+            print(f"downloading {release.url} ({release.size / 1e6:.1f} MB) to {folder}",
+                  file=sys.stderr)  # fmt: skip
+            _download(release, target, offline_help)
+    except BaseException:
+        with contextlib.suppress(OSError):  # where nothing came: no empty folder is left
+            folder.rmdir()
+            folder.parent.rmdir()
+        raise
     return folder
 
 
