@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import math
 import os
+import re
+import warnings
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -17,10 +19,37 @@ from matplotlib.ticker import MaxNLocator
 from jaxcifar.atomic import atomic_path
 
 
-def save_figure(figure: Figure, path: str | os.PathLike[str], dpi: int = 120) -> None:
-    """Write `figure` to `path` as PNG, atomically."""
-    with atomic_path(path) as tmp:
-        figure.savefig(tmp, dpi=dpi, bbox_inches="tight", format="png")
+# Matplotlib's warning of a character its font lacks: "Glyph 26412 (\N{...}) missing from
+# font(s) DejaVu Sans.", given once per drawing pass and naming no figure.
+_MISSING_GLYPH = re.compile(r"Glyph (\d+) .*missing from font")
+
+
+def save_figure(
+    figure: Figure, path: str | os.PathLike[str], dpi: int = 120, *, tight_layout: bool = False
+) -> None:
+    """Write `figure` to `path` as PNG, atomically (laid out first with `tight_layout`).
+
+    Characters its font lacks (class names in a script DejaVu Sans does not cover) are warned
+    of once, naming `path` and them; matplotlib's own warnings named neither, twice over."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        if tight_layout:
+            figure.tight_layout()
+        with atomic_path(path) as tmp:
+            figure.savefig(tmp, dpi=dpi, bbox_inches="tight", format="png")
+    missing = set()
+    for warning in caught:
+        if found := _MISSING_GLYPH.search(str(warning.message)):
+            missing.add(chr(int(found.group(1))))
+        else:  # any other, as it was given
+            warnings.warn_explicit(warning.message, warning.category, warning.filename,
+                                   warning.lineno)  # fmt: skip
+    if missing:
+        warnings.warn(
+            f"{path}: characters missing from its font are drawn as empty boxes: "
+            f"{''.join(sorted(missing))}",
+            stacklevel=2,
+        )
 
 
 def plot_curves(
@@ -111,5 +140,4 @@ def plot_image_grid(
             else:
                 ax.imshow(images[i])
             ax.set_title(_shortened(titles[i], GRID_TITLE_CHARS), fontsize=8)
-    figure.tight_layout()
-    save_figure(figure, path, dpi=100)
+    save_figure(figure, path, dpi=100, tight_layout=True)

@@ -1,3 +1,5 @@
+import warnings
+
 import numpy as np
 import pytest
 from matplotlib.colors import to_rgba
@@ -118,3 +120,17 @@ def test_image_grid_cuts_long_titles_so_that_they_do_not_run_into_each_other(
     plots.plot_image_grid(tmp_path / "grid.png", images, names)
     titles = [ax.get_title() for ax in figures[0].axes if ax.images]
     assert titles == ["a_rather_long_c\u2026", "sixteen_letters_"]
+
+
+def test_characters_the_font_lacks_are_warned_of_once_naming_the_figure(tmp_path):
+    # Matplotlib warned "Glyph 26412 (...) missing from font(s) DejaVu Sans." for each
+    # character, twice a figure, naming neither the figure nor the class.
+    images = np.zeros((2, 4, 4, 3), np.uint8)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        plots.plot_image_grid(tmp_path / "grid.png", images, ["\u65e5\u672c", "cat"])
+    assert [str(w.message) for w in caught] == [
+        f"{tmp_path / 'grid.png'}: characters missing from its font are drawn as empty boxes: "
+        "\u65e5\u672c"
+    ]
+    assert (tmp_path / "grid.png").read_bytes().startswith(b"\x89PNG")
