@@ -79,7 +79,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         with interrupt.StopOnSignal() as signals:
             with interrupt.resend_dropped_signals(), warnings.catch_warnings(), \
                     peers.leaving(), _stdout_named_in_errors():  # fmt: skip
-                warnings.showwarning = _one_line_warning(prefix)
+                warnings.showwarning = one_line_warning(prefix)
                 if args.command != "train":
                     parallel.warn_of_ignored_variables(f"jaxcifar {args.command}")
                 code = int(args.run(args) or 0)
@@ -290,7 +290,7 @@ def _escape_what_stdout_cannot_encode() -> None:
         reconfigure(errors="backslashreplace")
 
 
-def _one_line_warning(prefix: str) -> Callable[..., None]:
+def one_line_warning(prefix: str) -> Callable[..., None]:
     """A `warnings.showwarning` that prints `PREFIX: warning: MESSAGE` on stderr: a command's
     user reads what went wrong, not the source line that warned (JAX's or ours)."""
 

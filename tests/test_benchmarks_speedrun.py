@@ -146,6 +146,21 @@ def test_a_script_refuses_a_bad_count_before_it_runs(script, argv, message):
     assert f"{Path(script).name}: error: {message}" in done.stderr
 
 
+def test_a_benchmark_scripts_warning_is_one_line_naming_it(monkeypatch, capsys):
+    # The lookahead's warning printed as Python's two lines: a file path and a source line.
+    import warnings
+
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import bench_paths
+
+    monkeypatch.setattr(sys, "argv", [str(BENCHMARKS / "speedrun.py")])
+    bench_paths.run_script(lambda: warnings.warn("4 training steps end before the first "
+                                                 "lookahead update", UserWarning))  # fmt: skip
+    assert capsys.readouterr().err == (
+        "speedrun.py: warning: 4 training steps end before the first lookahead update\n"
+    )
+
+
 # Runs a benchmark script as `python benchmarks/SCRIPT ARGS` would, with the modules named in
 # MISSING uninstalled (None in sys.modules) and those in FAKE installed as empty modules.
 _RUN_SCRIPT_WITH = """
