@@ -211,6 +211,7 @@ def test_bench_command_refuses_budget_flags_that_steps_overrides(flags, given, m
     (["--batch-sizes", "4", "4"], "--batch-sizes: 4 given twice"),
     (["--dtypes", "float32", "bfloat16", "float32"], "--dtypes: float32 given twice"),
     (["--models", "mlp", "cnn", "mlp", "cnn"], "--models: cnn, mlp given twice"),
+    (["--epoch-batch-sizes", "8", "8"], "--epoch-batch-sizes: 8 given twice"),
 ])  # fmt: skip
 def test_bench_command_refuses_a_value_given_twice(flags, message, monkeypatch, capsys):
     # Each such case was timed twice, and one float32 row got "vs f32 x1.00" against the other.

@@ -320,3 +320,14 @@ def test_a_name_too_long_for_the_file_system_is_a_flag_error_before_any_work(tmp
     assert capsys.readouterr().err == (
         f"jaxcifar scratch: error: --out {long / 'run'}: cannot write there (File name too long)\n"
     )
+
+
+def test_the_variable_and_the_flag_come_before_a_checkpoints_recorded_data(tmp_path,
+                                                                          monkeypatch):  # fmt: skip
+    recorded = {"source": str(tmp_path)}  # exists
+    monkeypatch.delenv("JAXCIFAR_DATA_DIR", raising=False)
+    assert _args.data_dir_or_recorded(None, recorded) == str(tmp_path)
+    assert _args.data_dir_or_recorded("/given", recorded) == "/given"
+    assert _args.data_dir_or_recorded(None, {"source": str(tmp_path / "gone")}) is None
+    monkeypatch.setenv("JAXCIFAR_DATA_DIR", "/from/the/variable")  # load reads it then
+    assert _args.data_dir_or_recorded(None, recorded) is None

@@ -102,6 +102,21 @@ def test_a_copy_of_an_idx_folder_is_served_from_the_cache(tmp_path, fresh_cache,
     assert len(list(fresh_cache.iterdir())) == 1
 
 
+def test_an_unwritable_cache_keeps_the_splits_of_one_source_only_in_memory(tmp_path,
+                                                                          monkeypatch):  # fmt: skip
+    # Each source decoded would stay in memory for the process's life.
+    from jaxcifar.data import sources
+
+    monkeypatch.setattr(sources, "_UNCACHED", {})
+    (tmp_path / "file").write_text("")
+    monkeypatch.setenv("JAXCIFAR_CACHE", str(tmp_path / "file"))
+    for name in ("a", "b"):
+        write_tiny_tree(tmp_path / name)
+        with pytest.warns(UserWarning, match="could not write the dataset cache"):
+            load("cifar10", "train", data_dir=tmp_path / name)
+    assert [source for _, source in sources._UNCACHED] == [str(tmp_path / "b")]
+
+
 def test_unwritable_cache_only_warns_once_and_decodes_once_for_both_splits(
     archive, tmp_path, monkeypatch
 ):

@@ -150,7 +150,8 @@ def test_a_copy_read_from_the_cache_is_warned_of_by_its_own_path(tmp_path, fresh
     ]
 
 
-@pytest.mark.parametrize("name, shown", [("two\nlines", "two\\nlines"), ("a\tb", "a\\tb")])
+@pytest.mark.parametrize("name, shown", [("two\nlines", "two\\nlines"), ("a\tb", "a\\tb"),
+                                         ("a\u2028b", "a\\u2028b")])  # a line separator
 def test_a_class_folder_name_with_a_control_character_is_refused(tmp_path, fresh_cache, name,
                                                                   shown):  # fmt: skip
     # It was printed as it is: predict's line for one image split in two, data info's columns

@@ -134,3 +134,16 @@ def test_characters_the_font_lacks_are_warned_of_once_naming_the_figure(tmp_path
         "\u65e5\u672c"
     ]
     assert (tmp_path / "grid.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_other_warnings_of_drawing_a_figure_come_through_as_they_were(tmp_path, monkeypatch):
+    def warn_and_save(figure, *args, **kwargs):
+        warnings.warn("a warning of matplotlib's own", RuntimeWarning)
+
+    monkeypatch.setattr(Figure, "savefig", warn_and_save)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        plots.save_figure(Figure(), tmp_path / "figure.png")
+    assert [(w.category, str(w.message)) for w in caught] == [
+        (RuntimeWarning, "a warning of matplotlib's own")
+    ]

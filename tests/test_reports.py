@@ -118,3 +118,14 @@ def test_only_an_evaluation_of_the_replaced_model_is_removed_with_it(tmp_path):
     )
     remove_evaluation_of(model)
     assert sorted(path.name for path in tmp_path.iterdir()) == ["model.msgpack", "other.msgpack"]
+
+
+def test_no_report_is_removed_beside_a_model_not_written_yet(tmp_path):
+    # A first run into a folder holding an evaluation of another, existing model.
+    from jaxcifar.reports import remove_evaluation_of
+
+    (tmp_path / "other.msgpack").write_bytes(b"another model")
+    evaluated = {"evaluated": {"checkpoint": str(tmp_path / "other.msgpack")}}
+    (tmp_path / "metrics.json").write_text(json.dumps({**report(), **evaluated}))
+    remove_evaluation_of(tmp_path / "model.msgpack")
+    assert (tmp_path / "metrics.json").exists()

@@ -845,6 +845,11 @@ def test_speedrun_refuses_runs_whose_seeds_pass_the_seed_range(tmp_path, capsys)
         "SEED..SEED+RUNS-1 go past 2147483647; lower --seed to 2147483645 or less\n"
     )
     assert not (tmp_path / "out").exists()
+    # The last seed exactly the largest is taken: the data dir is the next thing looked at.
+    argv = ["speedrun", "--seed", "2147483646", "--runs", "2", "--data-dir",
+            str(tmp_path / "none"), "--out", str(tmp_path / "out")]  # fmt: skip
+    assert cli.main(argv) == 2
+    assert f"data dir {tmp_path / 'none'} does not exist" in capsys.readouterr().err
 
 
 def test_speedrun_refuses_an_out_holding_a_training_run(tmp_path, capsys):
@@ -1061,6 +1066,14 @@ def test_results_table_shows_no_sd_of_one_run_and_each_runs_seed():
     assert "| 1 | jaxcifar-fast | - | float32 |" in measure.render_markdown(
         {"device": "cpu", "runs": [row]}
     )
+
+
+def test_results_table_says_how_many_of_the_runs_asked_for_finished():
+    row = measure.run_row(measure.SYSTEM, "float32", 1.0, 2.0, 0.9, seed=7)
+    two = measure.render_markdown({"device": "cpu", "runs": [row, row], "runs_planned": 3})
+    assert two.endswith("\nInterrupted: 2 of the 3 runs asked for finished.\n")
+    three = measure.render_markdown({"device": "cpu", "runs": [row] * 3, "runs_planned": 3})
+    assert "Interrupted" not in three
 
 
 @pytest.mark.parametrize("warmup, timed", [
