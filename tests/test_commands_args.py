@@ -185,28 +185,23 @@ def test_a_file_out_linked_into_a_folder_that_does_not_exist_is_refused_before_t
     tmp_path,
 ):
     # data show made the link's target's missing folders, wherever the link pointed.
-    link = tmp_path / "grid.png"
+    link, chain = tmp_path / "grid.png", tmp_path / "chain.png"
     link.symlink_to(tmp_path / "nowhere" / "grid.png")
-    with pytest.raises(ConfigError) as refused:
-        _args.check_writable_file(link)
-    assert str(refused.value) == (
-        f"--out {link}: cannot write there (a symbolic link to {tmp_path / 'nowhere'}/grid.png: "
-        "No such file or directory)"
-    )
-    (tmp_path / "nowhere").mkdir()  # its target is then a file still to make, as open makes
-    _args.check_writable_file(link)
     # Named by its final target, through a chain of links; a file where its folder should be.
     (tmp_path / "afile").write_text("")
     (tmp_path / "real").mkdir()
     (tmp_path / "real" / "hop.png").symlink_to(tmp_path / "afile" / "grid.png")
-    chain = tmp_path / "chain.png"
     chain.symlink_to(tmp_path / "real" / "hop.png")
-    with pytest.raises(ConfigError) as refused:
-        _args.check_writable_file(chain)
-    assert str(refused.value) == (
-        f"--out {chain}: cannot write there (a symbolic link to {tmp_path / 'afile'}/grid.png: "
-        "Not a directory)"
-    )
+    for out, target, reason in ((link, "nowhere", "No such file or directory"),
+                                (chain, "afile", "Not a directory")):  # fmt: skip
+        with pytest.raises(ConfigError) as refused:
+            _args.check_writable_file(out)
+        assert str(refused.value) == (
+            f"--out {out}: cannot write there (a symbolic link to {tmp_path / target}/grid.png: "
+            f"{reason})"
+        )
+    (tmp_path / "nowhere").mkdir()  # its target is then a file still to make, as open makes
+    _args.check_writable_file(link)
 
 
 @pytest.mark.parametrize(

@@ -85,17 +85,22 @@ def test_evaluate_leaves_a_training_runs_reports_to_it(shared_data, tmp_path, ca
     }
 
 
+def train_a_tiny_mnist_run(tmp_path):
+    """TMP/run: a 1-epoch MLP run on TMP/data, a 16-image MNIST-format set; returns TMP/run."""
+    write_idx_set(tmp_path / "data", n_train=16, n_test=8, shape=(8, 8))
+    assert main([
+        "train", "--dataset", "mnist", "--data-dir", str(tmp_path / "data"), "--model", "mlp",
+        "--mlp-hidden", "8", "--batch-size", "8", "--epochs", "1", "--compile-cache", "none",
+        "--quiet", "--out", str(tmp_path / "run"),
+    ]) == 0  # fmt: skip
+    return tmp_path / "run"
+
+
 def test_a_signal_while_evaluate_writes_its_reports_waits_for_the_whole_set(
     tmp_path, fresh_cache, sigterm_while_drawing, capsys
 ):
     # SIGTERM between two figures left one figure of three and no metrics.json.
-    write_idx_set(tmp_path / "data", n_train=16, n_test=8, shape=(8, 8))
-    run, evaluated = tmp_path / "run", tmp_path / "eval"
-    assert main([
-        "train", "--dataset", "mnist", "--data-dir", str(tmp_path / "data"), "--model", "mlp",
-        "--mlp-hidden", "8", "--batch-size", "8", "--epochs", "1", "--compile-cache", "none",
-        "--quiet", "--out", str(run),
-    ]) == 0  # fmt: skip
+    run, evaluated = train_a_tiny_mnist_run(tmp_path), tmp_path / "eval"
     sigterm_while_drawing()  # once the run has drawn its own
     capsys.readouterr()
     assert main(["evaluate", "--checkpoint", str(run), "--data-dir", str(tmp_path / "data"),
@@ -113,13 +118,7 @@ def test_evaluate_writes_its_reports_though_its_stdout_reader_has_gone(tmp_path,
     import subprocess
     import sys
 
-    write_idx_set(tmp_path / "data", n_train=16, n_test=8, shape=(8, 8))
-    run, evaluated = tmp_path / "run", tmp_path / "eval"
-    assert main([
-        "train", "--dataset", "mnist", "--data-dir", str(tmp_path / "data"), "--model", "mlp",
-        "--mlp-hidden", "8", "--batch-size", "8", "--epochs", "1", "--compile-cache", "none",
-        "--quiet", "--out", str(run),
-    ]) == 0  # fmt: skip
+    run, evaluated = train_a_tiny_mnist_run(tmp_path), tmp_path / "eval"
     command = [sys.executable, "-m", "jaxcifar", "evaluate", "--checkpoint", str(run),
                "--data-dir", str(tmp_path / "data"), "--out", str(evaluated)]  # fmt: skip
     # Unbuffered, as `python -u` runs it: each line is written (and fails) as it is printed;
