@@ -687,14 +687,15 @@ def test_a_bare_resume_and_evaluate_read_the_data_the_run_was_trained_on(
 def test_processes_given_other_pictures_of_the_same_labels_differ_in_their_data_facts():
     # The facts compared labels, shape and classes only: hosts given other pictures sorted
     # into the same classes trained together without a word.
-    from jaxcifar.commands.train import _run_facts
+    from jaxcifar.commands.train import _run_facts, _training_data
     from jaxcifar.config import RunConfig
     from jaxcifar.data import Dataset
 
     labels = np.arange(4, dtype=np.int32) % 2
     ours = Dataset(np.zeros((4, 2, 2, 3), np.uint8), labels, ("a", "b"))
     theirs = Dataset(np.full((4, 2, 2, 3), 9, np.uint8), labels, ("a", "b"))
-    facts = [_run_facts(RunConfig(), "chunk", data, data, None, 0) for data in (ours, theirs)]
+    facts = [_run_facts(RunConfig(), "chunk", data, data, None, 0, _training_data(data))
+             for data in (ours, theirs)]  # fmt: skip
     assert facts[0]["training data"] != facts[1]["training data"]
     assert facts[0]["training data"].startswith("4 x (2, 2, 3), ")
     assert {k: v for k, v in facts[0].items() if "data" not in k} == {
