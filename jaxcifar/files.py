@@ -16,7 +16,8 @@ def open_regular_file(path: str | os.PathLike[str]) -> BinaryIO:
     that it can be refused; the flag does nothing to a regular file's reads)."""
     flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0)
     fd = os.open(path, flags)
-    file = os.fdopen(fd, "rb")
+    # Checked before the descriptor becomes a file object: os.fdopen refuses a folder's
+    # itself, naming the descriptor's number, and leaves the descriptor open.
     try:
         mode = os.fstat(fd).st_mode
         if stat.S_ISDIR(mode):
@@ -24,9 +25,9 @@ def open_regular_file(path: str | os.PathLike[str]) -> BinaryIO:
         if not stat.S_ISREG(mode):
             raise OSError(errno.EINVAL, "not a regular file", str(Path(path)))
     except BaseException:
-        file.close()
+        os.close(fd)
         raise
-    return file
+    return os.fdopen(fd, "rb")
 
 
 def read_regular_file(path: str | os.PathLike[str]) -> bytes:

@@ -56,12 +56,14 @@ def test_what_is_not_a_regular_file_is_refused_not_read(tmp_path, ends_within_a_
     # "not a readable image (FileNotFoundError: [Errno 2] ...)".
     fifo = tmp_path / "fifo.png"
     os.mkfifo(fifo)
+    open_files = len(os.listdir("/proc/self/fd"))
     for path, reason in [(fifo, "not a regular file"), (Path("/dev/zero"), "not a regular file"),
                          (tmp_path, "Is a directory"),
                          (tmp_path / "gone.png", "No such file or directory")]:  # fmt: skip
         with pytest.raises(DataError) as refused:
             decode(path, "RGB", f"named {path.name}")
         assert str(refused.value) == f"named {path.name}: cannot read ({reason})"
+    assert len(os.listdir("/proc/self/fd")) == open_files  # a folder's was left open
 
 
 def test_a_large_file_is_refused_from_its_header_not_read_whole(tmp_path, monkeypatch):
