@@ -105,9 +105,10 @@ def load(name: str, split: str, *, data_dir: str | os.PathLike[str] | None = Non
             "data_dir is empty; expected a folder or archive path, or None for "
             f"${DATA_DIR_ENV} or else the official release"
         )
-    from_env = data_dir is None and env_data_dir() is not None
+    from_env = False
     if data_dir is None:
         data_dir = env_data_dir()
+        from_env = data_dir is not None
     if data_dir is None:
         offline_help = f"pass --data-dir or set ${DATA_DIR_ENV} to {describe(name)}"
         data_dir = download.fetch(name, offline_help)
