@@ -145,15 +145,13 @@ def _check_batch(images: jax.Array, labels: jax.Array, where: str) -> None:
         (uint16 pixels would be scaled as 0..255), or non-integer labels.
       ValueError: labels not of shape (B,), e.g. (B, 1) or one-hot (B, K).
     """
-    if not jnp.issubdtype(images.dtype, jnp.integer):
-        raise TypeError(
-            f"{where}: images are {images.dtype}; expected uint8 pixels (B, H, W, C), which "
-            "the step scales to [-1, 1] itself: pass them as loaded, not through to_float"
-        )
-    if images.dtype != jnp.uint8:  # 16-bit pixels (0..65535) would be scaled as 0..255
+    if images.dtype != jnp.uint8:  # floats would be scaled again; 16-bit pixels as 0..255
+        scaled = jnp.issubdtype(images.dtype, jnp.floating)
+        fix = ("pass them as loaded, not through to_float" if scaled
+               else "convert them (16-bit ones: // 257)")  # fmt: skip
         raise TypeError(
             f"{where}: images are {images.dtype}; expected uint8 pixels (B, H, W, C), 0..255, "
-            "which the step scales to [-1, 1]: convert them (16-bit ones: // 257)"
+            f"which the step scales to [-1, 1] itself: {fix}"
         )
     if labels.shape != images.shape[:1]:
         raise ValueError(
