@@ -207,6 +207,16 @@ def test_bench_command_refuses_budget_flags_that_steps_overrides(flags, given, m
     )
 
 
+def test_bench_command_refuses_epoch_batch_sizes_beside_no_epochs(monkeypatch, capsys):
+    # `--epoch-images 0 --epoch-batch-sizes 8 16` timed no epoch without a word.
+    monkeypatch.setattr(suite, "plan", lambda settings: pytest.fail("planned"))
+    assert cli.main(["bench", "--epoch-images", "0", "--epoch-batch-sizes", "8", "16"]) == 2
+    assert capsys.readouterr().err == (
+        "jaxcifar bench: error: --epoch-batch-sizes sets the timed epochs, which --epoch-images 0 "
+        "skips; drop one of them\n"
+    )
+
+
 @pytest.mark.parametrize("flags, message", [
     (["--batch-sizes", "4", "4"], "--batch-sizes: 4 given twice"),
     (["--dtypes", "float32", "bfloat16", "float32"], "--dtypes: float32 given twice"),

@@ -110,6 +110,10 @@ def run(args: argparse.Namespace) -> int:
         if twice := sorted({str(v) for v in values if values.count(v) > 1}):
             # Else each case ran twice, and one float32 row was given a ratio against the other.
             raise ConfigError(f"{flag}: {', '.join(twice)} given twice; name each once")
+    if args.epoch_images == 0 and tuple(args.epoch_batch_sizes) != Settings.epoch_batch_sizes:
+        # Else the sizes were ignored without a word: 0 images skip the timed epochs.
+        raise ConfigError("--epoch-batch-sizes sets the timed epochs, which --epoch-images 0 "
+                          "skips; drop one of them")  # fmt: skip
     if args.steps is not None:
         given = [flag for flag, value, default in (
             ("--min-steps", args.min_steps, TimingBudget.min_steps),
