@@ -32,6 +32,21 @@ def test_info_widens_its_class_column_for_long_class_names(tmp_path, fresh_cache
     ]
 
 
+def test_info_lines_up_wide_and_combining_class_names(tmp_path, fresh_cache, capsys):
+    # Padded by len(), a Chinese name's row ran two columns past the others per character, and
+    # an accented one (x + combining acute: NFC has no one character for it) fell one short.
+    write_tree(tmp_path / "data", classes=("猫猫猫猫猫猫猫", "max\u0301", "dog"))
+    assert main(["data", "info", "--data-dir", str(tmp_path / "data")]) == 0
+    table = capsys.readouterr().out.splitlines()[2:]
+    assert table == [
+        "class" + " " * 11 + "   train    test",
+        "dog" + " " * 13 + "       2       2",
+        "max\u0301" + " " * 13 + "       2       2",
+        "猫猫猫猫猫猫猫" + " " * 2 + "       2       2",
+        "total" + " " * 11 + "       6       6",
+    ]
+
+
 def test_a_warning_is_one_line_naming_the_command(tmp_path, monkeypatch, capsys):
     write_idx_set(tmp_path / "mnist", n_train=6, n_test=4)
     (tmp_path / "file").write_text("")

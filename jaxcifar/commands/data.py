@@ -67,18 +67,37 @@ def format_info(train: Dataset, test: Dataset) -> str:
     """A small text table: source, image shape, per-class and total counts of both splits."""
     import numpy as np
 
-    width = max(14, *(len(name) + 2 for name in train.class_names))  # a long name's column
+    width = max(14, *(_display_width(name) + 2 for name in train.class_names))
     lines = [
         f"source       {train.source}",
         # Spelled as other messages give shapes: "30x22 pixels" would read width first.
         f"image shape  (H, W, C) {train.images.shape[1:]} uint8",
-        f"{'class':<{width}}{'train':>8}{'test':>8}",
+        f"{_pad('class', width)}{'train':>8}{'test':>8}",
     ]
     counts = [np.bincount(split.labels, minlength=train.num_classes) for split in (train, test)]
     for name, n_train, n_test in zip(train.class_names, *counts):
-        lines.append(f"{name:<{width}}{n_train:>8}{n_test:>8}")
-    lines.append(f"{'total':<{width}}{len(train):>8}{len(test):>8}")
+        lines.append(f"{_pad(name, width)}{n_train:>8}{n_test:>8}")
+    lines.append(f"{_pad('total', width)}{len(train):>8}{len(test):>8}")
     return "\n".join(lines)
+
+
+def _display_width(text: str) -> int:
+    """The columns `text` takes in a terminal: 2 for a wide (CJK) character, 0 for a combining
+    accent or a zero-width joiner, 1 for others. `len` put a Chinese class name's counts out of
+    line with the other rows'."""
+    import unicodedata
+
+    def columns(char: str) -> int:
+        if unicodedata.combining(char) or unicodedata.category(char) == "Cf":
+            return 0
+        return 2 if unicodedata.east_asian_width(char) in ("W", "F") else 1
+
+    return sum(columns(char) for char in text)
+
+
+def _pad(text: str, width: int) -> str:
+    """`text` with spaces after it to fill `width` terminal columns."""
+    return text + " " * (width - _display_width(text))
 
 
 def write_grid(path: Path, sample: Dataset) -> None:
