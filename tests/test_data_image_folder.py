@@ -1,6 +1,7 @@
 import functools
 import gzip
 import os
+import re
 import tarfile
 import warnings
 from pathlib import Path
@@ -265,7 +266,7 @@ def test_mnist_style_trees_decode_to_one_channel(tmp_path, fresh_cache):
 
 
 def test_greyscale_trees_decode_to_three_equal_channels_for_cifar10(tmp_path, fresh_cache):
-    write_tree(tmp_path, per_class=1, size=(32, 32), classes=("cat",), mode="L", fill=77)
+    write_tree(tmp_path, per_class=1, size=(32, 32), classes=("cat", "dog"), mode="L", fill=77)
     assert np.all(load("cifar10", "test", data_dir=tmp_path).images == 77)
 
 
@@ -309,8 +310,19 @@ def test_a_tree_of_another_datasets_class_folders_is_refused_before_caching(tmp_
         load("mnist", "train", data_dir=fashion)
     assert len(load("fashion_mnist", "train", data_dir=fashion)) == 10
     # Digits are label numbers any dataset's tree may use: they prove nothing.
-    class_tree(digits, classes=("0",))
-    assert len(load("fashion_mnist", "train", data_dir=digits)) == 1
+    class_tree(digits, classes=("0", "1"))
+    assert len(load("fashion_mnist", "train", data_dir=digits)) == 2
+
+
+def test_a_tree_of_one_class_is_refused(tmp_path, fresh_cache):
+    # Cross-entropy over one class is 0 whatever the weights: train reported "test accuracy
+    # 1.0000" and predict "only 1.000" for any picture, having learnt nothing.
+    write_tree(tmp_path / "data", classes=("only",))
+    with pytest.raises(DataError, match=re.escape(
+        f"{tmp_path / 'data'}: train/ and test/ hold one class folder (only); a classifier needs "
+        "at least two classes: add a folder of images of another class"
+    )):  # fmt: skip
+        load("cifar10", "train", data_dir=tmp_path / "data")
 
 
 @pytest.mark.parametrize("packed", [False, True])

@@ -58,8 +58,9 @@ def read(tree: Tree, name: str) -> dict[str, Dataset]:
       {"train": ..., "test": ...}: images (N, H, W, 3 for cifar10 or 1) uint8 sorted by class
       then file name, labels (N,) int32.
     Raises:
-      DataError: a split or class folder missing or empty, an undecodable image, an image
-        whose size differs from the others, or a tree that looks like another dataset.
+      DataError: a split or class folder missing or empty, one class only, an undecodable
+        image, an image whose size differs from the others, or a tree that looks like another
+        dataset.
     """
     members, notes = {}, {}
     for split in SPLITS:
@@ -72,6 +73,11 @@ def read(tree: Tree, name: str) -> dict[str, Dataset]:
         raise DataError(
             f"{tree.where}: train/ and test/ must hold the same class folders ({'; '.join(only)}):"
             " give the other split a folder of images of each class, or remove the class"
+        )
+    if len(train_classes) < 2:  # its loss is 0 whatever the weights: "100%" without learning
+        raise DataError(
+            f"{tree.where}: train/ and test/ hold one class folder ({', '.join(train_classes)}); "
+            "a classifier needs at least two classes: add a folder of images of another class"
         )
     _check_classes(tree, name, train_classes)
     if train_classes == set(CIFAR10_CLASSES):
