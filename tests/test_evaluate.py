@@ -14,7 +14,7 @@ from data_files import write_idx_set
 
 
 def test_evaluate_records_the_test_subset_it_used_beside_the_runs_config(
-    shared_data, tmp_path, capsys
+    shared_data, tmp_path, capsys, monkeypatch
 ):
     # Before: config.limit_test said the run's 20 while the confusion matrix summed to 40,
     # and nothing said that the report was an evaluation, of which file, on which subset.
@@ -53,6 +53,13 @@ def test_evaluate_records_the_test_subset_it_used_beside_the_runs_config(
     assert (report["evaluated"]["limit_test"], report["evaluated"]["test_examples"]) == (
         20000, len(load_split("cifar10", "test", data_dir=shared_data))
     )  # fmt: skip
+    # A relative --checkpoint is recorded absolute: read from another folder (a speedrun
+    # replacing the model removes its evaluation), the relative path named nothing.
+    monkeypatch.chdir(tmp_path)
+    assert main(["evaluate", "--checkpoint", "run", "--data-dir", str(shared_data), "--out",
+                 "eval"]) == 0  # fmt: skip
+    report = json.loads((evaluated / "metrics.json").read_text())
+    assert report["evaluated"]["checkpoint"] == str(run / checkpoint.FILENAME)
 
 
 def test_evaluate_leaves_a_training_runs_reports_to_it(shared_data, tmp_path, capsys):

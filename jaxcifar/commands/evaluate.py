@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -134,7 +135,8 @@ def evaluated_record(result: SavedModelTest) -> dict[str, Any]:
     """metrics.json's `evaluated`: what this evaluation tested (`config` is the run's, whose
     own test subset may have been another)."""
     return {
-        "checkpoint": str(result.path),
+        # Absolute: `reports.remove_evaluation_of` reads it from whatever folder it runs in.
+        "checkpoint": os.path.abspath(result.path),
         "test_data": result.test_set.source,
         "limit_test": result.subset.limit,
         "subset_seed": result.subset.seed,
