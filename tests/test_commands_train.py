@@ -110,6 +110,20 @@ def test_train_evaluate_predict_end_to_end(image_tree, tmp_path, capsys):
     assert "already holds a checkpoint; pass --resume" in capsys.readouterr().err
 
 
+def test_train_refuses_an_out_holding_a_speedrun_model(tmp_path, capsys):
+    # It wrote checkpoint.msgpack beside model.msgpack, and evaluate and predict then refused
+    # the folder (which model?), as speedrun refuses a training run's folder.
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "model.msgpack").write_bytes(b"a speedrun's model")
+    assert main(["train", "--data-dir", str(tmp_path / "no-data"), "--out",
+                 str(tmp_path / "run")]) == 2  # fmt: skip
+    assert capsys.readouterr().err == (
+        f"jaxcifar train: error: --out {tmp_path / 'run'} holds a speedrun model (model.msgpack),"
+        " whose folder this run's checkpoint would make ambiguous; pick another --out\n"
+    )
+    assert sorted(path.name for path in (tmp_path / "run").iterdir()) == ["model.msgpack"]
+
+
 def test_compile_cache_saves_programs_in_its_folder_and_runs_on_if_jax_moves_its_reset(
     tmp_path, monkeypatch
 ):

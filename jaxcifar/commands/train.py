@@ -201,6 +201,7 @@ def _run_holding_out(args: argparse.Namespace) -> int:
     import jax
 
     from jaxcifar import checkpoint, peers, xla_cache
+    from jaxcifar.speedrun import model_file
 
     out = args.out
     # The checkpoint gives the configuration, which every later check reads.
@@ -257,6 +258,12 @@ def _run_holding_out(args: argparse.Namespace) -> int:
     check_writable_folder(out)
     if saved is None and (out / checkpoint.FILENAME).exists():
         raise ConfigError(f"{out} already holds a checkpoint; pass --resume or another --out")
+    if saved is None and (out / model_file.FILENAME).exists():  # as speedrun refuses a run's
+        # evaluate and predict would refuse the folder: which of the two models is meant?
+        raise ConfigError(
+            f"--out {out} holds a speedrun model ({model_file.FILENAME}), whose folder this "
+            "run's checkpoint would make ambiguous; pick another --out"
+        )
     cache = xla_cache.resolve(args.compile_cache)
     # Stopping drops the epoch in progress and keeps the last epoch-boundary checkpoint.
     # Resuming mid-epoch would need the step index, the partial loss sums and a runner that
