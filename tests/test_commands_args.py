@@ -321,8 +321,11 @@ def test_the_variable_and_the_flag_come_before_a_checkpoints_recorded_data(tmp_p
                                                                           monkeypatch):  # fmt: skip
     recorded = {"source": str(tmp_path)}  # exists
     monkeypatch.delenv("JAXCIFAR_DATA_DIR", raising=False)
-    assert _args.data_dir_or_recorded(None, recorded) == str(tmp_path)
-    assert _args.data_dir_or_recorded("/given", recorded) == "/given"
-    assert _args.data_dir_or_recorded(None, {"source": str(tmp_path / "gone")}) is None
+    choice = _args.data_dir_or_recorded
+    assert choice(None, recorded) == (str(tmp_path), "recorded in the checkpoint")
+    assert choice("/given", recorded) == ("/given", "--data-dir")
+    assert choice(None, {"source": str(tmp_path / "gone")}) == (None, "the official release")
+    assert choice(None, None) == (None, "the official release")
     monkeypatch.setenv("JAXCIFAR_DATA_DIR", "/from/the/variable")  # load reads it then
-    assert _args.data_dir_or_recorded(None, recorded) is None
+    assert choice(None, recorded) == (None, "$JAXCIFAR_DATA_DIR")
+    assert choice("/given", recorded) == ("/given", "--data-dir")

@@ -487,9 +487,11 @@ gray_tree = functools.partial(write_tree, per_class=1, size=(8, 8), mode="L", fi
     ],
 )
 @pytest.mark.parametrize("command", ["evaluate", "train"])
+@pytest.mark.parametrize("origin", ["--data-dir", "$JAXCIFAR_DATA_DIR"])
 def test_evaluate_and_resume_refuse_data_unlike_the_checkpoints(
-    trained, tmp_path, fresh_cache, capsys, make_data, message, command
+    trained, tmp_path, fresh_cache, capsys, monkeypatch, make_data, message, command, origin
 ):
+    # Data the variable named was called "(--data-dir)", a flag the user never gave.
     _, run, _ = trained
     make_data(tmp_path / "other")
     capsys.readouterr()
@@ -498,9 +500,13 @@ def test_evaluate_and_resume_refuse_data_unlike_the_checkpoints(
     else:  # a resume that would train on: the training set is checked before the restore
         run = Path(shutil.copytree(run, tmp_path / "run"))
         argv, split = ["train", "--resume", "--out", str(run), "--epochs", "2"], "train"
-    assert main([*argv, "--data-dir", str(tmp_path / "other")]) == 2
+    if origin == "--data-dir":
+        argv += ["--data-dir", str(tmp_path / "other")]
+    else:
+        monkeypatch.setenv("JAXCIFAR_DATA_DIR", str(tmp_path / "other"))
+    assert main(argv) == 2
     line = one_line_error(capsys, command)
-    assert f"the {split} set in {tmp_path / 'other'} (--data-dir) " in line
+    assert f"the {split} set in {tmp_path / 'other'} ({origin}) " in line
     assert message.format(ckpt=run / checkpoint.FILENAME) in line
 
 

@@ -10,7 +10,7 @@ import os
 import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from jaxcifar.atomic import link_target, name_max
 from jaxcifar.config import DATASETS, INT32_MAX, SEED_MAX
@@ -115,15 +115,28 @@ def add_data_dir_argument(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
 
 
-def data_dir_or_recorded(data_dir: str | None, recorded: Mapping[str, Any] | None) -> str | None:
-    """`data_dir` (--data-dir); when neither it nor $JAXCIFAR_DATA_DIR is given, the source of
+class DataChoice(NamedTuple):
+    """Where a command's data comes from: `data_dir`, what `load` is given (None: the
+    variable, else the official release), and `origin`, how messages name it."""
+
+    data_dir: str | None
+    origin: str
+
+
+def data_dir_or_recorded(data_dir: str | None, recorded: Mapping[str, Any] | None) -> DataChoice:
+    """`data_dir` (--data-dir), else $JAXCIFAR_DATA_DIR; when neither is given, the source of
     the training set a checkpoint `recorded` (its `train_data`), where that still exists: a
     bare `train --resume` or `evaluate` of a run trained on the user's own folder went to
-    download the official release (170 MB for CIFAR-10), to refuse it as other data."""
-    if data_dir is not None or env_data_dir() is not None or recorded is None:
-        return data_dir
-    source = recorded["source"]
-    return source if os.path.exists(source) else None
+    download the official release (170 MB for CIFAR-10), to refuse it as other data. The
+    origin is named in messages about the data: one that said --data-dir of data the variable
+    named sent the user looking for a flag never given."""
+    if data_dir is not None:
+        return DataChoice(data_dir, "--data-dir")
+    if env_data_dir() is not None:
+        return DataChoice(None, f"${DATA_DIR_ENV}")
+    if recorded is not None and os.path.exists(recorded["source"]):
+        return DataChoice(recorded["source"], "recorded in the checkpoint")
+    return DataChoice(None, "the official release")
 
 
 def add_data_arguments(parser: argparse.ArgumentParser, default_dataset: str = "cifar10") -> None:
@@ -282,20 +295,21 @@ def check_writable_file(path: Path) -> None:
 
 
 def check_data_fits_model(
-    dataset: Dataset, split: str, saved: Path, input_shape: tuple[int, ...],
+    dataset: Dataset, split: str, origin: str, saved: Path, input_shape: tuple[int, ...],
     class_names: tuple[str, ...], *, trained_dataset: str | None = None,
 ) -> None:  # fmt: skip
-    """DataError unless `dataset` (its `split`, "train" or "test") has the (H, W, C)
-    `input_shape` and the `class_names` of the data the model in file `saved` was trained
-    on (`Dataset.mismatch`); a checkpoint's restore would otherwise fail without naming the
-    data. `trained_dataset`: the --dataset the model was trained on, where another one was
-    asked for (a resume's override), which the message then names instead of --data-dir."""
+    """DataError unless `dataset` (its `split`, "train" or "test", from `origin`, as
+    `DataChoice` names it) has the (H, W, C) `input_shape` and the `class_names` of the data
+    the model in file `saved` was trained on (`Dataset.mismatch`); a checkpoint's restore
+    would otherwise fail without naming the data. `trained_dataset`: the --dataset the model
+    was trained on, where another one was asked for (a resume's override), which the message
+    then names instead of --data-dir."""
     mismatch = dataset.mismatch(input_shape, class_names)
     if mismatch is not None:
         what, found, expected = mismatch
         fix = ("pass the --data-dir of the data it was trained on" if trained_dataset is None
                else f"it was trained on --dataset {trained_dataset}")  # fmt: skip
         raise DataError(
-            f"the {split} set in {dataset.source} (--data-dir) has {what} {found}, but {saved} "
+            f"the {split} set in {dataset.source} ({origin}) has {what} {found}, but {saved} "
             f"was trained on {expected}; {fix}"
         )

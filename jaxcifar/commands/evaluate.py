@@ -30,8 +30,9 @@ from jaxcifar.commands._args import (
 from jaxcifar.data import Dataset, load_split
 from jaxcifar.errors import CheckpointError
 
-if TYPE_CHECKING:  # imported when used: the module loads JAX
-    from jaxcifar.speedrun.model_file import Subsets
+if TYPE_CHECKING:  # imported when used: the modules load JAX
+    from jaxcifar.checkpoint import Checkpoint
+    from jaxcifar.speedrun.model_file import SavedModel, Subsets
 
 HELP = "evaluate a checkpoint on the test split and write its reports"
 
@@ -67,16 +68,21 @@ class SavedModelTest(NamedTuple):
 
 
 def load_test_set(
-    dataset: str, args: argparse.Namespace, subset: EvalSubset,
+    dataset: str, args: argparse.Namespace, subset: EvalSubset, saved: Checkpoint | SavedModel,
     train_data: dict[str, Any] | None = None,
 ) -> Dataset:  # fmt: skip
     """The `subset` of `dataset`'s test split in --data-dir; without one, in the data the
-    model trained on where its checkpoint recorded it (`train_data`, `data_dir_or_recorded`)."""
-    data_dir = data_dir_or_recorded(args.data_dir, train_data)
-    if data_dir != args.data_dir:  # so that a user sees which data was scored
-        print(f"jaxcifar evaluate: note: no --data-dir given: testing on {data_dir}, the data "
-              "the checkpoint recorded it was trained on", file=sys.stderr)  # fmt: skip
-    return load_split(dataset, "test", data_dir=data_dir, limit=subset.limit, seed=subset.seed)
+    model trained on where its checkpoint recorded it (`train_data`, `data_dir_or_recorded`).
+    DataError unless its images and classes are those `saved` was trained on."""
+    data = data_dir_or_recorded(args.data_dir, train_data)
+    if data.data_dir != args.data_dir:  # so that a user sees which data was scored
+        print(f"jaxcifar evaluate: note: no --data-dir given: testing on {data.data_dir}, the "
+              "data the checkpoint recorded it was trained on", file=sys.stderr)  # fmt: skip
+    test_set = load_split(dataset, "test", data_dir=data.data_dir, limit=subset.limit,
+                          seed=subset.seed)  # fmt: skip
+    check_data_fits_model(test_set, "test", data.origin, saved.path, saved.input_shape,
+                          saved.class_names)  # fmt: skip
+    return test_set
 
 
 def evaluate_checkpoint(args: argparse.Namespace) -> SavedModelTest:
@@ -87,8 +93,7 @@ def evaluate_checkpoint(args: argparse.Namespace) -> SavedModelTest:
     config = saved.config
     # Training drew its test subset from the run's seed too.
     subset = EvalSubset(args.limit_test or config.limit_test, config.seed)
-    test_set = load_test_set(config.dataset, args, subset, saved.train_data)
-    check_data_fits_model(test_set, "test", saved.path, saved.input_shape, saved.class_names)
+    test_set = load_test_set(config.dataset, args, subset, saved, saved.train_data)
     model, params = train.restore_model(saved)
     step = train.make_eval_step(model, dtype=config.dtype)
     result = train.evaluate(step, params, test_set)
@@ -125,8 +130,7 @@ def evaluate_speedrun_model(path: Path, args: argparse.Namespace) -> SavedModelT
         "seed": saved.seed, "subsets": recorded,
     }  # fmt: skip
     subset = speedrun_test_subset(saved.subsets, args.limit_test)
-    test_set = load_test_set(saved.dataset, args, subset)
-    check_data_fits_model(test_set, "test", saved.path, saved.input_shape, saved.class_names)
+    test_set = load_test_set(saved.dataset, args, subset, saved)
     predictions = model_file.predictions(saved, test_set.images)
     return SavedModelTest(saved.path, config, subset, test_set, predictions, [], None)
 

@@ -398,32 +398,32 @@ def _train(
     state, history = None, []
     # The data the checkpoint recorded serves a resume of the same --dataset only.
     same_dataset = saved is not None and saved.config.dataset == config.dataset
-    data_dir = data_dir_or_recorded(args.data_dir, saved.train_data if same_dataset else None)
+    data = data_dir_or_recorded(args.data_dir, saved.train_data if same_dataset else None)
     train_set, test_set = (
-        load_split(config.dataset, split, data_dir=data_dir, limit=limit, seed=config.seed)
+        load_split(config.dataset, split, data_dir=data.data_dir, limit=limit, seed=config.seed)
         for split, limit in (("train", config.limit_train), ("test", config.limit_test))
     )
     input_shape = train_set.images.shape[1:]
     if config.model == "cnn" and min(input_shape[:2]) < cnn.POOL_SCALE:
         raise DataError(
-            f"{train_set.source} (--data-dir) holds images of (H, W) {input_shape[:2]}: the CNN "
+            f"{train_set.source} ({data.origin}) holds images of (H, W) {input_shape[:2]}: the CNN "
             f"pools them to 1/{cnn.POOL_SCALE} a side, so it needs {cnn.POOL_SCALE}x"
             f"{cnn.POOL_SCALE} or larger; train --model mlp on them"
         )
     train_data = _training_data(train_set)  # what each checkpoint records of it
     if saved is not None:
         other_dataset = saved.config.dataset if saved.config.dataset != config.dataset else None
-        check_data_fits_model(train_set, "train", saved.path, saved.input_shape,
+        check_data_fits_model(train_set, "train", data.origin, saved.path, saved.input_shape,
                               saved.class_names, trained_dataset=other_dataset)  # fmt: skip
         if not args.override_config:
-            _check_same_training_data(saved, train_data)
+            _check_same_training_data(saved, train_data, data.origin)
         template = train.state_template(config, input_shape, train_set.num_classes)
         state, history = checkpoint.restore(saved, template), saved.history
 
     mode = epochs.pick_epoch_mode(args.epoch_mode, train_set)  # what runs, for the reports
     device = train.describe_devices(mode)
     print(f"devices: {device['device_count']} x {device['platform']} ({device['device_kind']})")
-    recorded = " (recorded in the checkpoint; no --data-dir given)" * (data_dir != args.data_dir)
+    recorded = "" if data.data_dir == args.data_dir else f" ({data.origin}; no --data-dir given)"
     print(f"data: {len(train_set)} train / {len(test_set)} test examples from "
           f"{train_set.source}{recorded}")  # fmt: skip
     for note in [*device_notes(mode, jax.local_devices()), *_subset_note(history, test_set)]:
@@ -516,8 +516,9 @@ def _training_data(train_set: Dataset) -> dict[str, Any]:
     return {"source": os.path.abspath(train_set.source), **_data_record(train_set)}
 
 
-def _check_same_training_data(saved: Checkpoint, now: dict[str, Any]) -> None:
-    """DataError unless the training set recorded as `now` (`_training_data`) is the one
+def _check_same_training_data(saved: Checkpoint, now: dict[str, Any], origin: str) -> None:
+    """DataError unless the training set recorded as `now` (`_training_data`, from `origin`,
+    as `DataChoice` names it) is the one
     `saved` recorded (its size, labels in order, image shape and classes, and pixels): a
     resume on other data (another --data-dir, the downloaded release after a JPEG copy)
     went on training on it without a word. Checkpoints that predate the record are not
@@ -527,7 +528,7 @@ def _check_same_training_data(saved: Checkpoint, now: dict[str, Any]) -> None:
     if all(recorded[key] == now[key] for key in keys):
         return
     raise DataError(
-        f"the train set in {now['source']} (--data-dir; {now['examples']} examples) is not the "
+        f"the train set in {now['source']} ({origin}; {now['examples']} examples) is not the "
         f"one {saved.path} was trained on ({recorded['source']}; {recorded['examples']} "
         "examples, other images or labels, or in another order); pass the --data-dir it was "
         "trained on, or --override-config to go on training on this data"
