@@ -31,7 +31,7 @@ from jaxcifar import augment, cli, cpu_fusions
 from jaxcifar.commands.evaluate import EvalSubset, speedrun_test_subset
 from jaxcifar.cpu_fusions import compile_timed
 from jaxcifar.data import load, load_split
-from jaxcifar.data.dataset import CIFAR10_CLASSES
+from jaxcifar.data.dataset import CIFAR10_CLASSES, Dataset
 from jaxcifar.errors import CheckpointError, ConfigError, DataError, TrainingDiverged
 from jaxcifar.models import layers
 from jaxcifar import xla_cache
@@ -1051,6 +1051,20 @@ def test_speedrun_refuses_more_blocks_than_the_images_take(shared_data, tmp_path
         "jaxcifar speedrun: error: --widths: 5 conv blocks do not fit images of (H, W) (32, 32); "
         "each block halves the image, so at most 4 fit: give at most 4 widths\n"
     )
+
+
+def test_speedrun_refuses_images_too_small_for_any_block_as_data(recwarn):
+    # Before: "--widths: 1 conv blocks do not fit ...: give at most 0 widths", which no
+    # --widths can do, after a warning about the steps of a run that would never start.
+    images = np.zeros((16, 2, 5, 3), np.uint8)
+    tiny = Dataset(images, np.arange(16, dtype=np.int32) % 2, ("a", "b"), "tiny/")
+    with pytest.raises(DataError, match=re.escape(
+        "tiny/ holds images of (H, W) (2, 5): the speedrun net's whitening conv and first "
+        "block's pooling need 3x3 or larger"
+    )):  # fmt: skip
+        Speedrun(Recipe(widths=(8,), batch_size=8, epochs=1), tiny, tiny)
+    assert not recwarn.list
+    assert net.max_blocks(3, 3) == 1  # the size the message names is the smallest that fits
 
 
 def test_results_table_shows_no_sd_of_one_run_and_each_runs_seed():

@@ -249,15 +249,21 @@ class Speedrun:
                 f"epoch mode must be one of {', '.join(EPOCH_MODES)}, got {epoch_mode!r}"
             )
         self.recipe = recipe
-        self.plan = recipes.plan(recipe, len(train_set))
         height, width = train_set.images.shape[1:3]
-        if len(recipe.widths) > (fit := net.max_blocks(height, width)):
+        if (fit := net.max_blocks(height, width)) == 0:  # no --widths would do
+            side = net.WHITEN_PATCH + 1
+            raise DataError(
+                f"{train_set.source} holds images of (H, W) {(height, width)}: the speedrun "
+                f"net's whitening conv and first block's pooling need {side}x{side} or larger"
+            )
+        if len(recipe.widths) > fit:
             # More blocks pool the image away; tracing would fail on an argmax over no pixels.
             raise ConfigError(
                 f"--widths: {len(recipe.widths)} conv blocks do not fit images of (H, W) "
                 f"{(height, width)}; each block halves the image, so at most {fit} fit: give "
                 f"at most {fit} width{'s' * (fit != 1)}"
             )
+        self.plan = recipes.plan(recipe, len(train_set))  # after: it may warn of the steps
         self.mode = "scan" if epoch_mode == "auto" else epoch_mode
         self.tx = optimizer.build_optimizer(recipe, self.plan.total_steps)
         # The channel statistics are the dataset's, like airbench's CIFAR-10 constants: not timed.
