@@ -241,6 +241,19 @@ def test_explicit_flags_override_the_recipe_or_the_saved_configuration():
     assert config_from_args(parsed("--recipe", "seed"), saved) == RECIPES["seed"]
 
 
+@pytest.mark.parametrize("flags, message", [
+    (["--recipe", "fast", "--momentum", "0"],
+     "--optimizer nesterov needs --momentum > 0; at 0 it is plain sgd"),
+    (["--weight-decay", "1e39"], "--weight-decay must be >= 0 and at most float32's 3.4e+38; "),
+    (["--lr", "1e-45"], "--lr must be positive and within float32's normal range, "),
+])  # fmt: skip
+def test_train_names_the_flags_of_a_configuration_it_refuses(flags, message, tmp_path, capsys):
+    # RunConfig's own words ("weight_decay must be ...") named fields, not the flags given.
+    assert main(["train", *flags, "--out", str(tmp_path / "run")]) == 2
+    assert capsys.readouterr().err.startswith(f"jaxcifar train: error: {message}")
+    assert not (tmp_path / "run").exists()
+
+
 @pytest.mark.parametrize("value, shown", [("1", "1.0"), ("-0.5", "-0.5"), ("nan", "nan"),
                                           ("x", "'x'")])  # fmt: skip
 def test_momentum_is_a_number_in_0_to_1(value, shown, capsys):

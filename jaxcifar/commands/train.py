@@ -22,6 +22,7 @@ import argparse
 import contextlib
 import dataclasses
 import json
+import re
 import shlex
 import sys
 from collections.abc import Sequence
@@ -59,6 +60,8 @@ CONFIG_FLAGS = (
     "schedule", "augment", "dtype", "seed", "limit_train", "limit_test", "mlp_hidden",
     "mlp_activation",
 )  # fmt: skip
+# A field's name as a word of a RunConfig message ("lr must be ...", "needs momentum > 0").
+_FIELD_NAME = re.compile(rf"(?<![\w-])(?:{'|'.join(CONFIG_FLAGS)})(?![\w-])")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -131,7 +134,11 @@ def config_from_args(args: argparse.Namespace, saved: RunConfig | None = None) -
     overrides = {name: getattr(args, name) for name in CONFIG_FLAGS if hasattr(args, name)}
     if "mlp_hidden" in overrides:
         overrides["mlp_hidden"] = tuple(overrides["mlp_hidden"])
-    return dataclasses.replace(base, **overrides)
+    try:
+        return dataclasses.replace(base, **overrides)
+    except ConfigError as error:  # RunConfig names its fields: a user gave flags
+        flags = _FIELD_NAME.sub(lambda field: "--" + field[0].replace("_", "-"), str(error))
+        raise ConfigError(flags) from None
 
 
 def resume_command(args: argparse.Namespace, *, with_config: bool) -> str:
