@@ -61,13 +61,14 @@ def plot_curves(
     title: str,
 ) -> None:
     """One line per entry of `series` (label -> one value per epoch) against `epochs`, which
-    get whole-number ticks (a 2-epoch run's axis would otherwise read 1.0, 1.2, ..., 2.0)."""
+    get whole-number ticks (a 2-epoch run's axis would otherwise read 1.0, 1.2, ..., 2.0; a
+    1-epoch run's, where fewer than two whole numbers fit, 0.945, 0.960, ...)."""
     figure = Figure(figsize=(6, 4))
     ax = figure.subplots()
     for label, values in series.items():
         ax.plot(epochs, values, marker="o", label=label)
     ax.set_xlabel("epoch")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(alpha=0.3)
