@@ -36,6 +36,7 @@ from jaxcifar.config import RunConfig
 from jaxcifar.data.dataset import Dataset
 from jaxcifar.data.preprocess import to_float
 from jaxcifar.errors import ConfigError, DataError, TrainingDiverged
+from jaxcifar.models import checks
 from jaxcifar.optim import build_optimizer
 
 if TYPE_CHECKING:
@@ -145,14 +146,7 @@ def _check_batch(images: jax.Array, labels: jax.Array, where: str) -> None:
         (uint16 pixels would be scaled as 0..255), or non-integer labels.
       ValueError: labels not of shape (B,), e.g. (B, 1) or one-hot (B, K).
     """
-    if images.dtype != jnp.uint8:  # floats would be scaled again; 16-bit pixels as 0..255
-        scaled = jnp.issubdtype(images.dtype, jnp.floating)
-        fix = ("pass them as loaded, not through to_float" if scaled
-               else "convert them (16-bit ones: // 257)")  # fmt: skip
-        raise TypeError(
-            f"{where}: images are {images.dtype}; expected uint8 pixels (B, H, W, C), 0..255, "
-            f"which the step scales to [-1, 1] itself: {fix}"
-        )
+    checks.check_uint8_pixels(images.dtype, where, "the step scales to [-1, 1]")
     if labels.shape != images.shape[:1]:
         raise ValueError(
             f"{where}: labels {labels.shape} for {images.shape[0]} images; expected "

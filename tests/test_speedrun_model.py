@@ -141,7 +141,10 @@ def test_the_model_refuses_images_it_would_score_as_other_images(tmp_path, save_
     images = np.zeros((2, 32, 32, 3), np.uint8)
     assert model_file.logits(model, images).shape == (2, 10)
     cases = [
-        (TypeError, images.astype(np.float32), "images are float32; expected uint8 pixels"),
+        (TypeError, images.astype(np.float32), "images are float32; expected uint8 pixels, "
+         "0..255, which the model standardises itself: pass them as loaded, not through to_float"),
+        (TypeError, images.astype(np.uint16), r"images are uint16; .*: convert them \(16-bit ones: "
+         r"// 257\)"),
         (ValueError, np.zeros((2, 28, 28, 1), np.uint8), r"images \(2, 28, 28, 1\); expected "
          r"\(N, 32, 32, 3\), the images .* was trained on"),
         (ValueError, images[0], r"images \(32, 32, 3\) \(one image: add the batch axis"),

@@ -44,6 +44,21 @@ def check_float(x: jnp.ndarray, where: str) -> None:
         )
 
 
+def check_uint8_pixels(dtype: jnp.dtype, where: str, rescaled: str) -> None:
+    """Raise TypeError unless image `dtype` is uint8, the pixels as loaded, which the caller
+    `rescaled` ("the step scales to [-1, 1]") itself: float images already through `to_float`
+    would be scaled again, to about -1 everywhere, and 16-bit pixels read as 0..255. The
+    message gives the fix each calls for."""
+    if dtype != jnp.uint8:
+        scaled = jnp.issubdtype(dtype, jnp.floating)
+        fix = ("pass them as loaded, not through to_float" if scaled
+               else "convert them (16-bit ones: // 257)")  # fmt: skip
+        raise TypeError(
+            f"{where}: images are {jnp.dtype(dtype)}; expected uint8 pixels, 0..255, which "
+            f"{rescaled} itself: {fix}"
+        )
+
+
 def check_compute_dtype(dtype: jnp.dtype, where: str) -> None:
     """Raise TypeError unless the compute `dtype` is floating point: weights U(+-1/sqrt(fan_in))
     cast to an integer type are all 0, and the logits with them."""

@@ -181,9 +181,8 @@ def check_images(model: SavedModel, images: jax.Array, where: str) -> None:
     floats in [-1, 1] would all read as nearly black), ValueError unless they are (N, H, W,
     C) of the model's input shape (others give logits of the wrong inputs, or fail deep
     inside the network)."""
-    dtype, shape = jnp.result_type(images), jnp.shape(images)
-    if dtype != jnp.uint8:
-        raise TypeError(f"{where}: images are {dtype}; expected uint8 pixels, as loaded")
+    shape = jnp.shape(images)
+    checks.check_uint8_pixels(jnp.result_type(images), where, "the model standardises")
     if shape[1:] != model.input_shape:
         checks.check_not_nchw(shape, where, (model.input_shape[2],))
         one_image = " (one image: add the batch axis, images[None])"
