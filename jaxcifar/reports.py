@@ -103,10 +103,9 @@ def build_metrics(
     return report
 
 
-def write_reports(
-    out_dir: str | Path, report: Mapping[str, Any], class_names: Sequence[str]
-) -> None:
-    """Draw `report`'s figures and write it as out_dir/metrics.json, all atomically: the
+def write_reports(out_dir: str | Path, report: Mapping[str, Any]) -> None:
+    """Draw `report`'s figures (`build_metrics`' document) and write it as
+    out_dir/metrics.json, all atomically: the
     confusion matrix, and the accuracy and loss curves when `report["epochs"]` holds records.
     Other figures an earlier command left in `out_dir` (curves, without records; a scratch
     run's) are removed, so that every figure there belongs to this metrics.json. metrics.json
@@ -128,7 +127,7 @@ def write_reports(
             )
     remove_other_figures(out, FIGURES if history else FIGURES[2:])
     plot_confusion_matrix(
-        out / FIGURES[2], np.asarray(report["confusion_matrix"]), class_names,
+        out / FIGURES[2], np.asarray(report["confusion_matrix"]), report["class_names"],
         title=f"Confusion matrix (test accuracy {report['test_accuracy']:.1%})",
     )  # fmt: skip
     atomic_write_text(out / METRICS_FILE, json.dumps(report, indent=2) + "\n")

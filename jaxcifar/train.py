@@ -136,6 +136,11 @@ def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
     return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
 
 
+def correct_count(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    """How many of (N, K) `logits` rank the (N,) int `labels` first: an int32 scalar."""
+    return jnp.sum(jnp.argmax(logits, -1) == labels)
+
+
 def _check_batch(images: jax.Array, labels: jax.Array, where: str) -> None:
     """Raise unless `images` are uint8 pixels (B, ...) and `labels` (B,) integer classes,
     the batch the jitted steps take. Reads shapes and dtypes only: free once traced.
@@ -194,7 +199,7 @@ def make_train_step(
         (loss, logits), grads = grad_fn(state.params, to_float(images), labels, rng)
         updates, opt_state = setup.optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        correct = jnp.sum(jnp.argmax(logits, -1) == labels)
+        correct = correct_count(logits, labels)
         return TrainState(params, opt_state, state.step + 1), {"loss": loss, "correct": correct}
 
     mesh = parallel.data_mesh() if mesh is None else mesh
@@ -267,7 +272,7 @@ def evaluate(
         predictions.append(predicted[:count])
     predictions = np.concatenate(predictions)
     return Evaluation(
-        float(np.concatenate(losses).sum(dtype=np.float64) / len(dataset)),
+        mean_loss(losses),
         float(np.mean(predictions == dataset.labels)),
         predictions,
     )

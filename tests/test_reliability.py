@@ -584,7 +584,7 @@ def test_reports_without_epochs_remove_an_earlier_runs_curves(tmp_path):
     )  # fmt: skip
     earlier = {**report, "epochs": [{"epoch": 1}]}  # the earlier run's report, beside them
     (tmp_path / "metrics.json").write_text(json.dumps(earlier))
-    write_reports(tmp_path, report, ("a", "b"))
+    write_reports(tmp_path, report)
     assert json.loads((tmp_path / "metrics.json").read_text())["epochs"] == []
     written = sorted(path.name for path in tmp_path.iterdir())
     assert written == ["confusion_matrix.png", "metrics.json"]

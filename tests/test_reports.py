@@ -55,7 +55,7 @@ def test_metrics_json_is_strict_json_and_each_curve_shows_its_own_quantity(tmp_p
         curves[path.name] = (epochs, series, ylabel)
 
     monkeypatch.setattr(plots, "plot_curves", capture)
-    write_reports(tmp_path, report(), CLASSES)
+    write_reports(tmp_path, report())
 
     def refuse(constant):
         raise ValueError(f"{constant} is not JSON")
@@ -76,13 +76,13 @@ def test_every_figure_left_beside_the_reports_is_this_reports_own(tmp_path, monk
     for name in ("error.png", "accuracy.png", "loss.png", "notes.txt"):
         (tmp_path / name).write_text("earlier")
     (tmp_path / "metrics.json").write_text(json.dumps({**report(), "epochs": []}))  # scratch's
-    write_reports(tmp_path, report(), CLASSES)
+    write_reports(tmp_path, report())
     assert sorted(path.name for path in tmp_path.iterdir()) == [
         "accuracy.png", "confusion_matrix.png", "loss.png", "metrics.json", "notes.txt"
     ]
     assert (tmp_path / "loss.png").read_bytes() == b"curve"
     without_epochs = {**report(), "epochs": []}
-    write_reports(tmp_path, without_epochs, CLASSES)
+    write_reports(tmp_path, without_epochs)
     assert sorted(path.name for path in tmp_path.iterdir()) == [
         "confusion_matrix.png", "metrics.json", "notes.txt"
     ]
@@ -93,7 +93,7 @@ def test_figures_in_a_folder_without_a_report_of_ours_are_the_users_and_stay(tmp
     for name in ("error.png", "loss.png", "accuracy.png"):
         (tmp_path / name).write_text("the user's")
     (tmp_path / "metrics.json").write_text('{"accuracy": 0.5}')  # someone else's metrics
-    write_reports(tmp_path, {**report(), "epochs": []}, CLASSES)
+    write_reports(tmp_path, {**report(), "epochs": []})
     assert sorted(path.name for path in tmp_path.iterdir()) == [
         "accuracy.png", "confusion_matrix.png", "error.png", "loss.png", "metrics.json"
     ]

@@ -178,7 +178,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     report["evaluated"] = evaluated_record(result)
     if args.out:  # first: a reader that closes stdout early (`| head -1`) stops the command
         with interrupt.uncut():
-            write_reports(args.out, report, test_set.class_names)
+            write_reports(args.out, report)
     measured = "TTA accuracy" if result.loss is None else f"test loss {result.loss:.4f}, accuracy"
     print(f"{result.path}: {measured} {report['test_accuracy']:.4f} on {len(test_set)} examples")
     for name, value in report["per_class_accuracy"].items():

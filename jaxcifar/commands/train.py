@@ -469,7 +469,7 @@ def _train(
         # A signal now waits for the reports (a second or so) and is then dropped: the run is
         # done. Once it said "before the reports were written" of reports written whole.
         with signals.hold():
-            write_reports(out, report, test_set.class_names)
+            write_reports(out, report)
             signals.finish()
         print(f"test accuracy {report['test_accuracy']:.4f}; reports in {out}", file=sys.stdout)
     return 0

@@ -93,7 +93,7 @@ def check_config(config: RunConfig, path: str = "fused") -> None:
             f"interpreted on a CPU); this machine's backend is {jax.default_backend()}: use "
             "--epoch-mode fused, the same path in plain XLA"
         )
-    step_parts(path)
+    step_parts(path)  # refused now, before any data loads, where Pallas cannot be imported
     if "head" in PALLAS_PARTS[path] and config.batch_size > PALLAS_HEAD_MAX_BATCH:
         raise ConfigError(
             f"--epoch-mode {path} trains the dense head in one Triton program that holds the "

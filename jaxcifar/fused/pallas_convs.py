@@ -214,7 +214,7 @@ def _forward_kernel(*refs, geometry: Geometry, gather: bool, offset: int,
         (input_ref, kernel_ref, bias_ref, index_ref, *refs), order_ref = refs, None
     *seeds_ref, pooled_ref, phase_ref = refs
     start = pl.program_id(0) * _BLOCK
-    rows, n, r, v, valid = _pooled_block(start, _BLOCK, geometry)
+    _, n, r, v, valid = _pooled_block(start, _BLOCK, geometry)
     row = step_row(index_ref, offset)
     patch = _load_patches(input_ref, order_ref, row, n, r, v, valid, geometry,
                           dot_size(kernel_ref.shape[1]))  # fmt: skip

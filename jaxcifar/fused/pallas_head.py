@@ -205,7 +205,7 @@ def _first_kernel_step(
     three times (forward, d flat, update) and its velocity once and writing both back, 3 MiB
     a step, in the head's one program would stream through one SM; here each of 32 programs
     moves its 32 rows, and the head's program reads the kernel once, for the forward pass."""
-    n_in, n1 = kernel.shape
+    n_in, _ = kernel.shape
     structs = (
         jax.ShapeDtypeStruct(kernel.shape, jnp.float32),
         jax.ShapeDtypeStruct(kernel.shape, jnp.float32),

@@ -27,7 +27,7 @@ import jax.numpy as jnp
 
 from jaxcifar.data.preprocess import to_float
 from jaxcifar.models import cnn, layers
-from jaxcifar.train import cross_entropy
+from jaxcifar.train import correct_count, cross_entropy
 
 Params = dict[str, dict[str, jax.Array]]
 
@@ -116,7 +116,7 @@ def xla_head_train_step(
     def loss_fn(head_params, flat):
         logits = cnn.head(head_params, flat)
         loss = jnp.mean(cross_entropy(logits, labels))
-        return loss, jnp.sum(jnp.argmax(logits, -1) == labels)
+        return loss, correct_count(logits, labels)
 
     (loss, correct), (grads, d_flat) = jax.value_and_grad(loss_fn, (0, 1), has_aux=True)(
         head_params, flat

@@ -45,10 +45,11 @@ def init(
         `num_classes` is not a positive integer.
     """
     if (len(input_shape) != 3 or not all(map(is_count, input_shape))
-            or min(input_shape[:2]) < 4):  # fmt: skip
+            or min(input_shape[:2]) < POOL_SCALE):  # fmt: skip
         raise ValueError(
             f"cnn.init: input_shape {tuple(input_shape)}: expected (H, W, C), three positive "
-            "integers with H, W >= 4, e.g. (32, 32, 3) for CIFAR-10 or (28, 28, 1) for MNIST"
+            f"integers with H, W >= {POOL_SCALE}, e.g. (32, 32, 3) for CIFAR-10 or (28, 28, 1) "
+            "for MNIST"
         )
     if not is_count(num_classes):  # else named as fc5's kernel size
         raise ValueError(f"cnn.init: num_classes must be a positive integer; got {num_classes!r}")

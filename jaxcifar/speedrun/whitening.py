@@ -18,7 +18,7 @@ def patches(images: jax.Array, size: int) -> jax.Array:
     """Every size x size patch of (N, H, W, C) images, stride 1, as rows of
     (N * (H - size + 1) * (W - size + 1), size * size * C) float32, each flattened in (dy, dx, c)
     order: the order of an HWIO kernel's first three axes."""
-    n, height, width, channels = images.shape
+    _, height, width, channels = images.shape
     rows, cols = height - size + 1, width - size + 1
     shifted = [
         images[:, dy : dy + rows, dx : dx + cols] for dy in range(size) for dx in range(size)
