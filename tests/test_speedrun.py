@@ -866,7 +866,7 @@ def test_speedrun_refuses_an_out_holding_a_training_run(tmp_path, capsys):
 
 
 def test_evaluate_of_a_speedrun_model_reproduces_its_runs_number(
-    shared_data, xla_dir, tmp_path, capsys
+    shared_data, xla_dir, tmp_path, capsys, monkeypatch
 ):
     # Before: speedrun --seed 5 tested on seed 5's test subset, evaluate drew seed 0's, so the
     # same --limit-test gave another number; nothing recorded the seed, or which of the runs
@@ -902,6 +902,18 @@ def test_evaluate_of_a_speedrun_model_reproduces_its_runs_number(
     assert cli.main(evaluate) == 0
     accuracy = results["runs"][1]["tta_test_accuracy"]
     assert f"TTA accuracy {accuracy:.4f} on {TEST} examples" in capsys.readouterr().out
+    # Without --data-dir or $JAXCIFAR_DATA_DIR: the data the run recorded, not a download of
+    # the official release (its JPEG copy's accuracy was then scored on other images).
+    monkeypatch.delenv("JAXCIFAR_DATA_DIR", raising=False)
+    monkeypatch.setattr("jaxcifar.data.download.fetch",
+                        lambda *args: pytest.fail("went to download"))  # fmt: skip
+    assert saved.train_data == {"source": os.path.abspath(tested.source)}
+    assert cli.main(evaluate[:3]) == 0
+    out, err = capsys.readouterr()
+    assert f"TTA accuracy {accuracy:.4f} on {TEST} examples" in out
+    assert err == (f"jaxcifar evaluate: note: no --data-dir given: testing on "
+                   f"{os.path.abspath(tested.source)}, the data the checkpoint recorded it was "
+                   "trained on\n")  # fmt: skip
 
 
 def test_evaluate_draws_a_speedrun_models_test_subset_as_its_run_did():
@@ -920,11 +932,12 @@ def test_a_speedrun_model_of_another_version_or_shape_is_refused_naming_the_file
     save = functools.partial(save_speedrun_model, tmp_path)
     path = save(recipe=Recipe(widths=(8, 16, 16)))
     assert model_file.load(path).recipe.widths == (8, 16, 16)
-    # Files written before models recorded their run's seed and subsets load without them.
-    assert (model_file.load(path).seed, model_file.load(path).subsets) == (None, None)
+    # Files written before models recorded their run's seed, subsets and training data load
+    # without them.
+    assert model_file.load(path)[-3:] == (None, None, None)
     subsets = model_file.Subsets(3, None, 100)
-    path = save(recipe=Recipe(widths=(8, 16, 16)), seed=4, subsets=subsets)
-    assert (model_file.load(path).seed, model_file.load(path).subsets) == (4, subsets)
+    path = save(recipe=Recipe(widths=(8, 16, 16)), seed=4, subsets=subsets, source="data")
+    assert model_file.load(path)[-3:] == (4, subsets, {"source": os.path.abspath("data")})
     path = save(recipe=Recipe(widths=(8, 16, 32)))
     with pytest.raises(CheckpointError, match=f"{path}: state array shapes or dtypes do not fit"):
         model_file.load(path)
@@ -948,6 +961,8 @@ def test_a_speedrun_model_of_another_version_or_shape_is_refused_naming_the_file
         ("input_shape", [0, 28, 1], "input_shape [0, 28, 1]; expected three positive integers"),
         ("subsets", {"seed": 3, "limit_train": None, "limit_test": -1},
          "expected an integer seed and positive limits"),
+        ("train_data", {"source": 3}, "train_data {'source': 3}; expected {'source': a path}"),
+        ("train_data", "data", "train_data 'data'; expected {'source': a path}"),
         ("params", None, "state does not fit this model"),
     ):  # fmt: skip
         rewrite_msgpack(path, lambda payload: payload.update({field: value}), saved)

@@ -130,7 +130,7 @@ def evaluate_speedrun_model(path: Path, args: argparse.Namespace) -> SavedModelT
         "seed": saved.seed, "subsets": recorded,
     }  # fmt: skip
     subset = speedrun_test_subset(saved.subsets, args.limit_test)
-    test_set = load_test_set(saved.dataset, args, subset, saved)
+    test_set = load_test_set(saved.dataset, args, subset, saved, saved.train_data)
     predictions = model_file.predictions(saved, test_set.images)
     return SavedModelTest(saved.path, config, subset, test_set, predictions, [], None)
 

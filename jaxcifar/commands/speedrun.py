@@ -4,8 +4,9 @@ the second run on, the first being its programs' first run, which on a GPU loads
 kernels: `benchmarks/speedrun.py` runs an untimed warm-up first) and TTA test accuracy.
 Writes OUT/speedrun.json ({"device", "runs": [{"system", "seed", "train_seconds",
 "cold_seconds", "tta_test_accuracy"}], "model": {"file", "run", "seed"},
-...}), OUT/speedrun.md, and OUT/model.msgpack, the last run's trained model with its seed and
-data subsets (`jaxcifar evaluate` and `predict` read it; evaluate tests on the same subset).
+...}), OUT/speedrun.md, and OUT/model.msgpack, the last run's trained model with its seed,
+data subsets and data's path (`jaxcifar evaluate` and `predict` read it; evaluate tests on the
+same subset, of that data when no --data-dir is given).
 Compiled programs persist in --compile-cache, so a second process starts warm."""
 
 from __future__ import annotations
@@ -126,6 +127,7 @@ def _speedrun(
                 class_names=train_set.class_names, input_shape=train_set.images.shape[1:],
                 seed=result.seed,
                 subsets=model_file.Subsets(args.seed, args.limit_train, args.limit_test),
+                source=train_set.source,
             )  # fmt: skip
             results["runs"].append(finished.pop())
             run_number = len(results["runs"])

@@ -61,17 +61,25 @@ class SavedModel(NamedTuple):
     batch_stats: net.BatchStats
     seed: int | None = None  # the seed of the run that trained it; None: not recorded
     subsets: Subsets | None = None  # None: not recorded
+    # {"source": the training data's absolute path}, as a checkpoint's `train_data` starts;
+    # None: not recorded.
+    train_data: dict[str, str] | None = None
 
 
 def save(
     directory: str | os.PathLike[str], recipe: Recipe, params: net.Params,
     batch_stats: net.BatchStats, mean: jax.Array, std: jax.Array, *, dataset: str,
     class_names: tuple[str, ...], input_shape: tuple[int, int, int], seed: int | None = None,
-    subsets: Subsets | None = None,
+    subsets: Subsets | None = None, source: str | None = None,
 ) -> Path:  # fmt: skip
-    """Write DIR/model.msgpack atomically; returns its path. `seed` (the run's) and `subsets`
-    are written when given."""
-    provenance = {"seed": seed, "subsets": None if subsets is None else subsets._asdict()}
+    """Write DIR/model.msgpack atomically; returns its path. `seed` (the run's), `subsets`
+    and `source` (where its training data was read: `evaluate` reads it again when no data
+    is named) are written when given."""
+    provenance = {
+        "seed": seed, "subsets": None if subsets is None else subsets._asdict(),
+        # Absolute: a bare evaluate reads it again, perhaps from another folder.
+        "train_data": None if source is None else {"source": os.path.abspath(source)},
+    }  # fmt: skip
     payload = {
         "format": FORMAT,
         "version": VERSION,
@@ -149,6 +157,7 @@ def load(path: str | os.PathLike[str]) -> SavedModel:
             std=jnp.asarray(payload["std"]), params=weights["params"],
             batch_stats=weights["batch_stats"], seed=payload.get("seed"),
             subsets=_subsets(payload["subsets"]) if "subsets" in payload else None,
+            train_data=_train_data(payload["train_data"]) if "train_data" in payload else None,
         )  # fmt: skip
     # ConfigError: a recipe field out of its range (a hand-edited file).
     except (KeyError, TypeError, ValueError, ConfigError) as error:
@@ -165,6 +174,14 @@ def _subsets(value: dict[str, Any]) -> Subsets:
     ):
         raise ValueError(f"subsets {value!r}; expected an integer seed and positive limits")
     return subsets
+
+
+def _train_data(value: Any) -> dict[str, str]:
+    """A saved `train_data`, ValueError unless it is {"source": a path}."""
+    if not (isinstance(value, dict) and set(value) == {"source"}
+            and isinstance(value["source"], str)):  # fmt: skip
+        raise ValueError(f"train_data {value!r}; expected {{'source': a path}}")
+    return value
 
 
 def logits(model: SavedModel, images: jax.Array) -> jax.Array:
