@@ -77,6 +77,12 @@ def test_errors_are_one_line_with_exit_2(tmp_path, fresh_cache, capsys):
     assert capsys.readouterr().err.strip() == (
         "jaxcifar data show: error: --out grid.jpg: expected a file name ending in .png"
     )
+    # A folder was told only that its name lacked .png.
+    assert main(["data", "show", "--data-dir", str(tmp_path), "--out", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"jaxcifar data show: error: --out {tmp_path} is a folder; expected a .png file name, "
+        f"such as {tmp_path / 'grid.png'}"
+    )
     assert main(["data", "info", "--dataset", "mnist", "--data-dir", str(tmp_path)]) == 2
     assert capsys.readouterr().err.startswith(
         f"jaxcifar data info: error: no mnist data in {tmp_path}: expected"

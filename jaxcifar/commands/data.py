@@ -48,6 +48,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     if args.action == "show":  # before the data is read, not after
+        if args.out.is_dir():  # told only that its name lacked .png
+            raise ConfigError(f"--out {args.out} is a folder; expected a .png file name, such "
+                              f"as {args.out / 'grid.png'}")  # fmt: skip
         if args.out.suffix.lower() != ".png":
             raise ConfigError(f"--out {args.out}: expected a file name ending in .png")
         check_writable_file(args.out)
