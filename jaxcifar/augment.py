@@ -31,7 +31,7 @@ def random_translate(rng: jax.Array, images: jax.Array, padding: int) -> jax.Arr
 
 
 def flip(images: jax.Array) -> jax.Array:
-    """(N, H, W, C) mirrored left-right."""
+    """(N, H, W, C) mirrored left-right, of the same dtype."""
     return images[:, :, ::-1]
 
 
@@ -42,7 +42,8 @@ def flip_where(mask: jax.Array, images: jax.Array) -> jax.Array:
 
 def shift(images: jax.Array, dy: int, dx: int) -> jax.Array:
     """(N, H, W, C) translated so output pixel (y, x) is input pixel (y + dy, x + dx), with the
-    border filled by reflection: the crop `random_translate` makes at offset (dy, dx)."""
+    border filled by reflection: the crop `random_translate` makes at offset (dy, dx). Same
+    shape and dtype."""
     _, height, width, _ = images.shape
     pad = max(abs(dy), abs(dx))
     padded = _reflect_pad(images, pad)

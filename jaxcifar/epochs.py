@@ -160,7 +160,8 @@ class EpochRunner:
         self, state: TrainState, epoch: int, report: Callable[[int, np.ndarray, np.ndarray], None]
     ) -> TrainState:
         """One epoch (1-based `epoch`). After each group of steps, calls
-        `report(first_step, losses, corrects)` with host arrays, which may raise to stop."""
+        `report(first_step, losses, corrects)` with host arrays, the group's per-step mean
+        losses (n,) float32 and correct counts (n,) int32, which may raise to stop."""
         perm, step_key = self._epoch_order(np.int32(self.config.seed), np.int32(epoch))
         if self.mode == "loop":
             return self._run_loop(state, np.asarray(perm), step_key, report)

@@ -19,7 +19,7 @@ from jaxcifar.bench import numpy_reference
 from jaxcifar.bench.rows import Row, step_row
 from jaxcifar.bench.timing import TimingBudget, time_steps
 from jaxcifar.bench.xla_cost import flops, program_memory_bytes
-from jaxcifar.config import RunConfig
+from jaxcifar.config import MLP_LAYER_SIZES, RunConfig
 from jaxcifar.cpu_fusions import compile_timed
 from jaxcifar.data.dataset import CLASS_NAMES, IMAGE_SHAPES, Dataset
 from jaxcifar.scratch import scale_pixels
@@ -86,10 +86,10 @@ def measure_scratch_twin(images: np.ndarray, labels: np.ndarray, budget: TimingB
     Args:
       images: (B, 28, 28, 1) uint8.  labels: (B,) int in [0, 10).
     """
-    model = models.build("mlp", images.shape[1:], numpy_reference.LAYER_SIZES[-1])
+    model = models.build("mlp", images.shape[1:], MLP_LAYER_SIZES[-1])
     params = jax.jit(model.init)(jax.random.key(0))
     x = jnp.asarray(scale_pixels(images, np.float32))
-    y_onehot = jax.nn.one_hot(labels, numpy_reference.LAYER_SIZES[-1])
+    y_onehot = jax.nn.one_hot(labels, MLP_LAYER_SIZES[-1])
 
     def squared_error(params, x, y_onehot):
         outputs = jax.nn.sigmoid(model.apply(params, x))

@@ -11,7 +11,6 @@ from jaxcifar.config import MLP_LAYER_SIZES
 
 # The scratch network is the 784-500-50-10 sigmoid MLP; its twin in JAX is
 # jax_cases.measure_scratch_twin. Both run in float32 (scratch's own default is float64).
-LAYER_SIZES = MLP_LAYER_SIZES
 LEARNING_RATE = 0.1
 
 
@@ -23,8 +22,8 @@ def measure_scratch_step(images: np.ndarray, labels: np.ndarray, budget: TimingB
       labels: (B,) int in [0, 10).
     """
     x = scratch.scale_pixels(images, np.float32)
-    y_onehot = scratch.one_hot(labels, LAYER_SIZES[-1], np.float32)
-    network = scratch.initialize_network(LAYER_SIZES, seed=0, dtype=np.float32)
+    y_onehot = scratch.one_hot(labels, MLP_LAYER_SIZES[-1], np.float32)
+    network = scratch.initialize_network(MLP_LAYER_SIZES, seed=0, dtype=np.float32)
 
     def step() -> None:
         nonlocal network
@@ -44,6 +43,6 @@ def scratch_step_flops(batch_size: int) -> float:
     once, the error travels back through every matrix but the first, and the update
     p - lr * g costs 2 per parameter. The activations' elementwise work is left out: XLA's
     count of the JAX twin is 0.2% higher at batch 4."""
-    weights = [n_in * n_out for n_in, n_out in zip(LAYER_SIZES, LAYER_SIZES[1:])]
-    parameters = sum(weights) + sum(LAYER_SIZES[1:])
+    weights = [n_in * n_out for n_in, n_out in zip(MLP_LAYER_SIZES, MLP_LAYER_SIZES[1:])]
+    parameters = sum(weights) + sum(MLP_LAYER_SIZES[1:])
     return 2.0 * batch_size * (2 * sum(weights) + sum(weights[1:])) + 2.0 * parameters

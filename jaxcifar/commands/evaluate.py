@@ -159,7 +159,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    """Evaluate --checkpoint, print its figures, and write them into --out if given."""
+    """Evaluate --checkpoint, print its test accuracy (overall and per class), and write its
+    reports (metrics.json and the confusion matrix) into --out if given."""
     # These import JAX: after the flags' own checks.
     from jaxcifar import train
     from jaxcifar.reports import build_metrics, write_reports

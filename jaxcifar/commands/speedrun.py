@@ -2,7 +2,7 @@
 training time (whitening + training + TTA test predictions, compilation timed apart; warm from
 the second run on, the first being its programs' first run, which on a GPU loads their
 kernels: `benchmarks/speedrun.py` runs an untimed warm-up first) and TTA test accuracy.
-Writes OUT/speedrun.json ({"device", "runs": [{"system", "seed", "train_seconds",
+Writes OUT/speedrun.json ({"device", "runs": [{"system", "seed", "dtype", "train_seconds",
 "cold_seconds", "tta_test_accuracy"}], "model": {"file", "run", "seed"},
 ...}), OUT/speedrun.md, and OUT/model.msgpack, the last run's trained model with its seed,
 data subsets and data's path (`jaxcifar evaluate` and `predict` read it; evaluate tests on the

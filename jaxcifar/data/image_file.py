@@ -1,4 +1,5 @@
-"""Decoding one PNG/JPEG file with Pillow, for the image-folder reader and `predict`.
+"""Decoding image files (PNG, JPEG, or any format Pillow reads) with Pillow, one at a time or
+many (`decode_all`), for the image-folder reader and `predict`.
 
 Any size up to Pillow's decompression-bomb limit (Image.MAX_IMAGE_PIXELS, about 89
 megapixels, e.g. 8000x8000) is decoded; a larger one is refused rather than decoded, since
