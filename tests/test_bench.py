@@ -997,6 +997,20 @@ def test_plot_error_bars_run_from_p10_to_p90(tmp_path, monkeypatch):
     np.testing.assert_allclose(bars.get_segments(), [[[4, 1.5], [4, 3.0]]])
 
 
+def test_plot_lines_run_in_batch_size_order_whatever_the_rows_order(tmp_path, monkeypatch):
+    # Rows in the order the cases ran (or a merge) drew a line back and forth across the axis.
+    from jaxcifar import plots
+
+    figures = []
+    monkeypatch.setattr(plots, "save_figure", lambda figure, path, dpi: figures.append(figure))
+    rows = [_row("jax", median=0.002, batch_size=64), _row("jax", median=0.001, batch_size=4)]
+    output.plot_step_times(tmp_path / "plot.png", [row.to_dict() for row in rows], title="cpu")
+    (container,) = figures[0].axes[0].containers
+    line = container.lines[0]
+    assert list(line.get_xdata()) == [4, 64]
+    assert [float(y) for y in line.get_ydata()] == pytest.approx([1.0, 2.0])  # ms
+
+
 def test_ratios_pair_rows_of_the_same_batch_size():
     # Guards a key without the batch size: b4's torch step against b8's JAX step.
     torch4, torch8 = _row("torch", median=3.0), _row("torch", median=4.0, batch_size=8)

@@ -265,6 +265,35 @@ def test_a_malformed_training_data_record_is_a_malformed_checkpoint(small_file):
         checkpoint.load(small_file)
 
 
+@pytest.mark.parametrize("examples", ["64", 64.0, True])
+def test_a_training_data_record_whose_size_is_no_int_is_malformed(small_file, examples):
+    # They loaded: a resume then took "64" for another training set's size, and 64.0 or True
+    # (== 1) for a size.
+    record = {"source": "/data/cifar10.tar.gz", "examples": examples, "digest": "ab" * 6,
+              "pixels": "cd" * 6}  # fmt: skip
+    rewrite_msgpack(small_file, lambda payload: payload.update(train_data=record))
+    message = (f"^{small_file}: malformed checkpoint \\(train_data .*; expected its source, "
+               "examples and digest\\)$")  # fmt: skip
+    with pytest.raises(CheckpointError, match=message):
+        checkpoint.load(small_file)
+
+
+def test_an_epoch_record_missing_more_than_its_test_count_is_malformed(small_file):
+    # Only test_examples may be missing (older checkpoints); a record that also lacked its
+    # seconds loaded, as long as test_examples came first of the missing fields.
+    def drop(*names):
+        return lambda payload: [record.pop(name) for record in payload["history"] for name in names]
+
+    rewrite_msgpack(small_file, drop("test_examples"))
+    assert [record["test_examples"] for record in checkpoint.load(small_file).history] == [None] * 2
+    rewrite_msgpack(small_file, drop("seconds"))
+    with pytest.raises(CheckpointError) as caught:
+        checkpoint.load(small_file)
+    assert str(caught.value) == (
+        f"{small_file}: malformed checkpoint ('history record without test_examples, seconds')"
+    )
+
+
 def test_a_version_of_another_type_is_shown_as_it_was_read(small_file):
     # "format version 1, this jaxcifar reads 1" hid that the file held the text "1".
     rewrite_msgpack(small_file, lambda payload: payload.update(version="1"))

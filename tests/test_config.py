@@ -82,6 +82,19 @@ def test_resume_lets_a_constant_rate_run_grow():
     assert dataclasses.replace(saved, epochs=20).resume_changes(saved) == []
 
 
+def test_resume_judges_an_epochs_change_by_the_schedule_it_resumes_with():
+    # The resumed run's schedule sets whether its length may change, not the saved one's:
+    # judged by the saved one, a constant run resumed as cosine changed its length unlisted.
+    assert RunConfig(schedule="cosine", epochs=20).resume_changes(RunConfig(epochs=10)) == [
+        "epochs: 10 -> 20 (sets the length of the cosine schedule; only a constant schedule "
+        "can be extended)",
+        "schedule: 'constant' -> 'cosine'",
+    ]
+    assert RunConfig(epochs=20).resume_changes(RunConfig(schedule="cosine", epochs=10)) == [
+        "schedule: 'cosine' -> 'constant'"
+    ]
+
+
 def test_resume_refuses_any_change_that_trains_another_run():
     # lr, augmentation, dtype and schedule leave the state's structure alone, but resuming
     # with them changed would train the remaining epochs as another run than the saved one.
@@ -120,7 +133,8 @@ def test_resume_may_evaluate_on_another_test_subset():
         ("epochs", 0), ("batch_size", 0), ("limit_train", 0), ("limit_test", 0),
         ("epochs", 2.5), ("limit_train", 10.0),  # a float would reach range() and slices
         ("lr", 0.0), ("lr", float("nan")), ("weight_decay", float("nan")),
-        ("mlp_hidden", (8.0,)), ("dtype", "float16"), ("schedule", "linear"),
+        ("mlp_hidden", (8.0,)), ("mlp_hidden", (0,)), ("mlp_hidden", (16, 0)),
+        ("dtype", "float16"), ("schedule", "linear"),
     ],
 )
 def test_each_value_a_run_cannot_take_is_refused_naming_its_field(field, value):

@@ -7,7 +7,7 @@ import tarfile
 import numpy as np
 import pytest
 
-from jaxcifar.data import load
+from jaxcifar.data import load, tree
 from jaxcifar.data.dataset import FASHION_MNIST_CLASSES
 from jaxcifar.errors import DataError
 from data_files import write_idx_set, write_tree
@@ -90,6 +90,18 @@ def test_an_archive_of_the_training_split_alone_names_the_missing_test_split(
     with pytest.raises(DataError) as error:
         load("cifar10", "train", data_dir=archive)
     assert str(error.value).startswith(f"{archive}/test/: ")
+
+
+def test_an_archive_of_one_top_level_file_keeps_its_name(tmp_path):
+    # Only a single top-level folder is a wrapper to strip; a lone file taken for one left
+    # the archive empty (every name cut by "data.bin/", which none starts with).
+    (tmp_path / "data.bin").write_bytes(b"the data")
+    archive = tmp_path / "one-file.tar"
+    with tarfile.open(archive, "w") as tar:
+        tar.add(tmp_path / "data.bin", arcname="data.bin")
+    read = tree.read_tar(archive)
+    assert (read.files, read.folders, read.prefix) == ({"data.bin": b"the data"}, frozenset(), "")
+    assert read.describe("data.bin") == f"{archive}/data.bin"
 
 
 def linked_tree_archive(root, symlink_to=None, arcname="images"):

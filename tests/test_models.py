@@ -183,6 +183,19 @@ def test_dropout_zeroes_rate_of_units_independently_and_rescales_the_rest():
     assert bf16.dtype == jnp.bfloat16
 
 
+def test_dropout_at_rate_zero_is_the_identity_even_in_training_without_a_key():
+    # Nothing to drop, so no key is needed: unchecked, training at rate 0 demanded one.
+    x = jnp.arange(6.0).reshape(2, 3)
+    np.testing.assert_array_equal(layers.dropout(x, 0.0, train=True, rng=None), x)
+
+
+def test_dropout_at_rate_zero_or_a_hair_above_keeps_every_unit():
+    # (1 - rate) * 2**32 rounds to 2**32 there, one past uint32's largest: unclamped, the
+    # mask's jnp.uint32(threshold) raised OverflowError.
+    assert layers.dropout_threshold(0.0) == layers.dropout_threshold(1e-12) == 2**32 - 1
+    assert bool(layers.dropout_keep(jax.random.key(0), (64, 1024), 0.0).all())
+
+
 DROPOUT_ON_EIGHT_DEVICES = """
 import os
 os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"

@@ -2,9 +2,11 @@ import numpy as np
 import pytest
 import optax
 
-from jaxcifar.config import RunConfig
+from jaxcifar.config import INT32_MAX, RunConfig
 from jaxcifar.errors import ConfigError
 from jaxcifar.optim import build_optimizer, build_schedule
+from jaxcifar.speedrun import optimizer
+from jaxcifar.speedrun.recipe import Recipe
 
 
 def test_onecycle_is_torchs_one_cycle_cosine_from_lr_over_25_to_lr_over_250000():
@@ -47,3 +49,18 @@ def test_a_run_of_more_steps_than_an_int32_counts_is_refused(schedule):
         "epochs 268435456 x 8 steps an epoch = 2,147,483,648 steps, more than the optimizer's "
         "int32 step count holds (2,147,483,647)"
     )
+
+
+@pytest.mark.parametrize("schedule", ["constant", "cosine", "onecycle"])
+def test_a_run_of_exactly_int32_max_steps_is_built(schedule):
+    # The largest step count optax's int32 counter holds is a run, not one step too many.
+    built = build_schedule(RunConfig(epochs=INT32_MAX, schedule=schedule), 1)
+    assert np.isfinite(float(built(0)))
+
+
+def test_the_speedrun_multiplier_of_a_one_step_run_is_finite_at_every_step():
+    # The peak is step 1, the run's end: a zero-length falling segment divided 0 by 0 (NaN).
+    multiplier = optimizer.lr_multiplier(Recipe(), 1)
+    values = [float(multiplier(step)) for step in range(-1, 4)]
+    assert np.isfinite(values).all()
+    np.testing.assert_allclose(values, [0.2, 0.2, 1.0, 0.07, 0.07], rtol=1e-6)

@@ -115,6 +115,18 @@ def test_image_grid_titles_each_image_with_its_own_name_and_shows_grey_as_grey(
             assert ax.images[0].get_clim() == (0, 255)
 
 
+def test_an_image_grid_is_as_wide_as_it_is_tall_or_one_column_wider(tmp_path, monkeypatch):
+    # Five images: 3 columns by 2 rows, the last cell empty; floor(sqrt(5)) = 2 columns drew
+    # 3 rows, taller than wide.
+    figures = []
+    monkeypatch.setattr(plots, "save_figure", lambda figure, *_, **__: figures.append(figure))
+    plots.plot_image_grid(tmp_path / "grid.png", np.zeros((5, 4, 4, 3), np.uint8), list("abcde"))
+    axes = figures[0].axes
+    assert axes[0].get_gridspec().get_geometry() == (2, 3)  # rows, columns
+    assert [bool(ax.images) for ax in axes] == [True] * 5 + [False]
+    assert tuple(figures[0].get_size_inches()) == pytest.approx((3 * 1.3, 2 * 1.45))
+
+
 def test_image_grid_cuts_long_titles_so_that_they_do_not_run_into_each_other(
     tmp_path, monkeypatch
 ):

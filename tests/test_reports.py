@@ -3,6 +3,7 @@
 import json
 
 import numpy as np
+import pytest
 
 from jaxcifar import plots
 from jaxcifar.reports import build_metrics, write_reports
@@ -129,3 +130,32 @@ def test_no_report_is_removed_beside_a_model_not_written_yet(tmp_path):
     (tmp_path / "metrics.json").write_text(json.dumps({**report(), **evaluated}))
     remove_evaluation_of(tmp_path / "model.msgpack")
     assert (tmp_path / "metrics.json").exists()
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "{not json", b"\xff\xfe{}", "[1, 2]", "5", '["config", "epochs", "test_accuracy"]',
+        '{"test_accuracy": 0.5}',
+    ],
+)
+def test_a_metrics_json_that_is_not_a_report_of_ours_leaves_the_figures_alone(tmp_path, text):
+    # Text that is no JSON (or no UTF-8) and a JSON number crashed the reports; a list of our
+    # key names, or any object with a test_accuracy, passed for ours, removing the user's curves.
+    (tmp_path / "loss.png").write_text("the user's")
+    (tmp_path / "metrics.json").write_bytes(text if isinstance(text, bytes) else text.encode())
+    write_reports(tmp_path, {**report(), "epochs": []})
+    assert (tmp_path / "loss.png").read_text() == "the user's"
+
+
+def test_an_evaluation_of_a_checkpoint_since_removed_is_left_in_place(tmp_path):
+    # Its checkpoint gone, it is not of the model beside it: os.path.samefile raised
+    # FileNotFoundError on the vanished file.
+    from jaxcifar.reports import remove_evaluation_of
+
+    model = tmp_path / "model.msgpack"
+    model.write_bytes(b"the old model")
+    evaluated = {"evaluated": {"checkpoint": str(tmp_path / "gone.msgpack")}}
+    (tmp_path / "metrics.json").write_text(json.dumps({**report(), **evaluated}))
+    remove_evaluation_of(model)
+    assert json.loads((tmp_path / "metrics.json").read_text()) == {**report(), **evaluated}

@@ -291,6 +291,21 @@ def test_batch_larger_than_training_set_is_refused():
         train.build_setup(MLP, tiny_dataset(10))
 
 
+def test_a_batch_of_the_whole_training_set_is_one_step_an_epoch():
+    # Only a batch larger than the set leaves no full batch; one of its size fits exactly.
+    assert epochs.steps_per_epoch(16, tiny_dataset(16)) == 1
+
+
+@pytest.mark.parametrize("mode", ["auto", "chunks"])
+def test_an_epoch_runner_refuses_a_mode_it_cannot_run(mode):
+    # "auto" is resolved before a runner is made; unchecked, the runner was made and its first
+    # epoch ended in an AttributeError (no dataset on the device), far from the mistake.
+    with pytest.raises(
+        ConfigError, match=f"^epoch mode must be one of loop, chunk, scan here, got '{mode}'$"
+    ):
+        epochs.EpochRunner(lambda *args: None, tiny_dataset(16), MLP, mode)
+
+
 def test_confusion_matrix_and_accuracies():
     labels = np.array([0, 0, 1, 1, 1, 2])
     predictions = np.array([0, 1, 1, 1, 2, 2])
