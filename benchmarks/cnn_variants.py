@@ -24,7 +24,7 @@ from jaxcifar import models, train
 from jaxcifar.bench import jax_cases
 from jaxcifar.bench.timing import TimingBudget, percentiles, time_steps
 from jaxcifar.commands._args import positive_float, positive_int
-from jaxcifar.cpu_fusions import compile_timed
+from jaxcifar.compiling import compile_timed
 from jaxcifar.models import cnn, layers
 
 

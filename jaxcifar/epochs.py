@@ -18,7 +18,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from jaxcifar import parallel
-from jaxcifar.cpu_fusions import compile_timed
+from jaxcifar.compiling import compile_timed
 from jaxcifar.config import RunConfig
 from jaxcifar.data.dataset import Dataset
 from jaxcifar.errors import ConfigError
@@ -73,7 +73,7 @@ def pick_epoch_mode(mode: str, dataset: Dataset) -> str:
     50,000-image seed-recipe epoch 25.9 / 24.2 s against 26.6 / 24.3, alternated), and its
     progress bar and Ctrl-C act every 100 steps instead of once per epoch. At batch 16 (the
     fast recipe, 24,000 images) 5.3 against 5.7 ms/step; the loop won there, 6.7 against 7.4,
-    until convolutions left YNNPACK (`cpu_fusions`, benchmarks/README.md, finding 9).
+    until convolutions left YNNPACK (`compiling`, benchmarks/README.md, finding 9).
     """
     if mode != "auto":
         return mode

@@ -30,7 +30,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh
 
-from jaxcifar import cpu_fusions, epochs, models, parallel, peers
+from jaxcifar import compiling, epochs, models, parallel, peers
 from jaxcifar.augment import random_crop_flip
 from jaxcifar.config import RunConfig
 from jaxcifar.data.dataset import Dataset
@@ -217,7 +217,7 @@ def make_eval_step(
     """`model`'s jitted `(params, (images uint8, labels)) -> (losses (B,) float32,
     predictions (B,) int32)`, dropout off; data parallel over `mesh` like `make_train_step`,
     with both outputs replicated so every process can read them (B floats and ints: a
-    negligible gather). Compiled once per batch shape by `cpu_fusions.compile_program`.
+    negligible gather). Compiled once per batch shape by `compiling.compile_program`.
     Raises as `make_train_step`'s step does for a batch that is not uint8 images and (B,)
     integer labels."""
     compute_dtype = jnp.dtype(dtype)
@@ -233,7 +233,7 @@ def make_eval_step(
     jitted = jax.jit(
         eval_step, in_shardings=(replicated, (sharded, sharded)), out_shardings=replicated
     )
-    return cpu_fusions.compiled_per_shape(jitted)
+    return compiling.compiled_per_shape(jitted)
 
 
 class Evaluation(NamedTuple):

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxcifar import atomic, cli, cpu_fusions, epochs, models, parallel
+from jaxcifar import atomic, cli, compiling, epochs, models, parallel
 from jaxcifar.bench import (
     environment, jax_cases, numpy_reference, output, suite, timing, torch_reference,
 )
@@ -25,7 +25,7 @@ from jaxcifar.bench.timing import TimingBudget, percentiles, time_steps
 from jaxcifar.bench.xla_cost import (
     flops, kernel_bytes, kernel_counts, loop_command_buffers, loop_trip_count, program_memory_bytes,
 )
-from jaxcifar.cpu_fusions import compile_timed
+from jaxcifar.compiling import compile_timed
 from jaxcifar.interrupt import Interrupted
 
 
@@ -521,15 +521,15 @@ def test_epoch_time_is_a_warm_epochs_with_every_compile_apart(monkeypatch):
     # block of 4 batches to the device) 0.25 s. The runner compiles its epoch order when
     # built (made 1 s slower here), and the loop's step in the first epoch, which is untimed:
     # the timed epoch is the second, all of its programs compiled and run once before.
-    now = _fake_clock(monkeypatch, cpu_fusions, jax_cases)
+    now = _fake_clock(monkeypatch, compiling, jax_cases)
 
     def advance(seconds, then):
         now[0] += seconds
         return then()
 
-    compile_program, shard_batch = cpu_fusions.compile_program, parallel.shard_batch
+    compile_program, shard_batch = compiling.compile_program, parallel.shard_batch
     monkeypatch.setattr(
-        cpu_fusions, "compile_program",
+        compiling, "compile_program",
         lambda low, *options: advance(0.5, lambda: compile_program(low, *options)),
     )
     shipped = []

@@ -12,7 +12,7 @@ import jax
 import numpy as np
 import pytest
 
-from jaxcifar import cpu_fusions, epochs, train
+from jaxcifar import compiling, epochs, train
 from jaxcifar.bench.xla_cost import kernel_counts
 from jaxcifar.config import RunConfig
 from jaxcifar.data.dataset import CLASS_NAMES, Dataset
@@ -325,7 +325,7 @@ def test_loop_step_kernels_are_counted_on_the_program_the_loop_path_trains(datas
     counted = measure._step_kernels("loop", runner, setup, state.params, dataset)
     batch = (dataset.images[:4], dataset.labels[:4])
     lowered = train.make_train_step(setup).lower(state, batch, jax.random.key(0))
-    assert counted == dict(kernel_counts(cpu_fusions.compile_program(lowered).as_text()))
+    assert counted == dict(kernel_counts(compiling.compile_program(lowered).as_text()))
 
 
 def test_a_program_whose_kernels_cannot_be_counted_keeps_its_timed_row(dataset, monkeypatch):

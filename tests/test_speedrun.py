@@ -27,9 +27,9 @@ import optax
 import pytest
 from PIL import Image
 
-from jaxcifar import augment, cli, cpu_fusions
+from jaxcifar import augment, cli, compiling
 from jaxcifar.commands.evaluate import EvalSubset, speedrun_test_subset
-from jaxcifar.cpu_fusions import compile_timed
+from jaxcifar.compiling import compile_timed
 from jaxcifar.data import load, load_split
 from jaxcifar.data.dataset import CIFAR10_CLASSES, Dataset
 from jaxcifar.errors import CheckpointError, ConfigError, DataError, TrainingDiverged
@@ -760,14 +760,14 @@ def test_saved_model_predictions_compile_as_training_does(
 ):
     path = save_speedrun_model(tmp_path)
     compiled = []
-    compile_program = cpu_fusions.compile_program
+    compile_program = compiling.compile_program
 
     def recorded(lowered, options):
         assert options == speedrun_train.XLA_OPTIONS  # as the training run compiles
         compiled.append(compile_program(lowered, options))
         return compiled[-1]
 
-    monkeypatch.setattr(cpu_fusions, "compile_program", recorded)
+    monkeypatch.setattr(compiling, "compile_program", recorded)
     images = np.asarray(IMAGES[:3] * 40 + 128, np.uint8)
     predicted = model_file.predictions(model_file.load(path), images)
     assert predicted.shape == (3,) and len(compiled) == 1

@@ -6,7 +6,7 @@ import pytest
 from flax import serialization
 from PIL import Image
 
-from jaxcifar import checkpoint, cli, cpu_fusions
+from jaxcifar import checkpoint, cli, compiling
 from jaxcifar.speedrun import model_file
 from jaxcifar.speedrun.train import XLA_OPTIONS
 from data_files import write_tree
@@ -104,13 +104,13 @@ def test_predict_compiles_a_speedrun_model_as_its_training_run_did(
 ):
     # Its bfloat16 rounding differs under XLA's default options.
     path = save_speedrun_model(tmp_path)
-    options, compile_program = [], cpu_fusions.compile_program
+    options, compile_program = [], compiling.compile_program
 
     def recorded(lowered, given):
         options.append(given)
         return compile_program(lowered, given)
 
-    monkeypatch.setattr(cpu_fusions, "compile_program", recorded)
+    monkeypatch.setattr(compiling, "compile_program", recorded)
     image = tmp_path / "image.png"
     Image.new("RGB", (32, 32), (200, 30, 30)).save(image)
     assert cli.main(["predict", "--checkpoint", str(path), str(image)]) == 0
@@ -127,7 +127,7 @@ def test_predictions_refuse_a_model_with_one_images_logits_non_finite(
 
     model = model_file.load(save_speedrun_model(tmp_path / "m"))
     # Classes 2, -1 (non-finite), 0, and a padded image's -1 that is not counted.
-    monkeypatch.setattr(cpu_fusions, "compiled_per_shape",
+    monkeypatch.setattr(compiling, "compiled_per_shape",
                         lambda *a, **k: lambda *args: np.array([[2, -1, 0, -1]], np.int32))
     images = np.zeros((3, 32, 32, 3), np.uint8)
     with pytest.raises(CheckpointError, match=r"non-finite logits for 1 of 3 images$"):

@@ -20,7 +20,7 @@ from jaxcifar.bench.rows import Row, step_row
 from jaxcifar.bench.timing import TimingBudget, time_steps
 from jaxcifar.bench.xla_cost import flops, program_memory_bytes
 from jaxcifar.config import MLP_LAYER_SIZES, RunConfig
-from jaxcifar.cpu_fusions import compile_timed
+from jaxcifar.compiling import compile_timed
 from jaxcifar.data.dataset import CLASS_NAMES, IMAGE_SHAPES, Dataset
 from jaxcifar.scratch import scale_pixels
 

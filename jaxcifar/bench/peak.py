@@ -16,7 +16,7 @@ import numpy as np
 from jaxcifar.bench.rows import ROOF_CASE, Row, step_row
 from jaxcifar.bench.timing import TimingBudget, time_steps
 from jaxcifar.bench.xla_cost import program_memory_bytes
-from jaxcifar.cpu_fusions import compile_timed
+from jaxcifar.compiling import compile_timed
 
 # Large enough that a GEMM runs at its asymptotic rate (on a CPU 1024: 4 MiB per operand; a
 # GPU needs thousands of rows to fill its cores), small enough to take milliseconds.

@@ -1,6 +1,6 @@
 """What XLA says about a compiled step: its FLOPs, the device memory one call takes, how
 many kernels one call launches, and (from XLA:GPU's thunk sequence) which of them run as CUDA
-graphs. (Compiling it, timed: `cpu_fusions.compile_timed`.)"""
+graphs. (Compiling it, timed: `compiling.compile_timed`.)"""
 
 from __future__ import annotations
 

@@ -46,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
     import jax
     import jax.numpy as jnp
 
-    from jaxcifar import checkpoint, cpu_fusions, train
+    from jaxcifar import checkpoint, compiling, train
     from jaxcifar.data.preprocess import to_float
     from jaxcifar.speedrun import model_file
     from jaxcifar.speedrun.train import XLA_OPTIONS
@@ -69,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
         return jax.nn.softmax(logits(images))
 
     # Compiled as training and evaluation compile (on a CPU: Eigen's convolutions).
-    probabilities = cpu_fusions.compiled_per_shape(jax.jit(softmax_of_logits), options)
+    probabilities = compiling.compiled_per_shape(jax.jit(softmax_of_logits), options)
 
     failures = 0
     for name in args.images:

@@ -20,7 +20,7 @@ import optax
 from jax.sharding import Mesh
 
 from jaxcifar import epochs, train
-from jaxcifar.cpu_fusions import compile_timed
+from jaxcifar.compiling import compile_timed
 from jaxcifar.config import RunConfig
 from jaxcifar.data.dataset import Dataset
 from jaxcifar.errors import ConfigError

@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxcifar import cpu_fusions, train
+from jaxcifar import compiling, train
 from jaxcifar.atomic import write_json_and_markdown
 from jaxcifar.bench.device_profile import traced_event_times
 from jaxcifar.bench.xla_cost import kernel_counts
@@ -135,7 +135,7 @@ def _step_kernels(path: str, runner: Any, setup: train.Setup, params: Any,
         # fusions.
         step = train.make_train_step(setup, dtype=config.dtype, augment=config.augment)
         lowered = step.lower(state, batch, jax.random.key(0))
-        return dict(kernel_counts(cpu_fusions.compile_program(lowered).as_text()))
+        return dict(kernel_counts(compiling.compile_program(lowered).as_text()))
     counts = kernel_counts(runner.compile(state).as_text(), loop_body=True)
     return {op: count / runner.unroll for op, count in counts.items()}
 

@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import serialization
 
-from jaxcifar import checkpoint, cpu_fusions
+from jaxcifar import checkpoint, compiling
 from jaxcifar.atomic import atomic_write_bytes
 from jaxcifar.checkpoint import read_tagged
 from jaxcifar.errors import CheckpointError, ConfigError
@@ -217,7 +217,7 @@ def predictions(model: SavedModel, images: np.ndarray) -> np.ndarray:
     check_images(model, images, "model_file.predictions")
     # Compiled as the training run compiled it (on a CPU: convolutions not on YNNPACK's kernels;
     # rounding to the compute dtype where the program says).
-    predict_batches = cpu_fusions.compiled_per_shape(
+    predict_batches = compiling.compiled_per_shape(
         jax.jit(functools.partial(predict, model.recipe)), XLA_OPTIONS
     )
     out = predict_batches(

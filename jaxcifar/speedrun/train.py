@@ -24,7 +24,7 @@ import numpy as np
 import optax
 
 from jaxcifar import augment, metrics
-from jaxcifar.cpu_fusions import compile_timed
+from jaxcifar.compiling import compile_timed
 from jaxcifar.data.dataset import Dataset
 from jaxcifar.data.preprocess import channel_stats, standardize
 from jaxcifar.errors import ConfigError, DataError, TrainingDiverged

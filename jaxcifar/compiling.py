@@ -1,6 +1,6 @@
-"""XLA:CPU's library fusions without YNNPACK's convolutions: how every training, evaluation
-and prediction program of this project compiles on a CPU, timed where it compiles ahead of
-time (`compile_timed`).
+"""How every training, evaluation and prediction program of this project compiles: ahead of
+time, timed where that is measured (`compile_timed`), and on a CPU with XLA:CPU's library
+fusions less YNNPACK's convolutions (`compiler_options`).
 
 XLA:CPU hands parts of a program to YNNPACK ("library fusions", the debug option
 `xla_cpu_experimental_ynn_fusion_type`, a list of fusion types; this jaxlib's default is
