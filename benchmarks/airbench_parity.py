@@ -45,7 +45,7 @@ except ModuleNotFoundError:  # --help needs no torch; main says what is missing
 from airbench_cpu import airbench_missing, airbench_on_cpu, import_airbench, net_widths
 from bench_paths import RESULTS, SHARED_DATA, run_script
 from jaxcifar.atomic import atomic_write_text
-from jaxcifar.commands._args import positive_float, positive_int, seed_int
+from jaxcifar.commands.arguments import positive_float, positive_int, seed_int
 from jaxcifar.data import load
 from jaxcifar.data.preprocess import channel_stats, standardize
 from jaxcifar.errors import ConfigError

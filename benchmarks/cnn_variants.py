@@ -23,7 +23,7 @@ from bench_paths import run_script
 from jaxcifar import models, train
 from jaxcifar.bench import jax_cases
 from jaxcifar.bench.timing import TimingBudget, percentiles, time_steps
-from jaxcifar.commands._args import positive_float, positive_int
+from jaxcifar.commands.arguments import positive_float, positive_int
 from jaxcifar.compiling import compile_timed
 from jaxcifar.models import cnn, layers
 

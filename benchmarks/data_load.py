@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from bench_paths import SHARED_DATA, run_script
-from jaxcifar.commands._args import positive_int
+from jaxcifar.commands.arguments import positive_int
 from jaxcifar.data import load
 from jaxcifar.data.cache import CACHE_ENV
 

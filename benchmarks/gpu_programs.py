@@ -53,7 +53,7 @@ from jaxcifar.atomic import atomic_write_text
 from jaxcifar.bench.xla_cost import (
     kernel_bytes, kernel_counts, loop_command_buffers, loop_trip_count,
 )
-from jaxcifar.commands._args import positive_int
+from jaxcifar.commands.arguments import positive_int
 from jaxcifar.config import RunConfig
 from jaxcifar.data.dataset import Dataset
 from jaxcifar.data.sources import CLASS_NAMES

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from bench_paths import RESULTS, SHARED_DATA, run_script
 from jaxcifar.bench.environment import device_name, device_slug
-from jaxcifar.commands._args import file_stem, positive_int
+from jaxcifar.commands.arguments import file_stem, positive_int
 from jaxcifar.config import RunConfig
 from jaxcifar.data import load_split
 from jaxcifar.fused.measure import PATHS, measure_path, read_results, run_label, write_results

@@ -41,7 +41,7 @@ from airbench_cpu import airbench_missing  # noqa: E402
 from bench_paths import RESULTS, SHARED_DATA, run_script  # noqa: E402
 from jaxcifar.data import load_split  # noqa: E402
 from jaxcifar.bench import environment  # noqa: E402
-from jaxcifar.commands._args import file_stem, positive_float, positive_int  # noqa: E402
+from jaxcifar.commands.arguments import file_stem, positive_float, positive_int  # noqa: E402
 from jaxcifar.data.dataset import Dataset  # noqa: E402
 from jaxcifar import xla_cache  # noqa: E402
 from jaxcifar.speedrun import measure  # noqa: E402

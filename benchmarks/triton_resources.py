@@ -30,7 +30,7 @@ import jax.numpy as jnp
 
 from bench_paths import RESULTS
 from jaxcifar.atomic import atomic_write_text
-from jaxcifar.commands._args import positive_int
+from jaxcifar.commands.arguments import positive_int
 from jaxcifar.fused import pallas_convs, pallas_head, step
 from jaxcifar.models import cnn
 

@@ -14,16 +14,14 @@ from the run's seed, and feeds only its own rows of each global batch
 
 from __future__ import annotations
 
-import argparse
 import os
 import warnings
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from jaxcifar.errors import ConfigError
 
-# JAX is imported inside the functions: the train command's parser adds this module's
-# flags, and `jaxcifar --help` must not pay for importing JAX.
+# JAX is imported inside the functions: the train command's flags (`commands.arguments`) read
+# this module's variable names, and `jaxcifar --help` must not pay for importing JAX.
 if TYPE_CHECKING:
     import jax
     import numpy as np
@@ -122,27 +120,6 @@ def is_main_process() -> bool:
     return jax.process_index() == 0
 
 
-def add_distributed_arguments(parser: argparse.ArgumentParser) -> None:
-    """--coordinator HOST:PORT, --num-processes N, --process-id I, each defaulting to its
-    JAXCIFAR_* environment variable (parsed like the flag, so a bad value is a flag error
-    that names the variable; an empty one counts as unset)."""
-    from jaxcifar.commands._args import positive_int
-
-    group = parser.add_argument_group(
-        "multi-process (multi-host) training",
-        "give all three, or none: then JAX detects a Cloud TPU pod, SLURM or Open MPI job "
-        "itself, else the run is one process",
-    )
-    for flag, variable, parse, metavar, what in (
-        ("--coordinator", COORDINATOR_ENV, str, "HOST:PORT", "address of process 0"),
-        ("--num-processes", NUM_PROCESSES_ENV, positive_int, "N", "number of processes"),
-        ("--process-id", PROCESS_ID_ENV, int, "I", "this process, 0..N-1"),
-    ):
-        group.add_argument(flag, type=_naming_the_variable(parse), metavar=metavar,
-                           default=_EnvText.read(variable),
-                           help=f"{what}; when not given, ${variable}")  # fmt: skip
-
-
 def warn_of_ignored_variables(command: str) -> None:
     """Warn when a JAXCIFAR_* multi-process variable is set for `command`, which is not
     `train` and runs as one process: set for a whole cluster, it would run one whole
@@ -155,44 +132,6 @@ def warn_of_ignored_variables(command: str) -> None:
             "process: only jaxcifar train joins a multi-process run",
             stacklevel=2,
         )
-
-
-class _EnvText(str):
-    """A flag's default as the text of its environment variable, which it names."""
-
-    variable: str
-
-    @classmethod
-    def read(cls, variable: str) -> _EnvText | None:
-        """The variable's text, or None when it is unset or empty."""
-        text = os.environ.get(variable)
-        if not text:
-            return None
-        value = cls(text)
-        value.variable = variable
-        return value
-
-
-def _naming_the_variable(parse: Callable[[str], Any]) -> Callable[[str], Any]:
-    """argparse type `parse`, whose error for a default read from a variable names it:
-    argparse alone names only the flag, which the user never typed."""
-
-    def parse_flag_or_variable(text: str) -> Any:
-        try:
-            return parse(text)
-        except (argparse.ArgumentTypeError, ValueError) as error:
-            if not isinstance(text, _EnvText):
-                raise
-            reason = error if isinstance(error, argparse.ArgumentTypeError) else "not an integer"
-            raise argparse.ArgumentTypeError(f"${text.variable}={str(text)!r}: {reason}") from None
-
-    parse_flag_or_variable.__name__ = parse.__name__  # argparse's "invalid int value" names it
-    return parse_flag_or_variable
-
-
-def initialize_from_args(args: argparse.Namespace) -> bool:
-    """`initialize` with the flags of `add_distributed_arguments`."""
-    return initialize(args.coordinator, args.num_processes, args.process_id)
 
 
 def initialize(coordinator: str | None, num_processes: int | None, process_id: int | None) -> bool:

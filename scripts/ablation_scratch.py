@@ -29,7 +29,7 @@ from pathlib import Path  # noqa: E402
 from jaxcifar import plots, scratch  # noqa: E402
 from jaxcifar.atomic import atomic_write_text  # noqa: E402
 from jaxcifar.commands import scratch as scratch_command  # noqa: E402
-from jaxcifar.commands._args import DATA_DIR_ENV, positive_int, seed_int  # noqa: E402
+from jaxcifar.commands.arguments import DATA_DIR_ENV, positive_int, seed_int  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 # Hidden widths -> learning rate. With sigmoid outputs and squared error the stable rate

@@ -55,7 +55,7 @@ def saved_file(tmp_path):
 
 def test_the_commands_know_the_checkpoints_file_name():
     # Spelled out there so that the NumPy-only scratch command need not import JAX.
-    from jaxcifar.commands._args import TRAINING_CHECKPOINT
+    from jaxcifar.commands.arguments import TRAINING_CHECKPOINT
 
     assert TRAINING_CHECKPOINT == checkpoint.FILENAME
 

@@ -1,4 +1,4 @@
-"""Flags shared by several commands (`jaxcifar.commands._args`): each bad value is refused
+"""Flags shared by several commands (`jaxcifar.commands.arguments`): each bad value is refused
 as one line naming the flag, before any data is read or any work done."""
 
 import argparse
@@ -8,7 +8,7 @@ import re
 import pytest
 
 from jaxcifar.cli import build_parser, main
-from jaxcifar.commands import _args
+from jaxcifar.commands import arguments
 from jaxcifar.config import SEED_MAX
 from jaxcifar.errors import ConfigError
 
@@ -36,7 +36,7 @@ def test_every_commands_seed_takes_trains_range(command, seed, tmp_path, capsys)
 
 
 def test_seed_range_ends_are_accepted():
-    assert [_args.seed_int(text) for text in ("0", str(SEED_MAX))] == [0, SEED_MAX]
+    assert [arguments.seed_int(text) for text in ("0", str(SEED_MAX))] == [0, SEED_MAX]
 
 
 @pytest.mark.parametrize(
@@ -97,14 +97,14 @@ def test_compile_cache_must_be_a_folder_or_none(command, tmp_path, capsys):
 @pytest.mark.parametrize("name", ["", ".hidden", "../../escape", "sub/name"])
 def test_file_stem_refuses_paths_and_hidden_names(name):
     with pytest.raises(argparse.ArgumentTypeError, match="expected a plain file name stem"):
-        _args.file_stem(name)
-    assert _args.file_stem("cpu-2026-11-29.v2") == "cpu-2026-11-29.v2"
+        arguments.file_stem(name)
+    assert arguments.file_stem("cpu-2026-11-29.v2") == "cpu-2026-11-29.v2"
 
 
 def test_file_stem_refuses_a_name_too_long_for_its_files():
-    assert _args.file_stem("é" * 125) == "é" * 125  # 250 bytes: NAME.json is 255
+    assert arguments.file_stem("é" * 125) == "é" * 125  # 250 bytes: NAME.json is 255
     with pytest.raises(argparse.ArgumentTypeError, match="at most 250 bytes, got one of 251"):
-        _args.file_stem("é" * 125 + "x")
+        arguments.file_stem("é" * 125 + "x")
 
 
 def test_writable_file_checks_name_the_file_and_its_folder(tmp_path):
@@ -120,8 +120,8 @@ def test_writable_file_checks_name_the_file_and_its_folder(tmp_path):
                                                 "cannot write there (File name too long)"),
     ]:  # fmt: skip
         with pytest.raises(ConfigError, match=f"^{re.escape(message)}$"):
-            _args.check_writable_file(path)
-    _args.check_writable_file(tmp_path / "new" / "g.png")  # can be made: no error
+            arguments.check_writable_file(path)
+    arguments.check_writable_file(tmp_path / "new" / "g.png")  # can be made: no error
     assert not (tmp_path / "new").exists()  # made by the write, not by the check
 
 
@@ -172,13 +172,13 @@ def test_an_out_through_a_symbolic_link_to_nothing_is_refused_before_the_work(tm
     os.symlink(tmp_path / "nowhere", tmp_path / "dang")
     out = tmp_path / "dang" / "run" if below else tmp_path / "dang"
     with pytest.raises(ConfigError) as refused_out:
-        _args.check_writable_folder(out)
+        arguments.check_writable_folder(out)
     assert str(refused_out.value) == (
         f"--out {out}: cannot write there (a symbolic link to {tmp_path / 'nowhere'}, which "
         "leads to nothing)"
     )
     os.mkdir(tmp_path / "nowhere")  # the link now leads to a folder: an --out like any
-    _args.check_writable_folder(out)
+    arguments.check_writable_folder(out)
 
 
 def test_a_file_out_linked_into_a_folder_that_does_not_exist_is_refused_before_the_work(
@@ -195,13 +195,13 @@ def test_a_file_out_linked_into_a_folder_that_does_not_exist_is_refused_before_t
     for out, target, reason in ((link, "nowhere", "No such file or directory"),
                                 (chain, "afile", "Not a directory")):  # fmt: skip
         with pytest.raises(ConfigError) as refused:
-            _args.check_writable_file(out)
+            arguments.check_writable_file(out)
         assert str(refused.value) == (
             f"--out {out}: cannot write there (a symbolic link to {tmp_path / target}/grid.png: "
             f"{reason})"
         )
     (tmp_path / "nowhere").mkdir()  # its target is then a file still to make, as open makes
-    _args.check_writable_file(link)
+    arguments.check_writable_file(link)
 
 
 @pytest.mark.parametrize(
@@ -334,7 +334,7 @@ def test_the_variable_and_the_flag_come_before_a_checkpoints_recorded_data(tmp_p
                                                                           monkeypatch):  # fmt: skip
     recorded = {"source": str(tmp_path)}  # exists
     monkeypatch.delenv("JAXCIFAR_DATA_DIR", raising=False)
-    choice = _args.data_dir_or_recorded
+    choice = arguments.data_dir_or_recorded
     assert choice(None, recorded) == (str(tmp_path), "recorded in the checkpoint")
     assert choice("/given", recorded) == ("/given", "--data-dir")
     assert choice(None, {"source": str(tmp_path / "gone")}) == (None, "the official release")

@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 
 from jaxcifar import parallel, train
+from jaxcifar.commands import arguments
 from jaxcifar.commands.train import add_arguments
 from jaxcifar.config import RunConfig
 from jaxcifar.data.dataset import Dataset
@@ -38,6 +39,7 @@ os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
 import argparse
 import jax
 from jaxcifar import checkpoint, epochs, parallel, train
+from jaxcifar.commands import arguments
 from jaxcifar.config import RunConfig
 from jaxcifar.data.dataset import Dataset
 from jaxcifar.errors import ConfigError
@@ -45,9 +47,9 @@ from jaxcifar.errors import ConfigError
 if role == "process":  # the coordinator and count come from flags, the id from its variable
     parser = argparse.ArgumentParser()
     parser.add_argument("--out")
-    parallel.add_distributed_arguments(parser)
+    arguments.add_distributed_arguments(parser)
     args = parser.parse_args(sys.argv[2:])
-    assert parallel.initialize_from_args(args)
+    assert arguments.initialize_from_args(args)
 
 
 def tiny_dataset(n, seed):
@@ -257,10 +259,10 @@ def test_distributed_flags_and_variables_reach_jax(monkeypatch):
     calls = []
     monkeypatch.setattr(jax.distributed, "initialize", lambda *args: calls.append(args))
     args = parse(["--coordinator", "10.0.0.1:1234", "--num-processes", "4", "--process-id", "3"])
-    assert parallel.initialize_from_args(args) is True
+    assert arguments.initialize_from_args(args) is True
     for name, value in (("COORDINATOR", "host:99"), ("NUM_PROCESSES", "2"), ("PROCESS_ID", "1")):
         monkeypatch.setenv(f"JAXCIFAR_{name}", value)
-    assert parallel.initialize_from_args(parse([])) is True
+    assert arguments.initialize_from_args(parse([])) is True
     assert calls == [("10.0.0.1:1234", 4, 3), ("host:99", 2, 1)]
 
 
@@ -269,7 +271,7 @@ def test_no_distributed_flags_and_no_cluster_stays_one_process(monkeypatch):
     for name in ("SLURM_JOB_ID", "OMPI_MCA_orte_hnp_uri"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setattr(jax.distributed, "initialize", lambda *args: pytest.fail("initialized"))
-    assert parallel.initialize_from_args(parse([])) is False
+    assert arguments.initialize_from_args(parse([])) is False
 
 
 @pytest.mark.usefixtures("no_distributed_variables")
@@ -277,7 +279,7 @@ def test_cluster_detection_missing_from_jax_warns_and_stays_one_process(monkeypa
     monkeypatch.setitem(sys.modules, "jax._src.clusters", None)  # the import now fails
     monkeypatch.setattr(jax.distributed, "initialize", lambda *args: pytest.fail("initialized"))
     with pytest.warns(UserWarning, match="cluster detection is off: this JAX"):
-        assert parallel.initialize_from_args(parse([])) is False
+        assert arguments.initialize_from_args(parse([])) is False
 
 
 @pytest.mark.parametrize(
@@ -322,7 +324,7 @@ def test_cluster_detection_finding_none_of_its_detectors_in_jax_warns(monkeypatc
     monkeypatch.setattr(ClusterEnv, "_cluster_types", others)
     monkeypatch.setattr(jax.distributed, "initialize", lambda *args: pytest.fail("initialized"))
     with pytest.warns(UserWarning, match="cluster detection is off: .* holds none of"):
-        assert parallel.initialize_from_args(parse([])) is False
+        assert arguments.initialize_from_args(parse([])) is False
 
 
 NEEDS_ALL = (
@@ -365,7 +367,7 @@ def test_bad_distributed_flags_are_config_errors(monkeypatch, argv, environment,
         monkeypatch.setenv(name, value)
     monkeypatch.setattr(jax.distributed, "initialize", lambda *args: pytest.fail("initialized"))
     with pytest.raises(ConfigError) as error:
-        parallel.initialize_from_args(parse(argv))
+        arguments.initialize_from_args(parse(argv))
     assert str(error.value) == message
 
 
@@ -375,7 +377,7 @@ def test_the_ports_at_the_ends_of_the_range_are_taken(monkeypatch, port):
     joined = []
     monkeypatch.setattr(jax.distributed, "initialize", lambda *args: joined.append(args))
     argv = ["--coordinator", f"h:{port}", "--num-processes", "2", "--process-id", "1"]
-    assert parallel.initialize_from_args(parse(argv)) is True
+    assert arguments.initialize_from_args(parse(argv)) is True
     assert joined == [(f"h:{port}", 2, 1)]
 
 
@@ -399,7 +401,7 @@ def test_an_opt_in_cluster_is_not_joined_unasked(monkeypatch):
     for env in ClusterEnv._cluster_types:
         monkeypatch.setattr(env, "is_env_present", present)
     monkeypatch.setattr(jax.distributed, "initialize", lambda *args: pytest.fail("initialized"))
-    assert parallel.initialize_from_args(parse([])) is False
+    assert arguments.initialize_from_args(parse([])) is False
 
 
 @pytest.mark.parametrize("present, joined", [("K8sCluster", False), ("SlurmCluster", True)])
@@ -414,7 +416,7 @@ def test_only_the_clusters_the_help_names_are_joined_without_flags(monkeypatch, 
         monkeypatch.setattr(env, "is_env_present", classmethod(lambda cls: cls.__name__ == present))
     calls = []
     monkeypatch.setattr(jax.distributed, "initialize", lambda *args: calls.append(args))
-    assert parallel.initialize_from_args(parse([])) is joined
+    assert arguments.initialize_from_args(parse([])) is joined
     assert calls == ([()] if joined else [])
 
 

@@ -15,7 +15,7 @@ import sys
 from jaxcifar import folder_lock, interrupt
 from jaxcifar.bench.settings import Settings
 from jaxcifar.bench.timing import TimingBudget
-from jaxcifar.commands._args import (
+from jaxcifar.commands.arguments import (
     check_writable_folder, file_stem, non_negative_float, non_negative_int, output_folder,
     positive_int,
 )

@@ -7,7 +7,7 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from jaxcifar.commands._args import (
+from jaxcifar.commands.arguments import (
     add_data_arguments, check_writable_file, int_in_range, seed_int,
 )
 from jaxcifar.errors import ConfigError

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import numpy as np
 
 from jaxcifar import folder_lock, interrupt
-from jaxcifar.commands._args import (
+from jaxcifar.commands.arguments import (
     add_checkpoint_argument, add_data_dir_argument, check_data_fits_model,
     check_not_a_training_run, check_writable_folder, data_dir_or_recorded, output_folder,
     positive_int,

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from jaxcifar.commands._args import add_checkpoint_argument
+from jaxcifar.commands.arguments import add_checkpoint_argument
 from jaxcifar.data.image_file import decode
 from jaxcifar.errors import CheckpointError, DataError, one_line
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from jaxcifar import folder_lock, interrupt
-from jaxcifar.commands._args import (
+from jaxcifar.commands.arguments import (
     add_data_arguments, check_not_a_training_run, check_writable_folder, output_folder,
     positive_float, positive_int, seed_int,
 )

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from jaxcifar import folder_lock
-from jaxcifar.commands._args import (
+from jaxcifar.commands.arguments import (
     add_compile_cache_argument, add_data_arguments, check_not_a_training_run,
     check_writable_folder, positive_float, output_folder, positive_int, seed_int,
 )

@@ -30,9 +30,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from jaxcifar import folder_lock, parallel
-from jaxcifar.commands._args import (
-    add_compile_cache_argument, add_data_dir_argument, check_data_fits_model, check_writable_folder,
-    data_dir_or_recorded,
+from jaxcifar.commands.arguments import (
+    add_compile_cache_argument, add_data_dir_argument, add_distributed_arguments,
+    check_data_fits_model, check_writable_folder, data_dir_or_recorded, initialize_from_args,
     momentum, non_negative_float, output_folder, positive_float, positive_int, seed_int,
 )
 from jaxcifar.config import (
@@ -124,7 +124,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "TPU's memory")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")  # fmt: skip
     add_compile_cache_argument(parser)
-    parallel.add_distributed_arguments(parser)
+    add_distributed_arguments(parser)
 
 
 def config_from_args(args: argparse.Namespace, saved: RunConfig | None = None) -> RunConfig:
@@ -189,7 +189,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("--override-config applies only with --resume")
     import jax  # after the flags' own checks
 
-    joined = parallel.initialize_from_args(args)  # before anything touches a device
+    joined = initialize_from_args(args)  # before anything touches a device
     if joined:
         # The backend starts with every process or with none: started here, before any check
         # can end one process's command, so that the others hear of it (`peers`) rather than

@@ -1,5 +1,5 @@
-"""Flag types, flag groups and checks of what flags name (an output folder, the data a saved
-model is given), shared by several commands."""
+"""Flag types, flag groups (the multi-process flags among them) and checks of what flags name
+(an output folder, the data a saved model is given), shared by several commands."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from jaxcifar import parallel
 from jaxcifar.atomic import link_target, name_max
 from jaxcifar.config import DATASETS, INT32_MAX, SEED_MAX
 from jaxcifar.data.dataset import Dataset
@@ -313,3 +314,61 @@ def check_data_fits_model(
             f"the {split} set in {dataset.source} ({origin}) has {what} {found}, but {saved} "
             f"was trained on {expected}; {fix}"
         )
+
+
+def add_distributed_arguments(parser: argparse.ArgumentParser) -> None:
+    """--coordinator HOST:PORT, --num-processes N, --process-id I, each defaulting to its
+    JAXCIFAR_* environment variable (parsed like the flag, so a bad value is a flag error
+    that names the variable; an empty one counts as unset)."""
+    group = parser.add_argument_group(
+        "multi-process (multi-host) training",
+        "give all three, or none: then JAX detects a Cloud TPU pod, SLURM or Open MPI job "
+        "itself, else the run is one process",
+    )
+    for flag, variable, parse, metavar, what in (
+        ("--coordinator", parallel.COORDINATOR_ENV, str, "HOST:PORT", "address of process 0"),
+        ("--num-processes", parallel.NUM_PROCESSES_ENV, positive_int, "N",
+         "number of processes"),
+        ("--process-id", parallel.PROCESS_ID_ENV, int, "I", "this process, 0..N-1"),
+    ):  # fmt: skip
+        group.add_argument(flag, type=_naming_the_variable(parse), metavar=metavar,
+                           default=_EnvText.read(variable),
+                           help=f"{what}; when not given, ${variable}")  # fmt: skip
+
+
+class _EnvText(str):
+    """A flag's default as the text of its environment variable, which it names."""
+
+    variable: str
+
+    @classmethod
+    def read(cls, variable: str) -> _EnvText | None:
+        """The variable's text, or None when it is unset or empty."""
+        text = os.environ.get(variable)
+        if not text:
+            return None
+        value = cls(text)
+        value.variable = variable
+        return value
+
+
+def _naming_the_variable(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    """argparse type `parse`, whose error for a default read from a variable names it:
+    argparse alone names only the flag, which the user never typed."""
+
+    def parse_flag_or_variable(text: str) -> Any:
+        try:
+            return parse(text)
+        except (argparse.ArgumentTypeError, ValueError) as error:
+            if not isinstance(text, _EnvText):
+                raise
+            reason = error if isinstance(error, argparse.ArgumentTypeError) else "not an integer"
+            raise argparse.ArgumentTypeError(f"${text.variable}={str(text)!r}: {reason}") from None
+
+    parse_flag_or_variable.__name__ = parse.__name__  # argparse's "invalid int value" names it
+    return parse_flag_or_variable
+
+
+def initialize_from_args(args: argparse.Namespace) -> bool:
+    """`parallel.initialize` with the flags of `add_distributed_arguments`."""
+    return parallel.initialize(args.coordinator, args.num_processes, args.process_id)
