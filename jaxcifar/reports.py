@@ -24,6 +24,7 @@ import numpy as np
 
 from jaxcifar import metrics
 from jaxcifar.atomic import atomic_write_text
+from jaxcifar.data.dataset import CLASS_NAMES
 
 METRICS_FILE = "metrics.json"
 FIGURES = ("accuracy.png", "loss.png", "confusion_matrix.png")
@@ -55,6 +56,15 @@ def remove_evaluation_of(model: Path) -> None:
         return
     remove_other_figures(out, drawn=())
     (out / METRICS_FILE).unlink()
+
+
+def _data_name(report: Mapping[str, Any]) -> str:
+    """The data a training run's figures name: its --dataset, or for the user's own classes
+    the folder or archive they came from (a run on one's own photos was titled "cifar10")."""
+    dataset, source = report["config"]["dataset"], report.get("data", {}).get("source")
+    if source is None or tuple(report["class_names"]) == CLASS_NAMES[dataset]:
+        return dataset
+    return f"{Path(source).name} (read as {dataset})"
 
 
 def _read_report(path: Path) -> dict[str, Any] | None:
@@ -123,7 +133,7 @@ def write_reports(out_dir: str | Path, report: Mapping[str, Any]) -> None:
                 epochs,
                 {split: [r[f"{split}_{quantity}"] for r in history] for split in ("train", "test")},
                 ylabel=quantity,
-                title=f"{report['config']['model']} on {report['config']['dataset']}: {quantity}",
+                title=f"{report['config']['model']} on {_data_name(report)}: {quantity}",
             )
     remove_other_figures(out, FIGURES if history else FIGURES[2:])
     plot_confusion_matrix(

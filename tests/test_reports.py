@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from jaxcifar import plots
+from jaxcifar.data.dataset import CIFAR10_CLASSES
 from jaxcifar.reports import build_metrics, write_reports
 
 CLASSES = ("cat", "dog", "owl")
@@ -47,6 +48,23 @@ def test_an_evaluation_has_no_run_keys_and_a_training_run_has_them_all():
     assert (trained["compile_seconds"], trained["epoch_mode"], trained["data"]) == (
         1.5, "chunk", data
     )  # fmt: skip
+
+
+def test_curves_of_a_run_on_ones_own_classes_name_their_folder(tmp_path, monkeypatch):
+    # They were titled "cnn on cifar10": the --dataset the user's photos were read as.
+    titles = []
+    monkeypatch.setattr(plots, "plot_curves", lambda *args, title, **kwargs: titles.append(title))
+    data = {"source": "/photos/pets.tar.gz", "train_examples": 5, "test_examples": 5}
+    write_reports(tmp_path, report(data=data))
+    assert titles == ["cnn on pets.tar.gz (read as cifar10): accuracy",
+                      "cnn on pets.tar.gz (read as cifar10): loss"]  # fmt: skip
+    cifar10 = build_metrics(
+        config={"model": "cnn", "dataset": "cifar10"}, device={}, history=HISTORY,
+        labels=LABELS, predictions=PREDICTIONS, class_names=CIFAR10_CLASSES, data=data,
+    )  # fmt: skip
+    titles.clear()
+    write_reports(tmp_path, cifar10)  # a copy of CIFAR-10 (a JPEG tree) is cifar10
+    assert titles == ["cnn on cifar10: accuracy", "cnn on cifar10: loss"]
 
 
 def test_metrics_json_is_strict_json_and_each_curve_shows_its_own_quantity(tmp_path, monkeypatch):
