@@ -5,7 +5,7 @@ Usage: python benchmarks/seed_recipe.py [--data-dir ../shared/data] [--paths loo
        [--epochs 10] [--limit-train N --limit-test N] [--unroll 1 ...] [--out benchmarks/results]
        [--name STEM] [--append] [--profile PATH ...] [--graph-paths PATH ...]
 
-Paths are `jaxcifar train --epoch-mode` values (jaxcifar.fused.measure): loop, chunk, scan, and
+Paths are `jaxcifar train --epoch-mode` values (jaxcifar.bench.seed_recipe): loop, chunk, scan, and
 the fused path in plain JAX (fused), with its dense head in two Pallas kernels (fused-pallas) or
 its whole step in six (fused-pallas-all); Pallas runs in interpret mode on a CPU, where it only
 shows that the path runs: its time means nothing there. Every path trains the same recipe from
@@ -31,7 +31,7 @@ from jaxcifar.bench.environment import device_name, device_slug
 from jaxcifar.commands.arguments import file_stem, positive_int
 from jaxcifar.config import RunConfig
 from jaxcifar.data import load_split
-from jaxcifar.fused.measure import PATHS, measure_path, read_results, run_label, write_results
+from jaxcifar.bench.seed_recipe import PATHS, measure_path, read_results, run_label, write_results
 from jaxcifar.fused.epoch import PALLAS_PARTS
 from jaxcifar.train import FUSED_MODES
 

@@ -241,7 +241,7 @@ def test_a_graph_epoch_asks_xla_for_one_command_buffer_on_a_gpu_only(dataset, mo
     """`graph=True` compiles the epoch with GRAPH_EPOCH_OPTIONS on a GPU (the loop then runs
     inside one CUDA graph: benchmarks/gpu_programs.py) and trains exactly as without; other
     backends have no command buffers and compile as usual."""
-    from jaxcifar.fused import measure
+    from jaxcifar.bench import seed_recipe
 
     asked = []
     real_compile_timed = epoch.compile_timed
@@ -264,16 +264,16 @@ def test_a_graph_epoch_asks_xla_for_one_command_buffer_on_a_gpu_only(dataset, mo
     for leaf, expected in zip(finals[2], finals[0]):
         np.testing.assert_allclose(leaf, expected, rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="only the fused paths compile an epoch as one program"):
-        measure.measure_path("scan", CONFIG, dataset, dataset, graph=True)
+        seed_recipe.measure_path("scan", CONFIG, dataset, dataset, graph=True)
 
 
 def test_measured_paths_write_the_seed_recipe_results_schema(dataset, tmp_path):
-    from jaxcifar.fused import measure
+    from jaxcifar.bench import seed_recipe
 
     config = RunConfig(epochs=1, batch_size=4)
     train_set, test_set = dataset.subset(40), dataset.subset(20, seed=1)
     rows = [
-        measure.measure_path(path, config, train_set, test_set, unroll=2, log=lambda _: None,
+        seed_recipe.measure_path(path, config, train_set, test_set, unroll=2, log=lambda _: None,
                              profile=path == "fused")  # fmt: skip
         for path in ("loop", "fused")
     ]
@@ -281,7 +281,7 @@ def test_measured_paths_write_the_seed_recipe_results_schema(dataset, tmp_path):
     assert "profile" not in rows[0] and isinstance(rows[1]["profile"], list)
     assert (rows[1]["profile"] == []) == (jax.default_backend() == "cpu")
     failures = ["fused-pallas: RuntimeError: the GPU compiler said no"]
-    json_path, markdown_path = measure.write_results(
+    json_path, markdown_path = seed_recipe.write_results(
         rows, tmp_path / "seed-recipe-cpu.json", failures
     )
     written = json.loads(json_path.read_text())
@@ -301,48 +301,48 @@ def test_measured_paths_write_the_seed_recipe_results_schema(dataset, tmp_path):
     assert "| fused | 2 | 40 | 1 | 10 |" in markdown
     assert markdown.endswith("Failed:\n\n- fused-pallas: RuntimeError: the GPU compiler said no\n")
     # What a later process with --append starts from: the same rows and failures.
-    assert measure.read_results(json_path) == (rows, failures)
-    assert measure.read_results(tmp_path / "none.json") == ([], [])
+    assert seed_recipe.read_results(json_path) == (rows, failures)
+    assert seed_recipe.read_results(tmp_path / "none.json") == ([], [])
     # A GPU's profile: a table per profiled row, before the failures, which still read back.
     kernel = {"plane": "/device:GPU:0", "line": "Stream #13", "name": "conv_relu_pool",
               "count": 20, "total_us": 50.0, "mean_us": 2.5}  # fmt: skip
     profiled = [{**rows[1], "profile": [kernel]}]
-    json_path, markdown_path = measure.write_results(profiled, tmp_path / "gpu.json", failures)
+    json_path, markdown_path = seed_recipe.write_results(profiled, tmp_path / "gpu.json", failures)
     markdown = markdown_path.read_text()
     assert "## Device time by kernel: fused (unroll 2), one more epoch" in markdown
     assert "| conv_relu_pool | /device:GPU:0 / Stream #13 | 20 | 0.05 | 2.50 | 5.00 |" in markdown
-    assert measure.read_results(json_path) == (profiled, failures)
+    assert seed_recipe.read_results(json_path) == (profiled, failures)
 
 
 def test_loop_step_kernels_are_counted_on_the_program_the_loop_path_trains(dataset):
     # On a CPU, XLA's defaults hand convolutions to YNNPACK: other fusions, other counts.
-    from jaxcifar.fused import measure
+    from jaxcifar.bench import seed_recipe
 
     config = RunConfig(epochs=1, batch_size=4)
     setup = train.build_setup(config, dataset)
     state = train.init_state(config, setup)
     runner = types.SimpleNamespace(config=config)
-    counted = measure._step_kernels("loop", runner, setup, state.params, dataset)
+    counted = seed_recipe._step_kernels("loop", runner, setup, state.params, dataset)
     batch = (dataset.images[:4], dataset.labels[:4])
     lowered = train.make_train_step(setup).lower(state, batch, jax.random.key(0))
     assert counted == dict(kernel_counts(compiling.compile_program(lowered).as_text()))
 
 
 def test_a_program_whose_kernels_cannot_be_counted_keeps_its_timed_row(dataset, monkeypatch):
-    from jaxcifar.fused import measure
+    from jaxcifar.bench import seed_recipe
 
     def unreadable(hlo_text, **kwargs):  # as the HLO parser fails on a text without ENTRY
         raise KeyError("ENTRY")
 
-    monkeypatch.setattr(measure, "kernel_counts", unreadable)
+    monkeypatch.setattr(seed_recipe, "kernel_counts", unreadable)
     logged = []
     config = RunConfig(epochs=1, batch_size=4)
-    row = measure.measure_path("fused", config, dataset.subset(16), dataset.subset(8, seed=1),
+    row = seed_recipe.measure_path("fused", config, dataset.subset(16), dataset.subset(8, seed=1),
                                log=logged.append)  # fmt: skip
     assert row["kernels_per_step"] is None and row["kernel_counts"] is None
     assert row["steps"] == 4 and 0 < row["compile_seconds"] < row["wall_seconds"]
     assert "fused: kernels per step not counted (KeyError: 'ENTRY')" in logged
-    assert "| fused | 1 | 16 | 1 | 4 |" in measure.render_markdown([row])
+    assert "| fused | 1 | 16 | 1 | 4 |" in seed_recipe.render_markdown([row])
 
 
 @pytest.mark.parametrize(
@@ -375,7 +375,7 @@ def test_only_the_pallas_paths_import_pallas():
     # Pallas is experimental and its Triton backend deprecated from JAX 0.11: the scan, loop
     # and fused paths (and their benchmark) must not need it to import.
     code = (
-        "import sys; import jaxcifar.fused.measure, jaxcifar.fused.epoch as e; "
+        "import sys; import jaxcifar.bench.seed_recipe, jaxcifar.fused.epoch as e; "
         "assert not [m for m in sys.modules if 'pallas' in m], 'imported early'; "
         "e.step_parts('fused-pallas-all'); assert 'jax.experimental.pallas' in sys.modules"
     )
@@ -411,7 +411,7 @@ def test_a_jax_without_pallas_triton_gets_a_clear_error_naming_the_other_fused_p
 def test_a_measured_row_counts_every_epochs_steps_and_times_training_only(dataset, monkeypatch):
     # A stand-in chunk runner on a fake clock: each epoch takes 1 s and reports 4 steps'
     # losses, all equal to the epoch's number; the evaluation after training takes 100 s.
-    from jaxcifar.fused import measure
+    from jaxcifar.bench import seed_recipe
 
     now = [0.0]
 
@@ -429,34 +429,34 @@ def test_a_measured_row_counts_every_epochs_steps_and_times_training_only(datase
 
     kernel = {"plane": "/device:GPU:0", "line": "Stream #1", "name": "step", "count": 12,
               "total_us": 40.0, "mean_us": 10 / 3}  # fmt: skip
-    monkeypatch.setattr(measure, "time", types.SimpleNamespace(perf_counter=lambda: now[0]))
+    monkeypatch.setattr(seed_recipe, "time", types.SimpleNamespace(perf_counter=lambda: now[0]))
     monkeypatch.setattr(train, "make_epoch_runner", lambda *args: Runner())
     monkeypatch.setattr(train, "evaluate", evaluate)
-    monkeypatch.setattr(measure, "traced_event_times", lambda run: (run(), [kernel])[1])
+    monkeypatch.setattr(seed_recipe, "traced_event_times", lambda run: (run(), [kernel])[1])
     config = RunConfig(epochs=2, batch_size=4)
-    row = measure.measure_path("chunk", config, dataset.subset(16), dataset.subset(8, seed=1),
+    row = seed_recipe.measure_path("chunk", config, dataset.subset(16), dataset.subset(8, seed=1),
                                unroll=3, profile=True, log=lambda _: None)  # fmt: skip
     assert (row["steps"], row["wall_seconds"], row["test_images"]) == (8, 2.0, 8)
     assert row["unroll"] is None  # only a fused path unrolls
     assert row["last_epoch_train_loss"] == 2.0  # the second epoch's alone
-    markdown = measure.render_markdown([row])
+    markdown = seed_recipe.render_markdown([row])
     assert "| chunk | - | 16 | 2 | 8 | 2.00 | 0.50 | 187.500 |" in markdown  # (2 - 0.5) s / 8
     assert "4 steps; us/step" in markdown  # the traced epoch's: 40 us over its 4 steps
     assert "| step | /device:GPU:0 / Stream #1 | 12 | 0.04 | 3.33 | 10.00 |" in markdown
     graph = {**row, "path": "fused", "unroll": 1, "graph": True}
-    assert "| fused (graph epoch) | 1 |" in measure.render_markdown([graph])
+    assert "| fused (graph epoch) | 1 |" in seed_recipe.render_markdown([graph])
 
 
 def test_fused_kernels_per_step_do_not_grow_with_the_unroll(dataset):
     # The unrolled loop body holds `unroll` steps: its counts are per step once divided
     # (XLA fuses a little across the two steps, so not exactly the unroll-1 count).
-    from jaxcifar.fused import measure
+    from jaxcifar.bench import seed_recipe
 
     config = RunConfig(epochs=1, batch_size=4)
     setup = train.build_setup(config, dataset)
     params = train.init_state(config, setup).params
     counts = [
-        measure._step_kernels("fused", epoch.FusedRunner(config, dataset, path="fused",
+        seed_recipe._step_kernels("fused", epoch.FusedRunner(config, dataset, path="fused",
                                                          unroll=unroll), setup, params, dataset)
         for unroll in (1, 2)
     ]  # fmt: skip
