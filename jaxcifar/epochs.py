@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import jax
 import jax.numpy as jnp
@@ -82,6 +82,23 @@ def pick_epoch_mode(mode: str, dataset: Dataset) -> str:
     if limit is not None and dataset.images.nbytes > limit // 4:
         return "loop"
     return "chunk" if device.platform == "cpu" else "scan"
+
+
+# What a runner's `run` reports after each group of steps: (first step, the group's per-step
+# mean losses (n,) float32, their correct counts (n,) int32), host arrays; it may raise to stop.
+Report = Callable[[int, np.ndarray, np.ndarray], None]
+
+
+class Runner(Protocol):
+    """What `train.fit` asks of an epoch runner: `EpochRunner`, or the fused path's
+    `jaxcifar.fused.epoch.FusedRunner`."""
+
+    steps: int  # per epoch
+    compile_seconds: float  # compiling so far: outside every epoch's time
+
+    def run(self, state: TrainState, epoch: int, report: Report) -> TrainState:
+        """One epoch (1-based `epoch`), calling `report` after each group of steps."""
+        ...
 
 
 class EpochRunner:
@@ -156,12 +173,8 @@ class EpochRunner:
             self._compiled[size] = self._timed_compile(jax.jit(run, donate_argnums=0), *args)
         return self._compiled[size]
 
-    def run(
-        self, state: TrainState, epoch: int, report: Callable[[int, np.ndarray, np.ndarray], None]
-    ) -> TrainState:
-        """One epoch (1-based `epoch`). After each group of steps, calls
-        `report(first_step, losses, corrects)` with host arrays, the group's per-step mean
-        losses (n,) float32 and correct counts (n,) int32, which may raise to stop."""
+    def run(self, state: TrainState, epoch: int, report: Report) -> TrainState:
+        """One epoch (1-based `epoch`), calling `report` after each group of steps (`Report`)."""
         perm, step_key = self._epoch_order(np.int32(self.config.seed), np.int32(epoch))
         if self.mode == "loop":
             return self._run_loop(state, np.asarray(perm), step_key, report)

@@ -285,7 +285,7 @@ def _pad_rows(array: np.ndarray, size: int) -> np.ndarray:
 
 
 def make_epoch_runner(mode: str, config: RunConfig, setup: Setup, train_set: Dataset,
-                      mesh: Mesh | None = None) -> Any:  # fmt: skip
+                      mesh: Mesh | None = None) -> epochs.Runner:  # fmt: skip
     """The runner of `mode` (not "auto"; see `epochs.pick_epoch_mode`): an `EpochRunner` over
     `make_train_step`'s step, or for one of FUSED_MODES a `jaxcifar.fused.epoch.
     FusedRunner` (one device, seed-recipe kinds only; ConfigError otherwise). Both have
@@ -447,7 +447,7 @@ class _EpochTally:
     stop the epoch on a non-finite loss and drive its progress bar."""
 
     def __init__(
-        self, runner: Any, config: RunConfig, epoch: int, progress: bool,
+        self, runner: epochs.Runner, config: RunConfig, epoch: int, progress: bool,
         stop_signal: Callable[[], int | None],
     ):  # fmt: skip
         self.runner, self.config, self.epoch = runner, config, epoch

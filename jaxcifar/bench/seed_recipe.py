@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxcifar import compiling, train
+from jaxcifar import compiling, epochs, train
 from jaxcifar.atomic import write_json_and_markdown
 from jaxcifar.bench.device_profile import traced_event_times
 from jaxcifar.bench.xla_cost import kernel_counts
@@ -118,7 +118,7 @@ def run_label(path: str, unroll: int, graph: bool = False) -> str:
     return f"{path} (unroll {unroll}{', graph epoch' if graph else ''})"
 
 
-def _step_kernels(path: str, runner: Any, setup: train.Setup, params: Any,
+def _step_kernels(path: str, runner: epochs.Runner, setup: train.Setup, params: Any,
                   dataset: Dataset) -> dict[str, float] | None:  # fmt: skip
     """Opcode -> count of the kernels one training step launches on this backend: the
     jitted step's program for the loop path, the loop body of the epoch program for the

@@ -228,9 +228,8 @@ class FusedRunner:
         return self._compiled
 
     def run(
-        self, state: train.TrainState, epoch: int,
-        report: Callable[[int, np.ndarray, np.ndarray], None],
-    ) -> train.TrainState:  # fmt: skip
+        self, state: train.TrainState, epoch: int, report: epochs.Report
+    ) -> train.TrainState:
         """Epoch `epoch` (1-based) from `state`, which is donated (do not use it afterwards);
         then `report(0, losses (steps,) float32, corrects (steps,) int32)`, which may raise
         to stop, as `epochs.EpochRunner.run` does."""
