@@ -215,24 +215,12 @@ def _run_holding_out(args: argparse.Namespace) -> int:
     saved = _resumed_checkpoint(out) if args.resume else None
     config = config_from_args(args, saved.config if saved is not None else None)
     if saved is not None:
-        done = len(saved.history)
-        # First: no --override-config allows it, so the changes' advice to add one would not do.
-        if config.epochs < done:  # fit would train nothing, and the reports contradict it
-            raise ConfigError(
-                f"--epochs {config.epochs}: {saved.path} has trained {done} epochs already; "
-                f"a resume continues the run, to --epochs {done} or more"
-            )
-        changes = config.resume_changes(saved.config)
-        if changes and not args.override_config:
-            raise CheckpointError(
-                f"{saved.path} was made with another configuration ({'; '.join(changes)}); "
-                "drop those flags to continue the run as saved, or add --override-config to "
-                "change them"
-            )
+        _check_resume(saved, config, args.override_config)
     # Whether the run is done is process 0's call, met on every path so that no process waits
     # for one gone another way: it alone writes the reports, and another host's --out may
     # hold only a copy of the checkpoint. A run stopped after its last epoch but before its
     # reports is not done: `fit` trains nothing and evaluates, and the reports are written.
+    done = len(saved.history) if saved is not None else 0
     finished = saved is not None and config.epochs == done and _reports_cover(out, done)
     if peers.process_0s("the check for a finished run", finished):
         if parallel.is_main_process():
@@ -244,16 +232,7 @@ def _run_holding_out(args: argparse.Namespace) -> int:
             )
             print(f"{saved.path}: already trained {done} epoch{'s' * (done != 1)}; {more}")
         return 0  # nothing trained, so the reports of the run stay as they are
-    mlp_flags = [flag for flag in ("--mlp-hidden", "--mlp-activation")
-                 if hasattr(args, flag[2:].replace("-", "_"))]  # fmt: skip
-    if mlp_flags and config.model != "mlp":  # else ignored, yet kept in the configuration
-        raise ConfigError(f"{' and '.join(mlp_flags)}: for --model mlp; this run's model is "
-                          f"{config.model}")  # fmt: skip
-    if hasattr(args, "momentum") and config.optimizer not in MOMENTUM_OPTIMIZERS:
-        raise ConfigError(  # it would be ignored without a word (b1 is not a momentum)
-            f"--momentum: for --optimizer {' or '.join(MOMENTUM_OPTIMIZERS)}; this run's "
-            f"optimizer, {config.optimizer}, uses optax's betas (0.9, 0.999)"
-        )
+    _check_flags_apply(args, config)
     from jaxcifar import train
 
     # Refused before touching --out or loading data; the device count is known already.
@@ -291,28 +270,7 @@ def _run_holding_out(args: argparse.Namespace) -> int:
                 raise stop from None
     except Interrupted as stop:
         peers.tell_interrupted(stop)
-        if not parallel.is_main_process():  # it saves nothing, and knows nothing of what is
-            print(f"jaxcifar train: {stop}; process 0 writes the checkpoint and says how to "
-                  "resume", file=sys.stderr)  # fmt: skip
-            return stop.exit_code
-        if in_checkpoint:
-            epochs, held = in_checkpoint[-1]
-            kept = f"{out / checkpoint.FILENAME} keeps epoch {epochs}/{config.epochs}"
-            # Until this run saves an epoch, a resume that changed the configuration leaves
-            # the old one in the checkpoint: the line must repeat the flags that changed it.
-            how = f"resume with: {resume_command(args, with_config=held != config)}"
-        else:
-            epochs = 0
-            kept, how = (
-                "no epoch finished, so nothing is saved",
-                "start again with the same command",
-            )
-        when = (
-            "after the last epoch, before the reports were written (resuming writes them)"
-            if epochs >= config.epochs
-            else f"before epoch {epochs + 1} finished; that epoch is dropped"
-        )
-        print(f"jaxcifar train: {stop} {when}; {kept}; {how}", file=sys.stderr)
+        _report_stop(args, config, stop, in_checkpoint)
         return stop.exit_code
     except TrainingDiverged as error:
         if not in_checkpoint:
@@ -321,6 +279,71 @@ def _run_holding_out(args: argparse.Namespace) -> int:
             f"{error}; {out / checkpoint.FILENAME} keeps the last good state "
             f"(epoch {in_checkpoint[-1][0]})"
         ) from None
+
+
+def _check_resume(saved: Checkpoint, config: RunConfig, override: bool) -> None:
+    """Refuse a resume of `saved` as `config` that would not continue its run: fewer epochs
+    than it trained, or (unless `override`, --override-config) a changed configuration."""
+    done = len(saved.history)
+    # First: no --override-config allows it, so the changes' advice to add one would not do.
+    if config.epochs < done:  # fit would train nothing, and the reports contradict it
+        raise ConfigError(
+            f"--epochs {config.epochs}: {saved.path} has trained {done} epochs already; "
+            f"a resume continues the run, to --epochs {done} or more"
+        )
+    changes = config.resume_changes(saved.config)
+    if changes and not override:
+        raise CheckpointError(
+            f"{saved.path} was made with another configuration ({'; '.join(changes)}); "
+            "drop those flags to continue the run as saved, or add --override-config to "
+            "change them"
+        )
+
+
+def _check_flags_apply(args: argparse.Namespace, config: RunConfig) -> None:
+    """Refuse flags given that `config`'s model or optimizer would ignore, yet keep in the
+    configuration: --mlp-hidden/--mlp-activation beside the CNN, --momentum beside Adam."""
+    mlp_flags = [flag for flag in ("--mlp-hidden", "--mlp-activation")
+                 if hasattr(args, flag[2:].replace("-", "_"))]  # fmt: skip
+    if mlp_flags and config.model != "mlp":
+        raise ConfigError(f"{' and '.join(mlp_flags)}: for --model mlp; this run's model is "
+                          f"{config.model}")  # fmt: skip
+    if hasattr(args, "momentum") and config.optimizer not in MOMENTUM_OPTIMIZERS:
+        raise ConfigError(  # b1 is not a momentum
+            f"--momentum: for --optimizer {' or '.join(MOMENTUM_OPTIMIZERS)}; this run's "
+            f"optimizer, {config.optimizer}, uses optax's betas (0.9, 0.999)"
+        )
+
+
+def _report_stop(args: argparse.Namespace, config: RunConfig, stop: Interrupted,
+                 in_checkpoint: list[tuple[int, RunConfig]]) -> None:  # fmt: skip
+    """Say on stderr why the run stopped, what its checkpoint keeps and how to go on:
+    process 0 the line that resumes the run (`in_checkpoint` as `_train` keeps it), the
+    others that process 0 says it."""
+    from jaxcifar import checkpoint
+
+    if not parallel.is_main_process():  # it saves nothing, and knows nothing of what is
+        print(f"jaxcifar train: {stop}; process 0 writes the checkpoint and says how to "
+              "resume", file=sys.stderr)  # fmt: skip
+        return
+    if in_checkpoint:
+        epochs, held = in_checkpoint[-1]
+        kept = f"{args.out / checkpoint.FILENAME} keeps epoch {epochs}/{config.epochs}"
+        # Until this run saves an epoch, a resume that changed the configuration leaves
+        # the old one in the checkpoint: the line must repeat the flags that changed it.
+        how = f"resume with: {resume_command(args, with_config=held != config)}"
+    else:
+        epochs = 0
+        kept, how = (
+            "no epoch finished, so nothing is saved",
+            "start again with the same command",
+        )
+    when = (
+        "after the last epoch, before the reports were written (resuming writes them)"
+        if epochs >= config.epochs
+        else f"before epoch {epochs + 1} finished; that epoch is dropped"
+    )
+    print(f"jaxcifar train: {stop} {when}; {kept}; {how}", file=sys.stderr)
 
 
 def device_notes(epoch_mode: str, devices: Sequence[Any]) -> list[str]:
