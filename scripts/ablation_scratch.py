@@ -30,6 +30,7 @@ from jaxcifar import plots, scratch  # noqa: E402
 from jaxcifar.atomic import atomic_write_text  # noqa: E402
 from jaxcifar.commands import scratch as scratch_command  # noqa: E402
 from jaxcifar.commands.arguments import DATA_DIR_ENV, positive_int, seed_int  # noqa: E402
+from jaxcifar.config import SCRATCH_BATCH_SIZE, SCRATCH_LR, SCRATCH_LR_DECAYS  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 # Hidden widths -> learning rate. With sigmoid outputs and squared error the stable rate
@@ -37,7 +38,7 @@ REPO = Path(__file__).resolve().parents[1]
 # >= 1, 784-500-10 drives every output to 0 within an epoch and stays at chance. Each rate is
 # the best of {0.5, 1, 2} after 3 epochs on 6,000 images (784-500-50-10 keeps the command's
 # default, 3.0, which beat 1.5 on the full set).
-HIDDEN_LAYERS = {(500,): 0.5, (500, 50): scratch_command.DEFAULT_LR, (500, 250, 50): 2.0}
+HIDDEN_LAYERS = {(500,): 0.5, (500, 50): SCRATCH_LR, (500, 250, 50): 2.0}
 REPORT_EPOCHS = (1, 2, 5, 10, 15, 20, 30)
 
 
@@ -49,14 +50,14 @@ def parse_args() -> argparse.Namespace:
     )  # fmt: skip
     parser.add_argument("--epochs", type=positive_int, default=10)
     parser.add_argument(
-        "--batch-size", type=positive_int, default=scratch_command.DEFAULT_BATCH_SIZE
+        "--batch-size", type=positive_int, default=SCRATCH_BATCH_SIZE
     )
     parser.add_argument(
         "--limit-train", type=positive_int, help="train on a random N images (smoke runs)"
     )
     parser.add_argument("--seed", type=seed_int, default=0)
     parser.add_argument(
-        "--lr-decay", choices=scratch_command.LR_DECAYS, default="constant",
+        "--lr-decay", choices=SCRATCH_LR_DECAYS, default="constant",
         help="the rate per epoch: constant (the committed results), or decaying linearly "
         "towards 0 as `jaxcifar scratch` does by default",
     )  # fmt: skip

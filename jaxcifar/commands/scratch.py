@@ -17,34 +17,26 @@ from jaxcifar.commands.arguments import (
     add_data_arguments, check_not_a_training_run, check_writable_folder, output_folder,
     positive_float, positive_int, seed_int,
 )
-from jaxcifar.config import MLP_LAYER_SIZES
+from jaxcifar.config import (
+    MLP_LAYER_SIZES, SCRATCH_BATCH_SIZE, SCRATCH_DTYPES, SCRATCH_EPOCHS, SCRATCH_LR,
+    SCRATCH_LR_DECAYS,
+)
 from jaxcifar.errors import ConfigError
 
 HELP = "train the from-scratch NumPy backprop network (sigmoid MLP, squared error, SGD)"
-
-# Measured on Fashion-MNIST with 784-500-50-10, float32, seed 0: test accuracy 0.8856 after
-# 30 epochs (0.880-0.892 over epochs 21-36, still rising slowly). Sigmoid units with squared
-# error learn slowly, so the rate is large: 1.5 trailed 3.0 by up to 1 point over 13 epochs.
-# A wide last hidden layer needs a smaller rate (see scripts/ablation_scratch.py).
-DEFAULT_EPOCHS = 30
-DEFAULT_BATCH_SIZE = 32
-# --lr-decay's choices: `scratch.train(decay=...)` is True for "linear".
-LR_DECAYS = ("linear", "constant")
-DEFAULT_LR = 3.0
-DTYPES = ("float32", "float64")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_data_arguments(parser, default_dataset="fashion_mnist")
     parser.add_argument(
-        "--epochs", type=positive_int, default=DEFAULT_EPOCHS, help="passes over the training set"
+        "--epochs", type=positive_int, default=SCRATCH_EPOCHS, help="passes over the training set"
     )
-    parser.add_argument("--batch-size", type=positive_int, default=DEFAULT_BATCH_SIZE,
+    parser.add_argument("--batch-size", type=positive_int, default=SCRATCH_BATCH_SIZE,
                         help="examples per SGD step; an epoch's last step takes the rest (one "
                         "larger than the training set: every step takes all of it)")  # fmt: skip
-    parser.add_argument("--lr", type=positive_float, default=DEFAULT_LR, help="SGD learning rate")
+    parser.add_argument("--lr", type=positive_float, default=SCRATCH_LR, help="SGD learning rate")
     parser.add_argument(
-        "--lr-decay", choices=LR_DECAYS, default="linear",
+        "--lr-decay", choices=SCRATCH_LR_DECAYS, default="linear",
         help="linear: lower the rate per epoch from --lr towards 0, so the final epoch does not "
         "land on a random point of the constant-rate wobble; constant: the exercise's fixed rate",
     )  # fmt: skip
@@ -55,7 +47,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=seed_int, default=0,
                         help="seeds the weights, the subsets and the shuffles")  # fmt: skip
     parser.add_argument(
-        "--dtype", choices=DTYPES, default="float32",
+        "--dtype", choices=SCRATCH_DTYPES, default="float32",
         help="float type of the arithmetic; float32 runs about twice as fast as float64",
     )  # fmt: skip
     parser.add_argument("--out", type=output_folder, default=Path("runs/scratch"), metavar="DIR",
