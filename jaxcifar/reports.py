@@ -64,7 +64,8 @@ def _data_name(report: Mapping[str, Any]) -> str:
     dataset, source = report["config"]["dataset"], report.get("data", {}).get("source")
     if source is None or tuple(report["class_names"]) == CLASS_NAMES[dataset]:
         return dataset
-    return f"{Path(source).name} (read as {dataset})"
+    name = Path(os.path.abspath(source)).name or source  # "--data-dir ." has no name; "/" none
+    return f"{name} (read as {dataset})"
 
 
 def _read_report(path: Path) -> dict[str, Any] | None:

@@ -208,13 +208,15 @@ def test_bench_command_refuses_budget_flags_that_steps_overrides(flags, given, m
 
 
 def test_bench_command_refuses_epoch_batch_sizes_beside_no_epochs(monkeypatch, capsys):
-    # `--epoch-images 0 --epoch-batch-sizes 8 16` timed no epoch without a word.
+    # `--epoch-images 0 --epoch-batch-sizes 8 16` timed no epoch without a word; the default
+    # sizes given in another order passed for the default.
     monkeypatch.setattr(suite, "plan", lambda settings: pytest.fail("planned"))
-    assert cli.main(["bench", "--epoch-images", "0", "--epoch-batch-sizes", "8", "16"]) == 2
-    assert capsys.readouterr().err == (
-        "jaxcifar bench: error: --epoch-batch-sizes sets the timed epochs, which --epoch-images 0 "
-        "skips; drop one of them\n"
-    )
+    for sizes in (["8", "16"], ["512", "4"], ["4", "512"]):
+        assert cli.main(["bench", "--epoch-images", "0", "--epoch-batch-sizes", *sizes]) == 2
+        assert capsys.readouterr().err == (
+            "jaxcifar bench: error: --epoch-batch-sizes sets the timed epochs, which "
+            "--epoch-images 0 skips; drop one of them\n"
+        )
 
 
 @pytest.mark.parametrize("flags, message", [

@@ -336,6 +336,9 @@ def test_the_variable_and_the_flag_come_before_a_checkpoints_recorded_data(tmp_p
     monkeypatch.delenv("JAXCIFAR_DATA_DIR", raising=False)
     choice = arguments.data_dir_or_recorded
     assert choice(None, recorded) == (str(tmp_path), "recorded in the checkpoint")
+    assert choice(None, recorded, "the speedrun model") == (
+        str(tmp_path), "recorded in the speedrun model"
+    )  # fmt: skip
     assert choice("/given", recorded) == ("/given", "--data-dir")
     assert choice(None, {"source": str(tmp_path / "gone")}) == (None, "the official release")
     assert choice(None, None) == (None, "the official release")

@@ -65,6 +65,11 @@ def test_curves_of_a_run_on_ones_own_classes_name_their_folder(tmp_path, monkeyp
     titles.clear()
     write_reports(tmp_path, cifar10)  # a copy of CIFAR-10 (a JPEG tree) is cifar10
     assert titles == ["cnn on cifar10: accuracy", "cnn on cifar10: loss"]
+    # Given as "." (the folder itself), the title named nothing: "cnn on  (read as cifar10)".
+    monkeypatch.chdir(tmp_path)
+    titles.clear()
+    write_reports(tmp_path, report(data={**data, "source": "."}))
+    assert titles[0] == f"cnn on {tmp_path.name} (read as cifar10): accuracy"
 
 
 def test_metrics_json_is_strict_json_and_each_curve_shows_its_own_quantity(tmp_path, monkeypatch):

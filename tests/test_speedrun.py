@@ -912,8 +912,8 @@ def test_evaluate_of_a_speedrun_model_reproduces_its_runs_number(
     out, err = capsys.readouterr()
     assert f"TTA accuracy {accuracy:.4f} on {TEST} examples" in out
     assert err == (f"jaxcifar evaluate: note: no --data-dir given: testing on "
-                   f"{os.path.abspath(tested.source)}, the data the checkpoint recorded it was "
-                   "trained on\n")  # fmt: skip
+                   f"{os.path.abspath(tested.source)}, the data the speedrun model recorded it "
+                   "was trained on\n")  # fmt: skip
 
 
 def test_evaluate_draws_a_speedrun_models_test_subset_as_its_run_did():
@@ -938,6 +938,10 @@ def test_a_speedrun_model_of_another_version_or_shape_is_refused_naming_the_file
     subsets = model_file.Subsets(3, None, 100)
     path = save(recipe=Recipe(widths=(8, 16, 16)), seed=4, subsets=subsets, source="data")
     assert model_file.load(path)[-3:] == (4, subsets, {"source": os.path.abspath("data")})
+    # A later record with more than the source, or none written out, loads (as checkpoints').
+    for record in ({"source": "/data", "examples": 64}, None):
+        rewrite_msgpack(path, lambda payload: payload.update(train_data=record))
+        assert model_file.load(path).train_data == record
     path = save(recipe=Recipe(widths=(8, 16, 32)))
     with pytest.raises(CheckpointError, match=f"{path}: state array shapes or dtypes do not fit"):
         model_file.load(path)
@@ -961,8 +965,8 @@ def test_a_speedrun_model_of_another_version_or_shape_is_refused_naming_the_file
         ("input_shape", [0, 28, 1], "input_shape [0, 28, 1]; expected three positive integers"),
         ("subsets", {"seed": 3, "limit_train": None, "limit_test": -1},
          "expected an integer seed and positive limits"),
-        ("train_data", {"source": 3}, "train_data {'source': 3}; expected {'source': a path}"),
-        ("train_data", "data", "train_data 'data'; expected {'source': a path}"),
+        ("train_data", {"source": 3}, "train_data {'source': 3}; expected {'source': a path, "),
+        ("train_data", "data", "train_data 'data'; expected {'source': a path, ...}"),
         ("params", None, "state does not fit this model"),
     ):  # fmt: skip
         rewrite_msgpack(path, lambda payload: payload.update({field: value}), saved)

@@ -102,17 +102,20 @@ def data_dir(text: str) -> str:
     return text
 
 
-def add_data_dir_argument(parser: argparse.ArgumentParser) -> None:
+def add_data_dir_argument(parser: argparse.ArgumentParser, recorded: str | None = None) -> None:
     """`--data-dir`; when not given (None), `jaxcifar.data.load` reads $JAXCIFAR_DATA_DIR,
-    else the official release, and names the variable in its errors."""
+    else the official release, and names the variable in its errors. `recorded`: the data
+    a saved model recorded, which the command reads before the release
+    (`data_dir_or_recorded`), as the help says it."""
+    before_release = f"{recorded}; else " if recorded else ""
     parser.add_argument(
         "--data-dir", type=data_dir,
         default=None,
         metavar="PATH",
         help="local data: a folder (or archive) holding the canonical CIFAR-10 python or binary "
         "release, MNIST-format IDX files, or an image-folder tree train/<class>/*, test/<class>/*. "
-        f"When not given, ${DATA_DIR_ENV}; when that is unset too, the dataset's official "
-        "release, downloaded once (SHA-256 checked) into $JAXCIFAR_CACHE/downloads.",
+        f"When not given, ${DATA_DIR_ENV}; when that is unset too, {before_release}the dataset's "
+        "official release, downloaded once (SHA-256 checked) into $JAXCIFAR_CACHE/downloads.",
     )  # fmt: skip
 
 
@@ -124,19 +127,22 @@ class DataChoice(NamedTuple):
     origin: str
 
 
-def data_dir_or_recorded(data_dir: str | None, recorded: Mapping[str, Any] | None) -> DataChoice:
+def data_dir_or_recorded(
+    data_dir: str | None, recorded: Mapping[str, Any] | None, recorded_by: str = "the checkpoint"
+) -> DataChoice:
     """`data_dir` (--data-dir), else $JAXCIFAR_DATA_DIR; when neither is given, the source of
     the training set a checkpoint `recorded` (its `train_data`), where that still exists: a
     bare `train --resume` or `evaluate` of a run trained on the user's own folder went to
     download the official release (170 MB for CIFAR-10), to refuse it as other data. The
     origin is named in messages about the data: one that said --data-dir of data the variable
-    named sent the user looking for a flag never given."""
+    named sent the user looking for a flag never given. `recorded_by`: what holds the record
+    ("the checkpoint", "the speedrun model"), as the origin names it."""
     if data_dir is not None:
         return DataChoice(data_dir, "--data-dir")
     if env_data_dir() is not None:
         return DataChoice(None, f"${DATA_DIR_ENV}")
     if recorded is not None and os.path.exists(recorded["source"]):
-        return DataChoice(recorded["source"], "recorded in the checkpoint")
+        return DataChoice(recorded["source"], f"recorded in {recorded_by}")
     return DataChoice(None, "the official release")
 
 

@@ -75,8 +75,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="images in each timed epoch (synthetic data); 0 skips the epochs",
     )  # fmt: skip
     parser.add_argument(
-        "--epoch-batch-sizes", nargs="+", type=positive_int,
-        default=list(defaults.epoch_batch_sizes), help="batch sizes of the timed epochs",
+        "--epoch-batch-sizes", nargs="+", type=positive_int, default=None,
+        help="batch sizes of the timed epochs (when not given: "
+        f"{' '.join(map(str, defaults.epoch_batch_sizes))})",
     )  # fmt: skip
     parser.add_argument("--out", type=output_folder, default="benchmarks/results", metavar="DIR",
                         help="output folder")
@@ -105,15 +106,16 @@ def default_stem(out: str) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """Run the benchmark: progress on stderr, the paths of the written files on stdout."""
-    for flag in ("--models", "--batch-sizes", "--dtypes", "--epoch-batch-sizes"):
-        values = getattr(args, flag[2:].replace("-", "_"))
-        if twice := sorted({str(v) for v in values if values.count(v) > 1}):
-            # Else each case ran twice, and one float32 row was given a ratio against the other.
-            raise ConfigError(f"{flag}: {', '.join(twice)} given twice; name each once")
-    if args.epoch_images == 0 and tuple(args.epoch_batch_sizes) != Settings.epoch_batch_sizes:
+    if args.epoch_images == 0 and args.epoch_batch_sizes is not None:
         # Else the sizes were ignored without a word: 0 images skip the timed epochs.
         raise ConfigError("--epoch-batch-sizes sets the timed epochs, which --epoch-images 0 "
                           "skips; drop one of them")  # fmt: skip
+    epoch_batch_sizes = args.epoch_batch_sizes or list(Settings.epoch_batch_sizes)
+    for flag, values in (("--models", args.models), ("--batch-sizes", args.batch_sizes),
+                         ("--dtypes", args.dtypes), ("--epoch-batch-sizes", epoch_batch_sizes)):
+        if twice := sorted({str(v) for v in values if values.count(v) > 1}):
+            # Else each case ran twice, and one float32 row was given a ratio against the other.
+            raise ConfigError(f"{flag}: {', '.join(twice)} given twice; name each once")
     if args.steps is not None:
         given = [flag for flag, value, default in (
             ("--min-steps", args.min_steps, TimingBudget.min_steps),
@@ -130,7 +132,7 @@ def run(args: argparse.Namespace) -> int:
         models=tuple(args.models), batch_sizes=tuple(args.batch_sizes), dtypes=tuple(args.dtypes),
         budget=budget, reference=not args.no_reference, torch_compile=args.torch_compile,
         torch_threads=args.torch_threads,
-        epoch_images=args.epoch_images, epoch_batch_sizes=tuple(args.epoch_batch_sizes),
+        epoch_images=args.epoch_images, epoch_batch_sizes=tuple(epoch_batch_sizes),
     )  # fmt: skip
     check_writable_folder(args.out)  # before the cases run, not after the first
     with folder_lock.holding(args.out):

@@ -39,7 +39,8 @@ HELP = "evaluate a checkpoint on the test split and write its reports"
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_checkpoint_argument(parser)
-    add_data_dir_argument(parser)
+    add_data_dir_argument(parser, recorded="the data the checkpoint or speedrun model records "
+                          "it was trained on (where that still is)")  # fmt: skip
     parser.add_argument("--limit-test", type=positive_int, metavar="N", default=None,
                         help="evaluate on a random N-example subset, drawn as the model's run "
                         "drew its own; when not given, the run's own setting (a speedrun model "
@@ -69,15 +70,16 @@ class SavedModelTest(NamedTuple):
 
 def load_test_set(
     dataset: str, args: argparse.Namespace, subset: EvalSubset, saved: Checkpoint | SavedModel,
-    train_data: dict[str, Any] | None = None,
+    what: str,
 ) -> Dataset:  # fmt: skip
     """The `subset` of `dataset`'s test split in --data-dir; without one, in the data the
-    model trained on where its checkpoint recorded it (`train_data`, `data_dir_or_recorded`).
-    DataError unless its images and classes are those `saved` was trained on."""
-    data = data_dir_or_recorded(args.data_dir, train_data)
+    model trained on where `saved` (`what` it is: "the checkpoint") recorded it (its
+    `train_data`, `data_dir_or_recorded`). DataError unless its images and classes are those
+    `saved` was trained on."""
+    data = data_dir_or_recorded(args.data_dir, saved.train_data, what)
     if data.data_dir != args.data_dir:  # so that a user sees which data was scored
         print(f"jaxcifar evaluate: note: no --data-dir given: testing on {data.data_dir}, the "
-              "data the checkpoint recorded it was trained on", file=sys.stderr)  # fmt: skip
+              f"data {what} recorded it was trained on", file=sys.stderr)  # fmt: skip
     test_set = load_split(dataset, "test", data_dir=data.data_dir, limit=subset.limit,
                           seed=subset.seed)  # fmt: skip
     check_data_fits_model(test_set, "test", data.origin, saved.path, saved.input_shape,
@@ -93,7 +95,7 @@ def evaluate_checkpoint(args: argparse.Namespace) -> SavedModelTest:
     config = saved.config
     # Training drew its test subset from the run's seed too.
     subset = EvalSubset(args.limit_test or config.limit_test, config.seed)
-    test_set = load_test_set(config.dataset, args, subset, saved, saved.train_data)
+    test_set = load_test_set(config.dataset, args, subset, saved, "the checkpoint")
     model, params = train.restore_model(saved)
     step = train.make_eval_step(model, dtype=config.dtype)
     result = train.evaluate(step, params, test_set)
@@ -130,7 +132,7 @@ def evaluate_speedrun_model(path: Path, args: argparse.Namespace) -> SavedModelT
         "seed": saved.seed, "subsets": recorded,
     }  # fmt: skip
     subset = speedrun_test_subset(saved.subsets, args.limit_test)
-    test_set = load_test_set(saved.dataset, args, subset, saved, saved.train_data)
+    test_set = load_test_set(saved.dataset, args, subset, saved, "the speedrun model")
     predictions = model_file.predictions(saved, test_set.images)
     return SavedModelTest(saved.path, config, subset, test_set, predictions, [], None)
 

@@ -70,7 +70,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--recipe", choices=sorted(RECIPES), default=argparse.SUPPRESS,
                         help="starting configuration (default: seed; with --resume: the "
                         "checkpoint's); explicit flags override it")  # fmt: skip
-    add_data_dir_argument(parser)
+    add_data_dir_argument(parser, recorded="with --resume, the data the checkpoint records it "
+                          "was trained on (where that still is)")  # fmt: skip
     group = parser.add_argument_group("run configuration (defaults: the chosen recipe's)")
     flags = (
         ("--model", dict(choices=MODELS)),
@@ -428,32 +429,33 @@ def _train(
     state, history = None, []
     # The data the checkpoint recorded serves a resume of the same --dataset only.
     same_dataset = saved is not None and saved.config.dataset == config.dataset
-    data = data_dir_or_recorded(args.data_dir, saved.train_data if same_dataset else None)
+    choice = data_dir_or_recorded(args.data_dir, saved.train_data if same_dataset else None)
     train_set, test_set = (
-        load_split(config.dataset, split, data_dir=data.data_dir, limit=limit, seed=config.seed)
+        load_split(config.dataset, split, data_dir=choice.data_dir, limit=limit, seed=config.seed)
         for split, limit in (("train", config.limit_train), ("test", config.limit_test))
     )
     input_shape = train_set.images.shape[1:]
     if config.model == "cnn" and min(input_shape[:2]) < cnn.POOL_SCALE:
         raise DataError(
-            f"{train_set.source} ({data.origin}) holds images of (H, W) {input_shape[:2]}: the CNN "
-            f"pools them to 1/{cnn.POOL_SCALE} a side, so it needs {cnn.POOL_SCALE}x"
+            f"{train_set.source} ({choice.origin}) holds images of (H, W) {input_shape[:2]}: "
+            f"the CNN pools them to 1/{cnn.POOL_SCALE} a side, so it needs {cnn.POOL_SCALE}x"
             f"{cnn.POOL_SCALE} or larger; train --model mlp on them"
         )
     train_data = _training_data(train_set)  # what each checkpoint records of it
     if saved is not None:
         other_dataset = saved.config.dataset if saved.config.dataset != config.dataset else None
-        check_data_fits_model(train_set, "train", data.origin, saved.path, saved.input_shape,
+        check_data_fits_model(train_set, "train", choice.origin, saved.path, saved.input_shape,
                               saved.class_names, trained_dataset=other_dataset)  # fmt: skip
         if not args.override_config:
-            _check_same_training_data(saved, train_data, data.origin)
+            _check_same_training_data(saved, train_data, choice.origin)
         template = train.state_template(config, input_shape, train_set.num_classes)
         state, history = checkpoint.restore(saved, template), saved.history
 
     mode = epochs.pick_epoch_mode(args.epoch_mode, train_set)  # what runs, for the reports
     device = train.describe_devices(mode)
     print(f"devices: {device['device_count']} x {device['platform']} ({device['device_kind']})")
-    recorded = "" if data.data_dir == args.data_dir else f" ({data.origin}; no --data-dir given)"
+    given = choice.data_dir == args.data_dir
+    recorded = "" if given else f" ({choice.origin}; no --data-dir given)"
     print(f"data: {len(train_set)} train / {len(test_set)} test examples from "
           f"{train_set.source}{recorded}")  # fmt: skip
     for note in [*device_notes(mode, jax.local_devices()), *_subset_note(history, test_set)]:

@@ -31,7 +31,8 @@ CACHE_ENV = "JAXCIFAR_CACHE"
 # EXIF Orientation tags say, their class folder names in Unicode NFC.
 # 4: each split's `Dataset.notes` (an image folder's skipped files) are stored, to be warned
 # of on every load, not only the one that decoded the source.
-FORMAT = b"jaxcifar-cache-4"
+# 5: image-folder trees of one class are refused (an entry of one would train to "100%").
+FORMAT = b"jaxcifar-cache-5"
 _CHUNK = 1 << 20
 # Stands for the source's path in a stored note (no path holds a NUL): the entry serves every
 # copy of the same data, and a note must name the copy being read, not the first one decoded.

@@ -63,7 +63,7 @@ class SavedModel(NamedTuple):
     subsets: Subsets | None = None  # None: not recorded
     # {"source": the training data's absolute path}, as a checkpoint's `train_data` starts;
     # None: not recorded.
-    train_data: dict[str, str] | None = None
+    train_data: dict[str, Any] | None = None
 
 
 def save(
@@ -176,11 +176,11 @@ def _subsets(value: dict[str, Any]) -> Subsets:
     return subsets
 
 
-def _train_data(value: Any) -> dict[str, str]:
-    """A saved `train_data`, ValueError unless it is {"source": a path}."""
-    if not (isinstance(value, dict) and set(value) == {"source"}
-            and isinstance(value["source"], str)):  # fmt: skip
-        raise ValueError(f"train_data {value!r}; expected {{'source': a path}}")
+def _train_data(value: Any) -> dict[str, Any] | None:
+    """A saved `train_data`: None (not recorded), else a dict whose "source" is a path,
+    ValueError otherwise. Other keys are kept, as a checkpoint's record has more."""
+    if value is not None and not (isinstance(value, dict) and isinstance(value.get("source"), str)):
+        raise ValueError(f"train_data {value!r}; expected {{'source': a path, ...}}")
     return value
 
 
