@@ -116,8 +116,8 @@ def build_metrics(
 
 def write_reports(out_dir: str | Path, report: Mapping[str, Any]) -> None:
     """Draw `report`'s figures (`build_metrics`' document) and write it as
-    out_dir/metrics.json, all atomically: the
-    confusion matrix, and the accuracy and loss curves when `report["epochs"]` holds records.
+    out_dir/metrics.json, all atomically: the confusion matrix, and the accuracy and loss
+    curves when `report["epochs"]` holds records.
     Other figures an earlier command left in `out_dir` (curves, without records; a scratch
     run's) are removed, so that every figure there belongs to this metrics.json. metrics.json
     is written last, so that one listing a run's epochs means its figures are written too

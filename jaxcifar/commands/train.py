@@ -550,11 +550,11 @@ def _training_data(train_set: Dataset) -> dict[str, Any]:
 
 def _check_same_training_data(saved: Checkpoint, now: dict[str, Any], origin: str) -> None:
     """DataError unless the training set recorded as `now` (`_training_data`, from `origin`,
-    as `DataChoice` names it) is the one
-    `saved` recorded (its size, labels in order, image shape and classes, and pixels): a
-    resume on other data (another --data-dir, the downloaded release after a JPEG copy)
-    went on training on it without a word. Checkpoints that predate the record are not
-    checked, and those that predate its pixels' digest are checked without it."""
+    as `DataChoice` names it) is the one `saved` recorded (its size, labels in order, image
+    shape and classes, and pixels): a resume on other data (another --data-dir, the
+    downloaded release after a JPEG copy) went on training on it without a word. Checkpoints
+    that predate the record are not checked, and those that predate its pixels' digest are
+    checked without it."""
     recorded = saved.train_data
     keys = ["examples", "digest", *(["pixels"] if "pixels" in recorded else [])] if recorded else []
     if all(recorded[key] == now[key] for key in keys):
