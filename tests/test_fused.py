@@ -64,10 +64,14 @@ def run_fused(dataset, initial, path, unroll=1):
     return jax.device_get(state.params), np.concatenate(losses), np.concatenate(corrects)
 
 
+# Unroll 3 leaves 50 % 3 = 2 steps after the loop; Pallas, interpreted on a CPU, at unroll 2
+# (no steps after the loop: 2 step copies in the program, not 5, 20 s rather than 70), for
+# the kernels' offsets inside an unrolled loop. Offsets above 1 are tested kernel by kernel
+# (test_triton_blocks, test_fused_pallas).
 @pytest.mark.parametrize(
     "path, unroll",
     [("fused", 1), ("fused", 3), ("fused-pallas", 1), ("fused-pallas-all", 1),
-     ("fused-pallas-all", 3)],  # fmt: skip
+     ("fused-pallas-all", 2)],  # fmt: skip
 )
 def test_fused_path_gives_the_reference_parameters_after_100_steps(
     dataset, reference, path, unroll
@@ -123,7 +127,7 @@ def test_fused_path_follows_a_schedule_across_epochs_bit_for_bit(dataset):
             np.testing.assert_array_equal(finals[1][name][kind], finals[0][name][kind])
 
 
-@pytest.mark.parametrize("unroll", [1, 3])
+@pytest.mark.parametrize("unroll", [1, 2])
 def test_the_pallas_all_epochs_step_is_its_six_kernels_and_nothing_else(
     dataset, monkeypatch, unroll
 ):
