@@ -335,13 +335,14 @@ def test_the_variable_and_the_flag_come_before_a_checkpoints_recorded_data(tmp_p
     recorded = {"source": str(tmp_path)}  # exists
     monkeypatch.delenv("JAXCIFAR_DATA_DIR", raising=False)
     choice = arguments.data_dir_or_recorded
-    assert choice(None, recorded) == (str(tmp_path), "recorded in the checkpoint")
+    assert choice(None, recorded) == (str(tmp_path), "recorded in the checkpoint", True)
     assert choice(None, recorded, "the speedrun model") == (
-        str(tmp_path), "recorded in the speedrun model"
+        str(tmp_path), "recorded in the speedrun model", True
     )  # fmt: skip
-    assert choice("/given", recorded) == ("/given", "--data-dir")
-    assert choice(None, {"source": str(tmp_path / "gone")}) == (None, "the official release")
-    assert choice(None, None) == (None, "the official release")
+    assert choice("/given", recorded) == ("/given", "--data-dir", False)
+    gone = {"source": str(tmp_path / "gone")}
+    assert choice(None, gone) == (None, "the official release", False)
+    assert choice(None, None) == (None, "the official release", False)
     monkeypatch.setenv("JAXCIFAR_DATA_DIR", "/from/the/variable")  # load reads it then
-    assert choice(None, recorded) == (None, "$JAXCIFAR_DATA_DIR")
-    assert choice("/given", recorded) == ("/given", "--data-dir")
+    assert choice(None, recorded) == (None, "$JAXCIFAR_DATA_DIR", False)
+    assert choice("/given", recorded) == ("/given", "--data-dir", False)

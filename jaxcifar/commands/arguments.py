@@ -121,10 +121,13 @@ def add_data_dir_argument(parser: argparse.ArgumentParser, recorded: str | None 
 
 class DataChoice(NamedTuple):
     """Where a command's data comes from: `data_dir`, what `load` is given (None: the
-    variable, else the official release), and `origin`, how messages name it."""
+    variable, else the official release), `origin`, how messages name it, and `recorded`,
+    whether it is the data a checkpoint or model recorded (no --data-dir or variable given),
+    which a command says it used."""
 
     data_dir: str | None
     origin: str
+    recorded: bool = False
 
 
 def data_dir_or_recorded(
@@ -142,7 +145,7 @@ def data_dir_or_recorded(
     if env_data_dir() is not None:
         return DataChoice(None, f"${DATA_DIR_ENV}")
     if recorded is not None and os.path.exists(recorded["source"]):
-        return DataChoice(recorded["source"], f"recorded in {recorded_by}")
+        return DataChoice(recorded["source"], f"recorded in {recorded_by}", recorded=True)
     return DataChoice(None, "the official release")
 
 

@@ -77,7 +77,7 @@ def load_test_set(
     `train_data`, `data_dir_or_recorded`). DataError unless its images and classes are those
     `saved` was trained on."""
     data = data_dir_or_recorded(args.data_dir, saved.train_data, what)
-    if data.data_dir != args.data_dir:  # so that a user sees which data was scored
+    if data.recorded:  # so that a user sees which data was scored
         print(f"jaxcifar evaluate: note: no --data-dir given: testing on {data.data_dir}, the "
               f"data {what} recorded it was trained on", file=sys.stderr)  # fmt: skip
     test_set = load_split(dataset, "test", data_dir=data.data_dir, limit=subset.limit,

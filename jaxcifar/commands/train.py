@@ -454,8 +454,7 @@ def _train(
     mode = epochs.pick_epoch_mode(args.epoch_mode, train_set)  # what runs, for the reports
     device = train.describe_devices(mode)
     print(f"devices: {device['device_count']} x {device['platform']} ({device['device_kind']})")
-    given = choice.data_dir == args.data_dir
-    recorded = "" if given else f" ({choice.origin}; no --data-dir given)"
+    recorded = f" ({choice.origin}; no --data-dir given)" if choice.recorded else ""
     print(f"data: {len(train_set)} train / {len(test_set)} test examples from "
           f"{train_set.source}{recorded}")  # fmt: skip
     for note in [*device_notes(mode, jax.local_devices()), *_subset_note(history, test_set)]:
