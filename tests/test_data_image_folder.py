@@ -270,25 +270,48 @@ def test_greyscale_trees_decode_to_three_equal_channels_for_cifar10(tmp_path, fr
     assert np.all(load("cifar10", "test", data_dir=tmp_path).images == 77)
 
 
+def grey_as_rgb(rng, split, k):
+    """Pixels for RGB files of 28x28 greyscale images (MNIST exported as RGB): equal channels."""
+    return rng.integers(0, 256, (28, 28, 1))
+
+
 @pytest.mark.parametrize(
-    "dataset, size, message",
+    "dataset, size, mode, fill, message",
     [
-        ("fashion_mnist", (32, 32), "expected 28x28 for fashion_mnist; 32x32 is the size of cifar"),
-        ("mnist", (32, 32), "expected 28x28 for mnist; 32x32 is the size of cifar10 images"),
-        ("cifar10", (28, 28), "expected 32x32 for cifar10; 28x28 is the size of mnist or fashion"),
+        ("fashion_mnist", (32, 32), "RGB", None, "colour image of 32x32 pixels, expected 28x28 "
+         "for fashion_mnist; colour 32x32 images are cifar10's: is this cifar10 data\\? "
+         "\\(greyscale ones of this size are read as your own\\)$"),
+        ("mnist", (32, 32), "RGB", None, "colour image of 32x32 pixels, expected 28x28 for "
+         "mnist; colour 32x32 images are cifar10's"),
+        ("cifar10", (28, 28), "L", None, "greyscale image of 28x28 pixels, expected 32x32 for "
+         "cifar10; greyscale 28x28 images are mnist or fashion_mnist's: is this mnist or "
+         "fashion_mnist data\\? \\(colour ones of this size are read as your own\\)$"),
+        ("cifar10", (28, 28), "RGB", grey_as_rgb, "greyscale image of 28x28 pixels"),
     ],
-)
-def test_a_tree_of_another_datasets_image_size_is_refused_before_caching(
-    tmp_path, fresh_cache, dataset, size, message
+)  # fmt: skip
+def test_a_tree_of_another_datasets_image_size_and_colour_is_refused_before_caching(
+    tmp_path, fresh_cache, dataset, size, mode, fill, message
 ):
-    write_tree(tmp_path / "data", size=size)
+    write_tree(tmp_path / "data", size=size, mode=mode, fill=fill)
     archive = tmp_path / "images.tar.gz"
     tar_folder(tmp_path / "data", archive, "")
     for data_dir, where in ((tmp_path / "data", "data"), (archive, r"images\.tar\.gz")):
-        first = rf"{where}/train/airplane/0\.png: image of {size[0]}x{size[1]} pixels, "
-        with pytest.raises(DataError, match=first + message):
+        with pytest.raises(DataError, match=rf"{where}/train/airplane/0\.png: {message}"):
             load(dataset, "train", data_dir=data_dir)
     assert not fresh_cache.exists() or not any(fresh_cache.iterdir())
+
+
+def test_own_colour_photos_of_mnists_size_and_grey_ones_of_cifars_are_read_as_asked(
+    tmp_path, fresh_cache
+):
+    """Only another dataset's size *and* colour is refused: 28x28 colour photos train as
+    cifar10, in colour; 32x32 greyscale ones as mnist."""
+    written = write_tree(tmp_path / "colour", size=(28, 28))
+    colour = load("cifar10", "train", data_dir=tmp_path / "colour")
+    assert colour.images.shape == (4, 28, 28, 3)
+    np.testing.assert_array_equal(colour.images[0], written["train/airplane/0.png"])
+    write_tree(tmp_path / "grey", size=(32, 32), mode="L")
+    assert load("mnist", "test", data_dir=tmp_path / "grey").images.shape == (4, 32, 32, 1)
 
 
 def test_a_tree_of_another_datasets_class_folders_is_refused_before_caching(tmp_path, fresh_cache):

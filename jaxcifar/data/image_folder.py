@@ -18,7 +18,7 @@ import contextlib
 import os
 import re
 import unicodedata
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import numpy as np
 
@@ -40,12 +40,12 @@ def read(tree: Tree, name: str) -> dict[str, Dataset]:
     """Both splits of an image-folder tree of dataset `name`, decoded with Pillow.
 
     Refused before any image but the first is decoded (so before anything is cached): class
-    folders that are another dataset's classes (CIFAR-10's read as fashion_mnist), and images
-    of another known dataset's size that is not `name`'s (32x32 read as mnist, 28x28 as
-    cifar10; sizes in `IMAGE_SHAPES`). Other class names and sizes are the user's own data.
-    Colour is converted, not checked: every image becomes RGB for cifar10 and greyscale
-    (Pillow's "L", ITU-R 601-2 luma) for mnist and fashion_mnist, so an RGB export of MNIST
-    loads as MNIST; a CIFAR-10 tree read as mnist is caught by its size.
+    folders that are another dataset's classes (CIFAR-10's read as fashion_mnist), and a
+    first image of another known dataset's size and colour that is not `name`'s (32x32 colour
+    read as mnist, 28x28 greyscale as cifar10; `IMAGE_SHAPES`). Other class names, sizes and
+    colours are the user's own data (28x28 colour photos train as cifar10 in colour). Every
+    image becomes RGB for cifar10 and greyscale (Pillow's "L", ITU-R 601-2 luma) for mnist
+    and fashion_mnist, so an RGB export of MNIST loads as MNIST.
 
     Args:
       tree: holds `train/<class>/<image>` and `test/<class>/<image>` (suffixes in
@@ -100,7 +100,8 @@ def read(tree: Tree, name: str) -> dict[str, Dataset]:
     with contextlib.closing(decode_all(sources, mode)) as images:
         first, first_image = tree.describe(ordered[0]), next(images)
         shape = first_image.shape
-        _check_size(first, name, shape)  # every other image must have the first one's size
+        # Every other image must have the first one's size.
+        _check_size(first, name, shape, lambda: _is_colour(tree.files[ordered[0]], first))
         pixels = np.empty((len(ordered), *shape), np.uint8)
         pixels[0] = first_image
         for i, image in enumerate(images, start=1):
@@ -139,21 +140,35 @@ def _folded(names: Iterable[str]) -> set[str]:
     return {re.sub(r"[^0-9a-z]", "", n.lower()) for n in names}
 
 
-def _check_size(where: str, name: str, shape: tuple[int, ...]) -> None:
-    """Raise DataError when an (H, W, C) image `shape` is another known dataset's size
-    and not `name`'s."""
+def _check_size(where: str, name: str, shape: tuple[int, ...],
+                is_colour: Callable[[], bool]) -> None:  # fmt: skip
+    """Raise DataError when an (H, W, C) image `shape` of colour `is_colour()` (asked only
+    of another known dataset's size) is another known dataset's size and colour, not
+    `name`'s."""
     height, width = shape[:2]
-    expected_height, expected_width = IMAGE_SHAPES[name][:2]
+    expected_height, expected_width, _ = IMAGE_SHAPES[name]
     if (height, width) == (expected_height, expected_width):
         return
     others = [other for other, known in IMAGE_SHAPES.items() if known[:2] == (height, width)]
+    if not others:
+        return
+    colour = is_colour()
+    others = [other for other in others if (IMAGE_SHAPES[other][2] == 3) == colour]
     if others:
         owners = " or ".join(others)
+        kind, own = ("colour", "greyscale") if colour else ("greyscale", "colour")
         raise DataError(
-            f"{where}: image of {width}x{height} pixels, expected {expected_width}x"
-            f"{expected_height} for {name}; {width}x{height} is the size of {owners} images: "
-            f"is this {owners} data?"
+            f"{where}: {kind} image of {width}x{height} pixels, expected {expected_width}x"
+            f"{expected_height} for {name}; {kind} {width}x{height} images are {owners}'s: is "
+            f"this {owners} data? ({own} ones of this size are read as your own)"
         )
+
+
+def _is_colour(source: bytes, where: str) -> bool:
+    """Whether an image file's pixels, read as RGB, differ between channels anywhere (those
+    of a greyscale image saved as RGB do not)."""
+    (rgb,) = decode_all([(source, where)], "RGB")
+    return bool(np.any(rgb != rgb[..., :1]))
 
 
 def _class_members(tree: Tree, split: str) -> tuple[dict[str, list[str]], tuple[str, ...]]:
